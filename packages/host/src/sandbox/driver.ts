@@ -1,0 +1,69 @@
+/**
+ * The sandbox driver interface. A driver boots a root filesystem made of read-only layers plus a
+ * per-sandbox writable layer, with the runner layer mounted read-only at RUNNER_MOUNT, and runs
+ * the runner inside it under the given limits. Drivers other than the Linux one (Kubernetes pods,
+ * microVM hosts) implement the same interface.
+ */
+import type { Readable, Writable } from "node:stream";
+import type { Limits } from "@paddock/protocol";
+
+/** Where the runner layer appears inside every sandbox. */
+export const RUNNER_MOUNT = "/opt/paddock/runner";
+/** The folder whose files become the run's artifacts. */
+export const OUTPUTS_DIR = "/outputs";
+
+export interface SandboxFile {
+  /** Absolute path inside the sandbox, for example /inputs/input.json. */
+  path: string;
+  content: Buffer | string;
+  /** Defaults to 0o444: readable, not writable, by the sandbox user. */
+  mode?: number;
+}
+
+export interface SandboxSpec {
+  /** Unique, [a-z0-9-] only; names the cgroup and the mount folder. */
+  id: string;
+  /** Host paths of read-only lower layers, top-most first; the last is the base rootfs. */
+  layers: string[];
+  /** Host path of the runner layer folder (holds `node` and `runner.mjs`). */
+  runnerDir: string;
+  limits: Limits;
+  /** Files placed in the writable layer before boot, owned by root. */
+  files: SandboxFile[];
+  /** Argument vector run inside the sandbox, for example [`${RUNNER_MOUNT}/node`, `${RUNNER_MOUNT}/runner.mjs`]. */
+  argv: string[];
+  /** The whole environment of argv; nothing of the host's is inherited. */
+  env: Record<string, string>;
+  cwd: string;
+}
+
+export interface SandboxExit {
+  /** Exit code of argv, or null when it died of a signal. */
+  code: number | null;
+  signal: string | null;
+  /** The kernel's OOM killer killed a process of this sandbox. */
+  oom: boolean;
+}
+
+export interface SandboxHandle {
+  readonly id: string;
+  /** stdin/stdout/stderr of argv. */
+  readonly stdin: Writable;
+  readonly stdout: Readable;
+  readonly stderr: Readable;
+  /** Resolves once every process of the sandbox is gone. */
+  readonly exited: Promise<SandboxExit>;
+  /** SIGKILLs every process of the sandbox (including setsid'd and double-forked ones). Idempotent. */
+  kill(): Promise<void>;
+  /** Host path of the sandbox's /outputs folder; valid until destroy(). */
+  readonly outputsDir: string;
+  /** Kills what is left, unmounts, removes cgroups and folders. Idempotent. */
+  destroy(): Promise<void>;
+}
+
+export interface SandboxDriver {
+  readonly name: string;
+  boot(spec: SandboxSpec): Promise<SandboxHandle>;
+  /** Removes what a dead host of this instance left behind; returns how many sandboxes it cleaned. */
+  reapOrphans(): Promise<number>;
+}

@@ -1,0 +1,182 @@
+/** Request and response bodies of the HTTP API. The OpenAPI document is generated from these. */
+import { z } from "zod";
+import { Limits } from "./limits.ts";
+
+const Name = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[a-z0-9][a-z0-9_-]*$/, "lower-case letters, digits, '-' and '_', starting with a letter or digit");
+
+/** A relative path inside the agent's /app folder: no absolute paths, no '..', no empty parts. */
+const FilePath = z
+  .string()
+  .min(1)
+  .max(255)
+  .refine(
+    (p) =>
+      !p.startsWith("/") &&
+      p.split("/").every((part) => part !== "" && part !== "." && part !== "..") &&
+      !/[\0\\]/.test(p),
+    "a relative path with no '.', '..' or empty parts",
+  );
+
+const EnvName = z
+  .string()
+  .regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, "letters, digits and '_'")
+  .refine((n) => !n.toUpperCase().startsWith("PADDOCK_"), "the PADDOCK_ prefix is reserved");
+
+export const MAX_FILES_BYTES = 8 * 1024 * 1024;
+
+export const AgentCreate = z
+  .object({
+    name: Name,
+    command: z.array(z.string().min(1).max(8192)).min(1).max(256),
+    env: z
+      .record(EnvName, z.string().max(8192))
+      .refine((e) => Object.keys(e).length <= 128, "at most 128 variables")
+      .optional(),
+    files: z
+      .record(FilePath, z.string())
+      .refine((f) => Object.keys(f).length <= 1000, "at most 1000 files")
+      .refine(
+        (f) => Object.values(f).reduce((n, s) => n + Buffer.byteLength(s), 0) <= MAX_FILES_BYTES,
+        `at most ${MAX_FILES_BYTES} bytes of files in all`,
+      )
+      .optional(),
+    limits: Limits.partial().strict().optional(),
+    image: z.string().min(1).max(128).optional(),
+  })
+  .strict()
+  .meta({ id: "AgentCreate" });
+export type AgentCreate = z.infer<typeof AgentCreate>;
+
+export const Agent = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    command: z.array(z.string()),
+    env: z.record(z.string(), z.string()),
+    files: z.array(z.object({ path: z.string(), size: z.number().int() })),
+    limits: Limits,
+    snapshot: z.object({ base: z.string(), layers: z.array(z.string()) }),
+    created_at: z.string(),
+  })
+  .meta({ id: "Agent" });
+export type Agent = z.infer<typeof Agent>;
+
+export const RunStatus = z.enum([
+  "queued",
+  "starting",
+  "running",
+  "succeeded",
+  "failed",
+  "timed_out",
+  "canceled",
+]);
+export type RunStatus = z.infer<typeof RunStatus>;
+export const TERMINAL_STATUSES: readonly RunStatus[] = ["succeeded", "failed", "timed_out", "canceled"];
+
+/** Why a run (or attempt) ended the way it did. */
+export const RunReason = z.enum([
+  "completed",
+  "exit_code",
+  "killed",
+  "oom",
+  "timed_out",
+  "canceled",
+  "command_not_found",
+  "lost",
+  "sandbox_error",
+]);
+export type RunReason = z.infer<typeof RunReason>;
+
+export const MAX_INPUT_BYTES = 256 * 1024;
+
+export const RunCreate = z
+  .object({
+    input: z
+      .json()
+      .refine(
+        (v) => Buffer.byteLength(JSON.stringify(v) ?? "") <= MAX_INPUT_BYTES,
+        `input serializes to at most ${MAX_INPUT_BYTES} bytes`,
+      )
+      .optional(),
+  })
+  .strict()
+  .meta({ id: "RunCreate" });
+export type RunCreate = z.infer<typeof RunCreate>;
+
+export const Run = z
+  .object({
+    id: z.string(),
+    agent_id: z.string(),
+    status: RunStatus,
+    reason: RunReason.nullable(),
+    exit_code: z.number().int().nullable(),
+    attempt: z.number().int(),
+    input: z.json().nullable(),
+    created_at: z.string(),
+    started_at: z.string().nullable(),
+    finished_at: z.string().nullable(),
+  })
+  .meta({ id: "Run" });
+export type Run = z.infer<typeof Run>;
+
+export const RunEvent = z
+  .object({
+    seq: z.number().int(),
+    run_id: z.string(),
+    attempt: z.number().int(),
+    type: z.string(),
+    time: z.string(),
+    data: z.json(),
+  })
+  .meta({ id: "RunEvent" });
+export type RunEvent = z.infer<typeof RunEvent>;
+
+export const Artifact = z
+  .object({
+    id: z.string(),
+    run_id: z.string(),
+    attempt: z.number().int(),
+    path: z.string(),
+    size: z.number().int(),
+    sha256: z.string(),
+    content_type: z.string(),
+    created_at: z.string(),
+  })
+  .meta({ id: "Artifact" });
+export type Artifact = z.infer<typeof Artifact>;
+
+export const TenantCreate = z.object({ name: Name }).strict().meta({ id: "TenantCreate" });
+export const Tenant = z
+  .object({ id: z.string(), name: z.string(), created_at: z.string() })
+  .meta({ id: "Tenant" });
+export type Tenant = z.infer<typeof Tenant>;
+
+export const ApiKeyCreate = z
+  .object({ name: z.string().min(1).max(64).optional() })
+  .strict()
+  .meta({ id: "ApiKeyCreate" });
+export const ApiKey = z
+  .object({
+    id: z.string(),
+    tenant_id: z.string(),
+    name: z.string().nullable(),
+    role: z.enum(["admin", "tenant"]),
+    created_at: z.string(),
+    /** Present only in the response that created the key. */
+    key: z.string().optional(),
+  })
+  .meta({ id: "ApiKey" });
+export type ApiKey = z.infer<typeof ApiKey>;
+
+export const Page = <T extends z.ZodType>(item: T) =>
+  z.object({ data: z.array(item), next_cursor: z.string().nullable() });
+
+export const ErrorResponse = z
+  .object({
+    error: z.object({ code: z.string(), message: z.string(), details: z.unknown().optional() }),
+  })
+  .meta({ id: "Error" });

@@ -1,0 +1,64 @@
+/**
+ * The error catalogue: every error the API returns carries one of these codes. The code is the
+ * stable contract; the HTTP status and the default message are derived from it here and nowhere
+ * else, so the wire shape, the status mapping and the documentation cannot drift apart.
+ */
+export const ERROR_CODES = {
+  invalid_json: { status: 400, message: "The request body is not valid JSON." },
+  validation_failed: {
+    status: 400,
+    message: "The request does not match the schema; see details for each problem.",
+  },
+  body_too_large: { status: 413, message: "The request body is larger than this endpoint accepts." },
+  unsupported_media_type: { status: 415, message: "Send the request body as application/json." },
+  unauthorized: {
+    status: 401,
+    message: "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.",
+  },
+  forbidden: { status: 403, message: "This API key may not perform this action." },
+  not_found: { status: 404, message: "No such resource." },
+  route_not_found: { status: 404, message: "No such endpoint; see /v1/openapi.json." },
+  method_not_allowed: { status: 405, message: "This endpoint does not accept that method." },
+  conflict: { status: 409, message: "The resource already exists." },
+  run_not_cancelable: { status: 409, message: "The run has already finished and cannot be canceled." },
+  command_not_found: {
+    status: 422,
+    message: "The agent's command does not exist in its environment image.",
+  },
+  image_not_ready: {
+    status: 503,
+    message: "The environment image is not built yet; run 'paddock images build-base'.",
+  },
+  internal: { status: 500, message: "Internal error; the host logged the details." },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export function isErrorCode(code: string): code is ErrorCode {
+  return Object.hasOwn(ERROR_CODES, code);
+}
+
+/** An expected, user-facing failure. Thrown anywhere; mapped to a response in one place. */
+export class AppError extends Error {
+  readonly code: ErrorCode;
+  readonly details: unknown;
+
+  constructor(code: ErrorCode, message?: string, details?: unknown) {
+    super(message ?? ERROR_CODES[code].message);
+    this.name = "AppError";
+    this.code = code;
+    this.details = details;
+  }
+
+  get status(): number {
+    return ERROR_CODES[this.code].status;
+  }
+
+  toBody(): ErrorBody {
+    const error: ErrorBody["error"] = { code: this.code, message: this.message };
+    if (this.details !== undefined) error.details = this.details;
+    return { error };
+  }
+}
+
+export type ErrorBody = { error: { code: string; message: string; details?: unknown } };
