@@ -35,6 +35,6 @@ export PATH="$PWD/.tools/node/bin:$PATH"
 # npm dependencies, reinstalled only when the lock file changed.
 if [ ! -f node_modules/.paddock-stamp ] || [ package-lock.json -nt node_modules/.paddock-stamp ]; then
   echo "setup: installing npm dependencies"
-  npm ci --no-audit --no-fund --loglevel=error
+  npm install --no-audit --no-fund --loglevel=error
   touch node_modules/.paddock-stamp
 fi
