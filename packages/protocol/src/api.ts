@@ -65,15 +65,7 @@ export const Agent = z
   .meta({ id: "Agent" });
 export type Agent = z.infer<typeof Agent>;
 
-export const RunStatus = z.enum([
-  "queued",
-  "starting",
-  "running",
-  "succeeded",
-  "failed",
-  "timed_out",
-  "canceled",
-]);
+export const RunStatus = z.enum(["queued", "starting", "running", "succeeded", "failed", "timed_out", "canceled"]);
 export type RunStatus = z.infer<typeof RunStatus>;
 export const TERMINAL_STATUSES: readonly RunStatus[] = ["succeeded", "failed", "timed_out", "canceled"];
 
@@ -150,9 +142,7 @@ export const Artifact = z
 export type Artifact = z.infer<typeof Artifact>;
 
 export const TenantCreate = z.object({ name: Name }).strict().meta({ id: "TenantCreate" });
-export const Tenant = z
-  .object({ id: z.string(), name: z.string(), created_at: z.string() })
-  .meta({ id: "Tenant" });
+export const Tenant = z.object({ id: z.string(), name: z.string(), created_at: z.string() }).meta({ id: "Tenant" });
 export type Tenant = z.infer<typeof Tenant>;
 
 export const ApiKeyCreate = z

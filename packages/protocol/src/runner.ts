@@ -4,6 +4,7 @@
  * trusts none of it: a frame can only describe the run it came from.
  */
 import { z } from "zod";
+import { MARKER_PREFIX, MARKER_TYPE_RE } from "./marker.ts";
 
 export const RunnerSpec = z.object({
   command: z.array(z.string()).min(1),
@@ -14,17 +15,10 @@ export const RunnerSpec = z.object({
 });
 export type RunnerSpec = z.infer<typeof RunnerSpec>;
 
-/** The stdout prefix by which an agent emits a structured event. */
-export const MARKER_PREFIX = "::paddock::";
-
 /** What follows the marker prefix. `type` names the event; `data` is any JSON. */
 export const Marker = z
   .object({
-    type: z
-      .string()
-      .min(1)
-      .max(64)
-      .regex(/^[a-zA-Z0-9_.:-]+$/, "letters, digits and _ . : - only"),
+    type: z.string().regex(MARKER_TYPE_RE, "1 to 64 letters, digits and _ . : - only"),
     data: z.unknown().optional(),
   })
   .strict();

@@ -1,0 +1,322 @@
+/**
+ * One attempt of a run: boot a sandbox, feed the runner its spec, turn its frames into events,
+ * enforce the wall-clock timeout and the runner's heartbeat, collect artifacts, and record how it
+ * ended. Threat model: everything read from the sandbox is agent-controlled. Frames are parsed with
+ * their schema and capped in size and number; a frame can only add events to its own run. The exit
+ * status a runner reports is believed only for the agent's own outcome; limits, timeouts and
+ * kills are the host's own observations.
+ */
+import { constants } from "node:os";
+import { type Limits, Marker, RunnerFrame, type RunnerSpec, type RunReason, type RunStatus } from "@paddock/protocol";
+import { LineSplitter } from "@paddock/runner";
+import type { BlobStore } from "../artifacts/blob-store.ts";
+import { collectOutputs } from "../artifacts/collector.ts";
+import type { SandboxDriver, SandboxExit, SandboxHandle } from "../sandbox/driver.ts";
+import { OUTPUTS_DIR, RUNNER_MOUNT } from "../sandbox/driver.ts";
+import { newId } from "../store/ids.ts";
+import type { EventLog, NewEvent } from "./event-log.ts";
+import type { AgentSpec } from "./runs.ts";
+
+export const MAX_LINE_BYTES = 16 * 1024;
+/** A frame carries one line, JSON-escaped (worst case 6 bytes per byte), plus a small envelope. */
+const MAX_FRAME_BYTES = MAX_LINE_BYTES * 6 + 1024;
+export const MAX_EVENTS_PER_ATTEMPT = 10_000;
+export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+export interface AttemptDeps {
+  driver: SandboxDriver;
+  events: EventLog;
+  blobs: BlobStore;
+  /** Host paths of the spec's layers, top first, base rootfs last. */
+  resolveLayers(spec: AgentSpec): Promise<string[]>;
+  runnerDir: () => string;
+  /** Persists artifacts and their events in one transaction. */
+  recordArtifacts(runId: string, attempt: number, rows: ArtifactRow[], events: NewEvent[]): Promise<void>;
+  heartbeatMs: number;
+  heartbeatTimeoutMs: number;
+  log: (msg: string) => void;
+}
+
+export interface ArtifactRow {
+  id: string;
+  path: string;
+  size: number;
+  sha256: string;
+  content_type: string;
+}
+
+export interface AttemptInput {
+  runId: string;
+  tenantId: string;
+  attempt: number;
+  spec: AgentSpec;
+  input: string | null;
+}
+
+export interface AttemptOutcome {
+  status: Exclude<RunStatus, "queued" | "starting" | "running">;
+  reason: RunReason;
+  exitCode: number | null;
+  /** Set when the host itself interrupted the attempt (shutdown); the run goes back to the queue. */
+  interrupted?: boolean;
+}
+
+type StopReason = "timed_out" | "canceled" | "lost" | "shutdown";
+
+export class Attempt {
+  readonly #deps: AttemptDeps;
+  readonly #in: AttemptInput;
+  #handle: SandboxHandle | null = null;
+  #stop: StopReason | null = null;
+  #pending: NewEvent[] = [];
+  #flushing: Promise<void> | null = null;
+  #eventCount = 0;
+  #logBytes = 0;
+  #logDropped = 0;
+  #badFrames = 0;
+  #lastFrameAt = Date.now();
+  #exitFrame: { code: number | null; signal: string | null } | null = null;
+  #spawnError: { code: string; message: string } | null = null;
+  readonly #limits: Limits;
+
+  constructor(deps: AttemptDeps, input: AttemptInput) {
+    this.#deps = deps;
+    this.#in = input;
+    this.#limits = input.spec.limits;
+  }
+
+  /** Asks the attempt to end; the sandbox is killed and the reason recorded. Idempotent. */
+  stop(reason: StopReason): void {
+    this.#stop ??= reason;
+    void this.#handle?.kill();
+  }
+
+  /** Runs the attempt to its end. `onRunning` is called once the sandbox has booted. */
+  async run(onRunning: (bootMs: number) => Promise<boolean>): Promise<AttemptOutcome> {
+    const { runId, attempt, spec } = this.#in;
+    const sandboxId = `${runId.replace(/_/g, "-")}-${attempt}`;
+    const bootStart = performance.now();
+    let handle: SandboxHandle;
+    try {
+      handle = await this.#deps.driver.boot({
+        id: sandboxId,
+        layers: await this.#deps.resolveLayers(spec),
+        runnerDir: this.#deps.runnerDir(),
+        limits: this.#limits,
+        files: [{ path: "/inputs/input.json", content: this.#in.input ?? "null" }],
+        argv: [`${RUNNER_MOUNT}/node`, `${RUNNER_MOUNT}/runner.mjs`],
+        env: { PATH: DEFAULT_PATH, LANG: "C.UTF-8", HOME: "/home/agent" },
+        cwd: "/",
+      });
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      this.#deps.log(`run ${runId}: sandbox boot failed: ${message}`);
+      this.#queue({ type: "attempt.error", data: { stage: "boot", message } });
+      await this.#drain();
+      return { status: "failed", reason: "sandbox_error", exitCode: null };
+    }
+    this.#handle = handle;
+    if (this.#stop) void handle.kill();
+
+    try {
+      const bootMs = Math.round((performance.now() - bootStart) * 100) / 100;
+      if (!(await onRunning(bootMs))) this.stop("canceled");
+      this.#feed(handle);
+      const exit = await this.#watch(handle);
+      await this.#drain();
+      await this.#collect(handle);
+      return this.#outcome(exit);
+    } finally {
+      await handle.destroy().catch((err: unknown) => this.#deps.log(`run ${runId}: destroy failed: ${String(err)}`));
+    }
+  }
+
+  #feed(handle: SandboxHandle): void {
+    const { spec, runId, attempt } = this.#in;
+    const runnerSpec: RunnerSpec = {
+      command: spec.command,
+      cwd: spec.cwd,
+      env: {
+        PATH: DEFAULT_PATH,
+        HOME: "/home/agent",
+        LANG: "C.UTF-8",
+        TMPDIR: "/tmp",
+        ...spec.env,
+        PADDOCK_RUN_ID: runId,
+        PADDOCK_ATTEMPT: String(attempt),
+        PADDOCK_INPUT: "/inputs/input.json",
+        PADDOCK_OUTPUTS: OUTPUTS_DIR,
+      },
+      heartbeat_ms: this.#deps.heartbeatMs,
+      max_line_bytes: MAX_LINE_BYTES,
+    };
+    handle.stdin.on("error", () => {});
+    handle.stdin.end(JSON.stringify(runnerSpec));
+  }
+
+  async #watch(handle: SandboxHandle): Promise<SandboxExit> {
+    const frames = new LineSplitter(MAX_FRAME_BYTES, (line, truncated) => this.#frame(line, truncated));
+    handle.stdout.on("data", (chunk: Buffer) => frames.push(chunk));
+    const stderr = new LineSplitter(MAX_LINE_BYTES, (line) => this.#log("runner", line));
+    handle.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
+
+    const timeout = setTimeout(() => this.stop("timed_out"), this.#limits.timeout_s * 1000);
+    const watchdog = setInterval(() => {
+      if (Date.now() - this.#lastFrameAt > this.#deps.heartbeatTimeoutMs) this.stop("lost");
+    }, this.#deps.heartbeatMs);
+    try {
+      const [exit] = await Promise.all([
+        handle.exited,
+        new Promise<void>((resolve) => handle.stdout.once("close", resolve)),
+      ]);
+      frames.end();
+      stderr.end();
+      return exit;
+    } finally {
+      clearTimeout(timeout);
+      clearInterval(watchdog);
+    }
+  }
+
+  #frame(line: string, truncated: boolean): void {
+    this.#lastFrameAt = Date.now();
+    let value: unknown;
+    try {
+      value = truncated ? undefined : JSON.parse(line);
+    } catch {}
+    const parsed = RunnerFrame.safeParse(value);
+    if (!parsed.success) {
+      this.#badFrames++;
+      return;
+    }
+    const frame = parsed.data;
+    switch (frame.t) {
+      case "log":
+        this.#log(frame.stream, frame.line, frame.truncated);
+        break;
+      case "event": {
+        // Re-checked with the schema: the runner's own check is not trusted.
+        const marker = Marker.safeParse({ type: frame.type, data: frame.data });
+        if (marker.success)
+          this.#queue({ type: "user", data: { type: marker.data.type, data: marker.data.data ?? null } });
+        else this.#badFrames++;
+        break;
+      }
+      case "exit":
+        this.#exitFrame = { code: frame.code, signal: frame.signal };
+        break;
+      case "spawn_error":
+        this.#spawnError = { code: frame.code, message: frame.message };
+        this.#queue({ type: "attempt.error", data: { stage: "spawn", code: frame.code, message: frame.message } });
+        break;
+      case "hello":
+      case "started":
+      case "hb":
+        break;
+    }
+  }
+
+  #log(stream: string, line: string, truncated?: boolean): void {
+    const cap = this.#limits.log_kb * 1024;
+    if (this.#logBytes >= cap) {
+      this.#logDropped++;
+      return;
+    }
+    this.#logBytes += Buffer.byteLength(line) + 1;
+    this.#queue({ type: "log", data: truncated ? { stream, line, truncated } : { stream, line } });
+    if (this.#logBytes >= cap) {
+      this.#queue({ type: "log.truncated", data: { limit_bytes: cap } });
+    }
+  }
+
+  /** Queues an event; writes go out in group commits, the first one at once. */
+  #queue(event: NewEvent): void {
+    if (this.#eventCount >= MAX_EVENTS_PER_ATTEMPT) return;
+    this.#eventCount++;
+    if (this.#eventCount === MAX_EVENTS_PER_ATTEMPT) {
+      event = { type: "events.truncated", data: { limit: MAX_EVENTS_PER_ATTEMPT } };
+    }
+    this.#pending.push({ ...event, ts: Date.now() });
+    this.#flushing ??= this.#flushLoop();
+  }
+
+  async #flushLoop(): Promise<void> {
+    try {
+      while (this.#pending.length > 0) {
+        const batch = this.#pending;
+        this.#pending = [];
+        await this.#deps.events.write(this.#in.runId, this.#in.attempt, batch);
+      }
+    } catch (err) {
+      this.#deps.log(`run ${this.#in.runId}: writing events failed: ${String(err)}`);
+    } finally {
+      this.#flushing = null;
+    }
+  }
+
+  async #drain(): Promise<void> {
+    if (this.#logDropped > 0) {
+      this.#pending.push({ type: "log.dropped", data: { lines: this.#logDropped }, ts: Date.now() });
+      this.#logDropped = 0;
+    }
+    if (this.#badFrames > 0) {
+      this.#pending.push({ type: "attempt.protocol_errors", data: { frames: this.#badFrames }, ts: Date.now() });
+      this.#badFrames = 0;
+    }
+    while (this.#flushing || this.#pending.length > 0) {
+      this.#flushing ??= this.#flushLoop();
+      await this.#flushing;
+    }
+  }
+
+  async #collect(handle: SandboxHandle): Promise<void> {
+    const { runId, attempt } = this.#in;
+    try {
+      const result = await collectOutputs(handle.outputsDir, this.#deps.blobs, this.#limits.artifacts_mb * 1024 * 1024);
+      const rows: ArtifactRow[] = result.files.map((f) => ({
+        id: newId("art"),
+        path: f.path,
+        size: f.size,
+        sha256: f.sha256,
+        content_type: f.contentType,
+      }));
+      const events: NewEvent[] = rows.map((r) => ({
+        type: "artifact.created",
+        data: { artifact_id: r.id, path: r.path, size: r.size, sha256: r.sha256, content_type: r.content_type },
+      }));
+      for (const s of result.skipped) events.push({ type: "artifact.skipped", data: s });
+      if (events.length > 0) await this.#deps.recordArtifacts(runId, attempt, rows, events);
+    } catch (err) {
+      this.#deps.log(`run ${runId}: collecting artifacts failed: ${String(err)}`);
+      await this.#deps.events.write(runId, attempt, [
+        { type: "attempt.error", data: { stage: "artifacts", message: String(err) } },
+      ]);
+    }
+  }
+
+  #outcome(exit: SandboxExit): AttemptOutcome {
+    switch (this.#stop) {
+      case "canceled":
+        return { status: "canceled", reason: "canceled", exitCode: null };
+      case "timed_out":
+        return { status: "timed_out", reason: "timed_out", exitCode: null };
+      case "shutdown":
+        return { status: "failed", reason: "lost", exitCode: null, interrupted: true };
+      case "lost":
+        return { status: "failed", reason: "lost", exitCode: null };
+    }
+    if (exit.oom) return { status: "failed", reason: "oom", exitCode: 137 };
+    if (this.#spawnError) {
+      const missing = this.#spawnError.code === "ENOENT" || this.#spawnError.code === "EACCES";
+      return { status: "failed", reason: missing ? "command_not_found" : "sandbox_error", exitCode: 127 };
+    }
+    const agent = this.#exitFrame;
+    if (!agent) return { status: "failed", reason: "lost", exitCode: exit.code };
+    if (agent.signal) {
+      const signum = constants.signals[agent.signal as keyof typeof constants.signals] ?? 0;
+      return { status: "failed", reason: "killed", exitCode: 128 + signum };
+    }
+    if (agent.code === 0) return { status: "succeeded", reason: "completed", exitCode: 0 };
+    return { status: "failed", reason: "exit_code", exitCode: agent.code };
+  }
+}

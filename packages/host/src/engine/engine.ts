@@ -1,0 +1,266 @@
+/**
+ * The run engine: claims queued runs (compare-and-set, so two workers never take the same run),
+ * executes each attempt, records the outcome with its events in one transaction, and on start
+ * reconciles runs that a dead host left in flight.
+ */
+import { type RunStatus, TERMINAL_STATUSES } from "@paddock/protocol";
+import type { Kysely } from "kysely";
+import type { Database, RunsTable } from "../store/schema.ts";
+import { Attempt, type AttemptDeps, type AttemptOutcome } from "./attempt.ts";
+import type { EventLog } from "./event-log.ts";
+import { type AgentSpec, type RunRepository, terminalEvent } from "./runs.ts";
+
+export interface EngineConfig {
+  workerId: string;
+  maxConcurrent: number;
+  /** How often the engine looks for queued runs it was not told about. */
+  pollMs: number;
+}
+
+const ACTIVE: RunStatus[] = ["starting", "running"];
+
+export class Engine {
+  readonly #db: Kysely<Database>;
+  readonly #runs: RunRepository;
+  readonly #events: EventLog;
+  readonly #deps: AttemptDeps;
+  readonly #config: EngineConfig;
+  readonly #active = new Map<string, { attempt: Attempt; done: Promise<void> }>();
+  #timer: NodeJS.Timeout | null = null;
+  #pumping: Promise<void> | null = null;
+  #again = false;
+  #closed = false;
+
+  constructor(db: Kysely<Database>, runs: RunRepository, events: EventLog, deps: AttemptDeps, config: EngineConfig) {
+    this.#db = db;
+    this.#runs = runs;
+    this.#events = events;
+    this.#deps = deps;
+    this.#config = config;
+  }
+
+  start(): void {
+    this.#timer = setInterval(() => this.notify(), this.#config.pollMs);
+    this.#timer.unref();
+    this.notify();
+  }
+
+  get activeCount(): number {
+    return this.#active.size;
+  }
+
+  /** Tells the engine there may be queued work. Cheap; coalesces concurrent calls. */
+  notify(): void {
+    if (this.#closed) return;
+    if (this.#pumping) {
+      this.#again = true;
+      return;
+    }
+    this.#pumping = this.#pump()
+      .catch((err: unknown) => this.#deps.log(`engine: claiming runs failed: ${String(err)}`))
+      .finally(() => {
+        this.#pumping = null;
+        if (this.#again) {
+          this.#again = false;
+          this.notify();
+        }
+      });
+  }
+
+  /** Kills a running run's sandbox; the attempt then records the run as canceled. */
+  cancel(runId: string): boolean {
+    const entry = this.#active.get(runId);
+    if (!entry) return false;
+    entry.attempt.stop("canceled");
+    return true;
+  }
+
+  /** Stops claiming, interrupts running attempts (their runs go back to the queue), waits for them. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#timer) clearInterval(this.#timer);
+    await this.#pumping;
+    for (const { attempt } of this.#active.values()) attempt.stop("shutdown");
+    await Promise.all([...this.#active.values()].map((e) => e.done));
+  }
+
+  async #pump(): Promise<void> {
+    while (!this.#closed && this.#active.size < this.#config.maxConcurrent) {
+      const candidates = await this.#db
+        .selectFrom("runs")
+        .select("id")
+        .where("status", "=", "queued")
+        .orderBy("id")
+        .limit(this.#config.maxConcurrent - this.#active.size)
+        .execute();
+      if (candidates.length === 0) return;
+      let claimed = 0;
+      for (const { id } of candidates) {
+        const run = await this.#claim(id);
+        if (!run) continue;
+        claimed++;
+        this.#launch(run);
+      }
+      if (claimed === 0) return;
+    }
+  }
+
+  /** queued → starting, creating attempt N, atomically; null if another worker won. */
+  async #claim(runId: string): Promise<RunsTable | null> {
+    const now = Date.now();
+    const rows = await this.#db.transaction().execute(async (trx) => {
+      const res = await trx
+        .updateTable("runs")
+        .set((eb) => ({
+          status: "starting",
+          attempt: eb("attempt", "+", 1),
+          worker_id: this.#config.workerId,
+          started_at: eb.fn.coalesce("started_at", eb.val(now)),
+        }))
+        .where("id", "=", runId)
+        .where("status", "=", "queued")
+        .executeTakeFirst();
+      if (Number(res.numUpdatedRows) !== 1) return null;
+      const run = await trx.selectFrom("runs").selectAll().where("id", "=", runId).executeTakeFirstOrThrow();
+      await trx
+        .insertInto("attempts")
+        .values({
+          run_id: runId,
+          n: run.attempt,
+          status: "running",
+          reason: null,
+          exit_code: null,
+          sandbox_id: null,
+          worker_id: this.#config.workerId,
+          started_at: now,
+          finished_at: null,
+        })
+        .execute();
+      const events = await this.#events.append(trx, runId, run.attempt, [
+        { type: "run.starting", data: { status: "starting", attempt: run.attempt }, ts: now },
+        { type: "attempt.started", data: { attempt: run.attempt, worker: this.#config.workerId }, ts: now },
+      ]);
+      return { run, events };
+    });
+    if (!rows) return null;
+    this.#events.publish(rows.events);
+    return rows.run;
+  }
+
+  #launch(run: RunsTable): void {
+    const attempt = new Attempt(this.#deps, {
+      runId: run.id,
+      tenantId: run.tenant_id,
+      attempt: run.attempt,
+      spec: JSON.parse(run.spec) as AgentSpec,
+      input: run.input,
+    });
+    const done = this.#execute(run, attempt)
+      .catch((err: unknown) => this.#deps.log(`run ${run.id}: engine error: ${String(err)}`))
+      .finally(() => {
+        this.#active.delete(run.id);
+        this.notify();
+      });
+    this.#active.set(run.id, { attempt, done });
+  }
+
+  async #execute(run: RunsTable, attempt: Attempt): Promise<void> {
+    const outcome = await attempt.run(async (bootMs) => {
+      const moved = await this.#runs.transition(run.id, ["starting"], "running", {}, [
+        { type: "run.running", data: { status: "running", attempt: run.attempt, boot_ms: bootMs } },
+      ]);
+      // A cancel that landed while booting: the run is no longer `starting`.
+      const current = await this.#runs.getById(run.id);
+      return moved && current?.cancel_requested === 0;
+    });
+    await this.#finish(run, outcome);
+  }
+
+  async #finish(run: RunsTable, outcome: AttemptOutcome): Promise<void> {
+    const now = Date.now();
+    const requeue = outcome.interrupted === true;
+    const rows = await this.#db.transaction().execute(async (trx) => {
+      await trx
+        .updateTable("attempts")
+        .set({ status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode, finished_at: now })
+        .where("run_id", "=", run.id)
+        .where("n", "=", run.attempt)
+        .execute();
+      const res = await trx
+        .updateTable("runs")
+        .set(
+          requeue
+            ? { status: "queued", worker_id: null }
+            : {
+                status: outcome.status,
+                reason: outcome.reason,
+                exit_code: outcome.exitCode,
+                finished_at: now,
+              },
+        )
+        .where("id", "=", run.id)
+        .where("status", "in", ACTIVE)
+        .executeTakeFirst();
+      if (Number(res.numUpdatedRows) !== 1) return [];
+      return this.#events.append(trx, run.id, run.attempt, [
+        {
+          type: "attempt.finished",
+          data: { attempt: run.attempt, status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode },
+          ts: now,
+        },
+        requeue
+          ? { type: "run.requeued", data: { status: "queued", why: "host_shutdown" }, ts: now }
+          : { ...terminalEvent(outcome.status, outcome.reason, outcome.exitCode), ts: now },
+      ]);
+    });
+    this.#events.publish(rows);
+  }
+
+  /**
+   * Runs left `starting` or `running` by a host that died: their attempt is recorded as lost and
+   * the run is requeued while attempts remain, else failed with reason `lost`.
+   */
+  async reconcile(): Promise<number> {
+    const orphans = await this.#db.selectFrom("runs").selectAll().where("status", "in", ACTIVE).execute();
+    const now = Date.now();
+    for (const run of orphans) {
+      const retry = run.attempt < run.max_attempts;
+      const rows = await this.#db.transaction().execute(async (trx) => {
+        await trx
+          .updateTable("attempts")
+          .set({ status: "failed", reason: "lost", finished_at: now })
+          .where("run_id", "=", run.id)
+          .where("n", "=", run.attempt)
+          .where("finished_at", "is", null)
+          .execute();
+        const res = await trx
+          .updateTable("runs")
+          .set(
+            retry
+              ? { status: "queued", worker_id: null }
+              : { status: "failed", reason: "lost", finished_at: now, worker_id: null },
+          )
+          .where("id", "=", run.id)
+          .where("status", "=", run.status)
+          .executeTakeFirst();
+        if (Number(res.numUpdatedRows) !== 1) return [];
+        return this.#events.append(trx, run.id, run.attempt, [
+          {
+            type: "attempt.lost",
+            data: { attempt: run.attempt, worker: run.worker_id, why: "host stopped while the attempt ran" },
+            ts: now,
+          },
+          retry
+            ? { type: "run.requeued", data: { status: "queued", why: "attempt_lost" }, ts: now }
+            : { ...terminalEvent("failed", "lost", null), ts: now },
+        ]);
+      });
+      this.#events.publish(rows);
+    }
+    return orphans.length;
+  }
+
+  isTerminal(status: string): boolean {
+    return (TERMINAL_STATUSES as readonly string[]).includes(status);
+  }
+}

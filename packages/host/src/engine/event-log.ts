@@ -1,0 +1,93 @@
+/**
+ * The append-only event log. Events are written inside the caller's transaction (so a state change
+ * and the event describing it commit together) and published to live subscribers only after that
+ * transaction commits, so a subscriber never sees an event the store could still lose.
+ */
+import { EventEmitter } from "node:events";
+import type { RunEvent } from "@paddock/protocol";
+import type { Kysely, Transaction } from "kysely";
+import type { Database, EventsTable } from "../store/schema.ts";
+
+export type Db = Kysely<Database> | Transaction<Database>;
+export interface NewEvent {
+  type: string;
+  data: unknown;
+  ts?: number;
+}
+
+export function toRunEvent(row: EventsTable): RunEvent {
+  return {
+    seq: row.seq,
+    run_id: row.run_id,
+    attempt: row.attempt,
+    type: row.type,
+    time: new Date(row.ts).toISOString(),
+    data: JSON.parse(row.data),
+  };
+}
+
+export class EventLog {
+  readonly #db: Kysely<Database>;
+  readonly #bus = new EventEmitter({ captureRejections: false });
+
+  constructor(db: Kysely<Database>) {
+    this.#db = db;
+    this.#bus.setMaxListeners(0);
+  }
+
+  /** Appends events with consecutive sequence numbers; call inside a transaction, then publish(). */
+  async append(trx: Db, runId: string, attempt: number, events: NewEvent[]): Promise<EventsTable[]> {
+    if (events.length === 0) return [];
+    const last = await trx
+      .selectFrom("events")
+      .select((eb) => eb.fn.max("seq").as("max"))
+      .where("run_id", "=", runId)
+      .executeTakeFirst();
+    let seq = Number(last?.max ?? 0);
+    const now = Date.now();
+    const rows: EventsTable[] = events.map((e) => ({
+      run_id: runId,
+      seq: ++seq,
+      attempt,
+      type: e.type,
+      ts: e.ts ?? now,
+      data: JSON.stringify(e.data ?? null),
+    }));
+    // SQLite caps bound parameters per statement; 6 columns × 100 rows stays well under it.
+    for (let i = 0; i < rows.length; i += 100) {
+      await trx
+        .insertInto("events")
+        .values(rows.slice(i, i + 100))
+        .execute();
+    }
+    return rows;
+  }
+
+  publish(rows: EventsTable[]): void {
+    for (const row of rows) this.#bus.emit(row.run_id, toRunEvent(row));
+  }
+
+  /** Appends in a transaction of its own and publishes. */
+  async write(runId: string, attempt: number, events: NewEvent[]): Promise<RunEvent[]> {
+    const rows = await this.#db.transaction().execute((trx) => this.append(trx, runId, attempt, events));
+    this.publish(rows);
+    return rows.map(toRunEvent);
+  }
+
+  async list(runId: string, afterSeq: number, limit: number): Promise<RunEvent[]> {
+    const rows = await this.#db
+      .selectFrom("events")
+      .selectAll()
+      .where("run_id", "=", runId)
+      .where("seq", ">", afterSeq)
+      .orderBy("seq")
+      .limit(limit)
+      .execute();
+    return rows.map(toRunEvent);
+  }
+
+  subscribe(runId: string, listener: (event: RunEvent) => void): () => void {
+    this.#bus.on(runId, listener);
+    return () => this.#bus.off(runId, listener);
+  }
+}

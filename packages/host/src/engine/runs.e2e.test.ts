@@ -1,0 +1,164 @@
+/** A run end to end: real host, real sandbox, real kernel limits. */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
+
+const skip = hostSkipReason();
+
+describe("runs end to end", { skip }, () => {
+  let t: TestHost;
+  before(async () => {
+    t = await startTestHost();
+  });
+  after(async () => {
+    await t?.close();
+  });
+
+  const types = (events: { type: string }[]) => events.map((e) => e.type);
+
+  it("succeeds, turns markers into events and logs, and stores /outputs as artifacts", async () => {
+    const script = [
+      "import json, os, sys",
+      "inp = json.load(open('/inputs/input.json'))",
+      "print('::paddock::' + json.dumps({'type': 'progress', 'data': {'pct': 50}}), flush=True)",
+      "print('hello', inp['who'], flush=True)",
+      "print('warn', file=sys.stderr, flush=True)",
+      "os.makedirs('/outputs/sub', exist_ok=True)",
+      "open('/outputs/report.md', 'w').write('# report\\n')",
+      "open('/outputs/sub/data.json', 'w').write('{}')",
+      "os.symlink('/etc/passwd', '/outputs/link')",
+    ].join("\n");
+    const { run, events } = await runAgent(
+      t,
+      { name: uniqueName("ok"), command: ["python3", "main.py"], files: { "main.py": script } },
+      { who: "world" },
+    );
+    assert.equal(run.status, "succeeded");
+    assert.equal(run.reason, "completed");
+    assert.equal(run.exit_code, 0);
+    assert.deepEqual(types(events).slice(0, 5), [
+      "run.queued",
+      "run.starting",
+      "attempt.started",
+      "run.running",
+      "user",
+    ]);
+    assert.equal(types(events).at(-1), "run.succeeded");
+    const seqs = events.map((e: { seq: number }) => e.seq);
+    assert.deepEqual(
+      seqs,
+      seqs.map((_: number, i: number) => i + 1),
+      "sequence numbers are 1..n with no gap",
+    );
+    assert.deepEqual(events.find((e: { type: string }) => e.type === "user").data, {
+      type: "progress",
+      data: { pct: 50 },
+    });
+    const logs = events.filter((e: { type: string }) => e.type === "log").map((e: { data: unknown }) => e.data);
+    assert.deepEqual(logs, [
+      { stream: "stdout", line: "hello world" },
+      { stream: "stderr", line: "warn" },
+    ]);
+    const arts = (await t.api("GET", `/v1/runs/${run.id}/artifacts`)).body.data;
+    assert.deepEqual(
+      arts.map((a: { path: string; size: number }) => [a.path, a.size]),
+      [
+        ["report.md", 9],
+        ["sub/data.json", 2],
+      ],
+    );
+    const skipped = events.filter((e: { type: string }) => e.type === "artifact.skipped");
+    assert.deepEqual(skipped[0]?.data, { path: "link", why: "symbolic link" });
+    const report = arts.find((a: { path: string }) => a.path === "report.md");
+    const dl = await fetch(`${t.host.url}/v1/runs/${run.id}/artifacts/${report.id}/content`, {
+      headers: { authorization: `Bearer ${t.adminKey}` },
+    });
+    assert.equal(dl.status, 200);
+    assert.equal(await dl.text(), "# report\n");
+    assert.match(dl.headers.get("content-disposition") ?? "", /attachment/);
+  });
+
+  it("records a non-zero exit as failed with its code", async () => {
+    const { run } = await runAgent(t, { name: uniqueName("exit"), command: ["sh", "-c", "echo bye; exit 3"] });
+    assert.deepEqual([run.status, run.reason, run.exit_code], ["failed", "exit_code", 3]);
+  });
+
+  it("keeps malformed markers as log lines and never crashes on them", async () => {
+    const lines = [
+      "::paddock::{broken",
+      '::paddock::{"type":"has space"}',
+      '::paddock::{"type":"ok","data":[1]}',
+      '::paddock::{"type":"x","extra":true}',
+    ];
+    const cmd = lines.map((l) => `printf '%s\\n' '${l}'`).join("; ");
+    const { run, events } = await runAgent(t, { name: uniqueName("markers"), command: ["sh", "-c", cmd] });
+    assert.equal(run.status, "succeeded");
+    const user = events.filter((e: { type: string }) => e.type === "user").map((e: { data: unknown }) => e.data);
+    assert.deepEqual(user, [{ type: "ok", data: [1] }]);
+    const logged = events
+      .filter((e: { type: string }) => e.type === "log")
+      .map((e: { data: { line: string } }) => e.data.line);
+    assert.deepEqual(logged, [lines[0], lines[1], lines[3]]);
+  });
+
+  it("times out a process that ignores SIGTERM", async () => {
+    const { run } = await runAgent(t, {
+      name: uniqueName("timeout"),
+      command: ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+      limits: { timeout_s: 1 },
+    });
+    assert.deepEqual([run.status, run.reason], ["timed_out", "timed_out"]);
+  });
+
+  it("records an out-of-memory kill as oom", async () => {
+    const { run } = await runAgent(t, {
+      name: uniqueName("oom"),
+      command: ["python3", "-c", "x = bytearray(400 * 1024 * 1024); print(len(x))"],
+      limits: { memory_mb: 96 },
+    });
+    assert.deepEqual([run.status, run.reason, run.exit_code], ["failed", "oom", 137]);
+  });
+
+  it("contains a fork bomb and ends it with the run", async () => {
+    const { run, events } = await runAgent(t, {
+      name: uniqueName("forkbomb"),
+      command: ["sh", "-c", "echo start; b() { b | b & }; b; sleep 30"],
+      limits: { pids: 64, timeout_s: 3 },
+    });
+    assert.equal(run.status, "timed_out");
+    assert.ok(events.some((e: { type: string; data: { line?: string } }) => e.data?.line === "start"));
+  });
+
+  it("ends a double-forked setsid daemon with the run", async () => {
+    const { run } = await runAgent(t, {
+      name: uniqueName("daemon"),
+      command: ["sh", "-c", "setsid sh -c 'sleep 600 & sleep 600' & echo spawned; exit 0"],
+    });
+    assert.equal(run.status, "succeeded");
+    // The driver's own tests check the cgroup is empty; here: no sleep of the sandbox uid survives.
+    const { execFileSync } = await import("node:child_process");
+    const left = execFileSync("ps", ["-u", "61000", "-o", "pid=,args="], { encoding: "utf8" }).trim();
+    assert.equal(left, "", `processes of the sandbox uid left: ${left}`);
+  });
+
+  it("caps logged output and says so", async () => {
+    const { run, events } = await runAgent(t, {
+      name: uniqueName("logcap"),
+      command: ["sh", "-c", "i=0; while [ $i -lt 5000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done"],
+      limits: { log_kb: 8 },
+    });
+    assert.equal(run.status, "succeeded");
+    const logBytes = events
+      .filter((e: { type: string }) => e.type === "log")
+      .reduce((n: number, e: { data: { line: string } }) => n + e.data.line.length + 1, 0);
+    assert.ok(logBytes <= 8 * 1024 + 64, `logged ${logBytes} bytes`);
+    assert.ok(types(events).includes("log.truncated"));
+    assert.ok(events.find((e: { type: string }) => e.type === "log.dropped").data.lines > 4000);
+  });
+
+  it("fails with command_not_found when the command vanishes at run time", async () => {
+    // Passes the image check (sh exists) but execs a missing program.
+    const { run } = await runAgent(t, { name: uniqueName("gone"), command: ["sh", "-c", "exec /nonexistent/tool"] });
+    assert.deepEqual([run.status, run.reason, run.exit_code], ["failed", "exit_code", 127]);
+  });
+});

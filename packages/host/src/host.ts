@@ -1,0 +1,175 @@
+/**
+ * The composition root of a host: opens the store, bootstraps identity, prepares the runner layer,
+ * cleans up after a previous host that died, starts the engine and serves the API.
+ */
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { chmod, mkdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import { serve } from "@hono/node-server";
+import { Agents } from "./agents/agents.ts";
+import { createApi } from "./api/app.ts";
+import { BlobStore } from "./artifacts/blob-store.ts";
+import { Engine } from "./engine/engine.ts";
+import { EventLog } from "./engine/event-log.ts";
+import { RunRepository } from "./engine/runs.ts";
+import { Identity } from "./identity/identity.ts";
+import { ImageStore } from "./images/image-store.ts";
+import { LayerStore } from "./images/layer-store.ts";
+import { RunnerLayers } from "./images/runner-layers.ts";
+import type { SandboxDriver } from "./sandbox/driver.ts";
+import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
+import { newId } from "./store/ids.ts";
+import { migrate } from "./store/migrations.ts";
+import { openSqlite } from "./store/sqlite.ts";
+
+export const VERSION = "0.1.0";
+export const SANDBOX_UID = 61000;
+
+export interface HostConfig {
+  dataDir: string;
+  port: number;
+  /** Address to listen on; default 127.0.0.1. */
+  listen?: string;
+  /** Where base images live; default <dataDir>/images. */
+  imagesDir?: string;
+  maxConcurrentRuns?: number;
+  heartbeatMs?: number;
+  heartbeatTimeoutMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface RunningHost {
+  url: string;
+  port: number;
+  /** The admin API key, only on the first start of a data directory. */
+  adminKey: string | null;
+  adminKeyPath: string;
+  /** This host's sandbox driver, for diagnostics. */
+  driver: SandboxDriver;
+  close(): Promise<void>;
+}
+
+const RUNNER_BUNDLE = new URL("../../runner/dist/runner.mjs", import.meta.url).pathname;
+
+async function ensureRunnerBundle(): Promise<string> {
+  if (!existsSync(RUNNER_BUNDLE)) await import("../../runner/build.ts");
+  return RUNNER_BUNDLE;
+}
+
+/** One host per data directory: a second one would fight the first over runs and sandboxes. */
+async function lock(dataDir: string): Promise<() => Promise<void>> {
+  const file = join(dataDir, "host.pid");
+  const previous = Number((await readFile(file, "utf8").catch(() => "")).trim());
+  if (previous && previous !== process.pid && existsSync(`/proc/${previous}`)) {
+    const cmd = await readFile(`/proc/${previous}/cmdline`, "utf8").catch(() => "");
+    if (cmd.includes("node")) {
+      throw new Error(`another host (pid ${previous}) is serving ${dataDir}; stop it first`);
+    }
+  }
+  await writeFile(file, `${process.pid}\n`);
+  return () => rm(file, { force: true });
+}
+
+export async function startHost(config: HostConfig): Promise<RunningHost> {
+  const log = config.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
+  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  const dataDir = await realpath(config.dataDir);
+  const unlock = await lock(dataDir);
+  const instance = createHash("sha256").update(dataDir).digest("hex").slice(0, 10);
+
+  const db = openSqlite(join(dataDir, "paddock.db"));
+  try {
+    await migrate(db);
+    const events = new EventLog(db);
+    const runs = new RunRepository(db, events);
+    const identity = new Identity(db);
+    const images = new ImageStore({ imagesDir: config.imagesDir ?? join(dataDir, "images") });
+    const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: SANDBOX_UID, gid: SANDBOX_UID });
+    const runners = new RunnerLayers({ runnersDir: join(dataDir, "runners") });
+    const blobs = new BlobStore(join(dataDir, "blobs"));
+    const agents = new Agents(db, images, layers);
+    const driver = new LinuxSandboxDriver({ runDir: `/run/paddock/${instance}`, instance });
+
+    const runner = await runners.ensure({ bundlePath: await ensureRunnerBundle(), nodePath: process.execPath });
+    const adminKey = await identity.bootstrap();
+    const adminKeyPath = join(dataDir, "admin.key");
+    if (adminKey) {
+      await writeFile(adminKeyPath, `${adminKey}\n`, { mode: 0o600 });
+      await chmod(adminKeyPath, 0o600);
+    }
+
+    const reaped = await driver.reapOrphans();
+    if (reaped > 0) log(`cleaned up ${reaped} sandbox(es) left by a previous host`);
+    const heartbeatMs = config.heartbeatMs ?? 2000;
+    const engine = new Engine(
+      db,
+      runs,
+      events,
+      {
+        driver,
+        events,
+        blobs,
+        resolveLayers: (spec) => agents.layerPaths(spec),
+        runnerDir: () => runner.dir,
+        recordArtifacts: async (runId, attempt, rows, evs) => {
+          const run = await runs.getById(runId);
+          if (!run) return;
+          const written = await db.transaction().execute(async (trx) => {
+            if (rows.length > 0) {
+              await trx
+                .insertInto("artifacts")
+                .values(
+                  rows.map((r) => ({ ...r, run_id: runId, tenant_id: run.tenant_id, attempt, created_at: Date.now() })),
+                )
+                .execute();
+            }
+            return events.append(trx, runId, attempt, evs);
+          });
+          events.publish(written);
+        },
+        heartbeatMs,
+        heartbeatTimeoutMs: config.heartbeatTimeoutMs ?? Math.max(15_000, heartbeatMs * 5),
+        log,
+      },
+      { workerId: newId("wrk"), maxConcurrent: config.maxConcurrentRuns ?? 32, pollMs: 1000 },
+    );
+    const recovered = await engine.reconcile();
+    if (recovered > 0) log(`reconciled ${recovered} run(s) left in flight by a previous host`);
+    engine.start();
+
+    const app = createApi({ db, identity, agents, runs, events, engine, blobs, version: VERSION, log });
+    const listen = config.listen ?? "127.0.0.1";
+    const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
+      const s = serve({ fetch: app.fetch, port: config.port, hostname: listen }, () => resolve(s));
+      s.once("error", reject);
+    });
+    const port = (server.address() as AddressInfo).port;
+    const host = listen.includes(":") ? `[${listen}]` : listen;
+
+    let closing: Promise<void> | null = null;
+    return {
+      url: `http://${host}:${port}`,
+      port,
+      adminKey,
+      adminKeyPath,
+      driver,
+      close: () => {
+        closing ??= (async () => {
+          const closed = new Promise<void>((r) => server.close(() => r()));
+          if ("closeAllConnections" in server) server.closeAllConnections();
+          await closed;
+          await engine.close();
+          await db.destroy();
+          await unlock();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await db.destroy().catch(() => {});
+    await unlock();
+    throw err;
+  }
+}

@@ -1,0 +1,101 @@
+/**
+ * What an agent can see from inside its sandbox, through the full host path. Each check is an
+ * attack that must fail: reading host processes, host files, host environment, or rewriting the
+ * runner that every later run trusts.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
+
+const skip = hostSkipReason();
+
+const PROBE = `
+import json, os, glob
+r = {}
+r["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+r["cmdlines"] = []
+for p in r["pids"]:
+    try:
+        r["cmdlines"].append(open(f"/proc/{p}/cmdline","rb").read().replace(b"\\0", b" ").decode())
+    except Exception as e:
+        pass
+r["env"] = dict(os.environ)
+r["uid"] = os.getuid()
+r["secret_found"] = []
+for path in glob.glob(os.environ["PROBE_GLOB"], recursive=True):
+    r["secret_found"].append(path)
+def attempt(name, fn):
+    try:
+        fn(); r[name] = "allowed"
+    except OSError as e:
+        r[name] = e.strerror
+attempt("runner_write", lambda: open("/opt/paddock/runner/runner.mjs", "a").write("x"))
+attempt("runner_create", lambda: open("/opt/paddock/runner/new", "w").write("x"))
+attempt("runner_unlink", lambda: os.unlink("/opt/paddock/runner/node"))
+attempt("runner_rename", lambda: os.rename("/opt/paddock/runner/node", "/opt/paddock/runner/n2"))
+attempt("runner_chmod", lambda: os.chmod("/opt/paddock/runner/node", 0o777))
+attempt("image_write", lambda: open("/usr/bin/python3", "a").write("x"))
+r["ifaces"] = sorted(os.listdir("/sys/class/net"))
+print("::paddock::" + json.dumps({"type": "probe", "data": r}), flush=True)
+`;
+
+describe("sandbox isolation through the host", { skip }, () => {
+  let t: TestHost;
+  let hostDir: string;
+  before(async () => {
+    t = await startTestHost();
+    hostDir = await mkdtemp(join(tmpdir(), "paddock-secret-"));
+    await writeFile(join(hostDir, "host-secret.txt"), "HOST-ONLY-SECRET");
+  });
+  after(async () => {
+    await t?.close();
+    await rm(hostDir, { recursive: true, force: true });
+  });
+
+  it("hides host processes, files and environment, and protects the runner layer", async () => {
+    process.env.PADDOCK_PROBE_CANARY = "canary-value-that-must-not-leak";
+    const { run, events } = await runAgent(t, {
+      name: uniqueName("probe"),
+      command: ["python3", "probe.py"],
+      files: { "probe.py": PROBE },
+      env: { PROBE_GLOB: "/**/host-secret.txt" },
+    });
+    delete process.env.PADDOCK_PROBE_CANARY;
+    assert.equal(run.status, "succeeded", JSON.stringify(events.slice(-5)));
+    const probe = events.find((e: { type: string }) => e.type === "user")?.data.data;
+    assert.ok(probe, "the probe reported");
+
+    // Processes: only the sandbox's own (its init, runner, the probe); none of the host's.
+    assert.ok(probe.pids.length <= 4, `pids visible: ${probe.pids}`);
+    assert.ok(
+      !probe.cmdlines.some((c: string) => c.includes("paddock-test") || c.includes("--test")),
+      probe.cmdlines.join("|"),
+    );
+    assert.notEqual(probe.uid, 0);
+    // Files: the host's temp folder is nowhere inside.
+    assert.deepEqual(probe.secret_found, []);
+    // Environment: exactly what the host chose.
+    assert.equal(JSON.stringify(probe.env).includes("canary-value"), false);
+    assert.deepEqual(Object.keys(probe.env).sort(), [
+      "HOME",
+      "LANG",
+      "PADDOCK_ATTEMPT",
+      "PADDOCK_INPUT",
+      "PADDOCK_OUTPUTS",
+      "PADDOCK_RUN_ID",
+      "PATH",
+      "PROBE_GLOB",
+      "TMPDIR",
+    ]);
+    // The runner layer and the image are read-only to the agent.
+    for (const k of ["runner_write", "runner_create", "runner_unlink", "runner_rename", "runner_chmod"]) {
+      assert.equal(probe[k], "Read-only file system", k);
+    }
+    assert.notEqual(probe.image_write, "allowed");
+    // Network: loopback only.
+    assert.deepEqual(probe.ifaces, ["lo"]);
+  });
+});

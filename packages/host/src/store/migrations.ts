@@ -1,0 +1,101 @@
+/** Schema migrations, written with Kysely's builder only so that SQLite and PostgreSQL share them. */
+import type { Kysely } from "kysely";
+import { type Migration, type MigrationProvider, Migrator } from "kysely/migration";
+
+const migrations: Record<string, Migration> = {
+  "0001_spine": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("tenants")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("name", "text", (c) => c.notNull().unique())
+        .addColumn("created_at", "bigint", (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable("api_keys")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+        .addColumn("role", "text", (c) => c.notNull())
+        .addColumn("name", "text")
+        .addColumn("secret_hash", "text", (c) => c.notNull())
+        .addColumn("created_at", "bigint", (c) => c.notNull())
+        .addColumn("revoked_at", "bigint")
+        .execute();
+      await db.schema
+        .createTable("agents")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("spec", "text", (c) => c.notNull())
+        .addColumn("created_at", "bigint", (c) => c.notNull())
+        .addUniqueConstraint("agents_tenant_name", ["tenant_id", "name"])
+        .execute();
+      await db.schema
+        .createTable("runs")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+        .addColumn("agent_id", "text", (c) => c.notNull().references("agents.id"))
+        .addColumn("status", "text", (c) => c.notNull())
+        .addColumn("reason", "text")
+        .addColumn("exit_code", "integer")
+        .addColumn("attempt", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("max_attempts", "integer", (c) => c.notNull().defaultTo(1))
+        .addColumn("input", "text")
+        .addColumn("spec", "text", (c) => c.notNull())
+        .addColumn("worker_id", "text")
+        .addColumn("cancel_requested", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("created_at", "bigint", (c) => c.notNull())
+        .addColumn("started_at", "bigint")
+        .addColumn("finished_at", "bigint")
+        .execute();
+      await db.schema.createIndex("runs_status").on("runs").columns(["status", "id"]).execute();
+      await db.schema.createIndex("runs_tenant").on("runs").columns(["tenant_id", "id"]).execute();
+      await db.schema
+        .createTable("attempts")
+        .addColumn("run_id", "text", (c) => c.notNull().references("runs.id"))
+        .addColumn("n", "integer", (c) => c.notNull())
+        .addColumn("status", "text", (c) => c.notNull())
+        .addColumn("reason", "text")
+        .addColumn("exit_code", "integer")
+        .addColumn("sandbox_id", "text")
+        .addColumn("worker_id", "text", (c) => c.notNull())
+        .addColumn("started_at", "bigint", (c) => c.notNull())
+        .addColumn("finished_at", "bigint")
+        .addPrimaryKeyConstraint("attempts_pk", ["run_id", "n"])
+        .execute();
+      await db.schema
+        .createTable("events")
+        .addColumn("run_id", "text", (c) => c.notNull().references("runs.id"))
+        .addColumn("seq", "integer", (c) => c.notNull())
+        .addColumn("attempt", "integer", (c) => c.notNull())
+        .addColumn("type", "text", (c) => c.notNull())
+        .addColumn("ts", "bigint", (c) => c.notNull())
+        .addColumn("data", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("events_pk", ["run_id", "seq"])
+        .execute();
+      await db.schema
+        .createTable("artifacts")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("run_id", "text", (c) => c.notNull().references("runs.id"))
+        .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+        .addColumn("attempt", "integer", (c) => c.notNull())
+        .addColumn("path", "text", (c) => c.notNull())
+        .addColumn("size", "bigint", (c) => c.notNull())
+        .addColumn("sha256", "text", (c) => c.notNull())
+        .addColumn("content_type", "text", (c) => c.notNull())
+        .addColumn("created_at", "bigint", (c) => c.notNull())
+        .addUniqueConstraint("artifacts_run_path", ["run_id", "attempt", "path"])
+        .execute();
+    },
+  },
+};
+
+const provider: MigrationProvider = { getMigrations: async () => migrations };
+
+export async function migrate(db: Kysely<unknown>): Promise<void> {
+  const { error, results } = await new Migrator({ db, provider }).migrateToLatest();
+  const failed = results?.find((r) => r.status === "Error");
+  if (error || failed) {
+    throw new Error(`database migration ${failed?.migrationName ?? ""} failed: ${String(error)}`);
+  }
+}

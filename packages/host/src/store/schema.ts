@@ -1,0 +1,92 @@
+/** Row types of the store. Times are integer milliseconds since the epoch; JSON is stored as text. */
+import type { Generated } from "kysely";
+
+export interface TenantsTable {
+  id: string;
+  name: string;
+  created_at: number;
+}
+
+export interface ApiKeysTable {
+  id: string;
+  tenant_id: string;
+  role: "admin" | "tenant";
+  name: string | null;
+  secret_hash: string;
+  created_at: number;
+  revoked_at: number | null;
+}
+
+export interface AgentsTable {
+  id: string;
+  tenant_id: string;
+  name: string;
+  /** JSON of AgentSpec. */
+  spec: string;
+  created_at: number;
+}
+
+export interface RunsTable {
+  id: string;
+  tenant_id: string;
+  agent_id: string;
+  status: string;
+  reason: string | null;
+  exit_code: number | null;
+  attempt: number;
+  max_attempts: number;
+  /** JSON of the run's input, or null. */
+  input: string | null;
+  /** JSON of the AgentSpec as it was when the run was triggered. */
+  spec: string;
+  worker_id: string | null;
+  cancel_requested: number;
+  created_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+}
+
+export interface AttemptsTable {
+  run_id: string;
+  n: number;
+  status: string;
+  reason: string | null;
+  exit_code: number | null;
+  sandbox_id: string | null;
+  worker_id: string;
+  started_at: number;
+  finished_at: number | null;
+}
+
+export interface EventsTable {
+  run_id: string;
+  seq: number;
+  attempt: number;
+  type: string;
+  ts: number;
+  data: string;
+}
+
+export interface ArtifactsTable {
+  id: string;
+  run_id: string;
+  tenant_id: string;
+  attempt: number;
+  path: string;
+  size: number;
+  sha256: string;
+  content_type: string;
+  created_at: number;
+}
+
+export interface Database {
+  tenants: TenantsTable;
+  api_keys: ApiKeysTable;
+  agents: AgentsTable;
+  runs: RunsTable;
+  attempts: AttemptsTable;
+  events: EventsTable;
+  artifacts: ArtifactsTable;
+  /** Kysely's own bookkeeping tables are not listed here. */
+  _unused?: { id: Generated<number> };
+}

@@ -1,0 +1,6 @@
+/** Runs a host in its own process for crash tests: config from argv[2] (JSON), prints {url, adminKey}. */
+import { startHost } from "../host.ts";
+
+const config = JSON.parse(process.argv[2] ?? "{}");
+const host = await startHost({ ...config, log: () => {} });
+process.stdout.write(`${JSON.stringify({ url: host.url, adminKey: host.adminKey })}\n`);
