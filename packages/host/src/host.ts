@@ -17,6 +17,7 @@ import { RunRepository } from "./engine/runs.ts";
 import { Identity } from "./identity/identity.ts";
 import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
+import { AGENT_USER } from "./images/layout.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
 import type { SandboxDriver } from "./sandbox/driver.ts";
 import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
@@ -25,7 +26,7 @@ import { migrate } from "./store/migrations.ts";
 import { openSqlite } from "./store/sqlite.ts";
 
 export const VERSION = "0.1.0";
-export const SANDBOX_UID = 61000;
+
 
 export interface HostConfig {
   dataDir: string;
@@ -86,7 +87,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     const runs = new RunRepository(db, events);
     const identity = new Identity(db);
     const images = new ImageStore({ imagesDir: config.imagesDir ?? join(dataDir, "images") });
-    const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: SANDBOX_UID, gid: SANDBOX_UID });
+    const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: AGENT_USER.uid, gid: AGENT_USER.gid });
     const runners = new RunnerLayers({ runnersDir: join(dataDir, "runners") });
     const blobs = new BlobStore(join(dataDir, "blobs"));
     const agents = new Agents(db, images, layers);
