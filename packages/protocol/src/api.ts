@@ -88,7 +88,7 @@ export const MAX_INPUT_BYTES = 256 * 1024;
 export const RunCreate = z
   .object({
     input: z
-      .json()
+      .unknown()
       .refine(
         (v) => Buffer.byteLength(JSON.stringify(v) ?? "") <= MAX_INPUT_BYTES,
         `input serializes to at most ${MAX_INPUT_BYTES} bytes`,
@@ -107,7 +107,7 @@ export const Run = z
     reason: RunReason.nullable(),
     exit_code: z.number().int().nullable(),
     attempt: z.number().int(),
-    input: z.json().nullable(),
+    input: z.unknown(),
     created_at: z.string(),
     started_at: z.string().nullable(),
     finished_at: z.string().nullable(),
@@ -122,7 +122,7 @@ export const RunEvent = z
     attempt: z.number().int(),
     type: z.string(),
     time: z.string(),
-    data: z.json(),
+    data: z.unknown(),
   })
   .meta({ id: "RunEvent" });
 export type RunEvent = z.infer<typeof RunEvent>;

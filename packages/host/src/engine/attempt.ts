@@ -77,6 +77,8 @@ export class Attempt {
   #lastFrameAt = Date.now();
   #exitFrame: { code: number | null; signal: string | null } | null = null;
   #spawnError: { code: string; message: string } | null = null;
+  /** The runner said hello: the sandbox booted far enough to run platform code. */
+  #runnerUp = false;
   readonly #limits: Limits;
 
   constructor(deps: AttemptDeps, input: AttemptInput) {
@@ -210,6 +212,8 @@ export class Attempt {
         this.#queue({ type: "attempt.error", data: { stage: "spawn", code: frame.code, message: frame.message } });
         break;
       case "hello":
+        this.#runnerUp = true;
+        break;
       case "started":
       case "hb":
         break;
@@ -311,7 +315,8 @@ export class Attempt {
       return { status: "failed", reason: missing ? "command_not_found" : "sandbox_error", exitCode: 127 };
     }
     const agent = this.#exitFrame;
-    if (!agent) return { status: "failed", reason: "lost", exitCode: exit.code };
+    // No exit report: the runner never came up (a sandbox fault), or it died under the agent.
+    if (!agent) return { status: "failed", reason: this.#runnerUp ? "lost" : "sandbox_error", exitCode: exit.code };
     if (agent.signal) {
       const signum = constants.signals[agent.signal as keyof typeof constants.signals] ?? 0;
       return { status: "failed", reason: "killed", exitCode: 128 + signum };
