@@ -27,7 +27,6 @@ import { openSqlite } from "./store/sqlite.ts";
 
 export const VERSION = "0.1.0";
 
-
 export interface HostConfig {
   dataDir: string;
   port: number;
@@ -162,6 +161,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
           if ("closeAllConnections" in server) server.closeAllConnections();
           await closed;
           await engine.close();
+          await driver.close();
           await db.destroy();
           await unlock();
         })();

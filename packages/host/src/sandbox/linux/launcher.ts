@@ -1,0 +1,361 @@
+/**
+ * The root helper that turns a prepared folder into a running sandbox, in a single process that
+ * becomes bwrap. Started ahead of time (see launcher-pool.ts), it waits for a request; then it
+ * mounts the tmpfs (the disk quota), joins the sandbox's cgroups while the driver fills the
+ * writable layer, mounts the overlay, and execs setpriv, which drops to the sandbox uid and execs
+ * bwrap. A warm launcher on cgroup v1 has already joined a slot cgroup, which the driver renames
+ * to the sandbox's; joining is the slow step (a cgroup migration can wait for an RCU grace
+ * period, milliseconds on a busy host). Also the helper that unmounts.
+ *
+ * Threat model: the helper runs as root with an explicitly minimal environment (PATH only), so
+ * nothing of the host's environment reaches the helper or, through it, the sandbox. It is in the
+ * cgroups before it execs, so the first sandbox process is born limited and no fork can happen
+ * outside them. bwrap's options, which carry the sandbox's environment, arrive on a pipe
+ * (bwrap --args) rather than on the command line, which any host user can read in /proc. Before
+ * exec it closes every descriptor but stdio and bwrap's two (seccomp filter, options), which
+ * bwrap consumes: the host may hold descriptors without close-on-exec, and none may leak in.
+ *
+ * The helper is a short Perl program calling mount(2) directly (perl-base is part of every
+ * Debian system); without Perl, a bash script running util-linux mount does the same, slower.
+ *
+ * Protocol on the control socket (descriptor 4): the helper says "idle" once it is ready for a
+ * request; the request is a line with a field count, then that many NUL-terminated fields:
+ * sandbox folder, tmpfs options, lowerdir, count of cgroup.procs files to join, those files, the
+ * command to exec. The helper answers "mounted" (tmpfs is up), the driver "go" (writable layer
+ * filled), the helper "ready" just before exec; "error: ..." lines explain a failure.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { access, constants } from "node:fs/promises";
+import type { Socket } from "node:net";
+import { mountPointsUnder } from "./mountinfo.ts";
+import { requireSyscall, type SyscallArch } from "./syscalls.ts";
+
+/** The only environment any helper gets. */
+export const HELPER_ENV: Readonly<Record<string, string>> = Object.freeze({ PATH: "/usr/bin:/bin" });
+
+/** The descriptors the launched process sees besides stdio. */
+export const SECCOMP_FD = 3;
+const CONTROL_FD = 4;
+export const BWRAP_ARGS_FD = 5;
+
+export type HelperKind = "perl" | "bash";
+
+export interface Tools {
+  bwrap: string;
+  setpriv: string;
+  helper: HelperKind;
+  perl?: string;
+  bash?: string;
+  mount?: string;
+  umount?: string;
+  arch: SyscallArch;
+}
+
+const SEARCH_PATH = ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"];
+
+async function findExecutable(name: string): Promise<string | undefined> {
+  for (const dir of SEARCH_PATH) {
+    const candidate = `${dir}/${name}`;
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {}
+  }
+  return undefined;
+}
+
+/** Locates bwrap, setpriv and the helper's interpreter; throws naming whatever is missing. */
+export async function findTools(arch: SyscallArch, prefer?: HelperKind): Promise<Tools> {
+  const [bwrap, setpriv, perl, bash, mount, umount] = await Promise.all(
+    ["bwrap", "setpriv", "perl", "bash", "mount", "umount"].map(findExecutable),
+  );
+  const missing: string[] = [];
+  if (!bwrap) missing.push("bwrap (package bubblewrap)");
+  if (!setpriv) missing.push("setpriv (package util-linux)");
+  const helper: HelperKind = prefer ?? (perl ? "perl" : "bash");
+  if (helper === "perl" && !perl) missing.push("perl");
+  if (helper === "bash" && (!bash || !mount || !umount)) missing.push("bash, mount and umount");
+  if (missing.length > 0 || !bwrap || !setpriv) throw new Error(`the Linux sandbox needs: ${missing.join(", ")}`);
+  return { bwrap, setpriv, helper, perl, bash, mount, umount, arch };
+}
+
+/**
+ * Perl launcher. Arguments: mount(2) and close(2) numbers, then cgroup.procs files to join at
+ * once (a slot). MS_NOSUID|MS_NODEV = 6. End of file on the control socket means the driver is
+ * gone: an idle launcher then moves up to the instance's cgroup, removes its slot and exits.
+ */
+const PERL_LAUNCH = String.raw`
+my ($nr, $nr_close, @slot) = @ARGV;
+my $ctl;
+open($ctl, "+<&=", ${CONTROL_FD}) or exit 111;
+sub fail { syswrite($ctl, "error: $_[0]\n"); exit 1 }
+sub line { my ($l, $c) = ("", ""); while (sysread($ctl, $c, 1)) { return $l if $c eq "\n"; $l .= $c } return undef }
+sub leave { for my $p (@slot) { (my $d = $p) =~ s{/cgroup\.procs$}{}; (my $up = $d) =~ s{/[^/]+$}{}; if (open(my $f, ">", "$up/cgroup.procs")) { syswrite($f, "$$\n"); close($f) } rmdir($d) } exit 0 }
+sub enter { for my $p (@_) { open(my $f, ">", $p) or fail("open $p: $!"); syswrite($f, "$$\n") or fail("join cgroup $p: $!"); close($f) } }
+sub mnt { my ($src, $dst, $type, $data) = @_; syscall($nr, $src, $dst, $type, 6, $data) == 0 or fail("mount $type on $dst: $!") }
+enter(@slot);
+syswrite($ctl, "idle\n");
+my $count = line();
+leave() unless defined $count;
+my $buf = "";
+while (($buf =~ tr/\0//) < $count) { sysread($ctl, $buf, 65536, length($buf)) or leave() }
+my @f = split(/\0/, $buf, -1);
+my ($dir, $tmpfs, $lower, $n) = splice(@f, 0, 4);
+my @procs = splice(@f, 0, $n);
+my @cmd = @f[0 .. $count - 5 - $n];
+mnt("tmpfs", $dir, "tmpfs", $tmpfs);
+syswrite($ctl, "mounted\n");
+enter(@procs);
+my $go = line();
+exit 1 unless defined $go && $go eq "go";
+mnt("overlay", "$dir/root", "overlay", "lowerdir=$lower,upperdir=$dir/upper,workdir=$dir/work");
+opendir(my $fds, "/proc/self/fd") or fail("/proc/self/fd: $!");
+my @extra = grep { /^\d+$/ && $_ > ${BWRAP_ARGS_FD} } readdir($fds);
+closedir($fds);
+syscall($nr_close, $_ + 0) for @extra;
+syswrite($ctl, "ready\n");
+close($ctl);
+exec { $cmd[0] } @cmd;
+print STDERR "exec $cmd[0]: $!\n";
+exit 127;
+`;
+
+/**
+ * No startup files (bash sources ~/.bashrc when its stdin is a socket, as Node's pipes are) and
+ * privileged mode (no BASH_ENV, no imported functions).
+ */
+const BASH_FLAGS = ["--norc", "--noprofile", "-p", "-c"];
+
+/** Bash launcher: the mount binary, then the files to join at once (bash closes fds above 9). */
+const BASH_LAUNCH = `
+m=$1; shift; slot=("$@")
+leave() { for p in "\${slot[@]}"; do d=\${p%/cgroup.procs}; echo $$ > "\${d%/*}/cgroup.procs"; rmdir "$d"; done 2>/dev/null; exit 0; }
+for p; do echo $$ > "$p" || { echo "error: cannot join cgroup $p" >&${CONTROL_FD}; exit 1; }; done
+echo idle >&${CONTROL_FD}
+read -r count <&${CONTROL_FD} || leave
+f=()
+for ((i = 0; i < count; i++)); do IFS= read -r -d '' x <&${CONTROL_FD} || leave; f+=("$x"); done
+dir=\${f[0]} tmpfs=\${f[1]} lower=\${f[2]} n=\${f[3]}
+$m -n -t tmpfs -o "nosuid,nodev,$tmpfs" tmpfs "$dir" 2>&${CONTROL_FD} || exit 1
+echo mounted >&${CONTROL_FD}
+for p in "\${f[@]:4:n}"; do echo $$ > "$p" || { echo "error: cannot join cgroup $p" >&${CONTROL_FD}; exit 1; }; done
+read -r go <&${CONTROL_FD} && [ "$go" = go ] || exit 1
+$m -n -t overlay -o "nosuid,nodev,lowerdir=$lower,upperdir=$dir/upper,workdir=$dir/work" overlay "$dir/root" 2>&${CONTROL_FD} || exit 1
+for fd in /proc/self/fd/*; do fd=\${fd##*/}; if [ "$fd" -gt ${BWRAP_ARGS_FD} ]; then eval "exec $fd>&-"; fi; done
+echo ready >&${CONTROL_FD}
+exec ${CONTROL_FD}>&-
+exec "\${f[@]:4+n}"
+`;
+
+/** Perl unmounter: umount2(UMOUNT_NOFOLLOW), then with MNT_DETACH as the fallback. */
+const PERL_UNMOUNT = String.raw`
+my $nr = shift; my $rc = 0;
+for my $m (@ARGV) { my $p = $m; next if syscall($nr, $p, 8) == 0; next if syscall($nr, $p, 10) == 0; print STDERR "umount $m: $!\n"; $rc = 1 }
+exit $rc;
+`;
+
+const BASH_UNMOUNT = `
+u=$1; shift; rc=0
+for m; do $u -n "$m" 2>/dev/null || $u -n -l "$m" || rc=1; done
+exit $rc
+`;
+
+export interface LaunchRequest {
+  /** The sandbox folder: the tmpfs goes here, with upper, work and root inside. */
+  dir: string;
+  tmpfsOptions: string;
+  lowerdir: string;
+  /** cgroup.procs files to join (none when the launcher already sits in the sandbox's cgroups). */
+  cgroupProcs: string[];
+  /** setpriv ... bwrap --args BWRAP_ARGS_FD -- argv */
+  command: string[];
+  /** bwrap's options, NUL-separated, delivered on BWRAP_ARGS_FD. */
+  bwrapOptions: Buffer;
+  /** Runs once the tmpfs is mounted and before the overlay is: fills the writable layer. */
+  prepare: () => Promise<void>;
+}
+
+/** One launcher process, from its start until it becomes bwrap (or dies). */
+export class Launcher {
+  readonly child: ChildProcess;
+  /** Settles once the launcher has joined its slot cgroups and waits for a request. */
+  readonly idle: Promise<void>;
+  private readonly control: Socket;
+  private readonly bwrapArgs: Socket;
+  private readonly sockets: Socket[];
+  private readonly messages: string[] = [];
+  private readonly exit: Promise<string>;
+  private onLine: (line: string) => void = () => {};
+  private closed = false;
+
+  /**
+   * Spawns a launcher with the sandbox's seccomp filter on descriptor 3; slotProcs are the
+   * cgroup.procs files it joins right away.
+   */
+  constructor(tools: Tools, seccompFd: number, slotProcs: string[]) {
+    const [file, args] =
+      tools.helper === "perl"
+        ? [
+            tools.perl ?? "perl",
+            [
+              "-e",
+              PERL_LAUNCH,
+              "--",
+              String(requireSyscall(tools.arch, "mount")),
+              String(requireSyscall(tools.arch, "close")),
+            ],
+          ]
+        : [tools.bash ?? "bash", [...BASH_FLAGS, BASH_LAUNCH, "bash", tools.mount ?? "mount"]];
+    this.child = spawn(file, [...args, ...slotProcs], {
+      stdio: ["pipe", "pipe", "pipe", seccompFd, "pipe", "pipe"],
+      env: { ...HELPER_ENV },
+    });
+    const stdio = this.child.stdio as unknown as (Socket | null)[];
+    const control = stdio[CONTROL_FD];
+    const bwrapArgs = stdio[BWRAP_ARGS_FD];
+    if (!control || !bwrapArgs) throw new Error("launcher spawned without its control pipes");
+    this.control = control;
+    this.bwrapArgs = bwrapArgs;
+    this.sockets = stdio.filter((s): s is Socket => s !== null && typeof s === "object" && "unref" in s);
+    for (const socket of this.sockets) socket.on("error", () => {});
+
+    this.exit = new Promise((resolve) => {
+      this.child.once("error", (err) => resolve(`cannot run ${file}: ${err.message}`));
+      this.child.once("exit", (code, signal) => {
+        // Its last words may still be in flight on the control socket.
+        const report = (): void =>
+          resolve(this.messages.length > 0 ? this.messages.join("; ") : `launcher exited with ${code ?? signal}`);
+        if (this.control.destroyed || this.control.readableEnded) report();
+        else {
+          const timer = setTimeout(report, 1000);
+          this.control.once("close", () => {
+            clearTimeout(timer);
+            report();
+          });
+        }
+      });
+    });
+
+    let buffered = "";
+    control.setEncoding("utf8");
+    control.on("data", (chunk: string) => {
+      buffered += chunk;
+      for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        if (line.startsWith("error: ")) this.messages.push(line.slice(7));
+        else this.onLine(line);
+      }
+    });
+    this.idle = new Promise((resolve, reject) => {
+      this.onLine = (line) => {
+        if (line === "idle") resolve();
+      };
+      this.exit.then((message) => reject(new Error(message)));
+    });
+    this.idle.catch(() => {});
+  }
+
+  /** Whether the launcher still waits for work. */
+  get alive(): boolean {
+    return (
+      !this.closed && this.child.exitCode === null && this.child.signalCode === null && this.child.pid !== undefined
+    );
+  }
+
+  /** Keeps (or stops keeping) the host's event loop alive for this process and its pipes. */
+  ref(on: boolean): void {
+    if (on) this.child.ref();
+    else this.child.unref();
+    for (const socket of this.sockets) {
+      if (on) socket.ref();
+      else socket.unref();
+    }
+  }
+
+  /**
+   * Sends the request and resolves once the launcher has exec'd towards bwrap (its pid is then
+   * bwrap's). On failure the launcher has exited when the promise rejects, so the caller can
+   * clean up its mounts.
+   */
+  run(req: LaunchRequest): Promise<ChildProcess> {
+    this.ref(true);
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (message: string): void => {
+        if (settled) return;
+        settled = true;
+        this.kill().then(() => reject(new Error(message)));
+      };
+      this.exit.then(fail);
+      this.onLine = (line) => {
+        if (line === "mounted") {
+          req.prepare().then(
+            () => this.control.write("go\n"),
+            (err: Error) => fail(`preparing the writable layer: ${err.message}`),
+          );
+        } else if (line === "ready" && !settled) {
+          settled = true;
+          this.closed = true;
+          this.control.destroy();
+          resolve(this.child);
+        }
+      };
+      const fields = [
+        req.dir,
+        req.tmpfsOptions,
+        req.lowerdir,
+        String(req.cgroupProcs.length),
+        ...req.cgroupProcs,
+        ...req.command,
+      ];
+      if (fields.some((f) => f.includes("\0"))) {
+        fail("launch request fields may not contain NUL");
+        return;
+      }
+      this.bwrapArgs.end(req.bwrapOptions);
+      this.control.write(`${fields.length}\n${fields.map((f) => `${f}\0`).join("")}`);
+    });
+  }
+
+  /** SIGKILLs the launcher (before it became bwrap) and waits until it is gone. */
+  async kill(): Promise<void> {
+    this.closed = true;
+    // Keep the event loop alive until the exit is seen, even for an idle (unreferenced) launcher.
+    this.ref(true);
+    if (this.child.pid !== undefined && this.child.exitCode === null && this.child.signalCode === null) {
+      this.child.kill("SIGKILL");
+    }
+    await this.exit;
+    this.control.destroy();
+  }
+}
+
+/** Runs the unmount helper on the given mount points; resolves with its error output. */
+function unmountPoints(tools: Tools, points: string[]): Promise<string> {
+  const [file, args] =
+    tools.helper === "perl"
+      ? [tools.perl ?? "perl", ["-e", PERL_UNMOUNT, "--", String(requireSyscall(tools.arch, "umount2"))]]
+      : [tools.bash ?? "bash", [...BASH_FLAGS, BASH_UNMOUNT, "bash", tools.umount ?? "umount"]];
+  return new Promise((resolve) => {
+    const child = spawn(file, [...args, ...points], { stdio: ["ignore", "ignore", "pipe"], env: { ...HELPER_ENV } });
+    let stderr = "";
+    child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+      stderr += chunk;
+    });
+    child.once("error", (err) => resolve(err.message));
+    child.once("close", () => resolve(stderr.trim()));
+  });
+}
+
+/** Unmounts every mount below dir (and at dir unless includeDir is false), deepest first. */
+export async function unmountAll(tools: Tools, dir: string, includeDir = true): Promise<void> {
+  let lastError = "";
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const points = await mountPointsUnder(dir, includeDir);
+    if (points.length === 0) return;
+    lastError = await unmountPoints(tools, points);
+  }
+  const left = await mountPointsUnder(dir, includeDir);
+  if (left.length > 0) throw new Error(`cannot unmount ${left.join(", ")}: ${lastError || "unknown error"}`);
+}

@@ -1,0 +1,255 @@
+/**
+ * The Linux sandbox driver: bubblewrap in fresh namespaces over an overlay of read-only layers
+ * and a tmpfs writable layer, limited by cgroups, filtered by seccomp, as an unprivileged uid.
+ *
+ * Threat model: everything inside the sandbox is hostile. It must not read or change the host's
+ * files, processes, environment or network (namespaces, overlay root, loopback-only network),
+ * gain privileges (unprivileged uid, no capabilities, no_new_privs, no nested user namespaces,
+ * seccomp), exhaust the host (memory, pids and CPU cgroups, tmpfs quota), or outlive the sandbox
+ * (kill by cgroup membership). The host runs as root only to mount and to manage cgroups; its
+ * helpers get a minimal environment and never run sandbox-supplied code.
+ *
+ * Boot, in order: cgroups created and limited (or a warm launcher's slot cgroup renamed and
+ * limited); one launcher process mounts the tmpfs, joins the cgroups while the driver writes the
+ * writable layer, mounts the overlay, then becomes setpriv and bwrap (see launcher.ts).
+ */
+import { execFile } from "node:child_process";
+import { statSync } from "node:fs";
+import { mkdir, readdir } from "node:fs/promises";
+import path from "node:path";
+import { promisify } from "node:util";
+import type { SandboxDriver, SandboxHandle, SandboxSpec } from "../driver.ts";
+import { bwrapOptions, checkEnv, launchCommand, nulSeparated } from "./bwrap-args.ts";
+import {
+  type CgroupLayout,
+  detectCgroups,
+  listInstanceCgroups,
+  removeInstanceCgroups,
+  SandboxCgroup,
+} from "./cgroups.ts";
+import { findTools, type HelperKind, type Tools, unmountAll } from "./launcher.ts";
+import { discard, LauncherPool, type Lease } from "./launcher-pool.ts";
+import { mountPointsUnder } from "./mountinfo.ts";
+import { ensureRunDir, NAME_RE, sandboxPaths } from "./paths.ts";
+import { LinuxSandboxHandle, removeSandboxDir, teardownSandbox } from "./sandbox-handle.ts";
+import { writeSeccompFilter } from "./seccomp.ts";
+import { syscallArch } from "./syscalls.ts";
+import { checkSandboxFilePath, prepareWritableLayer } from "./writable-layer.ts";
+
+export interface LinuxSandboxDriverConfig {
+  /** Where per-sandbox folders live, for example /run/paddock/<instance>. */
+  runDir: string;
+  /** Names this host's cgroup subtree (paddock/<instance>), so a restarted host finds its leftovers. */
+  instance: string;
+  /** The host uid and gid sandboxes run as; default 61000. */
+  sandboxUid?: number;
+  sandboxGid?: number;
+  /** The root helper's language; default perl when installed, else bash with util-linux mount. */
+  helper?: HelperKind;
+  /** Launchers kept started ahead of boots (see launcher-pool.ts); default 2, 0 disables. */
+  warmLaunchers?: number;
+}
+
+interface Setup {
+  tools: Tools;
+  cgroups: CgroupLayout;
+  pool: LauncherPool;
+}
+
+const run = promisify(execFile);
+/** Holds exposed runner layers; the leading dot keeps it apart from sandbox ids (NAME_RE). */
+const RUNNERS_DIR = ".runners";
+
+/** Characters that would break the overlay option string (",", ":" separate options and layers). */
+const BAD_LAYER_CHARS = /[,:\\\s]/;
+/** mount(2) options must fit in one page. */
+const MAX_MOUNT_OPTIONS = 4000;
+
+function checkSpec(spec: SandboxSpec): void {
+  if (!NAME_RE.test(spec.id)) throw new Error(`sandbox id must match ${NAME_RE}: ${JSON.stringify(spec.id)}`);
+  if (spec.layers.length === 0) throw new Error("a sandbox needs at least one layer");
+  for (const layer of spec.layers) {
+    if (!path.isAbsolute(layer) || BAD_LAYER_CHARS.test(layer)) {
+      throw new Error(`layer path must be absolute without ',', ':', '\\' or spaces: ${JSON.stringify(layer)}`);
+    }
+  }
+  if (!path.isAbsolute(spec.runnerDir)) throw new Error(`runnerDir must be absolute: ${spec.runnerDir}`);
+  for (const dir of [...spec.layers, spec.runnerDir]) {
+    if (!statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`not a directory: ${dir}`);
+  }
+  if (spec.argv.length === 0) throw new Error("argv is empty");
+  if (!spec.cwd.startsWith("/")) throw new Error(`cwd must be absolute: ${spec.cwd}`);
+  checkEnv(spec.env);
+  for (const file of spec.files) checkSandboxFilePath(file.path);
+}
+
+export class LinuxSandboxDriver implements SandboxDriver {
+  readonly name = "linux";
+  private readonly runDir: string;
+  private readonly instance: string;
+  private readonly uid: number;
+  private readonly gid: number;
+  private readonly helper: HelperKind | undefined;
+  private readonly warmLaunchers: number;
+  private setupPromise: Promise<Setup> | undefined;
+  private pool: LauncherPool | undefined;
+  /** Runner layers exposed read-only under runDir, by host path. */
+  private readonly runners = new Map<string, Promise<string>>();
+
+  constructor(config: LinuxSandboxDriverConfig) {
+    if (!path.isAbsolute(config.runDir)) throw new Error(`runDir must be absolute: ${config.runDir}`);
+    if (!NAME_RE.test(config.instance)) throw new Error(`instance must match ${NAME_RE}: ${config.instance}`);
+    this.runDir = path.resolve(config.runDir);
+    this.instance = config.instance;
+    this.uid = config.sandboxUid ?? 61000;
+    this.gid = config.sandboxGid ?? 61000;
+    if (!(this.uid > 0 && this.gid > 0)) throw new Error("the sandbox uid and gid must not be root");
+    this.helper = config.helper;
+    this.warmLaunchers = config.warmLaunchers ?? 2;
+  }
+
+  /** Checks the host once per driver: platform, root, tools, cgroups; writes the seccomp filter. */
+  private setup(): Promise<Setup> {
+    this.setupPromise ??= (async () => {
+      if (process.platform !== "linux") throw new Error("the Linux sandbox driver runs on Linux only");
+      if (process.getuid?.() !== 0) throw new Error("the Linux sandbox driver must run as root");
+      const arch = syscallArch();
+      const [tools, cgroups] = await Promise.all([findTools(arch, this.helper), detectCgroups()]);
+      await ensureRunDir(this.runDir);
+      const seccompFile = await writeSeccompFilter(this.runDir, arch);
+      this.pool = new LauncherPool(tools, cgroups, this.instance, seccompFile, this.warmLaunchers);
+      return { tools, cgroups, pool: this.pool };
+    })().catch((err: unknown) => {
+      this.setupPromise = undefined;
+      throw err;
+    });
+    return this.setupPromise;
+  }
+
+  async boot(spec: SandboxSpec): Promise<SandboxHandle> {
+    checkSpec(spec);
+    const lowerdir = spec.layers.join(":");
+    const { tools, cgroups, pool } = await this.setup();
+    const paths = sandboxPaths(this.runDir, spec.id);
+    const cgroup = new SandboxCgroup(cgroups, this.instance, spec.id);
+    const overlayOptions = `lowerdir=${lowerdir},upperdir=${paths.upper},workdir=${paths.work}`;
+    if (overlayOptions.length > MAX_MOUNT_OPTIONS) throw new Error(`too many layers: mount options exceed a page`);
+
+    await this.makeSandboxDir(paths.dir, spec.id);
+    let lease: Lease | undefined;
+    try {
+      lease = pool.take();
+      if (lease.slot) {
+        try {
+          await lease.launcher.idle;
+        } catch {
+          // The warm launcher died (killed by a reap, for instance): start a fresh one.
+          void discard(lease);
+          lease = pool.fresh();
+        }
+      }
+      const { launcher, slot } = lease;
+      if (slot) {
+        // A warm launcher already sits in its slot cgroup: make that the sandbox's cgroup.
+        cgroup.adopt(slot, spec.limits);
+      } else {
+        cgroup.create(spec.limits);
+      }
+      const runnerDir = await this.exposeRunner(tools, spec.runnerDir);
+      const options = bwrapOptions({ root: paths.root, runnerDir, env: spec.env, cwd: spec.cwd });
+      const child = await launcher.run({
+        dir: paths.dir,
+        // 0711: bwrap (the sandbox uid) traverses it to the overlay; host users cannot list it.
+        tmpfsOptions: `size=${spec.limits.disk_mb}m,mode=0711`,
+        lowerdir,
+        cgroupProcs: slot ? [] : cgroup.procsFiles,
+        command: launchCommand(tools, this.uid, this.gid, spec.argv),
+        bwrapOptions: nulSeparated(options),
+        prepare: async () => prepareWritableLayer(paths, spec.files, this.uid, this.gid),
+      });
+      return new LinuxSandboxHandle(spec.id, paths, cgroup, tools, child);
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      if (lease) await discard(lease);
+      await teardownSandbox(tools, paths, cgroup).catch(() => {});
+      throw new Error(`sandbox ${spec.id}: boot failed: ${message}`, { cause: err });
+    } finally {
+      pool.refill();
+    }
+  }
+
+  /** Creates the sandbox's folder; recreates runDir first if something removed it. */
+  private async makeSandboxDir(dir: string, id: string): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await mkdir(dir, { mode: 0o711 });
+        return;
+      } catch (err) {
+        const code = err instanceof Error && "code" in err ? err.code : undefined;
+        if (code === "EEXIST") throw new Error(`sandbox ${id} already exists in ${this.runDir}`);
+        if (code !== "ENOENT" || attempt > 0) throw err;
+        await ensureRunDir(this.runDir);
+      }
+    }
+  }
+
+  /**
+   * bwrap binds the runner as the sandbox uid, which cannot traverse a private (0700) data
+   * directory. Each runner layer is therefore bind-mounted read-only once per host under runDir
+   * (0711), at a name no sandbox id can take; reapOrphans and close() unmount it.
+   */
+  private exposeRunner(tools: Tools, runnerDir: string): Promise<string> {
+    let exposed = this.runners.get(runnerDir);
+    if (!exposed) {
+      exposed = (async () => {
+        const target = path.join(this.runDir, RUNNERS_DIR, path.basename(runnerDir));
+        await mkdir(path.dirname(target), { recursive: true, mode: 0o711 });
+        await mkdir(target, { recursive: true, mode: 0o755 });
+        const mount = tools.mount ?? "mount";
+        const env = { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" };
+        await run(mount, ["--bind", runnerDir, target], { env });
+        await run(mount, ["-o", "remount,bind,ro,nosuid,nodev", target], { env });
+        return target;
+      })();
+      exposed.catch(() => this.runners.delete(runnerDir));
+      this.runners.set(runnerDir, exposed);
+    }
+    return exposed;
+  }
+
+  /** Stops the warm launchers and unmounts exposed runner layers (not part of SandboxDriver). */
+  async close(): Promise<void> {
+    await this.pool?.close();
+    if (this.runners.size > 0 && this.setupPromise) {
+      const { tools } = await this.setupPromise;
+      this.runners.clear();
+      await unmountAll(tools, path.join(this.runDir, RUNNERS_DIR), false);
+    }
+  }
+
+  async reapOrphans(): Promise<number> {
+    const { tools, cgroups, pool } = await this.setup();
+    await pool.close();
+    const ids = new Set(listInstanceCgroups(cgroups, this.instance));
+    const prefix = `${this.runDir}/`;
+    for (const point of await mountPointsUnder(this.runDir, false)) {
+      const id = point.slice(prefix.length).split("/")[0];
+      if (id) ids.add(id);
+    }
+    for (const entry of await readdir(this.runDir, { withFileTypes: true })) {
+      if (entry.isDirectory() && NAME_RE.test(entry.name)) ids.add(entry.name);
+    }
+    const reaped = [...ids];
+    // Kill first: live processes could keep mounts busy.
+    await Promise.all(reaped.map((id) => new SandboxCgroup(cgroups, this.instance, id).killAll()));
+    this.runners.clear();
+    await unmountAll(tools, this.runDir, false);
+    for (const id of reaped) {
+      await removeSandboxDir(sandboxPaths(this.runDir, id).dir);
+      await new SandboxCgroup(cgroups, this.instance, id).remove();
+    }
+    removeInstanceCgroups(cgroups, this.instance);
+    // Warm launchers' slots are cleaned like sandboxes but are not sandboxes.
+    return reaped.filter((id) => NAME_RE.test(id)).length;
+  }
+}
