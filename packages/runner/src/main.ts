@@ -11,6 +11,7 @@ import { MARKER_PREFIX, parseMarkerLine } from "@paddock/protocol/marker";
 import { LineSplitter } from "./line-splitter.ts";
 
 const out = process.stdout;
+const PIPE_GRACE_MS = 200;
 let blocked = false;
 const waiting: (() => void)[] = [];
 out.on("drain", () => {
@@ -75,12 +76,29 @@ async function main(): Promise<void> {
     throttle(child.stderr);
   }
 
-  child.on("close", (code, signal) => {
+  // The run ends when the agent's main process exits. Output still in its pipes is read until
+  // they close or a short grace passes: a daemon it left behind may hold them open forever (the
+  // sandbox, and the daemon with it, is torn down once the runner exits).
+  let finished = false;
+  const finish = (code: number | null, signal: NodeJS.Signals | null) => {
+    if (finished) return;
+    finished = true;
     clearInterval(heartbeat);
     stdout.end();
     stderr.end();
     if (!spawnFailed) send({ t: "exit", code, signal });
     out.end(() => process.exit(0));
+  };
+  child.on("exit", (code, signal) => {
+    const grace = setTimeout(() => finish(code, signal), PIPE_GRACE_MS);
+    child.once("close", () => {
+      clearTimeout(grace);
+      finish(code, signal);
+    });
+  });
+  // A failed spawn never exits.
+  child.on("error", () => {
+    if (child.pid === undefined) finish(null, null);
   });
 }
 

@@ -1,0 +1,178 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { parseCommand, parseKeyValues, parseNumber, UsageError, wantsHelp } from "./args.ts";
+import { agentBody, parseCreate } from "./commands/agents.ts";
+import type { Context } from "./context.ts";
+import { main } from "./main.ts";
+
+function capture(): Context & { stdout: string[]; stderr: string[] } {
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  return { settings: {}, stdout, stderr, out: (l) => stdout.push(l), err: (l) => stderr.push(l) };
+}
+
+describe("parseCommand", () => {
+  it("splits positionals from the tail after --", () => {
+    const { values, positionals, rest } = parseCommand(["hello", "--json", "--", "python3", "-u", "x.py"], {
+      command: "t",
+      options: { json: { type: "boolean" } },
+      positionals: { min: 1, max: 1 },
+      rest: true,
+    });
+    assert.equal(values.json, true);
+    assert.deepEqual(positionals, ["hello"]);
+    assert.deepEqual(rest, ["python3", "-u", "x.py"]);
+  });
+
+  it("accepts the connection options on every command", () => {
+    const { values } = parseCommand(["--url", "http://h:1", "--api-key=k", "--data-dir", "/d"], {
+      command: "t",
+      options: {},
+    });
+    assert.deepEqual({ ...values }, { url: "http://h:1", "api-key": "k", "data-dir": "/d" });
+  });
+
+  it("refuses unknown options, missing and extra positionals", () => {
+    const spec = { command: "agents show", options: {}, positionals: { min: 1, max: 1 } };
+    assert.throws(
+      () => parseCommand(["x", "--nope"], spec),
+      (e: unknown) => {
+        assert.ok(e instanceof UsageError);
+        assert.equal(e.message, "unknown option '--nope'");
+        assert.equal(e.command, "agents show");
+        return true;
+      },
+    );
+    assert.throws(() => parseCommand([], spec), /missing argument/);
+    assert.throws(() => parseCommand(["a", "b"], spec), /unexpected argument 'b'/);
+  });
+
+  it("treats words after -- as positionals when the command takes no tail", () => {
+    const { positionals, rest } = parseCommand(["--", "-x"], {
+      command: "t",
+      options: {},
+      positionals: { min: 1, max: 1 },
+    });
+    assert.deepEqual(positionals, ["-x"]);
+    assert.deepEqual(rest, []);
+  });
+});
+
+describe("flag values", () => {
+  it("parses repeatable K=V pairs", () => {
+    assert.deepEqual(parseKeyValues(["A=1", "B=x=y", "A=2", "EMPTY="], "env"), { A: "2", B: "x=y", EMPTY: "" });
+    assert.throws(() => parseKeyValues(["novalue"], "env"), /--env expects KEY=VALUE/);
+    assert.throws(() => parseKeyValues(["=v"], "env"), UsageError);
+  });
+
+  it("parses numbers, integers unless fractional", () => {
+    assert.equal(parseNumber("512", "memory"), 512);
+    assert.equal(parseNumber(undefined, "memory"), undefined);
+    assert.equal(parseNumber("0.5", "cpus", true), 0.5);
+    assert.throws(() => parseNumber("1.5", "memory"), /--memory expects an integer/);
+    assert.throws(() => parseNumber("lots", "cpus", true), /expects a number/);
+    assert.throws(() => parseNumber("", "pids"), UsageError);
+  });
+
+  it("finds --help only before --", () => {
+    assert.equal(wantsHelp(["x", "-h"]), true);
+    assert.equal(wantsHelp(["--", "cmd", "--help"]), false);
+  });
+});
+
+describe("agents create arguments", () => {
+  it("builds an AgentCreate body from NAME, flags and the command", async () => {
+    const body = await agentBody(
+      parseCreate([
+        "my-agent",
+        "--env",
+        "MODE=fast",
+        "--env",
+        "LEVEL=2",
+        "--memory",
+        "256",
+        "--timeout",
+        "30",
+        "--cpus",
+        "0.5",
+        "--pids",
+        "64",
+        "--disk",
+        "100",
+        "--",
+        "python3",
+        "main.py",
+        "--verbose",
+      ]),
+    );
+    assert.deepEqual(body, {
+      name: "my-agent",
+      command: ["python3", "main.py", "--verbose"],
+      env: { MODE: "fast", LEVEL: "2" },
+      limits: { memory_mb: 256, timeout_s: 30, cpus: 0.5, pids: 64, disk_mb: 100 },
+    });
+  });
+
+  it("lets NAME, flags and the command override an agent file", async () => {
+    const file = new URL("../../../examples/report-agent/agent.json", import.meta.url).pathname;
+    const body = await agentBody(parseCreate(["other", "--file", file, "--timeout", "60", "--", "python3", "-V"]));
+    assert.equal(body.name, "other");
+    assert.deepEqual(body.command, ["python3", "-V"]);
+    assert.deepEqual(body.limits, { memory_mb: 256, timeout_s: 60 });
+    assert.ok(Object.hasOwn(body.files as object, "summarize.py"));
+  });
+
+  it("refuses a missing name or command", async () => {
+    await assert.rejects(agentBody(parseCreate(["--", "true"])), /give the agent a NAME/);
+    await assert.rejects(agentBody(parseCreate(["x"])), /give the command to run after '--'/);
+    await assert.rejects(agentBody(parseCreate(["x", "--memory", "big", "--", "true"])), /--memory expects an integer/);
+  });
+});
+
+describe("main", () => {
+  it("prints usage for --help and for 'help <command>'", async () => {
+    const ctx = capture();
+    assert.equal(await main(["--help"], ctx), 0);
+    assert.match(ctx.stdout.join("\n"), /^Usage: paddock/);
+    const sub = capture();
+    assert.equal(await main(["help", "agents", "create"], sub), 0);
+    assert.match(sub.stdout.join("\n"), /^Usage: paddock agents create NAME/);
+    const group = capture();
+    assert.equal(await main(["agents", "--help"], group), 0);
+    assert.match(group.stdout.join("\n"), /agents show/);
+  });
+
+  it("exits 2 on an unknown command, subcommand or flag", async () => {
+    for (const argv of [
+      ["frobnicate"],
+      ["agents", "delete"],
+      ["runs", "list", "--colour"],
+      ["--bogus", "agents"],
+      [],
+    ]) {
+      const ctx = capture();
+      assert.equal(await main(argv, ctx), 2, argv.join(" "));
+      assert.ok(ctx.stderr.length > 0);
+    }
+  });
+
+  it("reports a usage mistake inside a command against that command", async () => {
+    const ctx = capture();
+    assert.equal(await main(["run", "agent", "--input", "{nope"], ctx), 2);
+    assert.match(ctx.stderr[0] ?? "", /--input is not valid JSON/);
+    assert.match(ctx.stderr.join("\n"), /Usage: paddock run AGENT/);
+  });
+
+  it("exits 1 with a clear message when the host cannot be reached", async () => {
+    const ctx = capture();
+    const code = await main(["--url", "http://127.0.0.1:9", "--api-key", "k", "agents", "list"], ctx);
+    assert.equal(code, 1);
+    assert.match(ctx.stderr.join("\n"), /^error: cannot reach the host at http:\/\/127\.0\.0\.1:9/);
+  });
+
+  it("exits 1 when no API key can be found", async () => {
+    const ctx = capture();
+    assert.equal(await main(["agents", "list", "--data-dir", "/nonexistent/paddock"], ctx), 1);
+    assert.match(ctx.stderr.join("\n"), /no API key/);
+  });
+});

@@ -1,0 +1,325 @@
+/**
+ * A small typed client for the host's HTTP API (/v1). Every response body is parsed with the
+ * protocol's schemas, so a host that answers something else fails loudly here, not later.
+ */
+import {
+  Agent,
+  type AgentCreate,
+  ApiKey,
+  Artifact,
+  ErrorResponse,
+  Page,
+  Run,
+  RunEvent,
+  type RunStatus,
+  TERMINAL_STATUSES,
+  Tenant,
+} from "@paddock/protocol";
+import type { z } from "zod";
+import { readSse } from "./sse.ts";
+
+/** An error the host answered with: `{error: {code, message, details?}}`. */
+export class ApiError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly details: unknown;
+
+  constructor(status: number, code: string, message: string, details?: unknown) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.details = details;
+  }
+}
+
+/** The host could not be reached, or answered something that is not the API. */
+export class ConnectionError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConnectionError";
+  }
+}
+
+type Query = Record<string, string | number | undefined>;
+
+interface RequestOptions {
+  query?: Query;
+  body?: unknown;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export interface ClientOptions {
+  /** Base URL of the host, for example http://127.0.0.1:7420 (without /v1). */
+  url: string;
+  apiKey: string | null;
+}
+
+const RunCreated = Run.pick({ id: true, status: true });
+
+export const TERMINAL_EVENT_TYPES: ReadonlySet<string> = new Set(TERMINAL_STATUSES.map((s) => `run.${s}`));
+
+/** Consecutive failed reconnects after which following a run gives up (about a minute). */
+const MAX_STREAM_RETRIES = 15;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class Client {
+  readonly baseUrl: string;
+  readonly #apiKey: string | null;
+
+  constructor(options: ClientOptions) {
+    this.baseUrl = options.url.replace(/\/+$/, "");
+    this.#apiKey = options.apiKey;
+  }
+
+  /** The full URL of an API path such as `/agents`. */
+  url(path: string, query?: Query): string {
+    const url = new URL(`${this.baseUrl}/v1${path}`);
+    for (const [key, value] of Object.entries(query ?? {})) {
+      if (value !== undefined) url.searchParams.set(key, String(value));
+    }
+    return url.toString();
+  }
+
+  /** Sends one request; throws ApiError for any non-2xx answer, ConnectionError if unreachable. */
+  async request(method: string, path: string, options: RequestOptions = {}): Promise<Response> {
+    const headers: Record<string, string> = { accept: "application/json", ...options.headers };
+    if (this.#apiKey) headers.authorization = `Bearer ${this.#apiKey}`;
+    let body: string | undefined;
+    if (options.body !== undefined) {
+      headers["content-type"] = "application/json";
+      body = JSON.stringify(options.body);
+    }
+    const url = this.url(path, options.query);
+    let res: Response;
+    try {
+      res = await fetch(url, { method, headers, body, signal: options.signal ?? null, redirect: "error" });
+    } catch (err) {
+      if (options.signal?.aborted) throw err;
+      throw new ConnectionError(`cannot reach the host at ${this.baseUrl}: ${describeFetchError(err)}`);
+    }
+    if (!res.ok) throw await errorFrom(res);
+    return res;
+  }
+
+  async #json<S extends z.ZodType>(
+    schema: S,
+    method: string,
+    path: string,
+    options?: RequestOptions,
+  ): Promise<z.output<S>> {
+    const res = await this.request(method, path, options);
+    let value: unknown;
+    try {
+      value = await res.json();
+    } catch {
+      throw new ConnectionError(`${method} ${path}: the host answered ${res.status} with a body that is not JSON`);
+    }
+    const parsed = schema.safeParse(value);
+    if (!parsed.success) {
+      throw new ConnectionError(`${method} ${path}: unexpected response shape: ${parsed.error.message}`);
+    }
+    return parsed.data;
+  }
+
+  /** Walks every page of a list endpoint (`{data, next_cursor}`), up to `limit` items. */
+  async #list<S extends z.ZodType>(
+    item: S,
+    path: string,
+    query: Query = {},
+    limit = Number.POSITIVE_INFINITY,
+  ): Promise<z.output<S>[]> {
+    const schema = Page(item);
+    const out: z.output<S>[] = [];
+    const seen = new Set<string>();
+    let cursor: string | undefined;
+    do {
+      const page = await this.#json(schema, "GET", path, { query: { ...query, cursor } });
+      out.push(...page.data);
+      cursor = page.next_cursor ?? undefined;
+      if (cursor !== undefined && seen.has(cursor)) {
+        throw new ConnectionError(`GET ${path}: the host repeated the page cursor '${cursor}'`);
+      }
+      if (cursor !== undefined) seen.add(cursor);
+    } while (cursor && out.length < limit);
+    return out.slice(0, limit);
+  }
+
+  async health(): Promise<unknown> {
+    const res = await this.request("GET", "/health");
+    return res.json().catch(() => null);
+  }
+
+  listTenants(): Promise<Tenant[]> {
+    return this.#list(Tenant, "/tenants");
+  }
+
+  createTenant(name: string): Promise<Tenant> {
+    return this.#json(Tenant, "POST", "/tenants", { body: { name } });
+  }
+
+  createKey(tenantId: string, name?: string): Promise<ApiKey> {
+    return this.#json(ApiKey, "POST", `/tenants/${enc(tenantId)}/keys`, { body: name ? { name } : {} });
+  }
+
+  createAgent(body: AgentCreate | Record<string, unknown>): Promise<Agent> {
+    return this.#json(Agent, "POST", "/agents", { body });
+  }
+
+  listAgents(query: { name?: string } = {}): Promise<Agent[]> {
+    return this.#list(Agent, "/agents", query);
+  }
+
+  getAgent(id: string): Promise<Agent> {
+    return this.#json(Agent, "GET", `/agents/${enc(id)}`);
+  }
+
+  /** Finds an agent by name, else by id; throws the host's not_found if neither matches. */
+  async resolveAgent(ref: string): Promise<Agent> {
+    if (/^[a-z0-9][a-z0-9_-]*$/.test(ref)) {
+      const byName = (await this.listAgents({ name: ref })).find((a) => a.name === ref);
+      if (byName) return byName;
+    }
+    try {
+      return await this.getAgent(ref);
+    } catch (err) {
+      if (err instanceof ApiError && err.code === "not_found") {
+        throw new ApiError(err.status, err.code, `no agent with the name or id '${ref}'`);
+      }
+      throw err;
+    }
+  }
+
+  createRun(agentId: string, input: unknown): Promise<{ id: string; status: RunStatus }> {
+    const body = input === undefined ? {} : { input };
+    return this.#json(RunCreated, "POST", `/agents/${enc(agentId)}/runs`, { body });
+  }
+
+  getRun(id: string): Promise<Run> {
+    return this.#json(Run, "GET", `/runs/${enc(id)}`);
+  }
+
+  listRuns(query: { agent_id?: string | undefined; status?: string | undefined } = {}, limit = 50): Promise<Run[]> {
+    return this.#list(Run, "/runs", { ...query, limit: Math.min(limit, 200) }, limit);
+  }
+
+  cancelRun(id: string): Promise<{ id: string; status: RunStatus }> {
+    return this.#json(RunCreated, "POST", `/runs/${enc(id)}/cancel`);
+  }
+
+  /** Every event of a run after seq `after`, in order (pages are walked by seq). */
+  async listEvents(runId: string, after = 0): Promise<RunEvent[]> {
+    const schema = Page(RunEvent);
+    const out: RunEvent[] = [];
+    let last = after;
+    for (;;) {
+      const page = await this.#json(schema, "GET", `/runs/${enc(runId)}/events`, { query: { after: last } });
+      const fresh = page.data.filter((e) => e.seq > last);
+      out.push(...fresh);
+      last = fresh.at(-1)?.seq ?? last;
+      if (page.next_cursor === null || fresh.length === 0) return out;
+    }
+  }
+
+  listArtifacts(runId: string): Promise<Artifact[]> {
+    return this.#list(Artifact, `/runs/${enc(runId)}/artifacts`);
+  }
+
+  /** The raw content response of one artifact (stream its body). */
+  downloadArtifact(runId: string, artifactId: string): Promise<Response> {
+    return this.request("GET", `/runs/${enc(runId)}/artifacts/${enc(artifactId)}/content`, {
+      headers: { accept: "*/*" },
+    });
+  }
+
+  /**
+   * Streams a run's events live over SSE, starting after `after`, until the run's terminal event.
+   * A dropped stream is resumed with Last-Event-ID; every event is yielded once, in seq order.
+   */
+  async *followEvents(runId: string, options: { after?: number; signal?: AbortSignal } = {}) {
+    let last = options.after ?? 0;
+    let failures = 0;
+    for (;;) {
+      try {
+        const headers: Record<string, string> = { accept: "text/event-stream" };
+        if (last > 0) headers["last-event-id"] = String(last);
+        const res = await this.request("GET", `/runs/${enc(runId)}/events`, { headers, signal: options.signal });
+        if (!res.body || !(res.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
+          await res.body?.cancel();
+          throw new ConnectionError(`GET /runs/${runId}/events did not answer with an event stream`);
+        }
+        for await (const message of readSse(res.body)) {
+          failures = 0;
+          if (!message.data) continue;
+          const event = parseEvent(message.data);
+          if (!event || event.seq <= last) continue;
+          last = event.seq;
+          yield event;
+          if (TERMINAL_EVENT_TYPES.has(event.type)) return;
+        }
+        // The stream closed before the run's end: if the run has finished meanwhile, take what
+        // is left from the event list; otherwise reconnect where it left off.
+        const run = await this.getRun(runId);
+        if (TERMINAL_STATUSES.includes(run.status)) {
+          for (const event of await this.listEvents(runId, last)) {
+            last = event.seq;
+            yield event;
+          }
+          return;
+        }
+      } catch (err) {
+        if (options.signal?.aborted || err instanceof ApiError) throw err;
+        if (!(err instanceof ConnectionError) && !isStreamError(err)) throw err;
+        if (++failures > MAX_STREAM_RETRIES) throw err;
+      }
+      await sleep(Math.min(200 * 2 ** failures, 5000));
+    }
+  }
+}
+
+function parseEvent(data: string): RunEvent | null {
+  try {
+    const parsed = RunEvent.safeParse(JSON.parse(data));
+    return parsed.success ? parsed.data : null;
+  } catch {
+    return null;
+  }
+}
+
+function enc(segment: string): string {
+  return encodeURIComponent(segment);
+}
+
+async function errorFrom(res: Response): Promise<ApiError> {
+  const text = await res.text().catch(() => "");
+  try {
+    const parsed = ErrorResponse.safeParse(JSON.parse(text));
+    if (parsed.success) {
+      const { code, message, details } = parsed.data.error;
+      return new ApiError(res.status, code, message, details);
+    }
+  } catch {
+    // Not JSON: reported below with the status line.
+  }
+  const snippet = text.trim().slice(0, 200);
+  return new ApiError(
+    res.status,
+    `http_${res.status}`,
+    `${res.statusText || "HTTP error"}${snippet ? `: ${snippet}` : ""}`,
+  );
+}
+
+function describeFetchError(err: unknown): string {
+  if (err instanceof Error) {
+    const cause = err.cause as { code?: string; message?: string } | undefined;
+    return cause?.code ?? cause?.message ?? err.message;
+  }
+  return String(err);
+}
+
+function isStreamError(err: unknown): boolean {
+  // undici reports a connection dropped mid-body as a TypeError ("terminated") with a cause.
+  return err instanceof TypeError || (err instanceof Error && "code" in err);
+}

@@ -1,0 +1,207 @@
+/** `paddock agents create|list|show`: agent definitions. */
+import type { Agent } from "@paddock/protocol";
+import { loadAgentFile, readFilesDir } from "../agent-files.ts";
+import { CliError, CONNECTION_HELP, parseCommand, parseKeyValues, parseNumber, UsageError } from "../args.ts";
+import { type Command, type CommandGroup, connect } from "../context.ts";
+import { formatRows, formatSize, formatTable } from "../format.ts";
+
+const CREATE_OPTIONS = {
+  file: { type: "string" },
+  dir: { type: "string" },
+  env: { type: "string", multiple: true },
+  memory: { type: "string" },
+  timeout: { type: "string" },
+  cpus: { type: "string" },
+  pids: { type: "string" },
+  disk: { type: "string" },
+  image: { type: "string" },
+  json: { type: "boolean" },
+} as const;
+
+/** Parses the arguments of `agents create`. */
+export function parseCreate(argv: string[]) {
+  return parseCommand(argv, {
+    command: "agents create",
+    options: CREATE_OPTIONS,
+    positionals: { min: 0, max: 1 },
+    rest: true,
+  });
+}
+
+/** Builds the AgentCreate body from --file (if any), flags, NAME and the `-- CMD` tail. */
+export async function agentBody(parsed: ReturnType<typeof parseCreate>): Promise<Record<string, unknown>> {
+  const { values, positionals, rest } = parsed;
+  const body: Record<string, unknown> = values.file ? await loadAgentFile(values.file) : {};
+  const name = positionals[0] ?? body.name;
+  if (name === undefined) throw new UsageError("give the agent a NAME (or use --file)", "agents create");
+  body.name = name;
+  if (rest && rest.length > 0) body.command = rest;
+  if (body.command === undefined) {
+    throw new UsageError("give the command to run after '--', for example: -- python3 main.py", "agents create");
+  }
+  if (values.dir) body.files = await readFilesDir(values.dir);
+  const env = parseKeyValues(values.env, "env");
+  if (Object.keys(env).length > 0) body.env = { ...asRecord(body.env), ...env };
+  const limits: Record<string, number> = {};
+  const set = (key: string, value: number | undefined) => {
+    if (value !== undefined) limits[key] = value;
+  };
+  set("memory_mb", parseNumber(values.memory, "memory"));
+  set("timeout_s", parseNumber(values.timeout, "timeout"));
+  set("cpus", parseNumber(values.cpus, "cpus", true));
+  set("pids", parseNumber(values.pids, "pids"));
+  set("disk_mb", parseNumber(values.disk, "disk"));
+  if (Object.keys(limits).length > 0) body.limits = { ...asRecord(body.limits), ...limits };
+  if (values.image) body.image = values.image;
+  return body;
+}
+
+function asRecord(value: unknown): Record<string, unknown> {
+  if (value === undefined) return {};
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new CliError("env and limits in the agent file must be JSON objects");
+  }
+  return value as Record<string, unknown>;
+}
+
+function filesSummary(agent: Agent): string {
+  const bytes = agent.files.reduce((n, f) => n + f.size, 0);
+  return `${agent.files.length} file${agent.files.length === 1 ? "" : "s"} (${formatSize(bytes)})`;
+}
+
+function quoteArg(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", "'\\''")}'`;
+}
+
+export function formatCommand(command: readonly string[]): string {
+  return command.map(quoteArg).join(" ");
+}
+
+const create: Command = {
+  name: "create",
+  summary: "create an agent",
+  usage: `Usage: paddock agents create NAME [options] -- CMD [ARGS...]
+       paddock agents create --file agent.json [NAME] [options] [-- CMD [ARGS...]]
+
+Creates an agent: a command that runs in a fresh sandbox for each run, with its files in /app
+(its working folder), the run's input at /inputs/input.json, and whatever it writes to /outputs
+kept as the run's artifacts.
+
+Options:
+  --file FILE       an agent definition: an AgentCreate JSON body; its "files_dir" key (a folder
+                    relative to FILE, inside FILE's folder) is uploaded as the agent's files.
+                    NAME, the flags below and '-- CMD' override what the file says.
+  --dir DIR         upload the text files below DIR as the agent's files
+  --env K=V         an environment variable for the command (repeatable)
+  --memory MB       memory limit
+  --timeout S       wall-clock limit of each run, in seconds
+  --cpus N          CPU share (fractions allowed)
+  --pids N          most processes at once
+  --disk MB         size limit of the sandbox's writable layer
+  --image IMAGE     base image (default: the host's default image)
+  --json            print the created agent as JSON
+
+Files: every regular file below the folder, as UTF-8 text (binary files are refused); folders
+named .git and __pycache__ are skipped.
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const parsed = parseCreate(argv);
+    const { values } = parsed;
+    const body = await agentBody(parsed);
+    const client = await connect(values, ctx);
+    const agent = await client.createAgent(body);
+    if (values.json) {
+      ctx.out(JSON.stringify(agent, null, 2));
+    } else {
+      ctx.out(`created agent ${agent.name} (${agent.id})`);
+      ctx.out(`  command: ${formatCommand(agent.command)}`);
+      ctx.out(`  files:   ${filesSummary(agent)}`);
+    }
+    return 0;
+  },
+};
+
+const list: Command = {
+  name: "list",
+  summary: "list agents",
+  usage: `Usage: paddock agents list [--name NAME] [--json]
+
+Options:
+  --name NAME       only the agent with this name
+  --json            print the agents as JSON
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const { values } = parseCommand(argv, {
+      command: "agents list",
+      options: { name: { type: "string" }, json: { type: "boolean" } },
+    });
+    const client = await connect(values, ctx);
+    const query = values.name ? { name: values.name } : {};
+    const agents = (await client.listAgents(query)).filter((a) => !values.name || a.name === values.name);
+    if (values.json) {
+      ctx.out(JSON.stringify(agents, null, 2));
+    } else if (agents.length === 0) {
+      ctx.err("no agents");
+    } else {
+      ctx.out(
+        formatTable(
+          ["ID", "NAME", "COMMAND", "FILES", "CREATED"],
+          agents.map((a) => [a.id, a.name, formatCommand(a.command), String(a.files.length), a.created_at]),
+        ),
+      );
+    }
+    return 0;
+  },
+};
+
+const show: Command = {
+  name: "show",
+  summary: "show one agent",
+  usage: `Usage: paddock agents show AGENT [--json]
+
+AGENT is the agent's id or name.
+
+Options:
+  --json            print the agent as JSON
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const { values, positionals } = parseCommand(argv, {
+      command: "agents show",
+      options: { json: { type: "boolean" } },
+      positionals: { min: 1, max: 1 },
+    });
+    const client = await connect(values, ctx);
+    const agent = await client.resolveAgent(positionals[0] ?? "");
+    if (values.json) {
+      ctx.out(JSON.stringify(agent, null, 2));
+      return 0;
+    }
+    const { limits } = agent;
+    ctx.out(`agent    ${agent.name} (${agent.id})`);
+    ctx.out(`created  ${agent.created_at}`);
+    ctx.out(`command  ${formatCommand(agent.command)}`);
+    ctx.out(
+      `limits   memory ${limits.memory_mb} MB, cpus ${limits.cpus}, pids ${limits.pids}, ` +
+        `timeout ${limits.timeout_s}s, disk ${limits.disk_mb} MB`,
+    );
+    ctx.out(
+      `image    ${agent.snapshot.base}${agent.snapshot.layers.length ? ` + ${agent.snapshot.layers.length} layer(s)` : ""}`,
+    );
+    const env = Object.entries(agent.env);
+    ctx.out(`env      ${env.length === 0 ? "(none)" : env.map(([k]) => k).join(", ")}`);
+    ctx.out(`files    ${filesSummary(agent)}`);
+    if (agent.files.length > 0) {
+      ctx.out(formatRows(agent.files.map((f) => [`  ${f.path}`, formatSize(f.size)])));
+    }
+    return 0;
+  },
+};
+
+export const agents: CommandGroup = {
+  name: "agents",
+  summary: "create, list and show agents",
+  commands: [create, list, show],
+};

@@ -1,0 +1,282 @@
+/** `paddock run`, `paddock runs list|show`, `paddock logs`, `paddock cancel`: runs and their events. */
+import { readFile } from "node:fs/promises";
+import { type Run, type RunEvent, RunStatus } from "@paddock/protocol";
+import { CliError, CONNECTION_HELP, parseCommand, parseJsonFlag, parseNumber, UsageError } from "../args.ts";
+import type { Client } from "../client.ts";
+import { type Command, type CommandGroup, type Context, connect } from "../context.ts";
+import { compactJson, formatDuration, formatTable, Timeline } from "../format.ts";
+
+/** The final line of a followed run: "run run_x succeeded (completed, exit 0) in 2.345s". */
+export function formatOutcome(run: Run): string {
+  const details: string[] = [];
+  if (run.reason && run.reason !== "completed" && run.reason !== run.status) details.push(run.reason);
+  if (run.exit_code !== null) details.push(`exit ${run.exit_code}`);
+  const took = formatDuration(run.started_at ?? run.created_at, run.finished_at);
+  return `run ${run.id} ${run.status}${details.length ? ` (${details.join(", ")})` : ""}${took ? ` in ${took}` : ""}`;
+}
+
+/** Prints a note and exits 130 on Ctrl-C while following: the run itself goes on. */
+function onInterrupt(ctx: Context, runId: string): () => void {
+  const handler = () => {
+    ctx.err(`\nstopped following; run ${runId} goes on (stop it with: paddock cancel ${runId})`);
+    process.exit(130);
+  };
+  process.on("SIGINT", handler);
+  return () => process.off("SIGINT", handler);
+}
+
+/** Streams a run's events to `render` until the run ends; returns the run's final record. */
+async function follow(client: Client, ctx: Context, runId: string, render: (e: RunEvent) => void): Promise<Run> {
+  const stop = onInterrupt(ctx, runId);
+  try {
+    for await (const event of client.followEvents(runId)) render(event);
+    return await client.getRun(runId);
+  } finally {
+    stop();
+  }
+}
+
+async function readInput(values: { input?: string | undefined; "input-file"?: string | undefined }) {
+  if (values.input !== undefined && values["input-file"] !== undefined) {
+    throw new UsageError("give either --input or --input-file, not both", "run");
+  }
+  if (values.input !== undefined) return parseJsonFlag(values.input, "input");
+  const file = values["input-file"];
+  if (file === undefined) return undefined;
+  let text: string;
+  try {
+    text = file === "-" ? await readStdin() : await readFile(file, "utf8");
+  } catch (err) {
+    throw new CliError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new CliError(`${file} is not valid JSON: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+export const run: Command = {
+  name: "run",
+  summary: "start a run of an agent (and follow it)",
+  usage: `Usage: paddock run AGENT [--input JSON | --input-file FILE] [--follow [--absolute]]
+
+Starts a run of AGENT (its id or name) and prints the run's id. The input is readable inside the
+sandbox at /inputs/input.json.
+
+Options:
+  --input JSON        the run's input, as JSON
+  --input-file FILE   read the input from a JSON file ('-' for stdin)
+  --follow, -f        stream the run's events as a timeline until it ends; exit 0 only if it
+                      succeeded
+  --absolute          with --follow: print event times as ISO timestamps
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const { values, positionals } = parseCommand(argv, {
+      command: "run",
+      options: {
+        input: { type: "string" },
+        "input-file": { type: "string" },
+        follow: { type: "boolean", short: "f" },
+        absolute: { type: "boolean" },
+      },
+      positionals: { min: 1, max: 1 },
+    });
+    const input = await readInput(values);
+    const client = await connect(values, ctx);
+    const agent = await client.resolveAgent(positionals[0] ?? "");
+    const created = await client.createRun(agent.id, input);
+    if (!values.follow) {
+      ctx.out(created.id);
+      return 0;
+    }
+    ctx.out(`run ${created.id} (agent ${agent.name})`);
+    const timeline = new Timeline({ absolute: values.absolute ?? false });
+    const final = await follow(client, ctx, created.id, (e) => ctx.out(timeline.line(e)));
+    ctx.out(formatOutcome(final));
+    return final.status === "succeeded" ? 0 : 1;
+  },
+};
+
+const list: Command = {
+  name: "list",
+  summary: "list runs",
+  usage: `Usage: paddock runs list [--agent AGENT] [--status STATUS] [--limit N] [--json]
+
+Lists runs, newest first.
+
+Options:
+  --agent AGENT     only runs of this agent (id or name)
+  --status STATUS   only runs in this state (${RunStatus.options.join(", ")})
+  --limit N         at most N runs (default 50)
+  --json            print the runs as JSON
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const { values } = parseCommand(argv, {
+      command: "runs list",
+      options: {
+        agent: { type: "string" },
+        status: { type: "string" },
+        limit: { type: "string" },
+        json: { type: "boolean" },
+      },
+    });
+    if (values.status !== undefined && !RunStatus.safeParse(values.status).success) {
+      throw new UsageError(`--status must be one of ${RunStatus.options.join(", ")}`, "runs list");
+    }
+    const limit = parseNumber(values.limit, "limit") ?? 50;
+    const client = await connect(values, ctx);
+    const agent = values.agent ? await client.resolveAgent(values.agent) : null;
+    const runs = await client.listRuns({ agent_id: agent?.id, status: values.status }, limit);
+    if (values.json) {
+      ctx.out(JSON.stringify(runs, null, 2));
+      return 0;
+    }
+    if (runs.length === 0) {
+      ctx.err("no runs");
+      return 0;
+    }
+    const names = new Map((agent ? [agent] : await client.listAgents().catch(() => [])).map((a) => [a.id, a.name]));
+    ctx.out(
+      formatTable(
+        ["ID", "AGENT", "STATUS", "EXIT", "CREATED", "DURATION"],
+        runs.map((r) => [
+          r.id,
+          names.get(r.agent_id) ?? r.agent_id,
+          r.status,
+          r.exit_code === null ? "" : String(r.exit_code),
+          r.created_at,
+          formatDuration(r.started_at, r.finished_at),
+        ]),
+      ),
+    );
+    return 0;
+  },
+};
+
+const show: Command = {
+  name: "show",
+  summary: "show one run",
+  usage: `Usage: paddock runs show RUN [--json]
+
+Options:
+  --json            print the run as JSON
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const { values, positionals } = parseCommand(argv, {
+      command: "runs show",
+      options: { json: { type: "boolean" } },
+      positionals: { min: 1, max: 1 },
+    });
+    const client = await connect(values, ctx);
+    const r = await client.getRun(positionals[0] ?? "");
+    if (values.json) {
+      ctx.out(JSON.stringify(r, null, 2));
+      return 0;
+    }
+    const agent = await client.getAgent(r.agent_id).catch(() => null);
+    ctx.out(`run       ${r.id}`);
+    ctx.out(`agent     ${agent ? `${agent.name} (${r.agent_id})` : r.agent_id}`);
+    ctx.out(`status    ${r.status}${r.reason ? ` (${r.reason})` : ""}`);
+    ctx.out(`exit      ${r.exit_code ?? ""}`);
+    ctx.out(`attempt   ${r.attempt}`);
+    ctx.out(`created   ${r.created_at}`);
+    ctx.out(`started   ${r.started_at ?? ""}`);
+    ctx.out(`finished  ${r.finished_at ?? ""}`);
+    ctx.out(`duration  ${formatDuration(r.started_at, r.finished_at)}`);
+    ctx.out(`input     ${r.input === null ? "" : compactJson(r.input)}`);
+    return 0;
+  },
+};
+
+export const runs: CommandGroup = { name: "runs", summary: "list and show runs", commands: [list, show] };
+
+export const logs: Command = {
+  name: "logs",
+  summary: "print a run's logs and events",
+  usage: `Usage: paddock logs RUN [--follow] [--absolute] [--json]
+
+Prints a run's events: the lines its command wrote as they were, every other event as a
+timeline line.
+
+Options:
+  --follow, -f      keep streaming until the run ends
+  --absolute        print event times as ISO timestamps
+  --json            print each event as one line of JSON
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const { values, positionals } = parseCommand(argv, {
+      command: "logs",
+      options: { follow: { type: "boolean", short: "f" }, absolute: { type: "boolean" }, json: { type: "boolean" } },
+      positionals: { min: 1, max: 1 },
+    });
+    const runId = positionals[0] ?? "";
+    const client = await connect(values, ctx);
+    const timeline = new Timeline({ absolute: values.absolute ?? false });
+    const render = (event: RunEvent) => {
+      if (values.json) {
+        ctx.out(JSON.stringify(event));
+        return;
+      }
+      const data = event.data as { line?: unknown } | null;
+      if (event.type === "log" && typeof data?.line === "string") {
+        timeline.line(event);
+        ctx.out(data.line);
+      } else {
+        ctx.out(timeline.line(event));
+      }
+    };
+    if (values.follow) {
+      await follow(client, ctx, runId, render);
+    } else {
+      for (const event of await client.listEvents(runId)) render(event);
+    }
+    return 0;
+  },
+};
+
+export const cancel: Command = {
+  name: "cancel",
+  summary: "cancel a run",
+  usage: `Usage: paddock cancel RUN [--wait]
+
+Cancels a queued or running run: a queued run ends at once; a running one has its sandbox killed
+and then ends as canceled.
+
+Options:
+  --wait            wait until the run has ended and print how it ended
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const { values, positionals } = parseCommand(argv, {
+      command: "cancel",
+      options: { wait: { type: "boolean" } },
+      positionals: { min: 1, max: 1 },
+    });
+    const client = await connect(values, ctx);
+    const r = await client.cancelRun(positionals[0] ?? "");
+    if (r.status === "canceled") {
+      ctx.out(`run ${r.id} canceled`);
+      return 0;
+    }
+    if (!values.wait) {
+      ctx.out(`run ${r.id} cancel requested (the run is ${r.status})`);
+      return 0;
+    }
+    for await (const _ of client.followEvents(r.id)) {
+      // Only the end matters here.
+    }
+    ctx.out(formatOutcome(await client.getRun(r.id)));
+    return 0;
+  },
+};

@@ -1,0 +1,70 @@
+/** `paddock serve`: runs the host in this process until SIGINT or SIGTERM. */
+import { join } from "node:path";
+import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
+import { type Command, dataDirOf } from "../context.ts";
+
+export const DEFAULT_PORT = 7420;
+
+export const serve: Command = {
+  name: "serve",
+  summary: "run the host (API, engine, sandboxes)",
+  usage: `Usage: paddock serve [--data-dir DIR] [--port PORT] [--listen ADDR] [--images-dir DIR]
+
+Runs the host: the HTTP API, the run engine and the sandboxes. On the first start of a data
+folder it creates the admin API key, prints it once and writes it to DIR/admin.key.
+Stops cleanly on Ctrl-C (SIGINT) or SIGTERM.
+
+Options:
+  --data-dir DIR    data folder: database, artifacts, layers (env PADDOCK_DATA_DIR;
+                    default ./.paddock)
+  --port PORT       port to listen on (default ${DEFAULT_PORT}; 0 picks a free one)
+  --listen ADDR     address to listen on (default 127.0.0.1)
+  --images-dir DIR  where base images live (default DIR/images)`,
+  async run(argv, ctx) {
+    const { values } = parseLocalCommand(argv, {
+      command: "serve",
+      options: {
+        "data-dir": { type: "string" },
+        port: { type: "string" },
+        listen: { type: "string" },
+        "images-dir": { type: "string" },
+      },
+    });
+    const port = parseNumber(values.port, "port") ?? DEFAULT_PORT;
+    if (port < 0 || port > 65535) throw new UsageError("--port must be between 0 and 65535", "serve");
+    const dataDir = dataDirOf(values, ctx);
+    const { startHost, VERSION } = await import("@paddock/host");
+    const host = await startHost({
+      dataDir,
+      port,
+      ...(values.listen ? { listen: values.listen } : {}),
+      imagesDir: values["images-dir"] ?? join(dataDir, "images"),
+    });
+    ctx.out(`paddock ${VERSION} serving ${host.url} (data: ${dataDir})`);
+    if (host.adminKey) {
+      ctx.out(`admin API key (shown once; saved to ${host.adminKeyPath}):`);
+      ctx.out(`  ${host.adminKey}`);
+    } else {
+      ctx.out(`admin API key: in ${host.adminKeyPath}`);
+    }
+    await new Promise<void>((resolve) => {
+      let stopping = false;
+      const stop = (signal: NodeJS.Signals) => {
+        if (stopping) {
+          ctx.err(`${signal} again: exiting without waiting`);
+          process.exit(1);
+        }
+        stopping = true;
+        ctx.err(`${signal}: stopping the host`);
+        host.close().then(resolve, (err: unknown) => {
+          ctx.err(`error while stopping: ${err instanceof Error ? err.message : String(err)}`);
+          process.exitCode = 1;
+          resolve();
+        });
+      };
+      process.on("SIGINT", stop);
+      process.on("SIGTERM", stop);
+    });
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  },
+};

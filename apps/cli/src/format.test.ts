@@ -1,0 +1,116 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { RunEvent } from "@paddock/protocol";
+import { formatSize, formatTable, formatTimelineLine, summarizeEvent, Timeline } from "./format.ts";
+
+const T0 = Date.parse("2026-03-01T10:00:00.000Z");
+let seq = 0;
+function ev(type: string, data: unknown, ms = 0, attempt = 1): RunEvent {
+  return {
+    seq: ++seq,
+    run_id: "run_1",
+    attempt,
+    type,
+    time: new Date(T0 + ms).toISOString(),
+    data: data as RunEvent["data"],
+  };
+}
+
+describe("summarizeEvent", () => {
+  it("shows log lines with their stream", () => {
+    assert.equal(summarizeEvent(ev("log", { stream: "stdout", line: "loaded 96 rows" })), "[stdout] loaded 96 rows");
+    assert.equal(summarizeEvent(ev("log", { stream: "stderr", line: "x", truncated: true })), "[stderr] x [truncated]");
+  });
+
+  it("shows user events as their type and compact data", () => {
+    assert.equal(
+      summarizeEvent(ev("user", { type: "progress", data: { step: "reading data", pct: 10 } })),
+      'progress {"step":"reading data","pct":10}',
+    );
+    assert.equal(summarizeEvent(ev("user", { type: "ping" })), "ping");
+  });
+
+  it("shows artifacts as path and size", () => {
+    const data = { artifact_id: "art_1", path: "report.md", size: 2150, sha256: "ab" };
+    assert.equal(summarizeEvent(ev("artifact.created", data)), "report.md (2.1 KiB)");
+  });
+
+  it("shows skipped artifacts with the reason", () => {
+    assert.equal(summarizeEvent(ev("artifact.skipped", { path: "link", why: "symbolic link" })), "link: symbolic link");
+  });
+
+  it("shows run and attempt outcomes", () => {
+    assert.equal(summarizeEvent(ev("run.queued", {})), "queued");
+    assert.equal(summarizeEvent(ev("run.running", { status: "running" })), "running");
+    assert.equal(
+      summarizeEvent(ev("run.succeeded", { status: "succeeded", reason: "completed", exit_code: 0 })),
+      "succeeded (completed, exit 0)",
+    );
+    assert.equal(
+      summarizeEvent(ev("run.failed", { status: "failed", reason: "exit_code", exit_code: 3 })),
+      "failed (exit_code, exit 3)",
+    );
+    assert.equal(
+      summarizeEvent(ev("run.timed_out", { status: "timed_out", reason: "timed_out", exit_code: null })),
+      "timed_out",
+    );
+    assert.equal(summarizeEvent(ev("attempt.started", {}, 0, 2)), "attempt 2");
+    assert.equal(
+      summarizeEvent(ev("attempt.finished", { reason: "oom", exit_code: 137 })),
+      "attempt 1: finished (oom, exit 137)",
+    );
+  });
+
+  it("shows other events as compact JSON", () => {
+    assert.equal(summarizeEvent(ev("runner.swapped", { ms: 3 })), '{"ms":3}');
+  });
+});
+
+describe("timeline", () => {
+  it("prints time since the first event, the padded type and the summary", () => {
+    const timeline = new Timeline();
+    assert.equal(timeline.line(ev("run.queued", {}, 0)), "+0.000s    run.queued        queued");
+    assert.equal(
+      timeline.line(ev("log", { stream: "stdout", line: "hello" }, 1234)),
+      "+1.234s    log               [stdout] hello",
+    );
+    assert.equal(
+      timeline.line(ev("artifact.created", { path: "chart.svg", size: 512 }, 61_005)),
+      "+61.005s   artifact.created  chart.svg (512 B)",
+    );
+  });
+
+  it("prints ISO times with absolute", () => {
+    const e = ev("run.starting", { status: "starting" }, 5);
+    assert.equal(formatTimelineLine(e, { origin: T0, absolute: true }), `${e.time}  run.starting      starting`);
+  });
+});
+
+describe("formatSize and formatTable", () => {
+  it("formats sizes", () => {
+    assert.equal(formatSize(0), "0 B");
+    assert.equal(formatSize(1023), "1023 B");
+    assert.equal(formatSize(1024), "1.0 KiB");
+    assert.equal(formatSize(300 * 1024), "300 KiB");
+    assert.equal(formatSize(5 * 1024 * 1024 + 1), "5.0 MiB");
+  });
+
+  it("aligns columns", () => {
+    assert.equal(
+      formatTable(
+        ["ID", "NAME"],
+        [
+          ["ten_1", "default"],
+          ["ten_22", "acme"],
+        ],
+      ),
+      "ID      NAME\nten_1   default\nten_22  acme",
+    );
+  });
+});
+
+describe("summarizeEvent for errors", () => {
+  it("shows where an attempt failed", () => {
+    assert.equal(summarizeEvent(ev("attempt.error", { stage: "boot", message: "no image" })), "boot: no image");
+  });
+});

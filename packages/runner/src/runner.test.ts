@@ -1,0 +1,107 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import { describe, it } from "node:test";
+import { LineSplitter } from "./line-splitter.ts";
+
+const bundle = new URL("../dist/runner.mjs", import.meta.url).pathname;
+
+function split(max: number, chunks: string[]): [string, boolean][] {
+  const out: [string, boolean][] = [];
+  const s = new LineSplitter(max, (line, truncated) => out.push([line, truncated]));
+  for (const c of chunks) s.push(Buffer.from(c));
+  s.end();
+  return out;
+}
+
+describe("LineSplitter", () => {
+  it("joins lines across chunks and strips CR", () => {
+    assert.deepEqual(split(100, ["ab", "c\r\nde", "f\n", "tail"]), [
+      ["abc", false],
+      ["def", false],
+      ["tail", false],
+    ]);
+  });
+
+  it("cuts an overlong line once, flags it, and drops the rest of it", () => {
+    assert.deepEqual(split(4, ["abcdefgh", "ijk\nxy\n"]), [
+      ["abcd", true],
+      ["xy", false],
+    ]);
+  });
+
+  it("keeps empty lines", () => {
+    assert.deepEqual(split(10, ["\n\nx\n"]), [
+      ["", false],
+      ["", false],
+      ["x", false],
+    ]);
+  });
+});
+
+async function runBundle(spec: unknown): Promise<Record<string, unknown>[]> {
+  const child = spawn(process.execPath, [bundle], { stdio: ["pipe", "pipe", "inherit"] });
+  child.stdin.end(JSON.stringify(spec));
+  let text = "";
+  for await (const c of child.stdout) text += c;
+  return text
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l));
+}
+
+describe("runner bundle", () => {
+  it("is one small file with no schema library and no host code in it", async () => {
+    const code = await readFile(bundle, "utf8");
+    assert.ok(code.length < 20_000, `${code.length} bytes`);
+    for (const banned of ["zod", "kysely", "hono", "node:sqlite", "admin.key", "secret_hash", "ledger", "vault"]) {
+      assert.ok(!code.includes(banned), `the runner bundle contains ${banned}`);
+    }
+  });
+
+  const spec = (command: string[]) => ({
+    command,
+    env: { PATH: "/usr/bin:/bin" },
+    cwd: "/",
+    heartbeat_ms: 50,
+    max_line_bytes: 64,
+  });
+
+  it("frames output, markers and the exit status", async () => {
+    const frames = await runBundle(
+      spec([
+        "sh",
+        "-c",
+        `echo out; echo '::paddock::{"type":"p","data":1}'; echo '::paddock::{bad'; echo err >&2; exit 4`,
+      ]),
+    );
+    const kinds = frames.filter((f) => f.t !== "hb");
+    assert.equal(kinds[0]?.t, "hello");
+    assert.equal(kinds[1]?.t, "started");
+    assert.deepEqual(
+      kinds.filter((f) => f.t === "event"),
+      [{ t: "event", type: "p", data: 1 }],
+    );
+    assert.deepEqual(
+      kinds.filter((f) => f.t === "log" && f.stream === "stdout").map((f) => f.line),
+      ["out", "::paddock::{bad"],
+    );
+    assert.deepEqual(kinds.at(-1), { t: "exit", code: 4, signal: null });
+  });
+
+  it("reports a missing command as a spawn error, not an exit", async () => {
+    const frames = await runBundle(spec(["/no/such/program"]));
+    assert.deepEqual(
+      frames.map((f) => f.t),
+      ["hello", "spawn_error"],
+    );
+    assert.equal(frames[1]?.code, "ENOENT");
+  });
+
+  it("reports the exit of the main process even when a daemon keeps its pipes open", async () => {
+    const started = Date.now();
+    const frames = await runBundle(spec(["sh", "-c", "setsid sh -c 'sleep 3' & echo spawned"]));
+    assert.deepEqual(frames.at(-1), { t: "exit", code: 0, signal: null });
+    assert.ok(Date.now() - started < 2500, "did not wait for the daemon");
+  });
+});
