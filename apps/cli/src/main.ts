@@ -7,6 +7,7 @@ import { CliError, CONNECTION_HELP, UsageError, wantsHelp } from "./args.ts";
 import { ApiError, ConnectionError } from "./client.ts";
 import { agents } from "./commands/agents.ts";
 import { artifacts } from "./commands/artifacts.ts";
+import { bench } from "./commands/bench.ts";
 import { health } from "./commands/health.ts";
 import { images } from "./commands/images.ts";
 import { keys } from "./commands/keys.ts";
@@ -27,6 +28,7 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   logs,
   cancel,
   artifacts,
+  bench,
 ];
 
 const isGroup = (entry: Command | CommandGroup): entry is CommandGroup => "commands" in entry;
