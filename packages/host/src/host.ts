@@ -37,6 +37,9 @@ export interface HostConfig {
   maxConcurrentRuns?: number;
   heartbeatMs?: number;
   heartbeatTimeoutMs?: number;
+  /** Sandboxes booted ahead for agents' next runs (default 4; 0 disables), and their idle lifetime. */
+  warmSandboxes?: number;
+  warmIdleMs?: number;
   log?: (line: string) => void;
 }
 
@@ -48,6 +51,10 @@ export interface RunningHost {
   adminKeyPath: string;
   /** This host's sandbox driver, for diagnostics. */
   driver: SandboxDriver;
+  /** Warm sandboxes waiting for runs. */
+  readonly warmCount: number;
+  /** Where this host mounts its sandboxes. */
+  runDir: string;
   close(): Promise<void>;
 }
 
@@ -90,7 +97,8 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     const runners = new RunnerLayers({ runnersDir: join(dataDir, "runners") });
     const blobs = new BlobStore(join(dataDir, "blobs"));
     const agents = new Agents(db, images, layers);
-    const driver = new LinuxSandboxDriver({ runDir: `/run/paddock/${instance}`, instance });
+    const runDir = `/run/paddock/${instance}`;
+    const driver = new LinuxSandboxDriver({ runDir, instance });
 
     const runner = await runners.ensure({ bundlePath: await ensureRunnerBundle(), nodePath: process.execPath });
     const adminKey = await identity.bootstrap();
@@ -133,7 +141,12 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
         heartbeatTimeoutMs: config.heartbeatTimeoutMs ?? Math.max(15_000, heartbeatMs * 5),
         log,
       },
-      { workerId: newId("wrk"), maxConcurrent: config.maxConcurrentRuns ?? 32, pollMs: 1000 },
+      {
+        workerId: newId("wrk"),
+        maxConcurrent: config.maxConcurrentRuns ?? 32,
+        pollMs: 1000,
+        warm: { max: config.warmSandboxes ?? 4, idleMs: config.warmIdleMs ?? 120_000 },
+      },
     );
     const recovered = await engine.reconcile();
     if (recovered > 0) log(`reconciled ${recovered} run(s) left in flight by a previous host`);
@@ -155,6 +168,10 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       adminKey,
       adminKeyPath,
       driver,
+      runDir,
+      get warmCount() {
+        return engine.warmCount;
+      },
       close: () => {
         closing ??= (async () => {
           const closed = new Promise<void>((r) => server.close(() => r()));

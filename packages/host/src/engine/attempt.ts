@@ -6,12 +6,14 @@
  * status a runner reports is believed only for the agent's own outcome; limits, timeouts and
  * kills are the host's own observations.
  */
+import { writeFile } from "node:fs/promises";
 import { constants } from "node:os";
+import { join } from "node:path";
 import { type Limits, Marker, RunnerFrame, type RunnerSpec, type RunReason, type RunStatus } from "@paddock/protocol";
 import { LineSplitter } from "@paddock/runner";
 import type { BlobStore } from "../artifacts/blob-store.ts";
 import { collectOutputs } from "../artifacts/collector.ts";
-import type { SandboxDriver, SandboxExit, SandboxHandle } from "../sandbox/driver.ts";
+import type { SandboxDriver, SandboxExit, SandboxHandle, SandboxSpec } from "../sandbox/driver.ts";
 import { OUTPUTS_DIR, RUNNER_MOUNT } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { EventLog, NewEvent } from "./event-log.ts";
@@ -35,6 +37,19 @@ export interface AttemptDeps {
   heartbeatMs: number;
   heartbeatTimeoutMs: number;
   log: (msg: string) => void;
+}
+
+/** How every sandbox of an agent boots, cold or warm: the runner, waiting for its spec. */
+export async function sandboxSpec(deps: AttemptDeps, spec: AgentSpec): Promise<Omit<SandboxSpec, "id">> {
+  return {
+    layers: await deps.resolveLayers(spec),
+    runnerDir: deps.runnerDir(),
+    limits: spec.limits,
+    files: [],
+    argv: [`${RUNNER_MOUNT}/node`, `${RUNNER_MOUNT}/runner.mjs`],
+    env: { PATH: DEFAULT_PATH, LANG: "C.UTF-8", HOME: "/home/agent" },
+    cwd: "/",
+  };
 }
 
 export interface ArtifactRow {
@@ -93,24 +108,34 @@ export class Attempt {
     void this.#handle?.kill();
   }
 
-  /** Runs the attempt to its end. `onRunning` is called once the sandbox has booted. */
-  async run(onRunning: (bootMs: number) => Promise<boolean>): Promise<AttemptOutcome> {
+  /**
+   * Runs the attempt to its end, in `warm` (a sandbox booted ahead for this agent) when given,
+   * else in a freshly booted one. `onRunning` is called once the sandbox is up.
+   */
+  async run(
+    onRunning: (boot: { ms: number; warm: boolean }) => Promise<boolean>,
+    warm: SandboxHandle | null,
+  ): Promise<AttemptOutcome> {
     const { runId, attempt, spec } = this.#in;
-    const sandboxId = `${runId.replace(/_/g, "-")}-${attempt}`;
     const bootStart = performance.now();
-    let handle: SandboxHandle;
+    let handle: SandboxHandle | null = null;
+    let usedWarm = false;
     try {
-      handle = await this.#deps.driver.boot({
-        id: sandboxId,
-        layers: await this.#deps.resolveLayers(spec),
-        runnerDir: this.#deps.runnerDir(),
-        limits: this.#limits,
-        files: [{ path: "/inputs/input.json", content: this.#in.input ?? "null" }],
-        argv: [`${RUNNER_MOUNT}/node`, `${RUNNER_MOUNT}/runner.mjs`],
-        env: { PATH: DEFAULT_PATH, LANG: "C.UTF-8", HOME: "/home/agent" },
-        cwd: "/",
-      });
+      if (warm) {
+        usedWarm = await this.#writeInput(warm).then(
+          () => true,
+          () => false,
+        );
+        if (usedWarm) handle = warm;
+        else await warm.destroy().catch(() => {});
+      }
+      if (!handle) {
+        const id = `${runId.replace(/_/g, "-")}-${attempt}`;
+        handle = await this.#deps.driver.boot({ ...(await sandboxSpec(this.#deps, spec)), id });
+        await this.#writeInput(handle);
+      }
     } catch (err) {
+      await handle?.destroy().catch(() => {});
       const message = err instanceof Error ? err.message : String(err);
       this.#deps.log(`run ${runId}: sandbox boot failed: ${message}`);
       this.#queue({ type: "attempt.error", data: { stage: "boot", message } });
@@ -121,8 +146,8 @@ export class Attempt {
     if (this.#stop) void handle.kill();
 
     try {
-      const bootMs = Math.round((performance.now() - bootStart) * 100) / 100;
-      if (!(await onRunning(bootMs))) this.stop("canceled");
+      const ms = Math.round((performance.now() - bootStart) * 100) / 100;
+      if (!(await onRunning({ ms, warm: usedWarm }))) this.stop("canceled");
       this.#feed(handle);
       const exit = await this.#watch(handle);
       await this.#drain();
@@ -131,6 +156,11 @@ export class Attempt {
     } finally {
       await handle.destroy().catch((err: unknown) => this.#deps.log(`run ${runId}: destroy failed: ${String(err)}`));
     }
+  }
+
+  /** The run's input, read-only at /inputs/input.json; written after boot so spares can serve. */
+  async #writeInput(handle: SandboxHandle): Promise<void> {
+    await writeFile(join(handle.inputsDir, "input.json"), this.#in.input ?? "null", { mode: 0o444, flag: "wx" });
   }
 
   #feed(handle: SandboxHandle): void {

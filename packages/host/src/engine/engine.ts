@@ -5,16 +5,19 @@
  */
 import { type RunStatus, TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import type { SandboxHandle } from "../sandbox/driver.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
-import { Attempt, type AttemptDeps, type AttemptOutcome } from "./attempt.ts";
+import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
 import type { EventLog } from "./event-log.ts";
 import { type AgentSpec, type RunRepository, terminalEvent } from "./runs.ts";
+import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
 
 export interface EngineConfig {
   workerId: string;
   maxConcurrent: number;
   /** How often the engine looks for queued runs it was not told about. */
   pollMs: number;
+  warm: WarmPoolConfig;
 }
 
 const ACTIVE: RunStatus[] = ["starting", "running"];
@@ -26,6 +29,7 @@ export class Engine {
   readonly #deps: AttemptDeps;
   readonly #config: EngineConfig;
   readonly #active = new Map<string, { attempt: Attempt; done: Promise<void> }>();
+  readonly #warm: WarmPool;
   #timer: NodeJS.Timeout | null = null;
   #pumping: Promise<void> | null = null;
   #again = false;
@@ -37,6 +41,7 @@ export class Engine {
     this.#events = events;
     this.#deps = deps;
     this.#config = config;
+    this.#warm = new WarmPool(deps.driver, config.warm, deps.log);
   }
 
   start(): void {
@@ -75,6 +80,11 @@ export class Engine {
     return true;
   }
 
+  /** Spares waiting for runs (for diagnostics and tests). */
+  get warmCount(): number {
+    return this.#warm.size;
+  }
+
   /** Stops claiming, interrupts running attempts (their runs go back to the queue), waits for them. */
   async close(): Promise<void> {
     this.#closed = true;
@@ -82,6 +92,7 @@ export class Engine {
     await this.#pumping;
     for (const { attempt } of this.#active.values()) attempt.stop("shutdown");
     await Promise.all([...this.#active.values()].map((e) => e.done));
+    await this.#warm.close();
   }
 
   async #pump(): Promise<void> {
@@ -148,14 +159,19 @@ export class Engine {
   }
 
   #launch(run: RunsTable): void {
+    const spec = JSON.parse(run.spec) as AgentSpec;
     const attempt = new Attempt(this.#deps, {
       runId: run.id,
       tenantId: run.tenant_id,
       attempt: run.attempt,
-      spec: JSON.parse(run.spec) as AgentSpec,
+      spec,
       input: run.input,
     });
-    const done = this.#execute(run, attempt)
+    // Take a spare for this run, and boot the next one while it runs.
+    const key = bootKey(spec);
+    const warm = this.#warm.take(key);
+    this.#warm.replenish(key, () => sandboxSpec(this.#deps, spec));
+    const done = this.#execute(run, attempt, warm)
       .catch((err: unknown) => this.#deps.log(`run ${run.id}: engine error: ${String(err)}`))
       .finally(() => {
         this.#active.delete(run.id);
@@ -164,15 +180,15 @@ export class Engine {
     this.#active.set(run.id, { attempt, done });
   }
 
-  async #execute(run: RunsTable, attempt: Attempt): Promise<void> {
-    const outcome = await attempt.run(async (bootMs) => {
+  async #execute(run: RunsTable, attempt: Attempt, warm: SandboxHandle | null): Promise<void> {
+    const outcome = await attempt.run(async (boot) => {
       const moved = await this.#runs.transition(run.id, ["starting"], "running", {}, [
-        { type: "run.running", data: { status: "running", attempt: run.attempt, boot_ms: bootMs } },
+        { type: "run.running", data: { status: "running", attempt: run.attempt, boot_ms: boot.ms, warm: boot.warm } },
       ]);
       // A cancel that landed while booting: the run is no longer `starting`.
       const current = await this.#runs.getById(run.id);
       return moved && current?.cancel_requested === 0;
-    });
+    }, warm);
     await this.#finish(run, outcome);
   }
 

@@ -11,6 +11,8 @@ import type { Limits } from "@paddock/protocol";
 export const RUNNER_MOUNT = "/opt/paddock/runner";
 /** The folder whose files become the run's artifacts. */
 export const OUTPUTS_DIR = "/outputs";
+/** A read-only folder the host fills after boot (the run's input). */
+export const INPUTS_DIR = "/inputs";
 
 export interface SandboxFile {
   /** Absolute path inside the sandbox, for example /inputs/input.json. */
@@ -57,6 +59,11 @@ export interface SandboxHandle {
   kill(): Promise<void>;
   /** Host path of the sandbox's /outputs folder; valid until destroy(). */
   readonly outputsDir: string;
+  /**
+   * Host path of a root-owned folder seen read-only at INPUTS_DIR inside; what the host writes
+   * there, also after boot, appears at once. Lets a sandbox booted ahead of its run get the input.
+   */
+  readonly inputsDir: string;
   /** Kills what is left, unmounts, removes cgroups and folders. Idempotent. */
   destroy(): Promise<void>;
 }

@@ -4,7 +4,7 @@
  * why such tests cannot run here, so they skip with that reason instead of passing silently.
  */
 import { existsSync, readFileSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type HostConfig, type RunningHost, startHost } from "../host.ts";
@@ -28,6 +28,8 @@ export function hostSkipReason(): string | false {
 export interface TestHost {
   host: RunningHost;
   dataDir: string;
+  /** Where the host's sandboxes are mounted. */
+  runDir: string;
   adminKey: string;
   logs: string[];
   /** Calls the API; `key` defaults to the admin key, null sends none. */
@@ -50,7 +52,7 @@ export interface ApiResult {
 }
 
 export async function startTestHost(overrides: Partial<HostConfig> = {}): Promise<TestHost> {
-  const dataDir = await mkdtemp(join(tmpdir(), "paddock-test-"));
+  const dataDir = await realpath(await mkdtemp(join(tmpdir(), "paddock-test-")));
   const logs: string[] = [];
   const config: HostConfig = {
     dataDir,
@@ -66,6 +68,9 @@ export async function startTestHost(overrides: Partial<HostConfig> = {}): Promis
       return host;
     },
     dataDir,
+    get runDir() {
+      return host.runDir;
+    },
     adminKey,
     logs,
     async api(method, path, body, key = adminKey, headers = {}) {

@@ -10,13 +10,15 @@
  * terminal), an environment of exactly spec.env, and the seccomp filter; --die-with-parent ends
  * the sandbox if the host process dies.
  */
-import { RUNNER_MOUNT } from "../driver.ts";
+import { INPUTS_DIR, RUNNER_MOUNT } from "../driver.ts";
 import { BWRAP_ARGS_FD, SECCOMP_FD, type Tools } from "./launcher.ts";
 
 export interface BwrapOptions {
   /** Host path of the overlay mount that becomes /. */
   root: string;
   runnerDir: string;
+  /** Host folder bound read-only at INPUTS_DIR. */
+  inputs: string;
   env: Record<string, string>;
   cwd: string;
 }
@@ -56,6 +58,9 @@ export function bwrapOptions(options: BwrapOptions): string[] {
     "--ro-bind",
     options.runnerDir,
     RUNNER_MOUNT,
+    "--ro-bind",
+    options.inputs,
+    INPUTS_DIR,
     "--proc",
     "/proc",
     "--dev",

@@ -1,6 +1,6 @@
 /** The Linux driver on the real kernel: running argv, stdio, files, outputs, limits, failures. */
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -108,6 +108,27 @@ describe("Linux sandbox driver", { skip: skipReason() }, () => {
     assert.deepEqual(lines.slice(10).map(Number).sort(), [0, 1, 2, 3]);
   });
 
+  test("shows files the host adds to inputsDir after boot, read-only, at /inputs", async () => {
+    const script = [
+      "while [ ! -e /inputs/input.json ]; do sleep 0.01; done",
+      "cat /inputs/input.json; echo",
+      "stat -c '%a %u' /inputs/input.json",
+      "(echo changed > /inputs/input.json) 2>/dev/null && echo WROTE",
+      "(touch /inputs/new) 2>/dev/null && echo CREATED",
+      "echo done",
+    ].join("; ");
+    const handle = await t.driver.boot(testSpec("inputs", runnerDir, ["/bin/sh", "-c", script]));
+    try {
+      handle.stdin.end();
+      writeFileSync(path.join(handle.inputsDir, "input.json"), '{"late":true}', { mode: 0o444 });
+      const [stdout, , exit] = await Promise.all([collect(handle.stdout), collect(handle.stderr), handle.exited]);
+      assert.equal(exit.code, 0);
+      assert.equal(stdout, '{"late":true}\n444 65534\ndone\n');
+    } finally {
+      await handle.destroy();
+    }
+  });
+
   test("places spec.files root-owned and read-only; /outputs and /home/agent belong to the sandbox user", async () => {
     const spec = testSpec(
       "files",
@@ -116,17 +137,17 @@ describe("Linux sandbox driver", { skip: skipReason() }, () => {
         "/bin/sh",
         "-c",
         [
-          "stat -c '%n %a %u' /inputs /inputs/input.json /etc/paddock/tool.sh /outputs /home/agent",
-          "cat /inputs/input.json; echo",
+          "stat -c '%n %a %u' /data /data/input.json /etc/paddock/tool.sh /outputs /home/agent",
+          "cat /data/input.json; echo",
           "/etc/paddock/tool.sh",
-          "echo changed > /inputs/input.json && echo WROTE-INPUT",
+          "echo changed > /data/input.json && echo WROTE-INPUT",
           "echo result > /outputs/result.txt",
           "echo note > /home/agent/note",
         ].join("; "),
       ],
       {
         files: [
-          { path: "/inputs/input.json", content: '{"a":1}' },
+          { path: "/data/input.json", content: '{"a":1}' },
           { path: "/etc/paddock/tool.sh", content: Buffer.from("#!/bin/sh\necho tool ran\n"), mode: 0o555 },
         ],
       },
@@ -139,8 +160,8 @@ describe("Linux sandbox driver", { skip: skipReason() }, () => {
       const lines = stdout.trim().split("\n");
       // Root is not mapped into the sandbox's user namespace: root-owned files show the overflow uid.
       assert.deepEqual(lines.slice(0, 5), [
-        "/inputs 755 65534",
-        "/inputs/input.json 444 65534",
+        "/data 755 65534",
+        "/data/input.json 444 65534",
         "/etc/paddock/tool.sh 555 65534",
         `/outputs 755 ${SANDBOX_UID}`,
         `/home/agent 700 ${SANDBOX_UID}`,
@@ -229,7 +250,7 @@ describe("Linux sandbox driver", { skip: skipReason() }, () => {
       testSpec("bad-runner", "/no/such/runner", ["/bin/true"]),
       testSpec("bad-argv", runnerDir, []),
       testSpec("bad-env", runnerDir, ["/bin/true"], { env: { "A=B": "x" } }),
-      testSpec("bad-file", runnerDir, ["/bin/true"], { files: [{ path: "/inputs/../etc/passwd", content: "" }] }),
+      testSpec("bad-file", runnerDir, ["/bin/true"], { files: [{ path: "/data/../etc/passwd", content: "" }] }),
       testSpec("bad-file2", runnerDir, ["/bin/true"], { files: [{ path: `${RUNNER_MOUNT}/runner.mjs`, content: "" }] }),
     ];
     for (const spec of bad) {
@@ -241,8 +262,8 @@ describe("Linux sandbox driver", { skip: skipReason() }, () => {
   test("cleans up and throws a clear error when boot fails after mounting", async () => {
     // Two files where one needs the other to be a folder: fails while filling the tmpfs.
     const files = [
-      { path: "/inputs/a", content: "x" },
-      { path: "/inputs/a/b", content: "y" },
+      { path: "/data/a", content: "x" },
+      { path: "/data/a/b", content: "y" },
     ];
     await assert.rejects(
       t.driver.boot(testSpec("midway", runnerDir, ["/bin/true"], { files })),
@@ -268,8 +289,8 @@ describe("Linux sandbox driver", { skip: skipReason() }, () => {
     ] as const) {
       const other = await makeTestDriver(`driver-${name}`, extra);
       try {
-        const spec = testSpec("alt", runnerDir, ["/bin/sh", "-c", "cat /inputs/x; id -u; ls /proc/self/fd | wc -l"], {
-          files: [{ path: "/inputs/x", content: "file\n" }],
+        const spec = testSpec("alt", runnerDir, ["/bin/sh", "-c", "cat /data/x; id -u; ls /proc/self/fd | wc -l"], {
+          files: [{ path: "/data/x", content: "file\n" }],
         });
         for (let i = 0; i < 2; i++) {
           const result = await runSandbox(other.driver, spec);

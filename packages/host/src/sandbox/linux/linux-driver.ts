@@ -156,7 +156,13 @@ export class LinuxSandboxDriver implements SandboxDriver {
         cgroup.create(spec.limits);
       }
       const runnerDir = await this.exposeRunner(tools, spec.runnerDir);
-      const options = bwrapOptions({ root: paths.root, runnerDir, env: spec.env, cwd: spec.cwd });
+      const options = bwrapOptions({
+        root: paths.root,
+        runnerDir,
+        inputs: paths.inputs,
+        env: spec.env,
+        cwd: spec.cwd,
+      });
       const child = await launcher.run({
         dir: paths.dir,
         // 0711: bwrap (the sandbox uid) traverses it to the overlay; host users cannot list it.

@@ -5,6 +5,7 @@
  *   upper/   the writable layer (files, /outputs, /home/agent)
  *   work/    overlayfs work folder
  *   root/    the overlay mount: what the sandbox sees as /
+ *   inputs/  bound read-only at /inputs; the host may add files after boot
  */
 import { chmod, mkdir, stat } from "node:fs/promises";
 import path from "node:path";
@@ -18,6 +19,8 @@ export interface SandboxPaths {
   work: string;
   root: string;
   outputs: string;
+  /** Host side of /inputs: in the tmpfs but outside the overlay, bind-mounted read-only. */
+  inputs: string;
 }
 
 export function sandboxPaths(runDir: string, id: string): SandboxPaths {
@@ -29,6 +32,7 @@ export function sandboxPaths(runDir: string, id: string): SandboxPaths {
     work: path.join(dir, "work"),
     root: path.join(dir, "root"),
     outputs: path.join(upper, "outputs"),
+    inputs: path.join(dir, "inputs"),
   };
 }
 

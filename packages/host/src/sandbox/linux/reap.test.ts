@@ -116,7 +116,7 @@ describe("Linux sandbox reapOrphans", { skip: skipReason() }, () => {
     const handles = [
       await t.driver.boot(testSpec("orphan-a", runnerDir, ["/bin/sh", "-c", script])),
       await t.driver.boot(
-        testSpec("orphan-b", runnerDir, ["/bin/sh", "-c", script], { files: [{ path: "/inputs/x", content: "x" }] }),
+        testSpec("orphan-b", runnerDir, ["/bin/sh", "-c", script], { files: [{ path: "/data/x", content: "x" }] }),
       ),
     ];
     for (const handle of handles) await waitFor(handle, "up");

@@ -53,6 +53,7 @@ export async function teardownSandbox(tools: Tools, paths: SandboxPaths, cgroup:
 export class LinuxSandboxHandle implements SandboxHandle {
   readonly id: string;
   readonly outputsDir: string;
+  readonly inputsDir: string;
   readonly stdin: Writable;
   readonly stdout: Readable;
   readonly stderr: Readable;
@@ -69,6 +70,7 @@ export class LinuxSandboxHandle implements SandboxHandle {
     this.id = id;
     this.paths = paths;
     this.outputsDir = paths.outputs;
+    this.inputsDir = paths.inputs;
     this.cgroup = cgroup;
     this.tools = tools;
     this.child = child;

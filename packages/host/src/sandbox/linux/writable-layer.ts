@@ -9,10 +9,10 @@
  */
 import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { OUTPUTS_DIR, RUNNER_MOUNT, type SandboxFile } from "../driver.ts";
+import { INPUTS_DIR, OUTPUTS_DIR, RUNNER_MOUNT, type SandboxFile } from "../driver.ts";
 
 /** Where spec.files may not go: bwrap mounts over these, hiding whatever the layer holds. */
-const HIDDEN_PREFIXES = ["/proc", "/dev", RUNNER_MOUNT];
+const HIDDEN_PREFIXES = ["/proc", "/dev", RUNNER_MOUNT, INPUTS_DIR];
 
 /** Checks that a sandbox path is absolute, normalized and not hidden by a mount. */
 export function checkSandboxFilePath(file: string): void {
@@ -51,22 +51,23 @@ function userDir(layer: string, sandboxDir: string, mode: number, uid: number, g
 
 /**
  * Lays out upper (the writable layer), work and root folders inside a freshly mounted tmpfs:
- * /outputs (0755) and /home/agent (0700) owned by the sandbox user, the runner mount point,
- * then spec.files.
+ * /outputs (0755) and /home/agent (0700) owned by the sandbox user, the runner and inputs mount
+ * points, the root-owned inputs folder, then spec.files.
  */
 export function prepareWritableLayer(
-  dirs: { upper: string; work: string; root: string },
+  dirs: { upper: string; work: string; root: string; inputs: string },
   files: SandboxFile[],
   uid: number,
   gid: number,
 ): void {
-  for (const dir of [dirs.upper, dirs.work, dirs.root]) {
+  for (const dir of [dirs.upper, dirs.work, dirs.root, dirs.inputs]) {
     mkdirSync(dir, { mode: 0o755 });
     chmodSync(dir, 0o755);
   }
   userDir(dirs.upper, OUTPUTS_DIR, 0o755, uid, gid);
   userDir(dirs.upper, "/home/agent", 0o700, uid, gid);
   mkdirs(dirs.upper, RUNNER_MOUNT, 0o755);
+  mkdirs(dirs.upper, INPUTS_DIR, 0o755);
   for (const file of files) {
     checkSandboxFilePath(file.path);
     const mode = file.mode ?? 0o444;
