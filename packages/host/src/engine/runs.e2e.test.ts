@@ -151,6 +151,37 @@ describe("runs end to end", { skip }, () => {
     assert.deepEqual(left, []);
   });
 
+  it("collects artifacts from a sandbox that was killed", async () => {
+    const { run, events } = await runAgent(t, {
+      name: uniqueName("partial"),
+      command: ["sh", "-c", "echo step-1 > /outputs/partial.txt; sleep 60"],
+      limits: { timeout_s: 1 },
+    });
+    assert.equal(run.status, "timed_out");
+    const arts = (await t.api("GET", `/v1/runs/${run.id}/artifacts`)).body.data;
+    assert.deepEqual(
+      arts.map((a: { path: string }) => a.path),
+      ["partial.txt"],
+    );
+    const types = events.map((e: { type: string }) => e.type);
+    assert.ok(types.indexOf("artifact.created") < types.indexOf("run.timed_out"));
+  });
+
+  it("records a run whose runner stops heartbeating as lost", async () => {
+    const quick = await startTestHost({ heartbeatMs: 100, heartbeatTimeoutMs: 800, warmSandboxes: 0 });
+    try {
+      // The agent freezes the runner (same uid inside the sandbox): no frame, no heartbeat.
+      const { run } = await runAgent(quick, {
+        name: "freezer",
+        command: ["sh", "-c", "kill -STOP $PPID; sleep 60"],
+        limits: { timeout_s: 30 },
+      });
+      assert.deepEqual([run.status, run.reason], ["failed", "lost"]);
+    } finally {
+      await quick.close();
+    }
+  });
+
   it("caps logged output and says so", async () => {
     const { run, events } = await runAgent(t, {
       name: uniqueName("logcap"),
