@@ -9,6 +9,7 @@ import { readdirSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { unsealRunners } from "../packages/host/src/engine/runner-registry.ts";
 import { type RunningHost, startHost } from "../packages/host/src/host.ts";
 import { ImageStore } from "../packages/host/src/images/image-store.ts";
 import { RUNNER_MOUNT } from "../packages/host/src/sandbox/driver.ts";
@@ -151,6 +152,7 @@ async function sequential(
 export async function bootBench(opts: BootBenchOptions): Promise<BootBenchResult> {
   const cold = await sequential(opts, 0, 0);
   await cold.host.close();
+  await unsealRunners(cold.dataDir);
   await rm(cold.dataDir, { recursive: true, force: true });
   const main = await sequential(opts, 4, opts.concurrent);
   const { host, dataDir } = main;
@@ -221,6 +223,7 @@ export async function bootBench(opts: BootBenchOptions): Promise<BootBenchResult
     };
   } finally {
     await host.close();
+    await unsealRunners(dataDir);
     await rm(dataDir, { recursive: true, force: true });
   }
 }

@@ -10,6 +10,7 @@ import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { unsealRunners } from "@paddock/host";
 
 const ROOT = new URL("../../../", import.meta.url).pathname;
 const PADDOCK = join(ROOT, "bin/paddock");
@@ -113,7 +114,11 @@ describe("paddock CLI against a real host", { skip: skipReason() }, () => {
 
   after(async () => {
     if (server) assert.equal(await server.stop(), 0, `serve did not stop cleanly on SIGTERM:\n${server.output()}`);
-    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+    if (dataDir) {
+      await unsealRunners(dataDir);
+      await unsealRunners(dataDir);
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 
   it("serve wrote the admin key it printed, and health answers", async () => {
@@ -346,6 +351,7 @@ describe("following a run across a host restart", { skip: skipReason() }, () => 
       assert.equal(events.at(-1)?.type, "run.succeeded", out);
     } finally {
       await server.stop();
+      await unsealRunners(dataDir);
       await rm(dataDir, { recursive: true, force: true });
     }
   });

@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { describe, it } from "node:test";
+import { unsealRunners } from "./engine/runner-registry.ts";
 import { startHost } from "./host.ts";
 import { hostSkipReason, testImagesDir } from "./testing/harness.ts";
 
@@ -27,6 +28,7 @@ describe("host crash", { skip }, () => {
     );
     t.after(async () => {
       if (child.exitCode === null) child.kill("SIGKILL");
+      await unsealRunners(dataDir);
       await rm(dataDir, { recursive: true, force: true });
     });
     const first = await new Promise<{ url: string; adminKey: string }>((resolve, reject) => {

@@ -13,7 +13,9 @@ import { createApi } from "./api/app.ts";
 import { BlobStore } from "./artifacts/blob-store.ts";
 import { Engine } from "./engine/engine.ts";
 import { EventLog } from "./engine/event-log.ts";
+import { RunnerRegistry } from "./engine/runner-registry.ts";
 import { RunRepository } from "./engine/runs.ts";
+import { collectGarbage } from "./gc.ts";
 import { Identity } from "./identity/identity.ts";
 import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
@@ -94,13 +96,19 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     const identity = new Identity(db);
     const images = new ImageStore({ imagesDir: config.imagesDir ?? join(dataDir, "images") });
     const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: AGENT_USER.uid, gid: AGENT_USER.gid });
-    const runners = new RunnerLayers({ runnersDir: join(dataDir, "runners") });
+    const runnersDir = join(dataDir, "runners");
+    const runners = new RunnerRegistry(db, new RunnerLayers({ runnersDir }), runnersDir, log);
     const blobs = new BlobStore(join(dataDir, "blobs"));
-    const agents = new Agents(db, images, layers);
+    const agents = new Agents(db, images, layers, runners);
     const runDir = `/run/paddock/${instance}`;
     const driver = new LinuxSandboxDriver({ runDir, instance });
 
-    const runner = await runners.ensure({ bundlePath: await ensureRunnerBundle(), nodePath: process.execPath });
+    // This host's runner becomes current unless it already is (deploying a host deploys its runner).
+    await runners.ensureCurrent({ bundlePath: await ensureRunnerBundle(), nodePath: process.execPath });
+    const gc = await collectGarbage({ db, snapshots: agents.snapshots, runners, layersDir: join(dataDir, "layers") });
+    if (gc.runners.length + gc.layers.length > 0) {
+      log(`removed ${gc.runners.length} unused runner layer(s) and ${gc.layers.length} environment layer(s)`);
+    }
     const adminKey = await identity.bootstrap();
     const adminKeyPath = join(dataDir, "admin.key");
     if (adminKey) {
@@ -115,12 +123,13 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       db,
       runs,
       events,
+      agents.snapshots,
       {
         driver,
         events,
         blobs,
         resolveLayers: (spec) => agents.layerPaths(spec),
-        runnerDir: () => runner.dir,
+        currentRunner: () => runners.current(),
         recordArtifacts: async (runId, attempt, rows, evs) => {
           const run = await runs.getById(runId);
           if (!run) return;
@@ -152,7 +161,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     if (recovered > 0) log(`reconciled ${recovered} run(s) left in flight by a previous host`);
     engine.start();
 
-    const app = createApi({ db, identity, agents, runs, events, engine, blobs, version: VERSION, log });
+    const app = createApi({ db, identity, agents, runs, events, engine, blobs, runners, version: VERSION, log });
     const listen = config.listen ?? "127.0.0.1";
     const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, port: config.port, hostname: listen }, () => resolve(s));

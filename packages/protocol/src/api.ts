@@ -59,11 +59,37 @@ export const Agent = z
     env: z.record(z.string(), z.string()),
     files: z.array(z.object({ path: z.string(), size: z.number().int() })),
     limits: Limits,
-    snapshot: z.object({ base: z.string(), layers: z.array(z.string()) }),
+    snapshot: z.object({
+      version: z.number().int(),
+      base: z.string(),
+      layers: z.array(z.string()),
+      runner: z.string(),
+    }),
     created_at: z.string(),
   })
   .meta({ id: "Agent" });
 export type Agent = z.infer<typeof Agent>;
+
+/** A version of an agent's environment. */
+export const Snapshot = z
+  .object({
+    version: z.number().int(),
+    base: z.string(),
+    layers: z.array(z.string()),
+    runner: z.string(),
+    reason: z.enum(["create", "freeze", "rollback", "runner"]),
+    parent_version: z.number().int().nullable(),
+    changes: z.unknown(),
+    env_bytes: z.number().int(),
+    created_at: z.string(),
+    current: z.boolean(),
+  })
+  .meta({ id: "Snapshot" });
+export type Snapshot = z.infer<typeof Snapshot>;
+
+export const Runner = z
+  .object({ digest: z.string(), created_at: z.string(), published_at: z.string().nullable(), current: z.boolean() })
+  .meta({ id: "Runner" });
 
 export const RunStatus = z.enum(["queued", "starting", "running", "succeeded", "failed", "timed_out", "canceled"]);
 export type RunStatus = z.infer<typeof RunStatus>;

@@ -2,24 +2,48 @@
 import { type Agent, type AgentCreate, AppError, Limits } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { DEFAULT_PATH } from "../engine/attempt.ts";
-import type { AgentSpec } from "../engine/runs.ts";
+import type { RunnerRegistry } from "../engine/runner-registry.ts";
+import type { AgentDefinition, AgentSpec } from "../engine/runs.ts";
 import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
 import { resolveCommand } from "../images/resolve-command.ts";
 import { newId } from "../store/ids.ts";
-import type { AgentsTable, Database } from "../store/schema.ts";
+import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
+import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
 
-export function toAgent(row: AgentsTable): Agent {
-  const spec = JSON.parse(row.spec) as AgentSpec;
+/** An agent row with its current snapshot. */
+export interface AgentRecord {
+  row: AgentsTable;
+  snapshot: SnapshotsTable;
+}
+
+export function toAgent({ row, snapshot }: AgentRecord): Agent {
+  const def = JSON.parse(row.spec) as AgentDefinition;
   return {
     id: row.id,
     name: row.name,
-    command: spec.command,
-    env: spec.env,
-    files: spec.files,
-    limits: spec.limits,
-    snapshot: { base: spec.image, layers: spec.layers },
+    command: def.command,
+    env: def.env,
+    files: def.files,
+    limits: def.limits,
+    snapshot: {
+      version: snapshot.version,
+      base: snapshot.base,
+      layers: JSON.parse(snapshot.layers) as string[],
+      runner: snapshot.runner,
+    },
     created_at: new Date(row.created_at).toISOString(),
+  };
+}
+
+/** What a run of this agent freezes at trigger time. */
+export function runSpec({ row, snapshot }: AgentRecord): AgentSpec {
+  return {
+    ...(JSON.parse(row.spec) as AgentDefinition),
+    image: snapshot.base,
+    layers: JSON.parse(snapshot.layers) as string[],
+    runner: snapshot.runner,
+    snapshot_version: snapshot.version,
   };
 }
 
@@ -27,11 +51,15 @@ export class Agents {
   readonly #db: Kysely<Database>;
   readonly #images: ImageStore;
   readonly #layers: LayerStore;
+  readonly #runners: RunnerRegistry;
+  readonly snapshots: Snapshots;
 
-  constructor(db: Kysely<Database>, images: ImageStore, layers: LayerStore) {
+  constructor(db: Kysely<Database>, images: ImageStore, layers: LayerStore, runners: RunnerRegistry) {
     this.#db = db;
     this.#images = images;
     this.#layers = layers;
+    this.#runners = runners;
+    this.snapshots = new Snapshots(db);
   }
 
   /** Host paths of a spec's layers, top first, base rootfs last. */
@@ -40,7 +68,7 @@ export class Agents {
     return [...spec.layers.map((d) => this.#layers.path(d)), image.rootfs];
   }
 
-  async create(tenantId: string, body: AgentCreate): Promise<AgentsTable> {
+  async create(tenantId: string, body: AgentCreate): Promise<AgentRecord> {
     const taken = await this.#db
       .selectFrom("agents")
       .select("id")
@@ -54,17 +82,16 @@ export class Agents {
     const hasFiles = Object.keys(files).length > 0;
     const layers = hasFiles ? [await this.#layers.putFiles(files)] : [];
     const env = body.env ?? {};
-    const spec: AgentSpec = {
+    const def: AgentDefinition = {
       command: body.command,
       env,
       limits: Limits.parse(body.limits ?? {}),
       cwd: hasFiles ? "/app" : "/home/agent",
-      image: image.digest,
-      layers,
       files: Object.entries(files)
         .map(([path, content]) => ({ path, size: Buffer.byteLength(content) }))
         .sort((a, b) => (a.path < b.path ? -1 : 1)),
     };
+    const spec = { ...def, image: image.digest, layers };
     const argv0 = body.command[0] as string;
     const found = await resolveCommand(await this.layerPaths(spec), argv0, {
       path: env.PATH ?? DEFAULT_PATH,
@@ -81,14 +108,28 @@ export class Agents {
       id: newId("agt"),
       tenant_id: tenantId,
       name: body.name,
-      spec: JSON.stringify(spec),
+      spec: JSON.stringify(def),
+      current_version: 1,
       created_at: Date.now(),
     };
-    await this.#db.insertInto("agents").values(row).execute();
-    return row;
+    const runner = await this.#runners.current();
+    const snapshot = await this.#db.transaction().execute(async (trx) => {
+      await trx.insertInto("agents").values(row).execute();
+      return this.snapshots.append(trx, {
+        tenantId,
+        agentId: row.id,
+        base: image.digest,
+        layers,
+        runner: runner.digest,
+        reason: "create",
+        parentVersion: null,
+        envBytes: Object.values(files).reduce((n, c) => n + Buffer.byteLength(c), 0),
+      });
+    });
+    return { row, snapshot };
   }
 
-  async get(tenantId: string, id: string): Promise<AgentsTable> {
+  async get(tenantId: string, id: string): Promise<AgentRecord> {
     const row = await this.#db
       .selectFrom("agents")
       .selectAll()
@@ -96,13 +137,32 @@ export class Agents {
       .where("id", "=", id)
       .executeTakeFirst();
     if (!row) throw new AppError("not_found", `No agent '${id}'.`);
-    return row;
+    return { row, snapshot: await this.#snapshotOf(row) };
   }
 
-  async list(tenantId: string, opts: { name?: string; cursor?: string; limit: number }): Promise<AgentsTable[]> {
+  async list(tenantId: string, opts: { name?: string; cursor?: string; limit: number }): Promise<AgentRecord[]> {
     let q = this.#db.selectFrom("agents").selectAll().where("tenant_id", "=", tenantId);
     if (opts.name) q = q.where("name", "=", opts.name);
     if (opts.cursor) q = q.where("id", "<", opts.cursor);
-    return q.orderBy("id", "desc").limit(opts.limit).execute();
+    const rows = await q.orderBy("id", "desc").limit(opts.limit).execute();
+    return Promise.all(rows.map(async (row) => ({ row, snapshot: await this.#snapshotOf(row) })));
+  }
+
+  async #snapshotOf(row: AgentsTable): Promise<SnapshotsTable> {
+    const snapshot = await this.snapshots.get(this.#db, row.id, row.current_version);
+    if (!snapshot) throw new Error(`agent ${row.id} has no snapshot version ${row.current_version}`);
+    return snapshot;
+  }
+
+  /** The agent's environment versions, newest first. */
+  async history(tenantId: string, id: string): Promise<Snapshot[]> {
+    const { row } = await this.get(tenantId, id);
+    return (await this.snapshots.list(row.id)).map((s) => toSnapshot(s, row.current_version));
+  }
+
+  async rollback(tenantId: string, id: string, version: number): Promise<Snapshot> {
+    const { row } = await this.get(tenantId, id);
+    const created = await this.snapshots.rollback(tenantId, row.id, row.current_version, version);
+    return toSnapshot(created, created.version);
   }
 }

@@ -18,7 +18,9 @@ import {
   Run,
   RunCreate,
   RunEvent,
+  Runner,
   RunStatus,
+  Snapshot,
   TERMINAL_STATUSES,
   Tenant,
   TenantCreate,
@@ -28,11 +30,12 @@ import { streamSSE } from "hono/streaming";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { Kysely } from "kysely";
 import { z } from "zod";
-import { type Agents, toAgent } from "../agents/agents.ts";
+import { type Agents, runSpec, toAgent } from "../agents/agents.ts";
 import type { BlobStore } from "../artifacts/blob-store.ts";
 import type { Engine } from "../engine/engine.ts";
 import type { EventLog } from "../engine/event-log.ts";
-import { type AgentSpec, type RunRepository, terminalEvent, toRun } from "../engine/runs.ts";
+import type { RunnerRegistry } from "../engine/runner-registry.ts";
+import { type RunRepository, terminalEvent, toRun } from "../engine/runs.ts";
 import { type Identity, type Principal, toTenant } from "../identity/identity.ts";
 import type { Database } from "../store/schema.ts";
 import { check, errorResponse, readJson } from "./http.ts";
@@ -45,6 +48,7 @@ export interface ApiDeps {
   events: EventLog;
   engine: Engine;
   blobs: BlobStore;
+  runners: RunnerRegistry;
   version: string;
   log: (msg: string) => void;
 }
@@ -214,6 +218,43 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
     async (c) => c.json(toAgent(await deps.agents.get(tenantOf(c), param(c, "id")))),
   );
 
+  // Environment versions.
+  route(
+    "get",
+    "/v1/agents/{id}/snapshots",
+    {
+      summary: "An agent's environment versions, newest first",
+      auth: "tenant",
+      responses: { 200: json(Page(Snapshot), "Snapshots") },
+    },
+    async (c) => c.json({ data: await deps.agents.history(tenantOf(c), param(c, "id")), next_cursor: null }),
+  );
+  const Rollback = z
+    .object({ version: z.number().int().min(1) })
+    .strict()
+    .meta({ id: "Rollback" });
+  route(
+    "post",
+    "/v1/agents/{id}/rollback",
+    {
+      summary: "Make an earlier environment version current again (as a new version)",
+      auth: "tenant",
+      body: Rollback,
+      responses: { 201: json(Snapshot, "The new current version"), 409: json(ErrorResponse, "Changed meanwhile") },
+    },
+    async (c) => {
+      const id = param(c, "id");
+      const body = await readJson(c, Rollback);
+      return c.json(await deps.agents.rollback(tenantOf(c), id, body.version), 201);
+    },
+  );
+  route(
+    "get",
+    "/v1/runners",
+    { summary: "Runner versions (admin)", auth: "admin", responses: { 200: json(Page(Runner), "Runners") } },
+    async (c) => c.json({ data: await deps.runners.list(), next_cursor: null }),
+  );
+
   // Runs.
   route(
     "post",
@@ -222,8 +263,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
     async (c) => {
       const agent = await deps.agents.get(tenantOf(c), param(c, "id"));
       const body = await readJson(c, RunCreate);
-      const spec = JSON.parse(agent.spec) as AgentSpec;
-      const run = await deps.runs.create(agent.tenant_id, agent.id, spec, body.input);
+      const run = await deps.runs.create(agent.row.tenant_id, agent.row.id, runSpec(agent), body.input);
       deps.engine.notify();
       return c.json(toRun(run), 201);
     },

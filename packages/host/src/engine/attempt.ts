@@ -17,6 +17,7 @@ import type { SandboxDriver, SandboxExit, SandboxHandle, SandboxSpec } from "../
 import { OUTPUTS_DIR, RUNNER_MOUNT } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { EventLog, NewEvent } from "./event-log.ts";
+import type { CurrentRunner } from "./runner-registry.ts";
 import type { AgentSpec } from "./runs.ts";
 
 export const MAX_LINE_BYTES = 16 * 1024;
@@ -31,7 +32,8 @@ export interface AttemptDeps {
   blobs: BlobStore;
   /** Host paths of the spec's layers, top first, base rootfs last. */
   resolveLayers(spec: AgentSpec): Promise<string[]>;
-  runnerDir: () => string;
+  /** The runner every boot mounts, whatever runner the snapshot names. */
+  currentRunner(): Promise<CurrentRunner>;
   /** Persists artifacts and their events in one transaction. */
   recordArtifacts(runId: string, attempt: number, rows: ArtifactRow[], events: NewEvent[]): Promise<void>;
   heartbeatMs: number;
@@ -40,10 +42,14 @@ export interface AttemptDeps {
 }
 
 /** How every sandbox of an agent boots, cold or warm: the runner, waiting for its spec. */
-export async function sandboxSpec(deps: AttemptDeps, spec: AgentSpec): Promise<Omit<SandboxSpec, "id">> {
+export async function sandboxSpec(
+  deps: AttemptDeps,
+  spec: AgentSpec,
+  runner: CurrentRunner,
+): Promise<Omit<SandboxSpec, "id">> {
   return {
     layers: await deps.resolveLayers(spec),
-    runnerDir: deps.runnerDir(),
+    runnerDir: runner.dir,
     limits: spec.limits,
     files: [],
     argv: [`${RUNNER_MOUNT}/node`, `${RUNNER_MOUNT}/runner.mjs`],
@@ -115,6 +121,7 @@ export class Attempt {
   async run(
     onRunning: (boot: { ms: number; warm: boolean }) => Promise<boolean>,
     warm: SandboxHandle | null,
+    runner: { current: CurrentRunner; ms: number },
   ): Promise<AttemptOutcome> {
     const { runId, attempt, spec } = this.#in;
     const bootStart = performance.now();
@@ -131,7 +138,7 @@ export class Attempt {
       }
       if (!handle) {
         const id = `${runId.replace(/_/g, "-")}-${attempt}`;
-        handle = await this.#deps.driver.boot({ ...(await sandboxSpec(this.#deps, spec)), id });
+        handle = await this.#deps.driver.boot({ ...(await sandboxSpec(this.#deps, spec, runner.current)), id });
         await this.#writeInput(handle);
       }
     } catch (err) {
@@ -147,6 +154,14 @@ export class Attempt {
 
     try {
       const ms = Math.round((performance.now() - bootStart) * 100) / 100;
+      if (spec.runner !== runner.current.digest) {
+        // The snapshot names another runner: the current one was mounted instead. What that cost
+        // is choosing it; its mount is the same read-only bind every boot makes.
+        this.#queue({
+          type: "runner.swapped",
+          data: { from: spec.runner || null, to: runner.current.digest, ms: Math.round(runner.ms * 1000) / 1000 },
+        });
+      }
       if (!(await onRunning({ ms, warm: usedWarm }))) this.stop("canceled");
       this.#feed(handle);
       const exit = await this.#watch(handle);

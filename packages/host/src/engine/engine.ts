@@ -5,10 +5,11 @@
  */
 import { type RunStatus, TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely } from "kysely";
-import type { SandboxHandle } from "../sandbox/driver.ts";
+import type { Snapshots } from "../agents/snapshots.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
 import type { EventLog } from "./event-log.ts";
+import type { CurrentRunner } from "./runner-registry.ts";
 import { type AgentSpec, type RunRepository, terminalEvent } from "./runs.ts";
 import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
 
@@ -28,6 +29,7 @@ export class Engine {
   readonly #events: EventLog;
   readonly #deps: AttemptDeps;
   readonly #config: EngineConfig;
+  readonly #snapshots: Snapshots;
   readonly #active = new Map<string, { attempt: Attempt; done: Promise<void> }>();
   readonly #warm: WarmPool;
   #timer: NodeJS.Timeout | null = null;
@@ -35,7 +37,15 @@ export class Engine {
   #again = false;
   #closed = false;
 
-  constructor(db: Kysely<Database>, runs: RunRepository, events: EventLog, deps: AttemptDeps, config: EngineConfig) {
+  constructor(
+    db: Kysely<Database>,
+    runs: RunRepository,
+    events: EventLog,
+    snapshots: Snapshots,
+    deps: AttemptDeps,
+    config: EngineConfig,
+  ) {
+    this.#snapshots = snapshots;
     this.#db = db;
     this.#runs = runs;
     this.#events = events;
@@ -167,11 +177,7 @@ export class Engine {
       spec,
       input: run.input,
     });
-    // Take a spare for this run, and boot the next one while it runs.
-    const key = bootKey(spec);
-    const warm = this.#warm.take(key);
-    this.#warm.replenish(key, () => sandboxSpec(this.#deps, spec));
-    const done = this.#execute(run, attempt, warm)
+    const done = this.#execute(run, attempt, spec)
       .catch((err: unknown) => this.#deps.log(`run ${run.id}: engine error: ${String(err)}`))
       .finally(() => {
         this.#active.delete(run.id);
@@ -180,16 +186,69 @@ export class Engine {
     this.#active.set(run.id, { attempt, done });
   }
 
-  async #execute(run: RunsTable, attempt: Attempt, warm: SandboxHandle | null): Promise<void> {
-    const outcome = await attempt.run(async (boot) => {
-      const moved = await this.#runs.transition(run.id, ["starting"], "running", {}, [
-        { type: "run.running", data: { status: "running", attempt: run.attempt, boot_ms: boot.ms, warm: boot.warm } },
-      ]);
-      // A cancel that landed while booting: the run is no longer `starting`.
-      const current = await this.#runs.getById(run.id);
-      return moved && current?.cancel_requested === 0;
-    }, warm);
+  async #execute(run: RunsTable, attempt: Attempt, spec: AgentSpec): Promise<void> {
+    const t0 = performance.now();
+    const runner = await this.#deps.currentRunner();
+    const runnerMs = performance.now() - t0;
+    // Take a spare for this run, and boot the next one while it runs.
+    const key = bootKey(spec, runner.digest);
+    const warm = this.#warm.take(key);
+    this.#warm.replenish(key, () => sandboxSpec(this.#deps, spec, runner));
+    const outcome = await attempt.run(
+      async (boot) => {
+        const moved = await this.#runs.transition(run.id, ["starting"], "running", {}, [
+          { type: "run.running", data: { status: "running", attempt: run.attempt, boot_ms: boot.ms, warm: boot.warm } },
+        ]);
+        // A cancel that landed while booting: the run is no longer `starting`.
+        const current = await this.#runs.getById(run.id);
+        return moved && current?.cancel_requested === 0;
+      },
+      warm,
+      { current: runner, ms: runnerMs },
+    );
     await this.#finish(run, outcome);
+    if (outcome.status === "succeeded" && spec.runner !== runner.digest) await this.#resnapshot(run, spec, runner);
+  }
+
+  /**
+   * After a successful run with a swapped runner: a new snapshot version naming the current
+   * runner and the very same environment digests, so later boots need no swap. Skipped when the
+   * agent's environment moved on meanwhile (its current version is no longer the run's).
+   */
+  async #resnapshot(run: RunsTable, spec: AgentSpec, runner: CurrentRunner): Promise<void> {
+    const rows = await this.#db.transaction().execute(async (trx) => {
+      const agent = await trx
+        .selectFrom("agents")
+        .select(["current_version", "tenant_id"])
+        .where("id", "=", run.agent_id)
+        .executeTakeFirst();
+      if (!agent || agent.current_version !== spec.snapshot_version) return [];
+      const parent = await this.#snapshots.get(trx, run.agent_id, spec.snapshot_version);
+      const snap = await this.#snapshots.append(trx, {
+        tenantId: agent.tenant_id,
+        agentId: run.agent_id,
+        base: spec.image,
+        layers: spec.layers,
+        runner: runner.digest,
+        reason: "runner",
+        parentVersion: spec.snapshot_version,
+        envBytes: Number(parent?.env_bytes ?? 0),
+      });
+      if (!(await this.#snapshots.moveCurrent(trx, run.agent_id, spec.snapshot_version, snap.version))) return [];
+      return this.#events.append(trx, run.id, run.attempt, [
+        {
+          type: "snapshot.created",
+          data: {
+            version: snap.version,
+            reason: "runner",
+            runner: runner.digest,
+            base: spec.image,
+            layers: spec.layers,
+          },
+        },
+      ]);
+    });
+    this.#events.publish(rows);
   }
 
   async #finish(run: RunsTable, outcome: AttemptOutcome): Promise<void> {

@@ -8,17 +8,24 @@ import { newId } from "../store/ids.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import type { EventLog, NewEvent } from "./event-log.ts";
 
-/** What an agent is, frozen into each run at trigger time. */
-export interface AgentSpec {
+/** What an agent runs: its definition, stored on the agent. */
+export interface AgentDefinition {
   command: string[];
   env: Record<string, string>;
   limits: Limits;
   cwd: string;
+  files: { path: string; size: number }[];
+}
+
+/** An agent's definition with its environment snapshot, frozen into each run at trigger time. */
+export interface AgentSpec extends AgentDefinition {
   /** Digest of the base image. */
   image: string;
   /** Digests of environment layers, top-most first. */
   layers: string[];
-  files: { path: string; size: number }[];
+  /** The runner digest the snapshot names ("" when unknown); the current runner is swapped in. */
+  runner: string;
+  snapshot_version: number;
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
@@ -69,6 +76,7 @@ export class RunRepository {
       spec: JSON.stringify(spec),
       worker_id: null,
       cancel_requested: 0,
+      snapshot_version: spec.snapshot_version,
       created_at: now,
       started_at: null,
       finished_at: null,

@@ -26,10 +26,10 @@ interface Spare {
   dead: boolean;
 }
 
-/** The parts of an agent's spec fixed at boot: what a spare must match to stand in for a cold boot. */
-export function bootKey(spec: Pick<AgentSpec, "image" | "layers" | "limits">): string {
+/** What is fixed at boot (snapshot, runner, limits): what a spare must match to stand in for a cold boot. */
+export function bootKey(spec: Pick<AgentSpec, "image" | "layers" | "limits">, runner: string): string {
   const { memory_mb, pids, cpus, disk_mb }: Limits = spec.limits;
-  return JSON.stringify([spec.image, spec.layers, memory_mb, pids, cpus, disk_mb]);
+  return JSON.stringify([spec.image, spec.layers, runner, memory_mb, pids, cpus, disk_mb]);
 }
 
 export class WarmPool {

@@ -3,12 +3,22 @@
  * permission bits, owner and group, plus the size and SHA-256 of regular files, the target of
  * symlinks and the major/minor numbers of devices. Timestamps are left out, so a copy with the
  * same content and metadata gets the same digest. Symlinks are never followed.
+ *
+ * Extended attributes are covered only when the caller supplies them (ScanOptions.xattrs,
+ * TreeEntry.xattrs): Node cannot read them itself. An entry without extended attributes has the
+ * same record as before they were supported, so existing digests do not change.
  */
 import { createHash } from "node:crypto";
 import { constants, type Stats } from "node:fs";
 import { lstat, open, readdir, readlink } from "node:fs/promises";
 
 export type TreeEntryType = "dir" | "file" | "symlink" | "char" | "block" | "fifo" | "socket";
+
+/** One extended attribute of an entry; name and value are kept as bytes. */
+export interface TreeXattr {
+  name: string | Buffer;
+  value: Buffer;
+}
 
 /** One entry of a tree, as the digest sees it. */
 export interface TreeEntry {
@@ -27,6 +37,8 @@ export interface TreeEntry {
   /** Character and block devices. */
   major?: number;
   minor?: number;
+  /** Extended attributes covered by the digest, in any order; none and empty are the same. */
+  xattrs?: readonly TreeXattr[];
 }
 
 export interface TreeScan {
@@ -42,6 +54,11 @@ export interface ScanOptions {
   exclude?: readonly string[];
   /** How many file system operations run at once. */
   concurrency?: number;
+  /**
+   * The extended attributes to cover for the entry at `path` (relative to the root, as in
+   * TreeEntry.path); undefined or empty for none.
+   */
+  xattrs?: (path: Buffer) => readonly TreeXattr[] | undefined;
 }
 
 const FORMAT = "paddock-tree-v1\n";
@@ -75,6 +92,8 @@ export async function scanTree(dir: string, options: ScanOptions = {}): Promise<
     const st = await limit(() => lstat(abs));
     const entry = baseEntry(rel, st);
     if (rel.length === 0 && entry.type !== "dir") throw new Error(`${dir} is not a directory`);
+    const xattrs = options.xattrs?.(rel);
+    if (xattrs && xattrs.length > 0) entry.xattrs = xattrs;
     entries.push(entry);
     if (entry.type === "file") {
       const { size, sha256 } = await limit(() => hashFile(abs, st));
@@ -180,8 +199,10 @@ function entryType(st: Stats): TreeEntryType {
 }
 
 // Latin-1 maps bytes to characters one to one, so any file name has one unambiguous JSON form.
-function record(key: Buffer, e: TreeEntry): (string | number)[] {
-  const row: (string | number)[] = [key.toString("latin1"), TYPE_CODE[e.type], e.mode, e.uid, e.gid];
+// Extended attributes, when an entry has any, are one trailing array of [name, hex value] pairs
+// sorted by name: no record without them holds an array, so the two forms never collide.
+function record(key: Buffer, e: TreeEntry): (string | number | string[][])[] {
+  const row: (string | number | string[][])[] = [key.toString("latin1"), TYPE_CODE[e.type], e.mode, e.uid, e.gid];
   switch (e.type) {
     case "file":
       if (e.size === undefined || e.sha256 === undefined) throw new Error("file entry without content hash");
@@ -196,7 +217,19 @@ function record(key: Buffer, e: TreeEntry): (string | number)[] {
       row.push(e.major ?? 0, e.minor ?? 0);
       break;
   }
+  if (e.xattrs && e.xattrs.length > 0) row.push(xattrRecord(key, e.xattrs));
   return row;
+}
+
+function xattrRecord(key: Buffer, xattrs: readonly TreeXattr[]): string[][] {
+  const pairs = xattrs.map((x) => ({ name: toBuffer(x.name), value: x.value }));
+  pairs.sort((a, b) => Buffer.compare(a.name, b.name));
+  for (let i = 1; i < pairs.length; i++) {
+    if (pairs[i]?.name.equals(pairs[i - 1]?.name ?? Buffer.alloc(0))) {
+      throw new Error(`duplicate extended attribute on ${key.toString()}`);
+    }
+  }
+  return pairs.map((p) => [p.name.toString("latin1"), p.value.toString("hex")]);
 }
 
 /** Runs at most `max` of the given tasks at a time, in the order they were queued. */

@@ -42,6 +42,21 @@ attempt("runner_unlink", lambda: os.unlink("/opt/paddock/runner/node"))
 attempt("runner_rename", lambda: os.rename("/opt/paddock/runner/node", "/opt/paddock/runner/n2"))
 attempt("runner_chmod", lambda: os.chmod("/opt/paddock/runner/node", 0o777))
 attempt("image_write", lambda: open("/usr/bin/python3", "a").write("x"))
+import fcntl, ctypes, struct
+def clear_immutable():
+    fd = os.open("/opt/paddock/runner/node", os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, 0x40086602, struct.pack("i", 0))  # FS_IOC_SETFLAGS: no flags, so not immutable
+    finally:
+        os.close(fd)
+attempt("runner_chattr", clear_immutable)
+libc = ctypes.CDLL(None, use_errno=True)
+def remount():
+    # MS_REMOUNT | MS_BIND = 0x20 | 0x1000: make the runner mount writable again
+    if libc.mount(b"none", b"/opt/paddock/runner", None, 0x1020, None) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+attempt("runner_remount", remount)
 r["ifaces"] = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:])
 print("::paddock::" + json.dumps({"type": "probe", "data": r}), flush=True)
 `;
@@ -95,9 +110,18 @@ describe("sandbox isolation through the host", { skip }, () => {
       "TMPDIR",
     ]);
     // The runner layer and the image are read-only to the agent.
-    for (const k of ["runner_write", "runner_create", "runner_unlink", "runner_rename", "runner_chmod"]) {
-      assert.ok(["Read-only file system", "Permission denied"].includes(probe[k]), `${k}: ${probe[k]}`);
+    const refusals = ["Read-only file system", "Permission denied", "Operation not permitted"];
+    for (const k of [
+      "runner_write",
+      "runner_create",
+      "runner_unlink",
+      "runner_rename",
+      "runner_chmod",
+      "runner_chattr",
+    ]) {
+      assert.ok(refusals.includes(probe[k]), `${k}: ${probe[k]}`);
     }
+    assert.equal(probe.runner_remount, "Operation not permitted", "seccomp refuses mount(2)");
     const runners = join(t.dataDir, "runners");
     for (const layer of readdirSync(runners).filter((n) => n.startsWith("sha256-"))) {
       assert.deepEqual(readdirSync(join(runners, layer)).sort(), ["node", "runner.mjs", "version.json"]);

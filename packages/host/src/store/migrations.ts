@@ -88,6 +88,61 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0002_snapshots": {
+    // Environments become versioned snapshots (base, environment layers, runner) and runners get
+    // versions; existing agents get version 1 from the environment their spec already named.
+    // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+    async up(db: Kysely<any>) {
+      await db.schema
+        .createTable("runners")
+        .addColumn("digest", "text", (c) => c.primaryKey())
+        .addColumn("created_at", "bigint", (c) => c.notNull())
+        .addColumn("published_at", "bigint")
+        .execute();
+      await db.schema
+        .createTable("snapshots")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+        .addColumn("agent_id", "text", (c) => c.notNull().references("agents.id"))
+        .addColumn("version", "integer", (c) => c.notNull())
+        .addColumn("base", "text", (c) => c.notNull())
+        .addColumn("layers", "text", (c) => c.notNull())
+        .addColumn("runner", "text", (c) => c.notNull())
+        .addColumn("reason", "text", (c) => c.notNull())
+        .addColumn("parent_version", "integer")
+        .addColumn("changes", "text")
+        .addColumn("env_bytes", "bigint", (c) => c.notNull().defaultTo(0))
+        .addColumn("created_at", "bigint", (c) => c.notNull())
+        .addUniqueConstraint("snapshots_agent_version", ["agent_id", "version"])
+        .execute();
+      await db.schema
+        .alterTable("agents")
+        .addColumn("current_version", "integer", (c) => c.notNull().defaultTo(1))
+        .execute();
+      await db.schema.alterTable("runs").addColumn("snapshot_version", "integer").execute();
+      const agents = await db.selectFrom("agents").select(["id", "tenant_id", "spec", "created_at"]).execute();
+      for (const a of agents) {
+        const spec = JSON.parse(a.spec);
+        await db
+          .insertInto("snapshots")
+          .values({
+            id: `snp_${a.id.slice(4)}`,
+            tenant_id: a.tenant_id,
+            agent_id: a.id,
+            version: 1,
+            base: spec.image,
+            layers: JSON.stringify(spec.layers ?? []),
+            runner: "",
+            reason: "create",
+            parent_version: null,
+            changes: null,
+            env_bytes: 0,
+            created_at: a.created_at,
+          })
+          .execute();
+      }
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -21,9 +21,38 @@ export interface AgentsTable {
   id: string;
   tenant_id: string;
   name: string;
-  /** JSON of AgentSpec. */
+  /** JSON of AgentDefinition (what runs); the environment is in its current snapshot. */
   spec: string;
+  current_version: number;
   created_at: number;
+}
+
+/** A version of an agent's environment: a manifest naming immutable, content-addressed parts. */
+export interface SnapshotsTable {
+  id: string;
+  tenant_id: string;
+  agent_id: string;
+  version: number;
+  /** Base image digest. */
+  base: string;
+  /** JSON array of environment layer digests, top-most first. */
+  layers: string;
+  /** Runner layer digest this snapshot was made (or last re-made) with; "" when unknown. */
+  runner: string;
+  /** create | freeze | rollback | runner */
+  reason: string;
+  parent_version: number | null;
+  /** JSON of the change summary against the parent, for freezes. */
+  changes: string | null;
+  env_bytes: number;
+  created_at: number;
+}
+
+export interface RunnersTable {
+  digest: string;
+  created_at: number;
+  /** The runner published last is current. */
+  published_at: number | null;
 }
 
 export interface RunsTable {
@@ -41,6 +70,7 @@ export interface RunsTable {
   spec: string;
   worker_id: string | null;
   cancel_requested: number;
+  snapshot_version: number | null;
   created_at: number;
   started_at: number | null;
   finished_at: number | null;
@@ -87,6 +117,8 @@ export interface Database {
   attempts: AttemptsTable;
   events: EventsTable;
   artifacts: ArtifactsTable;
+  snapshots: SnapshotsTable;
+  runners: RunnersTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }

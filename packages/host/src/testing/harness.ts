@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { unsealRunners } from "../engine/runner-registry.ts";
 import { type HostConfig, type RunningHost, startHost } from "../host.ts";
 
 export function testImagesDir(): string {
@@ -95,6 +96,7 @@ export async function startTestHost(overrides: Partial<HostConfig> = {}): Promis
     },
     async close() {
       await host.close();
+      await unsealRunners(dataDir);
       await rm(dataDir, { recursive: true, force: true });
     },
   };

@@ -15,7 +15,7 @@
  */
 import { execFile } from "node:child_process";
 import { statSync } from "node:fs";
-import { mkdir, readdir } from "node:fs/promises";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import type { SandboxDriver, SandboxHandle, SandboxSpec } from "../driver.ts";
@@ -223,14 +223,21 @@ export class LinuxSandboxDriver implements SandboxDriver {
     return exposed;
   }
 
-  /** Stops the warm launchers and unmounts exposed runner layers (not part of SandboxDriver). */
+  /**
+   * Stops the warm launchers, unmounts exposed runner layers and, when no sandbox is left,
+   * removes runDir and this instance's cgroups (not part of SandboxDriver).
+   */
   async close(): Promise<void> {
     await this.pool?.close();
-    if (this.runners.size > 0 && this.setupPromise) {
-      const { tools } = await this.setupPromise;
-      this.runners.clear();
-      await unmountAll(tools, path.join(this.runDir, RUNNERS_DIR), false);
-    }
+    if (!this.setupPromise) return;
+    const { tools, cgroups } = await this.setupPromise;
+    this.runners.clear();
+    await unmountAll(tools, path.join(this.runDir, RUNNERS_DIR), false);
+    const left = (await readdir(this.runDir).catch(() => [] as string[])).filter((n) => NAME_RE.test(n));
+    // Never recurse into a mount: only an unmounted, sandbox-free runDir is removed.
+    if (left.length > 0 || (await mountPointsUnder(this.runDir)).length > 0) return;
+    await rm(this.runDir, { recursive: true, force: true });
+    removeInstanceCgroups(cgroups, this.instance);
   }
 
   async reapOrphans(): Promise<number> {
