@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { RunEvent } from "@paddock/protocol";
-import { formatSize, formatTable, formatTimelineLine, summarizeEvent, Timeline } from "./format.ts";
+import { formatSize, formatTable, formatTimelineLine, printable, summarizeEvent, Timeline } from "./format.ts";
 
 const T0 = Date.parse("2026-03-01T10:00:00.000Z");
 let seq = 0;
@@ -112,5 +112,21 @@ describe("formatSize and formatTable", () => {
 describe("summarizeEvent for errors", () => {
   it("shows where an attempt failed", () => {
     assert.equal(summarizeEvent(ev("attempt.error", { stage: "boot", message: "no image" })), "boot: no image");
+  });
+});
+
+describe("printable", () => {
+  it("shows terminal control characters from a sandbox as escapes", () => {
+    assert.equal(printable("ok\u001b]0;pwned\u0007\u001b[2Jtail\r"), "ok\\x1b]0;pwned\\x07\\x1b[2Jtail\\x0d");
+    assert.equal(printable("tab\tand ünïcode"), "tab\tand ünïcode");
+    const line = summarizeEvent({
+      seq: 1,
+      run_id: "r",
+      attempt: 1,
+      type: "log",
+      time: "",
+      data: { stream: "stdout", line: "\u001b[31mred" },
+    });
+    assert.equal(line, "[stdout] \\x1b[31mred");
   });
 });

@@ -44,8 +44,24 @@ function outcome(data: Record<string, unknown>, fallback: string): string {
   return details.length > 0 ? `${status} (${details.join(", ")})` : status;
 }
 
-/** The one-line summary of an event, as shown after its type in the timeline. */
+/**
+ * Text from a sandbox, made safe for a terminal: control characters (escape sequences that could
+ * retitle, recolour or rewrite the operator's screen) are shown as \xNN instead.
+ */
+export function printable(text: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point.
+  return text.replace(
+    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
+}
+
+/** The one-line summary of an event, as shown after its type in the timeline (terminal-safe). */
 export function summarizeEvent(event: RunEvent): string {
+  return printable(rawSummary(event));
+}
+
+function rawSummary(event: RunEvent): string {
   const data = record(event.data);
   switch (event.type) {
     case "log": {
@@ -88,7 +104,7 @@ export function formatTimelineLine(event: RunEvent, options: TimelineOptions): s
   const when = options.absolute
     ? event.time
     : `+${formatSeconds(Number.isNaN(time) ? 0 : Math.max(0, time - options.origin))}`.padEnd(TIME_WIDTH);
-  return `${when}  ${event.type.padEnd(TYPE_WIDTH)}  ${summarizeEvent(event)}`;
+  return `${when}  ${printable(event.type).padEnd(TYPE_WIDTH)}  ${summarizeEvent(event)}`;
 }
 
 /** Formats events as a timeline, remembering the first event's time as the origin. */

@@ -6,8 +6,10 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chmod, mkdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { serve } from "@hono/node-server";
+import type { Limits } from "@paddock/protocol";
 import { Agents } from "./agents/agents.ts";
 import { createApi } from "./api/app.ts";
 import { BlobStore } from "./artifacts/blob-store.ts";
@@ -39,6 +41,11 @@ export interface HostConfig {
   maxConcurrentRuns?: number;
   heartbeatMs?: number;
   heartbeatTimeoutMs?: number;
+  /**
+   * The most any agent may ask for; tenants choose limits below these. Defaults: 8 GiB memory,
+   * 4096 pids, every core, 24 h, 8 GiB disk (RAM-backed), 16 MiB of logs, 4 GiB of artifacts.
+   */
+  maxLimits?: Partial<Limits>;
   /** Sandboxes booted ahead for agents' next runs (default 4; 0 disables), and their idle lifetime. */
   warmSandboxes?: number;
   warmIdleMs?: number;
@@ -99,7 +106,17 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     const runnersDir = join(dataDir, "runners");
     const runners = new RunnerRegistry(db, new RunnerLayers({ runnersDir }), runnersDir, log);
     const blobs = new BlobStore(join(dataDir, "blobs"));
-    const agents = new Agents(db, images, layers, runners);
+    const maxLimits: Limits = {
+      memory_mb: 8192,
+      pids: 4096,
+      cpus: availableParallelism(),
+      timeout_s: 86_400,
+      disk_mb: 8192,
+      log_kb: 16_384,
+      artifacts_mb: 4096,
+      ...config.maxLimits,
+    };
+    const agents = new Agents(db, images, layers, runners, maxLimits);
     const runDir = `/run/paddock/${instance}`;
     const driver = new LinuxSandboxDriver({ runDir, instance });
 

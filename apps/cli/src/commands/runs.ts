@@ -4,7 +4,7 @@ import { type Run, type RunEvent, RunStatus } from "@paddock/protocol";
 import { CliError, CONNECTION_HELP, parseCommand, parseJsonFlag, parseNumber, UsageError } from "../args.ts";
 import type { Client } from "../client.ts";
 import { type Command, type CommandGroup, type Context, connect } from "../context.ts";
-import { compactJson, formatDuration, formatTable, Timeline } from "../format.ts";
+import { compactJson, formatDuration, formatTable, printable, Timeline } from "../format.ts";
 
 /** The final line of a followed run: "run run_x succeeded (completed, exit 0) in 2.345s". */
 export function formatOutcome(run: Run): string {
@@ -231,7 +231,7 @@ ${CONNECTION_HELP}`,
       const data = event.data as { line?: unknown } | null;
       if (event.type === "log" && typeof data?.line === "string") {
         timeline.line(event);
-        ctx.out(data.line);
+        ctx.out(printable(data.line));
       } else {
         ctx.out(timeline.line(event));
       }

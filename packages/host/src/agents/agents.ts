@@ -54,7 +54,16 @@ export class Agents {
   readonly #runners: RunnerRegistry;
   readonly snapshots: Snapshots;
 
-  constructor(db: Kysely<Database>, images: ImageStore, layers: LayerStore, runners: RunnerRegistry) {
+  readonly #maxLimits: Limits;
+
+  constructor(
+    db: Kysely<Database>,
+    images: ImageStore,
+    layers: LayerStore,
+    runners: RunnerRegistry,
+    maxLimits: Limits,
+  ) {
+    this.#maxLimits = maxLimits;
     this.#db = db;
     this.#images = images;
     this.#layers = layers;
@@ -77,6 +86,13 @@ export class Agents {
       .executeTakeFirst();
     if (taken) throw new AppError("conflict", `An agent named '${body.name}' already exists.`);
 
+    const limits = Limits.parse(body.limits ?? {});
+    const over = (Object.keys(limits) as (keyof Limits)[])
+      .filter((k) => limits[k] > this.#maxLimits[k])
+      .map((k) => ({ path: `limits.${k}`, code: "too_big", message: `at most ${this.#maxLimits[k]} on this host` }));
+    if (over.length > 0) {
+      throw new AppError("validation_failed", `Invalid request: ${over[0]?.path}: ${over[0]?.message}.`, over);
+    }
     const image = await this.#images.resolve(body.image ?? "default");
     const files = body.files ?? {};
     const hasFiles = Object.keys(files).length > 0;
@@ -85,7 +101,7 @@ export class Agents {
     const def: AgentDefinition = {
       command: body.command,
       env,
-      limits: Limits.parse(body.limits ?? {}),
+      limits,
       cwd: hasFiles ? "/app" : "/home/agent",
       files: Object.entries(files)
         .map(([path, content]) => ({ path, size: Buffer.byteLength(content) }))

@@ -71,6 +71,8 @@ describe("API", { skip }, () => {
         { name: "a", command: ["true"], limits: { timeout_s: -5 } },
         { name: "a", command: ["true"], limits: { cpus: "two" } },
         { name: "a", command: ["true"], limits: { bogus: 1 } },
+        { name: "a", command: ["true"], limits: { memory_mb: 200_000 } },
+        { name: "a", command: ["true"], limits: { disk_mb: 1_000_000 } },
         { name: "Bad Name", command: ["true"] },
         { name: "a", command: [] },
         { name: "a", command: ["true"], files: { "../escape": "x" } },

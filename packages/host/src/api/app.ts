@@ -75,6 +75,7 @@ const errors = {
   401: json(ErrorResponse, "Missing or invalid API key"),
   404: json(ErrorResponse, "Not found"),
 };
+const MAX_SSE_BUFFER = 1000;
 const TERMINAL_EVENTS = new Set(TERMINAL_STATUSES.map((s) => `run.${s}`));
 
 export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
@@ -312,13 +313,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
       ) {
         return c.json(toRun((await deps.runs.getById(run.id)) ?? run), 200);
       }
-      const requested = await deps.runs.transition(
-        run.id,
-        ["starting", "running"],
-        run.status === "running" ? "running" : "starting",
-        { cancel_requested: 1 },
-        [{ type: "run.cancel_requested", data: {} }],
-      );
+      const requested = await deps.runs.requestCancel(run.id);
       if (!requested) {
         const now = await deps.runs.getById(run.id);
         if (now && (TERMINAL_STATUSES as readonly string[]).includes(now.status)) {
@@ -355,10 +350,16 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
       const resume = Number(c.req.header("last-event-id") ?? Number.NaN);
       let after = Number.isInteger(resume) && resume >= 0 ? resume : q.after;
       return streamSSE(c, async (stream) => {
+        // Live events buffer while the client reads; a slow client's buffer is bounded: on
+        // overflow it is dropped and the stream catches up from the store instead.
         const live: RunEvent[] = [];
+        let overflowed = false;
         let wake: (() => void) | null = null;
         const unsubscribe = deps.events.subscribe(run.id, (e) => {
-          live.push(e);
+          if (live.length >= MAX_SSE_BUFFER) {
+            overflowed = true;
+            live.length = 0;
+          } else if (!overflowed) live.push(e);
           wake?.();
         });
         let closed = false;
@@ -387,8 +388,19 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
             done = true;
           }
           while (!done && !closed) {
-            if (live.length === 0) await new Promise<void>((r) => (wake = r));
+            if (live.length === 0 && !overflowed) await new Promise<void>((r) => (wake = r));
             wake = null;
+            if (overflowed) {
+              // Anything published from here on is buffered again; anything before is stored.
+              overflowed = false;
+              live.length = 0;
+              for (;;) {
+                const batch = await deps.events.list(run.id, after, 500);
+                for (const e of batch) await send(e);
+                if (batch.length < 500) break;
+              }
+              continue;
+            }
             for (const e of live.splice(0)) await send(e);
           }
         } finally {

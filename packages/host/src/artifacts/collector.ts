@@ -2,7 +2,7 @@
  * Collects the files a sandbox left under /outputs. Threat model: everything there was written by
  * agent code, so the walk never follows a symbolic link (a link to /etc/shadow must not become an
  * artifact), opens each file with O_NOFOLLOW and checks it is a regular file on the open
- * descriptor, and stops at count and size caps. It runs after every sandbox process is dead, so
+ * descriptor, and stops at caps on files, bytes, entries walked and entries reported skipped. It runs after every sandbox process is dead, so
  * nothing can swap a file between check and read.
  */
 import { constants, createReadStream } from "node:fs";
@@ -19,11 +19,16 @@ export interface CollectedFile {
 
 export interface CollectResult {
   files: CollectedFile[];
-  /** Files left out, with why (caps reached, not a regular file). */
+  /** The first MAX_SKIPPED entries left out, with why (caps reached, not a regular file). */
   skipped: { path: string; why: string }[];
+  /** How many entries were left out in all. */
+  skippedCount: number;
 }
 
 export const MAX_ARTIFACT_FILES = 1000;
+export const MAX_SKIPPED = 100;
+/** Entries looked at in all: a tree of millions of empty files must not stall the host. */
+export const MAX_ENTRIES_WALKED = 20_000;
 
 const TYPES: Record<string, string> = {
   txt: "text/plain; charset=utf-8",
@@ -47,12 +52,17 @@ export function contentTypeOf(path: string): string {
 }
 
 export async function collectOutputs(root: string, blobs: BlobStore, maxBytes: number): Promise<CollectResult> {
-  const result: CollectResult = { files: [], skipped: [] };
+  const result: CollectResult = { files: [], skipped: [], skippedCount: 0 };
   let total = 0;
+  let walked = 0;
+  const skip = (entry: { path: string; why: string }) => {
+    result.skippedCount++;
+    if (result.skipped.length < MAX_SKIPPED) result.skipped.push(entry);
+  };
 
   const walk = async (rel: string, depth: number): Promise<void> => {
     if (depth > 32) {
-      result.skipped.push({ path: rel, why: "nested too deep" });
+      skip({ path: rel, why: "nested too deep" });
       return;
     }
     let entries: import("node:fs").Dirent[];
@@ -64,31 +74,35 @@ export async function collectOutputs(root: string, blobs: BlobStore, maxBytes: n
     entries.sort((a, b) => (a.name < b.name ? -1 : 1));
     for (const entry of entries) {
       const path = rel ? `${rel}/${entry.name}` : entry.name;
+      if (++walked > MAX_ENTRIES_WALKED) {
+        skip({ path, why: `more than ${MAX_ENTRIES_WALKED} entries under /outputs` });
+        continue;
+      }
       if (entry.isDirectory()) {
         await walk(path, depth + 1);
         continue;
       }
       if (!entry.isFile()) {
-        result.skipped.push({ path, why: entry.isSymbolicLink() ? "symbolic link" : "not a regular file" });
+        skip({ path, why: entry.isSymbolicLink() ? "symbolic link" : "not a regular file" });
         continue;
       }
       if (result.files.length >= MAX_ARTIFACT_FILES) {
-        result.skipped.push({ path, why: `more than ${MAX_ARTIFACT_FILES} files` });
+        skip({ path, why: `more than ${MAX_ARTIFACT_FILES} files` });
         continue;
       }
       const fh = await open(join(root, path), constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => null);
       if (!fh) {
-        result.skipped.push({ path, why: "could not be opened" });
+        skip({ path, why: "could not be opened" });
         continue;
       }
       try {
         const st = await fh.stat();
         if (!st.isFile()) {
-          result.skipped.push({ path, why: "not a regular file" });
+          skip({ path, why: "not a regular file" });
           continue;
         }
         if (total + st.size > maxBytes) {
-          result.skipped.push({ path, why: `artifacts over ${maxBytes} bytes in all` });
+          skip({ path, why: `artifacts over ${maxBytes} bytes in all` });
           continue;
         }
         const stream = createReadStream("", { fd: fh.fd, autoClose: false });

@@ -2,7 +2,9 @@
  * One attempt of a run: boot a sandbox, feed the runner its spec, turn its frames into events,
  * enforce the wall-clock timeout and the runner's heartbeat, collect artifacts, and record how it
  * ended. Threat model: everything read from the sandbox is agent-controlled. Frames are parsed with
- * their schema and capped in size and number; a frame can only add events to its own run. The exit
+ * their schema and capped in size and number, and logs and user events share one byte budget
+ * (the runner's own caps are not a boundary: agent code can write to its stdout directly); a
+ * frame can only add events to its own run. The exit
  * status a runner reports is believed only for the agent's own outcome; limits, timeouts and
  * kills are the host's own observations.
  */
@@ -100,6 +102,7 @@ export class Attempt {
   #spawnError: { code: string; message: string } | null = null;
   /** The runner said hello: the sandbox booted far enough to run platform code. */
   #runnerUp = false;
+  #exited = false;
   readonly #limits: Limits;
 
   constructor(deps: AttemptDeps, input: AttemptInput) {
@@ -108,8 +111,12 @@ export class Attempt {
     this.#limits = input.spec.limits;
   }
 
-  /** Asks the attempt to end; the sandbox is killed and the reason recorded. Idempotent. */
+  /**
+   * Asks the attempt to end; the sandbox is killed and the reason recorded. Idempotent, and a
+   * no-op once the sandbox has exited: a late cancel does not rewrite how the agent ended.
+   */
   stop(reason: StopReason): void {
+    if (this.#exited) return;
     this.#stop ??= reason;
     void this.#handle?.kill();
   }
@@ -165,6 +172,7 @@ export class Attempt {
       if (!(await onRunning({ ms, warm: usedWarm }))) this.stop("canceled");
       this.#feed(handle);
       const exit = await this.#watch(handle);
+      this.#exited = true;
       await this.#drain();
       await this.#collect(handle);
       return this.#outcome(exit);
@@ -244,9 +252,10 @@ export class Attempt {
       case "event": {
         // Re-checked with the schema: the runner's own check is not trusted.
         const marker = Marker.safeParse({ type: frame.type, data: frame.data });
-        if (marker.success)
+        if (!marker.success) this.#badFrames++;
+        else if (this.#spend(Buffer.byteLength(JSON.stringify(marker.data.data ?? null)) + marker.data.type.length)) {
           this.#queue({ type: "user", data: { type: marker.data.type, data: marker.data.data ?? null } });
-        else this.#badFrames++;
+        }
         break;
       }
       case "exit":
@@ -266,16 +275,24 @@ export class Attempt {
   }
 
   #log(stream: string, line: string, truncated?: boolean): void {
+    if (this.#spend(Buffer.byteLength(line) + 1)) {
+      this.#queue({ type: "log", data: truncated ? { stream, line, truncated } : { stream, line } });
+    }
+  }
+
+  /**
+   * Log lines and user events share one byte budget (limits.log_kb): whatever the sandbox sends,
+   * a run stores at most that much of it. Past the budget, output is counted and dropped.
+   */
+  #spend(bytes: number): boolean {
     const cap = this.#limits.log_kb * 1024;
     if (this.#logBytes >= cap) {
       this.#logDropped++;
-      return;
+      return false;
     }
-    this.#logBytes += Buffer.byteLength(line) + 1;
-    this.#queue({ type: "log", data: truncated ? { stream, line, truncated } : { stream, line } });
-    if (this.#logBytes >= cap) {
-      this.#queue({ type: "log.truncated", data: { limit_bytes: cap } });
-    }
+    this.#logBytes += bytes;
+    if (this.#logBytes >= cap) this.#queue({ type: "log.truncated", data: { limit_bytes: cap } });
+    return true;
   }
 
   /** Queues an event; writes go out in group commits, the first one at once. */
@@ -334,12 +351,15 @@ export class Attempt {
         data: { artifact_id: r.id, path: r.path, size: r.size, sha256: r.sha256, content_type: r.content_type },
       }));
       for (const s of result.skipped) events.push({ type: "artifact.skipped", data: s });
+      if (result.skippedCount > result.skipped.length) {
+        events.push({ type: "artifact.skipped", data: { more: result.skippedCount - result.skipped.length } });
+      }
       if (events.length > 0) await this.#deps.recordArtifacts(runId, attempt, rows, events);
     } catch (err) {
       this.#deps.log(`run ${runId}: collecting artifacts failed: ${String(err)}`);
-      await this.#deps.events.write(runId, attempt, [
-        { type: "attempt.error", data: { stage: "artifacts", message: String(err) } },
-      ]);
+      await this.#deps.events
+        .write(runId, attempt, [{ type: "attempt.error", data: { stage: "artifacts", message: String(err) } }])
+        .catch(() => {});
     }
   }
 

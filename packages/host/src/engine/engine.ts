@@ -3,7 +3,7 @@
  * executes each attempt, records the outcome with its events in one transaction, and on start
  * reconciles runs that a dead host left in flight.
  */
-import { type RunStatus, TERMINAL_STATUSES } from "@paddock/protocol";
+import type { RunStatus } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
@@ -194,18 +194,30 @@ export class Engine {
     const key = bootKey(spec, runner.digest);
     const warm = this.#warm.take(key);
     this.#warm.replenish(key, () => sandboxSpec(this.#deps, spec, runner));
-    const outcome = await attempt.run(
-      async (boot) => {
-        const moved = await this.#runs.transition(run.id, ["starting"], "running", {}, [
-          { type: "run.running", data: { status: "running", attempt: run.attempt, boot_ms: boot.ms, warm: boot.warm } },
-        ]);
-        // A cancel that landed while booting: the run is no longer `starting`.
-        const current = await this.#runs.getById(run.id);
-        return moved && current?.cancel_requested === 0;
-      },
-      warm,
-      { current: runner, ms: runnerMs },
-    );
+    let outcome: AttemptOutcome;
+    try {
+      outcome = await attempt.run(
+        async (boot) => {
+          const moved = await this.#runs.transition(run.id, ["starting"], "running", {}, [
+            {
+              type: "run.running",
+              data: { status: "running", attempt: run.attempt, boot_ms: boot.ms, warm: boot.warm },
+            },
+          ]);
+          // A cancel that landed while booting: the run is no longer `starting`.
+          const current = await this.#runs.getById(run.id);
+          return moved && current?.cancel_requested === 0;
+        },
+        warm,
+        { current: runner, ms: runnerMs },
+      );
+    } catch (err) {
+      // Whatever failed (the store, the kernel), the run is finished, never left running.
+      this.#deps.log(
+        `run ${run.id}: attempt failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`,
+      );
+      outcome = { status: "failed", reason: "sandbox_error", exitCode: null };
+    }
     await this.#finish(run, outcome);
     if (outcome.status === "succeeded" && spec.runner !== runner.digest) await this.#resnapshot(run, spec, runner);
   }
@@ -255,12 +267,6 @@ export class Engine {
     const now = Date.now();
     const requeue = outcome.interrupted === true;
     const rows = await this.#db.transaction().execute(async (trx) => {
-      await trx
-        .updateTable("attempts")
-        .set({ status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode, finished_at: now })
-        .where("run_id", "=", run.id)
-        .where("n", "=", run.attempt)
-        .execute();
       const res = await trx
         .updateTable("runs")
         .set(
@@ -276,7 +282,14 @@ export class Engine {
         .where("id", "=", run.id)
         .where("status", "in", ACTIVE)
         .executeTakeFirst();
+      // Someone else finished the run: record nothing (the attempt row included).
       if (Number(res.numUpdatedRows) !== 1) return [];
+      await trx
+        .updateTable("attempts")
+        .set({ status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode, finished_at: now })
+        .where("run_id", "=", run.id)
+        .where("n", "=", run.attempt)
+        .execute();
       return this.#events.append(trx, run.id, run.attempt, [
         {
           type: "attempt.finished",
@@ -333,9 +346,5 @@ export class Engine {
       this.#events.publish(rows);
     }
     return orphans.length;
-  }
-
-  isTerminal(status: string): boolean {
-    return (TERMINAL_STATUSES as readonly string[]).includes(status);
   }
 }

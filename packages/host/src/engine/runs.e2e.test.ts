@@ -197,6 +197,31 @@ describe("runs end to end", { skip }, () => {
     assert.ok(events.find((e: { type: string }) => e.type === "log.dropped").data.lines > 4000);
   });
 
+  it("holds user events to the same byte budget as logs", async () => {
+    const { run, events } = await runAgent(t, {
+      name: uniqueName("eventflood"),
+      command: ["python3", "-c", "import json\nfor i in range(3000): print('::paddock::' + json.dumps({'type': 'x', 'data': 'y' * 1000}))"],
+      limits: { log_kb: 8 },
+    });
+    assert.equal(run.status, "succeeded");
+    const stored = events
+      .filter((e: { type: string }) => e.type === "user")
+      .reduce((n: number, e: { data: unknown }) => n + JSON.stringify(e.data).length, 0);
+    assert.ok(stored <= 8 * 1024 + 1100, `stored ${stored} bytes of user events`);
+    assert.ok(events.find((e: { type: string }) => e.type === "log.dropped").data.lines > 2900);
+  });
+
+  it("reports a bounded list of skipped outputs with a count of the rest", async () => {
+    const { run, events } = await runAgent(t, {
+      name: uniqueName("symlinks"),
+      command: ["sh", "-c", "i=0; while [ $i -lt 400 ]; do ln -s /etc/passwd /outputs/l$i; i=$((i+1)); done"],
+    });
+    assert.equal(run.status, "succeeded");
+    const skipped = events.filter((e: { type: string }) => e.type === "artifact.skipped");
+    assert.equal(skipped.length, 101);
+    assert.deepEqual(skipped.at(-1).data, { more: 300 });
+  });
+
   it("fails with command_not_found when the command vanishes at run time", async () => {
     // Passes the image check (sh exists) but execs a missing program.
     const { run } = await runAgent(t, { name: uniqueName("gone"), command: ["sh", "-c", "exec /nonexistent/tool"] });

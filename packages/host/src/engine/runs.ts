@@ -111,6 +111,27 @@ export class RunRepository {
   }
 
   /**
+   * Marks a starting or running run for cancellation, with its event, leaving its status alone
+   * (the engine records `canceled` once the sandbox is gone). False when the run is not active.
+   */
+  async requestCancel(runId: string): Promise<boolean> {
+    const written = await this.#db.transaction().execute(async (trx) => {
+      const res = await trx
+        .updateTable("runs")
+        .set({ cancel_requested: 1 })
+        .where("id", "=", runId)
+        .where("status", "in", ["starting", "running"])
+        .executeTakeFirst();
+      if (Number(res.numUpdatedRows) !== 1) return null;
+      const row = await trx.selectFrom("runs").select("attempt").where("id", "=", runId).executeTakeFirstOrThrow();
+      return this.#events.append(trx, runId, row.attempt, [{ type: "run.cancel_requested", data: {} }]);
+    });
+    if (written === null) return false;
+    this.#events.publish(written);
+    return true;
+  }
+
+  /**
    * Moves a run from one of `from` to `to` with `patch` applied and `events` appended, atomically.
    * Returns false, changing nothing, when the run's status was not in `from`.
    */

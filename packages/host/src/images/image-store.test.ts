@@ -165,6 +165,24 @@ describe("ImageStore with imported images", {
     assert.deepEqual(await pending, image);
   });
 
+  test("an imported tree's symlinks never lead the host to change host folders", async () => {
+    const store = new ImageStore({ imagesDir: join(work, `store-${counter++}`) });
+    const hostDir = await mkdtemp(join(work, "host-owned-"));
+    await chmod(hostDir, 0o1777);
+    const from = await tinyRootfs();
+    await mkdir(join(from, "home"), { recursive: true });
+    await symlink(hostDir, join(from, "home/agent"));
+    await mkdir(join(from, "opt/paddock"), { recursive: true });
+    await symlink(hostDir, join(from, "opt/paddock/runner"));
+    const image = await store.importRootfs({ from });
+    const host = await lstat(hostDir);
+    assert.deepEqual([host.uid, host.mode & 0o7777], [0, 0o1777], "the host folder kept its owner and mode");
+    const home = await lstat(join(image.rootfs, "home/agent"));
+    assert.ok(home.isDirectory() && !home.isSymbolicLink());
+    assert.equal(home.uid, 61000);
+    assert.ok((await lstat(join(image.rootfs, "opt/paddock/runner"))).isDirectory());
+  });
+
   test("a missing source folder is a validation error", async () => {
     const store = new ImageStore({ imagesDir: join(work, `store-${counter++}`) });
     await assert.rejects(store.importRootfs({ from: join(work, "no-such-folder") }), isAppError("validation_failed"));

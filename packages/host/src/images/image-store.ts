@@ -435,11 +435,24 @@ async function tidyRootfs(rootfs: string): Promise<void> {
   await addEntry(await at("etc/group"), name, `${name}:x:${gid}:`, 0o644, true);
   await addEntry(await at("etc/shadow"), name, `${name}:!:::::::`, 0o640, false);
   await addEntry(await at("etc/gshadow"), name, `${name}:!::`, 0o640, false);
-  const homeDir = await at(home.slice(1));
-  await mkdir(homeDir, { recursive: true, mode: 0o755 });
+  const homeDir = await realDir(await at(home.slice(1)));
   await chown(homeDir, uid, gid);
   await chmod(homeDir, 0o755);
-  await mkdir(await at(RUNNER_MOUNT.slice(1)), { recursive: true, mode: 0o755 });
+  await realDir(await at(RUNNER_MOUNT.slice(1)));
+}
+
+/**
+ * Makes `path` a real folder: whatever else is there (an imported tree's symlink to a host
+ * folder, say) is removed first, so later chown/chmod never reach outside the tree.
+ */
+async function realDir(path: string): Promise<string> {
+  const st = await lstat(path).catch((err: unknown) => {
+    if (isErrno(err, "ENOENT")) return null;
+    throw err;
+  });
+  if (st && !st.isDirectory()) await rm(path, { force: true });
+  if (!st || !st.isDirectory()) await mkdir(path, { mode: 0o755 });
+  return path;
 }
 
 /**

@@ -166,7 +166,8 @@ export class LinuxSandboxDriver implements SandboxDriver {
       const child = await launcher.run({
         dir: paths.dir,
         // 0711: bwrap (the sandbox uid) traverses it to the overlay; host users cannot list it.
-        tmpfsOptions: `size=${spec.limits.disk_mb}m,mode=0711`,
+        // nr_inodes bounds file count as size bounds bytes (one inode per 4 KiB of quota).
+        tmpfsOptions: `size=${spec.limits.disk_mb}m,nr_inodes=${spec.limits.disk_mb * 256},mode=0711`,
         lowerdir,
         cgroupProcs: slot ? [] : cgroup.procsFiles,
         command: launchCommand(tools, this.uid, this.gid, spec.argv),
