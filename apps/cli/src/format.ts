@@ -44,16 +44,15 @@ function outcome(data: Record<string, unknown>, fallback: string): string {
   return details.length > 0 ? `${status} (${details.join(", ")})` : status;
 }
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point.
+const CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
+
 /**
  * Text from a sandbox, made safe for a terminal: control characters (escape sequences that could
  * retitle, recolour or rewrite the operator's screen) are shown as \xNN instead.
  */
 export function printable(text: string): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point.
-  return text.replace(
-    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
-    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
-  );
+  return text.replace(CONTROL, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 
 /** The one-line summary of an event, as shown after its type in the timeline (terminal-safe). */

@@ -200,7 +200,11 @@ describe("runs end to end", { skip }, () => {
   it("holds user events to the same byte budget as logs", async () => {
     const { run, events } = await runAgent(t, {
       name: uniqueName("eventflood"),
-      command: ["python3", "-c", "import json\nfor i in range(3000): print('::paddock::' + json.dumps({'type': 'x', 'data': 'y' * 1000}))"],
+      command: [
+        "python3",
+        "-c",
+        "import json\nfor i in range(3000): print('::paddock::' + json.dumps({'type': 'x', 'data': 'y' * 1000}))",
+      ],
       limits: { log_kb: 8 },
     });
     assert.equal(run.status, "succeeded");
