@@ -238,6 +238,9 @@ export class LinuxSandboxDriver implements SandboxDriver {
     // Never recurse into a mount: only an unmounted, sandbox-free runDir is removed.
     if (left.length > 0 || (await mountPointsUnder(this.runDir)).length > 0) return;
     await rm(this.runDir, { recursive: true, force: true });
+    // Used again, the driver sets up afresh (runDir, seccomp filter, launchers).
+    this.setupPromise = undefined;
+    this.pool = undefined;
     removeInstanceCgroups(cgroups, this.instance);
   }
 
@@ -250,7 +253,8 @@ export class LinuxSandboxDriver implements SandboxDriver {
       const id = point.slice(prefix.length).split("/")[0];
       if (id) ids.add(id);
     }
-    for (const entry of await readdir(this.runDir, { withFileTypes: true })) {
+    // A driver that was closed may have removed an empty runDir: nothing to reap there.
+    for (const entry of await readdir(this.runDir, { withFileTypes: true }).catch(() => [])) {
       if (entry.isDirectory() && NAME_RE.test(entry.name)) ids.add(entry.name);
     }
     const reaped = [...ids];
