@@ -11,7 +11,9 @@ import {
   Page,
   Run,
   RunEvent,
+  Runner,
   type RunStatus,
+  Snapshot,
   TERMINAL_STATUSES,
   Tenant,
 } from "@paddock/protocol";
@@ -190,6 +192,18 @@ export class Client {
       }
       throw err;
     }
+  }
+
+  listSnapshots(agentId: string): Promise<Snapshot[]> {
+    return this.#list(Snapshot, `/agents/${enc(agentId)}/snapshots`);
+  }
+
+  rollback(agentId: string, version: number): Promise<Snapshot> {
+    return this.#json(Snapshot, "POST", `/agents/${enc(agentId)}/rollback`, { body: { version } });
+  }
+
+  listRunners(): Promise<z.output<typeof Runner>[]> {
+    return this.#list(Runner, "/runners");
   }
 
   createRun(agentId: string, input: unknown): Promise<{ id: string; status: RunStatus }> {

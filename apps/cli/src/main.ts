@@ -8,6 +8,7 @@ import { ApiError, ConnectionError } from "./client.ts";
 import { agents } from "./commands/agents.ts";
 import { artifacts } from "./commands/artifacts.ts";
 import { bench } from "./commands/bench.ts";
+import { env, runner } from "./commands/env.ts";
 import { health } from "./commands/health.ts";
 import { images } from "./commands/images.ts";
 import { keys } from "./commands/keys.ts";
@@ -28,6 +29,8 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   logs,
   cancel,
   artifacts,
+  env,
+  runner,
   bench,
 ];
 

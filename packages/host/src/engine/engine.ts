@@ -4,11 +4,11 @@
  * reconciles runs that a dead host left in flight.
  */
 import type { RunStatus } from "@paddock/protocol";
-import type { Kysely } from "kysely";
+import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
-import type { EventLog } from "./event-log.ts";
+import type { EventLog, NewEvent } from "./event-log.ts";
 import type { CurrentRunner } from "./runner-registry.ts";
 import { type AgentSpec, type RunRepository, terminalEvent } from "./runs.ts";
 import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
@@ -218,52 +218,54 @@ export class Engine {
       );
       outcome = { status: "failed", reason: "sandbox_error", exitCode: null };
     }
-    await this.#finish(run, outcome);
-    if (outcome.status === "succeeded" && spec.runner !== runner.digest) await this.#resnapshot(run, spec, runner);
+    await this.#finish(run, outcome, spec.runner !== runner.digest ? { spec, runner } : undefined);
   }
 
   /**
-   * After a successful run with a swapped runner: a new snapshot version naming the current
-   * runner and the very same environment digests, so later boots need no swap. Skipped when the
-   * agent's environment moved on meanwhile (its current version is no longer the run's).
+   * After a successful run with a swapped runner, inside the transaction that finishes it: a new
+   * snapshot version naming the current runner and the very same environment digests, so later
+   * boots need no swap. Skipped when the agent's environment moved on meanwhile (its current
+   * version is no longer the run's). Returns the event describing it.
    */
-  async #resnapshot(run: RunsTable, spec: AgentSpec, runner: CurrentRunner): Promise<void> {
-    const rows = await this.#db.transaction().execute(async (trx) => {
-      const agent = await trx
-        .selectFrom("agents")
-        .select(["current_version", "tenant_id"])
-        .where("id", "=", run.agent_id)
-        .executeTakeFirst();
-      if (!agent || agent.current_version !== spec.snapshot_version) return [];
-      const parent = await this.#snapshots.get(trx, run.agent_id, spec.snapshot_version);
-      const snap = await this.#snapshots.append(trx, {
-        tenantId: agent.tenant_id,
-        agentId: run.agent_id,
-        base: spec.image,
-        layers: spec.layers,
-        runner: runner.digest,
-        reason: "runner",
-        parentVersion: spec.snapshot_version,
-        envBytes: Number(parent?.env_bytes ?? 0),
-      });
-      if (!(await this.#snapshots.moveCurrent(trx, run.agent_id, spec.snapshot_version, snap.version))) return [];
-      return this.#events.append(trx, run.id, run.attempt, [
-        {
-          type: "snapshot.created",
-          data: {
-            version: snap.version,
-            reason: "runner",
-            runner: runner.digest,
-            base: spec.image,
-            layers: spec.layers,
-          },
-        },
-      ]);
+  async #resnapshot(
+    trx: Transaction<Database>,
+    run: RunsTable,
+    spec: AgentSpec,
+    runner: CurrentRunner,
+  ): Promise<NewEvent | null> {
+    const agent = await trx
+      .selectFrom("agents")
+      .select(["current_version", "tenant_id"])
+      .where("id", "=", run.agent_id)
+      .executeTakeFirst();
+    if (!agent || agent.current_version !== spec.snapshot_version) return null;
+    const parent = await this.#snapshots.get(trx, run.agent_id, spec.snapshot_version);
+    const snap = await this.#snapshots.append(trx, {
+      tenantId: agent.tenant_id,
+      agentId: run.agent_id,
+      base: spec.image,
+      layers: spec.layers,
+      runner: runner.digest,
+      reason: "runner",
+      parentVersion: spec.snapshot_version,
+      envBytes: Number(parent?.env_bytes ?? 0),
     });
-    this.#events.publish(rows);
+    if (!(await this.#snapshots.moveCurrent(trx, run.agent_id, spec.snapshot_version, snap.version))) {
+      // The environment moved on between the check and the move: no re-snapshot, the run still finishes.
+      await trx.deleteFrom("snapshots").where("id", "=", snap.id).execute();
+      return null;
+    }
+    return {
+      type: "snapshot.created",
+      data: { version: snap.version, reason: "runner", runner: runner.digest, base: spec.image, layers: spec.layers },
+    };
   }
 
-  async #finish(run: RunsTable, outcome: AttemptOutcome): Promise<void> {
+  async #finish(
+    run: RunsTable,
+    outcome: AttemptOutcome,
+    swapped?: { spec: AgentSpec; runner: CurrentRunner },
+  ): Promise<void> {
     const now = Date.now();
     const requeue = outcome.interrupted === true;
     const rows = await this.#db.transaction().execute(async (trx) => {
@@ -290,12 +292,17 @@ export class Engine {
         .where("run_id", "=", run.id)
         .where("n", "=", run.attempt)
         .execute();
+      const snapshot =
+        swapped && outcome.status === "succeeded" && !requeue
+          ? await this.#resnapshot(trx, run, swapped.spec, swapped.runner)
+          : null;
       return this.#events.append(trx, run.id, run.attempt, [
         {
           type: "attempt.finished",
           data: { attempt: run.attempt, status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode },
           ts: now,
         },
+        ...(snapshot ? [{ ...snapshot, ts: now }] : []),
         requeue
           ? { type: "run.requeued", data: { status: "queued", why: "host_shutdown" }, ts: now }
           : { ...terminalEvent(outcome.status, outcome.reason, outcome.exitCode), ts: now },
