@@ -1,0 +1,410 @@
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import {
+  chmod,
+  chown,
+  lchown,
+  link,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  symlink,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { zstdCompressSync, zstdDecompressSync } from "node:zlib";
+import { AppError } from "@paddock/protocol";
+import { ImageStore } from "../images/image-store.ts";
+import { digestTree } from "../images/tree-digest.ts";
+import { extractTarball, openArchive } from "./extract-rootfs.ts";
+import { packSnapshot, packTree, unpackSnapshot } from "./pack-layers.ts";
+import { encodeHeader, endOfArchive, type HeaderFields, padding } from "./tar-format.ts";
+
+const isRoot = process.getuid?.() === 0;
+const skip = !isRoot && "packing and unpacking trees with owners, whiteouts and xattrs needs root";
+const OPAQUE_DIR = "opa\\que\nfolder";
+let work: string;
+let counter = 0;
+
+/** Whether trusted.overlay.opaque can be written and read here (root, the attr tools, the file system). */
+function canUseOverlayXattrs(): boolean {
+  if (!isRoot) return false;
+  const probe = mkdtempSync(join(tmpdir(), "paddock-xattr-probe-"));
+  try {
+    const set = spawnSync("setfattr", ["-n", "trusted.overlay.opaque", "-v", "y", probe]);
+    return set.status === 0 && spawnSync("getfattr", ["--version"]).status === 0;
+  } finally {
+    rmSync(probe, { recursive: true, force: true });
+  }
+}
+const xattrs = canUseOverlayXattrs();
+
+before(async () => {
+  work = await mkdtemp(join(tmpdir(), "paddock-pack-"));
+});
+after(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+function fresh(name: string): string {
+  return join(work, `${name}-${counter++}`);
+}
+
+/** Makes a file with the given content, mode and owner. */
+async function put(path: string | Buffer, content: string | Buffer, mode = 0o644, uid = 0, gid = 0): Promise<void> {
+  await writeFile(path, content);
+  await chown(path, uid, gid);
+  await chmod(path, mode);
+}
+
+/**
+ * A layer-like tree: folders with special bits and owners, a setuid file and its hard link, a
+ * 3 MB file, symlinks (one with a long target), a FIFO, whiteouts (one hard-linked), an opaque
+ * folder, long and non-UTF-8 names, and an owner too large for ustar.
+ */
+async function richTree(order: "forward" | "reverse" = "forward"): Promise<string> {
+  const root = fresh("tree");
+  await mkdir(root);
+  await chmod(root, 0o755);
+  const dirs: [string, number, number][] = [
+    ["etc", 0o755, 0],
+    ["usr", 0o755, 0],
+    ["usr/bin", 0o755, 0],
+    ["tmp", 0o1777, 0],
+    ["srv", 0o2775, 1000],
+    ["empty", 0o700, 0],
+    [OPAQUE_DIR, 0o755, 0],
+    ["run", 0o755, 0],
+  ];
+  for (const [path, mode, owner] of order === "forward" ? dirs : dirs.toReversed()) {
+    await mkdir(join(root, path), { recursive: true });
+    await chown(join(root, path), owner, owner);
+    await chmod(join(root, path), mode);
+  }
+  const files: [string, string | Buffer, number, number][] = [
+    ["etc/hostname", "sandbox\n", 0o644, 0],
+    ["usr/bin/su", "#!/bin/true\n", 0o4755, 0],
+    ["usr/bin/wall", "w", 0o2755, 0],
+    ["empty-file", "", 0o600, 0],
+    ["srv/big", Buffer.alloc(3 * 1024 * 1024 + 7, "paddock"), 0o640, 1000],
+    [`${OPAQUE_DIR}/inside`, "only this\n", 0o644, 0],
+    ["srv/huge-owner", "big uid\n", 0o644, 3_000_000],
+  ];
+  for (const [path, content, mode, owner] of order === "forward" ? files : files.toReversed()) {
+    await put(join(root, path), content, mode, owner, owner);
+  }
+  await link(join(root, "usr/bin/su"), join(root, "usr/bin/su-again"));
+  const deep = join(root, `${"long-folder-".repeat(9)}`, `${"deeper-".repeat(20)}`);
+  await mkdir(deep, { recursive: true });
+  await put(join(deep, `${"n".repeat(200)}.txt`), "long path\n");
+  await put(Buffer.from([...Buffer.from(`${root}/`), 0x6c, 0xe9, 0xff]), "latin-1 name\n");
+  await symlink("usr/bin", join(root, "bin"));
+  await symlink("/etc/passwd", join(root, "etc/abs-link"));
+  await symlink(`../${"x".repeat(180)}`, join(root, "etc/long-link"));
+  await lchown(join(root, "etc/long-link"), 1000, 1000);
+  execFileSync("mkfifo", ["-m", "0620", join(root, "run/initctl")]);
+  execFileSync("mknod", ["-m", "000", join(root, "gone"), "c", "0", "0"]);
+  execFileSync("mknod", ["-m", "000", join(root, "srv/gone-too"), "c", "0", "0"]);
+  await link(join(root, "gone"), join(root, "etc/gone-linked"));
+  if (xattrs) execFileSync("setfattr", ["-n", "trusted.overlay.opaque", "-v", "y", join(root, OPAQUE_DIR)]);
+  return root;
+}
+
+async function packToFile(dir: string): Promise<{ file: string; result: Awaited<ReturnType<typeof packTree>> }> {
+  const file = `${fresh("archive")}.tar.zst`;
+  const result = await packTree(dir, createWriteStream(file));
+  return { file, result };
+}
+
+function opaqueValue(path: string): string | null {
+  const r = spawnSync("getfattr", ["--only-values", "-h", "-n", "trusted.overlay.opaque", path], { encoding: "utf8" });
+  return r.status === 0 ? r.stdout : null;
+}
+
+describe("packTree", { skip }, () => {
+  test("round trip: pack, extract with whiteouts allowed, same digest and same hard links", async () => {
+    const tree = await richTree();
+    const expected = await digestTree(tree);
+    const { file, result } = await packToFile(tree);
+    assert.equal(result.digest, expected);
+    assert.equal(result.bytes, (await stat(file)).size);
+    assert.equal(result.opaque, xattrs ? 1 : null);
+    const dest = fresh("out");
+    await extractTarball(file, dest, { allowWhiteouts: true });
+    assert.equal(await digestTree(dest), expected);
+    const su = await stat(join(dest, "usr/bin/su"));
+    assert.equal((await stat(join(dest, "usr/bin/su-again"))).ino, su.ino);
+    assert.equal(su.mode & 0o7777, 0o4755);
+    assert.equal((await lstat(join(dest, "srv/huge-owner"))).uid, 3_000_000);
+    assert.ok((await lstat(join(dest, "gone"))).isCharacterDevice());
+    if (xattrs) assert.equal(opaqueValue(join(dest, OPAQUE_DIR)), "y");
+  });
+
+  test("an opaque folder is kept", { skip: !xattrs && "needs getfattr/setfattr and trusted xattrs" }, async () => {
+    const tree = fresh("opaque");
+    await mkdir(join(tree, "a/b"), { recursive: true });
+    execFileSync("setfattr", ["-n", "trusted.overlay.opaque", "-v", "y", join(tree, "a/b")]);
+    execFileSync("setfattr", ["-n", "trusted.overlay.opaque", "-v", "x", tree]);
+    const { file, result } = await packToFile(tree);
+    assert.equal(result.opaque, 2);
+    const dest = fresh("out");
+    await extractTarball(file, dest, { allowWhiteouts: true });
+    assert.equal(opaqueValue(join(dest, "a/b")), "y");
+    assert.equal(opaqueValue(dest), "x");
+    assert.equal(opaqueValue(join(dest, "a")), null);
+    // A root filesystem import ignores overlay markers.
+    const plain = fresh("out");
+    await extractTarball(file, plain);
+    assert.equal(opaqueValue(join(plain, "a/b")), null);
+  });
+
+  test("the stream is deterministic: no timestamps, byte order, whatever the creation order", async () => {
+    const a = await richTree("forward");
+    const b = await richTree("reverse");
+    await utimes(join(b, "etc/hostname"), new Date(5_000_000), new Date(5_000_000));
+    await utimes(join(b, "usr"), new Date(7_000_000), new Date(7_000_000));
+    const packedA = await packToFile(a);
+    const packedB = await packToFile(b);
+    const again = await packToFile(a);
+    assert.deepEqual(await readFile(packedA.file), await readFile(again.file));
+    // The same content made in another order and with other times packs to the same bytes.
+    assert.equal(packedA.result.digest, packedB.result.digest);
+    assert.deepEqual(await readFile(packedA.file), await readFile(packedB.file));
+
+    const reader = await openArchive(packedA.file);
+    const names: string[] = [];
+    try {
+      for (let e = await reader.next(); e !== null; e = await reader.next()) {
+        assert.equal(e.mtime, 0, e.path.toString());
+        names.push(e.path.toString("latin1"));
+      }
+    } finally {
+      await reader.close();
+    }
+    assert.equal(names[0], "./");
+    assert.ok(names.indexOf("usr/") < names.indexOf("usr/bin/"));
+    assert.ok(names.indexOf("usr/bin/") < names.indexOf("usr/bin/su"));
+    assert.ok(names.indexOf("etc/") < names.indexOf("etc/abs-link"));
+    assert.ok(names.indexOf("etc/abs-link") < names.indexOf("etc/gone-linked"));
+  });
+
+  test("GNU tar reads the archive back to the same tree", async () => {
+    const tree = await richTree();
+    const { file, result } = await packToFile(tree);
+    const plain = `${fresh("plain")}.tar`;
+    await writeFile(plain, zstdDecompressSync(await readFile(file)));
+    const dest = fresh("gnu-out");
+    await mkdir(dest);
+    const xattrArgs = xattrs ? ["--xattrs", "--xattrs-include=trusted.*"] : [];
+    execFileSync("tar", ["-x", "--numeric-owner", "--same-permissions", ...xattrArgs, "-f", plain, "-C", dest]);
+    assert.equal(await digestTree(dest), result.digest);
+    if (xattrs) assert.equal(opaqueValue(join(dest, OPAQUE_DIR)), "y");
+  });
+
+  test("sockets and device nodes are refused by name", async () => {
+    const withSocket = fresh("socket");
+    await mkdir(withSocket);
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(join(withSocket, "agent.sock"), resolve));
+    try {
+      await assert.rejects(packToFile(withSocket), (err: unknown) => {
+        assert.ok(err instanceof AppError && err.code === "validation_failed");
+        assert.match(err.message, /"agent.sock" .* is a socket/);
+        return true;
+      });
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+    const withDevice = fresh("device");
+    await mkdir(withDevice);
+    execFileSync("mknod", [join(withDevice, "null"), "c", "1", "3"]);
+    await assert.rejects(packToFile(withDevice), /"null" .* is a device node \(1:3\)/);
+  });
+});
+
+/** A zstd tar holding `specs` in order, for hand-made snapshot archives. */
+function snapshotOf(specs: (HeaderFields & { body?: string })[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const spec of specs) {
+    const body = Buffer.from(spec.body ?? "");
+    parts.push(encodeHeader({ ...spec, size: body.length }), body, padding(body.length));
+  }
+  parts.push(endOfArchive());
+  return zstdCompressSync(Buffer.concat(parts));
+}
+
+function stores(): { layersDir: string; imagesDir: string } {
+  const root = fresh("stores");
+  return { layersDir: join(root, "layers"), imagesDir: join(root, "images") };
+}
+
+async function list(dir: string): Promise<string[]> {
+  return existsSync(dir) ? (await readdir(dir)).sort() : [];
+}
+
+describe("packSnapshot and unpackSnapshot", { skip }, () => {
+  let base: string;
+  let layerA: string;
+  let layerB: string;
+  let digests: { base: string; a: string; b: string };
+
+  before(async () => {
+    if (!isRoot) return;
+    base = fresh("base");
+    await mkdir(join(base, "etc"), { recursive: true });
+    await put(join(base, "etc/os-release"), "ID=debian\n");
+    await symlink("usr/bin", join(base, "bin"));
+    layerA = await richTree();
+    layerB = fresh("layer");
+    await mkdir(join(layerB, "app"), { recursive: true });
+    await put(join(layerB, "app/main.py"), "print('hi')\n", 0o644, 61000, 61000);
+    digests = { base: await digestTree(base), a: await digestTree(layerA), b: await digestTree(layerB) };
+  });
+
+  async function pack(): Promise<{ file: string; manifest: Record<string, unknown> }> {
+    const manifest = { base: digests.base, layers: [digests.a, digests.b], runner: "sha256-runner", note: "ü" };
+    const file = `${fresh("snapshot")}.tar.zst`;
+    await packSnapshot(
+      manifest,
+      [
+        { digest: digests.a, dir: layerA },
+        { digest: digests.b, dir: layerB },
+      ],
+      { digest: digests.base, dir: base },
+      createWriteStream(file),
+    );
+    return { file, manifest };
+  }
+
+  test("a snapshot moves to empty stores and comes out under the same digests", async () => {
+    const { file, manifest } = await pack();
+    const into = stores();
+    assert.deepEqual(await unpackSnapshot(file, into), manifest);
+    assert.deepEqual(await list(into.layersDir), [digests.a, digests.b].sort());
+    assert.equal(await digestTree(join(into.layersDir, digests.a)), digests.a);
+    assert.equal(await digestTree(join(into.layersDir, digests.b)), digests.b);
+    assert.deepEqual(await list(into.imagesDir), [digests.base]);
+    const image = await new ImageStore({ imagesDir: into.imagesDir }).resolve(digests.base);
+    assert.equal(await digestTree(image.rootfs), digests.base);
+    const meta = JSON.parse(await readFile(join(into.imagesDir, digests.base, "meta.json"), "utf8"));
+    assert.equal(meta.digest, digests.base);
+    assert.equal(meta.size_bytes, "ID=debian\n".length);
+    if (xattrs) assert.equal(opaqueValue(join(into.layersDir, digests.a, OPAQUE_DIR)), "y");
+
+    // A second import keeps what is already there.
+    const before = (await stat(join(into.layersDir, digests.a))).ino;
+    const imageBefore = (await stat(join(into.imagesDir, digests.base))).ino;
+    assert.deepEqual(await unpackSnapshot(file, into), manifest);
+    assert.equal((await stat(join(into.layersDir, digests.a))).ino, before);
+    assert.equal((await stat(join(into.imagesDir, digests.base))).ino, imageBefore);
+    assert.deepEqual(await list(into.layersDir), [digests.a, digests.b].sort());
+  });
+
+  test("packing refuses a folder that does not hold the digest given for it", async () => {
+    const file = `${fresh("snapshot")}.tar.zst`;
+    await assert.rejects(
+      packSnapshot({}, [{ digest: digests.a, dir: layerB }], null, createWriteStream(file)),
+      (err: unknown) => {
+        assert.ok(err instanceof AppError && err.code === "validation_failed");
+        assert.match(err.message, new RegExp(`does not hold ${digests.a}: its content has digest ${digests.b}`));
+        return true;
+      },
+    );
+  });
+
+  const refusedImport = async (archive: Buffer, pattern: RegExp): Promise<void> => {
+    const file = `${fresh("hostile")}.tar.zst`;
+    await writeFile(file, archive);
+    const into = stores();
+    await assert.rejects(unpackSnapshot(file, into), (err: unknown) => {
+      assert.ok(err instanceof AppError, String(err));
+      assert.equal(err.code, "validation_failed");
+      assert.match(err.message, pattern);
+      return true;
+    });
+    assert.deepEqual(await list(into.layersDir), [], "nothing installed, no temp folder left");
+    assert.deepEqual(await list(into.imagesDir), []);
+  };
+
+  const d = (n: string) => `sha256-${n.repeat(64)}`;
+  const manifestFile = { type: "file" as const, path: "manifest.json", mode: 0o644, uid: 0, gid: 0, body: "{}\n" };
+
+  test("hostile or damaged snapshot archives install nothing", async () => {
+    await refusedImport(
+      snapshotOf([
+        manifestFile,
+        { type: "dir", path: `layers/${d("a")}`, mode: 0o755, uid: 0, gid: 0 },
+        { type: "file", path: `layers/${d("a")}/x`, mode: 0o644, uid: 0, gid: 0, body: "not what a names" },
+      ]),
+      new RegExp(`layer ${d("a")} holds content with digest sha256-`),
+    );
+    await refusedImport(
+      snapshotOf([manifestFile, { type: "file", path: `layers/${d("b")}/../../../../x`, mode: 0o644, uid: 0, gid: 0 }]),
+      /".." component/,
+    );
+    await refusedImport(
+      snapshotOf([manifestFile, { type: "file", path: "evil", mode: 0o644, uid: 0, gid: 0 }]),
+      /unexpected "evil"/,
+    );
+    await refusedImport(
+      snapshotOf([{ type: "dir", path: `layers/${d("c")}`, mode: 0o755, uid: 0, gid: 0 }]),
+      /no manifest.json/,
+    );
+    await refusedImport(snapshotOf([{ ...manifestFile, body: "[1, 2]" }]), /manifest.json must hold a JSON object/);
+    await refusedImport(
+      snapshotOf([manifestFile, { type: "dir", path: "layers/not-a-digest", mode: 0o755, uid: 0, gid: 0 }]),
+      /"not-a-digest" is not named by a digest/,
+    );
+    await refusedImport(
+      snapshotOf([
+        manifestFile,
+        { type: "symlink", path: `layers/${d("e")}`, linkpath: "/etc", mode: 0o777, uid: 0, gid: 0 },
+      ]),
+      /is not a folder/,
+    );
+    const { file } = await pack();
+    const whole = await readFile(file);
+    await refusedImport(whole.subarray(0, whole.length >> 1), /truncated\/corrupt/);
+  });
+});
+
+const testData = process.env.PADDOCK_TEST_DATA;
+const defaultDigest = (() => {
+  if (!testData) return null;
+  try {
+    return readFileSync(join(testData, "images/default"), "utf8").trim();
+  } catch {
+    return null;
+  }
+})();
+const realRootfs = defaultDigest && testData ? join(testData, "images", defaultDigest, "rootfs") : null;
+const realSkip =
+  skip ||
+  (!testData && "PADDOCK_TEST_DATA is not set") ||
+  ((realRootfs === null || !existsSync(realRootfs)) && `no base image at ${testData}/images/<default>/rootfs`);
+
+describe("a real base image", { skip: realSkip }, () => {
+  test("its digest survives packSnapshot → unpackSnapshot", async () => {
+    const digest = defaultDigest as string;
+    const file = `${fresh("real")}.tar.zst`;
+    await packSnapshot(
+      { base: digest, layers: [] },
+      [],
+      { digest, dir: realRootfs as string },
+      createWriteStream(file),
+    );
+    const into = stores();
+    assert.deepEqual(await unpackSnapshot(file, into), { base: digest, layers: [] });
+    const image = await new ImageStore({ imagesDir: into.imagesDir }).resolve(digest);
+    assert.equal(await digestTree(image.rootfs), digest);
+  });
+});
