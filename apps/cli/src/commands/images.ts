@@ -1,4 +1,5 @@
 /** `paddock images build-base|import|list`: base images, managed on this machine (no host needed). */
+import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import { parseLocalCommand, UsageError } from "../args.ts";
 import { type Command, type CommandGroup, type Context, dataDirOf } from "../context.ts";
@@ -50,10 +51,12 @@ ${DATA_DIR_HELP}
 
 const importRootfs: Command = {
   name: "import",
-  summary: "store a root filesystem folder as an image",
-  usage: `Usage: paddock images import FOLDER [--default] [--data-dir DIR]
+  summary: "store a root filesystem (folder or tarball) as an image",
+  usage: `Usage: paddock images import FOLDER|TARBALL [--default] [--data-dir DIR]
 
-Copies a root filesystem folder into the image store (the folder itself is left as it is).
+Stores a root filesystem in the image store: a folder is copied (and left as it is); a tarball
+(plain, .gz or .zst, such as the output of 'docker export') is unpacked with every entry checked:
+absolute paths, '..', device nodes and links leading outside are refused.
 
 Options:
   --default          make it the default base image
@@ -67,7 +70,12 @@ ${DATA_DIR_HELP}`,
     const from = positionals[0];
     if (!from) throw new UsageError("missing FOLDER", "images import");
     const store = await imageStore(values, ctx);
-    const image = await store.importRootfs({ from, setDefault: values.default ?? false, log: (line) => ctx.err(line) });
+    const setDefault = values.default ?? false;
+    const log = (line: string) => ctx.err(line);
+    const isFile = (await stat(from).catch(() => null))?.isFile() ?? false;
+    const image = isFile
+      ? await store.importTarball({ file: from, setDefault, log })
+      : await store.importRootfs({ from, setDefault, log });
     ctx.out(`image ${image.digest}`);
     ctx.out(`  rootfs: ${image.rootfs}`);
     return 0;

@@ -183,6 +183,23 @@ describe("ImageStore with imported images", {
     assert.ok((await lstat(join(image.rootfs, "opt/paddock/runner"))).isDirectory());
   });
 
+  test("a tarball is imported like its folder, and a hostile one is refused with nothing left", async () => {
+    const store = new ImageStore({ imagesDir: join(work, `store-${counter++}`) });
+    const from = await tinyRootfs();
+    const tarball = join(work, `rootfs-${counter++}.tar.gz`);
+    execFileSync("tar", ["-C", from, "--numeric-owner", "--exclude=./dev/null", "-czf", tarball, "."]);
+    const fromFolder = await new ImageStore({ imagesDir: join(work, `store-${counter++}`) }).importRootfs({ from });
+    const fromTarball = await store.importTarball({ file: tarball, setDefault: true });
+    assert.equal(fromTarball.digest, fromFolder.digest, "same tree, same digest");
+    assert.equal((await store.resolve("default")).digest, fromTarball.digest);
+
+    const evil = join(work, `evil-${counter++}.tar`);
+    execFileSync("tar", ["-C", from, "-cf", evil, "--absolute-names", "--transform", "s,^etc,/tmp/escape-etc,", "etc"]);
+    const before = (await readdir(store.imagesDir)).sort();
+    await assert.rejects(store.importTarball({ file: evil }), isAppError("validation_failed"));
+    assert.deepEqual((await readdir(store.imagesDir)).sort(), before, "nothing half-written");
+  });
+
   test("a missing source folder is a validation error", async () => {
     const store = new ImageStore({ imagesDir: join(work, `store-${counter++}`) });
     await assert.rejects(store.importRootfs({ from: join(work, "no-such-folder") }), isAppError("validation_failed"));

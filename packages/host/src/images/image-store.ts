@@ -13,6 +13,7 @@ import {
   chown,
   lstat,
   mkdir,
+  mkdtemp,
   open,
   readdir,
   readFile,
@@ -144,6 +145,25 @@ export class ImageStore {
    * Stores a copy of a root filesystem folder as an image (tidied like a built one).
    * @example await images.importRootfs({ from: "/srv/rootfs", setDefault: true });
    */
+  /**
+   * Imports a root filesystem tarball (plain, gzip or zstd; for example `docker export` output):
+   * extracted aside with every entry checked (archive/extract-rootfs.ts), then stored like a folder.
+   */
+  async importTarball(options: Omit<ImportRootfsOptions, "from"> & { file: string }): Promise<BaseImage> {
+    const { extractTarball } = await import("../archive/extract-rootfs.ts");
+    // Not a ".tmp-" folder: importRootfs clears those as leftovers of interrupted builds.
+    await mkdir(this.imagesDir, { recursive: true });
+    const scratch = await mkdtemp(join(this.imagesDir, ".import-"));
+    try {
+      const rootfs = join(scratch, "rootfs");
+      (options.log ?? (() => {}))(`images: unpacking ${options.file}`);
+      await extractTarball(options.file, rootfs);
+      return await this.importRootfs({ ...options, from: rootfs, source: options.source ?? "tarball" });
+    } finally {
+      await removeTree(scratch);
+    }
+  }
+
   async importRootfs(options: ImportRootfsOptions): Promise<BaseImage> {
     const log = options.log ?? (() => {});
     let from: string;
