@@ -28,7 +28,7 @@ import { AppError } from "@paddock/protocol";
 import { ImageStore } from "../images/image-store.ts";
 import { IMAGE_META, IMAGE_ROOTFS, type ImageMeta, isDigest } from "../images/layout.ts";
 import { isErrno, makeTempDir, removeTree } from "../images/store-fs.ts";
-import { digestEntries, scanTree, type TreeEntry, type TreeEntryType } from "../images/tree-digest.ts";
+import { deviceNumbers, digestEntries, entryType, scanTree, type TreeEntry } from "../images/tree-digest.ts";
 import { type ExtractOptions, extractTarball, OPAQUE_XATTR, show } from "./extract-rootfs.ts";
 import { encodeHeader, endOfArchive, padding } from "./tar-format.ts";
 
@@ -295,7 +295,7 @@ async function* treeChunks(
     const st = await lstat(abs, { bigint: true });
     const where = `${show(rel)} in ${dir}`;
     if (st.dev !== rootStat.dev) throw new AppError("validation_failed", `${where} is on another file system`);
-    const type = typeOf(st);
+    const type = entryType(st);
     const entry: TreeEntry = {
       path: rel,
       type,
@@ -474,24 +474,6 @@ const SLASH = Buffer.from("/");
 function archiveName(prefix: Buffer, rel: Buffer): Buffer {
   if (prefix.length === 0) return rel.length === 0 ? Buffer.from(".") : rel;
   return rel.length === 0 ? prefix : Buffer.concat([prefix, SLASH, rel]);
-}
-
-function typeOf(st: BigIntStats): TreeEntryType {
-  if (st.isDirectory()) return "dir";
-  if (st.isFile()) return "file";
-  if (st.isSymbolicLink()) return "symlink";
-  if (st.isCharacterDevice()) return "char";
-  if (st.isBlockDevice()) return "block";
-  if (st.isFIFO()) return "fifo";
-  return "socket";
-}
-
-/** Linux's encoding of st_rdev, as digestTree reads it. */
-function deviceNumbers(rdev: bigint): { major: number; minor: number } {
-  return {
-    major: Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)),
-    minor: Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)),
-  };
 }
 
 function refuse(message: string): never {

@@ -5,7 +5,8 @@
  * when that keeps those guarantees (same file system, already owned by that user with mode 0755),
  * since a hard link shares its inode with the source; otherwise it is copied.
  */
-import { chmod, chown, copyFile, link, readFile, realpath, rename, stat } from "node:fs/promises";
+import { constants } from "node:fs";
+import { chmod, chown, copyFile, readFile, realpath, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { isDigest, RUNNER_BUNDLE, RUNNER_NODE, RUNNER_VERSION_FILE, type RunnerVersion } from "./layout.ts";
 import { isErrno, makeTempDir, removeStaleTemps, removeTree, writeFileAtomic } from "./store-fs.ts";
@@ -105,19 +106,14 @@ export class RunnerLayers {
   }
 }
 
+/**
+ * The layer gets its own copy of the Node binary (a reflink where the filesystem can): never a
+ * hard link, since the layer is sealed immutable and a shared inode would seal the host's own
+ * Node with it.
+ */
 async function placeNode(path: string, target: string, owner: { uid: number; gid: number }): Promise<void> {
-  // link(2) does not follow symlinks, so link the file the path finally names.
   const source = await realpath(path);
-  const st = await stat(source);
-  if (st.uid === owner.uid && st.gid === owner.gid && (st.mode & 0o7777) === 0o755) {
-    try {
-      await link(source, target);
-      return;
-    } catch (err) {
-      if (!isErrno(err, "EXDEV", "EPERM", "EMLINK")) throw err;
-    }
-  }
-  await copyFile(source, target);
+  await copyFile(source, target, constants.COPYFILE_FICLONE);
   await chown(target, owner.uid, owner.gid);
   await chmod(target, 0o755);
 }

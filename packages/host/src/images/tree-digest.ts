@@ -9,7 +9,7 @@
  * same record as before they were supported, so existing digests do not change.
  */
 import { createHash } from "node:crypto";
-import { constants, type Stats } from "node:fs";
+import { type BigIntStats, constants, type Stats } from "node:fs";
 import { lstat, open, readdir, readlink } from "node:fs/promises";
 
 export type TreeEntryType = "dir" | "file" | "symlink" | "char" | "block" | "fifo" | "socket";
@@ -181,14 +181,22 @@ function baseEntry(rel: Buffer, st: Stats): TreeEntry {
     gid: st.gid,
   };
   if (entry.type === "char" || entry.type === "block") {
-    const rdev = BigInt(st.rdev);
-    entry.major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
-    entry.minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+    const { major, minor } = deviceNumbers(BigInt(st.rdev));
+    entry.major = major;
+    entry.minor = minor;
   }
   return entry;
 }
 
-function entryType(st: Stats): TreeEntryType {
+/** Linux's encoding of st_rdev into a device's major and minor numbers. */
+export function deviceNumbers(rdev: bigint): { major: number; minor: number } {
+  return {
+    major: Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)),
+    minor: Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)),
+  };
+}
+
+export function entryType(st: Stats | BigIntStats): TreeEntryType {
   if (st.isDirectory()) return "dir";
   if (st.isFile()) return "file";
   if (st.isSymbolicLink()) return "symlink";
