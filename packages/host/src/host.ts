@@ -147,15 +147,13 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
         blobs,
         resolveLayers: (spec) => agents.layerPaths(spec),
         currentRunner: () => runners.current(),
-        recordArtifacts: async (runId, attempt, rows, evs) => {
-          const run = await runs.getById(runId);
-          if (!run) return;
+        recordArtifacts: async ({ runId, tenantId, attempt }, rows, evs) => {
           const written = await db.transaction().execute(async (trx) => {
             if (rows.length > 0) {
               await trx
                 .insertInto("artifacts")
                 .values(
-                  rows.map((r) => ({ ...r, run_id: runId, tenant_id: run.tenant_id, attempt, created_at: Date.now() })),
+                  rows.map((r) => ({ ...r, run_id: runId, tenant_id: tenantId, attempt, created_at: Date.now() })),
                 )
                 .execute();
             }

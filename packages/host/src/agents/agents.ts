@@ -1,12 +1,11 @@
 /** Agents: validated at creation against their real environment image, then frozen into a spec. */
 import { type Agent, type AgentCreate, AppError, Limits } from "@paddock/protocol";
 import type { Kysely } from "kysely";
-import { DEFAULT_PATH } from "../engine/attempt.ts";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
 import type { AgentDefinition, AgentSpec } from "../engine/runs.ts";
 import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
-import { resolveCommand } from "../images/resolve-command.ts";
+import { DEFAULT_PATH, resolveCommand } from "../images/resolve-command.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";

@@ -15,6 +15,7 @@ import { type Limits, Marker, RunnerFrame, type RunnerSpec, type RunReason, type
 import { LineSplitter } from "@paddock/runner";
 import type { BlobStore } from "../artifacts/blob-store.ts";
 import { collectOutputs } from "../artifacts/collector.ts";
+import { DEFAULT_PATH } from "../images/resolve-command.ts";
 import type { SandboxDriver, SandboxExit, SandboxHandle, SandboxSpec } from "../sandbox/driver.ts";
 import { OUTPUTS_DIR, RUNNER_MOUNT } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
@@ -26,7 +27,6 @@ export const MAX_LINE_BYTES = 16 * 1024;
 /** A frame carries one line, JSON-escaped (worst case 6 bytes per byte), plus a small envelope. */
 const MAX_FRAME_BYTES = MAX_LINE_BYTES * 6 + 1024;
 export const MAX_EVENTS_PER_ATTEMPT = 10_000;
-export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 export interface AttemptDeps {
   driver: SandboxDriver;
@@ -37,7 +37,11 @@ export interface AttemptDeps {
   /** The runner every boot mounts, whatever runner the snapshot names. */
   currentRunner(): Promise<CurrentRunner>;
   /** Persists artifacts and their events in one transaction. */
-  recordArtifacts(runId: string, attempt: number, rows: ArtifactRow[], events: NewEvent[]): Promise<void>;
+  recordArtifacts(
+    run: { runId: string; tenantId: string; attempt: number },
+    rows: ArtifactRow[],
+    events: NewEvent[],
+  ): Promise<void>;
   heartbeatMs: number;
   heartbeatTimeoutMs: number;
   log: (msg: string) => void;
@@ -354,7 +358,7 @@ export class Attempt {
       if (result.skippedCount > result.skipped.length) {
         events.push({ type: "artifact.skipped", data: { more: result.skippedCount - result.skipped.length } });
       }
-      if (events.length > 0) await this.#deps.recordArtifacts(runId, attempt, rows, events);
+      if (events.length > 0) await this.#deps.recordArtifacts(this.#in, rows, events);
     } catch (err) {
       this.#deps.log(`run ${runId}: collecting artifacts failed: ${String(err)}`);
       await this.#deps.events

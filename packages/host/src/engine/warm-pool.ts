@@ -81,7 +81,7 @@ export class WarmPool {
         const spare: Spare = {
           handle,
           dead: false,
-          timer: setTimeout(() => this.#expire(key, spare), this.#config.idleMs),
+          timer: setTimeout(() => this.#drop(key, spare), this.#config.idleMs),
         };
         spare.timer.unref();
         void handle.exited.then(() => {
@@ -109,10 +109,6 @@ export class WarmPool {
     if (list.length === 0) this.#spares.delete(key);
     void spare.handle.destroy().catch(() => {});
     return true;
-  }
-
-  #expire(key: string, spare: Spare): void {
-    this.#drop(key, spare);
   }
 
   /** Destroys every spare; waits for boots under way to land and be destroyed too. */

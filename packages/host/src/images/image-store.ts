@@ -470,8 +470,9 @@ async function realDir(path: string): Promise<string> {
     if (isErrno(err, "ENOENT")) return null;
     throw err;
   });
-  if (st && !st.isDirectory()) await rm(path, { force: true });
-  if (!st || !st.isDirectory()) await mkdir(path, { mode: 0o755 });
+  if (st?.isDirectory()) return path;
+  if (st) await rm(path, { force: true });
+  await mkdir(path, { mode: 0o755 });
   return path;
 }
 
