@@ -37,6 +37,48 @@ export interface SandboxSpec {
   /** The whole environment of argv; nothing of the host's is inherited. */
   env: Record<string, string>;
   cwd: string;
+  /** Boots the sandbox as a step of an environment edit session instead of a run. */
+  session?: SessionSpec;
+}
+
+/**
+ * An environment edit session's sandbox: its writable layer outlives each sandbox (one session,
+ * many commands, one at a time), and inside it a root user whose ids are mapped to a host range
+ * of the session's own can do what package managers do (files owned by several users).
+ */
+export interface SessionSpec {
+  /** The session layer's folder (see SandboxDriver.createSessionLayer). */
+  layerDir: string;
+  /** First host id of the session's 65536 ids: sandbox uid/gid N is host BASE+N. */
+  idBase: number;
+  /** A pseudo-terminal of this size as stdin/stdout/stderr; stdin then takes frames (terminalFrame). */
+  terminal?: { rows: number; cols: number };
+  /** Host path of a Unix socket to appear at /run/paddock/egress.sock inside. */
+  egressSocket?: string;
+}
+
+/** A session layer: the writable layer of an edit session, on a quota of its own. */
+export interface SessionLayer {
+  /** Host folder holding upper/ (the layer), work/ and egress/ (a folder for the egress socket). */
+  dir: string;
+  upper: string;
+  egressDir: string;
+}
+
+export interface SessionLayerUsage {
+  usedBytes: number;
+  sizeBytes: number;
+  usedInodes: number;
+  inodes: number;
+}
+
+/** Encodes input for a sandbox with a terminal: type 0 carries bytes, type 1 a window size. */
+export function terminalFrame(frame: { data: Buffer } | { rows: number; cols: number }): Buffer {
+  const payload = "data" in frame ? frame.data : Buffer.from(`${frame.rows} ${frame.cols}`);
+  const head = Buffer.alloc(5);
+  head.writeUInt8("data" in frame ? 0 : 1, 0);
+  head.writeUInt32BE(payload.length, 1);
+  return Buffer.concat([head, payload]);
 }
 
 export interface SandboxExit {
@@ -73,4 +115,9 @@ export interface SandboxDriver {
   boot(spec: SandboxSpec): Promise<SandboxHandle>;
   /** Removes what a dead host of this instance left behind; returns how many sandboxes it cleaned. */
   reapOrphans(): Promise<number>;
+  /** Makes an empty session layer of diskMb megabytes, its root owned by host id idBase. */
+  createSessionLayer?(id: string, diskMb: number, idBase: number): Promise<SessionLayer>;
+  sessionLayerUsage?(id: string): Promise<SessionLayerUsage>;
+  /** Unmounts and removes a session layer; idempotent. */
+  removeSessionLayer?(id: string): Promise<void>;
 }

@@ -71,6 +71,75 @@ export function bwrapOptions(options: BwrapOptions): string[] {
   args.push("--chdir", options.cwd, "--seccomp", String(SECCOMP_FD));
   return args;
 }
+/** Where an edit session's egress socket appears inside the sandbox. */
+export const EGRESS_SOCKET = "/run/paddock/egress.sock";
+
+/**
+ * What an environment edit session's root may do inside its own user namespace: what package
+ * managers need (owners, modes, dropping to service users, binding low ports, chroot for
+ * maintainer scripts), as a container runtime's default set, without mknod or raw sockets.
+ */
+const SESSION_CAPS = [
+  "CAP_CHOWN",
+  "CAP_DAC_OVERRIDE",
+  "CAP_FOWNER",
+  "CAP_FSETID",
+  "CAP_KILL",
+  "CAP_SETGID",
+  "CAP_SETUID",
+  "CAP_SETPCAP",
+  "CAP_SETFCAP",
+  "CAP_NET_BIND_SERVICE",
+  "CAP_SYS_CHROOT",
+  "CAP_AUDIT_WRITE",
+];
+
+export interface SessionBwrapOptions extends Omit<BwrapOptions, "inputs"> {
+  /** Host path of the session's egress proxy socket, bound at EGRESS_SOCKET. */
+  egressSocket?: string;
+  /** The sandbox has a pseudo-terminal as its controlling terminal: no new session. */
+  terminal: boolean;
+}
+
+/**
+ * bwrap's options for an edit session. The launcher has already entered the session's user
+ * namespace as its root (ids mapped to a host range of their own), so bwrap runs unprivileged on
+ * the host and makes the other namespaces itself; no nested user namespace. A fresh /run holds
+ * the egress socket, the only way out of the loopback-only network.
+ */
+export function sessionBwrapOptions(options: SessionBwrapOptions): string[] {
+  const args = [
+    "--unshare-ipc",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-uts",
+    "--hostname",
+    "paddock-env",
+    "--unshare-cgroup-try",
+    "--die-with-parent",
+    ...(options.terminal ? [] : ["--new-session"]),
+    "--bind",
+    options.root,
+    "/",
+    "--ro-bind",
+    options.runnerDir,
+    RUNNER_MOUNT,
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "--tmpfs",
+    "/run",
+  ];
+  if (options.egressSocket) args.push("--bind", options.egressSocket, EGRESS_SOCKET);
+  args.push("--cap-drop", "ALL");
+  for (const cap of SESSION_CAPS) args.push("--cap-add", cap);
+  args.push("--clearenv");
+  for (const [key, value] of Object.entries(options.env)) args.push("--setenv", key, value);
+  args.push("--chdir", options.cwd, "--seccomp", String(SECCOMP_FD));
+  return args;
+}
+
 /** Encodes arguments for bwrap --args: each one NUL-terminated. */
 export function nulSeparated(args: string[]): Buffer {
   for (const arg of args)

@@ -80,12 +80,24 @@ export async function findTools(arch: SyscallArch, prefer?: HelperKind): Promise
 }
 
 /**
- * Perl launcher. Arguments: mount(2) and close(2) numbers, then cgroup.procs files to join at
- * once (a slot). MS_NOSUID|MS_NODEV = 6. End of file on the control socket means the driver is
- * gone: an idle launcher then moves up to the instance's cgroup, removes its slot and exits.
+ * Perl launcher. Arguments: the numbers of mount, close, unshare, setns, open_tree,
+ * mount_setattr and move_mount, then cgroup.procs files to join at once (a slot).
+ * MS_NOSUID|MS_NODEV = 6. End of file on the control socket means the driver is gone: an idle
+ * launcher then moves up to the instance's cgroup, removes its slot and exits.
+ *
+ * Two request fields serve environment edit sessions (see session.ts for the why):
+ * - idmap BASE: a user namespace mapping ids 0..65535 to BASE..BASE+65535 is made (a child
+ *   unshares it, this root process writes its maps), every lower layer is mounted through that
+ *   mapping (open_tree, mount_setattr MOUNT_ATTR_IDMAP, move_mount), and after the overlay is up
+ *   the launcher enters the namespace as its root and execs bwrap directly (no setpriv).
+ * - pty ROWS COLS: before joining the cgroups (so that it outlives the sandbox long enough to
+ *   drain the terminal), the launcher opens a host pseudo-terminal and forks a relay that owns
+ *   its master side; the launcher makes the slave its controlling terminal and stdio. The relay
+ *   copies the master's output to its stdout unframed, and reads frames from its stdin: a type
+ *   byte (0 data, 1 "ROWS COLS" window size), a 32-bit big-endian length, the payload.
  */
 const PERL_LAUNCH = String.raw`
-my ($nr, $nr_close, @slot) = @ARGV;
+my ($nr, $nr_close, $nr_unshare, $nr_setns, $nr_open_tree, $nr_setattr, $nr_move, @slot) = @ARGV;
 my $ctl;
 open($ctl, "+<&=", ${CONTROL_FD}) or exit 111;
 sub fail { syswrite($ctl, "error: $_[0]\n"); exit 1 }
@@ -100,15 +112,31 @@ leave() unless defined $count;
 my $buf = "";
 while (($buf =~ tr/\0//) < $count) { sysread($ctl, $buf, 65536, length($buf)) or leave() }
 my @f = split(/\0/, $buf, -1);
-my ($dir, $tmpfs, $lower, $n) = splice(@f, 0, 4);
+my ($dir, $tmpfs, $lower, $upper, $idmap, $pty, $n) = splice(@f, 0, 7);
 my @procs = splice(@f, 0, $n);
-my @cmd = @f[0 .. $count - 5 - $n];
+my @cmd = @f[0 .. $count - 8 - $n];
+$upper = $dir if $upper eq "";
+open_pty(split(/ /, $pty)) if $pty ne "";
 mnt("tmpfs", $dir, "tmpfs", $tmpfs);
 syswrite($ctl, "mounted\n");
 enter(@procs);
 my $go = line();
 exit 1 unless defined $go && $go eq "go";
-mnt("overlay", "$dir/root", "overlay", "lowerdir=$lower,upperdir=$dir/upper,workdir=$dir/work");
+my ($ns, $holder, $release);
+if ($idmap ne "") {
+  ($ns, $holder, $release) = userns($idmap);
+  my @layers = split(/:/, $lower);
+  for my $i (0 .. $#layers) { mkdir("$dir/l$i") or fail("mkdir: $!"); idmapped($layers[$i], "$dir/l$i", $ns) }
+  $lower = join(":", map { "$dir/l$_" } 0 .. $#layers);
+}
+mnt("overlay", "$dir/root", "overlay", "lowerdir=$lower,upperdir=$upper/upper,workdir=$upper/work");
+if ($idmap ne "") {
+  syscall($nr_setns, fileno($ns), 0x10000000) == 0 or fail("setns: $!");
+  require POSIX;
+  $) = "0 0";
+  POSIX::setgid(0) && POSIX::setuid(0) && $< == 0 && $> == 0 or fail("cannot become root of the session's user namespace: $!");
+  syswrite($release, "x"); waitpid($holder, 0); close($ns);
+}
 opendir(my $fds, "/proc/self/fd") or fail("/proc/self/fd: $!");
 my @extra = grep { /^\d+$/ && $_ > ${BWRAP_ARGS_FD} } readdir($fds);
 closedir($fds);
@@ -118,6 +146,74 @@ close($ctl);
 exec { $cmd[0] } @cmd;
 print STDERR "exec $cmd[0]: $!\n";
 exit 127;
+
+sub userns {
+  my ($base) = @_;
+  $base =~ /^\d+$/ or fail("bad idmap base");
+  pipe(my $r1, my $w1) or fail("pipe: $!"); pipe(my $r2, my $w2) or fail("pipe: $!");
+  my $pid = fork(); defined $pid or fail("fork: $!");
+  if ($pid == 0) { close($r1); close($w2); syscall($nr_unshare, 0x10000000) == 0 or exit 1; syswrite($w1, "u"); sysread($r2, my $x, 1); exit 0 }
+  close($w1); close($r2);
+  sysread($r1, my $c, 1) or fail("cannot make the session's user namespace");
+  for my $m ("uid_map", "gid_map") { open(my $f, ">", "/proc/$pid/$m") or fail("$m: $!"); syswrite($f, "0 $base 65536\n") or fail("write $m: $!"); close($f) }
+  open(my $ns, "<", "/proc/$pid/ns/user") or fail("open user namespace: $!");
+  return ($ns, $pid, $w2);
+}
+sub idmapped {
+  my ($src, $dst, $ns) = @_;
+  my $fd = syscall($nr_open_tree, -100, $src, 0x80001);
+  $fd >= 0 or fail("open_tree $src: $!");
+  my $attr = pack("QQQQ", 0x00100000 | 0x7, 0, 0, fileno($ns));
+  syscall($nr_setattr, $fd, my $e1 = "", 0x1000, $attr, 32) == 0 or fail("idmap $src: $!");
+  syscall($nr_move, $fd, my $e2 = "", -100, $dst, 4) == 0 or fail("move_mount $dst: $!");
+  syscall($nr_close, $fd);
+}
+sub open_pty {
+  my ($rows, $cols) = @_;
+  sysopen(my $m, "/dev/ptmx", 0x102 | 0x800) or fail("/dev/ptmx: $!");
+  my ($unlock, $num, $size) = (pack("i", 0), pack("i", 0), pack("S4", $rows, $cols, 0, 0));
+  ioctl($m, 0x40045431, $unlock) or fail("unlockpt: $!");
+  ioctl($m, 0x80045430, $num) or fail("ptsname: $!");
+  ioctl($m, 0x5414, $size) or fail("window size: $!");
+  sysopen(my $s, "/dev/pts/" . unpack("i", $num), 0x102) or fail("open pty: $!");
+  my $pid = fork(); defined $pid or fail("fork: $!");
+  if ($pid == 0) { close($s); close($ctl); syscall($nr_close, $_) for (3, ${BWRAP_ARGS_FD}); relay($m) }
+  close($m);
+  require POSIX;
+  POSIX::setsid() >= 0 or fail("setsid: $!");
+  my $steal = 0;
+  ioctl($s, 0x540E, $steal) or fail("controlling terminal: $!");
+  open(STDIN, "<&", $s) or fail("dup: $!"); open(STDOUT, ">&", $s) or fail("dup: $!"); open(STDERR, ">&", $s) or fail("dup: $!");
+  close($s);
+}
+sub relay {
+  my ($m) = @_;
+  my ($in, $out, $open) = ("", "", 1);
+  while (1) {
+    my ($r, $w) = ("", "");
+    vec($r, fileno($m), 1) = 1; vec($r, 0, 1) = 1 if $open && length($out) < 1048576;
+    vec($w, fileno($m), 1) = 1 if length($out) > 0;
+    next if select($r, $w, undef, undef) < 0;
+    if (vec($r, fileno($m), 1)) {
+      my $got = sysread($m, my $data, 65536);
+      next if !defined $got && $!{EAGAIN};
+      exit 0 unless $got;
+      while (length $data) { my $put = syswrite(STDOUT, $data); exit 0 unless defined $put; substr($data, 0, $put) = "" }
+    }
+    if (vec($w, fileno($m), 1)) { my $put = syswrite($m, $out); substr($out, 0, $put) = "" if $put }
+    if ($open && vec($r, 0, 1)) {
+      my $got = sysread(STDIN, $in, 65536, length $in);
+      if (!$got) { $open = 0; next }
+      while (length($in) >= 5) {
+        my ($type, $len) = unpack("CN", $in);
+        last if length($in) < 5 + $len;
+        my $payload = substr($in, 5, $len); substr($in, 0, 5 + $len) = "";
+        if ($type == 0) { $out .= $payload }
+        elsif ($type == 1 && $payload =~ /^(\d{1,5}) (\d{1,5})$/) { my $ws = pack("S4", $1, $2, 0, 0); ioctl($m, 0x5414, $ws) }
+      }
+    }
+  }
+}
 `;
 
 /**
@@ -135,16 +231,17 @@ echo idle >&${CONTROL_FD}
 read -r count <&${CONTROL_FD} || leave
 f=()
 for ((i = 0; i < count; i++)); do IFS= read -r -d '' x <&${CONTROL_FD} || leave; f+=("$x"); done
-dir=\${f[0]} tmpfs=\${f[1]} lower=\${f[2]} n=\${f[3]}
+dir=\${f[0]} tmpfs=\${f[1]} lower=\${f[2]} n=\${f[6]}
+[ -z "\${f[3]}\${f[4]}\${f[5]}" ] || { echo "error: environment edit sessions need the perl launcher" >&${CONTROL_FD}; exit 1; }
 $m -n -t tmpfs -o "nosuid,nodev,$tmpfs" tmpfs "$dir" 2>&${CONTROL_FD} || exit 1
 echo mounted >&${CONTROL_FD}
-for p in "\${f[@]:4:n}"; do echo $$ > "$p" || { echo "error: cannot join cgroup $p" >&${CONTROL_FD}; exit 1; }; done
+for p in "\${f[@]:7:n}"; do echo $$ > "$p" || { echo "error: cannot join cgroup $p" >&${CONTROL_FD}; exit 1; }; done
 read -r go <&${CONTROL_FD} && [ "$go" = go ] || exit 1
 $m -n -t overlay -o "nosuid,nodev,lowerdir=$lower,upperdir=$dir/upper,workdir=$dir/work" overlay "$dir/root" 2>&${CONTROL_FD} || exit 1
 for fd in /proc/self/fd/*; do fd=\${fd##*/}; if [ "$fd" -gt ${BWRAP_ARGS_FD} ]; then eval "exec $fd>&-"; fi; done
 echo ready >&${CONTROL_FD}
 exec ${CONTROL_FD}>&-
-exec "\${f[@]:4+n}"
+exec "\${f[@]:7+n}"
 `;
 
 /** Perl unmounter: umount2(UMOUNT_NOFOLLOW), then with MNT_DETACH as the fallback. */
@@ -167,8 +264,14 @@ export interface LaunchRequest {
   lowerdir: string;
   /** cgroup.procs files to join (none when the launcher already sits in the sandbox's cgroups). */
   cgroupProcs: string[];
-  /** setpriv ... bwrap --args BWRAP_ARGS_FD -- argv */
+  /** setpriv ... bwrap --args BWRAP_ARGS_FD -- argv (bwrap ... alone with `idmap`) */
   command: string[];
+  /** Host folder holding upper/ and work/ of the overlay; default `dir` (the fresh tmpfs). */
+  upper?: string;
+  /** Mount the lower layers id-mapped and enter a user namespace as its root (sessions only). */
+  idmapBase?: number;
+  /** Give the sandbox a pseudo-terminal of this size (sessions only); stdin then takes frames. */
+  pty?: { rows: number; cols: number };
   /** bwrap's options, NUL-separated, delivered on BWRAP_ARGS_FD. */
   bwrapOptions: Buffer;
   /** Runs once the tmpfs is mounted and before the overlay is: fills the writable layer. */
@@ -201,8 +304,9 @@ export class Launcher {
               "-e",
               PERL_LAUNCH,
               "--",
-              String(requireSyscall(tools.arch, "mount")),
-              String(requireSyscall(tools.arch, "close")),
+              ...["mount", "close", "unshare", "setns", "open_tree", "mount_setattr", "move_mount"].map((name) =>
+                String(requireSyscall(tools.arch, name)),
+              ),
             ],
           ]
         : [tools.bash ?? "bash", [...BASH_FLAGS, BASH_LAUNCH, "bash", tools.mount ?? "mount"]];
@@ -305,6 +409,9 @@ export class Launcher {
         req.dir,
         req.tmpfsOptions,
         req.lowerdir,
+        req.upper ?? "",
+        req.idmapBase === undefined ? "" : String(req.idmapBase),
+        req.pty ? `${req.pty.rows} ${req.pty.cols}` : "",
         String(req.cgroupProcs.length),
         ...req.cgroupProcs,
         ...req.command,

@@ -15,11 +15,11 @@
  */
 import { execFile } from "node:child_process";
 import { statSync } from "node:fs";
-import { mkdir, readdir, rm } from "node:fs/promises";
+import { chown, mkdir, readdir, rm, statfs } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
-import type { SandboxDriver, SandboxHandle, SandboxSpec } from "../driver.ts";
-import { bwrapOptions, checkEnv, launchCommand, nulSeparated } from "./bwrap-args.ts";
+import type { SandboxDriver, SandboxHandle, SandboxSpec, SessionLayer, SessionLayerUsage } from "../driver.ts";
+import { bwrapOptions, checkEnv, launchCommand, nulSeparated, sessionBwrapOptions } from "./bwrap-args.ts";
 import {
   type CgroupLayout,
   detectCgroups,
@@ -27,7 +27,7 @@ import {
   removeInstanceCgroups,
   SandboxCgroup,
 } from "./cgroups.ts";
-import { findTools, type HelperKind, type Tools, unmountAll } from "./launcher.ts";
+import { BWRAP_ARGS_FD, findTools, type HelperKind, type Tools, unmountAll } from "./launcher.ts";
 import { discard, LauncherPool, type Lease } from "./launcher-pool.ts";
 import { mountPointsUnder } from "./mountinfo.ts";
 import { ensureRunDir, NAME_RE, sandboxPaths } from "./paths.ts";
@@ -59,6 +59,10 @@ interface Setup {
 const run = promisify(execFile);
 /** Holds exposed runner layers; the leading dot keeps it apart from sandbox ids (NAME_RE). */
 const RUNNERS_DIR = ".runners";
+/** Holds edit sessions' layers (tmpfs mounts that outlive each of the session's sandboxes). */
+const SESSIONS_DIR = ".sessions";
+/** Host ids a session's user namespace maps: sandbox ids 0..65535. */
+export const SESSION_ID_COUNT = 65536;
 
 /** Characters that would break the overlay option string (",", ":" separate options and layers). */
 const BAD_LAYER_CHARS = /[,:\\\s]/;
@@ -78,9 +82,26 @@ function checkSpec(spec: SandboxSpec): void {
     if (!statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`not a directory: ${dir}`);
   }
   if (spec.argv.length === 0) throw new Error("argv is empty");
+  if (spec.session) checkSession(spec.session);
   if (!spec.cwd.startsWith("/")) throw new Error(`cwd must be absolute: ${spec.cwd}`);
   checkEnv(spec.env);
   for (const file of spec.files) checkSandboxFilePath(file.path);
+}
+
+function checkSession(session: NonNullable<SandboxSpec["session"]>): void {
+  const { idBase, terminal, egressSocket, layerDir } = session;
+  // Never host root's ids, nor wrapping past the largest id (4294967294; -1 means "unchanged").
+  if (!Number.isInteger(idBase) || idBase < 65536 || idBase + SESSION_ID_COUNT > 0xffffffff) {
+    throw new Error(`session id base out of range: ${idBase}`);
+  }
+  if (!path.isAbsolute(layerDir) || BAD_LAYER_CHARS.test(layerDir)) throw new Error(`bad session layer: ${layerDir}`);
+  if (egressSocket !== undefined && !path.isAbsolute(egressSocket)) throw new Error("egressSocket must be absolute");
+  if (terminal) {
+    for (const n of [terminal.rows, terminal.cols]) {
+      if (!Number.isInteger(n) || n < 1 || n > 10000)
+        throw new Error(`bad terminal size: ${terminal.rows}x${terminal.cols}`);
+    }
+  }
 }
 
 export class LinuxSandboxDriver implements SandboxDriver {
@@ -135,10 +156,13 @@ export class LinuxSandboxDriver implements SandboxDriver {
     const overlayOptions = `lowerdir=${lowerdir},upperdir=${paths.upper},workdir=${paths.work}`;
     if (overlayOptions.length > MAX_MOUNT_OPTIONS) throw new Error(`too many layers: mount options exceed a page`);
 
+    const session = spec.session;
+    if (session && tools.helper !== "perl") throw new Error("environment edit sessions need perl on the host");
     await this.makeSandboxDir(paths.dir, spec.id);
     let lease: Lease | undefined;
     try {
-      lease = pool.take();
+      // A session's terminal relay must start outside the cgroups: never a warm launcher (in its slot).
+      lease = session ? pool.fresh() : pool.take();
       if (lease.slot) {
         try {
           await lease.launcher.idle;
@@ -156,23 +180,37 @@ export class LinuxSandboxDriver implements SandboxDriver {
         cgroup.create(spec.limits);
       }
       const runnerDir = await this.exposeRunner(tools, spec.runnerDir);
-      const options = bwrapOptions({
-        root: paths.root,
-        runnerDir,
-        inputs: paths.inputs,
-        env: spec.env,
-        cwd: spec.cwd,
-      });
+      const options = session
+        ? sessionBwrapOptions({
+            root: paths.root,
+            runnerDir,
+            env: spec.env,
+            cwd: spec.cwd,
+            egressSocket: session.egressSocket,
+            terminal: session.terminal !== undefined,
+          })
+        : bwrapOptions({ root: paths.root, runnerDir, inputs: paths.inputs, env: spec.env, cwd: spec.cwd });
       const child = await launcher.run({
         dir: paths.dir,
         // 0711: bwrap (the sandbox uid) traverses it to the overlay; host users cannot list it.
-        // nr_inodes bounds file count as size bounds bytes (one inode per 4 KiB of quota).
-        tmpfsOptions: `size=${spec.limits.disk_mb}m,nr_inodes=${spec.limits.disk_mb * 256},mode=0711`,
+        // nr_inodes bounds file count as size bounds bytes (one inode per 4 KiB of quota). A
+        // session's writable layer lives in its session layer; this tmpfs holds mount points.
+        tmpfsOptions: session
+          ? "size=1m,nr_inodes=4096,mode=0711"
+          : `size=${spec.limits.disk_mb}m,nr_inodes=${spec.limits.disk_mb * 256},mode=0711`,
         lowerdir,
         cgroupProcs: slot ? [] : cgroup.procsFiles,
-        command: launchCommand(tools, this.uid, this.gid, spec.argv),
+        command: session
+          ? [tools.bwrap, "--args", String(BWRAP_ARGS_FD), "--", ...spec.argv]
+          : launchCommand(tools, this.uid, this.gid, spec.argv),
         bwrapOptions: nulSeparated(options),
-        prepare: async () => prepareWritableLayer(paths, spec.files, this.uid, this.gid),
+        upper: session?.layerDir,
+        idmapBase: session?.idBase,
+        pty: session?.terminal,
+        prepare: async () => {
+          if (!session) return prepareWritableLayer(paths, spec.files, this.uid, this.gid);
+          for (const dir of [paths.root, paths.inputs]) await mkdir(dir, { mode: 0o755 });
+        },
       });
       return new LinuxSandboxHandle(spec.id, paths, cgroup, tools, child);
     } catch (err) {
@@ -225,6 +263,56 @@ export class LinuxSandboxDriver implements SandboxDriver {
   }
 
   /**
+   * Mounts a tmpfs of diskMb megabytes (and one inode per 4 KiB) as a session layer, with upper/
+   * owned by the session's root (host id idBase) so the sandbox can write to its /.
+   */
+  async createSessionLayer(id: string, diskMb: number, idBase: number): Promise<SessionLayer> {
+    if (!NAME_RE.test(id)) throw new Error(`session id must match ${NAME_RE}: ${JSON.stringify(id)}`);
+    if (!Number.isInteger(diskMb) || diskMb < 1) throw new Error(`bad session disk size: ${diskMb}`);
+    const { tools } = await this.setup();
+    const dir = this.sessionLayerDir(id);
+    await mkdir(path.dirname(dir), { recursive: true, mode: 0o711 });
+    await mkdir(dir, { mode: 0o711 });
+    try {
+      const options = `nosuid,nodev,size=${diskMb}m,nr_inodes=${diskMb * 256},mode=0711`;
+      await run(tools.mount ?? "mount", ["-n", "-t", "tmpfs", "-o", options, "tmpfs", dir], {
+        env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
+      });
+      const layer = { dir, upper: path.join(dir, "upper"), egressDir: path.join(dir, "egress") };
+      await mkdir(layer.upper, { mode: 0o755 });
+      await chown(layer.upper, idBase, idBase);
+      await mkdir(path.join(dir, "work"), { mode: 0o700 });
+      await mkdir(layer.egressDir, { mode: 0o711 });
+      return layer;
+    } catch (err) {
+      await this.removeSessionLayer(id).catch(() => {});
+      throw err;
+    }
+  }
+
+  async sessionLayerUsage(id: string): Promise<SessionLayerUsage> {
+    const s = await statfs(path.join(this.sessionLayerDir(id), "upper"));
+    return {
+      usedBytes: (s.blocks - s.bfree) * s.bsize,
+      sizeBytes: s.blocks * s.bsize,
+      usedInodes: s.files - s.ffree,
+      inodes: s.files,
+    };
+  }
+
+  async removeSessionLayer(id: string): Promise<void> {
+    const { tools } = await this.setup();
+    const dir = this.sessionLayerDir(id);
+    await unmountAll(tools, dir);
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  private sessionLayerDir(id: string): string {
+    if (!NAME_RE.test(id)) throw new Error(`session id must match ${NAME_RE}: ${JSON.stringify(id)}`);
+    return path.join(this.runDir, SESSIONS_DIR, id);
+  }
+
+  /**
    * Stops the warm launchers, unmounts exposed runner layers and, when no sandbox is left,
    * removes runDir and this instance's cgroups (not part of SandboxDriver).
    */
@@ -234,6 +322,8 @@ export class LinuxSandboxDriver implements SandboxDriver {
     const { tools, cgroups } = await this.setupPromise;
     this.runners.clear();
     await unmountAll(tools, path.join(this.runDir, RUNNERS_DIR), false);
+    // Session layers live in memory: a host that stops ends its sessions.
+    await unmountAll(tools, path.join(this.runDir, SESSIONS_DIR), false);
     const left = (await readdir(this.runDir).catch(() => [] as string[])).filter((n) => NAME_RE.test(n));
     // Never recurse into a mount: only an unmounted, sandbox-free runDir is removed.
     if (left.length > 0 || (await mountPointsUnder(this.runDir)).length > 0) return;
