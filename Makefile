@@ -25,4 +25,4 @@ typecheck: setup
 
 test: base-image lint typecheck
 	@PADDOCK_TEST_DATA=$(DATA_DIR) $(NODE) --test --test-concurrency=1 --test-timeout=600000 \
-		'packages/**/*.test.ts' 'apps/**/*.test.ts'
+		'packages/**/*.test.ts' 'apps/**/*.test.ts' 'bench/**/*.test.ts'

@@ -6,14 +6,11 @@
  */
 import { spawn } from "node:child_process";
 import { readdirSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { unsealRunners } from "../packages/host/src/engine/runner-registry.ts";
-import { type RunningHost, startHost } from "../packages/host/src/host.ts";
 import { ImageStore } from "../packages/host/src/images/image-store.ts";
 import { RUNNER_MOUNT } from "../packages/host/src/sandbox/driver.ts";
 import { DEFAULT_LIMITS } from "../packages/protocol/src/limits.ts";
+import { type BenchHost, now, startBenchHost } from "./bench-host.ts";
 import { type Dist, dist } from "./stats.ts";
 
 export interface BootBenchOptions {
@@ -39,8 +36,6 @@ export interface BootBenchResult {
   peers: Record<string, number>;
 }
 
-const now = () => performance.now();
-
 async function timeProcess(argv: string[]): Promise<number> {
   const start = now();
   await new Promise<void>((resolve, reject) => {
@@ -49,43 +44,6 @@ async function timeProcess(argv: string[]): Promise<number> {
     child.once("exit", (code) => (code === 0 ? resolve() : reject(new Error(`${argv.join(" ")} exited ${code}`))));
   });
   return now() - start;
-}
-
-/** Reads SSE from a run until `until` matches an event; returns ms (from `t0`) of the first match of each predicate. */
-async function follow(
-  url: string,
-  key: string,
-  runId: string,
-  t0: number,
-): Promise<{ first: number; finished: number; status: string }> {
-  const res = await fetch(`${url}/v1/runs/${runId}/events`, {
-    headers: { authorization: `Bearer ${key}`, accept: "text/event-stream" },
-  });
-  if (!res.body) throw new Error("no event stream");
-  let first = Number.NaN;
-  let buf = "";
-  const decoder = new TextDecoder();
-  for await (const chunk of res.body) {
-    buf += decoder.decode(chunk, { stream: true });
-    let i = buf.indexOf("\n\n");
-    while (i !== -1) {
-      const block = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      const data = /^data: (.*)$/m.exec(block)?.[1];
-      if (data) {
-        const e = JSON.parse(data) as { type: string; data: { status?: string } };
-        if (Number.isNaN(first) && (e.type === "user" || e.type === "log")) first = now() - t0;
-        if (
-          e.type.startsWith("run.") &&
-          ["succeeded", "failed", "timed_out", "canceled"].includes(e.data.status ?? "")
-        ) {
-          return { first, finished: now() - t0, status: e.data.status as string };
-        }
-      }
-      i = buf.indexOf("\n\n");
-    }
-  }
-  throw new Error(`event stream of ${runId} ended early`);
 }
 
 async function sequential(
@@ -99,31 +57,14 @@ async function sequential(
   wall: number;
   allOk: boolean;
   runnerLayer: string;
-  host: RunningHost;
-  dataDir: string;
+  bench: BenchHost;
 }> {
-  const dataDir = await mkdtemp(join(tmpdir(), "paddock-bench-"));
-  const host = await startHost({ dataDir, port: 0, imagesDir: opts.imagesDir, warmSandboxes, log: () => {} });
-  const key = host.adminKey as string;
-  const api = async (method: string, path: string, body?: unknown) => {
-    const res = await fetch(`${host.url}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    });
-    const json = (await res.json()) as { id: string; data?: { type: string; data: { warm?: boolean } }[] };
-    if (!res.ok) throw new Error(`${method} ${path}: ${JSON.stringify(json)}`);
-    return json;
-  };
-  const agent = await api("POST", "/v1/agents", {
+  const bench = await startBenchHost({ imagesDir: opts.imagesDir, warmSandboxes });
+  const agent = await bench.api("POST", "/v1/agents", {
     name: "bench-trivial",
     command: ["sh", "-c", 'echo \'::paddock::{"type":"ready"}\''],
   });
-  const trigger = async () => {
-    const t0 = now();
-    const run = await api("POST", `/v1/agents/${agent.id}/runs`, {});
-    return { id: run.id, ...(await follow(host.url, key, run.id, t0)) };
-  };
+  const trigger = () => bench.trigger(agent.id);
   await trigger(); // warm-up: page cache, JIT, and the first spare
   const first: number[] = [];
   const finished: number[] = [];
@@ -133,8 +74,11 @@ async function sequential(
     if (r.status !== "succeeded") throw new Error(`bench run ended ${r.status}`);
     first.push(r.first);
     finished.push(r.finished);
-    const events = await api("GET", `/v1/runs/${r.id}/events`);
-    if (events.data?.find((e) => e.type === "run.running")?.data.warm) warm++;
+    const events = await bench.api<{ data: { type: string; data: { warm?: boolean } }[] }>(
+      "GET",
+      `/v1/runs/${r.id}/events`,
+    );
+    if (events.data.find((e) => e.type === "run.running")?.data.warm) warm++;
   }
   let wall = 0;
   let allOk = true;
@@ -144,18 +88,16 @@ async function sequential(
     wall = now() - t0;
     allOk = results.every((r) => r.status === "succeeded");
   }
-  const runnerDir = join(dataDir, "runners");
+  const runnerDir = join(bench.dataDir, "runners");
   const runnerLayer = join(runnerDir, readdirSync(runnerDir).find((n) => n.startsWith("sha256-")) ?? "");
-  return { first, finished, warm, wall, allOk, runnerLayer, host, dataDir };
+  return { first, finished, warm, wall, allOk, runnerLayer, bench };
 }
 
 export async function bootBench(opts: BootBenchOptions): Promise<BootBenchResult> {
   const cold = await sequential(opts, 0, 0);
-  await cold.host.close();
-  await unsealRunners(cold.dataDir);
-  await rm(cold.dataDir, { recursive: true, force: true });
+  await cold.bench.close();
   const main = await sequential(opts, 4, opts.concurrent);
-  const { host, dataDir } = main;
+  const { host } = main.bench;
   try {
     // Floors, measured now on the same machine.
     const image = await new ImageStore({ imagesDir: opts.imagesDir }).resolve("default");
@@ -222,8 +164,6 @@ export async function bootBench(opts: BootBenchOptions): Promise<BootBenchResult
       peers: { e2b_create_to_first_command_p50_ms: 440, daytona_create_to_first_command_p50_ms: 110 },
     };
   } finally {
-    await host.close();
-    await unsealRunners(dataDir);
-    await rm(dataDir, { recursive: true, force: true });
+    await main.bench.close();
   }
 }

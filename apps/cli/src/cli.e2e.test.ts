@@ -279,7 +279,65 @@ describe("paddock CLI against a real host", { skip: skipReason() }, () => {
     assert.equal(unauthorized.code, 1, show(unauthorized));
     assert.match(unauthorized.stderr, /^error unauthorized: /);
   });
+
+  it("shapes an environment: env exec, env edit on a terminal, env freeze, history", async () => {
+    const created = await cli(["agents", "create", "shaped", "--", "cat", "/etc/motd-paddock"], env);
+    assert.equal(created.code, 0, show(created));
+
+    const exec = await cli(
+      ["env", "exec", "shaped", "--", "sh", "-c", "echo made > /etc/motd-paddock; echo out; exit 3"],
+      env,
+    );
+    assert.equal(exec.code, 3, show(exec));
+    assert.equal(exec.stdout, "out\n");
+    assert.match(exec.stderr, /opened session ses_\w+ over version 1/);
+
+    // Piped input ends with the terminal's end-of-file, which ends the shell.
+    const edit = await withInput(["env", "edit", "shaped"], env, "tty; cat /etc/motd-paddock; exit 4\n");
+    assert.equal(edit.code, 4, show(edit));
+    assert.match(edit.stdout, /\/dev\/(pts\/\d+|console)\r?\n/);
+    assert.match(edit.stdout, /made\r?\n/);
+
+    const status = await cli(["env", "session", "shaped"], env);
+    assert.equal(status.code, 0, show(status));
+    assert.match(status.stdout, /2 command\(s\)/);
+
+    const frozen = await cli(["env", "freeze", "shaped"], env);
+    assert.equal(frozen.code, 0, show(frozen));
+    assert.match(frozen.stdout, /^shaped: version 2 is current \(layer [0-9a-f]{12}, .*1 added/m);
+
+    const again = await cli(["env", "freeze", "shaped"], env);
+    assert.equal(again.code, 1, show(again));
+    assert.match(again.stderr, /^error no_session: /m);
+
+    const run = await cli(["run", "shaped", "--follow"], env);
+    assert.equal(run.code, 0, show(run));
+    assert.match(run.stdout, /made/);
+    const history = await cli(["env", "history", "shaped"], env);
+    assert.match(history.stdout, /^2\s+\*\s+freeze/m);
+  });
 });
+
+/** Runs bin/paddock with `input` on its stdin (a pipe, not a terminal). */
+function withInput(args: string[], env: Record<string, string>, input: string): Promise<Result> {
+  return new Promise((resolve) => {
+    const child = spawn(PADDOCK, args, { env: cleanEnv(env), stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c: Buffer) => {
+      stdout += c.toString();
+    });
+    child.stderr.on("data", (c: Buffer) => {
+      stderr += c.toString();
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? 1, stdout, stderr });
+    });
+    child.stdin.end(input);
+  });
+}
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

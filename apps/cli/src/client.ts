@@ -7,6 +7,12 @@ import {
   type AgentCreate,
   ApiKey,
   Artifact,
+  EgressEntry,
+  type EnvExec,
+  EnvExecResult,
+  type EnvFreeze,
+  EnvSession,
+  type EnvSessionCreate,
   ErrorResponse,
   Page,
   Run,
@@ -17,7 +23,7 @@ import {
   TERMINAL_STATUSES,
   Tenant,
 } from "@paddock/protocol";
-import type { z } from "zod";
+import { z } from "zod";
 import { readSse } from "./sse.ts";
 
 /** An error the host answered with: `{error: {code, message, details?}}`. */
@@ -48,6 +54,8 @@ type Query = Record<string, string | number | undefined>;
 interface RequestOptions {
   query?: Query;
   body?: unknown;
+  /** A multipart/form-data body (fetch sets its content type). */
+  form?: FormData;
   headers?: Record<string, string>;
   signal?: AbortSignal;
 }
@@ -89,7 +97,7 @@ export class Client {
   async request(method: string, path: string, options: RequestOptions = {}): Promise<Response> {
     const headers: Record<string, string> = { accept: "application/json", ...options.headers };
     if (this.#apiKey) headers.authorization = `Bearer ${this.#apiKey}`;
-    let body: string | undefined;
+    let body: string | FormData | undefined = options.form;
     if (options.body !== undefined) {
       headers["content-type"] = "application/json";
       body = JSON.stringify(options.body);
@@ -206,6 +214,14 @@ export class Client {
     return this.#list(Runner, "/runners");
   }
 
+  /** Publishes a runner (admin key); `node` defaults to the host's own Node binary. */
+  publishRunner(files: { bundle: Blob; node?: Blob }): Promise<z.output<typeof Runner>> {
+    const form = new FormData();
+    form.append("bundle", files.bundle, "runner.mjs");
+    if (files.node) form.append("node", files.node, "node");
+    return this.#json(Runner, "POST", "/runners", { form });
+  }
+
   createRun(agentId: string, input: unknown): Promise<{ id: string; status: RunStatus }> {
     const body = input === undefined ? {} : { input };
     return this.#json(RunCreated, "POST", `/agents/${enc(agentId)}/runs`, { body });
@@ -291,7 +307,81 @@ export class Client {
       await sleep(Math.min(200 * 2 ** failures, 5000));
     }
   }
+
+  /**
+   * The .tar.zst of one environment version, as a streaming response (read its body); without
+   * its base image when `includeBase` is false.
+   */
+  exportSnapshot(agentId: string, version: number, options: { includeBase?: boolean } = {}): Promise<Response> {
+    return this.request("GET", `/agents/${enc(agentId)}/snapshots/${version}/export`, {
+      query: options.includeBase === false ? { include_base: "false" } : {},
+      headers: { accept: "application/zstd, application/json" },
+    });
+  }
+
+  /** Uploads a .tar.zst written by an export; the host makes it the agent's new current version. */
+  async importSnapshot(agentId: string, archive: Blob): Promise<Snapshot> {
+    const path = `/agents/${enc(agentId)}/snapshots/import`;
+    const headers: Record<string, string> = { accept: "application/json", "content-type": "application/zstd" };
+    if (this.#apiKey) headers.authorization = `Bearer ${this.#apiKey}`;
+    let res: Response;
+    try {
+      res = await fetch(this.url(path), { method: "POST", headers, body: archive, redirect: "error" });
+    } catch (err) {
+      throw new ConnectionError(`cannot reach the host at ${this.baseUrl}: ${describeFetchError(err)}`);
+    }
+    if (!res.ok) throw await errorFrom(res);
+    const parsed = Snapshot.safeParse(await res.json().catch(() => null));
+    if (!parsed.success) throw new ConnectionError(`POST ${path}: unexpected response shape: ${parsed.error.message}`);
+    return parsed.data;
+  }
+
+  // Environment edit sessions.
+
+  openSession(agentId: string, body: EnvSessionCreate): Promise<EnvSession> {
+    return this.#json(EnvSession, "POST", `/agents/${enc(agentId)}/env/session`, { body });
+  }
+
+  getSession(agentId: string): Promise<EnvSession> {
+    return this.#json(EnvSession, "GET", `/agents/${enc(agentId)}/env/session`);
+  }
+
+  discardSession(agentId: string): Promise<EnvSession> {
+    return this.#json(EnvSession, "DELETE", `/agents/${enc(agentId)}/env/session`);
+  }
+
+  execInSession(agentId: string, body: EnvExec): Promise<EnvExecResult> {
+    return this.#json(EnvExecResult, "POST", `/agents/${enc(agentId)}/env/session/exec`, { body });
+  }
+
+  sessionEgress(agentId: string, after = 0): Promise<EgressEntry[]> {
+    return this.#json(z.object({ data: z.array(EgressEntry) }), "GET", `/agents/${enc(agentId)}/env/session/egress`, {
+      query: { after, limit: 1000 },
+    }).then((r) => r.data);
+  }
+
+  freeze(agentId: string, body: EnvFreeze = {}) {
+    return this.#json(FreezeResult, "POST", `/agents/${enc(agentId)}/env/freeze`, { body });
+  }
+
+  /** The WebSocket URL and headers of the session's interactive shell. */
+  shellSocket(agentId: string, size: { rows: number; cols: number; term?: string }) {
+    const url = new URL(this.url(`/agents/${enc(agentId)}/env/session/shell`, size));
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    const headers: Record<string, string> = {};
+    if (this.#apiKey) headers.authorization = `Bearer ${this.#apiKey}`;
+    return { url: url.toString(), headers };
+  }
 }
+
+const FreezeResult = z.object({
+  snapshot: Snapshot,
+  layer: z.string(),
+  bytes: z.number(),
+  entries: z.number(),
+  reused: z.boolean(),
+  session: EnvSession,
+});
 
 function parseEvent(data: string): RunEvent | null {
   try {

@@ -5,6 +5,7 @@
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chmod, mkdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
+import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
@@ -12,11 +13,14 @@ import { serve } from "@hono/node-server";
 import type { Limits } from "@paddock/protocol";
 import { Agents } from "./agents/agents.ts";
 import { createApi } from "./api/app.ts";
+import { attachShellSocket } from "./api/shell-socket.ts";
 import { BlobStore } from "./artifacts/blob-store.ts";
+import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
 import { Engine } from "./engine/engine.ts";
 import { EventLog } from "./engine/event-log.ts";
 import { RunnerRegistry } from "./engine/runner-registry.ts";
 import { RunRepository } from "./engine/runs.ts";
+import { EnvSessions } from "./envs/sessions.ts";
 import { collectGarbage } from "./gc.ts";
 import { Identity } from "./identity/identity.ts";
 import { ImageStore } from "./images/image-store.ts";
@@ -49,7 +53,19 @@ export interface HostConfig {
   /** Sandboxes booted ahead for agents' next runs (default 4; 0 disables), and their idle lifetime. */
   warmSandboxes?: number;
   warmIdleMs?: number;
+  /** Environment edit sessions open at once (default 16). */
+  maxSessions?: number;
+  /**
+   * Non-public addresses or CIDR ranges sessions may reach when an allowlisted name resolves
+   * there, such as an internal package mirror (default none: only public addresses).
+   */
+  egressTrustedAddresses?: string[];
   log?: (line: string) => void;
+  /**
+   * Tests only: lets sessions' egress proxies resolve names with `resolve` and reach loopback
+   * stand-ins for registries. Never set outside tests.
+   */
+  testOnly?: { egress: EgressProxyTestOverrides; resolve: (host: string) => Promise<string[]> };
 }
 
 export interface RunningHost {
@@ -176,12 +192,40 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     if (recovered > 0) log(`reconciled ${recovered} run(s) left in flight by a previous host`);
     engine.start();
 
-    const app = createApi({ db, identity, agents, runs, events, engine, blobs, runners, version: VERSION, log });
+    const sessions = new EnvSessions({
+      db,
+      driver,
+      agents,
+      runners,
+      layersDir: join(dataDir, "layers"),
+      maxLimits,
+      log,
+      maxSessions: config.maxSessions,
+      egressTrustedAddresses: config.egressTrustedAddresses,
+      egressTestOverrides: config.testOnly?.egress,
+      resolve: config.testOnly?.resolve,
+    });
+    const lost = await sessions.start();
+    if (lost > 0) log(`${lost} environment session(s) ended with the previous host`);
+    const app = createApi({
+      db,
+      identity,
+      agents,
+      runs,
+      events,
+      engine,
+      blobs,
+      runners,
+      sessions,
+      version: VERSION,
+      log,
+    });
     const listen = config.listen ?? "127.0.0.1";
     const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, port: config.port, hostname: listen }, () => resolve(s));
       s.once("error", reject);
     });
+    const detachShells = attachShellSocket(server as Server, { identity, sessions, log });
     const port = (server.address() as AddressInfo).port;
     const host = listen.includes(":") ? `[${listen}]` : listen;
 
@@ -198,9 +242,11 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       },
       close: () => {
         closing ??= (async () => {
+          detachShells();
           const closed = new Promise<void>((r) => server.close(() => r()));
           if ("closeAllConnections" in server) server.closeAllConnections();
           await closed;
+          await sessions.stop();
           await engine.close();
           await driver.close();
           await db.destroy();

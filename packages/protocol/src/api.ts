@@ -77,7 +77,7 @@ export const Snapshot = z
     base: z.string(),
     layers: z.array(z.string()),
     runner: z.string(),
-    reason: z.enum(["create", "freeze", "rollback", "runner"]),
+    reason: z.enum(["create", "freeze", "rollback", "runner", "import"]),
     parent_version: z.number().int().nullable(),
     changes: z.unknown(),
     env_bytes: z.number().int(),
@@ -90,6 +90,19 @@ export type Snapshot = z.infer<typeof Snapshot>;
 export const Runner = z
   .object({ digest: z.string(), created_at: z.string(), published_at: z.string().nullable(), current: z.boolean() })
   .meta({ id: "Runner" });
+
+export const MAX_RUNNER_BUNDLE_BYTES = 16 * 1024 * 1024;
+export const MAX_RUNNER_NODE_BYTES = 256 * 1024 * 1024;
+/** The parts of `POST /v1/runners` (multipart/form-data): files, described here for the API document. */
+export const RunnerPublish = z
+  .object({
+    bundle: z.string().meta({ format: "binary", description: "The runner bundle: one ES module file." }),
+    node: z
+      .string()
+      .optional()
+      .meta({ format: "binary", description: "The Node binary it runs on; default the host's own." }),
+  })
+  .meta({ id: "RunnerPublish" });
 
 export const RunStatus = z.enum(["queued", "starting", "running", "succeeded", "failed", "timed_out", "canceled"]);
 export type RunStatus = z.infer<typeof RunStatus>;

@@ -25,6 +25,38 @@ export const ERROR_CODES = {
     status: 422,
     message: "The agent's command does not exist in its environment image.",
   },
+  invalid_archive: {
+    status: 422,
+    message: "The snapshot archive is damaged or unsafe and nothing was imported; export it again and retry.",
+  },
+  session_exists: {
+    status: 409,
+    message: "The agent already has an open environment session; use it, freeze it, or discard it first.",
+  },
+  no_session: {
+    status: 409,
+    message: "The agent has no open environment session; start one with 'paddock env edit' or 'paddock env exec'.",
+  },
+  session_busy: {
+    status: 409,
+    message: "The environment session is running another command; wait for it to finish and retry.",
+  },
+  nothing_to_freeze: {
+    status: 409,
+    message: "The environment session changed nothing; discard it instead of freezing it.",
+  },
+  environment_changed: {
+    status: 409,
+    message: "The agent's environment changed after the session started; discard the session and start again.",
+  },
+  session_limit: {
+    status: 503,
+    message: "This host has as many open environment sessions as it allows; close one or retry later.",
+  },
+  runner_invalid: {
+    status: 422,
+    message: "The runner bundle or Node binary does not start as a runner inside a sandbox; see details.",
+  },
   image_not_ready: {
     status: 503,
     message: "The environment image is not built yet; run 'paddock images build-base'.",

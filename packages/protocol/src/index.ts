@@ -3,3 +3,4 @@ export * from "./errors.ts";
 export * from "./limits.ts";
 export * from "./marker.ts";
 export * from "./runner.ts";
+export * from "./sessions.ts";

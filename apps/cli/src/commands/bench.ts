@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
-const SCENARIOS = ["boot"] as const;
+const SCENARIOS = ["boot", "snapshot", "swap"] as const;
 
 export const bench: Command = {
   name: "bench",
@@ -14,23 +14,48 @@ Scenarios:
   boot    trigger-to-first-event and trigger-to-finish of a trivial agent over HTTP (N sequential
           runs, then 20 at once), beside floors measured in the same run: bwrap running true, and
           node -e 0 through the full sandbox recipe
+  snapshot  freeze time of environments of 10 MiB, 300 MiB and 1 GiB (a tmpfs writable layer
+            shaped like a pip install), and trigger-to-first-event of agents booting the smallest
+            and the largest (N runs each, interleaved, warm pool off)
+  swap    what the runner hot-swap adds to trigger-to-first-event (runs whose snapshot names an
+          older runner vs. the current one, N each, interleaved, warm pool on and off), and runner
+          start with and without the runner layer's compile cache, through the sandbox driver
 
 Starts its own host on a temporary data folder; uses the base image in DIR/images.
 
 Options:
   --runs N          sequential runs to measure (default 30)
+  --sizes A,B,...   snapshot: environment sizes in MiB (default 10,300,1024)
   --json            print one JSON object (the default output is the same JSON, indented)
   --data-dir DIR    where the base image lives (env PADDOCK_DATA_DIR; default ./.paddock)`,
   async run(argv, ctx) {
     const { values, positionals } = parseLocalCommand(argv, {
       command: "bench",
-      options: { json: { type: "boolean" }, runs: { type: "string" }, "data-dir": { type: "string" } },
+      options: {
+        json: { type: "boolean" },
+        runs: { type: "string" },
+        sizes: { type: "string" },
+        "data-dir": { type: "string" },
+      },
       positionals: { min: 1, max: 1 },
     });
     const scenario = positionals[0];
-    if (scenario !== "boot")
+    if (!SCENARIOS.some((s) => s === scenario))
       throw new UsageError(`unknown scenario '${scenario}' (one of: ${SCENARIOS.join(", ")})`, "bench");
     const runs = parseNumber(values.runs, "runs") ?? 30;
+    if (scenario === "snapshot") {
+      const { snapshotBench } = await import("../../../../bench/snapshot.ts");
+      const sizesMb = values.sizes?.split(",").map((mb) => parseNumber(mb, "sizes") ?? 0);
+      const result = await snapshotBench({ imagesDir: join(dataDirOf(values, ctx), "images"), runs, sizesMb });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "swap") {
+      const { swapBench } = await import("../../../../bench/swap.ts");
+      const result = await swapBench({ imagesDir: join(dataDirOf(values, ctx), "images"), runs });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
     const { bootBench } = await import("../../../../bench/boot.ts");
     const result = await bootBench({ imagesDir: join(dataDirOf(values, ctx), "images"), runs, concurrent: 20 });
     ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));

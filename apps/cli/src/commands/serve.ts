@@ -9,6 +9,7 @@ export const serve: Command = {
   name: "serve",
   summary: "run the host (API, engine, sandboxes)",
   usage: `Usage: paddock serve [--data-dir DIR] [--port PORT] [--listen ADDR] [--images-dir DIR]
+                     [--egress-trust CIDR]...
 
 Runs the host: the HTTP API, the run engine and the sandboxes. On the first start of a data
 folder it creates the admin API key, prints it once and writes it to DIR/admin.key.
@@ -19,7 +20,11 @@ Options:
                     default ./.paddock)
   --port PORT       port to listen on (default ${DEFAULT_PORT}; 0 picks a free one)
   --listen ADDR     address to listen on (default 127.0.0.1)
-  --images-dir DIR  where base images live (default DIR/images)`,
+  --images-dir DIR  where base images live (default DIR/images)
+  --egress-trust CIDR
+                    a non-public address or range (10.0.0.0/8, fd00::/8) that environment
+                    sessions may reach when an allowed host name resolves there, such as an
+                    internal package mirror (repeatable; default: public addresses only)`,
   async run(argv, ctx) {
     const { values } = parseLocalCommand(argv, {
       command: "serve",
@@ -28,6 +33,7 @@ Options:
         port: { type: "string" },
         listen: { type: "string" },
         "images-dir": { type: "string" },
+        "egress-trust": { type: "string", multiple: true },
       },
     });
     const port = parseNumber(values.port, "port") ?? DEFAULT_PORT;
@@ -39,6 +45,7 @@ Options:
       port,
       ...(values.listen ? { listen: values.listen } : {}),
       imagesDir: values["images-dir"] ?? join(dataDir, "images"),
+      ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),
     });
     ctx.out(`paddock ${VERSION} serving ${host.url} (data: ${dataDir})`);
     if (host.adminKey) {

@@ -70,6 +70,11 @@ export class Agents {
     this.snapshots = new Snapshots(db);
   }
 
+  /** The stores and host caps behind agents' environments (snapshot export and import use them too). */
+  get stores(): { images: ImageStore; layers: LayerStore; runners: RunnerRegistry; maxLimits: Limits } {
+    return { images: this.#images, layers: this.#layers, runners: this.#runners, maxLimits: this.#maxLimits };
+  }
+
   /** Host paths of a spec's layers, top first, base rootfs last. */
   async layerPaths(spec: Pick<AgentSpec, "image" | "layers">): Promise<string[]> {
     const image = await this.#images.resolve(spec.image);

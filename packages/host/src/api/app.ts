@@ -36,9 +36,13 @@ import type { Engine } from "../engine/engine.ts";
 import type { EventLog } from "../engine/event-log.ts";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
 import { type RunRepository, terminalEvent, toRun } from "../engine/runs.ts";
+import type { EnvSessions } from "../envs/sessions.ts";
 import { type Identity, type Principal, toTenant } from "../identity/identity.ts";
 import type { Database } from "../store/schema.ts";
 import { check, errorResponse, readJson } from "./http.ts";
+import { registerRunnerRoutes } from "./runners.ts";
+import { registerSessionRoutes } from "./sessions.ts";
+import { registerSnapshotArchiveRoutes } from "./snapshot-archive.ts";
 
 export interface ApiDeps {
   db: Kysely<Database>;
@@ -49,12 +53,13 @@ export interface ApiDeps {
   engine: Engine;
   blobs: BlobStore;
   runners: RunnerRegistry;
+  sessions: EnvSessions;
   version: string;
   log: (msg: string) => void;
 }
 
 type Env = { Variables: { principal: Principal } };
-type Method = "get" | "post";
+type Method = "get" | "post" | "delete";
 type Auth = "none" | "tenant" | "admin";
 
 const Id = z
@@ -255,6 +260,9 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
     { summary: "Runner versions (admin)", auth: "admin", responses: { 200: json(Page(Runner), "Runners") } },
     async (c) => c.json({ data: await deps.runners.list(), next_cursor: null }),
   );
+  registerRunnerRoutes(app, deps.runners, { authenticate: authenticate("admin") });
+  registerSnapshotArchiveRoutes(app, deps, { authenticate: authenticate("tenant"), param });
+  registerSessionRoutes(deps.sessions, { route, param, tenantOf });
 
   // Runs.
   route(

@@ -11,6 +11,14 @@
  * followed (the sandbox resolves them inside its own root). Sizes and counts are bounded. The work
  * happens in a temp folder beside the destination, renamed into place only when complete, so a
  * refused, truncated or corrupt archive leaves nothing behind.
+ *
+ * Extended attributes are ignored unless the caller names where they belong (environment layers,
+ * ExtractOptions.xattrsAt). There an entry may carry only the attributes a frozen layer keeps
+ * (keepXattr in envs/freeze.ts: the opaque marker "y", security.capability, the two POSIX ACLs and
+ * user.* but user.overlay.*), within per-entry caps; anything else (trusted.overlay.redirect,
+ * security.selinux, trusted.*...) refuses the whole archive rather than being dropped, since no
+ * archive this host writes holds one. They are set with setfattr -h (never through a symlink)
+ * once every entry and its owner and mode are in place (chown would clear a file capability).
  */
 import { execFile } from "node:child_process";
 import { constants, createReadStream } from "node:fs";
@@ -28,13 +36,15 @@ import {
   symlink,
   unlink,
   utimes,
-  writeFile,
 } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { createGunzip, createZstdDecompress } from "node:zlib";
 import { AppError } from "@paddock/protocol";
+import { keepXattr } from "../envs/freeze.ts";
+import { writeXattrs, type XattrMap } from "../envs/xattrs.ts";
 import { isErrno, makeTempDir, removeTree } from "../images/store-fs.ts";
+import type { TreeXattr } from "../images/tree-digest.ts";
 import { type TarEntry, TarFormatError, TarReader } from "./tar-format.ts";
 
 const run = promisify(execFile);
@@ -44,11 +54,16 @@ export interface ExtractOptions {
   maxEntries?: number;
   /** Most bytes of file content accepted; default 64 GiB. */
   maxBytes?: number;
-  /**
-   * Accept overlayfs whiteouts (character devices 0:0) and restore the opaque-folder marker
-   * (xattr trusted.overlay.opaque, which needs setfattr). For environment layers.
-   */
+  /** Accept overlayfs whiteouts (character devices 0:0). For environment layers. */
   allowWhiteouts?: boolean;
+  /**
+   * Restore extended attributes on the entries for which this returns true (given the path
+   * relative to the archive root, "" for the root): only those a frozen layer keeps
+   * (layerXattrProblem), as GNU tar's SCHILY.xattr records; needs setfattr (package attr). An
+   * attribute on any other entry refuses the archive. Without it, attributes are ignored (root
+   * filesystem imports).
+   */
+  xattrsAt?: (rel: Buffer) => boolean;
 }
 
 export interface ExtractResult {
@@ -63,6 +78,14 @@ export type Compression = "none" | "gzip" | "zstd";
 export const DEFAULT_MAX_ENTRIES = 2_000_000;
 export const DEFAULT_MAX_BYTES = 64 * 1024 ** 3;
 export const OPAQUE_XATTR = "trusted.overlay.opaque";
+/** Most extended attributes one entry may carry. */
+export const MAX_ENTRY_XATTRS = 32;
+/** Most bytes of extended attribute values one entry may carry (Linux's limit for one value). */
+export const MAX_ENTRY_XATTR_BYTES = 64 * 1024;
+/** Longest attribute name Linux accepts. */
+const MAX_XATTR_NAME_BYTES = 255;
+/** Most bytes of attribute values one extraction holds (they are set once every entry is in place). */
+const MAX_XATTR_TOTAL_BYTES = 64 * 1024 * 1024;
 const MAX_PATH_BYTES = 4096;
 const MAX_NAME_BYTES = 255;
 /** uid/gid 2^32-1 means "leave unchanged" to chown, so it cannot be stored. */
@@ -201,11 +224,14 @@ class Extraction {
   readonly #maxEntries: number;
   readonly #maxBytes: number;
   readonly #allowWhiteouts: boolean;
+  readonly #xattrsAt: ((rel: Buffer) => boolean) | undefined;
   /** Every path created, by its bytes read as Latin-1 (one character per byte). */
   readonly #nodes = new Map<string, Node>();
   /** Folder metadata, applied at the end (adding entries would change the times). */
   readonly #dirs = new Map<string, Meta>();
-  readonly #opaque = new Map<string, Buffer>();
+  /** Extended attributes to set, by path (as in #nodes); applied at the end. */
+  readonly #xattrs: XattrMap = new Map();
+  #xattrBytes = 0;
   /** Whiteout inodes by metadata; each whiteout is a hard link to one, as overlayfs does. */
   readonly #whiteouts = new Map<string, string>();
   #scratch: string | null = null;
@@ -219,6 +245,7 @@ class Extraction {
     this.#maxEntries = opts.maxEntries ?? DEFAULT_MAX_ENTRIES;
     this.#maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
     this.#allowWhiteouts = opts.allowWhiteouts ?? false;
+    this.#xattrsAt = opts.xattrsAt;
     this.#nodes.set("", { kind: "dir", implicit: true });
   }
 
@@ -234,13 +261,13 @@ class Extraction {
     if (e.uid > MAX_ID || e.gid > MAX_ID) refuse(`entry ${name} has an out-of-range owner ${e.uid}:${e.gid}`);
     this.#checkType(e, name);
     const meta: Meta = { mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime };
-    const opaque = this.#allowWhiteouts && e.type === "dir" ? e.xattrs.get(OPAQUE_XATTR) : undefined;
+    const xattrs = this.#entryXattrs(e, rel, name);
     const key = rel.toString("latin1");
 
     if (rel.length === 0) {
       if (e.type !== "dir") refuse(`entry ${name} names the archive's root folder but is not a folder`);
       this.#dirs.set(key, meta);
-      if (opaque) this.#opaque.set(key, opaque);
+      this.#setXattrs(key, xattrs);
       return;
     }
     await this.#makeParents(rel, name);
@@ -250,7 +277,7 @@ class Extraction {
       if (e.type !== "dir") refuse(`entry ${name} would replace the folder extracted before it`);
       existing.implicit = false;
       this.#dirs.set(key, meta);
-      if (opaque) this.#opaque.set(key, opaque);
+      this.#setXattrs(key, xattrs);
       return;
     }
     if (existing) {
@@ -258,12 +285,12 @@ class Extraction {
       await unlink(path);
       this.#nodes.delete(key);
     }
+    this.#setXattrs(key, xattrs);
 
     switch (e.type) {
       case "dir":
         await mkdir(path, { mode: 0o700 });
         this.#dirs.set(key, meta);
-        if (opaque) this.#opaque.set(key, opaque);
         break;
       case "file":
         await writeContent(path, reader, meta);
@@ -288,7 +315,7 @@ class Extraction {
         break;
       }
       case "char":
-        await link(await this.#whiteout(meta), path);
+        await link(await this.#whiteout(meta, xattrs), path);
         this.#nodes.set(key, { kind: "whiteout", implicit: false });
         return;
       case "block":
@@ -297,14 +324,17 @@ class Extraction {
     this.#nodes.set(key, { kind: e.type, implicit: false });
   }
 
-  /** Applies the opaque markers and the folders' metadata; call once every entry is in place. */
+  /**
+   * Applies the folders' metadata, then the extended attributes (after every chown, which would
+   * clear a file capability, and chmod); call once every entry is in place.
+   */
   async finish(): Promise<void> {
-    if (this.#opaque.size > 0) await this.#setOpaque();
     if (!this.#dirs.has("")) await chmod(this.#root, 0o755);
     for (const [key, meta] of this.#dirs) {
       const path = key === "" ? this.#root : this.#abs(Buffer.from(key, "latin1"));
       await setMeta(path, meta);
     }
+    await writeXattrs(this.#rootPath, this.#xattrs);
   }
 
   async removeScratch(): Promise<void> {
@@ -328,6 +358,43 @@ class Extraction {
       if (e.linkpath.includes(0)) refuse(`entry ${name} is a symlink whose target contains NUL`);
       if (e.linkpath.length >= MAX_PATH_BYTES) refuse(`entry ${name} is a symlink with a target of 4096 bytes or more`);
     }
+  }
+
+  /**
+   * The extended attributes of `e` to restore, checked against the layer allowlist and the caps;
+   * none when the caller did not ask for them.
+   */
+  #entryXattrs(e: TarEntry, rel: Buffer, name: string): TreeXattr[] {
+    if (e.xattrs.size === 0 || this.#xattrsAt === undefined) return [];
+    if (!this.#xattrsAt(rel)) refuse(`entry ${name} carries extended attributes, which are not allowed there`);
+    if (e.type === "link") {
+      refuse(`entry ${name} is a hard link carrying extended attributes (they belong to the entry it links to)`);
+    }
+    if (e.xattrs.size > MAX_ENTRY_XATTRS) {
+      refuse(`entry ${name} carries more than ${MAX_ENTRY_XATTRS} extended attributes`);
+    }
+    const list: TreeXattr[] = [];
+    let bytes = 0;
+    for (const [text, value] of e.xattrs) {
+      const attr = Buffer.from(text, "latin1");
+      const problem = layerXattrProblem(rel, attr, value);
+      if (problem !== null) refuse(`entry ${name} carries ${problem}`);
+      bytes += value.length;
+      list.push({ name: attr, value });
+    }
+    if (bytes > MAX_ENTRY_XATTR_BYTES) {
+      refuse(`entry ${name} carries more than ${MAX_ENTRY_XATTR_BYTES} bytes of extended attributes`);
+    }
+    this.#xattrBytes += bytes;
+    if (this.#xattrBytes > MAX_XATTR_TOTAL_BYTES) {
+      refuse(`the archive holds more than ${MAX_XATTR_TOTAL_BYTES} bytes of extended attributes`);
+    }
+    return list;
+  }
+
+  #setXattrs(key: string, xattrs: TreeXattr[]): void {
+    if (xattrs.length > 0) this.#xattrs.set(key, xattrs);
+    else this.#xattrs.delete(key);
   }
 
   /** The already-extracted entry a hard link names; refuses anything else. */
@@ -371,8 +438,10 @@ class Extraction {
     return join(this.#scratch, `n${this.#counter++}`);
   }
 
-  async #whiteout(meta: Meta): Promise<string> {
-    const key = `${meta.mode}:${meta.uid}:${meta.gid}:${meta.mtime}`;
+  /** A whiteout inode with `meta`; whiteouts with attributes share one only with the same ones. */
+  async #whiteout(meta: Meta, xattrs: readonly TreeXattr[]): Promise<string> {
+    const attrs = xattrs.map((x) => `${Buffer.from(x.name).toString("hex")}=${x.value.toString("hex")}`).sort();
+    const key = `${meta.mode}:${meta.uid}:${meta.gid}:${meta.mtime}:${attrs.join(",")}`;
     let path = this.#whiteouts.get(key);
     if (path === undefined) {
       path = await this.#scratchPath();
@@ -382,29 +451,25 @@ class Extraction {
     }
     return path;
   }
+}
 
-  /** Sets trusted.overlay.opaque on the marked folders with one setfattr run. */
-  async #setOpaque(): Promise<void> {
-    const lines: string[] = [];
-    for (const [key, value] of this.#opaque) {
-      const rel = key === "" ? "." : `./${escapeAttrPath(Buffer.from(key, "latin1"))}`;
-      lines.push(`# file: ${rel}`, `${OPAQUE_XATTR}=0x${value.toString("hex")}`, "");
-    }
-    const script = await this.#scratchPath();
-    await writeFile(script, `${lines.join("\n")}\n`, { mode: 0o600 });
-    try {
-      await run("setfattr", ["-h", `--restore=${script}`], { cwd: this.#rootPath, env: TOOL_ENV });
-    } catch (err) {
-      if (isErrno(err, "ENOENT")) {
-        throw new AppError(
-          "internal",
-          "The archive marks opaque folders (xattr trusted.overlay.opaque); restoring them needs setfattr " +
-            "from the attr package, which is not installed.",
-        );
-      }
-      throw err;
-    }
+/**
+ * Why an environment layer may not hold the extended attribute `name` = `value` on the entry at
+ * `rel`, or null when it may: exactly the attributes freezing keeps (keepXattr), with a name Linux
+ * accepts. The packer drops the attributes keepXattr drops; an archive holding one is refused.
+ */
+export function layerXattrProblem(rel: Buffer, name: Buffer, value: Buffer): string | null {
+  const shown = JSON.stringify(name.toString("latin1"));
+  if (name.length === 0 || name.length > MAX_XATTR_NAME_BYTES || name.includes(0)) {
+    return `an extended attribute with a malformed name ${shown}`;
   }
+  if (value.length > MAX_ENTRY_XATTR_BYTES) return `the extended attribute ${shown} with an over-long value`;
+  try {
+    if (keepXattr(rel, name, value)) return null;
+  } catch {
+    // keepXattr throws for attributes that make a tree impossible to use as a layer (redirects).
+  }
+  return `the extended attribute ${shown}, which an environment layer does not keep`;
 }
 
 /**
@@ -464,20 +529,6 @@ async function setMeta(path: string | Buffer, meta: Meta): Promise<void> {
   await chown(path, meta.uid, meta.gid);
   await chmod(path, meta.mode);
   await utimes(path, meta.mtime, meta.mtime);
-}
-
-/** The form setfattr --restore reads: octal escapes for everything but plain characters. */
-function escapeAttrPath(path: Buffer): string {
-  let out = "";
-  for (const b of path) {
-    const plain =
-      (b >= 0x30 && b <= 0x39) ||
-      (b >= 0x41 && b <= 0x5a) ||
-      (b >= 0x61 && b <= 0x7a) ||
-      "./_-+".includes(String.fromCharCode(b));
-    out += plain ? String.fromCharCode(b) : `\\${b.toString(8).padStart(3, "0")}`;
-  }
-  return out;
 }
 
 /** A name for messages: UTF-8 with control characters escaped, shortened when long. */

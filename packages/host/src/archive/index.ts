@@ -17,6 +17,8 @@ export {
   SNAPSHOT_LAYERS,
   SNAPSHOT_MANIFEST,
   type SnapshotTree,
+  type UnpackedContents,
+  type UnpackOptions,
   type UnpackTargets,
   unpackSnapshot,
 } from "./pack-layers.ts";

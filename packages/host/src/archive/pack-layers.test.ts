@@ -23,6 +23,8 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { zstdCompressSync, zstdDecompressSync } from "node:zlib";
 import { AppError } from "@paddock/protocol";
+import { freezeUpper, keepXattr } from "../envs/freeze.ts";
+import { readXattrs, writeXattrs, xattrKey } from "../envs/xattrs.ts";
 import { ImageStore } from "../images/image-store.ts";
 import { digestTree } from "../images/tree-digest.ts";
 import { extractTarball, openArchive } from "./extract-rootfs.ts";
@@ -119,6 +121,15 @@ async function richTree(order: "forward" | "reverse" = "forward"): Promise<strin
   return root;
 }
 
+/** A layer's digest as freezing computes it: the extended attributes keepXattr keeps are covered. */
+async function layerDigest(dir: string): Promise<string> {
+  const found = await readXattrs(dir, [Buffer.alloc(0)], { recursive: true, keep: keepXattr });
+  return digestTree(dir, { xattrs: (rel) => found.get(xattrKey(rel)) });
+}
+
+/** Extracts as a layer: whiteouts allowed, the extended attributes a layer keeps restored. */
+const asLayer = { allowWhiteouts: true, xattrsAt: () => true };
+
 async function packToFile(dir: string): Promise<{ file: string; result: Awaited<ReturnType<typeof packTree>> }> {
   const file = `${fresh("archive")}.tar.zst`;
   const result = await packTree(dir, createWriteStream(file));
@@ -133,14 +144,14 @@ function opaqueValue(path: string): string | null {
 describe("packTree", { skip }, () => {
   test("round trip: pack, extract with whiteouts allowed, same digest and same hard links", async () => {
     const tree = await richTree();
-    const expected = await digestTree(tree);
+    const expected = await layerDigest(tree);
     const { file, result } = await packToFile(tree);
     assert.equal(result.digest, expected);
     assert.equal(result.bytes, (await stat(file)).size);
-    assert.equal(result.opaque, xattrs ? 1 : null);
+    assert.equal(result.xattrs, xattrs ? 1 : 0);
     const dest = fresh("out");
-    await extractTarball(file, dest, { allowWhiteouts: true });
-    assert.equal(await digestTree(dest), expected);
+    await extractTarball(file, dest, asLayer);
+    assert.equal(await layerDigest(dest), expected);
     const su = await stat(join(dest, "usr/bin/su"));
     assert.equal((await stat(join(dest, "usr/bin/su-again"))).ino, su.ino);
     assert.equal(su.mode & 0o7777, 0o4755);
@@ -153,15 +164,19 @@ describe("packTree", { skip }, () => {
     const tree = fresh("opaque");
     await mkdir(join(tree, "a/b"), { recursive: true });
     execFileSync("setfattr", ["-n", "trusted.overlay.opaque", "-v", "y", join(tree, "a/b")]);
+    // Only "y" makes a folder opaque; a layer keeps no other value, so neither does the archive.
     execFileSync("setfattr", ["-n", "trusted.overlay.opaque", "-v", "x", tree]);
     const { file, result } = await packToFile(tree);
-    assert.equal(result.opaque, 2);
+    assert.equal(result.xattrs, 1);
+    assert.equal(result.digest, await layerDigest(tree));
+    assert.notEqual(result.digest, await digestTree(tree));
     const dest = fresh("out");
-    await extractTarball(file, dest, { allowWhiteouts: true });
+    await extractTarball(file, dest, asLayer);
     assert.equal(opaqueValue(join(dest, "a/b")), "y");
-    assert.equal(opaqueValue(dest), "x");
+    assert.equal(opaqueValue(dest), null);
     assert.equal(opaqueValue(join(dest, "a")), null);
-    // A root filesystem import ignores overlay markers.
+    assert.equal(await layerDigest(dest), result.digest);
+    // A root filesystem import ignores extended attributes.
     const plain = fresh("out");
     await extractTarball(file, plain);
     assert.equal(opaqueValue(join(plain, "a/b")), null);
@@ -206,7 +221,7 @@ describe("packTree", { skip }, () => {
     await mkdir(dest);
     const xattrArgs = xattrs ? ["--xattrs", "--xattrs-include=trusted.*"] : [];
     execFileSync("tar", ["-x", "--numeric-owner", "--same-permissions", ...xattrArgs, "-f", plain, "-C", dest]);
-    assert.equal(await digestTree(dest), result.digest);
+    assert.equal(await layerDigest(dest), result.digest);
     if (xattrs) assert.equal(opaqueValue(join(dest, OPAQUE_DIR)), "y");
   });
 
@@ -267,7 +282,7 @@ describe("packSnapshot and unpackSnapshot", { skip }, () => {
     layerB = fresh("layer");
     await mkdir(join(layerB, "app"), { recursive: true });
     await put(join(layerB, "app/main.py"), "print('hi')\n", 0o644, 61000, 61000);
-    digests = { base: await digestTree(base), a: await digestTree(layerA), b: await digestTree(layerB) };
+    digests = { base: await digestTree(base), a: await layerDigest(layerA), b: await layerDigest(layerB) };
   });
 
   async function pack(): Promise<{ file: string; manifest: Record<string, unknown> }> {
@@ -290,8 +305,8 @@ describe("packSnapshot and unpackSnapshot", { skip }, () => {
     const into = stores();
     assert.deepEqual(await unpackSnapshot(file, into), manifest);
     assert.deepEqual(await list(into.layersDir), [digests.a, digests.b].sort());
-    assert.equal(await digestTree(join(into.layersDir, digests.a)), digests.a);
-    assert.equal(await digestTree(join(into.layersDir, digests.b)), digests.b);
+    assert.equal(await layerDigest(join(into.layersDir, digests.a)), digests.a);
+    assert.equal(await layerDigest(join(into.layersDir, digests.b)), digests.b);
     assert.deepEqual(await list(into.imagesDir), [digests.base]);
     const image = await new ImageStore({ imagesDir: into.imagesDir }).resolve(digests.base);
     assert.equal(await digestTree(image.rootfs), digests.base);
@@ -406,5 +421,233 @@ describe("a real base image", { skip: realSkip }, () => {
     assert.deepEqual(await unpackSnapshot(file, into), { base: digest, layers: [] });
     const image = await new ImageStore({ imagesDir: into.imagesDir }).resolve(digest);
     assert.equal(await digestTree(image.rootfs), digest);
+  });
+});
+
+/** cap_net_raw+ep as the kernel stores it (VFS_CAP_REVISION_2), for hosts without setcap. */
+const CAP_NET_RAW = "0x0100000200200000000000000000000000000000";
+/** user::rw- user:1000:r-- group::r-- mask::rw- other::r-- (the kernel's xattr form). */
+const ACL_ACCESS = "0x0200000001000600ffffffff02000400e803000004000400ffffffff10000600ffffffff20000400ffffffff";
+/** default: user::rwx group::r-x other::r-x */
+const ACL_DEFAULT = "0x0200000001000700ffffffff04000500ffffffff20000500ffffffff";
+
+function hasTool(name: string): boolean {
+  return spawnSync("sh", ["-c", `command -v ${name}`], { env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } }).status === 0;
+}
+
+/** One attribute as getfattr prints it in hex ("0x..."), or null when the entry has none by that name. */
+function attrHex(path: string, name: string): string | null {
+  const r = spawnSync("getfattr", ["-h", "-e", "hex", "-n", name, "--", path], { encoding: "utf8" });
+  if (r.status !== 0) return null;
+  const line = r.stdout.split("\n").find((l) => l.startsWith(`${name}=`));
+  return line === undefined ? null : line.slice(name.length + 1);
+}
+
+/** getfattr's dump of every attribute in `dir`, as text, with the entries in a stable order. */
+function dumpAll(dir: string): string {
+  const out = execFileSync("getfattr", ["-R", "-P", "-h", "-d", "-m", "-", "-e", "hex", "."], { cwd: dir });
+  return out.toString("latin1").split("\n\n").filter(Boolean).sort().join("\n\n");
+}
+
+describe("extended attributes of a layer", {
+  skip: skip || (!xattrs && "needs getfattr/setfattr and trusted xattrs"),
+}, () => {
+  const userValue = Buffer.from("hello=paddock\nsecond line \u0000\u00ff", "latin1");
+  let layer: string;
+  let digest: string;
+
+  before(async () => {
+    if (skip || !xattrs) return;
+    layer = fresh("xattr-layer");
+    await mkdir(join(layer, "usr/bin"), { recursive: true });
+    await mkdir(join(layer, "etc/opaque"), { recursive: true });
+    await mkdir(join(layer, "srv/shared"), { recursive: true });
+    await put(join(layer, "usr/bin/ping"), "#!/bin/true\n", 0o755);
+    await link(join(layer, "usr/bin/ping"), join(layer, "usr/bin/ping-again"));
+    await put(join(layer, "srv/acl-file"), "acl\n", 0o644);
+    await put(join(layer, "srv/notes"), "notes\n", 0o644);
+    await put(join(layer, "etc/opaque/only"), "only\n", 0o644);
+    await symlink("../usr/bin/ping", join(layer, "etc/ping-link"));
+    if (hasTool("setcap")) execFileSync("setcap", ["cap_net_raw+ep", join(layer, "usr/bin/ping")]);
+    else execFileSync("setfattr", ["-h", "-n", "security.capability", "-v", CAP_NET_RAW, join(layer, "usr/bin/ping")]);
+    // Raw ACL values, so that the acl package (setfacl) is not needed.
+    execFileSync("setfattr", ["-h", "-n", "system.posix_acl_access", "-v", ACL_ACCESS, join(layer, "srv/acl-file")]);
+    execFileSync("setfattr", ["-h", "-n", "system.posix_acl_default", "-v", ACL_DEFAULT, join(layer, "srv/shared")]);
+    execFileSync("setfattr", ["-h", "-n", "trusted.overlay.opaque", "-v", "y", join(layer, "etc/opaque")]);
+    // user.* names and values are any bytes: "=" and "%" need GNU tar's escaping in a pax keyword.
+    await writeXattrs(
+      layer,
+      new Map([
+        [
+          "srv/notes",
+          [
+            { name: "user.origin", value: userValue },
+            { name: Buffer.from("user.a=b%3Dc\u00e9", "latin1"), value: Buffer.from("odd name") },
+            // Attributes a layer does not keep: left out of the archive and of the digest.
+            { name: "user.overlay.origin", value: Buffer.from("x") },
+            { name: "trusted.foo", value: Buffer.from("bar") },
+          ],
+        ],
+        ["srv/shared", [{ name: "user.dir", value: Buffer.from("on a folder") }]],
+      ]),
+    );
+    digest = await layerDigest(layer);
+  });
+
+  async function packLayer(): Promise<string> {
+    const file = `${fresh("xattr-snapshot")}.tar.zst`;
+    await packSnapshot({ layers: [digest] }, [{ digest, dir: layer }], null, createWriteStream(file));
+    return file;
+  }
+
+  test("they survive pack → unpack: same digest, same attributes, deterministic archive", async () => {
+    assert.notEqual(digest, await digestTree(layer), "the digest covers the attributes");
+    const file = await packLayer();
+    assert.deepEqual(await readFile(await packLayer()), await readFile(file));
+
+    const reader = await openArchive(file);
+    const carried = new Map<string, string[]>();
+    try {
+      for (let e = await reader.next(); e !== null; e = await reader.next()) {
+        if (e.xattrs.size > 0) carried.set(e.path.toString("latin1"), [...e.xattrs.keys()]);
+      }
+    } finally {
+      await reader.close();
+    }
+    const at = (rel: string) => `layers/${digest}/${rel}`;
+    assert.deepEqual(
+      carried,
+      new Map([
+        [`${at("etc/opaque")}/`, ["trusted.overlay.opaque"]],
+        [`${at("srv/acl-file")}`, ["system.posix_acl_access"]],
+        [`${at("srv/notes")}`, ["user.a=b%3Dc\u00e9", "user.origin"]],
+        [`${at("srv/shared")}/`, ["system.posix_acl_default", "user.dir"]],
+        // The hard link usr/bin/ping-again shares the inode and carries nothing itself.
+        [`${at("usr/bin/ping")}`, ["security.capability"]],
+      ]),
+    );
+
+    const into = stores();
+    assert.deepEqual(await unpackSnapshot(file, into), { layers: [digest] });
+    const out = join(into.layersDir, digest);
+    assert.equal(await layerDigest(out), digest);
+    assert.equal(attrHex(join(out, "usr/bin/ping"), "security.capability"), CAP_NET_RAW);
+    assert.equal(attrHex(join(out, "usr/bin/ping-again"), "security.capability"), CAP_NET_RAW);
+    assert.equal(attrHex(join(out, "srv/acl-file"), "system.posix_acl_access"), ACL_ACCESS);
+    assert.equal(attrHex(join(out, "srv/shared"), "system.posix_acl_default"), ACL_DEFAULT);
+    assert.equal(attrHex(join(out, "srv/notes"), "user.origin"), `0x${userValue.toString("hex")}`);
+    assert.equal(attrHex(join(out, "etc/opaque"), "trusted.overlay.opaque"), "0x79");
+    assert.equal(attrHex(join(out, "srv/notes"), "user.overlay.origin"), null);
+    assert.equal(attrHex(join(out, "srv/notes"), "trusted.foo"), null);
+    // Everything getfattr sees matches, but for the two attributes a layer does not keep.
+    const expected = dumpAll(layer).replace(/^(user\.overlay\.origin|trusted\.foo)=.*\n/gm, "");
+    assert.equal(dumpAll(out), expected);
+    assert.equal(
+      (await stat(join(out, "srv/acl-file"))).mode & 0o7777,
+      (await stat(join(layer, "srv/acl-file"))).mode & 0o7777,
+    );
+  });
+
+  test("a layer made by freezing exports and imports under its digest", async () => {
+    const upper = fresh("upper");
+    await mkdir(join(upper, "usr/bin"), { recursive: true });
+    await mkdir(join(upper, "var/opaque"), { recursive: true });
+    await put(join(upper, "usr/bin/ping"), "#!/bin/true\n", 0o755);
+    execFileSync("setfattr", ["-h", "-n", "security.capability", "-v", CAP_NET_RAW, join(upper, "usr/bin/ping")]);
+    execFileSync("setfattr", ["-h", "-n", "system.posix_acl_default", "-v", ACL_DEFAULT, join(upper, "var")]);
+    execFileSync("setfattr", ["-h", "-n", "trusted.overlay.opaque", "-v", "y", join(upper, "var/opaque")]);
+    execFileSync("setfattr", ["-h", "-n", "user.note", "-v", "kept", join(upper, "usr/bin/ping")]);
+    const frozen = await freezeUpper({ upper, lowers: [], layersDir: fresh("frozen-layers") });
+    const file = `${fresh("frozen")}.tar.zst`;
+    await packSnapshot({}, [{ digest: frozen.digest, dir: frozen.dir }], null, createWriteStream(file));
+    const into = stores();
+    await unpackSnapshot(file, into);
+    const out = join(into.layersDir, frozen.digest);
+    assert.equal(await layerDigest(out), frozen.digest);
+    assert.equal(dumpAll(out), dumpAll(frozen.dir));
+    assert.equal(attrHex(join(out, "usr/bin/ping"), "security.capability"), CAP_NET_RAW);
+  });
+
+  const refusedImport = async (archive: Buffer, pattern: RegExp): Promise<void> => {
+    const file = `${fresh("hostile")}.tar.zst`;
+    await writeFile(file, archive);
+    const into = stores();
+    await assert.rejects(unpackSnapshot(file, into), (err: unknown) => {
+      assert.ok(err instanceof AppError, String(err));
+      assert.equal(err.code, "validation_failed");
+      assert.match(err.message, pattern);
+      return true;
+    });
+    assert.deepEqual(await list(into.layersDir), [], "nothing installed, no temp folder left");
+    assert.deepEqual(await list(into.imagesDir), []);
+  };
+
+  test("an archive carrying an attribute a layer does not keep is refused, with nothing written", async () => {
+    const d = `sha256-${"a".repeat(64)}`;
+    const owner = { mode: 0o644, uid: 0, gid: 0 };
+    const withAttr = (path: string, attrs: [string, Buffer][]) =>
+      snapshotOf([
+        { type: "file", path: "manifest.json", ...owner, body: "{}\n" },
+        { type: "dir", path: `layers/${d}`, ...owner, mode: 0o755 },
+        { type: "file", path, ...owner, body: "x", xattrs: attrs },
+      ]);
+    const inLayer = `layers/${d}/f`;
+    for (const name of [
+      "trusted.overlay.redirect",
+      "trusted.overlay.metacopy",
+      "trusted.foo",
+      "security.selinux",
+      "security.ima",
+      "user.overlay.opaque",
+      "system.nfs4_acl",
+    ]) {
+      await refusedImport(
+        withAttr(inLayer, [[name, Buffer.from("y")]]),
+        new RegExp(`"${name.replaceAll(".", "\\.")}", which an environment layer does not keep`),
+      );
+    }
+    await refusedImport(withAttr(inLayer, [["trusted.overlay.opaque", Buffer.from("x")]]), /does not keep/);
+    // Attributes are for layers only: not on a base image, not on the manifest.
+    await refusedImport(
+      snapshotOf([
+        { type: "file", path: "manifest.json", ...owner, body: "{}\n" },
+        { type: "dir", path: "base", ...owner },
+        { type: "file", path: `base/${d}/f`, ...owner, xattrs: [["user.x", Buffer.from("1")]] },
+      ]),
+      /carries extended attributes, which are not allowed there/,
+    );
+    await refusedImport(
+      snapshotOf([
+        { type: "file", path: "manifest.json", ...owner, body: "{}\n", xattrs: [["user.x", Buffer.from("1")]] },
+      ]),
+      /not allowed there/,
+    );
+    const many: [string, Buffer][] = Array.from({ length: 33 }, (_, i) => [`user.n${i}`, Buffer.from("v")]);
+    await refusedImport(withAttr(inLayer, many), /more than 32 extended attributes/);
+    await refusedImport(withAttr(inLayer, [["user.big", Buffer.alloc(64 * 1024 + 1)]]), /over-long value/);
+    await refusedImport(
+      withAttr(inLayer, [
+        ["user.a", Buffer.alloc(40 * 1024)],
+        ["user.b", Buffer.alloc(40 * 1024)],
+      ]),
+      /more than 65536 bytes of extended attributes/,
+    );
+  });
+
+  test("a tampered attribute value fails the digest check", async () => {
+    const file = await packLayer();
+    const tar = zstdDecompressSync(await readFile(file));
+    const at = tar.indexOf(userValue);
+    assert.ok(at > 0);
+    const tampered = Buffer.from(tar);
+    tampered[at] = "H".charCodeAt(0);
+    await refusedImport(zstdCompressSync(tampered), new RegExp(`layer ${digest} holds content with digest sha256-`));
+    // The capability too: cap_net_raw becomes cap_net_admin (bit 12 instead of 13).
+    const cap = Buffer.from(CAP_NET_RAW.slice(2), "hex");
+    const capAt = tar.indexOf(cap);
+    assert.ok(capAt > 0);
+    const raised = Buffer.from(tar);
+    raised[capAt + 5] = 0x10;
+    await refusedImport(zstdCompressSync(raised), new RegExp(`layer ${digest} holds content with digest sha256-`));
   });
 });

@@ -10,10 +10,15 @@
  * anything is moved into the stores, so an archive can neither plant content under a digest it
  * does not have nor leave half a layer behind.
  *
- * Overlay opaque folders (xattr trusted.overlay.opaque) are kept as pax SCHILY.xattr records. They
- * are read with getfattr and restored with setfattr (the attr package); without getfattr, or when
- * not root (trusted.* xattrs need CAP_SYS_ADMIN), the marker cannot be read and packTree reports
- * `opaque: null`. Other xattrs (e.g. security.capability) are not carried.
+ * A layer's extended attributes travel with it: exactly those a frozen layer keeps and its digest
+ * covers (keepXattr in envs/freeze.ts: the opaque-folder marker trusted.overlay.opaque="y",
+ * security.capability, system.posix_acl_access and _default, user.* but user.overlay.*), as pax
+ * SCHILY.xattr records (GNU tar's form) sorted by name, on every entry but hard links (which share
+ * their first name's inode). Packing reads them with getfattr (package attr; trusted.* needs root),
+ * drops the others and includes the kept ones in the digest it checks; unpacking restores them
+ * with setfattr -h, refuses an archive carrying any other attribute or any attribute outside
+ * `layers/`, and recomputes each layer's digest from the attributes read back from disk. A base
+ * image's digest covers no attributes, so none are packed for it.
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -25,11 +30,26 @@ import { pipeline } from "node:stream/promises";
 import { promisify } from "node:util";
 import { createZstdCompress, constants as zlibConstants } from "node:zlib";
 import { AppError } from "@paddock/protocol";
+import { keepXattr } from "../envs/freeze.ts";
+import { readXattrs, type XattrMap, xattrKey } from "../envs/xattrs.ts";
 import { ImageStore } from "../images/image-store.ts";
 import { IMAGE_META, IMAGE_ROOTFS, type ImageMeta, isDigest } from "../images/layout.ts";
 import { isErrno, makeTempDir, removeTree } from "../images/store-fs.ts";
-import { deviceNumbers, digestEntries, entryType, scanTree, type TreeEntry } from "../images/tree-digest.ts";
-import { type ExtractOptions, extractTarball, OPAQUE_XATTR, show } from "./extract-rootfs.ts";
+import {
+  deviceNumbers,
+  digestEntries,
+  entryType,
+  scanTree,
+  type TreeEntry,
+  type TreeXattr,
+} from "../images/tree-digest.ts";
+import {
+  type ExtractOptions,
+  extractTarball,
+  MAX_ENTRY_XATTR_BYTES,
+  MAX_ENTRY_XATTRS,
+  show,
+} from "./extract-rootfs.ts";
 import { encodeHeader, endOfArchive, padding } from "./tar-format.ts";
 
 const run = promisify(execFile);
@@ -47,10 +67,10 @@ const TOOL_ENV = { ...process.env, PATH: `${process.env.PATH ?? ""}:/usr/local/s
 export interface PackResult {
   /** Compressed bytes written to `out`. */
   bytes: number;
-  /** digestTree of the packed folder, computed from what was written. */
+  /** The packed folder's digest as a layer (its kept extended attributes covered), computed from what was written. */
   digest: string;
-  /** Opaque folders recorded; null when their marker could not be read (see the module notes). */
-  opaque: number | null;
+  /** Entries written with extended attributes. */
+  xattrs: number;
 }
 
 /** A layer or base image to pack: its digest and the folder holding it (a base image's rootfs). */
@@ -64,21 +84,36 @@ export interface UnpackTargets {
   imagesDir: string;
 }
 
+/** What an archive holds once every digest has been checked: its layers and base image, with their file bytes. */
+export interface UnpackedContents {
+  layers: { digest: string; bytes: number }[];
+  base: { digest: string; bytes: number } | null;
+}
+
+export interface UnpackOptions extends Pick<ExtractOptions, "maxEntries" | "maxBytes"> {
+  /**
+   * Called after every digest has been checked and before anything is installed; whatever it
+   * throws stops the import with nothing installed (e.g. a manifest that names other layers).
+   */
+  check?: (manifest: Record<string, unknown>, contents: UnpackedContents) => void | Promise<void>;
+}
+
 /**
- * Writes the tree at `dir` to `out` as a zstd-compressed tar and ends `out` (destroying it on
+ * Writes the layer at `dir` to `out` as a zstd-compressed tar and ends `out` (destroying it on
  * failure). The stream is deterministic: entries in byte order of their names, mtime 0, numeric
- * owners only, hard links as link entries, whiteouts as character devices 0:0.
+ * owners only, hard links as link entries, whiteouts as character devices 0:0, the extended
+ * attributes a layer keeps sorted by name.
  * @example await packTree(layers.path(digest), createWriteStream("/tmp/layer.tar.zst"));
  */
 export async function packTree(dir: string, out: Writable): Promise<PackResult> {
   const entries: TreeEntry[] = [];
-  const counter = { opaque: 0 as number | null };
+  const counter = { xattrs: 0 };
   async function* chunks(): AsyncGenerator<Buffer> {
-    yield* treeChunks(dir, "", entries, counter);
+    yield* treeChunks(dir, "", entries, counter, await readLayerXattrs(dir));
     yield endOfArchive();
   }
   const bytes = await compressTo(chunks(), out);
-  return { bytes, digest: digestEntries(entries), opaque: counter.opaque };
+  return { bytes, digest: digestEntries(entries), xattrs: counter.xattrs };
 }
 
 /**
@@ -92,7 +127,7 @@ export async function packSnapshot(
   layers: SnapshotTree[],
   base: SnapshotTree | null,
   out: Writable,
-): Promise<{ bytes: number; opaque: number | null }> {
+): Promise<{ bytes: number; xattrs: number }> {
   const json = JSON.stringify(manifest, null, 2);
   if (typeof manifest !== "object" || manifest === null || Array.isArray(manifest) || json === undefined) {
     throw new AppError("validation_failed", "A snapshot manifest must be a JSON object.");
@@ -101,7 +136,7 @@ export async function packSnapshot(
     if (!isDigest(t.digest)) throw new AppError("validation_failed", `not a digest: ${JSON.stringify(t.digest)}`);
   }
   const unique = [...new Map(layers.map((l) => [l.digest, l])).values()];
-  const counter = { opaque: 0 as number | null };
+  const counter = { xattrs: 0 };
   async function* chunks(): AsyncGenerator<Buffer> {
     const body = Buffer.from(`${json}\n`);
     yield encodeHeader({ type: "file", path: SNAPSHOT_MANIFEST, mode: 0o644, uid: 0, gid: 0, size: body.length });
@@ -116,7 +151,9 @@ export async function packSnapshot(
       yield encodeHeader({ type: "dir", path: folder, mode: 0o755, uid: 0, gid: 0 });
       for (const tree of trees) {
         const entries: TreeEntry[] = [];
-        yield* treeChunks(tree.dir, `${folder}/${tree.digest}`, entries, counter);
+        // A layer's digest covers its kept attributes; a base image's covers none.
+        const xattrs = folder === SNAPSHOT_LAYERS ? await readLayerXattrs(tree.dir) : new Map();
+        yield* treeChunks(tree.dir, `${folder}/${tree.digest}`, entries, counter, xattrs);
         const digest = digestEntries(entries);
         if (digest !== tree.digest) {
           throw new AppError(
@@ -128,7 +165,7 @@ export async function packSnapshot(
     }
     yield endOfArchive();
   }
-  return { bytes: await compressTo(chunks(), out), opaque: counter.opaque };
+  return { bytes: await compressTo(chunks(), out), xattrs: counter.xattrs };
 }
 
 /**
@@ -142,14 +179,15 @@ export async function packSnapshot(
 export async function unpackSnapshot(
   file: string,
   into: UnpackTargets,
-  opts: Pick<ExtractOptions, "maxEntries" | "maxBytes"> = {},
+  opts: UnpackOptions = {},
 ): Promise<Record<string, unknown>> {
+  const { check, ...limits } = opts;
   const layersDir = resolve(into.layersDir);
   const imagesDir = resolve(into.imagesDir);
   const work = await makeTempDir(layersDir);
   try {
     const tree = join(work, "snapshot");
-    await extractTarball(file, tree, { ...opts, allowWhiteouts: true });
+    await extractTarball(file, tree, { ...limits, allowWhiteouts: true, xattrsAt: inLayer });
     const manifest = await readManifest(join(tree, SNAPSHOT_MANIFEST));
     const layers = await digestFolders(tree, SNAPSHOT_LAYERS);
     const bases = await digestFolders(tree, SNAPSHOT_BASE);
@@ -159,16 +197,23 @@ export async function unpackSnapshot(
         refuse(`unexpected ${JSON.stringify(name)} at the top of the archive`);
       }
     }
+    const contents: UnpackedContents = { layers: [], base: null };
     for (const digest of layers) {
-      const scan = await scanTree(join(tree, SNAPSHOT_LAYERS, digest));
+      // The digest covers the attributes as read back from disk, not as the archive claims them.
+      const dir = join(tree, SNAPSHOT_LAYERS, digest);
+      const xattrs = await readLayerXattrs(dir);
+      const scan = await scanTree(dir, { xattrs: (rel) => xattrs.get(xattrKey(rel)) });
       if (scan.digest !== digest) refuse(`layer ${digest} holds content with digest ${scan.digest}`);
+      contents.layers.push({ digest, bytes: scan.bytes });
     }
     let baseBytes = 0;
     for (const digest of bases) {
       const scan = await scanTree(join(tree, SNAPSHOT_BASE, digest));
       if (scan.digest !== digest) refuse(`base image ${digest} holds content with digest ${scan.digest}`);
       baseBytes = scan.bytes;
+      contents.base = { digest, bytes: scan.bytes };
     }
+    await check?.(manifest, contents);
     for (const digest of layers) await installLayer(join(tree, SNAPSHOT_LAYERS, digest), layersDir, digest);
     for (const digest of bases) await installImage(join(tree, SNAPSHOT_BASE, digest), imagesDir, digest, baseBytes);
     return manifest;
@@ -272,21 +317,45 @@ async function isDir(path: string): Promise<boolean> {
   }
 }
 
+/** Whether an archive entry (path relative to the archive root) lies in a layer, its root included. */
+function inLayer(rel: Buffer): boolean {
+  const layers = Buffer.from(`${SNAPSHOT_LAYERS}/`);
+  return rel.length > layers.length && rel.subarray(0, layers.length).equals(layers);
+}
+
 /**
- * The tar entries of the tree at `dir`, named below `prefix` ("" for the archive root). Pushes
- * each entry as digestTree sees it onto `entries`, and counts opaque folders in `counter`.
+ * The extended attributes of the layer at `dir` that its digest covers (keepXattr), read with
+ * getfattr without following symlinks; throws validation_failed for one that a layer may not hold.
+ */
+async function readLayerXattrs(dir: string): Promise<XattrMap> {
+  return readXattrs(resolve(dir), [Buffer.alloc(0)], {
+    recursive: true,
+    keep: (rel, name, value) => {
+      try {
+        return keepXattr(rel, name, value);
+      } catch {
+        const attr = JSON.stringify(name.toString("latin1"));
+        throw new AppError("validation_failed", `${show(rel)} in ${dir} carries ${attr}, which a layer may not hold`);
+      }
+    },
+  });
+}
+
+/**
+ * The tar entries of the tree at `dir`, named below `prefix` ("" for the archive root), with the
+ * extended attributes `xattrs` gives by path. Pushes each entry as the digest sees it onto
+ * `entries`, and counts entries written with attributes in `counter`.
  */
 async function* treeChunks(
   dir: string,
   prefix: string,
   entries: TreeEntry[],
-  counter: { opaque: number | null },
+  counter: { xattrs: number },
+  xattrs: XattrMap,
 ): AsyncGenerator<Buffer> {
   const root = Buffer.from(resolve(dir));
   const rootStat = await lstat(root, { bigint: true });
   if (!rootStat.isDirectory()) throw new AppError("validation_failed", `${dir} is not a folder`);
-  const opaque = await readOpaque(dir);
-  if (opaque === null) counter.opaque = null;
   const prefixBytes = Buffer.from(prefix);
   const links = new Map<string, { name: Buffer; entry: TreeEntry }>();
 
@@ -304,13 +373,14 @@ async function* treeChunks(
       gid: Number(st.gid),
     };
     const name = archiveName(prefixBytes, rel);
-    const fields = { path: name, mode: entry.mode, uid: entry.uid, gid: entry.gid };
+    const attrs = entryXattrs(xattrs.get(xattrKey(rel)), where);
+    if (attrs.length > 0) entry.xattrs = attrs;
+    const records = attrs.map((x): [Buffer, Buffer] => [Buffer.from(x.name), x.value]);
+    const fields = { path: name, mode: entry.mode, uid: entry.uid, gid: entry.gid, xattrs: records };
     if (type === "dir") {
       entries.push(entry);
-      const marker = opaque?.get(rel.toString("latin1"));
-      if (marker !== undefined && counter.opaque !== null) counter.opaque++;
-      const xattrs: [string, Buffer][] = marker ? [[OPAQUE_XATTR, marker]] : [];
-      yield encodeHeader({ ...fields, type: "dir", xattrs });
+      if (attrs.length > 0) counter.xattrs++;
+      yield encodeHeader({ ...fields, type: "dir" });
       const names = await readdir(abs, { encoding: "buffer" });
       names.sort(Buffer.compare);
       for (const child of names) yield* visit(rel.length === 0 ? child : Buffer.concat([rel, SLASH, child]));
@@ -334,13 +404,15 @@ async function* treeChunks(
       const key = `${st.dev}:${st.ino}`;
       const first = links.get(key);
       if (first) {
-        const { size, sha256, target, major, minor } = first.entry;
-        Object.assign(entry, { size, sha256, target, major, minor });
-        yield encodeHeader({ ...fields, type: "link", linkpath: first.name });
+        // The attributes belong to the inode: the digest sees them on every name, the archive on the first.
+        const { size, sha256, target, major, minor, xattrs: shared } = first.entry;
+        Object.assign(entry, { size, sha256, target, major, minor, xattrs: shared });
+        yield encodeHeader({ ...fields, type: "link", linkpath: first.name, xattrs: [] });
         return;
       }
       links.set(key, { name, entry });
     }
+    if (attrs.length > 0) counter.xattrs++;
     switch (type) {
       case "file": {
         yield encodeHeader({ ...fields, type: "file", size: Number(st.size) });
@@ -394,40 +466,23 @@ async function* fileChunks(path: Buffer, st: BigIntStats): AsyncGenerator<Buffer
 }
 
 /**
- * Folders of `dir` carrying trusted.overlay.opaque (relative path as Latin-1 → value), read with
- * one getfattr run; null when that is not possible (no getfattr, or not root).
+ * `found` (an entry's kept attributes) sorted by name, so that the archive is deterministic;
+ * refuses more than an import accepts.
  */
-async function readOpaque(dir: string): Promise<Map<string, Buffer> | null> {
-  if (process.getuid?.() !== 0) return null;
-  let out: Buffer;
-  try {
-    const pattern = `^${OPAQUE_XATTR.replaceAll(".", "\\.")}$`;
-    const args = ["-R", "-P", "-h", "-d", "-m", pattern, "-e", "hex", "--", "."];
-    ({ stdout: out } = await run("getfattr", args, {
-      cwd: dir,
-      encoding: "buffer",
-      env: TOOL_ENV,
-      maxBuffer: 256 * 1024 * 1024,
-    }));
-  } catch (err) {
-    if (isErrno(err, "ENOENT")) return null;
-    throw err;
+function entryXattrs(found: readonly TreeXattr[] | undefined, where: string): TreeXattr[] {
+  if (found === undefined || found.length === 0) return [];
+  const list = found.map((x) => ({ name: Buffer.from(x.name), value: x.value }));
+  list.sort((a, b) => Buffer.compare(a.name, b.name));
+  let bytes = 0;
+  for (const x of list) bytes += x.value.length;
+  if (list.length > MAX_ENTRY_XATTRS || bytes > MAX_ENTRY_XATTR_BYTES) {
+    throw new AppError(
+      "validation_failed",
+      `${where} carries ${list.length} extended attributes of ${bytes} bytes; an archive holds at most ` +
+        `${MAX_ENTRY_XATTRS} of ${MAX_ENTRY_XATTR_BYTES} bytes per entry`,
+    );
   }
-  const found = new Map<string, Buffer>();
-  let current: string | null = null;
-  // Latin-1 keeps each byte of a name as one character; getfattr escapes "\" and newlines in octal.
-  for (const line of out.toString("latin1").split("\n")) {
-    if (line.startsWith("# file: ")) {
-      const path = line
-        .slice("# file: ".length)
-        .replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(Number.parseInt(oct, 8)));
-      current = path === "." ? "" : path.startsWith("./") ? path.slice(2) : path;
-      continue;
-    }
-    const value = /^trusted\.overlay\.opaque=0x([0-9a-f]*)$/.exec(line);
-    if (value && current !== null) found.set(current, Buffer.from(value[1] ?? "", "hex"));
-  }
-  return found;
+  return list;
 }
 
 /** Compresses `source` with zstd (content checksum on) into `out`; returns the bytes written. */

@@ -97,6 +97,19 @@ describe("tar format", () => {
     assert.deepEqual(opaque?.xattrs.get("trusted.overlay.opaque"), Buffer.from("y"));
   });
 
+  test("attribute names are raw bytes, with GNU tar's escaping of = and % in the keyword", async () => {
+    const name = Buffer.from("user.a=b%3D\u00e9\u00ff", "latin1");
+    const value = Buffer.from("v=1\nline two \u0000", "latin1");
+    const data = archive({ type: "file", path: "f", ...base, xattrs: [[name, value]] });
+    const pax = data.subarray(512, 1024).toString("latin1");
+    const record = "SCHILY.xattr.user.a%3Db%253D\u00e9\u00ff=v=1\nline two \u0000\n";
+    assert.equal(pax.slice(pax.indexOf(" ") + 1, pax.indexOf(" ") + 1 + record.length), record);
+    // The record length counts bytes.
+    assert.equal(Number(pax.slice(0, pax.indexOf(" "))), pax.indexOf("\n", pax.indexOf("two")) + 1);
+    const [entry] = (await readAll(data)).map((e) => e.entry);
+    assert.deepEqual([...(entry?.xattrs ?? [])], [[name.toString("latin1"), value]]);
+  });
+
   test("a size beyond the octal field travels in a pax record", async () => {
     const size = 9 * 1024 ** 3;
     const reader = new TarReader(chunked(encodeHeader({ type: "file", path: "huge", ...base, size }), 512));
@@ -149,7 +162,9 @@ describe("tar format", () => {
         endOfArchive(),
       ]),
     );
-    assert.deepEqual(entries[0]?.entry.xattrs.get("user.tést"), Buffer.from([0, 1, 2]));
+    // Attribute names are raw bytes, held as Latin-1.
+    const name = Buffer.from("user.tést").toString("latin1");
+    assert.deepEqual(entries[0]?.entry.xattrs.get(name), Buffer.from([0, 1, 2]));
     assert.deepEqual(
       entries.map((e) => e.entry.uid),
       [4242, 4242, 4242],

@@ -38,7 +38,10 @@ export interface TarEntry {
   mtime: number;
   devmajor: number;
   devminor: number;
-  /** Extended attributes from SCHILY.xattr.* or LIBARCHIVE.xattr.* records. */
+  /**
+   * Extended attributes from SCHILY.xattr.* or LIBARCHIVE.xattr.* records: names as Latin-1 (one
+   * character per byte of the name), values as raw bytes.
+   */
   xattrs: Map<string, Buffer>;
   /** Set when the entry is of a kind this module does not extract (sparse files, tape labels...). */
   unsupported?: string;
@@ -265,14 +268,10 @@ export class TarReader {
       xattrs: new Map(),
     };
     for (const [key, v] of rec) {
-      if (key.startsWith("SCHILY.xattr.")) entry.xattrs.set(key.slice("SCHILY.xattr.".length), v);
-      else if (key.startsWith("LIBARCHIVE.xattr.")) {
-        let name: string;
-        try {
-          name = decodeURIComponent(key.slice("LIBARCHIVE.xattr.".length));
-        } catch {
-          throw new TarFormatError(`malformed pax record ${JSON.stringify(key)}`);
-        }
+      if (key.startsWith(SCHILY_XATTR)) entry.xattrs.set(decodeXattrKeyword(key.slice(SCHILY_XATTR.length)), v);
+      else if (key.startsWith(LIBARCHIVE_XATTR)) {
+        const name = percentDecode(key.slice(LIBARCHIVE_XATTR.length));
+        if (name === null) throw new TarFormatError(`malformed pax record ${JSON.stringify(key)}`);
         entry.xattrs.set(name, Buffer.from(v.toString("latin1"), "base64"));
       } else if (key.startsWith("GNU.sparse.")) entry.unsupported = "a sparse file";
     }
@@ -389,7 +388,10 @@ function stripTrailingNuls(value: Buffer): Buffer {
   return value.subarray(0, end);
 }
 
-/** Records of a pax header ("<length> <key>=<value>\n"), added to `into`. Values stay raw bytes. */
+/**
+ * Records of a pax header ("<length> <key>=<value>\n"), added to `into`. Values stay raw bytes;
+ * keys are read as Latin-1, so an attribute name in a key keeps every byte.
+ */
 function parsePax(body: Buffer, into: Map<string, Buffer>): Map<string, Buffer> {
   let i = 0;
   while (i < body.length) {
@@ -402,10 +404,43 @@ function parsePax(body: Buffer, into: Map<string, Buffer>): Map<string, Buffer> 
     if (end > body.length || body[end - 1] !== 0x0a || eq === -1 || eq >= end) {
       throw new TarFormatError("malformed pax record");
     }
-    into.set(body.toString("utf8", space + 1, eq), Buffer.from(body.subarray(eq + 1, end - 1)));
+    into.set(body.toString("latin1", space + 1, eq), Buffer.from(body.subarray(eq + 1, end - 1)));
     i = end;
   }
   return into;
+}
+
+const SCHILY_XATTR = "SCHILY.xattr.";
+const LIBARCHIVE_XATTR = "LIBARCHIVE.xattr.";
+
+/**
+ * GNU tar's escaping of an attribute name in a pax keyword: "%" and "=" (which would end the
+ * keyword) become "%25" and "%3D"; every other byte is kept. Works on Latin-1 text (one byte each).
+ */
+function encodeXattrKeyword(name: string): string {
+  return name.replaceAll("%", "%25").replaceAll("=", "%3D");
+}
+
+/** Reverses encodeXattrKeyword, as GNU tar does: only "%3D" and "%25" are escapes. */
+function decodeXattrKeyword(keyword: string): string {
+  return keyword.replace(/%(3D|25)/g, (code) => (code === "%3D" ? "=" : "%"));
+}
+
+/** libarchive's URL-style escaping, undone byte by byte (as Latin-1); null when malformed. */
+function percentDecode(text: string): string | null {
+  let out = "";
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i] as string;
+    if (c !== "%") {
+      out += c;
+      continue;
+    }
+    const hex = text.slice(i + 1, i + 3);
+    if (!/^[0-9a-fA-F]{2}$/.test(hex)) return null;
+    out += String.fromCharCode(Number.parseInt(hex, 16));
+    i += 2;
+  }
+  return out;
 }
 
 function paxInteger(value: Buffer | undefined, what: string): number | undefined {
@@ -454,7 +489,11 @@ export interface HeaderFields {
   mtime?: number;
   devmajor?: number;
   devminor?: number;
-  xattrs?: Iterable<[string, Buffer]>;
+  /**
+   * Extended attributes, written in the given order as SCHILY.xattr records (GNU tar's form):
+   * names as raw bytes or as Latin-1 text (as TarEntry.xattrs holds them), values as raw bytes.
+   */
+  xattrs?: Iterable<[string | Buffer, Buffer]>;
 }
 
 const TYPEFLAG: Record<EntryType, string> = {
@@ -494,7 +533,10 @@ export function encodeHeader(f: HeaderFields): Buffer {
   if (records.some(([key, value]) => (key === "path" || key === "linkpath") && !textual(value))) {
     records.push(["hdrcharset", Buffer.from("BINARY")]);
   }
-  for (const [name, value] of f.xattrs ?? []) records.push([`SCHILY.xattr.${name}`, value]);
+  for (const [name, value] of f.xattrs ?? []) {
+    const text = typeof name === "string" ? name : name.toString("latin1");
+    records.push([`${SCHILY_XATTR}${encodeXattrKeyword(text)}`, value]);
+  }
 
   const header = Buffer.alloc(BLOCK);
   if (split === null) path.copy(header, 0, 0, 100);
@@ -540,8 +582,9 @@ function splitUstarName(path: Buffer): { name: Buffer; prefix: Buffer } | null {
   return null;
 }
 
+/** One pax record; the length counts bytes. Keys are Latin-1 text (attribute names are raw bytes). */
 function paxRecord(key: string, value: Buffer): Buffer {
-  const rest = Buffer.concat([Buffer.from(` ${key}=`), value, Buffer.from("\n")]);
+  const rest = Buffer.concat([Buffer.from(` ${key}=`, "latin1"), value, Buffer.from("\n")]);
   let length = rest.length + 1;
   while (String(length).length + rest.length !== length) length = String(length).length + rest.length;
   return Buffer.concat([Buffer.from(String(length)), rest]);

@@ -23,7 +23,7 @@ import {
   type ServerResponse,
   STATUS_CODES,
 } from "node:http";
-import { isIP, connect as netConnect, type Socket } from "node:net";
+import { BlockList, isIP, connect as netConnect, type Socket } from "node:net";
 import { pipeline } from "node:stream";
 import {
   classifyAddress,
@@ -72,6 +72,12 @@ export interface EgressProxyOptions {
    * every address it returns.
    */
   resolve?: (host: string) => Promise<string[]>;
+  /**
+   * Addresses or CIDR ranges (`10.1.2.0/24`, `fd00::/8`) the host's operator vouches for, such as
+   * an internal package mirror: a name resolving there passes although the address is not
+   * public. Everything else non-public stays refused.
+   */
+  trustedAddresses?: readonly string[];
   /** Ports that CONNECT and plain HTTP may target. Default 80 and 443. */
   allowedPorts?: readonly number[];
   /** Budget for DNS lookup plus TCP connect to the origin. Default 10 s. */
@@ -195,6 +201,27 @@ async function systemResolve(host: string): Promise<string[]> {
   return results.map((r) => r.address);
 }
 
+/** Parses `address` or `address/prefix` entries; throws on anything else. */
+export function trustedList(entries: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const entry of entries) {
+    const [address = "", prefix, extra] = entry.split("/");
+    const family = isIP(address);
+    const bits = prefix === undefined ? (family === 6 ? 128 : 32) : Number(prefix);
+    if (
+      family === 0 ||
+      extra !== undefined ||
+      !Number.isInteger(bits) ||
+      bits < 0 ||
+      bits > (family === 6 ? 128 : 32)
+    ) {
+      throw new RangeError(`not an address or CIDR range: ${JSON.stringify(entry)}`);
+    }
+    list.addSubnet(address, bits, family === 6 ? "ipv6" : "ipv4");
+  }
+  return list;
+}
+
 export class EgressProxy {
   readonly socketPath: string;
   readonly #allowlist: HostAllowlist;
@@ -206,6 +233,7 @@ export class EgressProxy {
   readonly #headersTimeoutMs: number;
   readonly #maxConnections: number;
   readonly #allowPrivate: boolean;
+  readonly #trusted: BlockList;
   #server: HttpServer | undefined;
   #closing: Promise<void> | undefined;
   /** Every open socket, client side and origin side, so close() can end them all. */
@@ -228,6 +256,7 @@ export class EgressProxy {
     this.#headersTimeoutMs = positive(options.headersTimeoutMs, 30_000, "headersTimeoutMs");
     this.#maxConnections = positive(options.maxConnections, 128, "maxConnections");
     this.#allowPrivate = testOnly?.allowPrivateAddresses === true;
+    this.#trusted = trustedList(options.trustedAddresses ?? []);
   }
 
   /** Listens on the Unix socket (mode 0666). A stale socket file left by a dead process is replaced. */
@@ -384,7 +413,7 @@ export class EgressProxy {
     for (const address of addresses) {
       if (typeof address !== "string" || isIP(address) === 0)
         return fail(502, "DNS lookup returned an invalid address");
-      if (this.#allowPrivate) continue;
+      if (this.#allowPrivate || this.#trusted.check(address, isIP(address) === 6 ? "ipv6" : "ipv4")) continue;
       const kind = classifyAddress(address);
       if (kind !== null) return refuse(403, `resolves to ${kind} address ${address}`);
     }

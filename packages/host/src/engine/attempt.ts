@@ -17,7 +17,7 @@ import type { BlobStore } from "../artifacts/blob-store.ts";
 import { collectOutputs } from "../artifacts/collector.ts";
 import { DEFAULT_PATH } from "../images/resolve-command.ts";
 import type { SandboxDriver, SandboxExit, SandboxHandle, SandboxSpec } from "../sandbox/driver.ts";
-import { OUTPUTS_DIR, RUNNER_MOUNT } from "../sandbox/driver.ts";
+import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { EventLog, NewEvent } from "./event-log.ts";
 import type { CurrentRunner } from "./runner-registry.ts";
@@ -58,8 +58,8 @@ export async function sandboxSpec(
     runnerDir: runner.dir,
     limits: spec.limits,
     files: [],
-    argv: [`${RUNNER_MOUNT}/node`, `${RUNNER_MOUNT}/runner.mjs`],
-    env: { PATH: DEFAULT_PATH, LANG: "C.UTF-8", HOME: "/home/agent" },
+    argv: [...RUNNER_ARGV],
+    env: { PATH: DEFAULT_PATH, LANG: "C.UTF-8", HOME: "/home/agent", ...RUNNER_ENV },
     cwd: "/",
   };
 }

@@ -10,13 +10,11 @@ import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { Kysely } from "kysely";
-import { RUNNER_BUNDLE, RUNNER_NODE, RUNNER_VERSION_FILE } from "../images/layout.ts";
 import type { RunnerLayers } from "../images/runner-layers.ts";
 import { removeTree } from "../images/store-fs.ts";
 import type { Database } from "../store/schema.ts";
 
 const run = promisify(execFile);
-const FILES = [RUNNER_NODE, RUNNER_BUNDLE, RUNNER_VERSION_FILE];
 
 /**
  * Clears the immutable flag from every runner layer under a data directory, so that the
@@ -128,11 +126,13 @@ export class RunnerRegistry {
     await this.#chattr("-i", dir);
   }
 
-  /** Files first, then the folder (an immutable folder takes no new entries). Filesystems without the flag (tmpfs) are noted. */
+  /**
+   * The folder and everything in it (the compile cache's folders included); chattr -R does not
+   * follow symlinks, and a layer holds none. Filesystems without the flag (tmpfs) are noted.
+   */
   async #chattr(flag: "+i" | "-i", dir: string): Promise<void> {
-    const paths = flag === "+i" ? [...FILES.map((f) => join(dir, f)), dir] : [dir, ...FILES.map((f) => join(dir, f))];
     try {
-      await run("chattr", [flag, ...paths], { env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } });
+      await run("chattr", ["-R", flag, dir], { env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } });
     } catch (err) {
       this.#log(
         `runner layer ${dir}: chattr ${flag} failed (${(err as Error).message.trim()}); relying on the read-only mount`,

@@ -131,6 +131,8 @@ export interface WalkOptions {
   xattrs: XattrMap;
   /** Called with every entry walked (the root and excluded entries aside). */
   onEntry?: (rel: Buffer, st: Stats) => void;
+  /** The upper's owners are this much above the lower view's (an edit session's id range; see unshift.ts). */
+  idShift?: number;
 }
 
 /** Walks `upper` against the lower view `view` (null: no lower layers). */
@@ -195,7 +197,9 @@ export async function walkChanges(upper: string, view: string | null, options: W
           }
           const hidden = task.hidden || isOpaque(options.xattrs.get(xattrKey(rel)));
           if (!lower) count("added", rel);
-          else if (!lower.isDirectory() || hidden || !sameOwnerAndMode(st, lower)) count("modified", rel);
+          else if (!lower.isDirectory() || hidden || !sameOwnerAndMode(st, lower, options.idShift ?? 0)) {
+            count("modified", rel);
+          }
           queue.push({ rel, lowerDir: lower?.isDirectory() ?? false, hidden, exclude });
         }),
       );
@@ -219,8 +223,8 @@ export async function walkChanges(upper: string, view: string | null, options: W
   };
 }
 
-function sameOwnerAndMode(a: Stats, b: Stats): boolean {
-  return (a.mode & 0o7777) === (b.mode & 0o7777) && a.uid === b.uid && a.gid === b.gid;
+function sameOwnerAndMode(a: Stats, b: Stats, shift: number): boolean {
+  return (a.mode & 0o7777) === (b.mode & 0o7777) && a.uid === b.uid + shift && a.gid === b.gid + shift;
 }
 
 /** Runs `visit` over a growing queue of directories, CONCURRENCY at a time, depth first. */

@@ -52,12 +52,14 @@ import { type Changes, excludeTree, walkChanges } from "./changes.ts";
 import { at, CopyCosts, planCopy, splitSources } from "./copy-plan.ts";
 import { isOpaqueValue, isWhiteout, OPAQUE_XATTR, overlayUsingUpper, withLowerView } from "./overlay.ts";
 import { exited, runOverPaths, TOOL_ENV } from "./tools.ts";
+import { unshiftTree, unshiftXattrs } from "./unshift.ts";
 import { readXattrs, writeXattrs, type XattrMap, xattrKey } from "./xattrs.ts";
 
 /**
  * Sandbox paths left out of a frozen layer by default: scratch space (/tmp, /var/tmp, /run),
  * apt's downloaded packages (/var/cache/apt/archives), the per-run folders and mount points
- * (/outputs, /inputs, /opt/paddock/runner) and the kernel's file systems (/dev, /proc, /sys).
+ * (/outputs, /inputs, /opt/paddock/runner), the kernel's file systems (/dev, /proc, /sys) and
+ * the edit session's shell history.
  * Home caches (/home/agent/.cache) are kept: tools keep wanted data there, such as downloaded
  * models; a caller that wants them out passes [...DEFAULT_FREEZE_EXCLUDE, "/home/agent/.cache"].
  */
@@ -72,6 +74,8 @@ export const DEFAULT_FREEZE_EXCLUDE: readonly string[] = [
   "/dev",
   "/proc",
   "/sys",
+  "/root/.bash_history",
+  "/home/agent/.bash_history",
 ];
 
 export interface FreezeOptions {
@@ -85,6 +89,11 @@ export interface FreezeOptions {
   exclude?: readonly string[];
   /** cp processes copying at once; defaults to one per core, up to 4. */
   copyProcesses?: number;
+  /**
+   * The first host id of the edit session's id range (see unshift.ts): the upper's owners in
+   * that range are moved back by it in the layer. Without it, owners are copied as they are.
+   */
+  idShift?: number;
 }
 
 export interface FrozenLayer {
@@ -159,7 +168,7 @@ export async function freezeUpper(options: FreezeOptions): Promise<FrozenLayer> 
 
     const costs = new CopyCosts();
     const { changes, devices } = await withLowerView(options.lowers, join(work, "lowers"), (view) =>
-      walkChanges(upper, view, { exclude, xattrs, onEntry: (rel, st) => costs.add(rel, st) }),
+      walkChanges(upper, view, { exclude, xattrs, idShift: options.idShift, onEntry: (rel, st) => costs.add(rel, st) }),
     );
     if (devices.length > 0) {
       const list = devices.map((d) => JSON.stringify(d)).join(", ");
@@ -173,6 +182,10 @@ export async function freezeUpper(options: FreezeOptions): Promise<FrozenLayer> 
     const copies = await Promise.allSettled(runs.map((sources) => runOverPaths(upper, cp, sources)));
     for (const copy of copies) if (copy.status === "rejected") throw copy.reason;
     await refuseDevices(layer);
+    if (options.idShift !== undefined) {
+      await unshiftTree(layer, options.idShift);
+      unshiftXattrs(xattrs, options.idShift);
+    }
     await writeXattrs(layer, xattrs);
     for (const dir of plan.dirs) await lutimes(at(layer, dir.rel), dir.stats.atime, dir.stats.mtime);
 

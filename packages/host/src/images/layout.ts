@@ -6,7 +6,7 @@
  *   <imagesDir>/<digest>/meta.json    { digest, source, suite?, created_at, size_bytes }
  *   <imagesDir>/default               text file: the digest of the default base image
  *   <layersDir>/<digest>/             an environment layer (a folder overlaid on the rootfs)
- *   <runnersDir>/<digest>/            a runner layer: node, runner.mjs, version.json
+ *   <runnersDir>/<digest>/            a runner layer: node, runner.mjs, compile-cache/, version.json
  *   <any store>/.tmp-*                work in progress; never an image or layer, removed when stale
  *
  * Digests are "sha256-<hex>" over a canonical walk of the tree (sorted paths; type, mode, uid,
@@ -23,6 +23,8 @@ export const IMAGE_META = "meta.json";
 export const RUNNER_VERSION_FILE = "version.json";
 export const RUNNER_NODE = "node";
 export const RUNNER_BUNDLE = "runner.mjs";
+/** Node's compile cache for the bundle (one folder per Node version and uid), built into the layer. */
+export const RUNNER_CACHE = "compile-cache";
 /** The folder of a layer whose files appear at /app inside the sandbox. */
 export const LAYER_APP_DIR = "app";
 /** Prefix of work-in-progress entries inside a store folder. */
@@ -51,4 +53,17 @@ export interface ImageMeta {
 export interface RunnerVersion {
   digest: string;
   created_at: string;
+  /**
+   * What the layer was built from: SHA-256 of the Node binary and of the bundle, and the uid its
+   * compile cache is for. Absent in layers made before runner layers carried a compile cache.
+   */
+  sources?: RunnerSources;
+  /** Node's cache folder inside compile-cache/, or null when this Node wrote no cache. */
+  compile_cache?: string | null;
+}
+
+export interface RunnerSources {
+  node: string;
+  bundle: string;
+  uid: number;
 }

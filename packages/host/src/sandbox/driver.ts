@@ -6,9 +6,20 @@
  */
 import type { Readable, Writable } from "node:stream";
 import type { Limits } from "@paddock/protocol";
+import { RUNNER_BUNDLE, RUNNER_CACHE, RUNNER_NODE } from "../images/layout.ts";
 
 /** Where the runner layer appears inside every sandbox. */
 export const RUNNER_MOUNT = "/opt/paddock/runner";
+/** How the runner starts inside a sandbox; its layer's compile cache is built by this very command. */
+export const RUNNER_ARGV: readonly string[] = [`${RUNNER_MOUNT}/${RUNNER_NODE}`, `${RUNNER_MOUNT}/${RUNNER_BUNDLE}`];
+/**
+ * The runner layer's compile cache. Node reads it through NODE_COMPILE_CACHE and writes to it only
+ * when an entry does not match, which cannot happen for the layer's own bundle; a write would fail
+ * on the read-only mount and be skipped quietly.
+ */
+export const RUNNER_COMPILE_CACHE = `${RUNNER_MOUNT}/${RUNNER_CACHE}`;
+/** What the runner's environment adds to the basics (PATH, LANG, HOME); the agent's command never inherits it. */
+export const RUNNER_ENV: Readonly<Record<string, string>> = Object.freeze({ NODE_COMPILE_CACHE: RUNNER_COMPILE_CACHE });
 /** The folder whose files become the run's artifacts. */
 export const OUTPUTS_DIR = "/outputs";
 /** A read-only folder the host fills after boot (the run's input). */

@@ -124,7 +124,12 @@ describe("sandbox isolation through the host", { skip }, () => {
     assert.equal(probe.runner_remount, "Operation not permitted", "seccomp refuses mount(2)");
     const runners = join(t.dataDir, "runners");
     for (const layer of readdirSync(runners).filter((n) => n.startsWith("sha256-"))) {
-      assert.deepEqual(readdirSync(join(runners, layer)).sort(), ["node", "runner.mjs", "version.json"]);
+      assert.deepEqual(readdirSync(join(runners, layer)).sort(), [
+        "compile-cache",
+        "node",
+        "runner.mjs",
+        "version.json",
+      ]);
       const bundle = readFileSync(join(runners, layer, "runner.mjs"));
       assert.deepEqual(bundle, readFileSync(new URL("../../../runner/dist/runner.mjs", import.meta.url)));
     }

@@ -1,5 +1,5 @@
 /** Schema migrations, written with Kysely's builder only so that SQLite and PostgreSQL share them. */
-import type { Kysely } from "kysely";
+import { type Kysely, sql } from "kysely";
 import { type Migration, type MigrationProvider, Migrator } from "kysely/migration";
 
 const migrations: Record<string, Migration> = {
@@ -142,6 +142,57 @@ const migrations: Record<string, Migration> = {
           .execute();
       }
     },
+  },
+};
+
+migrations["0003_env_sessions"] = {
+  // Environment edit sessions and their egress audit log; at most one active session per agent.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("env_sessions")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("agent_id", "text", (c) => c.notNull().references("agents.id"))
+      .addColumn("status", "text", (c) => c.notNull())
+      .addColumn("base_version", "integer", (c) => c.notNull())
+      .addColumn("allow", "text", (c) => c.notNull())
+      .addColumn("disk_mb", "integer", (c) => c.notNull())
+      .addColumn("memory_mb", "integer", (c) => c.notNull())
+      .addColumn("idle_timeout_s", "integer", (c) => c.notNull())
+      .addColumn("id_base", "bigint", (c) => c.notNull())
+      .addColumn("commands", "integer", (c) => c.notNull().defaultTo(0))
+      .addColumn("egress_allowed", "integer", (c) => c.notNull().defaultTo(0))
+      .addColumn("egress_refused", "integer", (c) => c.notNull().defaultTo(0))
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("last_used_at", "bigint", (c) => c.notNull())
+      .addColumn("ended_at", "bigint")
+      .addColumn("end_reason", "text")
+      .addColumn("frozen_version", "integer")
+      .execute();
+    await db.schema
+      .createIndex("env_sessions_one_active")
+      .unique()
+      .on("env_sessions")
+      .column("agent_id")
+      .where(sql.ref("status"), "=", sql.lit("active"))
+      .execute();
+    await db.schema
+      .createTable("env_session_egress")
+      .addColumn("session_id", "text", (c) => c.notNull().references("env_sessions.id"))
+      .addColumn("seq", "integer", (c) => c.notNull())
+      .addColumn("time", "bigint", (c) => c.notNull())
+      .addColumn("method", "text", (c) => c.notNull())
+      .addColumn("host", "text", (c) => c.notNull())
+      .addColumn("port", "integer", (c) => c.notNull())
+      .addColumn("decision", "text", (c) => c.notNull())
+      .addColumn("reason", "text")
+      .addColumn("status", "integer")
+      .addColumn("bytes_in", "bigint", (c) => c.notNull())
+      .addColumn("bytes_out", "bigint", (c) => c.notNull())
+      .addColumn("ms", "real", (c) => c.notNull())
+      .addPrimaryKeyConstraint("env_session_egress_pk", ["session_id", "seq"])
+      .execute();
   },
 };
 

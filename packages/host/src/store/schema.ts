@@ -39,13 +39,54 @@ export interface SnapshotsTable {
   layers: string;
   /** Runner layer digest this snapshot was made (or last re-made) with; "" when unknown. */
   runner: string;
-  /** create | freeze | rollback | runner */
+  /** create | freeze | rollback | runner | import */
   reason: string;
   parent_version: number | null;
   /** JSON of the change summary against the parent, for freezes. */
   changes: string | null;
   env_bytes: number;
   created_at: number;
+}
+
+/** An environment edit session: a writable layer over an agent's snapshot, until frozen or discarded. */
+export interface EnvSessionsTable {
+  id: string;
+  tenant_id: string;
+  agent_id: string;
+  /** active | frozen | discarded | expired | lost */
+  status: string;
+  base_version: number;
+  /** JSON array of allowed egress host patterns. */
+  allow: string;
+  disk_mb: number;
+  memory_mb: number;
+  idle_timeout_s: number;
+  /** First host id of the session's id range (see envs/unshift.ts). */
+  id_base: number;
+  commands: number;
+  egress_allowed: number;
+  egress_refused: number;
+  created_at: number;
+  last_used_at: number;
+  ended_at: number | null;
+  end_reason: string | null;
+  frozen_version: number | null;
+}
+
+/** One request through a session's egress proxy (never headers or bodies). */
+export interface EnvSessionEgressTable {
+  session_id: string;
+  seq: number;
+  time: number;
+  method: string;
+  host: string;
+  port: number;
+  decision: string;
+  reason: string | null;
+  status: number | null;
+  bytes_in: number;
+  bytes_out: number;
+  ms: number;
 }
 
 export interface RunnersTable {
@@ -119,6 +160,8 @@ export interface Database {
   artifacts: ArtifactsTable;
   snapshots: SnapshotsTable;
   runners: RunnersTable;
+  env_sessions: EnvSessionsTable;
+  env_session_egress: EnvSessionEgressTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }
