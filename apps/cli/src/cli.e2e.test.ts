@@ -4,38 +4,21 @@
  */
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { unsealRunners } from "@paddock/host";
+import { cleanEnv, hostSkipReason, IMAGES, PADDOCK, ROOT } from "./e2e-support.ts";
 
-const ROOT = new URL("../../../", import.meta.url).pathname;
-const PADDOCK = join(ROOT, "bin/paddock");
 const EXAMPLE = join(ROOT, "examples/report-agent/agent.json");
-const IMAGES = join(process.env.PADDOCK_TEST_DATA ?? join(ROOT, ".paddock"), "images");
-
-function skipReason(): string | false {
-  if (process.platform !== "linux") return "the Linux sandbox driver needs Linux";
-  if (process.getuid?.() !== 0) return "the host needs root to create sandboxes";
-  const pointer = join(IMAGES, "default");
-  if (!existsSync(pointer)) return `no base image at ${IMAGES} (run make base-image)`;
-  const digest = readFileSync(pointer, "utf8").trim();
-  if (!existsSync(join(IMAGES, digest, "rootfs"))) return `base image ${digest} at ${IMAGES} is incomplete`;
-  return false;
-}
 
 interface Result {
   code: number;
   stdout: string;
   stderr: string;
-}
-
-/** This process's environment without PADDOCK_* variables, plus `env`. */
-function cleanEnv(env: Record<string, string>): NodeJS.ProcessEnv {
-  return { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("PADDOCK_"))), ...env };
 }
 
 /** Runs bin/paddock with a clean PADDOCK_* environment plus `env`. */
@@ -96,7 +79,7 @@ async function serve(dataDir: string, port = 0): Promise<Served> {
   };
 }
 
-describe("paddock CLI against a real host", { skip: skipReason() }, () => {
+describe("paddock CLI against a real host", { skip: hostSkipReason() }, () => {
   let dataDir: string;
   let server: Served;
   let url: string;
@@ -350,7 +333,7 @@ function freePort(): Promise<number> {
   });
 }
 
-describe("following a run across a host restart", { skip: skipReason() }, () => {
+describe("following a run across a host restart", { skip: hostSkipReason() }, () => {
   it("reconnects with Last-Event-ID and prints every event exactly once", async () => {
     const dataDir = await mkdtemp(join(tmpdir(), "paddock-cli-restart-"));
     const port = await freePort();

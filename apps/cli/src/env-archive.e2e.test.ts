@@ -6,26 +6,13 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningHost, startHost, unsealRunners } from "@paddock/host";
-
-const ROOT = new URL("../../../", import.meta.url).pathname;
-const PADDOCK = join(ROOT, "bin/paddock");
-const IMAGES = join(process.env.PADDOCK_TEST_DATA ?? join(ROOT, ".paddock"), "images");
-
-function skipReason(): string | false {
-  if (process.platform !== "linux") return "the Linux sandbox driver needs Linux";
-  if (process.getuid?.() !== 0) return "the host needs root to create sandboxes";
-  const pointer = join(IMAGES, "default");
-  if (!existsSync(pointer)) return `no base image at ${IMAGES} (run make base-image)`;
-  const digest = readFileSync(pointer, "utf8").trim();
-  if (!existsSync(join(IMAGES, digest, "rootfs"))) return `base image ${digest} at ${IMAGES} is incomplete`;
-  return false;
-}
+import { cleanEnv, hostSkipReason, IMAGES, PADDOCK } from "./e2e-support.ts";
 
 interface Result {
   code: number;
@@ -35,14 +22,13 @@ interface Result {
 
 /** Runs bin/paddock in `cwd` against `host`, with no other PADDOCK_* settings. */
 function cli(host: RunningHost, key: string, args: string[], cwd: string): Promise<Result> {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("PADDOCK_")));
   return new Promise((resolve) => {
     execFile(
       PADDOCK,
       args,
       {
         cwd,
-        env: { ...env, PADDOCK_URL: host.url, PADDOCK_API_KEY: key },
+        env: cleanEnv({ PADDOCK_URL: host.url, PADDOCK_API_KEY: key }),
         encoding: "buffer",
         maxBuffer: 1024 ** 3,
         timeout: 300_000,
@@ -59,7 +45,7 @@ const show = (r: Result) =>
   `exit ${r.code}\n--- stdout\n${r.stdout.toString().slice(0, 2000)}\n--- stderr\n${r.stderr}`;
 const COMMAND = ["sh", "-c", "sha256sum /app/data.txt"];
 
-describe("paddock env export / import between two hosts", { skip: skipReason() }, () => {
+describe("paddock env export / import between two hosts", { skip: hostSkipReason() }, () => {
   let work: string;
   let out: string;
   const hosts: { host: RunningHost; key: string; dataDir: string }[] = [];

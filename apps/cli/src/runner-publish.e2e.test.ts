@@ -17,9 +17,8 @@ import {
   type TestHost,
   waitForRun,
 } from "../../../packages/host/src/testing/harness.ts";
+import { PADDOCK, ROOT } from "./e2e-support.ts";
 
-const ROOT = new URL("../../../", import.meta.url).pathname;
-const PADDOCK = join(ROOT, "bin/paddock");
 const BUNDLE = join(ROOT, "packages/runner/dist/runner.mjs");
 
 // biome-ignore lint/suspicious/noExplicitAny: JSON.
