@@ -14,6 +14,7 @@ import {
   EnvSession,
   type EnvSessionCreate,
   ErrorResponse,
+  FreezeResult,
   Page,
   Run,
   RunEvent,
@@ -373,15 +374,6 @@ export class Client {
     return { url: url.toString(), headers };
   }
 }
-
-const FreezeResult = z.object({
-  snapshot: Snapshot,
-  layer: z.string(),
-  bytes: z.number(),
-  entries: z.number(),
-  reused: z.boolean(),
-  session: EnvSession,
-});
 
 function parseEvent(data: string): RunEvent | null {
   try {

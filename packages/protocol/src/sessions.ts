@@ -1,5 +1,6 @@
 /** Environment edit sessions: the API's request and response shapes. */
 import { z } from "zod";
+import { Snapshot } from "./api.ts";
 
 /** Host name patterns of the default egress allowlist: Debian's and npm's package registries. */
 export const DEFAULT_EGRESS_ALLOW: readonly string[] = ["deb.debian.org", "security.debian.org", "registry.npmjs.org"];
@@ -100,6 +101,17 @@ export const EgressEntry = z
   })
   .meta({ id: "EgressEntry" });
 export type EgressEntry = z.infer<typeof EgressEntry>;
+
+export const FreezeResult = z
+  .object({
+    snapshot: Snapshot,
+    layer: z.string(),
+    bytes: z.number().int(),
+    entries: z.number().int(),
+    reused: z.boolean(),
+    session: EnvSession,
+  })
+  .meta({ id: "FreezeResult" });
 
 export const EnvFreeze = z
   .object({

@@ -39,7 +39,7 @@ import { type RunRepository, terminalEvent, toRun } from "../engine/runs.ts";
 import type { EnvSessions } from "../envs/sessions.ts";
 import { type Identity, type Principal, toTenant } from "../identity/identity.ts";
 import type { Database } from "../store/schema.ts";
-import { check, errorResponse, readJson } from "./http.ts";
+import { check, errorResponse, json, readJson } from "./http.ts";
 import { registerRunnerRoutes } from "./runners.ts";
 import { registerSessionRoutes } from "./sessions.ts";
 import { registerSnapshotArchiveRoutes } from "./snapshot-archive.ts";
@@ -70,10 +70,6 @@ const Id = z
 const ListQuery = z.object({
   limit: z.coerce.number().int().min(1).max(200).default(50),
   cursor: z.string().max(64).optional(),
-});
-const json = (schema: z.ZodType, description: string) => ({
-  description,
-  content: { "application/json": { schema } },
 });
 const errors = {
   400: json(ErrorResponse, "Invalid request"),

@@ -6,6 +6,12 @@ import type { z } from "zod";
 
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
 
+/** An OpenAPI response entry with a JSON body described by `schema`. */
+export const json = (schema: z.ZodType, description: string) => ({
+  description,
+  content: { "application/json": { schema } },
+});
+
 /** Reads a JSON body of at most `maxBytes` and checks it against `schema`. An empty body is `{}`. */
 export async function readJson<T extends z.ZodType>(
   c: Context,

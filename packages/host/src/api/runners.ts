@@ -19,16 +19,11 @@ import {
   RunnerPublish,
 } from "@paddock/protocol";
 import type { Context, MiddlewareHandler } from "hono";
-import type { z } from "zod";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
 import type { Principal } from "../identity/identity.ts";
+import { json } from "./http.ts";
 
 type ApiEnv = { Variables: { principal: Principal } };
-
-const json = (schema: z.ZodType, description: string) => ({
-  description,
-  content: { "application/json": { schema } },
-});
 
 /**
  * Adds `POST /v1/runners` and its OpenAPI entry to the API.

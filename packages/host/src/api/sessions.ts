@@ -9,29 +9,13 @@ import {
   EnvFreeze,
   EnvSession,
   EnvSessionCreate,
+  FreezeResult,
   MAX_EXEC_STDIN_BYTES,
-  Snapshot,
 } from "@paddock/protocol";
 import type { Context } from "hono";
 import { z } from "zod";
 import type { EnvSessions } from "../envs/sessions.ts";
-import { readJson } from "./http.ts";
-
-const json = (schema: z.ZodType, description: string) => ({
-  description,
-  content: { "application/json": { schema } },
-});
-
-export const FreezeResult = z
-  .object({
-    snapshot: Snapshot,
-    layer: z.string(),
-    bytes: z.number().int(),
-    entries: z.number().int(),
-    reused: z.boolean(),
-    session: EnvSession,
-  })
-  .meta({ id: "FreezeResult" });
+import { check, json, readJson } from "./http.ts";
 
 const EgressQuery = z.object({
   after: z.coerce.number().int().min(0).default(0),
@@ -122,8 +106,7 @@ export function registerSessionRoutes<C extends Context>(sessions: EnvSessions, 
     },
     async (c) => {
       const id = param(c, "id");
-      const q = EgressQuery.safeParse(c.req.query());
-      const { after, limit } = q.success ? q.data : { after: 0, limit: 200 };
+      const { after, limit } = check(EgressQuery, c.req.query());
       return c.json({ data: await sessions.egress(tenantOf(c), id, after, limit) });
     },
   );

@@ -13,7 +13,7 @@ import { z } from "zod";
 import { archiveLimits, SnapshotArchives, tooLarge } from "../agents/snapshot-archive.ts";
 import type { Principal } from "../identity/identity.ts";
 import type { ApiDeps } from "./app.ts";
-import { check } from "./http.ts";
+import { check, json } from "./http.ts";
 
 type ApiEnv = { Variables: { principal: Principal } };
 
@@ -30,10 +30,6 @@ const ExportQuery = z.object({
   include_base: z.enum(["true", "false"]).default("true"),
 });
 const Binary = z.string().meta({ format: "binary" });
-const json = (schema: z.ZodType, description: string) => ({
-  description,
-  content: { "application/json": { schema } },
-});
 
 /**
  * Adds the export and import routes (and their OpenAPI entries) to the API.

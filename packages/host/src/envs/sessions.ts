@@ -106,7 +106,6 @@ interface Live {
   proxy: EgressProxy;
   /** A command, shell or freeze holds the session. */
   busy: boolean;
-  boots: number;
   egressSeq: number;
   /** Egress records are written in order, one after the other. */
   egressWrites: Promise<void>;
@@ -221,7 +220,6 @@ export class EnvSessions {
         layer,
         proxy: this.#proxy(row, layer),
         busy: false,
-        boots: 0,
         egressSeq: 0,
         egressWrites: Promise.resolve(),
         handle: undefined,
@@ -472,7 +470,6 @@ export class EnvSessions {
     const base = await this.#baseSnapshot(live);
     const layers = await agents.layerPaths({ image: base.base, layers: JSON.parse(base.layers) as string[] });
     const runner = await runners.current();
-    live.boots += 1;
     live.row.commands += 1;
     const limits: Limits = {
       ...DEFAULT_LIMITS,
@@ -489,7 +486,7 @@ export class EnvSessions {
       no_proxy: "localhost,127.0.0.1",
     };
     const handle = await driver.boot({
-      id: `${layerName(live.row.id)}-${live.boots}`,
+      id: `${layerName(live.row.id)}-${live.row.commands}`,
       layers,
       runnerDir: runner.dir,
       limits,
