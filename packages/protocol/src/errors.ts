@@ -61,6 +61,47 @@ export const ERROR_CODES = {
     status: 503,
     message: "The environment image is not built yet; run 'paddock images build-base'.",
   },
+  secret_in_use: {
+    status: 409,
+    message: "A connection uses this secret; change or delete the connection first.",
+  },
+  unknown_secret: { status: 422, message: "The connection names a secret that does not exist; set it first." },
+  unknown_connection: {
+    status: 422,
+    message: "The agent's policy names a connection that does not exist; create it first.",
+  },
+  bridge_unknown_source: {
+    status: 403,
+    message: "Bridge calls are accepted only from a live sandbox's own address.",
+  },
+  token_missing: {
+    status: 401,
+    message: "Send the run token as 'Authorization: Bearer <token>'; the sandbox finds it in $PADDOCK_TOKEN_FILE.",
+  },
+  token_invalid: { status: 401, message: "The run token does not verify." },
+  token_expired: { status: 401, message: "The run token has expired; read $PADDOCK_TOKEN_FILE again for a fresh one." },
+  token_mismatch: {
+    status: 403,
+    message: "The run token belongs to another sandbox, run or attempt than the one calling.",
+  },
+  run_not_running: { status: 403, message: "The run this token was issued to is not running." },
+  connection_not_allowed: {
+    status: 403,
+    message: "The agent's policy does not allow this connection, or no such connection exists.",
+  },
+  policy_denied: { status: 403, message: "The connection's policy does not allow this method and path." },
+  path_rejected: {
+    status: 400,
+    message: "The path is not allowed: no '.' or '..' segments, encoded slashes, backslashes or double encoding.",
+  },
+  rate_limited: { status: 429, message: "The connection's rate limit is reached; retry after the time given." },
+  upstream_refused: {
+    status: 502,
+    message: "The connection's upstream resolves to an address the host does not call (private, loopback, link-local).",
+  },
+  upstream_error: { status: 502, message: "The upstream could not be reached or broke off its answer." },
+  upstream_timeout: { status: 504, message: "The upstream did not answer in time." },
+  upstream_too_large: { status: 502, message: "The upstream's answer is larger than the bridge passes on." },
   internal: { status: 500, message: "Internal error; the host logged the details." },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -59,7 +59,7 @@ export interface ApiDeps {
 }
 
 type Env = { Variables: { principal: Principal } };
-type Method = "get" | "post" | "delete";
+type Method = "get" | "post" | "put" | "delete";
 type Auth = "none" | "tenant" | "admin";
 
 const Id = z

@@ -196,6 +196,48 @@ migrations["0003_env_sessions"] = {
   },
 };
 
+migrations["0004_bridge"] = {
+  // The secrets vault (envelope-encrypted values), connections (upstream, secret, policy) and the
+  // keys that sign run tokens (private halves sealed by the vault).
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("secrets")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("name", "text", (c) => c.notNull())
+      .addColumn("sealed", "text", (c) => c.notNull())
+      .addColumn("master_key_id", "text", (c) => c.notNull())
+      .addColumn("version", "integer", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("updated_at", "bigint", (c) => c.notNull())
+      .addUniqueConstraint("secrets_tenant_name", ["tenant_id", "name"])
+      .execute();
+    await db.schema
+      .createTable("connections")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("name", "text", (c) => c.notNull())
+      .addColumn("secret_name", "text")
+      .addColumn("spec", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("updated_at", "bigint", (c) => c.notNull())
+      .addUniqueConstraint("connections_tenant_name", ["tenant_id", "name"])
+      .execute();
+    await db.schema
+      .createTable("signing_keys")
+      .addColumn("kid", "text", (c) => c.primaryKey())
+      .addColumn("alg", "text", (c) => c.notNull())
+      .addColumn("public_jwk", "text", (c) => c.notNull())
+      .addColumn("sealed_private", "text", (c) => c.notNull())
+      .addColumn("master_key_id", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("retired_at", "bigint")
+      .addColumn("verify_until", "bigint")
+      .execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.

@@ -150,6 +150,48 @@ export interface ArtifactsTable {
   created_at: number;
 }
 
+/** A secret of the vault: its value sealed (AES-256-GCM under a data key wrapped by the master key). */
+export interface SecretsTable {
+  id: string;
+  tenant_id: string;
+  name: string;
+  /** JSON of the vault's sealed box; never the value. */
+  sealed: string;
+  /** Which master key wrapped the data key (a fingerprint, not the key). */
+  master_key_id: string;
+  /** Counts the values set under this name, from 1. */
+  version: number;
+  created_at: number;
+  updated_at: number;
+}
+
+/** A named upstream the bridge forwards to, with the secret it attaches and its policy. */
+export interface ConnectionsTable {
+  id: string;
+  tenant_id: string;
+  name: string;
+  /** The secret the connection attaches (also in spec); null for none. Kept apart to find users of a secret. */
+  secret_name: string | null;
+  /** JSON of the connection's definition (base URL, auth, policy, limits). */
+  spec: string;
+  created_at: number;
+  updated_at: number;
+}
+
+/** A key that signs run tokens. The private half is sealed by the vault. */
+export interface SigningKeysTable {
+  kid: string;
+  alg: string;
+  public_jwk: string;
+  sealed_private: string;
+  master_key_id: string;
+  created_at: number;
+  /** When it stopped signing; null while it is the signing key. */
+  retired_at: number | null;
+  /** Tokens it signed verify until this time (retired_at plus the longest token lifetime). */
+  verify_until: number | null;
+}
+
 export interface Database {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
@@ -162,6 +204,9 @@ export interface Database {
   runners: RunnersTable;
   env_sessions: EnvSessionsTable;
   env_session_egress: EnvSessionEgressTable;
+  secrets: SecretsTable;
+  connections: ConnectionsTable;
+  signing_keys: SigningKeysTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }
