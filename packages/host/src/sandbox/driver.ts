@@ -24,6 +24,8 @@ export const RUNNER_ENV: Readonly<Record<string, string>> = Object.freeze({ NODE
 export const OUTPUTS_DIR = "/outputs";
 /** A read-only folder the host fills after boot (the run's input). */
 export const INPUTS_DIR = "/inputs";
+/** A read-only folder of the host's for the platform's own files (the run token). */
+export const RUNTIME_DIR = "/run/paddock";
 
 export interface SandboxFile {
   /** Absolute path inside the sandbox, for example /inputs/input.json. */
@@ -50,6 +52,11 @@ export interface SandboxSpec {
   cwd: string;
   /** Boots the sandbox as a step of an environment edit session instead of a run. */
   session?: SessionSpec;
+  /**
+   * Give the sandbox a network of its own whose only peer is the host's bridge (when the driver
+   * has sandbox networks); otherwise, and always for sessions, it has loopback only.
+   */
+  network?: boolean;
 }
 
 /**
@@ -117,6 +124,10 @@ export interface SandboxHandle {
    * there, also after boot, appears at once. Lets a sandbox booted ahead of its run get the input.
    */
   readonly inputsDir: string;
+  /** Like inputsDir, seen at RUNTIME_DIR: where the host puts the run token. */
+  readonly runtimeDir: string;
+  /** The sandbox's address on its network, or null without one. */
+  readonly address: string | null;
   /** Kills what is left, unmounts, removes cgroups and folders. Idempotent. */
   destroy(): Promise<void>;
 }

@@ -5,12 +5,13 @@
  * Threat model: bwrap must not run as root (the sandbox would then be host uid 0), so setpriv
  * switches every uid and gid to the sandbox user, clears supplementary groups, empties the
  * capability bounding and inheritable sets and sets no_new_privs before bwrap starts. bwrap then
- * unshares every namespace (the network namespace holds only loopback), forbids nested user
+ * unshares every namespace but the network one, which is either fresh (loopback only) or the
+ * sandbox network's namespace the launcher entered (see network.ts), forbids nested user
  * namespaces, mounts the runner read-only, gives argv a new session (no TIOCSTI into a host
  * terminal), an environment of exactly spec.env, and the seccomp filter; --die-with-parent ends
  * the sandbox if the host process dies.
  */
-import { INPUTS_DIR, RUNNER_MOUNT } from "../driver.ts";
+import { INPUTS_DIR, RUNNER_MOUNT, RUNTIME_DIR } from "../driver.ts";
 import { BWRAP_ARGS_FD, SECCOMP_FD, type Tools } from "./launcher.ts";
 
 export interface BwrapOptions {
@@ -19,6 +20,10 @@ export interface BwrapOptions {
   runnerDir: string;
   /** Host folder bound read-only at INPUTS_DIR. */
   inputs: string;
+  /** Host folder bound read-only at RUNTIME_DIR (the run token). */
+  runtime: string;
+  /** Keep the network namespace the launcher entered (a sandbox network) instead of a loopback-only one. */
+  shareNet: boolean;
   env: Record<string, string>;
   cwd: string;
 }
@@ -49,6 +54,7 @@ export function bwrapOptions(options: BwrapOptions): string[] {
   const args = [
     "--unshare-user",
     "--unshare-all",
+    ...(options.shareNet ? ["--share-net"] : []),
     "--disable-userns",
     "--die-with-parent",
     "--new-session",
@@ -61,6 +67,9 @@ export function bwrapOptions(options: BwrapOptions): string[] {
     "--ro-bind",
     options.inputs,
     INPUTS_DIR,
+    "--ro-bind",
+    options.runtime,
+    RUNTIME_DIR,
     "--proc",
     "/proc",
     "--dev",
@@ -94,7 +103,7 @@ const SESSION_CAPS = [
   "CAP_AUDIT_WRITE",
 ];
 
-export interface SessionBwrapOptions extends Omit<BwrapOptions, "inputs"> {
+export interface SessionBwrapOptions extends Omit<BwrapOptions, "inputs" | "runtime" | "shareNet"> {
   /** Host path of the session's egress proxy socket, bound at EGRESS_SOCKET. */
   egressSocket?: string;
   /** The sandbox has a pseudo-terminal as its controlling terminal: no new session. */

@@ -20,9 +20,11 @@
  *
  * Protocol on the control socket (descriptor 4): the helper says "idle" once it is ready for a
  * request; the request is a line with a field count, then that many NUL-terminated fields:
- * sandbox folder, tmpfs options, lowerdir, count of cgroup.procs files to join, those files, the
- * command to exec. The helper answers "mounted" (tmpfs is up), the driver "go" (writable layer
- * filled), the helper "ready" just before exec; "error: ..." lines explain a failure.
+ * sandbox folder, tmpfs options, lowerdir, upper folder, idmap base, pty size, network namespace
+ * file (each possibly empty), count of cgroup.procs files to join, those files, the command to
+ * exec. The helper answers "mounted" (tmpfs is up), the driver "go" (writable layer filled), the
+ * helper "ready" just before exec; "error: ..." lines explain a failure. With a network namespace,
+ * the helper enters it right before exec, so the sandbox's only network is that namespace's link.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { access, constants } from "node:fs/promises";
@@ -112,9 +114,9 @@ leave() unless defined $count;
 my $buf = "";
 while (($buf =~ tr/\0//) < $count) { sysread($ctl, $buf, 65536, length($buf)) or leave() }
 my @f = split(/\0/, $buf, -1);
-my ($dir, $tmpfs, $lower, $upper, $idmap, $pty, $n) = splice(@f, 0, 7);
+my ($dir, $tmpfs, $lower, $upper, $idmap, $pty, $netns, $n) = splice(@f, 0, 8);
 my @procs = splice(@f, 0, $n);
-my @cmd = @f[0 .. $count - 8 - $n];
+my @cmd = @f[0 .. $count - 9 - $n];
 $upper = $dir if $upper eq "";
 open_pty(split(/ /, $pty)) if $pty ne "";
 mnt("tmpfs", $dir, "tmpfs", $tmpfs);
@@ -136,6 +138,11 @@ if ($idmap ne "") {
   $) = "0 0";
   POSIX::setgid(0) && POSIX::setuid(0) && $< == 0 && $> == 0 or fail("cannot become root of the session's user namespace: $!");
   syswrite($release, "x"); waitpid($holder, 0); close($ns);
+}
+if ($netns ne "") {
+  open(my $nsf, "<", $netns) or fail("open $netns: $!");
+  syscall($nr_setns, fileno($nsf), 0x40000000) == 0 or fail("setns $netns: $!");
+  close($nsf);
 }
 opendir(my $fds, "/proc/self/fd") or fail("/proc/self/fd: $!");
 my @extra = grep { /^\d+$/ && $_ > ${BWRAP_ARGS_FD} } readdir($fds);
@@ -231,17 +238,18 @@ echo idle >&${CONTROL_FD}
 read -r count <&${CONTROL_FD} || leave
 f=()
 for ((i = 0; i < count; i++)); do IFS= read -r -d '' x <&${CONTROL_FD} || leave; f+=("$x"); done
-dir=\${f[0]} tmpfs=\${f[1]} lower=\${f[2]} n=\${f[6]}
+dir=\${f[0]} tmpfs=\${f[1]} lower=\${f[2]} netns=\${f[6]} n=\${f[7]}
 [ -z "\${f[3]}\${f[4]}\${f[5]}" ] || { echo "error: environment edit sessions need the perl launcher" >&${CONTROL_FD}; exit 1; }
 $m -n -t tmpfs -o "nosuid,nodev,$tmpfs" tmpfs "$dir" 2>&${CONTROL_FD} || exit 1
 echo mounted >&${CONTROL_FD}
-for p in "\${f[@]:7:n}"; do echo $$ > "$p" || { echo "error: cannot join cgroup $p" >&${CONTROL_FD}; exit 1; }; done
+for p in "\${f[@]:8:n}"; do echo $$ > "$p" || { echo "error: cannot join cgroup $p" >&${CONTROL_FD}; exit 1; }; done
 read -r go <&${CONTROL_FD} && [ "$go" = go ] || exit 1
 $m -n -t overlay -o "nosuid,nodev,lowerdir=$lower,upperdir=$dir/upper,workdir=$dir/work" overlay "$dir/root" 2>&${CONTROL_FD} || exit 1
 for fd in /proc/self/fd/*; do fd=\${fd##*/}; if [ "$fd" -gt ${BWRAP_ARGS_FD} ]; then eval "exec $fd>&-"; fi; done
 echo ready >&${CONTROL_FD}
 exec ${CONTROL_FD}>&-
-exec "\${f[@]:7+n}"
+[ -z "$netns" ] || exec nsenter --net="$netns" -- "\${f[@]:8+n}"
+exec "\${f[@]:8+n}"
 `;
 
 /** Perl unmounter: umount2(UMOUNT_NOFOLLOW), then with MNT_DETACH as the fallback. */
@@ -272,6 +280,8 @@ export interface LaunchRequest {
   idmapBase?: number;
   /** Give the sandbox a pseudo-terminal of this size (sessions only); stdin then takes frames. */
   pty?: { rows: number; cols: number };
+  /** A network namespace file to enter just before exec (a sandbox network); default none. */
+  netns?: string;
   /** bwrap's options, NUL-separated, delivered on BWRAP_ARGS_FD. */
   bwrapOptions: Buffer;
   /** Runs once the tmpfs is mounted and before the overlay is: fills the writable layer. */
@@ -412,6 +422,7 @@ export class Launcher {
         req.upper ?? "",
         req.idmapBase === undefined ? "" : String(req.idmapBase),
         req.pty ? `${req.pty.rows} ${req.pty.cols}` : "",
+        req.netns ?? "",
         String(req.cgroupProcs.length),
         ...req.cgroupProcs,
         ...req.command,

@@ -30,6 +30,7 @@ import {
 import { BWRAP_ARGS_FD, findTools, type HelperKind, type Tools, unmountAll } from "./launcher.ts";
 import { discard, LauncherPool, type Lease } from "./launcher-pool.ts";
 import { mountPointsUnder } from "./mountinfo.ts";
+import type { NetworkLease, SandboxNetwork } from "./network.ts";
 import { ensureRunDir, NAME_RE, sandboxPaths } from "./paths.ts";
 import { LinuxSandboxHandle, removeSandboxDir, teardownSandbox } from "./sandbox-handle.ts";
 import { writeSeccompFilter } from "./seccomp.ts";
@@ -48,6 +49,8 @@ export interface LinuxSandboxDriverConfig {
   helper?: HelperKind;
   /** Launchers kept started ahead of boots (see launcher-pool.ts); default 2, 0 disables. */
   warmLaunchers?: number;
+  /** Per-sandbox networks for specs that ask for one (see network.ts); without it, loopback only. */
+  network?: SandboxNetwork;
 }
 
 interface Setup {
@@ -112,6 +115,7 @@ export class LinuxSandboxDriver implements SandboxDriver {
   private readonly gid: number;
   private readonly helper: HelperKind | undefined;
   private readonly warmLaunchers: number;
+  private readonly network: SandboxNetwork | undefined;
   private setupPromise: Promise<Setup> | undefined;
   private pool: LauncherPool | undefined;
   /** Runner layers exposed read-only under runDir, by host path. */
@@ -127,6 +131,7 @@ export class LinuxSandboxDriver implements SandboxDriver {
     if (!(this.uid > 0 && this.gid > 0)) throw new Error("the sandbox uid and gid must not be root");
     this.helper = config.helper;
     this.warmLaunchers = config.warmLaunchers ?? 2;
+    this.network = config.network;
   }
 
   /** Checks the host once per driver: platform, root, tools, cgroups; writes the seccomp filter. */
@@ -160,7 +165,9 @@ export class LinuxSandboxDriver implements SandboxDriver {
     if (session && tools.helper !== "perl") throw new Error("environment edit sessions need perl on the host");
     await this.makeSandboxDir(paths.dir, spec.id);
     let lease: Lease | undefined;
+    let net: NetworkLease | undefined;
     try {
+      if (spec.network && this.network && !session) net = await this.network.take();
       // A session's terminal relay must start outside the cgroups: never a warm launcher (in its slot).
       lease = session ? pool.fresh() : pool.take();
       if (lease.slot) {
@@ -189,7 +196,15 @@ export class LinuxSandboxDriver implements SandboxDriver {
             egressSocket: session.egressSocket,
             terminal: session.terminal !== undefined,
           })
-        : bwrapOptions({ root: paths.root, runnerDir, inputs: paths.inputs, env: spec.env, cwd: spec.cwd });
+        : bwrapOptions({
+            root: paths.root,
+            runnerDir,
+            inputs: paths.inputs,
+            runtime: paths.runtime,
+            shareNet: net !== undefined,
+            env: spec.env,
+            cwd: spec.cwd,
+          });
       const child = await launcher.run({
         dir: paths.dir,
         // 0711: bwrap (the sandbox uid) traverses it to the overlay; host users cannot list it.
@@ -207,16 +222,26 @@ export class LinuxSandboxDriver implements SandboxDriver {
         upper: session?.layerDir,
         idmapBase: session?.idBase,
         pty: session?.terminal,
+        netns: net?.nsPath,
         prepare: async () => {
           if (!session) return prepareWritableLayer(paths, spec.files, this.uid, this.gid);
-          for (const dir of [paths.root, paths.inputs]) await mkdir(dir, { mode: 0o755 });
+          for (const dir of [paths.root, paths.inputs, paths.runtime]) await mkdir(dir, { mode: 0o755 });
         },
       });
-      return new LinuxSandboxHandle(spec.id, paths, cgroup, tools, child);
+      const network = this.network;
+      return new LinuxSandboxHandle(
+        spec.id,
+        paths,
+        cgroup,
+        tools,
+        child,
+        net && network ? { lease: net, release: (l) => network.release(l) } : undefined,
+      );
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       if (lease) await discard(lease);
       await teardownSandbox(tools, paths, cgroup).catch(() => {});
+      if (net) this.network?.release(net);
       throw new Error(`sandbox ${spec.id}: boot failed: ${message}`, { cause: err });
     } finally {
       pool.refill();

@@ -6,6 +6,7 @@
  *   work/    overlayfs work folder
  *   root/    the overlay mount: what the sandbox sees as /
  *   inputs/  bound read-only at /inputs; the host may add files after boot
+ *   runtime/ bound read-only at /run/paddock; the host's files for the platform (the run token)
  */
 import { chmod, mkdir, stat } from "node:fs/promises";
 import path from "node:path";
@@ -21,6 +22,8 @@ export interface SandboxPaths {
   outputs: string;
   /** Host side of /inputs: in the tmpfs but outside the overlay, bind-mounted read-only. */
   inputs: string;
+  /** Host side of /run/paddock, like inputs. */
+  runtime: string;
 }
 
 export function sandboxPaths(runDir: string, id: string): SandboxPaths {
@@ -33,6 +36,7 @@ export function sandboxPaths(runDir: string, id: string): SandboxPaths {
     root: path.join(dir, "root"),
     outputs: path.join(upper, "outputs"),
     inputs: path.join(dir, "inputs"),
+    runtime: path.join(dir, "runtime"),
   };
 }
 

@@ -7,6 +7,7 @@ import type { SandboxExit, SandboxHandle } from "../driver.ts";
 import { removeInstanceCgroups, type SandboxCgroup } from "./cgroups.ts";
 import { type Tools, unmountAll } from "./launcher.ts";
 import { mountPointsUnder } from "./mountinfo.ts";
+import type { NetworkLease } from "./network.ts";
 import type { SandboxPaths } from "./paths.ts";
 
 /** Signal numbers to names; the first name wins for aliases (SIGABRT over SIGIOT). */
@@ -54,6 +55,8 @@ export class LinuxSandboxHandle implements SandboxHandle {
   readonly id: string;
   readonly outputsDir: string;
   readonly inputsDir: string;
+  readonly runtimeDir: string;
+  readonly address: string | null;
   readonly stdin: Writable;
   readonly stdout: Readable;
   readonly stderr: Readable;
@@ -62,15 +65,29 @@ export class LinuxSandboxHandle implements SandboxHandle {
   private readonly cgroup: SandboxCgroup;
   private readonly tools: Tools;
   private readonly child: ChildProcess;
+  private readonly network: { lease: NetworkLease; release: (lease: NetworkLease) => void } | undefined;
   private destroying: Promise<void> | undefined;
 
-  /** child is the launched process, which is bwrap after its exec. */
-  constructor(id: string, paths: SandboxPaths, cgroup: SandboxCgroup, tools: Tools, child: ChildProcess) {
+  /**
+   * child is the launched process, which is bwrap after its exec; network, when given, is the
+   * sandbox's network, released once the sandbox is torn down.
+   */
+  constructor(
+    id: string,
+    paths: SandboxPaths,
+    cgroup: SandboxCgroup,
+    tools: Tools,
+    child: ChildProcess,
+    network?: { lease: NetworkLease; release: (lease: NetworkLease) => void },
+  ) {
     if (!child.stdin || !child.stdout || !child.stderr) throw new Error("sandbox process has no stdio pipes");
     this.id = id;
     this.paths = paths;
     this.outputsDir = paths.outputs;
     this.inputsDir = paths.inputs;
+    this.runtimeDir = paths.runtime;
+    this.network = network;
+    this.address = network?.lease.address ?? null;
     this.cgroup = cgroup;
     this.tools = tools;
     this.child = child;
@@ -112,5 +129,7 @@ export class LinuxSandboxHandle implements SandboxHandle {
     await this.kill();
     await this.exited.catch(() => {});
     await teardownSandbox(this.tools, this.paths, this.cgroup);
+    // Only now: no process of the sandbox is left to use the namespace's address.
+    if (this.network) this.network.release(this.network.lease);
   }
 }

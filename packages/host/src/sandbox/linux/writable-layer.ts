@@ -9,7 +9,7 @@
  */
 import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { INPUTS_DIR, OUTPUTS_DIR, RUNNER_MOUNT, type SandboxFile } from "../driver.ts";
+import { INPUTS_DIR, OUTPUTS_DIR, RUNNER_MOUNT, RUNTIME_DIR, type SandboxFile } from "../driver.ts";
 
 /** Where spec.files may not go: bwrap mounts over these, hiding whatever the layer holds. */
 const HIDDEN_PREFIXES = ["/proc", "/dev", RUNNER_MOUNT, INPUTS_DIR];
@@ -52,15 +52,15 @@ function userDir(layer: string, sandboxDir: string, mode: number, uid: number, g
 /**
  * Lays out upper (the writable layer), work and root folders inside a freshly mounted tmpfs:
  * /outputs (0755) and /home/agent (0700) owned by the sandbox user, the runner and inputs mount
- * points, the root-owned inputs folder, then spec.files.
+ * points, the root-owned inputs and runtime folders, then spec.files.
  */
 export function prepareWritableLayer(
-  dirs: { upper: string; work: string; root: string; inputs: string },
+  dirs: { upper: string; work: string; root: string; inputs: string; runtime: string },
   files: SandboxFile[],
   uid: number,
   gid: number,
 ): void {
-  for (const dir of [dirs.upper, dirs.work, dirs.root, dirs.inputs]) {
+  for (const dir of [dirs.upper, dirs.work, dirs.root, dirs.inputs, dirs.runtime]) {
     mkdirSync(dir, { mode: 0o755 });
     chmodSync(dir, 0o755);
   }
@@ -68,6 +68,7 @@ export function prepareWritableLayer(
   userDir(dirs.upper, "/home/agent", 0o700, uid, gid);
   mkdirs(dirs.upper, RUNNER_MOUNT, 0o755);
   mkdirs(dirs.upper, INPUTS_DIR, 0o755);
+  mkdirs(dirs.upper, RUNTIME_DIR, 0o755);
   for (const file of files) {
     checkSandboxFilePath(file.path);
     const mode = file.mode ?? 0o444;
