@@ -15,6 +15,11 @@ import { Agents } from "./agents/agents.ts";
 import { createApi } from "./api/app.ts";
 import { attachShellSocket } from "./api/shell-socket.ts";
 import { BlobStore } from "./artifacts/blob-store.ts";
+import { Bridge } from "./bridge/bridge.ts";
+import { Connections } from "./bridge/connections.ts";
+import { LiveSandboxes } from "./bridge/live.ts";
+import { TokenBucket } from "./bridge/rate-limit.ts";
+import { RunTokens } from "./bridge/tokens.ts";
 import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
 import { Engine } from "./engine/engine.ts";
 import { EventLog } from "./engine/event-log.ts";
@@ -29,6 +34,9 @@ import { AGENT_USER } from "./images/layout.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
 import type { SandboxDriver } from "./sandbox/driver.ts";
 import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
+import { SandboxNetwork } from "./sandbox/linux/network.ts";
+import { openVault } from "./secrets/master-key.ts";
+import { rotateMasterKey, Secrets } from "./secrets/secrets.ts";
 import { newId } from "./store/ids.ts";
 import { migrate } from "./store/migrations.ts";
 import { openSqlite } from "./store/sqlite.ts";
@@ -66,6 +74,14 @@ export interface HostConfig {
    * stand-ins for registries. Never set outside tests.
    */
   testOnly?: { egress: EgressProxyTestOverrides; resolve: (host: string) => Promise<string[]> };
+  /** The master key's file (see secrets/master-key.ts); default $PADDOCK_MASTER_KEY, else DATA_DIR/master.key. */
+  masterKeyFile?: string;
+  /** Earlier master keys' files: what they sealed is re-sealed under the master key at start. */
+  oldMasterKeyFiles?: string[];
+  /** Sandbox networks: the IPv4 range this host claims a block of (default 10.209.0.0/16). */
+  sandboxNetwork?: { range?: string };
+  /** Run tokens: lifetime (default 10 minutes) and allowed clock skew (default 5 s). */
+  runTokens?: { ttlMs?: number; clockToleranceS?: number };
 }
 
 export interface RunningHost {
@@ -80,6 +96,10 @@ export interface RunningHost {
   readonly warmCount: number;
   /** Where this host mounts its sandboxes. */
   runDir: string;
+  /** The bridge as sandboxes reach it (the host side of their links). */
+  bridgeUrl: string;
+  /** The tenants' secrets; `reveal` is for host-side code such as the bridge, never for an API answer. */
+  secrets: Secrets;
   close(): Promise<void>;
 }
 
@@ -112,6 +132,8 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
   const instance = createHash("sha256").update(dataDir).digest("hex").slice(0, 10);
 
   const db = openSqlite(join(dataDir, "paddock.db"));
+  /** What a failed start has to stop again, last started first. */
+  const undo: (() => Promise<unknown>)[] = [];
   try {
     await migrate(db);
     const events = new EventLog(db);
@@ -133,8 +155,39 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       ...config.maxLimits,
     };
     const agents = new Agents(db, images, layers, runners, maxLimits);
+    const connections = new Connections(db);
+    const { vault, source: keySource } = await openVault({
+      dataDir,
+      masterKeyFile: config.masterKeyFile,
+      oldMasterKeyFiles: config.oldMasterKeyFiles,
+    });
+    const resealed = await rotateMasterKey(db, vault);
+    if (resealed > 0) log(`re-sealed ${resealed} secret(s) and signing key(s) under master key ${vault.masterKeyId}`);
+    log(`master key ${vault.masterKeyId} from ${keySource}`);
+    const secrets = new Secrets(db, vault);
+    const tokens = new RunTokens({
+      db,
+      sealer: vault,
+      issuer: `paddock:${instance}`,
+      ...(config.runTokens?.ttlMs ? { ttlMs: config.runTokens.ttlMs } : {}),
+      ...(config.runTokens?.clockToleranceS !== undefined ? { clockToleranceS: config.runTokens.clockToleranceS } : {}),
+    });
+    await tokens.start();
     const runDir = `/run/paddock/${instance}`;
-    const driver = new LinuxSandboxDriver({ runDir, instance });
+    // Sandboxes' networks and the bridge on the host side of their links.
+    const network = new SandboxNetwork({
+      instance,
+      ...(config.sandboxNetwork?.range ? { range: config.sandboxNetwork.range } : {}),
+    });
+    undo.push(() => network.close());
+    await network.start();
+    const live = new LiveSandboxes();
+    const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits: new TokenBucket(), log });
+    undo.push(() => bridge.close());
+    const bridgePort = await bridge.listen(network.hostAddress);
+    await network.allowPort(bridgePort);
+    const bridgeUrl = `http://${network.hostAddress}:${bridgePort}`;
+    const driver = new LinuxSandboxDriver({ runDir, instance, network });
 
     // This host's runner becomes current unless it already is (deploying a host deploys its runner).
     await runners.ensureCurrent({ bundlePath: await ensureRunnerBundle(), nodePath: process.execPath });
@@ -179,6 +232,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
         },
         heartbeatMs,
         heartbeatTimeoutMs: config.heartbeatTimeoutMs ?? Math.max(15_000, heartbeatMs * 5),
+        bridge: { url: bridgeUrl, live, mint: (claims) => tokens.mint(claims), ttlMs: tokens.ttlMs },
         log,
       },
       {
@@ -217,6 +271,8 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       blobs,
       runners,
       sessions,
+      connections,
+      secrets,
       version: VERSION,
       log,
     });
@@ -237,6 +293,8 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       adminKeyPath,
       driver,
       runDir,
+      bridgeUrl,
+      secrets,
       get warmCount() {
         return engine.warmCount;
       },
@@ -248,7 +306,9 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
           await closed;
           await sessions.stop();
           await engine.close();
+          await bridge.close();
           await driver.close();
+          await network.close();
           await db.destroy();
           await unlock();
         })();
@@ -256,6 +316,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       },
     };
   } catch (err) {
+    for (const step of undo.reverse()) await step().catch(() => {});
     await db.destroy().catch(() => {});
     await unlock();
     throw err;

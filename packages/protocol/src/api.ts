@@ -1,5 +1,6 @@
 /** Request and response bodies of the HTTP API. The OpenAPI document is generated from these. */
 import { z } from "zod";
+import { AgentPolicy } from "./bridge.ts";
 import { Limits } from "./limits.ts";
 
 const Name = z
@@ -46,6 +47,8 @@ export const AgentCreate = z
       .optional(),
     limits: Limits.partial().strict().optional(),
     image: z.string().min(1).max(128).optional(),
+    /** The bridge connections the agent's runs may call (default none). */
+    policy: AgentPolicy.optional(),
   })
   .strict()
   .meta({ id: "AgentCreate" });
@@ -65,6 +68,7 @@ export const Agent = z
       layers: z.array(z.string()),
       runner: z.string(),
     }),
+    policy: AgentPolicy,
     created_at: z.string(),
   })
   .meta({ id: "Agent" });

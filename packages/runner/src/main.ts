@@ -3,7 +3,8 @@
  * the agent's command, and reports to the host as RunnerFrame JSON lines on stdout: each output
  * line (markers become structured events), heartbeats, and the exit status. It holds no secret and
  * decides nothing; the host re-checks every frame it sends. It imports no zod (start-up time):
- * only types and the dependency-free marker check.
+ * only types and the dependency-free marker check. The same bundle is the agents' SDK (sdk.ts):
+ * imported rather than started, it only exports.
  */
 import { spawn } from "node:child_process";
 import type { RunnerFrame, RunnerSpec } from "@paddock/protocol";
@@ -102,7 +103,12 @@ async function main(): Promise<void> {
   });
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`runner: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(70);
-});
+export { bridge } from "./sdk.ts";
+
+// Started as a program, it is the runner; imported by an agent, it is only the SDK.
+if (import.meta.main) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`runner: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(70);
+  });
+}

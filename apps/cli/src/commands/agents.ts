@@ -15,6 +15,7 @@ const CREATE_OPTIONS = {
   pids: { type: "string" },
   disk: { type: "string" },
   image: { type: "string" },
+  connection: { type: "string", multiple: true },
   json: { type: "boolean" },
 } as const;
 
@@ -53,6 +54,9 @@ export async function agentBody(parsed: ReturnType<typeof parseCreate>): Promise
   set("disk_mb", parseNumber(values.disk, "disk"));
   if (Object.keys(limits).length > 0) body.limits = { ...asRecord(body.limits), ...limits };
   if (values.image) body.image = values.image;
+  if (values.connection && values.connection.length > 0) {
+    body.policy = { connections: [...new Set(values.connection)] };
+  }
   return body;
 }
 
@@ -99,6 +103,7 @@ Options:
   --pids N          most processes at once
   --disk MB         size limit of the sandbox's writable layer
   --image IMAGE     base image (default: the host's default image)
+  --connection NAME a bridge connection its runs may call (repeatable; replaces the file's list)
   --json            print the created agent as JSON
 
 Files: every regular file below the folder, as UTF-8 text (binary files are refused); folders
@@ -192,6 +197,9 @@ ${CONNECTION_HELP}`,
     );
     const env = Object.entries(agent.env);
     ctx.out(`env      ${env.length === 0 ? "(none)" : env.map(([k]) => k).join(", ")}`);
+    ctx.out(
+      `bridge   ${agent.policy.connections.length === 0 ? "(no connections)" : agent.policy.connections.join(", ")}`,
+    );
     ctx.out(`files    ${filesSummary(agent)}`);
     if (agent.files.length > 0) {
       ctx.out(formatRows(agent.files.map((f) => [`  ${f.path}`, formatSize(f.size)])));

@@ -1,11 +1,13 @@
 /** Agents: validated at creation against their real environment image, then frozen into a spec. */
 import { type Agent, type AgentCreate, AppError, Limits } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import { requireConnections } from "../bridge/connections.ts";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
 import type { AgentDefinition, AgentSpec } from "../engine/runs.ts";
 import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
 import { DEFAULT_PATH, resolveCommand } from "../images/resolve-command.ts";
+import { RUNNER_NODE_PATH } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
@@ -25,6 +27,7 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
     env: def.env,
     files: def.files,
     limits: def.limits,
+    policy: { connections: def.policy?.connections ?? [] },
     snapshot: {
       version: snapshot.version,
       base: snapshot.base,
@@ -89,6 +92,8 @@ export class Agents {
       .where("name", "=", body.name)
       .executeTakeFirst();
     if (taken) throw new AppError("conflict", `An agent named '${body.name}' already exists.`);
+    const policy = { connections: body.policy?.connections ?? [] };
+    await requireConnections(this.#db, tenantId, policy.connections);
 
     const limits = Limits.parse(body.limits ?? {});
     const over = (Object.keys(limits) as (keyof Limits)[])
@@ -110,13 +115,17 @@ export class Agents {
       files: Object.entries(files)
         .map(([path, content]) => ({ path, size: Buffer.byteLength(content) }))
         .sort((a, b) => (a.path < b.path ? -1 : 1)),
+      policy,
     };
     const spec = { ...def, image: image.digest, layers };
     const argv0 = body.command[0] as string;
-    const found = await resolveCommand(await this.layerPaths(spec), argv0, {
-      path: env.PATH ?? DEFAULT_PATH,
-      cwd: spec.cwd,
-    });
+    // The runner's Node is in every sandbox (read-only, current runner): agents written for Node may use it.
+    const found =
+      argv0 === RUNNER_NODE_PATH ||
+      (await resolveCommand(await this.layerPaths(spec), argv0, {
+        path: env.PATH ?? DEFAULT_PATH,
+        cwd: spec.cwd,
+      }));
     if (!found) {
       throw new AppError(
         "command_not_found",
@@ -134,6 +143,8 @@ export class Agents {
     };
     const runner = await this.#runners.current();
     const snapshot = await this.#db.transaction().execute(async (trx) => {
+      // Again inside the transaction: a connection deleted meanwhile is not named.
+      await requireConnections(trx, tenantId, policy.connections);
       await trx.insertInto("agents").values(row).execute();
       return this.snapshots.append(trx, {
         tenantId,

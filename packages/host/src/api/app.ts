@@ -32,15 +32,19 @@ import type { Kysely } from "kysely";
 import { z } from "zod";
 import { type Agents, runSpec, toAgent } from "../agents/agents.ts";
 import type { BlobStore } from "../artifacts/blob-store.ts";
+import type { Connections } from "../bridge/connections.ts";
 import type { Engine } from "../engine/engine.ts";
 import type { EventLog } from "../engine/event-log.ts";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
 import { type RunRepository, terminalEvent, toRun } from "../engine/runs.ts";
 import type { EnvSessions } from "../envs/sessions.ts";
 import { type Identity, type Principal, toTenant } from "../identity/identity.ts";
+import type { Secrets } from "../secrets/secrets.ts";
 import type { Database } from "../store/schema.ts";
+import { registerConnectionRoutes } from "./connections.ts";
 import { check, errorResponse, json, readJson } from "./http.ts";
 import { registerRunnerRoutes } from "./runners.ts";
+import { registerSecretRoutes } from "./secrets.ts";
 import { registerSessionRoutes } from "./sessions.ts";
 import { registerSnapshotArchiveRoutes } from "./snapshot-archive.ts";
 
@@ -54,6 +58,8 @@ export interface ApiDeps {
   blobs: BlobStore;
   runners: RunnerRegistry;
   sessions: EnvSessions;
+  connections: Connections;
+  secrets: Secrets;
   version: string;
   log: (msg: string) => void;
 }
@@ -259,6 +265,8 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
   registerRunnerRoutes(app, deps.runners, { authenticate: authenticate("admin") });
   registerSnapshotArchiveRoutes(app, deps, { authenticate: authenticate("tenant"), param });
   registerSessionRoutes(deps.sessions, { route, param, tenantOf });
+  registerSecretRoutes(deps.secrets, { route, tenantOf });
+  registerConnectionRoutes(deps.connections, { route, tenantOf, isAdmin: (c) => c.get("principal").role === "admin" });
 
   // Runs.
   route(

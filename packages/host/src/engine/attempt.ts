@@ -8,16 +8,17 @@
  * status a runner reports is believed only for the agent's own outcome; limits, timeouts and
  * kills are the host's own observations.
  */
-import { writeFile } from "node:fs/promises";
+import { rename, writeFile } from "node:fs/promises";
 import { constants } from "node:os";
 import { join } from "node:path";
 import { type Limits, Marker, RunnerFrame, type RunnerSpec, type RunReason, type RunStatus } from "@paddock/protocol";
 import { LineSplitter } from "@paddock/runner";
 import type { BlobStore } from "../artifacts/blob-store.ts";
 import { collectOutputs } from "../artifacts/collector.ts";
+import type { LiveSandboxes } from "../bridge/live.ts";
 import { DEFAULT_PATH } from "../images/resolve-command.ts";
 import type { SandboxDriver, SandboxExit, SandboxHandle, SandboxSpec } from "../sandbox/driver.ts";
-import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV } from "../sandbox/driver.ts";
+import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV, RUNNER_SDK, RUNTIME_DIR } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { EventLog, NewEvent } from "./event-log.ts";
 import type { CurrentRunner } from "./runner-registry.ts";
@@ -45,7 +46,33 @@ export interface AttemptDeps {
   heartbeatMs: number;
   heartbeatTimeoutMs: number;
   log: (msg: string) => void;
+  /** The host bridge, when sandboxes get networks: where it listens and how runs get tokens. */
+  bridge?: AttemptBridge;
 }
+
+/** What an attempt needs to let its sandbox call the bridge. */
+export interface AttemptBridge {
+  /** The bridge's URL as sandboxes reach it, for example http://10.209.0.1:41234. */
+  url: string;
+  live: LiveSandboxes;
+  /** Signs a run token for these claims. */
+  mint(claims: RunTokenClaimsInput): Promise<{ token: string; expiresAt: number }>;
+  /** How long a token lives; the attempt renews it at a third of that. */
+  ttlMs: number;
+}
+
+export interface RunTokenClaimsInput {
+  run: string;
+  attempt: number;
+  tenant: string;
+  agent: string;
+  addr: string;
+  sandbox: string;
+  scopes: string[];
+}
+
+/** Where the run token is inside the sandbox (RUNTIME_DIR is read-only there). */
+export const TOKEN_FILE = `${RUNTIME_DIR}/token`;
 
 /** How every sandbox of an agent boots, cold or warm: the runner, waiting for its spec. */
 export async function sandboxSpec(
@@ -61,6 +88,7 @@ export async function sandboxSpec(
     argv: [...RUNNER_ARGV],
     env: { PATH: DEFAULT_PATH, LANG: "C.UTF-8", HOME: "/home/agent", ...RUNNER_ENV },
     cwd: "/",
+    network: deps.bridge !== undefined,
   };
 }
 
@@ -75,6 +103,7 @@ export interface ArtifactRow {
 export interface AttemptInput {
   runId: string;
   tenantId: string;
+  agentId: string;
   attempt: number;
   spec: AgentSpec;
   input: string | null;
@@ -107,6 +136,8 @@ export class Attempt {
   /** The runner said hello: the sandbox booted far enough to run platform code. */
   #runnerUp = false;
   #exited = false;
+  /** Ends the sandbox's bridge access (unlists it, stops renewing its token). */
+  #closeBridge: (() => void) | null = null;
   readonly #limits: Limits;
 
   constructor(deps: AttemptDeps, input: AttemptInput) {
@@ -152,7 +183,9 @@ export class Attempt {
         handle = await this.#deps.driver.boot({ ...(await sandboxSpec(this.#deps, spec, runner.current)), id });
         await this.#writeInput(handle);
       }
+      await this.#openBridge(handle);
     } catch (err) {
+      this.#closeBridge?.();
       await handle?.destroy().catch(() => {});
       const message = err instanceof Error ? err.message : String(err);
       this.#deps.log(`run ${runId}: sandbox boot failed: ${message}`);
@@ -181,8 +214,66 @@ export class Attempt {
       await this.#collect(handle);
       return this.#outcome(exit);
     } finally {
+      // The run's tokens die here: the bridge answers only sandboxes it lists.
+      this.#closeBridge?.();
       await handle.destroy().catch((err: unknown) => this.#deps.log(`run ${runId}: destroy failed: ${String(err)}`));
     }
+  }
+
+  /**
+   * Puts a run token in the sandbox's read-only runtime folder (never in argv or the environment),
+   * lists the sandbox with the bridge, and renews the token at a third of its lifetime.
+   */
+  async #openBridge(handle: SandboxHandle): Promise<void> {
+    const bridge = this.#deps.bridge;
+    if (!bridge || !handle.address) return;
+    const { runId, attempt, tenantId, agentId, spec } = this.#in;
+    const claims: RunTokenClaimsInput = {
+      run: runId,
+      attempt,
+      tenant: tenantId,
+      agent: agentId,
+      addr: handle.address,
+      sandbox: handle.id,
+      scopes: (spec.policy?.connections ?? []).map((name) => `bridge:${name}`),
+    };
+    const file = join(handle.runtimeDir, "token");
+    const put = async () => {
+      const { token } = await bridge.mint(claims);
+      const tmp = `${file}.${process.pid}.tmp`;
+      await writeFile(tmp, token, { mode: 0o444 });
+      await rename(tmp, file);
+    };
+    await put();
+    const address = handle.address;
+    bridge.live.add({
+      address,
+      sandboxId: handle.id,
+      runId,
+      attempt,
+      tenantId,
+      agentId,
+      record: (event) => this.#queue(event),
+    });
+    let renewing = false;
+    const timer = setInterval(
+      () => {
+        if (renewing) return;
+        renewing = true;
+        put()
+          .catch((err: unknown) => this.#deps.log(`run ${runId}: renewing the run token failed: ${String(err)}`))
+          .finally(() => {
+            renewing = false;
+          });
+      },
+      Math.max(1000, Math.floor(bridge.ttlMs / 3)),
+    );
+    timer.unref();
+    this.#closeBridge = () => {
+      clearInterval(timer);
+      bridge.live.remove(address, handle.id);
+      this.#closeBridge = null;
+    };
   }
 
   /** The run's input, read-only at /inputs/input.json; written after boot so spares can serve. */
@@ -205,6 +296,9 @@ export class Attempt {
         PADDOCK_ATTEMPT: String(attempt),
         PADDOCK_INPUT: "/inputs/input.json",
         PADDOCK_OUTPUTS: OUTPUTS_DIR,
+        ...(this.#deps.bridge && handle.address
+          ? { PADDOCK_BRIDGE_URL: this.#deps.bridge.url, PADDOCK_TOKEN_FILE: TOKEN_FILE, PADDOCK_SDK: RUNNER_SDK }
+          : {}),
       },
       heartbeat_ms: this.#deps.heartbeatMs,
       max_line_bytes: MAX_LINE_BYTES,

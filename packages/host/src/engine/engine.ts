@@ -173,6 +173,7 @@ export class Engine {
     const attempt = new Attempt(this.#deps, {
       runId: run.id,
       tenantId: run.tenant_id,
+      agentId: run.agent_id,
       attempt: run.attempt,
       spec,
       input: run.input,

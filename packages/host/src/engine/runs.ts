@@ -2,7 +2,7 @@
  * Runs and their state machine. Every transition is a compare-and-set on the current status and
  * commits together with the events that describe it.
  */
-import type { Limits, Run, RunReason, RunStatus } from "@paddock/protocol";
+import type { AgentPolicy, Limits, Run, RunReason, RunStatus } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { newId } from "../store/ids.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
@@ -15,6 +15,11 @@ export interface AgentDefinition {
   limits: Limits;
   cwd: string;
   files: { path: string; size: number }[];
+  /**
+   * The bridge connections the agent's runs may call; a run's token carries `bridge:<name>` for
+   * each. Absent in definitions stored before agents had policies, which means none.
+   */
+  policy?: AgentPolicy;
 }
 
 /** An agent's definition with its environment snapshot, frozen into each run at trigger time. */

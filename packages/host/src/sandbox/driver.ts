@@ -20,6 +20,10 @@ export const RUNNER_ARGV: readonly string[] = [`${RUNNER_MOUNT}/${RUNNER_NODE}`,
 export const RUNNER_COMPILE_CACHE = `${RUNNER_MOUNT}/${RUNNER_CACHE}`;
 /** What the runner's environment adds to the basics (PATH, LANG, HOME); the agent's command never inherits it. */
 export const RUNNER_ENV: Readonly<Record<string, string>> = Object.freeze({ NODE_COMPILE_CACHE: RUNNER_COMPILE_CACHE });
+/** The runner's Node binary, which agents written for Node may run on. */
+export const RUNNER_NODE_PATH = `${RUNNER_MOUNT}/${RUNNER_NODE}`;
+/** The agents' SDK (the runner bundle, imported rather than started; see the runner's sdk.ts). */
+export const RUNNER_SDK = `${RUNNER_MOUNT}/${RUNNER_BUNDLE}`;
 /** The folder whose files become the run's artifacts. */
 export const OUTPUTS_DIR = "/outputs";
 /** A read-only folder the host fills after boot (the run's input). */

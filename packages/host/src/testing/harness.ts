@@ -95,6 +95,9 @@ export async function startTestHost(overrides: Partial<HostConfig> = {}): Promis
       host = await startHost({ ...config, ...more });
     },
     async close() {
+      // fetch (undici) throws "ReadableStream is already closed" when the server drops a keep-alive
+      // connection right after a streamed answer it has just read; let it settle first.
+      await new Promise((resolve) => setTimeout(resolve, 50));
       await host.close();
       await unsealRunners(dataDir);
       await rm(dataDir, { recursive: true, force: true });

@@ -1,0 +1,493 @@
+/**
+ * The host bridge: the one HTTP listener sandboxes can reach, on the host's side of their links.
+ * `/bridge/<connection>/<path>` forwards a call to the connection's upstream with the real
+ * credential attached.
+ *
+ * Threat model: the caller is a sandbox running hostile code that holds one run token and wants
+ * a credential, another run's access, an upstream its policy does not allow, or the host's own
+ * network. A call passes only when all of these hold, checked in this order:
+ *   1. the source address is a live sandbox's (LiveSandboxes; the kernel vouches for the address:
+ *      a sandbox cannot change or spoof it, see network.ts);
+ *   2. the bearer run token verifies (RunTokens: EdDSA only, known key, issuer, audience, typ,
+ *      expiry) and names that same address, sandbox, run and attempt;
+ *   3. the token's scopes include the connection, and the connection exists;
+ *   4. the method is not TRACE/TRACK/CONNECT, the path has no traversal or ambiguous encoding,
+ *      and the connection's policy allows the method on the path;
+ *   5. the connection's rate limit has room.
+ * Then every inbound credential, cookie and forwarding header is dropped, the secret attached,
+ * and the call forwarded: to an address checked after resolution and pinned for the connection
+ * (no DNS rebinding), without following redirects, under a timeout and size caps. The answer
+ * loses `set-cookie` and hop-by-hop headers, and every spelling of the secret the host sent is
+ * replaced in headers and body (compressed bodies are decoded first so nothing hides in them).
+ * Every call and every denial of a live sandbox is recorded on its run as a `bridge.call` event
+ * (connection, method, path and the rule that allowed it, status, bytes, latency; never a header
+ * value or the secret).
+ */
+import { lookup as dnsLookup } from "node:dns/promises";
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import https from "node:https";
+import type { AddressInfo, LookupFunction } from "node:net";
+import { pipeline, type Readable, Transform } from "node:stream";
+import zlib from "node:zlib";
+import { AppError, type ConnectionAuth, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
+import type { BridgeConnection } from "./connections.ts";
+import type { LiveSandbox, LiveSandboxes } from "./live.ts";
+import { allowedMethod, checkBridgePath, matchRule, upstreamAddressRefusal } from "./policy.ts";
+import type { TokenBucket } from "./rate-limit.ts";
+import { Redactor, redactionNeedles, redactText } from "./redact.ts";
+
+export interface RunTokenCheck {
+  run: string;
+  attempt: number;
+  tenant: string;
+  agent: string;
+  addr: string;
+  sandbox: string;
+  scopes: string[];
+}
+
+export interface BridgeDeps {
+  live: LiveSandboxes;
+  tokens: { verify(token: string): Promise<RunTokenCheck>; publicJwks(): unknown };
+  connections: { forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> };
+  secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
+  rateLimits: TokenBucket;
+  log: (line: string) => void;
+  /** Name resolution for upstreams; default the system resolver. */
+  resolve?: (host: string) => Promise<string[]>;
+}
+
+/** Request headers never forwarded: credentials, cookies, hop-by-hop and forwarding headers. */
+const DROP_REQUEST = new Set([
+  "authorization",
+  "proxy-authorization",
+  "cookie",
+  "cookie2",
+  "x-api-key",
+  "api-key",
+  "x-auth-token",
+  "host",
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "expect",
+  "forwarded",
+  "via",
+  "x-real-ip",
+  "content-length",
+  "accept-encoding",
+]);
+/** Response headers never passed back. */
+const DROP_RESPONSE = new Set([
+  "set-cookie",
+  "set-cookie2",
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "content-length",
+  "content-encoding",
+  "alt-svc",
+  "strict-transport-security",
+]);
+const CONNECTION_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+const MAX_TOKEN_BYTES = 4096;
+const DNS_TTL_MS = 30_000;
+
+/** A refusal on the way: its code, an optional message, and the status it answers with. */
+class Denial extends Error {
+  readonly code: ErrorCode;
+  readonly headers: Record<string, string>;
+  constructor(code: ErrorCode, message?: string, headers: Record<string, string> = {}) {
+    super(message ?? ERROR_CODES[code].message);
+    this.code = code;
+    this.headers = headers;
+  }
+}
+
+interface CallRecord {
+  connection: string;
+  method: string;
+  path: string;
+  rule?: string;
+  status: number;
+  code?: string;
+  bytes_in: number;
+  bytes_out: number;
+  ms: number;
+  redacted?: number;
+}
+
+export class Bridge {
+  readonly #deps: BridgeDeps;
+  readonly #server: http.Server;
+  readonly #agents = {
+    http: new http.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
+    https: new https.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
+  };
+  readonly #dns = new Map<string, { at: number; addresses: Promise<string[]> }>();
+
+  constructor(deps: BridgeDeps) {
+    this.#deps = deps;
+    this.#server = http.createServer({ keepAlive: true, requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => {
+      this.#handle(req, res).catch((err: unknown) => {
+        this.#deps.log(`bridge: ${err instanceof Error ? err.message : String(err)}`);
+        if (!res.headersSent) this.#deny(res, new Denial("internal"));
+        else res.destroy();
+      });
+    });
+    this.#server.keepAliveTimeout = 65_000;
+  }
+
+  /** Listens on `address` (the host side of the sandbox links); resolves with the port. */
+  listen(address: string, port = 0): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#server.once("error", reject);
+      this.#server.listen(port, address, () => {
+        this.#server.off("error", reject);
+        resolve((this.#server.address() as AddressInfo).port);
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    this.#server.closeAllConnections();
+    await closed;
+    this.#agents.http.destroy();
+    this.#agents.https.destroy();
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = performance.now();
+    const source = req.socket.remoteAddress ?? "";
+    const sandbox = this.#deps.live.byAddress(source);
+    const target = req.url ?? "/";
+    if (target === "/.well-known/jwks.json" && req.method === "GET") {
+      // Public halves of the keys run tokens are checked with: nothing secret, and useful to verify one's own token.
+      const body = JSON.stringify(this.#deps.tokens.publicJwks());
+      res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+      res.end(body);
+      return;
+    }
+    if (!target.startsWith("/bridge/")) {
+      this.#deny(res, new Denial("route_not_found", "The bridge serves /bridge/<connection>/<path>."));
+      return;
+    }
+    const slash = target.indexOf("/", "/bridge/".length);
+    const name = slash < 0 ? (target.slice(8).split("?")[0] ?? "") : target.slice(8, slash);
+    const rest = slash < 0 ? "/" : target.slice(slash);
+    const method = req.method ?? "GET";
+    const record: CallRecord = {
+      connection: name.slice(0, 64),
+      method,
+      path: "",
+      status: 0,
+      bytes_in: 0,
+      bytes_out: 0,
+      ms: 0,
+    };
+    try {
+      if (!sandbox) throw new Denial("bridge_unknown_source");
+      if (!CONNECTION_NAME.test(name))
+        throw new Denial("connection_not_allowed", `No connection '${name.slice(0, 64)}'.`);
+      await this.#authorize(req, sandbox, source, name);
+      if (!allowedMethod(method))
+        throw new Denial("policy_denied", `The bridge never forwards ${method.slice(0, 32)}.`);
+      const { path, query } = checkBridgePath(rest);
+      record.path = path.slice(0, 512);
+      const connection = await this.#deps.connections.forBridge(sandbox.tenantId, name);
+      if (!connection) throw new Denial("connection_not_allowed", `No connection '${name}'.`);
+      const rule = matchRule(connection.policy, method, path);
+      if (!rule) throw new Denial("policy_denied", `The connection '${name}' does not allow ${method} ${record.path}.`);
+      record.rule = rule.path;
+      const limit = connection.rateLimit;
+      if (limit) {
+        const taken = this.#deps.rateLimits.take(connection.id, limit);
+        if (!taken.ok) {
+          throw new Denial("rate_limited", undefined, {
+            "retry-after": String(Math.max(1, Math.ceil(taken.retryAfterS))),
+          });
+        }
+      }
+      await this.#forward(req, res, sandbox, connection, path, query, record);
+    } catch (err) {
+      const denial = toDenial(err);
+      if (denial.code === "internal") this.#deps.log(`bridge: ${err instanceof Error ? err.stack : String(err)}`);
+      if (!res.headersSent) this.#deny(res, denial);
+      else res.destroy();
+      record.status = ERROR_CODES[denial.code].status;
+      record.code = denial.code;
+      req.resume();
+    } finally {
+      record.ms = Math.round((performance.now() - started) * 1000) / 1000;
+      if (sandbox && record.status !== 0) sandbox.record({ type: "bridge.call", data: record });
+    }
+  }
+
+  /** Steps 2 and 3: the token verifies, names this very sandbox and attempt, and scopes the connection. */
+  async #authorize(req: IncomingMessage, sandbox: LiveSandbox, source: string, name: string): Promise<void> {
+    const header = req.headers.authorization ?? "";
+    const match = /^bearer +([A-Za-z0-9._~+/-]+=*)$/i.exec(header);
+    if (!match?.[1] || match[1].length > MAX_TOKEN_BYTES) throw new Denial("token_missing");
+    const claims = await this.#deps.tokens.verify(match[1]);
+    if (
+      claims.addr !== source ||
+      claims.sandbox !== sandbox.sandboxId ||
+      claims.run !== sandbox.runId ||
+      claims.attempt !== sandbox.attempt ||
+      claims.tenant !== sandbox.tenantId
+    ) {
+      throw new Denial("token_mismatch");
+    }
+    if (!claims.scopes.includes(`bridge:${name}`)) {
+      throw new Denial("connection_not_allowed", `The agent's policy does not allow the connection '${name}'.`);
+    }
+  }
+
+  async #forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    sandbox: LiveSandbox,
+    connection: BridgeConnection,
+    path: string,
+    query: string,
+    record: CallRecord,
+  ): Promise<void> {
+    const declared = Number(req.headers["content-length"] ?? 0);
+    if (declared > connection.maxRequestBytes) throw new Denial("body_too_large");
+    const secret =
+      connection.secret === null ? null : await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
+    if (connection.secret !== null && secret === null) {
+      throw new Denial("upstream_error", `The secret of connection '${connection.name}' is missing; set it again.`);
+    }
+    const base = new URL(connection.baseUrl);
+    const { headers, needles, query: upstreamQuery } = attach(req, connection.auth, secret, query, base.host);
+    const address = await this.#pin(base.hostname, connection.internal);
+    const lookup: LookupFunction = (_host, options, callback) => {
+      const family = address.includes(":") ? 6 : 4;
+      if (options.all)
+        (callback as (e: null, a: { address: string; family: number }[]) => void)(null, [{ address, family }]);
+      else callback(null, address, family);
+    };
+    const secure = base.protocol === "https:";
+    const upstream = (secure ? https : http).request({
+      protocol: base.protocol,
+      hostname: base.hostname,
+      port: base.port || (secure ? 443 : 80),
+      method: req.method,
+      // The checked path as received, not re-parsed: the upstream gets the bytes the policy matched.
+      path: `${base.pathname === "/" ? "" : base.pathname}${path}${upstreamQuery ? `?${upstreamQuery}` : ""}`,
+      headers,
+      agent: secure ? this.#agents.https : this.#agents.http,
+      lookup,
+      ...(secure ? { servername: base.hostname } : {}),
+    });
+
+    await new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const fail = (err: Denial) => {
+        if (settled) return;
+        settled = true;
+        upstream.destroy();
+        reject(err);
+      };
+      const timer = setTimeout(() => fail(new Denial("upstream_timeout")), connection.timeoutMs);
+      upstream.on("error", (err) =>
+        fail(err instanceof Denial ? err : new Denial("upstream_error", upstreamMessage(err, needles))),
+      );
+      upstream.once("response", (answer) => {
+        const length = Number(answer.headers["content-length"] ?? 0);
+        if (length > connection.maxResponseBytes) {
+          answer.resume();
+          fail(new Denial("upstream_too_large"));
+          return;
+        }
+        const decoded = decode(answer);
+        if (!decoded) {
+          answer.resume();
+          fail(new Denial("upstream_error", "The upstream answered in a content encoding the bridge cannot check."));
+          return;
+        }
+        res.writeHead(answer.statusCode ?? 502, answerHeaders(answer, needles));
+        record.status = answer.statusCode ?? 502;
+        const redactor = new Redactor(needles);
+        let size = 0;
+        // Counted before anything is passed on: an answer over the cap never reaches the sandbox whole.
+        const cap = new Transform({
+          transform(chunk: Buffer, _enc, done) {
+            size += chunk.length;
+            if (size > connection.maxResponseBytes) {
+              fail(new Denial("upstream_too_large"));
+              done();
+            } else done(null, chunk);
+          },
+        });
+        pipeline(decoded, cap, redactor, res, (err) => {
+          clearTimeout(timer);
+          record.bytes_out = size;
+          if (redactor.hits > 0) record.redacted = redactor.hits;
+          if (err && !record.code) record.code = "upstream_error";
+          settled = true;
+          resolve();
+        });
+      });
+      // The request body, counted against the connection's cap.
+      let sent = 0;
+      req.on("data", (chunk: Buffer) => {
+        sent += chunk.length;
+        record.bytes_in = sent;
+        if (sent > connection.maxRequestBytes) fail(new Denial("body_too_large"));
+      });
+      req.pipe(upstream);
+    });
+  }
+
+  /**
+   * The address to call for `host`: resolved (or taken as a literal), every address checked, the
+   * first one pinned so the connection cannot be re-pointed between check and use.
+   */
+  async #pin(host: string, internal: boolean): Promise<string> {
+    const literal = host.startsWith("[") ? host.slice(1, -1) : host;
+    let addresses: string[];
+    if (/^[\d.]+$/.test(literal) || literal.includes(":")) addresses = [literal];
+    else {
+      let cached = this.#dns.get(literal);
+      if (!cached || Date.now() - cached.at > DNS_TTL_MS) {
+        const resolve =
+          this.#deps.resolve ?? (async (h: string) => (await dnsLookup(h, { all: true })).map((a) => a.address));
+        cached = { at: Date.now(), addresses: resolve(literal) };
+        cached.addresses.catch(() => this.#dns.delete(literal));
+        this.#dns.set(literal, cached);
+      }
+      addresses = await cached.addresses.catch(() => {
+        throw new Denial("upstream_error", `The upstream host '${literal}' does not resolve.`);
+      });
+    }
+    if (addresses.length === 0) throw new Denial("upstream_error", `The upstream host '${literal}' does not resolve.`);
+    for (const address of addresses) {
+      const refusal = upstreamAddressRefusal(address, internal);
+      if (refusal) {
+        throw new Denial(
+          "upstream_refused",
+          `The upstream '${literal}' resolves to a ${refusal} address, which ${internal ? "no connection" : "only an internal connection"} may call.`,
+        );
+      }
+    }
+    return addresses[0] as string;
+  }
+
+  #deny(res: ServerResponse, denial: Denial): void {
+    const body = JSON.stringify({ error: { code: denial.code, message: denial.message } });
+    res.writeHead(ERROR_CODES[denial.code].status, {
+      "content-type": "application/json",
+      "content-length": Buffer.byteLength(body),
+      ...denial.headers,
+    });
+    res.end(body);
+  }
+}
+
+function toDenial(err: unknown): Denial {
+  if (err instanceof Denial) return err;
+  if (err instanceof AppError) return new Denial(err.code, err.message);
+  return new Denial("internal");
+}
+
+/** The upstream's error, without anything that could carry the secret. */
+function upstreamMessage(err: Error, needles: readonly Buffer[]): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  return redactText(`The upstream could not be reached${code ? ` (${code})` : ""}.`, needles);
+}
+
+/** Forwarded request headers, with the credential attached, and the forms of it to redact. */
+function attach(
+  req: IncomingMessage,
+  auth: ConnectionAuth,
+  secret: string | null,
+  query: string,
+  host: string,
+): { headers: Record<string, string | string[]>; needles: Buffer[]; query: string } {
+  const headers: Record<string, string | string[]> = {};
+  const drop = auth.type === "header" ? new Set([...DROP_REQUEST, auth.name.toLowerCase()]) : DROP_REQUEST;
+  for (const [key, value] of Object.entries(req.headers)) {
+    if (value === undefined || drop.has(key) || key.startsWith("x-forwarded-") || key.startsWith("proxy-")) continue;
+    headers[key] = value;
+  }
+  headers.host = host;
+  // Answers must be readable to be redacted; a compressed one is decoded anyway (see decode()).
+  headers["accept-encoding"] = "identity";
+  const length = req.headers["content-length"];
+  if (length !== undefined) headers["content-length"] = length;
+  else if (req.headers["transfer-encoding"]) headers["transfer-encoding"] = "chunked";
+  const forms: string[] = [];
+  let upstreamQuery = query;
+  if (secret !== null) {
+    forms.push(secret);
+    switch (auth.type) {
+      case "bearer":
+        headers.authorization = `Bearer ${secret}`;
+        break;
+      case "header":
+        headers[auth.name.toLowerCase()] = `${auth.prefix ?? ""}${secret}`;
+        break;
+      case "basic": {
+        const encoded = Buffer.from(`${auth.username}:${secret}`).toString("base64");
+        headers.authorization = `Basic ${encoded}`;
+        forms.push(encoded);
+        break;
+      }
+      case "query": {
+        const params = new URLSearchParams(query);
+        params.delete(auth.param);
+        params.append(auth.param, secret);
+        upstreamQuery = params.toString();
+        forms.push(new URLSearchParams({ v: secret }).toString().slice(2));
+        break;
+      }
+      case "none":
+        break;
+    }
+  }
+  return { headers, needles: redactionNeedles(forms), query: upstreamQuery };
+}
+
+function answerHeaders(answer: IncomingMessage, needles: readonly Buffer[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [key, value] of Object.entries(answer.headers)) {
+    if (value === undefined || DROP_RESPONSE.has(key)) continue;
+    out[key] = Array.isArray(value) ? value.map((v) => redactText(v, needles)) : redactText(value, needles);
+  }
+  return out;
+}
+
+/**
+ * The answer's body decoded (gzip, deflate, br), so a secret cannot hide in compressed bytes;
+ * null for an encoding the bridge cannot decode.
+ */
+function decode(answer: IncomingMessage): Readable | null {
+  const encoding = String(answer.headers["content-encoding"] ?? "identity")
+    .trim()
+    .toLowerCase();
+  if (encoding === "identity" || encoding === "") return answer;
+  const decoder =
+    encoding === "gzip" || encoding === "x-gzip"
+      ? zlib.createGunzip()
+      : encoding === "deflate"
+        ? zlib.createInflate()
+        : encoding === "br"
+          ? zlib.createBrotliDecompress()
+          : null;
+  if (!decoder) return null;
+  answer.pipe(decoder);
+  answer.on("error", (err) => decoder.destroy(err));
+  return decoder;
+}

@@ -1,0 +1,311 @@
+/**
+ * Connections of a tenant: stored definitions (upstream, secret name, auth, policy, limits) and
+ * their compiled form for the bridge, cached briefly.
+ *
+ * Threat model: definitions come from tenant API keys, calls that use them from sandboxes. A
+ * tenant sees and names only its own connections and secrets. A connection that is not internal
+ * may not name a private, loopback or link-local address literal (or `localhost`) as its upstream;
+ * names that resolve to such addresses are refused by the bridge at call time
+ * (`upstreamAddressRefusal`). A connection an agent's policy names cannot be deleted, so a policy
+ * never silently points at a later connection of the same name. The cache is per host and short
+ * lived, so with several hosts sharing a store a change reaches every host within its lifetime.
+ */
+import {
+  AppError,
+  type Connection,
+  type ConnectionAuth,
+  ConnectionPut,
+  type ConnectionRateLimit,
+  normalizeBaseUrl,
+} from "@paddock/protocol";
+import type { Kysely, Transaction } from "kysely";
+import { isIpLiteralHost } from "../egress/address-policy.ts";
+import type { AgentDefinition } from "../engine/runs.ts";
+import { newId } from "../store/ids.ts";
+import type { ConnectionsTable, Database } from "../store/schema.ts";
+import { type CompiledPolicy, compilePolicy, upstreamAddressRefusal } from "./policy.ts";
+
+/** A connection as the bridge uses it: parsed, with its policy compiled. */
+export interface BridgeConnection {
+  id: string;
+  tenantId: string;
+  name: string;
+  /** Normalized, without a trailing slash; the checked request path is appended to it. */
+  baseUrl: string;
+  /** The name of the secret to attach, or null with auth "none". */
+  secret: string | null;
+  auth: ConnectionAuth;
+  policy: CompiledPolicy;
+  rateLimit: ConnectionRateLimit | null;
+  /** The upstream may resolve to private and loopback addresses. */
+  internal: boolean;
+  timeoutMs: number;
+  maxResponseBytes: number;
+  maxRequestBytes: number;
+  /** Milliseconds since the epoch; changes whenever the connection is replaced. */
+  updatedAt: number;
+}
+
+export interface ConnectionsOptions {
+  /** How long a compiled connection (or its absence) is reused (default 5 s). */
+  cacheTtlMs?: number;
+  /** Most cached entries (default 10 000). */
+  cacheMax?: number;
+  now?: () => number;
+}
+
+type Db = Kysely<Database> | Transaction<Database>;
+
+interface CacheEntry {
+  value: BridgeConnection | null;
+  expires: number;
+}
+
+/** The upstream URL of a call: the base URL, the checked path and the query (if any). */
+export function upstreamUrl(connection: Pick<BridgeConnection, "baseUrl">, target: { path: string; query: string }) {
+  return `${connection.baseUrl}${target.path}${target.query === "" ? "" : `?${target.query}`}`;
+}
+
+/** The names among `names` that are not connections of the tenant. */
+export async function missingConnections(db: Db, tenantId: string, names: readonly string[]): Promise<string[]> {
+  if (names.length === 0) return [];
+  const rows = await db
+    .selectFrom("connections")
+    .select("name")
+    .where("tenant_id", "=", tenantId)
+    .where("name", "in", [...names])
+    .execute();
+  const found = new Set(rows.map((r) => r.name));
+  return names.filter((n) => !found.has(n));
+}
+
+/** Throws `unknown_connection` naming the connections of `names` the tenant does not have. */
+export async function requireConnections(db: Db, tenantId: string, names: readonly string[]): Promise<void> {
+  const missing = await missingConnections(db, tenantId, names);
+  if (missing.length > 0) {
+    throw new AppError(
+      "unknown_connection",
+      `The agent's policy names connections that do not exist: ${missing.join(", ")}; create them first.`,
+      { connections: missing },
+    );
+  }
+}
+
+export class Connections {
+  readonly #db: Kysely<Database>;
+  readonly #cache = new Map<string, CacheEntry>();
+  readonly #ttlMs: number;
+  readonly #cacheMax: number;
+  readonly #now: () => number;
+
+  constructor(db: Kysely<Database>, options: ConnectionsOptions = {}) {
+    this.#db = db;
+    this.#ttlMs = options.cacheTtlMs ?? 5000;
+    this.#cacheMax = Math.max(1, options.cacheMax ?? 10_000);
+    this.#now = options.now ?? Date.now;
+  }
+
+  /**
+   * Creates the connection `name` or replaces its whole definition. Throws `unknown_secret` when
+   * the tenant has no secret of the name given, `validation_failed` when a connection that is not
+   * internal names a non-public address.
+   */
+  async put(
+    tenantId: string,
+    name: string,
+    body: ConnectionPut,
+  ): Promise<{ connection: Connection; created: boolean }> {
+    const spec = ConnectionPut.parse({ ...body, base_url: normalizeBaseUrl(body.base_url) });
+    checkUpstreamLiteral(spec.base_url, spec.internal);
+    compilePolicy(spec.policy);
+    const now = this.#now();
+    const result = await this.#db.transaction().execute(async (trx) => {
+      if (spec.secret !== undefined) await requireSecret(trx, tenantId, spec.secret);
+      const existing = await findRow(trx, tenantId, name);
+      const row: ConnectionsTable = {
+        id: existing?.id ?? newId("con", now),
+        tenant_id: tenantId,
+        name,
+        secret_name: spec.secret ?? null,
+        spec: JSON.stringify(spec),
+        created_at: existing?.created_at ?? now,
+        updated_at: now,
+      };
+      if (existing) {
+        await trx
+          .updateTable("connections")
+          .set({ secret_name: row.secret_name, spec: row.spec, updated_at: row.updated_at })
+          .where("id", "=", existing.id)
+          .execute();
+      } else {
+        await trx.insertInto("connections").values(row).execute();
+      }
+      return { row, created: !existing };
+    });
+    this.#forget(tenantId, name);
+    return { connection: toConnection(result.row), created: result.created };
+  }
+
+  /** The tenant's connections, by name. */
+  async list(tenantId: string): Promise<Connection[]> {
+    const rows = await this.#db
+      .selectFrom("connections")
+      .selectAll()
+      .where("tenant_id", "=", tenantId)
+      .orderBy("name")
+      .execute();
+    return rows.map(toConnection);
+  }
+
+  /** One connection; `not_found` when the tenant has none of that name. */
+  async get(tenantId: string, name: string): Promise<Connection> {
+    const row = await findRow(this.#db, tenantId, name);
+    if (!row) throw notFound(name);
+    return toConnection(row);
+  }
+
+  /** Deletes a connection no agent's policy names (`conflict` otherwise); returns what it was. */
+  async delete(tenantId: string, name: string): Promise<Connection> {
+    const row = await this.#db.transaction().execute(async (trx) => {
+      const found = await findRow(trx, tenantId, name);
+      if (!found) throw notFound(name);
+      const users = await agentsNaming(trx, tenantId, name);
+      if (users.length > 0) {
+        throw new AppError(
+          "conflict",
+          `The connection '${name}' is in the policy of agent(s) ${users.join(", ")}; it cannot be deleted while they name it.`,
+          { agents: users },
+        );
+      }
+      await trx.deleteFrom("connections").where("id", "=", found.id).execute();
+      return found;
+    });
+    this.#forget(tenantId, name);
+    return toConnection(row);
+  }
+
+  /**
+   * The connection compiled for the bridge, or null when the tenant has none of that name.
+   * Answers from a short-lived cache that this host's put and delete clear at once.
+   */
+  async forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> {
+    const key = cacheKey(tenantId, name);
+    const now = this.#now();
+    const hit = this.#cache.get(key);
+    if (hit && hit.expires > now) return hit.value;
+    const row = await findRow(this.#db, tenantId, name);
+    const value = row ? compileConnection(row) : null;
+    this.#cache.delete(key);
+    if (this.#cache.size >= this.#cacheMax) {
+      const oldest = this.#cache.keys().next();
+      if (!oldest.done) this.#cache.delete(oldest.value);
+    }
+    this.#cache.set(key, { value, expires: now + this.#ttlMs });
+    return value;
+  }
+
+  #forget(tenantId: string, name: string): void {
+    this.#cache.delete(cacheKey(tenantId, name));
+  }
+}
+
+const cacheKey = (tenantId: string, name: string) => `${tenantId}\u0000${name}`;
+
+const notFound = (name: string) => new AppError("not_found", `No connection '${name}'.`);
+
+function findRow(db: Db, tenantId: string, name: string): Promise<ConnectionsTable | undefined> {
+  return db
+    .selectFrom("connections")
+    .selectAll()
+    .where("tenant_id", "=", tenantId)
+    .where("name", "=", name)
+    .executeTakeFirst();
+}
+
+async function requireSecret(db: Db, tenantId: string, secret: string): Promise<void> {
+  const row = await db
+    .selectFrom("secrets")
+    .select("id")
+    .where("tenant_id", "=", tenantId)
+    .where("name", "=", secret)
+    .executeTakeFirst();
+  if (!row) {
+    throw new AppError("unknown_secret", `No secret '${secret}'; set it first, then the connection.`, { secret });
+  }
+}
+
+/** Names of the tenant's agents whose policy names the connection. */
+async function agentsNaming(db: Db, tenantId: string, name: string): Promise<string[]> {
+  // A cheap prefilter on the JSON text; the parsed policy decides.
+  const rows = await db
+    .selectFrom("agents")
+    .select(["name", "spec"])
+    .where("tenant_id", "=", tenantId)
+    .where("spec", "like", `%"${name}"%`)
+    .execute();
+  return rows
+    .filter((r) => ((JSON.parse(r.spec) as AgentDefinition).policy?.connections ?? []).includes(name))
+    .map((r) => r.name)
+    .sort();
+}
+
+/**
+ * Refuses an upstream host that is an address literal outside the public range (private,
+ * loopback, link-local…), or `localhost`, unless the connection is internal; link-local and other
+ * special addresses are refused even then. Names are judged by the bridge once resolved.
+ */
+function checkUpstreamLiteral(baseUrl: string, internal: boolean): void {
+  const host = new URL(baseUrl).hostname;
+  const bare = host.startsWith("[") ? host.slice(1, -1) : host.replace(/\.$/, "");
+  let refusal: string | null = null;
+  if (isIpLiteralHost(host)) refusal = upstreamAddressRefusal(bare, internal);
+  else if (!internal && (bare === "localhost" || bare.endsWith(".localhost"))) refusal = "loopback";
+  if (refusal === null) return;
+  const message = internal
+    ? `the upstream address is ${refusal}, which the bridge never calls`
+    : `the upstream address is ${refusal}; set "internal": true for a service on a private network`;
+  throw new AppError("validation_failed", `Invalid request: base_url: ${message}.`, [
+    { path: "base_url", code: "custom", message },
+  ]);
+}
+
+function parseSpec(row: ConnectionsTable): ConnectionPut {
+  return ConnectionPut.parse(JSON.parse(row.spec));
+}
+
+function toConnection(row: ConnectionsTable): Connection {
+  const spec = parseSpec(row);
+  return {
+    name: row.name,
+    base_url: spec.base_url,
+    secret: spec.secret ?? null,
+    auth: spec.auth,
+    policy: spec.policy,
+    internal: spec.internal,
+    timeout_ms: spec.timeout_ms,
+    max_response_bytes: spec.max_response_bytes,
+    max_request_bytes: spec.max_request_bytes,
+    created_at: new Date(row.created_at).toISOString(),
+    updated_at: new Date(row.updated_at).toISOString(),
+  };
+}
+
+function compileConnection(row: ConnectionsTable): BridgeConnection {
+  const spec = parseSpec(row);
+  const policy = compilePolicy(spec.policy);
+  return {
+    id: row.id,
+    tenantId: row.tenant_id,
+    name: row.name,
+    baseUrl: spec.base_url,
+    secret: spec.secret ?? null,
+    auth: spec.auth,
+    policy,
+    rateLimit: policy.rateLimit,
+    internal: spec.internal,
+    timeoutMs: spec.timeout_ms,
+    maxResponseBytes: spec.max_response_bytes,
+    maxRequestBytes: spec.max_request_bytes,
+    updatedAt: row.updated_at,
+  };
+}

@@ -1,0 +1,44 @@
+/**
+ * The sandboxes whose runs may use the bridge right now, by their network address. An attempt
+ * registers its sandbox once the run token is in place and unregisters it before the sandbox is
+ * torn down: from then on every token of that attempt is dead, whatever its expiry says, because
+ * the bridge answers only addresses listed here and only for the run listed with them.
+ */
+import type { NewEvent } from "../engine/event-log.ts";
+
+export interface LiveSandbox {
+  address: string;
+  sandboxId: string;
+  runId: string;
+  attempt: number;
+  tenantId: string;
+  agentId: string;
+  /** Records an event on the attempt (bridge.call), through the attempt's own caps and batching. */
+  record(event: NewEvent): void;
+}
+
+export class LiveSandboxes {
+  readonly #byAddress = new Map<string, LiveSandbox>();
+
+  /** Lists a sandbox; an address is never listed twice (the network hands each out once at a time). */
+  add(entry: LiveSandbox): void {
+    const existing = this.#byAddress.get(entry.address);
+    if (existing && existing.sandboxId !== entry.sandboxId) {
+      throw new Error(`address ${entry.address} already belongs to sandbox ${existing.sandboxId}`);
+    }
+    this.#byAddress.set(entry.address, entry);
+  }
+
+  /** Unlists the sandbox at `address` if it is still `sandboxId`'s. */
+  remove(address: string, sandboxId: string): void {
+    if (this.#byAddress.get(address)?.sandboxId === sandboxId) this.#byAddress.delete(address);
+  }
+
+  byAddress(address: string): LiveSandbox | undefined {
+    return this.#byAddress.get(address);
+  }
+
+  get size(): number {
+    return this.#byAddress.size;
+  }
+}

@@ -1,0 +1,201 @@
+/**
+ * The secrets vault's store: named values per tenant, sealed by the Vault (see vault.ts). The API
+ * and CLI see names and metadata only; the value leaves this module through `reveal`, which only
+ * the bridge calls, on the host, to attach it to a forwarded request.
+ *
+ * Threat model: a copy of the database (a backup, a leaked file) yields sealed boxes only, useless
+ * without the master key, which is never stored in it (see master-key.ts for keeping it apart). Each value is sealed with its tenant and
+ * name as associated data, so someone able to write rows cannot make one tenant's value open as
+ * another's, or under another name. An API key can replace or delete its tenant's secrets but
+ * never read them back; another tenant's names answer as unknown ones. Opened values stay in
+ * memory for a few seconds at most, and set or delete drops them at once.
+ */
+import { AppError, type Secret } from "@paddock/protocol";
+import type { Kysely } from "kysely";
+import { signingKeyAad } from "../bridge/tokens.ts";
+import { newId } from "../store/ids.ts";
+import type { Database, SecretsTable } from "../store/schema.ts";
+import type { Vault } from "./vault.ts";
+
+/** Associated data of a secret's sealed value. */
+export const secretAad = (tenantId: string, name: string) => `secret:v1:${tenantId}:${name}`;
+
+const REVEAL_TTL_MS = 5_000;
+
+export function toSecret(row: SecretsTable): Secret {
+  return {
+    name: row.name,
+    version: row.version,
+    created_at: new Date(row.created_at).toISOString(),
+    updated_at: new Date(row.updated_at).toISOString(),
+  };
+}
+
+export class Secrets {
+  readonly #db: Kysely<Database>;
+  readonly #vault: Vault;
+  /** Opened values, briefly: the bridge reveals the same secret on every call. */
+  readonly #opened = new Map<string, { value: string; at: number }>();
+  /** Bumped by every set and delete, so a reveal that raced one does not cache the old value. */
+  #generation = 0;
+
+  constructor(db: Kysely<Database>, vault: Vault) {
+    this.#db = db;
+    this.#vault = vault;
+  }
+
+  /** Sets a secret's value (a new version when it exists); returns its metadata. */
+  async set(tenantId: string, name: string, value: string): Promise<{ secret: Secret; created: boolean }> {
+    const { sealed, masterKeyId } = this.#vault.seal(Buffer.from(value, "utf8"), secretAad(tenantId, name));
+    const now = Date.now();
+    const row = await this.#db.transaction().execute(async (trx) => {
+      const existing = await trx
+        .selectFrom("secrets")
+        .selectAll()
+        .where("tenant_id", "=", tenantId)
+        .where("name", "=", name)
+        .executeTakeFirst();
+      if (existing) {
+        const next = { sealed, master_key_id: masterKeyId, version: existing.version + 1, updated_at: now };
+        await trx.updateTable("secrets").set(next).where("id", "=", existing.id).execute();
+        return { row: { ...existing, ...next }, created: false };
+      }
+      const fresh: SecretsTable = {
+        id: newId("sec", now),
+        tenant_id: tenantId,
+        name,
+        sealed,
+        master_key_id: masterKeyId,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+      };
+      await trx.insertInto("secrets").values(fresh).execute();
+      return { row: fresh, created: true };
+    });
+    this.#forget(tenantId, name);
+    return { secret: toSecret(row.row), created: row.created };
+  }
+
+  async list(tenantId: string): Promise<Secret[]> {
+    const rows = await this.#db
+      .selectFrom("secrets")
+      .selectAll()
+      .where("tenant_id", "=", tenantId)
+      .orderBy("name")
+      .execute();
+    return rows.map(toSecret);
+  }
+
+  async get(tenantId: string, name: string): Promise<Secret> {
+    const row = await this.#row(tenantId, name);
+    if (!row) throw new AppError("not_found", `No secret '${name}'.`);
+    return toSecret(row);
+  }
+
+  /** Deletes a secret no connection uses; `secret_in_use` names the connections that do. */
+  async delete(tenantId: string, name: string): Promise<void> {
+    await this.#db.transaction().execute(async (trx) => {
+      const users = await trx
+        .selectFrom("connections")
+        .select("name")
+        .where("tenant_id", "=", tenantId)
+        .where("secret_name", "=", name)
+        .orderBy("name")
+        .execute();
+      if (users.length > 0) {
+        throw new AppError(
+          "secret_in_use",
+          `The connection(s) ${users.map((u) => `'${u.name}'`).join(", ")} use the secret '${name}'; change or delete them first.`,
+          { connections: users.map((u) => u.name) },
+        );
+      }
+      const result = await trx
+        .deleteFrom("secrets")
+        .where("tenant_id", "=", tenantId)
+        .where("name", "=", name)
+        .executeTakeFirst();
+      if (Number(result.numDeletedRows) === 0) throw new AppError("not_found", `No secret '${name}'.`);
+    });
+    this.#forget(tenantId, name);
+  }
+
+  /** The value, for the bridge to attach on the host; null when there is no such secret. */
+  async reveal(tenantId: string, name: string): Promise<string | null> {
+    const key = `${tenantId}\0${name}`;
+    const hit = this.#opened.get(key);
+    if (hit && Date.now() - hit.at < REVEAL_TTL_MS) return hit.value;
+    const generation = this.#generation;
+    const row = await this.#row(tenantId, name);
+    if (!row) {
+      this.#opened.delete(key);
+      return null;
+    }
+    const value = this.#vault.open(row.sealed, secretAad(tenantId, name)).toString("utf8");
+    if (generation === this.#generation) this.#opened.set(key, { value, at: Date.now() });
+    return value;
+  }
+
+  #forget(tenantId: string, name: string): void {
+    this.#generation++;
+    this.#opened.delete(`${tenantId}\0${name}`);
+  }
+
+  #row(tenantId: string, name: string): Promise<SecretsTable | undefined> {
+    return this.#db
+      .selectFrom("secrets")
+      .selectAll()
+      .where("tenant_id", "=", tenantId)
+      .where("name", "=", name)
+      .executeTakeFirst();
+  }
+}
+
+/**
+ * Re-seals, in one transaction, every secret and signing key sealed under another master key than
+ * the vault's current one (a rotation); returns how many. Throws, naming the key, when one was
+ * sealed under a key the vault was not given: the host must not start without it.
+ */
+export async function rotateMasterKey(db: Kysely<Database>, vault: Vault): Promise<number> {
+  return db.transaction().execute(async (trx) => {
+    let count = 0;
+    const secrets = await trx
+      .selectFrom("secrets")
+      .select(["id", "tenant_id", "name", "sealed"])
+      .where("master_key_id", "!=", vault.masterKeyId)
+      .execute();
+    for (const row of secrets) {
+      const what = `secret '${row.name}' of tenant ${row.tenant_id}`;
+      const moved = rewrap(vault, row.sealed, secretAad(row.tenant_id, row.name), what);
+      await trx
+        .updateTable("secrets")
+        .set({ sealed: moved, master_key_id: vault.masterKeyId })
+        .where("id", "=", row.id)
+        .execute();
+      count++;
+    }
+    const keys = await trx
+      .selectFrom("signing_keys")
+      .select(["kid", "sealed_private"])
+      .where("master_key_id", "!=", vault.masterKeyId)
+      .execute();
+    for (const row of keys) {
+      const moved = rewrap(vault, row.sealed_private, signingKeyAad(row.kid), `signing key ${row.kid}`);
+      await trx
+        .updateTable("signing_keys")
+        .set({ sealed_private: moved, master_key_id: vault.masterKeyId })
+        .where("kid", "=", row.kid)
+        .execute();
+      count++;
+    }
+    return count;
+  });
+}
+
+function rewrap(vault: Vault, sealed: string, aad: string, what: string): string {
+  try {
+    return vault.rewrap(sealed, aad).sealed;
+  } catch (err) {
+    throw new Error(`master key rotation: cannot re-seal ${what}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
