@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
-const SCENARIOS = ["boot", "snapshot", "swap"] as const;
+const SCENARIOS = ["boot", "bridge", "snapshot", "swap"] as const;
 
 export const bench: Command = {
   name: "bench",
@@ -14,6 +14,10 @@ Scenarios:
   boot    trigger-to-first-event and trigger-to-finish of a trivial agent over HTTP (N sequential
           runs, then 20 at once), beside floors measured in the same run: bwrap running true, and
           node -e 0 through the full sandbox recipe
+  bridge  what the host bridge adds to a call from inside a sandbox (N request pairs, direct and
+          bridged, interleaved, to the same local upstream over the same link), run-token checks
+          per second with and without the verified-token cache, and calls per second with
+          --sandboxes sandboxes calling at once, bridged and direct
   snapshot  freeze time of environments of 10 MiB, 300 MiB and 1 GiB (a tmpfs writable layer
             shaped like a pip install), and trigger-to-first-event of agents booting the smallest
             and the largest (N runs each, interleaved, warm pool off)
@@ -24,8 +28,9 @@ Scenarios:
 Starts its own host on a temporary data folder; uses the base image in DIR/images.
 
 Options:
-  --runs N          sequential runs to measure (default 30)
+  --runs N          sequential runs to measure (default 30; bridge: N×100 request pairs)
   --sizes A,B,...   snapshot: environment sizes in MiB (default 10,300,1024)
+  --sandboxes N     bridge: sandboxes calling at once (default 50), each sending 200 calls
   --json            print one JSON object (the default output is the same JSON, indented)
   --data-dir DIR    where the base image lives (env PADDOCK_DATA_DIR; default ./.paddock)`,
   async run(argv, ctx) {
@@ -35,6 +40,7 @@ Options:
         json: { type: "boolean" },
         runs: { type: "string" },
         sizes: { type: "string" },
+        sandboxes: { type: "string" },
         "data-dir": { type: "string" },
       },
       positionals: { min: 1, max: 1 },
@@ -47,6 +53,18 @@ Options:
       const { snapshotBench } = await import("../../../../bench/snapshot.ts");
       const sizesMb = values.sizes?.split(",").map((mb) => parseNumber(mb, "sizes") ?? 0);
       const result = await snapshotBench({ imagesDir: join(dataDirOf(values, ctx), "images"), runs, sizesMb });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "bridge") {
+      const { bridgeBench } = await import("../../../../bench/bridge.ts");
+      const result = await bridgeBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        calls: Math.max(runs, 1) * 100,
+        sandboxes: parseNumber(values.sandboxes, "sandboxes") ?? 50,
+        callsPerSandbox: 200,
+        progress: (line) => ctx.err(`bench bridge: ${line}`),
+      });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;
     }

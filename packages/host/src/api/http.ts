@@ -39,7 +39,9 @@ export async function readJson<T extends z.ZodType>(
     try {
       value = JSON.parse(text);
     } catch (err) {
-      throw new AppError("invalid_json", `The request body is not valid JSON: ${(err as Error).message}`);
+      // The parser's message quotes the body, which may hold a secret: give only where it broke.
+      const at = /position (\d+)/.exec((err as Error).message)?.[1];
+      throw new AppError("invalid_json", `The request body is not valid JSON${at ? ` (at character ${at})` : ""}.`);
     }
   }
   return check(schema, value);

@@ -370,26 +370,20 @@ export class SandboxNetwork {
     }
   }
 
-  /** Namespaces and links named for this instance, its filter table and its host address. */
+  /**
+   * Removes what an earlier host of this instance left, and what hosts that died without cleaning
+   * up left (their block claims name a process that is gone): namespaces, links, filter tables
+   * and host addresses.
+   */
   async #removeLeftovers(): Promise<void> {
-    const names = (await readdir(NETNS_DIR).catch(() => [] as string[])).filter((n) => n.startsWith(this.#nsPrefix));
-    const links = await listLinks(this.#ifPrefix);
-    if (links.length > 0) await ip(["-force"], `${links.map((l) => `link del ${l}`).join("\n")}\n`).catch(() => {});
-    for (const name of names) await ip(["netns", "del", name]).catch(() => {});
-    await nft(`delete table inet ${this.#table}\n`).catch(() => {});
-    const claim = await this.#ownClaim();
-    if (claim) {
-      await ip(["addr", "del", `${intToIp(claim + 1)}/32`, "dev", "lo"]).catch(() => {});
-    }
-  }
-
-  /** The block an earlier host of this instance claimed, if any. */
-  async #ownClaim(): Promise<number | undefined> {
     for (const name of await readdir(this.#claimsDir).catch(() => [] as string[])) {
-      const text = await readFile(path.join(this.#claimsDir, name), "utf8").catch(() => "");
-      if (parseClaim(text)?.instance === this.#instance) return ipToInt(name.split("_")[0] ?? "");
+      const file = path.join(this.#claimsDir, name);
+      const claim = parseClaim(await readFile(file, "utf8").catch(() => ""));
+      if (!claim || (claim.instance !== this.#instance && pidAlive(claim.pid))) continue;
+      await removeInstanceNetwork(claim.instance, ipToInt(name.split("_")[0] ?? "") + 1);
+      if (claim.instance !== this.#instance) await rm(file, { force: true });
     }
-    return undefined;
+    await removeInstanceNetwork(this.#instance);
   }
 
   async #claimBlock(): Promise<void> {
@@ -454,10 +448,21 @@ export class SandboxNetwork {
   }
 }
 
+/** Deletes an instance's namespaces, links and filter table, and its host address when known. */
+async function removeInstanceNetwork(instance: string, hostAddress?: number): Promise<void> {
+  const nsPrefix = `paddock-${instance}-`;
+  const names = (await readdir(NETNS_DIR).catch(() => [] as string[])).filter((n) => n.startsWith(nsPrefix));
+  const links = await listLinks(`pd${instance.slice(0, 6)}-`);
+  if (links.length > 0) await ip(["-force"], `${links.map((l) => `link del ${l}`).join("\n")}\n`).catch(() => {});
+  for (const name of names) await ip(["netns", "del", name]).catch(() => {});
+  await nft(`delete table inet paddock_${instance}\n`).catch(() => {});
+  if (hostAddress !== undefined) await ip(["addr", "del", `${intToIp(hostAddress)}/32`, "dev", "lo"]).catch(() => {});
+}
+
 function parseClaim(text: string): { instance: string; pid: number } | undefined {
   try {
     const value = JSON.parse(text) as { instance?: unknown; pid?: unknown };
-    if (typeof value.instance === "string" && typeof value.pid === "number") {
+    if (typeof value.instance === "string" && /^[a-z0-9]{6,64}$/.test(value.instance) && typeof value.pid === "number") {
       return { instance: value.instance, pid: value.pid };
     }
   } catch {}

@@ -1,0 +1,29 @@
+/**
+ * The `paddock bench bridge` scenario end to end at a small scale: real sandboxes on their own
+ * networks call the bridge and the upstream directly. Asserts the figures exist and add up, never
+ * a time.
+ */
+import assert from "node:assert/strict";
+import { readdir } from "node:fs/promises";
+import { describe, it } from "node:test";
+import { hostSkipReason, testImagesDir } from "../packages/host/src/testing/harness.ts";
+import { bridgeBench } from "./bridge.ts";
+
+describe("bench bridge", { skip: hostSkipReason() }, () => {
+  it("measures bridged and direct calls, token checks and throughput, and leaves nothing behind", async () => {
+    const before = await readdir("/run/netns").catch(() => [] as string[]);
+    const result = await bridgeBench({ imagesDir: testImagesDir(), calls: 40, sandboxes: 3, callsPerSandbox: 20 });
+    assert.equal(result.latency_ms.direct.n, 40);
+    assert.equal(result.latency_ms.bridge.n, 40);
+    assert.equal(
+      result.added_ms.p50,
+      Math.round((result.latency_ms.bridge.p50 - result.latency_ms.direct.p50) * 1000) / 1000,
+    );
+    assert.ok(result.verify_us.uncached > result.verify_us.cached, JSON.stringify(result.verify_us));
+    assert.equal(result.throughput.errors, 0);
+    assert.ok(result.throughput.bridge_calls_per_s > 0 && result.throughput.direct_calls_per_s > 0);
+    // Every bridged call was recorded: warm-ups, the measured pairs and both throughput phases.
+    assert.equal(result.events_recorded, 100 + 40 + 3 * (1 + 20));
+    assert.deepEqual(await readdir("/run/netns").catch(() => [] as string[]), before);
+  });
+});

@@ -1,0 +1,391 @@
+/**
+ * `paddock bench bridge`: what the host bridge adds to a call, measured from inside real
+ * sandboxes on their own networks.
+ *
+ * The bridge is assembled from the host's own parts (sandbox network and driver, run tokens,
+ * vault, secrets, connections, the Bridge server); only the engine is left out, so the sandboxes
+ * are booted by the driver and listed with the bridge the way an attempt lists them. The stand-in
+ * upstream listens on the host side of the sandbox links, and for this benchmark only its port is
+ * opened to the sandboxes too: the same request can then go straight to it over the same link,
+ * which is the floor. Each sandbox alternates direct and bridged requests on keep-alive
+ * connections, so both see the same machine at the same moments.
+ *
+ * Figures:
+ * - added_ms {p50, p99}: bridged minus direct, per percentile, from `latency_ms` (one sandbox).
+ * - verify_us: a run token check without the verified-token cache, with it, and a bare Ed25519
+ *   signature check (the floor of the former).
+ * - throughput: N sandboxes at once, each sending its calls back to back, bridged then direct.
+ * Audit events are counted in memory here; the engine writes them in group commits after the
+ * answer has gone, off the call's path.
+ */
+import { generateKeyPairSync, randomBytes, sign, verify } from "node:crypto";
+import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Bridge } from "../packages/host/src/bridge/bridge.ts";
+import { Connections } from "../packages/host/src/bridge/connections.ts";
+import { LiveSandboxes } from "../packages/host/src/bridge/live.ts";
+import { TokenBucket } from "../packages/host/src/bridge/rate-limit.ts";
+import { RunTokens } from "../packages/host/src/bridge/tokens.ts";
+import { ImageStore } from "../packages/host/src/images/image-store.ts";
+import type { SandboxHandle } from "../packages/host/src/sandbox/driver.ts";
+import { LinuxSandboxDriver } from "../packages/host/src/sandbox/linux/linux-driver.ts";
+import { SandboxNetwork } from "../packages/host/src/sandbox/linux/network.ts";
+import { makeRunnerDir } from "../packages/host/src/sandbox/linux/test-support.ts";
+import { Secrets } from "../packages/host/src/secrets/secrets.ts";
+import { parseMasterKey, Vault } from "../packages/host/src/secrets/vault.ts";
+import { migrate } from "../packages/host/src/store/migrations.ts";
+import { openSqlite } from "../packages/host/src/store/sqlite.ts";
+import { DEFAULT_LIMITS } from "../packages/protocol/src/limits.ts";
+import { type Dist, dist } from "./stats.ts";
+
+export interface BridgeBenchOptions {
+  imagesDir: string;
+  /** Request pairs (direct, bridged) measured in the latency sandbox. */
+  calls: number;
+  /** Sandboxes calling at once in the throughput phase. */
+  sandboxes: number;
+  /** Calls each of them sends per phase. */
+  callsPerSandbox: number;
+  /** Progress lines (to stderr in the CLI). */
+  progress?: (line: string) => void;
+}
+
+export interface BridgeBenchResult {
+  scenario: "bridge";
+  added_ms: { p50: number; p99: number; target: { p50: number; p99: number } };
+  latency_ms: { direct: Dist; bridge: Dist };
+  verify_us: { uncached: number; cached: number; ed25519_verify_floor: number };
+  throughput: {
+    sandboxes: number;
+    calls_per_sandbox: number;
+    bridge_calls_per_s: number;
+    direct_calls_per_s: number;
+    errors: number;
+  };
+  events_recorded: number;
+  peers: Record<string, number>;
+  notes: string;
+}
+
+/** Runs in each sandbox: waits for a line on stdin per phase and prints one JSON line per phase. */
+const CALLER = `
+import http from "node:http";
+import { readFileSync } from "node:fs";
+const [mode, n] = process.argv.slice(2);
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+const lines = [];
+process.stdin.setEncoding("utf8");
+process.stdin.on("data", (d) => lines.push(...d.split("\\n").filter(Boolean)));
+const next = () => new Promise((r) => { const t = setInterval(() => { if (lines.length) { clearInterval(t); r(lines.shift()); } }, 1); });
+// The host writes the token once the sandbox is up, then says "start".
+await next();
+const token = readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
+const bridge = new URL(process.env.PADDOCK_BRIDGE_URL + "/bridge/bench/echo/x");
+const direct = new URL(process.env.BENCH_UPSTREAM + "/echo/x");
+function call(url, auth) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const req = http.get(url, { agent, headers: auth ? { authorization: "Bearer " + token } : {} }, (res) => {
+      res.resume();
+      res.on("end", () => (res.statusCode === 200 ? resolve(performance.now() - t0) : reject(new Error("status " + res.statusCode))));
+    });
+    req.on("error", reject);
+  });
+}
+const count = Number(n);
+if (mode === "latency") {
+  for (let i = 0; i < 100; i++) { await call(direct, false); await call(bridge, true); }
+  const out = { direct: [], bridge: [] };
+  for (let i = 0; i < count; i++) {
+    if (i % 2) { out.bridge.push(await call(bridge, true)); out.direct.push(await call(direct, false)); }
+    else { out.direct.push(await call(direct, false)); out.bridge.push(await call(bridge, true)); }
+  }
+  console.log(JSON.stringify(out));
+} else {
+  await call(bridge, true); await call(direct, false);
+  console.log("ready");
+  for (const [phase, url, auth] of [["bridge", bridge, true], ["direct", direct, false]]) {
+    await next();
+    let errors = 0;
+    for (let i = 0; i < count; i++) await call(url, auth).catch(() => errors++);
+    console.log(JSON.stringify({ phase, errors }));
+  }
+}
+`;
+
+const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
+
+/** Lines of a sandbox's stdout, as they come; fails with its stderr once it has ended. */
+function lineReader(handle: SandboxHandle): () => Promise<string> {
+  let buffer = "";
+  let stderr = "";
+  let ended = false;
+  const waiting: { resolve: (line: string) => void; reject: (err: Error) => void }[] = [];
+  const ready: string[] = [];
+  const failure = () => new Error(`a bench sandbox ended early: ${stderr.trim().slice(-2000)}`);
+  handle.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr += chunk;
+  });
+  handle.stdout.setEncoding("utf8");
+  handle.stdout.on("data", (chunk: string) => {
+    buffer += chunk;
+    for (let nl = buffer.indexOf("\n"); nl >= 0; nl = buffer.indexOf("\n")) {
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      const take = waiting.shift();
+      if (take) take.resolve(line);
+      else ready.push(line);
+    }
+  });
+  handle.stdout.on("end", () => {
+    ended = true;
+    // stderr may still be draining.
+    setTimeout(() => {
+      for (const w of waiting.splice(0)) w.reject(failure());
+    }, 100);
+  });
+  return () => {
+    const line = ready.shift();
+    if (line !== undefined) return Promise.resolve(line);
+    if (ended) return Promise.reject(failure());
+    return new Promise((resolve, reject) => waiting.push({ resolve, reject }));
+  };
+}
+
+async function startUpstream(address: string): Promise<{ url: string; server: http.Server }> {
+  const body = JSON.stringify({ ok: true, items: [1, 2, 3] });
+  const server = http.createServer({ keepAlive: true }, (_req, res) => {
+    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+    res.end(body);
+  });
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((resolve) => server.listen(0, address, resolve));
+  return { url: `http://${address}:${(server.address() as AddressInfo).port}`, server };
+}
+
+function verifyFloor(rounds: number): number {
+  const { publicKey, privateKey } = generateKeyPairSync("ed25519");
+  const data = randomBytes(400);
+  const signature = sign(null, data, privateKey);
+  const start = performance.now();
+  for (let i = 0; i < rounds; i++) verify(null, data, publicKey, signature);
+  return ((performance.now() - start) * 1000) / rounds;
+}
+
+export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBenchResult> {
+  const id = randomBytes(5).toString("hex");
+  const dataDir = await mkdtemp(join(tmpdir(), "paddock-bench-bridge-"));
+  const db = openSqlite(join(dataDir, "paddock.db"));
+  const network = new SandboxNetwork({ instance: id, spare: 8 });
+  const driver = new LinuxSandboxDriver({
+    runDir: `/run/paddock/bench-${id}`,
+    instance: `bench-${id}`,
+    network,
+    warmLaunchers: 8,
+  });
+  const handles: SandboxHandle[] = [];
+  let upstream: { url: string; server: http.Server } | undefined;
+  let bridge: Bridge | undefined;
+  let runnerDir: string | undefined;
+  const measure = async (): Promise<BridgeBenchResult> => {
+    await migrate(db);
+    const tenant = "ten_bench";
+    await db
+      .insertInto("tenants")
+      .values({ id: tenant, name: `bench-${id}`, created_at: Date.now() })
+      .execute();
+    const vault = new Vault(parseMasterKey(randomBytes(32).toString("base64"), "bench"));
+    const secrets = new Secrets(db, vault);
+    const connections = new Connections(db);
+    const tokens = new RunTokens({ db, sealer: vault, issuer: `paddock:bench-${id}` });
+    await tokens.start();
+    const live = new LiveSandboxes();
+    let events = 0;
+    bridge = new Bridge({ live, tokens, connections, secrets, rateLimits: new TokenBucket(), log: () => {} });
+
+    await network.start();
+    upstream = await startUpstream(network.hostAddress);
+    const bridgePort = await bridge.listen(network.hostAddress);
+    await network.allowPort(bridgePort);
+    // The floor's path: the same upstream, straight over the sandbox's link (this benchmark only).
+    await network.allowPort(Number(new URL(upstream.url).port));
+    await secrets.set(tenant, "bench-token", randomBytes(24).toString("hex"));
+    await connections.put(tenant, "bench", {
+      base_url: upstream.url,
+      secret: "bench-token",
+      auth: { type: "bearer" },
+      internal: true,
+      policy: { allow: [{ methods: ["GET"], path: "/echo/**" }] },
+      timeout_ms: 30_000,
+      max_response_bytes: 1 << 20,
+      max_request_bytes: 1 << 20,
+    });
+
+    const rootfs = (await new ImageStore({ imagesDir: opts.imagesDir }).resolve("default")).rootfs;
+    runnerDir = await makeRunnerDir();
+    const bridgeUrl = `http://${network.hostAddress}:${bridgePort}`;
+    let seq = 0;
+    const boot = async (mode: "latency" | "throughput", n: number): Promise<SandboxHandle> => {
+      const n0 = ++seq;
+      const handle = await driver.boot({
+        id: `bench-bridge-${id}-${n0}`,
+        layers: [rootfs],
+        runnerDir: runnerDir as string,
+        limits: { ...DEFAULT_LIMITS, memory_mb: 256 },
+        files: [{ path: "/app/caller.mjs", content: CALLER }],
+        argv: ["/opt/paddock/runner/node", "/app/caller.mjs", mode, String(n)],
+        env: {
+          PATH: "/usr/bin:/bin",
+          PADDOCK_BRIDGE_URL: bridgeUrl,
+          PADDOCK_TOKEN_FILE: "/run/paddock/token",
+          BENCH_UPSTREAM: upstream?.url ?? "",
+        },
+        cwd: "/",
+        network: true,
+      });
+      handles.push(handle);
+      const address = handle.address as string;
+      const { token } = await tokens.mint({
+        run: `run_bench${n0}`,
+        attempt: 1,
+        tenant,
+        agent: "agt_bench",
+        addr: address,
+        sandbox: handle.id,
+        scopes: ["bridge:bench"],
+      });
+      await writeFile(join(handle.runtimeDir, "token.tmp"), token, { mode: 0o444 });
+      await rename(join(handle.runtimeDir, "token.tmp"), join(handle.runtimeDir, "token"));
+      live.add({
+        address,
+        sandboxId: handle.id,
+        runId: `run_bench${n0}`,
+        attempt: 1,
+        tenantId: tenant,
+        agentId: "agt_bench",
+        record: () => {
+          events++;
+        },
+      });
+      handle.stdin.write("start\n");
+      return handle;
+    };
+
+    // Latency: one sandbox, pairs of calls.
+    const one = await boot("latency", opts.calls);
+    const read = lineReader(one);
+    const samples = JSON.parse(await read()) as { direct: number[]; bridge: number[] };
+    const direct = dist(samples.direct);
+    const bridged = dist(samples.bridge);
+
+    // Throughput: many sandboxes, all released at once per phase.
+    const progress = opts.progress ?? (() => {});
+    progress(`latency: bridged p50 ${bridged.p50} ms, direct p50 ${direct.p50} ms`);
+    const many = await Promise.all(
+      Array.from({ length: opts.sandboxes }, () => boot("throughput", opts.callsPerSandbox)),
+    );
+    progress(`${many.length} sandboxes booted`);
+    const readers = many.map((h) => lineReader(h));
+    let readyCount = 0;
+    await Promise.all(
+      readers.map(async (r) => {
+        await r();
+        if (++readyCount % 10 === 0) progress(`${readyCount} sandboxes ready`);
+      }),
+    );
+    const phase = async (): Promise<{ perS: number; errors: number }> => {
+      const start = performance.now();
+      for (const h of many) h.stdin.write("go\n");
+      const done = await Promise.all(readers.map(async (r) => JSON.parse(await r()) as { errors: number }));
+      const seconds = (performance.now() - start) / 1000;
+      return {
+        perS: Math.round((opts.sandboxes * opts.callsPerSandbox) / seconds),
+        errors: done.reduce((n, d) => n + d.errors, 0),
+      };
+    };
+    const viaBridge = await phase();
+    const straight = await phase();
+
+    // Token checks, in this process.
+    const minted = await Promise.all(
+      Array.from({ length: 500 }, (_, i) =>
+        tokens.mint({
+          run: `run_v${i}`,
+          attempt: 1,
+          tenant,
+          agent: "agt_v",
+          addr: "10.0.0.1",
+          sandbox: "s",
+          scopes: [],
+        }),
+      ),
+    );
+    const time = async (fn: (token: string) => Promise<unknown>, rounds: number) => {
+      const start = performance.now();
+      for (let i = 0; i < rounds; i++) await fn(minted[i % minted.length]?.token as string);
+      return ((performance.now() - start) * 1000) / rounds;
+    };
+    const uncached = await time((t) => tokens.verifyUncached(t), 2000);
+    await time((t) => tokens.verify(t), 500);
+    const cached = await time((t) => tokens.verify(t), 20_000);
+
+    return {
+      scenario: "bridge",
+      added_ms: {
+        p50: round(bridged.p50 - direct.p50),
+        p99: round(bridged.p99 - direct.p99),
+        target: { p50: 1, p99: 3 },
+      },
+      latency_ms: { direct, bridge: bridged },
+      verify_us: {
+        uncached: round(uncached, 1),
+        cached: round(cached, 2),
+        ed25519_verify_floor: round(verifyFloor(2000), 1),
+      },
+      throughput: {
+        sandboxes: opts.sandboxes,
+        calls_per_sandbox: opts.callsPerSandbox,
+        bridge_calls_per_s: viaBridge.perS,
+        direct_calls_per_s: straight.perS,
+        errors: viaBridge.errors + straight.errors,
+      },
+      events_recorded: events,
+      peers: {
+        litellm_added_ms_p50: 4.3,
+        portkey_added_ms_p50: 2.4,
+        agentgateway_p99_ms: 0.58,
+        agentgateway_direct_p99_ms: 0.21,
+      },
+      notes:
+        "added_ms = bridged minus direct per percentile, same sandbox, same link, interleaved; verify_us uncached is the " +
+        "full check (signature, header, claims), cached skips the signature for a token already verified",
+    };
+  };
+  // Ctrl-C or a timeout still tears down sandboxes, namespaces and the filter table.
+  let interrupt: (err: Error) => void = () => {};
+  const interrupted = new Promise<never>((_, reject) => {
+    interrupt = reject;
+  });
+  const onSignal = (signal: NodeJS.Signals) => interrupt(new Error(`bench bridge: interrupted by ${signal}`));
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    return await Promise.race([measure(), interrupted]);
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    await Promise.all(handles.map((h) => h.destroy().catch(() => {})));
+    await bridge?.close();
+    upstream?.server.closeAllConnections();
+    upstream?.server.close();
+    await driver.reapOrphans().catch(() => {});
+    await driver.close().catch(() => {});
+    await network.close();
+    await db.destroy();
+    if (runnerDir) await rm(runnerDir, { recursive: true, force: true });
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
