@@ -20,6 +20,7 @@ import {
   RunEvent,
   Runner,
   type RunStatus,
+  Secret,
   Snapshot,
   TERMINAL_STATUSES,
   Tenant,
@@ -209,6 +210,23 @@ export class Client {
 
   rollback(agentId: string, version: number): Promise<Snapshot> {
     return this.#json(Snapshot, "POST", `/agents/${enc(agentId)}/rollback`, { body: { version } });
+  }
+
+  /** Sets a secret's value (in the body, never the URL); `created` tells a new secret from a new version. */
+  async setSecret(name: string, value: string): Promise<{ secret: Secret; created: boolean }> {
+    const path = `/secrets/${enc(name)}`;
+    const res = await this.request("PUT", path, { body: { value } });
+    const parsed = Secret.safeParse(await res.json().catch(() => null));
+    if (!parsed.success) throw new ConnectionError(`PUT ${path}: unexpected response shape: ${parsed.error.message}`);
+    return { secret: parsed.data, created: res.status === 201 };
+  }
+
+  listSecrets(): Promise<Secret[]> {
+    return this.#list(Secret, "/secrets");
+  }
+
+  async deleteSecret(name: string): Promise<void> {
+    await this.request("DELETE", `/secrets/${enc(name)}`);
   }
 
   listRunners(): Promise<z.output<typeof Runner>[]> {

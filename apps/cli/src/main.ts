@@ -8,11 +8,13 @@ import { ApiError, ConnectionError } from "./client.ts";
 import { agents } from "./commands/agents.ts";
 import { artifacts } from "./commands/artifacts.ts";
 import { bench } from "./commands/bench.ts";
+import { connections } from "./commands/connections.ts";
 import { env, runner } from "./commands/env.ts";
 import { health } from "./commands/health.ts";
 import { images } from "./commands/images.ts";
 import { keys } from "./commands/keys.ts";
 import { cancel, logs, run, runs } from "./commands/runs.ts";
+import { secrets } from "./commands/secrets.ts";
 import { serve } from "./commands/serve.ts";
 import { tenants } from "./commands/tenants.ts";
 import { type Command, type CommandGroup, type Context, type Settings, settingsFromEnv } from "./context.ts";
@@ -24,6 +26,8 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   tenants,
   keys,
   agents,
+  connections,
+  secrets,
   run,
   runs,
   logs,

@@ -1,5 +1,5 @@
 /** `paddock serve`: runs the host in this process until SIGINT or SIGTERM. */
-import { join } from "node:path";
+import { resolve as absolute, join } from "node:path";
 import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
@@ -9,7 +9,8 @@ export const serve: Command = {
   name: "serve",
   summary: "run the host (API, engine, sandboxes)",
   usage: `Usage: paddock serve [--data-dir DIR] [--port PORT] [--listen ADDR] [--images-dir DIR]
-                     [--egress-trust CIDR]...
+                     [--egress-trust CIDR]... [--master-key-file FILE]
+                     [--old-master-key-file FILE]...
 
 Runs the host: the HTTP API, the run engine and the sandboxes. On the first start of a data
 folder it creates the admin API key, prints it once and writes it to DIR/admin.key.
@@ -24,7 +25,14 @@ Options:
   --egress-trust CIDR
                     a non-public address or range (10.0.0.0/8, fd00::/8) that environment
                     sessions may reach when an allowed host name resolves there, such as an
-                    internal package mirror (repeatable; default: public addresses only)`,
+                    internal package mirror (repeatable; default: public addresses only)
+  --master-key-file FILE
+                    the key that seals secrets at rest: 32 random bytes as base64 or hex
+                    (openssl rand -base64 32 > FILE; chmod 600 FILE). Default: env
+                    PADDOCK_MASTER_KEY, else DIR/master.key, made on the first start
+  --old-master-key-file FILE
+                    an earlier master key (repeatable): what it sealed is re-sealed under
+                    the master key at start, after which it is no longer needed`,
   async run(argv, ctx) {
     const { values } = parseLocalCommand(argv, {
       command: "serve",
@@ -34,6 +42,8 @@ Options:
         listen: { type: "string" },
         "images-dir": { type: "string" },
         "egress-trust": { type: "string", multiple: true },
+        "master-key-file": { type: "string" },
+        "old-master-key-file": { type: "string", multiple: true },
       },
     });
     const port = parseNumber(values.port, "port") ?? DEFAULT_PORT;
@@ -46,15 +56,13 @@ Options:
       ...(values.listen ? { listen: values.listen } : {}),
       imagesDir: values["images-dir"] ?? join(dataDir, "images"),
       ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),
+      ...(values["master-key-file"] ? { masterKeyFile: absolute(values["master-key-file"]) } : {}),
+      ...(values["old-master-key-file"]
+        ? { oldMasterKeyFiles: values["old-master-key-file"].map((f) => absolute(f)) }
+        : {}),
     });
-    ctx.out(`paddock ${VERSION} serving ${host.url} (data: ${dataDir})`);
-    if (host.adminKey) {
-      ctx.out(`admin API key (shown once; saved to ${host.adminKeyPath}):`);
-      ctx.out(`  ${host.adminKey}`);
-    } else {
-      ctx.out(`admin API key: in ${host.adminKeyPath}`);
-    }
-    await new Promise<void>((resolve) => {
+    // Signals stop the host cleanly from the moment the banner says it serves.
+    const stopped = new Promise<void>((resolve) => {
       let stopping = false;
       const stop = (signal: NodeJS.Signals) => {
         if (stopping) {
@@ -72,6 +80,14 @@ Options:
       process.on("SIGINT", stop);
       process.on("SIGTERM", stop);
     });
+    ctx.out(`paddock ${VERSION} serving ${host.url} (data: ${dataDir})`);
+    if (host.adminKey) {
+      ctx.out(`admin API key (shown once; saved to ${host.adminKeyPath}):`);
+      ctx.out(`  ${host.adminKey}`);
+    } else {
+      ctx.out(`admin API key: in ${host.adminKeyPath}`);
+    }
+    await stopped;
     return typeof process.exitCode === "number" ? process.exitCode : 0;
   },
 };

@@ -7,8 +7,8 @@
  * without the master key, which is never stored in it (see master-key.ts for keeping it apart). Each value is sealed with its tenant and
  * name as associated data, so someone able to write rows cannot make one tenant's value open as
  * another's, or under another name. An API key can replace or delete its tenant's secrets but
- * never read them back; another tenant's names answer as unknown ones. Opened values stay in
- * memory for a few seconds at most, and set or delete drops them at once.
+ * never read them back; another tenant's names answer as unknown ones. The cache of opened values
+ * lets go of each after a few seconds, and of a secret's at once when it is set or deleted.
  */
 import { AppError, type Secret } from "@paddock/protocol";
 import type { Kysely } from "kysely";
@@ -22,6 +22,7 @@ export const secretAad = (tenantId: string, name: string) => `secret:v1:${tenant
 
 const REVEAL_TTL_MS = 5_000;
 
+/** A row as the API shows it: name, version and times, never the sealed value. */
 export function toSecret(row: SecretsTable): Secret {
   return {
     name: row.name,
@@ -31,6 +32,7 @@ export function toSecret(row: SecretsTable): Secret {
   };
 }
 
+/** Tenants' named secrets: set, list, get and delete for the API; reveal for the bridge. */
 export class Secrets {
   readonly #db: Kysely<Database>;
   readonly #vault: Vault;
@@ -123,8 +125,9 @@ export class Secrets {
   /** The value, for the bridge to attach on the host; null when there is no such secret. */
   async reveal(tenantId: string, name: string): Promise<string | null> {
     const key = `${tenantId}\0${name}`;
+    this.#sweep();
     const hit = this.#opened.get(key);
-    if (hit && Date.now() - hit.at < REVEAL_TTL_MS) return hit.value;
+    if (hit) return hit.value;
     const generation = this.#generation;
     const row = await this.#row(tenantId, name);
     if (!row) {
@@ -132,8 +135,17 @@ export class Secrets {
       return null;
     }
     const value = this.#vault.open(row.sealed, secretAad(tenantId, name)).toString("utf8");
-    if (generation === this.#generation) this.#opened.set(key, { value, at: Date.now() });
+    if (generation === this.#generation) {
+      this.#opened.set(key, { value, at: Date.now() });
+      setTimeout(() => this.#sweep(), REVEAL_TTL_MS + 10).unref();
+    }
     return value;
+  }
+
+  /** Drops opened values older than the cache's lifetime, so none lingers after it. */
+  #sweep(): void {
+    const now = Date.now();
+    for (const [key, entry] of this.#opened) if (now - entry.at >= REVEAL_TTL_MS) this.#opened.delete(key);
   }
 
   #forget(tenantId: string, name: string): void {

@@ -462,7 +462,11 @@ async function removeInstanceNetwork(instance: string, hostAddress?: number): Pr
 function parseClaim(text: string): { instance: string; pid: number } | undefined {
   try {
     const value = JSON.parse(text) as { instance?: unknown; pid?: unknown };
-    if (typeof value.instance === "string" && /^[a-z0-9]{6,64}$/.test(value.instance) && typeof value.pid === "number") {
+    if (
+      typeof value.instance === "string" &&
+      /^[a-z0-9]{6,64}$/.test(value.instance) &&
+      typeof value.pid === "number"
+    ) {
       return { instance: value.instance, pid: value.pid };
     }
   } catch {}
