@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
+import { SANDBOX_IF } from "./linux/network.ts";
 
 const skip = hostSkipReason();
 
@@ -96,19 +97,25 @@ describe("sandbox isolation through the host", { skip }, () => {
     assert.notEqual(probe.uid, 0);
     // Files: the host's temp folder is nowhere inside.
     assert.deepEqual(probe.secret_found, []);
-    // Environment: exactly what the host chose.
+    // Environment: exactly what the host chose; the bridge's address and where the run token is,
+    // never a token or a secret itself.
     assert.equal(JSON.stringify(probe.env).includes("canary-value"), false);
     assert.deepEqual(Object.keys(probe.env).sort(), [
       "HOME",
       "LANG",
       "PADDOCK_ATTEMPT",
+      "PADDOCK_BRIDGE_URL",
       "PADDOCK_INPUT",
       "PADDOCK_OUTPUTS",
       "PADDOCK_RUN_ID",
+      "PADDOCK_SDK",
+      "PADDOCK_TOKEN_FILE",
       "PATH",
       "PROBE_NAME",
       "TMPDIR",
     ]);
+    assert.equal(probe.env.PADDOCK_TOKEN_FILE, "/run/paddock/token");
+    assert.equal(probe.env.PADDOCK_BRIDGE_URL, t.host.bridgeUrl);
     // The runner layer and the image are read-only to the agent.
     const refusals = ["Read-only file system", "Permission denied", "Operation not permitted"];
     for (const k of [
@@ -134,7 +141,7 @@ describe("sandbox isolation through the host", { skip }, () => {
       assert.deepEqual(bundle, readFileSync(new URL("../../../runner/dist/runner.mjs", import.meta.url)));
     }
     assert.notEqual(probe.image_write, "allowed");
-    // Network: loopback only.
-    assert.deepEqual(probe.ifaces, ["lo"]);
+    // Network: loopback and the one link to the host (what it reaches: bridge.security tests).
+    assert.deepEqual(probe.ifaces, [SANDBOX_IF, "lo"].sort());
   });
 });

@@ -23,13 +23,14 @@ import { execFile } from "node:child_process";
 import { mkdir, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
+import { ensureRunDir } from "./paths.ts";
 
 const run = promisify(execFile);
 const TOOL_ENV = { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" };
 /** Where `ip netns` keeps its namespace files. */
 const NETNS_DIR = "/run/netns";
-/** The namespace's side of every link. */
-const SANDBOX_IF = "eth0";
+/** The namespace's side of every link, as the agent sees it. */
+export const SANDBOX_IF = "eth0";
 const DEFAULT_RANGE = "10.209.0.0/16";
 const DEFAULT_BLOCK_BITS = 22;
 
@@ -387,6 +388,8 @@ export class SandboxNetwork {
   }
 
   async #claimBlock(): Promise<void> {
+    // The parent is the hosts' shared run folder, which sandboxes traverse: made as the driver makes it.
+    await ensureRunDir(path.dirname(this.#claimsDir));
     await mkdir(this.#claimsDir, { recursive: true, mode: 0o700 });
     const size = 2 ** (32 - this.#blockBits);
     const count = 2 ** (this.#blockBits - this.#range.bits);
