@@ -66,6 +66,15 @@ const DROP_REQUEST = new Set([
   "x-api-key",
   "api-key",
   "x-auth-token",
+  "x-api-token",
+  "x-access-token",
+  "x-goog-api-key",
+  "private-token",
+  "apikey",
+  // A sandbox must not turn an allowed method into another one at upstreams that honour these.
+  "x-http-method-override",
+  "x-http-method",
+  "x-method-override",
   "host",
   "connection",
   "keep-alive",
@@ -182,9 +191,11 @@ export class Bridge {
       this.#deny(res, new Denial("route_not_found", "The bridge serves /bridge/<connection>/<path>."));
       return;
     }
-    const slash = target.indexOf("/", "/bridge/".length);
-    const name = slash < 0 ? (target.slice(8).split("?")[0] ?? "") : target.slice(8, slash);
-    const rest = slash < 0 ? "/" : target.slice(slash);
+    // The connection's name ends at the next '/' or '?'; what follows is the upstream path and query.
+    const end = target.slice(8).search(/[/?]/);
+    const name = end < 0 ? target.slice(8) : target.slice(8, 8 + end);
+    const tail = end < 0 ? "" : target.slice(8 + end);
+    const rest = tail.startsWith("/") ? tail : `/${tail}`;
     const method = req.method ?? "GET";
     const record: CallRecord = {
       connection: name.slice(0, 64),
@@ -204,6 +215,8 @@ export class Bridge {
         throw new Denial("policy_denied", `The bridge never forwards ${method.slice(0, 32)}.`);
       const { path, query } = checkBridgePath(rest);
       record.path = path.slice(0, 512);
+      if (overridesMethod(query))
+        throw new Denial("policy_denied", "The bridge never forwards a method override (_method) in the query.");
       const connection = await this.#deps.connections.forBridge(sandbox.tenantId, name);
       if (!connection) throw new Denial("connection_not_allowed", `No connection '${name}'.`);
       const rule = matchRule(connection.policy, method, path);
@@ -396,6 +409,15 @@ export class Bridge {
   }
 }
 
+/** A query naming another method, which some frameworks honour over the request's own. */
+function overridesMethod(query: string): boolean {
+  if (query === "") return false;
+  for (const key of new URLSearchParams(query).keys()) {
+    if (/^_?method$/i.test(key.trim()) || /^x-http-method(-override)?$/i.test(key.trim())) return true;
+  }
+  return false;
+}
+
 function toDenial(err: unknown): Denial {
   if (err instanceof Denial) return err;
   if (err instanceof AppError) return new Denial(err.code, err.message);
@@ -417,7 +439,10 @@ function attach(
   host: string,
 ): { headers: Record<string, string | string[]>; needles: Buffer[]; query: string } {
   const headers: Record<string, string | string[]> = {};
-  const drop = auth.type === "header" ? new Set([...DROP_REQUEST, auth.name.toLowerCase()]) : DROP_REQUEST;
+  const drop = new Set(DROP_REQUEST);
+  if (auth.type === "header") drop.add(auth.name.toLowerCase());
+  // Headers the caller names in Connection are hop-by-hop (RFC 9110 7.6.1): never forwarded.
+  for (const name of String(req.headers.connection ?? "").split(",")) drop.add(name.trim().toLowerCase());
   for (const [key, value] of Object.entries(req.headers)) {
     if (value === undefined || drop.has(key) || key.startsWith("x-forwarded-") || key.startsWith("proxy-")) continue;
     headers[key] = value;

@@ -4,11 +4,13 @@
  * another sandbox's listener); the attacks run from inside a real sandbox with Python.
  */
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import { after, before, describe, test } from "node:test";
+import { promisify } from "node:util";
 import { SandboxNetwork } from "./network.ts";
 import { collect, makeRunnerDir, makeTestDriver, skipReason, type TestDriver, testSpec } from "./test-support.ts";
 
@@ -40,6 +42,9 @@ except Exception as e:
 print(json.dumps(out))
 `;
 
+const run = promisify(execFile);
+const ip = (args: string) => run("ip", args.split(" "), { env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } });
+
 function listen(server: net.Server, host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once("error", reject);
@@ -52,6 +57,7 @@ describe("sandbox network", { skip }, () => {
   let network: SandboxNetwork;
   let runnerDir: string;
   const servers: net.Server[] = [];
+  const cleanups: (() => Promise<unknown>)[] = [];
 
   before(async () => {
     network = new SandboxNetwork({ instance: randomBytes(5).toString("hex"), spare: 1 });
@@ -62,6 +68,7 @@ describe("sandbox network", { skip }, () => {
 
   after(async () => {
     for (const s of servers) s.close();
+    for (const undo of cleanups.reverse()) await undo().catch(() => {});
     await td?.cleanup();
     await network?.close();
     assert.deepEqual(await network.leftovers(), []);
@@ -80,6 +87,29 @@ describe("sandbox network", { skip }, () => {
     const decoyPort = await listen(decoy, "0.0.0.0");
     const decoy6Port = await listen(decoy6, "::");
     const loopPort = await listen(loopDecoy, "127.0.0.1");
+    // A decoy on a link-local address (where cloud metadata services live), on a veth link of
+    // this test's own; the host reaches it, so only the filter can keep a sandbox from it.
+    const link = `pdll${randomBytes(3).toString("hex")}`;
+    const linkLocal = `169.254.77.${2 + ((randomBytes(1)[0] ?? 0) % 250)}`;
+    await ip(`link add ${link} type veth peer name ${link}p`);
+    cleanups.push(() => ip(`link del ${link}`));
+    await ip(`addr add ${linkLocal}/32 dev ${link}`);
+    await ip(`link set ${link}p up`);
+    await ip(`link set ${link} up`);
+    const metaDecoy = net.createServer((s) => {
+      s.on("error", () => {});
+      s.end("decoy");
+    });
+    servers.push(metaDecoy);
+    const metaPort = await listen(metaDecoy, linkLocal);
+    await new Promise<void>((resolve, reject) => {
+      const probe = net.connect(metaPort, linkLocal);
+      probe.once("data", () => {
+        probe.end();
+        resolve();
+      });
+      probe.once("error", reject);
+    });
 
     // Another sandbox listening on its own address.
     const other = await td.driver.boot(
@@ -111,8 +141,8 @@ describe("sandbox network", { skip }, () => {
         `127.0.0.1:${loopPort}`,
         `[::1]:${decoy6Port}`,
         `${other.address}:9000`,
+        `${linkLocal}:${metaPort}`,
         "169.254.169.254:80",
-        "169.254.1.1:80",
       ];
       const targets = [`${network.hostAddress}:${bridgePort}`, ...blocked];
       const handle = await td.driver.boot(
