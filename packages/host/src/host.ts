@@ -10,7 +10,7 @@ import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { serve } from "@hono/node-server";
-import type { Limits } from "@paddock/protocol";
+import { type Limits, toMicro } from "@paddock/protocol";
 import { Agents } from "./agents/agents.ts";
 import { createApi } from "./api/app.ts";
 import { attachShellSocket } from "./api/shell-socket.ts";
@@ -24,8 +24,12 @@ import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
 import { Engine } from "./engine/engine.ts";
 import { EventLog } from "./engine/event-log.ts";
 import { RunnerRegistry } from "./engine/runner-registry.ts";
+import type { AgentDefinition } from "./engine/runs.ts";
 import { RunRepository } from "./engine/runs.ts";
 import { EnvSessions } from "./envs/sessions.ts";
+import { Gateway } from "./gateway/gateway.ts";
+import { Ledger } from "./gateway/ledger.ts";
+import { Providers } from "./gateway/providers.ts";
 import { collectGarbage } from "./gc.ts";
 import { Identity } from "./identity/identity.ts";
 import { ImageStore } from "./images/image-store.ts";
@@ -82,6 +86,8 @@ export interface HostConfig {
   sandboxNetwork?: { range?: string };
   /** Run tokens: lifetime (default 10 minutes) and allowed clock skew (default 5 s). */
   runTokens?: { ttlMs?: number; clockToleranceS?: number };
+  /** LLM rate limits every tenant gets (requests and tokens per minute); default none. */
+  llmTenantLimits?: { requestsPerMinute?: number; tokensPerMinute?: number };
 }
 
 export interface RunningHost {
@@ -182,7 +188,35 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     undo.push(() => network.close());
     await network.start();
     const live = new LiveSandboxes();
-    const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits: new TokenBucket(), log });
+    // The LLM gateway: providers' keys stay here, every call is metered against the ledger.
+    const providers = new Providers(db);
+    const ledger = new Ledger(db);
+    const rateLimits = new TokenBucket();
+    const gateway = new Gateway({
+      providers,
+      ledger,
+      secrets,
+      rateLimits,
+      budgetOf: async (tenantId, agentId) => {
+        const row = await db
+          .selectFrom("agents")
+          .select("spec")
+          .where("id", "=", agentId)
+          .where("tenant_id", "=", tenantId)
+          .executeTakeFirst();
+        const budget = row ? (JSON.parse(row.spec) as AgentDefinition).budget : undefined;
+        return {
+          ...(budget?.per_run !== undefined ? { perRun: toMicro(budget.per_run) } : {}),
+          ...(budget?.total !== undefined ? { agentTotal: toMicro(budget.total) } : {}),
+          ...(budget?.requests_per_minute ? { requestsPerMinute: budget.requests_per_minute } : {}),
+          ...(budget?.tokens_per_minute ? { tokensPerMinute: budget.tokens_per_minute } : {}),
+        };
+      },
+      ...(config.llmTenantLimits ? { tenantLimits: config.llmTenantLimits } : {}),
+      log,
+    });
+    undo.push(async () => gateway.close());
+    const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, gateway });
     undo.push(() => bridge.close());
     const bridgePort = await bridge.listen(network.hostAddress);
     await network.allowPort(bridgePort);
@@ -273,6 +307,8 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       sessions,
       connections,
       secrets,
+      providers,
+      ledger,
       version: VERSION,
       log,
     });
@@ -307,6 +343,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
           await sessions.stop();
           await engine.close();
           await bridge.close();
+          gateway.close();
           await driver.close();
           await network.close();
           await db.destroy();

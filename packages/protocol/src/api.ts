@@ -1,6 +1,7 @@
 /** Request and response bodies of the HTTP API. The OpenAPI document is generated from these. */
 import { z } from "zod";
 import { AgentPolicy } from "./bridge.ts";
+import { AgentBudget } from "./gateway.ts";
 import { Limits } from "./limits.ts";
 
 const Name = z
@@ -49,6 +50,8 @@ export const AgentCreate = z
     image: z.string().min(1).max(128).optional(),
     /** The bridge connections the agent's runs may call (default none). */
     policy: AgentPolicy.optional(),
+    /** Credits budgets and LLM rate limits (default: the tenant's balance bounds it). */
+    budget: AgentBudget.optional(),
   })
   .strict()
   .meta({ id: "AgentCreate" });
@@ -69,6 +72,7 @@ export const Agent = z
       runner: z.string(),
     }),
     policy: AgentPolicy,
+    budget: AgentBudget,
     created_at: z.string(),
   })
   .meta({ id: "Agent" });
@@ -123,6 +127,7 @@ export const RunReason = z.enum([
   "command_not_found",
   "lost",
   "sandbox_error",
+  "out_of_credits",
 ]);
 export type RunReason = z.infer<typeof RunReason>;
 

@@ -102,6 +102,18 @@ export const ERROR_CODES = {
   upstream_error: { status: 502, message: "The upstream could not be reached or broke off its answer." },
   upstream_timeout: { status: 504, message: "The upstream did not answer in time." },
   upstream_too_large: { status: 502, message: "The upstream's answer is larger than the bridge passes on." },
+  unknown_model: { status: 404, message: "No provider serves this model; GET /v1/models lists those that exist." },
+  model_wrong_api: {
+    status: 400,
+    message:
+      "This model is served in the other wire format: use /v1/chat/completions for OpenAI-style models, /v1/messages for Anthropic ones.",
+  },
+  out_of_credits: {
+    status: 402,
+    message: "The budget has no credits left for this call; the run stops with reason out_of_credits.",
+  },
+  llm_rate_limited: { status: 429, message: "The LLM rate limit is reached; retry after the time given." },
+  provider_error: { status: 502, message: "The model provider could not be reached or broke off its answer." },
   internal: { status: 500, message: "Internal error; the host logged the details." },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -28,6 +28,7 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
     files: def.files,
     limits: def.limits,
     policy: { connections: def.policy?.connections ?? [] },
+    budget: def.budget ?? {},
     snapshot: {
       version: snapshot.version,
       base: snapshot.base,
@@ -116,6 +117,7 @@ export class Agents {
         .map(([path, content]) => ({ path, size: Buffer.byteLength(content) }))
         .sort((a, b) => (a.path < b.path ? -1 : 1)),
       policy,
+      ...(body.budget ? { budget: body.budget } : {}),
     };
     const spec = { ...def, image: image.digest, layers };
     const argv0 = body.command[0] as string;

@@ -38,10 +38,13 @@ import type { EventLog } from "../engine/event-log.ts";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
 import { type RunRepository, terminalEvent, toRun } from "../engine/runs.ts";
 import type { EnvSessions } from "../envs/sessions.ts";
+import type { Ledger } from "../gateway/ledger.ts";
+import type { Providers } from "../gateway/providers.ts";
 import { type Identity, type Principal, toTenant } from "../identity/identity.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { Database } from "../store/schema.ts";
 import { registerConnectionRoutes } from "./connections.ts";
+import { registerGatewayRoutes } from "./gateway.ts";
 import { check, errorResponse, json, readJson } from "./http.ts";
 import { registerRunnerRoutes } from "./runners.ts";
 import { registerSecretRoutes } from "./secrets.ts";
@@ -60,6 +63,8 @@ export interface ApiDeps {
   sessions: EnvSessions;
   connections: Connections;
   secrets: Secrets;
+  providers: Providers;
+  ledger: Ledger;
   version: string;
   log: (msg: string) => void;
 }
@@ -266,6 +271,10 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
   registerSnapshotArchiveRoutes(app, deps, { authenticate: authenticate("tenant"), param });
   registerSessionRoutes(deps.sessions, { route, param, tenantOf });
   registerSecretRoutes(deps.secrets, { route, tenantOf });
+  registerGatewayRoutes(
+    { providers: deps.providers, ledger: deps.ledger, db: deps.db },
+    { route, tenantOf, findRun: (c) => findRun(c) },
+  );
   registerConnectionRoutes(deps.connections, { route, tenantOf, isAdmin: (c) => c.get("principal").role === "admin" });
 
   // Runs.

@@ -30,6 +30,7 @@ import type { AddressInfo, LookupFunction } from "node:net";
 import { pipeline, type Readable, Transform } from "node:stream";
 import zlib from "node:zlib";
 import { AppError, type ConnectionAuth, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
+import { Gateway } from "../gateway/gateway.ts";
 import type { BridgeConnection } from "./connections.ts";
 import type { LiveSandbox, LiveSandboxes } from "./live.ts";
 import { allowedMethod, checkBridgePath, matchRule, upstreamAddressRefusal } from "./policy.ts";
@@ -53,6 +54,8 @@ export interface BridgeDeps {
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
   rateLimits: TokenBucket;
   log: (line: string) => void;
+  /** The LLM gateway, served under /v1/ on the same listener. */
+  gateway?: Gateway;
   /** Name resolution for upstreams; default the system resolver. */
   resolve?: (host: string) => Promise<string[]>;
 }
@@ -187,6 +190,10 @@ export class Bridge {
       res.end(body);
       return;
     }
+    if (this.#deps.gateway && Gateway.serves(target)) {
+      await this.#toGateway(req, res, sandbox, source, this.#deps.gateway);
+      return;
+    }
     if (!target.startsWith("/bridge/")) {
       this.#deny(res, new Denial("route_not_found", "The bridge serves /bridge/<connection>/<path>."));
       return;
@@ -246,9 +253,64 @@ export class Bridge {
     }
   }
 
+  /**
+   * The LLM gateway's routes, behind the same checks: a live sandbox's address and its own run
+   * token (sent where the SDKs put an API key), scoped `llm`.
+   */
+  async #toGateway(
+    req: IncomingMessage,
+    res: ServerResponse,
+    sandbox: LiveSandbox | undefined,
+    source: string,
+    gateway: Gateway,
+  ): Promise<void> {
+    try {
+      if (!sandbox) throw new Denial("bridge_unknown_source");
+      await this.#verify(req, sandbox, source, "llm", "The agent's policy does not allow LLM calls.");
+    } catch (err) {
+      const denial = toDenial(err);
+      this.#deny(res, denial);
+      req.resume();
+      sandbox?.record({
+        type: "llm.call",
+        data: {
+          path: (req.url ?? "").split("?")[0]?.slice(0, 128),
+          status: ERROR_CODES[denial.code].status,
+          code: denial.code,
+        },
+      });
+      return;
+    }
+    await gateway.handle(req, res, {
+      tenantId: sandbox.tenantId,
+      agentId: sandbox.agentId,
+      runId: sandbox.runId,
+      record: (event) => sandbox.record(event),
+      outOfCredits: (scope) => sandbox.outOfCredits?.(scope),
+    });
+  }
+
   /** Steps 2 and 3: the token verifies, names this very sandbox and attempt, and scopes the connection. */
   async #authorize(req: IncomingMessage, sandbox: LiveSandbox, source: string, name: string): Promise<void> {
-    const header = req.headers.authorization ?? "";
+    await this.#verify(
+      req,
+      sandbox,
+      source,
+      `bridge:${name}`,
+      `The agent's policy does not allow the connection '${name}'.`,
+    );
+  }
+
+  async #verify(
+    req: IncomingMessage,
+    sandbox: LiveSandbox,
+    source: string,
+    scope: string,
+    refusal: string,
+  ): Promise<void> {
+    const header =
+      req.headers.authorization ??
+      (typeof req.headers["x-api-key"] === "string" ? `Bearer ${req.headers["x-api-key"]}` : "");
     const match = /^bearer +([A-Za-z0-9._~+/-]+=*)$/i.exec(header);
     if (!match?.[1] || match[1].length > MAX_TOKEN_BYTES) throw new Denial("token_missing");
     const claims = await this.#deps.tokens.verify(match[1]);
@@ -261,9 +323,7 @@ export class Bridge {
     ) {
       throw new Denial("token_mismatch");
     }
-    if (!claims.scopes.includes(`bridge:${name}`)) {
-      throw new Denial("connection_not_allowed", `The agent's policy does not allow the connection '${name}'.`);
-    }
+    if (!claims.scopes.includes(scope)) throw new Denial("connection_not_allowed", refusal);
   }
 
   async #forward(

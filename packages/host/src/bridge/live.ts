@@ -15,6 +15,8 @@ export interface LiveSandbox {
   agentId: string;
   /** Records an event on the attempt (bridge.call), through the attempt's own caps and batching. */
   record(event: NewEvent): void;
+  /** Ends the run with reason out_of_credits: a budget cannot pay for another LLM call. */
+  outOfCredits?(scope: "tenant" | "agent" | "run"): void;
 }
 
 export class LiveSandboxes {

@@ -48,21 +48,21 @@ export class TokenBucket {
   }
 
   /**
-   * Takes one token from `key`'s bucket under `limit`. When none is left, says after how many
-   * whole seconds (at least 1) one will be. A changed limit for a key applies at once, keeping
+   * Takes `cost` tokens (default one) from `key`'s bucket under `limit`. When too few are left,
+   * says after how many whole seconds (at least 1) there will be enough. A changed limit for a key applies at once, keeping
    * no more tokens than the new limit holds.
    *
    * @example
    * const buckets = new TokenBucket();
    * buckets.take("con_1", { requests: 10, per_s: 60 }) // { ok: true }
    */
-  take(key: string, limit: RateLimitSpec, now = this.#now()): TakeResult {
+  take(key: string, limit: RateLimitSpec, now = this.#now(), cost = 1): TakeResult {
     const bucket = this.#refilled(key, limit, now);
-    if (bucket.tokens >= 1) {
-      bucket.tokens -= 1;
+    if (bucket.tokens >= cost) {
+      bucket.tokens -= cost;
       return { ok: true };
     }
-    const waitMs = ((1 - bucket.tokens) * bucket.perMs) / bucket.requests;
+    const waitMs = ((cost - bucket.tokens) * bucket.perMs) / bucket.requests;
     return { ok: false, retryAfterS: Math.max(1, Math.ceil(waitMs / 1000)) };
   }
 

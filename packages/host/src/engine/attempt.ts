@@ -117,7 +117,7 @@ export interface AttemptOutcome {
   interrupted?: boolean;
 }
 
-type StopReason = "timed_out" | "canceled" | "lost" | "shutdown";
+type StopReason = "timed_out" | "canceled" | "lost" | "shutdown" | "out_of_credits";
 
 export class Attempt {
   readonly #deps: AttemptDeps;
@@ -235,7 +235,8 @@ export class Attempt {
       agent: agentId,
       addr: handle.address,
       sandbox: handle.id,
-      scopes: (spec.policy?.connections ?? []).map((name) => `bridge:${name}`),
+      // Every run may call the LLM gateway (budgets bound it); connections only as its policy names.
+      scopes: ["llm", ...(spec.policy?.connections ?? []).map((name) => `bridge:${name}`)],
     };
     const file = join(handle.runtimeDir, "token");
     const put = async () => {
@@ -254,6 +255,10 @@ export class Attempt {
       tenantId,
       agentId,
       record: (event) => this.#queue(event),
+      outOfCredits: (scope) => {
+        this.#queue({ type: "credits.exhausted", data: { budget: scope } });
+        this.stop("out_of_credits");
+      },
     });
     let renewing = false;
     const timer = setInterval(
@@ -467,6 +472,8 @@ export class Attempt {
         return { status: "canceled", reason: "canceled", exitCode: null };
       case "timed_out":
         return { status: "timed_out", reason: "timed_out", exitCode: null };
+      case "out_of_credits":
+        return { status: "failed", reason: "out_of_credits", exitCode: null };
       case "shutdown":
         return { status: "failed", reason: "lost", exitCode: null, interrupted: true };
       case "lost":

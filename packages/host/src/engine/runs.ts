@@ -2,7 +2,7 @@
  * Runs and their state machine. Every transition is a compare-and-set on the current status and
  * commits together with the events that describe it.
  */
-import type { AgentPolicy, Limits, Run, RunReason, RunStatus } from "@paddock/protocol";
+import type { AgentBudget, AgentPolicy, Limits, Run, RunReason, RunStatus } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { newId } from "../store/ids.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
@@ -20,6 +20,8 @@ export interface AgentDefinition {
    * each. Absent in definitions stored before agents had policies, which means none.
    */
   policy?: AgentPolicy;
+  /** Credits budgets and LLM rate limits; absent means only the tenant's balance bounds spending. */
+  budget?: AgentBudget;
 }
 
 /** An agent's definition with its environment snapshot, frozen into each run at trigger time. */

@@ -238,6 +238,42 @@ migrations["0004_bridge"] = {
   },
 };
 
+migrations["0005_gateway"] = {
+  // Model providers (the key is a secret of the admin tenant), the credits ledger (append-only)
+  // and the accounts it keeps current in the same transactions (what reservations read).
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("providers")
+      .addColumn("name", "text", (c) => c.primaryKey())
+      .addColumn("spec", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("updated_at", "bigint", (c) => c.notNull())
+      .execute();
+    await db.schema
+      .createTable("credit_ledger")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("agent_id", "text")
+      .addColumn("run_id", "text")
+      .addColumn("call_id", "text")
+      .addColumn("kind", "text", (c) => c.notNull())
+      .addColumn("amount", "bigint", (c) => c.notNull())
+      .addColumn("detail", "text")
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex("credit_ledger_run").on("credit_ledger").columns(["run_id", "id"]).execute();
+    await db.schema.createIndex("credit_ledger_call").on("credit_ledger").columns(["call_id"]).execute();
+    await db.schema
+      .createTable("credit_accounts")
+      .addColumn("key", "text", (c) => c.primaryKey())
+      .addColumn("granted", "bigint", (c) => c.notNull().defaultTo(0))
+      .addColumn("spent", "bigint", (c) => c.notNull().defaultTo(0))
+      .addColumn("reserved", "bigint", (c) => c.notNull().defaultTo(0))
+      .execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.

@@ -192,6 +192,36 @@ export interface SigningKeysTable {
   verify_until: number | null;
 }
 
+/** A model provider: kind, base URL, the admin secret holding its key, prices (JSON in spec). */
+export interface ProvidersTable {
+  name: string;
+  spec: string;
+  created_at: number;
+  updated_at: number;
+}
+
+/** One line of the credits ledger, never updated or deleted. Amounts are micro-credits. */
+export interface CreditLedgerTable {
+  id: string;
+  tenant_id: string;
+  agent_id: string | null;
+  run_id: string | null;
+  call_id: string | null;
+  kind: "grant" | "reserve" | "settle" | "release";
+  amount: number;
+  /** JSON: for settlements the provider, model and token counts; for grants the note. */
+  detail: string | null;
+  created_at: number;
+}
+
+/** Running totals of the ledger per tenant, agent and run (`tenant:<id>`, `agent:<id>`, `run:<id>`). */
+export interface CreditAccountsTable {
+  key: string;
+  granted: number;
+  spent: number;
+  reserved: number;
+}
+
 export interface Database {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
@@ -207,6 +237,9 @@ export interface Database {
   secrets: SecretsTable;
   connections: ConnectionsTable;
   signing_keys: SigningKeysTable;
+  providers: ProvidersTable;
+  credit_ledger: CreditLedgerTable;
+  credit_accounts: CreditAccountsTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }

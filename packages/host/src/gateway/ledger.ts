@@ -1,0 +1,304 @@
+/**
+ * The credits ledger: an append-only list of grants, reservations, settlements and releases, in
+ * whole micro-credits, with running totals per tenant, agent and run kept in the same transaction.
+ *
+ * Threat model: an agent that wants to spend more than it may, by sending many calls at once or
+ * asking for huge outputs. Budgets are hard caps because spending is two-phase: before a call the
+ * gateway reserves its worst case (an upper bound of its input plus the most output it may
+ * produce, clamped to what every budget still allows), and the check and the reservation are one
+ * transaction, which the store runs one at a time. Settlement replaces the reservation with the
+ * provider's own figures, which cannot exceed the worst case for the tokenizers providers use
+ * (every token is at least one byte of the request); a provider that reports more is still billed
+ * what it reports (the ledger records the truth), and the overrun is recorded on the settlement.
+ */
+import { AppError, type Balance, fromMicro } from "@paddock/protocol";
+import type { Kysely, Transaction } from "kysely";
+import { sql } from "kysely";
+import { newId } from "../store/ids.ts";
+import type { CreditAccountsTable, Database } from "../store/schema.ts";
+
+/** Which budget ran out. */
+export type BudgetScope = "tenant" | "agent" | "run";
+
+export interface ReserveRequest {
+  tenantId: string;
+  agentId: string;
+  runId: string;
+  /** Micro-credits of the input's upper bound. */
+  inputMicro: number;
+  /** Micro-credits per output token. */
+  outputMicroPerToken: number;
+  /** The most output tokens asked for. */
+  maxOutputTokens: number;
+  /** The agent's caps in micro-credits, when it has them. */
+  agentTotal?: number;
+  perRun?: number;
+}
+
+export type ReserveResult =
+  | { ok: true; reservation: Reservation }
+  | { ok: false; scope: BudgetScope; availableMicro: number };
+
+export interface Reservation {
+  callId: string;
+  tenantId: string;
+  agentId: string;
+  runId: string;
+  amount: number;
+  /** Output tokens the call may produce (the request's max, clamped to the budgets). */
+  maxOutputTokens: number;
+}
+
+export interface SettleDetail {
+  provider: string;
+  model: string;
+  input_tokens: number;
+  output_tokens: number;
+  /** How the figures were found: the provider's usage, or counted from an aborted stream. */
+  source: "usage" | "counted";
+}
+
+const keys = (r: { tenantId: string; agentId: string; runId: string }) => ({
+  tenant: `tenant:${r.tenantId}`,
+  agent: `agent:${r.agentId}`,
+  run: `run:${r.runId}`,
+});
+
+const EMPTY = { granted: 0, spent: 0, reserved: 0 };
+
+export class Ledger {
+  readonly #db: Kysely<Database>;
+  readonly #now: () => number;
+
+  constructor(db: Kysely<Database>, options: { now?: () => number } = {}) {
+    this.#db = db;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Adds (or, negative, takes back) credits of a tenant. */
+  async grant(tenantId: string, micro: number, note?: string): Promise<Balance> {
+    if (!Number.isSafeInteger(micro) || micro === 0)
+      throw new AppError("validation_failed", "A grant is a whole, non-zero amount.");
+    return this.#db.transaction().execute(async (trx) => {
+      const tenant = await trx.selectFrom("tenants").select("id").where("id", "=", tenantId).executeTakeFirst();
+      if (!tenant) throw new AppError("not_found", `No tenant '${tenantId.slice(0, 64)}'.`);
+      await this.#append(trx, { tenantId, kind: "grant", amount: micro, detail: note ? { note } : null });
+      await bump(trx, `tenant:${tenantId}`, { granted: micro });
+      return toBalance(await account(trx, `tenant:${tenantId}`));
+    });
+  }
+
+  /**
+   * Reserves the worst case of one call, clamping its output to what the tightest budget allows.
+   * Refuses when not even one output token (or, for free output, the input) fits.
+   */
+  async reserve(req: ReserveRequest): Promise<ReserveResult> {
+    const k = keys(req);
+    return this.#db.transaction().execute(async (trx) => {
+      const [tenant, agent, run] = await Promise.all([
+        account(trx, k.tenant),
+        account(trx, k.agent),
+        account(trx, k.run),
+      ]);
+      const limits: [BudgetScope, number][] = [["tenant", tenant.granted - tenant.spent - tenant.reserved]];
+      if (req.agentTotal !== undefined) limits.push(["agent", req.agentTotal - agent.spent - agent.reserved]);
+      if (req.perRun !== undefined) limits.push(["run", req.perRun - run.spent - run.reserved]);
+      const [scope, available] = limits.reduce((a, b) => (b[1] < a[1] ? b : a));
+      const perToken = req.outputMicroPerToken;
+      const room = available - req.inputMicro;
+      const maxOutputTokens =
+        perToken > 0 ? Math.min(req.maxOutputTokens, Math.floor(room / perToken)) : room >= 0 ? req.maxOutputTokens : 0;
+      if (maxOutputTokens < 1) return { ok: false as const, scope, availableMicro: Math.max(0, available) };
+      const amount = Math.ceil(req.inputMicro + maxOutputTokens * perToken);
+      const callId = newId("llm");
+      await this.#append(trx, {
+        ...req,
+        callId,
+        kind: "reserve",
+        amount,
+        detail: { max_output_tokens: maxOutputTokens },
+      });
+      for (const key of [k.tenant, k.agent, k.run]) await bump(trx, key, { reserved: amount });
+      return {
+        ok: true as const,
+        reservation: {
+          callId,
+          tenantId: req.tenantId,
+          agentId: req.agentId,
+          runId: req.runId,
+          amount,
+          maxOutputTokens,
+        },
+      };
+    });
+  }
+
+  /** Replaces the reservation with what the call cost. */
+  async settle(r: Reservation, costMicro: number, detail: SettleDetail): Promise<void> {
+    const cost = Math.max(0, Math.ceil(costMicro));
+    await this.#close(r, "settle", cost, { ...detail, ...(cost > r.amount ? { overrun: cost - r.amount } : {}) });
+  }
+
+  /** Gives the reservation back: the call failed before the provider produced anything billable. */
+  async release(r: Reservation, reason: string): Promise<void> {
+    await this.#close(r, "release", 0, { reason });
+  }
+
+  async #close(r: Reservation, kind: "settle" | "release", cost: number, detail: unknown): Promise<void> {
+    await this.#db.transaction().execute(async (trx) => {
+      // Once per reservation: a second settle or release of the same call changes nothing.
+      const done = await trx
+        .selectFrom("credit_ledger")
+        .select("id")
+        .where("call_id", "=", r.callId)
+        .where("kind", "in", ["settle", "release"])
+        .executeTakeFirst();
+      if (done) return;
+      await this.#append(trx, { ...r, kind, amount: cost, detail });
+      for (const key of Object.values(keys(r))) await bump(trx, key, { reserved: -r.amount, spent: cost });
+    });
+  }
+
+  async balance(tenantId: string): Promise<Balance> {
+    return toBalance(await account(this.#db, `tenant:${tenantId}`));
+  }
+
+  /** Spent and reserved micro-credits of agents or runs, by id. */
+  async totals(scope: "agent" | "run", ids: string[]): Promise<Map<string, { spent: number; reserved: number }>> {
+    const out = new Map<string, { spent: number; reserved: number }>();
+    if (ids.length === 0) return out;
+    const rows = await this.#db
+      .selectFrom("credit_accounts")
+      .selectAll()
+      .where(
+        "key",
+        "in",
+        ids.map((id) => `${scope}:${id}`),
+      )
+      .execute();
+    for (const row of rows)
+      out.set(row.key.slice(scope.length + 1), { spent: Number(row.spent), reserved: Number(row.reserved) });
+    return out;
+  }
+
+  /** A run's calls: each reservation with its settlement or release. */
+  async runCalls(tenantId: string, runId: string) {
+    const rows = await this.#db
+      .selectFrom("credit_ledger")
+      .selectAll()
+      .where("tenant_id", "=", tenantId)
+      .where("run_id", "=", runId)
+      .orderBy("id")
+      .execute();
+    const calls = new Map<
+      string,
+      {
+        call_id: string;
+        provider: string;
+        model: string;
+        input_tokens: number;
+        output_tokens: number;
+        cost: number;
+        status: "settled" | "released" | "reserved";
+        created_at: string;
+        reserved: number;
+      }
+    >();
+    for (const row of rows) {
+      if (!row.call_id) continue;
+      const detail = row.detail ? (JSON.parse(row.detail) as Partial<SettleDetail>) : {};
+      if (row.kind === "reserve") {
+        calls.set(row.call_id, {
+          call_id: row.call_id,
+          provider: "",
+          model: "",
+          input_tokens: 0,
+          output_tokens: 0,
+          cost: 0,
+          status: "reserved",
+          created_at: new Date(Number(row.created_at)).toISOString(),
+          reserved: Number(row.amount),
+        });
+        continue;
+      }
+      const call = calls.get(row.call_id);
+      if (!call) continue;
+      call.status = row.kind === "settle" ? "settled" : "released";
+      call.provider = detail.provider ?? "";
+      call.model = detail.model ?? "";
+      call.input_tokens = detail.input_tokens ?? 0;
+      call.output_tokens = detail.output_tokens ?? 0;
+      call.cost = fromMicro(Number(row.amount));
+    }
+    const list = [...calls.values()];
+    return {
+      run_id: runId,
+      spent: fromMicro(list.reduce((n, c) => n + (c.status === "settled" ? Math.round(c.cost * 1e6) : 0), 0)),
+      reserved: fromMicro(list.reduce((n, c) => n + (c.status === "reserved" ? c.reserved : 0), 0)),
+      calls: list.map(({ reserved: _r, ...c }) => c),
+    };
+  }
+
+  async #append(
+    trx: Transaction<Database>,
+    row: {
+      tenantId: string;
+      agentId?: string;
+      runId?: string;
+      callId?: string;
+      kind: "grant" | "reserve" | "settle" | "release";
+      amount: number;
+      detail: unknown;
+    },
+  ): Promise<void> {
+    await trx
+      .insertInto("credit_ledger")
+      .values({
+        id: newId("led"),
+        tenant_id: row.tenantId,
+        agent_id: row.agentId ?? null,
+        run_id: row.runId ?? null,
+        call_id: row.callId ?? null,
+        kind: row.kind,
+        amount: row.amount,
+        detail: row.detail === null ? null : JSON.stringify(row.detail),
+        created_at: this.#now(),
+      })
+      .execute();
+  }
+}
+
+async function account(db: Kysely<Database> | Transaction<Database>, key: string) {
+  const row = await db.selectFrom("credit_accounts").selectAll().where("key", "=", key).executeTakeFirst();
+  return row ? { granted: Number(row.granted), spent: Number(row.spent), reserved: Number(row.reserved) } : EMPTY;
+}
+
+async function bump(
+  trx: Transaction<Database>,
+  key: string,
+  by: Partial<Omit<CreditAccountsTable, "key">>,
+): Promise<void> {
+  const granted = by.granted ?? 0;
+  const spent = by.spent ?? 0;
+  const reserved = by.reserved ?? 0;
+  await trx
+    .insertInto("credit_accounts")
+    .values({ key, granted, spent, reserved })
+    .onConflict((oc) =>
+      oc.column("key").doUpdateSet({
+        granted: sql`granted + ${granted}`,
+        spent: sql`spent + ${spent}`,
+        reserved: sql`reserved + ${reserved}`,
+      }),
+    )
+    .execute();
+}
+
+function toBalance(a: { granted: number; spent: number; reserved: number }): Balance {
+  return {
+    granted: fromMicro(a.granted),
+    spent: fromMicro(a.spent),
+    reserved: fromMicro(a.reserved),
+    available: fromMicro(a.granted - a.spent - a.reserved),
+  };
+}

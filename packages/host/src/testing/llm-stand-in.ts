@@ -1,0 +1,287 @@
+/**
+ * A local stand-in for the external model providers, speaking OpenAI's chat completions and
+ * Anthropic's messages wire formats, streaming and not, with usage figures it computes itself (so
+ * tests can compare the host's metering against them). What it answers is chosen by the last user
+ * message: `status:429` / `status:500` fail like a provider, `echo-key` answers with the key the
+ * host attached, `slow` streams forty chunks slowly; anything else gets a short reply. A test may
+ * also queue scripted answers (tool calls) per model. Used by tests and by `paddock bench gateway`.
+ */
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+
+export interface SeenLlmRequest {
+  path: string;
+  headers: http.IncomingHttpHeaders;
+  body: Record<string, unknown>;
+}
+
+/** A scripted answer: text, or tool calls (name and JSON arguments). */
+export type ScriptedAnswer = { text: string } | { tools: { id: string; name: string; arguments: unknown }[] };
+
+export interface LlmStandIn {
+  url: string;
+  seen: SeenLlmRequest[];
+  /** Streams the stand-in cut off because the caller went away. */
+  aborted: number;
+  /** Queues answers for `model`, served in order before the default behaviour. */
+  script(model: string, answers: ScriptedAnswer[]): void;
+  /** What the stand-in reported for each answer it completed: model, input and output tokens. */
+  usage: { model: string; input: number; output: number }[];
+  close(): Promise<void>;
+}
+
+const words = (s: string) => s.split(/\s+/).filter(Boolean);
+
+/** Text of a message's content in either format. */
+function textOf(content: unknown): string {
+  if (typeof content === "string") return content;
+  if (Array.isArray(content)) {
+    return content
+      .map((p: { text?: unknown; content?: unknown }) =>
+        typeof p?.text === "string" ? p.text : typeof p?.content === "string" ? p.content : "",
+      )
+      .join(" ");
+  }
+  return "";
+}
+
+export async function startLlmStandIn(): Promise<LlmStandIn> {
+  const seen: SeenLlmRequest[] = [];
+  const usage: LlmStandIn["usage"] = [];
+  const scripts = new Map<string, ScriptedAnswer[]>();
+  const state = { aborted: 0 };
+
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      let body: Record<string, unknown> = {};
+      try {
+        body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+      } catch {}
+      seen.push({ path: req.url ?? "", headers: req.headers, body });
+      const anthropic = req.url === "/v1/messages";
+      if (req.url !== "/v1/chat/completions" && !anthropic) {
+        res.writeHead(404).end();
+        return;
+      }
+      const messages = (body.messages ?? []) as { role: string; content: unknown }[];
+      const all = [typeof body.system === "string" ? body.system : "", ...messages.map((m) => textOf(m.content))].join(
+        " ",
+      );
+      const last = textOf(messages.at(-1)?.content);
+      const input = words(all).length + 3 * messages.length + 5;
+      const model = String(body.model);
+      const max = Number(body.max_tokens ?? body.max_completion_tokens ?? 4096);
+      const fail = (status: number, message: string) => {
+        const type = status === 429 ? "rate_limit_error" : "api_error";
+        const out = anthropic ? { type: "error", error: { type, message } } : { error: { message, type, code: null } };
+        res.writeHead(status, {
+          "content-type": "application/json",
+          ...(status === 429 ? { "retry-after": "1" } : {}),
+        });
+        res.end(JSON.stringify(out));
+      };
+      if (last.includes("status:429")) return fail(429, "Rate limit reached for requests");
+      if (last.includes("status:500")) return fail(500, "The server had an error while processing your request");
+      const scripted = scripts.get(model)?.shift();
+      let answer: ScriptedAnswer;
+      if (scripted) answer = scripted;
+      else if (last.includes("echo-key")) {
+        answer = { text: `key ${String(req.headers.authorization ?? req.headers["x-api-key"] ?? "")}` };
+      } else if (last.includes("slow")) answer = { text: Array.from({ length: 40 }, (_, i) => `w${i}`).join(" ") };
+      else answer = { text: `Hello from ${model}: you said ${words(last).length} words` };
+      let pieces: string[] = "text" in answer ? words(answer.text).slice(0, Math.max(1, max)) : [];
+      if ("text" in answer) pieces = pieces.map((w, i) => (i === 0 ? w : ` ${w}`));
+      const output = "text" in answer ? pieces.length : answer.tools.length * 8;
+      const slow = last.includes("slow");
+      const stream = body.stream === true;
+      const includeUsage = (body.stream_options as { include_usage?: boolean } | undefined)?.include_usage === true;
+      const id = `id-${seen.length}`;
+      const done = () => usage.push({ model, input, output });
+
+      if (!stream) {
+        res.writeHead(200, { "content-type": "application/json" });
+        done();
+        if (anthropic) {
+          const content =
+            "text" in answer
+              ? [{ type: "text", text: pieces.join("") }]
+              : answer.tools.map((t) => ({ type: "tool_use", id: t.id, name: t.name, input: t.arguments }));
+          res.end(
+            JSON.stringify({
+              id,
+              type: "message",
+              role: "assistant",
+              model,
+              content,
+              stop_reason: "text" in answer ? "end_turn" : "tool_use",
+              stop_sequence: null,
+              usage: { input_tokens: input, output_tokens: output },
+            }),
+          );
+        } else {
+          const message =
+            "text" in answer
+              ? { role: "assistant", content: pieces.join("") }
+              : {
+                  role: "assistant",
+                  content: null,
+                  tool_calls: answer.tools.map((t) => ({
+                    id: t.id,
+                    type: "function",
+                    function: { name: t.name, arguments: JSON.stringify(t.arguments) },
+                  })),
+                };
+          res.end(
+            JSON.stringify({
+              id,
+              object: "chat.completion",
+              created: 0,
+              model,
+              choices: [{ index: 0, message, finish_reason: "text" in answer ? "stop" : "tool_calls" }],
+              usage: { prompt_tokens: input, completion_tokens: output, total_tokens: input + output },
+            }),
+          );
+        }
+        return;
+      }
+
+      res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+      const events: string[] = [];
+      const sse = (event: string | null, data: unknown) =>
+        events.push(
+          `${event ? `event: ${event}\n` : ""}data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`,
+        );
+      if (anthropic) {
+        sse("message_start", {
+          type: "message_start",
+          message: {
+            id,
+            type: "message",
+            role: "assistant",
+            model,
+            content: [],
+            stop_reason: null,
+            stop_sequence: null,
+            usage: { input_tokens: input, output_tokens: 1 },
+          },
+        });
+        if ("text" in answer) {
+          sse("content_block_start", {
+            type: "content_block_start",
+            index: 0,
+            content_block: { type: "text", text: "" },
+          });
+          for (const p of pieces) {
+            sse("content_block_delta", {
+              type: "content_block_delta",
+              index: 0,
+              delta: { type: "text_delta", text: p },
+            });
+          }
+          sse("content_block_stop", { type: "content_block_stop", index: 0 });
+        } else {
+          answer.tools.forEach((t, index) => {
+            sse("content_block_start", {
+              type: "content_block_start",
+              index,
+              content_block: { type: "tool_use", id: t.id, name: t.name, input: {} },
+            });
+            sse("content_block_delta", {
+              type: "content_block_delta",
+              index,
+              delta: { type: "input_json_delta", partial_json: JSON.stringify(t.arguments) },
+            });
+            sse("content_block_stop", { type: "content_block_stop", index });
+          });
+        }
+        sse("message_delta", {
+          type: "message_delta",
+          delta: { stop_reason: "text" in answer ? "end_turn" : "tool_use", stop_sequence: null },
+          usage: { output_tokens: output },
+        });
+        sse("message_stop", { type: "message_stop" });
+      } else {
+        const chunk = (delta: unknown, finish: string | null) => ({
+          id,
+          object: "chat.completion.chunk",
+          created: 0,
+          model,
+          choices: [{ index: 0, delta, finish_reason: finish }],
+        });
+        sse(null, chunk({ role: "assistant", content: "" }, null));
+        if ("text" in answer) for (const p of pieces) sse(null, chunk({ content: p }, null));
+        else {
+          answer.tools.forEach((t, index) =>
+            sse(
+              null,
+              chunk(
+                {
+                  tool_calls: [
+                    {
+                      index,
+                      id: t.id,
+                      type: "function",
+                      function: { name: t.name, arguments: JSON.stringify(t.arguments) },
+                    },
+                  ],
+                },
+                null,
+              ),
+            ),
+          );
+        }
+        sse(null, chunk({}, "text" in answer ? "stop" : "tool_calls"));
+        if (includeUsage) {
+          sse(null, {
+            id,
+            object: "chat.completion.chunk",
+            created: 0,
+            model,
+            choices: [],
+            usage: { prompt_tokens: input, completion_tokens: output, total_tokens: input + output },
+          });
+        }
+        sse(null, "[DONE]");
+      }
+      let i = 0;
+      let gone = false;
+      res.on("close", () => {
+        if (i < events.length) {
+          gone = true;
+          state.aborted += 1;
+        }
+      });
+      const next = () => {
+        if (gone) return;
+        if (i >= events.length) {
+          done();
+          res.end();
+          return;
+        }
+        res.write(events[i++]);
+        if (slow) setTimeout(next, 25);
+        else next();
+      };
+      next();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    seen,
+    usage,
+    get aborted() {
+      return state.aborted;
+    },
+    script(model, answers) {
+      scripts.set(model, [...(scripts.get(model) ?? []), ...answers]);
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
