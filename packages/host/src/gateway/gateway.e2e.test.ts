@@ -1,0 +1,337 @@
+/**
+ * The LLM gateway end to end: a real host, real sandboxes, and the official `openai` and
+ * `@anthropic-ai/sdk` clients inside them with only their base URL and API key (the run token)
+ * set, against a local stand-in for the providers. The host attaches the provider keys, meters
+ * each call from the stand-in's own usage figures, and never lets a key or an overspend through.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { build } from "esbuild";
+import { artifactJson } from "../bridge/bridge-test-support.ts";
+import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
+import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
+
+const OPENAI_KEY = `sk-${randomBytes(20).toString("hex")}`;
+const ANTHROPIC_KEY = `sk-ant-${randomBytes(20).toString("hex")}`;
+const NODE = "/opt/paddock/runner/node";
+const PRICE = { gpt: { input: 3, output: 15 }, claude: { input: 2, output: 10 } };
+
+/** Runs the steps of its input with the official SDKs; writes what each returned. */
+const SDK_AGENT = `
+import OpenAI from "openai";
+import Anthropic from "@anthropic-ai/sdk";
+import { readFileSync, writeFileSync } from "node:fs";
+const token = readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
+const base = process.env.PADDOCK_BRIDGE_URL;
+const { steps } = JSON.parse(readFileSync(process.env.PADDOCK_INPUT, "utf8"));
+const openai = new OpenAI({ baseURL: base + "/v1", apiKey: token, maxRetries: 0 });
+const anthropic = new Anthropic({ baseURL: base, apiKey: token, maxRetries: 0 });
+const user = (content) => [{ role: "user", content }];
+const out = {};
+async function step(s) {
+  if (s.kind === "chat") {
+    const r = await openai.chat.completions.create({ model: s.model, messages: user(s.say), max_tokens: s.max ?? 64 });
+    return { text: r.choices[0].message.content, usage: r.usage };
+  }
+  if (s.kind === "chat_stream") {
+    const controller = new AbortController();
+    const stream = await openai.chat.completions.create(
+      { model: s.model, messages: user(s.say), stream: true, max_tokens: s.max ?? 64 },
+      { signal: controller.signal },
+    );
+    let text = "", chunks = 0, usage = null;
+    try {
+      for await (const c of stream) {
+        text += c.choices[0]?.delta?.content ?? "";
+        if (c.usage) usage = c.usage;
+        if (c.choices.length > 0 && ++chunks === s.abortAfter) controller.abort();
+      }
+    } catch (e) {
+      return { text, chunks, aborted: true };
+    }
+    return { text, chunks, usage, aborted: controller.signal.aborted };
+  }
+  if (s.kind === "messages") {
+    const r = await anthropic.messages.create({ model: s.model, max_tokens: s.max ?? 64, messages: user(s.say) });
+    return { text: r.content[0].text, usage: r.usage };
+  }
+  if (s.kind === "messages_stream") {
+    const stream = anthropic.messages.stream({ model: s.model, max_tokens: s.max ?? 64, messages: user(s.say) });
+    const m = await stream.finalMessage();
+    return { text: m.content[0].text, usage: m.usage };
+  }
+  if (s.kind === "models") return { ids: (await openai.models.list()).data.map((m) => m.id).sort() };
+}
+for (const s of steps) {
+  try {
+    out[s.name] = await step(s);
+  } catch (e) {
+    out[s.name] = { status: e.status ?? null, error: String(e.message).slice(0, 300) };
+  }
+}
+writeFileSync("/outputs/result.json", JSON.stringify(out));
+`;
+
+/** Fires `count` calls at once with fetch; whatever happens to the run, the host's record tells. */
+const FLOOD_AGENT = `
+import { readFileSync } from "node:fs";
+const token = readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
+const { count } = JSON.parse(readFileSync(process.env.PADDOCK_INPUT, "utf8"));
+const call = () => fetch(process.env.PADDOCK_BRIDGE_URL + "/v1/chat/completions", {
+  method: "POST",
+  headers: { authorization: "Bearer " + token, "content-type": "application/json" },
+  body: JSON.stringify({ model: "gpt-test", max_tokens: 400, messages: [{ role: "user", content: "count to ten please" }] }),
+}).then(async (r) => [r.status, (await r.json()).error?.code ?? null]).catch((e) => [0, String(e)]);
+const results = await Promise.all(Array.from({ length: count }, call));
+console.log(JSON.stringify(results));
+`;
+
+describe("LLM gateway", { skip: hostSkipReason() }, () => {
+  let t: TestHost;
+  let stand: LlmStandIn;
+  let sdkBundle: string;
+
+  before(async () => {
+    stand = await startLlmStandIn();
+    t = await startTestHost();
+    const ok = async (method: string, path: string, body: unknown) => {
+      const res = await t.api(method, path, body);
+      assert.ok(res.status < 300, `${path}: ${res.status} ${JSON.stringify(res.body)}`);
+      return res.body;
+    };
+    await ok("PUT", "/v1/secrets/openai-key", { value: OPENAI_KEY });
+    await ok("PUT", "/v1/secrets/anthropic-key", { value: ANTHROPIC_KEY });
+    await ok("PUT", "/v1/providers/local-openai", {
+      kind: "openai_compatible",
+      base_url: `${stand.url}/v1`,
+      secret: "openai-key",
+      models: { "gpt-test": { ...PRICE.gpt, max_output_tokens: 1000 } },
+    });
+    await ok("PUT", "/v1/providers/local-anthropic", {
+      kind: "anthropic",
+      base_url: stand.url,
+      secret: "anthropic-key",
+      models: { "claude-test": PRICE.claude },
+    });
+    await ok("POST", "/v1/credits/grants", { tenant: "default", credits: 1000 });
+    const dir = await mkdtemp(join(tmpdir(), "paddock-sdk-agent-"));
+    try {
+      await writeFile(join(dir, "entry.mjs"), SDK_AGENT);
+      await build({
+        entryPoints: [join(dir, "entry.mjs")],
+        bundle: true,
+        platform: "node",
+        format: "esm",
+        target: "node24",
+        outfile: join(dir, "agent.mjs"),
+        nodePaths: ["../../../../node_modules", "../../node_modules"].map((p) => new URL(p, import.meta.url).pathname),
+        logLevel: "error",
+      });
+      sdkBundle = await readFile(join(dir, "agent.mjs"), "utf8");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+  after(async () => {
+    await t?.close();
+    await stand?.close();
+  });
+
+  const tenantKey = async (name: string): Promise<string> => {
+    assert.equal((await t.api("POST", "/v1/tenants", { name })).status, 201);
+    const res = await t.api("POST", `/v1/tenants/${name}/keys`, {});
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    return res.body.key as string;
+  };
+
+  test("refuses bad provider definitions and non-admin keys with clear codes", async () => {
+    const bad = await t.api("PUT", "/v1/providers/x", {
+      kind: "openai_compatible",
+      models: { m: { input: 1, output: 1 } },
+    });
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.error.code, "validation_failed");
+    const clash = await t.api("PUT", "/v1/providers/y", {
+      kind: "openai",
+      models: { "gpt-test": { input: 1, output: 1 } },
+    });
+    assert.equal(clash.status, 409);
+    const noSecret = await t.api("PUT", "/v1/providers/z", {
+      kind: "openai",
+      secret: "missing",
+      models: { other: { input: 1, output: 1 } },
+    });
+    assert.equal(noSecret.body.error.code, "unknown_secret");
+    const key = await tenantKey("gw-tenant");
+    assert.equal((await t.api("GET", "/v1/providers", undefined, key)).status, 403);
+    assert.equal((await t.api("POST", "/v1/credits/grants", { tenant: "gw-tenant", credits: 5 }, key)).status, 403);
+    const models = await t.api("GET", "/v1/models", undefined, key);
+    assert.deepEqual(
+      models.body.data.map((m: { model: string; api: string }) => [m.model, m.api]),
+      [
+        ["claude-test", "anthropic"],
+        ["gpt-test", "openai"],
+      ],
+    );
+  });
+
+  test("the official SDKs work unchanged; the host attaches keys and meters from the provider's usage", async () => {
+    const before = (await t.api("GET", "/v1/credits")).body.tenant;
+    const seenBefore = stand.seen.length;
+    const usageBefore = stand.usage.length;
+    const steps = [
+      { name: "chat", kind: "chat", model: "gpt-test", say: "one two three" },
+      { name: "chat_stream", kind: "chat_stream", model: "gpt-test", say: "stream four words please" },
+      { name: "messages", kind: "messages", model: "claude-test", say: "hi there" },
+      { name: "messages_stream", kind: "messages_stream", model: "claude-test", say: "a b c d e" },
+      { name: "echo", kind: "chat", model: "gpt-test", say: "echo-key" },
+      { name: "echo_anthropic", kind: "messages", model: "claude-test", say: "echo-key" },
+      { name: "models", kind: "models" },
+      { name: "e429", kind: "chat", model: "gpt-test", say: "status:429" },
+      { name: "e500", kind: "messages", model: "claude-test", say: "status:500" },
+      { name: "wrong_api", kind: "chat", model: "claude-test", say: "x" },
+      { name: "unknown", kind: "chat", model: "nope", say: "x" },
+      { name: "abort", kind: "chat_stream", model: "gpt-test", say: "slow", abortAfter: 5 },
+    ];
+    const { run, events } = await runAgent(
+      t,
+      { name: uniqueName("sdk"), command: [NODE, "/app/agent.mjs"], files: { "agent.mjs": sdkBundle } },
+      { steps },
+    );
+    assert.equal(run.status, "succeeded", JSON.stringify(events.slice(-5)));
+    const out = await artifactJson(t, run.id, "result.json");
+
+    assert.equal(out.chat.text, "Hello from gpt-test: you said 3 words");
+    assert.equal(out.chat_stream.text, "Hello from gpt-test: you said 4 words");
+    assert.equal(out.messages.text, "Hello from claude-test: you said 2 words");
+    assert.equal(out.messages_stream.text, "Hello from claude-test: you said 5 words");
+    assert.deepEqual(out.models.ids, ["claude-test", "gpt-test"]);
+    // Provider errors pass through with their status; the gateway's own refusals have codes.
+    assert.equal(out.e429.status, 429);
+    assert.equal(out.e500.status, 500);
+    assert.equal(out.wrong_api.status, 400);
+    assert.match(out.wrong_api.error, /other wire format/);
+    assert.equal(out.unknown.status, 404);
+    assert.equal(out.abort.aborted, true);
+
+    // The keys: attached upstream, never seen by the sandbox (echoed ones are redacted).
+    const seen = stand.seen.slice(seenBefore);
+    for (const r of seen) {
+      if (r.path === "/v1/messages") assert.equal(r.headers["x-api-key"], ANTHROPIC_KEY);
+      else assert.equal(r.headers.authorization, `Bearer ${OPENAI_KEY}`);
+    }
+    const resultText = JSON.stringify(out);
+    assert.ok(!resultText.includes(OPENAI_KEY) && !resultText.includes(ANTHROPIC_KEY), resultText);
+    assert.ok(!out.echo.text.includes(OPENAI_KEY));
+    assert.ok(out.echo.text.startsWith("key "), out.echo.text);
+    // Streams are asked for usage even when the client did not ask.
+    const streamed = seen.find((r) => r.body.stream === true && r.path === "/v1/chat/completions");
+    assert.deepEqual(streamed?.body.stream_options, { include_usage: true });
+
+    // Every call is on the record; each settled one matches the stand-in's figures exactly.
+    // biome-ignore lint/suspicious/noExplicitAny: event JSON.
+    const calls: any[] = events
+      .filter((e: { type: string }) => e.type === "llm.call")
+      .map((e: { data: unknown }) => e.data);
+    const done = stand.usage.slice(usageBefore);
+    const settled = calls.filter(
+      (c: { status: number; cost?: number; aborted?: boolean }) => c.status === 200 && !c.aborted,
+    );
+    assert.deepEqual(
+      settled.map((c: { model: string; input_tokens: number; output_tokens: number }) => [
+        c.model,
+        c.input_tokens,
+        c.output_tokens,
+      ]),
+      done.map((u) => [u.model, u.input, u.output]),
+    );
+    const codes = calls.map((c: { code?: string }) => c.code ?? null);
+    for (const code of ["provider_rate_limited", "provider_error", "model_wrong_api", "unknown_model"]) {
+      assert.ok(codes.includes(code), `${code} in ${codes}`);
+    }
+    const aborted = calls.find((c: { aborted?: boolean }) => c.aborted);
+    assert.ok(aborted, "the aborted stream is on the record");
+    assert.ok(aborted.output_tokens >= 5 && aborted.output_tokens < 40, `billed ${aborted.output_tokens} tokens`);
+    assert.equal(aborted.usage, "counted");
+
+    // The bill: settled calls cost exactly their tokens at the model's price; failures cost nothing.
+    const bill = (await t.api("GET", `/v1/runs/${run.id}/credits`)).body;
+    assert.equal(bill.reserved, 0, "no reservation is left open");
+    let expected = 0;
+    for (const c of bill.calls as {
+      status: string;
+      model: string;
+      input_tokens: number;
+      output_tokens: number;
+      cost: number;
+    }[]) {
+      if (c.status !== "settled") {
+        assert.equal(c.status, "released");
+        continue;
+      }
+      const price = c.model === "gpt-test" ? PRICE.gpt : PRICE.claude;
+      const micro = Math.ceil(c.input_tokens * price.input + c.output_tokens * price.output);
+      assert.equal(c.cost, micro / 1e6, JSON.stringify(c));
+      expected += micro;
+    }
+    assert.equal(bill.calls.filter((c: { status: string }) => c.status === "released").length, 2);
+    const after = (await t.api("GET", "/v1/credits")).body.tenant;
+    assert.equal(Math.round((before.available - after.available) * 1e6), expected);
+    assert.equal(after.reserved, 0);
+  });
+
+  test("100 concurrent calls against a small run budget: the spend stays under it and the run stops", async () => {
+    const budget = 0.05;
+    const { run, events } = await runAgent(
+      t,
+      {
+        name: uniqueName("flood"),
+        command: [NODE, "/app/flood.mjs"],
+        files: { "flood.mjs": FLOOD_AGENT },
+        budget: { per_run: budget },
+      },
+      { count: 100 },
+    );
+    assert.equal(run.status, "failed");
+    assert.equal(run.reason, "out_of_credits");
+    const bill = (await t.api("GET", `/v1/runs/${run.id}/credits`)).body;
+    assert.ok(bill.spent <= budget, `spent ${bill.spent} of ${budget}`);
+    assert.ok(bill.spent > 0);
+    assert.equal(bill.reserved, 0, "calls cut off by the stop were settled or released");
+    const refused = events.filter(
+      (e: { type: string; data: { code?: string } }) => e.type === "llm.call" && e.data.code === "out_of_credits",
+    );
+    assert.ok(refused.length >= 1);
+    assert.ok(
+      events.some(
+        (e: { type: string; data: { budget?: string } }) => e.type === "credits.exhausted" && e.data.budget === "run",
+      ),
+    );
+    // Output was clamped to what the budget allowed.
+    const clamped = events.filter(
+      (e: { type: string; data: { clamped_max_tokens?: number } }) =>
+        e.type === "llm.call" && e.data.clamped_max_tokens !== undefined,
+    );
+    assert.ok(clamped.length >= 1, "some call had its max_tokens clamped");
+  });
+
+  test("without credits a call is refused with out_of_credits and nothing reaches the provider", async () => {
+    const key = await tenantKey("gw-poor");
+    const count = stand.seen.length;
+    const { run, events } = await runAgent(
+      t,
+      { name: uniqueName("poor"), command: [NODE, "/app/flood.mjs"], files: { "flood.mjs": FLOOD_AGENT } },
+      { count: 1 },
+      key,
+    );
+    assert.equal(run.reason, "out_of_credits");
+    assert.equal(stand.seen.length, count);
+    const call = events.find((e: { type: string }) => e.type === "llm.call");
+    assert.equal(call?.data.code, "out_of_credits");
+    assert.equal(call?.data.status, 402);
+  });
+});
