@@ -40,6 +40,7 @@ import { migrate } from "../packages/host/src/store/migrations.ts";
 import { openSqlite } from "../packages/host/src/store/sqlite.ts";
 import { DEFAULT_LIMITS } from "../packages/protocol/src/limits.ts";
 import { type Dist, dist } from "./stats.ts";
+import { measureThenTearDown } from "./teardown.ts";
 
 export interface BridgeBenchOptions {
   imagesDir: string;
@@ -119,7 +120,7 @@ if (mode === "latency") {
 const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
 
 /** Lines of a sandbox's stdout, as they come; fails with its stderr once it has ended. */
-function lineReader(handle: SandboxHandle): () => Promise<string> {
+export function lineReader(handle: SandboxHandle): () => Promise<string> {
   let buffer = "";
   let stderr = "";
   let ended = false;
@@ -364,19 +365,7 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
         "full check (signature, header, claims), cached skips the signature for a token already verified",
     };
   };
-  // Ctrl-C or a timeout still tears down sandboxes, namespaces and the filter table.
-  let interrupt: (err: Error) => void = () => {};
-  const interrupted = new Promise<never>((_, reject) => {
-    interrupt = reject;
-  });
-  const onSignal = (signal: NodeJS.Signals) => interrupt(new Error(`bench bridge: interrupted by ${signal}`));
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  try {
-    return await Promise.race([measure(), interrupted]);
-  } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+  return measureThenTearDown("bridge", measure, async () => {
     await Promise.all(handles.map((h) => h.destroy().catch(() => {})));
     await bridge?.close();
     upstream?.server.closeAllConnections();
@@ -387,5 +376,5 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
     await db.destroy();
     if (runnerDir) await rm(runnerDir, { recursive: true, force: true });
     await rm(dataDir, { recursive: true, force: true });
-  }
+  });
 }

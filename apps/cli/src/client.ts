@@ -7,6 +7,9 @@ import {
   type AgentCreate,
   ApiKey,
   Artifact,
+  Balance,
+  Credits_,
+  type CreditsView,
   EgressEntry,
   type EnvExec,
   EnvExecResult,
@@ -15,8 +18,12 @@ import {
   type EnvSessionCreate,
   ErrorResponse,
   FreezeResult,
+  Model,
   Page,
+  Provider,
+  type ProviderPutInput,
   Run,
+  RunCredits,
   RunEvent,
   Runner,
   type RunStatus,
@@ -227,6 +234,39 @@ export class Client {
 
   async deleteSecret(name: string): Promise<void> {
     await this.request("DELETE", `/secrets/${enc(name)}`);
+  }
+
+  /** Creates or replaces a model provider (admin key); `created` tells which. */
+  async putProvider(name: string, body: ProviderPutInput): Promise<{ provider: Provider; created: boolean }> {
+    const path = `/providers/${enc(name)}`;
+    const res = await this.request("PUT", path, { body });
+    const parsed = Provider.safeParse(await res.json().catch(() => null));
+    if (!parsed.success) throw new ConnectionError(`PUT ${path}: unexpected response shape: ${parsed.error.message}`);
+    return { provider: parsed.data, created: res.status === 201 };
+  }
+
+  listProviders(): Promise<Provider[]> {
+    return this.#list(Provider, "/providers");
+  }
+
+  deleteProvider(name: string): Promise<Provider> {
+    return this.#json(Provider, "DELETE", `/providers/${enc(name)}`);
+  }
+
+  listModels(): Promise<Model[]> {
+    return this.#list(Model, "/models");
+  }
+
+  grantCredits(tenant: string, credits: number, note?: string): Promise<Balance> {
+    return this.#json(Balance, "POST", "/credits/grants", { body: { tenant, credits, ...(note ? { note } : {}) } });
+  }
+
+  credits(): Promise<CreditsView> {
+    return this.#json(Credits_, "GET", "/credits");
+  }
+
+  runCredits(runId: string): Promise<RunCredits> {
+    return this.#json(RunCredits, "GET", `/runs/${enc(runId)}/credits`);
   }
 
   listRunners(): Promise<z.output<typeof Runner>[]> {

@@ -3,39 +3,21 @@
  * real host: set, list, show, refusals with the host's error codes, and delete.
  */
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningHost, startHost, unsealRunners } from "@paddock/host";
-import { cleanEnv, hostSkipReason, IMAGES, PADDOCK } from "./e2e-support.ts";
+import { hostSkipReason, IMAGES, runCli, showCli } from "./e2e-support.ts";
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-const show = (r: Result) => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
+const show = showCli;
 
 describe("paddock connections", { skip: hostSkipReason() }, () => {
   let dataDir: string;
   let host: RunningHost;
   let key: string;
 
-  const cli = (args: string[]): Promise<Result> =>
-    new Promise((resolve) => {
-      execFile(
-        PADDOCK,
-        args,
-        { env: cleanEnv({ PADDOCK_URL: host.url, PADDOCK_API_KEY: key }), timeout: 120_000 },
-        (err, stdout, stderr) => {
-          const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
-          resolve({ code, stdout, stderr });
-        },
-      );
-    });
+  const cli = (args: string[]) => runCli(args, host.url, key);
 
   before(async () => {
     dataDir = await mkdtemp(join(tmpdir(), "paddock-cli-conn-"));

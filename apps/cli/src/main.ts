@@ -9,6 +9,7 @@ import { agents } from "./commands/agents.ts";
 import { artifacts } from "./commands/artifacts.ts";
 import { bench } from "./commands/bench.ts";
 import { connections } from "./commands/connections.ts";
+import { credits, models, providers } from "./commands/credits.ts";
 import { env, runner } from "./commands/env.ts";
 import { health } from "./commands/health.ts";
 import { images } from "./commands/images.ts";
@@ -28,6 +29,9 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   agents,
   connections,
   secrets,
+  providers,
+  models,
+  credits,
   run,
   runs,
   logs,

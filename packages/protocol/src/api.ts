@@ -30,10 +30,27 @@ const EnvName = z
 
 export const MAX_FILES_BYTES = 8 * 1024 * 1024;
 
+/** The built-in agent's tools. */
+export const BuiltinTool = z.enum(["shell", "read_file", "write_file", "http", "finish"]);
+export const BUILTIN_TOOLS = BuiltinTool.options;
+
 export const AgentCreate = z
   .object({
     name: Name,
-    command: z.array(z.string().min(1).max(8192)).min(1).max(256),
+    /** The command the agent runs in its sandbox; or give `instructions` for the built-in agent. */
+    command: z.array(z.string().min(1).max(8192)).min(1).max(256).optional(),
+    /** The built-in agent: an LLM tool loop with these instructions (its system prompt). */
+    instructions: z.string().min(1).max(65536).optional(),
+    /** The built-in agent's model (GET /v1/models). */
+    model: z.string().min(1).max(128).optional(),
+    /** The built-in agent's tools (default all). */
+    tools: z
+      .array(BuiltinTool)
+      .min(1)
+      .refine((t) => new Set(t).size === t.length, "each tool once")
+      .optional(),
+    /** The most model calls the built-in agent makes in one run (default 20). */
+    max_steps: z.number().int().min(1).max(500).optional(),
     env: z
       .record(EnvName, z.string().max(8192))
       .refine((e) => Object.keys(e).length <= 128, "at most 128 variables")
@@ -54,6 +71,24 @@ export const AgentCreate = z
     budget: AgentBudget.optional(),
   })
   .strict()
+  .superRefine((a, ctx) => {
+    if ((a.command === undefined) === (a.instructions === undefined)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["command"],
+        message: "give either command or instructions (the built-in agent)",
+      });
+    }
+    if (a.instructions !== undefined && a.model === undefined) {
+      ctx.addIssue({ code: "custom", path: ["model"], message: "the built-in agent needs a model" });
+    }
+    if (a.instructions === undefined) {
+      for (const k of ["model", "tools", "max_steps"] as const) {
+        if (a[k] !== undefined)
+          ctx.addIssue({ code: "custom", path: [k], message: "only for the built-in agent (instructions)" });
+      }
+    }
+  })
   .meta({ id: "AgentCreate" });
 export type AgentCreate = z.infer<typeof AgentCreate>;
 
@@ -73,6 +108,10 @@ export const Agent = z
     }),
     policy: AgentPolicy,
     budget: AgentBudget,
+    /** The built-in agent's definition; null for an agent that runs its own command. */
+    builtin: z
+      .object({ instructions: z.string(), model: z.string(), tools: z.array(z.string()), max_steps: z.number().int() })
+      .nullable(),
     created_at: z.string(),
   })
   .meta({ id: "Agent" });

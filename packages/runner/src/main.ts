@@ -9,6 +9,7 @@
 import { spawn } from "node:child_process";
 import type { RunnerFrame, RunnerSpec } from "@paddock/protocol";
 import { MARKER_PREFIX, parseMarkerLine } from "@paddock/protocol/marker";
+import { runBuiltinAgent } from "./agent-loop.ts";
 import { LineSplitter } from "./line-splitter.ts";
 
 const out = process.stdout;
@@ -105,10 +106,16 @@ async function main(): Promise<void> {
 
 export { bridge } from "./sdk.ts";
 
-// Started as a program, it is the runner; imported by an agent, it is only the SDK.
+// Started as a program, it is the runner, or with `agent` the built-in agent (the runner's child);
+// imported by an agent, it is only the SDK.
 if (import.meta.main) {
-  main().catch((err: unknown) => {
-    process.stderr.write(`runner: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(70);
-  });
+  const builtin = process.argv[2] === "agent";
+  (builtin ? runBuiltinAgent() : main().then(() => undefined))
+    .then((code) => {
+      if (code !== undefined) process.exitCode = code;
+    })
+    .catch((err: unknown) => {
+      process.stderr.write(`${builtin ? "agent" : "runner"}: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(builtin ? 1 : 70);
+    });
 }

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
-const SCENARIOS = ["boot", "bridge", "snapshot", "swap"] as const;
+const SCENARIOS = ["boot", "bridge", "gateway", "snapshot", "swap"] as const;
 
 export const bench: Command = {
   name: "bench",
@@ -18,6 +18,9 @@ Scenarios:
           bridged, interleaved, to the same local upstream over the same link), run-token checks
           per second with and without the verified-token cache, and calls per second with
           --sandboxes sandboxes calling at once, bridged and direct
+  gateway what the LLM gateway adds to a model call from inside a sandbox (N×10 pairs of whole
+          chat completions, direct to a local stand-in provider and through the gateway with
+          metering, interleaved over the same link), and to the first chunk of a stream
   snapshot  freeze time of environments of 10 MiB, 300 MiB and 1 GiB (a tmpfs writable layer
             shaped like a pip install), and trigger-to-first-event of agents booting the smallest
             and the largest (N runs each, interleaved, warm pool off)
@@ -64,6 +67,16 @@ Options:
         sandboxes: parseNumber(values.sandboxes, "sandboxes") ?? 50,
         callsPerSandbox: 200,
         progress: (line) => ctx.err(`bench bridge: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "gateway") {
+      const { gatewayBench } = await import("../../../../bench/gateway.ts");
+      const result = await gatewayBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        calls: Math.max(runs, 1) * 10,
+        progress: (line) => ctx.err(`bench gateway: ${line}`),
       });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;

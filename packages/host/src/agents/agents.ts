@@ -1,5 +1,5 @@
 /** Agents: validated at creation against their real environment image, then frozen into a spec. */
-import { type Agent, type AgentCreate, AppError, Limits } from "@paddock/protocol";
+import { type Agent, type AgentCreate, AppError, BUILTIN_TOOLS, Limits } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { requireConnections } from "../bridge/connections.ts";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
@@ -7,7 +7,7 @@ import type { AgentDefinition, AgentSpec } from "../engine/runs.ts";
 import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
 import { DEFAULT_PATH, resolveCommand } from "../images/resolve-command.ts";
-import { RUNNER_NODE_PATH } from "../sandbox/driver.ts";
+import { RUNNER_NODE_PATH, RUNNER_SDK } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
@@ -29,6 +29,7 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
     limits: def.limits,
     policy: { connections: def.policy?.connections ?? [] },
     budget: def.budget ?? {},
+    builtin: def.builtin ?? null,
     snapshot: {
       version: snapshot.version,
       base: snapshot.base,
@@ -108,8 +109,10 @@ export class Agents {
     const hasFiles = Object.keys(files).length > 0;
     const layers = hasFiles ? [await this.#layers.putFiles(files)] : [];
     const env = body.env ?? {};
+    // The built-in agent is the runner bundle started in agent mode, on the runner's own Node.
+    const command = body.command ?? [RUNNER_NODE_PATH, RUNNER_SDK, "agent"];
     const def: AgentDefinition = {
-      command: body.command,
+      command,
       env,
       limits,
       cwd: hasFiles ? "/app" : "/home/agent",
@@ -118,9 +121,19 @@ export class Agents {
         .sort((a, b) => (a.path < b.path ? -1 : 1)),
       policy,
       ...(body.budget ? { budget: body.budget } : {}),
+      ...(body.instructions !== undefined
+        ? {
+            builtin: {
+              instructions: body.instructions,
+              model: body.model ?? "",
+              tools: body.tools ?? [...BUILTIN_TOOLS],
+              max_steps: body.max_steps ?? 20,
+            },
+          }
+        : {}),
     };
     const spec = { ...def, image: image.digest, layers };
-    const argv0 = body.command[0] as string;
+    const argv0 = command[0] as string;
     // The runner's Node is in every sandbox (read-only, current runner): agents written for Node may use it.
     const found =
       argv0 === RUNNER_NODE_PATH ||

@@ -31,7 +31,10 @@ describe("API", { skip }, () => {
     assert.equal(res.body.openapi, "3.1.0");
     assert.ok(res.body.paths["/v1/agents"].post);
     assert.ok(res.body.paths["/v1/runs/{id}/events"].get);
-    assert.deepEqual(res.body.components.schemas.AgentCreate.required, ["name", "command"]);
+    // An agent runs its command, or the built-in agent from instructions and a model: only the name is always required.
+    assert.deepEqual(res.body.components.schemas.AgentCreate.required, ["name"]);
+    assert.ok(res.body.components.schemas.AgentCreate.properties.instructions);
+    assert.ok(res.body.paths["/v1/runs/{id}/credits"].get);
     assert.equal(res.body.components.schemas.Limits.properties.memory_mb.minimum, 32);
   });
 

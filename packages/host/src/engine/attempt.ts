@@ -284,6 +284,9 @@ export class Attempt {
   /** The run's input, read-only at /inputs/input.json; written after boot so spares can serve. */
   async #writeInput(handle: SandboxHandle): Promise<void> {
     await writeFile(join(handle.inputsDir, "input.json"), this.#in.input ?? "null", { mode: 0o444, flag: "wx" });
+    const builtin = this.#in.spec.builtin;
+    if (builtin)
+      await writeFile(join(handle.inputsDir, "agent.json"), JSON.stringify(builtin), { mode: 0o444, flag: "wx" });
   }
 
   #feed(handle: SandboxHandle): void {

@@ -22,6 +22,8 @@ export interface AgentDefinition {
   policy?: AgentPolicy;
   /** Credits budgets and LLM rate limits; absent means only the tenant's balance bounds spending. */
   budget?: AgentBudget;
+  /** The built-in agent's loop (the command then starts it from the runner layer). */
+  builtin?: { instructions: string; model: string; tools: string[]; max_steps: number };
 }
 
 /** An agent's definition with its environment snapshot, frozen into each run at trigger time. */

@@ -109,13 +109,13 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
       kind: "openai_compatible",
       base_url: `${stand.url}/v1`,
       secret: "openai-key",
-      models: { "gpt-test": { ...PRICE.gpt, max_output_tokens: 1000 } },
+      models: { "gpt-test": { ...PRICE.gpt, max_output_tokens: 1000 }, "gpt-agent": PRICE.gpt },
     });
     await ok("PUT", "/v1/providers/local-anthropic", {
       kind: "anthropic",
       base_url: stand.url,
       secret: "anthropic-key",
-      models: { "claude-test": PRICE.claude },
+      models: { "claude-test": PRICE.claude, "claude-agent": PRICE.claude },
     });
     await ok("POST", "/v1/credits/grants", { tenant: "default", credits: 1000 });
     const dir = await mkdtemp(join(tmpdir(), "paddock-sdk-agent-"));
@@ -173,7 +173,9 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
     assert.deepEqual(
       models.body.data.map((m: { model: string; api: string }) => [m.model, m.api]),
       [
+        ["claude-agent", "anthropic"],
         ["claude-test", "anthropic"],
+        ["gpt-agent", "openai"],
         ["gpt-test", "openai"],
       ],
     );
@@ -209,7 +211,7 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
     assert.equal(out.chat_stream.text, "Hello from gpt-test: you said 4 words");
     assert.equal(out.messages.text, "Hello from claude-test: you said 2 words");
     assert.equal(out.messages_stream.text, "Hello from claude-test: you said 5 words");
-    assert.deepEqual(out.models.ids, ["claude-test", "gpt-test"]);
+    assert.deepEqual(out.models.ids, ["claude-agent", "claude-test", "gpt-agent", "gpt-test"]);
     // Provider errors pass through with their status; the gateway's own refusals have codes.
     assert.equal(out.e429.status, 429);
     assert.equal(out.e500.status, 500);
@@ -333,5 +335,103 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
     const call = events.find((e: { type: string }) => e.type === "llm.call");
     assert.equal(call?.data.code, "out_of_credits");
     assert.equal(call?.data.status, 402);
+  });
+
+  for (const model of ["gpt-agent", "claude-agent"]) {
+    test(`the built-in agent writes a script, runs it, reads its output and finishes (${model})`, async () => {
+      stand.script(model, [
+        { tools: [{ id: "c1", name: "write_file", arguments: { path: "/tmp/calc.py", content: "print(6 * 7)" } }] },
+        {
+          tools: [
+            {
+              id: "c2",
+              name: "shell",
+              arguments: { command: "python3 /tmp/calc.py > /outputs/answer.txt; cat /outputs/answer.txt" },
+            },
+          ],
+        },
+        { tools: [{ id: "c3", name: "read_file", arguments: { path: "/outputs/answer.txt" } }] },
+        { tools: [{ id: "c4", name: "finish", arguments: { summary: "The script printed 42." } }] },
+      ]);
+      const usageBefore = stand.usage.length;
+      const seenBefore = stand.seen.length;
+      const { run, events } = await runAgent(
+        t,
+        {
+          name: uniqueName("builtin"),
+          instructions: "Compute six times seven with a Python script.",
+          model,
+          max_steps: 6,
+        },
+        { task: "6*7" },
+      );
+      assert.equal(run.status, "succeeded", JSON.stringify(events.slice(-6)));
+      // biome-ignore lint/suspicious/noExplicitAny: event JSON.
+      const user = events.filter((e: { type: string }) => e.type === "user").map((e: any) => e.data);
+      const calls = user
+        .filter((u: { type: string }) => u.type === "tool.call")
+        .map((u: { data: { name: string } }) => u.data.name);
+      assert.deepEqual(calls, ["write_file", "shell", "read_file", "finish"]);
+      const results = user
+        .filter((u: { type: string }) => u.type === "tool.result")
+        .map((u: { data: { output: string } }) => u.data.output);
+      assert.match(results[1] ?? "", /^exit 0\n42/);
+      assert.equal(results[2], "42\n");
+      const finished = user.find((u: { type: string }) => u.type === "agent.finished");
+      assert.equal(finished?.data.summary, "The script printed 42.");
+      // The model saw each tool's result in its own format.
+      const last = stand.seen.at(-1)?.body as { messages: { role: string; content: unknown }[]; system?: string };
+      assert.ok(JSON.stringify(last.messages).includes("42"), "the last request carried the read_file result");
+      if (model === "claude-agent") assert.equal(last.system, "Compute six times seven with a Python script.");
+      assert.equal(stand.seen.length - seenBefore, 4);
+      // Each model call is metered exactly as the stand-in reported it.
+      const metered = events
+        .filter((e: { type: string }) => e.type === "llm.call")
+        .map((e: { data: { input_tokens: number; output_tokens: number } }) => [
+          e.data.input_tokens,
+          e.data.output_tokens,
+        ]);
+      assert.deepEqual(
+        metered,
+        stand.usage.slice(usageBefore).map((u) => [u.input, u.output]),
+      );
+      const bill = (await t.api("GET", `/v1/runs/${run.id}/credits`)).body;
+      assert.equal(bill.calls.filter((c: { status: string }) => c.status === "settled").length, 4);
+    });
+  }
+
+  test("the built-in agent stops at its step limit", async () => {
+    stand.script("gpt-agent", [
+      { tools: [{ id: "s1", name: "shell", arguments: { command: "true" } }] },
+      { tools: [{ id: "s2", name: "shell", arguments: { command: "true" } }] },
+    ]);
+    const { run, events } = await runAgent(t, {
+      name: uniqueName("looping"),
+      instructions: "Loop.",
+      model: "gpt-agent",
+      tools: ["shell", "finish"],
+      max_steps: 2,
+    });
+    assert.equal(run.status, "failed");
+    assert.equal(run.exit_code, 1);
+    assert.ok(
+      events.some(
+        (e: { type: string; data: { type?: string } }) => e.type === "user" && e.data.type === "agent.step_limit",
+      ),
+    );
+  });
+
+  test("built-in agent definitions are checked", async () => {
+    for (const [body, field] of [
+      [{ name: uniqueName("b"), instructions: "x" }, "model"],
+      [{ name: uniqueName("b"), instructions: "x", model: "m", command: ["true"] }, "command"],
+      [{ name: uniqueName("b"), command: ["true"], model: "m" }, "model"],
+      [{ name: uniqueName("b"), instructions: "x", model: "m", tools: ["rm_rf"] }, "tools.0"],
+    ] as const) {
+      const res = await t.api("POST", "/v1/agents", body);
+      assert.equal(res.status, 400, JSON.stringify(body));
+      assert.equal(res.body.error.code, "validation_failed");
+      assert.ok(JSON.stringify(res.body.error.details).includes(field), JSON.stringify(res.body.error));
+    }
   });
 });

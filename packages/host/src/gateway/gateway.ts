@@ -156,6 +156,8 @@ export class Gateway {
       object: "model",
       created: 0,
       owned_by: r.provider,
+      /** Which wire format the model takes here: /v1/chat/completions (openai) or /v1/messages. */
+      api: r.api,
       type: "model",
       display_name: id,
     }));

@@ -45,13 +45,14 @@ function textOf(content: unknown): string {
   return "";
 }
 
-export async function startLlmStandIn(): Promise<LlmStandIn> {
+/** Starts the stand-in on `address` (loopback by default; a bench puts it on the sandbox links' host side). */
+export async function startLlmStandIn(address = "127.0.0.1"): Promise<LlmStandIn> {
   const seen: SeenLlmRequest[] = [];
   const usage: LlmStandIn["usage"] = [];
   const scripts = new Map<string, ScriptedAnswer[]>();
   const state = { aborted: 0 };
 
-  const server = http.createServer((req, res) => {
+  const server = http.createServer({ keepAlive: true }, (req, res) => {
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
@@ -213,24 +214,15 @@ export async function startLlmStandIn(): Promise<LlmStandIn> {
         sse(null, chunk({ role: "assistant", content: "" }, null));
         if ("text" in answer) for (const p of pieces) sse(null, chunk({ content: p }, null));
         else {
-          answer.tools.forEach((t, index) =>
-            sse(
-              null,
-              chunk(
-                {
-                  tool_calls: [
-                    {
-                      index,
-                      id: t.id,
-                      type: "function",
-                      function: { name: t.name, arguments: JSON.stringify(t.arguments) },
-                    },
-                  ],
-                },
-                null,
-              ),
-            ),
-          );
+          answer.tools.forEach((t, index) => {
+            const call = {
+              index,
+              id: t.id,
+              type: "function",
+              function: { name: t.name, arguments: JSON.stringify(t.arguments) },
+            };
+            sse(null, chunk({ tool_calls: [call] }, null));
+          });
         }
         sse(null, chunk({}, "text" in answer ? "stop" : "tool_calls"));
         if (includeUsage) {
@@ -267,9 +259,10 @@ export async function startLlmStandIn(): Promise<LlmStandIn> {
       next();
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((resolve) => server.listen(0, address, () => resolve()));
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://${address}:${(server.address() as AddressInfo).port}`,
     seen,
     usage,
     get aborted() {

@@ -1,0 +1,258 @@
+/**
+ * The built-in agent: an LLM tool loop run inside the sandbox as the agent's command. It asks the
+ * host's gateway for the next step (in the model's own wire format, OpenAI or Anthropic), runs the
+ * tools the model calls (shell, read_file, write_file, http through a bridge connection, finish)
+ * and reports each call and result as an event. It holds no key: the run token is its API key, and
+ * the host meters and bounds every call. A step limit ends a loop that never finishes.
+ */
+import { spawn } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { MARKER_PREFIX } from "@paddock/protocol/marker";
+import { bridge } from "./sdk.ts";
+
+/** What the host writes to /inputs/agent.json for a built-in agent. */
+export interface BuiltinAgentConfig {
+  instructions: string;
+  model: string;
+  tools: string[];
+  max_steps: number;
+}
+
+const OUTPUT_CAP = 16 * 1024;
+const EVENT_CAP = 2 * 1024;
+const SHELL_TIMEOUT_MS = 120_000;
+const MAX_OUTPUT_TOKENS = 4096;
+
+interface ToolCall {
+  id: string;
+  name: string;
+  args: Record<string, unknown>;
+}
+
+const TOOL_SPECS: Record<string, { description: string; properties: Record<string, unknown>; required: string[] }> = {
+  shell: {
+    description: "Run a shell command (sh -c) in the sandbox; returns its exit code and output (capped).",
+    properties: { command: { type: "string" } },
+    required: ["command"],
+  },
+  read_file: {
+    description: "Read a text file (capped).",
+    properties: { path: { type: "string" } },
+    required: ["path"],
+  },
+  write_file: {
+    description: "Write a text file, replacing it.",
+    properties: { path: { type: "string" }, content: { type: "string" } },
+    required: ["path", "content"],
+  },
+  http: {
+    description: "Call an allowed connection through the host bridge: method, path (with query), optional body.",
+    properties: {
+      connection: { type: "string" },
+      method: { type: "string" },
+      path: { type: "string" },
+      body: { type: "string" },
+    },
+    required: ["connection", "method", "path"],
+  },
+  finish: {
+    description: "End the task with a summary of what was done.",
+    properties: { summary: { type: "string" } },
+    required: ["summary"],
+  },
+};
+
+function emit(type: string, data: unknown): void {
+  process.stdout.write(`${MARKER_PREFIX}${JSON.stringify({ type, data })}\n`);
+}
+
+const cap = (s: string, n: number) => (s.length > n ? `${s.slice(0, n)}… [${s.length - n} more characters]` : s);
+
+function shell(command: string): Promise<string> {
+  return new Promise((resolve) => {
+    const child = spawn("sh", ["-c", command], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    const take = (c: Buffer) => {
+      if (out.length < OUTPUT_CAP * 2) out += c.toString("utf8");
+    };
+    child.stdout.on("data", take);
+    child.stderr.on("data", take);
+    const timer = setTimeout(() => child.kill("SIGKILL"), SHELL_TIMEOUT_MS);
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      resolve(`could not start: ${err.message}`);
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve(`exit ${signal ?? code}\n${cap(out, OUTPUT_CAP)}`);
+    });
+  });
+}
+
+async function runTool(call: ToolCall, allowed: string[]): Promise<{ ok: boolean; output: string; finish?: string }> {
+  if (!allowed.includes(call.name)) return { ok: false, output: `unknown tool ${call.name}` };
+  const a = call.args;
+  const str = (k: string) => (typeof a[k] === "string" ? (a[k] as string) : "");
+  try {
+    switch (call.name) {
+      case "shell":
+        return { ok: true, output: await shell(str("command")) };
+      case "read_file":
+        return { ok: true, output: cap(readFileSync(str("path"), "utf8"), OUTPUT_CAP) };
+      case "write_file":
+        writeFileSync(str("path"), str("content"));
+        return { ok: true, output: `wrote ${Buffer.byteLength(str("content"))} bytes to ${str("path")}` };
+      case "http": {
+        const method = (str("method") || "GET").toUpperCase();
+        const res = await bridge.fetch(str("connection"), str("path"), {
+          method,
+          ...(a.body !== undefined && method !== "GET" ? { body: str("body") } : {}),
+        });
+        return { ok: res.ok, output: `status ${res.status}\n${cap(await res.text(), OUTPUT_CAP)}` };
+      }
+      case "finish":
+        return { ok: true, output: "finished", finish: str("summary") };
+    }
+  } catch (err) {
+    return { ok: false, output: err instanceof Error ? err.message : String(err) };
+  }
+  return { ok: false, output: `unknown tool ${call.name}` };
+}
+
+/** One model step in either wire format: the assistant message to keep, and the tool calls in it. */
+interface Step {
+  text: string;
+  calls: ToolCall[];
+}
+
+function parseArgs(raw: unknown): Record<string, unknown> {
+  if (typeof raw === "object" && raw !== null) return raw as Record<string, unknown>;
+  try {
+    const v = JSON.parse(String(raw));
+    return typeof v === "object" && v !== null ? v : {};
+  } catch {
+    return {};
+  }
+}
+
+async function gateway(path: string, body: unknown): Promise<Record<string, unknown>> {
+  const res = await fetch(`${process.env.PADDOCK_BRIDGE_URL}${path}`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${bridge.token()}`, "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const json = (await res.json().catch(() => ({}))) as Record<string, unknown>;
+  if (!res.ok) {
+    const error = json.error as { code?: string; message?: string } | undefined;
+    throw new Error(`model call failed (${res.status} ${error?.code ?? ""}): ${error?.message ?? ""}`);
+  }
+  return json;
+}
+
+export async function runBuiltinAgent(): Promise<number> {
+  const config = JSON.parse(readFileSync("/inputs/agent.json", "utf8")) as BuiltinAgentConfig;
+  const input = readFileSync(process.env.PADDOCK_INPUT ?? "/inputs/input.json", "utf8");
+  const models = await fetch(`${process.env.PADDOCK_BRIDGE_URL}/v1/models`, {
+    headers: { authorization: `Bearer ${bridge.token()}` },
+  }).then((r) => r.json() as Promise<{ data?: { id: string; api?: string }[] }>);
+  const anthropic = models.data?.find((m) => m.id === config.model)?.api === "anthropic";
+  const tools = config.tools.filter((t) => t in TOOL_SPECS);
+  const schema = (name: string) => ({
+    type: "object",
+    properties: TOOL_SPECS[name]?.properties,
+    required: TOOL_SPECS[name]?.required,
+  });
+  const task = `The run's input (JSON):\n${input}`;
+  // biome-ignore lint/suspicious/noExplicitAny: the two wire formats' message lists.
+  const messages: any[] = anthropic
+    ? [{ role: "user", content: task }]
+    : [
+        { role: "system", content: config.instructions },
+        { role: "user", content: task },
+      ];
+
+  for (let step = 1; step <= config.max_steps; step++) {
+    let result: Step;
+    if (anthropic) {
+      const r = await gateway("/v1/messages", {
+        model: config.model,
+        max_tokens: MAX_OUTPUT_TOKENS,
+        system: config.instructions,
+        messages,
+        tools: tools.map((name) => ({ name, description: TOOL_SPECS[name]?.description, input_schema: schema(name) })),
+      });
+      const content = (r.content ?? []) as {
+        type: string;
+        text?: string;
+        id?: string;
+        name?: string;
+        input?: unknown;
+      }[];
+      messages.push({ role: "assistant", content });
+      result = {
+        text: content.map((c) => c.text ?? "").join(""),
+        calls: content
+          .filter((c) => c.type === "tool_use")
+          .map((c) => ({ id: c.id ?? "", name: c.name ?? "", args: parseArgs(c.input) })),
+      };
+    } else {
+      const r = await gateway("/v1/chat/completions", {
+        model: config.model,
+        max_tokens: MAX_OUTPUT_TOKENS,
+        messages,
+        tools: tools.map((name) => ({
+          type: "function",
+          function: { name, description: TOOL_SPECS[name]?.description, parameters: schema(name) },
+        })),
+      });
+      const message = ((r.choices as { message?: Record<string, unknown> }[] | undefined)?.[0]?.message ?? {}) as {
+        content?: string | null;
+        tool_calls?: { id: string; function: { name: string; arguments: string } }[];
+      };
+      messages.push({ role: "assistant", content: message.content ?? null, tool_calls: message.tool_calls });
+      result = {
+        text: message.content ?? "",
+        calls: (message.tool_calls ?? []).map((c) => ({
+          id: c.id,
+          name: c.function.name,
+          args: parseArgs(c.function.arguments),
+        })),
+      };
+    }
+    if (result.text) emit("agent.message", { step, text: cap(result.text, EVENT_CAP) });
+    if (result.calls.length === 0) {
+      // No tool asked for: the model's answer is the result.
+      emit("agent.finished", { step, summary: cap(result.text, EVENT_CAP) });
+      return 0;
+    }
+    const replies: { id: string; output: string; ok: boolean }[] = [];
+    let finished: string | undefined;
+    for (const call of result.calls) {
+      const argText = JSON.stringify(call.args);
+      emit("tool.call", {
+        step,
+        id: call.id,
+        name: call.name,
+        args: argText.length <= EVENT_CAP ? call.args : cap(argText, EVENT_CAP),
+      });
+      const out = await runTool(call, tools);
+      emit("tool.result", { step, id: call.id, name: call.name, ok: out.ok, output: cap(out.output, EVENT_CAP) });
+      replies.push({ id: call.id, output: out.output, ok: out.ok });
+      if (out.finish !== undefined) finished = out.finish;
+    }
+    if (finished !== undefined) {
+      emit("agent.finished", { step, summary: cap(finished, EVENT_CAP) });
+      return 0;
+    }
+    if (anthropic) {
+      messages.push({
+        role: "user",
+        content: replies.map((r) => ({ type: "tool_result", tool_use_id: r.id, content: r.output, is_error: !r.ok })),
+      });
+    } else {
+      for (const r of replies) messages.push({ role: "tool", tool_call_id: r.id, content: r.output });
+    }
+  }
+  emit("agent.step_limit", { max_steps: config.max_steps });
+  return 1;
+}
