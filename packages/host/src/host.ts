@@ -27,7 +27,7 @@ import { RunnerRegistry } from "./engine/runner-registry.ts";
 import type { AgentDefinition } from "./engine/runs.ts";
 import { RunRepository } from "./engine/runs.ts";
 import { EnvSessions } from "./envs/sessions.ts";
-import { Gateway } from "./gateway/gateway.ts";
+import { Gateway, type GatewayBudget } from "./gateway/gateway.ts";
 import { Ledger } from "./gateway/ledger.ts";
 import { Providers } from "./gateway/providers.ts";
 import { collectGarbage } from "./gc.ts";
@@ -192,12 +192,17 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     const providers = new Providers(db);
     const ledger = new Ledger(db);
     const rateLimits = new TokenBucket();
+    const budgets = new Map<string, GatewayBudget>();
     const gateway = new Gateway({
       providers,
       ledger,
       secrets,
       rateLimits,
+      // Agents' definitions never change once created: their budgets are read once and kept.
       budgetOf: async (tenantId, agentId) => {
+        const key = `${tenantId}/${agentId}`;
+        const known = budgets.get(key);
+        if (known) return known;
         const row = await db
           .selectFrom("agents")
           .select("spec")
@@ -205,12 +210,17 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
           .where("tenant_id", "=", tenantId)
           .executeTakeFirst();
         const budget = row ? (JSON.parse(row.spec) as AgentDefinition).budget : undefined;
-        return {
+        const limits = {
           ...(budget?.per_run !== undefined ? { perRun: toMicro(budget.per_run) } : {}),
           ...(budget?.total !== undefined ? { agentTotal: toMicro(budget.total) } : {}),
           ...(budget?.requests_per_minute ? { requestsPerMinute: budget.requests_per_minute } : {}),
           ...(budget?.tokens_per_minute ? { tokensPerMinute: budget.tokens_per_minute } : {}),
         };
+        if (row) {
+          if (budgets.size >= 10_000) budgets.clear();
+          budgets.set(key, limits);
+        }
+        return limits;
       },
       ...(config.llmTenantLimits ? { tenantLimits: config.llmTenantLimits } : {}),
       log,

@@ -322,18 +322,18 @@ export class Gateway {
           if (status >= 300) {
             // The provider's own error, status and Retry-After passed on: the SDKs know what to do.
             record.code = status === 429 ? "provider_rate_limited" : "provider_error";
-            finish("release", `provider ${status}`).finally(() => {
-              res.end();
-              resolve();
-            });
+            res.end();
+            finish("release", `provider ${status}`).finally(resolve);
             return;
           }
           if (!parse) jsonUsage(endpoint, Buffer.concat(chunks), usage);
-          finish("settle").finally(() => {
-            record.ttft_ms = round(ttft);
-            res.end();
-            resolve();
-          });
+          record.ttft_ms = round(ttft);
+          record.latency_ms = round(performance.now() - started);
+          // The answer goes first: its reservation still holds the worst case until settled.
+          res.end();
+          finish("settle")
+            .catch((e: unknown) => this.#deps.log(`gateway: settling ${reservation.callId}: ${String(e)}`))
+            .finally(resolve);
         });
         answer.on("data", (c: Buffer) => {
           size += c.length;
@@ -344,7 +344,7 @@ export class Gateway {
       });
       upstream.end(payload);
     });
-    record.latency_ms = round(performance.now() - started);
+    record.latency_ms ??= round(performance.now() - started);
     caller.record({ type: "llm.call", data: record });
   }
 

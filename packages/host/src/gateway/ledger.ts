@@ -47,6 +47,8 @@ export interface Reservation {
   amount: number;
   /** Output tokens the call may produce (the request's max, clamped to the budgets). */
   maxOutputTokens: number;
+  /** Set once it is settled or released. */
+  closed?: boolean;
 }
 
 export interface SettleDetail {
@@ -95,11 +97,12 @@ export class Ledger {
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
     const k = keys(req);
     return this.#db.transaction().execute(async (trx) => {
-      const [tenant, agent, run] = await Promise.all([
-        account(trx, k.tenant),
-        account(trx, k.agent),
-        account(trx, k.run),
-      ]);
+      const found = await accounts(trx, [k.tenant, k.agent, k.run]);
+      const [tenant, agent, run] = [k.tenant, k.agent, k.run].map((key) => found.get(key) ?? EMPTY) as [
+        typeof EMPTY,
+        typeof EMPTY,
+        typeof EMPTY,
+      ];
       const limits: [BudgetScope, number][] = [["tenant", tenant.granted - tenant.spent - tenant.reserved]];
       if (req.agentTotal !== undefined) limits.push(["agent", req.agentTotal - agent.spent - agent.reserved]);
       if (req.perRun !== undefined) limits.push(["run", req.perRun - run.spent - run.reserved]);
@@ -118,7 +121,7 @@ export class Ledger {
         amount,
         detail: { max_output_tokens: maxOutputTokens },
       });
-      for (const key of [k.tenant, k.agent, k.run]) await bump(trx, key, { reserved: amount });
+      await bump(trx, [k.tenant, k.agent, k.run], { reserved: amount });
       return {
         ok: true as const,
         reservation: {
@@ -145,18 +148,18 @@ export class Ledger {
   }
 
   async #close(r: Reservation, kind: "settle" | "release", cost: number, detail: unknown): Promise<void> {
-    await this.#db.transaction().execute(async (trx) => {
-      // Once per reservation: a second settle or release of the same call changes nothing.
-      const done = await trx
-        .selectFrom("credit_ledger")
-        .select("id")
-        .where("call_id", "=", r.callId)
-        .where("kind", "in", ["settle", "release"])
-        .executeTakeFirst();
-      if (done) return;
-      await this.#append(trx, { ...r, kind, amount: cost, detail });
-      for (const key of Object.values(keys(r))) await bump(trx, key, { reserved: -r.amount, spent: cost });
-    });
+    // Once per reservation: a second settle or release of the same call changes nothing.
+    if (r.closed) return;
+    r.closed = true;
+    try {
+      await this.#db.transaction().execute(async (trx) => {
+        await this.#append(trx, { ...r, kind, amount: cost, detail });
+        await bump(trx, Object.values(keys(r)), { reserved: -r.amount, spent: cost });
+      });
+    } catch (err) {
+      r.closed = false;
+      throw err;
+    }
   }
 
   async balance(tenantId: string): Promise<Balance> {
@@ -204,6 +207,8 @@ export class Ledger {
         reserved: number;
       }
     >();
+    // Reservations first: a settlement written in the same millisecond may sort before its reservation.
+    rows.sort((a, b) => Number(b.kind === "reserve") - Number(a.kind === "reserve"));
     for (const row of rows) {
       if (!row.call_id) continue;
       const detail = row.detail ? (JSON.parse(row.detail) as Partial<SettleDetail>) : {};
@@ -268,14 +273,24 @@ export class Ledger {
   }
 }
 
-async function account(db: Kysely<Database> | Transaction<Database>, key: string) {
-  const row = await db.selectFrom("credit_accounts").selectAll().where("key", "=", key).executeTakeFirst();
-  return row ? { granted: Number(row.granted), spent: Number(row.spent), reserved: Number(row.reserved) } : EMPTY;
+async function accounts(db: Kysely<Database> | Transaction<Database>, list: string[]) {
+  const rows = await db.selectFrom("credit_accounts").selectAll().where("key", "in", list).execute();
+  return new Map(
+    rows.map((row) => [
+      row.key,
+      { granted: Number(row.granted), spent: Number(row.spent), reserved: Number(row.reserved) },
+    ]),
+  );
 }
 
+async function account(db: Kysely<Database> | Transaction<Database>, key: string) {
+  return (await accounts(db, [key])).get(key) ?? EMPTY;
+}
+
+/** Adds the same amounts to each of `list`'s running totals, in one statement. */
 async function bump(
   trx: Transaction<Database>,
-  key: string,
+  list: string | string[],
   by: Partial<Omit<CreditAccountsTable, "key">>,
 ): Promise<void> {
   const granted = by.granted ?? 0;
@@ -283,7 +298,7 @@ async function bump(
   const reserved = by.reserved ?? 0;
   await trx
     .insertInto("credit_accounts")
-    .values({ key, granted, spent, reserved })
+    .values((Array.isArray(list) ? list : [list]).map((key) => ({ key, granted, spent, reserved })))
     .onConflict((oc) =>
       oc.column("key").doUpdateSet({
         granted: sql`granted + ${granted}`,
