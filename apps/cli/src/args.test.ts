@@ -127,6 +127,34 @@ describe("agents create arguments", () => {
     await assert.rejects(agentBody(parseCreate(["x"])), /give the command to run after '--'/);
     await assert.rejects(agentBody(parseCreate(["x", "--memory", "big", "--", "true"])), /--memory expects an integer/);
   });
+
+  it("builds a built-in agent from --instructions, --model, --tool, --max-steps and budgets", async () => {
+    const body = await agentBody(
+      parseCreate([
+        "triage",
+        "--instructions",
+        "Sort the issues.",
+        "--model",
+        "gpt-test",
+        "--tool",
+        "shell",
+        "--tool",
+        "finish",
+        "--max-steps",
+        "5",
+        "--budget-per-run",
+        "0.5",
+      ]),
+    );
+    assert.deepEqual(body, {
+      name: "triage",
+      instructions: "Sort the issues.",
+      model: "gpt-test",
+      tools: ["shell", "finish"],
+      max_steps: 5,
+      budget: { per_run: 0.5 },
+    });
+  });
 });
 
 describe("main", () => {

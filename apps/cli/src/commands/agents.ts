@@ -16,6 +16,12 @@ const CREATE_OPTIONS = {
   disk: { type: "string" },
   image: { type: "string" },
   connection: { type: "string", multiple: true },
+  instructions: { type: "string" },
+  model: { type: "string" },
+  tool: { type: "string", multiple: true },
+  "max-steps": { type: "string" },
+  "budget-per-run": { type: "string" },
+  "budget-total": { type: "string" },
   json: { type: "boolean" },
 } as const;
 
@@ -37,8 +43,16 @@ export async function agentBody(parsed: ReturnType<typeof parseCreate>): Promise
   if (name === undefined) throw new UsageError("give the agent a NAME (or use --file)", "agents create");
   body.name = name;
   if (rest && rest.length > 0) body.command = rest;
-  if (body.command === undefined) {
-    throw new UsageError("give the command to run after '--', for example: -- python3 main.py", "agents create");
+  if (values.instructions !== undefined) body.instructions = values.instructions;
+  if (values.model !== undefined) body.model = values.model;
+  if (values.tool && values.tool.length > 0) body.tools = [...new Set(values.tool)];
+  const maxSteps = parseNumber(values["max-steps"], "max-steps");
+  if (maxSteps !== undefined) body.max_steps = maxSteps;
+  if (body.command === undefined && body.instructions === undefined) {
+    throw new UsageError(
+      "give the command to run after '--' (for example: -- python3 main.py), or --instructions and --model for the built-in agent",
+      "agents create",
+    );
   }
   if (values.dir) body.files = await readFilesDir(values.dir);
   const env = parseKeyValues(values.env, "env");
@@ -54,6 +68,12 @@ export async function agentBody(parsed: ReturnType<typeof parseCreate>): Promise
   set("disk_mb", parseNumber(values.disk, "disk"));
   if (Object.keys(limits).length > 0) body.limits = { ...asRecord(body.limits), ...limits };
   if (values.image) body.image = values.image;
+  const budget: Record<string, number> = {};
+  const perRun = parseNumber(values["budget-per-run"], "budget-per-run", true);
+  const total = parseNumber(values["budget-total"], "budget-total", true);
+  if (perRun !== undefined) budget.per_run = perRun;
+  if (total !== undefined) budget.total = total;
+  if (Object.keys(budget).length > 0) body.budget = { ...asRecord(body.budget), ...budget };
   if (values.connection && values.connection.length > 0) {
     body.policy = { connections: [...new Set(values.connection)] };
   }
@@ -63,7 +83,7 @@ export async function agentBody(parsed: ReturnType<typeof parseCreate>): Promise
 function asRecord(value: unknown): Record<string, unknown> {
   if (value === undefined) return {};
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
-    throw new CliError("env and limits in the agent file must be JSON objects");
+    throw new CliError("env, limits and budget in the agent file must be JSON objects");
   }
   return value as Record<string, unknown>;
 }
@@ -85,6 +105,7 @@ const create: Command = {
   name: "create",
   summary: "create an agent",
   usage: `Usage: paddock agents create NAME [options] -- CMD [ARGS...]
+       paddock agents create NAME --instructions TEXT --model MODEL [options]
        paddock agents create --file agent.json [NAME] [options] [-- CMD [ARGS...]]
 
 Creates an agent: a command that runs in a fresh sandbox for each run, with its files in /app
@@ -104,6 +125,12 @@ Options:
   --disk MB         size limit of the sandbox's writable layer
   --image IMAGE     base image (default: the host's default image)
   --connection NAME a bridge connection its runs may call (repeatable; replaces the file's list)
+  --instructions T  the built-in agent (an LLM tool loop) with these instructions, instead of a command
+  --model MODEL     the built-in agent's model (see 'paddock models')
+  --tool NAME       a built-in agent tool: shell, read_file, write_file, http, finish (repeatable; default all)
+  --max-steps N     the most model calls of one run of the built-in agent (default 20)
+  --budget-per-run C  the most credits one run may spend on model calls
+  --budget-total C  the most credits the agent may spend in all
   --json            print the created agent as JSON
 
 Files: every regular file below the folder, as UTF-8 text (binary files are refused); folders
@@ -120,7 +147,8 @@ ${CONNECTION_HELP}`,
       ctx.out(JSON.stringify(agent, null, 2));
     } else {
       ctx.out(`created agent ${agent.name} (${agent.id})`);
-      ctx.out(`  command: ${formatCommand(agent.command)}`);
+      if (agent.builtin) ctx.out(`  built-in agent: ${agent.builtin.model}, tools ${agent.builtin.tools.join(", ")}`);
+      else ctx.out(`  command: ${formatCommand(agent.command)}`);
       ctx.out(`  files:   ${filesSummary(agent)}`);
     }
     return 0;
