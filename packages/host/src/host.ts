@@ -191,6 +191,9 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     // The LLM gateway: providers' keys stay here, every call is metered against the ledger.
     const providers = new Providers(db);
     const ledger = new Ledger(db);
+    const abandoned = await ledger.settleAbandoned();
+    if (abandoned > 0)
+      log(`billed ${abandoned} model call(s) left open by the previous host at their reserved worst case`);
     const rateLimits = new TokenBucket();
     const budgets = new Map<string, GatewayBudget>();
     const gateway = new Gateway({

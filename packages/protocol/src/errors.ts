@@ -112,6 +112,10 @@ export const ERROR_CODES = {
     status: 402,
     message: "The budget has no credits left for this call; the run stops with reason out_of_credits.",
   },
+  credits_held: {
+    status: 429,
+    message: "The rest of the budget is held by model calls in flight; retry after the time given.",
+  },
   llm_rate_limited: { status: 429, message: "The LLM rate limit is reached; retry after the time given." },
   provider_error: { status: 502, message: "The model provider could not be reached or broke off its answer." },
   internal: { status: 500, message: "Internal error; the host logged the details." },

@@ -10,7 +10,7 @@ export const serve: Command = {
   summary: "run the host (API, engine, sandboxes)",
   usage: `Usage: paddock serve [--data-dir DIR] [--port PORT] [--listen ADDR] [--images-dir DIR]
                      [--egress-trust CIDR]... [--master-key-file FILE]
-                     [--old-master-key-file FILE]...
+                     [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
 
 Runs the host: the HTTP API, the run engine and the sandboxes. On the first start of a data
 folder it creates the admin API key, prints it once and writes it to DIR/admin.key.
@@ -32,7 +32,9 @@ Options:
                     PADDOCK_MASTER_KEY, else DIR/master.key, made on the first start
   --old-master-key-file FILE
                     an earlier master key (repeatable): what it sealed is re-sealed under
-                    the master key at start, after which it is no longer needed`,
+                    the master key at start, after which it is no longer needed
+  --llm-rpm N       LLM calls per minute each tenant may make through the gateway
+  --llm-tpm N       LLM tokens per minute each tenant may use (input bound plus output asked)`,
   async run(argv, ctx) {
     const { values } = parseLocalCommand(argv, {
       command: "serve",
@@ -44,11 +46,15 @@ Options:
         "egress-trust": { type: "string", multiple: true },
         "master-key-file": { type: "string" },
         "old-master-key-file": { type: "string", multiple: true },
+        "llm-rpm": { type: "string" },
+        "llm-tpm": { type: "string" },
       },
     });
     const port = parseNumber(values.port, "port") ?? DEFAULT_PORT;
     if (port < 0 || port > 65535) throw new UsageError("--port must be between 0 and 65535", "serve");
     const dataDir = dataDirOf(values, ctx);
+    const rpm = parseNumber(values["llm-rpm"], "llm-rpm");
+    const tpm = parseNumber(values["llm-tpm"], "llm-tpm");
     const { startHost, VERSION } = await import("@paddock/host");
     const host = await startHost({
       dataDir,
@@ -59,6 +65,9 @@ Options:
       ...(values["master-key-file"] ? { masterKeyFile: absolute(values["master-key-file"]) } : {}),
       ...(values["old-master-key-file"]
         ? { oldMasterKeyFiles: values["old-master-key-file"].map((f) => absolute(f)) }
+        : {}),
+      ...(rpm || tpm
+        ? { llmTenantLimits: { ...(rpm ? { requestsPerMinute: rpm } : {}), ...(tpm ? { tokensPerMinute: tpm } : {}) } }
         : {}),
     });
     // Signals stop the host cleanly from the moment the banner says it serves.

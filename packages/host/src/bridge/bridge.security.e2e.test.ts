@@ -15,6 +15,7 @@ import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, wai
 import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "./bridge-test-support.ts";
 
 const SECRET = `xoxb-${randomBytes(20).toString("hex")}`;
+const PROVIDER_KEY = `sk-proj-${randomBytes(20).toString("hex")}`;
 const NODE = "/opt/paddock/runner/node";
 
 /** Reads everything it may: environment, every process's environ and cmdline, every file. */
@@ -106,6 +107,14 @@ describe("bridge security", { skip: hostSkipReason() }, () => {
       policy: { allow: [{ methods: ["GET", "POST"], path: "/**" }] },
     });
     assert.equal(res.status, 201, JSON.stringify(res.body));
+    // A model provider's key is held the same way: it must not be found either.
+    assert.equal((await t.api("PUT", "/v1/secrets/provider-key", { value: PROVIDER_KEY })).status, 201);
+    const provider = await t.api("PUT", "/v1/providers/openai", {
+      kind: "openai",
+      secret: "provider-key",
+      models: { "gpt-x": { input: 1, output: 1 } },
+    });
+    assert.equal(provider.status, 201, JSON.stringify(provider.body));
   });
 
   after(async () => {
@@ -120,9 +129,9 @@ describe("bridge security", { skip: hostSkipReason() }, () => {
     policy: { connections: ["echo"] },
   });
 
-  test("dumping the environment, /proc and every readable file finds no secret", async () => {
+  test("dumping the environment, /proc and every readable file finds no secret or provider key", async () => {
     const masterKey = (await readFile(join(t.dataDir, "master.key"), "utf8")).trim();
-    const needles = [SECRET, t.adminKey, masterKey, Buffer.from(masterKey, "base64").toString("hex")];
+    const needles = [SECRET, PROVIDER_KEY, t.adminKey, masterKey, Buffer.from(masterKey, "base64").toString("hex")];
     const hidden = needles.map((n) => Buffer.from([...Buffer.from(n)].map((b) => b ^ 0x5a)).toString("hex"));
     const { run, events } = await runAgent(t, agent("dump", { "dump.py": DUMP_AGENT }, ["python3", "/app/dump.py"]), {
       needles: hidden,

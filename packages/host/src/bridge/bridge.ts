@@ -27,11 +27,11 @@ import { lookup as dnsLookup } from "node:dns/promises";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo, LookupFunction } from "node:net";
-import { pipeline, type Readable, Transform } from "node:stream";
-import zlib from "node:zlib";
+import { pipeline, Transform } from "node:stream";
 import { AppError, type ConnectionAuth, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
 import { Gateway } from "../gateway/gateway.ts";
 import type { BridgeConnection } from "./connections.ts";
+import { decode } from "./decode.ts";
 import type { LiveSandbox, LiveSandboxes } from "./live.ts";
 import { allowedMethod, checkBridgePath, matchRule, upstreamAddressRefusal } from "./policy.ts";
 import type { TokenBucket } from "./rate-limit.ts";
@@ -552,27 +552,4 @@ function answerHeaders(answer: IncomingMessage, needles: readonly Buffer[]): Rec
     out[key] = Array.isArray(value) ? value.map((v) => redactText(v, needles)) : redactText(value, needles);
   }
   return out;
-}
-
-/**
- * The answer's body decoded (gzip, deflate, br), so a secret cannot hide in compressed bytes;
- * null for an encoding the bridge cannot decode.
- */
-function decode(answer: IncomingMessage): Readable | null {
-  const encoding = String(answer.headers["content-encoding"] ?? "identity")
-    .trim()
-    .toLowerCase();
-  if (encoding === "identity" || encoding === "") return answer;
-  const decoder =
-    encoding === "gzip" || encoding === "x-gzip"
-      ? zlib.createGunzip()
-      : encoding === "deflate"
-        ? zlib.createInflate()
-        : encoding === "br"
-          ? zlib.createBrotliDecompress()
-          : null;
-  if (!decoder) return null;
-  answer.pipe(decoder);
-  answer.on("error", (err) => decoder.destroy(err));
-  return decoder;
 }

@@ -34,7 +34,7 @@ const user = (content) => [{ role: "user", content }];
 const out = {};
 async function step(s) {
   if (s.kind === "chat") {
-    const r = await openai.chat.completions.create({ model: s.model, messages: user(s.say), max_tokens: s.max ?? 64 });
+    const r = await openai.chat.completions.create({ model: s.model, messages: user(s.say), max_tokens: s.max ?? 64, ...s.extra });
     return { text: r.choices[0].message.content, usage: r.usage };
   }
   if (s.kind === "chat_stream") {
@@ -64,6 +64,19 @@ async function step(s) {
     const m = await stream.finalMessage();
     return { text: m.content[0].text, usage: m.usage };
   }
+  if (s.kind === "responses") {
+    const r = await openai.responses.create({ model: s.model, input: s.say, max_output_tokens: 64 });
+    return { text: r.output_text, usage: r.usage };
+  }
+  if (s.kind === "responses_stream") {
+    const stream = await openai.responses.create({ model: s.model, input: s.say, max_output_tokens: 64, stream: true });
+    let text = "", usage = null;
+    for await (const e of stream) {
+      if (e.type === "response.output_text.delta") text += e.delta;
+      if (e.type === "response.completed") usage = e.response.usage;
+    }
+    return { text, usage };
+  }
   if (s.kind === "models") return { ids: (await openai.models.list()).data.map((m) => m.id).sort() };
 }
 for (const s of steps) {
@@ -81,11 +94,19 @@ const FLOOD_AGENT = `
 import { readFileSync } from "node:fs";
 const token = readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
 const { count } = JSON.parse(readFileSync(process.env.PADDOCK_INPUT, "utf8"));
-const call = () => fetch(process.env.PADDOCK_BRIDGE_URL + "/v1/chat/completions", {
+const once = () => fetch(process.env.PADDOCK_BRIDGE_URL + "/v1/chat/completions", {
   method: "POST",
   headers: { authorization: "Bearer " + token, "content-type": "application/json" },
   body: JSON.stringify({ model: "gpt-test", max_tokens: 400, messages: [{ role: "user", content: "count to ten please" }] }),
 }).then(async (r) => [r.status, (await r.json()).error?.code ?? null]).catch((e) => [0, String(e)]);
+// Credits held by other calls in flight come back as those settle: wait and retry, as a client should.
+async function call() {
+  for (let i = 0; ; i++) {
+    const result = await once();
+    if (result[1] !== "credits_held" || i > 500) return result;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
 const results = await Promise.all(Array.from({ length: count }, call));
 console.log(JSON.stringify(results));
 `;
@@ -190,6 +211,8 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
       { name: "chat_stream", kind: "chat_stream", model: "gpt-test", say: "stream four words please" },
       { name: "messages", kind: "messages", model: "claude-test", say: "hi there" },
       { name: "messages_stream", kind: "messages_stream", model: "claude-test", say: "a b c d e" },
+      { name: "responses", kind: "responses", model: "gpt-test", say: "six words in the responses api" },
+      { name: "responses_stream", kind: "responses_stream", model: "gpt-test", say: "streamed responses" },
       { name: "echo", kind: "chat", model: "gpt-test", say: "echo-key" },
       { name: "echo_anthropic", kind: "messages", model: "claude-test", say: "echo-key" },
       { name: "models", kind: "models" },
@@ -197,6 +220,21 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
       { name: "e500", kind: "messages", model: "claude-test", say: "status:500" },
       { name: "wrong_api", kind: "chat", model: "claude-test", say: "x" },
       { name: "unknown", kind: "chat", model: "nope", say: "x" },
+      { name: "n2", kind: "chat", model: "gpt-test", say: "x", extra: { n: 2 } },
+      {
+        name: "server_tool",
+        kind: "chat",
+        model: "gpt-test",
+        say: "x",
+        extra: { tools: [{ type: "web_search_preview" }] },
+      },
+      {
+        name: "two_limits",
+        kind: "chat",
+        model: "gpt-test",
+        say: "x",
+        extra: { max_completion_tokens: 3, n_predict: 900 },
+      },
       { name: "abort", kind: "chat_stream", model: "gpt-test", say: "slow", abortAfter: 5 },
     ];
     const { run, events } = await runAgent(
@@ -211,6 +249,9 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
     assert.equal(out.chat_stream.text, "Hello from gpt-test: you said 4 words");
     assert.equal(out.messages.text, "Hello from claude-test: you said 2 words");
     assert.equal(out.messages_stream.text, "Hello from claude-test: you said 5 words");
+    assert.equal(out.responses.text, "Hello from gpt-test: you said 6 words");
+    assert.equal(out.responses_stream.text, "Hello from gpt-test: you said 2 words");
+    assert.equal(out.responses_stream.usage.output_tokens, 7);
     assert.deepEqual(out.models.ids, ["claude-agent", "claude-test", "gpt-agent", "gpt-test"]);
     // Provider errors pass through with their status; the gateway's own refusals have codes.
     assert.equal(out.e429.status, 429);
@@ -218,6 +259,18 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
     assert.equal(out.wrong_api.status, 400);
     assert.match(out.wrong_api.error, /other wire format/);
     assert.equal(out.unknown.status, 404);
+    // What cannot be metered or would reach past the sandbox's policy is refused before the provider.
+    assert.equal(out.n2.status, 400);
+    assert.match(out.n2.error, /n must be 1/);
+    assert.equal(out.server_tool.status, 400);
+    assert.match(out.server_tool.error, /server-side tools/);
+    // Every spelling of an output limit is dropped but the one the provider reads, clamped.
+    const twoLimits = stand.seen.find(
+      (r) => (r.body.messages as { content: string }[])?.[0]?.content === "x" && r.body.max_tokens !== undefined,
+    );
+    assert.equal(twoLimits?.body.n_predict, undefined);
+    assert.equal(twoLimits?.body.max_completion_tokens, undefined);
+    assert.equal(twoLimits?.body.max_tokens, 900);
     assert.equal(out.abort.aborted, true);
 
     // The keys: attached upstream, never seen by the sandbox (echoed ones are redacted).
@@ -287,7 +340,8 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
   });
 
   test("100 concurrent calls against a small run budget: the spend stays under it and the run stops", async () => {
-    const budget = 0.05;
+    // About 35 calls' worth: the run spends it all, with calls held back and retried on the way.
+    const budget = 0.005;
     const { run, events } = await runAgent(
       t,
       {
@@ -319,6 +373,29 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
         e.type === "llm.call" && e.data.clamped_max_tokens !== undefined,
     );
     assert.ok(clamped.length >= 1, "some call had its max_tokens clamped");
+  });
+
+  test("an agent's request rate limit refuses calls past it with llm_rate_limited and Retry-After", async () => {
+    const count = stand.seen.length;
+    const { run } = await runAgent(
+      t,
+      {
+        name: uniqueName("limited"),
+        command: [NODE, "/app/flood.mjs"],
+        files: { "flood.mjs": FLOOD_AGENT },
+        budget: { requests_per_minute: 3 },
+      },
+      { count: 5 },
+    );
+    assert.equal(run.status, "succeeded");
+    const logs = (await t.api("GET", `/v1/runs/${run.id}/events?limit=1000`)).body.data as {
+      type: string;
+      data: { line?: string };
+    }[];
+    const line = logs.find((e) => e.type === "log" && e.data.line?.startsWith("[["))?.data.line ?? "[]";
+    const results = (JSON.parse(line) as [number, string | null][]).map(([status, code]) => `${status} ${code}`).sort();
+    assert.deepEqual(results, ["200 null", "200 null", "200 null", "429 llm_rate_limited", "429 llm_rate_limited"]);
+    assert.equal(stand.seen.length - count, 3, "refused calls never reached the provider");
   });
 
   test("without credits a call is refused with out_of_credits and nothing reaches the provider", async () => {
@@ -433,5 +510,24 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
       assert.equal(res.body.error.code, "validation_failed");
       assert.ok(JSON.stringify(res.body.error.details).includes(field), JSON.stringify(res.body.error));
     }
+  });
+
+  test("a tenant's request rate limit, set for the host, holds across its agents", async () => {
+    await t.restart({ llmTenantLimits: { requestsPerMinute: 2 } });
+    const count = stand.seen.length;
+    const { run } = await runAgent(
+      t,
+      { name: uniqueName("tenant-limited"), command: [NODE, "/app/flood.mjs"], files: { "flood.mjs": FLOOD_AGENT } },
+      { count: 4 },
+    );
+    assert.equal(run.status, "succeeded");
+    const logs = (await t.api("GET", `/v1/runs/${run.id}/events?limit=1000`)).body.data as {
+      type: string;
+      data: { line?: string };
+    }[];
+    const line = logs.find((e) => e.type === "log" && e.data.line?.startsWith("[["))?.data.line ?? "[]";
+    const statuses = (JSON.parse(line) as [number, string | null][]).map(([status]) => status).sort();
+    assert.deepEqual(statuses, [200, 200, 429, 429]);
+    assert.equal(stand.seen.length - count, 2);
   });
 });

@@ -14,9 +14,11 @@
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
+import { StringDecoder } from "node:string_decoder";
 import { ERROR_CODES, type ErrorCode, fromMicro } from "@paddock/protocol";
+import { decode } from "../bridge/decode.ts";
 import type { RateLimitSpec, TokenBucket } from "../bridge/rate-limit.ts";
-import { Redactor, redactionNeedles } from "../bridge/redact.ts";
+import { Redactor, redactionNeedles, redactText } from "../bridge/redact.ts";
 import type { BudgetScope, Ledger, Reservation } from "./ledger.ts";
 import type { ModelRoute, Providers } from "./providers.ts";
 
@@ -67,21 +69,28 @@ const ENDPOINTS: Record<string, Endpoint> = {
 };
 
 /** Headers a client may send on to the provider; everything else (credentials above all) stays. */
-const PASS_HEADERS = ["accept", "anthropic-version", "anthropic-beta", "openai-beta", "user-agent"];
-const DROP_RESPONSE = new Set([
-  "set-cookie",
-  "connection",
-  "keep-alive",
-  "transfer-encoding",
-  "content-length",
-  "content-encoding",
-  "alt-svc",
-  "strict-transport-security",
+const PASS_HEADERS = ["accept", "anthropic-version", "user-agent"];
+/** Answer headers passed back (plus the providers' rate-limit headers). */
+const PASS_RESPONSE = new Set([
+  "content-type",
+  "retry-after",
+  "request-id",
+  "x-request-id",
+  "cache-control",
+  "openai-processing-ms",
 ]);
+/** How many input tokens an image, file or audio part may cost beyond its bytes (a URL is a few bytes). */
+const NON_TEXT_PART_TOKENS = 2000;
+/** What providers add for tool definitions. */
+const TOOL_PREAMBLE_TOKENS = 1000;
+/** Model calls one run may have in flight. */
+const MAX_CALLS_AT_ONCE = 32;
 
 class GatewayError extends Error {
   readonly code: ErrorCode;
   readonly headers: Record<string, string>;
+  /** The budget that ran out, when the run must stop (after the refusal is on its record). */
+  stopsRun?: BudgetScope;
   constructor(code: ErrorCode, message?: string, headers: Record<string, string> = {}) {
     super(message ?? ERROR_CODES[code].message);
     this.code = code;
@@ -97,6 +106,8 @@ interface Usage {
 
 export class Gateway {
   readonly #deps: GatewayDeps;
+  /** Calls in flight per run. */
+  readonly #inFlight = new Map<string, number>();
   readonly #agents = {
     http: new http.Agent({ keepAlive: true, maxSockets: 256 }),
     https: new https.Agent({ keepAlive: true, maxSockets: 256 }),
@@ -146,7 +157,9 @@ export class Gateway {
       record.status = ERROR_CODES[e.code].status;
       record.code = e.code;
       record.latency_ms = round(performance.now() - started);
-      if (path !== "/v1/models") caller.record({ type: "llm.call", data: record });
+      // A call held back for credits in flight is a signal to wait, not a call: retries would flood the record.
+      if (path !== "/v1/models" && e.code !== "credits_held") caller.record({ type: "llm.call", data: record });
+      if (e.stopsRun) caller.outOfCredits(e.stopsRun);
     }
   }
 
@@ -176,17 +189,23 @@ export class Gateway {
     record: Record<string, unknown>,
     started: number,
   ): Promise<void> {
-    const stream = body.stream === true;
+    const stream = body.stream ?? false;
+    if (typeof stream !== "boolean") throw new GatewayError("validation_failed", "stream must be true or false.");
     record.stream = stream;
+    checkBody(endpoint, body);
     const budget = await this.#deps.budgetOf(caller.tenantId, caller.agentId);
-    const bodyBytes = Buffer.byteLength(JSON.stringify(body));
-    const inputUpper = bodyBytes + INPUT_OVERHEAD_TOKENS;
-    const maxField = maxTokensField(endpoint, body);
-    const asked =
-      typeof body[maxField] === "number" ? Math.floor(body[maxField] as number) : route.price.max_output_tokens;
-    if (!(asked >= 1)) throw new GatewayError("validation_failed", `${maxField} must be at least 1.`);
+    // Every token is at least one byte of the request, but images, files and tool preambles cost more.
+    const inputUpper = Buffer.byteLength(JSON.stringify(body)) + INPUT_OVERHEAD_TOKENS + surcharge(endpoint, body);
+    const asked = askedOutput(body) ?? route.price.max_output_tokens;
+    if (!(asked >= 1)) throw new GatewayError("validation_failed", "The output token limit must be at least 1.");
     const wantOut = Math.min(asked, route.price.max_output_tokens);
     this.#rateLimit(caller, budget, inputUpper + wantOut);
+    const inFlight = this.#inFlight.get(caller.runId) ?? 0;
+    if (inFlight >= MAX_CALLS_AT_ONCE) {
+      throw new GatewayError("llm_rate_limited", `A run may have at most ${MAX_CALLS_AT_ONCE} model calls at once.`, {
+        "retry-after": "1",
+      });
+    }
 
     const reserved = await this.#deps.ledger.reserve({
       tenantId: caller.tenantId,
@@ -199,32 +218,110 @@ export class Gateway {
       ...(budget.perRun !== undefined ? { perRun: budget.perRun } : {}),
     });
     if (!reserved.ok) {
-      caller.outOfCredits(reserved.scope);
-      throw new GatewayError(
+      if (!reserved.exhausted) {
+        // Other calls' reservations hold the rest for now: it comes back as they settle.
+        throw new GatewayError(
+          "credits_held",
+          `The ${reserved.scope}'s remaining credits are held by calls in flight; retry when they finish.`,
+          { "retry-after": "1" },
+        );
+      }
+      const error = new GatewayError(
         "out_of_credits",
         `The ${reserved.scope}'s budget has ${fromMicro(reserved.availableMicro)} credits left, less than this call's input may cost; the run stops with reason out_of_credits.`,
         { "x-paddock-budget": reserved.scope },
       );
+      error.stopsRun = reserved.scope;
+      throw error;
     }
     const reservation = reserved.reservation;
     record.call_id = reservation.callId;
     if (reservation.maxOutputTokens < asked) record.clamped_max_tokens = reservation.maxOutputTokens;
-    // The request as sent upstream: output clamped to the budget, and streams asked for usage.
-    const out: Record<string, unknown> = { ...body, [maxField]: reservation.maxOutputTokens };
-    if (stream && endpoint.kind === "chat") {
-      const options =
-        typeof body.stream_options === "object" && body.stream_options !== null ? body.stream_options : {};
-      out.stream_options = { ...options, include_usage: true };
+    this.#inFlight.set(caller.runId, inFlight + 1);
+    try {
+      await this.#forward(req, res, endpoint, route, body, record, started, reservation, { stream, inputUpper });
+    } finally {
+      const left = (this.#inFlight.get(caller.runId) ?? 1) - 1;
+      if (left > 0) this.#inFlight.set(caller.runId, left);
+      else this.#inFlight.delete(caller.runId);
     }
-    const key = route.secret === null ? null : await this.#deps.secrets.reveal(route.ownerTenant, route.secret);
+    record.latency_ms ??= round(performance.now() - started);
+    caller.record({ type: "llm.call", data: record });
+  }
+
+  /**
+   * Sends the call and its answer on; settles or releases the reservation exactly once, whatever
+   * happens: released only when nothing reached the provider or the provider refused; billed at the
+   * provider's usage, at what a broken-off stream carried, or else at the reserved worst case.
+   */
+  async #forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    endpoint: Endpoint,
+    route: ModelRoute,
+    body: Record<string, unknown>,
+    record: Record<string, unknown>,
+    started: number,
+    reservation: Reservation,
+    call: { stream: boolean; inputUpper: number },
+  ): Promise<void> {
+    const usage: Usage = { input: 0, output: 0, found: false };
+    let closed = false;
+    const close = async (how: "usage" | "worst" | "release", reason = "") => {
+      if (closed) return;
+      closed = true;
+      try {
+        if (how === "release") {
+          await this.#deps.ledger.release(reservation, reason);
+          return;
+        }
+        let input = usage.found || usage.input > 0 ? usage.input : call.inputUpper;
+        let output = usage.output;
+        let cost = input * route.price.input + output * route.price.output;
+        if (how === "worst") {
+          cost = reservation.amount;
+          input = call.inputUpper;
+          output = reservation.maxOutputTokens;
+        }
+        const source = how === "worst" ? "reserved" : usage.found ? "usage" : "counted";
+        await this.#deps.ledger.settle(reservation, cost, {
+          provider: route.provider,
+          model: String(record.model),
+          input_tokens: input,
+          output_tokens: output,
+          source,
+        });
+        record.input_tokens = input;
+        record.output_tokens = output;
+        record.cost = fromMicro(Math.ceil(cost));
+        if (source !== "usage") record.usage = source;
+      } catch (err) {
+        this.#deps.log(`gateway: closing ${reservation.callId}: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    };
+    let key: string | null;
+    try {
+      key = route.secret === null ? null : await this.#deps.secrets.reveal(route.ownerTenant, route.secret);
+    } catch {
+      key = null;
+    }
     if (route.secret !== null && key === null) {
-      await this.#deps.ledger.release(reservation, "provider key missing");
+      await close("release", "provider key missing");
       throw new GatewayError(
         "provider_error",
         `The key of provider '${route.provider}' is missing; the host's admin must set it again.`,
       );
     }
     const needles = key ? redactionNeedles([key]) : [];
+    // The request as sent upstream: one output limit (clamped to the budget), streams asked for usage.
+    const out: Record<string, unknown> = { ...body };
+    for (const field of OUTPUT_LIMIT_FIELDS) delete out[field];
+    out[outputField(endpoint, route)] = reservation.maxOutputTokens;
+    if (call.stream && endpoint.kind === "chat") {
+      const options =
+        typeof body.stream_options === "object" && body.stream_options !== null ? body.stream_options : {};
+      out.stream_options = { ...options, include_usage: true };
+    }
     const payload = Buffer.from(JSON.stringify(out));
     const headers: Record<string, string> = {
       "content-type": "application/json",
@@ -239,113 +336,106 @@ export class Gateway {
       headers["anthropic-version"] ??= "2023-06-01";
       if (key) headers["x-api-key"] = key;
     } else if (key) headers.authorization = `Bearer ${key}`;
-
     const url = new URL(`${route.baseUrl}${endpoint.upstreamPath}`);
     const secure = url.protocol === "https:";
-    const usage: Usage = { input: 0, output: 0, found: false };
-    let settled = false;
-    const finish = async (how: "settle" | "release", reason = "") => {
-      if (settled) return;
-      settled = true;
-      if (how === "release") await this.#deps.ledger.release(reservation, reason);
-      else {
-        const input = usage.found || usage.input > 0 ? usage.input : inputUpper;
-        const cost = input * route.price.input + usage.output * route.price.output;
-        await this.#deps.ledger.settle(reservation, cost, {
-          provider: route.provider,
-          model: String(record.model),
-          input_tokens: input,
-          output_tokens: usage.output,
-          source: usage.found ? "usage" : "counted",
-        });
-        record.input_tokens = input;
-        record.output_tokens = usage.output;
-        record.cost = fromMicro(Math.ceil(cost));
-        if (!usage.found) record.usage = "counted";
-      }
-    };
 
     await new Promise<void>((resolve) => {
       let ttft = 0;
-      const upstream = (secure ? https : http).request(url, {
-        method: "POST",
-        headers,
-        agent: secure ? this.#agents.https : this.#agents.http,
-        timeout: route.timeoutMs,
+      let sent = false;
+      let upstream: http.ClientRequest;
+      try {
+        upstream = (secure ? https : http).request(url, {
+          method: "POST",
+          headers,
+          agent: secure ? this.#agents.https : this.#agents.http,
+          timeout: route.timeoutMs,
+        });
+      } catch {
+        close("release", "bad provider URL").finally(() => {
+          sendError(res, new GatewayError("provider_error", "The provider's base URL cannot be called."));
+          resolve();
+        });
+        return;
+      }
+      upstream.on("finish", () => {
+        sent = true;
       });
       const fail = (code: ErrorCode, message?: string) => {
+        if (closed) return;
         upstream.destroy();
-        // Nothing billable reached the caller: give the reservation back; else bill what came.
-        const done = usage.output > 0 || usage.found ? finish("settle") : finish("release", code);
-        done
-          .catch((e: unknown) => this.#deps.log(`gateway: settling ${reservation.callId}: ${String(e)}`))
-          .finally(() => {
-            if (!res.headersSent) sendError(res, new GatewayError(code, message));
-            else res.destroy();
-            record.status = record.status ?? ERROR_CODES[code].status;
-            record.code = code;
-            resolve();
-          });
+        // Nothing reached the provider: nothing to bill. Otherwise what it reported, what came, or the worst case.
+        const how = !sent ? "release" : usage.found || (call.stream && usage.output > 0) ? "usage" : "worst";
+        close(how, code).finally(() => {
+          if (!res.headersSent) sendError(res, new GatewayError(code, message));
+          else res.destroy();
+          record.status ??= ERROR_CODES[code].status;
+          record.code = code;
+          resolve();
+        });
       };
       upstream.on("timeout", () => fail("provider_error", "The model provider did not answer in time."));
       upstream.on("error", (err: NodeJS.ErrnoException) =>
         fail("provider_error", `The model provider could not be reached${err.code ? ` (${err.code})` : ""}.`),
       );
-      // The caller hung up: stop the provider too, and bill what it produced up to then.
+      // The caller hung up: stop the provider too; a stream is billed for what it carried.
       res.on("close", () => {
-        if (!res.writableFinished && !settled) {
-          record.aborted = true;
-          upstream.destroy();
-          finish("settle")
-            .catch((e: unknown) => this.#deps.log(`gateway: settling ${reservation.callId}: ${String(e)}`))
-            .finally(resolve);
-        }
+        if (res.writableFinished || closed) return;
+        record.aborted = true;
+        upstream.destroy();
+        close(usage.found || (call.stream && usage.output > 0) ? "usage" : "worst").finally(resolve);
       });
       upstream.on("response", (answer) => {
         const status = answer.statusCode ?? 502;
         record.status = status;
-        const outHeaders: Record<string, string | string[]> = {};
-        for (const [k, v] of Object.entries(answer.headers))
-          if (v !== undefined && !DROP_RESPONSE.has(k)) outHeaders[k] = v;
-        const redactor = new Redactor(needles);
-        const parse = status < 300 ? (stream ? sseUsage(endpoint, usage) : null) : null;
+        const decoded = decode(answer);
+        if (!decoded) {
+          answer.resume();
+          fail("provider_error", "The model provider answered in an encoding the gateway cannot check.");
+          return;
+        }
+        const events = status < 300 && String(answer.headers["content-type"] ?? "").includes("text/event-stream");
+        const parse = events ? sseUsage(endpoint, usage) : null;
         const chunks: Buffer[] = [];
         let size = 0;
-        res.writeHead(status, outHeaders);
+        res.writeHead(status, answerHeaders(answer, needles));
+        const redactor = new Redactor(needles);
         redactor.on("data", (chunk: Buffer) => {
           if (!ttft) ttft = performance.now() - started;
           if (parse) parse(chunk);
           else chunks.push(chunk);
-          res.write(chunk);
+          // The caller reads slowly: hold the provider back rather than the host's memory.
+          if (!res.write(chunk)) {
+            redactor.pause();
+            res.once("drain", () => redactor.resume());
+          }
         });
         redactor.on("end", () => {
+          if (closed) return;
           if (status >= 300) {
-            // The provider's own error, status and Retry-After passed on: the SDKs know what to do.
+            // The provider's own error and status passed on: the SDKs know what to do with them.
             record.code = status === 429 ? "provider_rate_limited" : "provider_error";
             res.end();
-            finish("release", `provider ${status}`).finally(resolve);
+            close("release", `provider ${status}`).finally(resolve);
             return;
           }
-          if (!parse) jsonUsage(endpoint, Buffer.concat(chunks), usage);
+          if (parse) parse(null);
+          else jsonUsage(endpoint, Buffer.concat(chunks), usage);
           record.ttft_ms = round(ttft);
           record.latency_ms = round(performance.now() - started);
           // The answer goes first: its reservation still holds the worst case until settled.
           res.end();
-          finish("settle")
-            .catch((e: unknown) => this.#deps.log(`gateway: settling ${reservation.callId}: ${String(e)}`))
-            .finally(resolve);
+          close(usage.found || (events && usage.output > 0) ? "usage" : "worst").finally(resolve);
         });
-        answer.on("data", (c: Buffer) => {
+        decoded.on("data", (c: Buffer) => {
           size += c.length;
-          if (size > MAX_RESPONSE_BYTES) answer.destroy(new Error("too large"));
+          if (size > MAX_RESPONSE_BYTES) decoded.destroy(new Error("too large"));
         });
+        decoded.on("error", () => fail("provider_error", "The model provider broke off its answer."));
         answer.on("error", () => fail("provider_error", "The model provider broke off its answer."));
-        answer.pipe(redactor);
+        decoded.pipe(redactor);
       });
       upstream.end(payload);
     });
-    record.latency_ms ??= round(performance.now() - started);
-    caller.record({ type: "llm.call", data: record });
   }
 
   #rateLimit(caller: GatewayCaller, budget: GatewayBudget, tokens: number): void {
@@ -373,10 +463,85 @@ export class Gateway {
   }
 }
 
-function maxTokensField(endpoint: Endpoint, body: Record<string, unknown>): string {
+/** Every field by which one provider or another limits output: all are dropped, one is set. */
+const OUTPUT_LIMIT_FIELDS = ["max_tokens", "max_completion_tokens", "max_output_tokens", "n_predict", "max_new_tokens"];
+
+/** The output limit the caller asked for, by whichever field it used (the largest if several). */
+function askedOutput(body: Record<string, unknown>): number | undefined {
+  const asked = OUTPUT_LIMIT_FIELDS.map((f) => body[f]).filter((v): v is number => typeof v === "number");
+  return asked.length > 0 ? Math.floor(Math.max(...asked)) : undefined;
+}
+
+/** The field the provider reads: OpenAI's own chat API wants max_completion_tokens, compatible servers max_tokens. */
+function outputField(endpoint: Endpoint, route: ModelRoute): string {
   if (endpoint.kind === "responses") return "max_output_tokens";
   if (endpoint.kind === "messages") return "max_tokens";
-  return "max_completion_tokens" in body ? "max_completion_tokens" : "max_tokens";
+  return route.kind === "openai" ? "max_completion_tokens" : "max_tokens";
+}
+
+/**
+ * Refuses what the gateway cannot meter or what would reach outside the sandbox's policy: several
+ * choices per call, context stored at the provider, background runs, and the providers' own
+ * server-side tools (web search and fetch, MCP servers, code execution), which fetch for the caller.
+ */
+function checkBody(endpoint: Endpoint, body: Record<string, unknown>): void {
+  const refuse = (message: string) => {
+    throw new GatewayError("validation_failed", message);
+  };
+  for (const field of ["n", "best_of"]) {
+    if (body[field] !== undefined && body[field] !== 1) refuse(`${field} must be 1 through the gateway.`);
+  }
+  for (const field of ["previous_response_id", "conversation", "prompt", "background", "mcp_servers", "container"]) {
+    if (body[field] !== undefined && body[field] !== null && body[field] !== false) {
+      refuse(`'${field}' is not supported through the gateway: send the whole context with each call.`);
+    }
+  }
+  if (body.tools !== undefined) {
+    if (!Array.isArray(body.tools)) refuse("tools must be a list.");
+    for (const tool of body.tools as { type?: unknown }[]) {
+      const type = tool?.type;
+      const ok =
+        endpoint.kind === "messages"
+          ? type === undefined || type === "custom"
+          : type === "function" || type === "custom";
+      if (!ok) {
+        refuse(
+          `The gateway forwards only the caller's own tools (function, custom), not '${String(type).slice(0, 64)}': a provider's server-side tools would reach outside the sandbox's policy.`,
+        );
+      }
+    }
+  }
+}
+
+/** Extra input tokens to reserve beyond the request's bytes: images, files and audio, and tool preambles. */
+function surcharge(endpoint: Endpoint, body: Record<string, unknown>): number {
+  let parts = 0;
+  const visit = (value: unknown, depth: number): void => {
+    if (depth > 8 || typeof value !== "object" || value === null) return;
+    if (Array.isArray(value)) {
+      for (const v of value) visit(v, depth + 1);
+      return;
+    }
+    const type = (value as { type?: unknown }).type;
+    if (typeof type === "string" && /image|document|file|audio|input_image|input_file/.test(type)) parts++;
+    for (const v of Object.values(value)) visit(v, depth + 1);
+  };
+  visit(endpoint.kind === "responses" ? body.input : body.messages, 0);
+  return parts * NON_TEXT_PART_TOKENS + (Array.isArray(body.tools) && body.tools.length > 0 ? TOOL_PREAMBLE_TOKENS : 0);
+}
+
+/** Answer headers the caller may see (the provider's account names stay here), with the key redacted. */
+function answerHeaders(answer: IncomingMessage, needles: readonly Buffer[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(answer.headers)) {
+    if (
+      v === undefined ||
+      !(PASS_RESPONSE.has(k) || k.startsWith("x-ratelimit-") || k.startsWith("anthropic-ratelimit-"))
+    )
+      continue;
+    out[k] = Array.isArray(v) ? v.map((x) => redactText(x, needles)) : redactText(v, needles);
+  }
+  return out;
 }
 
 async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
@@ -431,52 +596,70 @@ function takeUsage(endpoint: Endpoint, u: Record<string, unknown>, usage: Usage)
 }
 
 /**
- * Reads a stream's server-sent events as they pass, for the provider's usage figures. Until they
- * come, each content delta counts as one output token (what a stream cut short is billed for).
+ * Reads a stream's server-sent events as they pass, for the provider's usage figures; `null` ends
+ * it. Until the figures come, output is counted from the deltas (about four characters a token,
+ * at least one a delta): what a stream cut short is billed for.
  */
-function sseUsage(endpoint: Endpoint, usage: Usage): (chunk: Buffer) => void {
+function sseUsage(endpoint: Endpoint, usage: Usage): (chunk: Buffer | null) => void {
+  const decoder = new StringDecoder("utf8");
+  const count = (text: unknown) => {
+    if (!usage.found) usage.output += Math.max(1, Math.ceil((typeof text === "string" ? text.length : 0) / 4));
+  };
   let buffer = "";
+  const line = (raw: string) => {
+    const text = raw.trim();
+    if (!text.startsWith("data:")) return;
+    const data = text.slice(5).trim();
+    if (data === "[DONE]" || data === "") return;
+    let event: Record<string, unknown>;
+    try {
+      event = JSON.parse(data) as Record<string, unknown>;
+    } catch {
+      return;
+    }
+    const type = event.type;
+    if (endpoint.kind === "chat") {
+      if (event.usage && typeof event.usage === "object") {
+        takeUsage(endpoint, event.usage as Record<string, unknown>, usage);
+        return;
+      }
+      const delta = (
+        event.choices as
+          | { delta?: { content?: unknown; tool_calls?: { function?: { arguments?: unknown } }[] } }[]
+          | undefined
+      )?.[0]?.delta;
+      if (delta)
+        count(
+          `${typeof delta.content === "string" ? delta.content : ""}${(delta.tool_calls ?? []).map((t) => String(t.function?.arguments ?? "")).join("")}`,
+        );
+    } else if (endpoint.kind === "responses") {
+      if (type === "response.completed" || type === "response.incomplete" || type === "response.failed") {
+        const u = (event.response as { usage?: Record<string, unknown> } | undefined)?.usage;
+        if (u) takeUsage(endpoint, u, usage);
+      } else if (typeof type === "string" && type.endsWith(".delta")) count(event.delta);
+    } else if (type === "message_start") {
+      const u = (event.message as { usage?: Record<string, unknown> } | undefined)?.usage;
+      if (u) takeUsage(endpoint, u, usage);
+    } else if (type === "message_delta") {
+      // The final, cumulative output count replaces what was counted from the deltas.
+      const u = event.usage as Record<string, unknown> | undefined;
+      if (u && typeof u.output_tokens === "number") {
+        usage.output = 0;
+        takeUsage(endpoint, u, usage);
+        usage.found = true;
+      }
+    } else if (type === "content_block_delta") {
+      const d = event.delta as { text?: unknown; partial_json?: unknown; thinking?: unknown } | undefined;
+      count(d?.text ?? d?.partial_json ?? d?.thinking);
+    }
+  };
   return (chunk) => {
-    buffer += chunk.toString("utf8");
+    buffer += chunk === null ? `${decoder.end()}\n` : decoder.write(chunk);
     let nl = buffer.indexOf("\n");
     while (nl >= 0) {
-      const line = buffer.slice(0, nl).trim();
+      line(buffer.slice(0, nl));
       buffer = buffer.slice(nl + 1);
       nl = buffer.indexOf("\n");
-      if (!line.startsWith("data:")) continue;
-      const data = line.slice(5).trim();
-      if (data === "[DONE]" || data === "") continue;
-      let event: Record<string, unknown>;
-      try {
-        event = JSON.parse(data) as Record<string, unknown>;
-      } catch {
-        continue;
-      }
-      if (endpoint.kind === "chat") {
-        if (event.usage && typeof event.usage === "object")
-          takeUsage(endpoint, event.usage as Record<string, unknown>, usage);
-        else if (!usage.found && Array.isArray(event.choices) && event.choices.length > 0) usage.output += 1;
-      } else if (endpoint.kind === "responses") {
-        const type = event.type;
-        if (type === "response.completed" || type === "response.incomplete") {
-          const u = (event.response as { usage?: Record<string, unknown> } | undefined)?.usage;
-          if (u) takeUsage(endpoint, u, usage);
-        } else if (!usage.found && typeof type === "string" && type.endsWith(".delta")) usage.output += 1;
-      } else {
-        const type = event.type;
-        if (type === "message_start") {
-          const u = (event.message as { usage?: Record<string, unknown> } | undefined)?.usage;
-          if (u) takeUsage(endpoint, u, usage);
-        } else if (type === "message_delta") {
-          // The final, cumulative output count replaces what was counted from the deltas.
-          const u = event.usage as Record<string, unknown> | undefined;
-          if (u && typeof u.output_tokens === "number") {
-            usage.output = 0;
-            takeUsage(endpoint, u, usage);
-            usage.found = true;
-          }
-        } else if (type === "content_block_delta" && !usage.found) usage.output += 1;
-      }
     }
   };
 }

@@ -45,7 +45,7 @@ describe("Ledger", () => {
       outputMicroPerToken: 1,
       maxOutputTokens: 10,
     });
-    assert.deepEqual(r, { ok: false, scope: "tenant", availableMicro: 0 });
+    assert.deepEqual(r, { ok: false, scope: "tenant", availableMicro: 0, exhausted: true });
     const balance = await ledger.grant(tenant, 5_000_000, "start");
     assert.equal(balance.available, 5);
     await assert.rejects(ledger.grant("ten_missing", 1), /No tenant/);
@@ -73,7 +73,7 @@ describe("Ledger", () => {
       maxOutputTokens: 1,
       perRun: 1000,
     });
-    assert.deepEqual(refused, { ok: false, scope: "run", availableMicro: 0 });
+    assert.deepEqual(refused, { ok: false, scope: "run", availableMicro: 0, exhausted: false });
     // Settling for less frees the rest; settling twice changes nothing.
     await ledger.settle(r.reservation, 250, detail);
     await ledger.settle(r.reservation, 999, detail);
@@ -139,5 +139,64 @@ describe("Ledger", () => {
     assert.equal(balance.spent, 0.01);
     assert.equal(balance.available, 0);
     assert.equal(balance.reserved, 0);
+  });
+
+  test("reservations a dead host left open are billed at their worst case by the next one", async () => {
+    const t2 = newId("ten");
+    await db.insertInto("tenants").values({ id: t2, name: "dead", created_at: 0 }).execute();
+    await ledger.grant(t2, 100_000);
+    const r = await ledger.reserve({
+      tenantId: t2,
+      agentId: "agt_dead",
+      runId: "run_dead",
+      inputMicro: 1000,
+      outputMicroPerToken: 10,
+      maxOutputTokens: 100,
+    });
+    assert.ok(r.ok);
+    // A new ledger over the same store, as after a restart.
+    assert.equal(await new Ledger(db).settleAbandoned(), 1);
+    assert.equal(await new Ledger(db).settleAbandoned(), 0);
+    assert.deepEqual((await ledger.totals("run", ["run_dead"])).get("run_dead"), { spent: 2000, reserved: 0 });
+    // The store itself refuses a second close of the same call.
+    await assert.rejects(
+      db
+        .insertInto("credit_ledger")
+        .values({
+          id: newId("led"),
+          tenant_id: t2,
+          agent_id: null,
+          run_id: "run_dead",
+          call_id: r.reservation.callId,
+          kind: "release",
+          amount: 0,
+          detail: null,
+          created_at: 0,
+        })
+        .execute(),
+      /UNIQUE/,
+    );
+  });
+
+  test("a refusal says whether calls in flight hold the rest or the budget is spent", async () => {
+    const t3 = newId("ten");
+    await db.insertInto("tenants").values({ id: t3, name: "held", created_at: 0 }).execute();
+    await ledger.grant(t3, 10_000);
+    const req = {
+      tenantId: t3,
+      agentId: "agt_h",
+      runId: "run_h",
+      inputMicro: 4000,
+      outputMicroPerToken: 1,
+      maxOutputTokens: 4000,
+    };
+    const first = await ledger.reserve(req);
+    assert.ok(first.ok);
+    const held = await ledger.reserve(req);
+    assert.equal(held.ok, false);
+    assert.equal(!held.ok && held.exhausted, false, "the first call's reservation holds the rest");
+    await ledger.settle(first.reservation, 8000, { ...detail });
+    const spent = await ledger.reserve(req);
+    assert.equal(!spent.ok && spent.exhausted, true);
   });
 });

@@ -37,7 +37,13 @@ export interface ReserveRequest {
 
 export type ReserveResult =
   | { ok: true; reservation: Reservation }
-  | { ok: false; scope: BudgetScope; availableMicro: number };
+  | {
+      ok: false;
+      scope: BudgetScope;
+      availableMicro: number;
+      /** Even with every reservation in flight released, the budget could not pay for this call. */
+      exhausted: boolean;
+    };
 
 export interface Reservation {
   callId: string;
@@ -56,8 +62,11 @@ export interface SettleDetail {
   model: string;
   input_tokens: number;
   output_tokens: number;
-  /** How the figures were found: the provider's usage, or counted from an aborted stream. */
-  source: "usage" | "counted";
+  /**
+   * How the figures were found: the provider's usage, counted from a stream that broke off, the
+   * reserved worst case (the provider's figures never came), or a call a host crash left open.
+   */
+  source: "usage" | "counted" | "reserved" | "abandoned";
 }
 
 const keys = (r: { tenantId: string; agentId: string; runId: string }) => ({
@@ -103,16 +112,33 @@ export class Ledger {
         typeof EMPTY,
         typeof EMPTY,
       ];
-      const limits: [BudgetScope, number][] = [["tenant", tenant.granted - tenant.spent - tenant.reserved]];
-      if (req.agentTotal !== undefined) limits.push(["agent", req.agentTotal - agent.spent - agent.reserved]);
-      if (req.perRun !== undefined) limits.push(["run", req.perRun - run.spent - run.reserved]);
+      // What each budget has left now, and what it would have once every call in flight settled for nothing.
+      const limits: [BudgetScope, number, number][] = [
+        ["tenant", tenant.granted - tenant.spent - tenant.reserved, tenant.granted - tenant.spent],
+      ];
+      if (req.agentTotal !== undefined) {
+        limits.push(["agent", req.agentTotal - agent.spent - agent.reserved, req.agentTotal - agent.spent]);
+      }
+      if (req.perRun !== undefined) limits.push(["run", req.perRun - run.spent - run.reserved, req.perRun - run.spent]);
       const [scope, available] = limits.reduce((a, b) => (b[1] < a[1] ? b : a));
       const perToken = req.outputMicroPerToken;
-      const room = available - req.inputMicro;
-      const maxOutputTokens =
-        perToken > 0 ? Math.min(req.maxOutputTokens, Math.floor(room / perToken)) : room >= 0 ? req.maxOutputTokens : 0;
-      if (maxOutputTokens < 1) return { ok: false as const, scope, availableMicro: Math.max(0, available) };
-      const amount = Math.ceil(req.inputMicro + maxOutputTokens * perToken);
+      const cost = (tokens: number) => Math.ceil(req.inputMicro + tokens * perToken);
+      let maxOutputTokens =
+        perToken > 0
+          ? Math.min(req.maxOutputTokens, Math.floor((available - req.inputMicro) / perToken))
+          : req.maxOutputTokens;
+      // Rounding up may not carry a reservation past the budget.
+      while (maxOutputTokens >= 1 && cost(maxOutputTokens) > available) maxOutputTokens--;
+      if (maxOutputTokens < 1) {
+        const floor = Math.min(...limits.map((l) => l[2]));
+        return {
+          ok: false as const,
+          scope,
+          availableMicro: Math.max(0, available),
+          exhausted: floor < cost(1),
+        };
+      }
+      const amount = cost(maxOutputTokens);
       const callId = newId("llm");
       await this.#append(trx, {
         ...req,
@@ -140,6 +166,47 @@ export class Ledger {
   async settle(r: Reservation, costMicro: number, detail: SettleDetail): Promise<void> {
     const cost = Math.max(0, Math.ceil(costMicro));
     await this.#close(r, "settle", cost, { ...detail, ...(cost > r.amount ? { overrun: cost - r.amount } : {}) });
+  }
+
+  /**
+   * Closes the reservations a host that died mid-call left open: each is billed at its worst
+   * case (whether the provider did the work cannot be known), so that budgets are not held
+   * forever. Run at start, before any call. Returns how many it closed.
+   */
+  async settleAbandoned(): Promise<number> {
+    const open = await this.#db
+      .selectFrom("credit_ledger as r")
+      .selectAll("r")
+      .where("r.kind", "=", "reserve")
+      .where(({ not, exists, selectFrom }) =>
+        not(
+          exists(
+            selectFrom("credit_ledger as c")
+              .select("c.id")
+              .whereRef("c.call_id", "=", "r.call_id")
+              .where("c.kind", "in", ["settle", "release"]),
+          ),
+        ),
+      )
+      .execute();
+    for (const row of open) {
+      const reservation: Reservation = {
+        callId: row.call_id ?? "",
+        tenantId: row.tenant_id,
+        agentId: row.agent_id ?? "",
+        runId: row.run_id ?? "",
+        amount: Number(row.amount),
+        maxOutputTokens: 0,
+      };
+      await this.settle(reservation, reservation.amount, {
+        provider: "",
+        model: "",
+        input_tokens: 0,
+        output_tokens: 0,
+        source: "abandoned",
+      });
+    }
+    return open.length;
   }
 
   /** Gives the reservation back: the call failed before the provider produced anything billable. */

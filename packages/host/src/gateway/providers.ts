@@ -126,7 +126,10 @@ export class Providers {
 
   /** The route of `model`, or null when no provider serves it. */
   async route(model: string): Promise<ModelRoute | null> {
-    this.#routes ??= this.#load();
+    this.#routes ??= this.#load().catch((err: unknown) => {
+      this.#routes = null;
+      throw err;
+    });
     return (await this.#routes).get(model) ?? null;
   }
 

@@ -264,6 +264,14 @@ migrations["0005_gateway"] = {
       .execute();
     await db.schema.createIndex("credit_ledger_run").on("credit_ledger").columns(["run_id", "id"]).execute();
     await db.schema.createIndex("credit_ledger_call").on("credit_ledger").columns(["call_id"]).execute();
+    // A call is settled or released once, whatever the code above the store does.
+    await db.schema
+      .createIndex("credit_ledger_closed_once")
+      .on("credit_ledger")
+      .column("call_id")
+      .unique()
+      .where(sql.ref("kind"), "in", ["settle", "release"])
+      .execute();
     await db.schema
       .createTable("credit_accounts")
       .addColumn("key", "text", (c) => c.primaryKey())

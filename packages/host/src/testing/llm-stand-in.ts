@@ -62,18 +62,26 @@ export async function startLlmStandIn(address = "127.0.0.1"): Promise<LlmStandIn
       } catch {}
       seen.push({ path: req.url ?? "", headers: req.headers, body });
       const anthropic = req.url === "/v1/messages";
-      if (req.url !== "/v1/chat/completions" && !anthropic) {
+      const responses = req.url === "/v1/responses";
+      if (req.url !== "/v1/chat/completions" && !anthropic && !responses) {
         res.writeHead(404).end();
         return;
       }
-      const messages = (body.messages ?? []) as { role: string; content: unknown }[];
+      // The Responses API takes `input`: a string or a list of messages.
+      const messages = (
+        responses
+          ? typeof body.input === "string"
+            ? [{ role: "user", content: body.input }]
+            : (body.input ?? [])
+          : (body.messages ?? [])
+      ) as { role: string; content: unknown }[];
       const all = [typeof body.system === "string" ? body.system : "", ...messages.map((m) => textOf(m.content))].join(
         " ",
       );
       const last = textOf(messages.at(-1)?.content);
       const input = words(all).length + 3 * messages.length + 5;
       const model = String(body.model);
-      const max = Number(body.max_tokens ?? body.max_completion_tokens ?? 4096);
+      const max = Number(body.max_tokens ?? body.max_completion_tokens ?? body.max_output_tokens ?? 4096);
       const fail = (status: number, message: string) => {
         const type = status === 429 ? "rate_limit_error" : "api_error";
         const out = anthropic ? { type: "error", error: { type, message } } : { error: { message, type, code: null } };
@@ -101,6 +109,33 @@ export async function startLlmStandIn(address = "127.0.0.1"): Promise<LlmStandIn
       const id = `id-${seen.length}`;
       const done = () => usage.push({ model, input, output });
 
+      const responseObject = (status: string) => ({
+        id,
+        object: "response",
+        created_at: 0,
+        status,
+        model,
+        output:
+          status === "completed"
+            ? [
+                {
+                  type: "message",
+                  id: `msg-${id}`,
+                  status: "completed",
+                  role: "assistant",
+                  content: [{ type: "output_text", text: pieces.join(""), annotations: [] }],
+                },
+              ]
+            : [],
+        usage:
+          status === "completed" ? { input_tokens: input, output_tokens: output, total_tokens: input + output } : null,
+      });
+      if (!stream && responses) {
+        res.writeHead(200, { "content-type": "application/json" });
+        done();
+        res.end(JSON.stringify(responseObject("completed")));
+        return;
+      }
       if (!stream) {
         res.writeHead(200, { "content-type": "application/json" });
         done();
@@ -154,7 +189,22 @@ export async function startLlmStandIn(address = "127.0.0.1"): Promise<LlmStandIn
         events.push(
           `${event ? `event: ${event}\n` : ""}data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`,
         );
-      if (anthropic) {
+      if (responses) {
+        sse("response.created", {
+          type: "response.created",
+          sequence_number: 0,
+          response: responseObject("in_progress"),
+        });
+        pieces.forEach((delta, i) => {
+          const data = { type: "response.output_text.delta", sequence_number: i + 1, item_id: `msg-${id}` };
+          sse("response.output_text.delta", { ...data, output_index: 0, content_index: 0, delta });
+        });
+        sse("response.completed", {
+          type: "response.completed",
+          sequence_number: pieces.length + 1,
+          response: responseObject("completed"),
+        });
+      } else if (anthropic) {
         sse("message_start", {
           type: "message_start",
           message: {
