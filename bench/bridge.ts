@@ -19,7 +19,7 @@
  * answer has gone, off the call's path.
  */
 import { generateKeyPairSync, randomBytes, sign, verify } from "node:crypto";
-import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -28,17 +28,14 @@ import { Bridge } from "../packages/host/src/bridge/bridge.ts";
 import { Connections } from "../packages/host/src/bridge/connections.ts";
 import { LiveSandboxes } from "../packages/host/src/bridge/live.ts";
 import { TokenBucket } from "../packages/host/src/bridge/rate-limit.ts";
-import { RunTokens } from "../packages/host/src/bridge/tokens.ts";
 import { ImageStore } from "../packages/host/src/images/image-store.ts";
 import type { SandboxHandle } from "../packages/host/src/sandbox/driver.ts";
 import { LinuxSandboxDriver } from "../packages/host/src/sandbox/linux/linux-driver.ts";
 import { SandboxNetwork } from "../packages/host/src/sandbox/linux/network.ts";
 import { makeRunnerDir } from "../packages/host/src/sandbox/linux/test-support.ts";
-import { Secrets } from "../packages/host/src/secrets/secrets.ts";
-import { parseMasterKey, Vault } from "../packages/host/src/secrets/vault.ts";
-import { migrate } from "../packages/host/src/store/migrations.ts";
 import { openSqlite } from "../packages/host/src/store/sqlite.ts";
 import { DEFAULT_LIMITS } from "../packages/protocol/src/limits.ts";
+import { admitSandbox, BENCH_TENANT, openBenchStore } from "./parts.ts";
 import { type Dist, dist } from "./stats.ts";
 import { measureThenTearDown } from "./teardown.ts";
 
@@ -192,17 +189,9 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
   let bridge: Bridge | undefined;
   let runnerDir: string | undefined;
   const measure = async (): Promise<BridgeBenchResult> => {
-    await migrate(db);
-    const tenant = "ten_bench";
-    await db
-      .insertInto("tenants")
-      .values({ id: tenant, name: `bench-${id}`, created_at: Date.now() })
-      .execute();
-    const vault = new Vault(parseMasterKey(randomBytes(32).toString("base64"), "bench"));
-    const secrets = new Secrets(db, vault);
+    const tenant = BENCH_TENANT;
+    const { secrets, tokens } = await openBenchStore(db, id);
     const connections = new Connections(db);
-    const tokens = new RunTokens({ db, sealer: vault, issuer: `paddock:bench-${id}` });
-    await tokens.start();
     const live = new LiveSandboxes();
     let events = 0;
     bridge = new Bridge({ live, tokens, connections, secrets, rateLimits: new TokenBucket(), log: () => {} });
@@ -248,28 +237,8 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
         network: true,
       });
       handles.push(handle);
-      const address = handle.address as string;
-      const { token } = await tokens.mint({
-        run: `run_bench${n0}`,
-        attempt: 1,
-        tenant,
-        agent: "agt_bench",
-        addr: address,
-        sandbox: handle.id,
-        scopes: ["bridge:bench"],
-      });
-      await writeFile(join(handle.runtimeDir, "token.tmp"), token, { mode: 0o444 });
-      await rename(join(handle.runtimeDir, "token.tmp"), join(handle.runtimeDir, "token"));
-      live.add({
-        address,
-        sandboxId: handle.id,
-        runId: `run_bench${n0}`,
-        attempt: 1,
-        tenantId: tenant,
-        agentId: "agt_bench",
-        record: () => {
-          events++;
-        },
+      await admitSandbox(handle, { tokens, live }, `run_bench${n0}`, ["bridge:bench"], () => {
+        events++;
       });
       handle.stdin.write("start\n");
       return handle;

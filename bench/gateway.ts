@@ -16,14 +16,13 @@
  * - ttft_added_ms {p50, p99}: the same for the first content chunk of a streamed completion.
  */
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Bridge } from "../packages/host/src/bridge/bridge.ts";
 import { Connections } from "../packages/host/src/bridge/connections.ts";
 import { LiveSandboxes } from "../packages/host/src/bridge/live.ts";
 import { TokenBucket } from "../packages/host/src/bridge/rate-limit.ts";
-import { RunTokens } from "../packages/host/src/bridge/tokens.ts";
 import { Gateway } from "../packages/host/src/gateway/gateway.ts";
 import { Ledger } from "../packages/host/src/gateway/ledger.ts";
 import { Providers } from "../packages/host/src/gateway/providers.ts";
@@ -32,13 +31,11 @@ import type { SandboxHandle } from "../packages/host/src/sandbox/driver.ts";
 import { LinuxSandboxDriver } from "../packages/host/src/sandbox/linux/linux-driver.ts";
 import { SandboxNetwork } from "../packages/host/src/sandbox/linux/network.ts";
 import { makeRunnerDir } from "../packages/host/src/sandbox/linux/test-support.ts";
-import { Secrets } from "../packages/host/src/secrets/secrets.ts";
-import { parseMasterKey, Vault } from "../packages/host/src/secrets/vault.ts";
-import { migrate } from "../packages/host/src/store/migrations.ts";
 import { openSqlite } from "../packages/host/src/store/sqlite.ts";
 import { type LlmStandIn, startLlmStandIn } from "../packages/host/src/testing/llm-stand-in.ts";
 import { DEFAULT_LIMITS } from "../packages/protocol/src/limits.ts";
 import { lineReader } from "./bridge.ts";
+import { admitSandbox, BENCH_TENANT, openBenchStore } from "./parts.ts";
 import { type Dist, dist } from "./stats.ts";
 import { measureThenTearDown } from "./teardown.ts";
 
@@ -114,16 +111,8 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
   let gateway: Gateway | undefined;
   let runnerDir: string | undefined;
   const measure = async (): Promise<GatewayBenchResult> => {
-    await migrate(db);
-    const tenant = "ten_bench";
-    await db
-      .insertInto("tenants")
-      .values({ id: tenant, name: `bench-${id}`, created_at: Date.now() })
-      .execute();
-    const vault = new Vault(parseMasterKey(randomBytes(32).toString("base64"), "bench"));
-    const secrets = new Secrets(db, vault);
-    const tokens = new RunTokens({ db, sealer: vault, issuer: `paddock:bench-${id}` });
-    await tokens.start();
+    const tenant = BENCH_TENANT;
+    const { secrets, tokens } = await openBenchStore(db, id);
     const providers = new Providers(db);
     const ledger = new Ledger(db);
     const rateLimits = new TokenBucket();
@@ -173,28 +162,8 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
       cwd: "/",
       network: true,
     });
-    const address = handle.address as string;
-    const { token } = await tokens.mint({
-      run: "run_bench",
-      attempt: 1,
-      tenant,
-      agent: "agt_bench",
-      addr: address,
-      sandbox: handle.id,
-      scopes: ["llm"],
-    });
-    await writeFile(join(handle.runtimeDir, "token.tmp"), token, { mode: 0o444 });
-    await rename(join(handle.runtimeDir, "token.tmp"), join(handle.runtimeDir, "token"));
-    live.add({
-      address,
-      sandboxId: handle.id,
-      runId: "run_bench",
-      attempt: 1,
-      tenantId: tenant,
-      agentId: "agt_bench",
-      record: () => {
-        events++;
-      },
+    await admitSandbox(handle, { tokens, live }, "run_bench", ["llm"], () => {
+      events++;
     });
     const read = lineReader(handle);
     handle.stdin.write("start\n");
