@@ -48,10 +48,19 @@ describe("host crash", { skip }, () => {
       command: ["sh", "-c", "echo working; sleep 600"],
     });
     const run = await call(first.url, "POST", `/v1/agents/${agent.id}/runs`, {});
-    for (let i = 0; i < 400; i++) {
-      const events = await call(first.url, "GET", `/v1/runs/${run.id}/events`);
-      if (events.data.some((e) => e.type === "log")) break;
-      await new Promise((r) => setTimeout(r, 50));
+    // An agent whose policy retries lost attempts: its first attempt hangs, its second finishes.
+    const retried = await call(first.url, "POST", "/v1/agents", {
+      name: "retried",
+      command: ["sh", "-c", 'echo "attempt $PADDOCK_ATTEMPT"; [ "$PADDOCK_ATTEMPT" = 1 ] && sleep 600; exit 0'],
+      retry: { max_attempts: 2, backoff_s: 0, on: ["lost"] },
+    });
+    const retriedRun = await call(first.url, "POST", `/v1/agents/${retried.id}/runs`, {});
+    for (const id of [run.id, retriedRun.id]) {
+      for (let i = 0; i < 400; i++) {
+        const events = await call(first.url, "GET", `/v1/runs/${id}/events`);
+        if (events.data.some((e) => e.type === "log")) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
     }
     const runDir = `/run/paddock/${instance}`;
     assert.ok(readFileSync("/proc/mounts", "utf8").includes(runDir), "the sandbox is mounted while it runs");
@@ -76,6 +85,28 @@ describe("host crash", { skip }, () => {
             dir,
           );
       }
+      // The run whose policy retries lost attempts ran again, once, and finished.
+      let done = await call(host.url, "GET", `/v1/runs/${retriedRun.id}`);
+      for (let i = 0; i < 400 && !["succeeded", "failed"].includes(done.status); i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        done = await call(host.url, "GET", `/v1/runs/${retriedRun.id}`);
+      }
+      assert.deepEqual([done.status, done.reason], ["succeeded", "completed"]);
+      const log = (await call(host.url, "GET", `/v1/runs/${retriedRun.id}/events`)).data as unknown as {
+        seq: number;
+        type: string;
+        data: { line?: string; reason?: string };
+      }[];
+      const lines = log.filter((e) => e.type === "log").map((e) => e.data.line);
+      assert.deepEqual(lines, ["attempt 1", "attempt 2"], "each attempt ran exactly once");
+      const kinds = log.map((e) => e.type);
+      assert.ok(kinds.indexOf("attempt.lost") < kinds.indexOf("retry.scheduled"), kinds.join(","));
+      assert.equal(log.find((e) => e.type === "retry.scheduled")?.data.reason, "lost");
+      assert.deepEqual(
+        log.map((e) => e.seq),
+        log.map((_, i) => i + 1),
+        "no acknowledged event lost, none twice",
+      );
       // The recovered host runs new work normally.
       const again = await call(host.url, "POST", `/v1/agents/${agent.id}/runs`, {});
       await call(host.url, "POST", `/v1/runs/${again.id}/cancel`, {});

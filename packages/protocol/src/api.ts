@@ -3,6 +3,7 @@ import { z } from "zod";
 import { AgentPolicy } from "./bridge.ts";
 import { AgentBudget } from "./gateway.ts";
 import { Limits } from "./limits.ts";
+import { RetryPolicy } from "./triggers.ts";
 
 const Name = z
   .string()
@@ -69,6 +70,17 @@ export const AgentCreate = z
     policy: AgentPolicy.optional(),
     /** Credits budgets and LLM rate limits (default: the tenant's balance bounds it). */
     budget: AgentBudget.optional(),
+    /** How failed attempts are retried (default: one attempt). */
+    retry: RetryPolicy.optional(),
+    /** Runs of this agent at once (default: no limit beyond the host's and the tenant's). */
+    max_concurrent_runs: z.number().int().min(1).max(1000).optional(),
+    /** A run still queued this long after it was triggered expires (default: never). */
+    queue_ttl_s: z
+      .number()
+      .int()
+      .min(1)
+      .max(30 * 86_400)
+      .optional(),
   })
   .strict()
   .superRefine((a, ctx) => {
@@ -108,6 +120,9 @@ export const Agent = z
     }),
     policy: AgentPolicy,
     budget: AgentBudget,
+    retry: RetryPolicy,
+    max_concurrent_runs: z.number().int().nullable(),
+    queue_ttl_s: z.number().int().nullable(),
     /** The built-in agent's definition; null for an agent that runs its own command. */
     builtin: z
       .object({ instructions: z.string(), model: z.string(), tools: z.array(z.string()), max_steps: z.number().int() })
@@ -167,6 +182,7 @@ export const RunReason = z.enum([
   "lost",
   "sandbox_error",
   "out_of_credits",
+  "expired",
 ]);
 export type RunReason = z.infer<typeof RunReason>;
 
@@ -194,6 +210,11 @@ export const Run = z
     reason: RunReason.nullable(),
     exit_code: z.number().int().nullable(),
     attempt: z.number().int(),
+    max_attempts: z.number().int(),
+    /** What started it: manual (CLI, API), schedule, webhook, or agent (another run). */
+    trigger: z.enum(["api", "schedule", "webhook", "agent"]),
+    /** A queued run waits until then (a retry's backoff). */
+    not_before: z.string().nullable(),
     input: z.unknown(),
     created_at: z.string(),
     started_at: z.string().nullable(),

@@ -102,6 +102,10 @@ export const ERROR_CODES = {
   upstream_error: { status: 502, message: "The upstream could not be reached or broke off its answer." },
   upstream_timeout: { status: 504, message: "The upstream did not answer in time." },
   upstream_too_large: { status: 502, message: "The upstream's answer is larger than the bridge passes on." },
+  idempotency_key_reused: {
+    status: 422,
+    message: "This Idempotency-Key was used for another request; use a new key for a new request.",
+  },
   unknown_model: { status: 404, message: "No provider serves this model; GET /v1/models lists those that exist." },
   model_wrong_api: {
     status: 400,

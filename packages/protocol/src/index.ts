@@ -7,3 +7,4 @@ export * from "./marker.ts";
 export * from "./runner.ts";
 export * from "./secrets.ts";
 export * from "./sessions.ts";
+export * from "./triggers.ts";

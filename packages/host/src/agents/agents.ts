@@ -1,5 +1,5 @@
 /** Agents: validated at creation against their real environment image, then frozen into a spec. */
-import { type Agent, type AgentCreate, AppError, BUILTIN_TOOLS, Limits } from "@paddock/protocol";
+import { type Agent, type AgentCreate, AppError, BUILTIN_TOOLS, Limits, RetryPolicy } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { requireConnections } from "../bridge/connections.ts";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
@@ -29,6 +29,9 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
     limits: def.limits,
     policy: { connections: def.policy?.connections ?? [] },
     budget: def.budget ?? {},
+    retry: RetryPolicy.parse(def.retry ?? {}),
+    max_concurrent_runs: def.max_concurrent_runs ?? null,
+    queue_ttl_s: def.queue_ttl_s ?? null,
     builtin: def.builtin ?? null,
     snapshot: {
       version: snapshot.version,
@@ -121,6 +124,9 @@ export class Agents {
         .sort((a, b) => (a.path < b.path ? -1 : 1)),
       policy,
       ...(body.budget ? { budget: body.budget } : {}),
+      ...(body.retry ? { retry: RetryPolicy.parse(body.retry) } : {}),
+      ...(body.max_concurrent_runs ? { max_concurrent_runs: body.max_concurrent_runs } : {}),
+      ...(body.queue_ttl_s ? { queue_ttl_s: body.queue_ttl_s } : {}),
       ...(body.instructions !== undefined
         ? {
             builtin: {

@@ -36,7 +36,7 @@ import type { Connections } from "../bridge/connections.ts";
 import type { Engine } from "../engine/engine.ts";
 import type { EventLog } from "../engine/event-log.ts";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
-import { type RunRepository, terminalEvent, toRun } from "../engine/runs.ts";
+import { idempotencyKey, type RunRepository, terminalEvent, toRun } from "../engine/runs.ts";
 import type { EnvSessions } from "../envs/sessions.ts";
 import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
@@ -281,13 +281,32 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
   route(
     "post",
     "/v1/agents/{id}/runs",
-    { summary: "Trigger a run", auth: "tenant", body: RunCreate, responses: { 201: json(Run, "Queued") } },
+    {
+      summary:
+        "Trigger a run. With an Idempotency-Key header, the same key answers with the same run for 24 hours (200, Idempotent-Replayed: true)",
+      auth: "tenant",
+      body: RunCreate,
+      responses: {
+        200: json(Run, "The run this Idempotency-Key already started"),
+        201: json(Run, "Queued"),
+        422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
+      },
+    },
     async (c) => {
       const agent = await deps.agents.get(tenantOf(c), param(c, "id"));
       const body = await readJson(c, RunCreate);
-      const run = await deps.runs.create(agent.row.tenant_id, agent.row.id, runSpec(agent), body.input);
-      deps.engine.notify();
-      return c.json(toRun(run), 201);
+      const key = c.req.header("idempotency-key");
+      const dedupe =
+        key === undefined
+          ? undefined
+          : idempotencyKey(agent.row.tenant_id, key, `${agent.row.id}\n${JSON.stringify(body.input ?? null)}`);
+      const { run, created } = await deps.runs.create(agent.row.tenant_id, agent.row.id, runSpec(agent), body.input, {
+        trigger: "api",
+        ...(dedupe ? { dedupe } : {}),
+      });
+      if (created) deps.engine.notify();
+      else c.header("idempotent-replayed", "true");
+      return c.json(toRun(run), created ? 201 : 200);
     },
   );
   const RunsQuery = ListQuery.extend({ agent_id: z.string().max(64).optional(), status: RunStatus.optional() });

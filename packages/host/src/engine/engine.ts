@@ -3,7 +3,7 @@
  * executes each attempt, records the outcome with its events in one transaction, and on start
  * reconciles runs that a dead host left in flight.
  */
-import type { RunStatus } from "@paddock/protocol";
+import type { RetryPolicy, RetryReason, RunStatus } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
@@ -16,6 +16,10 @@ import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
 export interface EngineConfig {
   workerId: string;
   maxConcurrent: number;
+  /** Runs of one tenant at once on this host (default maxConcurrent). */
+  maxPerTenant?: number;
+  /** How long a claim holds without renewal; renewed at a third of it (default 30 s). */
+  leaseMs?: number;
   /** How often the engine looks for queued runs it was not told about. */
   pollMs: number;
   warm: WarmPoolConfig;
@@ -30,7 +34,10 @@ export class Engine {
   readonly #deps: AttemptDeps;
   readonly #config: EngineConfig;
   readonly #snapshots: Snapshots;
-  readonly #active = new Map<string, { attempt: Attempt; done: Promise<void> }>();
+  readonly #active = new Map<string, { attempt: Attempt; done: Promise<void>; tenantId: string; agentId: string }>();
+  /** The tenant served last, so that the next claim starts after it (round robin). */
+  #lastTenant = "";
+  #leaseTimer: NodeJS.Timeout | null = null;
   readonly #warm: WarmPool;
   #timer: NodeJS.Timeout | null = null;
   #pumping: Promise<void> | null = null;
@@ -57,7 +64,26 @@ export class Engine {
   start(): void {
     this.#timer = setInterval(() => this.notify(), this.#config.pollMs);
     this.#timer.unref();
+    this.#leaseTimer = setInterval(() => {
+      this.#renewLeases().catch((err: unknown) => this.#deps.log(`engine: renewing leases failed: ${String(err)}`));
+    }, this.#leaseMs / 3);
+    this.#leaseTimer.unref();
     this.notify();
+  }
+
+  get #leaseMs(): number {
+    return this.#config.leaseMs ?? 30_000;
+  }
+
+  /** Keeps this worker's claims alive: a worker that stops renewing loses its runs to recovery. */
+  async #renewLeases(): Promise<void> {
+    if (this.#active.size === 0) return;
+    await this.#db
+      .updateTable("runs")
+      .set({ lease_until: Date.now() + this.#leaseMs })
+      .where("id", "in", [...this.#active.keys()])
+      .where("worker_id", "=", this.#config.workerId)
+      .execute();
   }
 
   get activeCount(): number {
@@ -99,6 +125,7 @@ export class Engine {
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
+    if (this.#leaseTimer) clearInterval(this.#leaseTimer);
     await this.#pumping;
     for (const { attempt } of this.#active.values()) attempt.stop("shutdown");
     await Promise.all([...this.#active.values()].map((e) => e.done));
@@ -106,24 +133,88 @@ export class Engine {
   }
 
   async #pump(): Promise<void> {
-    while (!this.#closed && this.#active.size < this.#config.maxConcurrent) {
-      const candidates = await this.#db
-        .selectFrom("runs")
-        .select("id")
-        .where("status", "=", "queued")
-        .orderBy("id")
-        .limit(this.#config.maxConcurrent - this.#active.size)
-        .execute();
-      if (candidates.length === 0) return;
-      let claimed = 0;
-      for (const { id } of candidates) {
-        const run = await this.#claim(id);
-        if (!run) continue;
-        claimed++;
-        this.#launch(run);
+    await this.#expire();
+    await this.#recoverExpiredLeases();
+    let misses = 0;
+    while (!this.#closed && this.#active.size < this.#config.maxConcurrent && misses < 8) {
+      const next = await this.#next();
+      if (!next) return;
+      const run = await this.#claim(next);
+      if (!run) {
+        misses++;
+        continue;
       }
-      if (claimed === 0) return;
+      this.#launch(run);
     }
+  }
+
+  /**
+   * The next run to start: tenants take turns (round robin from the one after the tenant served
+   * last), each offering its oldest run that is due and whose agent and tenant are under their
+   * limits, so one tenant's flood never starves another's schedule.
+   */
+  async #next(): Promise<string | null> {
+    const now = Date.now();
+    const tenants = (
+      await this.queued()
+        .select("tenant_id")
+        .distinct()
+        .where((eb) => eb.or([eb("not_before", "is", null), eb("not_before", "<=", now)]))
+        .orderBy("tenant_id")
+        .execute()
+    ).map((r) => r.tenant_id);
+    if (tenants.length === 0) return null;
+    const start = tenants.findIndex((t) => t > this.#lastTenant);
+    const order = start < 0 ? tenants : [...tenants.slice(start), ...tenants.slice(0, start)];
+    const perTenant = this.#config.maxPerTenant ?? this.#config.maxConcurrent;
+    for (const tenant of order) {
+      const running = [...this.#active.values()];
+      if (running.filter((a) => a.tenantId === tenant).length >= perTenant) continue;
+      const candidates = await this.queued()
+        .select(["id", "agent_id", "spec"])
+        .where("tenant_id", "=", tenant)
+        .where((eb) => eb.or([eb("not_before", "is", null), eb("not_before", "<=", now)]))
+        .orderBy("id")
+        .limit(64)
+        .execute();
+      for (const c of candidates) {
+        const limit = (JSON.parse(c.spec) as AgentSpec).max_concurrent_runs;
+        if (limit !== undefined && running.filter((a) => a.agentId === c.agent_id).length >= limit) continue;
+        this.#lastTenant = tenant;
+        return c.id;
+      }
+    }
+    return null;
+  }
+
+  /** Queued runs (a builder to narrow). */
+  queued() {
+    return this.#db.selectFrom("runs").where("status", "=", "queued");
+  }
+
+  /** Queued runs past their queue time-to-live end as failed, reason `expired`. */
+  async #expire(): Promise<void> {
+    const now = Date.now();
+    const stale = await this.queued().select(["id", "created_at"]).where("expires_at", "<=", now).execute();
+    for (const run of stale) {
+      await this.#runs.transition(run.id, ["queued"], "failed", { reason: "expired", finished_at: now }, [
+        { type: "run.expired", data: { waited_ms: now - Number(run.created_at) } },
+        terminalEvent("failed", "expired", null),
+      ]);
+    }
+  }
+
+  /** Runs whose worker stopped renewing its lease are recovered as lost (retried per policy). */
+  async #recoverExpiredLeases(): Promise<void> {
+    const now = Date.now();
+    const lapsed = await this.#db
+      .selectFrom("runs")
+      .selectAll()
+      .where("status", "in", ACTIVE)
+      .where("lease_until", "<", now)
+      .execute();
+    const others = lapsed.filter((r) => !this.#active.has(r.id));
+    if (others.length > 0) await this.#recover(others, "lease expired");
   }
 
   /** queued → starting, creating attempt N, atomically; null if another worker won. */
@@ -136,6 +227,8 @@ export class Engine {
           status: "starting",
           attempt: eb("attempt", "+", 1),
           worker_id: this.#config.workerId,
+          lease_until: now + this.#leaseMs,
+          not_before: null,
           started_at: eb.fn.coalesce("started_at", eb.val(now)),
         }))
         .where("id", "=", runId)
@@ -184,7 +277,7 @@ export class Engine {
         this.#active.delete(run.id);
         this.notify();
       });
-    this.#active.set(run.id, { attempt, done });
+    this.#active.set(run.id, { attempt, done, tenantId: run.tenant_id, agentId: run.agent_id });
   }
 
   async #execute(run: RunsTable, attempt: Attempt, spec: AgentSpec): Promise<void> {
@@ -269,18 +362,23 @@ export class Engine {
   ): Promise<void> {
     const now = Date.now();
     const requeue = outcome.interrupted === true;
+    const spec = JSON.parse(run.spec) as AgentSpec;
+    const retry = requeue ? null : retryDecision(spec.retry, outcome, run.attempt, run.max_attempts, now);
     const rows = await this.#db.transaction().execute(async (trx) => {
       const res = await trx
         .updateTable("runs")
         .set(
           requeue
-            ? { status: "queued", worker_id: null }
-            : {
-                status: outcome.status,
-                reason: outcome.reason,
-                exit_code: outcome.exitCode,
-                finished_at: now,
-              },
+            ? { status: "queued", worker_id: null, lease_until: null }
+            : retry
+              ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at }
+              : {
+                  status: outcome.status,
+                  reason: outcome.reason,
+                  exit_code: outcome.exitCode,
+                  finished_at: now,
+                  lease_until: null,
+                },
         )
         .where("id", "=", run.id)
         .where("status", "in", ACTIVE)
@@ -306,7 +404,9 @@ export class Engine {
         ...(snapshot ? [{ ...snapshot, ts: now }] : []),
         requeue
           ? { type: "run.requeued", data: { status: "queued", why: "host_shutdown" }, ts: now }
-          : { ...terminalEvent(outcome.status, outcome.reason, outcome.exitCode), ts: now },
+          : retry
+            ? { type: "retry.scheduled", data: retry.event, ts: now }
+            : { ...terminalEvent(outcome.status, outcome.reason, outcome.exitCode), ts: now },
       ]);
     });
     this.#events.publish(rows);
@@ -314,13 +414,20 @@ export class Engine {
 
   /**
    * Runs left `starting` or `running` by a host that died: their attempt is recorded as lost and
-   * the run is requeued while attempts remain, else failed with reason `lost`.
+   * the run is retried per its agent's policy (reason `lost`), else failed with reason `lost`.
    */
   async reconcile(): Promise<number> {
     const orphans = await this.#db.selectFrom("runs").selectAll().where("status", "in", ACTIVE).execute();
+    await this.#recover(orphans, "host stopped while the attempt ran");
+    return orphans.length;
+  }
+
+  async #recover(runs: RunsTable[], why: string): Promise<void> {
     const now = Date.now();
-    for (const run of orphans) {
-      const retry = run.attempt < run.max_attempts;
+    for (const run of runs) {
+      const spec = JSON.parse(run.spec) as AgentSpec;
+      const lost: AttemptOutcome = { status: "failed", reason: "lost", exitCode: null };
+      const retry = retryDecision(spec.retry, lost, run.attempt, run.max_attempts, now);
       const rows = await this.#db.transaction().execute(async (trx) => {
         await trx
           .updateTable("attempts")
@@ -333,26 +440,74 @@ export class Engine {
           .updateTable("runs")
           .set(
             retry
-              ? { status: "queued", worker_id: null }
-              : { status: "failed", reason: "lost", finished_at: now, worker_id: null },
+              ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at }
+              : { status: "failed", reason: "lost", finished_at: now, worker_id: null, lease_until: null },
           )
           .where("id", "=", run.id)
           .where("status", "=", run.status)
+          .where("attempt", "=", run.attempt)
           .executeTakeFirst();
         if (Number(res.numUpdatedRows) !== 1) return [];
         return this.#events.append(trx, run.id, run.attempt, [
-          {
-            type: "attempt.lost",
-            data: { attempt: run.attempt, worker: run.worker_id, why: "host stopped while the attempt ran" },
-            ts: now,
-          },
+          { type: "attempt.lost", data: { attempt: run.attempt, worker: run.worker_id, why }, ts: now },
           retry
-            ? { type: "run.requeued", data: { status: "queued", why: "attempt_lost" }, ts: now }
+            ? { type: "retry.scheduled", data: retry.event, ts: now }
             : { ...terminalEvent("failed", "lost", null), ts: now },
         ]);
       });
       this.#events.publish(rows);
     }
-    return orphans.length;
   }
+}
+
+/** Which retry reason an attempt's outcome is, if any. */
+function retryReason(outcome: AttemptOutcome): RetryReason | null {
+  switch (outcome.reason) {
+    case "killed":
+      return "crashed";
+    case "oom":
+    case "timed_out":
+    case "lost":
+    case "exit_code":
+    case "sandbox_error":
+      return outcome.reason;
+    default:
+      return null;
+  }
+}
+
+/**
+ * Whether a finished attempt is retried and when: its reason is one the policy names (an exit code
+ * retries when the policy lists it, or names `exit_code` for all), attempts remain, and the delay
+ * is the backoff doubled per attempt, capped, with jitter.
+ */
+export function retryDecision(
+  policy: RetryPolicy | undefined,
+  outcome: AttemptOutcome,
+  attempt: number,
+  maxAttempts: number,
+  now: number,
+  random: () => number = Math.random,
+): { at: number; event: Record<string, unknown> } | null {
+  if (!policy || outcome.status === "succeeded" || outcome.status === "canceled" || attempt >= maxAttempts) return null;
+  const reason = retryReason(outcome);
+  if (!reason) return null;
+  const listed =
+    reason === "exit_code"
+      ? policy.on.includes("exit_code") || (outcome.exitCode !== null && policy.exit_codes.includes(outcome.exitCode))
+      : policy.on.includes(reason);
+  if (!listed) return null;
+  const base = Math.min(policy.max_backoff_s, policy.backoff_s * 2 ** (attempt - 1));
+  const delayMs = Math.max(0, Math.round(base * 1000 * (1 + policy.jitter * (2 * random() - 1))));
+  return {
+    at: now + delayMs,
+    event: {
+      reason,
+      exit_code: outcome.exitCode,
+      attempt: attempt + 1,
+      max_attempts: maxAttempts,
+      delay_ms: delayMs,
+      at: new Date(now + delayMs).toISOString(),
+    },
+  };
 }

@@ -2,8 +2,18 @@
  * Runs and their state machine. Every transition is a compare-and-set on the current status and
  * commits together with the events that describe it.
  */
-import type { AgentBudget, AgentPolicy, Limits, Run, RunReason, RunStatus } from "@paddock/protocol";
-import type { Kysely } from "kysely";
+import { createHash } from "node:crypto";
+import {
+  type AgentBudget,
+  type AgentPolicy,
+  AppError,
+  type Limits,
+  type RetryPolicy,
+  type Run,
+  type RunReason,
+  type RunStatus,
+} from "@paddock/protocol";
+import type { Kysely, Transaction } from "kysely";
 import { newId } from "../store/ids.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import type { EventLog, NewEvent } from "./event-log.ts";
@@ -22,6 +32,12 @@ export interface AgentDefinition {
   policy?: AgentPolicy;
   /** Credits budgets and LLM rate limits; absent means only the tenant's balance bounds spending. */
   budget?: AgentBudget;
+  /** How failed attempts are retried; absent means one attempt. */
+  retry?: RetryPolicy;
+  /** Runs of this agent at once; absent means no limit of its own. */
+  max_concurrent_runs?: number;
+  /** Seconds a run may wait in the queue before it expires. */
+  queue_ttl_s?: number;
   /** The built-in agent's loop (the command then starts it from the runner layer). */
   builtin?: { instructions: string; model: string; tools: string[]; max_steps: number };
 }
@@ -47,6 +63,9 @@ export function toRun(row: RunsTable): Run {
     reason: row.reason as RunReason | null,
     exit_code: row.exit_code,
     attempt: row.attempt,
+    max_attempts: row.max_attempts,
+    trigger: row.trigger as Run["trigger"],
+    not_before: iso(row.not_before),
     input: row.input === null ? null : JSON.parse(row.input),
     created_at: new Date(row.created_at).toISOString(),
     started_at: iso(row.started_at),
@@ -70,7 +89,22 @@ export class RunRepository {
     this.#events = events;
   }
 
-  async create(tenantId: string, agentId: string, spec: AgentSpec, input: unknown): Promise<RunsTable> {
+  /**
+   * Queues a run of `spec`. `dedupe`, run inside the same transaction before the insert, may
+   * answer with a run that already stands for this request (an idempotency key, a schedule slot, a
+   * webhook delivery); it records its own row for the new run otherwise.
+   */
+  async create(
+    tenantId: string,
+    agentId: string,
+    spec: AgentSpec,
+    input: unknown,
+    options: {
+      trigger?: RunsTable["trigger"];
+      dedupe?: (trx: Transaction<Database>, runId: string) => Promise<string | null>;
+      events?: NewEvent[];
+    } = {},
+  ): Promise<{ run: RunsTable; created: boolean }> {
     const now = Date.now();
     const row: RunsTable = {
       id: newId("run", now),
@@ -80,7 +114,7 @@ export class RunRepository {
       reason: null,
       exit_code: null,
       attempt: 0,
-      max_attempts: 1,
+      max_attempts: spec.retry?.max_attempts ?? 1,
       input: input === undefined ? null : JSON.stringify(input),
       spec: JSON.stringify(spec),
       worker_id: null,
@@ -89,13 +123,26 @@ export class RunRepository {
       created_at: now,
       started_at: null,
       finished_at: null,
+      trigger: options.trigger ?? "api",
+      not_before: null,
+      expires_at: spec.queue_ttl_s ? now + spec.queue_ttl_s * 1000 : null,
+      lease_until: null,
     };
-    const events = await this.#db.transaction().execute(async (trx) => {
+    const result = await this.#db.transaction().execute(async (trx) => {
+      const existing = options.dedupe ? await options.dedupe(trx, row.id) : null;
+      if (existing) {
+        const run = await trx.selectFrom("runs").selectAll().where("id", "=", existing).executeTakeFirstOrThrow();
+        return { run, created: false, events: [] };
+      }
       await trx.insertInto("runs").values(row).execute();
-      return this.#events.append(trx, row.id, 0, [{ type: "run.queued", data: { status: "queued" }, ts: now }]);
+      const events = await this.#events.append(trx, row.id, 0, [
+        { type: "run.queued", data: { status: "queued", trigger: row.trigger }, ts: now },
+        ...(options.events ?? []),
+      ]);
+      return { run: row, created: true, events };
     });
-    this.#events.publish(events);
-    return row;
+    this.#events.publish(result.events);
+    return { run: result.run, created: result.created };
   }
 
   async get(tenantId: string, id: string): Promise<RunsTable | undefined> {
@@ -171,4 +218,48 @@ export class RunRepository {
 /** The event a run writes when it reaches a terminal status. */
 export function terminalEvent(status: RunStatus, reason: RunReason, exitCode: number | null): NewEvent {
   return { type: `run.${status}`, data: { status, reason, exit_code: exitCode } };
+}
+
+/** How long an Idempotency-Key keeps answering with its run. */
+export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
+
+/**
+ * The dedupe step of an API trigger with an `Idempotency-Key`: the run the key already started
+ * (within a day), a refusal when the key came with another request, or, recording the key for the
+ * new run, null. It runs in the run's own transaction, so identical requests at once make one run.
+ */
+export function idempotencyKey(
+  tenantId: string,
+  key: string,
+  request: string,
+  now = Date.now(),
+): (trx: Transaction<Database>, runId: string) => Promise<string | null> {
+  if (!/^[\x21-\x7e]{1,255}$/.test(key)) {
+    throw new AppError("validation_failed", "Idempotency-Key: 1 to 255 printable ASCII characters, no spaces.");
+  }
+  const hash = createHash("sha256").update(request).digest("hex");
+  return async (trx, runId) => {
+    const found = await trx
+      .selectFrom("idempotency_keys")
+      .selectAll()
+      .where("tenant_id", "=", tenantId)
+      .where("key", "=", key)
+      .executeTakeFirst();
+    if (found && Number(found.created_at) > now - IDEMPOTENCY_TTL_MS) {
+      if (found.request_hash !== hash) {
+        throw new AppError(
+          "idempotency_key_reused",
+          "This Idempotency-Key started a run for another agent or input; use a new key for a new request.",
+        );
+      }
+      return found.run_id;
+    }
+    if (found)
+      await trx.deleteFrom("idempotency_keys").where("tenant_id", "=", tenantId).where("key", "=", key).execute();
+    await trx
+      .insertInto("idempotency_keys")
+      .values({ tenant_id: tenantId, key, request_hash: hash, run_id: runId, created_at: now })
+      .execute();
+    return null;
+  };
 }

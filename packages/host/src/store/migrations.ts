@@ -282,6 +282,71 @@ migrations["0005_gateway"] = {
   },
 };
 
+migrations["0006_triggers"] = {
+  // How runs are started and retried: trigger kinds, backoff, queue expiry and leases on runs;
+  // idempotency keys, cron schedules with their slots, and signed webhooks with their deliveries.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .alterTable("runs")
+      .addColumn("trigger", "text", (c) => c.notNull().defaultTo("api"))
+      .execute();
+    await db.schema.alterTable("runs").addColumn("not_before", "bigint").execute();
+    await db.schema.alterTable("runs").addColumn("expires_at", "bigint").execute();
+    await db.schema.alterTable("runs").addColumn("lease_until", "bigint").execute();
+    await db.schema
+      .createTable("idempotency_keys")
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("key", "text", (c) => c.notNull())
+      .addColumn("request_hash", "text", (c) => c.notNull())
+      .addColumn("run_id", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addPrimaryKeyConstraint("idempotency_keys_pk", ["tenant_id", "key"])
+      .execute();
+    await db.schema
+      .createTable("schedules")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("agent_id", "text", (c) => c.notNull().references("agents.id"))
+      .addColumn("cron", "text", (c) => c.notNull())
+      .addColumn("timezone", "text", (c) => c.notNull())
+      .addColumn("overlap", "text", (c) => c.notNull())
+      .addColumn("catch_up_s", "integer", (c) => c.notNull())
+      .addColumn("input", "text")
+      .addColumn("paused", "integer", (c) => c.notNull().defaultTo(0))
+      .addColumn("next_at", "bigint")
+      .addColumn("last_slot_at", "bigint")
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex("schedules_next").on("schedules").columns(["paused", "next_at"]).execute();
+    await db.schema
+      .createTable("schedule_slots")
+      .addColumn("schedule_id", "text", (c) => c.notNull().references("schedules.id").onDelete("cascade"))
+      .addColumn("slot_at", "bigint", (c) => c.notNull())
+      .addColumn("run_id", "text")
+      .addColumn("outcome", "text", (c) => c.notNull())
+      .addPrimaryKeyConstraint("schedule_slots_pk", ["schedule_id", "slot_at"])
+      .execute();
+    await db.schema
+      .createTable("webhooks")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("agent_id", "text", (c) => c.notNull().references("agents.id"))
+      .addColumn("sealed_secret", "text", (c) => c.notNull())
+      .addColumn("master_key_id", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .execute();
+    await db.schema
+      .createTable("webhook_deliveries")
+      .addColumn("webhook_id", "text", (c) => c.notNull().references("webhooks.id").onDelete("cascade"))
+      .addColumn("delivery_id", "text", (c) => c.notNull())
+      .addColumn("run_id", "text", (c) => c.notNull())
+      .addColumn("received_at", "bigint", (c) => c.notNull())
+      .addPrimaryKeyConstraint("webhook_deliveries_pk", ["webhook_id", "delivery_id"])
+      .execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.

@@ -115,6 +115,14 @@ export interface RunsTable {
   created_at: number;
   started_at: number | null;
   finished_at: number | null;
+  /** api, schedule, webhook or agent. */
+  trigger: string;
+  /** A queued run is not claimed before this time (a retry's backoff). */
+  not_before: number | null;
+  /** A run still queued at this time expires. */
+  expires_at: number | null;
+  /** The claiming worker's lease, renewed while the attempt runs. */
+  lease_until: number | null;
 }
 
 export interface AttemptsTable {
@@ -222,6 +230,57 @@ export interface CreditAccountsTable {
   reserved: number;
 }
 
+/** An `Idempotency-Key` of an API trigger: the same key answers with the same run for a day. */
+export interface IdempotencyKeysTable {
+  tenant_id: string;
+  key: string;
+  /** What the request asked for (agent and body), so a reused key with another request is refused. */
+  request_hash: string;
+  run_id: string;
+  created_at: number;
+}
+
+export interface SchedulesTable {
+  id: string;
+  tenant_id: string;
+  agent_id: string;
+  cron: string;
+  timezone: string;
+  overlap: string;
+  catch_up_s: number;
+  input: string | null;
+  paused: number;
+  /** The next slot, in ms; null when the expression has no more. */
+  next_at: number | null;
+  last_slot_at: number | null;
+  created_at: number;
+}
+
+/** Which slot of a schedule made which run: a slot runs at most once. */
+export interface ScheduleSlotsTable {
+  schedule_id: string;
+  slot_at: number;
+  run_id: string | null;
+  /** run, skipped (overlap), or missed (downtime beyond the catch-up window). */
+  outcome: string;
+}
+
+export interface WebhooksTable {
+  id: string;
+  tenant_id: string;
+  agent_id: string;
+  sealed_secret: string;
+  master_key_id: string;
+  created_at: number;
+}
+
+export interface WebhookDeliveriesTable {
+  webhook_id: string;
+  delivery_id: string;
+  run_id: string;
+  received_at: number;
+}
+
 export interface Database {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
@@ -240,6 +299,11 @@ export interface Database {
   providers: ProvidersTable;
   credit_ledger: CreditLedgerTable;
   credit_accounts: CreditAccountsTable;
+  idempotency_keys: IdempotencyKeysTable;
+  schedules: SchedulesTable;
+  schedule_slots: ScheduleSlotsTable;
+  webhooks: WebhooksTable;
+  webhook_deliveries: WebhookDeliveriesTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }
