@@ -11,7 +11,7 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { serve } from "@hono/node-server";
 import { type Limits, toMicro } from "@paddock/protocol";
-import { Agents } from "./agents/agents.ts";
+import { Agents, runSpec } from "./agents/agents.ts";
 import { createApi } from "./api/app.ts";
 import { attachShellSocket } from "./api/shell-socket.ts";
 import { BlobStore } from "./artifacts/blob-store.ts";
@@ -44,6 +44,7 @@ import { rotateMasterKey, Secrets } from "./secrets/secrets.ts";
 import { newId } from "./store/ids.ts";
 import { migrate } from "./store/migrations.ts";
 import { openSqlite } from "./store/sqlite.ts";
+import { Scheduler } from "./triggers/scheduler.ts";
 
 export const VERSION = "0.1.0";
 
@@ -86,6 +87,8 @@ export interface HostConfig {
   sandboxNetwork?: { range?: string };
   /** Run tokens: lifetime (default 10 minutes) and allowed clock skew (default 5 s). */
   runTokens?: { ttlMs?: number; clockToleranceS?: number };
+  /** How often due schedules are looked for; 0 leaves it to the caller of `scheduler.tick` (tests). */
+  schedulerTickMs?: number;
   /** LLM rate limits every tenant gets (requests and tokens per minute); default none. */
   llmTenantLimits?: { requestsPerMinute?: number; tokensPerMinute?: number };
 }
@@ -106,6 +109,8 @@ export interface RunningHost {
   bridgeUrl: string;
   /** The tenants' secrets; `reveal` is for host-side code such as the bridge, never for an API answer. */
   secrets: Secrets;
+  /** Cron schedules (tests drive `tick` with their own clock). */
+  scheduler: Scheduler;
   close(): Promise<void>;
 }
 
@@ -292,6 +297,18 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     const recovered = await engine.reconcile();
     if (recovered > 0) log(`reconciled ${recovered} run(s) left in flight by a previous host`);
     engine.start();
+    const scheduler = new Scheduler({
+      db,
+      runs,
+      specOf: (tenantId, agentId) =>
+        agents.get(tenantId, agentId).then(
+          (agent) => runSpec(agent),
+          () => null,
+        ),
+      notify: () => engine.notify(),
+      log,
+    });
+    scheduler.start(config.schedulerTickMs ?? 1000);
 
     const sessions = new EnvSessions({
       db,
@@ -322,6 +339,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       secrets,
       providers,
       ledger,
+      scheduler,
       version: VERSION,
       log,
     });
@@ -344,6 +362,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       runDir,
       bridgeUrl,
       secrets,
+      scheduler,
       get warmCount() {
         return engine.warmCount;
       },
@@ -354,6 +373,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
           if ("closeAllConnections" in server) server.closeAllConnections();
           await closed;
           await sessions.stop();
+          await scheduler.stop();
           await engine.close();
           await bridge.close();
           gateway.close();

@@ -192,6 +192,18 @@ export class Agents {
     return { row, snapshot: await this.#snapshotOf(row) };
   }
 
+  /** An agent by id, else by name; not_found otherwise. */
+  async resolve(tenantId: string, ref: string): Promise<AgentRecord> {
+    const row = await this.#db
+      .selectFrom("agents")
+      .selectAll()
+      .where("tenant_id", "=", tenantId)
+      .where((eb) => eb.or([eb("id", "=", ref), eb("name", "=", ref)]))
+      .executeTakeFirst();
+    if (!row) throw new AppError("not_found", `No agent '${ref.slice(0, 64)}'.`);
+    return { row, snapshot: await this.#snapshotOf(row) };
+  }
+
   async list(tenantId: string, opts: { name?: string; cursor?: string; limit: number }): Promise<AgentRecord[]> {
     let q = this.#db.selectFrom("agents").selectAll().where("tenant_id", "=", tenantId);
     if (opts.name) q = q.where("name", "=", opts.name);

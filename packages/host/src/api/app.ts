@@ -43,10 +43,12 @@ import type { Providers } from "../gateway/providers.ts";
 import { type Identity, type Principal, toTenant } from "../identity/identity.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { Database } from "../store/schema.ts";
+import type { Scheduler } from "../triggers/scheduler.ts";
 import { registerConnectionRoutes } from "./connections.ts";
 import { registerGatewayRoutes } from "./gateway.ts";
 import { check, errorResponse, json, readJson } from "./http.ts";
 import { registerRunnerRoutes } from "./runners.ts";
+import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
 import { registerSessionRoutes } from "./sessions.ts";
 import { registerSnapshotArchiveRoutes } from "./snapshot-archive.ts";
@@ -65,6 +67,7 @@ export interface ApiDeps {
   secrets: Secrets;
   providers: Providers;
   ledger: Ledger;
+  scheduler: Scheduler;
   version: string;
   log: (msg: string) => void;
 }
@@ -271,6 +274,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
   registerSnapshotArchiveRoutes(app, deps, { authenticate: authenticate("tenant"), param });
   registerSessionRoutes(deps.sessions, { route, param, tenantOf });
   registerSecretRoutes(deps.secrets, { route, tenantOf });
+  registerScheduleRoutes({ scheduler: deps.scheduler, agents: deps.agents }, { route, tenantOf });
   registerGatewayRoutes(
     { providers: deps.providers, ledger: deps.ledger, db: deps.db },
     { route, tenantOf, findRun: (c) => findRun(c) },

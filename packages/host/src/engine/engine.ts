@@ -34,7 +34,10 @@ export class Engine {
   readonly #deps: AttemptDeps;
   readonly #config: EngineConfig;
   readonly #snapshots: Snapshots;
-  readonly #active = new Map<string, { attempt: Attempt; done: Promise<void>; tenantId: string; agentId: string }>();
+  readonly #active = new Map<
+    string,
+    { attempt: Attempt; done: Promise<void>; tenantId: string; agentId: string; serialKey: string | null }
+  >();
   /** The tenant served last, so that the next claim starts after it (round robin). */
   #lastTenant = "";
   #leaseTimer: NodeJS.Timeout | null = null;
@@ -171,7 +174,7 @@ export class Engine {
       const running = [...this.#active.values()];
       if (running.filter((a) => a.tenantId === tenant).length >= perTenant) continue;
       const candidates = await this.queued()
-        .select(["id", "agent_id", "spec"])
+        .select(["id", "agent_id", "spec", "serial_key"])
         .where("tenant_id", "=", tenant)
         .where((eb) => eb.or([eb("not_before", "is", null), eb("not_before", "<=", now)]))
         .orderBy("id")
@@ -180,6 +183,7 @@ export class Engine {
       for (const c of candidates) {
         const limit = (JSON.parse(c.spec) as AgentSpec).max_concurrent_runs;
         if (limit !== undefined && running.filter((a) => a.agentId === c.agent_id).length >= limit) continue;
+        if (c.serial_key !== null && running.some((a) => a.serialKey === c.serial_key)) continue;
         this.#lastTenant = tenant;
         return c.id;
       }
@@ -277,7 +281,13 @@ export class Engine {
         this.#active.delete(run.id);
         this.notify();
       });
-    this.#active.set(run.id, { attempt, done, tenantId: run.tenant_id, agentId: run.agent_id });
+    this.#active.set(run.id, {
+      attempt,
+      done,
+      tenantId: run.tenant_id,
+      agentId: run.agent_id,
+      serialKey: run.serial_key,
+    });
   }
 
   async #execute(run: RunsTable, attempt: Attempt, spec: AgentSpec): Promise<void> {

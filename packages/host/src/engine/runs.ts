@@ -101,6 +101,8 @@ export class RunRepository {
     input: unknown,
     options: {
       trigger?: RunsTable["trigger"];
+      /** Runs with the same key never run at the same time. */
+      serialKey?: string;
       dedupe?: (trx: Transaction<Database>, runId: string) => Promise<string | null>;
       events?: NewEvent[];
     } = {},
@@ -127,6 +129,7 @@ export class RunRepository {
       not_before: null,
       expires_at: spec.queue_ttl_s ? now + spec.queue_ttl_s * 1000 : null,
       lease_until: null,
+      serial_key: options.serialKey ?? null,
     };
     const result = await this.#db.transaction().execute(async (trx) => {
       const existing = options.dedupe ? await options.dedupe(trx, row.id) : null;

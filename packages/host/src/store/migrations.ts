@@ -294,6 +294,7 @@ migrations["0006_triggers"] = {
     await db.schema.alterTable("runs").addColumn("not_before", "bigint").execute();
     await db.schema.alterTable("runs").addColumn("expires_at", "bigint").execute();
     await db.schema.alterTable("runs").addColumn("lease_until", "bigint").execute();
+    await db.schema.alterTable("runs").addColumn("serial_key", "text").execute();
     await db.schema
       .createTable("idempotency_keys")
       .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))

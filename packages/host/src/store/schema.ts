@@ -123,6 +123,8 @@ export interface RunsTable {
   expires_at: number | null;
   /** The claiming worker's lease, renewed while the attempt runs. */
   lease_until: number | null;
+  /** Runs sharing a serial key run one at a time (a schedule that queues one). */
+  serial_key: string | null;
 }
 
 export interface AttemptsTable {

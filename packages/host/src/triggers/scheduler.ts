@@ -1,0 +1,292 @@
+/**
+ * Cron schedules: each due slot of a schedule starts one run of its agent, exactly once, in the
+ * schedule's IANA time zone (croner computes the instants, daylight-saving changes included: a
+ * slot that falls in a skipped hour runs at the change, one in a repeated hour runs once).
+ *
+ * A slot is claimed by inserting its (schedule, slot) row in the same transaction as its run, so
+ * two ticks, or two hosts, never start it twice. After downtime only the latest missed slot runs,
+ * and only when it is at most `catch_up_s` old (a tick that is merely late, by up to a minute, is
+ * never a miss). Overlap: `skip` records the slot as skipped while a run of the schedule is queued
+ * or running; `queue_one` keeps at most one run waiting, which the engine starts once the running
+ * one finished (its serial key); `allow` always starts one.
+ */
+import {
+  AppError,
+  type OverlapPolicy,
+  type Schedule,
+  ScheduleCreate,
+  type ScheduleCreateInput,
+} from "@paddock/protocol";
+import { Cron } from "croner";
+import type { Kysely } from "kysely";
+import type { AgentSpec, RunRepository } from "../engine/runs.ts";
+import { newId } from "../store/ids.ts";
+import type { Database, SchedulesTable } from "../store/schema.ts";
+
+/** How late a tick may be and still run a slot whose schedule has no catch-up window. */
+const ON_TIME_GRACE_MS = 60_000;
+/** Slots looked at per schedule per tick (a long downtime of a per-second schedule stays bounded). */
+const MAX_SLOTS_PER_TICK = 100_000;
+const ACTIVE = ["queued", "starting", "running"];
+
+export interface SchedulerDeps {
+  db: Kysely<Database>;
+  runs: RunRepository;
+  /** The spec a run of the agent freezes now, or null when the agent is gone. */
+  specOf(tenantId: string, agentId: string): Promise<AgentSpec | null>;
+  /** Tells the engine there is work. */
+  notify(): void;
+  log(line: string): void;
+}
+
+export function toSchedule(row: SchedulesTable): Schedule {
+  const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).toISOString());
+  return {
+    id: row.id,
+    agent_id: row.agent_id,
+    cron: row.cron,
+    timezone: row.timezone,
+    overlap: row.overlap as OverlapPolicy,
+    catch_up_s: row.catch_up_s,
+    paused: row.paused === 1,
+    next_at: iso(row.next_at),
+    last_slot_at: iso(row.last_slot_at),
+    created_at: new Date(Number(row.created_at)).toISOString(),
+  };
+}
+
+/** The expression's job, or a validation error naming what is wrong with it. */
+function cronOf(expression: string, timezone: string): Cron {
+  try {
+    new Intl.DateTimeFormat("en", { timeZone: timezone });
+  } catch {
+    throw new AppError(
+      "validation_failed",
+      `Unknown time zone '${timezone.slice(0, 64)}': use an IANA name such as Europe/Paris.`,
+      [{ path: "timezone", code: "invalid_timezone", message: "not an IANA time zone" }],
+    );
+  }
+  try {
+    return new Cron(expression, { timezone, paused: true });
+  } catch (err) {
+    const message = err instanceof Error ? err.message.replace(/^CronPattern: /, "") : "invalid";
+    throw new AppError("validation_failed", `Invalid cron expression '${expression.slice(0, 128)}': ${message}.`, [
+      { path: "cron", code: "invalid_cron", message },
+    ]);
+  }
+}
+
+const nextAfter = (cron: Cron, after: number): number | null => cron.nextRun(new Date(after))?.getTime() ?? null;
+
+export class Scheduler {
+  readonly #deps: SchedulerDeps;
+  #timer: NodeJS.Timeout | null = null;
+  #ticking: Promise<void> | null = null;
+
+  constructor(deps: SchedulerDeps) {
+    this.#deps = deps;
+  }
+
+  /** Ticks every `everyMs` on the host's clock (0: never; tests then call tick themselves). */
+  start(everyMs: number): void {
+    if (everyMs <= 0) return;
+    this.#timer = setInterval(() => {
+      this.#ticking ??= this.tick(Date.now())
+        .then(() => undefined)
+        .catch((err: unknown) => this.#deps.log(`scheduler: ${err instanceof Error ? err.message : String(err)}`))
+        .finally(() => {
+          this.#ticking = null;
+        });
+    }, everyMs);
+    this.#timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    await this.#ticking;
+  }
+
+  async create(tenantId: string, agentId: string, input: ScheduleCreateInput, now = Date.now()): Promise<Schedule> {
+    const body = ScheduleCreate.parse(input);
+    const cron = cronOf(body.cron, body.timezone);
+    const next = nextAfter(cron, now);
+    if (next === null) throw new AppError("validation_failed", "The cron expression has no future slot.");
+    const row: SchedulesTable = {
+      id: newId("sch", now),
+      tenant_id: tenantId,
+      agent_id: agentId,
+      cron: body.cron,
+      timezone: body.timezone,
+      overlap: body.overlap,
+      catch_up_s: body.catch_up_s,
+      input: body.input === undefined ? null : JSON.stringify(body.input),
+      paused: 0,
+      next_at: next,
+      last_slot_at: null,
+      created_at: now,
+    };
+    await this.#deps.db.insertInto("schedules").values(row).execute();
+    return toSchedule(row);
+  }
+
+  async list(tenantId: string): Promise<Schedule[]> {
+    const rows = await this.#deps.db
+      .selectFrom("schedules")
+      .selectAll()
+      .where("tenant_id", "=", tenantId)
+      .orderBy("id")
+      .execute();
+    return rows.map(toSchedule);
+  }
+
+  async get(tenantId: string, id: string): Promise<Schedule> {
+    return toSchedule(await this.#row(tenantId, id));
+  }
+
+  /** Pauses or resumes; a resumed schedule's next slot is the first after now (none missed while paused). */
+  async setPaused(tenantId: string, id: string, paused: boolean, now = Date.now()): Promise<Schedule> {
+    const row = await this.#row(tenantId, id);
+    const next = paused ? row.next_at : nextAfter(cronOf(row.cron, row.timezone), now);
+    await this.#deps.db
+      .updateTable("schedules")
+      .set({ paused: paused ? 1 : 0, next_at: next })
+      .where("id", "=", id)
+      .execute();
+    return toSchedule({ ...row, paused: paused ? 1 : 0, next_at: next });
+  }
+
+  async delete(tenantId: string, id: string): Promise<Schedule> {
+    const row = await this.#row(tenantId, id);
+    await this.#deps.db.deleteFrom("schedules").where("id", "=", id).execute();
+    return toSchedule(row);
+  }
+
+  async #row(tenantId: string, id: string): Promise<SchedulesTable> {
+    const row = await this.#deps.db
+      .selectFrom("schedules")
+      .selectAll()
+      .where("id", "=", id)
+      .where("tenant_id", "=", tenantId)
+      .executeTakeFirst();
+    if (!row) throw new AppError("not_found", `No schedule '${id.slice(0, 64)}'.`);
+    return row;
+  }
+
+  /** Starts the runs of every slot due at `now`; returns the runs it started. */
+  async tick(now: number): Promise<string[]> {
+    const due = await this.#deps.db
+      .selectFrom("schedules")
+      .selectAll()
+      .where("paused", "=", 0)
+      .where("next_at", "<=", now)
+      .orderBy("next_at")
+      .execute();
+    const started: string[] = [];
+    for (const schedule of due) {
+      try {
+        const run = await this.#fire(schedule, now);
+        if (run) started.push(run);
+      } catch (err) {
+        this.#deps.log(`schedule ${schedule.id}: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+    if (started.length > 0) this.#deps.notify();
+    return started;
+  }
+
+  async #fire(schedule: SchedulesTable, now: number): Promise<string | null> {
+    const cron = cronOf(schedule.cron, schedule.timezone);
+    const window = Math.max(ON_TIME_GRACE_MS, schedule.catch_up_s * 1000);
+    const next = nextAfter(cron, now);
+    // The latest slot at or before now, looked for only inside the window: older ones are missed anyway.
+    const waited = Number(schedule.next_at);
+    let slot = waited >= now - window ? waited : (nextAfter(cron, now - window - 1) ?? now + 1);
+    if (slot > now) slot = waited;
+    for (let i = 0; i < MAX_SLOTS_PER_TICK; i++) {
+      const after = nextAfter(cron, slot);
+      if (after === null || after > now) break;
+      slot = after;
+    }
+    const advance = () =>
+      this.#deps.db
+        .updateTable("schedules")
+        .set({ next_at: next, last_slot_at: slot })
+        .where("id", "=", schedule.id)
+        .where("next_at", "=", schedule.next_at)
+        .execute();
+    if (slot !== waited)
+      this.#deps.log(`schedule ${schedule.id}: slots from ${new Date(waited).toISOString()} were missed`);
+    if (now - slot > window) {
+      await this.#record(schedule.id, slot, "missed");
+      await advance();
+      return null;
+    }
+    const spec = await this.#deps.specOf(schedule.tenant_id, schedule.agent_id);
+    if (!spec) {
+      await this.#deps.db.updateTable("schedules").set({ paused: 1 }).where("id", "=", schedule.id).execute();
+      this.#deps.log(`schedule ${schedule.id}: its agent is gone; paused`);
+      return null;
+    }
+    const active = await this.#deps.db
+      .selectFrom("schedule_slots as s")
+      .innerJoin("runs as r", "r.id", "s.run_id")
+      .select(["r.status"])
+      .where("s.schedule_id", "=", schedule.id)
+      .where("r.status", "in", ACTIVE)
+      .execute();
+    const overlap = schedule.overlap as OverlapPolicy;
+    if (
+      (overlap === "skip" && active.length > 0) ||
+      (overlap === "queue_one" && active.some((r) => r.status === "queued"))
+    ) {
+      await this.#record(schedule.id, slot, "skipped");
+      await advance();
+      return null;
+    }
+    const { run, created } = await this.#deps.runs.create(
+      schedule.tenant_id,
+      schedule.agent_id,
+      spec,
+      schedule.input === null ? undefined : JSON.parse(schedule.input),
+      {
+        trigger: "schedule",
+        ...(overlap === "allow" ? {} : { serialKey: `schedule:${schedule.id}` }),
+        events: [
+          {
+            type: "schedule.fired",
+            data: { schedule_id: schedule.id, slot: new Date(slot).toISOString(), late_ms: Math.max(0, now - slot) },
+          },
+        ],
+        dedupe: async (trx, runId) => {
+          const taken = await trx
+            .selectFrom("schedule_slots")
+            .select("run_id")
+            .where("schedule_id", "=", schedule.id)
+            .where("slot_at", "=", slot)
+            .executeTakeFirst();
+          if (taken?.run_id) return taken.run_id;
+          if (taken) throw new Error(`slot ${new Date(slot).toISOString()} was already settled`);
+          await trx
+            .insertInto("schedule_slots")
+            .values({ schedule_id: schedule.id, slot_at: slot, run_id: runId, outcome: "run" })
+            .execute();
+          await trx
+            .updateTable("schedules")
+            .set({ next_at: next, last_slot_at: slot })
+            .where("id", "=", schedule.id)
+            .execute();
+          return null;
+        },
+      },
+    );
+    return created ? run.id : null;
+  }
+
+  async #record(scheduleId: string, slot: number, outcome: "missed" | "skipped"): Promise<void> {
+    await this.#deps.db
+      .insertInto("schedule_slots")
+      .values({ schedule_id: scheduleId, slot_at: slot, run_id: null, outcome })
+      .onConflict((oc) => oc.doNothing())
+      .execute();
+  }
+}
