@@ -45,6 +45,7 @@ import { newId } from "./store/ids.ts";
 import { migrate } from "./store/migrations.ts";
 import { openSqlite } from "./store/sqlite.ts";
 import { Scheduler } from "./triggers/scheduler.ts";
+import { Webhooks } from "./triggers/webhooks.ts";
 
 export const VERSION = "0.1.0";
 
@@ -297,18 +298,28 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     const recovered = await engine.reconcile();
     if (recovered > 0) log(`reconciled ${recovered} run(s) left in flight by a previous host`);
     engine.start();
+    // What a triggered run of an agent freezes now; null once the agent is gone.
+    const specOf = (tenantId: string, agentId: string) =>
+      agents.get(tenantId, agentId).then(
+        (agent) => runSpec(agent),
+        () => null,
+      );
     const scheduler = new Scheduler({
       db,
       runs,
-      specOf: (tenantId, agentId) =>
-        agents.get(tenantId, agentId).then(
-          (agent) => runSpec(agent),
-          () => null,
-        ),
+      specOf,
       notify: () => engine.notify(),
       log,
     });
     scheduler.start(config.schedulerTickMs ?? 1000);
+    const webhooks = new Webhooks({
+      db,
+      vault,
+      runs,
+      specOf,
+      notify: () => engine.notify(),
+      log,
+    });
 
     const sessions = new EnvSessions({
       db,
@@ -340,6 +351,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       providers,
       ledger,
       scheduler,
+      webhooks,
       version: VERSION,
       log,
     });

@@ -106,6 +106,15 @@ export const ERROR_CODES = {
     status: 422,
     message: "This Idempotency-Key was used for another request; use a new key for a new request.",
   },
+  webhook_signature_invalid: {
+    status: 401,
+    message:
+      'The delivery is not signed with this webhook\'s secret: send x-paddock-timestamp and x-paddock-signature: sha256=HMAC-SHA256(secret, "<timestamp>.<body>").',
+  },
+  webhook_timestamp_expired: {
+    status: 401,
+    message: "The delivery's x-paddock-timestamp is more than five minutes from the host's clock; sign it again.",
+  },
   unknown_model: { status: 404, message: "No provider serves this model; GET /v1/models lists those that exist." },
   model_wrong_api: {
     status: 400,

@@ -44,6 +44,7 @@ import { type Identity, type Principal, toTenant } from "../identity/identity.ts
 import type { Secrets } from "../secrets/secrets.ts";
 import type { Database } from "../store/schema.ts";
 import type { Scheduler } from "../triggers/scheduler.ts";
+import type { Webhooks } from "../triggers/webhooks.ts";
 import { registerConnectionRoutes } from "./connections.ts";
 import { registerGatewayRoutes } from "./gateway.ts";
 import { check, errorResponse, json, readJson } from "./http.ts";
@@ -52,6 +53,7 @@ import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
 import { registerSessionRoutes } from "./sessions.ts";
 import { registerSnapshotArchiveRoutes } from "./snapshot-archive.ts";
+import { registerWebhookRoutes } from "./webhooks.ts";
 
 export interface ApiDeps {
   db: Kysely<Database>;
@@ -68,6 +70,7 @@ export interface ApiDeps {
   providers: Providers;
   ledger: Ledger;
   scheduler: Scheduler;
+  webhooks: Webhooks;
   version: string;
   log: (msg: string) => void;
 }
@@ -275,6 +278,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
   registerSessionRoutes(deps.sessions, { route, param, tenantOf });
   registerSecretRoutes(deps.secrets, { route, tenantOf });
   registerScheduleRoutes({ scheduler: deps.scheduler, agents: deps.agents }, { route, tenantOf });
+  registerWebhookRoutes({ webhooks: deps.webhooks, agents: deps.agents }, { route, tenantOf });
   registerGatewayRoutes(
     { providers: deps.providers, ledger: deps.ledger, db: deps.db },
     { route, tenantOf, findRun: (c) => findRun(c) },

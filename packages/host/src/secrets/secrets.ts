@@ -200,9 +200,26 @@ export async function rotateMasterKey(db: Kysely<Database>, vault: Vault): Promi
         .execute();
       count++;
     }
+    const hooks = await trx
+      .selectFrom("webhooks")
+      .select(["id", "sealed_secret"])
+      .where("master_key_id", "!=", vault.masterKeyId)
+      .execute();
+    for (const row of hooks) {
+      const moved = rewrap(vault, row.sealed_secret, webhookAad(row.id), `webhook ${row.id}`);
+      await trx
+        .updateTable("webhooks")
+        .set({ sealed_secret: moved, master_key_id: vault.masterKeyId })
+        .where("id", "=", row.id)
+        .execute();
+      count++;
+    }
     return count;
   });
 }
+
+/** Associated data of a webhook's sealed signing secret. */
+export const webhookAad = (id: string) => `webhook:v1:${id}`;
 
 function rewrap(vault: Vault, sealed: string, aad: string, what: string): string {
   try {
