@@ -6,7 +6,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { unsealRunners } from "../packages/host/src/engine/runner-registry.ts";
-import { type RunningHost, startHost } from "../packages/host/src/host.ts";
+import { type HostConfig, type RunningHost, startHost } from "../packages/host/src/host.ts";
 
 export const now = () => performance.now();
 
@@ -34,7 +34,9 @@ export interface BenchHost {
  * Starts a host (embedded SQLite, Linux driver) on a new temporary data folder.
  * @example const b = await startBenchHost({ imagesDir, warmSandboxes: 0 }); try { … } finally { await b.close(); }
  */
-export async function startBenchHost(config: { imagesDir: string; warmSandboxes: number }): Promise<BenchHost> {
+export async function startBenchHost(
+  config: { imagesDir: string; warmSandboxes: number } & Partial<HostConfig>,
+): Promise<BenchHost> {
   const dataDir = await mkdtemp(join(tmpdir(), "paddock-bench-"));
   let host: RunningHost;
   try {

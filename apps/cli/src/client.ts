@@ -27,10 +27,13 @@ import {
   RunEvent,
   Runner,
   type RunStatus,
+  Schedule,
+  type ScheduleCreateInput,
   Secret,
   Snapshot,
   TERMINAL_STATUSES,
   Tenant,
+  Webhook,
 } from "@paddock/protocol";
 import { z } from "zod";
 import { readSse } from "./sse.ts";
@@ -267,6 +270,34 @@ export class Client {
 
   runCredits(runId: string): Promise<RunCredits> {
     return this.#json(RunCredits, "GET", `/runs/${enc(runId)}/credits`);
+  }
+
+  createSchedule(body: ScheduleCreateInput): Promise<Schedule> {
+    return this.#json(Schedule, "POST", "/schedules", { body });
+  }
+
+  listSchedules(): Promise<Schedule[]> {
+    return this.#list(Schedule, "/schedules");
+  }
+
+  setSchedulePaused(id: string, paused: boolean): Promise<Schedule> {
+    return this.#json(Schedule, "POST", `/schedules/${enc(id)}/${paused ? "pause" : "resume"}`);
+  }
+
+  deleteSchedule(id: string): Promise<Schedule> {
+    return this.#json(Schedule, "DELETE", `/schedules/${enc(id)}`);
+  }
+
+  createWebhook(agent: string): Promise<Webhook> {
+    return this.#json(Webhook, "POST", `/agents/${enc(agent)}/webhooks`);
+  }
+
+  listWebhooks(agent: string): Promise<Webhook[]> {
+    return this.#list(Webhook, `/agents/${enc(agent)}/webhooks`);
+  }
+
+  deleteWebhook(id: string): Promise<Webhook> {
+    return this.#json(Webhook, "DELETE", `/webhooks/${enc(id)}`);
   }
 
   listRunners(): Promise<z.output<typeof Runner>[]> {

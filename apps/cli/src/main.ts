@@ -15,6 +15,7 @@ import { health } from "./commands/health.ts";
 import { images } from "./commands/images.ts";
 import { keys } from "./commands/keys.ts";
 import { cancel, logs, run, runs } from "./commands/runs.ts";
+import { schedules, webhooks } from "./commands/schedules.ts";
 import { secrets } from "./commands/secrets.ts";
 import { serve } from "./commands/serve.ts";
 import { tenants } from "./commands/tenants.ts";
@@ -32,6 +33,8 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   providers,
   models,
   credits,
+  schedules,
+  webhooks,
   run,
   runs,
   logs,

@@ -52,7 +52,8 @@ describe("host crash", { skip }, () => {
     const retried = await call(first.url, "POST", "/v1/agents", {
       name: "retried",
       command: ["sh", "-c", 'echo "attempt $PADDOCK_ATTEMPT"; [ "$PADDOCK_ATTEMPT" = 1 ] && sleep 600; exit 0'],
-      retry: { max_attempts: 2, backoff_s: 0, on: ["lost"] },
+      // Its retry waits three seconds: the checks below see what the dead host left, before it starts.
+      retry: { max_attempts: 2, backoff_s: 3, jitter: 0, on: ["lost"] },
     });
     const retriedRun = await call(first.url, "POST", `/v1/agents/${retried.id}/runs`, {});
     for (const id of [run.id, retriedRun.id]) {

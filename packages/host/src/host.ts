@@ -44,6 +44,7 @@ import { rotateMasterKey, Secrets } from "./secrets/secrets.ts";
 import { newId } from "./store/ids.ts";
 import { migrate } from "./store/migrations.ts";
 import { openSqlite } from "./store/sqlite.ts";
+import { AgentCalls } from "./triggers/agent-calls.ts";
 import { Scheduler } from "./triggers/scheduler.ts";
 import { Webhooks } from "./triggers/webhooks.ts";
 
@@ -235,7 +236,10 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       log,
     });
     undo.push(async () => gateway.close());
-    const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, gateway });
+    // Agent-to-agent calls wake the engine, which is made below.
+    let wakeEngine = () => {};
+    const agentCalls = new AgentCalls({ db, agents, runs, notify: () => wakeEngine() });
+    const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, gateway, agentCalls });
     undo.push(() => bridge.close());
     const bridgePort = await bridge.listen(network.hostAddress);
     await network.allowPort(bridgePort);
@@ -295,6 +299,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
         warm: { max: config.warmSandboxes ?? 4, idleMs: config.warmIdleMs ?? 120_000 },
       },
     );
+    wakeEngine = () => engine.notify();
     const recovered = await engine.reconcile();
     if (recovered > 0) log(`reconciled ${recovered} run(s) left in flight by a previous host`);
     engine.start();

@@ -32,7 +32,7 @@ const EnvName = z
 export const MAX_FILES_BYTES = 8 * 1024 * 1024;
 
 /** The built-in agent's tools. */
-export const BuiltinTool = z.enum(["shell", "read_file", "write_file", "http", "finish"]);
+export const BuiltinTool = z.enum(["shell", "read_file", "write_file", "http", "call_agent", "finish"]);
 export const BUILTIN_TOOLS = BuiltinTool.options;
 
 export const AgentCreate = z
@@ -215,6 +215,9 @@ export const Run = z
     trigger: z.enum(["api", "schedule", "webhook", "agent"]),
     /** A queued run waits until then (a retry's backoff). */
     not_before: z.string().nullable(),
+    /** A child run: the run that started it, and the root of its tree. */
+    parent_run_id: z.string().nullable(),
+    root_run_id: z.string().nullable(),
     input: z.unknown(),
     created_at: z.string(),
     started_at: z.string().nullable(),

@@ -308,7 +308,14 @@ export const AgentPolicy = z
     connections: z
       .array(ConnectionName)
       .max(64)
-      .refine((c) => new Set(c).size === c.length, "each connection once"),
+      .refine((c) => new Set(c).size === c.length, "each connection once")
+      .default([]),
+    /** Agents (of the same tenant, by name) its runs may start as child runs. */
+    agents: z
+      .array(ConnectionName)
+      .max(64)
+      .refine((a) => new Set(a).size === a.length, "each agent once")
+      .optional(),
   })
   .strict()
   .meta({ id: "AgentPolicy" });

@@ -115,6 +115,10 @@ export const ERROR_CODES = {
     status: 401,
     message: "The delivery's x-paddock-timestamp is more than five minutes from the host's clock; sign it again.",
   },
+  agent_depth_exceeded: {
+    status: 403,
+    message: "Child runs may be nested only so deep; an agent calling agents in a loop stops here.",
+  },
   unknown_model: { status: 404, message: "No provider serves this model; GET /v1/models lists those that exist." },
   model_wrong_api: {
     status: 400,

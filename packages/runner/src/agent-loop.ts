@@ -1,14 +1,15 @@
 /**
  * The built-in agent: an LLM tool loop run inside the sandbox as the agent's command. It asks the
  * host's gateway for the next step (in the model's own wire format, OpenAI or Anthropic), runs the
- * tools the model calls (shell, read_file, write_file, http through a bridge connection, finish)
+ * tools the model calls (shell, read_file, write_file, http through a bridge connection,
+ * call_agent for another agent's run, finish)
  * and reports each call and result as an event. It holds no key: the run token is its API key, and
  * the host meters and bounds every call. A step limit ends a loop that never finishes.
  */
 import { spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { MARKER_PREFIX } from "@paddock/protocol/marker";
-import { bridge } from "./sdk.ts";
+import { bridge, callAgent } from "./sdk.ts";
 
 /** What the host writes to /inputs/agent.json for a built-in agent. */
 export interface BuiltinAgentConfig {
@@ -54,6 +55,11 @@ const TOOL_SPECS: Record<string, { description: string; properties: Record<strin
       body: { type: "string" },
     },
     required: ["connection", "method", "path"],
+  },
+  call_agent: {
+    description: "Start a run of another agent (one this agent may call) with a JSON input and wait for its result.",
+    properties: { agent: { type: "string" }, input: { type: "object" } },
+    required: ["agent"],
   },
   finish: {
     description: "End the task with a summary of what was done.",
@@ -109,6 +115,10 @@ async function runTool(call: ToolCall, allowed: string[]): Promise<{ ok: boolean
           ...(a.body !== undefined && method !== "GET" ? { body: str("body") } : {}),
         });
         return { ok: res.ok, output: `status ${res.status}\n${cap(await res.text(), OUTPUT_CAP)}` };
+      }
+      case "call_agent": {
+        const child = await callAgent(str("agent"), a.input);
+        return { ok: child.status === "succeeded", output: cap(JSON.stringify(child), OUTPUT_CAP) };
       }
       case "finish":
         return { ok: true, output: "finished", finish: str("summary") };

@@ -104,7 +104,7 @@ async function main(): Promise<void> {
   });
 }
 
-export { bridge } from "./sdk.ts";
+export { bridge, callAgent } from "./sdk.ts";
 
 // Started as a program, it is the runner, or with `agent` the built-in agent (the runner's child);
 // imported by an agent, it is only the SDK.

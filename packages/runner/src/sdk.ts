@@ -2,8 +2,9 @@
  * The agent-side SDK, shipped inside the runner bundle so that it always matches the host that
  * booted the sandbox. Agents written for Node import it from the runner layer:
  *
- *   const { bridge } = await import(process.env.PADDOCK_SDK);
+ *   const { bridge, callAgent } = await import(process.env.PADDOCK_SDK);
  *   const res = await bridge.fetch("github", "/repos/acme/app/issues", { method: "GET" });
+ *   const { status, result } = await callAgent("summarizer", { text });
  *
  * It holds no credential: each call reads the run token the host keeps fresh in the file named by
  * PADDOCK_TOKEN_FILE and sends it to the host's bridge, which attaches the real credential.
@@ -39,3 +40,47 @@ async function bridgeFetch(connection: string, path: string, init: RequestInit =
 }
 
 export const bridge = { fetch: bridgeFetch, url, token };
+
+/** A child run as the host reports it. */
+export interface ChildRun {
+  run_id: string;
+  agent: string;
+  status: string;
+  reason: string | null;
+  exit_code: number | null;
+  /** The data of the child's last `result` event. */
+  result: unknown;
+  artifacts: { path: string; size: number }[];
+}
+
+const TERMINAL = ["succeeded", "failed", "timed_out", "canceled"];
+
+async function agentsCall(path: string, init: RequestInit = {}): Promise<ChildRun> {
+  const headers = new Headers(init.headers);
+  headers.set("authorization", `Bearer ${token()}`);
+  if (init.body) headers.set("content-type", "application/json");
+  const res = await fetch(`${setting("PADDOCK_BRIDGE_URL")}${path}`, { ...init, headers });
+  const body = (await res.json()) as ChildRun & { error?: { code: string; message: string } };
+  if (!res.ok) throw new Error(`${body.error?.code ?? res.status}: ${body.error?.message ?? "agent call failed"}`);
+  return body;
+}
+
+/**
+ * Asks the host to start a run of another agent (one this agent's policy names) with `input`;
+ * with `wait` (the default) returns once the child has finished, with its status, result (its
+ * last `result` event's data) and artifacts.
+ */
+export async function callAgent(
+  name: string,
+  input?: unknown,
+  options: { wait?: boolean; timeoutS?: number } = {},
+): Promise<ChildRun> {
+  if (!/^[a-z0-9][a-z0-9_-]{0,63}$/.test(name)) throw new Error(`not an agent name: ${name}`);
+  let child = await agentsCall(`/agents/${name}/runs`, { method: "POST", body: JSON.stringify({ input }) });
+  if (options.wait === false) return child;
+  const deadline = Date.now() + (options.timeoutS ?? 3600) * 1000;
+  while (!TERMINAL.includes(child.status) && Date.now() < deadline) {
+    child = await agentsCall(`/agents/runs/${child.run_id}?wait=30`);
+  }
+  return child;
+}

@@ -127,7 +127,7 @@ Options:
   --connection NAME a bridge connection its runs may call (repeatable; replaces the file's list)
   --instructions T  the built-in agent (an LLM tool loop) with these instructions, instead of a command
   --model MODEL     the built-in agent's model (see 'paddock models')
-  --tool NAME       a built-in agent tool: shell, read_file, write_file, http, finish (repeatable; default all)
+  --tool NAME       a built-in agent tool: shell, read_file, write_file, http, call_agent, finish (repeatable; default all)
   --max-steps N     the most model calls of one run of the built-in agent (default 20)
   --budget-per-run C  the most credits one run may spend on model calls
   --budget-total C  the most credits the agent may spend in all

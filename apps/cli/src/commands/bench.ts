@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
-const SCENARIOS = ["boot", "bridge", "gateway", "snapshot", "swap"] as const;
+const SCENARIOS = ["boot", "bridge", "gateway", "queue", "snapshot", "swap"] as const;
 
 export const bench: Command = {
   name: "bench",
@@ -21,6 +21,9 @@ Scenarios:
   gateway what the LLM gateway adds to a model call from inside a sandbox (N×10 pairs of whole
           chat completions, direct to a local stand-in provider and through the gateway with
           metering, interleaved over the same link), and to the first chunk of a stream
+  queue   the run queue on SQLite: runs claimed per second with N×10 trivial runs queued at once,
+          claim latency with the engine idle (N runs), and the delay from a cron slot to the
+          run (a per-second schedule, N slots)
   snapshot  freeze time of environments of 10 MiB, 300 MiB and 1 GiB (a tmpfs writable layer
             shaped like a pip install), and trigger-to-first-event of agents booting the smallest
             and the largest (N runs each, interleaved, warm pool off)
@@ -77,6 +80,17 @@ Options:
         imagesDir: join(dataDirOf(values, ctx), "images"),
         calls: Math.max(runs, 1) * 10,
         progress: (line) => ctx.err(`bench gateway: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "queue") {
+      const { queueBench } = await import("../../../../bench/queue.ts");
+      const result = await queueBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        runs: Math.max(runs, 1) * 10,
+        samples: Math.max(runs, 1),
+        progress: (line) => ctx.err(`bench queue: ${line}`),
       });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;

@@ -27,7 +27,7 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
     env: def.env,
     files: def.files,
     limits: def.limits,
-    policy: { connections: def.policy?.connections ?? [] },
+    policy: { connections: def.policy?.connections ?? [], agents: def.policy?.agents ?? [] },
     budget: def.budget ?? {},
     retry: RetryPolicy.parse(def.retry ?? {}),
     max_concurrent_runs: def.max_concurrent_runs ?? null,
@@ -97,7 +97,10 @@ export class Agents {
       .where("name", "=", body.name)
       .executeTakeFirst();
     if (taken) throw new AppError("conflict", `An agent named '${body.name}' already exists.`);
-    const policy = { connections: body.policy?.connections ?? [] };
+    const policy = {
+      connections: body.policy?.connections ?? [],
+      ...(body.policy?.agents?.length ? { agents: body.policy.agents } : {}),
+    };
     await requireConnections(this.#db, tenantId, policy.connections);
 
     const limits = Limits.parse(body.limits ?? {});

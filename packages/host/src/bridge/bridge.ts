@@ -30,6 +30,7 @@ import type { AddressInfo, LookupFunction } from "node:net";
 import { pipeline, Transform } from "node:stream";
 import { AppError, type ConnectionAuth, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
 import { Gateway } from "../gateway/gateway.ts";
+import type { AgentCalls } from "../triggers/agent-calls.ts";
 import type { BridgeConnection } from "./connections.ts";
 import { decode } from "./decode.ts";
 import type { LiveSandbox, LiveSandboxes } from "./live.ts";
@@ -56,6 +57,8 @@ export interface BridgeDeps {
   log: (line: string) => void;
   /** The LLM gateway, served under /v1/ on the same listener. */
   gateway?: Gateway;
+  /** Agent-to-agent calls, served under /agents/. */
+  agentCalls?: AgentCalls;
   /** Name resolution for upstreams; default the system resolver. */
   resolve?: (host: string) => Promise<string[]>;
 }
@@ -190,6 +193,10 @@ export class Bridge {
       res.end(body);
       return;
     }
+    if (this.#deps.agentCalls && target.startsWith("/agents/")) {
+      await this.#toAgents(req, res, sandbox, source, target, this.#deps.agentCalls);
+      return;
+    }
     if (this.#deps.gateway && Gateway.serves(target)) {
       await this.#toGateway(req, res, sandbox, source, this.#deps.gateway);
       return;
@@ -284,10 +291,72 @@ export class Bridge {
     await gateway.handle(req, res, {
       tenantId: sandbox.tenantId,
       agentId: sandbox.agentId,
-      runId: sandbox.runId,
+      runId: sandbox.billRunId ?? sandbox.runId,
+      budgetAgentId: sandbox.billAgentId ?? sandbox.agentId,
       record: (event) => sandbox.record(event),
       outOfCredits: (scope) => sandbox.outOfCredits?.(scope),
     });
+  }
+
+  /**
+   * Agent-to-agent calls, behind the same checks: `POST /agents/<name>/runs` `{input}` starts a
+   * child run of an agent the caller's policy names (scope `agent:<name>`); `GET
+   * /agents/runs/<id>?wait=S` reads one of the caller's children, waiting up to S seconds for it
+   * to finish.
+   */
+  async #toAgents(
+    req: IncomingMessage,
+    res: ServerResponse,
+    sandbox: LiveSandbox | undefined,
+    source: string,
+    target: string,
+    calls: AgentCalls,
+  ): Promise<void> {
+    const [path, query = ""] = target.split("?", 2) as [string, string?];
+    const start = /^\/agents\/([a-z0-9][a-z0-9_-]{0,63})\/runs$/.exec(path);
+    const read = /^\/agents\/runs\/(run_[0-9a-z]{1,60})$/.exec(path);
+    const record: Record<string, unknown> = { path: path.slice(0, 128) };
+    try {
+      if (!sandbox) throw new Denial("bridge_unknown_source");
+      if (start?.[1] && req.method === "POST") {
+        const name = start[1];
+        record.agent = name;
+        await this.#verify(
+          req,
+          sandbox,
+          source,
+          `agent:${name}`,
+          `The agent's policy does not allow starting '${name}'.`,
+        );
+        const body = await readSmallJson(req, 256 * 1024);
+        const child = await calls.start(
+          { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
+          name,
+          body.input,
+        );
+        sendJson(res, 201, child);
+        return;
+      }
+      if (read?.[1] && req.method === "GET") {
+        await this.#verify(req, sandbox, source, "llm", "");
+        const wait = Number(new URLSearchParams(query).get("wait") ?? 0);
+        const child = await calls.get(
+          { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
+          read[1],
+          Number.isFinite(wait) ? wait : 0,
+        );
+        sendJson(res, 200, child);
+        return;
+      }
+      throw new Denial("route_not_found", "The bridge serves POST /agents/<name>/runs and GET /agents/runs/<id>.");
+    } catch (err) {
+      const denial = toDenial(err);
+      if (!res.headersSent) this.#deny(res, denial);
+      req.resume();
+      record.status = ERROR_CODES[denial.code].status;
+      record.code = denial.code;
+      sandbox?.record({ type: "agent.call", data: record });
+    }
   }
 
   /** Steps 2 and 3: the token verifies, names this very sandbox and attempt, and scopes the connection. */
@@ -476,6 +545,31 @@ function overridesMethod(query: string): boolean {
     if (/^_?method$/i.test(key.trim()) || /^x-http-method(-override)?$/i.test(key.trim())) return true;
   }
   return false;
+}
+
+function sendJson(res: ServerResponse, status: number, value: unknown): void {
+  const body = JSON.stringify(value);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+  res.end(body);
+}
+
+/** A JSON object body of at most `max` bytes ({} when empty). */
+async function readSmallJson(req: IncomingMessage, max: number): Promise<{ input?: unknown }> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > max) throw new Denial("body_too_large");
+    chunks.push(chunk as Buffer);
+  }
+  if (size === 0) return {};
+  try {
+    const value = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    if (typeof value !== "object" || value === null || Array.isArray(value)) throw new Error("not an object");
+    return value as { input?: unknown };
+  } catch {
+    throw new Denial("invalid_json");
+  }
 }
 
 function toDenial(err: unknown): Denial {

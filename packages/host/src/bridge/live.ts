@@ -15,6 +15,10 @@ export interface LiveSandbox {
   agentId: string;
   /** Records an event on the attempt (bridge.call), through the attempt's own caps and batching. */
   record(event: NewEvent): void;
+  /** The run whose bill and per-run budget its model calls count against (the root of a run tree). */
+  billRunId?: string;
+  /** That run's agent, whose per-run budget applies. */
+  billAgentId?: string;
   /** Ends the run with reason out_of_credits: a budget cannot pay for another LLM call. */
   outOfCredits?(scope: "tenant" | "agent" | "run"): void;
 }

@@ -104,6 +104,9 @@ export interface AttemptInput {
   runId: string;
   tenantId: string;
   agentId: string;
+  /** For a child run: the root of its tree and the root's agent (whose budget it shares). */
+  rootRunId?: string | null;
+  rootAgentId?: string | null;
   attempt: number;
   spec: AgentSpec;
   input: string | null;
@@ -236,7 +239,11 @@ export class Attempt {
       addr: handle.address,
       sandbox: handle.id,
       // Every run may call the LLM gateway (budgets bound it); connections only as its policy names.
-      scopes: ["llm", ...(spec.policy?.connections ?? []).map((name) => `bridge:${name}`)],
+      scopes: [
+        "llm",
+        ...(spec.policy?.connections ?? []).map((name) => `bridge:${name}`),
+        ...(spec.policy?.agents ?? []).map((name) => `agent:${name}`),
+      ],
     };
     const file = join(handle.runtimeDir, "token");
     const put = async () => {
@@ -255,6 +262,8 @@ export class Attempt {
       tenantId,
       agentId,
       record: (event) => this.#queue(event),
+      billRunId: this.#in.rootRunId ?? runId,
+      billAgentId: this.#in.rootAgentId ?? agentId,
       outOfCredits: (scope) => {
         this.#queue({ type: "credits.exhausted", data: { budget: scope } });
         this.stop("out_of_credits");

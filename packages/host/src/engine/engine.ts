@@ -271,6 +271,8 @@ export class Engine {
       runId: run.id,
       tenantId: run.tenant_id,
       agentId: run.agent_id,
+      rootRunId: run.root_run_id,
+      rootAgentId: run.root_agent_id,
       attempt: run.attempt,
       spec,
       input: run.input,

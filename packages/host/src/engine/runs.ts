@@ -66,6 +66,8 @@ export function toRun(row: RunsTable): Run {
     max_attempts: row.max_attempts,
     trigger: row.trigger as Run["trigger"],
     not_before: iso(row.not_before),
+    parent_run_id: row.parent_run_id,
+    root_run_id: row.root_run_id,
     input: row.input === null ? null : JSON.parse(row.input),
     created_at: new Date(row.created_at).toISOString(),
     started_at: iso(row.started_at),
@@ -103,6 +105,8 @@ export class RunRepository {
       trigger?: RunsTable["trigger"];
       /** Runs with the same key never run at the same time. */
       serialKey?: string;
+      /** A child run: its parent, root and depth. */
+      lineage?: { parentRunId: string; rootRunId: string; rootAgentId: string; depth: number };
       dedupe?: (trx: Transaction<Database>, runId: string) => Promise<string | null>;
       events?: NewEvent[];
     } = {},
@@ -130,6 +134,10 @@ export class RunRepository {
       expires_at: spec.queue_ttl_s ? now + spec.queue_ttl_s * 1000 : null,
       lease_until: null,
       serial_key: options.serialKey ?? null,
+      parent_run_id: options.lineage?.parentRunId ?? null,
+      root_run_id: options.lineage?.rootRunId ?? null,
+      root_agent_id: options.lineage?.rootAgentId ?? null,
+      depth: options.lineage?.depth ?? 0,
     };
     const result = await this.#db.transaction().execute(async (trx) => {
       const existing = options.dedupe ? await options.dedupe(trx, row.id) : null;

@@ -25,7 +25,10 @@ import type { ModelRoute, Providers } from "./providers.ts";
 export interface GatewayCaller {
   tenantId: string;
   agentId: string;
+  /** The run billed: the caller's own, or for a child run the root of its tree. */
   runId: string;
+  /** The agent whose per-run budget applies (the billed run's). */
+  budgetAgentId?: string;
   record(event: { type: string; data: unknown }): void;
   /** Stops the run: its budget cannot pay for another call. */
   outOfCredits(scope: BudgetScope): void;
@@ -193,7 +196,14 @@ export class Gateway {
     if (typeof stream !== "boolean") throw new GatewayError("validation_failed", "stream must be true or false.");
     record.stream = stream;
     checkBody(endpoint, body);
-    const budget = await this.#deps.budgetOf(caller.tenantId, caller.agentId);
+    const own = await this.#deps.budgetOf(caller.tenantId, caller.agentId);
+    // A child run spends from the root run's budget; its own agent's total and rate limits still hold.
+    const billed =
+      caller.budgetAgentId && caller.budgetAgentId !== caller.agentId
+        ? await this.#deps.budgetOf(caller.tenantId, caller.budgetAgentId)
+        : own;
+    const { perRun: _childPerRun, ...ownRest } = own;
+    const budget: GatewayBudget = { ...ownRest, ...(billed.perRun !== undefined ? { perRun: billed.perRun } : {}) };
     // Every token is at least one byte of the request, but images, files and tool preambles cost more.
     const inputUpper = Buffer.byteLength(JSON.stringify(body)) + INPUT_OVERHEAD_TOKENS + surcharge(endpoint, body);
     const asked = askedOutput(body) ?? route.price.max_output_tokens;

@@ -295,6 +295,16 @@ migrations["0006_triggers"] = {
     await db.schema.alterTable("runs").addColumn("expires_at", "bigint").execute();
     await db.schema.alterTable("runs").addColumn("lease_until", "bigint").execute();
     await db.schema.alterTable("runs").addColumn("serial_key", "text").execute();
+    // Child runs started by another run: their parent, the root of the tree (whose budget they
+    // share) and the depth (bounded, so that agents calling each other cannot loop forever).
+    await db.schema.alterTable("runs").addColumn("parent_run_id", "text").execute();
+    await db.schema.alterTable("runs").addColumn("root_run_id", "text").execute();
+    await db.schema.alterTable("runs").addColumn("root_agent_id", "text").execute();
+    await db.schema
+      .alterTable("runs")
+      .addColumn("depth", "integer", (c) => c.notNull().defaultTo(0))
+      .execute();
+    await db.schema.createIndex("runs_parent").on("runs").columns(["parent_run_id"]).execute();
     await db.schema
       .createTable("idempotency_keys")
       .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))

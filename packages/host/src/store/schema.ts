@@ -125,6 +125,11 @@ export interface RunsTable {
   lease_until: number | null;
   /** Runs sharing a serial key run one at a time (a schedule that queues one). */
   serial_key: string | null;
+  /** For a child run: the run that started it, the root of its tree and the root's agent. */
+  parent_run_id: string | null;
+  root_run_id: string | null;
+  root_agent_id: string | null;
+  depth: number;
 }
 
 export interface AttemptsTable {

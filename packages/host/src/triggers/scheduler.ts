@@ -82,27 +82,62 @@ export class Scheduler {
   readonly #deps: SchedulerDeps;
   #timer: NodeJS.Timeout | null = null;
   #ticking: Promise<void> | null = null;
+  #everyMs = 0;
+  #stopped = false;
 
   constructor(deps: SchedulerDeps) {
     this.#deps = deps;
   }
 
-  /** Ticks every `everyMs` on the host's clock (0: never; tests then call tick themselves). */
+  /**
+   * Ticks on the host's clock: at the earliest next slot of any schedule, and at least every
+   * `everyMs` (0: never; tests then call tick themselves), so a slot starts its run within
+   * milliseconds rather than at the next poll.
+   */
   start(everyMs: number): void {
     if (everyMs <= 0) return;
-    this.#timer = setInterval(() => {
+    this.#everyMs = everyMs;
+    this.#arm(0);
+  }
+
+  /** Runs a tick after `delayMs`, then arms the next one for the earliest slot. */
+  #arm(delayMs: number): void {
+    if (this.#stopped) return;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
       this.#ticking ??= this.tick(Date.now())
-        .then(() => undefined)
-        .catch((err: unknown) => this.#deps.log(`scheduler: ${err instanceof Error ? err.message : String(err)}`))
-        .finally(() => {
+        .then(() => this.#earliest())
+        .then((next) => {
           this.#ticking = null;
+          this.#arm(next === null ? this.#everyMs : Math.min(this.#everyMs, Math.max(0, next - Date.now())));
+        })
+        .catch((err: unknown) => {
+          this.#ticking = null;
+          this.#deps.log(`scheduler: ${err instanceof Error ? err.message : String(err)}`);
+          this.#arm(this.#everyMs);
         });
-    }, everyMs);
+    }, delayMs);
     this.#timer.unref();
   }
 
+  /** A schedule was created or resumed: look again for the earliest slot. */
+  #changed(): void {
+    if (this.#everyMs > 0 && !this.#ticking) this.#arm(0);
+  }
+
+  async #earliest(): Promise<number | null> {
+    const row = await this.#deps.db
+      .selectFrom("schedules")
+      .select((eb) => eb.fn.min("next_at").as("next"))
+      .where("paused", "=", 0)
+      .executeTakeFirst();
+    return row?.next === null || row?.next === undefined ? null : Number(row.next);
+  }
+
   async stop(): Promise<void> {
-    if (this.#timer) clearInterval(this.#timer);
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
     await this.#ticking;
   }
 
@@ -126,6 +161,7 @@ export class Scheduler {
       created_at: now,
     };
     await this.#deps.db.insertInto("schedules").values(row).execute();
+    this.#changed();
     return toSchedule(row);
   }
 
@@ -152,6 +188,7 @@ export class Scheduler {
       .set({ paused: paused ? 1 : 0, next_at: next })
       .where("id", "=", id)
       .execute();
+    if (!paused) this.#changed();
     return toSchedule({ ...row, paused: paused ? 1 : 0, next_at: next });
   }
 
