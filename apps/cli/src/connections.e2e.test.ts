@@ -77,7 +77,7 @@ describe("paddock connections", { skip: hostSkipReason() }, () => {
 
     const agent = await cli(["agents", "create", "caller", "--connection", "public-api", "--json", "--", "true"]);
     assert.equal(agent.code, 0, show(agent));
-    assert.deepEqual(JSON.parse(agent.stdout).policy, { connections: ["public-api"] });
+    assert.deepEqual(JSON.parse(agent.stdout).policy, { connections: ["public-api"], agents: [] });
     const shown = await cli(["agents", "show", "caller"]);
     assert.match(shown.stdout, /^bridge {3}public-api$/m);
 

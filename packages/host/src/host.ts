@@ -23,6 +23,7 @@ import { RunTokens } from "./bridge/tokens.ts";
 import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
 import { Engine } from "./engine/engine.ts";
 import { EventLog } from "./engine/event-log.ts";
+import { Journal } from "./engine/journal.ts";
 import { RunnerRegistry } from "./engine/runner-registry.ts";
 import type { AgentDefinition } from "./engine/runs.ts";
 import { RunRepository } from "./engine/runs.ts";
@@ -203,7 +204,9 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
       log(`billed ${abandoned} model call(s) left open by the previous host at their reserved worst case`);
     const rateLimits = new TokenBucket();
     const budgets = new Map<string, GatewayBudget>();
+    const journal = new Journal(db);
     const gateway = new Gateway({
+      journal,
       providers,
       ledger,
       secrets,
@@ -239,7 +242,7 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     // Agent-to-agent calls wake the engine, which is made below.
     let wakeEngine = () => {};
     const agentCalls = new AgentCalls({ db, agents, runs, notify: () => wakeEngine() });
-    const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, gateway, agentCalls });
+    const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, gateway, agentCalls, journal });
     undo.push(() => bridge.close());
     const bridgePort = await bridge.listen(network.hostAddress);
     await network.allowPort(bridgePort);

@@ -29,11 +29,19 @@ import https from "node:https";
 import type { AddressInfo, LookupFunction } from "node:net";
 import { pipeline, Transform } from "node:stream";
 import { AppError, type ConnectionAuth, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
+import {
+  type Journal,
+  type JournalEntry,
+  MAX_JOURNAL_BYTES,
+  requestHash,
+  STEP_HEADER,
+  stepKey,
+} from "../engine/journal.ts";
 import { Gateway } from "../gateway/gateway.ts";
 import type { AgentCalls } from "../triggers/agent-calls.ts";
 import type { BridgeConnection } from "./connections.ts";
 import { decode } from "./decode.ts";
-import type { LiveSandbox, LiveSandboxes } from "./live.ts";
+import { type LiveSandbox, LiveSandboxes } from "./live.ts";
 import { allowedMethod, checkBridgePath, matchRule, upstreamAddressRefusal } from "./policy.ts";
 import type { TokenBucket } from "./rate-limit.ts";
 import { Redactor, redactionNeedles, redactText } from "./redact.ts";
@@ -59,6 +67,8 @@ export interface BridgeDeps {
   gateway?: Gateway;
   /** Agent-to-agent calls, served under /agents/. */
   agentCalls?: AgentCalls;
+  /** Answers of completed calls, replayed to retried attempts. */
+  journal?: Journal;
   /** Name resolution for upstreams; default the system resolver. */
   resolve?: (host: string) => Promise<string[]>;
 }
@@ -72,6 +82,7 @@ const DROP_REQUEST = new Set([
   "x-api-key",
   "api-key",
   "x-auth-token",
+  "paddock-step",
   "x-api-token",
   "x-access-token",
   "x-goog-api-key",
@@ -236,6 +247,30 @@ export class Bridge {
       const rule = matchRule(connection.policy, method, path);
       if (!rule) throw new Denial("policy_denied", `The connection '${name}' does not allow ${method} ${record.path}.`);
       record.rule = rule.path;
+      const declared = Number(req.headers["content-length"] ?? 0);
+      if (declared > connection.maxRequestBytes) throw new Denial("body_too_large");
+      const body = await readBody(req, connection.maxRequestBytes);
+      record.bytes_in = body.length;
+      // A retried attempt repeating a call an earlier attempt completed is answered from the journal.
+      const journal = this.#deps.journal;
+      const kind = `bridge:${name}`;
+      const step = stepKey(req.headers[STEP_HEADER], kind, LiveSandboxes.nextStep(sandbox, kind));
+      const hash = requestHash([method, name, path, query, body]);
+      if (journal && step) {
+        const found = await journal.lookup(sandbox.runId, sandbox.attempt, step, hash);
+        if (found && "replay" in found) {
+          res.writeHead(found.replay.status, { ...found.replay.headers, "paddock-replayed": "true" });
+          res.end(found.replay.body);
+          Object.assign(record, {
+            status: found.replay.status,
+            bytes_out: found.replay.body.length,
+            replayed: true,
+            step,
+          });
+          return;
+        }
+        if (found) sandbox.record({ type: "journal.diverged", data: { step, kind: "bridge", connection: name } });
+      }
       const limit = connection.rateLimit;
       if (limit) {
         const taken = this.#deps.rateLimits.take(connection.id, limit);
@@ -245,7 +280,8 @@ export class Bridge {
           });
         }
       }
-      await this.#forward(req, res, sandbox, connection, path, query, record);
+      const answer = await this.#forward(req, res, sandbox, connection, path, query, record, body);
+      if (journal && step && answer) await journal.record(sandbox.runId, sandbox.attempt, step, hash, answer);
     } catch (err) {
       const denial = toDenial(err);
       if (denial.code === "internal") this.#deps.log(`bridge: ${err instanceof Error ? err.stack : String(err)}`);
@@ -288,7 +324,9 @@ export class Bridge {
       });
       return;
     }
+    const step = stepKey(req.headers[STEP_HEADER], "llm", LiveSandboxes.nextStep(sandbox, "llm"));
     await gateway.handle(req, res, {
+      ...(step ? { journal: { runId: sandbox.runId, attempt: sandbox.attempt, step } } : {}),
       tenantId: sandbox.tenantId,
       agentId: sandbox.agentId,
       runId: sandbox.billRunId ?? sandbox.runId,
@@ -329,12 +367,37 @@ export class Bridge {
           `The agent's policy does not allow starting '${name}'.`,
         );
         const body = await readSmallJson(req, 256 * 1024);
+        // A retried attempt asking again for a child an earlier attempt started gets that child.
+        const journal = this.#deps.journal;
+        const kind = `agent:${name}`;
+        const step = stepKey(req.headers[STEP_HEADER], kind, LiveSandboxes.nextStep(sandbox, kind));
+        const hash = requestHash([name, JSON.stringify(body.input ?? null)]);
+        if (journal && step) {
+          const found = await journal.lookup(sandbox.runId, sandbox.attempt, step, hash);
+          if (found && "replay" in found) {
+            res.writeHead(found.replay.status, { ...found.replay.headers, "paddock-replayed": "true" });
+            res.end(found.replay.body);
+            sandbox.record({
+              type: "agent.call",
+              data: { ...record, status: found.replay.status, replayed: true, step },
+            });
+            return;
+          }
+          if (found) sandbox.record({ type: "journal.diverged", data: { step, kind: "agent" } });
+        }
         const child = await calls.start(
           { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
           name,
           body.input,
         );
         sendJson(res, 201, child);
+        if (journal && step) {
+          await journal.record(sandbox.runId, sandbox.attempt, step, hash, {
+            status: 201,
+            headers: { "content-type": "application/json" },
+            body: Buffer.from(JSON.stringify(child)),
+          });
+        }
         return;
       }
       if (read?.[1] && req.method === "GET") {
@@ -403,9 +466,8 @@ export class Bridge {
     path: string,
     query: string,
     record: CallRecord,
-  ): Promise<void> {
-    const declared = Number(req.headers["content-length"] ?? 0);
-    if (declared > connection.maxRequestBytes) throw new Denial("body_too_large");
+    body: Buffer,
+  ): Promise<Omit<JournalEntry, "attempt"> | null> {
     const secret =
       connection.secret === null ? null : await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
     if (connection.secret !== null && secret === null) {
@@ -413,6 +475,9 @@ export class Bridge {
     }
     const base = new URL(connection.baseUrl);
     const { headers, needles, query: upstreamQuery } = attach(req, connection.auth, secret, query, base.host);
+    // The body was read whole (its hash keys the journal): sent with its length.
+    delete headers["transfer-encoding"];
+    if (body.length > 0 || req.headers["content-length"] !== undefined) headers["content-length"] = String(body.length);
     const address = await this.#pin(base.hostname, connection.internal);
     const lookup: LookupFunction = (_host, options, callback) => {
       const family = address.includes(":") ? 6 : 4;
@@ -434,8 +499,9 @@ export class Bridge {
       ...(secure ? { servername: base.hostname } : {}),
     });
 
-    await new Promise<void>((resolve, reject) => {
+    return new Promise<Omit<JournalEntry, "attempt"> | null>((resolve, reject) => {
       let settled = false;
+      let journaled: Omit<JournalEntry, "attempt"> | null = null;
       const fail = (err: Denial) => {
         if (settled) return;
         settled = true;
@@ -459,9 +525,17 @@ export class Bridge {
           fail(new Denial("upstream_error", "The upstream answered in a content encoding the bridge cannot check."));
           return;
         }
-        res.writeHead(answer.statusCode ?? 502, answerHeaders(answer, needles));
+        const passed = answerHeaders(answer, needles);
+        res.writeHead(answer.statusCode ?? 502, passed);
         record.status = answer.statusCode ?? 502;
         const redactor = new Redactor(needles);
+        // What the sandbox got, for the journal (a large answer is not kept).
+        const kept: Buffer[] = [];
+        let keptBytes = 0;
+        redactor.on("data", (chunk: Buffer) => {
+          keptBytes += chunk.length;
+          if (keptBytes <= MAX_JOURNAL_BYTES) kept.push(chunk);
+        });
         let size = 0;
         // Counted before anything is passed on: an answer over the cap never reaches the sandbox whole.
         const cap = new Transform({
@@ -478,18 +552,14 @@ export class Bridge {
           record.bytes_out = size;
           if (redactor.hits > 0) record.redacted = redactor.hits;
           if (err && !record.code) record.code = "upstream_error";
+          if (!err && keptBytes <= MAX_JOURNAL_BYTES) {
+            journaled = { status: record.status, headers: passed, body: Buffer.concat(kept) };
+          }
           settled = true;
-          resolve();
+          resolve(journaled);
         });
       });
-      // The request body, counted against the connection's cap.
-      let sent = 0;
-      req.on("data", (chunk: Buffer) => {
-        sent += chunk.length;
-        record.bytes_in = sent;
-        if (sent > connection.maxRequestBytes) fail(new Denial("body_too_large"));
-      });
-      req.pipe(upstream);
+      upstream.end(body);
     });
   }
 
@@ -545,6 +615,18 @@ function overridesMethod(query: string): boolean {
     if (/^_?method$/i.test(key.trim()) || /^x-http-method(-override)?$/i.test(key.trim())) return true;
   }
   return false;
+}
+
+/** The request's body, refused past `max` bytes. */
+async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > max) throw new Denial("body_too_large");
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
 }
 
 function sendJson(res: ServerResponse, status: number, value: unknown): void {

@@ -233,13 +233,14 @@ describe("connections API", { skip }, () => {
     it("stores the policy, shows it, and defaults it to no connections", async () => {
       const bridged = await t.api("POST", "/v1/agents", agent("bridged", { connections: ["github"] }), keyA);
       assert.equal(bridged.status, 201, JSON.stringify(bridged.body));
-      assert.deepEqual(bridged.body.policy, { connections: ["github"] });
+      assert.deepEqual(bridged.body.policy, { connections: ["github"], agents: [] });
       assert.deepEqual((await t.api("GET", `/v1/agents/${bridged.body.id}`, undefined, keyA)).body.policy, {
         connections: ["github"],
+        agents: [],
       });
       const plain = await t.api("POST", "/v1/agents", agent("plain"), keyA);
       assert.equal(plain.status, 201, JSON.stringify(plain.body));
-      assert.deepEqual(plain.body.policy, { connections: [] });
+      assert.deepEqual(plain.body.policy, { connections: [], agents: [] });
     });
 
     it("reads agents stored before policies existed as having none", async () => {
@@ -258,7 +259,7 @@ describe("connections API", { skip }, () => {
       }
       const res = await t.api("GET", `/v1/agents/${plain.id}`, undefined, keyA);
       assert.equal(res.status, 200, JSON.stringify(res.body));
-      assert.deepEqual(res.body.policy, { connections: [] });
+      assert.deepEqual(res.body.policy, { connections: [], agents: [] });
     });
 
     it("does not see another tenant's connection of the same name as missing or present wrongly", async () => {

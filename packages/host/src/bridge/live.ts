@@ -19,6 +19,8 @@ export interface LiveSandbox {
   billRunId?: string;
   /** That run's agent, whose per-run budget applies. */
   billAgentId?: string;
+  /** Positions of this attempt's boundary calls, by kind (their default step keys). */
+  steps?: Map<string, number>;
   /** Ends the run with reason out_of_credits: a budget cannot pay for another LLM call. */
   outOfCredits?(scope: "tenant" | "agent" | "run"): void;
 }
@@ -38,6 +40,14 @@ export class LiveSandboxes {
   /** Unlists the sandbox at `address` if it is still `sandboxId`'s. */
   remove(address: string, sandboxId: string): void {
     if (this.#byAddress.get(address)?.sandboxId === sandboxId) this.#byAddress.delete(address);
+  }
+
+  /** The next position among the sandbox's calls of `kind` (1, 2, …). */
+  static nextStep(sandbox: LiveSandbox, kind: string): number {
+    sandbox.steps ??= new Map();
+    const n = (sandbox.steps.get(kind) ?? 0) + 1;
+    sandbox.steps.set(kind, n);
+    return n;
   }
 
   byAddress(address: string): LiveSandbox | undefined {

@@ -19,6 +19,7 @@ import { ERROR_CODES, type ErrorCode, fromMicro } from "@paddock/protocol";
 import { decode } from "../bridge/decode.ts";
 import type { RateLimitSpec, TokenBucket } from "../bridge/rate-limit.ts";
 import { Redactor, redactionNeedles, redactText } from "../bridge/redact.ts";
+import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../engine/journal.ts";
 import type { BudgetScope, Ledger, Reservation } from "./ledger.ts";
 import type { ModelRoute, Providers } from "./providers.ts";
 
@@ -29,6 +30,8 @@ export interface GatewayCaller {
   runId: string;
   /** The agent whose per-run budget applies (the billed run's). */
   budgetAgentId?: string;
+  /** Where this call stands in the caller's own run, for the journal. */
+  journal?: { runId: string; attempt: number; step: string };
   record(event: { type: string; data: unknown }): void;
   /** Stops the run: its budget cannot pay for another call. */
   outOfCredits(scope: BudgetScope): void;
@@ -43,6 +46,8 @@ export interface GatewayBudget {
 }
 
 export interface GatewayDeps {
+  /** Answers of completed calls, replayed to retried attempts (not sent, not charged again). */
+  journal?: Journal;
   providers: Providers;
   ledger: Ledger;
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
@@ -196,6 +201,26 @@ export class Gateway {
     if (typeof stream !== "boolean") throw new GatewayError("validation_failed", "stream must be true or false.");
     record.stream = stream;
     checkBody(endpoint, body);
+    const journal = this.#deps.journal && caller.journal ? { store: this.#deps.journal, ...caller.journal } : null;
+    const hash = requestHash([endpoint.upstreamPath, JSON.stringify(body)]);
+    if (journal) {
+      record.step = journal.step;
+      const found = await journal.store.lookup(journal.runId, journal.attempt, journal.step, hash);
+      if (found && "replay" in found) {
+        res.writeHead(found.replay.status, { ...found.replay.headers, "paddock-replayed": "true" });
+        res.end(found.replay.body);
+        Object.assign(record, {
+          status: found.replay.status,
+          replayed: true,
+          from_attempt: found.replay.attempt,
+          cost: 0,
+        });
+        record.latency_ms = round(performance.now() - started);
+        caller.record({ type: "llm.call", data: record });
+        return;
+      }
+      if (found) caller.record({ type: "journal.diverged", data: { step: journal.step, kind: "llm" } });
+    }
     const own = await this.#deps.budgetOf(caller.tenantId, caller.agentId);
     // A child run spends from the root run's budget; its own agent's total and rate limits still hold.
     const billed =
@@ -249,7 +274,15 @@ export class Gateway {
     if (reservation.maxOutputTokens < asked) record.clamped_max_tokens = reservation.maxOutputTokens;
     this.#inFlight.set(caller.runId, inFlight + 1);
     try {
-      await this.#forward(req, res, endpoint, route, body, record, started, reservation, { stream, inputUpper });
+      const answer = await this.#forward(req, res, endpoint, route, body, record, started, reservation, {
+        stream,
+        inputUpper,
+      });
+      if (journal && answer) {
+        await journal.store
+          .record(journal.runId, journal.attempt, journal.step, hash, answer)
+          .catch((err: unknown) => this.#deps.log(`gateway: journal: ${String(err)}`));
+      }
     } finally {
       const left = (this.#inFlight.get(caller.runId) ?? 1) - 1;
       if (left > 0) this.#inFlight.set(caller.runId, left);
@@ -274,7 +307,7 @@ export class Gateway {
     started: number,
     reservation: Reservation,
     call: { stream: boolean; inputUpper: number },
-  ): Promise<void> {
+  ): Promise<Omit<JournalEntry, "attempt"> | null> {
     const usage: Usage = { input: 0, output: 0, found: false };
     let closed = false;
     const close = async (how: "usage" | "worst" | "release", reason = "") => {
@@ -349,6 +382,7 @@ export class Gateway {
     const url = new URL(`${route.baseUrl}${endpoint.upstreamPath}`);
     const secure = url.protocol === "https:";
 
+    let answered: Omit<JournalEntry, "attempt"> | null = null;
     await new Promise<void>((resolve) => {
       let ttft = 0;
       let sent = false;
@@ -407,9 +441,14 @@ export class Gateway {
         const parse = events ? sseUsage(endpoint, usage) : null;
         const chunks: Buffer[] = [];
         let size = 0;
-        res.writeHead(status, answerHeaders(answer, needles));
+        const passed = answerHeaders(answer, needles);
+        res.writeHead(status, passed);
         const redactor = new Redactor(needles);
+        const kept: Buffer[] = [];
+        let keptBytes = 0;
         redactor.on("data", (chunk: Buffer) => {
+          keptBytes += chunk.length;
+          if (keptBytes <= MAX_JOURNAL_BYTES) kept.push(chunk);
           if (!ttft) ttft = performance.now() - started;
           if (parse) parse(chunk);
           else chunks.push(chunk);
@@ -430,6 +469,7 @@ export class Gateway {
           }
           if (parse) parse(null);
           else jsonUsage(endpoint, Buffer.concat(chunks), usage);
+          if (keptBytes <= MAX_JOURNAL_BYTES) answered = { status, headers: passed, body: Buffer.concat(kept) };
           record.ttft_ms = round(ttft);
           record.latency_ms = round(performance.now() - started);
           // The answer goes first: its reservation still holds the worst case until settled.
@@ -446,6 +486,7 @@ export class Gateway {
       });
       upstream.end(payload);
     });
+    return answered;
   }
 
   #rateLimit(caller: GatewayCaller, budget: GatewayBudget, tokens: number): void {

@@ -305,6 +305,19 @@ migrations["0006_triggers"] = {
       .addColumn("depth", "integer", (c) => c.notNull().defaultTo(0))
       .execute();
     await db.schema.createIndex("runs_parent").on("runs").columns(["parent_run_id"]).execute();
+    // Answers of boundary calls by step, so that a retried attempt is answered from them.
+    await db.schema
+      .createTable("journal")
+      .addColumn("run_id", "text", (c) => c.notNull())
+      .addColumn("step", "text", (c) => c.notNull())
+      .addColumn("request_hash", "text", (c) => c.notNull())
+      .addColumn("attempt", "integer", (c) => c.notNull())
+      .addColumn("status", "integer", (c) => c.notNull())
+      .addColumn("headers", "text", (c) => c.notNull())
+      .addColumn("body", "blob", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addPrimaryKeyConstraint("journal_pk", ["run_id", "step"])
+      .execute();
     await db.schema
       .createTable("idempotency_keys")
       .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))

@@ -288,6 +288,19 @@ export interface WebhookDeliveriesTable {
   received_at: number;
 }
 
+/** A boundary call's answer, by run and step (see engine/journal.ts). */
+export interface JournalTable {
+  run_id: string;
+  step: string;
+  request_hash: string;
+  attempt: number;
+  status: number;
+  /** JSON of the answer's headers as passed to the sandbox. */
+  headers: string;
+  body: Uint8Array;
+  created_at: number;
+}
+
 export interface Database {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
@@ -311,6 +324,7 @@ export interface Database {
   schedule_slots: ScheduleSlotsTable;
   webhooks: WebhooksTable;
   webhook_deliveries: WebhookDeliveriesTable;
+  journal: JournalTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }
