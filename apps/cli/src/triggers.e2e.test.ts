@@ -71,7 +71,7 @@ describe("paddock schedules and webhooks", { skip: hostSkipReason() }, () => {
     const hook = JSON.parse(made.stdout) as { id: string; path: string; secret: string };
     const body = JSON.stringify({ hello: "hook" });
     const ts = String(Math.floor(Date.now() / 1000));
-    const signature = `sha256=${createHmac("sha256", hook.secret).update(`${ts}.${body}`).digest("hex")}`;
+    const signature = `sha256=${createHmac("sha256", hook.secret).update(`${ts}.cli-1.${body}`).digest("hex")}`;
     const res = await fetch(`${host.url}${hook.path}`, {
       method: "POST",
       headers: {

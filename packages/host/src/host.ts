@@ -10,7 +10,7 @@ import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { serve } from "@hono/node-server";
-import { type Limits, toMicro } from "@paddock/protocol";
+import { AppError, type Limits, toMicro } from "@paddock/protocol";
 import { Agents, runSpec } from "./agents/agents.ts";
 import { createApi } from "./api/app.ts";
 import { attachShellSocket } from "./api/shell-socket.ts";
@@ -310,7 +310,10 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     const specOf = (tenantId: string, agentId: string) =>
       agents.get(tenantId, agentId).then(
         (agent) => runSpec(agent),
-        () => null,
+        (err: unknown) => {
+          if (err instanceof AppError && err.code === "not_found") return null;
+          throw err;
+        },
       );
     const scheduler = new Scheduler({
       db,

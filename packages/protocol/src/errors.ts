@@ -109,11 +109,15 @@ export const ERROR_CODES = {
   webhook_signature_invalid: {
     status: 401,
     message:
-      'The delivery is not signed with this webhook\'s secret: send x-paddock-timestamp and x-paddock-signature: sha256=HMAC-SHA256(secret, "<timestamp>.<body>").',
+      'The delivery is not signed with this webhook\'s secret: send x-paddock-timestamp and x-paddock-signature: sha256=HMAC-SHA256(secret, "<timestamp>.<delivery>.<body>").',
   },
   webhook_timestamp_expired: {
     status: 401,
     message: "The delivery's x-paddock-timestamp is more than five minutes from the host's clock; sign it again.",
+  },
+  too_many_children: {
+    status: 429,
+    message: "This run already has as many child runs going as it may; wait for one to finish.",
   },
   agent_depth_exceeded: {
     status: 403,

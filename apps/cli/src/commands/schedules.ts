@@ -126,7 +126,7 @@ const createHook: Command = {
 
 Prints the URL path and its signing secret, shown only this once. A delivery is a POST of the
 run's input with x-paddock-timestamp (unix seconds), x-paddock-delivery (an id; repeats are
-ignored) and x-paddock-signature: sha256=HMAC-SHA256(secret, "<timestamp>.<body>") in hex.
+ignored) and x-paddock-signature: sha256=HMAC-SHA256(secret, "<timestamp>.<delivery>.<body>") in hex.
 
 ${CONNECTION_HELP}`,
   async run(argv, ctx) {

@@ -74,7 +74,7 @@ export function registerWebhookRoutes<C extends Context>(
     "/v1/hooks/{id}",
     {
       summary:
-        'Deliver to a webhook: x-paddock-timestamp (unix seconds), x-paddock-signature: sha256=HMAC-SHA256(secret, "<timestamp>.<body>"), x-paddock-delivery (an id, deduplicated); the body becomes the run\'s input',
+        'Deliver to a webhook: x-paddock-timestamp (unix seconds), x-paddock-signature: sha256=HMAC-SHA256(secret, "<timestamp>.<delivery>.<body>"), x-paddock-delivery (an id, deduplicated); the body becomes the run\'s input',
       auth: "none",
       responses: {
         202: json(Delivery, "A run was started (or had been, for a repeated delivery id)"),
@@ -86,8 +86,21 @@ export function registerWebhookRoutes<C extends Context>(
       const id = hookId(c);
       const declared = Number(c.req.header("content-length") ?? 0);
       if (declared > MAX_WEBHOOK_BODY_BYTES) throw new AppError("body_too_large");
-      const body = Buffer.from(await c.req.arrayBuffer());
-      if (body.length > MAX_WEBHOOK_BODY_BYTES) throw new AppError("body_too_large");
+      // Read with a running cap: a chunked body has no length to check first.
+      const chunks: Buffer[] = [];
+      let size = 0;
+      const reader = c.req.raw.body?.getReader();
+      for (;;) {
+        const part = reader ? await reader.read() : { done: true as const, value: undefined };
+        if (part.done) break;
+        size += part.value.length;
+        if (size > MAX_WEBHOOK_BODY_BYTES) {
+          await reader?.cancel();
+          throw new AppError("body_too_large");
+        }
+        chunks.push(Buffer.from(part.value));
+      }
+      const body = Buffer.concat(chunks);
       const headers: Record<string, string | undefined> = {};
       for (const name of ["x-paddock-timestamp", "x-paddock-signature", "x-paddock-delivery"]) {
         headers[name] = c.req.header(name);

@@ -249,13 +249,17 @@ export class Bridge {
       record.rule = rule.path;
       const declared = Number(req.headers["content-length"] ?? 0);
       if (declared > connection.maxRequestBytes) throw new Denial("body_too_large");
-      const body = await readBody(req, connection.maxRequestBytes);
-      record.bytes_in = body.length;
-      // A retried attempt repeating a call an earlier attempt completed is answered from the journal.
-      const journal = this.#deps.journal;
+      // A retried attempt repeating a call an earlier attempt completed is answered from the
+      // journal. Small bodies are read whole (their hash keys the entry); others stream, unjournaled.
+      const journal =
+        this.#deps.journal && sandbox.journaled && !req.headers["transfer-encoding"] && declared <= MAX_JOURNAL_BYTES
+          ? this.#deps.journal
+          : undefined;
+      const body = journal ? await readBody(req, connection.maxRequestBytes) : null;
+      if (body) record.bytes_in = body.length;
       const kind = `bridge:${name}`;
-      const step = stepKey(req.headers[STEP_HEADER], kind, LiveSandboxes.nextStep(sandbox, kind));
-      const hash = requestHash([method, name, path, query, body]);
+      const step = journal ? stepKey(req.headers[STEP_HEADER], kind, LiveSandboxes.nextStep(sandbox, kind)) : null;
+      const hash = body ? requestHash([method, name, path, query, body]) : "";
       if (journal && step) {
         const found = await journal.lookup(sandbox.runId, sandbox.attempt, step, hash);
         if (found && "replay" in found) {
@@ -275,6 +279,7 @@ export class Bridge {
       if (limit) {
         const taken = this.#deps.rateLimits.take(connection.id, limit);
         if (!taken.ok) {
+          if (journal && step) LiveSandboxes.unstep(sandbox, kind);
           throw new Denial("rate_limited", undefined, {
             "retry-after": String(Math.max(1, Math.ceil(taken.retryAfterS))),
           });
@@ -324,9 +329,19 @@ export class Bridge {
       });
       return;
     }
-    const step = stepKey(req.headers[STEP_HEADER], "llm", LiveSandboxes.nextStep(sandbox, "llm"));
+    const header = req.headers[STEP_HEADER];
     await gateway.handle(req, res, {
-      ...(step ? { journal: { runId: sandbox.runId, attempt: sandbox.attempt, step } } : {}),
+      ...(sandbox.journaled
+        ? {
+            journal: {
+              runId: sandbox.runId,
+              attempt: sandbox.attempt,
+              // Taken only by a call the gateway accepted, and given back if it is refused before upstream.
+              step: () => stepKey(header, "llm", LiveSandboxes.nextStep(sandbox, "llm")),
+              unstep: () => LiveSandboxes.unstep(sandbox, "llm"),
+            },
+          }
+        : {}),
       tenantId: sandbox.tenantId,
       agentId: sandbox.agentId,
       runId: sandbox.billRunId ?? sandbox.runId,
@@ -368,7 +383,7 @@ export class Bridge {
         );
         const body = await readSmallJson(req, 256 * 1024);
         // A retried attempt asking again for a child an earlier attempt started gets that child.
-        const journal = this.#deps.journal;
+        const journal = sandbox.journaled ? this.#deps.journal : undefined;
         const kind = `agent:${name}`;
         const step = stepKey(req.headers[STEP_HEADER], kind, LiveSandboxes.nextStep(sandbox, kind));
         const hash = requestHash([name, JSON.stringify(body.input ?? null)]);
@@ -466,7 +481,7 @@ export class Bridge {
     path: string,
     query: string,
     record: CallRecord,
-    body: Buffer,
+    body: Buffer | null,
   ): Promise<Omit<JournalEntry, "attempt"> | null> {
     const secret =
       connection.secret === null ? null : await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
@@ -475,9 +490,12 @@ export class Bridge {
     }
     const base = new URL(connection.baseUrl);
     const { headers, needles, query: upstreamQuery } = attach(req, connection.auth, secret, query, base.host);
-    // The body was read whole (its hash keys the journal): sent with its length.
-    delete headers["transfer-encoding"];
-    if (body.length > 0 || req.headers["content-length"] !== undefined) headers["content-length"] = String(body.length);
+    if (body) {
+      // The body was read whole (its hash keys the journal): sent with its length.
+      delete headers["transfer-encoding"];
+      if (body.length > 0 || req.headers["content-length"] !== undefined)
+        headers["content-length"] = String(body.length);
+    }
     const address = await this.#pin(base.hostname, connection.internal);
     const lookup: LookupFunction = (_host, options, callback) => {
       const family = address.includes(":") ? 6 : 4;
@@ -552,14 +570,24 @@ export class Bridge {
           record.bytes_out = size;
           if (redactor.hits > 0) record.redacted = redactor.hits;
           if (err && !record.code) record.code = "upstream_error";
-          if (!err && keptBytes <= MAX_JOURNAL_BYTES) {
+          if (!err && body && keptBytes <= MAX_JOURNAL_BYTES) {
             journaled = { status: record.status, headers: passed, body: Buffer.concat(kept) };
           }
           settled = true;
           resolve(journaled);
         });
       });
-      upstream.end(body);
+      if (body) upstream.end(body);
+      else {
+        // The request body, counted against the connection's cap as it streams.
+        let sent = 0;
+        req.on("data", (chunk: Buffer) => {
+          sent += chunk.length;
+          record.bytes_in = sent;
+          if (sent > connection.maxRequestBytes) fail(new Denial("body_too_large"));
+        });
+        req.pipe(upstream);
+      }
     });
   }
 

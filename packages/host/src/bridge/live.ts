@@ -21,6 +21,8 @@ export interface LiveSandbox {
   billAgentId?: string;
   /** Positions of this attempt's boundary calls, by kind (their default step keys). */
   steps?: Map<string, number>;
+  /** Whether its boundary calls are journaled (the run may be retried). */
+  journaled?: boolean;
   /** Ends the run with reason out_of_credits: a budget cannot pay for another LLM call. */
   outOfCredits?(scope: "tenant" | "agent" | "run"): void;
 }
@@ -48,6 +50,12 @@ export class LiveSandboxes {
     const n = (sandbox.steps.get(kind) ?? 0) + 1;
     sandbox.steps.set(kind, n);
     return n;
+  }
+
+  /** Gives back a position taken by a call that never went upstream (a refusal). */
+  static unstep(sandbox: LiveSandbox, kind: string): void {
+    const n = sandbox.steps?.get(kind) ?? 0;
+    if (n > 0) sandbox.steps?.set(kind, n - 1);
   }
 
   byAddress(address: string): LiveSandbox | undefined {

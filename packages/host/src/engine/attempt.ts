@@ -262,6 +262,7 @@ export class Attempt {
       tenantId,
       agentId,
       record: (event) => this.#queue(event),
+      journaled: (spec.retry?.max_attempts ?? 1) > 1,
       billRunId: this.#in.rootRunId ?? runId,
       billAgentId: this.#in.rootAgentId ?? agentId,
       outOfCredits: (scope) => {

@@ -36,7 +36,15 @@ export class Engine {
   readonly #snapshots: Snapshots;
   readonly #active = new Map<
     string,
-    { attempt: Attempt; done: Promise<void>; tenantId: string; agentId: string; serialKey: string | null }
+    {
+      attempt: Attempt;
+      done: Promise<void>;
+      tenantId: string;
+      agentId: string;
+      serialKey: string | null;
+      /** A child run: not held back by the limits its root already passed. */
+      child: boolean;
+    }
   >();
   /** The tenant served last, so that the next claim starts after it (round robin). */
   #lastTenant = "";
@@ -139,7 +147,9 @@ export class Engine {
     await this.#expire();
     await this.#recoverExpiredLeases();
     let misses = 0;
-    while (!this.#closed && this.#active.size < this.#config.maxConcurrent && misses < 8) {
+    // Child runs may go past the host's limit (their parents wait on them: holding them back could
+    // deadlock a tree), up to a hard ceiling.
+    while (!this.#closed && this.#active.size < this.#config.maxConcurrent * 4 && misses < 8) {
       const next = await this.#next();
       if (!next) return;
       const run = await this.#claim(next);
@@ -170,19 +180,25 @@ export class Engine {
     const start = tenants.findIndex((t) => t > this.#lastTenant);
     const order = start < 0 ? tenants : [...tenants.slice(start), ...tenants.slice(0, start)];
     const perTenant = this.#config.maxPerTenant ?? this.#config.maxConcurrent;
+    const running = [...this.#active.values()];
+    const roots = running.filter((a) => !a.child);
+    const rootsFull = roots.length >= this.#config.maxConcurrent;
     for (const tenant of order) {
-      const running = [...this.#active.values()];
-      if (running.filter((a) => a.tenantId === tenant).length >= perTenant) continue;
+      const tenantFull = roots.filter((a) => a.tenantId === tenant).length >= perTenant;
       const candidates = await this.queued()
-        .select(["id", "agent_id", "spec", "serial_key"])
+        .select(["id", "agent_id", "spec", "serial_key", "root_run_id"])
         .where("tenant_id", "=", tenant)
         .where((eb) => eb.or([eb("not_before", "is", null), eb("not_before", "<=", now)]))
         .orderBy("id")
         .limit(64)
         .execute();
       for (const c of candidates) {
-        const limit = (JSON.parse(c.spec) as AgentSpec).max_concurrent_runs;
-        if (limit !== undefined && running.filter((a) => a.agentId === c.agent_id).length >= limit) continue;
+        const child = c.root_run_id !== null;
+        if (!child) {
+          if (rootsFull || tenantFull) continue;
+          const limit = (JSON.parse(c.spec) as AgentSpec).max_concurrent_runs;
+          if (limit !== undefined && roots.filter((a) => a.agentId === c.agent_id).length >= limit) continue;
+        }
         if (c.serial_key !== null && running.some((a) => a.serialKey === c.serial_key)) continue;
         this.#lastTenant = tenant;
         return c.id;
@@ -289,6 +305,7 @@ export class Engine {
       tenantId: run.tenant_id,
       agentId: run.agent_id,
       serialKey: run.serial_key,
+      child: run.root_run_id !== null,
     });
   }
 
@@ -381,9 +398,9 @@ export class Engine {
         .updateTable("runs")
         .set(
           requeue
-            ? { status: "queued", worker_id: null, lease_until: null }
+            ? { status: "queued", worker_id: null, lease_until: null, expires_at: null }
             : retry
-              ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at }
+              ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at, expires_at: null }
               : {
                   status: outcome.status,
                   reason: outcome.reason,
@@ -397,6 +414,8 @@ export class Engine {
         .executeTakeFirst();
       // Someone else finished the run: record nothing (the attempt row included).
       if (Number(res.numUpdatedRows) !== 1) return [];
+      // A run that ended needs its journal no more.
+      if (!requeue && !retry) await trx.deleteFrom("journal").where("run_id", "=", run.id).execute();
       await trx
         .updateTable("attempts")
         .set({ status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode, finished_at: now })
@@ -452,7 +471,7 @@ export class Engine {
           .updateTable("runs")
           .set(
             retry
-              ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at }
+              ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at, expires_at: null }
               : { status: "failed", reason: "lost", finished_at: now, worker_id: null, lease_until: null },
           )
           .where("id", "=", run.id)

@@ -6,8 +6,9 @@
  * upstream again and not charged again. A different request at a step already journaled is a
  * divergence: recorded as an event, then sent live, and its answer replaces the old one.
  *
- * Only answers that completed are journaled (any status below 500), up to MAX_JOURNAL_BYTES each;
- * a larger answer simply goes live again on a retry.
+ * Only successful answers (below 400: an error such as a 429 should be retried live) are
+ * journaled, up to MAX_JOURNAL_BYTES each, and only for runs that may be retried; a run's entries
+ * go when it ends.
  */
 import { createHash } from "node:crypto";
 import type { Kysely } from "kysely";
@@ -78,7 +79,7 @@ export class Journal {
     hash: string,
     entry: Omit<JournalEntry, "attempt">,
   ): Promise<void> {
-    if (entry.status >= 500 || entry.body.length > MAX_JOURNAL_BYTES) return;
+    if (entry.status >= 400 || entry.body.length > MAX_JOURNAL_BYTES) return;
     const values = {
       run_id: runId,
       step,

@@ -31,7 +31,7 @@ export interface GatewayCaller {
   /** The agent whose per-run budget applies (the billed run's). */
   budgetAgentId?: string;
   /** Where this call stands in the caller's own run, for the journal. */
-  journal?: { runId: string; attempt: number; step: string };
+  journal?: { runId: string; attempt: number; step(): string | null; unstep(): void };
   record(event: { type: string; data: unknown }): void;
   /** Stops the run: its budget cannot pay for another call. */
   outOfCredits(scope: BudgetScope): void;
@@ -201,7 +201,11 @@ export class Gateway {
     if (typeof stream !== "boolean") throw new GatewayError("validation_failed", "stream must be true or false.");
     record.stream = stream;
     checkBody(endpoint, body);
-    const journal = this.#deps.journal && caller.journal ? { store: this.#deps.journal, ...caller.journal } : null;
+    const step = this.#deps.journal && caller.journal ? caller.journal.step() : null;
+    const journal =
+      this.#deps.journal && caller.journal && step
+        ? { store: this.#deps.journal, runId: caller.journal.runId, attempt: caller.journal.attempt, step }
+        : null;
     const hash = requestHash([endpoint.upstreamPath, JSON.stringify(body)]);
     if (journal) {
       record.step = journal.step;
@@ -229,6 +233,29 @@ export class Gateway {
         : own;
     const { perRun: _childPerRun, ...ownRest } = own;
     const budget: GatewayBudget = { ...ownRest, ...(billed.perRun !== undefined ? { perRun: billed.perRun } : {}) };
+    try {
+      await this.#admit(req, res, caller, endpoint, route, body, record, started, budget, stream, journal, hash);
+    } catch (err) {
+      // Refused before it went upstream: its journal position is free again.
+      if (journal && err instanceof GatewayError) caller.journal?.unstep();
+      throw err;
+    }
+  }
+
+  async #admit(
+    req: IncomingMessage,
+    res: ServerResponse,
+    caller: GatewayCaller,
+    endpoint: Endpoint,
+    route: ModelRoute,
+    body: Record<string, unknown>,
+    record: Record<string, unknown>,
+    started: number,
+    budget: GatewayBudget,
+    stream: boolean,
+    journal: { store: Journal; runId: string; attempt: number; step: string } | null,
+    hash: string,
+  ): Promise<void> {
     // Every token is at least one byte of the request, but images, files and tool preambles cost more.
     const inputUpper = Buffer.byteLength(JSON.stringify(body)) + INPUT_OVERHEAD_TOKENS + surcharge(endpoint, body);
     const asked = askedOutput(body) ?? route.price.max_output_tokens;

@@ -17,7 +17,10 @@ import type { Database, RunsTable } from "../store/schema.ts";
 
 /** The most levels of child runs below a root run. */
 export const MAX_DEPTH = 5;
+/** Children of one run queued or running at once. */
+export const MAX_ACTIVE_CHILDREN = 16;
 const MAX_WAIT_S = 60;
+const POLL_MS = 200;
 
 export interface CallerRun {
   tenantId: string;
@@ -55,6 +58,15 @@ export class AgentCalls {
     if (!parent || parent.tenant_id !== caller.tenantId) throw new AppError("run_not_running");
     if (parent.depth + 1 > MAX_DEPTH) {
       throw new AppError("agent_depth_exceeded", `Runs may start child runs ${MAX_DEPTH} levels deep at most.`);
+    }
+    const active = await this.#db
+      .selectFrom("runs")
+      .select((eb) => eb.fn.countAll().as("n"))
+      .where("parent_run_id", "=", parent.id)
+      .where("status", "in", ["queued", "starting", "running"])
+      .executeTakeFirstOrThrow();
+    if (Number(active.n) >= MAX_ACTIVE_CHILDREN) {
+      throw new AppError("too_many_children", `A run may have ${MAX_ACTIVE_CHILDREN} child runs going at once.`);
     }
     const agent = await this.#agents.list(caller.tenantId, { name, limit: 1 }).then((a) => a[0]);
     if (!agent) throw new AppError("not_found", `No agent '${name}'.`);
@@ -96,7 +108,7 @@ export class AgentCalls {
           .executeTakeFirst();
         return this.#view(run, agent?.name ?? "", done);
       }
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, POLL_MS));
     }
   }
 

@@ -238,24 +238,33 @@ export class Scheduler {
     // The latest slot at or before now, looked for only inside the window: older ones are missed anyway.
     const waited = Number(schedule.next_at);
     let slot = waited >= now - window ? waited : (nextAfter(cron, now - window - 1) ?? now + 1);
-    if (slot > now) slot = waited;
-    for (let i = 0; i < MAX_SLOTS_PER_TICK; i++) {
+    // No slot inside the window: everything due was missed; no walk through the old ones.
+    const none = slot > now;
+    if (none) slot = waited;
+    for (let i = 0; i < (none ? 0 : MAX_SLOTS_PER_TICK); i++) {
       const after = nextAfter(cron, slot);
       if (after === null || after > now) break;
       slot = after;
     }
-    const advance = () =>
-      this.#deps.db
-        .updateTable("schedules")
-        .set({ next_at: next, last_slot_at: slot })
-        .where("id", "=", schedule.id)
-        .where("next_at", "=", schedule.next_at)
-        .execute();
+    // A slot that starts no run is recorded and the schedule moved on, together.
+    const settle = (outcome: "missed" | "skipped") =>
+      this.#deps.db.transaction().execute(async (trx) => {
+        await trx
+          .insertInto("schedule_slots")
+          .values({ schedule_id: schedule.id, slot_at: slot, run_id: null, outcome })
+          .onConflict((oc) => oc.doNothing())
+          .execute();
+        await trx
+          .updateTable("schedules")
+          .set({ next_at: next, last_slot_at: slot })
+          .where("id", "=", schedule.id)
+          .where("next_at", "=", schedule.next_at)
+          .execute();
+      });
     if (slot !== waited)
       this.#deps.log(`schedule ${schedule.id}: slots from ${new Date(waited).toISOString()} were missed`);
     if (now - slot > window) {
-      await this.#record(schedule.id, slot, "missed");
-      await advance();
+      await settle("missed");
       return null;
     }
     const spec = await this.#deps.specOf(schedule.tenant_id, schedule.agent_id);
@@ -276,8 +285,7 @@ export class Scheduler {
       (overlap === "skip" && active.length > 0) ||
       (overlap === "queue_one" && active.some((r) => r.status === "queued"))
     ) {
-      await this.#record(schedule.id, slot, "skipped");
-      await advance();
+      await settle("skipped");
       return null;
     }
     const { run, created } = await this.#deps.runs.create(
@@ -302,6 +310,7 @@ export class Scheduler {
             .where("slot_at", "=", slot)
             .executeTakeFirst();
           if (taken?.run_id) return taken.run_id;
+          // Settled without a run, with the schedule moved on in the same transaction: a stale read.
           if (taken) throw new Error(`slot ${new Date(slot).toISOString()} was already settled`);
           await trx
             .insertInto("schedule_slots")
@@ -317,13 +326,5 @@ export class Scheduler {
       },
     );
     return created ? run.id : null;
-  }
-
-  async #record(scheduleId: string, slot: number, outcome: "missed" | "skipped"): Promise<void> {
-    await this.#deps.db
-      .insertInto("schedule_slots")
-      .values({ schedule_id: scheduleId, slot_at: slot, run_id: null, outcome })
-      .onConflict((oc) => oc.doNothing())
-      .execute();
   }
 }

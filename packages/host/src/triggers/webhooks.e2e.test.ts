@@ -33,11 +33,12 @@ describe("webhooks", { skip: hostSkipReason() }, () => {
     opts: { secret?: string; ts?: number; delivery?: string; signature?: string; type?: string } = {},
   ) => {
     const ts = String(opts.ts ?? Math.floor(Date.now() / 1000));
+    const delivery = opts.delivery ?? `d-${Math.random().toString(36).slice(2)}`;
     const headers: Record<string, string> = {
       "content-type": opts.type ?? "application/json",
       "x-paddock-timestamp": ts,
-      "x-paddock-delivery": opts.delivery ?? `d-${Math.random().toString(36).slice(2)}`,
-      "x-paddock-signature": opts.signature ?? signDelivery(opts.secret ?? hook.secret, ts, body),
+      "x-paddock-delivery": delivery,
+      "x-paddock-signature": opts.signature ?? signDelivery(opts.secret ?? hook.secret, ts, delivery, body),
     };
     return t.api("POST", path, body, null, headers);
   };
@@ -81,7 +82,16 @@ describe("webhooks", { skip: hostSkipReason() }, () => {
       ["no signature", deliver(hook.path, body, { signature: "" }), 401, "webhook_signature_invalid"],
       [
         "a body changed after signing",
-        deliver(hook.path, body, { signature: signDelivery(hook.secret, String(now), "{}") }),
+        deliver(hook.path, body, { delivery: "x1", signature: signDelivery(hook.secret, String(now), "x1", "{}") }),
+        401,
+        "webhook_signature_invalid",
+      ],
+      [
+        "a captured delivery resent under a new id",
+        deliver(hook.path, body, {
+          delivery: "fresh-id",
+          signature: signDelivery(hook.secret, String(now), "old-id", body),
+        }),
         401,
         "webhook_signature_invalid",
       ],
@@ -89,7 +99,12 @@ describe("webhooks", { skip: hostSkipReason() }, () => {
       ["six minutes ahead", deliver(hook.path, body, { ts: now + 360 }), 401, "webhook_timestamp_expired"],
       ["an unknown webhook", deliver(`/v1/hooks/whk_${"a".repeat(32)}`, body), 401, "webhook_signature_invalid"],
       ["a malformed id", deliver("/v1/hooks/nope", body), 401, "webhook_signature_invalid"],
-      ["a bad delivery id", deliver(hook.path, body, { delivery: "has space" }), 400, "validation_failed"],
+      [
+        "a bad delivery id",
+        deliver(hook.path, body, { delivery: "has space", signature: `sha256=${"0".repeat(64)}` }),
+        400,
+        "validation_failed",
+      ],
       ["over 256 KiB", deliver(hook.path, "x".repeat(300 * 1024)), 413, "body_too_large"],
     ];
     for (const [what, pending, status, code] of cases) {

@@ -3,11 +3,11 @@
  * becoming the run's input.
  *
  * Threat model: anyone on the network may POST to the URL. A delivery starts a run only when it
- * carries `x-paddock-signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">` made with the
+ * carries `x-paddock-signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<delivery id>.<body>">` made with the
  * webhook's secret (shown once at creation, sealed at rest by the vault), a timestamp within five
- * minutes of the host's clock (a captured delivery cannot be replayed later), and a delivery id
- * that was not seen before for this webhook (one replayed inside the window starts nothing new: it
- * answers with the run the first delivery started). The signature is compared in constant time;
+ * minutes of the host's clock (a captured delivery cannot be replayed later), and a delivery id,
+ * signed too, that was not seen before for this webhook (one replayed inside the window starts
+ * nothing new: it answers with the run the first delivery started; a new id needs a new signature). The signature is compared in constant time;
  * an unknown id answers exactly like a bad signature (401), so ids cannot be probed.
  */
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
@@ -40,8 +40,8 @@ function toWebhook(row: WebhooksTable, secret?: string): Webhook {
 }
 
 /** The signature header value of a delivery (what a sender computes). */
-export function signDelivery(secret: string, timestamp: string, body: Buffer | string): string {
-  return `sha256=${createHmac("sha256", secret).update(`${timestamp}.`).update(body).digest("hex")}`;
+export function signDelivery(secret: string, timestamp: string, delivery: string, body: Buffer | string): string {
+  return `sha256=${createHmac("sha256", secret).update(`${timestamp}.${delivery}.`).update(body).digest("hex")}`;
 }
 
 export interface WebhookDeps {
@@ -124,7 +124,7 @@ export class Webhooks {
       throw new AppError("validation_failed", `${WEBHOOK_HEADERS.delivery}: 1 to 128 printable ASCII characters.`);
     }
     const secret = this.#deps.vault.open(row.sealed_secret, webhookAad(row.id)).toString("utf8");
-    const expected = Buffer.from(signDelivery(secret, timestamp, body));
+    const expected = Buffer.from(signDelivery(secret, timestamp, delivery, body));
     if (!timingSafeEqual(expected, Buffer.from(signature))) throw refuse("webhook_signature_invalid", "bad signature");
     // Checked after the signature, so that the clock is not an oracle for unsigned requests.
     if (Math.abs(now / 1000 - Number(timestamp)) > WEBHOOK_WINDOW_S) {
