@@ -220,13 +220,14 @@ export class SandboxNetwork {
     this.#ports.add(port);
   }
 
-  /** A fresh namespace for one sandbox; give it back with release() once the sandbox is gone. */
+  /** A namespace for one sandbox; give it back with release() once the sandbox is gone. */
   async take(): Promise<NetworkLease> {
     await this.start();
     if (this.#closed) throw new Error("the sandbox network is closed");
     for (;;) {
       const next = this.#ready.shift() ?? this.#make();
-      this.#refill();
+      // Refilled only when low: released namespaces come back to the pool and keep it full.
+      if (this.#ready.length < Math.ceil(this.#spare / 2)) this.#refill();
       try {
         return await next;
       } catch (err) {
@@ -236,10 +237,22 @@ export class SandboxNetwork {
     }
   }
 
-  /** Removes a sandbox's namespace (and its link) in the background; its address is reused after. */
+  /**
+   * Takes back a sandbox's namespace once no process of the sandbox is left (the driver calls it
+   * after the sandbox's cgroup is empty and removed). The namespace then holds nothing of the
+   * sandbox's: its sockets died with its processes, and the sandbox never had a capability over
+   * the namespace (it could not change addresses, routes, filters or sysctls), so it goes back to
+   * the pool as it was made, with its address; a token of the old sandbox names the old sandbox
+   * and run, so it fails at the bridge from the same address. Beyond the pool's room it is
+   * removed, in the background.
+   */
   release(lease: NetworkLease): void {
     const own = lease as Lease;
     if (!own.ns?.startsWith(this.#nsPrefix)) return;
+    if (!this.#closed && this.#ready.length < this.#spare * 2) {
+      this.#ready.push(Promise.resolve(own));
+      return;
+    }
     this.#track(this.#remove(own));
   }
 
