@@ -343,7 +343,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
     "post",
     "/v1/runs/{id}/cancel",
     {
-      summary: "Cancel a queued or running run",
+      summary: "Cancel a queued or running run, and the child runs it started that are still going",
       auth: "tenant",
       responses: {
         200: json(Run, "Canceled"),
@@ -354,22 +354,32 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
     async (c) => {
       const run = await findRun(c);
       await readJson(c, z.object({}).strict());
-      if (
-        await deps.runs.transition(run.id, ["queued"], "canceled", { reason: "canceled", finished_at: Date.now() }, [
-          terminalEvent("canceled", "canceled", null),
-        ])
-      ) {
-        return c.json(toRun((await deps.runs.getById(run.id)) ?? run), 200);
-      }
-      const requested = await deps.runs.requestCancel(run.id);
-      if (!requested) {
-        const now = await deps.runs.getById(run.id);
-        if (now && (TERMINAL_STATUSES as readonly string[]).includes(now.status)) {
-          throw new AppError("run_not_cancelable", `The run already ended (${now.status}).`);
+      /** Cancels a run and, below it, every child run still going; true when it was still queued. */
+      const cancel = async (id: string): Promise<boolean> => {
+        const children = await deps.db
+          .selectFrom("runs")
+          .select("id")
+          .where("parent_run_id", "=", id)
+          .where("status", "in", ["queued", "starting", "running"])
+          .execute();
+        for (const child of children) await cancel(child.id);
+        if (
+          await deps.runs.transition(id, ["queued"], "canceled", { reason: "canceled", finished_at: Date.now() }, [
+            terminalEvent("canceled", "canceled", null),
+          ])
+        ) {
+          return true;
         }
+        await deps.runs.requestCancel(id);
+        deps.engine.cancel(id);
+        return false;
+      };
+      const current = await deps.runs.getById(run.id);
+      if (current && (TERMINAL_STATUSES as readonly string[]).includes(current.status)) {
+        throw new AppError("run_not_cancelable", `The run already ended (${current.status}).`);
       }
-      deps.engine.cancel(run.id);
-      return c.json(toRun((await deps.runs.getById(run.id)) ?? run), 202);
+      const wasQueued = await cancel(run.id);
+      return c.json(toRun((await deps.runs.getById(run.id)) ?? run), wasQueued ? 200 : 202);
     },
   );
 

@@ -404,15 +404,23 @@ export class Bridge {
           { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
           name,
           body.input,
+          journal && step
+            ? (trx, answer) =>
+                journal.record(
+                  sandbox.runId,
+                  sandbox.attempt,
+                  step,
+                  hash,
+                  {
+                    status: 201,
+                    headers: { "content-type": "application/json" },
+                    body: Buffer.from(JSON.stringify(answer)),
+                  },
+                  trx,
+                )
+            : undefined,
         );
         sendJson(res, 201, child);
-        if (journal && step) {
-          await journal.record(sandbox.runId, sandbox.attempt, step, hash, {
-            status: 201,
-            headers: { "content-type": "application/json" },
-            body: Buffer.from(JSON.stringify(child)),
-          });
-        }
         return;
       }
       if (read?.[1] && req.method === "GET") {

@@ -78,6 +78,7 @@ export class Journal {
     step: string,
     hash: string,
     entry: Omit<JournalEntry, "attempt">,
+    db: Kysely<Database> = this.#db,
   ): Promise<void> {
     if (entry.status >= 400 || entry.body.length > MAX_JOURNAL_BYTES) return;
     const values = {
@@ -90,7 +91,7 @@ export class Journal {
       body: entry.body,
       created_at: Date.now(),
     };
-    await this.#db
+    await db
       .insertInto("journal")
       .values(values)
       .onConflict((oc) =>

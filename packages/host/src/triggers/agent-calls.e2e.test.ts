@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { artifactJson } from "../bridge/bridge-test-support.ts";
-import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
+import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
 import { MAX_DEPTH } from "./agent-calls.ts";
 
@@ -154,5 +154,31 @@ describe("agent-to-agent calls", { skip: hostSkipReason() }, () => {
       (r: { root_run_id: string | null }) => r.root_run_id === run.id,
     );
     assert.equal(tree.length, MAX_DEPTH);
+  });
+
+  it("cancels the child runs of a run that is canceled", async () => {
+    const sleeper = uniqueName("sleeper");
+    await t.api("POST", "/v1/agents", { name: sleeper, command: ["sleep", "60"] });
+    const parent = await t.api("POST", "/v1/agents", {
+      name: uniqueName("waiting-parent"),
+      command: [NODE, "/app/caller.mjs"],
+      files: { "caller.mjs": CALLER },
+      policy: { agents: [sleeper] },
+    });
+    const run = (
+      await t.api("POST", `/v1/agents/${parent.body.id}/runs`, { input: { calls: [{ agent: sleeper, input: {} }] } })
+    ).body;
+    let child: { id: string; status: string } | undefined;
+    for (let i = 0; i < 400 && child?.status !== "running"; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      child = (await t.api("GET", "/v1/runs?limit=100")).body.data.find(
+        (r: { parent_run_id: string | null }) => r.parent_run_id === run.id,
+      );
+    }
+    assert.equal(child?.status, "running");
+    assert.equal((await t.api("POST", `/v1/runs/${run.id}/cancel`)).status, 202);
+    const parentDone = await waitForRun(t, run.id);
+    const childDone = await waitForRun(t, child?.id ?? "");
+    assert.deepEqual([parentDone.status, childDone.status], ["canceled", "canceled"]);
   });
 });

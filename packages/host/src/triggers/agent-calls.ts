@@ -9,7 +9,7 @@
  * depth; children's model calls are charged to the root run's bill and budget.
  */
 import { AppError, TERMINAL_STATUSES } from "@paddock/protocol";
-import type { Kysely } from "kysely";
+import type { Kysely, Transaction } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { runSpec } from "../agents/agents.ts";
 import type { RunRepository } from "../engine/runs.ts";
@@ -39,6 +39,17 @@ export interface ChildRun {
   artifacts: { path: string; size: number }[];
 }
 
+/** A child run as it is the moment it is queued. */
+const queuedView = (runId: string, agent: string): ChildRun => ({
+  run_id: runId,
+  agent,
+  status: "queued",
+  reason: null,
+  exit_code: null,
+  result: null,
+  artifacts: [],
+});
+
 export class AgentCalls {
   readonly #db: Kysely<Database>;
   readonly #agents: Agents;
@@ -53,7 +64,17 @@ export class AgentCalls {
   }
 
   /** Starts a child run of `name` (already allowed by the caller's token) with `input`. */
-  async start(caller: CallerRun, name: string, input: unknown): Promise<ChildRun> {
+  /**
+   * Starts a child run of `name` (already allowed by the caller's token) with `input`. `journal`,
+   * when given, records the answer in the same transaction as the child run, so that a crash
+   * cannot leave a child its retried parent would start again.
+   */
+  async start(
+    caller: CallerRun,
+    name: string,
+    input: unknown,
+    journal?: (trx: Transaction<Database>, answer: ChildRun) => Promise<void>,
+  ): Promise<ChildRun> {
     const parent = await this.#db.selectFrom("runs").selectAll().where("id", "=", caller.runId).executeTakeFirst();
     if (!parent || parent.tenant_id !== caller.tenantId) throw new AppError("run_not_running");
     if (parent.depth + 1 > MAX_DEPTH) {
@@ -81,6 +102,14 @@ export class AgentCalls {
       events: [
         { type: "run.parent", data: { parent_run_id: parent.id, root_run_id: parent.root_run_id ?? parent.id } },
       ],
+      ...(journal
+        ? {
+            dedupe: async (trx: Transaction<Database>, runId: string) => {
+              await journal(trx, queuedView(runId, name));
+              return null;
+            },
+          }
+        : {}),
     });
     caller.record({ type: "agent.called", data: { agent: name, run_id: run.id, depth: run.depth } });
     this.#notify();
