@@ -47,7 +47,7 @@ import type { Scheduler } from "../triggers/scheduler.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
 import { registerConnectionRoutes } from "./connections.ts";
 import { registerGatewayRoutes } from "./gateway.ts";
-import { check, errorResponse, json, readJson } from "./http.ts";
+import { check, errorResponse, json, type RouteAuth, readJson } from "./http.ts";
 import { registerRunnerRoutes } from "./runners.ts";
 import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
@@ -77,7 +77,7 @@ export interface ApiDeps {
 
 type Env = { Variables: { principal: Principal } };
 type Method = "get" | "post" | "put" | "delete";
-type Auth = "none" | "tenant" | "admin";
+type Auth = RouteAuth;
 
 const Id = z
   .string()

@@ -4,24 +4,11 @@
  */
 import { AppError, Connection, ConnectionName, ConnectionPut, ErrorResponse, Page } from "@paddock/protocol";
 import type { Context } from "hono";
-import type { z } from "zod";
 import type { Connections } from "../bridge/connections.ts";
-import { json, readJson } from "./http.ts";
+import { json, type RouteHelpers, readJson } from "./http.ts";
 
 /** What the routes borrow from createApi (see app.ts). */
-export interface ConnectionRouteHelpers<C extends Context> {
-  route: (
-    method: "get" | "put" | "delete",
-    path: string,
-    spec: {
-      summary: string;
-      auth: "tenant";
-      body?: z.ZodType;
-      responses: Record<number, ReturnType<typeof json> | { description: string }>;
-    },
-    handler: (c: C) => Promise<Response> | Response,
-  ) => void;
-  tenantOf: (c: C) => string;
+export interface ConnectionRouteHelpers<C extends Context> extends RouteHelpers<C> {
   /** Whether the request carries the admin API key. */
   isAdmin: (c: C) => boolean;
 }

@@ -18,26 +18,13 @@ import {
 } from "@paddock/protocol";
 import type { Context } from "hono";
 import type { Kysely } from "kysely";
-import type { z } from "zod";
 import type { AgentDefinition } from "../engine/runs.ts";
 import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
 import type { Database } from "../store/schema.ts";
-import { json, readJson } from "./http.ts";
+import { json, type RouteHelpers, readJson } from "./http.ts";
 
-export interface GatewayRouteHelpers<C extends Context> {
-  route: (
-    method: "get" | "put" | "post" | "delete",
-    path: string,
-    spec: {
-      summary: string;
-      auth: "tenant" | "admin";
-      body?: z.ZodType;
-      responses: Record<number, ReturnType<typeof json> | { description: string }>;
-    },
-    handler: (c: C) => Promise<Response> | Response,
-  ) => void;
-  tenantOf: (c: C) => string;
+export interface GatewayRouteHelpers<C extends Context> extends RouteHelpers<C> {
   /** The run named by the path's {id}, of the caller's tenant (not_found otherwise). */
   findRun: (c: C) => Promise<{ id: string }>;
 }

@@ -71,3 +71,25 @@ export function errorResponse(c: Context, code: ErrorCode, message?: string, det
   const err = new AppError(code, message, details);
   return c.json(err.toBody(), ERROR_CODES[code].status as ContentfulStatusCode);
 }
+
+/** Who may call a route: anyone, any tenant's key, or the admin key. */
+export type RouteAuth = "none" | "tenant" | "admin";
+
+/**
+ * What a route file borrows from createApi (see app.ts): `route` registers a handler and its
+ * OpenAPI description from the same schemas, `tenantOf` is the caller's tenant.
+ */
+export interface RouteHelpers<C extends Context> {
+  route: (
+    method: "get" | "put" | "post" | "delete",
+    path: string,
+    spec: {
+      summary: string;
+      auth: RouteAuth;
+      body?: z.ZodType;
+      responses: Record<number, ReturnType<typeof json> | { description: string }>;
+    },
+    handler: (c: C) => Promise<Response> | Response,
+  ) => void;
+  tenantOf: (c: C) => string;
+}

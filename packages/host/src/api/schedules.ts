@@ -1,25 +1,9 @@
 /** Cron schedules over HTTP: create, list, show, pause, resume and delete a tenant's schedules. */
 import { AppError, Page, Schedule, ScheduleCreate } from "@paddock/protocol";
 import type { Context } from "hono";
-import type { z } from "zod";
 import type { Agents } from "../agents/agents.ts";
 import type { Scheduler } from "../triggers/scheduler.ts";
-import { json, readJson } from "./http.ts";
-
-export interface ScheduleRouteHelpers<C extends Context> {
-  route: (
-    method: "get" | "post" | "delete",
-    path: string,
-    spec: {
-      summary: string;
-      auth: "tenant";
-      body?: z.ZodType;
-      responses: Record<number, ReturnType<typeof json> | { description: string }>;
-    },
-    handler: (c: C) => Promise<Response> | Response,
-  ) => void;
-  tenantOf: (c: C) => string;
-}
+import { json, type RouteHelpers, readJson } from "./http.ts";
 
 function idParam(c: Context): string {
   const value = c.req.param("id") ?? "";
@@ -29,7 +13,7 @@ function idParam(c: Context): string {
 
 export function registerScheduleRoutes<C extends Context>(
   deps: { scheduler: Scheduler; agents: Agents },
-  h: ScheduleRouteHelpers<C>,
+  h: RouteHelpers<C>,
 ): void {
   const { route, tenantOf } = h;
   const { scheduler, agents } = deps;

@@ -5,25 +5,8 @@
  */
 import { AppError, ErrorResponse, MAX_SECRET_BYTES, Page, Secret, SecretName, SecretSet } from "@paddock/protocol";
 import type { Context } from "hono";
-import type { z } from "zod";
 import type { Secrets } from "../secrets/secrets.ts";
-import { json, readJson } from "./http.ts";
-
-/** What the routes borrow from createApi (see app.ts). */
-export interface SecretRouteHelpers<C extends Context> {
-  route: (
-    method: "get" | "put" | "delete",
-    path: string,
-    spec: {
-      summary: string;
-      auth: "tenant";
-      body?: z.ZodType;
-      responses: Record<number, ReturnType<typeof json> | { description: string }>;
-    },
-    handler: (c: C) => Promise<Response> | Response,
-  ) => void;
-  tenantOf: (c: C) => string;
-}
+import { json, type RouteHelpers, readJson } from "./http.ts";
 
 /** A JSON-escaped value may take six bytes per byte (`\u0000`). */
 const MAX_BODY_BYTES = MAX_SECRET_BYTES * 6 + 1024;
@@ -45,7 +28,7 @@ function nameParam(c: Context): string {
   return value;
 }
 
-export function registerSecretRoutes<C extends Context>(secrets: Secrets, h: SecretRouteHelpers<C>): void {
+export function registerSecretRoutes<C extends Context>(secrets: Secrets, h: RouteHelpers<C>): void {
   const { route, tenantOf } = h;
   const one = "/v1/secrets/{name}";
   route(

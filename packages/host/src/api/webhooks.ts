@@ -4,21 +4,7 @@ import type { Context } from "hono";
 import { z } from "zod";
 import type { Agents } from "../agents/agents.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
-import { json } from "./http.ts";
-
-export interface WebhookRouteHelpers<C extends Context> {
-  route: (
-    method: "get" | "post" | "delete",
-    path: string,
-    spec: {
-      summary: string;
-      auth: "tenant" | "none";
-      responses: Record<number, ReturnType<typeof json> | { description: string }>;
-    },
-    handler: (c: C) => Promise<Response> | Response,
-  ) => void;
-  tenantOf: (c: C) => string;
-}
+import { json, type RouteHelpers } from "./http.ts";
 
 const Delivery = z
   .object({ run_id: z.string(), status: z.string(), deduplicated: z.boolean() })
@@ -33,7 +19,7 @@ function hookId(c: Context): string {
 
 export function registerWebhookRoutes<C extends Context>(
   deps: { webhooks: Webhooks; agents: Agents },
-  h: WebhookRouteHelpers<C>,
+  h: RouteHelpers<C>,
 ): void {
   const { route, tenantOf } = h;
   const { webhooks, agents } = deps;
