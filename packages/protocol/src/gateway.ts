@@ -167,3 +167,21 @@ export type RunCredits = z.infer<typeof RunCredits>;
 /** Whole micro-credits from credits, and back. */
 export const toMicro = (credits: number): number => Math.round(credits * 1_000_000);
 export const fromMicro = (micro: number): number => micro / 1_000_000;
+
+/**
+ * The fields of a model request the gateway reads, checked before it acts on them; everything
+ * else goes to the provider as the caller sent it.
+ */
+export const LlmRequest = z.looseObject({
+  model: z.string().min(1).max(128),
+  stream: z.boolean().nullish(),
+  n: z.number().nullish(),
+  best_of: z.number().nullish(),
+  max_tokens: z.number().nullish(),
+  max_completion_tokens: z.number().nullish(),
+  max_output_tokens: z.number().nullish(),
+  n_predict: z.number().nullish(),
+  max_new_tokens: z.number().nullish(),
+  tools: z.array(z.looseObject({ type: z.string().optional() })).nullish(),
+});
+export type LlmRequest = z.infer<typeof LlmRequest>;

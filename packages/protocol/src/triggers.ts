@@ -91,3 +91,18 @@ export const WEBHOOK_HEADERS = {
 /** How far a delivery's timestamp may be from the host's clock. */
 export const WEBHOOK_WINDOW_S = 300;
 export const MAX_WEBHOOK_BODY_BYTES = 256 * 1024;
+
+/** A child run as the bridge reports it to the run that started it. */
+export const ChildRun = z
+  .object({
+    run_id: z.string(),
+    agent: z.string(),
+    status: z.string(),
+    reason: z.string().nullable(),
+    exit_code: z.number().int().nullable(),
+    /** The data of the child's last `result` event, once it has finished and emitted one. */
+    result: z.unknown(),
+    artifacts: z.array(z.object({ path: z.string(), size: z.number().int() })),
+  })
+  .meta({ id: "ChildRun" });
+export type ChildRun = z.infer<typeof ChildRun>;

@@ -10,6 +10,7 @@
  * PADDOCK_TOKEN_FILE and sends it to the host's bridge, which attaches the real credential.
  */
 import { readFileSync } from "node:fs";
+import type { ChildRun } from "@paddock/protocol";
 
 function setting(name: string): string {
   const value = process.env[name];
@@ -40,18 +41,6 @@ async function bridgeFetch(connection: string, path: string, init: RequestInit =
 }
 
 export const bridge = { fetch: bridgeFetch, url, token };
-
-/** A child run as the host reports it. */
-export interface ChildRun {
-  run_id: string;
-  agent: string;
-  status: string;
-  reason: string | null;
-  exit_code: number | null;
-  /** The data of the child's last `result` event. */
-  result: unknown;
-  artifacts: { path: string; size: number }[];
-}
 
 const TERMINAL = ["succeeded", "failed", "timed_out", "canceled"];
 

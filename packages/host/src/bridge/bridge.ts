@@ -28,7 +28,7 @@ import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo, LookupFunction } from "node:net";
 import { pipeline, Transform } from "node:stream";
-import { AppError, type ConnectionAuth, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
+import { type ConnectionAuth, ERROR_CODES, MAX_INPUT_BYTES, RunCreate } from "@paddock/protocol";
 import {
   type Journal,
   type JournalEntry,
@@ -39,6 +39,7 @@ import {
 } from "../engine/journal.ts";
 import { Gateway } from "../gateway/gateway.ts";
 import type { AgentCalls } from "../triggers/agent-calls.ts";
+import { parseJson, Refusal, readCapped, sendJson, sendReplay } from "./channel.ts";
 import type { BridgeConnection } from "./connections.ts";
 import { decode } from "./decode.ts";
 import { type LiveSandbox, LiveSandboxes } from "./live.ts";
@@ -126,18 +127,9 @@ const DROP_RESPONSE = new Set([
 ]);
 const CONNECTION_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const MAX_TOKEN_BYTES = 4096;
+/** A child run's body: its input, at most what an API trigger may send, plus the JSON around it. */
+const MAX_CHILD_BODY_BYTES = MAX_INPUT_BYTES + 1024;
 const DNS_TTL_MS = 30_000;
-
-/** A refusal on the way: its code, an optional message, and the status it answers with. */
-class Denial extends Error {
-  readonly code: ErrorCode;
-  readonly headers: Record<string, string>;
-  constructor(code: ErrorCode, message?: string, headers: Record<string, string> = {}) {
-    super(message ?? ERROR_CODES[code].message);
-    this.code = code;
-    this.headers = headers;
-  }
-}
 
 interface CallRecord {
   connection: string;
@@ -166,7 +158,7 @@ export class Bridge {
     this.#server = http.createServer({ keepAlive: true, requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => {
       this.#handle(req, res).catch((err: unknown) => {
         this.#deps.log(`bridge: ${err instanceof Error ? err.message : String(err)}`);
-        if (!res.headersSent) this.#deny(res, new Denial("internal"));
+        if (!res.headersSent) this.#deny(res, new Refusal("internal"));
         else res.destroy();
       });
     });
@@ -213,7 +205,7 @@ export class Bridge {
       return;
     }
     if (!target.startsWith("/bridge/")) {
-      this.#deny(res, new Denial("route_not_found", "The bridge serves /bridge/<connection>/<path>."));
+      this.#deny(res, new Refusal("route_not_found", "The bridge serves /bridge/<connection>/<path>."));
       return;
     }
     // The connection's name ends at the next '/' or '?'; what follows is the upstream path and query.
@@ -232,30 +224,31 @@ export class Bridge {
       ms: 0,
     };
     try {
-      if (!sandbox) throw new Denial("bridge_unknown_source");
+      if (!sandbox) throw new Refusal("bridge_unknown_source");
       if (!CONNECTION_NAME.test(name))
-        throw new Denial("connection_not_allowed", `No connection '${name.slice(0, 64)}'.`);
+        throw new Refusal("connection_not_allowed", `No connection '${name.slice(0, 64)}'.`);
       await this.#authorize(req, sandbox, source, name);
       if (!allowedMethod(method))
-        throw new Denial("policy_denied", `The bridge never forwards ${method.slice(0, 32)}.`);
+        throw new Refusal("policy_denied", `The bridge never forwards ${method.slice(0, 32)}.`);
       const { path, query } = checkBridgePath(rest);
       record.path = path.slice(0, 512);
       if (overridesMethod(query))
-        throw new Denial("policy_denied", "The bridge never forwards a method override (_method) in the query.");
+        throw new Refusal("policy_denied", "The bridge never forwards a method override (_method) in the query.");
       const connection = await this.#deps.connections.forBridge(sandbox.tenantId, name);
-      if (!connection) throw new Denial("connection_not_allowed", `No connection '${name}'.`);
+      if (!connection) throw new Refusal("connection_not_allowed", `No connection '${name}'.`);
       const rule = matchRule(connection.policy, method, path);
-      if (!rule) throw new Denial("policy_denied", `The connection '${name}' does not allow ${method} ${record.path}.`);
+      if (!rule)
+        throw new Refusal("policy_denied", `The connection '${name}' does not allow ${method} ${record.path}.`);
       record.rule = rule.path;
       const declared = Number(req.headers["content-length"] ?? 0);
-      if (declared > connection.maxRequestBytes) throw new Denial("body_too_large");
+      if (declared > connection.maxRequestBytes) throw new Refusal("body_too_large");
       // A retried attempt repeating a call an earlier attempt completed is answered from the
       // journal. Small bodies are read whole (their hash keys the entry); others stream, unjournaled.
       const journal =
         this.#deps.journal && sandbox.journaled && !req.headers["transfer-encoding"] && declared <= MAX_JOURNAL_BYTES
           ? this.#deps.journal
           : undefined;
-      const body = journal ? await readBody(req, connection.maxRequestBytes) : null;
+      const body = journal ? await readCapped(req, connection.maxRequestBytes) : null;
       if (body) record.bytes_in = body.length;
       const kind = `bridge:${name}`;
       const step = journal ? stepKey(req.headers[STEP_HEADER], kind, LiveSandboxes.nextStep(sandbox, kind)) : null;
@@ -263,8 +256,7 @@ export class Bridge {
       if (journal && step) {
         const found = await journal.lookup(sandbox.runId, sandbox.attempt, step, hash);
         if (found && "replay" in found) {
-          res.writeHead(found.replay.status, { ...found.replay.headers, "paddock-replayed": "true" });
-          res.end(found.replay.body);
+          sendReplay(res, found.replay);
           Object.assign(record, {
             status: found.replay.status,
             bytes_out: found.replay.body.length,
@@ -280,7 +272,7 @@ export class Bridge {
         const taken = this.#deps.rateLimits.take(connection.id, limit);
         if (!taken.ok) {
           if (journal && step) LiveSandboxes.unstep(sandbox, kind);
-          throw new Denial("rate_limited", undefined, {
+          throw new Refusal("rate_limited", undefined, {
             "retry-after": String(Math.max(1, Math.ceil(taken.retryAfterS))),
           });
         }
@@ -288,7 +280,7 @@ export class Bridge {
       const answer = await this.#forward(req, res, sandbox, connection, path, query, record, body);
       if (journal && step && answer) await journal.record(sandbox.runId, sandbox.attempt, step, hash, answer);
     } catch (err) {
-      const denial = toDenial(err);
+      const denial = Refusal.from(err);
       if (denial.code === "internal") this.#deps.log(`bridge: ${err instanceof Error ? err.stack : String(err)}`);
       if (!res.headersSent) this.#deny(res, denial);
       else res.destroy();
@@ -313,10 +305,10 @@ export class Bridge {
     gateway: Gateway,
   ): Promise<void> {
     try {
-      if (!sandbox) throw new Denial("bridge_unknown_source");
+      if (!sandbox) throw new Refusal("bridge_unknown_source");
       await this.#verify(req, sandbox, source, "llm", "The agent's policy does not allow LLM calls.");
     } catch (err) {
-      const denial = toDenial(err);
+      const denial = Refusal.from(err);
       this.#deny(res, denial);
       req.resume();
       sandbox?.record({
@@ -370,7 +362,7 @@ export class Bridge {
     const read = /^\/agents\/runs\/(run_[0-9a-z]{1,60})$/.exec(path);
     const record: Record<string, unknown> = { path: path.slice(0, 128) };
     try {
-      if (!sandbox) throw new Denial("bridge_unknown_source");
+      if (!sandbox) throw new Refusal("bridge_unknown_source");
       if (start?.[1] && req.method === "POST") {
         const name = start[1];
         record.agent = name;
@@ -381,7 +373,10 @@ export class Bridge {
           `agent:${name}`,
           `The agent's policy does not allow starting '${name}'.`,
         );
-        const body = await readSmallJson(req, 256 * 1024);
+        // The child's input, checked like an API trigger's.
+        const parsed = RunCreate.safeParse(parseJson(await readCapped(req, MAX_CHILD_BODY_BYTES), {}));
+        if (!parsed.success) throw new Refusal("validation_failed", "The body is {input?}: the child run's input.");
+        const body = parsed.data;
         // A retried attempt asking again for a child an earlier attempt started gets that child.
         const journal = sandbox.journaled ? this.#deps.journal : undefined;
         const kind = `agent:${name}`;
@@ -390,8 +385,7 @@ export class Bridge {
         if (journal && step) {
           const found = await journal.lookup(sandbox.runId, sandbox.attempt, step, hash);
           if (found && "replay" in found) {
-            res.writeHead(found.replay.status, { ...found.replay.headers, "paddock-replayed": "true" });
-            res.end(found.replay.body);
+            sendReplay(res, found.replay);
             sandbox.record({
               type: "agent.call",
               data: { ...record, status: found.replay.status, replayed: true, step },
@@ -434,9 +428,9 @@ export class Bridge {
         sendJson(res, 200, child);
         return;
       }
-      throw new Denial("route_not_found", "The bridge serves POST /agents/<name>/runs and GET /agents/runs/<id>.");
+      throw new Refusal("route_not_found", "The bridge serves POST /agents/<name>/runs and GET /agents/runs/<id>.");
     } catch (err) {
-      const denial = toDenial(err);
+      const denial = Refusal.from(err);
       if (!res.headersSent) this.#deny(res, denial);
       req.resume();
       record.status = ERROR_CODES[denial.code].status;
@@ -467,7 +461,7 @@ export class Bridge {
       req.headers.authorization ??
       (typeof req.headers["x-api-key"] === "string" ? `Bearer ${req.headers["x-api-key"]}` : "");
     const match = /^bearer +([A-Za-z0-9._~+/-]+=*)$/i.exec(header);
-    if (!match?.[1] || match[1].length > MAX_TOKEN_BYTES) throw new Denial("token_missing");
+    if (!match?.[1] || match[1].length > MAX_TOKEN_BYTES) throw new Refusal("token_missing");
     const claims = await this.#deps.tokens.verify(match[1]);
     if (
       claims.addr !== source ||
@@ -476,9 +470,9 @@ export class Bridge {
       claims.attempt !== sandbox.attempt ||
       claims.tenant !== sandbox.tenantId
     ) {
-      throw new Denial("token_mismatch");
+      throw new Refusal("token_mismatch");
     }
-    if (!claims.scopes.includes(scope)) throw new Denial("connection_not_allowed", refusal);
+    if (!claims.scopes.includes(scope)) throw new Refusal("connection_not_allowed", refusal);
   }
 
   async #forward(
@@ -494,7 +488,7 @@ export class Bridge {
     const secret =
       connection.secret === null ? null : await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
     if (connection.secret !== null && secret === null) {
-      throw new Denial("upstream_error", `The secret of connection '${connection.name}' is missing; set it again.`);
+      throw new Refusal("upstream_error", `The secret of connection '${connection.name}' is missing; set it again.`);
     }
     const base = new URL(connection.baseUrl);
     const { headers, needles, query: upstreamQuery } = attach(req, connection.auth, secret, query, base.host);
@@ -528,27 +522,27 @@ export class Bridge {
     return new Promise<Omit<JournalEntry, "attempt"> | null>((resolve, reject) => {
       let settled = false;
       let journaled: Omit<JournalEntry, "attempt"> | null = null;
-      const fail = (err: Denial) => {
+      const fail = (err: Refusal) => {
         if (settled) return;
         settled = true;
         upstream.destroy();
         reject(err);
       };
-      const timer = setTimeout(() => fail(new Denial("upstream_timeout")), connection.timeoutMs);
+      const timer = setTimeout(() => fail(new Refusal("upstream_timeout")), connection.timeoutMs);
       upstream.on("error", (err) =>
-        fail(err instanceof Denial ? err : new Denial("upstream_error", upstreamMessage(err, needles))),
+        fail(err instanceof Refusal ? err : new Refusal("upstream_error", upstreamMessage(err, needles))),
       );
       upstream.once("response", (answer) => {
         const length = Number(answer.headers["content-length"] ?? 0);
         if (length > connection.maxResponseBytes) {
           answer.resume();
-          fail(new Denial("upstream_too_large"));
+          fail(new Refusal("upstream_too_large"));
           return;
         }
         const decoded = decode(answer);
         if (!decoded) {
           answer.resume();
-          fail(new Denial("upstream_error", "The upstream answered in a content encoding the bridge cannot check."));
+          fail(new Refusal("upstream_error", "The upstream answered in a content encoding the bridge cannot check."));
           return;
         }
         const passed = answerHeaders(answer, needles);
@@ -568,7 +562,7 @@ export class Bridge {
           transform(chunk: Buffer, _enc, done) {
             size += chunk.length;
             if (size > connection.maxResponseBytes) {
-              fail(new Denial("upstream_too_large"));
+              fail(new Refusal("upstream_too_large"));
               done();
             } else done(null, chunk);
           },
@@ -592,7 +586,7 @@ export class Bridge {
         req.on("data", (chunk: Buffer) => {
           sent += chunk.length;
           record.bytes_in = sent;
-          if (sent > connection.maxRequestBytes) fail(new Denial("body_too_large"));
+          if (sent > connection.maxRequestBytes) fail(new Refusal("body_too_large"));
         });
         req.pipe(upstream);
       }
@@ -617,14 +611,14 @@ export class Bridge {
         this.#dns.set(literal, cached);
       }
       addresses = await cached.addresses.catch(() => {
-        throw new Denial("upstream_error", `The upstream host '${literal}' does not resolve.`);
+        throw new Refusal("upstream_error", `The upstream host '${literal}' does not resolve.`);
       });
     }
-    if (addresses.length === 0) throw new Denial("upstream_error", `The upstream host '${literal}' does not resolve.`);
+    if (addresses.length === 0) throw new Refusal("upstream_error", `The upstream host '${literal}' does not resolve.`);
     for (const address of addresses) {
       const refusal = upstreamAddressRefusal(address, internal);
       if (refusal) {
-        throw new Denial(
+        throw new Refusal(
           "upstream_refused",
           `The upstream '${literal}' resolves to a ${refusal} address, which ${internal ? "no connection" : "only an internal connection"} may call.`,
         );
@@ -633,14 +627,8 @@ export class Bridge {
     return addresses[0] as string;
   }
 
-  #deny(res: ServerResponse, denial: Denial): void {
-    const body = JSON.stringify({ error: { code: denial.code, message: denial.message } });
-    res.writeHead(ERROR_CODES[denial.code].status, {
-      "content-type": "application/json",
-      "content-length": Buffer.byteLength(body),
-      ...denial.headers,
-    });
-    res.end(body);
+  #deny(res: ServerResponse, denial: Refusal): void {
+    sendJson(res, denial.status, { error: { code: denial.code, message: denial.message } }, denial.headers);
   }
 }
 
@@ -651,49 +639,6 @@ function overridesMethod(query: string): boolean {
     if (/^_?method$/i.test(key.trim()) || /^x-http-method(-override)?$/i.test(key.trim())) return true;
   }
   return false;
-}
-
-/** The request's body, refused past `max` bytes. */
-async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > max) throw new Denial("body_too_large");
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks);
-}
-
-function sendJson(res: ServerResponse, status: number, value: unknown): void {
-  const body = JSON.stringify(value);
-  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
-  res.end(body);
-}
-
-/** A JSON object body of at most `max` bytes ({} when empty). */
-async function readSmallJson(req: IncomingMessage, max: number): Promise<{ input?: unknown }> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > max) throw new Denial("body_too_large");
-    chunks.push(chunk as Buffer);
-  }
-  if (size === 0) return {};
-  try {
-    const value = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-    if (typeof value !== "object" || value === null || Array.isArray(value)) throw new Error("not an object");
-    return value as { input?: unknown };
-  } catch {
-    throw new Denial("invalid_json");
-  }
-}
-
-function toDenial(err: unknown): Denial {
-  if (err instanceof Denial) return err;
-  if (err instanceof AppError) return new Denial(err.code, err.message);
-  return new Denial("internal");
 }
 
 /** The upstream's error, without anything that could carry the secret. */

@@ -15,7 +15,9 @@
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import { StringDecoder } from "node:string_decoder";
-import { ERROR_CODES, type ErrorCode, fromMicro } from "@paddock/protocol";
+import { ERROR_CODES, type ErrorCode, fromMicro, LlmRequest } from "@paddock/protocol";
+import { check } from "../api/http.ts";
+import { parseJson, Refusal, readCapped, sendJson, sendReplay } from "../bridge/channel.ts";
 import { decode } from "../bridge/decode.ts";
 import type { RateLimitSpec, TokenBucket } from "../bridge/rate-limit.ts";
 import { Redactor, redactionNeedles, redactText } from "../bridge/redact.ts";
@@ -94,15 +96,12 @@ const TOOL_PREAMBLE_TOKENS = 1000;
 /** Model calls one run may have in flight. */
 const MAX_CALLS_AT_ONCE = 32;
 
-class GatewayError extends Error {
-  readonly code: ErrorCode;
-  readonly headers: Record<string, string>;
-  /** The budget that ran out, when the run must stop (after the refusal is on its record). */
-  stopsRun?: BudgetScope;
-  constructor(code: ErrorCode, message?: string, headers: Record<string, string> = {}) {
-    super(message ?? ERROR_CODES[code].message);
-    this.code = code;
-    this.headers = headers;
+/** A refusal because a budget ran out: the run stops once the refusal is on its record. */
+class OutOfCredits extends Refusal {
+  readonly scope: BudgetScope;
+  constructor(scope: BudgetScope, message: string) {
+    super("out_of_credits", message, { "x-paddock-budget": scope });
+    this.scope = scope;
   }
 }
 
@@ -143,23 +142,23 @@ export class Gateway {
       if (path === "/v1/models" && req.method === "GET") return await this.#models(res);
       const endpoint = ENDPOINTS[path];
       if (!endpoint)
-        throw new GatewayError(
+        throw new Refusal(
           "route_not_found",
           "The gateway serves /v1/chat/completions, /v1/responses, /v1/messages and /v1/models.",
         );
-      if (req.method !== "POST") throw new GatewayError("method_not_allowed");
-      const body = await readBody(req);
-      const model = typeof body.model === "string" ? body.model : "";
-      record.model = model.slice(0, 128);
-      if (!model) throw new GatewayError("validation_failed", "The request names no model.");
+      if (req.method !== "POST") throw new Refusal("method_not_allowed");
+      const raw = await readCapped(req, MAX_REQUEST_BYTES);
+      const body: Record<string, unknown> = check(LlmRequest, parseJson(raw));
+      const model = body.model as string;
+      record.model = model;
       const route = await this.#deps.providers.route(model);
-      if (!route) throw new GatewayError("unknown_model", `No provider serves the model '${model.slice(0, 128)}'.`);
+      if (!route) throw new Refusal("unknown_model", `No provider serves the model '${model.slice(0, 128)}'.`);
       record.provider = route.provider;
-      if (route.api !== endpoint.api) throw new GatewayError("model_wrong_api");
-      await this.#call(req, res, caller, endpoint, route, body, record, started);
+      if (route.api !== endpoint.api) throw new Refusal("model_wrong_api");
+      await this.#call(req, res, caller, endpoint, route, body, raw, record, started);
     } catch (err) {
-      const e = err instanceof GatewayError ? err : new GatewayError("internal");
-      if (!(err instanceof GatewayError)) this.#deps.log(`gateway: ${err instanceof Error ? err.stack : String(err)}`);
+      const e = Refusal.from(err);
+      if (e.code === "internal") this.#deps.log(`gateway: ${err instanceof Error ? err.stack : String(err)}`);
       if (!res.headersSent) sendError(res, e);
       else res.destroy();
       record.status = ERROR_CODES[e.code].status;
@@ -167,7 +166,7 @@ export class Gateway {
       record.latency_ms = round(performance.now() - started);
       // A call held back for credits in flight is a signal to wait, not a call: retries would flood the record.
       if (path !== "/v1/models" && e.code !== "credits_held") caller.record({ type: "llm.call", data: record });
-      if (e.stopsRun) caller.outOfCredits(e.stopsRun);
+      if (e instanceof OutOfCredits) caller.outOfCredits(e.scope);
     }
   }
 
@@ -194,11 +193,11 @@ export class Gateway {
     endpoint: Endpoint,
     route: ModelRoute,
     body: Record<string, unknown>,
+    raw: Buffer,
     record: Record<string, unknown>,
     started: number,
   ): Promise<void> {
-    const stream = body.stream ?? false;
-    if (typeof stream !== "boolean") throw new GatewayError("validation_failed", "stream must be true or false.");
+    const stream = body.stream === true;
     record.stream = stream;
     checkBody(endpoint, body);
     const step = this.#deps.journal && caller.journal ? caller.journal.step() : null;
@@ -206,13 +205,12 @@ export class Gateway {
       this.#deps.journal && caller.journal && step
         ? { store: this.#deps.journal, runId: caller.journal.runId, attempt: caller.journal.attempt, step }
         : null;
-    const hash = requestHash([endpoint.upstreamPath, JSON.stringify(body)]);
+    const hash = requestHash([endpoint.upstreamPath, raw]);
     if (journal) {
       record.step = journal.step;
       const found = await journal.store.lookup(journal.runId, journal.attempt, journal.step, hash);
       if (found && "replay" in found) {
-        res.writeHead(found.replay.status, { ...found.replay.headers, "paddock-replayed": "true" });
-        res.end(found.replay.body);
+        sendReplay(res, found.replay);
         Object.assign(record, {
           status: found.replay.status,
           replayed: true,
@@ -234,10 +232,24 @@ export class Gateway {
     const { perRun: _childPerRun, ...ownRest } = own;
     const budget: GatewayBudget = { ...ownRest, ...(billed.perRun !== undefined ? { perRun: billed.perRun } : {}) };
     try {
-      await this.#admit(req, res, caller, endpoint, route, body, record, started, budget, stream, journal, hash);
+      await this.#admit(
+        req,
+        res,
+        caller,
+        endpoint,
+        route,
+        body,
+        raw.length,
+        record,
+        started,
+        budget,
+        stream,
+        journal,
+        hash,
+      );
     } catch (err) {
       // Refused before it went upstream: its journal position is free again.
-      if (journal && err instanceof GatewayError) caller.journal?.unstep();
+      if (journal && err instanceof Refusal) caller.journal?.unstep();
       throw err;
     }
   }
@@ -249,6 +261,7 @@ export class Gateway {
     endpoint: Endpoint,
     route: ModelRoute,
     body: Record<string, unknown>,
+    bodyBytes: number,
     record: Record<string, unknown>,
     started: number,
     budget: GatewayBudget,
@@ -257,14 +270,14 @@ export class Gateway {
     hash: string,
   ): Promise<void> {
     // Every token is at least one byte of the request, but images, files and tool preambles cost more.
-    const inputUpper = Buffer.byteLength(JSON.stringify(body)) + INPUT_OVERHEAD_TOKENS + surcharge(endpoint, body);
+    const inputUpper = bodyBytes + INPUT_OVERHEAD_TOKENS + surcharge(endpoint, body);
     const asked = askedOutput(body) ?? route.price.max_output_tokens;
-    if (!(asked >= 1)) throw new GatewayError("validation_failed", "The output token limit must be at least 1.");
+    if (!(asked >= 1)) throw new Refusal("validation_failed", "The output token limit must be at least 1.");
     const wantOut = Math.min(asked, route.price.max_output_tokens);
     this.#rateLimit(caller, budget, inputUpper + wantOut);
     const inFlight = this.#inFlight.get(caller.runId) ?? 0;
     if (inFlight >= MAX_CALLS_AT_ONCE) {
-      throw new GatewayError("llm_rate_limited", `A run may have at most ${MAX_CALLS_AT_ONCE} model calls at once.`, {
+      throw new Refusal("llm_rate_limited", `A run may have at most ${MAX_CALLS_AT_ONCE} model calls at once.`, {
         "retry-after": "1",
       });
     }
@@ -282,19 +295,16 @@ export class Gateway {
     if (!reserved.ok) {
       if (!reserved.exhausted) {
         // Other calls' reservations hold the rest for now: it comes back as they settle.
-        throw new GatewayError(
+        throw new Refusal(
           "credits_held",
           `The ${reserved.scope}'s remaining credits are held by calls in flight; retry when they finish.`,
           { "retry-after": "1" },
         );
       }
-      const error = new GatewayError(
-        "out_of_credits",
+      throw new OutOfCredits(
+        reserved.scope,
         `The ${reserved.scope}'s budget has ${fromMicro(reserved.availableMicro)} credits left, less than this call's input may cost; the run stops with reason out_of_credits.`,
-        { "x-paddock-budget": reserved.scope },
       );
-      error.stopsRun = reserved.scope;
-      throw error;
     }
     const reservation = reserved.reservation;
     record.call_id = reservation.callId;
@@ -377,7 +387,7 @@ export class Gateway {
     }
     if (route.secret !== null && key === null) {
       await close("release", "provider key missing");
-      throw new GatewayError(
+      throw new Refusal(
         "provider_error",
         `The key of provider '${route.provider}' is missing; the host's admin must set it again.`,
       );
@@ -423,7 +433,7 @@ export class Gateway {
         });
       } catch {
         close("release", "bad provider URL").finally(() => {
-          sendError(res, new GatewayError("provider_error", "The provider's base URL cannot be called."));
+          sendError(res, new Refusal("provider_error", "The provider's base URL cannot be called."));
           resolve();
         });
         return;
@@ -437,7 +447,7 @@ export class Gateway {
         // Nothing reached the provider: nothing to bill. Otherwise what it reported, what came, or the worst case.
         const how = !sent ? "release" : usage.found || (call.stream && usage.output > 0) ? "usage" : "worst";
         close(how, code).finally(() => {
-          if (!res.headersSent) sendError(res, new GatewayError(code, message));
+          if (!res.headersSent) sendError(res, new Refusal(code, message));
           else res.destroy();
           record.status ??= ERROR_CODES[code].status;
           record.code = code;
@@ -529,14 +539,13 @@ export class Gateway {
       checks.push([`llm-tpm:a:${caller.agentId}`, { requests: budget.tokensPerMinute, per_s: 60 }, tokens]);
     for (const [key, limit, cost] of checks) {
       if (cost > limit.requests) {
-        throw new GatewayError(
+        throw new Refusal(
           "llm_rate_limited",
           `This call may use ${cost} tokens, more than the ${limit.requests} per minute allowed.`,
         );
       }
       const taken = this.#deps.rateLimits.take(key, limit, undefined, cost);
-      if (!taken.ok)
-        throw new GatewayError("llm_rate_limited", undefined, { "retry-after": String(taken.retryAfterS) });
+      if (!taken.ok) throw new Refusal("llm_rate_limited", undefined, { "retry-after": String(taken.retryAfterS) });
     }
   }
 }
@@ -564,7 +573,7 @@ function outputField(endpoint: Endpoint, route: ModelRoute): string {
  */
 function checkBody(endpoint: Endpoint, body: Record<string, unknown>): void {
   const refuse = (message: string) => {
-    throw new GatewayError("validation_failed", message);
+    throw new Refusal("validation_failed", message);
   };
   for (const field of ["n", "best_of"]) {
     if (body[field] !== undefined && body[field] !== 1) refuse(`${field} must be 1 through the gateway.`);
@@ -620,28 +629,6 @@ function answerHeaders(answer: IncomingMessage, needles: readonly Buffer[]): Rec
     out[k] = Array.isArray(v) ? v.map((x) => redactText(x, needles)) : redactText(v, needles);
   }
   return out;
-}
-
-async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const declared = Number(req.headers["content-length"] ?? 0);
-  if (declared > MAX_REQUEST_BYTES) throw new GatewayError("body_too_large");
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_REQUEST_BYTES) throw new GatewayError("body_too_large");
-    chunks.push(chunk as Buffer);
-  }
-  let body: unknown;
-  try {
-    body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-  } catch {
-    throw new GatewayError("invalid_json");
-  }
-  if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw new GatewayError("validation_failed", "The request body must be a JSON object.");
-  }
-  return body as Record<string, unknown>;
 }
 
 /** Usage of a whole JSON answer. */
@@ -742,15 +729,9 @@ function sseUsage(endpoint: Endpoint, usage: Usage): (chunk: Buffer | null) => v
   };
 }
 
-function sendError(res: ServerResponse, e: GatewayError): void {
+function sendError(res: ServerResponse, e: Refusal): void {
   // Both SDKs read `error.message`; `type` is what Anthropic's clients expect beside it.
-  const body = JSON.stringify({ type: "error", error: { code: e.code, type: e.code, message: e.message } });
-  res.writeHead(ERROR_CODES[e.code].status, {
-    "content-type": "application/json",
-    "content-length": Buffer.byteLength(body),
-    ...e.headers,
-  });
-  res.end(body);
+  sendJson(res, e.status, { type: "error", error: { code: e.code, type: e.code, message: e.message } }, e.headers);
 }
 
 const round = (ms: number) => Math.round(ms * 1000) / 1000;

@@ -8,7 +8,7 @@
  * read back only its own children. Each child records its parent, the root of the tree and its
  * depth; children's model calls are charged to the root run's bill and budget.
  */
-import { AppError, TERMINAL_STATUSES } from "@paddock/protocol";
+import { AppError, type ChildRun, TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { runSpec } from "../agents/agents.ts";
@@ -26,17 +26,6 @@ export interface CallerRun {
   tenantId: string;
   runId: string;
   record(event: { type: string; data: unknown }): void;
-}
-
-export interface ChildRun {
-  run_id: string;
-  agent: string;
-  status: string;
-  reason: string | null;
-  exit_code: number | null;
-  /** The data of the child's last `result` event, when it has finished and emitted one. */
-  result: unknown;
-  artifacts: { path: string; size: number }[];
 }
 
 /** A child run as it is the moment it is queued. */

@@ -1,0 +1,70 @@
+/**
+ * What the bridge, the gateway and agent calls share at the sandbox channel's edge: a refusal
+ * with its registered code (and headers such as Retry-After), request bodies read under a running
+ * byte cap, JSON answers, and answers replayed from the journal.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { AppError, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
+import type { JournalEntry } from "../engine/journal.ts";
+
+/** A refusal on the way: its code, an optional message, and headers to answer with. */
+export class Refusal extends Error {
+  readonly code: ErrorCode;
+  readonly headers: Record<string, string>;
+  constructor(code: ErrorCode, message?: string, headers: Record<string, string> = {}) {
+    super(message ?? ERROR_CODES[code].message);
+    this.code = code;
+    this.headers = headers;
+  }
+
+  get status(): number {
+    return ERROR_CODES[this.code].status;
+  }
+
+  /** Any error as a refusal: registered codes kept, anything else `internal`. */
+  static from(err: unknown): Refusal {
+    if (err instanceof Refusal) return err;
+    if (err instanceof AppError) return new Refusal(err.code, err.message);
+    return new Refusal("internal");
+  }
+}
+
+/** The request's body, refused (`body_too_large`) past `max` bytes, whether it declares a length or not. */
+export async function readCapped(req: IncomingMessage, max: number): Promise<Buffer> {
+  if (Number(req.headers["content-length"] ?? 0) > max) throw new Refusal("body_too_large");
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > max) throw new Refusal("body_too_large");
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** A body that must be JSON (`invalid_json` otherwise); an empty one is `empty`. */
+export function parseJson(bytes: Buffer, empty?: unknown): unknown {
+  if (bytes.length === 0 && empty !== undefined) return empty;
+  try {
+    return JSON.parse(bytes.toString("utf8"));
+  } catch {
+    throw new Refusal("invalid_json");
+  }
+}
+
+export function sendJson(
+  res: ServerResponse,
+  status: number,
+  value: unknown,
+  headers: Record<string, string> = {},
+): void {
+  const body = JSON.stringify(value);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), ...headers });
+  res.end(body);
+}
+
+/** An answer from the journal, marked as such. */
+export function sendReplay(res: ServerResponse, entry: JournalEntry): void {
+  res.writeHead(entry.status, { ...entry.headers, "paddock-replayed": "true" });
+  res.end(entry.body);
+}
