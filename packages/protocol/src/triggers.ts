@@ -23,7 +23,6 @@ export const RetryPolicy = z
   .strict()
   .meta({ id: "RetryPolicy" });
 export type RetryPolicy = z.infer<typeof RetryPolicy>;
-export type RetryPolicyInput = z.input<typeof RetryPolicy>;
 
 /** What happens when a schedule's slot comes while its previous run is still going. */
 export const OverlapPolicy = z.enum(["skip", "queue_one", "allow"]);

@@ -735,5 +735,3 @@ function sendError(res: ServerResponse, e: Refusal): void {
 }
 
 const round = (ms: number) => Math.round(ms * 1000) / 1000;
-
-export type { Reservation };
