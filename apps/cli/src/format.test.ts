@@ -1,20 +1,15 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import type { RunEvent } from "@paddock/protocol";
+import { RunEvent, type RunEventData, type RunEventType } from "@paddock/protocol";
 import { formatSize, formatTable, formatTimelineLine, printable, summarizeEvent, Timeline } from "./format.ts";
 
 const T0 = Date.parse("2026-03-01T10:00:00.000Z");
 let seq = 0;
-function ev(type: string, data: unknown, ms = 0, attempt = 1): RunEvent {
-  return {
-    seq: ++seq,
-    run_id: "run_1",
-    attempt,
-    type,
-    time: new Date(T0 + ms).toISOString(),
-    data: data as RunEvent["data"],
-  };
+/** An event as the CLI reads it: parsed with the protocol's schema, so the data must be real. */
+function ev<T extends RunEventType>(type: T, data: RunEventData<T>, ms = 0, attempt = 1): RunEvent {
+  return RunEvent.parse({ seq: ++seq, run_id: "run_1", attempt, type, time: new Date(T0 + ms).toISOString(), data });
 }
+const artifact = { artifact_id: "art_1", sha256: "ab", content_type: "text/markdown" };
 
 describe("summarizeEvent", () => {
   it("shows log lines with their stream", () => {
@@ -27,21 +22,28 @@ describe("summarizeEvent", () => {
       summarizeEvent(ev("user", { type: "progress", data: { step: "reading data", pct: 10 } })),
       'progress {"step":"reading data","pct":10}',
     );
-    assert.equal(summarizeEvent(ev("user", { type: "ping" })), "ping");
+    assert.equal(summarizeEvent(ev("user", { type: "ping", data: null })), "ping null");
   });
 
   it("shows artifacts as path and size", () => {
-    const data = { artifact_id: "art_1", path: "report.md", size: 2150, sha256: "ab" };
-    assert.equal(summarizeEvent(ev("artifact.created", data)), "report.md (2.1 KiB)");
+    assert.equal(
+      summarizeEvent(ev("artifact.created", { ...artifact, path: "report.md", size: 2150 })),
+      "report.md (2.1 KiB)",
+    );
   });
 
   it("shows skipped artifacts with the reason", () => {
     assert.equal(summarizeEvent(ev("artifact.skipped", { path: "link", why: "symbolic link" })), "link: symbolic link");
+    assert.equal(summarizeEvent(ev("artifact.skipped", { more: 12 })), "12 more");
   });
 
   it("shows run and attempt outcomes", () => {
-    assert.equal(summarizeEvent(ev("run.queued", {})), "queued");
-    assert.equal(summarizeEvent(ev("run.running", { status: "running" })), "running");
+    assert.equal(summarizeEvent(ev("run.queued", { status: "queued", trigger: "api" })), "queued");
+    assert.equal(
+      summarizeEvent(ev("run.running", { status: "running", attempt: 1, boot_ms: 80, warm: true })),
+      "running",
+    );
+    assert.equal(summarizeEvent(ev("run.cancel_requested", {})), "cancel_requested");
     assert.equal(
       summarizeEvent(ev("run.succeeded", { status: "succeeded", reason: "completed", exit_code: 0 })),
       "succeeded (completed, exit 0)",
@@ -54,34 +56,40 @@ describe("summarizeEvent", () => {
       summarizeEvent(ev("run.timed_out", { status: "timed_out", reason: "timed_out", exit_code: null })),
       "timed_out",
     );
-    assert.equal(summarizeEvent(ev("attempt.started", {}, 0, 2)), "attempt 2");
+    assert.equal(summarizeEvent(ev("attempt.started", { attempt: 2, worker: "wrk_1" }, 0, 2)), "attempt 2");
     assert.equal(
-      summarizeEvent(ev("attempt.finished", { reason: "oom", exit_code: 137 })),
-      "attempt 1: finished (oom, exit 137)",
+      summarizeEvent(ev("attempt.finished", { attempt: 1, status: "failed", reason: "oom", exit_code: 137 })),
+      "attempt 1: failed (oom, exit 137)",
     );
   });
 
   it("shows other events as compact JSON", () => {
-    assert.equal(summarizeEvent(ev("runner.swapped", { ms: 3 })), '{"ms":3}');
+    assert.equal(
+      summarizeEvent(ev("runner.swapped", { from: null, to: "sha256:ab", ms: 3 })),
+      '{"from":null,"to":"sha256:ab","ms":3}',
+    );
   });
 });
 
 describe("timeline", () => {
   it("prints time since the first event, the padded type and the summary", () => {
     const timeline = new Timeline();
-    assert.equal(timeline.line(ev("run.queued", {}, 0)), "+0.000s    run.queued        queued");
+    assert.equal(
+      timeline.line(ev("run.queued", { status: "queued", trigger: "api" }, 0)),
+      "+0.000s    run.queued        queued",
+    );
     assert.equal(
       timeline.line(ev("log", { stream: "stdout", line: "hello" }, 1234)),
       "+1.234s    log               [stdout] hello",
     );
     assert.equal(
-      timeline.line(ev("artifact.created", { path: "chart.svg", size: 512 }, 61_005)),
+      timeline.line(ev("artifact.created", { ...artifact, path: "chart.svg", size: 512 }, 61_005)),
       "+61.005s   artifact.created  chart.svg (512 B)",
     );
   });
 
   it("prints ISO times with absolute", () => {
-    const e = ev("run.starting", { status: "starting" }, 5);
+    const e = ev("run.starting", { status: "starting", attempt: 1 }, 5);
     assert.equal(formatTimelineLine(e, { origin: T0, absolute: true }), `${e.time}  run.starting      starting`);
   });
 });

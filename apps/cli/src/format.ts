@@ -29,18 +29,11 @@ export function compactJson(value: unknown): string {
   return value === undefined ? "" : (JSON.stringify(value) ?? "");
 }
 
-function record(value: unknown): Record<string, unknown> {
-  return value !== null && typeof value === "object" && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
-}
-
 /** The outcome part of a run or attempt event: "succeeded (completed, exit 0)". */
-function outcome(data: Record<string, unknown>, fallback: string): string {
-  const status = typeof data.status === "string" ? data.status : fallback;
+function outcome(status: string, reason?: string, exitCode?: number | null): string {
   const details: string[] = [];
-  if (typeof data.reason === "string" && data.reason !== status) details.push(data.reason);
-  if (typeof data.exit_code === "number") details.push(`exit ${data.exit_code}`);
-  if (typeof data.signal === "string") details.push(data.signal);
-  if (typeof data.message === "string") details.push(data.message);
+  if (reason !== undefined && reason !== status) details.push(reason);
+  if (typeof exitCode === "number") details.push(`exit ${exitCode}`);
   return details.length > 0 ? `${status} (${details.join(", ")})` : status;
 }
 
@@ -61,33 +54,64 @@ export function summarizeEvent(event: RunEvent): string {
 }
 
 function rawSummary(event: RunEvent): string {
-  const data = record(event.data);
   switch (event.type) {
     case "log": {
-      const stream = typeof data.stream === "string" ? data.stream : "log";
-      const line = typeof data.line === "string" ? data.line : compactJson(event.data);
-      return `[${stream}] ${line}${data.truncated === true ? " [truncated]" : ""}`;
+      const { stream, line, truncated } = event.data;
+      return `[${stream}] ${line}${truncated === true ? " [truncated]" : ""}`;
     }
     case "user": {
-      const type = typeof data.type === "string" ? data.type : "event";
-      return data.data === undefined ? type : `${type} ${compactJson(data.data)}`;
+      const { type, data } = event.data;
+      return data === undefined ? type : `${type} ${compactJson(data)}`;
     }
-    case "artifact.created": {
-      const path = typeof data.path === "string" ? data.path : "?";
-      return typeof data.size === "number" ? `${path} (${formatSize(data.size)})` : path;
-    }
+    case "artifact.created":
+      return `${event.data.path} (${formatSize(event.data.size)})`;
     case "artifact.skipped":
-      return `${typeof data.path === "string" ? data.path : "?"}: ${typeof data.why === "string" ? data.why : "skipped"}`;
+      return "more" in event.data ? `${event.data.more} more` : `${event.data.path}: ${event.data.why}`;
     case "attempt.started":
       return `attempt ${event.attempt}`;
     case "attempt.finished":
-      return `attempt ${event.attempt}: ${outcome(data, "finished")}`;
+      return `attempt ${event.attempt}: ${outcome(event.data.status, event.data.reason, event.data.exit_code)}`;
     case "attempt.error":
-      return `${typeof data.stage === "string" ? `${data.stage}: ` : ""}${typeof data.message === "string" ? data.message : compactJson(event.data)}`;
-    default:
-      if (event.type.startsWith("run.")) return outcome(data, event.type.slice(4));
+      return `${event.data.stage}: ${event.data.message}`;
+    case "run.queued":
+    case "run.starting":
+    case "run.running":
+    case "run.requeued":
+      return event.data.status;
+    case "run.succeeded":
+    case "run.failed":
+    case "run.timed_out":
+    case "run.canceled":
+      return outcome(event.data.status, event.data.reason, event.data.exit_code);
+    case "run.cancel_requested":
+    case "run.expired":
+    case "run.parent":
+      return event.type.slice(4);
+    case "attempt.lost":
+    case "attempt.protocol_errors":
+    case "retry.scheduled":
+    case "runner.swapped":
+    case "snapshot.created":
+    case "log.truncated":
+    case "log.dropped":
+    case "events.truncated":
+    case "bridge.call":
+    case "llm.call":
+    case "credits.exhausted":
+    case "agent.call":
+    case "agent.called":
+    case "journal.diverged":
+    case "schedule.fired":
+    case "webhook.received":
       return compactJson(event.data);
+    default:
+      return unknownType(event);
   }
+}
+
+/** Every event type has its case above: a new type fails to compile until it has one. */
+function unknownType(event: never): string {
+  return compactJson((event as { data?: unknown }).data);
 }
 
 export interface TimelineOptions {

@@ -226,18 +226,6 @@ export const Run = z
   .meta({ id: "Run" });
 export type Run = z.infer<typeof Run>;
 
-export const RunEvent = z
-  .object({
-    seq: z.number().int(),
-    run_id: z.string(),
-    attempt: z.number().int(),
-    type: z.string(),
-    time: z.string(),
-    data: z.unknown(),
-  })
-  .meta({ id: "RunEvent" });
-export type RunEvent = z.infer<typeof RunEvent>;
-
 export const Artifact = z
   .object({
     id: z.string(),

@@ -3,6 +3,8 @@
  * stable contract; the HTTP status and the default message are derived from it here and nowhere
  * else, so the wire shape, the status mapping and the documentation cannot drift apart.
  */
+import { z } from "zod";
+
 export const ERROR_CODES = {
   invalid_json: { status: 400, message: "The request body is not valid JSON." },
   validation_failed: {
@@ -139,10 +141,17 @@ export const ERROR_CODES = {
   },
   llm_rate_limited: { status: 429, message: "The LLM rate limit is reached; retry after the time given." },
   provider_error: { status: 502, message: "The model provider could not be reached or broke off its answer." },
+  provider_rate_limited: {
+    status: 429,
+    message:
+      "The model provider's own rate limit is reached; its answer and retry-after are passed on as it sent them.",
+  },
   internal: { status: 500, message: "Internal error; the host logged the details." },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
+/** A registered code, as a schema: event data that carries a code names one of these. */
+export const ErrorCode = z.enum(Object.keys(ERROR_CODES) as [ErrorCode, ...ErrorCode[]]).meta({ id: "ErrorCode" });
 
 export function isErrorCode(code: string): code is ErrorCode {
   return Object.hasOwn(ERROR_CODES, code);

@@ -1,6 +1,7 @@
 export * from "./api.ts";
 export * from "./bridge.ts";
 export * from "./errors.ts";
+export * from "./events.ts";
 export * from "./gateway.ts";
 export * from "./limits.ts";
 export * from "./marker.ts";

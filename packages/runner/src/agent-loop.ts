@@ -8,6 +8,7 @@
  */
 import { spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
+import type { BuiltinAgentEvent } from "@paddock/protocol";
 import { MARKER_PREFIX } from "@paddock/protocol/marker";
 import { bridge, callAgent } from "./sdk.ts";
 
@@ -68,7 +69,11 @@ const TOOL_SPECS: Record<string, { description: string; properties: Record<strin
   },
 };
 
-function emit(type: string, data: unknown): void {
+/** Writes one of the built-in agent's markers; the host records it as a `user` event. */
+function emit<T extends BuiltinAgentEvent["type"]>(
+  type: T,
+  data: Extract<BuiltinAgentEvent, { type: T }>["data"],
+): void {
   process.stdout.write(`${MARKER_PREFIX}${JSON.stringify({ type, data })}\n`);
 }
 

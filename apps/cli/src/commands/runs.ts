@@ -228,10 +228,9 @@ ${CONNECTION_HELP}`,
         ctx.out(JSON.stringify(event));
         return;
       }
-      const data = event.data as { line?: unknown } | null;
-      if (event.type === "log" && typeof data?.line === "string") {
+      if (event.type === "log") {
         timeline.line(event);
-        ctx.out(printable(data.line));
+        ctx.out(printable(event.data.line));
       } else {
         ctx.out(timeline.line(event));
       }

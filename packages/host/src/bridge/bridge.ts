@@ -28,7 +28,7 @@ import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo, LookupFunction } from "node:net";
 import { pipeline, Transform } from "node:stream";
-import { type ConnectionAuth, ERROR_CODES, MAX_INPUT_BYTES, RunCreate } from "@paddock/protocol";
+import { type ConnectionAuth, ERROR_CODES, MAX_INPUT_BYTES, RunCreate, type RunEventData } from "@paddock/protocol";
 import {
   type Journal,
   type JournalEntry,
@@ -131,18 +131,8 @@ const MAX_TOKEN_BYTES = 4096;
 const MAX_CHILD_BODY_BYTES = MAX_INPUT_BYTES + 1024;
 const DNS_TTL_MS = 30_000;
 
-interface CallRecord {
-  connection: string;
-  method: string;
-  path: string;
-  rule?: string;
-  status: number;
-  code?: string;
-  bytes_in: number;
-  bytes_out: number;
-  ms: number;
-  redacted?: number;
-}
+/** What a bridge call records on its run. */
+type CallRecord = RunEventData<"bridge.call">;
 
 export class Bridge {
   readonly #deps: BridgeDeps;
@@ -360,7 +350,7 @@ export class Bridge {
     const [path, query = ""] = target.split("?", 2) as [string, string?];
     const start = /^\/agents\/([a-z0-9][a-z0-9_-]{0,63})\/runs$/.exec(path);
     const read = /^\/agents\/runs\/(run_[0-9a-z]{1,60})$/.exec(path);
-    const record: Record<string, unknown> = { path: path.slice(0, 128) };
+    const record: RunEventData<"agent.call"> = { path: path.slice(0, 128) };
     try {
       if (!sandbox) throw new Refusal("bridge_unknown_source");
       if (start?.[1] && req.method === "POST") {

@@ -11,7 +11,15 @@
 import { rename, writeFile } from "node:fs/promises";
 import { constants } from "node:os";
 import { join } from "node:path";
-import { type Limits, Marker, RunnerFrame, type RunnerSpec, type RunReason, type RunStatus } from "@paddock/protocol";
+import {
+  type Limits,
+  Marker,
+  type RunEventData,
+  RunnerFrame,
+  type RunnerSpec,
+  type RunReason,
+  type RunStatus,
+} from "@paddock/protocol";
 import { LineSplitter } from "@paddock/runner";
 import type { BlobStore } from "../artifacts/blob-store.ts";
 import { collectOutputs } from "../artifacts/collector.ts";
@@ -390,7 +398,7 @@ export class Attempt {
     }
   }
 
-  #log(stream: string, line: string, truncated?: boolean): void {
+  #log(stream: RunEventData<"log">["stream"], line: string, truncated?: boolean): void {
     if (this.#spend(Buffer.byteLength(line) + 1)) {
       this.#queue({ type: "log", data: truncated ? { stream, line, truncated } : { stream, line } });
     }

@@ -3,7 +3,7 @@
  * executes each attempt, records the outcome with its events in one transaction, and on start
  * reconciles runs that a dead host left in flight.
  */
-import type { RetryPolicy, RetryReason, RunStatus } from "@paddock/protocol";
+import type { RetryPolicy, RetryReason, RunEventData, RunStatus } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
@@ -519,7 +519,7 @@ export function retryDecision(
   maxAttempts: number,
   now: number,
   random: () => number = Math.random,
-): { at: number; event: Record<string, unknown> } | null {
+): { at: number; event: RunEventData<"retry.scheduled"> } | null {
   if (!policy || outcome.status === "succeeded" || outcome.status === "canceled" || attempt >= maxAttempts) return null;
   const reason = retryReason(outcome);
   if (!reason) return null;

@@ -4,17 +4,16 @@
  * transaction commits, so a subscriber never sees an event the store could still lose.
  */
 import { EventEmitter } from "node:events";
-import type { RunEvent } from "@paddock/protocol";
+import { AppError, type RunEvent, RunEventBody } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
+import { z } from "zod";
 import type { Database, EventsTable } from "../store/schema.ts";
 
 export type Db = Kysely<Database> | Transaction<Database>;
-export interface NewEvent {
-  type: string;
-  data: unknown;
-  ts?: number;
-}
+/** An event to append: one of the protocol's event types with its data, and when it happened. */
+export type NewEvent = RunEventBody & { ts?: number };
 
+/** A stored row as the API serves it; rows were checked against their schema when appended. */
 export function toRunEvent(row: EventsTable): RunEvent {
   return {
     seq: row.seq,
@@ -23,7 +22,20 @@ export function toRunEvent(row: EventsTable): RunEvent {
     type: row.type,
     time: new Date(row.ts).toISOString(),
     data: JSON.parse(row.data),
-  };
+  } as RunEvent;
+}
+
+/**
+ * Refuses an event whose type or data the protocol does not describe. Only host code makes
+ * events (a sandbox's markers arrive already parsed, as `user` events), so a refusal is a bug here.
+ */
+function check(event: NewEvent): void {
+  const parsed = RunEventBody.safeParse({ type: event.type, data: event.data });
+  if (!parsed.success) {
+    throw new AppError("internal", `The host made a malformed '${String(event.type).slice(0, 64)}' event.`, {
+      problems: z.prettifyError(parsed.error),
+    });
+  }
 }
 
 export class EventLog {
@@ -38,6 +50,7 @@ export class EventLog {
   /** Appends events with consecutive sequence numbers; call inside a transaction, then publish(). */
   async append(trx: Db, runId: string, attempt: number, events: NewEvent[]): Promise<EventsTable[]> {
     if (events.length === 0) return [];
+    for (const e of events) check(e);
     const last = await trx
       .selectFrom("events")
       .select((eb) => eb.fn.max("seq").as("max"))
@@ -51,7 +64,7 @@ export class EventLog {
       attempt,
       type: e.type,
       ts: e.ts ?? now,
-      data: JSON.stringify(e.data ?? null),
+      data: JSON.stringify(e.data),
     }));
     // SQLite caps bound parameters per statement; 6 columns × 100 rows stays well under it.
     for (let i = 0; i < rows.length; i += 100) {

@@ -10,6 +10,7 @@ import {
   type Limits,
   type RetryPolicy,
   type Run,
+  type RunEventData,
   type RunReason,
   type RunStatus,
 } from "@paddock/protocol";
@@ -102,7 +103,7 @@ export class RunRepository {
     spec: AgentSpec,
     input: unknown,
     options: {
-      trigger?: RunsTable["trigger"];
+      trigger?: Run["trigger"];
       /** Runs with the same key never run at the same time. */
       serialKey?: string;
       /** A child run: its parent, root and depth. */
@@ -112,6 +113,7 @@ export class RunRepository {
     } = {},
   ): Promise<{ run: RunsTable; created: boolean }> {
     const now = Date.now();
+    const trigger = options.trigger ?? "api";
     const row: RunsTable = {
       id: newId("run", now),
       tenant_id: tenantId,
@@ -129,7 +131,7 @@ export class RunRepository {
       created_at: now,
       started_at: null,
       finished_at: null,
-      trigger: options.trigger ?? "api",
+      trigger,
       not_before: null,
       expires_at: spec.queue_ttl_s ? now + spec.queue_ttl_s * 1000 : null,
       lease_until: null,
@@ -147,7 +149,7 @@ export class RunRepository {
       }
       await trx.insertInto("runs").values(row).execute();
       const events = await this.#events.append(trx, row.id, 0, [
-        { type: "run.queued", data: { status: "queued", trigger: row.trigger }, ts: now },
+        { type: "run.queued", data: { status: "queued", trigger }, ts: now },
         ...(options.events ?? []),
       ]);
       return { run: row, created: true, events };
@@ -227,7 +229,11 @@ export class RunRepository {
 }
 
 /** The event a run writes when it reaches a terminal status. */
-export function terminalEvent(status: RunStatus, reason: RunReason, exitCode: number | null): NewEvent {
+export function terminalEvent(
+  status: RunEventData<"run.succeeded">["status"],
+  reason: RunReason,
+  exitCode: number | null,
+): NewEvent {
   return { type: `run.${status}`, data: { status, reason, exit_code: exitCode } };
 }
 

@@ -15,7 +15,14 @@
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import { StringDecoder } from "node:string_decoder";
-import { ERROR_CODES, type ErrorCode, fromMicro, LlmRequest } from "@paddock/protocol";
+import {
+  ERROR_CODES,
+  type ErrorCode,
+  fromMicro,
+  LlmRequest,
+  type RunEventBody,
+  type RunEventData,
+} from "@paddock/protocol";
 import { check } from "../api/http.ts";
 import { parseJson, Refusal, readCapped, sendJson, sendReplay } from "../bridge/channel.ts";
 import { decode } from "../bridge/decode.ts";
@@ -24,6 +31,9 @@ import { Redactor, redactionNeedles, redactText } from "../bridge/redact.ts";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../engine/journal.ts";
 import type { BudgetScope, Ledger, Reservation } from "./ledger.ts";
 import type { ModelRoute, Providers } from "./providers.ts";
+
+/** What a model call records on its run. */
+type LlmCall = RunEventData<"llm.call">;
 
 export interface GatewayCaller {
   tenantId: string;
@@ -34,7 +44,7 @@ export interface GatewayCaller {
   budgetAgentId?: string;
   /** Where this call stands in the caller's own run, for the journal. */
   journal?: { runId: string; attempt: number; step(): string | null; unstep(): void };
-  record(event: { type: string; data: unknown }): void;
+  record(event: RunEventBody): void;
   /** Stops the run: its budget cannot pay for another call. */
   outOfCredits(scope: BudgetScope): void;
 }
@@ -137,7 +147,7 @@ export class Gateway {
   async handle(req: IncomingMessage, res: ServerResponse, caller: GatewayCaller): Promise<void> {
     const started = performance.now();
     const path = (req.url ?? "/").split("?")[0] ?? "/";
-    const record: Record<string, unknown> = { path };
+    const record: LlmCall = { path };
     try {
       if (path === "/v1/models" && req.method === "GET") return await this.#models(res);
       const endpoint = ENDPOINTS[path];
@@ -194,7 +204,7 @@ export class Gateway {
     route: ModelRoute,
     body: Record<string, unknown>,
     raw: Buffer,
-    record: Record<string, unknown>,
+    record: LlmCall,
     started: number,
   ): Promise<void> {
     const stream = body.stream === true;
@@ -262,7 +272,7 @@ export class Gateway {
     route: ModelRoute,
     body: Record<string, unknown>,
     bodyBytes: number,
-    record: Record<string, unknown>,
+    record: LlmCall,
     started: number,
     budget: GatewayBudget,
     stream: boolean,
@@ -340,7 +350,7 @@ export class Gateway {
     endpoint: Endpoint,
     route: ModelRoute,
     body: Record<string, unknown>,
-    record: Record<string, unknown>,
+    record: LlmCall,
     started: number,
     reservation: Reservation,
     call: { stream: boolean; inputUpper: number },

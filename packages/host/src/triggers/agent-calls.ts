@@ -8,7 +8,7 @@
  * read back only its own children. Each child records its parent, the root of the tree and its
  * depth; children's model calls are charged to the root run's bill and budget.
  */
-import { AppError, type ChildRun, TERMINAL_STATUSES } from "@paddock/protocol";
+import { AppError, type ChildRun, type RunEventBody, TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { runSpec } from "../agents/agents.ts";
@@ -25,7 +25,7 @@ const POLL_MS = 200;
 export interface CallerRun {
   tenantId: string;
   runId: string;
-  record(event: { type: string; data: unknown }): void;
+  record(event: RunEventBody): void;
 }
 
 /** A child run as it is the moment it is queued. */
