@@ -9,6 +9,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { isEvent } from "@paddock/protocol";
 import { build } from "esbuild";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "./bridge-test-support.ts";
@@ -77,11 +78,7 @@ describe("host bridge", { skip: hostSkipReason() }, () => {
       },
       { calls },
     );
-    assert.equal(
-      run.status,
-      "succeeded",
-      JSON.stringify(events.filter((e: { type: string }) => e.type !== "bridge.call")),
-    );
+    assert.equal(run.status, "succeeded", JSON.stringify(events.filter((e) => e.type !== "bridge.call")));
     const out = (await artifactJson(t, run.id, "result.json")) as { token: string; results: ProbeResult[] };
     return { run, events, out };
   };
@@ -129,24 +126,23 @@ describe("host bridge", { skip: hostSkipReason() }, () => {
     assert.equal(out.results[4]?.headers?.location, "http://169.254.169.254/latest/meta-data/");
 
     // The record: one bridge.call per call, without the secret.
-    // biome-ignore lint/suspicious/noExplicitAny: event JSON.
-    const calls: any[] = events
-      .filter((e: { type: string }) => e.type === "bridge.call")
-      .map((e: { data: unknown }) => e.data);
+    const calls = events.filter(isEvent("bridge.call")).map((e) => e.data);
     assert.equal(calls.length, 8);
-    assert.deepEqual(calls[0], {
+    const [first, second] = calls;
+    assert.ok(first && second);
+    assert.deepEqual(first, {
       connection: "github",
       method: "GET",
       path: "/echo/a",
       rule: "/echo/**",
       status: 200,
       bytes_in: 0,
-      bytes_out: calls[0].bytes_out,
-      ms: calls[0].ms,
-      redacted: calls[0].redacted,
+      bytes_out: first.bytes_out,
+      ms: first.ms,
+      redacted: first.redacted,
     });
-    assert.ok(calls[0].bytes_out > 0 && calls[0].redacted >= 1);
-    assert.equal(calls[1].bytes_in, 5);
+    assert.ok(first.bytes_out > 0 && (first.redacted ?? 0) >= 1);
+    assert.equal(second.bytes_in, 5);
     assert.ok(!JSON.stringify(events).includes(SECRET));
     assert.ok(!t.logs.join("\n").includes(SECRET), "the host's log never holds the secret");
   });
@@ -188,9 +184,7 @@ describe("host bridge", { skip: hostSkipReason() }, () => {
       );
     }
     assert.equal(upstream.seen.length, before, "nothing refused reached the upstream");
-    const denials = events.filter(
-      (e: { type: string; data: { code?: string } }) => e.type === "bridge.call" && e.data.code,
-    );
+    const denials = events.filter(isEvent("bridge.call")).filter((e) => e.data.code);
     assert.equal(denials.length, refused.filter((r) => r.code !== null).length, "every denial is recorded");
   });
 
@@ -213,8 +207,8 @@ describe("host bridge", { skip: hostSkipReason() }, () => {
     assert.equal(small?.status, 200);
     assert.equal(small?.body?.length, 1000);
     assert.notEqual(big?.body?.length, 100000, "an answer over the cap is not passed on whole");
-    const bigCall = events.filter((e: { type: string }) => e.type === "bridge.call").at(-1);
-    assert.equal(bigCall.data.code, "upstream_too_large");
+    const bigCall = events.filter(isEvent("bridge.call")).at(-1);
+    assert.equal(bigCall?.data.code, "upstream_too_large");
   });
 
   test("an upstream that is not public is refused unless the connection is internal", async () => {

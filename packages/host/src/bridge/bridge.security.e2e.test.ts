@@ -11,6 +11,7 @@ import net from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { isEvent } from "@paddock/protocol";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "./bridge-test-support.ts";
 
@@ -194,9 +195,7 @@ describe("bridge security", { skip: hostSkipReason() }, () => {
     const outB = (await artifactJson(t, thief.run.id, "result.json")) as { results: ProbeResult[] };
     assert.equal(JSON.parse(outB.results[0]?.body ?? "{}").error.code, "token_mismatch");
     assert.equal(JSON.parse(outB.results[1]?.body ?? "{}").error.code, "token_missing");
-    const denials = thief.events
-      .filter((e: { type: string }) => e.type === "bridge.call")
-      .map((e: { data: { code: string } }) => e.data.code);
+    const denials = thief.events.filter(isEvent("bridge.call")).map((e) => e.data.code);
     assert.deepEqual(denials, ["token_mismatch", "token_missing"], "the denials are on the thief's record");
 
     // The host's own address is not a sandbox's: refused before the token is even looked at.

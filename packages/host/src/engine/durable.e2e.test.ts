@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { isEvent } from "@paddock/protocol";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 
 const skip = hostSkipReason();
@@ -35,10 +36,7 @@ describe("durable runs", { skip }, () => {
     });
     assert.equal(run.status, "succeeded", JSON.stringify(events.slice(-4)));
     assert.equal(run.attempt, 3);
-    type Retry = { reason: string; exit_code: number; attempt: number; delay_ms: number };
-    const retries: Retry[] = events
-      .filter((e: { type: string }) => e.type === "retry.scheduled")
-      .map((e: { data: Retry }) => e.data);
+    const retries = events.filter(isEvent("retry.scheduled")).map((e) => e.data);
     assert.deepEqual(
       retries.map((r) => [r.reason, r.exit_code, r.attempt, r.delay_ms]),
       [
@@ -47,13 +45,9 @@ describe("durable runs", { skip }, () => {
       ],
     );
     // The backoff held: attempt 3 started at least 400 ms after attempt 2 finished.
-    const finished2 = events.find(
-      (e: { type: string; attempt: number }) => e.type === "attempt.finished" && e.attempt === 2,
-    );
-    const started3 = events.find(
-      (e: { type: string; attempt: number }) => e.type === "attempt.started" && e.attempt === 3,
-    );
-    assert.ok(Date.parse(started3.time) - Date.parse(finished2.time) >= 400);
+    const finished2 = events.filter(isEvent("attempt.finished")).find((e) => e.attempt === 2);
+    const started3 = events.filter(isEvent("attempt.started")).find((e) => e.attempt === 3);
+    assert.ok(started3 && finished2 && Date.parse(started3.time) - Date.parse(finished2.time) >= 400);
   });
 
   it("does not retry what its policy leaves out, and fails on the last attempt", async () => {
@@ -63,7 +57,7 @@ describe("durable runs", { skip }, () => {
       retry: { max_attempts: 2, backoff_s: 0, exit_codes: [3] },
     });
     assert.deepEqual([run.status, run.reason, run.exit_code, run.attempt], ["failed", "exit_code", 3, 2]);
-    assert.equal(events.filter((e: { type: string }) => e.type === "retry.scheduled").length, 1);
+    assert.equal(events.filter(isEvent("retry.scheduled")).length, 1);
     const other = await runAgent(t, {
       name: uniqueName("unlisted"),
       command: ["sh", "-c", "exit 4"],

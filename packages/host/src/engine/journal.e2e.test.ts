@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { isEvent } from "@paddock/protocol";
 import { artifactJson, type StandIn, startStandIn } from "../bridge/bridge-test-support.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
@@ -76,7 +77,7 @@ describe("journal resume", { skip: hostSkipReason() }, () => {
     });
     assert.equal(run.status, "succeeded", JSON.stringify(events.slice(-5)));
     assert.equal(run.attempt, 2);
-    const retry = events.find((e: { type: string }) => e.type === "retry.scheduled");
+    const retry = events.find(isEvent("retry.scheduled"));
     assert.equal(retry?.data.reason, "crashed", "the first attempt crashed");
     const out = await artifactJson(t, run.id, "result.json");
     // Attempt 2 got the journaled answers of a and b, and live ones for c and the changed d.
@@ -102,21 +103,19 @@ describe("journal resume", { skip: hostSkipReason() }, () => {
     // Charged once; the replay is on the record as such.
     const bill = (await t.api("GET", `/v1/runs/${run.id}/credits`)).body;
     assert.equal(bill.calls.filter((c: { status: string }) => c.status === "settled").length, 1);
-    const llm = events.filter((e: { type: string }) => e.type === "llm.call");
+    const llm = events.filter(isEvent("llm.call"));
     assert.deepEqual(
-      llm.map((e: { attempt: number; data: { replayed?: boolean } }) => [e.attempt, e.data.replayed === true]),
+      llm.map((e) => [e.attempt, e.data.replayed === true]),
       [
         [1, false],
         [2, true],
       ],
     );
-    const bridged = events.filter(
-      (e: { type: string; attempt: number }) => e.type === "bridge.call" && e.attempt === 2,
-    );
-    assert.equal(bridged.filter((e: { data: { replayed?: boolean } }) => e.data.replayed).length, 1);
-    const diverged = events.filter((e: { type: string }) => e.type === "journal.diverged");
+    const bridged = events.filter(isEvent("bridge.call")).filter((e) => e.attempt === 2);
+    assert.equal(bridged.filter((e) => e.data.replayed).length, 1);
+    const diverged = events.filter(isEvent("journal.diverged"));
     assert.deepEqual(
-      diverged.map((e: { data: { step: string } }) => e.data.step),
+      diverged.map((e) => e.data.step),
       ["bridge:echo:decide"],
     );
   });

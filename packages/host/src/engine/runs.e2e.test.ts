@@ -1,6 +1,7 @@
 /** A run end to end: real host, real sandbox, real kernel limits. */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { isEvent } from "@paddock/protocol";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 
 const skip = hostSkipReason();
@@ -44,17 +45,17 @@ describe("runs end to end", { skip }, () => {
       "user",
     ]);
     assert.equal(types(events).at(-1), "run.succeeded");
-    const seqs = events.map((e: { seq: number }) => e.seq);
+    const seqs = events.map((e) => e.seq);
     assert.deepEqual(
       seqs,
-      seqs.map((_: number, i: number) => i + 1),
+      seqs.map((_, i) => i + 1),
       "sequence numbers are 1..n with no gap",
     );
-    assert.deepEqual(events.find((e: { type: string }) => e.type === "user").data, {
+    assert.deepEqual(events.find(isEvent("user"))?.data, {
       type: "progress",
       data: { pct: 50 },
     });
-    const logs = events.filter((e: { type: string }) => e.type === "log").map((e: { data: unknown }) => e.data);
+    const logs = events.filter(isEvent("log")).map((e) => e.data);
     assert.deepEqual(logs, [
       { stream: "stdout", line: "hello world" },
       { stream: "stderr", line: "warn" },
@@ -67,7 +68,7 @@ describe("runs end to end", { skip }, () => {
         ["sub/data.json", 2],
       ],
     );
-    const skipped = events.filter((e: { type: string }) => e.type === "artifact.skipped");
+    const skipped = events.filter(isEvent("artifact.skipped"));
     assert.deepEqual(skipped[0]?.data, { path: "link", why: "symbolic link" });
     const report = arts.find((a: { path: string }) => a.path === "report.md");
     const dl = await fetch(`${t.host.url}/v1/runs/${run.id}/artifacts/${report.id}/content`, {
@@ -93,11 +94,9 @@ describe("runs end to end", { skip }, () => {
     const cmd = lines.map((l) => `printf '%s\\n' '${l}'`).join("; ");
     const { run, events } = await runAgent(t, { name: uniqueName("markers"), command: ["sh", "-c", cmd] });
     assert.equal(run.status, "succeeded");
-    const user = events.filter((e: { type: string }) => e.type === "user").map((e: { data: unknown }) => e.data);
+    const user = events.filter(isEvent("user")).map((e) => e.data);
     assert.deepEqual(user, [{ type: "ok", data: [1] }]);
-    const logged = events
-      .filter((e: { type: string }) => e.type === "log")
-      .map((e: { data: { line: string } }) => e.data.line);
+    const logged = events.filter(isEvent("log")).map((e) => e.data.line);
     assert.deepEqual(logged, [lines[0], lines[1], lines[3]]);
   });
 
@@ -126,7 +125,7 @@ describe("runs end to end", { skip }, () => {
       limits: { pids: 64, timeout_s: 3 },
     });
     assert.equal(run.status, "timed_out");
-    assert.ok(events.some((e: { type: string; data: { line?: string } }) => e.data?.line === "start"));
+    assert.ok(events.filter(isEvent("log")).some((e) => e.data.line === "start"));
   });
 
   it("ends a double-forked setsid daemon with the run", async () => {
@@ -163,7 +162,7 @@ describe("runs end to end", { skip }, () => {
       arts.map((a: { path: string }) => a.path),
       ["partial.txt"],
     );
-    const types = events.map((e: { type: string }) => e.type);
+    const types = events.map((e) => e.type);
     assert.ok(types.indexOf("artifact.created") < types.indexOf("run.timed_out"));
   });
 
@@ -189,12 +188,10 @@ describe("runs end to end", { skip }, () => {
       limits: { log_kb: 8 },
     });
     assert.equal(run.status, "succeeded");
-    const logBytes = events
-      .filter((e: { type: string }) => e.type === "log")
-      .reduce((n: number, e: { data: { line: string } }) => n + e.data.line.length + 1, 0);
+    const logBytes = events.filter(isEvent("log")).reduce((n, e) => n + e.data.line.length + 1, 0);
     assert.ok(logBytes <= 8 * 1024 + 64, `logged ${logBytes} bytes`);
     assert.ok(types(events).includes("log.truncated"));
-    assert.ok(events.find((e: { type: string }) => e.type === "log.dropped").data.lines > 4000);
+    assert.ok((events.find(isEvent("log.dropped"))?.data.lines ?? 0) > 4000);
   });
 
   it("holds user events to the same byte budget as logs", async () => {
@@ -208,11 +205,9 @@ describe("runs end to end", { skip }, () => {
       limits: { log_kb: 8 },
     });
     assert.equal(run.status, "succeeded");
-    const stored = events
-      .filter((e: { type: string }) => e.type === "user")
-      .reduce((n: number, e: { data: unknown }) => n + JSON.stringify(e.data).length, 0);
+    const stored = events.filter(isEvent("user")).reduce((n, e) => n + JSON.stringify(e.data).length, 0);
     assert.ok(stored <= 8 * 1024 + 1100, `stored ${stored} bytes of user events`);
-    assert.ok(events.find((e: { type: string }) => e.type === "log.dropped").data.lines > 2900);
+    assert.ok((events.find(isEvent("log.dropped"))?.data.lines ?? 0) > 2900);
   });
 
   it("reports a bounded list of skipped outputs with a count of the rest", async () => {
@@ -221,9 +216,9 @@ describe("runs end to end", { skip }, () => {
       command: ["sh", "-c", "i=0; while [ $i -lt 400 ]; do ln -s /etc/passwd /outputs/l$i; i=$((i+1)); done"],
     });
     assert.equal(run.status, "succeeded");
-    const skipped = events.filter((e: { type: string }) => e.type === "artifact.skipped");
+    const skipped = events.filter(isEvent("artifact.skipped"));
     assert.equal(skipped.length, 101);
-    assert.deepEqual(skipped.at(-1).data, { more: 300 });
+    assert.deepEqual(skipped.at(-1)?.data, { more: 300 });
   });
 
   it("fails with command_not_found when the command vanishes at run time", async () => {

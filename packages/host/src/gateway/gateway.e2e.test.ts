@@ -10,6 +10,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { BuiltinAgentEvent, isEvent, type RunEvent } from "@paddock/protocol";
 import { build } from "esbuild";
 import { artifactJson } from "../bridge/bridge-test-support.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
@@ -110,6 +111,12 @@ async function call() {
 const results = await Promise.all(Array.from({ length: count }, call));
 console.log(JSON.stringify(results));
 `;
+
+/** What FLOOD_AGENT printed: [status, error code] of each call. */
+function floodResults(events: RunEvent[]): [number, string | null][] {
+  const line = events.filter(isEvent("log")).find((e) => e.data.line.startsWith("[["))?.data.line ?? "[]";
+  return JSON.parse(line);
+}
 
 describe("LLM gateway", { skip: hostSkipReason() }, () => {
   let t: TestHost;
@@ -288,29 +295,21 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
     assert.deepEqual(streamed?.body.stream_options, { include_usage: true });
 
     // Every call is on the record; each settled one matches the stand-in's figures exactly.
-    // biome-ignore lint/suspicious/noExplicitAny: event JSON.
-    const calls: any[] = events
-      .filter((e: { type: string }) => e.type === "llm.call")
-      .map((e: { data: unknown }) => e.data);
+    const calls = events.filter(isEvent("llm.call")).map((e) => e.data);
     const done = stand.usage.slice(usageBefore);
-    const settled = calls.filter(
-      (c: { status: number; cost?: number; aborted?: boolean }) => c.status === 200 && !c.aborted,
-    );
+    const settled = calls.filter((c) => c.status === 200 && !c.aborted);
     assert.deepEqual(
-      settled.map((c: { model: string; input_tokens: number; output_tokens: number }) => [
-        c.model,
-        c.input_tokens,
-        c.output_tokens,
-      ]),
+      settled.map((c) => [c.model, c.input_tokens, c.output_tokens]),
       done.map((u) => [u.model, u.input, u.output]),
     );
-    const codes = calls.map((c: { code?: string }) => c.code ?? null);
+    const codes: (string | null)[] = calls.map((c) => c.code ?? null);
     for (const code of ["provider_rate_limited", "provider_error", "model_wrong_api", "unknown_model"]) {
       assert.ok(codes.includes(code), `${code} in ${codes}`);
     }
-    const aborted = calls.find((c: { aborted?: boolean }) => c.aborted);
+    const aborted = calls.find((c) => c.aborted);
     assert.ok(aborted, "the aborted stream is on the record");
-    assert.ok(aborted.output_tokens >= 5 && aborted.output_tokens < 40, `billed ${aborted.output_tokens} tokens`);
+    const billed = aborted.output_tokens ?? 0;
+    assert.ok(billed >= 5 && billed < 40, `billed ${billed} tokens`);
     assert.equal(aborted.usage, "counted");
 
     // The bill: settled calls cost exactly their tokens at the model's price; failures cost nothing.
@@ -358,26 +357,17 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
     assert.ok(bill.spent <= budget, `spent ${bill.spent} of ${budget}`);
     assert.ok(bill.spent > 0);
     assert.equal(bill.reserved, 0, "calls cut off by the stop were settled or released");
-    const refused = events.filter(
-      (e: { type: string; data: { code?: string } }) => e.type === "llm.call" && e.data.code === "out_of_credits",
-    );
-    assert.ok(refused.length >= 1);
-    assert.ok(
-      events.some(
-        (e: { type: string; data: { budget?: string } }) => e.type === "credits.exhausted" && e.data.budget === "run",
-      ),
-    );
+    const calls = events.filter(isEvent("llm.call"));
+    assert.ok(calls.some((e) => e.data.code === "out_of_credits"));
+    assert.ok(events.filter(isEvent("credits.exhausted")).some((e) => e.data.budget === "run"));
     // Output was clamped to what the budget allowed.
-    const clamped = events.filter(
-      (e: { type: string; data: { clamped_max_tokens?: number } }) =>
-        e.type === "llm.call" && e.data.clamped_max_tokens !== undefined,
-    );
+    const clamped = calls.filter((e) => e.data.clamped_max_tokens !== undefined);
     assert.ok(clamped.length >= 1, "some call had its max_tokens clamped");
   });
 
   test("an agent's request rate limit refuses calls past it with llm_rate_limited and Retry-After", async () => {
     const count = stand.seen.length;
-    const { run } = await runAgent(
+    const { run, events } = await runAgent(
       t,
       {
         name: uniqueName("limited"),
@@ -388,12 +378,9 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
       { count: 5 },
     );
     assert.equal(run.status, "succeeded");
-    const logs = (await t.api("GET", `/v1/runs/${run.id}/events?limit=1000`)).body.data as {
-      type: string;
-      data: { line?: string };
-    }[];
-    const line = logs.find((e) => e.type === "log" && e.data.line?.startsWith("[["))?.data.line ?? "[]";
-    const results = (JSON.parse(line) as [number, string | null][]).map(([status, code]) => `${status} ${code}`).sort();
+    const results = floodResults(events)
+      .map(([status, code]) => `${status} ${code}`)
+      .sort();
     assert.deepEqual(results, ["200 null", "200 null", "200 null", "429 llm_rate_limited", "429 llm_rate_limited"]);
     assert.equal(stand.seen.length - count, 3, "refused calls never reached the provider");
   });
@@ -409,7 +396,7 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
     );
     assert.equal(run.reason, "out_of_credits");
     assert.equal(stand.seen.length, count);
-    const call = events.find((e: { type: string }) => e.type === "llm.call");
+    const call = events.find(isEvent("llm.call"));
     assert.equal(call?.data.code, "out_of_credits");
     assert.equal(call?.data.status, 402);
   });
@@ -443,31 +430,22 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
         { task: "6*7" },
       );
       assert.equal(run.status, "succeeded", JSON.stringify(events.slice(-6)));
-      // biome-ignore lint/suspicious/noExplicitAny: event JSON.
-      const user = events.filter((e: { type: string }) => e.type === "user").map((e: any) => e.data);
-      const calls = user
-        .filter((u: { type: string }) => u.type === "tool.call")
-        .map((u: { data: { name: string } }) => u.data.name);
+      // Every marker the built-in agent wrote is one its schema describes.
+      const steps = events.filter(isEvent("user")).map((e) => BuiltinAgentEvent.parse(e.data));
+      const calls = steps.flatMap((u) => (u.type === "tool.call" ? [u.data.name] : []));
       assert.deepEqual(calls, ["write_file", "shell", "read_file", "finish"]);
-      const results = user
-        .filter((u: { type: string }) => u.type === "tool.result")
-        .map((u: { data: { output: string } }) => u.data.output);
+      const results = steps.flatMap((u) => (u.type === "tool.result" ? [u.data.output] : []));
       assert.match(results[1] ?? "", /^exit 0\n42/);
       assert.equal(results[2], "42\n");
-      const finished = user.find((u: { type: string }) => u.type === "agent.finished");
-      assert.equal(finished?.data.summary, "The script printed 42.");
+      const finished = steps.flatMap((u) => (u.type === "agent.finished" ? [u.data.summary] : []));
+      assert.deepEqual(finished, ["The script printed 42."]);
       // The model saw each tool's result in its own format.
       const last = stand.seen.at(-1)?.body as { messages: { role: string; content: unknown }[]; system?: string };
       assert.ok(JSON.stringify(last.messages).includes("42"), "the last request carried the read_file result");
       if (model === "claude-agent") assert.equal(last.system, "Compute six times seven with a Python script.");
       assert.equal(stand.seen.length - seenBefore, 4);
       // Each model call is metered exactly as the stand-in reported it.
-      const metered = events
-        .filter((e: { type: string }) => e.type === "llm.call")
-        .map((e: { data: { input_tokens: number; output_tokens: number } }) => [
-          e.data.input_tokens,
-          e.data.output_tokens,
-        ]);
+      const metered = events.filter(isEvent("llm.call")).map((e) => [e.data.input_tokens, e.data.output_tokens]);
       assert.deepEqual(
         metered,
         stand.usage.slice(usageBefore).map((u) => [u.input, u.output]),
@@ -491,11 +469,7 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
     });
     assert.equal(run.status, "failed");
     assert.equal(run.exit_code, 1);
-    assert.ok(
-      events.some(
-        (e: { type: string; data: { type?: string } }) => e.type === "user" && e.data.type === "agent.step_limit",
-      ),
-    );
+    assert.ok(events.filter(isEvent("user")).some((e) => e.data.type === "agent.step_limit"));
   });
 
   test("built-in agent definitions are checked", async () => {
@@ -515,18 +489,15 @@ describe("LLM gateway", { skip: hostSkipReason() }, () => {
   test("a tenant's request rate limit, set for the host, holds across its agents", async () => {
     await t.restart({ llmTenantLimits: { requestsPerMinute: 2 } });
     const count = stand.seen.length;
-    const { run } = await runAgent(
+    const { run, events } = await runAgent(
       t,
       { name: uniqueName("tenant-limited"), command: [NODE, "/app/flood.mjs"], files: { "flood.mjs": FLOOD_AGENT } },
       { count: 4 },
     );
     assert.equal(run.status, "succeeded");
-    const logs = (await t.api("GET", `/v1/runs/${run.id}/events?limit=1000`)).body.data as {
-      type: string;
-      data: { line?: string };
-    }[];
-    const line = logs.find((e) => e.type === "log" && e.data.line?.startsWith("[["))?.data.line ?? "[]";
-    const statuses = (JSON.parse(line) as [number, string | null][]).map(([status]) => status).sort();
+    const statuses = floodResults(events)
+      .map(([status]) => status)
+      .sort();
     assert.deepEqual(statuses, [200, 200, 429, 429]);
     assert.equal(stand.seen.length - count, 2);
   });

@@ -9,6 +9,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { isEvent } from "@paddock/protocol";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { SANDBOX_IF } from "./linux/network.ts";
 
@@ -85,7 +86,8 @@ describe("sandbox isolation through the host", { skip }, () => {
     });
     delete process.env.PADDOCK_PROBE_CANARY;
     assert.equal(run.status, "succeeded", JSON.stringify(events.slice(-5)));
-    const probe = events.find((e: { type: string }) => e.type === "user")?.data.data;
+    // biome-ignore lint/suspicious/noExplicitAny: the probe's own JSON.
+    const probe = events.find(isEvent("user"))?.data.data as any;
     assert.ok(probe, "the probe reported");
 
     // Processes: only the sandbox's own (its init, runner, the probe); none of the host's.

@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Page, RunEvent } from "@paddock/protocol";
 import { unsealRunners } from "../engine/runner-registry.ts";
 import { type HostConfig, type RunningHost, startHost } from "../host.ts";
 
@@ -120,6 +121,13 @@ export async function waitForRun(t: TestHost, runId: string, key?: string, timeo
   }
 }
 
+/** A run's events (up to 1000), parsed with the protocol's schema: an event it does not describe fails the test. */
+export async function runEvents(t: TestHost, runId: string, key?: string): Promise<RunEvent[]> {
+  const res = await t.api("GET", `/v1/runs/${runId}/events?limit=1000`, undefined, key);
+  if (res.status !== 200) throw new Error(`events: ${res.status} ${JSON.stringify(res.body)}`);
+  return Page(RunEvent).parse(res.body).data;
+}
+
 /** Creates an agent and runs it once; returns the finished run and its events. */
 export async function runAgent(
   t: TestHost,
@@ -127,14 +135,13 @@ export async function runAgent(
   input?: unknown,
   key?: string,
   // biome-ignore lint/suspicious/noExplicitAny: JSON.
-): Promise<{ agent: any; run: any; events: any[] }> {
+): Promise<{ agent: any; run: any; events: RunEvent[] }> {
   const created = await t.api("POST", "/v1/agents", agent, key);
   if (created.status !== 201) throw new Error(`agent create: ${created.status} ${JSON.stringify(created.body)}`);
   const started = await t.api("POST", `/v1/agents/${created.body.id}/runs`, input === undefined ? {} : { input }, key);
   if (started.status !== 201) throw new Error(`run create: ${started.status} ${JSON.stringify(started.body)}`);
   const run = await waitForRun(t, started.body.id, key);
-  const events = (await t.api("GET", `/v1/runs/${run.id}/events?limit=1000`, undefined, key)).body.data;
-  return { agent: created.body, run, events };
+  return { agent: created.body, run, events: await runEvents(t, run.id, key) };
 }
 
 let counter = 0;

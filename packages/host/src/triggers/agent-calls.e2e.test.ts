@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { isEvent } from "@paddock/protocol";
 import { artifactJson } from "../bridge/bridge-test-support.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
@@ -105,17 +106,8 @@ describe("agent-to-agent calls", { skip: hostSkipReason() }, () => {
     assert.deepEqual(ok.result, { doubled: 42, llm: 200 });
     assert.deepEqual(ok.artifacts, [{ path: "doubled.txt", size: 2 }]);
     assert.match(refused.error, /connection_not_allowed: The agent's policy does not allow starting 'unlisted-agent'/);
-    assert.ok(
-      events.some(
-        (e: { type: string; data: { run_id?: string } }) => e.type === "agent.called" && e.data.run_id === ok.run_id,
-      ),
-    );
-    assert.ok(
-      events.some(
-        (e: { type: string; data: { code?: string } }) =>
-          e.type === "agent.call" && e.data.code === "connection_not_allowed",
-      ),
-    );
+    assert.ok(events.filter(isEvent("agent.called")).some((e) => e.data.run_id === ok.run_id));
+    assert.ok(events.filter(isEvent("agent.call")).some((e) => e.data.code === "connection_not_allowed"));
     // The lineage is on the child's record.
     const childRun = (await t.api("GET", `/v1/runs/${ok.run_id}`)).body;
     assert.deepEqual([childRun.trigger, childRun.parent_run_id, childRun.root_run_id], ["agent", run.id, run.id]);
