@@ -1,31 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { AppError, ERROR_CODES, isErrorCode } from "./errors.ts";
 import { parseMarkerLine } from "./marker.ts";
 import { Marker, parseMarker, RunnerFrame } from "./runner.ts";
-
-describe("error catalogue", () => {
-  it("gives every code an HTTP error status and a sentence a person can act on", () => {
-    for (const [code, entry] of Object.entries(ERROR_CODES)) {
-      assert.match(code, /^[a-z_]+$/, code);
-      assert.ok(entry.status >= 400 && entry.status <= 599, `${code} status ${entry.status}`);
-      assert.ok(entry.message.length > 10 && entry.message.endsWith("."), `${code} message`);
-    }
-  });
-
-  it("puts code, message and details on the wire shape", () => {
-    const err = new AppError("validation_failed", "bad name", [{ path: "name" }]);
-    assert.equal(err.status, 400);
-    assert.deepEqual(err.toBody(), {
-      error: { code: "validation_failed", message: "bad name", details: [{ path: "name" }] },
-    });
-    assert.deepEqual(new AppError("not_found").toBody(), {
-      error: { code: "not_found", message: ERROR_CODES.not_found.message },
-    });
-    assert.ok(isErrorCode("conflict"));
-    assert.ok(!isErrorCode("toString"));
-  });
-});
 
 describe("markers", () => {
   const lines = [
