@@ -36,6 +36,11 @@ describe("API", { skip }, () => {
     assert.ok(res.body.components.schemas.AgentCreate.properties.instructions);
     assert.ok(res.body.paths["/v1/runs/{id}/credits"].get);
     assert.equal(res.body.components.schemas.Limits.properties.memory_mb.minimum, 32);
+    // Each run event type is described with its data.
+    const events = res.body.components.schemas.RunEvent;
+    assert.equal(events.discriminator.propertyName, "type");
+    assert.ok(events.oneOf.length >= 30, `${events.oneOf.length} event types`);
+    assert.ok(res.body.components.schemas["RunEvent.llm.call"].properties.data.properties.cost);
   });
 
   describe("bad input gets a 4xx with a code and changes nothing", () => {
