@@ -121,7 +121,9 @@ describe("runs end to end", { skip }, () => {
   it("contains a fork bomb and ends it with the run", async () => {
     const { run, events } = await runAgent(t, {
       name: uniqueName("forkbomb"),
-      command: ["sh", "-c", "echo start; b() { b | b & }; b; sleep 30"],
+      // The bomb starts in a subshell and the shell then waits by exec, never forking again: a shell
+      // whose own fork fails exits at once (status 2), which would end the run before its timeout.
+      command: ["sh", "-c", "echo start; b() { b | b & }; (b) & exec sleep 30"],
       limits: { pids: 64, timeout_s: 3 },
     });
     assert.equal(run.status, "timed_out");
