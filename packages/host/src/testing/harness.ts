@@ -7,8 +7,9 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { HostConfigInput } from "../config.ts";
 import { unsealRunners } from "../engine/runner-registry.ts";
-import { type HostConfig, type RunningHost, startHost } from "../host.ts";
+import { type RunningHost, startHost } from "../host.ts";
 
 export function testImagesDir(): string {
   const data = process.env.PADDOCK_TEST_DATA ?? new URL("../../../../.paddock", import.meta.url).pathname;
@@ -41,7 +42,7 @@ export interface TestHost {
     key?: string | null,
     headers?: Record<string, string>,
   ): Promise<ApiResult>;
-  restart(overrides?: Partial<HostConfig>): Promise<void>;
+  restart(overrides?: Partial<HostConfigInput>): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -52,10 +53,10 @@ export interface ApiResult {
   headers: Headers;
 }
 
-export async function startTestHost(overrides: Partial<HostConfig> = {}): Promise<TestHost> {
+export async function startTestHost(overrides: Partial<HostConfigInput> = {}): Promise<TestHost> {
   const dataDir = await realpath(await mkdtemp(join(tmpdir(), "paddock-test-")));
   const logs: string[] = [];
-  const config: HostConfig = {
+  const config: HostConfigInput = {
     dataDir,
     port: 0,
     imagesDir: testImagesDir(),
