@@ -11,6 +11,7 @@ import net from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "./bridge-test-support.ts";
 
@@ -91,7 +92,7 @@ results.own = { status: ok.status };
 writeFileSync("/outputs/result.json", JSON.stringify(results));
 `;
 
-describe("bridge security", { skip: hostSkipReason() }, () => {
+describe("bridge security", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;
   let upstream: StandIn;
 

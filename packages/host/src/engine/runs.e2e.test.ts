@@ -1,9 +1,10 @@
 /** A run end to end: real host, real sandbox, real kernel limits. */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 
-const skip = hostSkipReason();
+const skip = e2eSkip(hostSkipReason());
 
 describe("runs end to end", { skip }, () => {
   let t: TestHost;

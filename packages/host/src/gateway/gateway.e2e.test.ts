@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { build } from "esbuild";
 import { artifactJson } from "../bridge/bridge-test-support.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
 
@@ -111,7 +112,7 @@ const results = await Promise.all(Array.from({ length: count }, call));
 console.log(JSON.stringify(results));
 `;
 
-describe("LLM gateway", { skip: hostSkipReason() }, () => {
+describe("LLM gateway", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;
   let stand: LlmStandIn;
   let sdkBundle: string;
