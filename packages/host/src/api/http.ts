@@ -10,7 +10,7 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
 import type { Identity, Principal } from "../identity/identity.ts";
 
-export const DEFAULT_BODY_LIMIT = 1024 * 1024;
+const DEFAULT_BODY_LIMIT = 1024 * 1024;
 
 /** What every route's context carries: the caller, once authenticated. */
 export type ApiEnv = { Variables: { principal: Principal } };
@@ -26,7 +26,7 @@ export type RouteAuth = "none" | "tenant" | "admin";
  */
 export interface RouteDeclaration extends RouteConfig {
   auth: RouteAuth;
-  /** The largest JSON body accepted, in bytes; default DEFAULT_BODY_LIMIT. */
+  /** The largest JSON body accepted, in bytes; default 1 MiB. */
   bodyLimit?: number;
 }
 
@@ -77,7 +77,7 @@ export function pathParam<T extends z.ZodType<string>>(
  * The validation_failed error for these schema issues: each issue in `details`, the first one in
  * the message.
  */
-export function invalid(issues: readonly z.core.$ZodIssue[]): AppError {
+function invalid(issues: readonly z.core.$ZodIssue[]): AppError {
   const details = issues.map((i) => ({
     path: i.path.map(String).join("."),
     code: i.code,
@@ -104,7 +104,7 @@ export function validationHook(result: { success: boolean; error?: z.ZodError })
 }
 
 /** Reads a JSON body of at most `maxBytes` and checks it against `schema`. An empty body is `{}`. */
-export async function readJson<T extends z.ZodType>(
+async function readJson<T extends z.ZodType>(
   c: Context,
   schema: T,
   maxBytes = DEFAULT_BODY_LIMIT,
@@ -207,13 +207,13 @@ export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity): Defi
       },
     });
 
-    // The body is left out of what zod-openapi validates: it is read here, with its cap, once.
+    // zod-openapi's own body check reads the body without a cap and answers in its own shapes:
+    // the body is left out of what it checks, and read here once, capped, after params and query.
     const { body: _documented, ...request } = route.request ?? {};
     const registered = createRoute({ ...route, request, hide: true, middleware: [authenticate(auth)] });
     const hook = params
       ? (result: { success: boolean; error?: z.ZodError; target: string }, c: Context) => {
-          if (result.success || !result.error) return;
-          if (result.target !== "param") throw invalid(result.error.issues);
+          if (result.success || !result.error || result.target !== "param") return validationHook(result);
           const name = String(result.error.issues[0]?.path[0] ?? "");
           const refuse = refusals.get(params.shape[name] as z.ZodType);
           const value = c.req.param(name) ?? "";
