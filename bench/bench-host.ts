@@ -5,8 +5,9 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { HostConfigInput } from "../packages/host/src/config.ts";
 import { unsealRunners } from "../packages/host/src/engine/runner-registry.ts";
-import { type HostConfig, type RunningHost, startHost } from "../packages/host/src/host.ts";
+import { type RunningHost, startHost } from "../packages/host/src/host.ts";
 
 export const now = () => performance.now();
 
@@ -35,7 +36,7 @@ export interface BenchHost {
  * @example const b = await startBenchHost({ imagesDir, warmSandboxes: 0 }); try { … } finally { await b.close(); }
  */
 export async function startBenchHost(
-  config: { imagesDir: string; warmSandboxes: number } & Partial<HostConfig>,
+  config: { imagesDir: string; warmSandboxes: number } & Partial<HostConfigInput>,
 ): Promise<BenchHost> {
   const dataDir = await mkdtemp(join(tmpdir(), "paddock-bench-"));
   let host: RunningHost;

@@ -6,10 +6,11 @@
 import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { describe, it } from "node:test";
+import { e2eSkip } from "../packages/host/src/testing/e2e-skip.ts";
 import { hostSkipReason, testImagesDir } from "../packages/host/src/testing/harness.ts";
 import { bridgeBench } from "./bridge.ts";
 
-describe("bench bridge", { skip: hostSkipReason() }, () => {
+describe("bench bridge", { skip: e2eSkip(hostSkipReason()) }, () => {
   it("measures bridged and direct calls, token checks and throughput, and leaves nothing behind", async () => {
     const before = await readdir("/run/netns").catch(() => [] as string[]);
     const result = await bridgeBench({ imagesDir: testImagesDir(), calls: 40, sandboxes: 3, callsPerSandbox: 20 });

@@ -6,10 +6,11 @@
 import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { describe, it } from "node:test";
+import { e2eSkip } from "../packages/host/src/testing/e2e-skip.ts";
 import { hostSkipReason, testImagesDir } from "../packages/host/src/testing/harness.ts";
 import { gatewayBench } from "./gateway.ts";
 
-describe("bench gateway", { skip: hostSkipReason() }, () => {
+describe("bench gateway", { skip: e2eSkip(hostSkipReason()) }, () => {
   it("measures whole and streamed calls, direct and through the gateway, all metered, and leaves nothing behind", async () => {
     const before = await readdir("/run/netns").catch(() => [] as string[]);
     const result = await gatewayBench({ imagesDir: testImagesDir(), calls: 20 });

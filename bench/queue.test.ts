@@ -4,10 +4,11 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { e2eSkip } from "../packages/host/src/testing/e2e-skip.ts";
 import { hostSkipReason, testImagesDir } from "../packages/host/src/testing/harness.ts";
 import { queueBench } from "./queue.ts";
 
-describe("bench queue", { skip: hostSkipReason() }, () => {
+describe("bench queue", { skip: e2eSkip(hostSkipReason()) }, () => {
   it("measures claims per second, claim latency and schedule delay", async () => {
     const result = await queueBench({ imagesDir: testImagesDir(), runs: 12, samples: 3 });
     assert.equal(result.runs, 12);

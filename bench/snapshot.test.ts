@@ -5,10 +5,11 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { skipReason } from "../packages/host/src/envs/test-support.ts";
+import { e2eSkip } from "../packages/host/src/testing/e2e-skip.ts";
 import { hostSkipReason, testImagesDir } from "../packages/host/src/testing/harness.ts";
 import { snapshotBench } from "./snapshot.ts";
 
-const skip = hostSkipReason() || skipReason() || false;
+const skip = e2eSkip(hostSkipReason() || skipReason());
 
 describe("bench snapshot", { skip }, () => {
   it("freezes each size, boots the smallest and the largest, and reports their ratio", async () => {

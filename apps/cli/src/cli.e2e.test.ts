@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { unsealRunners } from "@paddock/host";
+import { e2eSkip } from "@paddock/host/e2e-skip";
 import { cleanEnv, hostSkipReason, IMAGES, PADDOCK, ROOT } from "./e2e-support.ts";
 
 const EXAMPLE = join(ROOT, "examples/report-agent/agent.json");
@@ -79,7 +80,7 @@ async function serve(dataDir: string, port = 0): Promise<Served> {
   };
 }
 
-describe("paddock CLI against a real host", { skip: hostSkipReason() }, () => {
+describe("paddock CLI against a real host", { skip: e2eSkip(hostSkipReason()) }, () => {
   let dataDir: string;
   let server: Served;
   let url: string;
@@ -333,7 +334,7 @@ function freePort(): Promise<number> {
   });
 }
 
-describe("following a run across a host restart", { skip: hostSkipReason() }, () => {
+describe("following a run across a host restart", { skip: e2eSkip(hostSkipReason()) }, () => {
   it("reconnects with Last-Event-ID and prints every event exactly once", async () => {
     const dataDir = await mkdtemp(join(tmpdir(), "paddock-cli-restart-"));
     const port = await freePort();

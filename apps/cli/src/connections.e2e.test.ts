@@ -8,11 +8,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningHost, startHost, unsealRunners } from "@paddock/host";
+import { e2eSkip } from "@paddock/host/e2e-skip";
 import { hostSkipReason, IMAGES, runCli, showCli } from "./e2e-support.ts";
 
 const show = showCli;
 
-describe("paddock connections", { skip: hostSkipReason() }, () => {
+describe("paddock connections", { skip: e2eSkip(hostSkipReason()) }, () => {
   let dataDir: string;
   let host: RunningHost;
   let key: string;

@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningHost, startHost, unsealRunners } from "@paddock/host";
+import { e2eSkip } from "@paddock/host/e2e-skip";
 import { parseModelFlag } from "./commands/credits.ts";
 import { hostSkipReason, IMAGES, runCli, showCli } from "./e2e-support.ts";
 
@@ -21,7 +22,7 @@ describe("paddock --model flags", () => {
   });
 });
 
-describe("paddock providers, models and credits", { skip: hostSkipReason() }, () => {
+describe("paddock providers, models and credits", { skip: e2eSkip(hostSkipReason()) }, () => {
   let dataDir: string;
   let host: RunningHost;
   let admin: string;

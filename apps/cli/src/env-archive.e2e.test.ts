@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningHost, startHost, unsealRunners } from "@paddock/host";
+import { e2eSkip } from "@paddock/host/e2e-skip";
 import { cleanEnv, hostSkipReason, IMAGES, PADDOCK } from "./e2e-support.ts";
 
 interface Result {
@@ -45,7 +46,7 @@ const show = (r: Result) =>
   `exit ${r.code}\n--- stdout\n${r.stdout.toString().slice(0, 2000)}\n--- stderr\n${r.stderr}`;
 const COMMAND = ["sh", "-c", "sha256sum /app/data.txt"];
 
-describe("paddock env export / import between two hosts", { skip: hostSkipReason() }, () => {
+describe("paddock env export / import between two hosts", { skip: e2eSkip(hostSkipReason()) }, () => {
   let work: string;
   let out: string;
   const hosts: { host: RunningHost; key: string; dataDir: string }[] = [];

@@ -11,6 +11,7 @@ import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { e2eSkip } from "@paddock/host/e2e-skip";
 import {
   hostSkipReason,
   startTestHost,
@@ -30,7 +31,7 @@ interface Result {
   stderr: string;
 }
 
-describe("paddock runner publish", { skip: hostSkipReason() }, () => {
+describe("paddock runner publish", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;
   let scratch: string;
   let bundle: string;

@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningHost, startHost, unsealRunners } from "@paddock/host";
+import { e2eSkip } from "@paddock/host/e2e-skip";
 import { cleanEnv, hostSkipReason, IMAGES, PADDOCK } from "./e2e-support.ts";
 
 interface Result {
@@ -46,7 +47,7 @@ function paddock(args: string[], env: Record<string, string>, stdin: string | Bu
 
 const secretValue = (label: string) => `sk-${label}-${randomBytes(16).toString("hex")}`;
 
-describe("paddock secrets", { skip: hostSkipReason() }, () => {
+describe("paddock secrets", { skip: e2eSkip(hostSkipReason()) }, () => {
   let dataDir: string;
   let host: RunningHost;
   let env: Record<string, string>;
@@ -211,7 +212,7 @@ async function serve(dataDir: string, args: string[], env: Record<string, string
   };
 }
 
-describe("paddock serve --master-key-file", { skip: hostSkipReason() }, () => {
+describe("paddock serve --master-key-file", { skip: e2eSkip(hostSkipReason()) }, () => {
   let dir: string;
   let dataDir: string;
 

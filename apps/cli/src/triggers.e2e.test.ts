@@ -6,9 +6,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningHost, startHost, unsealRunners } from "@paddock/host";
+import { e2eSkip } from "@paddock/host/e2e-skip";
 import { hostSkipReason, IMAGES, runCli, showCli } from "./e2e-support.ts";
 
-describe("paddock schedules and webhooks", { skip: hostSkipReason() }, () => {
+describe("paddock schedules and webhooks", { skip: e2eSkip(hostSkipReason()) }, () => {
   let dataDir: string;
   let host: RunningHost;
   let key: string;

@@ -10,9 +10,10 @@ import { createInterface } from "node:readline";
 import { describe, it } from "node:test";
 import { unsealRunners } from "./engine/runner-registry.ts";
 import { startHost } from "./host.ts";
+import { e2eSkip } from "./testing/e2e-skip.ts";
 import { hostSkipReason, testImagesDir } from "./testing/harness.ts";
 
-const skip = hostSkipReason();
+const skip = e2eSkip(hostSkipReason());
 
 describe("host crash", { skip }, () => {
   it("leaves no run stuck in running and no sandbox behind", async (t) => {

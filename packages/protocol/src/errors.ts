@@ -59,6 +59,10 @@ export const ERROR_CODES = {
     status: 422,
     message: "The runner bundle or Node binary does not start as a runner inside a sandbox; see details.",
   },
+  sandbox_unavailable: {
+    status: 503,
+    message: "This host cannot start sandboxes at the moment; its log says why.",
+  },
   image_not_ready: {
     status: 503,
     message: "The environment image is not built yet; run 'paddock images build-base'.",

@@ -1,9 +1,10 @@
 /** The HTTP API against a real host: bad input, tenant isolation, live events, cancel. */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 
-const skip = hostSkipReason();
+const skip = e2eSkip(hostSkipReason());
 
 describe("API", { skip }, () => {
   let t: TestHost;

@@ -3,7 +3,6 @@
  * tenant may call, credit grants (admin), balances with a per-agent breakdown, and a run's bill.
  */
 import {
-  AppError,
   Balance,
   CreditGrant,
   Credits_,
@@ -18,96 +17,109 @@ import {
 } from "@paddock/protocol";
 import type { Context } from "hono";
 import type { Kysely } from "kysely";
+import { z } from "zod";
 import type { AgentDefinition } from "../engine/runs.ts";
 import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
+import type { Identity } from "../identity/identity.ts";
 import type { Database } from "../store/schema.ts";
-import { json, type RouteHelpers, readJson } from "./http.ts";
+import { type ApiEnv, type DefineRoute, Id, json, jsonBody, pathParam, tenantOf } from "./http.ts";
 
-export interface GatewayRouteHelpers<C extends Context> extends RouteHelpers<C> {
-  /** The run named by the path's {id}, of the caller's tenant (not_found otherwise). */
-  findRun: (c: C) => Promise<{ id: string }>;
+const Name = z.object({ name: pathParam(ProviderName, "provider") });
+
+export interface GatewayRouteDeps {
+  providers: Providers;
+  ledger: Ledger;
+  identity: Identity;
+  /** Only for the credits listing, which reads agents' budgets. */
+  db: Kysely<Database>;
+  /** The run of the caller's tenant with this id (not_found otherwise). */
+  findRun: (c: Context<ApiEnv>, id: string) => Promise<{ id: string }>;
 }
 
-function nameParam(c: Context): string {
-  const value = c.req.param("name") ?? "";
-  if (!ProviderName.safeParse(value).success) throw new AppError("not_found", `No provider '${value.slice(0, 80)}'.`);
-  return value;
-}
-
-export function registerGatewayRoutes<C extends Context>(
-  deps: { providers: Providers; ledger: Ledger; db: Kysely<Database> },
-  h: GatewayRouteHelpers<C>,
-): void {
-  const { route, tenantOf } = h;
+export function registerGatewayRoutes(route: DefineRoute, deps: GatewayRouteDeps): void {
   const { providers, ledger, db } = deps;
   const one = "/v1/providers/{name}";
   route(
-    "put",
-    one,
     {
+      method: "put",
+      path: one,
       summary: "Create or replace a model provider (admin); its key is a secret of the admin's tenant",
       auth: "admin",
-      body: ProviderPut,
+      request: { params: Name, body: jsonBody(ProviderPut) },
       responses: { 200: json(Provider, "Replaced"), 201: json(Provider, "Created") },
     },
     async (c) => {
-      const name = nameParam(c);
-      const body = await readJson(c, ProviderPut);
-      const { provider, created } = await providers.put(tenantOf(c), name, body);
+      const { provider, created } = await providers.put(tenantOf(c), c.req.valid("param").name, c.req.valid("json"));
       return c.json(provider, created ? 201 : 200);
     },
   );
   route(
-    "get",
-    "/v1/providers",
-    { summary: "List model providers (admin)", auth: "admin", responses: { 200: json(Page(Provider), "Providers") } },
-    async (c) => c.json({ data: await providers.list(), next_cursor: null }),
+    {
+      method: "get",
+      path: "/v1/providers",
+      summary: "List model providers (admin)",
+      auth: "admin",
+      responses: { 200: json(Page(Provider), "Providers") },
+    },
+    async (c) => c.json({ data: await providers.list(), next_cursor: null }, 200),
   );
   route(
-    "get",
-    one,
-    { summary: "Get a model provider (admin)", auth: "admin", responses: { 200: json(Provider, "The provider") } },
-    async (c) => c.json(await providers.get(nameParam(c))),
+    {
+      method: "get",
+      path: one,
+      summary: "Get a model provider (admin)",
+      auth: "admin",
+      request: { params: Name },
+      responses: { 200: json(Provider, "The provider") },
+    },
+    async (c) => c.json(await providers.get(c.req.valid("param").name), 200),
   );
   route(
-    "delete",
-    one,
-    { summary: "Delete a model provider (admin)", auth: "admin", responses: { 200: json(Provider, "Deleted") } },
-    async (c) => c.json(await providers.delete(nameParam(c))),
+    {
+      method: "delete",
+      path: one,
+      summary: "Delete a model provider (admin)",
+      auth: "admin",
+      request: { params: Name },
+      responses: { 200: json(Provider, "Deleted") },
+    },
+    async (c) => c.json(await providers.delete(c.req.valid("param").name), 200),
   );
   route(
-    "get",
-    "/v1/models",
-    { summary: "Models agents may call, with prices", auth: "tenant", responses: { 200: json(Page(Model), "Models") } },
+    {
+      method: "get",
+      path: "/v1/models",
+      summary: "Models agents may call, with prices",
+      auth: "tenant",
+      responses: { 200: json(Page(Model), "Models") },
+    },
     async (c) => {
       const data = (await providers.models())
         .map(([model, r]) => ({ model, provider: r.provider, api: r.api, price: r.price }))
         .sort((a, b) => (a.model < b.model ? -1 : 1));
-      return c.json({ data, next_cursor: null });
+      return c.json({ data, next_cursor: null }, 200);
     },
   );
   route(
-    "post",
-    "/v1/credits/grants",
     {
+      method: "post",
+      path: "/v1/credits/grants",
       summary: "Grant credits to a tenant, or take them back with a negative amount (admin)",
       auth: "admin",
-      body: CreditGrant,
+      request: { body: jsonBody(CreditGrant) },
       responses: { 201: json(Balance, "The tenant's balance after the grant") },
     },
     async (c) => {
-      const body = await readJson(c, CreditGrant);
-      let tenantId = body.tenant;
-      const byName = await db.selectFrom("tenants").select("id").where("name", "=", body.tenant).executeTakeFirst();
-      if (byName) tenantId = byName.id;
-      return c.json(await ledger.grant(tenantId, toMicro(body.credits), body.note), 201);
+      const body = c.req.valid("json");
+      const tenant = await deps.identity.findTenant(body.tenant);
+      return c.json(await ledger.grant(tenant.id, toMicro(body.credits), body.note), 201);
     },
   );
   route(
-    "get",
-    "/v1/credits",
     {
+      method: "get",
+      path: "/v1/credits",
       summary: "The tenant's balance and each agent's spending and budget",
       auth: "tenant",
       responses: { 200: json(Credits_, "Balances") },
@@ -137,16 +149,17 @@ export function registerGatewayRoutes<C extends Context>(
     },
   );
   route(
-    "get",
-    "/v1/runs/{id}/credits",
     {
+      method: "get",
+      path: "/v1/runs/{id}/credits",
       summary: "A run's LLM calls and what each cost",
       auth: "tenant",
+      request: { params: z.object({ id: pathParam(Id, "run") }) },
       responses: { 200: json(RunCredits, "The run's bill") },
     },
     async (c) => {
-      const run = await h.findRun(c);
-      return c.json(await ledger.runCalls(tenantOf(c), run.id));
+      const run = await deps.findRun(c, c.req.valid("param").id);
+      return c.json(await ledger.runCalls(tenantOf(c), run.id), 200);
     },
   );
 }

@@ -1,10 +1,37 @@
-/** Request plumbing shared by every route: body reading with caps, schema checks, error mapping. */
-import { AppError, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
-import type { Context } from "hono";
+/**
+ * Request plumbing shared by every route: one declaration per route gives its schemas, its auth,
+ * its OpenAPI entry and the parsing of its input; JSON bodies are read with a size cap; and errors
+ * become responses in one place.
+ */
+import { createRoute, type OpenAPIHono, type RouteConfig, type RouteHandler } from "@hono/zod-openapi";
+import { AppError, ERROR_CODES, ErrorResponse } from "@paddock/protocol";
+import type { Context, MiddlewareHandler } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
-import type { z } from "zod";
+import { z } from "zod";
+import type { Identity, Principal } from "../identity/identity.ts";
 
-export const DEFAULT_BODY_LIMIT = 1024 * 1024;
+const DEFAULT_BODY_LIMIT = 1024 * 1024;
+
+/** What every route's context carries: the caller, once authenticated. */
+export type ApiEnv = { Variables: { principal: Principal } };
+
+/** Who may call a route: anyone, any tenant's key, or the admin key. */
+export type RouteAuth = "none" | "tenant" | "admin";
+
+/**
+ * A route as `createRoute` takes it, plus who may call it and, for a JSON body, its size cap.
+ * Path parameters, the query and a JSON body are checked against the declared schemas before the
+ * handler runs, which reads them with `c.req.valid(...)`. A body of another type (multipart, an
+ * archive, a webhook delivery) is documented here and read by the handler itself.
+ */
+export interface RouteDeclaration extends RouteConfig {
+  auth: RouteAuth;
+  /** The largest JSON body accepted, in bytes; default 1 MiB. */
+  bodyLimit?: number;
+}
+
+/** Registers one route: its OpenAPI entry, authentication, input checks and handler. */
+export type DefineRoute = <R extends RouteDeclaration>(route: R, handler: RouteHandler<R, ApiEnv>) => void;
 
 /** An OpenAPI response entry with a JSON body described by `schema`. */
 export const json = (schema: z.ZodType, description: string) => ({
@@ -12,8 +39,72 @@ export const json = (schema: z.ZodType, description: string) => ({
   content: { "application/json": { schema } },
 });
 
+/** A request body entry: JSON described by `schema`. */
+export const jsonBody = <T extends z.ZodType>(schema: T) => ({
+  content: { "application/json": { schema } },
+});
+
+/** An id such as run_…; anything else cannot name a resource. */
+export const Id = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[a-z]{3}_[0-9a-z]+$/, "an id such as run_…");
+
+/** The caller's tenant, from its API key. */
+export const tenantOf = (c: Context<ApiEnv>): string => c.get("principal").tenantId;
+
+const refusals = new WeakMap<z.ZodType, (value: string) => AppError>();
+
+/**
+ * A path parameter. A value the schema refuses cannot name anything, so it is answered like an
+ * unknown one (not_found, "No <what> '<value>'.") rather than as invalid input; `refuse` gives
+ * another answer where an unknown one is answered differently.
+ * @example params: z.object({ id: pathParam(RunId, "run") })
+ */
+export function pathParam<T extends z.ZodType<string>>(
+  schema: T,
+  what: string,
+  refuse: (value: string) => AppError = (value) => new AppError("not_found", `No ${what} '${value.slice(0, 80)}'.`),
+): T {
+  // A copy of the schema, so that the same schema may be another parameter's with another answer.
+  const param = schema.meta({ description: `The ${what}` }) as T;
+  refusals.set(param, refuse);
+  return param;
+}
+
+/**
+ * The validation_failed error for these schema issues: each issue in `details`, the first one in
+ * the message.
+ */
+function invalid(issues: readonly z.core.$ZodIssue[]): AppError {
+  const details = issues.map((i) => ({
+    path: i.path.map(String).join("."),
+    code: i.code,
+    message: i.message,
+    ...("keys" in i ? { keys: i.keys } : {}),
+  }));
+  const first = details[0];
+  const where = first?.path ? `${first.path}: ` : "";
+  return new AppError("validation_failed", `Invalid request: ${where}${first?.message ?? "invalid"}.`, details);
+}
+
+export function check<T extends z.ZodType>(schema: T, value: unknown): z.infer<T> {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw invalid(parsed.error.issues);
+  return parsed.data;
+}
+
+/**
+ * The validation hook of every route (zod-openapi's `defaultHook`): a query or body that does
+ * not match its schema is validation_failed.
+ */
+export function validationHook(result: { success: boolean; error?: z.ZodError }): void {
+  if (!result.success && result.error) throw invalid(result.error.issues);
+}
+
 /** Reads a JSON body of at most `maxBytes` and checks it against `schema`. An empty body is `{}`. */
-export async function readJson<T extends z.ZodType>(
+async function readJson<T extends z.ZodType>(
   c: Context,
   schema: T,
   maxBytes = DEFAULT_BODY_LIMIT,
@@ -47,49 +138,95 @@ export async function readJson<T extends z.ZodType>(
   return check(schema, value);
 }
 
-export function check<T extends z.ZodType>(schema: T, value: unknown): z.infer<T> {
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) {
-    const details = parsed.error.issues.map((i) => ({
-      path: i.path.map(String).join("."),
-      code: i.code,
-      message: i.message,
-      ...("keys" in i ? { keys: i.keys } : {}),
-    }));
-    const first = details[0];
-    const where = first?.path ? `${first.path}: ` : "";
-    throw new AppError("validation_failed", `Invalid request: ${where}${first?.message ?? "invalid"}.`, details);
-  }
-  return parsed.data;
-}
-
-function tooLarge(max: number): AppError {
+export function tooLarge(max: number): AppError {
   return new AppError("body_too_large", `The request body is larger than ${max} bytes.`, { limit_bytes: max });
 }
 
-export function errorResponse(c: Context, code: ErrorCode, message?: string, details?: unknown): Response {
-  const err = new AppError(code, message, details);
-  return c.json(err.toBody(), ERROR_CODES[code].status as ContentfulStatusCode);
+/**
+ * The API's one error serializer: an AppError answers with its code's status and wire shape;
+ * anything else is logged and answers `internal`, telling the caller nothing more.
+ */
+export function errorResponse(c: Context, err: unknown, log: (msg: string) => void): Response {
+  if (err instanceof AppError) return c.json(err.toBody(), err.status as ContentfulStatusCode);
+  log(`api: ${c.req.method} ${c.req.path}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  return c.json(new AppError("internal").toBody(), ERROR_CODES.internal.status);
 }
 
-/** Who may call a route: anyone, any tenant's key, or the admin key. */
-export type RouteAuth = "none" | "tenant" | "admin";
+const errorEntry = (description: string) => json(ErrorResponse, description);
 
 /**
- * What a route file borrows from createApi (see app.ts): `route` registers a handler and its
- * OpenAPI description from the same schemas, `tenantOf` is the caller's tenant.
+ * The `DefineRoute` of an app: authentication from the declaration's `auth` (the API key in
+ * `Authorization: Bearer`), then path parameters, query and JSON body checked against their
+ * schemas, then the handler. The OpenAPI entry is the declaration itself, with the errors every
+ * such route may answer and the security scheme of its key added.
+ * @example const route = routeDefiner(app, identity); route({ method: "get", path: "/v1/x", auth: "tenant", responses }, handler);
  */
-export interface RouteHelpers<C extends Context> {
-  route: (
-    method: "get" | "put" | "post" | "delete",
-    path: string,
-    spec: {
-      summary: string;
-      auth: RouteAuth;
-      body?: z.ZodType;
-      responses: Record<number, ReturnType<typeof json> | { description: string }>;
-    },
-    handler: (c: C) => Promise<Response> | Response,
-  ) => void;
-  tenantOf: (c: C) => string;
+export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity): DefineRoute {
+  const authenticate =
+    (need: RouteAuth): MiddlewareHandler<ApiEnv> =>
+    async (c, next) => {
+      if (need === "none") return next();
+      const match = /^Bearer\s+(\S+)$/i.exec(c.req.header("authorization") ?? "");
+      const principal = match?.[1] ? await identity.authenticate(match[1]) : null;
+      if (!principal) throw new AppError("unauthorized");
+      if (need === "admin" && principal.role !== "admin") {
+        throw new AppError("forbidden", "This action needs the admin API key.");
+      }
+      c.set("principal", principal);
+      return next();
+    };
+
+  return (declaration, handler) => {
+    const { auth, bodyLimit, ...route } = declaration;
+    const params = route.request?.params as z.ZodObject | undefined;
+    const jsonContent = route.request?.body?.content["application/json"] as { schema?: z.ZodType } | undefined;
+    const bodySchema = jsonContent?.schema;
+
+    app.openAPIRegistry.registerPath({
+      ...route,
+      ...(auth === "none" ? {} : { security: [{ [auth === "admin" ? "admin" : "bearer"]: [] }] }),
+      request: {
+        ...route.request,
+        // An empty body reads as {}: the body is optional when {} is valid.
+        ...(route.request?.body && bodySchema
+          ? { body: { ...route.request.body, required: !bodySchema.safeParse({}).success } }
+          : {}),
+      },
+      responses: {
+        ...(params || route.request?.query || bodySchema ? { 400: errorEntry("Invalid request") } : {}),
+        ...(auth === "none" ? {} : { 401: errorEntry("Missing or invalid API key") }),
+        ...(auth === "admin" ? { 403: errorEntry("Not the admin API key") } : {}),
+        ...(params ? { 404: errorEntry("Not found") } : {}),
+        ...(bodySchema
+          ? {
+              413: errorEntry("The body is larger than this endpoint accepts"),
+              415: errorEntry("The body is not application/json"),
+            }
+          : {}),
+        ...route.responses,
+      },
+    });
+
+    // zod-openapi's own body check reads the body without a cap and answers in its own shapes:
+    // the body is left out of what it checks, and read here once, capped, after params and query.
+    const { body: _documented, ...request } = route.request ?? {};
+    const registered = createRoute({ ...route, request, hide: true, middleware: [authenticate(auth)] });
+    const hook = params
+      ? (result: { success: boolean; error?: z.ZodError; target: string }, c: Context) => {
+          if (result.success || !result.error || result.target !== "param") return validationHook(result);
+          const name = String(result.error.issues[0]?.path[0] ?? "");
+          const refuse = refusals.get(params.shape[name] as z.ZodType);
+          const value = c.req.param(name) ?? "";
+          throw refuse ? refuse(value) : new AppError("not_found", `No resource '${value.slice(0, 80)}'.`);
+        }
+      : undefined;
+    app.openapi(
+      registered,
+      async (c, next) => {
+        if (bodySchema) c.req.addValidatedData("json", (await readJson(c, bodySchema, bodyLimit)) as object);
+        return (handler as (c: Context, next: () => Promise<void>) => Response | Promise<Response>)(c, next);
+      },
+      hook,
+    );
+  };
 }

@@ -9,7 +9,6 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { OpenAPIHono } from "@hono/zod-openapi";
 import {
   AppError,
   ErrorResponse,
@@ -18,56 +17,50 @@ import {
   Runner,
   RunnerPublish,
 } from "@paddock/protocol";
-import type { Context, MiddlewareHandler } from "hono";
+import type { Context } from "hono";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
-import type { Principal } from "../identity/identity.ts";
-import { json } from "./http.ts";
-
-type ApiEnv = { Variables: { principal: Principal } };
+import { type DefineRoute, json, tooLarge } from "./http.ts";
 
 /**
  * Adds `POST /v1/runners` and its OpenAPI entry to the API.
- * @example registerRunnerRoutes(app, deps.runners, { authenticate: authenticate("admin") });
+ * @example registerRunnerRoutes(route, deps.runners);
  */
-export function registerRunnerRoutes(
-  app: OpenAPIHono<ApiEnv>,
-  runners: RunnerRegistry,
-  helpers: { authenticate: MiddlewareHandler<ApiEnv> },
-): void {
-  app.openAPIRegistry.registerPath({
-    method: "post",
-    path: "/v1/runners",
-    summary: "Publish a runner version; it becomes current (admin)",
-    description:
-      "multipart/form-data: 'bundle' (one ES module file) and optionally 'node' (a Node binary; default the " +
-      "host's own). The runner is started in a sandbox before it is stored, which also builds its compile cache.",
-    security: [{ bearer: [] }],
-    request: { body: { content: { "multipart/form-data": { schema: RunnerPublish } }, required: true } },
-    responses: {
-      201: json(Runner, "Published; now the current runner"),
-      400: json(ErrorResponse, "A part is missing, empty or unknown"),
-      401: json(ErrorResponse, "Missing or invalid API key"),
-      403: json(ErrorResponse, "Not the admin key"),
-      413: json(ErrorResponse, "The files are larger than this host accepts"),
-      415: json(ErrorResponse, "The body is not multipart/form-data"),
-      422: json(ErrorResponse, "The bundle and Node do not start as a runner (runner_invalid)"),
+export function registerRunnerRoutes(route: DefineRoute, runners: RunnerRegistry): void {
+  route(
+    {
+      method: "post",
+      path: "/v1/runners",
+      summary: "Publish a runner version; it becomes current (admin)",
+      description:
+        "multipart/form-data: 'bundle' (one ES module file) and optionally 'node' (a Node binary; default the " +
+        "host's own). The runner is started in a sandbox before it is stored, which also builds its compile cache.",
+      auth: "admin",
+      // Read by the handler: the files are streamed to disk with a cap, never held as form fields.
+      request: { body: { content: { "multipart/form-data": { schema: RunnerPublish } }, required: true } },
+      responses: {
+        201: json(Runner, "Published; now the current runner"),
+        400: json(ErrorResponse, "A part is missing, empty or unknown"),
+        413: json(ErrorResponse, "The files are larger than this host accepts"),
+        415: json(ErrorResponse, "The body is not multipart/form-data"),
+        422: json(ErrorResponse, "The bundle and Node do not start as a runner (runner_invalid)"),
+      },
     },
-  });
-  app.post("/v1/runners", helpers.authenticate, async (c) => {
-    const dir = await mkdtemp(join(tmpdir(), "paddock-runner-upload-"));
-    try {
-      const upload = await readRunnerUpload(c, dir);
-      const published = await runners.publish({
-        bundlePath: upload.bundlePath,
-        nodePath: upload.nodePath ?? process.execPath,
-      });
-      const row = (await runners.list()).find((r) => r.digest === published.digest);
-      if (!row) throw new Error(`runner ${published.digest} is missing after it was published`);
-      return c.json(row, 201);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
+    async (c) => {
+      const dir = await mkdtemp(join(tmpdir(), "paddock-runner-upload-"));
+      try {
+        const upload = await readRunnerUpload(c, dir);
+        const published = await runners.publish({
+          bundlePath: upload.bundlePath,
+          nodePath: upload.nodePath ?? process.execPath,
+        });
+        const row = (await runners.list()).find((r) => r.digest === published.digest);
+        if (!row) throw new Error(`runner ${published.digest} is missing after it was published`);
+        return c.json(row, 201);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
 }
 
 interface RunnerUpload {
@@ -142,8 +135,4 @@ async function readRunnerUpload(c: Context, dir: string): Promise<RunnerUpload> 
     await writeFile(nodePath, Buffer.from(await node.arrayBuffer()), { mode: 0o700 });
   }
   return { bundlePath, nodePath };
-}
-
-function tooLarge(max: number): AppError {
-  return new AppError("body_too_large", `The request body is larger than ${max} bytes.`, { limit_bytes: max });
 }

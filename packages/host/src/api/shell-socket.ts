@@ -11,7 +11,7 @@
  */
 import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
-import { AppError, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
+import { AppError } from "@paddock/protocol";
 import { type WebSocket, WebSocketServer } from "ws";
 import type { EnvSessions } from "../envs/sessions.ts";
 import type { Identity } from "../identity/identity.ts";
@@ -34,7 +34,7 @@ export function attachShellSocket(server: Server, deps: ShellSocketDeps): () => 
     void upgrade(wss, deps, req, socket, head).catch((err: unknown) => {
       const error = err instanceof AppError ? err : new AppError("internal");
       if (!(err instanceof AppError)) deps.log(`shell socket: ${(err as Error).stack ?? err}`);
-      refuse(socket, error.code, error.message);
+      refuse(socket, error);
     });
   };
   server.on("upgrade", onUpgrade);
@@ -107,12 +107,11 @@ async function upgrade(
   });
 }
 
-/** Answers an upgrade request with the API's JSON error and closes the connection. */
-function refuse(socket: Duplex, code: ErrorCode, message: string): void {
+/** Answers an upgrade request with the API's JSON error (its wire shape) and closes the connection. */
+function refuse(socket: Duplex, error: AppError): void {
   if (socket.destroyed) return;
-  const status = ERROR_CODES[code].status;
-  const body = JSON.stringify({ error: { code, message } });
+  const body = JSON.stringify(error.toBody());
   socket.end(
-    `HTTP/1.1 ${status} ${code}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    `HTTP/1.1 ${error.status} ${error.code}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );
 }

@@ -19,9 +19,10 @@ import { packSnapshot } from "../archive/pack-layers.ts";
 import { encodeHeader, endOfArchive, type HeaderFields, padding } from "../archive/tar-format.ts";
 import { ImageStore } from "../images/image-store.ts";
 import { digestTree } from "../images/tree-digest.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, testImagesDir, waitForRun } from "../testing/harness.ts";
 
-const skip = hostSkipReason();
+const skip = e2eSkip(hostSkipReason());
 const MARKER = "/etc/paddock-host-b";
 /** Prints what the environment holds; the same command runs on both hosts. */
 const SCRIPT = [

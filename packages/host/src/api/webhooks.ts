@@ -1,67 +1,79 @@
 /** Webhooks over HTTP: an agent's webhooks (create, list, delete) and the delivery endpoint. */
 import { AppError, MAX_WEBHOOK_BODY_BYTES, Page, Webhook } from "@paddock/protocol";
-import type { Context } from "hono";
 import { z } from "zod";
 import type { Agents } from "../agents/agents.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
-import { json, type RouteHelpers } from "./http.ts";
+import { type DefineRoute, json, pathParam, tenantOf, tooLarge } from "./http.ts";
 
 const Delivery = z
   .object({ run_id: z.string(), status: z.string(), deduplicated: z.boolean() })
   .meta({ id: "WebhookDelivery" });
+const WebhookId = z.string().regex(/^whk_[0-9a-z]{32}$/);
+/** An agent by id or name, as the CLI names agents. */
+const AgentRef = z.object({ id: pathParam(z.string().min(1).max(128), "agent") });
 
-function hookId(c: Context): string {
-  const value = c.req.param("id") ?? "";
-  // A malformed id cannot exist: the same answer as any unknown one.
-  if (!/^whk_[0-9a-z]{32}$/.test(value)) throw new AppError("webhook_signature_invalid");
-  return value;
-}
-
-export function registerWebhookRoutes<C extends Context>(
-  deps: { webhooks: Webhooks; agents: Agents },
-  h: RouteHelpers<C>,
-): void {
-  const { route, tenantOf } = h;
+export function registerWebhookRoutes(route: DefineRoute, deps: { webhooks: Webhooks; agents: Agents }): void {
   const { webhooks, agents } = deps;
   route(
-    "post",
-    "/v1/agents/{id}/webhooks",
     {
+      method: "post",
+      path: "/v1/agents/{id}/webhooks",
       summary: "Create a webhook that starts runs of the agent; its secret is shown only in this answer",
       auth: "tenant",
+      request: { params: AgentRef },
       responses: { 201: json(Webhook, "Created") },
     },
     async (c) => {
-      const agent = await agents.resolve(tenantOf(c), c.req.param("id") ?? "");
+      const agent = await agents.resolve(tenantOf(c), c.req.valid("param").id);
       return c.json(await webhooks.create(tenantOf(c), agent.row.id), 201);
     },
   );
   route(
-    "get",
-    "/v1/agents/{id}/webhooks",
     {
+      method: "get",
+      path: "/v1/agents/{id}/webhooks",
       summary: "List an agent's webhooks (never their secrets)",
       auth: "tenant",
+      request: { params: AgentRef },
       responses: { 200: json(Page(Webhook), "Webhooks") },
     },
     async (c) => {
-      const agent = await agents.resolve(tenantOf(c), c.req.param("id") ?? "");
-      return c.json({ data: await webhooks.list(tenantOf(c), agent.row.id), next_cursor: null });
+      const agent = await agents.resolve(tenantOf(c), c.req.valid("param").id);
+      return c.json({ data: await webhooks.list(tenantOf(c), agent.row.id), next_cursor: null }, 200);
     },
   );
   route(
-    "delete",
-    "/v1/webhooks/{id}",
-    { summary: "Delete a webhook", auth: "tenant", responses: { 200: json(Webhook, "Deleted") } },
-    async (c) => c.json(await webhooks.delete(tenantOf(c), c.req.param("id") ?? "")),
+    {
+      method: "delete",
+      path: "/v1/webhooks/{id}",
+      summary: "Delete a webhook",
+      auth: "tenant",
+      request: { params: z.object({ id: pathParam(WebhookId, "webhook") }) },
+      responses: { 200: json(Webhook, "Deleted") },
+    },
+    async (c) => c.json(await webhooks.delete(tenantOf(c), c.req.valid("param").id), 200),
   );
   route(
-    "post",
-    "/v1/hooks/{id}",
     {
+      method: "post",
+      path: "/v1/hooks/{id}",
       summary:
         'Deliver to a webhook: x-paddock-timestamp (unix seconds), x-paddock-signature: sha256=HMAC-SHA256(secret, "<timestamp>.<delivery>.<body>"), x-paddock-delivery (an id, deduplicated); the body becomes the run\'s input',
       auth: "none",
+      request: {
+        // A malformed id cannot exist: the same answer as any unknown webhook.
+        params: z.object({
+          id: pathParam(WebhookId, "webhook", () => new AppError("webhook_signature_invalid")),
+        }),
+        // Read by the handler: the signature covers the exact bytes.
+        body: {
+          content: {
+            "*/*": {
+              schema: z.string().meta({ description: "Any body; JSON becomes the input as a value, else as text" }),
+            },
+          },
+        },
+      },
       responses: {
         202: json(Delivery, "A run was started (or had been, for a repeated delivery id)"),
         401: { description: "Bad or missing signature, unknown webhook, or a timestamp outside five minutes" },
@@ -69,9 +81,9 @@ export function registerWebhookRoutes<C extends Context>(
       },
     },
     async (c) => {
-      const id = hookId(c);
+      const id = c.req.valid("param").id;
       const declared = Number(c.req.header("content-length") ?? 0);
-      if (declared > MAX_WEBHOOK_BODY_BYTES) throw new AppError("body_too_large");
+      if (declared > MAX_WEBHOOK_BODY_BYTES) throw tooLarge(MAX_WEBHOOK_BODY_BYTES);
       // Read with a running cap: a chunked body has no length to check first.
       const chunks: Buffer[] = [];
       let size = 0;
@@ -82,7 +94,7 @@ export function registerWebhookRoutes<C extends Context>(
         size += part.value.length;
         if (size > MAX_WEBHOOK_BODY_BYTES) {
           await reader?.cancel();
-          throw new AppError("body_too_large");
+          throw tooLarge(MAX_WEBHOOK_BODY_BYTES);
         }
         chunks.push(Buffer.from(part.value));
       }

@@ -21,11 +21,12 @@ import { after, before, describe, test } from "node:test";
 import { constants, gzipSync, zstdCompressSync } from "node:zlib";
 import { AppError } from "@paddock/protocol";
 import { digestTree } from "../images/tree-digest.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { detectCompression, type ExtractOptions, extractTarball } from "./extract-rootfs.ts";
 import { encodeHeader, endOfArchive, type HeaderFields, padding } from "./tar-format.ts";
 
 const isRoot = process.getuid?.() === 0;
-const skip = !isRoot && "extracting with owners, devices and whiteouts needs root";
+const skip = e2eSkip(!isRoot && "extracting with owners, devices and whiteouts needs root");
 let work: string;
 let outside: string;
 let counter = 0;

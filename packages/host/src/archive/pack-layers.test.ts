@@ -27,12 +27,13 @@ import { freezeUpper, keepXattr } from "../envs/freeze.ts";
 import { readXattrs, writeXattrs, xattrKey } from "../envs/xattrs.ts";
 import { ImageStore } from "../images/image-store.ts";
 import { digestTree } from "../images/tree-digest.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { extractTarball, openArchive } from "./extract-rootfs.ts";
 import { packSnapshot, packTree, unpackSnapshot } from "./pack-layers.ts";
 import { encodeHeader, endOfArchive, type HeaderFields, padding } from "./tar-format.ts";
 
 const isRoot = process.getuid?.() === 0;
-const skip = !isRoot && "packing and unpacking trees with owners, whiteouts and xattrs needs root";
+const skip = e2eSkip(!isRoot && "packing and unpacking trees with owners, whiteouts and xattrs needs root");
 const OPAQUE_DIR = "opa\\que\nfolder";
 let work: string;
 let counter = 0;
@@ -160,7 +161,9 @@ describe("packTree", { skip }, () => {
     if (xattrs) assert.equal(opaqueValue(join(dest, OPAQUE_DIR)), "y");
   });
 
-  test("an opaque folder is kept", { skip: !xattrs && "needs getfattr/setfattr and trusted xattrs" }, async () => {
+  test("an opaque folder is kept", {
+    skip: e2eSkip(!xattrs && "needs getfattr/setfattr and trusted xattrs"),
+  }, async () => {
     const tree = fresh("opaque");
     await mkdir(join(tree, "a/b"), { recursive: true });
     execFileSync("setfattr", ["-n", "trusted.overlay.opaque", "-v", "y", join(tree, "a/b")]);
@@ -404,8 +407,10 @@ const defaultDigest = (() => {
 const realRootfs = defaultDigest && testData ? join(testData, "images", defaultDigest, "rootfs") : null;
 const realSkip =
   skip ||
-  (!testData && "PADDOCK_TEST_DATA is not set") ||
-  ((realRootfs === null || !existsSync(realRootfs)) && `no base image at ${testData}/images/<default>/rootfs`);
+  e2eSkip(
+    (!testData && "PADDOCK_TEST_DATA is not set") ||
+      ((realRootfs === null || !existsSync(realRootfs)) && `no base image at ${testData}/images/<default>/rootfs`),
+  );
 
 describe("a real base image", { skip: realSkip }, () => {
   test("its digest survives packSnapshot → unpackSnapshot", async () => {
@@ -450,7 +455,7 @@ function dumpAll(dir: string): string {
 }
 
 describe("extended attributes of a layer", {
-  skip: skip || (!xattrs && "needs getfattr/setfattr and trusted xattrs"),
+  skip: skip || e2eSkip(!xattrs && "needs getfattr/setfattr and trusted xattrs"),
 }, () => {
   const userValue = Buffer.from("hello=paddock\nsecond line \u0000\u00ff", "latin1");
   let layer: string;

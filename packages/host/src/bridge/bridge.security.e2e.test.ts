@@ -12,6 +12,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { isEvent } from "@paddock/protocol";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "./bridge-test-support.ts";
 
@@ -92,7 +93,7 @@ results.own = { status: ok.status };
 writeFileSync("/outputs/result.json", JSON.stringify(results));
 `;
 
-describe("bridge security", { skip: hostSkipReason() }, () => {
+describe("bridge security", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;
   let upstream: StandIn;
 

@@ -8,9 +8,10 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { newId } from "../store/ids.ts";
 import { openSqlite } from "../store/sqlite.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { type ApiResult, hostSkipReason, startTestHost, type TestHost } from "../testing/harness.ts";
 
-const skip = hostSkipReason();
+const skip = e2eSkip(hostSkipReason());
 
 const github = {
   base_url: "https://API.github.com/",

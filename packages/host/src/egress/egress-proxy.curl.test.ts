@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { EgressProxy, type EgressRecord } from "./egress-proxy.ts";
 
 const run = promisify(execFile);
@@ -29,7 +30,7 @@ function which(name: string): string | undefined {
 
 const curl = which("curl");
 const openssl = which("openssl");
-const skip = !curl ? "curl is not installed" : !openssl ? "openssl is not installed" : false;
+const skip = e2eSkip(!curl ? "curl is not installed" : !openssl && "openssl is not installed");
 
 async function listenLoopback(server: Server): Promise<number> {
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));

@@ -21,6 +21,7 @@ import {
   type RunStatus,
 } from "@paddock/protocol";
 import { LineSplitter } from "@paddock/runner";
+import type { ArtifactRow, Artifacts } from "../artifacts/artifacts.ts";
 import type { BlobStore } from "../artifacts/blob-store.ts";
 import { collectOutputs } from "../artifacts/collector.ts";
 import type { LiveSandboxes } from "../bridge/live.ts";
@@ -45,12 +46,8 @@ export interface AttemptDeps {
   resolveLayers(spec: AgentSpec): Promise<string[]>;
   /** The runner every boot mounts, whatever runner the snapshot names. */
   currentRunner(): Promise<CurrentRunner>;
-  /** Persists artifacts and their events in one transaction. */
-  recordArtifacts(
-    run: { runId: string; tenantId: string; attempt: number },
-    rows: ArtifactRow[],
-    events: NewEvent[],
-  ): Promise<void>;
+  /** Where collected artifacts are recorded, with their events. */
+  artifacts: Pick<Artifacts, "record">;
   heartbeatMs: number;
   heartbeatTimeoutMs: number;
   log: (msg: string) => void;
@@ -98,14 +95,6 @@ export async function sandboxSpec(
     cwd: "/",
     network: deps.bridge !== undefined,
   };
-}
-
-export interface ArtifactRow {
-  id: string;
-  path: string;
-  size: number;
-  sha256: string;
-  content_type: string;
 }
 
 export interface AttemptInput {
@@ -478,7 +467,7 @@ export class Attempt {
       if (result.skippedCount > result.skipped.length) {
         events.push({ type: "artifact.skipped", data: { more: result.skippedCount - result.skipped.length } });
       }
-      if (events.length > 0) await this.#deps.recordArtifacts(this.#in, rows, events);
+      if (events.length > 0) await this.#deps.artifacts.record(this.#in, rows, events);
     } catch (err) {
       this.#deps.log(`run ${runId}: collecting artifacts failed: ${String(err)}`);
       await this.#deps.events

@@ -6,9 +6,10 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { isEvent } from "@paddock/protocol";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 
-const skip = hostSkipReason();
+const skip = e2eSkip(hostSkipReason());
 
 describe("durable runs", { skip }, () => {
   let t: TestHost;

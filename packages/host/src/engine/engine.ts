@@ -3,7 +3,14 @@
  * executes each attempt, records the outcome with its events in one transaction, and on start
  * reconciles runs that a dead host left in flight.
  */
-import type { RetryPolicy, RetryReason, RunEventData, RunStatus } from "@paddock/protocol";
+import {
+  AppError,
+  type RetryPolicy,
+  type RetryReason,
+  type RunEventData,
+  type RunStatus,
+  TERMINAL_STATUSES,
+} from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
@@ -12,6 +19,13 @@ import type { EventLog, NewEvent } from "./event-log.ts";
 import type { CurrentRunner } from "./runner-registry.ts";
 import { type AgentSpec, type RunRepository, terminalEvent } from "./runs.ts";
 import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
+
+/** What the engine works with: the store and the runs in it, and everything an attempt needs. */
+export interface EngineDeps extends AttemptDeps {
+  db: Kysely<Database>;
+  runs: RunRepository;
+  snapshots: Snapshots;
+}
 
 export interface EngineConfig {
   workerId: string;
@@ -31,7 +45,7 @@ export class Engine {
   readonly #db: Kysely<Database>;
   readonly #runs: RunRepository;
   readonly #events: EventLog;
-  readonly #deps: AttemptDeps;
+  readonly #deps: EngineDeps;
   readonly #config: EngineConfig;
   readonly #snapshots: Snapshots;
   readonly #active = new Map<
@@ -55,18 +69,11 @@ export class Engine {
   #again = false;
   #closed = false;
 
-  constructor(
-    db: Kysely<Database>,
-    runs: RunRepository,
-    events: EventLog,
-    snapshots: Snapshots,
-    deps: AttemptDeps,
-    config: EngineConfig,
-  ) {
-    this.#snapshots = snapshots;
-    this.#db = db;
-    this.#runs = runs;
-    this.#events = events;
+  constructor(deps: EngineDeps, config: EngineConfig) {
+    this.#snapshots = deps.snapshots;
+    this.#db = deps.db;
+    this.#runs = deps.runs;
+    this.#events = deps.events;
     this.#deps = deps;
     this.#config = config;
     this.#warm = new WarmPool(deps.driver, config.warm, deps.log);
@@ -119,12 +126,36 @@ export class Engine {
       });
   }
 
-  /** Kills a running run's sandbox; the attempt then records the run as canceled. */
-  cancel(runId: string): boolean {
-    const entry = this.#active.get(runId);
-    if (!entry) return false;
-    entry.attempt.stop("canceled");
-    return true;
+  /**
+   * Cancels a run of the tenant and, below it, every child run still going. A queued run ends
+   * canceled at once; a starting or running one is marked, and its sandbox killed if it runs
+   * here (the attempt then records it canceled). Returns the run as it is now and whether it was
+   * still queued; not_found for another tenant's run, run_not_cancelable for one that ended.
+   */
+  async cancel(tenantId: string, runId: string): Promise<{ run: RunsTable; wasQueued: boolean }> {
+    const run = await this.#runs.get(tenantId, runId);
+    if (!run) throw new AppError("not_found", `No run '${runId}'.`);
+    if ((TERMINAL_STATUSES as readonly string[]).includes(run.status)) {
+      throw new AppError("run_not_cancelable", `The run already ended (${run.status}).`);
+    }
+    const wasQueued = await this.#cancelTree(run.id);
+    return { run: (await this.#runs.getById(run.id)) ?? run, wasQueued };
+  }
+
+  /** Cancels a run and its children still going, deepest first; true when the run was still queued. */
+  async #cancelTree(runId: string): Promise<boolean> {
+    for (const child of await this.#runs.childrenGoing(runId)) await this.#cancelTree(child);
+    const canceled = await this.#runs.transition(
+      runId,
+      ["queued"],
+      "canceled",
+      { reason: "canceled", finished_at: Date.now() },
+      [terminalEvent("canceled", "canceled", null)],
+    );
+    if (canceled) return true;
+    await this.#runs.requestCancel(runId);
+    this.#active.get(runId)?.attempt.stop("canceled");
+    return false;
   }
 
   /** Spares waiting for runs (for diagnostics and tests). */

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { isEvent } from "@paddock/protocol";
 import { artifactJson, type StandIn, startStandIn } from "../bridge/bridge-test-support.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
 
@@ -35,7 +36,7 @@ const c = await show(await bridge.fetch("echo", "/echo/c", { method: "POST", bod
 writeFileSync("/outputs/result.json", JSON.stringify({ a, b, c, d, k }));
 `;
 
-describe("journal resume", { skip: hostSkipReason() }, () => {
+describe("journal resume", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;
   let upstream: StandIn;
   let stand: LlmStandIn;

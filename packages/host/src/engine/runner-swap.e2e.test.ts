@@ -11,10 +11,11 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { RunnerLayers } from "../images/runner-layers.ts";
 import { openSqlite } from "../store/sqlite.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../testing/harness.ts";
 import { RunnerRegistry } from "./runner-registry.ts";
 
-const skip = hostSkipReason();
+const skip = e2eSkip(hostSkipReason());
 const BUNDLE = new URL("../../../runner/dist/runner.mjs", import.meta.url).pathname;
 
 // biome-ignore lint/suspicious/noExplicitAny: JSON.

@@ -179,6 +179,17 @@ export class RunRepository {
     return q.orderBy("id", "desc").limit(filter.limit).execute();
   }
 
+  /** The ids of a run's child runs that have not ended (queued, starting or running). */
+  async childrenGoing(runId: string): Promise<string[]> {
+    const rows = await this.#db
+      .selectFrom("runs")
+      .select("id")
+      .where("parent_run_id", "=", runId)
+      .where("status", "in", ["queued", "starting", "running"])
+      .execute();
+    return rows.map((r) => r.id);
+  }
+
   /**
    * Marks a starting or running run for cancellation, with its event, leaving its status alone
    * (the engine records `canceled` once the sandbox is gone). False when the run is not active.

@@ -3,11 +3,12 @@ import { mkdir, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { computeChanges, excludeTree } from "./changes.ts";
 import { freezeUpper } from "./freeze.ts";
 import { describeTree, mountsUnder, Scratch, skipReason } from "./test-support.ts";
 
-const skip = skipReason();
+const skip = e2eSkip(skipReason());
 
 describe("computeChanges", { skip }, () => {
   test("compares with the merged lower stack, whose whiteouts and opaque folders hide entries", async () => {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { link, lstat, mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { excludeTree, walkChanges } from "./changes.ts";
 import { CopyCosts, planCopy, splitSources } from "./copy-plan.ts";
 import { freezeUpper } from "./freeze.ts";
@@ -24,7 +25,7 @@ async function makeUpper(upper: string): Promise<void> {
   await writeFile(join(upper, "top"), "t");
 }
 
-describe("splitSources", { skip: skipReason() }, () => {
+describe("splitSources", { skip: e2eSkip(skipReason()) }, () => {
   test("opens big folders, balances the runs and keeps the names of one inode in one run", async () => {
     const s = await Scratch.create("paddock-copy-plan-");
     try {

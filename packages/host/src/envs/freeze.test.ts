@@ -4,10 +4,11 @@ import { chmod, lchown, link, lstat, mkdir, readdir, readFile, rm, symlink, writ
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { digestTree, scanTree } from "../images/tree-digest.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { DEFAULT_FREEZE_EXCLUDE, freezeUpper } from "./freeze.ts";
 import { describeTree, getXattr, listXattrNames, Scratch, sh, skipReason } from "./test-support.ts";
 
-const skip = skipReason();
+const skip = e2eSkip(skipReason());
 const CAP_NET_RAW = "0x0100000200200000000000000000000000000000";
 const AGENT = 61000;
 

@@ -12,9 +12,10 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import WebSocket from "ws";
 import { classifyAddress } from "../egress/address-policy.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 
-const skip = hostSkipReason();
+const skip = e2eSkip(hostSkipReason());
 
 // biome-ignore lint/suspicious/noExplicitAny: JSON.
 type Json = any;

@@ -90,8 +90,8 @@ export interface EnvSessionsDeps {
   layersDir: string;
   maxLimits: Limits;
   log: (msg: string) => void;
-  /** Open sessions this host allows at once; default 16. */
-  maxSessions?: number;
+  /** Open sessions this host allows at once. */
+  maxSessions: number;
   /** Test-only: lets the egress proxy reach stand-in origins on loopback. */
   egressTestOverrides?: EgressProxyTestOverrides;
   /** Non-public addresses the operator trusts as egress targets (an internal mirror); see EgressProxyOptions. */
@@ -631,7 +631,7 @@ export class EnvSessions {
 
   /** The lowest free id range (one per open session), as a host id. */
   #allocateIdBase(): number {
-    const max = this.#deps.maxSessions ?? 16;
+    const max = this.#deps.maxSessions;
     if (this.#live.size >= max) throw new AppError("session_limit");
     const used = new Set([...this.#live.values()].map((l) => l.row.id_base));
     // A random start keeps ranges of consecutive sessions apart on the host; any free slot will do.

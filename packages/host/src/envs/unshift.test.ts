@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { trustedList } from "../egress/egress-proxy.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { unshiftAcl, unshiftCapability, unshiftTree } from "./unshift.ts";
 
 const BASE = 1_000_000_000;
@@ -12,7 +13,7 @@ const root = process.getuid?.() === 0;
 
 describe("unshift", () => {
   it("moves owners in the range back, keeps setuid bits and ids outside the range", {
-    skip: !root && "chown needs root",
+    skip: e2eSkip(!root && "chown needs root"),
   }, async () => {
     const dir = await mkdtemp(join(tmpdir(), "paddock-unshift-"));
     try {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { mkdir, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { getXattr, Scratch, skipReason } from "./test-support.ts";
 import { quote, readXattrs, unquote, writeXattrs, type XattrMap } from "./xattrs.ts";
 
@@ -26,7 +27,7 @@ describe("quote", () => {
   });
 });
 
-describe("readXattrs / writeXattrs", { skip: skipReason() }, () => {
+describe("readXattrs / writeXattrs", { skip: e2eSkip(skipReason()) }, () => {
   test("copy attributes between trees by raw names, without following symlinks", async () => {
     const s = await Scratch.create("paddock-xattrs-");
     try {

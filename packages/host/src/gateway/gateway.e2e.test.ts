@@ -13,6 +13,7 @@ import { after, before, describe, test } from "node:test";
 import { BuiltinAgentEvent, isEvent, type RunEvent } from "@paddock/protocol";
 import { build } from "esbuild";
 import { artifactJson } from "../bridge/bridge-test-support.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
 
@@ -118,7 +119,7 @@ function floodResults(events: RunEvent[]): [number, string | null][] {
   return JSON.parse(line);
 }
 
-describe("LLM gateway", { skip: hostSkipReason() }, () => {
+describe("LLM gateway", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;
   let stand: LlmStandIn;
   let sdkBundle: string;

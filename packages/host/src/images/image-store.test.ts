@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { AppError } from "@paddock/protocol";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { ImageStore } from "./image-store.ts";
 import { resolveCommand } from "./resolve-command.ts";
 import { digestTree } from "./tree-digest.ts";
@@ -64,7 +65,7 @@ describe("ImageStore without an image", () => {
 });
 
 describe("ImageStore with imported images", {
-  skip: !isRoot && "copying a root filesystem with its owners needs root",
+  skip: e2eSkip(!isRoot && "copying a root filesystem with its owners needs root"),
 }, () => {
   test("an import is tidied, content-addressed and listed", async () => {
     const store = new ImageStore({ imagesDir: join(work, `store-${counter++}`) });
@@ -222,7 +223,7 @@ const noImage = real
   ? false
   : "no base image: set PADDOCK_TEST_DATA to a data folder where 'make base-image' built one";
 
-describe("the real base image", { skip: noImage }, () => {
+describe("the real base image", { skip: e2eSkip(noImage) }, () => {
   test("resolves, and its rootfs has python3 and the agent user", async () => {
     const store = real as ImageStore;
     const image = await store.resolve("default");
@@ -240,7 +241,7 @@ describe("the real base image", { skip: noImage }, () => {
   });
 
   test("meta.json names the digest of the rootfs", {
-    skip: !isRoot && "reading every file of the image needs root",
+    skip: e2eSkip(!isRoot && "reading every file of the image needs root"),
   }, async () => {
     const store = real as ImageStore;
     const image = await store.resolve("default");

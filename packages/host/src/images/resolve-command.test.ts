@@ -4,6 +4,7 @@ import { chmod, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { LayerStore } from "./layer-store.ts";
 import { resolveCommand } from "./resolve-command.ts";
 
@@ -133,7 +134,9 @@ describe("resolveCommand on synthetic layers", () => {
     assert.equal(await resolveCommand([upper, base], "/opt/pkg/run"), null, "an upper file hides a lower folder");
   });
 
-  test("a whiteout hides the base's file", { skip: !isRoot && "creating a whiteout device needs root" }, async () => {
+  test("a whiteout hides the base's file", {
+    skip: e2eSkip(!isRoot && "creating a whiteout device needs root"),
+  }, async () => {
     assert.equal(await resolveCommand([base], "hidden"), "/usr/bin/hidden");
     assert.equal(await resolveCommand([upper, base], "hidden"), null);
   });
@@ -154,7 +157,7 @@ const noImage = rootfs
   ? false
   : "no base image: set PADDOCK_TEST_DATA to a data folder where 'make base-image' built one";
 
-describe("resolveCommand on the real base image", { skip: noImage }, () => {
+describe("resolveCommand on the real base image", { skip: e2eSkip(noImage) }, () => {
   test("python3, sh and /bin/sh resolve; a missing command does not", async () => {
     const layers = [rootfs ?? ""];
     assert.equal(await resolveCommand(layers, "python3"), "/usr/bin/python3");

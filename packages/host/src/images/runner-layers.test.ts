@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { AppError } from "@paddock/protocol";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { RunnerLayers } from "./runner-layers.ts";
 import { digestTree } from "./tree-digest.ts";
 
@@ -44,7 +45,7 @@ async function source(name: string, content: string, mode: number): Promise<stri
   return path;
 }
 
-describe("RunnerLayers", { skip: skipReason() }, () => {
+describe("RunnerLayers", { skip: e2eSkip(skipReason()) }, () => {
   test("ensure is idempotent and content-addressed, compile cache included", async () => {
     const runners = new RunnerLayers({ runnersDir: join(work, `runners-${counter++}`) });
     const bundlePath = await source("runner.mjs", `${runner}\n// v1\n`, 0o644);

@@ -11,10 +11,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { after, before, describe, it } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { type ApiResult, hostSkipReason, startTestHost, type TestHost } from "../testing/harness.ts";
 import { createMasterKeyFile, MASTER_KEY_ENV, type MasterKey } from "./vault.ts";
 
-const skip = hostSkipReason();
+const skip = e2eSkip(hostSkipReason());
 
 /** A value distinctive enough that any copy of it, in any spelling, is found. */
 const secretValue = (label: string) => `sk-${label}-${randomBytes(18).toString("hex")}`;

@@ -8,8 +8,9 @@ import { mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Page, RunEvent } from "@paddock/protocol";
+import type { HostConfigInput } from "../config.ts";
 import { unsealRunners } from "../engine/runner-registry.ts";
-import { type HostConfig, type RunningHost, startHost } from "../host.ts";
+import { type RunningHost, startHost } from "../host.ts";
 
 export function testImagesDir(): string {
   const data = process.env.PADDOCK_TEST_DATA ?? new URL("../../../../.paddock", import.meta.url).pathname;
@@ -42,7 +43,7 @@ export interface TestHost {
     key?: string | null,
     headers?: Record<string, string>,
   ): Promise<ApiResult>;
-  restart(overrides?: Partial<HostConfig>): Promise<void>;
+  restart(overrides?: Partial<HostConfigInput>): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -53,10 +54,10 @@ export interface ApiResult {
   headers: Headers;
 }
 
-export async function startTestHost(overrides: Partial<HostConfig> = {}): Promise<TestHost> {
+export async function startTestHost(overrides: Partial<HostConfigInput> = {}): Promise<TestHost> {
   const dataDir = await realpath(await mkdtemp(join(tmpdir(), "paddock-test-")));
   const logs: string[] = [];
-  const config: HostConfig = {
+  const config: HostConfigInput = {
     dataDir,
     port: 0,
     imagesDir: testImagesDir(),

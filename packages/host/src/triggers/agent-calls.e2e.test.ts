@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { isEvent } from "@paddock/protocol";
 import { artifactJson } from "../bridge/bridge-test-support.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
 import { MAX_DEPTH } from "./agent-calls.ts";
@@ -55,7 +56,7 @@ try {
 console.log("::paddock::" + JSON.stringify({ type: "result", data: result }));
 `;
 
-describe("agent-to-agent calls", { skip: hostSkipReason() }, () => {
+describe("agent-to-agent calls", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;
   let stand: LlmStandIn;
   let child: string;

@@ -5,12 +5,13 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 
 const MIN = 60_000;
 const HOUR = 60 * MIN;
 
-describe("schedules", { skip: hostSkipReason() }, () => {
+describe("schedules", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;
   let quick: string;
   let slow: string;

@@ -5,10 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 import { signDelivery } from "./webhooks.ts";
 
-describe("webhooks", { skip: hostSkipReason() }, () => {
+describe("webhooks", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;
   let hook: { id: string; path: string; secret: string };
   let other: { id: string; path: string; secret: string };

@@ -9,6 +9,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import { e2eSkip } from "../../testing/e2e-skip.ts";
 import { RUNNER_MOUNT } from "../driver.ts";
 import {
   leftovers,
@@ -22,7 +23,7 @@ import {
 
 const PYTHON = "/usr/bin/python3";
 
-describe("Linux sandbox isolation", { skip: skipReason() }, () => {
+describe("Linux sandbox isolation", { skip: e2eSkip(skipReason()) }, () => {
   let runnerDir: string;
   let t: TestDriver;
 

@@ -8,6 +8,7 @@ import { readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { e2eSkip } from "../../testing/e2e-skip.ts";
 import type { SandboxHandle } from "../driver.ts";
 import { detectCgroups } from "./cgroups.ts";
 import {
@@ -42,7 +43,7 @@ function cmdline(pid: number): string {
   }
 }
 
-describe("Linux sandbox limits", { skip: skipReason() }, () => {
+describe("Linux sandbox limits", { skip: e2eSkip(skipReason()) }, () => {
   let runnerDir: string;
   let t: TestDriver;
 

@@ -6,6 +6,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { DEFAULT_LIMITS } from "@paddock/protocol";
+import { e2eSkip } from "../../testing/e2e-skip.ts";
 import { RUNNER_MOUNT } from "../driver.ts";
 import { detectCgroups } from "./cgroups.ts";
 import { mountPointsUnder } from "./mountinfo.ts";
@@ -23,7 +24,7 @@ import {
 
 const SANDBOX_UID = 61000;
 
-describe("Linux sandbox driver", { skip: skipReason() }, () => {
+describe("Linux sandbox driver", { skip: e2eSkip(skipReason()) }, () => {
   let runnerDir: string;
   let t: TestDriver;
 

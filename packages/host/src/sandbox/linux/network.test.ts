@@ -11,10 +11,11 @@ import net from "node:net";
 import os from "node:os";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
+import { e2eSkip } from "../../testing/e2e-skip.ts";
 import { SandboxNetwork } from "./network.ts";
 import { collect, makeRunnerDir, makeTestDriver, skipReason, type TestDriver, testSpec } from "./test-support.ts";
 
-const skip = skipReason() ?? (process.platform === "linux" ? undefined : "sandbox networks need Linux");
+const skip = e2eSkip(skipReason() ?? (process.platform === "linux" ? undefined : "sandbox networks need Linux"));
 
 /** Tries each target from inside the sandbox; prints one JSON object: target -> "open" or the error. */
 const PROBE = `

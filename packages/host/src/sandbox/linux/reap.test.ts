@@ -9,6 +9,7 @@ import { rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { e2eSkip } from "../../testing/e2e-skip.ts";
 import type { SandboxHandle } from "../driver.ts";
 import { detectCgroups, SandboxCgroup } from "./cgroups.ts";
 import { LinuxSandboxDriver } from "./linux-driver.ts";
@@ -40,7 +41,7 @@ async function sandboxMounts(runDir: string): Promise<string[]> {
   return (await mountPointsUnder(runDir)).filter((p) => !p.includes("/.runners/"));
 }
 
-describe("Linux sandbox reapOrphans", { skip: skipReason() }, () => {
+describe("Linux sandbox reapOrphans", { skip: e2eSkip(skipReason()) }, () => {
   let runnerDir: string;
   let t: TestDriver;
 

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { lstat, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import { e2eSkip } from "../../testing/e2e-skip.ts";
 import { terminalFrame } from "../driver.ts";
 import { SESSION_ID_COUNT } from "./linux-driver.ts";
 import {
@@ -21,7 +22,7 @@ import {
   testSpec,
 } from "./test-support.ts";
 
-const skip = skipReason();
+const skip = e2eSkip(skipReason());
 const BASE = 1_500_000_000;
 
 describe("edit session sandboxes", { skip }, () => {

@@ -1,0 +1,54 @@
+import assert from "node:assert/strict";
+import { availableParallelism } from "node:os";
+import { describe, it } from "node:test";
+import { resolveHostConfig } from "./config.ts";
+
+describe("host configuration", () => {
+  it("fills every default in, the derived ones from what was given", () => {
+    const config = resolveHostConfig({ dataDir: "/srv/paddock", port: 7420 });
+    assert.equal(config.listen, "127.0.0.1");
+    assert.equal(config.imagesDir, "/srv/paddock/images");
+    assert.equal(config.maxConcurrentRuns, 32);
+    assert.equal(config.heartbeatMs, 2000);
+    assert.equal(config.heartbeatTimeoutMs, 15_000);
+    assert.deepEqual(config.maxLimits, {
+      memory_mb: 8192,
+      pids: 4096,
+      cpus: availableParallelism(),
+      timeout_s: 86_400,
+      disk_mb: 8192,
+      log_kb: 16_384,
+      artifacts_mb: 4096,
+    });
+    assert.equal(config.warmSandboxes, 4);
+    assert.equal(config.maxSessions, 16);
+    assert.deepEqual(config.egressTrustedAddresses, []);
+    assert.equal(config.schedulerTickMs, 1000);
+    assert.equal(config.llmTenantLimits, undefined);
+  });
+
+  it("keeps what was given, and derives from it", () => {
+    const config = resolveHostConfig({
+      dataDir: "/d",
+      port: 0,
+      imagesDir: "/images",
+      heartbeatMs: 10_000,
+      maxLimits: { disk_mb: 8 },
+      log: () => {},
+    });
+    assert.equal(config.imagesDir, "/images");
+    assert.equal(config.heartbeatTimeoutMs, 50_000);
+    assert.equal(config.maxLimits.disk_mb, 8);
+    assert.equal(config.maxLimits.memory_mb, 8192);
+    assert.ok(!("log" in config), "hooks stay outside the configuration's data");
+  });
+
+  it("refuses a value out of range, naming it", () => {
+    assert.throws(() => resolveHostConfig({ dataDir: "/d", port: 70_000 }), /invalid host configuration[\s\S]*port/);
+    assert.throws(
+      () => resolveHostConfig({ dataDir: "/d", port: 1, maxLimits: { memory_mb: 1 } }),
+      /maxLimits\.memory_mb/,
+    );
+    assert.throws(() => resolveHostConfig({ dataDir: "", port: 1 }), /dataDir/);
+  });
+});

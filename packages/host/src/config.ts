@@ -1,0 +1,100 @@
+/**
+ * The host's configuration: one schema, parsed once when the host starts, with every default in
+ * it. What is not data (the log line writer, test overrides) is passed beside it as HostHooks.
+ */
+import { availableParallelism } from "node:os";
+import { join } from "node:path";
+import { Limits } from "@paddock/protocol";
+import { z } from "zod";
+import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
+
+/**
+ * The most any agent may ask for; tenants choose limits below these. Defaults: 8 GiB memory,
+ * 4096 pids, every core, 24 h, 8 GiB disk (RAM-backed), 16 MiB of logs, 4 GiB of artifacts.
+ */
+const MaxLimits = z
+  .object({
+    memory_mb: Limits.shape.memory_mb.unwrap().default(8192),
+    pids: Limits.shape.pids.unwrap().default(4096),
+    cpus: Limits.shape.cpus.unwrap().default(() => availableParallelism()),
+    timeout_s: Limits.shape.timeout_s.unwrap().default(86_400),
+    disk_mb: Limits.shape.disk_mb.unwrap().default(8192),
+    log_kb: Limits.shape.log_kb.unwrap().default(16_384),
+    artifacts_mb: Limits.shape.artifacts_mb.unwrap().default(4096),
+  })
+  .strict();
+
+const PerMinute = z.number().int().min(1);
+
+export const HostConfig = z
+  .object({
+    dataDir: z.string().min(1),
+    port: z.number().int().min(0).max(65_535),
+    /** Address to listen on. */
+    listen: z.string().min(1).default("127.0.0.1"),
+    /** Where base images live; default <dataDir>/images. */
+    imagesDir: z.string().min(1).optional(),
+    maxConcurrentRuns: z.number().int().min(1).default(32),
+    heartbeatMs: z.number().int().min(1).default(2000),
+    /** How long a silent runner is believed alive; default five heartbeats, at least 15 s. */
+    heartbeatTimeoutMs: z.number().int().min(1).optional(),
+    maxLimits: MaxLimits.prefault({}),
+    /** Sandboxes booted ahead for agents' next runs (0 disables), and their idle lifetime. */
+    warmSandboxes: z.number().int().min(0).default(4),
+    warmIdleMs: z.number().int().min(0).default(120_000),
+    /** Environment edit sessions open at once. */
+    maxSessions: z.number().int().min(1).default(16),
+    /**
+     * Non-public addresses or CIDR ranges sessions may reach when an allowlisted name resolves
+     * there, such as an internal package mirror (default none: only public addresses).
+     */
+    egressTrustedAddresses: z.array(z.string()).default([]),
+    /** The master key's file (see secrets/master-key.ts); default $PADDOCK_MASTER_KEY, else DATA_DIR/master.key. */
+    masterKeyFile: z.string().min(1).optional(),
+    /** Earlier master keys' files: what they sealed is re-sealed under the master key at start. */
+    oldMasterKeyFiles: z.array(z.string().min(1)).default([]),
+    /** Sandbox networks: the IPv4 range this host claims a block of (default 10.209.0.0/16). */
+    sandboxNetwork: z.object({ range: z.string().optional() }).strict().default({}),
+    /** Run tokens: lifetime (default 10 minutes) and allowed clock skew (default 5 s). */
+    runTokens: z
+      .object({ ttlMs: z.number().int().min(1000).optional(), clockToleranceS: z.number().min(0).optional() })
+      .strict()
+      .default({}),
+    /** How often due schedules are looked for; 0 leaves it to the caller of `scheduler.tick` (tests). */
+    schedulerTickMs: z.number().int().min(0).default(1000),
+    /** LLM rate limits every tenant gets (requests and tokens per minute); default none. */
+    llmTenantLimits: z
+      .object({ requestsPerMinute: PerMinute.optional(), tokensPerMinute: PerMinute.optional() })
+      .strict()
+      .optional(),
+  })
+  .transform((c) => ({
+    ...c,
+    imagesDir: c.imagesDir ?? join(c.dataDir, "images"),
+    heartbeatTimeoutMs: c.heartbeatTimeoutMs ?? Math.max(15_000, c.heartbeatMs * 5),
+  }));
+export type HostConfig = z.output<typeof HostConfig>;
+
+/** What a host is given beside its configuration's data. */
+export interface HostHooks {
+  /** Where log lines go; default stderr, each line with its time. */
+  log?: (line: string) => void;
+  /**
+   * Tests only: lets sessions' egress proxies resolve names with `resolve` and reach loopback
+   * stand-ins for registries. Never set outside tests.
+   */
+  testOnly?: { egress: EgressProxyTestOverrides; resolve: (host: string) => Promise<string[]> };
+}
+
+/** What `startHost` takes: the configuration before its defaults, and the hooks. */
+export type HostConfigInput = z.input<typeof HostConfig> & HostHooks;
+
+/**
+ * The configuration with every default filled in; a value out of range is an error naming it.
+ * @example resolveHostConfig({ dataDir: "/var/lib/paddock", port: 7420 }).maxConcurrentRuns // 32
+ */
+export function resolveHostConfig(input: HostConfigInput): HostConfig {
+  const parsed = HostConfig.safeParse(input);
+  if (!parsed.success) throw new Error(`invalid host configuration:\n${z.prettifyError(parsed.error)}`);
+  return parsed.data;
+}

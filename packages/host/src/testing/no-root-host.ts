@@ -1,0 +1,117 @@
+/**
+ * A host's services without root, Linux networking or a base image, for tests of everything in
+ * front of the sandboxes (the API's auth, validation, errors and tenant isolation). The services
+ * are built by buildServices as a host builds them, over a real SQLite store in a temp folder; the
+ * sandbox driver refuses every boot, the base image is an empty folder, and the runner layer is
+ * one a host would find already built.
+ */
+import { createHash } from "node:crypto";
+import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { resolveHostConfig } from "../config.ts";
+import { unsealRunners } from "../engine/runner-registry.ts";
+import { buildServices, type Services } from "../host.ts";
+import {
+  AGENT_USER,
+  DEFAULT_IMAGE_POINTER,
+  IMAGE_META,
+  IMAGE_ROOTFS,
+  RUNNER_VERSION_FILE,
+  type RunnerVersion,
+} from "../images/layout.ts";
+import { hashFile } from "../images/tree-digest.ts";
+import { migrate } from "../store/migrations.ts";
+import { openSqlite } from "../store/sqlite.ts";
+import { RefusingSandboxDriver } from "./refusing-driver.ts";
+
+export interface NoRootHost {
+  services: Services;
+  driver: RefusingSandboxDriver;
+  adminKey: string;
+  dataDir: string;
+  /** Every line the services logged. */
+  logs: string[];
+  close(): Promise<void>;
+}
+
+const digestOf = (text: string) => `sha256-${createHash("sha256").update(text).digest("hex")}`;
+
+/** An empty base image, made the default: enough for agents whose command is the runner's Node. */
+async function placeImage(imagesDir: string): Promise<void> {
+  const digest = digestOf("no-root test image");
+  await mkdir(join(imagesDir, digest, IMAGE_ROOTFS), { recursive: true });
+  const meta = { digest, source: "test", created_at: new Date(0).toISOString(), size_bytes: 0 };
+  await writeFile(join(imagesDir, digest, IMAGE_META), JSON.stringify(meta));
+  await writeFile(join(imagesDir, DEFAULT_IMAGE_POINTER), `${digest}\n`);
+}
+
+/**
+ * A runner layer as RunnerLayers finds it built from these sources (a host builds one by starting
+ * the runner in a sandbox, which needs root); returns the files it was built from.
+ */
+async function placeRunner(dataDir: string): Promise<{ bundlePath: string; nodePath: string }> {
+  const sources = join(dataDir, "runner-sources");
+  await mkdir(sources);
+  const bundlePath = join(sources, "runner.mjs");
+  const nodePath = join(sources, "node");
+  await writeFile(bundlePath, "// not run: this host boots no sandbox\n");
+  await writeFile(nodePath, "#!/bin/false\n");
+  await chmod(nodePath, 0o755);
+  const digest = digestOf("no-root test runner");
+  const version: RunnerVersion = {
+    digest,
+    created_at: new Date(0).toISOString(),
+    sources: {
+      node: (await hashFile(nodePath)).sha256,
+      bundle: (await hashFile(bundlePath)).sha256,
+      uid: AGENT_USER.uid,
+    },
+    compile_cache: null,
+  };
+  await mkdir(join(dataDir, "runners", digest), { recursive: true });
+  await writeFile(join(dataDir, "runners", digest, RUNNER_VERSION_FILE), JSON.stringify(version));
+  return { bundlePath, nodePath };
+}
+
+/**
+ * Builds a host's services in a new temp folder, with its admin key.
+ * @example const h = await startNoRootHost(); const res = await h.services.app.request("/v1/health");
+ */
+export async function startNoRootHost(): Promise<NoRootHost> {
+  const dataDir = await mkdtemp(join(tmpdir(), "paddock-noroot-"));
+  const logs: string[] = [];
+  const log = (line: string) => logs.push(line);
+  const config = resolveHostConfig({ dataDir, port: 0, warmSandboxes: 0, schedulerTickMs: 0 });
+  await placeImage(config.imagesDir);
+  const runnerFiles = await placeRunner(dataDir);
+  const db = openSqlite(join(dataDir, "paddock.db"));
+  const undo: (() => Promise<unknown>)[] = [];
+  const driver = new RefusingSandboxDriver();
+  try {
+    await migrate(db);
+    const services = await buildServices(config, { db, instance: "noroot", driver, log, undo });
+    await services.runners.publish(runnerFiles);
+    const adminKey = await services.identity.bootstrap();
+    if (!adminKey) throw new Error("a new data folder gives an admin key");
+    return {
+      services,
+      driver,
+      adminKey,
+      dataDir,
+      logs,
+      async close() {
+        await services.engine.close();
+        for (const step of undo.reverse()) await step();
+        await db.destroy();
+        await unsealRunners(dataDir);
+        await rm(dataDir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    for (const step of undo.reverse()) await step().catch(() => {});
+    await db.destroy();
+    await rm(dataDir, { recursive: true, force: true });
+    throw err;
+  }
+}
