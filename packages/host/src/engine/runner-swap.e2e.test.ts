@@ -12,6 +12,7 @@ import { after, before, describe, it } from "node:test";
 import { RunnerLayers } from "../images/runner-layers.ts";
 import { openSqlite } from "../store/sqlite.ts";
 import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../testing/harness.ts";
+import { assertOrder } from "../testing/order.ts";
 import { RunnerRegistry } from "./runner-registry.ts";
 
 const skip = hostSkipReason();
@@ -77,8 +78,11 @@ describe("runner hot-swap", { skip }, () => {
     assert.equal(typeof swapped.swap.ms, "number");
     const made = swapped.events.find((e) => e.type === "snapshot.created")?.data;
     assert.equal(made.version, 2);
-    const order = swapped.events.map((e) => e.type);
-    assert.ok(order.indexOf("snapshot.created") < order.indexOf("run.succeeded"), "recorded before the run ends");
+    assertOrder(
+      swapped.events.map((e) => e.type),
+      ["snapshot.created", "run.succeeded"],
+      "recorded before the run ends",
+    );
 
     const after1 = (await t.api("GET", `/v1/agents/${agent.body.id}`)).body.snapshot;
     assert.deepEqual(after1, { version: 2, base: v1.base, layers: v1.layers, runner: next.digest });

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
+import { assertOrder } from "../testing/order.ts";
 
 const skip = hostSkipReason();
 
@@ -163,8 +164,7 @@ describe("runs end to end", { skip }, () => {
       arts.map((a: { path: string }) => a.path),
       ["partial.txt"],
     );
-    const types = events.map((e: { type: string }) => e.type);
-    assert.ok(types.indexOf("artifact.created") < types.indexOf("run.timed_out"));
+    assertOrder(types(events), ["artifact.created", "run.timed_out"]);
   });
 
   it("records a run whose runner stops heartbeating as lost", async () => {
