@@ -13,6 +13,7 @@ import { RunnerLayers } from "../images/runner-layers.ts";
 import { openSqlite } from "../store/sqlite.ts";
 import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../testing/harness.ts";
 import { assertOrder } from "../testing/order.ts";
+import { waitFor } from "../testing/wait.ts";
 import { RunnerRegistry } from "./runner-registry.ts";
 
 const skip = hostSkipReason();
@@ -69,7 +70,12 @@ describe("runner hot-swap", { skip }, () => {
 
     const next = await publish("v2");
     assert.notEqual(next.digest, v1.runner);
-    await new Promise((r) => setTimeout(r, 600)); // the host rereads the current runner at most every 500 ms
+    // The host rereads the current runner from the store at most every 500 ms.
+    await waitFor(
+      async () =>
+        (await t.api("GET", "/v1/runners")).body.data.some((r: Json) => r.digest === next.digest && r.current),
+      { what: "the host to see the new runner as current" },
+    );
 
     const swapped = await runOnce(agent.body.id);
     assert.equal(swapped.run.status, "succeeded", JSON.stringify(swapped.events.slice(-4)));
