@@ -5,8 +5,8 @@
 import { setTimeout as sleep } from "node:timers/promises";
 
 export interface WaitOptions {
-  /** What is awaited, for the error when it never comes. */
-  what: string;
+  /** What is awaited, for the error when it never comes (a function is asked then, for the latest state). */
+  what: string | (() => string);
   /** Gives up after this long; defaults to 30 s. */
   timeoutMs?: number;
   /** Pause between two polls; defaults to 20 ms. */
@@ -27,7 +27,10 @@ export async function waitFor<T>(
   for (;;) {
     const value = await condition();
     if (value !== false && value !== null && value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${options.what}`);
+    if (Date.now() > deadline) {
+      const what = typeof options.what === "function" ? options.what() : options.what;
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    }
     await sleep(options.intervalMs ?? 20);
   }
 }
