@@ -113,10 +113,35 @@ export const FreezeResult = z
   })
   .meta({ id: "FreezeResult" });
 
+/**
+ * Whether `path` can name a sandbox path left out of a frozen layer: absolute and normalized (no
+ * empty, "." or ".." segment, so no trailing "/"), not "/" itself, no NUL. The schema below and
+ * the freeze both use it, so the API refuses exactly what the freeze would.
+ * @example isFreezeExcludePath("/var/cache/apt/archives") // true; "/tmp/", "/a/../b" and "/" are not
+ */
+export function isFreezeExcludePath(path: string): boolean {
+  if (!path.startsWith("/") || path.includes("\0")) return false;
+  return path
+    .split("/")
+    .slice(1)
+    .every((part) => part !== "" && part !== "." && part !== "..");
+}
+
+/** Why `path` was refused as an excluded path (the entry is quoted, so the caller sees which). */
+export function freezeExcludeMessage(path: unknown): string {
+  return `excluded path must be absolute, normalized and not "/": ${JSON.stringify(path)}`;
+}
+
+/** One sandbox path to leave out of a frozen layer. */
+export const FreezeExcludePath = z
+  .string()
+  .max(4096)
+  .refine(isFreezeExcludePath, { error: (issue) => freezeExcludeMessage(issue.input) });
+
 export const EnvFreeze = z
   .object({
     /** Sandbox paths left out of the layer; replaces the default list (/tmp, /run, apt's cache...). */
-    exclude: z.array(z.string().startsWith("/").max(4096)).max(1000).optional(),
+    exclude: z.array(FreezeExcludePath).max(1000).optional(),
   })
   .strict()
   .meta({ id: "EnvFreeze" });

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
+import { waitFor } from "../testing/wait.ts";
 
 const skip = e2eSkip(hostSkipReason());
 
@@ -231,11 +232,13 @@ describe("API", { skip }, () => {
       command: ["sh", "-c", "echo started; sleep 60"],
     });
     const run = await t.api("POST", `/v1/agents/${sleeper.body.id}/runs`, {});
-    for (let i = 0; i < 200; i++) {
-      const events = (await t.api("GET", `/v1/runs/${run.body.id}/events`)).body.data;
-      if (events.some((e: { type: string }) => e.type === "log")) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitFor(
+      async () =>
+        (await t.api("GET", `/v1/runs/${run.body.id}/events`)).body.data.some(
+          (e: { type: string }) => e.type === "log",
+        ),
+      { what: "the sleeper to start" },
+    );
     const cancel = await t.api("POST", `/v1/runs/${run.body.id}/cancel`, {});
     assert.equal(cancel.status, 202);
     const done = await waitForRun(t, run.body.id);

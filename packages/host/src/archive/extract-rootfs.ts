@@ -45,6 +45,7 @@ import { keepXattr } from "../envs/freeze.ts";
 import { writeXattrs, type XattrMap } from "../envs/xattrs.ts";
 import { isErrno, makeTempDir, removeTree } from "../images/store-fs.ts";
 import type { TreeXattr } from "../images/tree-digest.ts";
+import { toolEnv } from "../tool-env.ts";
 import { type TarEntry, TarFormatError, TarReader } from "./tar-format.ts";
 
 const run = promisify(execFile);
@@ -92,7 +93,6 @@ const MAX_NAME_BYTES = 255;
 const MAX_ID = 0xfffffffe;
 const DECODE_CHUNK = 256 * 1024;
 const SLASH = Buffer.from("/");
-const TOOL_ENV = { ...process.env, PATH: `${process.env.PATH ?? ""}:/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin` };
 
 /**
  * Unpacks the tarball `file` into the new folder `dest` (which must not exist; its parent is
@@ -309,7 +309,7 @@ class Extraction {
       case "fifo": {
         // Node has no mkfifo(); make it aside under a plain name, then move it into place.
         const tmp = await this.#scratchPath();
-        await run("mkfifo", ["-m", "600", "--", tmp], { env: TOOL_ENV });
+        await run("mkfifo", ["-m", "600", "--", tmp], { env: toolEnv() });
         await setMeta(tmp, meta);
         await rename(tmp, path);
         break;
@@ -445,7 +445,7 @@ class Extraction {
     let path = this.#whiteouts.get(key);
     if (path === undefined) {
       path = await this.#scratchPath();
-      await run("mknod", ["-m", "000", "--", path, "c", "0", "0"], { env: TOOL_ENV });
+      await run("mknod", ["-m", "000", "--", path, "c", "0", "0"], { env: toolEnv() });
       await setMeta(path, meta);
       this.#whiteouts.set(key, path);
     }

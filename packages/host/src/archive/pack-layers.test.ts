@@ -28,6 +28,7 @@ import { readXattrs, writeXattrs, xattrKey } from "../envs/xattrs.ts";
 import { ImageStore } from "../images/image-store.ts";
 import { digestTree } from "../images/tree-digest.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
+import { assertOrder } from "../testing/order.ts";
 import { extractTarball, openArchive } from "./extract-rootfs.ts";
 import { packSnapshot, packTree, unpackSnapshot } from "./pack-layers.ts";
 import { encodeHeader, endOfArchive, type HeaderFields, padding } from "./tar-format.ts";
@@ -209,10 +210,8 @@ describe("packTree", { skip }, () => {
       await reader.close();
     }
     assert.equal(names[0], "./");
-    assert.ok(names.indexOf("usr/") < names.indexOf("usr/bin/"));
-    assert.ok(names.indexOf("usr/bin/") < names.indexOf("usr/bin/su"));
-    assert.ok(names.indexOf("etc/") < names.indexOf("etc/abs-link"));
-    assert.ok(names.indexOf("etc/abs-link") < names.indexOf("etc/gone-linked"));
+    assertOrder(names, ["usr/", "usr/bin/", "usr/bin/su"]);
+    assertOrder(names, ["etc/", "etc/abs-link", "etc/gone-linked"]);
   });
 
   test("GNU tar reads the archive back to the same tree", async () => {

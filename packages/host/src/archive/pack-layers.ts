@@ -43,6 +43,7 @@ import {
   type TreeEntry,
   type TreeXattr,
 } from "../images/tree-digest.ts";
+import { toolEnv } from "../tool-env.ts";
 import {
   type ExtractOptions,
   extractTarball,
@@ -62,7 +63,6 @@ const MAX_MANIFEST_BYTES = 1024 * 1024;
 const READ_CHUNK = 1024 * 1024;
 const WRITE_BATCH = 256 * 1024;
 const ZSTD_LEVEL = 3;
-const TOOL_ENV = { ...process.env, PATH: `${process.env.PATH ?? ""}:/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin` };
 
 export interface PackResult {
   /** Compressed bytes written to `out`. */
@@ -284,7 +284,7 @@ async function installImage(from: string, imagesDir: string, digest: string, byt
       await rename(from, rootfs);
     } catch (err) {
       if (!isErrno(err, "EXDEV")) throw err;
-      await run("cp", ["-a", "--one-file-system", "-T", "--", from, rootfs], { env: TOOL_ENV });
+      await run("cp", ["-a", "--one-file-system", "-T", "--", from, rootfs], { env: toolEnv() });
     }
     const meta: ImageMeta = { digest, source: "snapshot", created_at: new Date().toISOString(), size_bytes: bytes };
     await writeFile(join(tmp, IMAGE_META), `${JSON.stringify(meta, null, 2)}\n`, { mode: 0o644 });

@@ -14,9 +14,9 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { e2eSkip } from "../testing/e2e-skip.ts";
+import { waitFor } from "../testing/wait.ts";
 import { EgressProxy, type EgressRecord } from "./egress-proxy.ts";
 
 const run = promisify(execFile);
@@ -155,15 +155,12 @@ describe("EgressProxy with curl through a TCP forwarder", { skip, timeout: 60_00
       { env },
     );
     assert.deepEqual(JSON.parse(stdout), { name: "left-pad", url: "/left-pad" });
-    const end = Date.now() + 3000;
-    let record: EgressRecord | undefined;
-    while (!record && Date.now() < end) {
-      await sleep(10);
-      record = records.find((r) => r.method === "CONNECT" && r.host === "registry.npm.test");
-    }
-    assert.equal(record?.decision, "allowed");
-    assert.equal(record?.status, 200);
-    assert.ok((record?.bytesIn ?? 0) > 0 && (record?.bytesOut ?? 0) > 0);
+    const record = await waitFor(() => records.find((r) => r.method === "CONNECT" && r.host === "registry.npm.test"), {
+      what: "the tunnel's record",
+    });
+    assert.equal(record.decision, "allowed");
+    assert.equal(record.status, 200);
+    assert.ok((record.bytesIn ?? 0) > 0 && (record.bytesOut ?? 0) > 0);
   });
 
   test("plain HTTP in absolute form, with the proxy credential stripped", async () => {

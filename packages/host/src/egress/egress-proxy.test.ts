@@ -14,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { waitFor } from "../testing/wait.ts";
 import { EgressProxy, type EgressProxyOptions, type EgressRecord, MAX_HEADER_BYTES } from "./egress-proxy.ts";
 
 let work: string;
@@ -140,18 +141,8 @@ async function startProxy(
   return { proxy, socketPath, records, lookups };
 }
 
-async function waitFor<T>(what: string, probe: () => T | undefined, timeoutMs = 3000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
-
 function recordsFor(h: Harness, count: number): Promise<EgressRecord[]> {
-  return waitFor(`${count} record(s)`, () => (h.records.length >= count ? h.records : undefined));
+  return waitFor(() => h.records.length >= count && h.records, { what: `${count} record(s)` });
 }
 
 /** Sends raw bytes on a fresh proxy connection and returns everything it answers until it closes. */
@@ -656,7 +647,7 @@ describe("EgressProxy", { timeout: 30_000 }, () => {
           const tunnel = await openTunnel(socketPath, `deb.debian.test:${origin.port}`);
           assert.equal(tunnel.status, 403, addresses.join());
           tunnel.socket.destroy();
-          await waitFor("records", () => (records.length === 2 ? true : undefined));
+          await waitFor(() => records.length === 2, { what: "records" });
           for (const record of records) {
             assert.equal(record.decision, "refused");
             assert.match(record.reason ?? "", reason);
@@ -848,7 +839,7 @@ describe("EgressProxy", { timeout: 30_000 }, () => {
       await h.proxy.close();
       await closed(tunnel.socket);
       await closed(idle);
-      await waitFor("origin side closed", () => (echo.serverSockets.size === 0 ? true : undefined));
+      await waitFor(() => echo.serverSockets.size === 0, { what: "origin side closed" });
       const [record] = await recordsFor(h, 1);
       assert.equal(record?.bytesOut, 4);
       assert.equal(record?.bytesIn, 4);
@@ -867,7 +858,7 @@ describe("EgressProxy", { timeout: 30_000 }, () => {
       silent.on("error", () => {});
       await closed(silent);
       const silentMs = Date.now() - started;
-      assert.ok(silentMs >= 200 && silentMs < 2000, `dropped after ${silentMs} ms`);
+      assert.ok(silentMs >= 200, `dropped after ${silentMs} ms`);
 
       const tunnel = await openTunnel(h.socketPath, `deb.debian.test:${echo.port}`);
       assert.equal(tunnel.status, 200);
@@ -898,30 +889,31 @@ describe("EgressProxy", { timeout: 30_000 }, () => {
         response += chunk.toString();
       });
       socket.write("GET http://deb.debian.test/ HTTP/1.1\r\n");
+      // Trickles a header line now and then until the proxy cuts the connection; the 408 says why.
       const started = Date.now();
-      while (!socket.destroyed && Date.now() - started < 3000) {
+      while (!socket.destroyed && Date.now() - started < 30_000) {
         socket.write("X-A: b\r\n");
         await sleep(50);
       }
       await closed(socket);
       assert.equal(statusOf(response), 408);
-      assert.ok(Date.now() - started < 3000);
     } finally {
       await h.proxy.close();
     }
   });
 
   test("connections beyond maxConnections are dropped and recorded", async () => {
-    const h = await startProxy({ ports: [80], maxConnections: 2 });
+    const echo = await echoOrigin();
+    const h = await startProxy({ ports: [echo.port], maxConnections: 2 });
     const sockets: Socket[] = [];
     try {
+      // Two open tunnels: their answers show the proxy has taken both connections.
       for (let i = 0; i < 2; i++) {
-        const socket = netConnect(h.socketPath);
-        socket.on("error", () => {});
-        await new Promise((resolve) => socket.once("connect", resolve));
-        sockets.push(socket);
+        const tunnel = await openTunnel(h.socketPath, `deb.debian.test:${echo.port}`);
+        assert.equal(tunnel.status, 200);
+        tunnel.socket.on("error", () => {});
+        sockets.push(tunnel.socket);
       }
-      await sleep(100);
       const response = await rawExchange(h.socketPath, "CONNECT deb.debian.test:80 HTTP/1.1\r\n\r\n");
       assert.equal(response, "");
       const [record] = await recordsFor(h, 1);
@@ -931,6 +923,7 @@ describe("EgressProxy", { timeout: 30_000 }, () => {
     } finally {
       for (const socket of sockets) socket.destroy();
       await h.proxy.close();
+      await echo.close();
     }
   });
 
@@ -950,8 +943,7 @@ describe("EgressProxy", { timeout: 30_000 }, () => {
     try {
       assert.equal(statusOf(await rawExchange(socketPath, "CONNECT evil.test:443 HTTP/1.1\r\n\r\n")), 403);
       assert.equal(statusOf(await rawExchange(socketPath, "CONNECT evil.test:443 HTTP/1.1\r\n\r\n")), 403);
-      await sleep(20);
-      assert.equal(calls, 2);
+      await waitFor(() => calls === 2, { what: "both records" });
     } finally {
       await proxy.close();
     }

@@ -13,6 +13,7 @@ import type { Kysely } from "kysely";
 import type { RunnerLayers } from "../images/runner-layers.ts";
 import { removeTree } from "../images/store-fs.ts";
 import type { Database } from "../store/schema.ts";
+import { toolEnv } from "../tool-env.ts";
 
 const run = promisify(execFile);
 
@@ -23,7 +24,7 @@ const run = promisify(execFile);
 export async function unsealRunners(dataDir: string): Promise<void> {
   const dir = join(dataDir, "runners");
   if (!(await readdir(dir).catch(() => null))) return;
-  await run("chattr", ["-R", "-i", dir], { env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } }).catch(() => {});
+  await run("chattr", ["-R", "-i", dir], { env: toolEnv() }).catch(() => {});
 }
 
 export interface CurrentRunner {
@@ -132,7 +133,7 @@ export class RunnerRegistry {
    */
   async #chattr(flag: "+i" | "-i", dir: string): Promise<void> {
     try {
-      await run("chattr", ["-R", flag, dir], { env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } });
+      await run("chattr", ["-R", flag, dir], { env: toolEnv() });
     } catch (err) {
       this.#log(
         `runner layer ${dir}: chattr ${flag} failed (${(err as Error).message.trim()}); relying on the read-only mount`,

@@ -13,6 +13,8 @@ import { RunnerLayers } from "../images/runner-layers.ts";
 import { openSqlite } from "../store/sqlite.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../testing/harness.ts";
+import { assertOrder } from "../testing/order.ts";
+import { waitFor } from "../testing/wait.ts";
 import { RunnerRegistry } from "./runner-registry.ts";
 
 const skip = e2eSkip(hostSkipReason());
@@ -69,7 +71,12 @@ describe("runner hot-swap", { skip }, () => {
 
     const next = await publish("v2");
     assert.notEqual(next.digest, v1.runner);
-    await new Promise((r) => setTimeout(r, 600)); // the host rereads the current runner at most every 500 ms
+    // The host rereads the current runner from the store at most every 500 ms.
+    await waitFor(
+      async () =>
+        (await t.api("GET", "/v1/runners")).body.data.some((r: Json) => r.digest === next.digest && r.current),
+      { what: "the host to see the new runner as current" },
+    );
 
     const swapped = await runOnce(agent.body.id);
     assert.equal(swapped.run.status, "succeeded", JSON.stringify(swapped.events.slice(-4)));
@@ -78,8 +85,11 @@ describe("runner hot-swap", { skip }, () => {
     assert.equal(typeof swapped.swap.ms, "number");
     const made = swapped.events.find((e) => e.type === "snapshot.created")?.data;
     assert.equal(made.version, 2);
-    const order = swapped.events.map((e) => e.type);
-    assert.ok(order.indexOf("snapshot.created") < order.indexOf("run.succeeded"), "recorded before the run ends");
+    assertOrder(
+      swapped.events.map((e) => e.type),
+      ["snapshot.created", "run.succeeded"],
+      "recorded before the run ends",
+    );
 
     const after1 = (await t.api("GET", `/v1/agents/${agent.body.id}`)).body.snapshot;
     assert.deepEqual(after1, { version: 2, base: v1.base, layers: v1.layers, runner: next.digest });

@@ -4,6 +4,7 @@ import { after, before, describe, it } from "node:test";
 import { isEvent } from "@paddock/protocol";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
+import { assertOrder } from "../testing/order.ts";
 
 const skip = e2eSkip(hostSkipReason());
 
@@ -165,8 +166,7 @@ describe("runs end to end", { skip }, () => {
       arts.map((a: { path: string }) => a.path),
       ["partial.txt"],
     );
-    const types = events.map((e) => e.type);
-    assert.ok(types.indexOf("artifact.created") < types.indexOf("run.timed_out"));
+    assertOrder(types(events), ["artifact.created", "run.timed_out"]);
   });
 
   it("records a run whose runner stops heartbeating as lost", async () => {
@@ -224,9 +224,20 @@ describe("runs end to end", { skip }, () => {
     assert.deepEqual(skipped.at(-1)?.data, { more: 300 });
   });
 
-  it("fails with command_not_found when the command vanishes at run time", async () => {
-    // Passes the image check (sh exists) but execs a missing program.
-    const { run } = await runAgent(t, { name: uniqueName("gone"), command: ["sh", "-c", "exec /nonexistent/tool"] });
+  it("fails with command_not_found when the command cannot be started at run time", async () => {
+    // The script passes the image check (an executable file) but names a missing interpreter, so
+    // starting it fails (ENOENT) in the sandbox.
+    const { run, events } = await runAgent(t, {
+      name: uniqueName("gone"),
+      command: ["/app/tool"],
+      files: { tool: "#!/nonexistent/interpreter\n" },
+    });
+    assert.deepEqual([run.status, run.reason, run.exit_code], ["failed", "command_not_found", 127]);
+    assert.equal(types(events).at(-1), "run.failed");
+  });
+
+  it("fails with the shell's exit code when a shell cannot find a program", async () => {
+    const { run } = await runAgent(t, { name: uniqueName("sh-gone"), command: ["sh", "-c", "exec /nonexistent/tool"] });
     assert.deepEqual([run.status, run.reason, run.exit_code], ["failed", "exit_code", 127]);
   });
 });

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
+import { waitFor } from "../testing/wait.ts";
 
 const skip = e2eSkip(hostSkipReason());
 
@@ -29,10 +30,7 @@ describe("warm sandboxes", { skip }, () => {
     const events: Ev[] = (await t.api("GET", `/v1/runs/${done.id}/events`)).body.data;
     return { done, events, warm: events.find((e) => e.type === "run.running")?.data.warm as boolean };
   };
-  const waitWarm = async (n: number) => {
-    for (let i = 0; i < 200 && t.host.warmCount !== n; i++) await new Promise((r) => setTimeout(r, 25));
-    assert.equal(t.host.warmCount, n);
-  };
+  const waitWarm = (n: number) => waitFor(() => t.host.warmCount === n, { what: `${n} warm sandbox(es)` });
 
   it("serves the next run of the same agent, with its own input and none of the last run's files", async () => {
     const script = [
@@ -87,16 +85,19 @@ describe("warm sandboxes", { skip }, () => {
   });
 
   it("is destroyed after its idle time and at shutdown, leaving nothing behind", async () => {
-    const short = await startTestHost({ warmSandboxes: 1, warmIdleMs: 300 });
+    // The idle time is long enough for the spare to be seen before it goes.
+    const short = await startTestHost({ warmSandboxes: 1, warmIdleMs: 3000 });
+    const spares = (n: number, what: string) => waitFor(() => short.host.warmCount === n, { what });
     try {
       const agent = await short.api("POST", "/v1/agents", { name: "idle", command: ["true"] });
       const started = await short.api("POST", `/v1/agents/${agent.body.id}/runs`, {});
       await waitForRun(short, started.body.id);
-      for (let i = 0; i < 200 && short.host.warmCount !== 0; i++) await new Promise((r) => setTimeout(r, 25));
-      assert.equal(short.host.warmCount, 0, "expired");
+      await spares(1, "the spare booted after the run");
+      await spares(0, "the spare to expire");
       // Boot another spare, then shut down while it waits.
       const again = await short.api("POST", `/v1/agents/${agent.body.id}/runs`, {});
       await waitForRun(short, again.body.id);
+      await spares(1, "the second spare");
     } finally {
       await short.close();
     }

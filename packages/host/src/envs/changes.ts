@@ -24,6 +24,7 @@ import type { Stats } from "node:fs";
 import { lstat, mkdtemp, readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { freezeExcludeMessage, isFreezeExcludePath } from "@paddock/protocol";
 import { isErrno, removeTree } from "../images/store-fs.ts";
 import { isOpaque, isWhiteout, OPAQUE_XATTR, withLowerView } from "./overlay.ts";
 import { readXattrs, type XattrMap, xattrKey } from "./xattrs.ts";
@@ -81,18 +82,16 @@ export interface ExcludeNode {
 }
 
 /**
- * Builds the exclusion tree of absolute, normalized sandbox paths ("/" itself is not allowed).
+ * Builds the exclusion tree of absolute, normalized sandbox paths ("/" itself is not allowed);
+ * throws for any other entry, as the API's EnvFreeze schema refuses it.
  * @example excludeTree(["/tmp", "/opt/paddock/runner"])
  */
 export function excludeTree(paths: readonly string[]): ExcludeNode {
   const root: ExcludeNode = { excluded: false, children: new Map() };
   for (const path of paths) {
-    const parts = path.split("/").slice(1);
-    if (!path.startsWith("/") || parts.some((p) => p === "" || p === "." || p === "..") || path.includes("\0")) {
-      throw new Error(`excluded path must be absolute, normalized and not "/": ${JSON.stringify(path)}`);
-    }
+    if (!isFreezeExcludePath(path)) throw new Error(freezeExcludeMessage(path));
     let node = root;
-    for (const part of parts) {
+    for (const part of path.split("/").slice(1)) {
       const key = Buffer.from(part).toString("latin1");
       let child = node.children.get(key);
       if (!child) {

@@ -48,10 +48,11 @@ import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { isErrno, makeTempDir, removeStaleTemps, removeTree } from "../images/store-fs.ts";
 import { scanTree } from "../images/tree-digest.ts";
+import { toolEnv } from "../tool-env.ts";
 import { type Changes, excludeTree, walkChanges } from "./changes.ts";
 import { at, CopyCosts, planCopy, splitSources } from "./copy-plan.ts";
 import { isOpaqueValue, isWhiteout, OPAQUE_XATTR, overlayUsingUpper, withLowerView } from "./overlay.ts";
-import { exited, runOverPaths, TOOL_ENV } from "./tools.ts";
+import { exited, runOverPaths } from "./tools.ts";
 import { unshiftTree, unshiftXattrs } from "./unshift.ts";
 import { readXattrs, writeXattrs, type XattrMap, xattrKey } from "./xattrs.ts";
 
@@ -194,7 +195,7 @@ export async function freezeUpper(options: FreezeOptions): Promise<FrozenLayer> 
     let reused = await isDir(dir);
     if (!reused) {
       // A layer is found by its digest forever after: its bytes reach the disk before its name.
-      await run("sync", ["--file-system", "--", layer], { env: TOOL_ENV });
+      await run("sync", ["--file-system", "--", layer], { env: toolEnv() });
       try {
         await rename(layer, dir);
       } catch (err) {
@@ -219,7 +220,7 @@ async function refuseDevices(layer: string): Promise<void> {
   const child = spawn("find", [".", "-xdev", "(", "-type", "b", "-o", "-type", "c", ")", "-print0"], {
     cwd: layer,
     stdio: ["ignore", "pipe", "pipe"],
-    env: TOOL_ENV,
+    env: toolEnv(),
   });
   const done = exited(child, "find");
   const chunks: Buffer[] = [];

@@ -14,7 +14,7 @@ import { isAbsolute } from "node:path";
 import { promisify } from "node:util";
 import type { TreeXattr } from "../images/tree-digest.ts";
 import { readMountInfo } from "../sandbox/linux/mountinfo.ts";
-import { TOOL_ENV } from "./tools.ts";
+import { toolEnv } from "../tool-env.ts";
 
 const run = promisify(execFile);
 
@@ -62,11 +62,11 @@ export async function withLowerView<T>(
   if (lowers.length <= 1) return fn(lowers[0] ?? null);
   await mkdir(mountPoint, { recursive: true, mode: 0o700 });
   const options = `ro,nosuid,nodev,noexec,lowerdir=${lowers.join(":")}`;
-  await run("mount", ["-t", "overlay", "-o", options, "overlay", mountPoint], { env: TOOL_ENV });
+  await run("mount", ["-t", "overlay", "-o", options, "overlay", mountPoint], { env: toolEnv() });
   try {
     return await fn(mountPoint);
   } finally {
-    await run("umount", [mountPoint], { env: TOOL_ENV });
+    await run("umount", [mountPoint], { env: toolEnv() });
   }
 }
 

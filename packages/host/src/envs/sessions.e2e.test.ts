@@ -14,6 +14,7 @@ import WebSocket from "ws";
 import { classifyAddress } from "../egress/address-policy.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
+import { waitFor } from "../testing/wait.ts";
 
 const skip = e2eSkip(hostSkipReason());
 
@@ -209,7 +210,7 @@ for addr in sys.argv[1:]:
     await new Promise((r) => ws.once("open", r));
     const type = (text: string) => ws.send(Buffer.from(text), { binary: true });
     type("stty size; tty\n");
-    await waitFor(() => /33 101/.test(output));
+    await waitFor(() => /33 101/.test(output), { what: "the terminal's first size" });
     ws.send(JSON.stringify({ type: "resize", rows: 50, cols: 132 }));
     type("stty size; exit 5\n");
     await closed;
@@ -239,10 +240,19 @@ for addr in sys.argv[1:]:
     assert.equal(await code("POST", `${base}/env/session`, {}), "409 session_exists");
     assert.equal(await code("POST", `${base}/env/session/exec`, { argv: [] }), "400 validation_failed");
     assert.equal(await code("POST", `${base}/env/freeze`, {}), "409 nothing_to_freeze");
+    // An excluded path the freeze could not use is refused before the session is touched.
+    for (const bad of ["/tmp/", "/a/../b", "/"]) {
+      const res = await t.api("POST", `${base}/env/freeze`, { exclude: ["/tmp", bad] });
+      assert.equal(`${res.status} ${res.body.error.code}`, "400 validation_failed", bad);
+      assert.ok(res.body.error.message.includes(JSON.stringify(bad)), res.body.error.message);
+    }
+    assert.equal((await t.api("GET", `${base}/env/session`)).body.status, "active");
 
     // One command at a time: a second one while the first runs is refused, not queued.
-    const slow = t.api("POST", `${base}/env/session/exec`, { argv: ["sleep", "2"] });
-    await new Promise((r) => setTimeout(r, 500));
+    const slow = t.api("POST", `${base}/env/session/exec`, { argv: ["sleep", "5"] });
+    await waitFor(async () => (await t.api("GET", `${base}/env/session`)).body.busy === true, {
+      what: "the session to run the first command",
+    });
     assert.equal(await code("POST", `${base}/env/session/exec`, { argv: ["true"] }), "409 session_busy");
     assert.equal(await code("POST", `${base}/env/freeze`, {}), "409 session_busy");
     assert.equal((await slow).body.exit_code, 0);
@@ -306,12 +316,4 @@ async function mirrorAddresses(): Promise<string[]> {
     for (const { address } of addresses) if (classifyAddress(address) !== null) found.push(address);
   }
   return found;
-}
-
-async function waitFor(check: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error("timed out waiting");
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }

@@ -5,9 +5,7 @@
  * "./name" after "--": a name can never be read as an option nor be altered on the way.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-
-/** A minimal environment: the tools' output is parsed, so the C locale. */
-export const TOOL_ENV = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" };
+import { toolEnv } from "../tool-env.ts";
 
 /** Bytes of arguments per command that xargs builds (ARG_MAX is usually 2 MiB). */
 export const XARGS_SIZE = 1024 * 1024;
@@ -43,7 +41,7 @@ export async function runOverPaths(
   const child = spawn("xargs", ["-0", "-r", "-s", String(XARGS_SIZE), ...command], {
     cwd,
     stdio: ["pipe", onStdout ? "pipe" : "ignore", "pipe"],
-    env: TOOL_ENV,
+    env: toolEnv(),
   });
   if (onStdout) child.stdout?.on("data", onStdout);
   const done = exited(child, "xargs", tool);

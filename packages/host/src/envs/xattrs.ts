@@ -11,7 +11,8 @@
  */
 import { spawn } from "node:child_process";
 import type { TreeXattr } from "../images/tree-digest.ts";
-import { dotPath, exited, feed, runOverPaths, TOOL_ENV } from "./tools.ts";
+import { toolEnv } from "../tool-env.ts";
+import { dotPath, exited, feed, runOverPaths } from "./tools.ts";
 
 /** Extended attributes by entry path (relative to the tree root, as Latin-1; "" is the root). */
 export type XattrMap = Map<string, TreeXattr[]>;
@@ -67,7 +68,7 @@ export async function writeXattrs(root: string, xattrs: XattrMap): Promise<void>
   const child = spawn("setfattr", ["-h", "--restore=-"], {
     cwd: root,
     stdio: ["pipe", "ignore", "pipe"],
-    env: TOOL_ENV,
+    env: toolEnv(),
   });
   const done = exited(child, "setfattr");
   await feed(child, records(xattrs));

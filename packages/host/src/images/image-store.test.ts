@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { AppError } from "@paddock/protocol";
 import { e2eSkip } from "../testing/e2e-skip.ts";
+import { waitFor } from "../testing/wait.ts";
 import { ImageStore } from "./image-store.ts";
 import { resolveCommand } from "./resolve-command.ts";
 import { digestTree } from "./tree-digest.ts";
@@ -159,9 +160,8 @@ describe("ImageStore with imported images", {
     const pending = store.ensureBase({ log: (l) => lines.push(l) }).finally(() => {
       done = true;
     });
-    await new Promise((resolve) => setTimeout(resolve, 700));
+    await waitFor(() => lines.some((l) => l.includes(`pid ${process.pid}`)), { what: "the build to see the lock" });
     assert.equal(done, false);
-    assert.ok(lines.some((l) => l.includes(`pid ${process.pid}`)));
     await rm(lock);
     assert.deepEqual(await pending, image);
   });

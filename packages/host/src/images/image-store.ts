@@ -27,6 +27,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { AppError } from "@paddock/protocol";
 import { RUNNER_MOUNT } from "../sandbox/driver.ts";
+import { proxySettings, toolEnv } from "../tool-env.ts";
 import {
   AGENT_USER,
   DEFAULT_IMAGE_POINTER,
@@ -407,12 +408,7 @@ function runTool(command: string, args: string[], log: Log): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
       stdio: ["ignore", "pipe", "pipe"],
-      env: {
-        ...process.env,
-        PATH: `${process.env.PATH ?? ""}:/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin`,
-        LC_ALL: "C",
-        DEBIAN_FRONTEND: "noninteractive",
-      },
+      env: toolEnv({ DEBIAN_FRONTEND: "noninteractive", ...proxySettings(process.env) }),
     });
     const tail: string[] = [];
     const onLine = (line: string): void => {

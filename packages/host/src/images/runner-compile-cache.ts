@@ -19,6 +19,7 @@ import { access, chmod, chown, copyFile, lstat, mkdir, mkdtemp, open, readdir, r
 import { join } from "node:path";
 import { AppError, RunnerFrame, type RunnerSpec } from "@paddock/protocol";
 import { RUNNER_ARGV, RUNNER_COMPILE_CACHE, RUNNER_ENV, RUNNER_MOUNT } from "../sandbox/driver.ts";
+import { HELPER_ENV, HELPER_PATH } from "../sandbox/linux/launcher.ts";
 import { ensureRunDir } from "../sandbox/linux/paths.ts";
 import { buildSeccompFilter } from "../sandbox/linux/seccomp.ts";
 import { syscallArch } from "../sandbox/linux/syscalls.ts";
@@ -51,7 +52,6 @@ export const RUNNER_CHECK_EVENT = "runner.check";
 const TOOL_NAMES = ["unshare", "mount", "setpriv", "bwrap", "sh"] as const;
 type ToolName = (typeof TOOL_NAMES)[number];
 const SEARCH_PATH = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"];
-const HELPER_ENV = { PATH: "/usr/bin:/bin" };
 /** Host folders the Node binary may need (its libraries and loader), bound read-only or linked as on the host. */
 const SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
 const MAX_STDOUT = 1024 * 1024;
@@ -109,11 +109,7 @@ export async function buildCompileCache(layerDir: string, options: CompileCacheO
       "--tmpfs",
       "/tmp",
       "--clearenv",
-      ...Object.entries({ PATH: HELPER_ENV.PATH, LANG: "C.UTF-8", ...RUNNER_ENV }).flatMap(([k, v]) => [
-        "--setenv",
-        k,
-        v,
-      ]),
+      ...Object.entries({ PATH: HELPER_PATH, LANG: "C.UTF-8", ...RUNNER_ENV }).flatMap(([k, v]) => ["--setenv", k, v]),
       "--chdir",
       "/",
       "--seccomp",

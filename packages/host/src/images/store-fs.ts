@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { chmod, lstat, mkdir, mkdtemp, open, readdir, readFile, realpath, rename, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
+import { toolEnv } from "../tool-env.ts";
 import { TEMP_PREFIX } from "./layout.ts";
 
 const run = promisify(execFile);
@@ -78,13 +79,13 @@ export async function removeTree(path: string): Promise<void> {
     throw err;
   }
   await unmountUnder(real);
-  await run("rm", ["-rf", "--one-file-system", "--", path]);
+  await run("rm", ["-rf", "--one-file-system", "--", path], { env: toolEnv() });
 }
 
 /** Detaches every mount at or below `dir` (a path without symlinks); throws if any remains. */
 export async function unmountUnder(dir: string): Promise<void> {
   for (const mountPoint of await mountsUnder(dir)) {
-    await run("umount", ["--lazy", mountPoint]);
+    await run("umount", ["--lazy", mountPoint], { env: toolEnv() });
   }
   if ((await mountsUnder(dir)).length > 0) throw new Error(`${dir} still has file systems mounted inside`);
 }

@@ -11,6 +11,7 @@ import { Page, RunEvent } from "@paddock/protocol";
 import type { HostConfigInput } from "../config.ts";
 import { unsealRunners } from "../engine/runner-registry.ts";
 import { type RunningHost, startHost } from "../host.ts";
+import { waitFor } from "./wait.ts";
 
 export function testImagesDir(): string {
   const data = process.env.PADDOCK_TEST_DATA ?? new URL("../../../../.paddock", import.meta.url).pathname;
@@ -113,13 +114,15 @@ const TERMINAL = new Set(["succeeded", "failed", "timed_out", "canceled"]);
 /** Polls a run until it reaches a terminal status (bounded). */
 // biome-ignore lint/suspicious/noExplicitAny: run JSON.
 export async function waitForRun(t: TestHost, runId: string, key?: string, timeoutMs = 120_000): Promise<any> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const res = await t.api("GET", `/v1/runs/${runId}`, undefined, key);
-    if (TERMINAL.has(res.body?.status)) return res.body;
-    if (Date.now() > deadline) throw new Error(`run ${runId} still ${res.body?.status} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  let last: string | undefined;
+  return waitFor(
+    async () => {
+      const res = await t.api("GET", `/v1/runs/${runId}`, undefined, key);
+      last = res.body?.status;
+      return TERMINAL.has(res.body?.status) && res.body;
+    },
+    { what: () => `run ${runId} to finish (still ${last})`, timeoutMs, intervalMs: 50 },
+  );
 }
 
 /** A run's events (up to 1000), parsed with the protocol's schema: an event it does not describe fails the test. */

@@ -11,6 +11,7 @@ import { artifactJson } from "../bridge/bridge-test-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
+import { waitFor } from "../testing/wait.ts";
 import { MAX_DEPTH } from "./agent-calls.ts";
 
 const NODE = "/opt/paddock/runner/node";
@@ -161,17 +162,16 @@ describe("agent-to-agent calls", { skip: e2eSkip(hostSkipReason()) }, () => {
     const run = (
       await t.api("POST", `/v1/agents/${parent.body.id}/runs`, { input: { calls: [{ agent: sleeper, input: {} }] } })
     ).body;
-    let child: { id: string; status: string } | undefined;
-    for (let i = 0; i < 400 && child?.status !== "running"; i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      child = (await t.api("GET", "/v1/runs?limit=100")).body.data.find(
-        (r: { parent_run_id: string | null }) => r.parent_run_id === run.id,
-      );
-    }
-    assert.equal(child?.status, "running");
+    const child: { id: string; status: string } = await waitFor(
+      async () =>
+        (await t.api("GET", "/v1/runs?limit=100")).body.data.find(
+          (r: { parent_run_id: string | null; status: string }) => r.parent_run_id === run.id && r.status === "running",
+        ),
+      { what: "the child run to be running" },
+    );
     assert.equal((await t.api("POST", `/v1/runs/${run.id}/cancel`)).status, 202);
     const parentDone = await waitForRun(t, run.id);
-    const childDone = await waitForRun(t, child?.id ?? "");
+    const childDone = await waitForRun(t, child.id);
     assert.deepEqual([parentDone.status, childDone.status], ["canceled", "canceled"]);
   });
 });

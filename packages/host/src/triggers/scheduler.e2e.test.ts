@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
+import { waitFor } from "../testing/wait.ts";
 
 const MIN = 60_000;
 const HOUR = 60 * MIN;
@@ -97,16 +98,26 @@ describe("schedules", { skip: e2eSkip(hostSkipReason()) }, () => {
       const runs = await t.host.scheduler.tick(base);
       assert.equal(runs.length, 1);
       // The first slot's run is going before the next slots come.
-      for (let i = 0; i < 400 && (await t.api("GET", `/v1/runs/${runs[0]}`)).body.status !== "running"; i++) {
-        await new Promise((r) => setTimeout(r, 25));
-      }
+      const status = async (id: string | undefined) => (await t.api("GET", `/v1/runs/${id}`)).body;
+      await waitFor(async () => (await status(runs[0])).status === "running", { what: "the first slot's run" });
       for (let i = 1; i < 3; i++) runs.push(...(await t.host.scheduler.tick(base + i * MIN)));
       counts[overlap] = runs.length;
       if (overlap === "queue_one") {
-        // The waiting run does not start beside the running one.
-        await new Promise((r) => setTimeout(r, 1500));
-        const statuses = await Promise.all(runs.map(async (id) => (await t.api("GET", `/v1/runs/${id}`)).body.status));
-        assert.deepEqual(statuses, ["running", "queued"]);
+        // The waiting run starts only once the running one has ended, not beside it.
+        assert.equal((await status(runs[1])).status, "queued");
+        await t.api("POST", `/v1/runs/${runs[0]}/cancel`);
+        const first = await waitForRun(t, runs[0] as string);
+        const next = await waitFor(
+          async () => {
+            const run = await status(runs[1]);
+            return run.started_at ? run : undefined;
+          },
+          { what: "the waiting run to start" },
+        );
+        assert.ok(
+          Date.parse(next.started_at) >= Date.parse(first.finished_at),
+          `${next.started_at} ${first.finished_at}`,
+        );
       }
       await t.api("POST", `/v1/schedules/${s.id}/pause`);
       for (const id of runs) await t.api("POST", `/v1/runs/${id}/cancel`);

@@ -7,7 +7,7 @@
 import { spawn } from "node:child_process";
 import { rm } from "node:fs/promises";
 import { RUNNER_MOUNT } from "../driver.ts";
-import type { HelperKind } from "./launcher.ts";
+import { HELPER_ENV, type HelperKind } from "./launcher.ts";
 import { makeRunnerDir, makeTestDriver, skipReason, testRootfs, testSpec } from "./test-support.ts";
 
 const rounds = Number(process.argv[2] ?? 20);
@@ -27,7 +27,7 @@ function median(values: number[]): number {
 function plainBwrap(args: string[], viaSetpriv = false): Promise<number> {
   return new Promise((resolve, reject) => {
     const start = performance.now();
-    const env = { PATH: "/usr/bin:/bin" };
+    const env = { ...HELPER_ENV };
     const stdio: ["ignore", "pipe", "inherit"] = ["ignore", "pipe", "inherit"];
     const child = viaSetpriv
       ? spawn(

@@ -7,7 +7,7 @@
  * to the sandbox's; joining is the slow step (a cgroup migration can wait for an RCU grace
  * period, milliseconds on a busy host). Also the helper that unmounts.
  *
- * Threat model: the helper runs as root with an explicitly minimal environment (PATH only), so
+ * Threat model: the helper runs as root with an explicitly minimal environment (PATH and locale), so
  * nothing of the host's environment reaches the helper or, through it, the sandbox. It is in the
  * cgroups before it execs, so the first sandbox process is born limited and no fork can happen
  * outside them. bwrap's options, which carry the sandbox's environment, arrive on a pipe
@@ -29,11 +29,14 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { access, constants } from "node:fs/promises";
 import type { Socket } from "node:net";
+import { toolEnv } from "../../tool-env.ts";
 import { mountPointsUnder } from "./mountinfo.ts";
 import { requireSyscall, type SyscallArch } from "./syscalls.ts";
 
-/** The only environment any helper gets. */
-export const HELPER_ENV: Readonly<Record<string, string>> = Object.freeze({ PATH: "/usr/bin:/bin" });
+/** The folders a helper searches: those bwrap and setpriv come from. */
+export const HELPER_PATH = "/usr/bin:/bin";
+/** The only environment any helper gets: a host tool's, with HELPER_PATH. */
+export const HELPER_ENV: Readonly<Record<string, string>> = Object.freeze(toolEnv({ PATH: HELPER_PATH }));
 
 /** The descriptors the launched process sees besides stdio. */
 export const SECCOMP_FD = 3;

@@ -7,8 +7,8 @@ import { readFileSync, statfsSync } from "node:fs";
 import { readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { e2eSkip } from "../../testing/e2e-skip.ts";
+import { waitFor } from "../../testing/wait.ts";
 import type { SandboxHandle } from "../driver.ts";
 import { detectCgroups } from "./cgroups.ts";
 import {
@@ -41,6 +41,12 @@ function cmdline(pid: number): string {
   } catch {
     return "";
   }
+}
+
+/** Whether SIGTERM (signal 15, bit 14) is in the process's ignored-signal mask. */
+function ignoresSigterm(pid: number): boolean {
+  const mask = /^SigIgn:\s*([0-9a-f]+)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? "0";
+  return (BigInt(`0x${mask}`) & (1n << 14n)) !== 0n;
 }
 
 describe("Linux sandbox limits", { skip: e2eSkip(skipReason()) }, () => {
@@ -78,13 +84,15 @@ describe("Linux sandbox limits", { skip: e2eSkip(skipReason()) }, () => {
       handle.stderr.resume();
       await waitForLine(handle, "armed");
       handle.stdout.resume();
-      await sleep(1000);
       const layout = await detectCgroups();
       const pidsDir = path.join(layout.pids, "paddock", t.instance, "forkbomb");
+      // The bomb has filled its cgroup once the kernel has refused a fork.
+      await waitFor(
+        async () => Number(/^max (\d+)/m.exec(await readFile(path.join(pidsDir, "pids.events"), "utf8"))?.[1]) > 0,
+        { what: "a fork refused by the pids limit" },
+      );
       const current = Number(await readFile(path.join(pidsDir, "pids.current"), "utf8"));
-      const events = await readFile(path.join(pidsDir, "pids.events"), "utf8");
       assert.ok(current <= 32, `pids.current ${current}`);
-      assert.ok(Number(/^max (\d+)/m.exec(events)?.[1]) > 0, `fork failures recorded: ${events}`);
       const before = await cgroupPids(t.instance, "forkbomb");
       assert.ok(before.length > 20, `only ${before.length} processes`);
       await handle.kill();
@@ -109,15 +117,23 @@ describe("Linux sandbox limits", { skip: e2eSkip(skipReason()) }, () => {
       handle.stderr.resume();
       await waitForLine(handle, "started");
       handle.stdout.resume();
-      let pids: number[] = [];
-      for (let i = 0; i < 50 && !pids.some((pid) => cmdline(pid).includes("# daemon")); i++) {
-        await sleep(20);
-        pids = await cgroupPids(t.instance, "stubborn");
-      }
       // bwrap's command line holds the whole script too; the shells are the /bin/sh processes.
-      const shells = pids.filter((pid) => cmdline(pid).startsWith("/bin/sh "));
+      const shellsOf = (pids: number[]) => pids.filter((pid) => cmdline(pid).startsWith("/bin/sh "));
+      const isDaemon = (pid: number) => !cmdline(pid).includes("# stubborn") && cmdline(pid).includes("# daemon");
+      const pids = await waitFor(
+        async () => {
+          const found = await cgroupPids(t.instance, "stubborn");
+          // The subshell that starts the daemon runs argv's script too, until it exits.
+          const shells = shellsOf(found);
+          const settled =
+            shells.some(isDaemon) && shells.filter((pid) => cmdline(pid).includes("# stubborn")).length === 1;
+          return settled ? found : undefined;
+        },
+        { what: "the daemon to start and its starter to exit" },
+      );
+      const shells = shellsOf(pids);
       const stubborn = shells.filter((pid) => cmdline(pid).includes("# stubborn"));
-      const daemon = shells.filter((pid) => !cmdline(pid).includes("# stubborn") && cmdline(pid).includes("# daemon"));
+      const daemon = shells.filter(isDaemon);
       assert.equal(stubborn.length, 1, `processes: ${pids.map(cmdline).join(" | ")}`);
       assert.equal(daemon.length, 1, `processes: ${pids.map(cmdline).join(" | ")}`);
       const [daemonPid] = daemon;
@@ -127,10 +143,10 @@ describe("Linux sandbox limits", { skip: e2eSkip(skipReason()) }, () => {
       const sid = (pid: number): string =>
         readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ")[3] ?? "";
       assert.notEqual(sid(daemonPid), sid(stubbornPid));
-      // Both ignore SIGTERM.
+      // Both ignore SIGTERM: the kernel drops it as it is sent, so there is nothing to wait for.
+      assert.ok(ignoresSigterm(stubbornPid) && ignoresSigterm(daemonPid));
       process.kill(stubbornPid, "SIGTERM");
       process.kill(daemonPid, "SIGTERM");
-      await sleep(200);
       assert.ok(isAlive(stubbornPid) && isAlive(daemonPid));
 
       await handle.kill();

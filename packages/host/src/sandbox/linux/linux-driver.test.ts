@@ -4,9 +4,9 @@ import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { DEFAULT_LIMITS } from "@paddock/protocol";
 import { e2eSkip } from "../../testing/e2e-skip.ts";
+import { waitFor } from "../../testing/wait.ts";
 import { RUNNER_MOUNT } from "../driver.ts";
 import { detectCgroups } from "./cgroups.ts";
 import { mountPointsUnder } from "./mountinfo.ts";
@@ -198,20 +198,20 @@ describe("Linux sandbox driver", { skip: e2eSkip(skipReason()) }, () => {
         assert.equal(await read(layout.cpu, "cpu.max"), "50000 100000");
       }
       // boot() returns before bwrap has started argv: wait for it.
-      let commands: (string | undefined)[] = [];
-      for (let i = 0; i < 100 && !commands.includes("/bin/sleep"); i++) {
-        await sleep(20);
-        const pids = await cgroupPids(t.instance, "limits");
-        commands = pids.map((pid) => {
-          try {
-            return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0];
-          } catch {
-            return undefined;
-          }
-        });
-      }
+      const commands = await waitFor(
+        async () => {
+          const found = (await cgroupPids(t.instance, "limits")).map((pid) => {
+            try {
+              return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0];
+            } catch {
+              return undefined;
+            }
+          });
+          return found.includes("/bin/sleep") ? found : undefined;
+        },
+        { what: "argv to run in the sandbox's cgroup" },
+      );
       assert.ok(commands.includes("/usr/bin/bwrap"), `cgroup holds ${commands.join(", ")}`);
-      assert.ok(commands.includes("/bin/sleep"), `cgroup holds ${commands.join(", ")}`);
     } finally {
       await handle.destroy();
     }

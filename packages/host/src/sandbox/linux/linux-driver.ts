@@ -18,6 +18,7 @@ import { statSync } from "node:fs";
 import { chown, mkdir, readdir, rm, statfs } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
+import { toolEnv } from "../../tool-env.ts";
 import type { SandboxDriver, SandboxHandle, SandboxSpec, SessionLayer, SessionLayerUsage } from "../driver.ts";
 import { bwrapOptions, checkEnv, launchCommand, nulSeparated, sessionBwrapOptions } from "./bwrap-args.ts";
 import {
@@ -276,9 +277,8 @@ export class LinuxSandboxDriver implements SandboxDriver {
         await mkdir(path.dirname(target), { recursive: true, mode: 0o711 });
         await mkdir(target, { recursive: true, mode: 0o755 });
         const mount = tools.mount ?? "mount";
-        const env = { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" };
-        await run(mount, ["--bind", runnerDir, target], { env });
-        await run(mount, ["-o", "remount,bind,ro,nosuid,nodev", target], { env });
+        await run(mount, ["--bind", runnerDir, target], { env: toolEnv() });
+        await run(mount, ["-o", "remount,bind,ro,nosuid,nodev", target], { env: toolEnv() });
         return target;
       })();
       exposed.catch(() => this.runners.delete(runnerDir));
@@ -300,9 +300,7 @@ export class LinuxSandboxDriver implements SandboxDriver {
     await mkdir(dir, { mode: 0o711 });
     try {
       const options = `nosuid,nodev,size=${diskMb}m,nr_inodes=${diskMb * 256},mode=0711`;
-      await run(tools.mount ?? "mount", ["-n", "-t", "tmpfs", "-o", options, "tmpfs", dir], {
-        env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
-      });
+      await run(tools.mount ?? "mount", ["-n", "-t", "tmpfs", "-o", options, "tmpfs", dir], { env: toolEnv() });
       const layer = { dir, upper: path.join(dir, "upper"), egressDir: path.join(dir, "egress") };
       await mkdir(layer.upper, { mode: 0o755 });
       await chown(layer.upper, idBase, idBase);

@@ -23,10 +23,10 @@ import { execFile } from "node:child_process";
 import { mkdir, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
+import { toolEnv } from "../../tool-env.ts";
 import { ensureRunDir } from "./paths.ts";
 
 const run = promisify(execFile);
-const TOOL_ENV = { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" };
 /** Where `ip netns` keeps its namespace files. */
 const NETNS_DIR = "/run/netns";
 /** The namespace's side of every link, as the agent sees it. */
@@ -96,7 +96,7 @@ function macFor(kind: 1 | 2, address: number): string {
 }
 
 async function ip(args: string[], batch?: string): Promise<void> {
-  const child = execFile("ip", batch === undefined ? args : [...args, "-batch", "-"], { env: TOOL_ENV });
+  const child = execFile("ip", batch === undefined ? args : [...args, "-batch", "-"], { env: toolEnv() });
   const done = new Promise<void>((resolve, reject) => {
     let stderr = "";
     child.stderr?.on("data", (d: Buffer) => {
@@ -113,7 +113,7 @@ async function ip(args: string[], batch?: string): Promise<void> {
 }
 
 async function nft(script: string): Promise<void> {
-  const child = execFile("nft", ["-f", "-"], { env: TOOL_ENV });
+  const child = execFile("nft", ["-f", "-"], { env: toolEnv() });
   const done = new Promise<void>((resolve, reject) => {
     let stderr = "";
     child.stderr?.on("data", (d: Buffer) => {
@@ -280,7 +280,7 @@ export class SandboxNetwork {
       .filter((n) => n.startsWith(this.#nsPrefix))
       .map((n) => `netns ${n}`);
     for (const link of await listLinks(this.#ifPrefix)) found.push(`link ${link}`);
-    const tables = await run("nft", ["list", "tables"], { env: TOOL_ENV }).catch(() => ({ stdout: "" }));
+    const tables = await run("nft", ["list", "tables"], { env: toolEnv() }).catch(() => ({ stdout: "" }));
     if (tables.stdout.split("\n").some((l) => l.trim() === `table inet ${this.#table}`))
       found.push(`nft table ${this.#table}`);
     for (const name of await readdir(this.#claimsDir).catch(() => [] as string[])) {
@@ -499,14 +499,14 @@ async function exists(file: string): Promise<boolean> {
 }
 
 async function listLinks(prefix: string): Promise<string[]> {
-  const { stdout } = await run("ip", ["-j", "link", "show"], { env: TOOL_ENV });
+  const { stdout } = await run("ip", ["-j", "link", "show"], { env: toolEnv() });
   const links = JSON.parse(stdout || "[]") as { ifname?: string }[];
   return links.map((l) => l.ifname ?? "").filter((n) => n.startsWith(prefix));
 }
 
 /** IPv4 ranges this machine already routes (any table), as [base, size). */
 async function routedRanges(): Promise<{ base: number; size: number }[]> {
-  const { stdout } = await run("ip", ["-j", "-4", "route", "show", "table", "all"], { env: TOOL_ENV });
+  const { stdout } = await run("ip", ["-j", "-4", "route", "show", "table", "all"], { env: toolEnv() });
   const routes = JSON.parse(stdout || "[]") as { dst?: string }[];
   const ranges: { base: number; size: number }[] = [];
   for (const { dst } of routes) {

@@ -8,8 +8,8 @@ import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { e2eSkip } from "../../testing/e2e-skip.ts";
+import { waitFor } from "../../testing/wait.ts";
 import type { SandboxHandle } from "../driver.ts";
 import { detectCgroups, SandboxCgroup } from "./cgroups.ts";
 import { LinuxSandboxDriver } from "./linux-driver.ts";
@@ -27,7 +27,7 @@ import {
   testSpec,
 } from "./test-support.ts";
 
-async function waitFor(handle: SandboxHandle, marker: string): Promise<void> {
+async function waitForOutput(handle: SandboxHandle, marker: string): Promise<void> {
   let seen = "";
   for await (const chunk of handle.stdout) {
     seen += chunk.toString();
@@ -65,7 +65,7 @@ describe("Linux sandbox reapOrphans", { skip: e2eSkip(skipReason()) }, () => {
       "const driver = new LinuxSandboxDriver({ runDir, instance });",
       "const h = await driver.boot({ id: 'crashed', layers: [layer], runnerDir, limits: DEFAULT_LIMITS, files: [],",
       "  argv: ['/bin/sh', '-c', 'echo up; sleep 600'], env: {}, cwd: '/' });",
-      "h.stdout.once('data', () => setTimeout(() => console.log('booted'), 300));",
+      "h.stdout.once('data', () => console.log('booted'));",
     ].join("\n");
     const child = spawn(
       process.execPath,
@@ -82,18 +82,18 @@ describe("Linux sandbox reapOrphans", { skip: e2eSkip(skipReason()) }, () => {
       assert.ok(out.includes("booted"), out);
       const layout = await detectCgroups();
       const instanceDir = path.join(layout.pids, "paddock", t.instance);
-      assert.ok(
-        readdirSync(instanceDir).some((name) => name.startsWith(".warm-")),
-        "warm launchers were running",
-      );
+      await waitFor(() => readdirSync(instanceDir).some((name) => name.startsWith(".warm-")), {
+        what: "the host's warm launchers",
+      });
       assert.ok((await cgroupPids(t.instance, "crashed")).length > 0);
     } finally {
       child.kill("SIGKILL");
       await exited;
     }
     // bwrap dies with its parent; idle launchers see the host gone and remove their slots.
-    for (let i = 0; i < 100 && (await processesOfInstance(t.instance)).length > 0; i++) await sleep(20);
-    assert.deepEqual(await processesOfInstance(t.instance), []);
+    await waitFor(async () => (await processesOfInstance(t.instance)).length === 0, {
+      what: "the dead host's processes to end",
+    });
     const layout = await detectCgroups();
     const instanceDir = path.join(layout.pids, "paddock", t.instance);
     assert.deepEqual(
@@ -120,7 +120,7 @@ describe("Linux sandbox reapOrphans", { skip: e2eSkip(skipReason()) }, () => {
         testSpec("orphan-b", runnerDir, ["/bin/sh", "-c", script], { files: [{ path: "/data/x", content: "x" }] }),
       ),
     ];
-    for (const handle of handles) await waitFor(handle, "up");
+    for (const handle of handles) await waitForOutput(handle, "up");
     // A boot interrupted before its tmpfs was mounted: a bare folder and a cgroup.
     const layout = await detectCgroups();
     new SandboxCgroup(layout, t.instance, "orphan-c").create();
@@ -129,8 +129,9 @@ describe("Linux sandbox reapOrphans", { skip: e2eSkip(skipReason()) }, () => {
     const pids = [...(await cgroupPids(t.instance, "orphan-a")), ...(await cgroupPids(t.instance, "orphan-b"))];
     assert.ok(pids.length >= 6, `sandbox processes: ${pids.length}`);
     assert.equal((await sandboxMounts(t.runDir)).length, 4, "a tmpfs and an overlay per sandbox");
-    // Let the first driver start its warm launchers: they are leftovers too.
-    await sleep(100);
+    // Let the first driver start its warm launchers: they are leftovers too (in slot cgroups on v1).
+    const slots = () => readdirSync(path.join(layout.pids, "paddock", t.instance)).some((n) => n.startsWith(".warm-"));
+    if (layout.version === "v1") await waitFor(slots, { what: "the first driver's warm launchers" });
 
     const restarted = new LinuxSandboxDriver(t.config);
     assert.equal(await restarted.reapOrphans(), 3);

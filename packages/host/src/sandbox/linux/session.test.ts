@@ -8,10 +8,10 @@ import { lstat, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { e2eSkip } from "../../testing/e2e-skip.ts";
+import { waitFor } from "../../testing/wait.ts";
 import { terminalFrame } from "../driver.ts";
 import { SESSION_ID_COUNT } from "./linux-driver.ts";
 import {
-  collect,
   leftovers,
   makeRunnerDir,
   makeTestDriver,
@@ -108,15 +108,19 @@ describe("edit session sandboxes", { skip }, () => {
   test("a terminal: a real tty, its size, resizes, and job control", async () => {
     const handle = await t.driver.boot(session("s1-d", ["/bin/bash", "-i"], { rows: 30, cols: 100 }));
     try {
-      const output = collect(handle.stdout);
-      const send = (text: string) => handle.stdin.write(terminalFrame({ data: Buffer.from(text) }));
+      let text = "";
+      handle.stdout.on("data", (chunk: Buffer) => {
+        text += chunk.toString();
+      });
+      const ended = new Promise((resolve) => handle.stdout.once("end", resolve));
+      const send = (data: string) => handle.stdin.write(terminalFrame({ data: Buffer.from(data) }));
       send("tty; stty size\n");
-      await new Promise((r) => setTimeout(r, 300));
+      await waitFor(() => /30 100/.test(text), { what: "the first size" });
+      // The relay applies a resize as it reads it, before it writes the input that follows.
       handle.stdin.write(terminalFrame({ rows: 40, cols: 120 }));
-      await new Promise((r) => setTimeout(r, 100));
       send("stty size; sleep 30 &\njobs; exit 7\n");
       const exit = await handle.exited;
-      const text = await output;
+      await ended;
       assert.equal(exit.code, 7, text);
       // bwrap shows the terminal it was given as /dev/console.
       assert.match(text, /\r\n\/dev\/(pts\/\d+|console)\r\n/);
