@@ -7,6 +7,7 @@ import { OpenAPIHono } from "@hono/zod-openapi";
 import {
   Agent,
   AgentCreate,
+  AgentUpdate,
   ApiKey,
   ApiKeyCreate,
   AppError,
@@ -76,7 +77,7 @@ export interface ApiDeps {
 }
 
 type Env = { Variables: { principal: Principal } };
-type Method = "get" | "post" | "put" | "delete";
+type Method = "get" | "post" | "put" | "patch" | "delete";
 type Auth = RouteAuth;
 
 const Id = z
@@ -94,6 +95,8 @@ const errors = {
   404: json(ErrorResponse, "Not found"),
 };
 const MAX_SSE_BUFFER = 1000;
+/** An agent's files travel inside its JSON body; allow for their JSON escaping. */
+const AGENT_BODY_LIMIT = MAX_FILES_BYTES * 2 + 1024 * 1024;
 const TERMINAL_EVENTS = new Set(TERMINAL_STATUSES.map((s) => `run.${s}`));
 
 export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
@@ -206,24 +209,29 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
     "/v1/agents",
     { summary: "Create an agent", auth: "tenant", body: AgentCreate, responses: { 201: json(Agent, "Created") } },
     async (c) => {
-      // Files travel inside the JSON body; allow for their JSON escaping.
-      const body = await readJson(c, AgentCreate, MAX_FILES_BYTES * 2 + 1024 * 1024);
+      const body = await readJson(c, AgentCreate, AGENT_BODY_LIMIT);
       return c.json(toAgent(await deps.agents.create(tenantOf(c), body)), 201);
     },
   );
+  const AgentsQuery = ListQuery.extend({
+    name: z.string().max(64).optional(),
+    /** true: deleted (archived) agents too. */
+    archived: z.enum(["true", "false"]).optional(),
+  });
   route(
     "get",
     "/v1/agents",
     {
-      summary: "List agents",
+      summary: "List agents (live ones; with archived=true, deleted ones too)",
       auth: "tenant",
-      query: ListQuery.extend({ name: z.string().max(64).optional() }),
+      query: AgentsQuery,
       responses: { 200: json(Page(Agent), "Agents") },
     },
     async (c) => {
-      const q = check(ListQuery.extend({ name: z.string().max(64).optional() }), c.req.query());
+      const q = check(AgentsQuery, c.req.query());
       const rows = await deps.agents.list(tenantOf(c), {
         limit: q.limit,
+        archived: q.archived === "true",
         ...(q.name ? { name: q.name } : {}),
         ...(q.cursor ? { cursor: q.cursor } : {}),
       });
@@ -235,6 +243,37 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
     "/v1/agents/{id}",
     { summary: "Get an agent", auth: "tenant", responses: { 200: json(Agent, "The agent") } },
     async (c) => c.json(toAgent(await deps.agents.get(tenantOf(c), param(c, "id")))),
+  );
+  // Agent versions and deletion: the agents service does the work.
+  route(
+    "patch",
+    "/v1/agents/{id}",
+    {
+      summary:
+        "Update an agent: the fields given replace its own (limits key by key) and it becomes its next version; files make a new environment version. An invalid update changes nothing",
+      auth: "tenant",
+      body: AgentUpdate,
+      responses: {
+        200: json(Agent, "The agent at its new version (as it was when nothing changed)"),
+        409: json(ErrorResponse, "The agent is deleted (agent_archived) or changed meanwhile (conflict)"),
+      },
+    },
+    async (c) => {
+      const id = param(c, "id");
+      const body = await readJson(c, AgentUpdate, AGENT_BODY_LIMIT);
+      return c.json(toAgent(await deps.agents.update(tenantOf(c), id, body)));
+    },
+  );
+  route(
+    "delete",
+    "/v1/agents/{id}",
+    {
+      summary:
+        "Delete (archive) an agent: it starts no new runs, its schedules pause, its webhooks refuse deliveries and its name is free; runs going finish; it and its runs stay readable",
+      auth: "tenant",
+      responses: { 200: json(Agent, "The archived agent") },
+    },
+    async (c) => c.json(toAgent(await deps.agents.archive(tenantOf(c), param(c, "id")))),
   );
 
   // Environment versions.
@@ -280,7 +319,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
   registerScheduleRoutes({ scheduler: deps.scheduler, agents: deps.agents }, { route, tenantOf });
   registerWebhookRoutes({ webhooks: deps.webhooks, agents: deps.agents }, { route, tenantOf });
   registerGatewayRoutes(
-    { providers: deps.providers, ledger: deps.ledger, db: deps.db },
+    { providers: deps.providers, ledger: deps.ledger, db: deps.db, agents: deps.agents },
     { route, tenantOf, findRun: (c) => findRun(c) },
   );
   registerConnectionRoutes(deps.connections, { route, tenantOf, isAdmin: (c) => c.get("principal").role === "admin" });
@@ -297,6 +336,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<Env> {
       responses: {
         200: json(Run, "The run this Idempotency-Key already started"),
         201: json(Run, "Queued"),
+        409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
         422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
       },
     },

@@ -18,7 +18,7 @@ import {
 } from "@paddock/protocol";
 import type { Context } from "hono";
 import type { Kysely } from "kysely";
-import type { AgentDefinition } from "../engine/runs.ts";
+import type { Agents } from "../agents/agents.ts";
 import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
 import type { Database } from "../store/schema.ts";
@@ -36,7 +36,7 @@ function nameParam(c: Context): string {
 }
 
 export function registerGatewayRoutes<C extends Context>(
-  deps: { providers: Providers; ledger: Ledger; db: Kysely<Database> },
+  deps: { providers: Providers; ledger: Ledger; db: Kysely<Database>; agents: Agents },
   h: GatewayRouteHelpers<C>,
 ): void {
   const { route, tenantOf } = h;
@@ -114,12 +114,7 @@ export function registerGatewayRoutes<C extends Context>(
     },
     async (c) => {
       const tenantId = tenantOf(c);
-      const agents = await db
-        .selectFrom("agents")
-        .select(["id", "name", "spec"])
-        .where("tenant_id", "=", tenantId)
-        .orderBy("name")
-        .execute();
+      const agents = await deps.agents.budgets(tenantId);
       const totals = await ledger.totals(
         "agent",
         agents.map((a) => a.id),
@@ -131,7 +126,7 @@ export function registerGatewayRoutes<C extends Context>(
           name: a.name,
           spent: fromMicro(totals.get(a.id)?.spent ?? 0),
           reserved: fromMicro(totals.get(a.id)?.reserved ?? 0),
-          budget: (JSON.parse(a.spec) as AgentDefinition).budget ?? {},
+          budget: a.budget,
         })),
       });
     },

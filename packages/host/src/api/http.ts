@@ -1,5 +1,5 @@
 /** Request plumbing shared by every route: body reading with caps, schema checks, error mapping. */
-import { AppError, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
+import { AppError, ERROR_CODES, type ErrorCode, validationFailed } from "@paddock/protocol";
 import type { Context } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { z } from "zod";
@@ -49,17 +49,7 @@ export async function readJson<T extends z.ZodType>(
 
 export function check<T extends z.ZodType>(schema: T, value: unknown): z.infer<T> {
   const parsed = schema.safeParse(value);
-  if (!parsed.success) {
-    const details = parsed.error.issues.map((i) => ({
-      path: i.path.map(String).join("."),
-      code: i.code,
-      message: i.message,
-      ...("keys" in i ? { keys: i.keys } : {}),
-    }));
-    const first = details[0];
-    const where = first?.path ? `${first.path}: ` : "";
-    throw new AppError("validation_failed", `Invalid request: ${where}${first?.message ?? "invalid"}.`, details);
-  }
+  if (!parsed.success) throw validationFailed(parsed.error.issues);
   return parsed.data;
 }
 

@@ -28,7 +28,7 @@ export function registerScheduleRoutes<C extends Context>(
     },
     async (c) => {
       const body = await readJson(c, ScheduleCreate);
-      const agent = await agents.resolve(tenantOf(c), body.agent);
+      const agent = await agents.resolveLive(tenantOf(c), body.agent);
       return c.json(await scheduler.create(tenantOf(c), agent.row.id, body), 201);
     },
   );

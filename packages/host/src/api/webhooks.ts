@@ -32,7 +32,7 @@ export function registerWebhookRoutes<C extends Context>(
       responses: { 201: json(Webhook, "Created") },
     },
     async (c) => {
-      const agent = await agents.resolve(tenantOf(c), c.req.param("id") ?? "");
+      const agent = await agents.resolveLive(tenantOf(c), c.req.param("id") ?? "");
       return c.json(await webhooks.create(tenantOf(c), agent.row.id), 201);
     },
   );
@@ -65,6 +65,7 @@ export function registerWebhookRoutes<C extends Context>(
       responses: {
         202: json(Delivery, "A run was started (or had been, for a repeated delivery id)"),
         401: { description: "Bad or missing signature, unknown webhook, or a timestamp outside five minutes" },
+        409: { description: "The webhook's agent is deleted (agent_archived)" },
         413: { description: "A body over 256 KiB" },
       },
     },

@@ -11,7 +11,15 @@
 import { rename, writeFile } from "node:fs/promises";
 import { constants } from "node:os";
 import { join } from "node:path";
-import { type Limits, Marker, RunnerFrame, type RunnerSpec, type RunReason, type RunStatus } from "@paddock/protocol";
+import {
+  type AgentSpec,
+  type Limits,
+  Marker,
+  RunnerFrame,
+  type RunnerSpec,
+  type RunReason,
+  type RunStatus,
+} from "@paddock/protocol";
 import { LineSplitter } from "@paddock/runner";
 import type { BlobStore } from "../artifacts/blob-store.ts";
 import { collectOutputs } from "../artifacts/collector.ts";
@@ -22,7 +30,6 @@ import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV, RUNNER_SDK, RUNTIME_DIR } from ".
 import { newId } from "../store/ids.ts";
 import type { EventLog, NewEvent } from "./event-log.ts";
 import type { CurrentRunner } from "./runner-registry.ts";
-import type { AgentSpec } from "./runs.ts";
 
 export const MAX_LINE_BYTES = 16 * 1024;
 /** A frame carries one line, JSON-escaped (worst case 6 bytes per byte), plus a small envelope. */
