@@ -115,6 +115,19 @@ export type AgentCreate = z.infer<typeof AgentCreate>;
  */
 export const AgentUpdate = AgentFields.partial()
   .extend({
+    /** Only the limits given change (none is filled in with its default). */
+    limits: z
+      .object({
+        memory_mb: Limits.shape.memory_mb.unwrap().optional(),
+        pids: Limits.shape.pids.unwrap().optional(),
+        cpus: Limits.shape.cpus.unwrap().optional(),
+        timeout_s: Limits.shape.timeout_s.unwrap().optional(),
+        disk_mb: Limits.shape.disk_mb.unwrap().optional(),
+        log_kb: Limits.shape.log_kb.unwrap().optional(),
+        artifacts_mb: Limits.shape.artifacts_mb.unwrap().optional(),
+      })
+      .strict()
+      .optional(),
     max_concurrent_runs: AgentFields.shape.max_concurrent_runs.unwrap().nullable().optional(),
     queue_ttl_s: AgentFields.shape.queue_ttl_s.unwrap().nullable().optional(),
   })
