@@ -53,6 +53,15 @@ describe("agent versions and deletion", { skip: hostSkipReason() }, () => {
       .filter((e: { type: string }) => e.type === "log")
       .map((e: { data: { line: string } }) => e.data.line);
 
+  it("describes the update and delete routes in the OpenAPI document", async () => {
+    const doc = (await t.api("GET", "/v1/openapi.json", undefined, null)).body;
+    const path = doc.paths["/v1/agents/{id}"];
+    assert.ok(path.patch && path.delete && path.get);
+    assert.equal(doc.components.schemas.AgentUpdate.required, undefined, "every field of an update is optional");
+    assert.ok(doc.components.schemas.Agent.properties.archived_at);
+    assert.ok(doc.components.schemas.Run.properties.agent_version);
+  });
+
   it("an update saves version 2; a run queued before it keeps version 1, its spec and its files", async () => {
     const agent = await create({
       name: uniqueName("versioned"),
@@ -101,6 +110,26 @@ describe("agent versions and deletion", { skip: hostSkipReason() }, () => {
     // The same definition again saves nothing new.
     const same = await t.api("PATCH", `/v1/agents/${agent.id}`, { files: { "main.py": script(2) } });
     assert.deepEqual([same.status, same.body.version, same.body.snapshot.version], [200, 2, 2]);
+  });
+
+  it("a run retried after an update runs its next attempt with the version it was triggered with", async () => {
+    const agent = await create({
+      name: uniqueName("retried"),
+      command: ["sh", "-c", "echo one; exit 3"],
+      retry: { max_attempts: 2, on: ["exit_code"], backoff_s: 5, jitter: 0 },
+    });
+    const run = await trigger(agent.id);
+    for (let i = 0; ; i++) {
+      const events = (await t.api("GET", `/v1/runs/${run.id}/events`)).body.data;
+      if (events.some((e: { type: string }) => e.type === "retry.scheduled")) break;
+      assert.ok(i < 2400, "the first attempt was not retried");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const updated = await t.api("PATCH", `/v1/agents/${agent.id}`, { command: ["sh", "-c", "echo two"] });
+    assert.equal(updated.body.version, 2);
+    const done = await waitForRun(t, run.id);
+    assert.deepEqual([done.status, done.attempt, done.agent_version], ["failed", 2, 1]);
+    assert.deepEqual(await printed(run.id), ["one", "one"]);
   });
 
   it("an invalid update changes nothing, with a code and a message naming what is wrong", async () => {
