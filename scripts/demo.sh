@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`: starts a host on a free port, creates (or reuses) the example
-# report agent, runs it while printing its timeline, downloads the run's artifacts and shows the
-# start of its report. Expects `make setup` and the base image (`make base-image`) to be done.
+# The demo behind `make demo`: starts a host on a free port, creates the example report agent
+# (or updates the one an earlier demo made to the example's definition), runs it while printing
+# its timeline, downloads the run's artifacts and shows the start of its report. Expects
+# `make setup` and the base image (`make base-image`) to be done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -50,9 +51,11 @@ until "$paddock" health --wait 1 >/dev/null 2>&1; do
 done
 echo "host is up; admin API key in $data_dir/admin.key"
 
-if "$paddock" agents show "$agent_name" >/dev/null 2>&1; then
-  say "reusing agent $agent_name"
-  "$paddock" agents show "$agent_name" | head -n 3
+existing=$("$paddock" agents list --name "$agent_name" --json)
+if [ "$existing" != "[]" ]; then
+  # An earlier demo's agent gets the example's current definition (a new version only if it changed).
+  say "updating agent $agent_name to ${agent_file#"$root"/}"
+  "$paddock" agents update "$agent_name" --file "$agent_file"
 else
   say "creating agent $agent_name from ${agent_file#"$root"/}"
   "$paddock" agents create --file "$agent_file"

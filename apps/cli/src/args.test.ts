@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { parseCommand, parseKeyValues, parseNumber, UsageError, wantsHelp } from "./args.ts";
-import { agentBody, parseCreate } from "./commands/agents.ts";
+import { agentBody, parseCreate, parseUpdate } from "./commands/agents.ts";
 import type { Context } from "./context.ts";
 import { main } from "./main.ts";
 
@@ -122,6 +122,16 @@ describe("agents create arguments", () => {
     assert.ok(Object.hasOwn(body.files as object, "summarize.py"));
   });
 
+  it("builds an update from only what is given, without the file's name: AGENT picks the agent", async () => {
+    const file = new URL("../../../examples/report-agent/agent.json", import.meta.url).pathname;
+    const fromFile = await agentBody(parseUpdate(["report", "--file", file, "--memory", "512"]), true);
+    assert.equal(fromFile.name, undefined);
+    assert.deepEqual(fromFile.command, ["python3", "summarize.py"]);
+    assert.deepEqual(fromFile.limits, { memory_mb: 512, timeout_s: 120 });
+    assert.deepEqual(await agentBody(parseUpdate(["report", "--timeout", "30"]), true), { limits: { timeout_s: 30 } });
+    assert.throws(() => parseUpdate(["--timeout", "30"]), /missing argument/);
+  });
+
   it("refuses a missing name or command", async () => {
     await assert.rejects(agentBody(parseCreate(["--", "true"])), /give the agent a NAME/);
     await assert.rejects(agentBody(parseCreate(["x"])), /give the command to run after '--'/);
@@ -173,7 +183,7 @@ describe("main", () => {
   it("exits 2 on an unknown command, subcommand or flag", async () => {
     for (const argv of [
       ["frobnicate"],
-      ["agents", "delete"],
+      ["agents", "frobnicate"],
       ["runs", "list", "--colour"],
       ["--bogus", "agents"],
       [],

@@ -212,6 +212,44 @@ describe("paddock CLI against a real host", { skip: e2eSkip(hostSkipReason()) },
     assert.match(logs.stdout, /^\+\d+\.\d{3}s +run\.succeeded /m);
   });
 
+  it("updates an agent to a new version and deletes it; its runs stay readable", async () => {
+    // The demo's update: the example's own definition again saves no new version.
+    const same = await cli(["agents", "update", "report-demo", "--file", EXAMPLE], env);
+    assert.equal(same.code, 0, show(same));
+    assert.equal(same.stdout.trim(), "agent report-demo unchanged (version 1)");
+
+    const created = await cli(["agents", "create", "versioned", "--", "sh", "-c", "echo one"], env);
+    assert.equal(created.code, 0, show(created));
+    const updated = await cli(
+      ["agents", "update", "versioned", "--env", "MODE=two", "--", "sh", "-c", "echo $MODE"],
+      env,
+    );
+    assert.equal(updated.code, 0, show(updated));
+    assert.match(updated.stdout, /^updated agent versioned \(agt_[0-9a-z]+\) to version 2$/m);
+    const refused = await cli(["agents", "update", "versioned", "--memory", "1"], env);
+    assert.equal(refused.code, 1, show(refused));
+    assert.match(refused.stderr, /^error validation_failed: /);
+    assert.match(refused.stderr, /^ {2}- limits\.memory_mb: /m);
+
+    const ran = await cli(["run", "versioned", "--follow"], env);
+    assert.equal(ran.code, 0, show(ran));
+    assert.match(ran.stdout, /log +\[stdout\] two/);
+    const id = /^run (run_[0-9a-z]+) /.exec(ran.stdout)?.[1] ?? "";
+    const shown = await cli(["runs", "show", id], env);
+    assert.match(shown.stdout, /^agent +versioned \(agt_[0-9a-z]+\), version 2$/m);
+
+    const deleted = await cli(["agents", "delete", "versioned"], env);
+    assert.equal(deleted.code, 0, show(deleted));
+    assert.match(deleted.stdout, /^deleted agent versioned \(agt_[0-9a-z]+\); its runs stay readable$/m);
+    const again = await cli(["run", "versioned"], env);
+    assert.equal(again.code, 1, show(again));
+    assert.match(again.stderr, /^error agent_archived: The agent 'versioned' was deleted/);
+    assert.doesNotMatch((await cli(["agents", "list"], env)).stdout, /versioned/);
+    assert.match((await cli(["agents", "list", "--archived"], env)).stdout, /versioned \(deleted\) +2 /);
+    assert.match((await cli(["agents", "show", "versioned"], env)).stdout, /^deleted +\d{4}-/m);
+    assert.equal((await cli(["runs", "show", id], env)).code, 0);
+  });
+
   it("exits 1 for a run that fails, with the exit code in the final line", async () => {
     const created = await cli(["agents", "create", "fails", "--", "python3", "-c", "import sys; sys.exit(3)"], env);
     assert.equal(created.code, 0, show(created));

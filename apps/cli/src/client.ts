@@ -190,18 +190,36 @@ export class Client {
     return this.#json(Agent, "POST", "/agents", { body });
   }
 
-  listAgents(query: { name?: string } = {}): Promise<Agent[]> {
-    return this.#list(Agent, "/agents", query);
+  /** The tenant's agents; deleted (archived) ones too with `archived`. */
+  listAgents(query: { name?: string; archived?: boolean } = {}): Promise<Agent[]> {
+    const { archived, ...rest } = query;
+    return this.#list(Agent, "/agents", { ...rest, ...(archived ? { archived: "true" } : {}) });
+  }
+
+  /** Saves the agent's next version from the fields given (an AgentUpdate body). */
+  updateAgent(id: string, body: Record<string, unknown>): Promise<Agent> {
+    return this.#json(Agent, "PATCH", `/agents/${enc(id)}`, { body });
+  }
+
+  /** Deletes (archives) the agent: no new runs; it and its runs stay readable. */
+  deleteAgent(id: string): Promise<Agent> {
+    return this.#json(Agent, "DELETE", `/agents/${enc(id)}`);
   }
 
   getAgent(id: string): Promise<Agent> {
     return this.#json(Agent, "GET", `/agents/${enc(id)}`);
   }
 
-  /** Finds an agent by name, else by id; throws the host's not_found if neither matches. */
+  /**
+   * Finds an agent by name (the live one, else the one deleted last), else by id; throws the
+   * host's not_found if neither matches.
+   */
   async resolveAgent(ref: string): Promise<Agent> {
     if (/^[a-z0-9][a-z0-9_-]*$/.test(ref)) {
-      const byName = (await this.listAgents({ name: ref })).find((a) => a.name === ref);
+      const named = (await this.listAgents({ name: ref, archived: true })).filter((a) => a.name === ref);
+      // The live one ("~" sorts after any time), else the one deleted last.
+      const latest = [...named].sort((a, b) => (b.archived_at ?? "~").localeCompare(a.archived_at ?? "~"));
+      const byName = latest[0];
       if (byName) return byName;
     }
     try {

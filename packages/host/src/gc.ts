@@ -10,9 +10,9 @@ import { TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import type { Snapshots } from "./agents/snapshots.ts";
 import type { RunnerRegistry } from "./engine/runner-registry.ts";
-import type { AgentSpec } from "./engine/runs.ts";
 import { removeTree } from "./images/store-fs.ts";
 import type { Database } from "./store/schema.ts";
+import { parseRunSpec } from "./store/stored.ts";
 
 export interface GcResult {
   runners: string[];
@@ -33,8 +33,7 @@ export async function collectGarbage(opts: {
     .where("status", "not in", TERMINAL_STATUSES)
     .execute();
   for (const r of unfinished) {
-    const spec = JSON.parse(r.spec) as AgentSpec;
-    for (const l of spec.layers) referenced.layers.add(l);
+    for (const l of parseRunSpec(r.spec).layers) referenced.layers.add(l);
   }
   const runners = await opts.runners.gc(referenced.runners);
   const layers: string[] = [];

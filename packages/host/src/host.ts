@@ -11,7 +11,7 @@ import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { serve } from "@hono/node-server";
 import type { OpenAPIHono } from "@hono/zod-openapi";
-import { AppError, toMicro } from "@paddock/protocol";
+import { AppError } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { Agents, runSpec } from "./agents/agents.ts";
 import { archiveLimits, SnapshotArchives } from "./agents/snapshot-archive.ts";
@@ -30,10 +30,9 @@ import { Engine } from "./engine/engine.ts";
 import { EventLog } from "./engine/event-log.ts";
 import { Journal } from "./engine/journal.ts";
 import { RunnerRegistry } from "./engine/runner-registry.ts";
-import type { AgentDefinition } from "./engine/runs.ts";
 import { RunRepository } from "./engine/runs.ts";
 import { EnvSessions } from "./envs/sessions.ts";
-import { Gateway, type GatewayBudget } from "./gateway/gateway.ts";
+import { Gateway } from "./gateway/gateway.ts";
 import { Ledger } from "./gateway/ledger.ts";
 import { Providers } from "./gateway/providers.ts";
 import { collectGarbage } from "./gc.ts";
@@ -177,7 +176,6 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   if (abandoned > 0)
     log(`billed ${abandoned} model call(s) left open by the previous host at their reserved worst case`);
   const rateLimits = new TokenBucket();
-  const budgets = new Map<string, GatewayBudget>();
   const journal = new Journal(db);
   const gateway = new Gateway({
     journal,
@@ -185,30 +183,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     ledger,
     secrets,
     rateLimits,
-    // Agents' definitions never change once created: their budgets are read once and kept.
-    budgetOf: async (tenantId, agentId) => {
-      const key = `${tenantId}/${agentId}`;
-      const known = budgets.get(key);
-      if (known) return known;
-      const row = await db
-        .selectFrom("agents")
-        .select("spec")
-        .where("id", "=", agentId)
-        .where("tenant_id", "=", tenantId)
-        .executeTakeFirst();
-      const budget = row ? (JSON.parse(row.spec) as AgentDefinition).budget : undefined;
-      const limits = {
-        ...(budget?.per_run !== undefined ? { perRun: toMicro(budget.per_run) } : {}),
-        ...(budget?.total !== undefined ? { agentTotal: toMicro(budget.total) } : {}),
-        ...(budget?.requests_per_minute ? { requestsPerMinute: budget.requests_per_minute } : {}),
-        ...(budget?.tokens_per_minute ? { tokensPerMinute: budget.tokens_per_minute } : {}),
-      };
-      if (row) {
-        if (budgets.size >= 10_000) budgets.clear();
-        budgets.set(key, limits);
-      }
-      return limits;
-    },
+    budgetOf: (tenantId, agentId) => agents.budgetOf(tenantId, agentId),
     ...(config.llmTenantLimits ? { tenantLimits: config.llmTenantLimits } : {}),
     log,
   });
@@ -276,7 +251,6 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     resolve: env.testOnly?.resolve,
   });
   const app = createApi({
-    db,
     identity,
     agents,
     runs,

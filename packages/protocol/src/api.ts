@@ -1,5 +1,6 @@
 /** Request and response bodies of the HTTP API. The OpenAPI document is generated from these. */
 import { z } from "zod";
+import { BuiltinDefinition } from "./agent-definition.ts";
 import { AgentPolicy } from "./bridge.ts";
 import { AgentBudget } from "./gateway.ts";
 import { Limits } from "./limits.ts";
@@ -35,7 +36,8 @@ export const MAX_FILES_BYTES = 8 * 1024 * 1024;
 export const BuiltinTool = z.enum(["shell", "read_file", "write_file", "http", "call_agent", "finish"]);
 export const BUILTIN_TOOLS = BuiltinTool.options;
 
-export const AgentCreate = z
+/** The fields of an agent's definition in a request; AgentCreate and AgentUpdate check them. */
+const AgentFields = z
   .object({
     name: Name,
     /** The command the agent runs in its sandbox; or give `instructions` for the built-in agent. */
@@ -82,27 +84,55 @@ export const AgentCreate = z
       .max(30 * 86_400)
       .optional(),
   })
-  .strict()
-  .superRefine((a, ctx) => {
-    if ((a.command === undefined) === (a.instructions === undefined)) {
-      ctx.addIssue({
-        code: "custom",
-        path: ["command"],
-        message: "give either command or instructions (the built-in agent)",
-      });
+  .strict();
+
+export const AgentCreate = AgentFields.superRefine((a, ctx) => {
+  if ((a.command === undefined) === (a.instructions === undefined)) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["command"],
+      message: "give either command or instructions (the built-in agent)",
+    });
+  }
+  if (a.instructions !== undefined && a.model === undefined) {
+    ctx.addIssue({ code: "custom", path: ["model"], message: "the built-in agent needs a model" });
+  }
+  if (a.instructions === undefined) {
+    for (const k of ["model", "tools", "max_steps"] as const) {
+      if (a[k] !== undefined)
+        ctx.addIssue({ code: "custom", path: [k], message: "only for the built-in agent (instructions)" });
     }
-    if (a.instructions !== undefined && a.model === undefined) {
-      ctx.addIssue({ code: "custom", path: ["model"], message: "the built-in agent needs a model" });
-    }
-    if (a.instructions === undefined) {
-      for (const k of ["model", "tools", "max_steps"] as const) {
-        if (a[k] !== undefined)
-          ctx.addIssue({ code: "custom", path: [k], message: "only for the built-in agent (instructions)" });
-      }
-    }
-  })
-  .meta({ id: "AgentCreate" });
+  }
+}).meta({ id: "AgentCreate" });
 export type AgentCreate = z.infer<typeof AgentCreate>;
+
+/**
+ * A new version of an agent: any of AgentCreate's fields. Those given replace the agent's (limits
+ * key by key; `command` and `instructions` each replace the other kind), the rest stay, and the
+ * result must be a valid AgentCreate. `files` replace the agent's files (a new environment
+ * version); `null` clears `max_concurrent_runs` or `queue_ttl_s`. The name cannot change: a
+ * `name` must be the agent's own (so that a whole definition file can be sent).
+ */
+export const AgentUpdate = AgentFields.partial()
+  .extend({
+    /** Only the limits given change (none is filled in with its default). */
+    limits: z
+      .object({
+        memory_mb: Limits.shape.memory_mb.unwrap().optional(),
+        pids: Limits.shape.pids.unwrap().optional(),
+        cpus: Limits.shape.cpus.unwrap().optional(),
+        timeout_s: Limits.shape.timeout_s.unwrap().optional(),
+        disk_mb: Limits.shape.disk_mb.unwrap().optional(),
+        log_kb: Limits.shape.log_kb.unwrap().optional(),
+        artifacts_mb: Limits.shape.artifacts_mb.unwrap().optional(),
+      })
+      .strict()
+      .optional(),
+    max_concurrent_runs: AgentFields.shape.max_concurrent_runs.unwrap().nullable().optional(),
+    queue_ttl_s: AgentFields.shape.queue_ttl_s.unwrap().nullable().optional(),
+  })
+  .meta({ id: "AgentUpdate" });
+export type AgentUpdate = z.infer<typeof AgentUpdate>;
 
 export const Agent = z
   .object({
@@ -124,9 +154,11 @@ export const Agent = z
     max_concurrent_runs: z.number().int().nullable(),
     queue_ttl_s: z.number().int().nullable(),
     /** The built-in agent's definition; null for an agent that runs its own command. */
-    builtin: z
-      .object({ instructions: z.string(), model: z.string(), tools: z.array(z.string()), max_steps: z.number().int() })
-      .nullable(),
+    builtin: BuiltinDefinition.nullable(),
+    /** The definition's version: 1 when created, one more for each update that changed it. */
+    version: z.number().int(),
+    /** When the agent was deleted: it starts no new runs; it and its runs stay readable. */
+    archived_at: z.string().nullable(),
     created_at: z.string(),
   })
   .meta({ id: "Agent" });
@@ -139,7 +171,7 @@ export const Snapshot = z
     base: z.string(),
     layers: z.array(z.string()),
     runner: z.string(),
-    reason: z.enum(["create", "freeze", "rollback", "runner", "import"]),
+    reason: z.enum(["create", "update", "freeze", "rollback", "runner", "import"]),
     parent_version: z.number().int().nullable(),
     changes: z.unknown(),
     env_bytes: z.number().int(),
@@ -218,6 +250,8 @@ export const Run = z
     /** A child run: the run that started it, and the root of its tree. */
     parent_run_id: z.string().nullable(),
     root_run_id: z.string().nullable(),
+    /** The agent's definition version the run was triggered with (it keeps it through retries). */
+    agent_version: z.number().int(),
     input: z.unknown(),
     created_at: z.string(),
     started_at: z.string().nullable(),

@@ -22,6 +22,11 @@ export const ERROR_CODES = {
   route_not_found: { status: 404, message: "No such endpoint; see /v1/openapi.json." },
   method_not_allowed: { status: 405, message: "This endpoint does not accept that method." },
   conflict: { status: 409, message: "The resource already exists." },
+  agent_archived: {
+    status: 409,
+    message:
+      "The agent is deleted (archived): it starts no new runs and cannot change; it and its runs stay readable. Create a new agent to run again.",
+  },
   run_not_cancelable: { status: 409, message: "The run has already finished and cannot be canceled." },
   command_not_found: {
     status: 422,
@@ -182,6 +187,27 @@ export class AppError extends Error {
     if (this.details !== undefined) error.details = this.details;
     return { error };
   }
+}
+
+/** One problem a schema found, as zod reports it. */
+export interface SchemaIssue {
+  path: readonly PropertyKey[];
+  code: string;
+  message: string;
+  keys?: readonly string[];
+}
+
+/** `validation_failed` naming the first problem in its message and listing every one in its details. */
+export function validationFailed(issues: readonly SchemaIssue[]): AppError {
+  const details = issues.map((i) => ({
+    path: i.path.map(String).join("."),
+    code: i.code,
+    message: i.message,
+    ...(i.keys ? { keys: i.keys } : {}),
+  }));
+  const first = details[0];
+  const where = first?.path ? `${first.path}: ` : "";
+  return new AppError("validation_failed", `Invalid request: ${where}${first?.message ?? "invalid"}.`, details);
 }
 
 export type ErrorBody = { error: { code: string; message: string; details?: unknown } };

@@ -1,3 +1,4 @@
+export * from "./agent-definition.ts";
 export * from "./api.ts";
 export * from "./bridge.ts";
 export * from "./errors.ts";

@@ -1,4 +1,4 @@
-/** `paddock agents create|list|show`: agent definitions. */
+/** `paddock agents create|update|delete|list|show`: agent definitions and their versions. */
 import type { Agent } from "@paddock/protocol";
 import { loadAgentFile, readFilesDir } from "../agent-files.ts";
 import { CliError, CONNECTION_HELP, parseCommand, parseKeyValues, parseNumber, UsageError } from "../args.ts";
@@ -35,20 +35,40 @@ export function parseCreate(argv: string[]) {
   });
 }
 
-/** Builds the AgentCreate body from --file (if any), flags, NAME and the `-- CMD` tail. */
-export async function agentBody(parsed: ReturnType<typeof parseCreate>): Promise<Record<string, unknown>> {
+/** Parses the arguments of `agents update` (the same options as create; AGENT is required). */
+export function parseUpdate(argv: string[]) {
+  return parseCommand(argv, {
+    command: "agents update",
+    options: CREATE_OPTIONS,
+    positionals: { min: 1, max: 1 },
+    rest: true,
+  });
+}
+
+/**
+ * Builds the AgentCreate body from --file (if any), flags, NAME and the `-- CMD` tail; for an
+ * update (AgentUpdate) only what they give, without a name: AGENT names the agent to change.
+ */
+export async function agentBody(
+  parsed: ReturnType<typeof parseCreate>,
+  update = false,
+): Promise<Record<string, unknown>> {
   const { values, positionals, rest } = parsed;
   const body: Record<string, unknown> = values.file ? await loadAgentFile(values.file) : {};
-  const name = positionals[0] ?? body.name;
-  if (name === undefined) throw new UsageError("give the agent a NAME (or use --file)", "agents create");
-  body.name = name;
+  if (update) {
+    delete body.name;
+  } else {
+    const name = positionals[0] ?? body.name;
+    if (name === undefined) throw new UsageError("give the agent a NAME (or use --file)", "agents create");
+    body.name = name;
+  }
   if (rest && rest.length > 0) body.command = rest;
   if (values.instructions !== undefined) body.instructions = values.instructions;
   if (values.model !== undefined) body.model = values.model;
   if (values.tool && values.tool.length > 0) body.tools = [...new Set(values.tool)];
   const maxSteps = parseNumber(values["max-steps"], "max-steps");
   if (maxSteps !== undefined) body.max_steps = maxSteps;
-  if (body.command === undefined && body.instructions === undefined) {
+  if (!update && body.command === undefined && body.instructions === undefined) {
     throw new UsageError(
       "give the command to run after '--' (for example: -- python3 main.py), or --instructions and --model for the built-in agent",
       "agents create",
@@ -101,18 +121,8 @@ export function formatCommand(command: readonly string[]): string {
   return command.map(quoteArg).join(" ");
 }
 
-const create: Command = {
-  name: "create",
-  summary: "create an agent",
-  usage: `Usage: paddock agents create NAME [options] -- CMD [ARGS...]
-       paddock agents create NAME --instructions TEXT --model MODEL [options]
-       paddock agents create --file agent.json [NAME] [options] [-- CMD [ARGS...]]
-
-Creates an agent: a command that runs in a fresh sandbox for each run, with its files in /app
-(its working folder), the run's input at /inputs/input.json, and whatever it writes to /outputs
-kept as the run's artifacts.
-
-Options:
+/** The options of `agents create` and `agents update`, and what files become. */
+const CREATE_HELP = `Options:
   --file FILE       an agent definition: an AgentCreate JSON body; its "files_dir" key (a folder
                     relative to FILE, inside FILE's folder) is uploaded as the agent's files.
                     NAME, the flags below and '-- CMD' override what the file says.
@@ -131,10 +141,23 @@ Options:
   --max-steps N     the most model calls of one run of the built-in agent (default 20)
   --budget-per-run C  the most credits one run may spend on model calls
   --budget-total C  the most credits the agent may spend in all
-  --json            print the created agent as JSON
+  --json            print the agent as JSON
 
 Files: every regular file below the folder, as UTF-8 text (binary files are refused); folders
-named .git and __pycache__ are skipped.
+named .git and __pycache__ are skipped.`;
+
+const create: Command = {
+  name: "create",
+  summary: "create an agent",
+  usage: `Usage: paddock agents create NAME [options] -- CMD [ARGS...]
+       paddock agents create NAME --instructions TEXT --model MODEL [options]
+       paddock agents create --file agent.json [NAME] [options] [-- CMD [ARGS...]]
+
+Creates an agent: a command that runs in a fresh sandbox for each run, with its files in /app
+(its working folder), the run's input at /inputs/input.json, and whatever it writes to /outputs
+kept as the run's artifacts.
+
+${CREATE_HELP}
 
 ${CONNECTION_HELP}`,
   async run(argv, ctx) {
@@ -155,23 +178,84 @@ ${CONNECTION_HELP}`,
   },
 };
 
+const update: Command = {
+  name: "update",
+  summary: "save a new version of an agent",
+  usage: `Usage: paddock agents update AGENT [options] [-- CMD [ARGS...]]
+       paddock agents update AGENT --file agent.json [options] [-- CMD [ARGS...]]
+
+Saves the next version of an agent (AGENT is its name or id): what the options, the file and
+'-- CMD' give replaces the agent's own (--memory and the other limits one by one), the rest
+stays. New files (--dir, or files_dir in --file) replace the agent's files as a new environment
+version; --env and --connection replace the agent's whole list. Runs already queued or
+retrying keep the version they were triggered with. An update the host refuses changes
+nothing; one that changes nothing saves no version. The name cannot change: a name in --file is
+ignored.
+
+${CREATE_HELP}
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const parsed = parseUpdate(argv);
+    const { values, positionals } = parsed;
+    const body = await agentBody(parsed, true);
+    const client = await connect(values, ctx);
+    const before = await client.resolveAgent(positionals[0] ?? "");
+    const agent = await client.updateAgent(before.id, body);
+    if (values.json) ctx.out(JSON.stringify(agent, null, 2));
+    else if (agent.version === before.version) ctx.out(`agent ${agent.name} unchanged (version ${agent.version})`);
+    else ctx.out(`updated agent ${agent.name} (${agent.id}) to version ${agent.version}`);
+    return 0;
+  },
+};
+
+const remove: Command = {
+  name: "delete",
+  summary: "delete (archive) an agent",
+  usage: `Usage: paddock agents delete AGENT [--json]
+
+Deletes an agent (AGENT is its name or id) by archiving it: it starts no new runs, its schedules
+pause and its webhooks refuse deliveries; runs already queued or running finish. The agent and
+its runs stay readable (agents list --archived, runs list --agent ID), and its name is free for
+a new agent.
+
+Options:
+  --json            print the archived agent as JSON
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const { values, positionals } = parseCommand(argv, {
+      command: "agents delete",
+      options: { json: { type: "boolean" } },
+      positionals: { min: 1, max: 1 },
+    });
+    const client = await connect(values, ctx);
+    const found = await client.resolveAgent(positionals[0] ?? "");
+    const agent = await client.deleteAgent(found.id);
+    if (values.json) ctx.out(JSON.stringify(agent, null, 2));
+    else ctx.out(`deleted agent ${agent.name} (${agent.id}); its runs stay readable`);
+    return 0;
+  },
+};
+
 const list: Command = {
   name: "list",
   summary: "list agents",
-  usage: `Usage: paddock agents list [--name NAME] [--json]
+  usage: `Usage: paddock agents list [--name NAME] [--archived] [--json]
 
 Options:
   --name NAME       only the agent with this name
+  --archived        deleted (archived) agents too
   --json            print the agents as JSON
 
 ${CONNECTION_HELP}`,
   async run(argv, ctx) {
     const { values } = parseCommand(argv, {
       command: "agents list",
-      options: { name: { type: "string" }, json: { type: "boolean" } },
+      options: { name: { type: "string" }, archived: { type: "boolean" }, json: { type: "boolean" } },
     });
     const client = await connect(values, ctx);
-    const query = values.name ? { name: values.name } : {};
+    const query = { ...(values.name ? { name: values.name } : {}), ...(values.archived ? { archived: true } : {}) };
     const agents = (await client.listAgents(query)).filter((a) => !values.name || a.name === values.name);
     if (values.json) {
       ctx.out(JSON.stringify(agents, null, 2));
@@ -180,8 +264,15 @@ ${CONNECTION_HELP}`,
     } else {
       ctx.out(
         formatTable(
-          ["ID", "NAME", "COMMAND", "FILES", "CREATED"],
-          agents.map((a) => [a.id, a.name, formatCommand(a.command), String(a.files.length), a.created_at]),
+          ["ID", "NAME", "VERSION", "COMMAND", "FILES", "CREATED"],
+          agents.map((a) => [
+            a.id,
+            a.archived_at ? `${a.name} (deleted)` : a.name,
+            String(a.version),
+            formatCommand(a.command),
+            String(a.files.length),
+            a.created_at,
+          ]),
         ),
       );
     }
@@ -214,7 +305,9 @@ ${CONNECTION_HELP}`,
     }
     const { limits } = agent;
     ctx.out(`agent    ${agent.name} (${agent.id})`);
+    ctx.out(`version  ${agent.version}`);
     ctx.out(`created  ${agent.created_at}`);
+    if (agent.archived_at) ctx.out(`deleted  ${agent.archived_at} (archived: it starts no new runs)`);
     ctx.out(`command  ${formatCommand(agent.command)}`);
     ctx.out(
       `limits   memory ${limits.memory_mb} MB, cpus ${limits.cpus}, pids ${limits.pids}, ` +
@@ -238,6 +331,6 @@ ${CONNECTION_HELP}`,
 
 export const agents: CommandGroup = {
   name: "agents",
-  summary: "create, list and show agents",
-  commands: [create, list, show],
+  summary: "create, update, delete, list and show agents",
+  commands: [create, update, remove, list, show],
 };

@@ -185,7 +185,7 @@ ${CONNECTION_HELP}`,
     }
     const agent = await client.getAgent(r.agent_id).catch(() => null);
     ctx.out(`run       ${r.id}`);
-    ctx.out(`agent     ${agent ? `${agent.name} (${r.agent_id})` : r.agent_id}`);
+    ctx.out(`agent     ${agent ? `${agent.name} (${r.agent_id})` : r.agent_id}, version ${r.agent_version}`);
     ctx.out(`status    ${r.status}${r.reason ? ` (${r.reason})` : ""}`);
     ctx.out(`exit      ${r.exit_code ?? ""}`);
     ctx.out(`attempt   ${r.attempt}`);

@@ -1,15 +1,36 @@
-/** Agents: validated at creation against their real environment image, then frozen into a spec. */
-import { type Agent, type AgentCreate, AppError, BUILTIN_TOOLS, Limits, RetryPolicy } from "@paddock/protocol";
-import type { Kysely } from "kysely";
+/**
+ * Agents: a definition checked against this host (its caps, the tenant's connections, the command
+ * in its real environment image) and stored in versions. An update saves the next version (or
+ * changes nothing when it is invalid); archiving (delete) stops new runs while the agent and its
+ * runs stay readable. A run freezes the agent's current definition and environment when it is
+ * triggered, so a queued or retried run keeps its version whatever happens to the agent.
+ */
+import { isDeepStrictEqual } from "node:util";
+import {
+  type Agent,
+  type AgentBudget,
+  AgentCreate,
+  type AgentDefinition,
+  type AgentSpec,
+  type AgentUpdate,
+  AppError,
+  BUILTIN_TOOLS,
+  Limits,
+  RetryPolicy,
+  toMicro,
+  validationFailed,
+} from "@paddock/protocol";
+import { type Kysely, sql } from "kysely";
 import { requireConnections } from "../bridge/connections.ts";
 import type { RunnerRegistry } from "../engine/runner-registry.ts";
-import type { AgentDefinition, AgentSpec } from "../engine/runs.ts";
+import type { GatewayBudget } from "../gateway/gateway.ts";
 import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
 import { DEFAULT_PATH, resolveCommand } from "../images/resolve-command.ts";
 import { RUNNER_NODE_PATH, RUNNER_SDK } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
+import { parseAgentDefinition } from "../store/stored.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
 
 /** An agent row with its current snapshot. */
@@ -18,8 +39,11 @@ export interface AgentRecord {
   snapshot: SnapshotsTable;
 }
 
+const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).toISOString());
+const layersOf = (snapshot: SnapshotsTable) => JSON.parse(snapshot.layers) as string[];
+
 export function toAgent({ row, snapshot }: AgentRecord): Agent {
-  const def = JSON.parse(row.spec) as AgentDefinition;
+  const def = parseAgentDefinition(row.spec);
   return {
     id: row.id,
     name: row.name,
@@ -36,23 +60,103 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
     snapshot: {
       version: snapshot.version,
       base: snapshot.base,
-      layers: JSON.parse(snapshot.layers) as string[],
+      layers: layersOf(snapshot),
       runner: snapshot.runner,
     },
+    version: row.version,
+    archived_at: iso(row.archived_at),
     created_at: new Date(row.created_at).toISOString(),
   };
 }
 
-/** What a run of this agent freezes at trigger time. */
+function archived(row: AgentsTable): AppError {
+  return new AppError(
+    "agent_archived",
+    `The agent '${row.name}' was deleted (archived) at ${iso(row.archived_at)}: it starts no new runs and cannot change. Its runs stay readable; create a new agent to run again.`,
+    { agent_id: row.id },
+  );
+}
+
+/** What a run of this agent freezes at trigger time; `agent_archived` for an archived agent. */
 export function runSpec({ row, snapshot }: AgentRecord): AgentSpec {
+  if (row.archived_at !== null) throw archived(row);
   return {
-    ...(JSON.parse(row.spec) as AgentDefinition),
+    ...parseAgentDefinition(row.spec),
     image: snapshot.base,
-    layers: JSON.parse(snapshot.layers) as string[],
+    layers: layersOf(snapshot),
     runner: snapshot.runner,
     snapshot_version: snapshot.version,
+    agent_version: row.version,
   };
 }
+
+/** A definition checked against this host, with the environment it runs in. */
+interface Built {
+  def: AgentDefinition;
+  base: string;
+  layers: string[];
+  envBytes: number;
+}
+
+/** The agent an update starts from: its definition (naming its files layer) and environment. */
+interface Previous {
+  def: AgentDefinition;
+  snapshot: SnapshotsTable;
+}
+
+/** The AgentCreate body that describes a stored definition (its files and image aside). */
+function bodyOf(name: string, def: AgentDefinition): Record<string, unknown> {
+  return {
+    name,
+    ...(def.builtin
+      ? {
+          instructions: def.builtin.instructions,
+          model: def.builtin.model,
+          tools: def.builtin.tools,
+          max_steps: def.builtin.max_steps,
+        }
+      : { command: def.command }),
+    env: def.env,
+    limits: def.limits,
+    ...(def.policy ? { policy: def.policy } : {}),
+    ...(def.budget ? { budget: def.budget } : {}),
+    ...(def.retry ? { retry: def.retry } : {}),
+    ...(def.max_concurrent_runs ? { max_concurrent_runs: def.max_concurrent_runs } : {}),
+    ...(def.queue_ttl_s ? { queue_ttl_s: def.queue_ttl_s } : {}),
+  };
+}
+
+/**
+ * The whole definition an update asks for: the fields it gives replace the current ones (limits
+ * key by key), `command` and `instructions` each replace the other kind of agent, `null` clears
+ * the two optional bounds, and every other field stays.
+ */
+function merge(current: Record<string, unknown>, patch: AgentUpdate): Record<string, unknown> {
+  const { limits, max_concurrent_runs, queue_ttl_s, ...given } = patch;
+  const out: Record<string, unknown> = { ...current };
+  if (given.command !== undefined) for (const k of ["instructions", "model", "tools", "max_steps"]) delete out[k];
+  if (given.instructions !== undefined) delete out.command;
+  Object.assign(out, given);
+  if (limits !== undefined) out.limits = { ...(current.limits as object), ...limits };
+  for (const [key, value] of [
+    ["max_concurrent_runs", max_concurrent_runs],
+    ["queue_ttl_s", queue_ttl_s],
+  ] as const) {
+    if (value === null) delete out[key];
+    else if (value !== undefined) out[key] = value;
+  }
+  return out;
+}
+
+/** `layers` with the files layer `old` replaced by `next` (or removed), else `next` on top. */
+function withFilesLayer(layers: string[], old: string | undefined, next: string | undefined): string[] {
+  const at = old === undefined ? -1 : layers.indexOf(old);
+  if (at >= 0) return next === undefined ? layers.toSpliced(at, 1) : layers.with(at, next);
+  return next === undefined || layers.includes(next) ? layers : [next, ...layers];
+}
+
+const filesBytes = (files: Record<string, string>) =>
+  Object.values(files).reduce((n, c) => n + Buffer.byteLength(c), 0);
 
 export class Agents {
   readonly #db: Kysely<Database>;
@@ -62,6 +166,8 @@ export class Agents {
   readonly snapshots: Snapshots;
 
   readonly #maxLimits: Limits;
+  /** Budgets by `tenant/agent`, read once; an update or archive of the agent drops its entry. */
+  readonly #budgets = new Map<string, GatewayBudget>();
 
   constructor(
     db: Kysely<Database>,
@@ -95,14 +201,258 @@ export class Agents {
       .select("id")
       .where("tenant_id", "=", tenantId)
       .where("name", "=", body.name)
+      .where("archived_at", "is", null)
       .executeTakeFirst();
     if (taken) throw new AppError("conflict", `An agent named '${body.name}' already exists.`);
+    const built = await this.#build(tenantId, body, null);
+    const row: AgentsTable = {
+      id: newId("agt"),
+      tenant_id: tenantId,
+      name: body.name,
+      spec: JSON.stringify(built.def),
+      current_version: 1,
+      version: 1,
+      archived_at: null,
+      created_at: Date.now(),
+    };
+    const runner = await this.#runners.current();
+    const snapshot = await this.#db.transaction().execute(async (trx) => {
+      // Again inside the transaction: a connection deleted meanwhile is not named.
+      await requireConnections(trx, tenantId, built.def.policy?.connections ?? []);
+      await trx.insertInto("agents").values(row).execute();
+      await trx
+        .insertInto("agent_versions")
+        .values({ agent_id: row.id, version: 1, tenant_id: tenantId, spec: row.spec, created_at: row.created_at })
+        .execute();
+      return this.snapshots.append(trx, {
+        tenantId,
+        agentId: row.id,
+        base: built.base,
+        layers: built.layers,
+        runner: runner.digest,
+        reason: "create",
+        parentVersion: null,
+        envBytes: built.envBytes,
+      });
+    });
+    return { row, snapshot };
+  }
+
+  /**
+   * Saves the next version of the agent's definition: `patch` merged into the current one and
+   * checked as a whole, as create checks it. Files or an image make a new environment version
+   * too. An invalid update, or one that would change nothing, saves nothing.
+   */
+  async update(tenantId: string, id: string, patch: AgentUpdate): Promise<AgentRecord> {
+    const current = await this.get(tenantId, id);
+    const { row, snapshot } = current;
+    if (row.archived_at !== null) throw archived(row);
+    if (patch.name !== undefined && patch.name !== row.name) {
+      throw validationFailed([
+        { path: ["name"], code: "custom", message: `an agent's name cannot change (this one is '${row.name}')` },
+      ]);
+    }
+    const def = parseAgentDefinition(row.spec);
+    const parsed = AgentCreate.safeParse(merge(bodyOf(row.name, def), patch));
+    if (!parsed.success) throw validationFailed(parsed.error.issues);
+    const filesLayer = def.files_layer ?? (await this.#createdFilesLayer(row.id, def));
+    const before = { ...def, ...(filesLayer ? { files_layer: filesLayer } : {}) };
+    const built = await this.#build(tenantId, parsed.data, { def: before, snapshot });
+    const envChanged = built.base !== snapshot.base || !isDeepStrictEqual(built.layers, layersOf(snapshot));
+    if (!envChanged && isDeepStrictEqual(built.def, before)) return current;
+
+    const runner = envChanged ? await this.#runners.current() : null;
+    const spec = JSON.stringify(built.def);
+    const version = row.version + 1;
+    const now = Date.now();
+    const next = await this.#db.transaction().execute(async (trx) => {
+      await requireConnections(trx, tenantId, built.def.policy?.connections ?? []);
+      const res = await trx
+        .updateTable("agents")
+        .set({ spec, version })
+        .where("id", "=", row.id)
+        .where("version", "=", row.version)
+        .where("archived_at", "is", null)
+        .executeTakeFirst();
+      if (Number(res.numUpdatedRows) !== 1) {
+        throw new AppError("conflict", "The agent was changed or deleted meanwhile; look at it again and retry.");
+      }
+      await trx
+        .insertInto("agent_versions")
+        .values({ agent_id: row.id, version, tenant_id: tenantId, spec, created_at: now })
+        .execute();
+      if (!runner) return { row: { ...row, spec, version }, snapshot };
+      const snap = await this.snapshots.append(trx, {
+        tenantId,
+        agentId: row.id,
+        base: built.base,
+        layers: built.layers,
+        runner: runner.digest,
+        reason: "update",
+        parentVersion: snapshot.version,
+        changes: { agent_version: version },
+        envBytes: built.envBytes,
+      });
+      if (!(await this.snapshots.moveCurrent(trx, row.id, snapshot.version, snap.version))) {
+        throw new AppError("conflict", "The agent's environment changed meanwhile; look at it again and retry.");
+      }
+      return { row: { ...row, spec, version, current_version: snap.version }, snapshot: snap };
+    });
+    this.#budgets.delete(`${tenantId}/${row.id}`);
+    return next;
+  }
+
+  /**
+   * Archives (deletes) the agent: it starts no new runs (API, webhook, agent call), its schedules
+   * are paused, and its name is free again. Runs already queued or running go on and finish; the
+   * agent, its versions and its runs stay readable. Archiving an archived agent changes nothing.
+   */
+  async archive(tenantId: string, id: string): Promise<AgentRecord> {
+    const current = await this.get(tenantId, id);
+    if (current.row.archived_at !== null) return current;
+    const now = Date.now();
+    const done = await this.#db.transaction().execute(async (trx) => {
+      const res = await trx
+        .updateTable("agents")
+        .set({ archived_at: now })
+        .where("id", "=", current.row.id)
+        .where("archived_at", "is", null)
+        .executeTakeFirst();
+      if (Number(res.numUpdatedRows) !== 1) return false;
+      await trx.updateTable("schedules").set({ paused: 1 }).where("agent_id", "=", current.row.id).execute();
+      return true;
+    });
+    this.#budgets.delete(`${tenantId}/${current.row.id}`);
+    // Archived meanwhile by another request: that archive stands.
+    return done ? { ...current, row: { ...current.row, archived_at: now } } : this.get(tenantId, id);
+  }
+
+  /** An agent by id, archived or not; not_found otherwise. */
+  async get(tenantId: string, id: string): Promise<AgentRecord> {
+    const row = await this.#db
+      .selectFrom("agents")
+      .selectAll()
+      .where("tenant_id", "=", tenantId)
+      .where("id", "=", id)
+      .executeTakeFirst();
+    if (!row) throw new AppError("not_found", `No agent '${id}'.`);
+    return { row, snapshot: await this.#snapshotOf(row) };
+  }
+
+  /**
+   * An agent by id, else by name (the live agent of that name, else the one archived last);
+   * not_found otherwise.
+   */
+  async resolve(tenantId: string, ref: string): Promise<AgentRecord> {
+    return this.#find(tenantId, ref, true);
+  }
+
+  /** An agent by name only (the live one, else the one archived last); not_found otherwise. */
+  async byName(tenantId: string, name: string): Promise<AgentRecord> {
+    return this.#find(tenantId, name, false);
+  }
+
+  /** Like resolve, for what only a live agent may get (a schedule, a webhook): `agent_archived` otherwise. */
+  async resolveLive(tenantId: string, ref: string): Promise<AgentRecord> {
+    const agent = await this.resolve(tenantId, ref);
+    if (agent.row.archived_at !== null) throw archived(agent.row);
+    return agent;
+  }
+
+  async #find(tenantId: string, ref: string, byId: boolean): Promise<AgentRecord> {
+    const row = await this.#db
+      .selectFrom("agents")
+      .selectAll()
+      .where("tenant_id", "=", tenantId)
+      .where((eb) => (byId ? eb.or([eb("id", "=", ref), eb("name", "=", ref)]) : eb("name", "=", ref)))
+      .orderBy(sql`case when archived_at is null then 0 else 1 end`)
+      .orderBy("archived_at", "desc")
+      .executeTakeFirst();
+    if (!row) throw new AppError("not_found", `No agent '${ref.slice(0, 64)}'.`);
+    return { row, snapshot: await this.#snapshotOf(row) };
+  }
+
+  /** The tenant's agents, newest first; archived ones only when asked for. */
+  async list(
+    tenantId: string,
+    opts: { name?: string; cursor?: string; limit: number; archived?: boolean },
+  ): Promise<AgentRecord[]> {
+    let q = this.#db.selectFrom("agents").selectAll().where("tenant_id", "=", tenantId);
+    if (!opts.archived) q = q.where("archived_at", "is", null);
+    if (opts.name) q = q.where("name", "=", opts.name);
+    if (opts.cursor) q = q.where("id", "<", opts.cursor);
+    const rows = await q.orderBy("id", "desc").limit(opts.limit).execute();
+    return Promise.all(rows.map(async (row) => ({ row, snapshot: await this.#snapshotOf(row) })));
+  }
+
+  /**
+   * The agent's budget and LLM rate limits as the gateway enforces them (micro-credits); none for
+   * an unknown agent. Read once and kept until the agent changes.
+   */
+  async budgetOf(tenantId: string, agentId: string): Promise<GatewayBudget> {
+    const key = `${tenantId}/${agentId}`;
+    const known = this.#budgets.get(key);
+    if (known) return known;
+    const row = await this.#db
+      .selectFrom("agents")
+      .select("spec")
+      .where("id", "=", agentId)
+      .where("tenant_id", "=", tenantId)
+      .executeTakeFirst();
+    const budget = row ? parseAgentDefinition(row.spec).budget : undefined;
+    const limits: GatewayBudget = {
+      ...(budget?.per_run !== undefined ? { perRun: toMicro(budget.per_run) } : {}),
+      ...(budget?.total !== undefined ? { agentTotal: toMicro(budget.total) } : {}),
+      ...(budget?.requests_per_minute ? { requestsPerMinute: budget.requests_per_minute } : {}),
+      ...(budget?.tokens_per_minute ? { tokensPerMinute: budget.tokens_per_minute } : {}),
+    };
+    if (row) {
+      if (this.#budgets.size >= 10_000) this.#budgets.clear();
+      this.#budgets.set(key, limits);
+    }
+    return limits;
+  }
+
+  /** Every agent of the tenant (archived ones too: their spending stays on the books) with its budget, by name. */
+  async budgets(tenantId: string): Promise<{ id: string; name: string; budget: AgentBudget }[]> {
+    const rows = await this.#db
+      .selectFrom("agents")
+      .select(["id", "name", "spec"])
+      .where("tenant_id", "=", tenantId)
+      .orderBy("name")
+      .orderBy("id")
+      .execute();
+    return rows.map((r) => ({ id: r.id, name: r.name, budget: parseAgentDefinition(r.spec).budget ?? {} }));
+  }
+
+  async #snapshotOf(row: AgentsTable): Promise<SnapshotsTable> {
+    const snapshot = await this.snapshots.get(this.#db, row.id, row.current_version);
+    if (!snapshot) throw new Error(`agent ${row.id} has no snapshot version ${row.current_version}`);
+    return snapshot;
+  }
+
+  /**
+   * The layer of the files a definition stored before definitions named their files layer came
+   * with: the only layer its agent was created with.
+   */
+  async #createdFilesLayer(agentId: string, def: AgentDefinition): Promise<string | undefined> {
+    if (def.files.length === 0) return undefined;
+    const first = await this.snapshots.get(this.#db, agentId, 1);
+    const layers = first?.reason === "create" ? layersOf(first) : [];
+    return layers.length === 1 ? layers[0] : undefined;
+  }
+
+  /**
+   * Checks a whole definition against this host (its limit caps, the tenant's connections, the
+   * command in the environment) and makes its environment: for a new agent the image and a layer
+   * of its files; for an update the current environment with a new image or files layer if given.
+   */
+  async #build(tenantId: string, body: AgentCreate, previous: Previous | null): Promise<Built> {
     const policy = {
       connections: body.policy?.connections ?? [],
       ...(body.policy?.agents?.length ? { agents: body.policy.agents } : {}),
     };
     await requireConnections(this.#db, tenantId, policy.connections);
-
     const limits = Limits.parse(body.limits ?? {});
     const over = (Object.keys(limits) as (keyof Limits)[])
       .filter((k) => limits[k] > this.#maxLimits[k])
@@ -110,10 +460,47 @@ export class Agents {
     if (over.length > 0) {
       throw new AppError("validation_failed", `Invalid request: ${over[0]?.path}: ${over[0]?.message}.`, over);
     }
-    const image = await this.#images.resolve(body.image ?? "default");
-    const files = body.files ?? {};
-    const hasFiles = Object.keys(files).length > 0;
-    const layers = hasFiles ? [await this.#layers.putFiles(files)] : [];
+    const base =
+      previous && body.image === undefined
+        ? previous.snapshot.base
+        : (await this.#images.resolve(body.image ?? "default")).digest;
+
+    let environment: Pick<AgentDefinition, "cwd" | "files" | "files_layer"> & { layers: string[]; envBytes: number };
+    if (previous && body.files === undefined) {
+      const { cwd, files, files_layer } = previous.def;
+      environment = {
+        cwd,
+        files,
+        ...(files_layer ? { files_layer } : {}),
+        layers: layersOf(previous.snapshot),
+        envBytes: Number(previous.snapshot.env_bytes),
+      };
+    } else {
+      const files = body.files ?? {};
+      const hasFiles = Object.keys(files).length > 0;
+      const filesLayer = hasFiles ? await this.#layers.putFiles(files) : undefined;
+      const bytes = filesBytes(files);
+      let layers = filesLayer ? [filesLayer] : [];
+      let envBytes = bytes;
+      if (previous) {
+        const before = layersOf(previous.snapshot);
+        const old = previous.def.files_layer;
+        layers = withFilesLayer(before, old, filesLayer);
+        const replaced = old !== undefined && before.includes(old);
+        const oldBytes = replaced ? previous.def.files.reduce((n, f) => n + f.size, 0) : 0;
+        envBytes = Math.max(0, Number(previous.snapshot.env_bytes) - oldBytes + bytes);
+      }
+      environment = {
+        cwd: hasFiles ? "/app" : "/home/agent",
+        files: Object.entries(files)
+          .map(([path, content]) => ({ path, size: Buffer.byteLength(content) }))
+          .sort((a, b) => (a.path < b.path ? -1 : 1)),
+        ...(filesLayer ? { files_layer: filesLayer } : {}),
+        layers,
+        envBytes,
+      };
+    }
+    const { layers, envBytes, ...placed } = environment;
     const env = body.env ?? {};
     // The built-in agent is the runner bundle started in agent mode, on the runner's own Node.
     const command = body.command ?? [RUNNER_NODE_PATH, RUNNER_SDK, "agent"];
@@ -121,10 +508,7 @@ export class Agents {
       command,
       env,
       limits,
-      cwd: hasFiles ? "/app" : "/home/agent",
-      files: Object.entries(files)
-        .map(([path, content]) => ({ path, size: Buffer.byteLength(content) }))
-        .sort((a, b) => (a.path < b.path ? -1 : 1)),
+      ...placed,
       policy,
       ...(body.budget ? { budget: body.budget } : {}),
       ...(body.retry ? { retry: RetryPolicy.parse(body.retry) } : {}),
@@ -141,84 +525,22 @@ export class Agents {
           }
         : {}),
     };
-    const spec = { ...def, image: image.digest, layers };
     const argv0 = command[0] as string;
     // The runner's Node is in every sandbox (read-only, current runner): agents written for Node may use it.
     const found =
       argv0 === RUNNER_NODE_PATH ||
-      (await resolveCommand(await this.layerPaths(spec), argv0, {
+      (await resolveCommand(await this.layerPaths({ image: base, layers }), argv0, {
         path: env.PATH ?? DEFAULT_PATH,
-        cwd: spec.cwd,
+        cwd: def.cwd,
       }));
     if (!found) {
       throw new AppError(
         "command_not_found",
-        `The command '${argv0}' does not exist in the agent's image (searched PATH and ${spec.cwd}).`,
+        `The command '${argv0}' does not exist in the agent's image (searched PATH and ${def.cwd}).`,
         { command: argv0 },
       );
     }
-    const row: AgentsTable = {
-      id: newId("agt"),
-      tenant_id: tenantId,
-      name: body.name,
-      spec: JSON.stringify(def),
-      current_version: 1,
-      created_at: Date.now(),
-    };
-    const runner = await this.#runners.current();
-    const snapshot = await this.#db.transaction().execute(async (trx) => {
-      // Again inside the transaction: a connection deleted meanwhile is not named.
-      await requireConnections(trx, tenantId, policy.connections);
-      await trx.insertInto("agents").values(row).execute();
-      return this.snapshots.append(trx, {
-        tenantId,
-        agentId: row.id,
-        base: image.digest,
-        layers,
-        runner: runner.digest,
-        reason: "create",
-        parentVersion: null,
-        envBytes: Object.values(files).reduce((n, c) => n + Buffer.byteLength(c), 0),
-      });
-    });
-    return { row, snapshot };
-  }
-
-  async get(tenantId: string, id: string): Promise<AgentRecord> {
-    const row = await this.#db
-      .selectFrom("agents")
-      .selectAll()
-      .where("tenant_id", "=", tenantId)
-      .where("id", "=", id)
-      .executeTakeFirst();
-    if (!row) throw new AppError("not_found", `No agent '${id}'.`);
-    return { row, snapshot: await this.#snapshotOf(row) };
-  }
-
-  /** An agent by id, else by name; not_found otherwise. */
-  async resolve(tenantId: string, ref: string): Promise<AgentRecord> {
-    const row = await this.#db
-      .selectFrom("agents")
-      .selectAll()
-      .where("tenant_id", "=", tenantId)
-      .where((eb) => eb.or([eb("id", "=", ref), eb("name", "=", ref)]))
-      .executeTakeFirst();
-    if (!row) throw new AppError("not_found", `No agent '${ref.slice(0, 64)}'.`);
-    return { row, snapshot: await this.#snapshotOf(row) };
-  }
-
-  async list(tenantId: string, opts: { name?: string; cursor?: string; limit: number }): Promise<AgentRecord[]> {
-    let q = this.#db.selectFrom("agents").selectAll().where("tenant_id", "=", tenantId);
-    if (opts.name) q = q.where("name", "=", opts.name);
-    if (opts.cursor) q = q.where("id", "<", opts.cursor);
-    const rows = await q.orderBy("id", "desc").limit(opts.limit).execute();
-    return Promise.all(rows.map(async (row) => ({ row, snapshot: await this.#snapshotOf(row) })));
-  }
-
-  async #snapshotOf(row: AgentsTable): Promise<SnapshotsTable> {
-    const snapshot = await this.snapshots.get(this.#db, row.id, row.current_version);
-    if (!snapshot) throw new Error(`agent ${row.id} has no snapshot version ${row.current_version}`);
-    return snapshot;
+    return { def, base, layers, envBytes };
   }
 
   /** The agent's environment versions, newest first. */

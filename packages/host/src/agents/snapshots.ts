@@ -27,7 +27,7 @@ export interface NewSnapshot {
   base: string;
   layers: string[];
   runner: string;
-  reason: "create" | "freeze" | "rollback" | "runner" | "import";
+  reason: "create" | "update" | "freeze" | "rollback" | "runner" | "import";
   parentVersion: number | null;
   changes?: unknown;
   envBytes?: number;

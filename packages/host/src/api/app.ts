@@ -7,6 +7,7 @@ import { OpenAPIHono } from "@hono/zod-openapi";
 import {
   Agent,
   AgentCreate,
+  AgentUpdate,
   ApiKey,
   ApiKeyCreate,
   AppError,
@@ -26,7 +27,6 @@ import {
 } from "@paddock/protocol";
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
-import type { Kysely } from "kysely";
 import { z } from "zod";
 import { type Agents, runSpec, toAgent } from "../agents/agents.ts";
 import type { SnapshotArchives } from "../agents/snapshot-archive.ts";
@@ -41,7 +41,6 @@ import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
 import { type Identity, toTenant } from "../identity/identity.ts";
 import type { Secrets } from "../secrets/secrets.ts";
-import type { Database } from "../store/schema.ts";
 import type { Scheduler } from "../triggers/scheduler.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
 import { registerConnectionRoutes } from "./connections.ts";
@@ -65,8 +64,6 @@ import { registerSnapshotArchiveRoutes } from "./snapshot-archive.ts";
 import { registerWebhookRoutes } from "./webhooks.ts";
 
 export interface ApiDeps {
-  /** Only for the credits listing, which reads agents' budgets. */
-  db: Kysely<Database>;
   identity: Identity;
   agents: Agents;
   runs: RunRepository;
@@ -92,6 +89,13 @@ const ListQuery = z.object({
   limit: z.coerce.number().int().min(1).max(200).default(50),
   cursor: z.string().max(64).optional(),
 });
+const AgentsQuery = ListQuery.extend({
+  name: z.string().max(64).optional(),
+  /** true: deleted (archived) agents too. */
+  archived: z.enum(["true", "false"]).optional(),
+});
+/** An agent's files travel inside its JSON body; allow for their JSON escaping. */
+const AGENT_BODY_LIMIT = MAX_FILES_BYTES * 2 + 1024 * 1024;
 const MAX_SSE_BUFFER = 1000;
 const TERMINAL_EVENTS = new Set(TERMINAL_STATUSES.map((s) => `run.${s}`));
 
@@ -168,8 +172,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       summary: "Create an agent",
       auth: "tenant",
       request: { body: jsonBody(AgentCreate) },
-      // Files travel inside the JSON body; allow for their JSON escaping.
-      bodyLimit: MAX_FILES_BYTES * 2 + 1024 * 1024,
+      bodyLimit: AGENT_BODY_LIMIT,
       responses: { 201: json(Agent, "Created") },
     },
     async (c) => c.json(toAgent(await deps.agents.create(tenantOf(c), c.req.valid("json"))), 201),
@@ -178,15 +181,16 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     {
       method: "get",
       path: "/v1/agents",
-      summary: "List agents",
+      summary: "List agents (live ones; with archived=true, deleted ones too)",
       auth: "tenant",
-      request: { query: ListQuery.extend({ name: z.string().max(64).optional() }) },
+      request: { query: AgentsQuery },
       responses: { 200: json(Page(Agent), "Agents") },
     },
     async (c) => {
       const q = c.req.valid("query");
       const rows = await deps.agents.list(tenantOf(c), {
         limit: q.limit,
+        archived: q.archived === "true",
         ...(q.name ? { name: q.name } : {}),
         ...(q.cursor ? { cursor: q.cursor } : {}),
       });
@@ -206,6 +210,36 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       responses: { 200: json(Agent, "The agent") },
     },
     async (c) => c.json(toAgent(await deps.agents.get(tenantOf(c), c.req.valid("param").id)), 200),
+  );
+  // Agent versions and deletion: the agents service does the work.
+  route(
+    {
+      method: "patch",
+      path: "/v1/agents/{id}",
+      summary:
+        "Update an agent: the fields given replace its own (limits key by key) and it becomes its next version; files make a new environment version. An invalid update changes nothing",
+      auth: "tenant",
+      request: { params: AgentId, body: jsonBody(AgentUpdate) },
+      bodyLimit: AGENT_BODY_LIMIT,
+      responses: {
+        200: json(Agent, "The agent at its new version (as it was when nothing changed)"),
+        409: json(ErrorResponse, "The agent is deleted (agent_archived) or changed meanwhile (conflict)"),
+      },
+    },
+    async (c) =>
+      c.json(toAgent(await deps.agents.update(tenantOf(c), c.req.valid("param").id, c.req.valid("json"))), 200),
+  );
+  route(
+    {
+      method: "delete",
+      path: "/v1/agents/{id}",
+      summary:
+        "Delete (archive) an agent: it starts no new runs, its schedules pause, its webhooks refuse deliveries and its name is free; runs going finish; it and its runs stay readable",
+      auth: "tenant",
+      request: { params: AgentId },
+      responses: { 200: json(Agent, "The archived agent") },
+    },
+    async (c) => c.json(toAgent(await deps.agents.archive(tenantOf(c), c.req.valid("param").id)), 200),
   );
 
   // Environment versions.
@@ -257,7 +291,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     providers: deps.providers,
     ledger: deps.ledger,
     identity: deps.identity,
-    db: deps.db,
+    agents: deps.agents,
     findRun,
   });
   registerConnectionRoutes(route, deps.connections);
@@ -283,6 +317,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       responses: {
         200: json(Run, "The run this Idempotency-Key already started"),
         201: json(Run, "Queued"),
+        409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
         422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
       },
     },

@@ -16,13 +16,11 @@ import {
   toMicro,
 } from "@paddock/protocol";
 import type { Context } from "hono";
-import type { Kysely } from "kysely";
 import { z } from "zod";
-import type { AgentDefinition } from "../engine/runs.ts";
+import type { Agents } from "../agents/agents.ts";
 import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
 import type { Identity } from "../identity/identity.ts";
-import type { Database } from "../store/schema.ts";
 import { type ApiEnv, type DefineRoute, Id, json, jsonBody, pathParam, tenantOf } from "./http.ts";
 
 const Name = z.object({ name: pathParam(ProviderName, "provider") });
@@ -31,14 +29,13 @@ export interface GatewayRouteDeps {
   providers: Providers;
   ledger: Ledger;
   identity: Identity;
-  /** Only for the credits listing, which reads agents' budgets. */
-  db: Kysely<Database>;
+  agents: Agents;
   /** The run of the caller's tenant with this id (not_found otherwise). */
   findRun: (c: Context<ApiEnv>, id: string) => Promise<{ id: string }>;
 }
 
 export function registerGatewayRoutes(route: DefineRoute, deps: GatewayRouteDeps): void {
-  const { providers, ledger, db } = deps;
+  const { providers, ledger } = deps;
   const one = "/v1/providers/{name}";
   route(
     {
@@ -126,12 +123,7 @@ export function registerGatewayRoutes(route: DefineRoute, deps: GatewayRouteDeps
     },
     async (c) => {
       const tenantId = tenantOf(c);
-      const agents = await db
-        .selectFrom("agents")
-        .select(["id", "name", "spec"])
-        .where("tenant_id", "=", tenantId)
-        .orderBy("name")
-        .execute();
+      const agents = await deps.agents.budgets(tenantId);
       const totals = await ledger.totals(
         "agent",
         agents.map((a) => a.id),
@@ -143,7 +135,7 @@ export function registerGatewayRoutes(route: DefineRoute, deps: GatewayRouteDeps
           name: a.name,
           spent: fromMicro(totals.get(a.id)?.spent ?? 0),
           reserved: fromMicro(totals.get(a.id)?.reserved ?? 0),
-          budget: (JSON.parse(a.spec) as AgentDefinition).budget ?? {},
+          budget: a.budget,
         })),
       });
     },

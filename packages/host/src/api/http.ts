@@ -4,7 +4,7 @@
  * become responses in one place.
  */
 import { createRoute, type OpenAPIHono, type RouteConfig, type RouteHandler } from "@hono/zod-openapi";
-import { AppError, ERROR_CODES, ErrorResponse } from "@paddock/protocol";
+import { AppError, ERROR_CODES, ErrorResponse, validationFailed } from "@paddock/protocol";
 import type { Context, MiddlewareHandler } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
@@ -73,25 +73,9 @@ export function pathParam<T extends z.ZodType<string>>(
   return param;
 }
 
-/**
- * The validation_failed error for these schema issues: each issue in `details`, the first one in
- * the message.
- */
-function invalid(issues: readonly z.core.$ZodIssue[]): AppError {
-  const details = issues.map((i) => ({
-    path: i.path.map(String).join("."),
-    code: i.code,
-    message: i.message,
-    ...("keys" in i ? { keys: i.keys } : {}),
-  }));
-  const first = details[0];
-  const where = first?.path ? `${first.path}: ` : "";
-  return new AppError("validation_failed", `Invalid request: ${where}${first?.message ?? "invalid"}.`, details);
-}
-
 export function check<T extends z.ZodType>(schema: T, value: unknown): z.infer<T> {
   const parsed = schema.safeParse(value);
-  if (!parsed.success) throw invalid(parsed.error.issues);
+  if (!parsed.success) throw validationFailed(parsed.error.issues);
   return parsed.data;
 }
 
@@ -100,7 +84,7 @@ export function check<T extends z.ZodType>(schema: T, value: unknown): z.infer<T
  * not match its schema is validation_failed.
  */
 export function validationHook(result: { success: boolean; error?: z.ZodError }): void {
-  if (!result.success && result.error) throw invalid(result.error.issues);
+  if (!result.success && result.error) throw validationFailed(result.error.issues);
 }
 
 /** Reads a JSON body of at most `maxBytes` and checks it against `schema`. An empty body is `{}`. */

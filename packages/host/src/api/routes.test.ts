@@ -132,6 +132,7 @@ describe("every API route without root", () => {
       "post /v1/tenants": { name: `t-${newId("tmp").slice(-8)}` },
       "post /v1/tenants/{id}/keys": {},
       "post /v1/agents": { name: `agent-${newId("tmp").slice(-8)}`, instructions: "Say hi.", model: "m" },
+      "patch /v1/agents/{id}": { max_steps: 5 },
       "post /v1/agents/{id}/rollback": { version: 1 },
       "post /v1/agents/{id}/runs": {},
       "post /v1/agents/{id}/env/session": {},

@@ -20,7 +20,7 @@ export function registerScheduleRoutes(route: DefineRoute, deps: { scheduler: Sc
     },
     async (c) => {
       const body = c.req.valid("json");
-      const agent = await agents.resolve(tenantOf(c), body.agent);
+      const agent = await agents.resolveLive(tenantOf(c), body.agent);
       return c.json(await scheduler.create(tenantOf(c), agent.row.id, body), 201);
     },
   );

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { AppError, type ConnectionPut } from "@paddock/protocol";
+import { AppError, type ConnectionPut, DEFAULT_LIMITS } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { newId } from "../store/ids.ts";
 import { migrate } from "../store/migrations.ts";
@@ -176,12 +176,16 @@ describe("Connections", () => {
   test("an agent's policy keeps its connections from being deleted", async () => {
     await connections.put(tenant, "used", spec());
     await connections.put(tenant, "used_2", spec());
+    const definition = (command: string[], policy?: unknown) =>
+      JSON.stringify({ command, env: {}, limits: DEFAULT_LIMITS, cwd: "/", files: [], ...(policy ? { policy } : {}) });
     const agent = (name: string, policy?: unknown) => ({
       id: newId("agt"),
       tenant_id: tenant,
       name,
-      spec: JSON.stringify({ command: ["true"], env: {}, ...(policy ? { policy } : {}) }),
+      spec: definition(["true"], policy),
       current_version: 1,
+      version: 1,
+      archived_at: null,
       created_at: 0,
     });
     await db
@@ -191,15 +195,17 @@ describe("Connections", () => {
     // The LIKE prefilter also finds "used_2"-like names and the text "used" elsewhere; the parsed policy decides.
     await db
       .updateTable("agents")
-      .set({ spec: JSON.stringify({ command: ["echo", "used"], env: {}, policy: { connections: [] } }) })
+      .set({ spec: definition(["echo", "used"], { connections: [] }) })
       .where("name", "=", "mentions")
       .execute();
     const err = await rejects(connections.delete(tenant, "used"), "conflict");
     assert.deepEqual(err.details, { agents: ["bot"] });
     await connections.get(tenant, "used");
     await connections.delete(tenant, "used_2");
-    await db.deleteFrom("agents").where("tenant_id", "=", tenant).execute();
+    // An archived agent starts no runs: it no longer keeps the connection.
+    await db.updateTable("agents").set({ archived_at: Date.now() }).where("name", "=", "bot").execute();
     await connections.delete(tenant, "used");
+    await db.deleteFrom("agents").where("tenant_id", "=", tenant).execute();
   });
 
   test("missingConnections and requireConnections name what the tenant lacks", async () => {

@@ -20,9 +20,9 @@ import {
 } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { isIpLiteralHost } from "../egress/address-policy.ts";
-import type { AgentDefinition } from "../engine/runs.ts";
 import { newId } from "../store/ids.ts";
 import type { ConnectionsTable, Database } from "../store/schema.ts";
+import { parseAgentDefinition } from "../store/stored.ts";
 import { type CompiledPolicy, compilePolicy, upstreamAddressRefusal } from "./policy.ts";
 
 /** A connection as the bridge uses it: parsed, with its policy compiled. */
@@ -234,7 +234,7 @@ async function requireSecret(db: Db, tenantId: string, secret: string): Promise<
   }
 }
 
-/** Names of the tenant's agents whose policy names the connection. */
+/** Names of the tenant's live (not archived) agents whose policy names the connection. */
 async function agentsNaming(db: Db, tenantId: string, name: string): Promise<string[]> {
   // A cheap prefilter on the JSON text; the parsed policy decides.
   const rows = await db
@@ -242,9 +242,10 @@ async function agentsNaming(db: Db, tenantId: string, name: string): Promise<str
     .select(["name", "spec"])
     .where("tenant_id", "=", tenantId)
     .where("spec", "like", `%"${name}"%`)
+    .where("archived_at", "is", null)
     .execute();
   return rows
-    .filter((r) => ((JSON.parse(r.spec) as AgentDefinition).policy?.connections ?? []).includes(name))
+    .filter((r) => (parseAgentDefinition(r.spec).policy?.connections ?? []).includes(name))
     .map((r) => r.name)
     .sort();
 }

@@ -12,6 +12,7 @@ import { rename, writeFile } from "node:fs/promises";
 import { constants } from "node:os";
 import { join } from "node:path";
 import {
+  type AgentSpec,
   type Limits,
   Marker,
   type RunEventData,
@@ -31,7 +32,6 @@ import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV, RUNNER_SDK, RUNTIME_DIR } from ".
 import { newId } from "../store/ids.ts";
 import type { EventLog, NewEvent } from "./event-log.ts";
 import type { CurrentRunner } from "./runner-registry.ts";
-import type { AgentSpec } from "./runs.ts";
 
 export const MAX_LINE_BYTES = 16 * 1024;
 /** A frame carries one line, JSON-escaped (worst case 6 bytes per byte), plus a small envelope. */

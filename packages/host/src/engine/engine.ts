@@ -4,6 +4,7 @@
  * reconciles runs that a dead host left in flight.
  */
 import {
+  type AgentSpec,
   AppError,
   type RetryPolicy,
   type RetryReason,
@@ -14,10 +15,11 @@ import {
 import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
+import { parseRunSpec } from "../store/stored.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
 import type { EventLog, NewEvent } from "./event-log.ts";
 import type { CurrentRunner } from "./runner-registry.ts";
-import { type AgentSpec, type RunRepository, terminalEvent } from "./runs.ts";
+import { type RunRepository, terminalEvent } from "./runs.ts";
 import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
 
 /** What the engine works with: the store and the runs in it, and everything an attempt needs. */
@@ -227,7 +229,7 @@ export class Engine {
         const child = c.root_run_id !== null;
         if (!child) {
           if (rootsFull || tenantFull) continue;
-          const limit = (JSON.parse(c.spec) as AgentSpec).max_concurrent_runs;
+          const limit = parseRunSpec(c.spec).max_concurrent_runs;
           if (limit !== undefined && roots.filter((a) => a.agentId === c.agent_id).length >= limit) continue;
         }
         if (c.serial_key !== null && running.some((a) => a.serialKey === c.serial_key)) continue;
@@ -313,7 +315,7 @@ export class Engine {
   }
 
   #launch(run: RunsTable): void {
-    const spec = JSON.parse(run.spec) as AgentSpec;
+    const spec = parseRunSpec(run.spec);
     const attempt = new Attempt(this.#deps, {
       runId: run.id,
       tenantId: run.tenant_id,
@@ -422,7 +424,7 @@ export class Engine {
   ): Promise<void> {
     const now = Date.now();
     const requeue = outcome.interrupted === true;
-    const spec = JSON.parse(run.spec) as AgentSpec;
+    const spec = parseRunSpec(run.spec);
     const retry = requeue ? null : retryDecision(spec.retry, outcome, run.attempt, run.max_attempts, now);
     const rows = await this.#db.transaction().execute(async (trx) => {
       const res = await trx
@@ -487,7 +489,7 @@ export class Engine {
   async #recover(runs: RunsTable[], why: string): Promise<void> {
     const now = Date.now();
     for (const run of runs) {
-      const spec = JSON.parse(run.spec) as AgentSpec;
+      const spec = parseRunSpec(run.spec);
       const lost: AttemptOutcome = { status: "failed", reason: "lost", exitCode: null };
       const retry = retryDecision(spec.retry, lost, run.attempt, run.max_attempts, now);
       const rows = await this.#db.transaction().execute(async (trx) => {

@@ -28,7 +28,16 @@ describe("EventLog", () => {
     await db.insertInto("tenants").values({ id: tenant, name: "t", created_at: 0 }).execute();
     await db
       .insertInto("agents")
-      .values({ id: agent, tenant_id: tenant, name: "a", spec: "{}", current_version: 1, created_at: 0 })
+      .values({
+        id: agent,
+        tenant_id: tenant,
+        name: "a",
+        spec: "{}",
+        current_version: 1,
+        version: 1,
+        archived_at: null,
+        created_at: 0,
+      })
       .execute();
     log = new EventLog(db);
     const spec = {
@@ -41,6 +50,7 @@ describe("EventLog", () => {
       layers: [],
       runner: "",
       snapshot_version: 1,
+      agent_version: 1,
     };
     runId = (await new RunRepository(db, log).create(tenant, agent, spec, null)).run.id;
   });

@@ -4,11 +4,8 @@
  */
 import { createHash } from "node:crypto";
 import {
-  type AgentBudget,
-  type AgentPolicy,
+  type AgentSpec,
   AppError,
-  type Limits,
-  type RetryPolicy,
   type Run,
   type RunEventData,
   type RunReason,
@@ -18,41 +15,6 @@ import type { Kysely, Transaction } from "kysely";
 import { newId } from "../store/ids.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import type { EventLog, NewEvent } from "./event-log.ts";
-
-/** What an agent runs: its definition, stored on the agent. */
-export interface AgentDefinition {
-  command: string[];
-  env: Record<string, string>;
-  limits: Limits;
-  cwd: string;
-  files: { path: string; size: number }[];
-  /**
-   * The bridge connections the agent's runs may call; a run's token carries `bridge:<name>` for
-   * each. Absent in definitions stored before agents had policies, which means none.
-   */
-  policy?: AgentPolicy;
-  /** Credits budgets and LLM rate limits; absent means only the tenant's balance bounds spending. */
-  budget?: AgentBudget;
-  /** How failed attempts are retried; absent means one attempt. */
-  retry?: RetryPolicy;
-  /** Runs of this agent at once; absent means no limit of its own. */
-  max_concurrent_runs?: number;
-  /** Seconds a run may wait in the queue before it expires. */
-  queue_ttl_s?: number;
-  /** The built-in agent's loop (the command then starts it from the runner layer). */
-  builtin?: { instructions: string; model: string; tools: string[]; max_steps: number };
-}
-
-/** An agent's definition with its environment snapshot, frozen into each run at trigger time. */
-export interface AgentSpec extends AgentDefinition {
-  /** Digest of the base image. */
-  image: string;
-  /** Digests of environment layers, top-most first. */
-  layers: string[];
-  /** The runner digest the snapshot names ("" when unknown); the current runner is swapped in. */
-  runner: string;
-  snapshot_version: number;
-}
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
@@ -69,6 +31,7 @@ export function toRun(row: RunsTable): Run {
     not_before: iso(row.not_before),
     parent_run_id: row.parent_run_id,
     root_run_id: row.root_run_id,
+    agent_version: row.agent_version,
     input: row.input === null ? null : JSON.parse(row.input),
     created_at: new Date(row.created_at).toISOString(),
     started_at: iso(row.started_at),
@@ -128,6 +91,7 @@ export class RunRepository {
       worker_id: null,
       cancel_requested: 0,
       snapshot_version: spec.snapshot_version,
+      agent_version: spec.agent_version,
       created_at: now,
       started_at: null,
       finished_at: null,

@@ -9,9 +9,8 @@
  * the runner's spec). Each one is used for exactly one run and destroyed after it, like a cold one,
  * so a run never sees another run's writes. One that dies while waiting is dropped.
  */
-import type { Limits } from "@paddock/protocol";
+import type { AgentSpec, Limits } from "@paddock/protocol";
 import type { SandboxDriver, SandboxHandle, SandboxSpec } from "../sandbox/driver.ts";
-import type { AgentSpec } from "./runs.ts";
 
 export interface WarmPoolConfig {
   /** Spares kept in all; 0 disables the pool. */

@@ -13,13 +13,14 @@
  * the Node binary's libraries), a time limit and capped output. What it wrote to the cache folder
  * reaches the layer only as plain files of bounded number and size, copied and owned by the host.
  */
-import { spawn } from "node:child_process";
+import { type IOType, spawn } from "node:child_process";
 import { constants } from "node:fs";
 import { access, chmod, chown, copyFile, lstat, mkdir, mkdtemp, open, readdir, readlink } from "node:fs/promises";
 import { join } from "node:path";
 import { AppError, RunnerFrame, type RunnerSpec } from "@paddock/protocol";
 import { RUNNER_ARGV, RUNNER_COMPILE_CACHE, RUNNER_ENV, RUNNER_MOUNT } from "../sandbox/driver.ts";
-import { HELPER_ENV, HELPER_PATH } from "../sandbox/linux/launcher.ts";
+import { dropPrivileges, entryOptions, isolationOptions } from "../sandbox/linux/bwrap-args.ts";
+import { HELPER_ENV, HELPER_PATH, SECCOMP_FD } from "../sandbox/linux/launcher.ts";
 import { ensureRunDir } from "../sandbox/linux/paths.ts";
 import { buildSeccompFilter } from "../sandbox/linux/seccomp.ts";
 import { syscallArch } from "../sandbox/linux/syscalls.ts";
@@ -67,6 +68,40 @@ const ENTRY_RE = /^[0-9a-f]{1,16}$/;
 const MOUNT_SCRIPT = '"$1" --bind "$2" "$3" && "$1" -o remount,bind,ro,nosuid,nodev "$3" && shift 3 && exec "$@"';
 
 /**
+ * setpriv ... bwrap ... -- the runner: dropped to the sandbox user with the sandbox's own
+ * privilege, namespace, environment and seccomp options (bwrap-args.ts), over the host's system
+ * folders read-only, the layer read-only at RUNNER_MOUNT and the cache folder writable.
+ */
+export function compileCacheCommand(
+  tools: { setpriv: string; bwrap: string },
+  user: { uid: number; gid: number },
+  dirs: { mountPoint: string; written: string; system: string[] },
+): string[] {
+  return [
+    tools.setpriv,
+    ...dropPrivileges(user.uid, user.gid),
+    tools.bwrap,
+    ...isolationOptions(),
+    ...dirs.system,
+    "--ro-bind",
+    dirs.mountPoint,
+    RUNNER_MOUNT,
+    "--bind",
+    dirs.written,
+    RUNNER_COMPILE_CACHE,
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "--tmpfs",
+    "/tmp",
+    ...entryOptions({ PATH: HELPER_PATH, LANG: "C.UTF-8", ...RUNNER_ENV }, "/"),
+    "--",
+    ...RUNNER_ARGV,
+  ];
+}
+
+/**
  * Runs the runner in `layerDir` (holding node and runner.mjs, and an empty compile-cache/ folder)
  * as it starts in a sandbox, and fills compile-cache/ with the cache Node wrote. Throws AppError
  * runner_invalid when the runner does not work, with Node's stderr in the details.
@@ -89,45 +124,10 @@ export async function buildCompileCache(layerDir: string, options: CompileCacheO
     await filter.writeFile(buildSeccompFilter(syscallArch()));
     await filter.close();
 
-    const bwrap = [
-      "--unshare-user",
-      "--unshare-all",
-      "--disable-userns",
-      "--die-with-parent",
-      "--new-session",
-      ...(await systemMounts()),
-      "--ro-bind",
-      mountPoint,
-      RUNNER_MOUNT,
-      "--bind",
-      written,
-      RUNNER_COMPILE_CACHE,
-      "--proc",
-      "/proc",
-      "--dev",
-      "/dev",
-      "--tmpfs",
-      "/tmp",
-      "--clearenv",
-      ...Object.entries({ PATH: HELPER_PATH, LANG: "C.UTF-8", ...RUNNER_ENV }).flatMap(([k, v]) => ["--setenv", k, v]),
-      "--chdir",
-      "/",
-      "--seccomp",
-      "3",
-      "--",
-      ...RUNNER_ARGV,
-    ];
-    const setpriv = [
-      `--reuid=${options.uid}`,
-      `--regid=${options.gid}`,
-      "--clear-groups",
-      "--bounding-set=-all",
-      "--inh-caps=-all",
-      "--no-new-privs",
-    ];
     const argv = [
       ...["--mount", "--propagation", "private", "--", tools.sh, "-c", MOUNT_SCRIPT, "sh"],
-      ...[tools.mount, layerDir, mountPoint, tools.setpriv, ...setpriv, tools.bwrap, ...bwrap],
+      ...[tools.mount, layerDir, mountPoint],
+      ...compileCacheCommand(tools, options, { mountPoint, written, system: await systemMounts() }),
     ];
     const spec: RunnerSpec = {
       command: [`${RUNNER_MOUNT}/${RUNNER_NODE}`, "-e", `console.log('::paddock::{"type":"${RUNNER_CHECK_EVENT}"}')`],
@@ -193,7 +193,10 @@ async function runOnce(
   const seccomp = await open(seccompFile, "r");
   try {
     return await new Promise<RunResult>((resolve, reject) => {
-      const child = spawn(file, argv, { stdio: ["pipe", "pipe", "pipe", seccomp.fd], env: HELPER_ENV });
+      // The filter goes on SECCOMP_FD, where entryOptions tells bwrap to read it.
+      const stdio: (IOType | number)[] = ["pipe", "pipe", "pipe"];
+      stdio[SECCOMP_FD] = seccomp.fd;
+      const child = spawn(file, argv, { stdio, env: HELPER_ENV });
       let stdout = "";
       let stderr = "";
       let timedOut = false;

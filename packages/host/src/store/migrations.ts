@@ -371,11 +371,85 @@ migrations["0006_triggers"] = {
   },
 };
 
+migrations["0007_agent_versions"] = {
+  // Agents get versions of their definition (each kept in agent_versions; the current one is also
+  // agents.spec, with its number in agents.version) and can be archived; runs record the version
+  // they were triggered with. A name is unique only among live agents, so archiving frees it.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await rebuildAgentsWithoutNameConstraint(db);
+    await db.schema
+      .createIndex("agents_live_name")
+      .unique()
+      .on("agents")
+      .columns(["tenant_id", "name"])
+      .where(sql.ref("archived_at"), "is", null)
+      .execute();
+    await db.schema
+      .createTable("agent_versions")
+      .addColumn("agent_id", "text", (c) => c.notNull().references("agents.id"))
+      .addColumn("version", "integer", (c) => c.notNull())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("spec", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addPrimaryKeyConstraint("agent_versions_pk", ["agent_id", "version"])
+      .execute();
+    await db
+      .insertInto("agent_versions")
+      .columns(["agent_id", "version", "tenant_id", "spec", "created_at"])
+      .expression(db.selectFrom("agents").select(["id", sql.lit(1).as("version"), "tenant_id", "spec", "created_at"]))
+      .execute();
+    await db.schema
+      .alterTable("runs")
+      .addColumn("agent_version", "integer", (c) => c.notNull().defaultTo(1))
+      .execute();
+  },
+};
+
+/**
+ * Makes `agents` again without the table's unique (tenant, name) constraint, adding `version`
+ * and `archived_at`. SQLite cannot drop a table constraint, so this is its documented rebuild:
+ * foreign keys off, copy into a new table, drop the old one, rename the new one (the other tables'
+ * references to `agents` then name the new table), check every reference, foreign keys on.
+ * (PostgreSQL instead drops the constraint agents_tenant_name and adds the two columns.)
+ */
+// biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+async function rebuildAgentsWithoutNameConstraint(db: Kysely<any>): Promise<void> {
+  const columns = ["id", "tenant_id", "name", "spec", "created_at", "current_version"] as const;
+  await sql`PRAGMA foreign_keys = OFF`.execute(db);
+  try {
+    await db.schema
+      .createTable("agents_rebuilt")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("name", "text", (c) => c.notNull())
+      .addColumn("spec", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("current_version", "integer", (c) => c.notNull().defaultTo(1))
+      .addColumn("version", "integer", (c) => c.notNull().defaultTo(1))
+      .addColumn("archived_at", "bigint")
+      .execute();
+    await db
+      .insertInto("agents_rebuilt")
+      .columns(columns)
+      .expression(db.selectFrom("agents").select(columns))
+      .execute();
+    await db.schema.dropTable("agents").execute();
+    await db.schema.alterTable("agents_rebuilt").renameTo("agents").execute();
+    const broken = await sql`PRAGMA foreign_key_check`.execute(db);
+    if (broken.rows.length > 0) throw new Error(`rows reference missing rows: ${JSON.stringify(broken.rows[0])}`);
+  } finally {
+    await sql`PRAGMA foreign_keys = ON`.execute(db);
+  }
+}
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
+/** Applies every migration not applied yet (tests may stop after the one named `to`). */
 // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
-export async function migrate(db: Kysely<any>): Promise<void> {
-  const { error, results } = await new Migrator({ db, provider }).migrateToLatest();
+export async function migrate(db: Kysely<any>, to?: string): Promise<void> {
+  const migrator = new Migrator({ db, provider });
+  const { error, results } = await (to === undefined ? migrator.migrateToLatest() : migrator.migrateTo(to));
   const failed = results?.find((r) => r.status === "Error");
   if (error || failed) {
     throw new Error(`database migration ${failed?.migrationName ?? ""} failed: ${String(error)}`);

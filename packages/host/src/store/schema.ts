@@ -21,9 +21,24 @@ export interface AgentsTable {
   id: string;
   tenant_id: string;
   name: string;
-  /** JSON of AgentDefinition (what runs); the environment is in its current snapshot. */
+  /** JSON of the current AgentDefinition (what runs); the environment is in its current snapshot. */
   spec: string;
+  /** The current environment version (snapshots.version). */
   current_version: number;
+  /** The current definition version (agent_versions.version). */
+  version: number;
+  /** When the agent was archived (deleted); null while it is live. */
+  archived_at: number | null;
+  created_at: number;
+}
+
+/** Every version of an agent's definition, the current one included. */
+export interface AgentVersionsTable {
+  agent_id: string;
+  version: number;
+  tenant_id: string;
+  /** JSON of AgentDefinition. */
+  spec: string;
   created_at: number;
 }
 
@@ -39,7 +54,7 @@ export interface SnapshotsTable {
   layers: string;
   /** Runner layer digest this snapshot was made (or last re-made) with; "" when unknown. */
   runner: string;
-  /** create | freeze | rollback | runner | import */
+  /** create | update | freeze | rollback | runner | import */
   reason: string;
   parent_version: number | null;
   /** JSON of the change summary against the parent, for freezes. */
@@ -112,6 +127,8 @@ export interface RunsTable {
   worker_id: string | null;
   cancel_requested: number;
   snapshot_version: number | null;
+  /** The agent's definition version the run was triggered with. */
+  agent_version: number;
   created_at: number;
   started_at: number | null;
   finished_at: number | null;
@@ -305,6 +322,7 @@ export interface Database {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
   agents: AgentsTable;
+  agent_versions: AgentVersionsTable;
   runs: RunsTable;
   attempts: AttemptsTable;
   events: EventsTable;

@@ -78,8 +78,8 @@ export class AgentCalls {
     if (Number(active.n) >= MAX_ACTIVE_CHILDREN) {
       throw new AppError("too_many_children", `A run may have ${MAX_ACTIVE_CHILDREN} child runs going at once.`);
     }
-    const agent = await this.#agents.list(caller.tenantId, { name, limit: 1 }).then((a) => a[0]);
-    if (!agent) throw new AppError("not_found", `No agent '${name}'.`);
+    // By name only (the token allowed that name); an archived agent refuses with agent_archived.
+    const agent = await this.#agents.byName(caller.tenantId, name);
     const { run } = await this.#runs.create(caller.tenantId, agent.row.id, runSpec(agent), input, {
       trigger: "agent",
       lineage: {

@@ -11,6 +11,7 @@
  * one finished (its serial key); `allow` always starts one.
  */
 import {
+  type AgentSpec,
   AppError,
   type OverlapPolicy,
   type Schedule,
@@ -19,7 +20,7 @@ import {
 } from "@paddock/protocol";
 import { Cron } from "croner";
 import type { Kysely } from "kysely";
-import type { AgentSpec, RunRepository } from "../engine/runs.ts";
+import type { RunRepository } from "../engine/runs.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, SchedulesTable } from "../store/schema.ts";
 
@@ -32,7 +33,7 @@ const ACTIVE = ["queued", "starting", "running"];
 export interface SchedulerDeps {
   db: Kysely<Database>;
   runs: RunRepository;
-  /** The spec a run of the agent freezes now, or null when the agent is gone. */
+  /** The spec a run of the agent freezes now, or null when the agent is gone; agent_archived when it is archived. */
   specOf(tenantId: string, agentId: string): Promise<AgentSpec | null>;
   /** Tells the engine there is work. */
   notify(): void;
@@ -182,6 +183,8 @@ export class Scheduler {
   /** Pauses or resumes; a resumed schedule's next slot is the first after now (none missed while paused). */
   async setPaused(tenantId: string, id: string, paused: boolean, now = Date.now()): Promise<Schedule> {
     const row = await this.#row(tenantId, id);
+    // An archived agent's schedule stays paused (agent_archived).
+    if (!paused) await this.#deps.specOf(row.tenant_id, row.agent_id);
     const next = paused ? row.next_at : nextAfter(cronOf(row.cron, row.timezone), now);
     await this.#deps.db
       .updateTable("schedules")
@@ -267,10 +270,13 @@ export class Scheduler {
       await settle("missed");
       return null;
     }
-    const spec = await this.#deps.specOf(schedule.tenant_id, schedule.agent_id);
-    if (!spec) {
+    const spec = await this.#deps.specOf(schedule.tenant_id, schedule.agent_id).catch((err: unknown) => {
+      if (err instanceof AppError && err.code === "agent_archived") return "archived" as const;
+      throw err;
+    });
+    if (spec === null || spec === "archived") {
       await this.#deps.db.updateTable("schedules").set({ paused: 1 }).where("id", "=", schedule.id).execute();
-      this.#deps.log(`schedule ${schedule.id}: its agent is gone; paused`);
+      this.#deps.log(`schedule ${schedule.id}: its agent is ${spec === null ? "gone" : "archived"}; paused`);
       return null;
     }
     const active = await this.#deps.db

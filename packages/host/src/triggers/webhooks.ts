@@ -11,9 +11,9 @@
  * an unknown id answers exactly like a bad signature (401), so ids cannot be probed.
  */
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import { AppError, WEBHOOK_HEADERS, WEBHOOK_WINDOW_S, type Webhook } from "@paddock/protocol";
+import { type AgentSpec, AppError, WEBHOOK_HEADERS, WEBHOOK_WINDOW_S, type Webhook } from "@paddock/protocol";
 import type { Kysely } from "kysely";
-import type { AgentSpec, RunRepository } from "../engine/runs.ts";
+import type { RunRepository } from "../engine/runs.ts";
 import { webhookAad } from "../secrets/secrets.ts";
 import type { Vault } from "../secrets/vault.ts";
 import type { Database, RunsTable, WebhooksTable } from "../store/schema.ts";
@@ -48,6 +48,7 @@ export interface WebhookDeps {
   db: Kysely<Database>;
   vault: Vault;
   runs: RunRepository;
+  /** The spec a run of the agent freezes now, or null when the agent is gone; agent_archived when it is archived. */
   specOf(tenantId: string, agentId: string): Promise<AgentSpec | null>;
   notify(): void;
   log(line: string): void;

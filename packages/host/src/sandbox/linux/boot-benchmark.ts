@@ -7,6 +7,7 @@
 import { spawn } from "node:child_process";
 import { rm } from "node:fs/promises";
 import { RUNNER_MOUNT } from "../driver.ts";
+import { dropPrivileges } from "./bwrap-args.ts";
 import { HELPER_ENV, type HelperKind } from "./launcher.ts";
 import { makeRunnerDir, makeTestDriver, skipReason, testRootfs, testSpec } from "./test-support.ts";
 
@@ -30,20 +31,7 @@ function plainBwrap(args: string[], viaSetpriv = false): Promise<number> {
     const env = { ...HELPER_ENV };
     const stdio: ["ignore", "pipe", "inherit"] = ["ignore", "pipe", "inherit"];
     const child = viaSetpriv
-      ? spawn(
-          "setpriv",
-          [
-            `--reuid=${UID}`,
-            `--regid=${UID}`,
-            "--clear-groups",
-            "--bounding-set=-all",
-            "--inh-caps=-all",
-            "--no-new-privs",
-            "bwrap",
-            ...args,
-          ],
-          { env, stdio },
-        )
+      ? spawn("setpriv", [...dropPrivileges(UID, UID), "bwrap", ...args], { env, stdio })
       : spawn("bwrap", args, { uid: UID, gid: UID, env, stdio });
     let first: number | undefined;
     child.stdout.once("data", () => {

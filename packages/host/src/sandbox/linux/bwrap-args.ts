@@ -9,7 +9,8 @@
  * sandbox network's namespace the launcher entered (see network.ts), forbids nested user
  * namespaces, mounts the runner read-only, gives argv a new session (no TIOCSTI into a host
  * terminal), an environment of exactly spec.env, and the seccomp filter; --die-with-parent ends
- * the sandbox if the host process dies.
+ * the sandbox if the host process dies. These lists are the only copy: runs, edit sessions and the
+ * runner's compile-cache build (images/runner-compile-cache.ts) all take them from here.
  */
 import { INPUTS_DIR, RUNNER_MOUNT, RUNTIME_DIR } from "../driver.ts";
 import { BWRAP_ARGS_FD, SECCOMP_FD, type Tools } from "./launcher.ts";
@@ -29,35 +30,59 @@ export interface BwrapOptions {
 }
 
 /**
- * setpriv ... bwrap --args FD -- argv. bwrap takes only options from FD, so argv stays on the
- * command line; the environment, which may carry secrets, travels on FD.
+ * setpriv's options, the one list every sandbox start uses: every uid and gid becomes the sandbox
+ * user's, no supplementary groups, empty capability bounding and inheritable sets, no new privileges.
  */
-export function launchCommand(tools: Tools, uid: number, gid: number, argv: string[]): string[] {
+export function dropPrivileges(uid: number, gid: number): string[] {
   return [
-    tools.setpriv,
     `--reuid=${uid}`,
     `--regid=${gid}`,
     "--clear-groups",
     "--bounding-set=-all",
     "--inh-caps=-all",
     "--no-new-privs",
-    tools.bwrap,
-    "--args",
-    String(BWRAP_ARGS_FD),
-    "--",
-    ...argv,
   ];
+}
+
+/**
+ * bwrap's isolation options for a sandbox started as the unprivileged sandbox user: every
+ * namespace (the network one too unless `shareNet`), no nested user namespaces, gone with its
+ * parent, and a new session.
+ */
+export function isolationOptions(shareNet = false): string[] {
+  return [
+    "--unshare-user",
+    "--unshare-all",
+    ...(shareNet ? ["--share-net"] : []),
+    "--disable-userns",
+    "--die-with-parent",
+    "--new-session",
+  ];
+}
+
+/**
+ * bwrap's last options: an environment of exactly `env`, the working folder, and the seccomp
+ * filter read from `seccompFd`.
+ */
+export function entryOptions(env: Record<string, string>, cwd: string, seccompFd = SECCOMP_FD): string[] {
+  const args = ["--clearenv"];
+  for (const [key, value] of Object.entries(env)) args.push("--setenv", key, value);
+  args.push("--chdir", cwd, "--seccomp", String(seccompFd));
+  return args;
+}
+
+/**
+ * setpriv ... bwrap --args FD -- argv. bwrap takes only options from FD, so argv stays on the
+ * command line; the environment, which may carry secrets, travels on FD.
+ */
+export function launchCommand(tools: Tools, uid: number, gid: number, argv: string[]): string[] {
+  return [tools.setpriv, ...dropPrivileges(uid, gid), tools.bwrap, "--args", String(BWRAP_ARGS_FD), "--", ...argv];
 }
 
 /** bwrap's options, read from BWRAP_ARGS_FD. */
 export function bwrapOptions(options: BwrapOptions): string[] {
-  const args = [
-    "--unshare-user",
-    "--unshare-all",
-    ...(options.shareNet ? ["--share-net"] : []),
-    "--disable-userns",
-    "--die-with-parent",
-    "--new-session",
+  return [
+    ...isolationOptions(options.shareNet),
     "--bind",
     options.root,
     "/",
@@ -74,11 +99,8 @@ export function bwrapOptions(options: BwrapOptions): string[] {
     "/proc",
     "--dev",
     "/dev",
-    "--clearenv",
+    ...entryOptions(options.env, options.cwd),
   ];
-  for (const [key, value] of Object.entries(options.env)) args.push("--setenv", key, value);
-  args.push("--chdir", options.cwd, "--seccomp", String(SECCOMP_FD));
-  return args;
 }
 /** Where an edit session's egress socket appears inside the sandbox. */
 export const EGRESS_SOCKET = "/run/paddock/egress.sock";
@@ -143,9 +165,7 @@ export function sessionBwrapOptions(options: SessionBwrapOptions): string[] {
   if (options.egressSocket) args.push("--bind", options.egressSocket, EGRESS_SOCKET);
   args.push("--cap-drop", "ALL");
   for (const cap of SESSION_CAPS) args.push("--cap-add", cap);
-  args.push("--clearenv");
-  for (const [key, value] of Object.entries(options.env)) args.push("--setenv", key, value);
-  args.push("--chdir", options.cwd, "--seccomp", String(SECCOMP_FD));
+  args.push(...entryOptions(options.env, options.cwd));
   return args;
 }
 
