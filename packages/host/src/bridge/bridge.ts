@@ -46,20 +46,11 @@ import { type LiveSandbox, LiveSandboxes } from "./live.ts";
 import { allowedMethod, checkBridgePath, matchRule, upstreamAddressRefusal } from "./policy.ts";
 import type { TokenBucket } from "./rate-limit.ts";
 import { Redactor, redactionNeedles, redactText } from "./redact.ts";
-
-export interface RunTokenCheck {
-  run: string;
-  attempt: number;
-  tenant: string;
-  agent: string;
-  addr: string;
-  sandbox: string;
-  scopes: string[];
-}
+import type { RunTokenClaims } from "./tokens.ts";
 
 export interface BridgeDeps {
   live: LiveSandboxes;
-  tokens: { verify(token: string): Promise<RunTokenCheck>; publicJwks(): unknown };
+  tokens: { verify(token: string): Promise<RunTokenClaims>; publicJwks(): unknown };
   connections: { forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> };
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
   rateLimits: TokenBucket;
