@@ -125,7 +125,7 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
       connections: new Connections(db),
       secrets,
       rateLimits,
-      gateway,
+      routes: [gateway],
       log: () => {},
     });
 

@@ -241,8 +241,9 @@ export async function startHost(config: HostConfig): Promise<RunningHost> {
     undo.push(async () => gateway.close());
     // Agent-to-agent calls wake the engine, which is made below.
     let wakeEngine = () => {};
-    const agentCalls = new AgentCalls({ db, agents, runs, notify: () => wakeEngine() });
-    const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, gateway, agentCalls, journal });
+    const agentCalls = new AgentCalls({ db, agents, runs, notify: () => wakeEngine(), journal });
+    const routes = [agentCalls, gateway];
+    const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal });
     undo.push(() => bridge.close());
     const bridgePort = await bridge.listen(network.hostAddress);
     await network.allowPort(bridgePort);

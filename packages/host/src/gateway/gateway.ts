@@ -9,23 +9,35 @@
  * it), never spend past a budget (every call reserves its worst case first, see ledger.ts, and its
  * output is clamped to what the budget allows), and never dodge metering: usage comes from the
  * provider's own figures (streams are asked for them), never from the sandbox, and a stream that
- * breaks off is billed for what it carried. The bridge has already checked the caller's address
- * and token before a request gets here.
+ * breaks off is billed for what it carried. The bridge checks the caller's address and token
+ * before the gateway reads a request (see handle).
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import { StringDecoder } from "node:string_decoder";
 import { ERROR_CODES, type ErrorCode, fromMicro, LlmRequest } from "@paddock/protocol";
 import { check } from "../api/http.ts";
-import { parseJson, Refusal, readCapped, sendJson, sendReplay } from "../bridge/channel.ts";
+import {
+  type ChannelCall,
+  type ChannelRoute,
+  parseJson,
+  Refusal,
+  readCapped,
+  sendJson,
+  sendRefusal,
+  sendReplay,
+  takeStep,
+} from "../bridge/channel.ts";
 import { decode } from "../bridge/decode.ts";
+import { type LiveSandbox, LiveSandboxes } from "../bridge/live.ts";
 import type { RateLimitSpec, TokenBucket } from "../bridge/rate-limit.ts";
 import { Redactor, redactionNeedles, redactText } from "../bridge/redact.ts";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../engine/journal.ts";
 import type { BudgetScope, Ledger, Reservation } from "./ledger.ts";
 import type { ModelRoute, Providers } from "./providers.ts";
 
-export interface GatewayCaller {
+/** Who a call is from and whom it bills. */
+interface GatewayCaller {
   tenantId: string;
   agentId: string;
   /** The run billed: the caller's own, or for a child run the root of its tree. */
@@ -111,7 +123,7 @@ interface Usage {
   found: boolean;
 }
 
-export class Gateway {
+export class Gateway implements ChannelRoute {
   readonly #deps: GatewayDeps;
   /** Calls in flight per run. */
   readonly #inFlight = new Map<string, number>();
@@ -129,12 +141,52 @@ export class Gateway {
     this.#agents.https.destroy();
   }
 
-  /** Whether `path` is the gateway's. */
-  static serves(path: string): boolean {
-    return path.startsWith("/v1/");
+  serves(target: string): boolean {
+    return target.startsWith("/v1/");
   }
 
-  async handle(req: IncomingMessage, res: ServerResponse, caller: GatewayCaller): Promise<void> {
+  /**
+   * A call from a sandbox, behind the bridge's checks: a live sandbox's address and its own run
+   * token (sent where the SDKs put an API key), scoped `llm`. A child run's calls are billed to
+   * the root of its tree.
+   */
+  async handle(call: ChannelCall): Promise<void> {
+    const { req, res } = call;
+    let sandbox: LiveSandbox;
+    try {
+      sandbox = await call.authorize("llm", "The agent's policy does not allow LLM calls.");
+    } catch (err) {
+      const denial = Refusal.from(err);
+      sendRefusal(res, denial);
+      req.resume();
+      call.sandbox?.record({
+        type: "llm.call",
+        data: { path: call.target.split("?")[0]?.slice(0, 128), status: denial.status, code: denial.code },
+      });
+      return;
+    }
+    await this.#serve(req, res, {
+      ...(sandbox.journaled
+        ? {
+            journal: {
+              runId: sandbox.runId,
+              attempt: sandbox.attempt,
+              // Taken only by a call the gateway accepted, and given back if it is refused before upstream.
+              step: () => takeStep(sandbox, req, "llm"),
+              unstep: () => LiveSandboxes.unstep(sandbox, "llm"),
+            },
+          }
+        : {}),
+      tenantId: sandbox.tenantId,
+      agentId: sandbox.agentId,
+      runId: sandbox.billRunId ?? sandbox.runId,
+      budgetAgentId: sandbox.billAgentId ?? sandbox.agentId,
+      record: (event) => sandbox.record(event),
+      outOfCredits: (scope) => sandbox.outOfCredits?.(scope),
+    });
+  }
+
+  async #serve(req: IncomingMessage, res: ServerResponse, caller: GatewayCaller): Promise<void> {
     const started = performance.now();
     const path = (req.url ?? "/").split("?")[0] ?? "/";
     const record: Record<string, unknown> = { path };
