@@ -133,6 +133,7 @@ interface LlmCall {
   stream: boolean;
   /** Its journal position, when the caller keeps a journal. */
   journal: JournalStep | null;
+  /** What keys its answer in the journal ("" without one). */
   hash: string;
 }
 
@@ -232,8 +233,8 @@ export class Gateway implements ChannelRoute {
       const stream = body.stream === true;
       record.stream = stream;
       checkBody(endpoint, body);
-      const hash = requestHash([endpoint.upstreamPath, raw]);
       const journal = this.#journalStep(caller);
+      const hash = journal ? requestHash([endpoint.upstreamPath, raw]) : "";
       await this.#call({ req, res, caller, started, record, endpoint, route, body, raw, stream, journal, hash });
     } catch (err) {
       const e = Refusal.from(err);
