@@ -1,7 +1,7 @@
 /**
  * The `paddock bench gateway` scenario end to end at a small scale: a real sandbox calls a
- * stand-in provider directly and through the gateway. Asserts the figures exist and add up, never
- * a time.
+ * stand-in provider directly, through Paddock's gateway and through Portkey's. Asserts that every
+ * call of the scenario was made, measured, reached the provider and was metered; never a time.
  */
 import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
@@ -10,19 +10,21 @@ import { hostSkipReason, testImagesDir } from "../packages/host/src/testing/harn
 import { gatewayBench } from "./gateway.ts";
 
 describe("bench gateway", { skip: hostSkipReason() }, () => {
-  it("measures whole and streamed calls, direct and through the gateway, all metered, and leaves nothing behind", async () => {
+  it("measures whole and streamed calls, direct and through both gateways, all metered, and leaves nothing behind", async () => {
     const before = await readdir("/run/netns").catch(() => [] as string[]);
     const result = await gatewayBench({ imagesDir: testImagesDir(), calls: 20 });
-    assert.equal(result.latency_ms.direct.n, 20);
-    assert.equal(result.latency_ms.gateway.n, 20);
-    assert.equal(result.ttft_ms.gateway.n, 20);
-    assert.equal(
-      result.added_ms.p50,
-      Math.round((result.latency_ms.gateway.p50 - result.latency_ms.direct.p50) * 1000) / 1000,
-    );
-    // Every gateway call was settled and recorded: 50 warm-ups, 20 whole and 20 streamed.
+    for (const path of ["direct", "paddock", "portkey"] as const) assert.equal(result.latency_ms[path].n, 20, path);
+    assert.equal(result.ttft_ms.direct.n, 20);
+    assert.equal(result.ttft_ms.paddock.n, 20);
+    for (const figure of [result.added_ms.paddock, result.added_ms.portkey, result.ttft_added_ms]) {
+      assert.ok(Number.isFinite(figure.p50) && Number.isFinite(figure.p99));
+    }
+    // Every Paddock call was settled and recorded: 50 warm-ups, 20 whole and 20 streamed.
     assert.equal(result.calls_settled, 90);
     assert.equal(result.events_recorded, 90);
+    // The provider answered them all: direct and Paddock 50 + 20 + 20 each, Portkey 50 + 20.
+    assert.equal(result.provider_calls, 250);
+    assert.match(result.peer_versions.portkey, /^\d+\.\d+\.\d+/);
     assert.deepEqual(await readdir("/run/netns").catch(() => [] as string[]), before);
   });
 });
