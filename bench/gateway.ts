@@ -49,8 +49,10 @@ import { measureThenTearDown } from "./teardown.ts";
 
 export interface GatewayBenchOptions {
   imagesDir: string;
-  /** Request pairs (direct, gateway) per kind (whole and streamed). */
+  /** Request rounds per kind (whole: direct, Paddock, Portkey; streamed: direct, Paddock). */
   calls: number;
+  /** Names the bench's sandbox network (namespaces paddock-<instance>-N); random by default. */
+  instance?: string;
   progress?: (line: string) => void;
 }
 
@@ -163,7 +165,7 @@ async function startPortkey(trustedHost: string): Promise<{ port: number; versio
 const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
 
 export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBenchResult> {
-  const id = randomBytes(5).toString("hex");
+  const id = opts.instance ?? randomBytes(5).toString("hex");
   const dataDir = await mkdtemp(join(tmpdir(), "paddock-bench-gateway-"));
   const db = openSqlite(join(dataDir, "paddock.db"));
   const network = new SandboxNetwork({ instance: id, spare: 1 });

@@ -108,6 +108,21 @@ const CONNECTION_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const MAX_TOKEN_BYTES = 4096;
 const DNS_TTL_MS = 30_000;
 
+/** One call through a connection, once it passed every check. */
+interface BridgeCall {
+  req: IncomingMessage;
+  res: ServerResponse;
+  sandbox: LiveSandbox;
+  connection: BridgeConnection;
+  /** The checked path and query, as received. */
+  path: string;
+  query: string;
+  /** The `bridge.call` event's data, filled in as the call goes. */
+  record: CallRecord;
+  /** The request's body when it was read whole (a journaled call); null when it streams. */
+  body: Buffer | null;
+}
+
 interface CallRecord {
   connection: string;
   method: string;
@@ -256,7 +271,7 @@ export class Bridge {
           });
         }
       }
-      const answer = await this.#forward(req, res, sandbox, connection, path, query, record, body);
+      const answer = await this.#forward({ req, res, sandbox, connection, path, query, record, body });
       if (journal && step && answer) await journal.record(sandbox.runId, sandbox.attempt, step, hash, answer);
     } catch (err) {
       const denial = Refusal.from(err);
@@ -303,16 +318,8 @@ export class Bridge {
     return sandbox;
   }
 
-  async #forward(
-    req: IncomingMessage,
-    res: ServerResponse,
-    sandbox: LiveSandbox,
-    connection: BridgeConnection,
-    path: string,
-    query: string,
-    record: CallRecord,
-    body: Buffer | null,
-  ): Promise<Omit<JournalEntry, "attempt"> | null> {
+  async #forward(call: BridgeCall): Promise<Omit<JournalEntry, "attempt"> | null> {
+    const { req, res, sandbox, connection, path, query, record, body } = call;
     const secret =
       connection.secret === null ? null : await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
     if (connection.secret !== null && secret === null) {
