@@ -1,7 +1,8 @@
 /**
  * The host bridge: the one HTTP listener sandboxes can reach, on the host's side of their links.
  * `/bridge/<connection>/<path>` forwards a call to the connection's upstream with the real
- * credential attached.
+ * credential attached. The other routes on it (the LLM gateway, agent calls) are handed in as
+ * ChannelRoutes and check a caller's source and token through the same steps 1 to 3 below.
  *
  * Threat model: the caller is a sandbox running hostile code that holds one run token and wants
  * a credential, another run's access, an upstream its policy does not allow, or the host's own
