@@ -6,19 +6,27 @@
  * vault, secrets, providers, the credits ledger on SQLite, the Bridge listener that serves it);
  * only the engine is left out. The stand-in provider listens on the host side of the sandbox
  * links and, for this benchmark only, its port is opened to the sandbox too, so the same request
- * can go straight to it over the same link: the floor. The sandbox alternates direct and gateway
- * requests on keep-alive connections.
+ * can go straight to it over the same link: the floor. A peer is measured in the same run:
+ * Portkey's open-source gateway (npm @portkey-ai/gateway, a dev dependency), started as its own
+ * Node process on the host side of the links, its port opened to the sandbox the same way, and
+ * pointed at the same stand-in. The sandbox rotates direct, Paddock and Portkey requests on
+ * keep-alive connections.
  *
  * Figures:
- * - added_ms {p50, p99}: gateway minus direct for a whole non-streamed chat completion; each
- *   gateway call verifies the token, reserves credits, attaches the key, forwards, reads the
- *   provider's usage and settles (two ledger transactions).
- * - ttft_added_ms {p50, p99}: the same for the first content chunk of a streamed completion.
+ * - added_ms {paddock, portkey} {p50, p99}: each gateway minus direct for a whole non-streamed
+ *   chat completion; each Paddock call verifies the token, reserves credits, attaches the key,
+ *   forwards, reads the provider's usage and settles (two ledger transactions); Portkey forwards
+ *   the key the caller sends.
+ * - ttft_added_ms {p50, p99}: Paddock's, for the first content chunk of a streamed completion.
  */
+import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
+import { once } from "node:events";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Bridge } from "../packages/host/src/bridge/bridge.ts";
 import { Connections } from "../packages/host/src/bridge/connections.ts";
 import { LiveSandboxes } from "../packages/host/src/bridge/live.ts";
@@ -41,24 +49,39 @@ import { measureThenTearDown } from "./teardown.ts";
 
 export interface GatewayBenchOptions {
   imagesDir: string;
-  /** Request pairs (direct, gateway) per kind (whole and streamed). */
+  /** Request rounds per kind (whole: direct, Paddock, Portkey; streamed: direct, Paddock). */
   calls: number;
+  /** Names the bench's sandbox network (namespaces paddock-<instance>-N); random by default. */
+  instance?: string;
   progress?: (line: string) => void;
+}
+
+interface Added {
+  p50: number;
+  p99: number;
 }
 
 export interface GatewayBenchResult {
   scenario: "gateway";
-  added_ms: { p50: number; p99: number; target: { p50: number } };
-  ttft_added_ms: { p50: number; p99: number };
-  latency_ms: { direct: Dist; gateway: Dist };
-  ttft_ms: { direct: Dist; gateway: Dist };
+  /** Each gateway minus direct, side by side; the target is Paddock's p50, below Portkey's. */
+  added_ms: { paddock: Added; portkey: Added; target: { p50: number } };
+  ttft_added_ms: Added;
+  latency_ms: { direct: Dist; paddock: Dist; portkey: Dist };
+  ttft_ms: { direct: Dist; paddock: Dist };
   calls_settled: number;
   events_recorded: number;
+  /** Requests the stand-in provider answered, by all paths. */
+  provider_calls: number;
+  peer_versions: { portkey: string };
+  /** Published medians of other gateways, for reference. */
   peers: Record<string, number>;
   notes: string;
 }
 
-/** Runs in the sandbox: N pairs of whole calls, then N pairs of streamed ones; one JSON line. */
+/**
+ * Runs in the sandbox: N rounds of whole calls (direct, Paddock, Portkey, in rotating order), then
+ * N pairs of streamed ones (direct and Paddock); one JSON line.
+ */
 const CALLER = `
 import http from "node:http";
 import { readFileSync } from "node:fs";
@@ -66,41 +89,83 @@ const n = Number(process.argv[2]);
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 await new Promise((r) => process.stdin.once("data", r));
 const token = readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
-const gateway = new URL(process.env.PADDOCK_BRIDGE_URL + "/v1/chat/completions");
-const direct = new URL(process.env.BENCH_UPSTREAM + "/v1/chat/completions");
+const paths = {
+  direct: [new URL(process.env.BENCH_UPSTREAM + "/v1/chat/completions"), {}],
+  paddock: [new URL(process.env.PADDOCK_BRIDGE_URL + "/v1/chat/completions"), { authorization: "Bearer " + token }],
+  portkey: [new URL(process.env.BENCH_PORTKEY + "/v1/chat/completions"), {
+    authorization: "Bearer " + process.env.BENCH_PROVIDER_KEY,
+    "x-portkey-provider": "openai",
+    "x-portkey-custom-host": process.env.BENCH_UPSTREAM + "/v1",
+  }],
+};
 const body = (stream) => JSON.stringify({ model: "bench-model", max_tokens: 64, stream, messages: [{ role: "user", content: "say hello in a few words" }] });
-function call(url, auth, stream) {
+function call(path, stream) {
+  const [url, auth] = paths[path];
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const payload = body(stream);
-    const headers = { "content-type": "application/json", "content-length": Buffer.byteLength(payload) };
-    if (auth) headers.authorization = "Bearer " + token;
+    const headers = { "content-type": "application/json", "content-length": Buffer.byteLength(payload), ...auth };
     const req = http.request(url, { method: "POST", agent, headers }, (res) => {
       let first = 0;
       res.on("data", (c) => { if (!first && (!stream || String(c).includes('"content":"'))) first = performance.now() - t0; });
-      res.on("end", () => (res.statusCode === 200 ? resolve([performance.now() - t0, first]) : reject(new Error("status " + res.statusCode))));
+      res.on("end", () => (res.statusCode === 200 ? resolve([performance.now() - t0, first]) : reject(new Error(path + ": status " + res.statusCode))));
     });
     req.on("error", reject);
     req.end(payload);
   });
 }
-for (let i = 0; i < 50; i++) { await call(direct, false, false); await call(gateway, true, false); }
-const out = { direct: [], gateway: [], ttft_direct: [], ttft_gateway: [] };
+const orders = [["direct", "paddock", "portkey"], ["paddock", "portkey", "direct"], ["portkey", "direct", "paddock"]];
+for (let i = 0; i < 50; i++) for (const path of orders[0]) await call(path, false);
+const out = { direct: [], paddock: [], portkey: [], ttft_direct: [], ttft_paddock: [] };
+for (let i = 0; i < n; i++) for (const path of orders[i % 3]) out[path].push((await call(path, false))[0]);
 for (let i = 0; i < n; i++) {
-  const pair = i % 2 ? [[gateway, true], [direct, false]] : [[direct, false], [gateway, true]];
-  for (const [url, auth] of pair) out[auth ? "gateway" : "direct"].push((await call(url, auth, false))[0]);
-}
-for (let i = 0; i < n; i++) {
-  const pair = i % 2 ? [[gateway, true], [direct, false]] : [[direct, false], [gateway, true]];
-  for (const [url, auth] of pair) out[auth ? "ttft_gateway" : "ttft_direct"].push((await call(url, auth, true))[1]);
+  for (const path of i % 2 ? ["paddock", "direct"] : ["direct", "paddock"]) out["ttft_" + path].push((await call(path, true))[1]);
 }
 console.log(JSON.stringify(out));
 `;
 
+/** How long Portkey may take to start (it shows a one-second spinner first). */
+const READY_WITHIN_MS = 30_000;
+
+/** Portkey's gateway as its own Node process, listening on every address at a free port; resolves once it says it is ready. */
+async function startPortkey(trustedHost: string): Promise<{ port: number; version: string; child: ChildProcess }> {
+  const entry = fileURLToPath(import.meta.resolve("@portkey-ai/gateway/build/start-server.js"));
+  const pkg = JSON.parse(await readFile(join(entry, "../../package.json"), "utf8")) as { version: string };
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, resolve));
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise((resolve) => probe.close(resolve));
+  // Portkey refuses custom hosts on private addresses unless they are listed as trusted.
+  const child = spawn(process.execPath, [entry, `--port=${port}`, "--headless"], {
+    env: { ...process.env, TRUSTED_CUSTOM_HOSTS: trustedHost },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  // Its output is read all along (a full pipe would stall it); the tail is kept for an error message.
+  let said = "";
+  const hear = (chunk: string) => {
+    said = (said + chunk).slice(-4000);
+  };
+  const ready = new Promise<void>((resolve, reject) => {
+    child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
+      hear(chunk);
+      if (said.includes("Ready for connections")) resolve();
+    });
+    child.stderr?.setEncoding("utf8").on("data", hear);
+    child.once("exit", (code) => reject(new Error(`portkey exited (${code}) before it was ready: ${said}`)));
+  });
+  const bound = setTimeout(() => child.kill(), READY_WITHIN_MS);
+  try {
+    await ready;
+  } finally {
+    clearTimeout(bound);
+  }
+  return { port, version: pkg.version, child };
+}
+
 const round = (x: number, digits = 3) => Math.round(x * 10 ** digits) / 10 ** digits;
 
 export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBenchResult> {
-  const id = randomBytes(5).toString("hex");
+  const id = opts.instance ?? randomBytes(5).toString("hex");
   const dataDir = await mkdtemp(join(tmpdir(), "paddock-bench-gateway-"));
   const db = openSqlite(join(dataDir, "paddock.db"));
   const network = new SandboxNetwork({ instance: id, spare: 1 });
@@ -109,6 +174,7 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
   let stand: LlmStandIn | undefined;
   let bridge: Bridge | undefined;
   let gateway: Gateway | undefined;
+  let portkey: ChildProcess | undefined;
   let runnerDir: string | undefined;
   const measure = async (): Promise<GatewayBenchResult> => {
     const tenant = BENCH_TENANT;
@@ -125,7 +191,7 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
       connections: new Connections(db),
       secrets,
       rateLimits,
-      gateway,
+      routes: [gateway],
       log: () => {},
     });
 
@@ -135,7 +201,12 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
     await network.allowPort(port);
     // The floor's path: the same provider, straight over the sandbox's link (this benchmark only).
     await network.allowPort(Number(new URL(stand.url).port));
-    await secrets.set(tenant, "bench-key", `sk-${randomBytes(24).toString("hex")}`);
+    // The peer's path: Portkey on the host side of the same link, calling the same stand-in.
+    const peer = await startPortkey(network.hostAddress);
+    portkey = peer.child;
+    await network.allowPort(peer.port);
+    const providerKey = `sk-${randomBytes(24).toString("hex")}`;
+    await secrets.set(tenant, "bench-key", providerKey);
     await providers.put(tenant, "bench", {
       kind: "openai_compatible",
       base_url: `${stand.url}/v1`,
@@ -158,6 +229,8 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
         PADDOCK_BRIDGE_URL: `http://${network.hostAddress}:${port}`,
         PADDOCK_TOKEN_FILE: "/run/paddock/token",
         BENCH_UPSTREAM: stand.url,
+        BENCH_PORTKEY: `http://${network.hostAddress}:${peer.port}`,
+        BENCH_PROVIDER_KEY: providerKey,
       },
       cwd: "/",
       network: true,
@@ -167,31 +240,48 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
     });
     const read = lineReader(handle);
     handle.stdin.write("start\n");
-    const samples = JSON.parse(await read()) as Record<"direct" | "gateway" | "ttft_direct" | "ttft_gateway", number[]>;
+    const samples = JSON.parse(await read()) as Record<
+      "direct" | "paddock" | "portkey" | "ttft_direct" | "ttft_paddock",
+      number[]
+    >;
     const direct = dist(samples.direct);
-    const via = dist(samples.gateway);
+    const paddock = dist(samples.paddock);
+    const viaPortkey = dist(samples.portkey);
     const ttftDirect = dist(samples.ttft_direct);
-    const ttftVia = dist(samples.ttft_gateway);
-    opts.progress?.(`gateway p50 ${via.p50} ms, direct p50 ${direct.p50} ms`);
+    const ttftPaddock = dist(samples.ttft_paddock);
+    opts.progress?.(`p50: paddock ${paddock.p50} ms, portkey ${viaPortkey.p50} ms, direct ${direct.p50} ms`);
     const bill = await ledger.runCalls(tenant, "run_bench");
+    const added = (via: Dist, floor: Dist): Added => ({
+      p50: round(via.p50 - floor.p50),
+      p99: round(via.p99 - floor.p99),
+    });
     return {
       scenario: "gateway",
-      added_ms: { p50: round(via.p50 - direct.p50), p99: round(via.p99 - direct.p99), target: { p50: 1 } },
-      ttft_added_ms: { p50: round(ttftVia.p50 - ttftDirect.p50), p99: round(ttftVia.p99 - ttftDirect.p99) },
-      latency_ms: { direct, gateway: via },
-      ttft_ms: { direct: ttftDirect, gateway: ttftVia },
+      added_ms: { paddock: added(paddock, direct), portkey: added(viaPortkey, direct), target: { p50: 1 } },
+      ttft_added_ms: added(ttftPaddock, ttftDirect),
+      latency_ms: { direct, paddock, portkey: viaPortkey },
+      ttft_ms: { direct: ttftDirect, paddock: ttftPaddock },
       calls_settled: bill.calls.filter((c) => c.status === "settled").length,
       events_recorded: events,
+      provider_calls: stand.seen.length,
+      peer_versions: { portkey: peer.version },
       peers: { litellm_added_ms_p50: 4.3, portkey_added_ms_p50: 2.4, bifrost_added_ms_p50: 0.44 },
       notes:
-        "added_ms = gateway minus direct per percentile, same sandbox, same link, interleaved; every gateway call " +
-        "verifies the run token, reserves and settles credits in SQLite and attaches the provider key",
+        "added_ms = each gateway minus direct per percentile, same sandbox, same link, interleaved; every Paddock call " +
+        "verifies the run token, reserves and settles credits in SQLite and attaches the provider key; Portkey " +
+        "(run with its defaults, --headless) forwards the key the caller sends. Streams are measured for Paddock " +
+        "only: Portkey 1.15.2 on Node 24 answers streamed chat completions with 500. peers: published medians.",
     };
   };
   return measureThenTearDown("gateway", measure, async () => {
     await handle?.destroy().catch(() => {});
     await bridge?.close();
     gateway?.close();
+    if (portkey && portkey.exitCode === null && portkey.signalCode === null) {
+      const exited = once(portkey, "exit");
+      portkey.kill();
+      await exited;
+    }
     await stand?.close();
     await driver.reapOrphans().catch(() => {});
     await driver.close().catch(() => {});

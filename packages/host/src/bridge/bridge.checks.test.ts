@@ -25,7 +25,7 @@ import { Bridge } from "./bridge.ts";
 import { Connections } from "./connections.ts";
 import { LiveSandboxes } from "./live.ts";
 import { TokenBucket } from "./rate-limit.ts";
-import { type RunTokenGrant, RunTokens } from "./tokens.ts";
+import { type RunTokenClaims, RunTokens } from "./tokens.ts";
 
 const SECRET = `tok-${randomBytes(16).toString("hex")}`;
 
@@ -41,7 +41,7 @@ describe("bridge checks", () => {
   const live = new LiveSandboxes();
   const events: NewEvent[] = [];
   const tenant = newId("ten");
-  const grant: RunTokenGrant = {
+  const grant: RunTokenClaims = {
     run: newId("run"),
     attempt: 1,
     tenant,

@@ -1,7 +1,8 @@
 /**
  * The host bridge: the one HTTP listener sandboxes can reach, on the host's side of their links.
  * `/bridge/<connection>/<path>` forwards a call to the connection's upstream with the real
- * credential attached.
+ * credential attached. The other routes on it (the LLM gateway, agent calls) are handed in as
+ * ChannelRoutes and check a caller's source and token through the same steps 1 to 3 below.
  *
  * Threat model: the caller is a sandbox running hostile code that holds one run token and wants
  * a credential, another run's access, an upstream its policy does not allow, or the host's own
@@ -27,47 +28,26 @@ import { lookup as dnsLookup } from "node:dns/promises";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo, LookupFunction } from "node:net";
-import { pipeline, Transform } from "node:stream";
-import { type ConnectionAuth, ERROR_CODES, MAX_INPUT_BYTES, RunCreate, type RunEventData } from "@paddock/protocol";
-import {
-  type Journal,
-  type JournalEntry,
-  MAX_JOURNAL_BYTES,
-  requestHash,
-  STEP_HEADER,
-  stepKey,
-} from "../engine/journal.ts";
-import { Gateway } from "../gateway/gateway.ts";
-import type { AgentCalls } from "../triggers/agent-calls.ts";
-import { parseJson, Refusal, readCapped, sendJson, sendReplay } from "./channel.ts";
+import { type ConnectionAuth, ERROR_CODES, type RunEventData } from "@paddock/protocol";
+import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../engine/journal.ts";
+import { type ChannelRoute, Refusal, readCapped, sendJson, sendRefusal, sendReplay, takeStep } from "./channel.ts";
 import type { BridgeConnection } from "./connections.ts";
-import { decode } from "./decode.ts";
 import { type LiveSandbox, LiveSandboxes } from "./live.ts";
 import { allowedMethod, checkBridgePath, matchRule, upstreamAddressRefusal } from "./policy.ts";
 import type { TokenBucket } from "./rate-limit.ts";
-import { Redactor, redactionNeedles, redactText } from "./redact.ts";
-
-export interface RunTokenCheck {
-  run: string;
-  attempt: number;
-  tenant: string;
-  agent: string;
-  addr: string;
-  sandbox: string;
-  scopes: string[];
-}
+import { redactionNeedles, redactText } from "./redact.ts";
+import { relay } from "./relay.ts";
+import type { RunTokenClaims } from "./tokens.ts";
 
 export interface BridgeDeps {
   live: LiveSandboxes;
-  tokens: { verify(token: string): Promise<RunTokenCheck>; publicJwks(): unknown };
+  tokens: { verify(token: string): Promise<RunTokenClaims>; publicJwks(): unknown };
   connections: { forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> };
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
   rateLimits: TokenBucket;
   log: (line: string) => void;
-  /** The LLM gateway, served under /v1/ on the same listener. */
-  gateway?: Gateway;
-  /** Agent-to-agent calls, served under /agents/. */
-  agentCalls?: AgentCalls;
+  /** Routes served on the same listener besides /bridge/ (the LLM gateway under /v1/, agent calls under /agents/). */
+  routes?: ChannelRoute[];
   /** Answers of completed calls, replayed to retried attempts. */
   journal?: Journal;
   /** Name resolution for upstreams; default the system resolver. */
@@ -127,9 +107,22 @@ const DROP_RESPONSE = new Set([
 ]);
 const CONNECTION_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const MAX_TOKEN_BYTES = 4096;
-/** A child run's body: its input, at most what an API trigger may send, plus the JSON around it. */
-const MAX_CHILD_BODY_BYTES = MAX_INPUT_BYTES + 1024;
 const DNS_TTL_MS = 30_000;
+
+/** One call through a connection, once it passed every check. */
+interface BridgeCall {
+  req: IncomingMessage;
+  res: ServerResponse;
+  sandbox: LiveSandbox;
+  connection: BridgeConnection;
+  /** The checked path and query, as received. */
+  path: string;
+  query: string;
+  /** The `bridge.call` event's data, filled in as the call goes. */
+  record: CallRecord;
+  /** The request's body when it was read whole (a journaled call); null when it streams. */
+  body: Buffer | null;
+}
 
 /** What a bridge call records on its run. */
 type CallRecord = RunEventData<"bridge.call">;
@@ -148,7 +141,7 @@ export class Bridge {
     this.#server = http.createServer({ keepAlive: true, requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => {
       this.#handle(req, res).catch((err: unknown) => {
         this.#deps.log(`bridge: ${err instanceof Error ? err.message : String(err)}`);
-        if (!res.headersSent) this.#deny(res, new Refusal("internal"));
+        if (!res.headersSent) sendRefusal(res, new Refusal("internal"));
         else res.destroy();
       });
     });
@@ -181,21 +174,17 @@ export class Bridge {
     const target = req.url ?? "/";
     if (target === "/.well-known/jwks.json" && req.method === "GET") {
       // Public halves of the keys run tokens are checked with: nothing secret, and useful to verify one's own token.
-      const body = JSON.stringify(this.#deps.tokens.publicJwks());
-      res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
-      res.end(body);
+      sendJson(res, 200, this.#deps.tokens.publicJwks());
       return;
     }
-    if (this.#deps.agentCalls && target.startsWith("/agents/")) {
-      await this.#toAgents(req, res, sandbox, source, target, this.#deps.agentCalls);
-      return;
-    }
-    if (this.#deps.gateway && Gateway.serves(target)) {
-      await this.#toGateway(req, res, sandbox, source, this.#deps.gateway);
+    for (const route of this.#deps.routes ?? []) {
+      if (!route.serves(target)) continue;
+      const authorize = (scope: string, refusal: string) => this.#authorize(req, sandbox, source, scope, refusal);
+      await route.handle({ req, res, target, sandbox, authorize });
       return;
     }
     if (!target.startsWith("/bridge/")) {
-      this.#deny(res, new Refusal("route_not_found", "The bridge serves /bridge/<connection>/<path>."));
+      sendRefusal(res, new Refusal("route_not_found", "The bridge serves /bridge/<connection>/<path>."));
       return;
     }
     // The connection's name ends at the next '/' or '?'; what follows is the upstream path and query.
@@ -217,7 +206,13 @@ export class Bridge {
       if (!sandbox) throw new Refusal("bridge_unknown_source");
       if (!CONNECTION_NAME.test(name))
         throw new Refusal("connection_not_allowed", `No connection '${name.slice(0, 64)}'.`);
-      await this.#authorize(req, sandbox, source, name);
+      await this.#authorize(
+        req,
+        sandbox,
+        source,
+        `bridge:${name}`,
+        `The agent's policy does not allow the connection '${name}'.`,
+      );
       if (!allowedMethod(method))
         throw new Refusal("policy_denied", `The bridge never forwards ${method.slice(0, 32)}.`);
       const { path, query } = checkBridgePath(rest);
@@ -241,7 +236,7 @@ export class Bridge {
       const body = journal ? await readCapped(req, connection.maxRequestBytes) : null;
       if (body) record.bytes_in = body.length;
       const kind = `bridge:${name}`;
-      const step = journal ? stepKey(req.headers[STEP_HEADER], kind, LiveSandboxes.nextStep(sandbox, kind)) : null;
+      const step = journal ? takeStep(sandbox, req, kind) : null;
       const hash = body ? requestHash([method, name, path, query, body]) : "";
       if (journal && step) {
         const found = await journal.lookup(sandbox.runId, sandbox.attempt, step, hash);
@@ -267,12 +262,12 @@ export class Bridge {
           });
         }
       }
-      const answer = await this.#forward(req, res, sandbox, connection, path, query, record, body);
+      const answer = await this.#forward({ req, res, sandbox, connection, path, query, record, body });
       if (journal && step && answer) await journal.record(sandbox.runId, sandbox.attempt, step, hash, answer);
     } catch (err) {
       const denial = Refusal.from(err);
       if (denial.code === "internal") this.#deps.log(`bridge: ${err instanceof Error ? err.stack : String(err)}`);
-      if (!res.headersSent) this.#deny(res, denial);
+      if (!res.headersSent) sendRefusal(res, denial);
       else res.destroy();
       record.status = ERROR_CODES[denial.code].status;
       record.code = denial.code;
@@ -284,169 +279,17 @@ export class Bridge {
   }
 
   /**
-   * The LLM gateway's routes, behind the same checks: a live sandbox's address and its own run
-   * token (sent where the SDKs put an API key), scoped `llm`.
+   * Steps 1 to 3: the source is a live sandbox, and its token verifies, names this very sandbox
+   * and attempt, and grants `scope`.
    */
-  async #toGateway(
+  async #authorize(
     req: IncomingMessage,
-    res: ServerResponse,
     sandbox: LiveSandbox | undefined,
-    source: string,
-    gateway: Gateway,
-  ): Promise<void> {
-    try {
-      if (!sandbox) throw new Refusal("bridge_unknown_source");
-      await this.#verify(req, sandbox, source, "llm", "The agent's policy does not allow LLM calls.");
-    } catch (err) {
-      const denial = Refusal.from(err);
-      this.#deny(res, denial);
-      req.resume();
-      sandbox?.record({
-        type: "llm.call",
-        data: {
-          path: (req.url ?? "").split("?")[0]?.slice(0, 128),
-          status: ERROR_CODES[denial.code].status,
-          code: denial.code,
-        },
-      });
-      return;
-    }
-    const header = req.headers[STEP_HEADER];
-    await gateway.handle(req, res, {
-      ...(sandbox.journaled
-        ? {
-            journal: {
-              runId: sandbox.runId,
-              attempt: sandbox.attempt,
-              // Taken only by a call the gateway accepted, and given back if it is refused before upstream.
-              step: () => stepKey(header, "llm", LiveSandboxes.nextStep(sandbox, "llm")),
-              unstep: () => LiveSandboxes.unstep(sandbox, "llm"),
-            },
-          }
-        : {}),
-      tenantId: sandbox.tenantId,
-      agentId: sandbox.agentId,
-      runId: sandbox.billRunId ?? sandbox.runId,
-      budgetAgentId: sandbox.billAgentId ?? sandbox.agentId,
-      record: (event) => sandbox.record(event),
-      outOfCredits: (scope) => sandbox.outOfCredits?.(scope),
-    });
-  }
-
-  /**
-   * Agent-to-agent calls, behind the same checks: `POST /agents/<name>/runs` `{input}` starts a
-   * child run of an agent the caller's policy names (scope `agent:<name>`); `GET
-   * /agents/runs/<id>?wait=S` reads one of the caller's children, waiting up to S seconds for it
-   * to finish.
-   */
-  async #toAgents(
-    req: IncomingMessage,
-    res: ServerResponse,
-    sandbox: LiveSandbox | undefined,
-    source: string,
-    target: string,
-    calls: AgentCalls,
-  ): Promise<void> {
-    const [path, query = ""] = target.split("?", 2) as [string, string?];
-    const start = /^\/agents\/([a-z0-9][a-z0-9_-]{0,63})\/runs$/.exec(path);
-    const read = /^\/agents\/runs\/(run_[0-9a-z]{1,60})$/.exec(path);
-    const record: RunEventData<"agent.call"> = { path: path.slice(0, 128) };
-    try {
-      if (!sandbox) throw new Refusal("bridge_unknown_source");
-      if (start?.[1] && req.method === "POST") {
-        const name = start[1];
-        record.agent = name;
-        await this.#verify(
-          req,
-          sandbox,
-          source,
-          `agent:${name}`,
-          `The agent's policy does not allow starting '${name}'.`,
-        );
-        // The child's input, checked like an API trigger's.
-        const parsed = RunCreate.safeParse(parseJson(await readCapped(req, MAX_CHILD_BODY_BYTES), {}));
-        if (!parsed.success) throw new Refusal("validation_failed", "The body is {input?}: the child run's input.");
-        const body = parsed.data;
-        // A retried attempt asking again for a child an earlier attempt started gets that child.
-        const journal = sandbox.journaled ? this.#deps.journal : undefined;
-        const kind = `agent:${name}`;
-        const step = stepKey(req.headers[STEP_HEADER], kind, LiveSandboxes.nextStep(sandbox, kind));
-        const hash = requestHash([name, JSON.stringify(body.input ?? null)]);
-        if (journal && step) {
-          const found = await journal.lookup(sandbox.runId, sandbox.attempt, step, hash);
-          if (found && "replay" in found) {
-            sendReplay(res, found.replay);
-            sandbox.record({
-              type: "agent.call",
-              data: { ...record, status: found.replay.status, replayed: true, step },
-            });
-            return;
-          }
-          if (found) sandbox.record({ type: "journal.diverged", data: { step, kind: "agent" } });
-        }
-        const child = await calls.start(
-          { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
-          name,
-          body.input,
-          journal && step
-            ? (trx, answer) =>
-                journal.record(
-                  sandbox.runId,
-                  sandbox.attempt,
-                  step,
-                  hash,
-                  {
-                    status: 201,
-                    headers: { "content-type": "application/json" },
-                    body: Buffer.from(JSON.stringify(answer)),
-                  },
-                  trx,
-                )
-            : undefined,
-        );
-        sendJson(res, 201, child);
-        return;
-      }
-      if (read?.[1] && req.method === "GET") {
-        await this.#verify(req, sandbox, source, "llm", "");
-        const wait = Number(new URLSearchParams(query).get("wait") ?? 0);
-        const child = await calls.get(
-          { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
-          read[1],
-          Number.isFinite(wait) ? wait : 0,
-        );
-        sendJson(res, 200, child);
-        return;
-      }
-      throw new Refusal("route_not_found", "The bridge serves POST /agents/<name>/runs and GET /agents/runs/<id>.");
-    } catch (err) {
-      const denial = Refusal.from(err);
-      if (!res.headersSent) this.#deny(res, denial);
-      req.resume();
-      record.status = ERROR_CODES[denial.code].status;
-      record.code = denial.code;
-      sandbox?.record({ type: "agent.call", data: record });
-    }
-  }
-
-  /** Steps 2 and 3: the token verifies, names this very sandbox and attempt, and scopes the connection. */
-  async #authorize(req: IncomingMessage, sandbox: LiveSandbox, source: string, name: string): Promise<void> {
-    await this.#verify(
-      req,
-      sandbox,
-      source,
-      `bridge:${name}`,
-      `The agent's policy does not allow the connection '${name}'.`,
-    );
-  }
-
-  async #verify(
-    req: IncomingMessage,
-    sandbox: LiveSandbox,
     source: string,
     scope: string,
     refusal: string,
-  ): Promise<void> {
+  ): Promise<LiveSandbox> {
+    if (!sandbox) throw new Refusal("bridge_unknown_source");
     const header =
       req.headers.authorization ??
       (typeof req.headers["x-api-key"] === "string" ? `Bearer ${req.headers["x-api-key"]}` : "");
@@ -463,18 +306,11 @@ export class Bridge {
       throw new Refusal("token_mismatch");
     }
     if (!claims.scopes.includes(scope)) throw new Refusal("connection_not_allowed", refusal);
+    return sandbox;
   }
 
-  async #forward(
-    req: IncomingMessage,
-    res: ServerResponse,
-    sandbox: LiveSandbox,
-    connection: BridgeConnection,
-    path: string,
-    query: string,
-    record: CallRecord,
-    body: Buffer | null,
-  ): Promise<Omit<JournalEntry, "attempt"> | null> {
+  async #forward(call: BridgeCall): Promise<Omit<JournalEntry, "attempt"> | null> {
+    const { req, res, sandbox, connection, path, query, record, body } = call;
     const secret =
       connection.secret === null ? null : await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
     if (connection.secret !== null && secret === null) {
@@ -511,7 +347,6 @@ export class Bridge {
 
     return new Promise<Omit<JournalEntry, "attempt"> | null>((resolve, reject) => {
       let settled = false;
-      let journaled: Omit<JournalEntry, "attempt"> | null = null;
       const fail = (err: Refusal) => {
         if (settled) return;
         settled = true;
@@ -523,51 +358,31 @@ export class Bridge {
         fail(err instanceof Refusal ? err : new Refusal("upstream_error", upstreamMessage(err, needles))),
       );
       upstream.once("response", (answer) => {
-        const length = Number(answer.headers["content-length"] ?? 0);
-        if (length > connection.maxResponseBytes) {
-          answer.resume();
-          fail(new Refusal("upstream_too_large"));
-          return;
-        }
-        const decoded = decode(answer);
-        if (!decoded) {
-          answer.resume();
-          fail(new Refusal("upstream_error", "The upstream answered in a content encoding the bridge cannot check."));
-          return;
-        }
-        const passed = answerHeaders(answer, needles);
-        res.writeHead(answer.statusCode ?? 502, passed);
-        record.status = answer.statusCode ?? 502;
-        const redactor = new Redactor(needles);
-        // What the sandbox got, for the journal (a large answer is not kept).
-        const kept: Buffer[] = [];
-        let keptBytes = 0;
-        redactor.on("data", (chunk: Buffer) => {
-          keptBytes += chunk.length;
-          if (keptBytes <= MAX_JOURNAL_BYTES) kept.push(chunk);
-        });
-        let size = 0;
-        // Counted before anything is passed on: an answer over the cap never reaches the sandbox whole.
-        const cap = new Transform({
-          transform(chunk: Buffer, _enc, done) {
-            size += chunk.length;
-            if (size > connection.maxResponseBytes) {
-              fail(new Refusal("upstream_too_large"));
-              done();
-            } else done(null, chunk);
+        const passes = (name: string) => !DROP_RESPONSE.has(name);
+        relay(answer, res, { needles, passes, maxBytes: connection.maxResponseBytes, keep: body !== null }).then(
+          (relayed) => {
+            clearTimeout(timer);
+            if ("refused" in relayed) {
+              fail(
+                relayed.refused === "too_large"
+                  ? new Refusal("upstream_too_large")
+                  : new Refusal(
+                      "upstream_error",
+                      "The upstream answered in a content encoding the bridge cannot check.",
+                    ),
+              );
+              return;
+            }
+            record.bytes_out = relayed.bytes;
+            if (relayed.redacted > 0) record.redacted = relayed.redacted;
+            if (relayed.end === "too_large") fail(new Refusal("upstream_too_large"));
+            if (settled) return;
+            record.status = relayed.status;
+            if (relayed.end === "broken") record.code = "upstream_error";
+            settled = true;
+            resolve(relayed.kept);
           },
-        });
-        pipeline(decoded, cap, redactor, res, (err) => {
-          clearTimeout(timer);
-          record.bytes_out = size;
-          if (redactor.hits > 0) record.redacted = redactor.hits;
-          if (err && !record.code) record.code = "upstream_error";
-          if (!err && body && keptBytes <= MAX_JOURNAL_BYTES) {
-            journaled = { status: record.status, headers: passed, body: Buffer.concat(kept) };
-          }
-          settled = true;
-          resolve(journaled);
-        });
+        );
       });
       if (body) upstream.end(body);
       else {
@@ -615,10 +430,6 @@ export class Bridge {
       }
     }
     return addresses[0] as string;
-  }
-
-  #deny(res: ServerResponse, denial: Refusal): void {
-    sendJson(res, denial.status, { error: { code: denial.code, message: denial.message } }, denial.headers);
   }
 }
 
@@ -690,13 +501,4 @@ function attach(
     }
   }
   return { headers, needles: redactionNeedles(forms), query: upstreamQuery };
-}
-
-function answerHeaders(answer: IncomingMessage, needles: readonly Buffer[]): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const [key, value] of Object.entries(answer.headers)) {
-    if (value === undefined || DROP_RESPONSE.has(key)) continue;
-    out[key] = Array.isArray(value) ? value.map((v) => redactText(v, needles)) : redactText(value, needles);
-  }
-  return out;
 }

@@ -1,11 +1,35 @@
 /**
- * What the bridge, the gateway and agent calls share at the sandbox channel's edge: a refusal
- * with its registered code (and headers such as Retry-After), request bodies read under a running
- * byte cap, JSON answers, and answers replayed from the journal.
+ * What the bridge, the gateway and agent calls share at the sandbox channel's edge: the routes the
+ * bridge's listener serves besides /bridge/, a refusal with its registered code (and headers such
+ * as Retry-After), request bodies read under a running byte cap, JSON answers, journal positions
+ * and answers replayed from the journal.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { AppError, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
-import type { JournalEntry } from "../engine/journal.ts";
+import { type JournalEntry, STEP_HEADER, stepKey } from "../engine/journal.ts";
+import { type LiveSandbox, LiveSandboxes } from "./live.ts";
+
+/** One call on the sandbox channel, as the bridge's listener hands it to a route. */
+export interface ChannelCall {
+  req: IncomingMessage;
+  res: ServerResponse;
+  /** The request target (path and query) as received. */
+  target: string;
+  /** The live sandbox at the call's source address; undefined when none is listed there. */
+  sandbox: LiveSandbox | undefined;
+  /**
+   * The sandbox, once its bearer run token verifies, names this very sandbox and attempt, and
+   * grants `scope`; otherwise a Refusal (`refusal` is the message when only the scope is missing).
+   */
+  authorize(scope: string, refusal: string): Promise<LiveSandbox>;
+}
+
+/** A route served on the bridge's listener next to /bridge/: the LLM gateway, agent calls. */
+export interface ChannelRoute {
+  /** Whether `target` is this route's. */
+  serves(target: string): boolean;
+  handle(call: ChannelCall): Promise<void>;
+}
 
 /** A refusal on the way: its code, an optional message, and headers to answer with. */
 export class Refusal extends Error {
@@ -61,6 +85,19 @@ export function sendJson(
   const body = JSON.stringify(value);
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), ...headers });
   res.end(body);
+}
+
+/**
+ * The journal position a sandbox's call of `kind` takes: the caller's own step name (the
+ * paddock-step header) or the next one in order; null for a step name that is not accepted.
+ */
+export function takeStep(sandbox: LiveSandbox, req: IncomingMessage, kind: string): string | null {
+  return stepKey(req.headers[STEP_HEADER], kind, LiveSandboxes.nextStep(sandbox, kind));
+}
+
+/** A refusal as the bridge answers it: its status, headers, code and message. */
+export function sendRefusal(res: ServerResponse, refusal: Refusal): void {
+  sendJson(res, refusal.status, { error: { code: refusal.code, message: refusal.message } }, refusal.headers);
 }
 
 /** An answer from the journal, marked as such. */

@@ -23,7 +23,7 @@ import { parseMasterKey, Vault } from "../secrets/vault.ts";
 import { migrate } from "../store/migrations.ts";
 import type { Database } from "../store/schema.ts";
 import { openSqlite } from "../store/sqlite.ts";
-import { RUN_TOKEN_TYP, type RunTokenGrant, RunTokens, type RunTokensOptions, signingKeyAad } from "./tokens.ts";
+import { RUN_TOKEN_TYP, type RunTokenClaims, RunTokens, type RunTokensOptions, signingKeyAad } from "./tokens.ts";
 
 const ISSUER = "paddock-host-test";
 const AUDIENCE = "paddock-bridge";
@@ -31,7 +31,7 @@ const TTL_MS = 10 * 60_000;
 const TOLERANCE_S = 5;
 const START = 1_750_000_000_000;
 
-const GRANT: RunTokenGrant = {
+const GRANT: RunTokenClaims = {
   run: "run_01abcdefghjkmnpqrstvwxyz",
   attempt: 2,
   tenant: "ten_01abcdefghjkmnpqrstvwxyz",

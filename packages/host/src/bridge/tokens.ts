@@ -25,6 +25,7 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject,
 import { AppError } from "@paddock/protocol";
 import { errors, type JWK, type JWTHeaderParameters, jwtVerify, SignJWT } from "jose";
 import type { Kysely } from "kysely";
+import { z } from "zod";
 import type { Sealer } from "../secrets/vault.ts";
 import type { Database, SigningKeysTable } from "../store/schema.ts";
 
@@ -44,36 +45,43 @@ const HEADER_NAMES = new Set(["alg", "kid", "typ"]);
 const MAX_CLAIM_LENGTH = 512;
 const MAX_SCOPES = 256;
 
-/** What a run token grants: the attempt it belongs to and what it may do. */
-export interface RunTokenGrant {
-  /** The run's id (also the token's `sub`). */
-  run: string;
-  /** The attempt number, from 1. */
-  attempt: number;
-  tenant: string;
-  agent: string;
-  /** The sandbox's network address, as the bridge sees it as the source of a call. */
-  addr: string;
-  /** The sandbox's id. */
-  sandbox: string;
-  /** What the token allows, for example `bridge:<connection>`. */
-  scopes: string[];
-}
+const Text = z.string().min(1).max(MAX_CLAIM_LENGTH);
+const Seconds = z.int().min(0);
 
-/** Every claim of a verified run token: the grant plus the registered JWT claims. */
-export interface RunTokenClaims extends Readonly<RunTokenGrant> {
-  iss: string;
-  aud: string;
+/**
+ * What a run token grants, as the attempt asks for it, the issuer signs it and the bridge checks
+ * it: the attempt it belongs to, where it may be used from and what it may do.
+ */
+export const RunTokenClaims = z.strictObject({
+  /** The run's id (also the token's `sub`). */
+  run: Text,
+  /** The attempt number, from 1. */
+  attempt: z.int().min(1),
+  tenant: Text,
+  agent: Text,
+  /** The sandbox's network address, as the bridge sees it as the source of a call. */
+  addr: Text,
+  /** The sandbox's id. */
+  sandbox: Text,
+  /** What the token allows, for example `bridge:<connection>`. */
+  scopes: z.array(Text).max(MAX_SCOPES),
+});
+export type RunTokenClaims = z.infer<typeof RunTokenClaims>;
+
+/** A verified token's payload: its claims plus the registered JWT claims, and nothing else. */
+const VerifiedRunToken = RunTokenClaims.extend({
+  iss: Text,
+  aud: Text,
   /** Equals `run`. */
-  sub: string;
+  sub: Text,
   /** Seconds since the epoch, as in every JWT. */
-  iat: number;
-  nbf: number;
-  exp: number;
+  iat: Seconds,
+  nbf: Seconds,
+  exp: Seconds,
   /** Random, unique per token. */
-  jti: string;
-  readonly scopes: string[];
-}
+  jti: Text,
+});
+export type VerifiedRunToken = Readonly<z.infer<typeof VerifiedRunToken>>;
 
 export interface MintedRunToken {
   token: string;
@@ -126,7 +134,7 @@ interface SigningKey {
 }
 
 interface CachedClaims {
-  claims: RunTokenClaims;
+  claims: VerifiedRunToken;
   kid: string;
 }
 
@@ -240,8 +248,8 @@ export class RunTokens {
   }
 
   /** Signs a token for one attempt; rotates the signing key first when it is due. */
-  async mint(grant: RunTokenGrant): Promise<MintedRunToken> {
-    checkGrant(grant);
+  async mint(claims: RunTokenClaims): Promise<MintedRunToken> {
+    const grant = checkGrant(claims);
     const signing = await this.#currentSigningKey();
     const now = this.#now();
     const iat = Math.floor(now / 1000);
@@ -269,7 +277,7 @@ export class RunTokens {
   }
 
   /** Verifies a token, answering from the cache of verified tokens when it holds this one. */
-  async verify(token: string): Promise<RunTokenClaims> {
+  async verify(token: string): Promise<VerifiedRunToken> {
     if (this.#cacheSize === 0) return this.verifyUncached(token);
     const hit = this.#cache.get(token);
     if (hit) {
@@ -285,7 +293,7 @@ export class RunTokens {
   }
 
   /** Verifies a token in full (signature, header and claims), bypassing the cache. */
-  async verifyUncached(token: string): Promise<RunTokenClaims> {
+  async verifyUncached(token: string): Promise<VerifiedRunToken> {
     return (await this.#verifyFully(token)).claims;
   }
 
@@ -460,49 +468,27 @@ function fromJose(err: unknown): AppError {
   return invalid("it is malformed");
 }
 
-const isText = (v: unknown): v is string => typeof v === "string" && v.length > 0 && v.length <= MAX_CLAIM_LENGTH;
-const isSeconds = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
-const isAttempt = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 1;
-const isScopes = (v: unknown): v is string[] => Array.isArray(v) && v.length <= MAX_SCOPES && v.every(isText);
-
-const CLAIM_CHECKS: Record<keyof RunTokenClaims, (v: unknown) => boolean> = {
-  iss: isText,
-  aud: isText,
-  sub: isText,
-  iat: isSeconds,
-  nbf: isSeconds,
-  exp: isSeconds,
-  jti: isText,
-  run: isText,
-  attempt: isAttempt,
-  tenant: isText,
-  agent: isText,
-  addr: isText,
-  sandbox: isText,
-  scopes: isScopes,
-};
-
-/** The claims of a signed payload, checked claim by claim; any missing, extra or mistyped claim fails. */
-function parseClaims(payload: Record<string, unknown>): RunTokenClaims {
-  for (const name of Object.keys(payload)) {
-    if (!Object.hasOwn(CLAIM_CHECKS, name)) throw invalid("it carries a claim run tokens do not have");
+/** The payload of a signed token, parsed whole: any missing, extra or mistyped claim fails. */
+function parseClaims(payload: Record<string, unknown>): VerifiedRunToken {
+  const parsed = VerifiedRunToken.safeParse(payload);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    if (issue?.code === "unrecognized_keys") throw invalid("it carries a claim run tokens do not have");
+    throw invalid(`its "${String(issue?.path[0] ?? "")}" claim is missing or malformed`);
   }
-  for (const [name, check] of Object.entries(CLAIM_CHECKS)) {
-    if (!check(payload[name])) throw invalid(`its "${name}" claim is missing or malformed`);
-  }
-  const claims = payload as unknown as RunTokenClaims;
+  const claims = parsed.data;
   if (claims.sub !== claims.run) throw invalid(`its "sub" claim is not its run`);
   if (claims.exp <= claims.nbf) throw invalid(`its "exp" claim is not after "nbf"`);
   Object.freeze(claims.scopes);
   return Object.freeze(claims);
 }
 
-/** Refuses a grant the verifier would refuse, so a bad token is never handed to a sandbox. */
-function checkGrant(grant: RunTokenGrant): void {
-  const { run, attempt, tenant, agent, addr, sandbox, scopes } = grant;
-  for (const [name, value] of Object.entries({ run, tenant, agent, addr, sandbox })) {
-    if (!isText(value)) throw new Error(`run token ${name} must be a string of 1 to ${MAX_CLAIM_LENGTH} characters`);
+/** The claims to sign, refused as the verifier would refuse them, so a bad token is never handed to a sandbox. */
+function checkGrant(claims: RunTokenClaims): RunTokenClaims {
+  const parsed = RunTokenClaims.safeParse(claims);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new Error(`run token ${String(issue?.path.join(".") ?? "claims")} is not accepted: ${issue?.message}`);
   }
-  if (!isAttempt(attempt)) throw new Error("run token attempt must be a whole number from 1");
-  if (!isScopes(scopes)) throw new Error(`run token scopes must be at most ${MAX_SCOPES} non-empty strings`);
+  return parsed.data;
 }

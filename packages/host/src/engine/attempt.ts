@@ -26,6 +26,7 @@ import type { ArtifactRow, Artifacts } from "../artifacts/artifacts.ts";
 import type { BlobStore } from "../artifacts/blob-store.ts";
 import { collectOutputs } from "../artifacts/collector.ts";
 import type { LiveSandboxes } from "../bridge/live.ts";
+import type { RunTokenClaims } from "../bridge/tokens.ts";
 import { DEFAULT_PATH } from "../images/resolve-command.ts";
 import type { SandboxDriver, SandboxExit, SandboxHandle, SandboxSpec } from "../sandbox/driver.ts";
 import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV, RUNNER_SDK, RUNTIME_DIR } from "../sandbox/driver.ts";
@@ -61,19 +62,9 @@ export interface AttemptBridge {
   url: string;
   live: LiveSandboxes;
   /** Signs a run token for these claims. */
-  mint(claims: RunTokenClaimsInput): Promise<{ token: string; expiresAt: number }>;
+  mint(claims: RunTokenClaims): Promise<{ token: string; expiresAt: number }>;
   /** How long a token lives; the attempt renews it at a third of that. */
   ttlMs: number;
-}
-
-export interface RunTokenClaimsInput {
-  run: string;
-  attempt: number;
-  tenant: string;
-  agent: string;
-  addr: string;
-  sandbox: string;
-  scopes: string[];
 }
 
 /** Where the run token is inside the sandbox (RUNTIME_DIR is read-only there). */
@@ -228,7 +219,7 @@ export class Attempt {
     const bridge = this.#deps.bridge;
     if (!bridge || !handle.address) return;
     const { runId, attempt, tenantId, agentId, spec } = this.#in;
-    const claims: RunTokenClaimsInput = {
+    const claims: RunTokenClaims = {
       run: runId,
       attempt,
       tenant: tenantId,

@@ -9,12 +9,11 @@
  * it), never spend past a budget (every call reserves its worst case first, see ledger.ts, and its
  * output is clamped to what the budget allows), and never dodge metering: usage comes from the
  * provider's own figures (streams are asked for them), never from the sandbox, and a stream that
- * breaks off is billed for what it carried. The bridge has already checked the caller's address
- * and token before a request gets here.
+ * breaks off is billed for what it carried. The bridge checks the caller's address and token
+ * before the gateway reads a request (see handle).
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
-import { StringDecoder } from "node:string_decoder";
 import {
   ERROR_CODES,
   type ErrorCode,
@@ -24,18 +23,28 @@ import {
   type RunEventData,
 } from "@paddock/protocol";
 import { check } from "../api/http.ts";
-import { parseJson, Refusal, readCapped, sendJson, sendReplay } from "../bridge/channel.ts";
-import { decode } from "../bridge/decode.ts";
+import {
+  type ChannelCall,
+  type ChannelRoute,
+  parseJson,
+  Refusal,
+  readCapped,
+  sendJson,
+  sendRefusal,
+  sendReplay,
+  takeStep,
+} from "../bridge/channel.ts";
+import { type LiveSandbox, LiveSandboxes } from "../bridge/live.ts";
 import type { RateLimitSpec, TokenBucket } from "../bridge/rate-limit.ts";
-import { Redactor, redactionNeedles, redactText } from "../bridge/redact.ts";
-import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../engine/journal.ts";
+import { redactionNeedles } from "../bridge/redact.ts";
+import { relay } from "../bridge/relay.ts";
+import { type Journal, type JournalEntry, requestHash } from "../engine/journal.ts";
 import type { BudgetScope, Ledger, Reservation } from "./ledger.ts";
 import type { ModelRoute, Providers } from "./providers.ts";
+import { type Usage, type UsageFormat, usageReader } from "./usage.ts";
 
-/** What a model call records on its run. */
-type LlmCall = RunEventData<"llm.call">;
-
-export interface GatewayCaller {
+/** Who a call is from and whom it bills. */
+interface GatewayCaller {
   tenantId: string;
   agentId: string;
   /** The run billed: the caller's own, or for a child run the root of its tree. */
@@ -79,7 +88,7 @@ const INPUT_OVERHEAD_TOKENS = 64;
 type Api = "openai" | "anthropic";
 interface Endpoint {
   api: Api;
-  kind: "chat" | "responses" | "messages";
+  kind: UsageFormat;
   upstreamPath: string;
 }
 const ENDPOINTS: Record<string, Endpoint> = {
@@ -90,7 +99,7 @@ const ENDPOINTS: Record<string, Endpoint> = {
 
 /** Headers a client may send on to the provider; everything else (credentials above all) stays. */
 const PASS_HEADERS = ["accept", "anthropic-version", "user-agent"];
-/** Answer headers passed back (plus the providers' rate-limit headers). */
+/** Answer headers passed back (plus the providers' rate-limit headers, see passesBack). */
 const PASS_RESPONSE = new Set([
   "content-type",
   "retry-after",
@@ -106,6 +115,38 @@ const TOOL_PREAMBLE_TOKENS = 1000;
 /** Model calls one run may have in flight. */
 const MAX_CALLS_AT_ONCE = 32;
 
+/** Where a call stands in its caller's journal. */
+interface JournalStep {
+  store: Journal;
+  runId: string;
+  attempt: number;
+  step: string;
+}
+
+/** What a model call records on its run. */
+type LlmCallRecord = RunEventData<"llm.call">;
+
+/** One model call as it goes through the gateway: who asks, for what, and where it is recorded. */
+interface LlmCall {
+  req: IncomingMessage;
+  res: ServerResponse;
+  caller: GatewayCaller;
+  /** When the request arrived (performance.now()). */
+  started: number;
+  /** The `llm.call` event's data, filled in as the call goes. */
+  record: LlmCallRecord;
+  endpoint: Endpoint;
+  route: ModelRoute;
+  body: Record<string, unknown>;
+  /** The request's bytes as received: its length bounds the input, its hash keys the journal. */
+  raw: Buffer;
+  stream: boolean;
+  /** Its journal position, when the caller keeps a journal. */
+  journal: JournalStep | null;
+  /** What keys its answer in the journal ("" without one). */
+  hash: string;
+}
+
 /** A refusal because a budget ran out: the run stops once the refusal is on its record. */
 class OutOfCredits extends Refusal {
   readonly scope: BudgetScope;
@@ -115,13 +156,7 @@ class OutOfCredits extends Refusal {
   }
 }
 
-interface Usage {
-  input: number;
-  output: number;
-  found: boolean;
-}
-
-export class Gateway {
+export class Gateway implements ChannelRoute {
   readonly #deps: GatewayDeps;
   /** Calls in flight per run. */
   readonly #inFlight = new Map<string, number>();
@@ -139,15 +174,55 @@ export class Gateway {
     this.#agents.https.destroy();
   }
 
-  /** Whether `path` is the gateway's. */
-  static serves(path: string): boolean {
-    return path.startsWith("/v1/");
+  serves(target: string): boolean {
+    return target.startsWith("/v1/");
   }
 
-  async handle(req: IncomingMessage, res: ServerResponse, caller: GatewayCaller): Promise<void> {
+  /**
+   * A call from a sandbox, behind the bridge's checks: a live sandbox's address and its own run
+   * token (sent where the SDKs put an API key), scoped `llm`. A child run's calls are billed to
+   * the root of its tree.
+   */
+  async handle(call: ChannelCall): Promise<void> {
+    const { req, res } = call;
+    let sandbox: LiveSandbox;
+    try {
+      sandbox = await call.authorize("llm", "The agent's policy does not allow LLM calls.");
+    } catch (err) {
+      const denial = Refusal.from(err);
+      sendRefusal(res, denial);
+      req.resume();
+      call.sandbox?.record({
+        type: "llm.call",
+        data: { path: call.target.split("?")[0]?.slice(0, 128), status: denial.status, code: denial.code },
+      });
+      return;
+    }
+    await this.#serve(req, res, {
+      ...(sandbox.journaled
+        ? {
+            journal: {
+              runId: sandbox.runId,
+              attempt: sandbox.attempt,
+              // Taken only by a call the gateway accepted, and given back if it is refused before upstream.
+              step: () => takeStep(sandbox, req, "llm"),
+              unstep: () => LiveSandboxes.unstep(sandbox, "llm"),
+            },
+          }
+        : {}),
+      tenantId: sandbox.tenantId,
+      agentId: sandbox.agentId,
+      runId: sandbox.billRunId ?? sandbox.runId,
+      budgetAgentId: sandbox.billAgentId ?? sandbox.agentId,
+      record: (event) => sandbox.record(event),
+      outOfCredits: (scope) => sandbox.outOfCredits?.(scope),
+    });
+  }
+
+  async #serve(req: IncomingMessage, res: ServerResponse, caller: GatewayCaller): Promise<void> {
     const started = performance.now();
     const path = (req.url ?? "/").split("?")[0] ?? "/";
-    const record: LlmCall = { path };
+    const record: LlmCallRecord = { path };
     try {
       if (path === "/v1/models" && req.method === "GET") return await this.#models(res);
       const endpoint = ENDPOINTS[path];
@@ -165,7 +240,12 @@ export class Gateway {
       if (!route) throw new Refusal("unknown_model", `No provider serves the model '${model.slice(0, 128)}'.`);
       record.provider = route.provider;
       if (route.api !== endpoint.api) throw new Refusal("model_wrong_api");
-      await this.#call(req, res, caller, endpoint, route, body, raw, record, started);
+      const stream = body.stream === true;
+      record.stream = stream;
+      checkBody(endpoint, body);
+      const journal = this.#journalStep(caller);
+      const hash = journal ? requestHash([endpoint.upstreamPath, raw]) : "";
+      await this.#call({ req, res, caller, started, record, endpoint, route, body, raw, stream, journal, hash });
     } catch (err) {
       const e = Refusal.from(err);
       if (e.code === "internal") this.#deps.log(`gateway: ${err instanceof Error ? err.stack : String(err)}`);
@@ -191,34 +271,23 @@ export class Gateway {
       type: "model",
       display_name: id,
     }));
-    const text = JSON.stringify({ object: "list", data, has_more: false });
-    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
-    res.end(text);
+    sendJson(res, 200, { object: "list", data, has_more: false });
   }
 
-  async #call(
-    req: IncomingMessage,
-    res: ServerResponse,
-    caller: GatewayCaller,
-    endpoint: Endpoint,
-    route: ModelRoute,
-    body: Record<string, unknown>,
-    raw: Buffer,
-    record: LlmCall,
-    started: number,
-  ): Promise<void> {
-    const stream = body.stream === true;
-    record.stream = stream;
-    checkBody(endpoint, body);
-    const step = this.#deps.journal && caller.journal ? caller.journal.step() : null;
-    const journal =
-      this.#deps.journal && caller.journal && step
-        ? { store: this.#deps.journal, runId: caller.journal.runId, attempt: caller.journal.attempt, step }
-        : null;
-    const hash = requestHash([endpoint.upstreamPath, raw]);
+  /** The position a call accepted for the gateway takes in the caller's journal, when it keeps one. */
+  #journalStep(caller: GatewayCaller): JournalStep | null {
+    const store = this.#deps.journal;
+    const step = store && caller.journal ? caller.journal.step() : null;
+    return store && caller.journal && step
+      ? { store, runId: caller.journal.runId, attempt: caller.journal.attempt, step }
+      : null;
+  }
+
+  async #call(call: LlmCall): Promise<void> {
+    const { caller, journal, record, res } = call;
     if (journal) {
       record.step = journal.step;
-      const found = await journal.store.lookup(journal.runId, journal.attempt, journal.step, hash);
+      const found = await journal.store.lookup(journal.runId, journal.attempt, journal.step, call.hash);
       if (found && "replay" in found) {
         sendReplay(res, found.replay);
         Object.assign(record, {
@@ -227,7 +296,7 @@ export class Gateway {
           from_attempt: found.replay.attempt,
           cost: 0,
         });
-        record.latency_ms = round(performance.now() - started);
+        record.latency_ms = round(performance.now() - call.started);
         caller.record({ type: "llm.call", data: record });
         return;
       }
@@ -242,21 +311,7 @@ export class Gateway {
     const { perRun: _childPerRun, ...ownRest } = own;
     const budget: GatewayBudget = { ...ownRest, ...(billed.perRun !== undefined ? { perRun: billed.perRun } : {}) };
     try {
-      await this.#admit(
-        req,
-        res,
-        caller,
-        endpoint,
-        route,
-        body,
-        raw.length,
-        record,
-        started,
-        budget,
-        stream,
-        journal,
-        hash,
-      );
+      await this.#admit(call, budget);
     } catch (err) {
       // Refused before it went upstream: its journal position is free again.
       if (journal && err instanceof Refusal) caller.journal?.unstep();
@@ -264,23 +319,11 @@ export class Gateway {
     }
   }
 
-  async #admit(
-    req: IncomingMessage,
-    res: ServerResponse,
-    caller: GatewayCaller,
-    endpoint: Endpoint,
-    route: ModelRoute,
-    body: Record<string, unknown>,
-    bodyBytes: number,
-    record: LlmCall,
-    started: number,
-    budget: GatewayBudget,
-    stream: boolean,
-    journal: { store: Journal; runId: string; attempt: number; step: string } | null,
-    hash: string,
-  ): Promise<void> {
+  /** Reserves the call's worst case within its budget and limits, then sends it and records it. */
+  async #admit(call: LlmCall, budget: GatewayBudget): Promise<void> {
+    const { caller, endpoint, route, body, record, journal } = call;
     // Every token is at least one byte of the request, but images, files and tool preambles cost more.
-    const inputUpper = bodyBytes + INPUT_OVERHEAD_TOKENS + surcharge(endpoint, body);
+    const inputUpper = call.raw.length + INPUT_OVERHEAD_TOKENS + surcharge(endpoint, body);
     const asked = askedOutput(body) ?? route.price.max_output_tokens;
     if (!(asked >= 1)) throw new Refusal("validation_failed", "The output token limit must be at least 1.");
     const wantOut = Math.min(asked, route.price.max_output_tokens);
@@ -321,13 +364,10 @@ export class Gateway {
     if (reservation.maxOutputTokens < asked) record.clamped_max_tokens = reservation.maxOutputTokens;
     this.#inFlight.set(caller.runId, inFlight + 1);
     try {
-      const answer = await this.#forward(req, res, endpoint, route, body, record, started, reservation, {
-        stream,
-        inputUpper,
-      });
+      const answer = await this.#forward(call, reservation, inputUpper);
       if (journal && answer) {
         await journal.store
-          .record(journal.runId, journal.attempt, journal.step, hash, answer)
+          .record(journal.runId, journal.attempt, journal.step, call.hash, answer)
           .catch((err: unknown) => this.#deps.log(`gateway: journal: ${String(err)}`));
       }
     } finally {
@@ -335,7 +375,7 @@ export class Gateway {
       if (left > 0) this.#inFlight.set(caller.runId, left);
       else this.#inFlight.delete(caller.runId);
     }
-    record.latency_ms ??= round(performance.now() - started);
+    record.latency_ms ??= round(performance.now() - call.started);
     caller.record({ type: "llm.call", data: record });
   }
 
@@ -345,16 +385,11 @@ export class Gateway {
    * provider's usage, at what a broken-off stream carried, or else at the reserved worst case.
    */
   async #forward(
-    req: IncomingMessage,
-    res: ServerResponse,
-    endpoint: Endpoint,
-    route: ModelRoute,
-    body: Record<string, unknown>,
-    record: LlmCall,
-    started: number,
+    call: LlmCall,
     reservation: Reservation,
-    call: { stream: boolean; inputUpper: number },
+    inputUpper: number,
   ): Promise<Omit<JournalEntry, "attempt"> | null> {
+    const { res, endpoint, route, record } = call;
     const usage: Usage = { input: 0, output: 0, found: false };
     let closed = false;
     const close = async (how: "usage" | "worst" | "release", reason = "") => {
@@ -365,12 +400,12 @@ export class Gateway {
           await this.#deps.ledger.release(reservation, reason);
           return;
         }
-        let input = usage.found || usage.input > 0 ? usage.input : call.inputUpper;
+        let input = usage.found || usage.input > 0 ? usage.input : inputUpper;
         let output = usage.output;
         let cost = input * route.price.input + output * route.price.output;
         if (how === "worst") {
           cost = reservation.amount;
-          input = call.inputUpper;
+          input = inputUpper;
           output = reservation.maxOutputTokens;
         }
         const source = how === "worst" ? "reserved" : usage.found ? "usage" : "counted";
@@ -403,30 +438,7 @@ export class Gateway {
       );
     }
     const needles = key ? redactionNeedles([key]) : [];
-    // The request as sent upstream: one output limit (clamped to the budget), streams asked for usage.
-    const out: Record<string, unknown> = { ...body };
-    for (const field of OUTPUT_LIMIT_FIELDS) delete out[field];
-    out[outputField(endpoint, route)] = reservation.maxOutputTokens;
-    if (call.stream && endpoint.kind === "chat") {
-      const options =
-        typeof body.stream_options === "object" && body.stream_options !== null ? body.stream_options : {};
-      out.stream_options = { ...options, include_usage: true };
-    }
-    const payload = Buffer.from(JSON.stringify(out));
-    const headers: Record<string, string> = {
-      "content-type": "application/json",
-      "content-length": String(payload.length),
-      "accept-encoding": "identity",
-    };
-    for (const name of PASS_HEADERS) {
-      const v = req.headers[name];
-      if (typeof v === "string") headers[name] = v;
-    }
-    if (endpoint.api === "anthropic") {
-      headers["anthropic-version"] ??= "2023-06-01";
-      if (key) headers["x-api-key"] = key;
-    } else if (key) headers.authorization = `Bearer ${key}`;
-    const url = new URL(`${route.baseUrl}${endpoint.upstreamPath}`);
+    const { url, headers, payload } = upstreamRequest(call, reservation, key);
     const secure = url.protocol === "https:";
 
     let answered: Omit<JournalEntry, "attempt"> | null = null;
@@ -478,58 +490,44 @@ export class Gateway {
       upstream.on("response", (answer) => {
         const status = answer.statusCode ?? 502;
         record.status = status;
-        const decoded = decode(answer);
-        if (!decoded) {
-          answer.resume();
-          fail("provider_error", "The model provider answered in an encoding the gateway cannot check.");
-          return;
-        }
         const events = status < 300 && String(answer.headers["content-type"] ?? "").includes("text/event-stream");
-        const parse = events ? sseUsage(endpoint, usage) : null;
-        const chunks: Buffer[] = [];
-        let size = 0;
-        const passed = answerHeaders(answer, needles);
-        res.writeHead(status, passed);
-        const redactor = new Redactor(needles);
-        const kept: Buffer[] = [];
-        let keptBytes = 0;
-        redactor.on("data", (chunk: Buffer) => {
-          keptBytes += chunk.length;
-          if (keptBytes <= MAX_JOURNAL_BYTES) kept.push(chunk);
-          if (!ttft) ttft = performance.now() - started;
-          if (parse) parse(chunk);
-          else chunks.push(chunk);
-          // The caller reads slowly: hold the provider back rather than the host's memory.
-          if (!res.write(chunk)) {
-            redactor.pause();
-            res.once("drain", () => redactor.resume());
-          }
-        });
-        redactor.on("end", () => {
-          if (closed) return;
-          if (status >= 300) {
-            // The provider's own error and status passed on: the SDKs know what to do with them.
-            record.code = status === 429 ? "provider_rate_limited" : "provider_error";
-            res.end();
-            close("release", `provider ${status}`).finally(resolve);
-            return;
-          }
-          if (parse) parse(null);
-          else jsonUsage(endpoint, Buffer.concat(chunks), usage);
-          if (keptBytes <= MAX_JOURNAL_BYTES) answered = { status, headers: passed, body: Buffer.concat(kept) };
-          record.ttft_ms = round(ttft);
-          record.latency_ms = round(performance.now() - started);
-          // The answer goes first: its reservation still holds the worst case until settled.
-          res.end();
-          close(usage.found || (events && usage.output > 0) ? "usage" : "worst").finally(resolve);
-        });
-        decoded.on("data", (c: Buffer) => {
-          size += c.length;
-          if (size > MAX_RESPONSE_BYTES) decoded.destroy(new Error("too large"));
-        });
-        decoded.on("error", () => fail("provider_error", "The model provider broke off its answer."));
-        answer.on("error", () => fail("provider_error", "The model provider broke off its answer."));
-        decoded.pipe(redactor);
+        const reader = usageReader(endpoint.kind, events, usage);
+        const onChunk = (chunk: Buffer) => {
+          if (!ttft) ttft = performance.now() - call.started;
+          reader.push(chunk);
+        };
+        const keep = call.journal !== null;
+        relay(answer, res, { needles, passes: passesBack, maxBytes: MAX_RESPONSE_BYTES, keep, onChunk }).then(
+          (relayed) => {
+            if ("refused" in relayed) {
+              fail(
+                "provider_error",
+                relayed.refused === "encoding"
+                  ? "The model provider answered in an encoding the gateway cannot check."
+                  : "The model provider's answer is larger than the gateway passes on.",
+              );
+              return;
+            }
+            // Closed already: the caller hung up, or the call failed on the way (see above).
+            if (closed) return;
+            if (relayed.end !== "whole") {
+              fail("provider_error", "The model provider broke off its answer.");
+              return;
+            }
+            if (status >= 300) {
+              // The provider's own error and status passed on: the SDKs know what to do with them.
+              record.code = status === 429 ? "provider_rate_limited" : "provider_error";
+              close("release", `provider ${status}`).finally(resolve);
+              return;
+            }
+            reader.end();
+            answered = relayed.kept;
+            record.ttft_ms = round(ttft);
+            record.latency_ms = round(performance.now() - call.started);
+            // The answer went first: its reservation still held the worst case until settled here.
+            close(usage.found || (events && usage.output > 0) ? "usage" : "worst").finally(resolve);
+          },
+        );
       });
       upstream.end(payload);
     });
@@ -558,6 +556,44 @@ export class Gateway {
       if (!taken.ok) throw new Refusal("llm_rate_limited", undefined, { "retry-after": String(taken.retryAfterS) });
     }
   }
+}
+
+/** Answer headers the caller may see: the provider's account names stay here. */
+const passesBack = (name: string): boolean =>
+  PASS_RESPONSE.has(name) || name.startsWith("x-ratelimit-") || name.startsWith("anthropic-ratelimit-");
+
+/**
+ * The request as sent to the provider: one output limit (clamped to the budget), streams asked for
+ * usage, only the client headers that are safe to pass and the provider's key attached.
+ */
+function upstreamRequest(
+  call: LlmCall,
+  reservation: Reservation,
+  key: string | null,
+): { url: URL; headers: Record<string, string>; payload: Buffer } {
+  const { endpoint, route, body } = call;
+  const out: Record<string, unknown> = { ...body };
+  for (const field of OUTPUT_LIMIT_FIELDS) delete out[field];
+  out[outputField(endpoint, route)] = reservation.maxOutputTokens;
+  if (call.stream && endpoint.kind === "chat") {
+    const options = typeof body.stream_options === "object" && body.stream_options !== null ? body.stream_options : {};
+    out.stream_options = { ...options, include_usage: true };
+  }
+  const payload = Buffer.from(JSON.stringify(out));
+  const headers: Record<string, string> = {
+    "content-type": "application/json",
+    "content-length": String(payload.length),
+    "accept-encoding": "identity",
+  };
+  for (const name of PASS_HEADERS) {
+    const v = call.req.headers[name];
+    if (typeof v === "string") headers[name] = v;
+  }
+  if (endpoint.api === "anthropic") {
+    headers["anthropic-version"] ??= "2023-06-01";
+    if (key) headers["x-api-key"] = key;
+  } else if (key) headers.authorization = `Bearer ${key}`;
+  return { url: new URL(`${route.baseUrl}${endpoint.upstreamPath}`), headers, payload };
 }
 
 /** Every field by which one provider or another limits output: all are dropped, one is set. */
@@ -625,118 +661,6 @@ function surcharge(endpoint: Endpoint, body: Record<string, unknown>): number {
   };
   visit(endpoint.kind === "responses" ? body.input : body.messages, 0);
   return parts * NON_TEXT_PART_TOKENS + (Array.isArray(body.tools) && body.tools.length > 0 ? TOOL_PREAMBLE_TOKENS : 0);
-}
-
-/** Answer headers the caller may see (the provider's account names stay here), with the key redacted. */
-function answerHeaders(answer: IncomingMessage, needles: readonly Buffer[]): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const [k, v] of Object.entries(answer.headers)) {
-    if (
-      v === undefined ||
-      !(PASS_RESPONSE.has(k) || k.startsWith("x-ratelimit-") || k.startsWith("anthropic-ratelimit-"))
-    )
-      continue;
-    out[k] = Array.isArray(v) ? v.map((x) => redactText(x, needles)) : redactText(v, needles);
-  }
-  return out;
-}
-
-/** Usage of a whole JSON answer. */
-function jsonUsage(endpoint: Endpoint, text: Buffer, usage: Usage): void {
-  try {
-    const u = (JSON.parse(text.toString("utf8")) as { usage?: Record<string, unknown> }).usage;
-    if (u) {
-      takeUsage(endpoint, u, usage);
-      usage.found = true;
-    }
-  } catch {}
-}
-
-function takeUsage(endpoint: Endpoint, u: Record<string, unknown>, usage: Usage): void {
-  const n = (v: unknown) => (typeof v === "number" && Number.isFinite(v) && v >= 0 ? Math.floor(v) : 0);
-  if (endpoint.kind === "chat") {
-    usage.input = n(u.prompt_tokens);
-    usage.output = n(u.completion_tokens);
-    usage.found = true;
-  } else if (endpoint.kind === "responses") {
-    usage.input = n(u.input_tokens);
-    usage.output = n(u.output_tokens);
-    usage.found = true;
-  } else {
-    // Anthropic: input at message_start, output (cumulative) at message_start and each message_delta.
-    const input = n(u.input_tokens) + n(u.cache_creation_input_tokens) + n(u.cache_read_input_tokens);
-    if (input > 0) usage.input = input;
-    if ("output_tokens" in u) usage.output = Math.max(usage.output, n(u.output_tokens));
-  }
-}
-
-/**
- * Reads a stream's server-sent events as they pass, for the provider's usage figures; `null` ends
- * it. Until the figures come, output is counted from the deltas (about four characters a token,
- * at least one a delta): what a stream cut short is billed for.
- */
-function sseUsage(endpoint: Endpoint, usage: Usage): (chunk: Buffer | null) => void {
-  const decoder = new StringDecoder("utf8");
-  const count = (text: unknown) => {
-    if (!usage.found) usage.output += Math.max(1, Math.ceil((typeof text === "string" ? text.length : 0) / 4));
-  };
-  let buffer = "";
-  const line = (raw: string) => {
-    const text = raw.trim();
-    if (!text.startsWith("data:")) return;
-    const data = text.slice(5).trim();
-    if (data === "[DONE]" || data === "") return;
-    let event: Record<string, unknown>;
-    try {
-      event = JSON.parse(data) as Record<string, unknown>;
-    } catch {
-      return;
-    }
-    const type = event.type;
-    if (endpoint.kind === "chat") {
-      if (event.usage && typeof event.usage === "object") {
-        takeUsage(endpoint, event.usage as Record<string, unknown>, usage);
-        return;
-      }
-      const delta = (
-        event.choices as
-          | { delta?: { content?: unknown; tool_calls?: { function?: { arguments?: unknown } }[] } }[]
-          | undefined
-      )?.[0]?.delta;
-      if (delta)
-        count(
-          `${typeof delta.content === "string" ? delta.content : ""}${(delta.tool_calls ?? []).map((t) => String(t.function?.arguments ?? "")).join("")}`,
-        );
-    } else if (endpoint.kind === "responses") {
-      if (type === "response.completed" || type === "response.incomplete" || type === "response.failed") {
-        const u = (event.response as { usage?: Record<string, unknown> } | undefined)?.usage;
-        if (u) takeUsage(endpoint, u, usage);
-      } else if (typeof type === "string" && type.endsWith(".delta")) count(event.delta);
-    } else if (type === "message_start") {
-      const u = (event.message as { usage?: Record<string, unknown> } | undefined)?.usage;
-      if (u) takeUsage(endpoint, u, usage);
-    } else if (type === "message_delta") {
-      // The final, cumulative output count replaces what was counted from the deltas.
-      const u = event.usage as Record<string, unknown> | undefined;
-      if (u && typeof u.output_tokens === "number") {
-        usage.output = 0;
-        takeUsage(endpoint, u, usage);
-        usage.found = true;
-      }
-    } else if (type === "content_block_delta") {
-      const d = event.delta as { text?: unknown; partial_json?: unknown; thinking?: unknown } | undefined;
-      count(d?.text ?? d?.partial_json ?? d?.thinking);
-    }
-  };
-  return (chunk) => {
-    buffer += chunk === null ? `${decoder.end()}\n` : decoder.write(chunk);
-    let nl = buffer.indexOf("\n");
-    while (nl >= 0) {
-      line(buffer.slice(0, nl));
-      buffer = buffer.slice(nl + 1);
-      nl = buffer.indexOf("\n");
-    }
-  };
 }
 
 function sendError(res: ServerResponse, e: Refusal): void {

@@ -1,6 +1,9 @@
 /**
  * Agent-to-agent calls: a running agent asks the host, through the bridge, to start a run of
- * another agent (a child run), and may wait for its result.
+ * another agent (a child run), and may wait for its result. Served on the bridge's listener:
+ * `POST /agents/<name>/runs` `{input}` starts a child run of an agent the caller's policy names
+ * (scope `agent:<name>`); `GET /agents/runs/<id>?wait=S` reads one of the caller's children,
+ * waiting up to S seconds for it to finish.
  *
  * Threat model: the caller is a sandbox with a run token. It may start only the agents its own
  * agent's policy names (the token's `agent:<name>` scopes, from the policy), only in its own
@@ -8,10 +11,30 @@
  * read back only its own children. Each child records its parent, the root of the tree and its
  * depth; children's model calls are charged to the root run's bill and budget.
  */
-import { AppError, type ChildRun, type RunEventBody, TERMINAL_STATUSES } from "@paddock/protocol";
+import {
+  AppError,
+  type ChildRun,
+  MAX_INPUT_BYTES,
+  RunCreate,
+  type RunEventBody,
+  type RunEventData,
+  TERMINAL_STATUSES,
+} from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { runSpec } from "../agents/agents.ts";
+import {
+  type ChannelCall,
+  type ChannelRoute,
+  parseJson,
+  Refusal,
+  readCapped,
+  sendJson,
+  sendRefusal,
+  sendReplay,
+  takeStep,
+} from "../bridge/channel.ts";
+import { type Journal, requestHash } from "../engine/journal.ts";
 import type { RunRepository } from "../engine/runs.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 
@@ -21,6 +44,10 @@ export const MAX_DEPTH = 5;
 export const MAX_ACTIVE_CHILDREN = 16;
 const MAX_WAIT_S = 60;
 const POLL_MS = 200;
+/** A child run's body: its input, at most what an API trigger may send, plus the JSON around it. */
+const MAX_CHILD_BODY_BYTES = MAX_INPUT_BYTES + 1024;
+const START_PATH = /^\/agents\/([a-z0-9][a-z0-9_-]{0,63})\/runs$/;
+const READ_PATH = /^\/agents\/runs\/(run_[0-9a-z]{1,60})$/;
 
 export interface CallerRun {
   tenantId: string;
@@ -39,20 +66,112 @@ const queuedView = (runId: string, agent: string): ChildRun => ({
   artifacts: [],
 });
 
-export class AgentCalls {
+export interface AgentCallsDeps {
+  db: Kysely<Database>;
+  agents: Agents;
+  runs: RunRepository;
+  notify: () => void;
+  /** Where a child run started by a journaled attempt is recorded, for its retries to get that child. */
+  journal?: Journal;
+}
+
+export class AgentCalls implements ChannelRoute {
   readonly #db: Kysely<Database>;
   readonly #agents: Agents;
   readonly #runs: RunRepository;
   readonly #notify: () => void;
+  readonly #journal: Journal | undefined;
 
-  constructor(deps: { db: Kysely<Database>; agents: Agents; runs: RunRepository; notify: () => void }) {
+  constructor(deps: AgentCallsDeps) {
     this.#db = deps.db;
     this.#agents = deps.agents;
     this.#runs = deps.runs;
     this.#notify = deps.notify;
+    this.#journal = deps.journal;
   }
 
-  /** Starts a child run of `name` (already allowed by the caller's token) with `input`. */
+  serves(target: string): boolean {
+    return target.startsWith("/agents/");
+  }
+
+  /** A call from a sandbox, behind the bridge's checks; every refusal is recorded as an `agent.call` event. */
+  async handle(call: ChannelCall): Promise<void> {
+    const { req, res, sandbox } = call;
+    const [path, query = ""] = call.target.split("?", 2) as [string, string?];
+    const start = START_PATH.exec(path);
+    const read = READ_PATH.exec(path);
+    const record: RunEventData<"agent.call"> = { path: path.slice(0, 128) };
+    try {
+      if (!sandbox) throw new Refusal("bridge_unknown_source");
+      if (start?.[1] && req.method === "POST") {
+        const name = start[1];
+        record.agent = name;
+        await call.authorize(`agent:${name}`, `The agent's policy does not allow starting '${name}'.`);
+        // The child's input, checked like an API trigger's.
+        const parsed = RunCreate.safeParse(parseJson(await readCapped(req, MAX_CHILD_BODY_BYTES), {}));
+        if (!parsed.success) throw new Refusal("validation_failed", "The body is {input?}: the child run's input.");
+        const body = parsed.data;
+        // A retried attempt asking again for a child an earlier attempt started gets that child.
+        const journal = sandbox.journaled ? this.#journal : undefined;
+        const step = takeStep(sandbox, req, `agent:${name}`);
+        const hash = requestHash([name, JSON.stringify(body.input ?? null)]);
+        if (journal && step) {
+          const found = await journal.lookup(sandbox.runId, sandbox.attempt, step, hash);
+          if (found && "replay" in found) {
+            sendReplay(res, found.replay);
+            sandbox.record({
+              type: "agent.call",
+              data: { ...record, status: found.replay.status, replayed: true, step },
+            });
+            return;
+          }
+          if (found) sandbox.record({ type: "journal.diverged", data: { step, kind: "agent" } });
+        }
+        const child = await this.start(
+          { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
+          name,
+          body.input,
+          journal && step
+            ? (trx, answer) =>
+                journal.record(
+                  sandbox.runId,
+                  sandbox.attempt,
+                  step,
+                  hash,
+                  {
+                    status: 201,
+                    headers: { "content-type": "application/json" },
+                    body: Buffer.from(JSON.stringify(answer)),
+                  },
+                  trx,
+                )
+            : undefined,
+        );
+        sendJson(res, 201, child);
+        return;
+      }
+      if (read?.[1] && req.method === "GET") {
+        await call.authorize("llm", "");
+        const wait = Number(new URLSearchParams(query).get("wait") ?? 0);
+        const child = await this.get(
+          { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
+          read[1],
+          Number.isFinite(wait) ? wait : 0,
+        );
+        sendJson(res, 200, child);
+        return;
+      }
+      throw new Refusal("route_not_found", "The bridge serves POST /agents/<name>/runs and GET /agents/runs/<id>.");
+    } catch (err) {
+      const denial = Refusal.from(err);
+      if (!res.headersSent) sendRefusal(res, denial);
+      req.resume();
+      record.status = denial.status;
+      record.code = denial.code;
+      sandbox?.record({ type: "agent.call", data: record });
+    }
+  }
+
   /**
    * Starts a child run of `name` (already allowed by the caller's token) with `input`. `journal`,
    * when given, records the answer in the same transaction as the child run, so that a crash
