@@ -46,6 +46,7 @@ const USES = [
 const NOT_CODES: Record<string, string> = {
   custom: "an issue code in validation_failed details (zod's)",
   too_big: "an issue code in validation_failed details (zod's)",
+  unrecognized_keys: "a zod issue code, compared when a run token carries a claim it should not",
   invalid_cron: "an issue code in validation_failed details",
   invalid_timezone: "an issue code in validation_failed details",
   made_up: "tests show that event data refuses a code not registered",
