@@ -6,8 +6,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { HostConfigInput } from "../packages/host/src/config.ts";
-import { unsealRunners } from "../packages/host/src/engine/runner-registry.ts";
 import { type RunningHost, startHost } from "../packages/host/src/host.ts";
+import { unsealRunners } from "../packages/host/src/images/runner-registry.ts";
 
 export const now = () => performance.now();
 

@@ -9,8 +9,8 @@ import { join } from "node:path";
 import { TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import type { Snapshots } from "./agents/snapshots.ts";
-import type { RunnerRegistry } from "./engine/runner-registry.ts";
-import { removeTree } from "./images/store-fs.ts";
+import { removeTree } from "./fs/store-fs.ts";
+import type { RunnerRegistry } from "./images/runner-registry.ts";
 import type { Database } from "./store/schema.ts";
 import { parseRunSpec } from "./store/stored.ts";
 

@@ -210,4 +210,11 @@ export function validationFailed(issues: readonly SchemaIssue[]): AppError {
   return new AppError("validation_failed", `Invalid request: ${where}${first?.message ?? "invalid"}.`, details);
 }
 
+/** `value` parsed by `schema`, or `validation_failed` for what does not match. */
+export function check<T extends z.ZodType>(schema: T, value: unknown): z.infer<T> {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw validationFailed(parsed.error.issues);
+  return parsed.data;
+}
+
 export type ErrorBody = { error: { code: string; message: string; details?: unknown } };

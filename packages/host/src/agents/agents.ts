@@ -22,11 +22,11 @@ import {
 } from "@paddock/protocol";
 import { type Kysely, sql } from "kysely";
 import { requireConnections } from "../bridge/connections.ts";
-import type { RunnerRegistry } from "../engine/runner-registry.ts";
 import type { GatewayBudget } from "../gateway/gateway.ts";
 import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
 import { DEFAULT_PATH, resolveCommand } from "../images/resolve-command.ts";
+import type { RunnerRegistry } from "../images/runner-registry.ts";
 import { RUNNER_NODE_PATH, RUNNER_SDK } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";

@@ -23,13 +23,13 @@ import type { ReadableStream } from "node:stream/web";
 import { AppError, type Limits } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { z } from "zod";
-import { packSnapshot, type UnpackedContents, unpackSnapshot } from "../archive/pack-layers.ts";
-import type { RunnerRegistry } from "../engine/runner-registry.ts";
+import { makeTempDir, removeTree } from "../fs/store-fs.ts";
 import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
-import { makeTempDir, removeTree } from "../images/store-fs.ts";
+import type { RunnerRegistry } from "../images/runner-registry.ts";
 import type { Database } from "../store/schema.ts";
 import type { Agents } from "./agents.ts";
+import { packSnapshot, type UnpackedContents, unpackSnapshot } from "./pack-layers.ts";
 import { type Snapshot, toSnapshot } from "./snapshots.ts";
 
 /** The value of `format` in every manifest this host writes and the only one it reads. */

@@ -4,7 +4,7 @@
  * become responses in one place.
  */
 import { createRoute, type OpenAPIHono, type RouteConfig, type RouteHandler } from "@hono/zod-openapi";
-import { AppError, ERROR_CODES, ErrorResponse, validationFailed } from "@paddock/protocol";
+import { AppError, check, ERROR_CODES, ErrorResponse, validationFailed } from "@paddock/protocol";
 import type { Context, MiddlewareHandler } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
@@ -71,12 +71,6 @@ export function pathParam<T extends z.ZodType<string>>(
   const param = schema.meta({ description: `The ${what}` }) as T;
   refusals.set(param, refuse);
   return param;
-}
-
-export function check<T extends z.ZodType>(schema: T, value: unknown): z.infer<T> {
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) throw validationFailed(parsed.error.issues);
-  return parsed.data;
 }
 
 /**

@@ -18,7 +18,7 @@ import {
   RunnerPublish,
 } from "@paddock/protocol";
 import type { Context } from "hono";
-import type { RunnerRegistry } from "../engine/runner-registry.ts";
+import type { RunnerRegistry } from "../images/runner-registry.ts";
 import { type DefineRoute, json, tooLarge } from "./http.ts";
 
 /**

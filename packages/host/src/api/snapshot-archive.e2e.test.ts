@@ -14,11 +14,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { zstdCompressSync } from "node:zlib";
+import { packSnapshot } from "../agents/pack-layers.ts";
 import { MANIFEST_FORMAT } from "../agents/snapshot-archive.ts";
-import { packSnapshot } from "../archive/pack-layers.ts";
 import { encodeHeader, endOfArchive, type HeaderFields, padding } from "../archive/tar-format.ts";
+import { digestTree } from "../fs/tree-digest.ts";
 import { ImageStore } from "../images/image-store.ts";
-import { digestTree } from "../images/tree-digest.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, testImagesDir, waitForRun } from "../testing/harness.ts";
 

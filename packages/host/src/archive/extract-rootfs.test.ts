@@ -20,7 +20,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { constants, gzipSync, zstdCompressSync } from "node:zlib";
 import { AppError } from "@paddock/protocol";
-import { digestTree } from "../images/tree-digest.ts";
+import { digestTree } from "../fs/tree-digest.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { detectCompression, type ExtractOptions, extractTarball } from "./extract-rootfs.ts";
 import { encodeHeader, endOfArchive, type HeaderFields, padding } from "./tar-format.ts";

@@ -41,11 +41,11 @@ import { dirname, join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { createGunzip, createZstdDecompress } from "node:zlib";
 import { AppError } from "@paddock/protocol";
-import { keepXattr } from "../envs/freeze.ts";
-import { writeXattrs, type XattrMap } from "../envs/xattrs.ts";
-import { isErrno, makeTempDir, removeTree } from "../images/store-fs.ts";
-import type { TreeXattr } from "../images/tree-digest.ts";
-import { toolEnv } from "../tool-env.ts";
+import { keepXattr } from "../fs/overlay-marks.ts";
+import { isErrno, makeTempDir, removeTree } from "../fs/store-fs.ts";
+import { toolEnv } from "../fs/tool-env.ts";
+import type { TreeXattr } from "../fs/tree-digest.ts";
+import { writeXattrs, type XattrMap } from "../fs/xattrs.ts";
 import { type TarEntry, TarFormatError, TarReader } from "./tar-format.ts";
 
 const run = promisify(execFile);
@@ -78,7 +78,6 @@ export type Compression = "none" | "gzip" | "zstd";
 
 export const DEFAULT_MAX_ENTRIES = 2_000_000;
 export const DEFAULT_MAX_BYTES = 64 * 1024 ** 3;
-export const OPAQUE_XATTR = "trusted.overlay.opaque";
 /** Most extended attributes one entry may carry. */
 export const MAX_ENTRY_XATTRS = 32;
 /** Most bytes of extended attribute values one entry may carry (Linux's limit for one value). */

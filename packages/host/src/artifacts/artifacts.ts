@@ -5,7 +5,7 @@
 import type { Readable } from "node:stream";
 import { AppError, type Artifact } from "@paddock/protocol";
 import type { Kysely } from "kysely";
-import type { EventLog, NewEvent } from "../engine/event-log.ts";
+import type { EventLog, NewEvent } from "../store/event-log.ts";
 import type { ArtifactsTable, Database } from "../store/schema.ts";
 import type { BlobStore } from "./blob-store.ts";
 

@@ -11,9 +11,9 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { isEvent } from "@paddock/protocol";
 import { build } from "esbuild";
+import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
-import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "./bridge-test-support.ts";
 
 const SECRET = `ghs_${randomBytes(18).toString("hex")}`;
 const NODE = "/opt/paddock/runner/node";

@@ -12,9 +12,9 @@ import os from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { isEvent } from "@paddock/protocol";
+import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
-import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "./bridge-test-support.ts";
 
 const SECRET = `xoxb-${randomBytes(20).toString("hex")}`;
 const PROVIDER_KEY = `sk-proj-${randomBytes(20).toString("hex")}`;

@@ -29,7 +29,7 @@ import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo, LookupFunction } from "node:net";
 import { type ConnectionAuth, ERROR_CODES, type RunEventData } from "@paddock/protocol";
-import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../engine/journal.ts";
+import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../store/journal.ts";
 import { type ChannelRoute, Refusal, readCapped, sendJson, sendRefusal, sendReplay, takeStep } from "./channel.ts";
 import type { BridgeConnection } from "./connections.ts";
 import { type LiveSandbox, LiveSandboxes } from "./live.ts";

@@ -6,7 +6,7 @@
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { AppError, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
-import { type JournalEntry, STEP_HEADER, stepKey } from "../engine/journal.ts";
+import { type JournalEntry, STEP_HEADER, stepKey } from "../store/journal.ts";
 import { type LiveSandbox, LiveSandboxes } from "./live.ts";
 
 /** One call on the sandbox channel, as the bridge's listener hands it to a route. */

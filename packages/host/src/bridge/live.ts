@@ -4,7 +4,7 @@
  * torn down: from then on every token of that attempt is dead, whatever its expiry says, because
  * the bridge answers only addresses listed here and only for the run listed with them.
  */
-import type { NewEvent } from "../engine/event-log.ts";
+import type { NewEvent } from "../store/event-log.ts";
 
 export interface LiveSandbox {
   address: string;

@@ -12,7 +12,7 @@
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { pipeline, type TransformCallback } from "node:stream";
-import { type JournalEntry, MAX_JOURNAL_BYTES } from "../engine/journal.ts";
+import { type JournalEntry, MAX_JOURNAL_BYTES } from "../store/journal.ts";
 import { decode } from "./decode.ts";
 import { Redactor, redactText } from "./redact.ts";
 

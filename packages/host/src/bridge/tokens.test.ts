@@ -19,11 +19,12 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { AppError } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import { signingKeyAad } from "../secrets/secrets.ts";
 import { parseMasterKey, Vault } from "../secrets/vault.ts";
 import { migrate } from "../store/migrations.ts";
 import type { Database } from "../store/schema.ts";
 import { openSqlite } from "../store/sqlite.ts";
-import { RUN_TOKEN_TYP, type RunTokenClaims, RunTokens, type RunTokensOptions, signingKeyAad } from "./tokens.ts";
+import { RUN_TOKEN_TYP, type RunTokenClaims, RunTokens, type RunTokensOptions } from "./tokens.ts";
 
 const ISSUER = "paddock-host-test";
 const AUDIENCE = "paddock-bridge";

@@ -26,6 +26,7 @@ import { AppError } from "@paddock/protocol";
 import { errors, type JWK, type JWTHeaderParameters, jwtVerify, SignJWT } from "jose";
 import type { Kysely } from "kysely";
 import { z } from "zod";
+import { signingKeyAad } from "../secrets/secrets.ts";
 import type { Sealer } from "../secrets/vault.ts";
 import type { Database, SigningKeysTable } from "../store/schema.ts";
 
@@ -139,11 +140,6 @@ interface CachedClaims {
 }
 
 const DEFAULT_CACHE_SIZE = 10_000;
-
-/** The AAD a signing key's sealed private half is bound to: a box moved to another row does not open. */
-export function signingKeyAad(kid: string): string {
-  return `signing-key:v1:${kid}`;
-}
 
 const randomId = (bytes: number) => randomBytes(bytes).toString("base64url");
 

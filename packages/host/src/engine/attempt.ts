@@ -28,11 +28,11 @@ import { collectOutputs } from "../artifacts/collector.ts";
 import type { LiveSandboxes } from "../bridge/live.ts";
 import type { RunTokenClaims } from "../bridge/tokens.ts";
 import { DEFAULT_PATH } from "../images/resolve-command.ts";
+import type { CurrentRunner } from "../images/runner-registry.ts";
 import type { SandboxDriver, SandboxExit, SandboxHandle, SandboxSpec } from "../sandbox/driver.ts";
 import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV, RUNNER_SDK, RUNTIME_DIR } from "../sandbox/driver.ts";
+import type { EventLog, NewEvent } from "../store/event-log.ts";
 import { newId } from "../store/ids.ts";
-import type { EventLog, NewEvent } from "./event-log.ts";
-import type { CurrentRunner } from "./runner-registry.ts";
 
 export const MAX_LINE_BYTES = 16 * 1024;
 /** A frame carries one line, JSON-escaped (worst case 6 bytes per byte), plus a small envelope. */

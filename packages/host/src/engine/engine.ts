@@ -14,11 +14,11 @@ import {
 } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
+import type { CurrentRunner } from "../images/runner-registry.ts";
+import type { EventLog, NewEvent } from "../store/event-log.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { parseRunSpec } from "../store/stored.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
-import type { EventLog, NewEvent } from "./event-log.ts";
-import type { CurrentRunner } from "./runner-registry.ts";
 import { type RunRepository, terminalEvent } from "./runs.ts";
 import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
 

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { isEvent } from "@paddock/protocol";
-import { artifactJson, type StandIn, startStandIn } from "../bridge/bridge-test-support.ts";
+import { artifactJson, type StandIn, startStandIn } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";

@@ -10,12 +10,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { RunnerLayers } from "../images/runner-layers.ts";
+import { RunnerRegistry } from "../images/runner-registry.ts";
 import { openSqlite } from "../store/sqlite.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../testing/harness.ts";
 import { assertOrder } from "../testing/order.ts";
 import { waitFor } from "../testing/wait.ts";
-import { RunnerRegistry } from "./runner-registry.ts";
 
 const skip = e2eSkip(hostSkipReason());
 const BUNDLE = new URL("../../../runner/dist/runner.mjs", import.meta.url).pathname;

@@ -12,9 +12,9 @@ import {
   type RunStatus,
 } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
+import type { EventLog, NewEvent } from "../store/event-log.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
-import type { EventLog, NewEvent } from "./event-log.ts";
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 

@@ -25,9 +25,10 @@ import { lstat, mkdtemp, readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freezeExcludeMessage, isFreezeExcludePath } from "@paddock/protocol";
-import { isErrno, removeTree } from "../images/store-fs.ts";
-import { isOpaque, isWhiteout, OPAQUE_XATTR, withLowerView } from "./overlay.ts";
-import { readXattrs, type XattrMap, xattrKey } from "./xattrs.ts";
+import { isOpaque, isWhiteout, OPAQUE_XATTR } from "../fs/overlay-marks.ts";
+import { isErrno, removeTree } from "../fs/store-fs.ts";
+import { readXattrs, type XattrMap, xattrKey } from "../fs/xattrs.ts";
+import { withLowerView } from "./overlay.ts";
 
 export interface Changes {
   added: number;

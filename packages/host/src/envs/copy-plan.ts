@@ -16,8 +16,8 @@
  */
 import type { Stats } from "node:fs";
 import { lstat, readdir } from "node:fs/promises";
+import { XARGS_SIZE } from "../fs/tools.ts";
 import type { ExcludeNode } from "./changes.ts";
-import { XARGS_SIZE } from "./tools.ts";
 
 /** A directory the freeze creates itself, with the owner, mode and times of `stats`. */
 export interface PlannedDir {

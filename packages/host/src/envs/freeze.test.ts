@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import { chmod, lchown, link, lstat, mkdir, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import { digestTree, scanTree } from "../images/tree-digest.ts";
+import { digestTree, scanTree } from "../fs/tree-digest.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { DEFAULT_FREEZE_EXCLUDE, freezeUpper } from "./freeze.ts";
 import { describeTree, getXattr, listXattrNames, Scratch, sh, skipReason } from "./test-support.ts";

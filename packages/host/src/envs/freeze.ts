@@ -46,15 +46,16 @@ import { chmod, chown, lstat, lutimes, mkdir, open, rename, stat } from "node:fs
 import { availableParallelism } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { isErrno, makeTempDir, removeStaleTemps, removeTree } from "../images/store-fs.ts";
-import { scanTree } from "../images/tree-digest.ts";
-import { toolEnv } from "../tool-env.ts";
+import { isWhiteout, keepXattr } from "../fs/overlay-marks.ts";
+import { isErrno, makeTempDir, removeStaleTemps, removeTree } from "../fs/store-fs.ts";
+import { toolEnv } from "../fs/tool-env.ts";
+import { exited, runOverPaths } from "../fs/tools.ts";
+import { scanTree } from "../fs/tree-digest.ts";
+import { readXattrs, writeXattrs, type XattrMap, xattrKey } from "../fs/xattrs.ts";
 import { type Changes, excludeTree, walkChanges } from "./changes.ts";
 import { at, CopyCosts, planCopy, splitSources } from "./copy-plan.ts";
-import { isOpaqueValue, isWhiteout, OPAQUE_XATTR, overlayUsingUpper, withLowerView } from "./overlay.ts";
-import { exited, runOverPaths } from "./tools.ts";
+import { overlayUsingUpper, withLowerView } from "./overlay.ts";
 import { unshiftTree, unshiftXattrs } from "./unshift.ts";
-import { readXattrs, writeXattrs, type XattrMap, xattrKey } from "./xattrs.ts";
 
 /**
  * Sandbox paths left out of a frozen layer by default: scratch space (/tmp, /var/tmp, /run),
@@ -115,24 +116,6 @@ const STALE_TEMP_MS = 60 * 60 * 1000;
 const run = promisify(execFile);
 
 const DEFAULT_COPY_PROCESSES = Math.max(1, Math.min(4, availableParallelism()));
-const REFUSED_XATTRS = new Set(["trusted.overlay.redirect", "trusted.overlay.metacopy"]);
-const KEPT_XATTRS = new Set(["security.capability", "system.posix_acl_access", "system.posix_acl_default"]);
-
-/**
- * Whether an extended attribute of the upper is kept in the frozen layer (see the module
- * comment); throws for the ones that make an upper impossible to freeze.
- */
-export function keepXattr(path: Buffer, name: Buffer, value: Buffer): boolean {
-  const text = name.toString("latin1");
-  if (REFUSED_XATTRS.has(text)) {
-    throw new Error(
-      `${JSON.stringify(`/${path.toString()}`)} carries ${text}: the writable layer was mounted with redirect_dir or metacopy on, which freezing does not support`,
-    );
-  }
-  if (text === OPAQUE_XATTR) return isOpaqueValue(value);
-  if (KEPT_XATTRS.has(text)) return true;
-  return text.startsWith("user.") && !text.startsWith("user.overlay.");
-}
 
 /**
  * Copies `upper` into a new content-addressed layer in `layersDir` (or finds the identical layer

@@ -8,35 +8,13 @@
  * noexec, and is only ever looked at with lstat and readdir.
  */
 import { execFile } from "node:child_process";
-import type { Stats } from "node:fs";
 import { mkdir, realpath } from "node:fs/promises";
 import { isAbsolute } from "node:path";
 import { promisify } from "node:util";
-import type { TreeXattr } from "../images/tree-digest.ts";
+import { toolEnv } from "../fs/tool-env.ts";
 import { readMountInfo } from "../sandbox/linux/mountinfo.ts";
-import { toolEnv } from "../tool-env.ts";
 
 const run = promisify(execFile);
-
-/** Marks a directory whose lower namesakes are hidden. */
-export const OPAQUE_XATTR = "trusted.overlay.opaque";
-const OPAQUE_YES = Buffer.from("y");
-
-/** A whiteout: a character device 0/0 that hides its namesake in the layers below. */
-export function isWhiteout(st: Stats): boolean {
-  return st.isCharacterDevice() && Number(st.rdev) === 0;
-}
-
-/** True when the attributes mark an opaque directory. */
-export function isOpaque(xattrs: readonly TreeXattr[] | undefined): boolean {
-  if (!xattrs) return false;
-  return xattrs.some((x) => x.name.toString() === OPAQUE_XATTR && x.value.equals(OPAQUE_YES));
-}
-
-/** True for the value of an opaque mark that lower layers honour ("y"). */
-export function isOpaqueValue(value: Buffer): boolean {
-  return value.equals(OPAQUE_YES);
-}
 
 /** Why `dir` cannot be named in an overlay lowerdir option, or null when it can. */
 export function layerDirProblem(dir: string): string | null {

@@ -39,7 +39,7 @@ import type { Kysely } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { type Snapshot, toSnapshot } from "../agents/snapshots.ts";
 import { EgressProxy, type EgressProxyTestOverrides, type EgressRecord } from "../egress/egress-proxy.ts";
-import type { RunnerRegistry } from "../engine/runner-registry.ts";
+import type { RunnerRegistry } from "../images/runner-registry.ts";
 import {
   RUNNER_MOUNT,
   type SandboxDriver,

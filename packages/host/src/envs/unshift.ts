@@ -12,9 +12,9 @@
  */
 import type { Dirent } from "node:fs";
 import { chmod, lchown, lstat, readdir } from "node:fs/promises";
-import type { TreeXattr } from "../images/tree-digest.ts";
+import type { TreeXattr } from "../fs/tree-digest.ts";
+import type { XattrMap } from "../fs/xattrs.ts";
 import { at } from "./copy-plan.ts";
-import type { XattrMap } from "./xattrs.ts";
 
 /** How many ids a session's range holds. */
 export const SHIFT_COUNT = 65536;

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { BuiltinAgentEvent, isEvent, type RunEvent } from "@paddock/protocol";
 import { build } from "esbuild";
-import { artifactJson } from "../bridge/bridge-test-support.ts";
+import { artifactJson } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";

@@ -15,6 +15,7 @@
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import {
+  check,
   ERROR_CODES,
   type ErrorCode,
   fromMicro,
@@ -22,7 +23,6 @@ import {
   type RunEventBody,
   type RunEventData,
 } from "@paddock/protocol";
-import { check } from "../api/http.ts";
 import {
   type ChannelCall,
   type ChannelRoute,
@@ -38,7 +38,7 @@ import { type LiveSandbox, LiveSandboxes } from "../bridge/live.ts";
 import type { RateLimitSpec, TokenBucket } from "../bridge/rate-limit.ts";
 import { redactionNeedles } from "../bridge/redact.ts";
 import { relay } from "../bridge/relay.ts";
-import { type Journal, type JournalEntry, requestHash } from "../engine/journal.ts";
+import { type Journal, type JournalEntry, requestHash } from "../store/journal.ts";
 import type { BudgetScope, Ledger, Reservation } from "./ledger.ts";
 import type { ModelRoute, Providers } from "./providers.ts";
 import { type Usage, type UsageFormat, usageReader } from "./usage.ts";

@@ -5,11 +5,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { AppError } from "@paddock/protocol";
+import { digestTree } from "../fs/tree-digest.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { waitFor } from "../testing/wait.ts";
 import { ImageStore } from "./image-store.ts";
 import { resolveCommand } from "./resolve-command.ts";
-import { digestTree } from "./tree-digest.ts";
 
 const isRoot = process.getuid?.() === 0;
 const OTHER_DIGEST = `sha256-${"ab".repeat(32)}`;

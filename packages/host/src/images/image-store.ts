@@ -26,8 +26,6 @@ import {
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { AppError } from "@paddock/protocol";
-import { RUNNER_MOUNT } from "../sandbox/driver.ts";
-import { proxySettings, toolEnv } from "../tool-env.ts";
 import {
   AGENT_USER,
   DEFAULT_IMAGE_POINTER,
@@ -36,9 +34,11 @@ import {
   type ImageMeta,
   isDigest,
   TEMP_PREFIX,
-} from "./layout.ts";
-import { isErrno, makeTempDir, removeTree, unmountUnder, writeFileAtomic } from "./store-fs.ts";
-import { scanTree } from "./tree-digest.ts";
+} from "../fs/layout.ts";
+import { isErrno, makeTempDir, removeTree, unmountUnder, writeFileAtomic } from "../fs/store-fs.ts";
+import { proxySettings, toolEnv } from "../fs/tool-env.ts";
+import { scanTree } from "../fs/tree-digest.ts";
+import { RUNNER_MOUNT } from "../sandbox/driver.ts";
 
 export interface ImageStoreOptions {
   imagesDir: string;

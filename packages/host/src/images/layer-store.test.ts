@@ -5,9 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { AppError } from "@paddock/protocol";
+import { digestTree } from "../fs/tree-digest.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { LayerStore } from "./layer-store.ts";
-import { digestTree } from "./tree-digest.ts";
 
 const isRoot = process.getuid?.() === 0;
 const UID = isRoot ? 61000 : (process.getuid?.() ?? 0);

@@ -9,9 +9,9 @@
 import { chmod, chown, mkdir, open, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { AppError } from "@paddock/protocol";
-import { isDigest, LAYER_APP_DIR } from "./layout.ts";
-import { isErrno, makeTempDir, removeStaleTemps, removeTree } from "./store-fs.ts";
-import { digestTree } from "./tree-digest.ts";
+import { isDigest, LAYER_APP_DIR } from "../fs/layout.ts";
+import { isErrno, makeTempDir, removeStaleTemps, removeTree } from "../fs/store-fs.ts";
+import { digestTree } from "../fs/tree-digest.ts";
 
 export interface LayerStoreOptions {
   layersDir: string;

@@ -11,7 +11,7 @@
 import type { Stats } from "node:fs";
 import { lstat, readlink } from "node:fs/promises";
 import { join, posix } from "node:path";
-import { isErrno } from "./store-fs.ts";
+import { isErrno } from "../fs/store-fs.ts";
 
 /** PATH of a sandbox whose agent sets none. */
 export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -9,10 +9,10 @@ import { chmod, cp, link, mkdtemp, readFile, rm, writeFile } from "node:fs/promi
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { RUNNER_BUNDLE, RUNNER_CACHE, RUNNER_NODE } from "../fs/layout.ts";
 import { RUNNER_ARGV, RUNNER_ENV } from "../sandbox/driver.ts";
 import { makeTestDriver, runSandbox, skipReason, type TestDriver, testSpec } from "../sandbox/linux/test-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
-import { RUNNER_BUNDLE, RUNNER_CACHE, RUNNER_NODE } from "./layout.ts";
 import { type RunnerLayer, RunnerLayers } from "./runner-layers.ts";
 
 const BUNDLE = new URL("../../../runner/dist/runner.mjs", import.meta.url).pathname;

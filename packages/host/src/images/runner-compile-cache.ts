@@ -18,14 +18,14 @@ import { constants } from "node:fs";
 import { access, chmod, chown, copyFile, lstat, mkdir, mkdtemp, open, readdir, readlink } from "node:fs/promises";
 import { join } from "node:path";
 import { AppError, RunnerFrame, type RunnerSpec } from "@paddock/protocol";
+import { RUNNER_CACHE, RUNNER_NODE } from "../fs/layout.ts";
+import { removeTree } from "../fs/store-fs.ts";
 import { RUNNER_ARGV, RUNNER_COMPILE_CACHE, RUNNER_ENV, RUNNER_MOUNT } from "../sandbox/driver.ts";
 import { dropPrivileges, entryOptions, isolationOptions } from "../sandbox/linux/bwrap-args.ts";
 import { HELPER_ENV, HELPER_PATH, SECCOMP_FD } from "../sandbox/linux/launcher.ts";
 import { ensureRunDir } from "../sandbox/linux/paths.ts";
 import { buildSeccompFilter } from "../sandbox/linux/seccomp.ts";
 import { syscallArch } from "../sandbox/linux/syscalls.ts";
-import { RUNNER_CACHE, RUNNER_NODE } from "./layout.ts";
-import { removeTree } from "./store-fs.ts";
 
 export interface CompileCacheOptions {
   /** The uid and gid sandboxes run as (Node files its cache per uid). */

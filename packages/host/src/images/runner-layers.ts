@@ -22,10 +22,10 @@ import {
   RUNNER_VERSION_FILE,
   type RunnerSources,
   type RunnerVersion,
-} from "./layout.ts";
+} from "../fs/layout.ts";
+import { isErrno, makeTempDir, removeStaleTemps, removeTree, writeFileAtomic } from "../fs/store-fs.ts";
+import { digestEntries, digestTree, entryType, hashFile, type TreeEntry } from "../fs/tree-digest.ts";
 import { buildCompileCache } from "./runner-compile-cache.ts";
-import { isErrno, makeTempDir, removeStaleTemps, removeTree, writeFileAtomic } from "./store-fs.ts";
-import { digestEntries, digestTree, entryType, hashFile, type TreeEntry } from "./tree-digest.ts";
 
 export interface RunnerLayersOptions {
   runnersDir: string;

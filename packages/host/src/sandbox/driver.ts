@@ -6,7 +6,7 @@
  */
 import type { Readable, Writable } from "node:stream";
 import type { Limits } from "@paddock/protocol";
-import { RUNNER_BUNDLE, RUNNER_CACHE, RUNNER_NODE } from "../images/layout.ts";
+import { RUNNER_BUNDLE, RUNNER_CACHE, RUNNER_NODE } from "../fs/layout.ts";
 
 /** Where the runner layer appears inside every sandbox. */
 export const RUNNER_MOUNT = "/opt/paddock/runner";

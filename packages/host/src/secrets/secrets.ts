@@ -12,10 +12,14 @@
  */
 import { AppError, type Secret } from "@paddock/protocol";
 import type { Kysely } from "kysely";
-import { signingKeyAad } from "../bridge/tokens.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, SecretsTable } from "../store/schema.ts";
 import type { Vault } from "./vault.ts";
+
+/** The AAD a signing key's sealed private half is bound to: a box moved to another row does not open. */
+export function signingKeyAad(kid: string): string {
+  return `signing-key:v1:${kid}`;
+}
 
 /** Associated data of a secret's sealed value. */
 export const secretAad = (tenantId: string, name: string) => `secret:v1:${tenantId}:${name}`;

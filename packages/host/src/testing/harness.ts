@@ -9,8 +9,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Page, RunEvent } from "@paddock/protocol";
 import type { HostConfigInput } from "../config.ts";
-import { unsealRunners } from "../engine/runner-registry.ts";
 import { type RunningHost, startHost } from "../host.ts";
+import { unsealRunners } from "../images/runner-registry.ts";
 import { waitFor } from "./wait.ts";
 
 export function testImagesDir(): string {

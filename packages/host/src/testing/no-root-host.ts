@@ -10,8 +10,6 @@ import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { resolveHostConfig } from "../config.ts";
-import { unsealRunners } from "../engine/runner-registry.ts";
-import { buildServices, type Services } from "../host.ts";
 import {
   AGENT_USER,
   DEFAULT_IMAGE_POINTER,
@@ -19,8 +17,10 @@ import {
   IMAGE_ROOTFS,
   RUNNER_VERSION_FILE,
   type RunnerVersion,
-} from "../images/layout.ts";
-import { hashFile } from "../images/tree-digest.ts";
+} from "../fs/layout.ts";
+import { hashFile } from "../fs/tree-digest.ts";
+import { buildServices, type Services } from "../host.ts";
+import { unsealRunners } from "../images/runner-registry.ts";
 import { migrate } from "../store/migrations.ts";
 import { openSqlite } from "../store/sqlite.ts";
 import { RefusingSandboxDriver } from "./refusing-driver.ts";

@@ -34,8 +34,8 @@ import {
   sendReplay,
   takeStep,
 } from "../bridge/channel.ts";
-import { type Journal, requestHash } from "../engine/journal.ts";
 import type { RunRepository } from "../engine/runs.ts";
+import { type Journal, requestHash } from "../store/journal.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 
 /** The most levels of child runs below a root run. */

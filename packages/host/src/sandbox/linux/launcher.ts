@@ -29,7 +29,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { access, constants } from "node:fs/promises";
 import type { Socket } from "node:net";
-import { toolEnv } from "../../tool-env.ts";
+import { toolEnv } from "../../fs/tool-env.ts";
 import { mountPointsUnder } from "./mountinfo.ts";
 import { requireSyscall, type SyscallArch } from "./syscalls.ts";
 

@@ -18,7 +18,7 @@ import { statSync } from "node:fs";
 import { chown, mkdir, readdir, rm, statfs } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
-import { toolEnv } from "../../tool-env.ts";
+import { toolEnv } from "../../fs/tool-env.ts";
 import type { SandboxDriver, SandboxHandle, SandboxSpec, SessionLayer, SessionLayerUsage } from "../driver.ts";
 import { bwrapOptions, checkEnv, launchCommand, nulSeparated, sessionBwrapOptions } from "./bwrap-args.ts";
 import {

@@ -23,7 +23,7 @@ import { execFile } from "node:child_process";
 import { mkdir, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
-import { toolEnv } from "../../tool-env.ts";
+import { toolEnv } from "../../fs/tool-env.ts";
 import { ensureRunDir } from "./paths.ts";
 
 const run = promisify(execFile);

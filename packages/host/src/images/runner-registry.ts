@@ -10,10 +10,10 @@ import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { Kysely } from "kysely";
-import type { RunnerLayers } from "../images/runner-layers.ts";
-import { removeTree } from "../images/store-fs.ts";
+import { removeTree } from "../fs/store-fs.ts";
+import { toolEnv } from "../fs/tool-env.ts";
 import type { Database } from "../store/schema.ts";
-import { toolEnv } from "../tool-env.ts";
+import type { RunnerLayers } from "./runner-layers.ts";
 
 const run = promisify(execFile);
 

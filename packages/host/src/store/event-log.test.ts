@@ -6,12 +6,12 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { AppError, DEFAULT_LIMITS, isEvent, type RunEvent } from "@paddock/protocol";
 import type { Kysely } from "kysely";
-import { newId } from "../store/ids.ts";
-import { migrate } from "../store/migrations.ts";
-import type { Database } from "../store/schema.ts";
-import { openSqlite } from "../store/sqlite.ts";
+import { RunRepository } from "../engine/runs.ts";
 import { EventLog, type NewEvent } from "./event-log.ts";
-import { RunRepository } from "./runs.ts";
+import { newId } from "./ids.ts";
+import { migrate } from "./migrations.ts";
+import type { Database } from "./schema.ts";
+import { openSqlite } from "./sqlite.ts";
 
 describe("EventLog", () => {
   let dir: string;

@@ -5,7 +5,7 @@
  * "./name" after "--": a name can never be read as an option nor be altered on the way.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { toolEnv } from "../tool-env.ts";
+import { toolEnv } from "./tool-env.ts";
 
 /** Bytes of arguments per command that xargs builds (ARG_MAX is usually 2 MiB). */
 export const XARGS_SIZE = 1024 * 1024;

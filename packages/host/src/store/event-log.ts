@@ -7,7 +7,7 @@ import { EventEmitter } from "node:events";
 import { AppError, type RunEvent, RunEventBody } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { z } from "zod";
-import type { Database, EventsTable } from "../store/schema.ts";
+import type { Database, EventsTable } from "./schema.ts";
 
 export type Db = Kysely<Database> | Transaction<Database>;
 /** An event to append: one of the protocol's event types with its data, and when it happened. */

@@ -8,8 +8,8 @@ import { randomBytes } from "node:crypto";
 import { chmod, lstat, mkdir, mkdtemp, open, readdir, readFile, realpath, rename, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { toolEnv } from "../tool-env.ts";
 import { TEMP_PREFIX } from "./layout.ts";
+import { toolEnv } from "./tool-env.ts";
 
 const run = promisify(execFile);
 

@@ -12,7 +12,7 @@
  */
 import { createHash } from "node:crypto";
 import type { Kysely } from "kysely";
-import type { Database } from "../store/schema.ts";
+import type { Database } from "./schema.ts";
 
 export const MAX_JOURNAL_BYTES = 1024 * 1024;
 /** Header naming a call's step explicitly (letters, digits and . _ : -, at most 128). */

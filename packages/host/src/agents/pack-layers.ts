@@ -30,11 +30,18 @@ import { pipeline } from "node:stream/promises";
 import { promisify } from "node:util";
 import { createZstdCompress, constants as zlibConstants } from "node:zlib";
 import { AppError } from "@paddock/protocol";
-import { keepXattr } from "../envs/freeze.ts";
-import { readXattrs, type XattrMap, xattrKey } from "../envs/xattrs.ts";
-import { ImageStore } from "../images/image-store.ts";
-import { IMAGE_META, IMAGE_ROOTFS, type ImageMeta, isDigest } from "../images/layout.ts";
-import { isErrno, makeTempDir, removeTree } from "../images/store-fs.ts";
+import {
+  type ExtractOptions,
+  extractTarball,
+  MAX_ENTRY_XATTR_BYTES,
+  MAX_ENTRY_XATTRS,
+  show,
+} from "../archive/extract-rootfs.ts";
+import { encodeHeader, endOfArchive, padding } from "../archive/tar-format.ts";
+import { IMAGE_META, IMAGE_ROOTFS, type ImageMeta, isDigest } from "../fs/layout.ts";
+import { keepXattr } from "../fs/overlay-marks.ts";
+import { isErrno, makeTempDir, removeTree } from "../fs/store-fs.ts";
+import { toolEnv } from "../fs/tool-env.ts";
 import {
   deviceNumbers,
   digestEntries,
@@ -42,16 +49,9 @@ import {
   scanTree,
   type TreeEntry,
   type TreeXattr,
-} from "../images/tree-digest.ts";
-import { toolEnv } from "../tool-env.ts";
-import {
-  type ExtractOptions,
-  extractTarball,
-  MAX_ENTRY_XATTR_BYTES,
-  MAX_ENTRY_XATTRS,
-  show,
-} from "./extract-rootfs.ts";
-import { encodeHeader, endOfArchive, padding } from "./tar-format.ts";
+} from "../fs/tree-digest.ts";
+import { readXattrs, type XattrMap, xattrKey } from "../fs/xattrs.ts";
+import { ImageStore } from "../images/image-store.ts";
 
 const run = promisify(execFile);
 

@@ -7,7 +7,7 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import zlib from "node:zlib";
-import type { TestHost } from "../testing/harness.ts";
+import type { TestHost } from "./harness.ts";
 
 export interface SeenRequest {
   method: string;

@@ -10,9 +10,9 @@
  * as a stream and only the attributes the caller keeps are held in memory.
  */
 import { spawn } from "node:child_process";
-import type { TreeXattr } from "../images/tree-digest.ts";
-import { toolEnv } from "../tool-env.ts";
+import { toolEnv } from "./tool-env.ts";
 import { dotPath, exited, feed, runOverPaths } from "./tools.ts";
+import type { TreeXattr } from "./tree-digest.ts";
 
 /** Extended attributes by entry path (relative to the tree root, as Latin-1; "" is the root). */
 export type XattrMap = Map<string, TreeXattr[]>;

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { mkdir, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { getXattr, Scratch, skipReason } from "../envs/test-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
-import { getXattr, Scratch, skipReason } from "./test-support.ts";
 import { quote, readXattrs, unquote, writeXattrs, type XattrMap } from "./xattrs.ts";
 
 /** The map as sorted [path, name, hex value] rows. */
