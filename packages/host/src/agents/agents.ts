@@ -30,7 +30,7 @@ import type { RunnerRegistry } from "../images/runner-registry.ts";
 import { RUNNER_NODE_PATH, RUNNER_SDK } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
-import { parseAgentDefinition } from "../store/stored.ts";
+import { parseAgentDefinition, parseLayerDigests } from "../store/stored.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
 
 /** An agent row with its current snapshot. */
@@ -40,7 +40,7 @@ export interface AgentRecord {
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).toISOString());
-const layersOf = (snapshot: SnapshotsTable) => JSON.parse(snapshot.layers) as string[];
+const layersOf = (snapshot: SnapshotsTable) => parseLayerDigests(snapshot.layers);
 
 export function toAgent({ row, snapshot }: AgentRecord): Agent {
   const def = parseAgentDefinition(row.spec);

@@ -7,6 +7,7 @@ import { AppError } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { newId } from "../store/ids.ts";
 import type { Database, SnapshotsTable } from "../store/schema.ts";
+import { parseLayerDigests } from "../store/stored.ts";
 
 export interface Snapshot {
   version: number;
@@ -39,7 +40,7 @@ export function toSnapshot(row: SnapshotsTable, currentVersion: number): Snapsho
   return {
     version: row.version,
     base: row.base,
-    layers: JSON.parse(row.layers) as string[],
+    layers: parseLayerDigests(row.layers),
     runner: row.runner,
     reason: row.reason,
     parent_version: row.parent_version,
@@ -123,7 +124,7 @@ export class Snapshots {
         tenantId,
         agentId,
         base: old.base,
-        layers: JSON.parse(old.layers) as string[],
+        layers: parseLayerDigests(old.layers),
         runner: old.runner,
         reason: "rollback",
         parentVersion: currentVersion,
@@ -142,7 +143,7 @@ export class Snapshots {
     const rows = await this.#db.selectFrom("snapshots").select(["layers", "runner", "base"]).execute();
     const out = { layers: new Set<string>(), runners: new Set<string>(), bases: new Set<string>() };
     for (const r of rows) {
-      for (const l of JSON.parse(r.layers) as string[]) out.layers.add(l);
+      for (const l of parseLayerDigests(r.layers)) out.layers.add(l);
       if (r.runner) out.runners.add(r.runner);
       out.bases.add(r.base);
     }

@@ -7,21 +7,30 @@
  */
 import {
   AppError,
-  type ModelPrice,
+  ModelPrice,
   PROVIDER_BASE_URLS,
   type Provider,
-  type ProviderKind,
+  ProviderKind,
   ProviderPut,
   type ProviderPutInput,
 } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import { z } from "zod";
 import type { Database, ProvidersTable } from "../store/schema.ts";
+import { parseStored } from "../store/stored.ts";
 
-interface StoredProvider extends ProviderPut {
-  base_url: string;
+/** A provider as stored (`providers.spec`): what was put, with its base URL resolved. */
+const StoredProvider = z.object({
+  kind: ProviderKind,
+  base_url: z.string(),
+  secret: z.string().optional(),
+  models: z.record(z.string(), ModelPrice),
+  timeout_ms: z.number().int(),
   /** The tenant whose secret holds the key (the admin's). */
-  owner_tenant: string;
-}
+  owner_tenant: z.string(),
+});
+type StoredProvider = z.infer<typeof StoredProvider>;
+const parseProvider = (text: string) => parseStored(StoredProvider, text, "provider");
 
 /** What the gateway needs of one model. */
 export interface ModelRoute {
@@ -39,7 +48,7 @@ export interface ModelRoute {
 export const apiOf = (kind: ProviderKind): "openai" | "anthropic" => (kind === "anthropic" ? "anthropic" : "openai");
 
 function toProvider(row: ProvidersTable): Provider {
-  const spec = JSON.parse(row.spec) as StoredProvider;
+  const spec = parseProvider(row.spec);
   return {
     name: row.name,
     kind: spec.kind,
@@ -83,7 +92,7 @@ export class Providers {
       }
       const others = await trx.selectFrom("providers").selectAll().where("name", "!=", name).execute();
       for (const other of others) {
-        const models = Object.keys((JSON.parse(other.spec) as StoredProvider).models);
+        const models = Object.keys(parseProvider(other.spec).models);
         const clash = models.find((m) => m in body.models);
         if (clash) {
           throw new AppError("conflict", `The model '${clash}' is already served by the provider '${other.name}'.`, {
@@ -142,7 +151,7 @@ export class Providers {
   async #load(): Promise<Map<string, ModelRoute>> {
     const out = new Map<string, ModelRoute>();
     for (const row of await this.#db.selectFrom("providers").selectAll().execute()) {
-      const spec = JSON.parse(row.spec) as StoredProvider;
+      const spec = parseProvider(row.spec);
       for (const [model, price] of Object.entries(spec.models)) {
         out.set(model, {
           provider: row.name,

@@ -3,9 +3,9 @@
  * that does not match is a broken store (an internal error the host logs), never a user's error.
  */
 import { AgentDefinition, AgentSpec } from "@paddock/protocol";
-import type { z } from "zod";
+import { z } from "zod";
 
-function parseStored<T extends z.ZodType>(schema: T, text: string, what: string): z.output<T> {
+export function parseStored<T extends z.ZodType>(schema: T, text: string, what: string): z.output<T> {
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -24,6 +24,12 @@ function parseStored<T extends z.ZodType>(schema: T, text: string, what: string)
 export function parseAgentDefinition(text: string): AgentDefinition {
   return parseStored(AgentDefinition, text, "agent definition");
 }
+
+/** The digests of a snapshot's environment layers (`snapshots.layers`), top-most first. */
+export function parseLayerDigests(text: string): string[] {
+  return parseStored(LayerDigests, text, "layer list");
+}
+const LayerDigests = z.array(z.string());
 
 /** The spec a run froze at trigger time (`runs.spec`). */
 export function parseRunSpec(text: string): AgentSpec {
