@@ -49,6 +49,8 @@ export interface BridgeBenchOptions {
   callsPerSandbox: number;
   /** Progress lines (to stderr in the CLI). */
   progress?: (line: string) => void;
+  /** Names the bench's sandbox network (namespaces paddock-<instance>-N); random by default. */
+  instance?: string;
 }
 
 export interface BridgeBenchResult {
@@ -174,7 +176,7 @@ function verifyFloor(rounds: number): number {
 }
 
 export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBenchResult> {
-  const id = randomBytes(5).toString("hex");
+  const id = opts.instance ?? randomBytes(5).toString("hex");
   const dataDir = await mkdtemp(join(tmpdir(), "paddock-bench-bridge-"));
   const db = openSqlite(join(dataDir, "paddock.db"));
   const network = new SandboxNetwork({ instance: id, spare: 8 });
