@@ -91,6 +91,12 @@ export async function startNoRootHost(): Promise<NoRootHost> {
   try {
     await migrate(db);
     const services = await buildServices(config, { db, instance: "noroot", driver, log, undo });
+    await services.nodes.register({
+      id: services.nodeId,
+      version: "test",
+      internalUrl: "http://127.0.0.1:0",
+      sandboxCidr: config.sandboxCidr,
+    });
     await services.runners.publish(runnerFiles);
     const adminKey = await services.identity.bootstrap();
     if (!adminKey) throw new Error("a new data folder gives an admin key");
