@@ -165,6 +165,11 @@ export class Engine {
       });
   }
 
+  /** Resolves once no claim pass is in progress (one asked for by notify() included). */
+  async settled(): Promise<void> {
+    while (this.#pumping) await this.#pumping;
+  }
+
   /**
    * Cancels a run of the tenant and, below it, every child run still going. A queued run ends
    * canceled at once; a starting or running one is marked, and its sandbox killed if it runs
