@@ -211,11 +211,11 @@ describe("nodes over one store", () => {
 describe("a node's engine, fence and recovery", () => {
   let h: NoRootHost;
   let agentId: string;
-  const api = async (method: string, path: string, body?: unknown) => {
+  const api = async (method: string, path: string, payload?: unknown) => {
     const res = await h.services.app.request(path, {
       method,
       headers: { authorization: `Bearer ${h.adminKey}`, "content-type": "application/json" },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      ...(payload === undefined ? {} : { body: JSON.stringify(payload) }),
     });
     // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers.
     const body: any = await res.json();
