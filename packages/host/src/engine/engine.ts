@@ -555,7 +555,10 @@ export class Engine {
         .where("worker_id", "=", this.#config.workerId)
         .executeTakeFirst();
       // Someone else finished or recovered the run: record nothing (the attempt row included).
-      if (Number(res.numUpdatedRows) !== 1) return [];
+      if (Number(res.numUpdatedRows) !== 1) {
+        this.#deps.log(`run ${run.id}: attempt ${run.attempt} ended; the run is no longer its own, nothing recorded`);
+        return [];
+      }
       // A run that ended needs its journal no more.
       if (!requeue && !retry) await trx.deleteFrom("journal").where("run_id", "=", run.id).execute();
       await trx
