@@ -4,9 +4,7 @@
  * lapsed leases only, and the fence that refuses an attempt's writes once another node holds its run.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { hostname, tmpdir } from "node:os";
-import { join } from "node:path";
+import { hostname } from "node:os";
 import { after, before, describe, it } from "node:test";
 import { AppError } from "@paddock/protocol";
 import { type Kysely, type KyselyPlugin, sql } from "kysely";
@@ -14,10 +12,9 @@ import { Ledger } from "../gateway/ledger.ts";
 import { EventLog } from "../store/event-log.ts";
 import { newId } from "../store/ids.ts";
 import { Journal } from "../store/journal.ts";
-import { migrate } from "../store/migrations.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
-import { openSqlite } from "../store/sqlite.ts";
 import { type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
+import { openTestStore, type TestStore } from "../testing/test-store.ts";
 import { cidrsOverlap, defaultNodeId, Nodes } from "./nodes.ts";
 
 const node = (id: string, sandboxCidr: string, process?: string) => ({
@@ -64,35 +61,19 @@ function runRow(tenant: string, agent: string, patch: Partial<RunsTable>): RunsT
 }
 
 describe("nodes over one store", () => {
-  let dir: string;
+  let store: TestStore;
   let db: Kysely<Database>;
   let nodes: Nodes;
-  const tenant = newId("ten");
-  const agent = newId("agt");
+  let tenant: string;
+  let agent: string;
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "paddock-nodes-"));
-    db = openSqlite(join(dir, "paddock.db"));
-    await migrate(db);
-    await db.insertInto("tenants").values({ id: tenant, name: "t", created_at: 0 }).execute();
-    await db
-      .insertInto("agents")
-      .values({
-        id: agent,
-        tenant_id: tenant,
-        name: "a",
-        spec: "{}",
-        current_version: 1,
-        version: 1,
-        archived_at: null,
-        created_at: 0,
-      })
-      .execute();
+    store = await openTestStore("nodes");
+    ({ db, tenant, agent } = store);
     nodes = new Nodes(db, { staleMs: 30_000 });
   });
   after(async () => {
-    await db.destroy();
-    await rm(dir, { recursive: true, force: true });
+    await store?.close();
   });
 
   it("registers a node and heartbeats on the database's clock", async () => {
