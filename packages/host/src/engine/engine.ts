@@ -72,9 +72,6 @@ export class Engine {
     {
       attempt: Attempt;
       done: Promise<void>;
-      tenantId: string;
-      agentId: string;
-      serialKey: string | null;
       /** A child run: not held back by the limits its root already passed. */
       child: boolean;
     }
@@ -84,7 +81,6 @@ export class Engine {
   #leaseTimer: NodeJS.Timeout | null = null;
   /** When this node's leases were last renewed (its own clock: only the time since matters). */
   #renewedAt = Date.now();
-  #draining = false;
   readonly #warm: WarmPool;
   #timer: NodeJS.Timeout | null = null;
   #pumping: Promise<void> | null = null;
@@ -137,7 +133,6 @@ export class Engine {
       throw err;
     }
     this.#renewedAt = Date.now();
-    this.#draining = beat.draining;
     for (const { runId } of held) {
       if (!beat.renewed.has(runId)) this.#active.get(runId)?.attempt.leaseLost();
     }
@@ -221,9 +216,8 @@ export class Engine {
   async #pump(): Promise<void> {
     await this.#expire();
     await this.#recoverExpiredLeases();
-    this.#draining = await this.#deps.nodes.draining(this.#config.workerId);
     // A draining node claims nothing; its runs going finish.
-    if (this.#draining) return;
+    if (await this.#deps.nodes.draining(this.#config.workerId)) return;
     let misses = 0;
     // Child runs may go past the host's limit (their parents wait on them: holding them back could
     // deadlock a tree), up to a hard ceiling.
@@ -428,9 +422,6 @@ export class Engine {
     this.#active.set(run.id, {
       attempt,
       done,
-      tenantId: run.tenant_id,
-      agentId: run.agent_id,
-      serialKey: run.serial_key,
       child: run.root_run_id !== null,
     });
   }
