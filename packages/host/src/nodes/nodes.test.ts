@@ -327,4 +327,27 @@ describe("a node's engine, fence and recovery", () => {
     await writer.write(runId, 2, [log], { runId, attempt: 2, workerId: "node-b" });
     assert.equal(await count(), before + 1);
   });
+
+  it("counts an agent's limit over every node, inside the claim", async () => {
+    const limited = (
+      await api("POST", "/v1/agents", { name: "limited", instructions: "Say hi.", model: "m", max_concurrent_runs: 1 })
+    ).body.id as string;
+    // Still draining: both runs stay queued until the other node holds the first.
+    const first = (await api("POST", `/v1/agents/${limited}/runs`, {})).body.id as string;
+    const second = (await api("POST", `/v1/agents/${limited}/runs`, {})).body.id as string;
+    await h.db
+      .updateTable("runs")
+      .set({ status: "running", attempt: 1, worker_id: "other-node", lease_until: Date.now() + 600_000 })
+      .where("id", "=", first)
+      .execute();
+    await h.db.updateTable("nodes").set({ draining: 0 }).where("id", "=", h.services.nodeId).execute();
+    h.services.engine.notify();
+    await h.services.engine.settled();
+    assert.equal((await status(second)).status, "queued", "the agent's one run goes on another node");
+    await h.db.updateTable("runs").set({ status: "succeeded", lease_until: null }).where("id", "=", first).execute();
+    h.services.engine.notify();
+    await h.services.engine.settled();
+    const claimed = await status(second);
+    assert.deepEqual([claimed.worker_id, claimed.attempt], [h.services.nodeId, 1], "claimed here once the other ended");
+  });
 });
