@@ -5,13 +5,13 @@
  */
 import { EventEmitter } from "node:events";
 import { AppError, type RunEvent, RunEventBody } from "@paddock/protocol";
-import type { Kysely, Transaction } from "kysely";
+import type { Kysely } from "kysely";
 import { z } from "zod";
 import { checkFence, type Fence } from "./fence.ts";
-import type { Dialect } from "./portable.ts";
+import type { Db, Dialect } from "./portable.ts";
 import type { Database, EventsTable } from "./schema.ts";
 
-export type Db = Kysely<Database> | Transaction<Database>;
+export type { Db } from "./portable.ts";
 /** An event to append: one of the protocol's event types with its data, and when it happened. */
 export type NewEvent = RunEventBody & { ts?: number };
 

@@ -6,8 +6,7 @@
  * cannot commit between the check and the write; on SQLite the write transaction serialises.
  */
 import { AppError } from "@paddock/protocol";
-import type { Db } from "./event-log.ts";
-import type { Dialect } from "./portable.ts";
+import type { Db, Dialect } from "./portable.ts";
 
 export interface Fence {
   runId: string;

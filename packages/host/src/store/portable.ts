@@ -3,8 +3,11 @@
  * PostgreSQL: the database's own clock, and transaction-scoped locks on names. On SQLite one
  * write transaction at a time already serialises every claim, so the locks are no-ops there.
  */
-import { type RawBuilder, sql } from "kysely";
-import type { Db } from "./event-log.ts";
+import { type Kysely, type RawBuilder, sql, type Transaction } from "kysely";
+import type { Database } from "./schema.ts";
+
+/** The store, or a transaction on it. */
+export type Db = Kysely<Database> | Transaction<Database>;
 
 /** Which SQL the store speaks. */
 export type Dialect = "sqlite" | "postgres";
