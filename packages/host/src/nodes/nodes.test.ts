@@ -8,6 +8,7 @@ import { hostname } from "node:os";
 import { after, before, describe, it } from "node:test";
 import { AppError } from "@paddock/protocol";
 import { type Kysely, type KyselyPlugin, sql } from "kysely";
+import { runSpec } from "../agents/agents.ts";
 import { Ledger } from "../gateway/ledger.ts";
 import { EventLog } from "../store/event-log.ts";
 import { newId } from "../store/ids.ts";
@@ -15,6 +16,8 @@ import { Journal } from "../store/journal.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
 import { openTestStore, type TestStore } from "../testing/test-store.ts";
+import { waitFor } from "../testing/wait.ts";
+import { Scheduler } from "../triggers/scheduler.ts";
 import { cidrsOverlap, defaultNodeId, Nodes } from "./nodes.ts";
 
 const node = (id: string, sandboxCidr: string, process?: string) => ({
@@ -349,5 +352,41 @@ describe("a node's engine, fence and recovery", () => {
     await h.services.engine.settled();
     const claimed = await status(second);
     assert.deepEqual([claimed.worker_id, claimed.attempt], [h.services.nodeId, 1], "claimed here once the other ended");
+  });
+
+  it("ticks schedules only on the leader", async () => {
+    const schedule = (await api("POST", "/v1/schedules", { agent: agentId, cron: "* * * * *" })).body.id as string;
+    await h.db
+      .updateTable("schedules")
+      .set({ next_at: Date.now() - 1000 })
+      .where("id", "=", schedule)
+      .execute();
+    const fired = async () =>
+      (await h.db.selectFrom("runs").select("id").where("trigger", "=", "schedule").execute()).length;
+    const scheduler = (leads: boolean, asked: { n: number }) =>
+      new Scheduler({
+        db: h.db,
+        runs: h.services.runs,
+        specOf: (tenantId, agent) => h.services.agents.get(tenantId, agent).then(runSpec),
+        notify: () => {},
+        log: () => {},
+        leader: {
+          isLeader: async () => {
+            asked.n++;
+            return leads;
+          },
+          release: async () => {},
+        },
+      });
+    const followerAsked = { n: 0 };
+    const follower = scheduler(false, followerAsked);
+    follower.start(5);
+    await waitFor(() => followerAsked.n >= 3, { what: "the follower to ask three times" });
+    await follower.stop();
+    assert.equal(await fired(), 0, "a node that does not lead fires no slot");
+    const leader = scheduler(true, { n: 0 });
+    leader.start(5);
+    await waitFor(async () => (await fired()) === 1, { what: "the leader to fire the slot" });
+    await leader.stop();
   });
 });
