@@ -15,7 +15,7 @@ import { newId } from "../store/ids.ts";
 import { Journal } from "../store/journal.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
-import { openTestStore, type TestStore } from "../testing/test-store.ts";
+import { openTestStore, runRow, type TestStore } from "../testing/test-store.ts";
 import { waitFor } from "../testing/wait.ts";
 import { Scheduler } from "../triggers/scheduler.ts";
 import { cidrsOverlap, defaultNodeId, Nodes } from "./nodes.ts";
@@ -29,39 +29,6 @@ const node = (id: string, sandboxCidr: string, process?: string) => ({
 });
 
 const isCode = (code: string) => (err: unknown) => err instanceof AppError && err.code === code;
-
-/** A run row of `agent`, as the engine leaves one it is running (or queued). */
-function runRow(tenant: string, agent: string, patch: Partial<RunsTable>): RunsTable {
-  return {
-    id: newId("run"),
-    tenant_id: tenant,
-    agent_id: agent,
-    status: "running",
-    reason: null,
-    exit_code: null,
-    attempt: 1,
-    max_attempts: 1,
-    input: null,
-    spec: "{}",
-    worker_id: null,
-    cancel_requested: 0,
-    snapshot_version: null,
-    agent_version: 1,
-    created_at: Date.now(),
-    started_at: Date.now(),
-    finished_at: null,
-    trigger: "api",
-    not_before: null,
-    expires_at: null,
-    lease_until: null,
-    serial_key: null,
-    parent_run_id: null,
-    root_run_id: null,
-    root_agent_id: null,
-    depth: 0,
-    ...patch,
-  };
-}
 
 describe("nodes over one store", () => {
   let store: TestStore;

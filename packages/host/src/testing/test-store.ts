@@ -8,7 +8,7 @@ import { join } from "node:path";
 import type { Kysely } from "kysely";
 import { newId } from "../store/ids.ts";
 import { migrate } from "../store/migrations.ts";
-import type { Database } from "../store/schema.ts";
+import type { Database, RunsTable } from "../store/schema.ts";
 import { openSqlite } from "../store/sqlite.ts";
 
 export interface TestStore {
@@ -48,5 +48,38 @@ export async function openTestStore(name: string): Promise<TestStore> {
       await db.destroy();
       await rm(dir, { recursive: true, force: true });
     },
+  };
+}
+
+/** A run row of `agent`, as the engine leaves one it is running (or queued). */
+export function runRow(tenant: string, agent: string, patch: Partial<RunsTable>): RunsTable {
+  return {
+    id: newId("run"),
+    tenant_id: tenant,
+    agent_id: agent,
+    status: "running",
+    reason: null,
+    exit_code: null,
+    attempt: 1,
+    max_attempts: 1,
+    input: null,
+    spec: "{}",
+    worker_id: null,
+    cancel_requested: 0,
+    snapshot_version: null,
+    agent_version: 1,
+    created_at: Date.now(),
+    started_at: Date.now(),
+    finished_at: null,
+    trigger: "api",
+    not_before: null,
+    expires_at: null,
+    lease_until: null,
+    serial_key: null,
+    parent_run_id: null,
+    root_run_id: null,
+    root_agent_id: null,
+    depth: 0,
+    ...patch,
   };
 }
