@@ -101,7 +101,7 @@ export class Engine {
     this.#timer = setInterval(() => this.notify(), this.#config.pollMs);
     this.#timer.unref();
     this.#leaseTimer = setInterval(() => {
-      this.renewLeases().catch((err: unknown) => this.#deps.log(`engine: renewing leases failed: ${String(err)}`));
+      this.#renewLeases().catch((err: unknown) => this.#deps.log(`engine: renewing leases failed: ${String(err)}`));
     }, this.#leaseMs / 3);
     this.#leaseTimer.unref();
     this.notify();
@@ -121,7 +121,7 @@ export class Engine {
    * recovered its run) is stopped; when the store cannot be reached for as long as a lease, every
    * attempt is, since none of them can be fenced any more.
    */
-  async renewLeases(): Promise<void> {
+  async #renewLeases(): Promise<void> {
     const held = [...this.#active].map(([runId, a]) => ({ runId, attempt: a.attempt.fence.attempt }));
     let beat: Awaited<ReturnType<Nodes["heartbeat"]>>;
     try {
