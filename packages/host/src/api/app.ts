@@ -130,20 +130,20 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
             ok: z.literal(true),
             version: z.string(),
             node: z.string(),
-            /** The node claims no new runs (see POST /v1/nodes/{id}/drain). */
+            /** The node claims no new runs (see POST /v1/nodes/{id}/drain); known within a second of the drain. */
             draining: z.boolean(),
           }),
           "The host is up",
         ),
       },
     },
-    async (c) =>
+    (c) =>
       c.json(
         {
           ok: true as const,
           version: deps.version,
           node: deps.nodeId,
-          draining: await deps.nodes.draining(deps.nodeId),
+          draining: deps.engine.draining,
         },
         200,
       ),

@@ -81,6 +81,7 @@ export class Engine {
   #leaseTimer: NodeJS.Timeout | null = null;
   /** When this node's leases were last renewed (its own clock: only the time since matters). */
   #renewedAt = Date.now();
+  #draining = false;
   readonly #warm: WarmPool;
   #timer: NodeJS.Timeout | null = null;
   #pumping: Promise<void> | null = null;
@@ -136,6 +137,11 @@ export class Engine {
     for (const { runId } of held) {
       if (!beat.renewed.has(runId)) this.#active.get(runId)?.attempt.leaseLost();
     }
+  }
+
+  /** Whether this node drains, as its last look for work found (without asking the store). */
+  get draining(): boolean {
+    return this.#draining;
   }
 
   get activeCount(): number {
@@ -217,7 +223,8 @@ export class Engine {
     await this.#expire();
     await this.#recoverExpiredLeases();
     // A draining node claims nothing; its runs going finish.
-    if (await this.#deps.nodes.draining(this.#config.workerId)) return;
+    this.#draining = await this.#deps.nodes.draining(this.#config.workerId);
+    if (this.#draining) return;
     let misses = 0;
     // Child runs may go past the host's limit (their parents wait on them: holding them back could
     // deadlock a tree), up to a hard ceiling.
