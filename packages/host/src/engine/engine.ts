@@ -617,6 +617,18 @@ export class Engine {
       const lost: AttemptOutcome = { status: "failed", reason: "lost", exitCode: null };
       const retry = retryDecision(spec.retry, lost, run.attempt, run.max_attempts, now);
       const rows = await this.#db.transaction().execute(async (trx) => {
+        // On PostgreSQL a run another node is recovering (or finishing) right now is passed over.
+        if (this.#dialect === "postgres") {
+          const free = await trx
+            .selectFrom("runs")
+            .select("id")
+            .where("id", "=", run.id)
+            .where("attempt", "=", run.attempt)
+            .forUpdate()
+            .skipLocked()
+            .executeTakeFirst();
+          if (!free) return [];
+        }
         await trx
           .updateTable("attempts")
           .set({ status: "failed", reason: "lost", finished_at: now })
