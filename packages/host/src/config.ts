@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { Limits } from "@paddock/protocol";
 import { z } from "zod";
 import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
+import { NODE_ID } from "./nodes/nodes.ts";
 import { DEFAULT_RANGE } from "./sandbox/linux/network.ts";
 
 /**
@@ -43,10 +44,7 @@ export const HostConfig = z
      * This node's id among the nodes sharing the store (`serve --node-id`); default one derived
      * from the machine's name and the data directory, the same at every start.
      */
-    nodeId: z
-      .string()
-      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, "letters, digits, '.', '_' and '-', at most 63")
-      .optional(),
+    nodeId: z.string().regex(NODE_ID, "letters, digits, '.', '_' and '-', at most 63").optional(),
     /** The API URL other nodes reach this one at (`serve --internal-url`); default its own URL. */
     internalUrl: z.url().optional(),
     /** How long a run's claim holds without renewal; renewed with the node's heartbeat at a third of it. */

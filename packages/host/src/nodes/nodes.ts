@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { hostname } from "node:os";
 import { AppError, type NodeInfo } from "@paddock/protocol";
 import type { Kysely } from "kysely";
-import { DEFAULT_RANGE, parseCidr } from "../sandbox/linux/network.ts";
+import { parseCidr } from "../sandbox/linux/network.ts";
 import { type Dialect, dbNow, lockNames, readDbNow } from "../store/portable.ts";
 import type { Database, NodesTable } from "../store/schema.ts";
 
@@ -233,5 +233,3 @@ export class Nodes {
     };
   }
 }
-
-export { DEFAULT_RANGE as DEFAULT_SANDBOX_CIDR };
