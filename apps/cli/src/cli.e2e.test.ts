@@ -112,6 +112,21 @@ describe("paddock CLI against a real host", { skip: e2eSkip(hostSkipReason()) },
     assert.match(r.stdout, /"ok":true/);
   });
 
+  it("lists this host as the one live node, reachable at its own URL", async () => {
+    const list = await cli(["nodes", "list", "--json"], env);
+    assert.equal(list.code, 0, show(list));
+    const nodes = JSON.parse(list.stdout) as { id: string; live: boolean; draining: boolean; internal_url: string }[];
+    assert.deepEqual(
+      nodes.map((n) => [n.live, n.draining, n.internal_url]),
+      [[true, false, url]],
+    );
+    const table = await cli(["nodes", "list"], env);
+    assert.match(table.stdout, new RegExp(`^${nodes[0]?.id}\\s+live\\s+0\\s`, "m"), show(table));
+    const unknown = await cli(["nodes", "drain", "nobody"], env);
+    assert.equal(unknown.code, 1, show(unknown));
+    assert.match(unknown.stderr, /error not_found: No node 'nobody'/);
+  });
+
   it("creates tenants and keys; a tenant key is a tenant's, not an admin's", async () => {
     const created = await cli(["tenants", "create", "acme"], env);
     assert.equal(created.code, 0, show(created));

@@ -19,6 +19,7 @@ import {
   ErrorResponse,
   FreezeResult,
   Model,
+  NodeInfo,
   Page,
   Provider,
   type ProviderPutInput,
@@ -172,6 +173,14 @@ export class Client {
   async health(): Promise<unknown> {
     const res = await this.request("GET", "/health");
     return res.json().catch(() => null);
+  }
+
+  listNodes(): Promise<NodeInfo[]> {
+    return this.#list(NodeInfo, "/nodes");
+  }
+
+  drainNode(id: string): Promise<NodeInfo> {
+    return this.#json(NodeInfo, "POST", `/nodes/${enc(id)}/drain`);
   }
 
   listTenants(): Promise<Tenant[]> {

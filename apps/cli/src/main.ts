@@ -14,6 +14,7 @@ import { env, runner } from "./commands/env.ts";
 import { health } from "./commands/health.ts";
 import { images } from "./commands/images.ts";
 import { keys } from "./commands/keys.ts";
+import { nodes } from "./commands/nodes.ts";
 import { cancel, logs, run, runs } from "./commands/runs.ts";
 import { schedules, webhooks } from "./commands/schedules.ts";
 import { secrets } from "./commands/secrets.ts";
@@ -24,6 +25,7 @@ import { type Command, type CommandGroup, type Context, type Settings, settingsF
 const ENTRIES: readonly (Command | CommandGroup)[] = [
   serve,
   health,
+  nodes,
   images,
   tenants,
   keys,

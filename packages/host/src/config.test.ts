@@ -27,6 +27,29 @@ describe("host configuration", () => {
     assert.equal(config.llmTenantLimits, undefined);
   });
 
+  it("takes the node's settings, with the sandbox range from either key", () => {
+    const defaults = resolveHostConfig({ dataDir: "/d", port: 0 });
+    assert.deepEqual(
+      [defaults.nodeId, defaults.sandboxCidr, defaults.dialect, defaults.leaseMs, defaults.internalUrl],
+      [undefined, "10.209.0.0/16", "sqlite", 30_000, undefined],
+    );
+    const old = resolveHostConfig({ dataDir: "/d", port: 0, sandboxNetwork: { range: "10.50.0.0/16" } });
+    assert.equal(old.sandboxCidr, "10.50.0.0/16");
+    const given = resolveHostConfig({
+      dataDir: "/d",
+      port: 0,
+      nodeId: "node-1",
+      sandboxCidr: "10.60.0.0/16",
+      maxConcurrentRuns: 500,
+      internalUrl: "http://10.0.0.1:7420",
+    });
+    assert.deepEqual(
+      [given.nodeId, given.sandboxCidr, given.maxConcurrentRuns, given.internalUrl],
+      ["node-1", "10.60.0.0/16", 500, "http://10.0.0.1:7420"],
+    );
+    assert.throws(() => resolveHostConfig({ dataDir: "/d", port: 0, nodeId: "no spaces" }), /nodeId/);
+  });
+
   it("keeps what was given, and derives from it", () => {
     const config = resolveHostConfig({
       dataDir: "/d",

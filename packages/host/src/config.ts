@@ -7,6 +7,8 @@ import { join } from "node:path";
 import { Limits } from "@paddock/protocol";
 import { z } from "zod";
 import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
+import { NODE_ID } from "./nodes/nodes.ts";
+import { DEFAULT_RANGE } from "./sandbox/linux/network.ts";
 
 /**
  * The most any agent may ask for; tenants choose limits below these. Defaults: 8 GiB memory,
@@ -34,7 +36,21 @@ export const HostConfig = z
     listen: z.string().min(1).default("127.0.0.1"),
     /** Where base images live; default <dataDir>/images. */
     imagesDir: z.string().min(1).optional(),
+    /** Root runs at once on this node (`serve --max-runs`). */
     maxConcurrentRuns: z.number().int().min(1).default(32),
+    /** Which SQL the store speaks; default the embedded SQLite. */
+    dialect: z.enum(["sqlite", "postgres"]).default("sqlite"),
+    /**
+     * This node's id among the nodes sharing the store (`serve --node-id`); default one derived
+     * from the machine's name and the data directory, the same at every start.
+     */
+    nodeId: z.string().regex(NODE_ID, "letters, digits, '.', '_' and '-', at most 63").optional(),
+    /** The API URL other nodes reach this one at (`serve --internal-url`); default its own URL. */
+    internalUrl: z.url().optional(),
+    /** How long a run's claim holds without renewal; renewed with the node's heartbeat at a third of it. */
+    leaseMs: z.number().int().min(1000).default(30_000),
+    /** The IPv4 range this node's sandboxes take addresses from (`serve --sandbox-cidr`); also sandboxNetwork.range. */
+    sandboxCidr: z.string().min(1).optional(),
     heartbeatMs: z.number().int().min(1).default(2000),
     /** How long a silent runner is believed alive; default five heartbeats, at least 15 s. */
     heartbeatTimeoutMs: z.number().int().min(1).optional(),
@@ -71,6 +87,7 @@ export const HostConfig = z
   .transform((c) => ({
     ...c,
     imagesDir: c.imagesDir ?? join(c.dataDir, "images"),
+    sandboxCidr: c.sandboxCidr ?? c.sandboxNetwork.range ?? DEFAULT_RANGE,
     heartbeatTimeoutMs: c.heartbeatTimeoutMs ?? Math.max(15_000, c.heartbeatMs * 5),
   }));
 export type HostConfig = z.output<typeof HostConfig>;

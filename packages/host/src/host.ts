@@ -39,13 +39,14 @@ import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
 import { RunnerRegistry } from "./images/runner-registry.ts";
+import { type Leader, soleLeader } from "./nodes/leader.ts";
+import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
 import type { SandboxDriver } from "./sandbox/driver.ts";
 import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
 import { SandboxNetwork } from "./sandbox/linux/network.ts";
 import { openVault } from "./secrets/master-key.ts";
 import { rotateMasterKey, Secrets } from "./secrets/secrets.ts";
 import { EventLog } from "./store/event-log.ts";
-import { newId } from "./store/ids.ts";
 import { Journal } from "./store/journal.ts";
 import { migrate } from "./store/migrations.ts";
 import type { Database } from "./store/schema.ts";
@@ -87,6 +88,8 @@ export interface ServiceEnv {
   network?: SandboxNetwork;
   log: (line: string) => void;
   testOnly?: HostHooks["testOnly"];
+  /** Who runs the singletons (scheduler ticks, GC); default this node alone. */
+  leader?: Leader;
   /** Stops what was started, pushed as each part starts, for a start that fails later. */
   undo: (() => Promise<unknown>)[];
 }
@@ -100,6 +103,10 @@ export interface Services {
   artifacts: Artifacts;
   engine: Engine;
   scheduler: Scheduler;
+  nodes: Nodes;
+  /** This node's id. */
+  nodeId: string;
+  leader: Leader;
   sessions: EnvSessions;
   secrets: Secrets;
   bridge: Bridge;
@@ -138,8 +145,11 @@ async function lock(dataDir: string): Promise<() => Promise<void>> {
  */
 export async function buildServices(config: HostConfig, env: ServiceEnv): Promise<Services> {
   const { db, driver, log } = env;
-  const { dataDir, maxLimits } = config;
-  const events = new EventLog(db);
+  const { dataDir, maxLimits, dialect } = config;
+  const nodeId = config.nodeId ?? defaultNodeId(dataDir);
+  const leader = env.leader ?? soleLeader;
+  const events = new EventLog(db, { dialect });
+  const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
   const runs = new RunRepository(db, events);
   const identity = new Identity(db);
   const images = new ImageStore({ imagesDir: config.imagesDir });
@@ -171,12 +181,12 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const live = new LiveSandboxes();
   // The LLM gateway: providers' keys stay here, every call is metered against the ledger.
   const providers = new Providers(db);
-  const ledger = new Ledger(db);
-  const abandoned = await ledger.settleAbandoned();
+  const ledger = new Ledger(db, { dialect });
+  const abandoned = await ledger.settleAbandoned(nodeId);
   if (abandoned > 0)
     log(`billed ${abandoned} model call(s) left open by the previous host at their reserved worst case`);
   const rateLimits = new TokenBucket();
-  const journal = new Journal(db);
+  const journal = new Journal(db, { dialect });
   const gateway = new Gateway({
     journal,
     providers,
@@ -207,6 +217,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
       runs,
       events,
       snapshots: agents.snapshots,
+      nodes,
       driver,
       blobs,
       artifacts,
@@ -220,7 +231,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
       log,
     },
     {
-      workerId: newId("wrk"),
+      workerId: nodeId,
+      dialect,
+      leaseMs: config.leaseMs,
       maxConcurrent: config.maxConcurrentRuns,
       pollMs: 1000,
       warm: { max: config.warmSandboxes, idleMs: config.warmIdleMs },
@@ -236,7 +249,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         throw err;
       },
     );
-  const scheduler = new Scheduler({ db, runs, specOf, notify: () => engine.notify(), log });
+  const scheduler = new Scheduler({ db, runs, specOf, notify: () => engine.notify(), log, leader });
   const webhooks = new Webhooks({ db, vault, runs, specOf, notify: () => engine.notify(), log });
   const sessions = new EnvSessions({
     db,
@@ -267,6 +280,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     ledger,
     scheduler,
     webhooks,
+    nodes,
+    nodeId,
     version: VERSION,
     log,
   });
@@ -278,6 +293,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     artifacts,
     engine,
     scheduler,
+    nodes,
+    nodeId,
+    leader,
     sessions,
     secrets,
     bridge,
@@ -292,7 +310,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
   const resolved = resolveHostConfig(input);
   await mkdir(resolved.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(resolved.dataDir);
-  const config: HostConfig = { ...resolved, dataDir };
+  const config: HostConfig = { ...resolved, dataDir, nodeId: resolved.nodeId ?? defaultNodeId(dataDir) };
+  const nodeId = config.nodeId ?? defaultNodeId(dataDir);
   const unlock = await lock(dataDir);
   const instance = createHash("sha256").update(dataDir).digest("hex").slice(0, 10);
 
@@ -301,12 +320,20 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
   const undo: (() => Promise<unknown>)[] = [];
   try {
     await migrate(db);
+    // This node joins the store first: a second live node with its id or range refuses here,
+    // before anything else is made.
+    const nodes = new Nodes(db, { dialect: config.dialect, staleMs: config.leaseMs });
+    const listenHost = config.listen.includes(":") ? `[${config.listen}]` : config.listen;
+    await nodes.register({
+      id: nodeId,
+      version: VERSION,
+      internalUrl: config.internalUrl ?? `http://${listenHost}:${config.port}`,
+      sandboxCidr: config.sandboxCidr,
+    });
+    undo.push(() => nodes.stop(nodeId));
     const runDir = `/run/paddock/${instance}`;
     // Sandboxes' networks and the bridge on the host side of their links.
-    const network = new SandboxNetwork({
-      instance,
-      ...(config.sandboxNetwork.range ? { range: config.sandboxNetwork.range } : {}),
-    });
+    const network = new SandboxNetwork({ instance, range: config.sandboxCidr });
     undo.push(() => network.close());
     await network.start();
     const driver = new LinuxSandboxDriver({ runDir, instance, network });
@@ -319,13 +346,16 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       testOnly: input.testOnly,
       undo,
     });
-    const { identity, runners, agents, engine, scheduler, sessions, bridge, gateway } = services;
+    const { identity, runners, agents, engine, scheduler, sessions, bridge, gateway, leader } = services;
 
     // This host's runner becomes current unless it already is (deploying a host deploys its runner).
     await runners.ensureCurrent({ bundlePath: await ensureRunnerBundle(), nodePath: process.execPath });
-    const gc = await collectGarbage({ db, snapshots: agents.snapshots, runners, layersDir: join(dataDir, "layers") });
-    if (gc.runners.length + gc.layers.length > 0) {
-      log(`removed ${gc.runners.length} unused runner layer(s) and ${gc.layers.length} environment layer(s)`);
+    // Garbage collection is the leader's: another node's runs may still need what looks unused here.
+    if (await leader.isLeader()) {
+      const gc = await collectGarbage({ db, snapshots: agents.snapshots, runners, layersDir: join(dataDir, "layers") });
+      if (gc.runners.length + gc.layers.length > 0) {
+        log(`removed ${gc.runners.length} unused runner layer(s) and ${gc.layers.length} environment layer(s)`);
+      }
     }
     const adminKey = await identity.bootstrap();
     const adminKeyPath = join(dataDir, "admin.key");
@@ -348,7 +378,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     });
     const detachShells = attachShellSocket(server as Server, { identity, sessions, log });
     const port = (server.address() as AddressInfo).port;
-    const host = config.listen.includes(":") ? `[${config.listen}]` : config.listen;
+    const host = listenHost;
+    if (!config.internalUrl && port !== config.port) await nodes.advertise(nodeId, `http://${host}:${port}`);
 
     let closing: Promise<void> | null = null;
     return {
@@ -377,6 +408,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
           gateway.close();
           await driver.close();
           await network.close();
+          await leader.release();
+          await nodes.stop(nodeId);
           await db.destroy();
           await unlock();
         })();

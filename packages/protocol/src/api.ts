@@ -303,3 +303,24 @@ export const ErrorResponse = z
     error: z.object({ code: z.string(), message: z.string(), details: z.unknown().optional() }),
   })
   .meta({ id: "Error" });
+
+/** A node sharing the store: one `paddock serve` process. */
+export const NodeInfo = z
+  .object({
+    id: z.string(),
+    version: z.string(),
+    /** The API URL other nodes use to reach it. */
+    internal_url: z.string(),
+    sandbox_cidr: z.string(),
+    started_at: z.string(),
+    heartbeat_at: z.string(),
+    stopped_at: z.string().nullable(),
+    /** Heartbeating and not stopped. */
+    live: z.boolean(),
+    /** Claims no new runs; its runs going finish. */
+    draining: z.boolean(),
+    /** Runs it holds now (starting or running). */
+    active_runs: z.number().int(),
+  })
+  .meta({ id: "Node" });
+export type NodeInfo = z.infer<typeof NodeInfo>;

@@ -155,6 +155,14 @@ export const ERROR_CODES = {
     message:
       "The model provider's own rate limit is reached; its answer and retry-after are passed on as it sent them.",
   },
+  lease_lost: {
+    status: 409,
+    message: "This node no longer holds the run's attempt (another node recovered it); the write was refused.",
+  },
+  node_refused: {
+    status: 409,
+    message: "Another live node has this node id or an overlapping sandbox range; this node did not start.",
+  },
   internal: { status: 500, message: "Internal error; the host logged the details." },
 } as const satisfies Record<string, { status: number; message: string }>;
 

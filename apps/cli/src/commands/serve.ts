@@ -9,6 +9,7 @@ export const serve: Command = {
   name: "serve",
   summary: "run the host (API, engine, sandboxes)",
   usage: `Usage: paddock serve [--data-dir DIR] [--port PORT] [--listen ADDR] [--images-dir DIR]
+                     [--node-id NAME] [--sandbox-cidr CIDR] [--max-runs N] [--internal-url URL]
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
 
@@ -22,6 +23,15 @@ Options:
   --port PORT       port to listen on (default ${DEFAULT_PORT}; 0 picks a free one)
   --listen ADDR     address to listen on (default 127.0.0.1)
   --images-dir DIR  where base images live (default DIR/images)
+  --node-id NAME    this node's id among the nodes sharing the store (default: one made from
+                    the machine's name and DIR, the same at every start); a second live node
+                    with the same id refuses to start
+  --sandbox-cidr CIDR
+                    the IPv4 range sandboxes take addresses from (default 10.209.0.0/16); a
+                    range overlapping a live node's refuses to start
+  --max-runs N      runs at once on this node (default 32)
+  --internal-url URL
+                    the API URL other nodes reach this one at (default its own URL)
   --egress-trust CIDR
                     a non-public address or range (10.0.0.0/8, fd00::/8) that environment
                     sessions may reach when an allowed host name resolves there, such as an
@@ -43,6 +53,10 @@ Options:
         port: { type: "string" },
         listen: { type: "string" },
         "images-dir": { type: "string" },
+        "node-id": { type: "string" },
+        "sandbox-cidr": { type: "string" },
+        "max-runs": { type: "string" },
+        "internal-url": { type: "string" },
         "egress-trust": { type: "string", multiple: true },
         "master-key-file": { type: "string" },
         "old-master-key-file": { type: "string", multiple: true },
@@ -55,12 +69,17 @@ Options:
     const dataDir = dataDirOf(values, ctx);
     const rpm = parseNumber(values["llm-rpm"], "llm-rpm");
     const tpm = parseNumber(values["llm-tpm"], "llm-tpm");
+    const maxRuns = parseNumber(values["max-runs"], "max-runs");
     const { startHost, VERSION } = await import("@paddock/host");
     const host = await startHost({
       dataDir,
       port,
       ...(values.listen ? { listen: values.listen } : {}),
       imagesDir: values["images-dir"] ?? join(dataDir, "images"),
+      ...(values["node-id"] ? { nodeId: values["node-id"] } : {}),
+      ...(values["sandbox-cidr"] ? { sandboxCidr: values["sandbox-cidr"] } : {}),
+      ...(maxRuns !== undefined ? { maxConcurrentRuns: maxRuns } : {}),
+      ...(values["internal-url"] ? { internalUrl: values["internal-url"] } : {}),
       ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),
       ...(values["master-key-file"] ? { masterKeyFile: absolute(values["master-key-file"]) } : {}),
       ...(values["old-master-key-file"]

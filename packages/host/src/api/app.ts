@@ -39,6 +39,7 @@ import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
 import { type Identity, toTenant } from "../identity/identity.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
+import type { Nodes } from "../nodes/nodes.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
 import type { Scheduler } from "../triggers/scheduler.ts";
@@ -56,6 +57,7 @@ import {
   tenantOf,
   validationHook,
 } from "./http.ts";
+import { registerNodeRoutes } from "./nodes.ts";
 import { registerRunnerRoutes } from "./runners.ts";
 import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
@@ -79,6 +81,9 @@ export interface ApiDeps {
   ledger: Ledger;
   scheduler: Scheduler;
   webhooks: Webhooks;
+  nodes: Nodes;
+  /** The node serving this API. */
+  nodeId: string;
   version: string;
   log: (msg: string) => void;
 }
@@ -119,10 +124,31 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       path: "/v1/health",
       summary: "Liveness",
       auth: "none",
-      responses: { 200: json(z.object({ ok: z.literal(true), version: z.string() }), "The host is up") },
+      responses: {
+        200: json(
+          z.object({
+            ok: z.literal(true),
+            version: z.string(),
+            node: z.string(),
+            /** The node claims no new runs (see POST /v1/nodes/{id}/drain); known within a second of the drain. */
+            draining: z.boolean(),
+          }),
+          "The host is up",
+        ),
+      },
     },
-    (c) => c.json({ ok: true as const, version: deps.version }, 200),
+    (c) =>
+      c.json(
+        {
+          ok: true as const,
+          version: deps.version,
+          node: deps.nodeId,
+          draining: deps.engine.draining,
+        },
+        200,
+      ),
   );
+  registerNodeRoutes(route, deps.nodes);
 
   // Tenants and keys (admin key only).
   route(

@@ -109,6 +109,7 @@ describe("every API route without root", () => {
         "connections:name": names.connection,
         "secrets:name": names.secret,
         "providers:name": names.provider,
+        "nodes:id": h.services.nodeId,
       } as Record<string, string>
     )[`${kind}:${param}`];
     if (value === undefined) throw new Error(`no sample value for {${param}} of ${path}: add one to this test`);

@@ -6,6 +6,7 @@ import type { Readable } from "node:stream";
 import { AppError, type Artifact } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
+import type { Fence } from "../store/fence.ts";
 import type { ArtifactsTable, Database } from "../store/schema.ts";
 import type { BlobStore } from "./blob-store.ts";
 
@@ -44,14 +45,19 @@ export class Artifacts {
     this.#deps = deps;
   }
 
-  /** Stores an attempt's artifacts and the events describing them in one transaction, then publishes the events. */
+  /**
+   * Stores an attempt's artifacts and the events describing them in one transaction, then
+   * publishes the events; with `fence`, only while that attempt still holds the run.
+   */
   async record(
     run: { runId: string; tenantId: string; attempt: number },
     rows: ArtifactRow[],
     events: NewEvent[],
+    fence?: Fence,
   ): Promise<void> {
     const { db, events: log } = this.#deps;
     const written = await db.transaction().execute(async (trx) => {
+      await log.fence(trx, fence);
       if (rows.length > 0) {
         const created_at = Date.now();
         await trx

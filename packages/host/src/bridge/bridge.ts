@@ -263,7 +263,7 @@ export class Bridge {
         }
       }
       const answer = await this.#forward({ req, res, sandbox, connection, path, query, record, body });
-      if (journal && step && answer) await journal.record(sandbox.runId, sandbox.attempt, step, hash, answer);
+      if (journal && step && answer) await journal.record(sandbox, step, hash, answer);
     } catch (err) {
       const denial = Refusal.from(err);
       if (denial.code === "internal") this.#deps.log(`bridge: ${err instanceof Error ? err.stack : String(err)}`);

@@ -11,6 +11,8 @@ export interface LiveSandbox {
   sandboxId: string;
   runId: string;
   attempt: number;
+  /** The node running the attempt: with it, the attempt's writes are fenced (see store/fence.ts). */
+  workerId?: string;
   tenantId: string;
   agentId: string;
   /** Records an event on the attempt (bridge.call), through the attempt's own caps and batching. */

@@ -32,6 +32,7 @@ import type { CurrentRunner } from "../images/runner-registry.ts";
 import type { SandboxDriver, SandboxExit, SandboxHandle, SandboxSpec } from "../sandbox/driver.ts";
 import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV, RUNNER_SDK, RUNTIME_DIR } from "../sandbox/driver.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
+import { type Fence, isLeaseLost } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
 
 export const MAX_LINE_BYTES = 16 * 1024;
@@ -96,6 +97,8 @@ export interface AttemptInput {
   rootRunId?: string | null;
   rootAgentId?: string | null;
   attempt: number;
+  /** The node running it: with run and attempt, the fencing token of every write it makes. */
+  workerId: string;
   spec: AgentSpec;
   input: string | null;
 }
@@ -108,7 +111,7 @@ export interface AttemptOutcome {
   interrupted?: boolean;
 }
 
-type StopReason = "timed_out" | "canceled" | "lost" | "shutdown" | "out_of_credits";
+type StopReason = "timed_out" | "canceled" | "lost" | "shutdown" | "out_of_credits" | "lease_lost";
 
 export class Attempt {
   readonly #deps: AttemptDeps;
@@ -127,6 +130,8 @@ export class Attempt {
   /** The runner said hello: the sandbox booted far enough to run platform code. */
   #runnerUp = false;
   #exited = false;
+  /** Another node holds the run now: nothing more is written for this attempt. */
+  #fenced = false;
   /** Ends the sandbox's bridge access (unlists it, stops renewing its token). */
   #closeBridge: (() => void) | null = null;
   readonly #limits: Limits;
@@ -135,6 +140,23 @@ export class Attempt {
     this.#deps = deps;
     this.#in = input;
     this.#limits = input.spec.limits;
+  }
+
+  /** This attempt's fencing token. */
+  get fence(): Fence {
+    return { runId: this.#in.runId, attempt: this.#in.attempt, workerId: this.#in.workerId };
+  }
+
+  /**
+   * The run is no longer this attempt's (a write was fenced, or its lease could not be renewed):
+   * the sandbox loses the bridge and is killed, and nothing more is written for it.
+   */
+  leaseLost(): void {
+    if (!this.#fenced) this.#deps.log(`run ${this.#in.runId}: attempt ${this.#in.attempt} lost its lease; stopping it`);
+    this.#fenced = true;
+    this.#pending = [];
+    this.#closeBridge?.();
+    this.stop("lease_lost");
   }
 
   /**
@@ -247,6 +269,7 @@ export class Attempt {
       sandboxId: handle.id,
       runId,
       attempt,
+      workerId: this.#in.workerId,
       tenantId,
       agentId,
       record: (event) => this.#queue(event),
@@ -401,7 +424,7 @@ export class Attempt {
 
   /** Queues an event; writes go out in group commits, the first one at once. */
   #queue(event: NewEvent): void {
-    if (this.#eventCount >= MAX_EVENTS_PER_ATTEMPT) return;
+    if (this.#fenced || this.#eventCount >= MAX_EVENTS_PER_ATTEMPT) return;
     this.#eventCount++;
     if (this.#eventCount === MAX_EVENTS_PER_ATTEMPT) {
       event = { type: "events.truncated", data: { limit: MAX_EVENTS_PER_ATTEMPT } };
@@ -415,16 +438,18 @@ export class Attempt {
       while (this.#pending.length > 0) {
         const batch = this.#pending;
         this.#pending = [];
-        await this.#deps.events.write(this.#in.runId, this.#in.attempt, batch);
+        await this.#deps.events.write(this.#in.runId, this.#in.attempt, batch, this.fence);
       }
     } catch (err) {
-      this.#deps.log(`run ${this.#in.runId}: writing events failed: ${String(err)}`);
+      if (isLeaseLost(err)) this.leaseLost();
+      else this.#deps.log(`run ${this.#in.runId}: writing events failed: ${String(err)}`);
     } finally {
       this.#flushing = null;
     }
   }
 
   async #drain(): Promise<void> {
+    if (this.#fenced) return;
     if (this.#logDropped > 0) {
       this.#pending.push({ type: "log.dropped", data: { lines: this.#logDropped }, ts: Date.now() });
       this.#logDropped = 0;
@@ -441,6 +466,7 @@ export class Attempt {
 
   async #collect(handle: SandboxHandle): Promise<void> {
     const { runId, attempt } = this.#in;
+    if (this.#fenced) return;
     try {
       const result = await collectOutputs(handle.outputsDir, this.#deps.blobs, this.#limits.artifacts_mb * 1024 * 1024);
       const rows: ArtifactRow[] = result.files.map((f) => ({
@@ -458,11 +484,17 @@ export class Attempt {
       if (result.skippedCount > result.skipped.length) {
         events.push({ type: "artifact.skipped", data: { more: result.skippedCount - result.skipped.length } });
       }
-      if (events.length > 0) await this.#deps.artifacts.record(this.#in, rows, events);
+      if (events.length > 0) await this.#deps.artifacts.record(this.#in, rows, events, this.fence);
     } catch (err) {
+      if (isLeaseLost(err)) return this.leaseLost();
       this.#deps.log(`run ${runId}: collecting artifacts failed: ${String(err)}`);
       await this.#deps.events
-        .write(runId, attempt, [{ type: "attempt.error", data: { stage: "artifacts", message: String(err) } }])
+        .write(
+          runId,
+          attempt,
+          [{ type: "attempt.error", data: { stage: "artifacts", message: String(err) } }],
+          this.fence,
+        )
         .catch(() => {});
     }
   }
@@ -478,6 +510,7 @@ export class Attempt {
       case "shutdown":
         return { status: "failed", reason: "lost", exitCode: null, interrupted: true };
       case "lost":
+      case "lease_lost":
         return { status: "failed", reason: "lost", exitCode: null };
     }
     if (exit.oom) return { status: "failed", reason: "oom", exitCode: 137 };

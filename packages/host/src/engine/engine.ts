@@ -1,7 +1,11 @@
 /**
- * The run engine: claims queued runs (compare-and-set, so two workers never take the same run),
- * executes each attempt, records the outcome with its events in one transaction, and on start
- * reconciles runs that a dead host left in flight.
+ * The run engine of one node: claims queued runs (compare-and-set, so two nodes never take the
+ * same run, with the agent, tenant and serial limits counted over every node inside the claim),
+ * executes each attempt, records the outcome with its events in one transaction, renews its runs'
+ * leases with the node's heartbeat, and recovers runs whose lease lapsed (on start, those and the
+ * ones an earlier start of this node left). `(run, attempt)` on this node is the fencing token of
+ * every write an attempt makes: once another node has recovered a run, the old attempt's writes
+ * are refused and its sandbox is killed.
  */
 import {
   type AgentSpec,
@@ -15,7 +19,10 @@ import {
 import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { CurrentRunner } from "../images/runner-registry.ts";
-import type { EventLog, NewEvent } from "../store/event-log.ts";
+import type { Nodes } from "../nodes/nodes.ts";
+import type { Db, EventLog, NewEvent } from "../store/event-log.ts";
+import { isLeaseLost } from "../store/fence.ts";
+import { type Dialect, dbNow, lockNames } from "../store/portable.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { parseRunSpec } from "../store/stored.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
@@ -27,13 +34,19 @@ export interface EngineDeps extends AttemptDeps {
   db: Kysely<Database>;
   runs: RunRepository;
   snapshots: Snapshots;
+  /** This node's row: its heartbeat carries the leases, and says whether it drains. */
+  nodes: Nodes;
 }
 
 export interface EngineConfig {
+  /** This node's id: the worker of every run it claims. */
   workerId: string;
+  /** Root runs at once on this node. */
   maxConcurrent: number;
-  /** Runs of one tenant at once on this host (default maxConcurrent). */
+  /** Root runs of one tenant at once, over every node (default maxConcurrent). */
   maxPerTenant?: number;
+  /** Which SQL the store speaks (default sqlite). */
+  dialect?: Dialect;
   /** How long a claim holds without renewal; renewed at a third of it (default 30 s). */
   leaseMs?: number;
   /** How often the engine looks for queued runs it was not told about. */
@@ -42,6 +55,10 @@ export interface EngineConfig {
 }
 
 const ACTIVE: RunStatus[] = ["starting", "running"];
+
+/** What the limits look at of a run going (on any node) or a queued candidate. */
+type LimitedRun = Pick<RunsTable, "tenant_id" | "agent_id" | "serial_key" | "root_run_id">;
+type Candidate = LimitedRun & Pick<RunsTable, "id" | "spec">;
 
 export class Engine {
   readonly #db: Kysely<Database>;
@@ -55,9 +72,6 @@ export class Engine {
     {
       attempt: Attempt;
       done: Promise<void>;
-      tenantId: string;
-      agentId: string;
-      serialKey: string | null;
       /** A child run: not held back by the limits its root already passed. */
       child: boolean;
     }
@@ -65,6 +79,9 @@ export class Engine {
   /** The tenant served last, so that the next claim starts after it (round robin). */
   #lastTenant = "";
   #leaseTimer: NodeJS.Timeout | null = null;
+  /** When this node's leases were last renewed (its own clock: only the time since matters). */
+  #renewedAt = Date.now();
+  #draining = false;
   readonly #warm: WarmPool;
   #timer: NodeJS.Timeout | null = null;
   #pumping: Promise<void> | null = null;
@@ -95,15 +112,36 @@ export class Engine {
     return this.#config.leaseMs ?? 30_000;
   }
 
-  /** Keeps this worker's claims alive: a worker that stops renewing loses its runs to recovery. */
+  get #dialect(): Dialect {
+    return this.#config.dialect ?? "sqlite";
+  }
+
+  /**
+   * This node's heartbeat, which renews every lease it holds in one statement: a node that stops
+   * renewing loses its runs to recovery. An attempt whose lease was not renewed (another node
+   * recovered its run) is stopped; when the store cannot be reached for as long as a lease, every
+   * attempt is, since none of them can be fenced any more.
+   */
   async #renewLeases(): Promise<void> {
-    if (this.#active.size === 0) return;
-    await this.#db
-      .updateTable("runs")
-      .set({ lease_until: Date.now() + this.#leaseMs })
-      .where("id", "in", [...this.#active.keys()])
-      .where("worker_id", "=", this.#config.workerId)
-      .execute();
+    const held = [...this.#active].map(([runId, a]) => ({ runId, attempt: a.attempt.fence.attempt }));
+    let beat: Awaited<ReturnType<Nodes["heartbeat"]>>;
+    try {
+      beat = await this.#deps.nodes.heartbeat(this.#config.workerId, held, this.#leaseMs);
+    } catch (err) {
+      if (Date.now() - this.#renewedAt >= this.#leaseMs) {
+        for (const { attempt } of this.#active.values()) attempt.leaseLost();
+      }
+      throw err;
+    }
+    this.#renewedAt = Date.now();
+    for (const { runId } of held) {
+      if (!beat.renewed.has(runId)) this.#active.get(runId)?.attempt.leaseLost();
+    }
+  }
+
+  /** Whether this node drains, as its last look for work found (without asking the store). */
+  get draining(): boolean {
+    return this.#draining;
   }
 
   get activeCount(): number {
@@ -126,6 +164,11 @@ export class Engine {
           this.notify();
         }
       });
+  }
+
+  /** Resolves once no claim pass is in progress (one asked for by notify() included). */
+  async settled(): Promise<void> {
+    while (this.#pumping) await this.#pumping;
   }
 
   /**
@@ -179,13 +222,19 @@ export class Engine {
   async #pump(): Promise<void> {
     await this.#expire();
     await this.#recoverExpiredLeases();
+    // A draining node claims nothing; its runs going finish.
+    this.#draining = await this.#deps.nodes.draining(this.#config.workerId);
+    if (this.#draining) return;
     let misses = 0;
     // Child runs may go past the host's limit (their parents wait on them: holding them back could
     // deadlock a tree), up to a hard ceiling.
     while (!this.#closed && this.#active.size < this.#config.maxConcurrent * 4 && misses < 8) {
       const next = await this.#next();
       if (!next) return;
-      const run = await this.#claim(next);
+      const run = await this.#claim(next).catch((err: unknown) => {
+        this.#deps.log(`engine: claiming run ${next.id} failed: ${String(err)}`);
+        return null;
+      });
       if (!run) {
         misses++;
         continue;
@@ -197,9 +246,10 @@ export class Engine {
   /**
    * The next run to start: tenants take turns (round robin from the one after the tenant served
    * last), each offering its oldest run that is due and whose agent and tenant are under their
-   * limits, so one tenant's flood never starves another's schedule.
+   * limits, so one tenant's flood never starves another's schedule. The limits count runs going
+   * on every node; the claim counts them again, under lock, before it takes the run.
    */
-  async #next(): Promise<string | null> {
+  async #next(): Promise<Candidate | null> {
     const now = Date.now();
     const tenants = (
       await this.queued()
@@ -212,32 +262,57 @@ export class Engine {
     if (tenants.length === 0) return null;
     const start = tenants.findIndex((t) => t > this.#lastTenant);
     const order = start < 0 ? tenants : [...tenants.slice(start), ...tenants.slice(0, start)];
-    const perTenant = this.#config.maxPerTenant ?? this.#config.maxConcurrent;
-    const running = [...this.#active.values()];
-    const roots = running.filter((a) => !a.child);
-    const rootsFull = roots.length >= this.#config.maxConcurrent;
+    const going = await this.#going(this.#db);
+    const rootsFull = [...this.#active.values()].filter((a) => !a.child).length >= this.#config.maxConcurrent;
     for (const tenant of order) {
-      const tenantFull = roots.filter((a) => a.tenantId === tenant).length >= perTenant;
       const candidates = await this.queued()
-        .select(["id", "agent_id", "spec", "serial_key", "root_run_id"])
+        .select(["id", "tenant_id", "agent_id", "spec", "serial_key", "root_run_id"])
         .where("tenant_id", "=", tenant)
         .where((eb) => eb.or([eb("not_before", "is", null), eb("not_before", "<=", now)]))
         .orderBy("id")
         .limit(64)
         .execute();
       for (const c of candidates) {
-        const child = c.root_run_id !== null;
-        if (!child) {
-          if (rootsFull || tenantFull) continue;
-          const limit = parseRunSpec(c.spec).max_concurrent_runs;
-          if (limit !== undefined && roots.filter((a) => a.agentId === c.agent_id).length >= limit) continue;
-        }
-        if (c.serial_key !== null && running.some((a) => a.serialKey === c.serial_key)) continue;
+        if (c.root_run_id === null && rootsFull) continue;
+        if (this.#blocked(c, going)) continue;
         this.#lastTenant = tenant;
-        return c.id;
+        return c;
       }
     }
     return null;
+  }
+
+  /** Runs going on any node (those of `c`'s tenant, agent or serial key when given). */
+  async #going(db: Db, c?: Candidate): Promise<LimitedRun[]> {
+    return db
+      .selectFrom("runs")
+      .select(["tenant_id", "agent_id", "serial_key", "root_run_id"])
+      .where("status", "in", ACTIVE)
+      .$if(c !== undefined, (q) =>
+        q.where((eb) =>
+          eb.or([
+            eb("tenant_id", "=", c?.tenant_id ?? ""),
+            eb("agent_id", "=", c?.agent_id ?? ""),
+            ...(c?.serial_key ? [eb("serial_key", "=", c.serial_key)] : []),
+          ]),
+        ),
+      )
+      .execute();
+  }
+
+  /**
+   * Whether a limit holds `c` back, given the runs going: its serial key is taken, or (for a root
+   * run; a child run is not held back by the limits its root already passed) its tenant or agent
+   * is at its limit.
+   */
+  #blocked(c: Candidate, going: LimitedRun[]): boolean {
+    if (c.serial_key !== null && going.some((g) => g.serial_key === c.serial_key)) return true;
+    if (c.root_run_id !== null) return false;
+    const roots = going.filter((g) => g.root_run_id === null);
+    const perTenant = this.#config.maxPerTenant ?? this.#config.maxConcurrent;
+    if (roots.filter((g) => g.tenant_id === c.tenant_id).length >= perTenant) return true;
+    const limit = parseRunSpec(c.spec).max_concurrent_runs;
+    return limit !== undefined && roots.filter((g) => g.agent_id === c.agent_id).length >= limit;
   }
 
   /** Queued runs (a builder to narrow). */
@@ -257,55 +332,73 @@ export class Engine {
     }
   }
 
-  /** Runs whose worker stopped renewing its lease are recovered as lost (retried per policy). */
+  /**
+   * Runs whose node stopped renewing their lease (by the database's clock) are recovered as lost
+   * (retried per policy); a live node's runs are never touched. Each recovery is a compare-and-set
+   * on the run's status and attempt, so two nodes recovering at once recover it once.
+   */
   async #recoverExpiredLeases(): Promise<void> {
-    const now = Date.now();
     const lapsed = await this.#db
       .selectFrom("runs")
       .selectAll()
       .where("status", "in", ACTIVE)
-      .where("lease_until", "<", now)
+      .where("lease_until", "<", dbNow(this.#dialect))
       .execute();
     const others = lapsed.filter((r) => !this.#active.has(r.id));
     if (others.length > 0) await this.#recover(others, "lease expired");
   }
 
-  /** queued → starting, creating attempt N, atomically; null if another worker won. */
-  async #claim(runId: string): Promise<RunsTable | null> {
+  /**
+   * queued → starting on this node, creating attempt N, atomically; null if another node won or
+   * the limits, counted again in the claim's transaction under locks on the candidate's tenant,
+   * agent and serial key, hold it back now. On PostgreSQL the row is taken FOR UPDATE SKIP
+   * LOCKED, so nodes claiming at once pass over each other's candidates instead of queueing.
+   */
+  async #claim(c: Candidate): Promise<RunsTable | null> {
     const now = Date.now();
+    const node = this.#config.workerId;
     const rows = await this.#db.transaction().execute(async (trx) => {
+      let pick = trx.selectFrom("runs").select("id").where("id", "=", c.id).where("status", "=", "queued");
+      if (this.#dialect === "postgres") pick = pick.forUpdate().skipLocked();
+      if (!(await pick.executeTakeFirst())) return null;
+      await lockNames(trx, this.#dialect, [
+        `paddock:tenant:${c.tenant_id}`,
+        `paddock:agent:${c.agent_id}`,
+        ...(c.serial_key ? [`paddock:serial:${c.serial_key}`] : []),
+      ]);
+      if (this.#blocked(c, await this.#going(trx, c))) return null;
       const res = await trx
         .updateTable("runs")
         .set((eb) => ({
           status: "starting",
           attempt: eb("attempt", "+", 1),
-          worker_id: this.#config.workerId,
-          lease_until: now + this.#leaseMs,
+          worker_id: node,
+          lease_until: eb(dbNow(this.#dialect), "+", this.#leaseMs),
           not_before: null,
           started_at: eb.fn.coalesce("started_at", eb.val(now)),
         }))
-        .where("id", "=", runId)
+        .where("id", "=", c.id)
         .where("status", "=", "queued")
         .executeTakeFirst();
       if (Number(res.numUpdatedRows) !== 1) return null;
-      const run = await trx.selectFrom("runs").selectAll().where("id", "=", runId).executeTakeFirstOrThrow();
+      const run = await trx.selectFrom("runs").selectAll().where("id", "=", c.id).executeTakeFirstOrThrow();
       await trx
         .insertInto("attempts")
         .values({
-          run_id: runId,
+          run_id: c.id,
           n: run.attempt,
           status: "running",
           reason: null,
           exit_code: null,
           sandbox_id: null,
-          worker_id: this.#config.workerId,
+          worker_id: node,
           started_at: now,
           finished_at: null,
         })
         .execute();
-      const events = await this.#events.append(trx, runId, run.attempt, [
+      const events = await this.#events.append(trx, c.id, run.attempt, [
         { type: "run.starting", data: { status: "starting", attempt: run.attempt }, ts: now },
-        { type: "attempt.started", data: { attempt: run.attempt, worker: this.#config.workerId }, ts: now },
+        { type: "attempt.started", data: { attempt: run.attempt, worker: node }, ts: now },
       ]);
       return { run, events };
     });
@@ -323,6 +416,7 @@ export class Engine {
       rootRunId: run.root_run_id,
       rootAgentId: run.root_agent_id,
       attempt: run.attempt,
+      workerId: this.#config.workerId,
       spec,
       input: run.input,
     });
@@ -335,9 +429,6 @@ export class Engine {
     this.#active.set(run.id, {
       attempt,
       done,
-      tenantId: run.tenant_id,
-      agentId: run.agent_id,
-      serialKey: run.serial_key,
       child: run.root_run_id !== null,
     });
   }
@@ -354,12 +445,25 @@ export class Engine {
     try {
       outcome = await attempt.run(
         async (boot) => {
-          const moved = await this.#runs.transition(run.id, ["starting"], "running", {}, [
-            {
-              type: "run.running",
-              data: { status: "running", attempt: run.attempt, boot_ms: boot.ms, warm: boot.warm },
-            },
-          ]);
+          const moved = await this.#runs
+            .transition(
+              run.id,
+              ["starting"],
+              "running",
+              {},
+              [
+                {
+                  type: "run.running",
+                  data: { status: "running", attempt: run.attempt, boot_ms: boot.ms, warm: boot.warm },
+                },
+              ],
+              attempt.fence,
+            )
+            .catch((err: unknown) => {
+              if (!isLeaseLost(err)) throw err;
+              attempt.leaseLost();
+              return false;
+            });
           // A cancel that landed while booting: the run is no longer `starting`.
           const current = await this.#runs.getById(run.id);
           return moved && current?.cancel_requested === 0;
@@ -444,9 +548,15 @@ export class Engine {
         )
         .where("id", "=", run.id)
         .where("status", "in", ACTIVE)
+        // Fenced: once another node recovered the run, this attempt records nothing.
+        .where("attempt", "=", run.attempt)
+        .where("worker_id", "=", this.#config.workerId)
         .executeTakeFirst();
-      // Someone else finished the run: record nothing (the attempt row included).
-      if (Number(res.numUpdatedRows) !== 1) return [];
+      // Someone else finished or recovered the run: record nothing (the attempt row included).
+      if (Number(res.numUpdatedRows) !== 1) {
+        this.#deps.log(`run ${run.id}: attempt ${run.attempt} ended; the run is no longer its own, nothing recorded`);
+        return [];
+      }
       // A run that ended needs its journal no more.
       if (!requeue && !retry) await trx.deleteFrom("journal").where("run_id", "=", run.id).execute();
       await trx
@@ -477,11 +587,25 @@ export class Engine {
   }
 
   /**
-   * Runs left `starting` or `running` by a host that died: their attempt is recorded as lost and
-   * the run is retried per its agent's policy (reason `lost`), else failed with reason `lost`.
+   * At start: runs left `starting` or `running` by an earlier start of this node, or by any node
+   * whose lease on them lapsed: their attempt is recorded as lost and the run is retried per its
+   * agent's policy (reason `lost`), else failed with reason `lost`. Runs a live node holds under
+   * its lease are left alone.
    */
   async reconcile(): Promise<number> {
-    const orphans = await this.#db.selectFrom("runs").selectAll().where("status", "in", ACTIVE).execute();
+    const orphans = await this.#db
+      .selectFrom("runs")
+      .selectAll()
+      .where("status", "in", ACTIVE)
+      .where((eb) =>
+        eb.or([
+          eb("worker_id", "=", this.#config.workerId),
+          eb("worker_id", "is", null),
+          eb("lease_until", "is", null),
+          eb("lease_until", "<", dbNow(this.#dialect)),
+        ]),
+      )
+      .execute();
     await this.#recover(orphans, "host stopped while the attempt ran");
     return orphans.length;
   }
@@ -493,6 +617,18 @@ export class Engine {
       const lost: AttemptOutcome = { status: "failed", reason: "lost", exitCode: null };
       const retry = retryDecision(spec.retry, lost, run.attempt, run.max_attempts, now);
       const rows = await this.#db.transaction().execute(async (trx) => {
+        // On PostgreSQL a run another node is recovering (or finishing) right now is passed over.
+        if (this.#dialect === "postgres") {
+          const free = await trx
+            .selectFrom("runs")
+            .select("id")
+            .where("id", "=", run.id)
+            .where("attempt", "=", run.attempt)
+            .forUpdate()
+            .skipLocked()
+            .executeTakeFirst();
+          if (!free) return [];
+        }
         await trx
           .updateTable("attempts")
           .set({ status: "failed", reason: "lost", finished_at: now })

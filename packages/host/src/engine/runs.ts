@@ -13,6 +13,7 @@ import {
 } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
+import type { Fence } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 
@@ -177,7 +178,8 @@ export class RunRepository {
 
   /**
    * Moves a run from one of `from` to `to` with `patch` applied and `events` appended, atomically.
-   * Returns false, changing nothing, when the run's status was not in `from`.
+   * Returns false, changing nothing, when the run's status was not in `from`. With `fence`, an
+   * attempt's own transition: lease_lost, changing nothing, once that attempt no longer holds the run.
    */
   async transition(
     runId: string,
@@ -185,6 +187,7 @@ export class RunRepository {
     to: RunStatus,
     patch: Partial<Omit<RunsTable, "id" | "status">>,
     events: NewEvent[],
+    fence?: Fence,
   ): Promise<boolean> {
     const written = await this.#db.transaction().execute(async (trx) => {
       const res = await trx
@@ -192,8 +195,14 @@ export class RunRepository {
         .set({ ...patch, status: to })
         .where("id", "=", runId)
         .where("status", "in", from)
+        .$if(fence !== undefined, (q) =>
+          q.where("attempt", "=", fence?.attempt ?? 0).where("worker_id", "=", fence?.workerId ?? ""),
+        )
         .executeTakeFirst();
-      if (Number(res.numUpdatedRows) !== 1) return null;
+      if (Number(res.numUpdatedRows) !== 1) {
+        await this.#events.fence(trx, fence);
+        return null;
+      }
       const row = await trx.selectFrom("runs").select("attempt").where("id", "=", runId).executeTakeFirstOrThrow();
       return this.#events.append(trx, runId, row.attempt, events);
     });

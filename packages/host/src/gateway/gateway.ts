@@ -38,6 +38,7 @@ import { type LiveSandbox, LiveSandboxes } from "../bridge/live.ts";
 import type { RateLimitSpec, TokenBucket } from "../bridge/rate-limit.ts";
 import { redactionNeedles } from "../bridge/redact.ts";
 import { relay } from "../bridge/relay.ts";
+import type { Fence } from "../store/fence.ts";
 import { type Journal, type JournalEntry, requestHash } from "../store/journal.ts";
 import type { BudgetScope, Ledger, Reservation } from "./ledger.ts";
 import type { ModelRoute, Providers } from "./providers.ts";
@@ -53,6 +54,8 @@ interface GatewayCaller {
   budgetAgentId?: string;
   /** Where this call stands in the caller's own run, for the journal. */
   journal?: { runId: string; attempt: number; step(): string | null; unstep(): void };
+  /** The caller's attempt, which its reservations are fenced by (see store/fence.ts). */
+  fence?: Fence;
   record(event: RunEventBody): void;
   /** Stops the run: its budget cannot pay for another call. */
   outOfCredits(scope: BudgetScope): void;
@@ -214,6 +217,9 @@ export class Gateway implements ChannelRoute {
       agentId: sandbox.agentId,
       runId: sandbox.billRunId ?? sandbox.runId,
       budgetAgentId: sandbox.billAgentId ?? sandbox.agentId,
+      ...(sandbox.workerId !== undefined
+        ? { fence: { runId: sandbox.runId, attempt: sandbox.attempt, workerId: sandbox.workerId } }
+        : {}),
       record: (event) => sandbox.record(event),
       outOfCredits: (scope) => sandbox.outOfCredits?.(scope),
     });
@@ -342,6 +348,7 @@ export class Gateway implements ChannelRoute {
       inputMicro: inputUpper * route.price.input,
       outputMicroPerToken: route.price.output,
       maxOutputTokens: wantOut,
+      ...(caller.fence ? { fence: caller.fence } : {}),
       ...(budget.agentTotal !== undefined ? { agentTotal: budget.agentTotal } : {}),
       ...(budget.perRun !== undefined ? { perRun: budget.perRun } : {}),
     });
@@ -367,7 +374,7 @@ export class Gateway implements ChannelRoute {
       const answer = await this.#forward(call, reservation, inputUpper);
       if (journal && answer) {
         await journal.store
-          .record(journal.runId, journal.attempt, journal.step, call.hash, answer)
+          .record(caller.fence ?? journal, journal.step, call.hash, answer)
           .catch((err: unknown) => this.#deps.log(`gateway: journal: ${String(err)}`));
       }
     } finally {

@@ -14,7 +14,9 @@
 import { AppError, type Balance, fromMicro } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { sql } from "kysely";
+import { checkFence, type Fence } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
+import { type Dialect, dbNow } from "../store/portable.ts";
 import type { CreditAccountsTable, Database } from "../store/schema.ts";
 
 /** Which budget ran out. */
@@ -33,6 +35,8 @@ export interface ReserveRequest {
   /** The agent's caps in micro-credits, when it has them. */
   agentTotal?: number;
   perRun?: number;
+  /** The calling attempt: reserved only while it still holds its run (see store/fence.ts). */
+  fence?: Fence;
 }
 
 export type ReserveResult =
@@ -80,10 +84,12 @@ const EMPTY = { granted: 0, spent: 0, reserved: 0 };
 export class Ledger {
   readonly #db: Kysely<Database>;
   readonly #now: () => number;
+  readonly #dialect: Dialect;
 
-  constructor(db: Kysely<Database>, options: { now?: () => number } = {}) {
+  constructor(db: Kysely<Database>, options: { now?: () => number; dialect?: Dialect } = {}) {
     this.#db = db;
     this.#now = options.now ?? Date.now;
+    this.#dialect = options.dialect ?? "sqlite";
   }
 
   /** Adds (or, negative, takes back) credits of a tenant. */
@@ -106,6 +112,7 @@ export class Ledger {
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
     const k = keys(req);
     return this.#db.transaction().execute(async (trx) => {
+      if (req.fence) await checkFence(trx, req.fence, this.#dialect);
       const found = await accounts(trx, [k.tenant, k.agent, k.run]);
       const [tenant, agent, run] = [k.tenant, k.agent, k.run].map((key) => found.get(key) ?? EMPTY) as [
         typeof EMPTY,
@@ -171,13 +178,28 @@ export class Ledger {
   /**
    * Closes the reservations a host that died mid-call left open: each is billed at its worst
    * case (whether the provider did the work cannot be known), so that budgets are not held
-   * forever. Run at start, before any call. Returns how many it closed.
+   * forever. Run at start, before this node makes any call. Only reservations no live attempt can
+   * still settle are touched: of runs that are not starting or running, whose lease lapsed, or
+   * that an earlier start of this same node (`nodeId`) held; never another live node's. Returns
+   * how many it closed.
    */
-  async settleAbandoned(): Promise<number> {
+  async settleAbandoned(nodeId?: string): Promise<number> {
     const open = await this.#db
       .selectFrom("credit_ledger as r")
       .selectAll("r")
       .where("r.kind", "=", "reserve")
+      .where(({ not, exists, selectFrom }) =>
+        not(
+          exists(
+            selectFrom("runs as h")
+              .select("h.id")
+              .whereRef("h.id", "=", "r.run_id")
+              .where("h.status", "in", ["starting", "running"])
+              .where("h.lease_until", ">=", dbNow(this.#dialect))
+              .$if(nodeId !== undefined, (q) => q.where("h.worker_id", "!=", nodeId ?? "")),
+          ),
+        ),
+      )
       .where(({ not, exists, selectFrom }) =>
         not(
           exists(

@@ -1,44 +1,24 @@
 /** The event log against a real SQLite store: it takes the protocol's events and refuses the rest. */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { AppError, DEFAULT_LIMITS, isEvent, type RunEvent } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { RunRepository } from "../engine/runs.ts";
+import { openTestStore, type TestStore } from "../testing/test-store.ts";
 import { EventLog, type NewEvent } from "./event-log.ts";
-import { newId } from "./ids.ts";
-import { migrate } from "./migrations.ts";
 import type { Database } from "./schema.ts";
-import { openSqlite } from "./sqlite.ts";
 
 describe("EventLog", () => {
-  let dir: string;
+  let store: TestStore;
   let db: Kysely<Database>;
+  let tenant: string;
+  let agent: string;
   let log: EventLog;
   let runId: string;
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "paddock-event-log-"));
-    db = openSqlite(join(dir, "paddock.db"));
-    await migrate(db);
-    const tenant = newId("ten");
-    const agent = newId("agt");
-    await db.insertInto("tenants").values({ id: tenant, name: "t", created_at: 0 }).execute();
-    await db
-      .insertInto("agents")
-      .values({
-        id: agent,
-        tenant_id: tenant,
-        name: "a",
-        spec: "{}",
-        current_version: 1,
-        version: 1,
-        archived_at: null,
-        created_at: 0,
-      })
-      .execute();
+    store = await openTestStore("event-log");
+    ({ db, tenant, agent } = store);
     log = new EventLog(db);
     const spec = {
       command: ["true"],
@@ -55,8 +35,7 @@ describe("EventLog", () => {
     runId = (await new RunRepository(db, log).create(tenant, agent, spec, null)).run.id;
   });
   after(async () => {
-    await db?.destroy();
-    await rm(dir, { recursive: true, force: true });
+    await store?.close();
   });
 
   test("stores the protocol's events and gives them back typed, to readers and subscribers", async () => {

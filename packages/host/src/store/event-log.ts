@@ -5,11 +5,13 @@
  */
 import { EventEmitter } from "node:events";
 import { AppError, type RunEvent, RunEventBody } from "@paddock/protocol";
-import type { Kysely, Transaction } from "kysely";
+import type { Kysely } from "kysely";
 import { z } from "zod";
+import { checkFence, type Fence } from "./fence.ts";
+import type { Db, Dialect } from "./portable.ts";
 import type { Database, EventsTable } from "./schema.ts";
 
-export type Db = Kysely<Database> | Transaction<Database>;
+export type { Db } from "./portable.ts";
 /** An event to append: one of the protocol's event types with its data, and when it happened. */
 export type NewEvent = RunEventBody & { ts?: number };
 
@@ -41,16 +43,30 @@ function check(event: NewEvent): void {
 export class EventLog {
   readonly #db: Kysely<Database>;
   readonly #bus = new EventEmitter({ captureRejections: false });
+  readonly dialect: Dialect;
 
-  constructor(db: Kysely<Database>) {
+  constructor(db: Kysely<Database>, options: { dialect?: Dialect } = {}) {
     this.#db = db;
+    this.dialect = options.dialect ?? "sqlite";
     this.#bus.setMaxListeners(0);
   }
 
-  /** Appends events with consecutive sequence numbers; call inside a transaction, then publish(). */
-  async append(trx: Db, runId: string, attempt: number, events: NewEvent[]): Promise<EventsTable[]> {
+  /**
+   * Checks in `trx` that `fence`'s attempt still holds its run (lease_lost otherwise, so the
+   * transaction writes nothing); no check without a fence.
+   */
+  async fence(trx: Db, fence: Fence | undefined): Promise<void> {
+    if (fence) await checkFence(trx, fence, this.dialect);
+  }
+
+  /**
+   * Appends events with consecutive sequence numbers; call inside a transaction, then publish().
+   * With `fence`, only while that attempt still holds the run (see fence.ts).
+   */
+  async append(trx: Db, runId: string, attempt: number, events: NewEvent[], fence?: Fence): Promise<EventsTable[]> {
     if (events.length === 0) return [];
     for (const e of events) check(e);
+    await this.fence(trx, fence);
     const last = await trx
       .selectFrom("events")
       .select((eb) => eb.fn.max("seq").as("max"))
@@ -81,8 +97,8 @@ export class EventLog {
   }
 
   /** Appends in a transaction of its own and publishes. */
-  async write(runId: string, attempt: number, events: NewEvent[]): Promise<RunEvent[]> {
-    const rows = await this.#db.transaction().execute((trx) => this.append(trx, runId, attempt, events));
+  async write(runId: string, attempt: number, events: NewEvent[], fence?: Fence): Promise<RunEvent[]> {
+    const rows = await this.#db.transaction().execute((trx) => this.append(trx, runId, attempt, events, fence));
     this.publish(rows);
     return rows.map(toRunEvent);
   }

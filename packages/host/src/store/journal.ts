@@ -11,7 +11,9 @@
  * go when it ends.
  */
 import { createHash } from "node:crypto";
-import type { Kysely } from "kysely";
+import type { Kysely, Transaction } from "kysely";
+import { checkFence } from "./fence.ts";
+import type { Dialect } from "./portable.ts";
 import type { Database } from "./schema.ts";
 
 export const MAX_JOURNAL_BYTES = 1024 * 1024;
@@ -37,11 +39,20 @@ export function stepKey(header: string | string[] | undefined, kind: string, pos
   return `${kind}#${position}`;
 }
 
+/** The attempt a journal entry is written for; with its node, the write is fenced (see fence.ts). */
+export interface JournalOwner {
+  runId: string;
+  attempt: number;
+  workerId?: string;
+}
+
 export class Journal {
   readonly #db: Kysely<Database>;
+  readonly #dialect: Dialect;
 
-  constructor(db: Kysely<Database>) {
+  constructor(db: Kysely<Database>, options: { dialect?: Dialect } = {}) {
     this.#db = db;
+    this.#dialect = options.dialect ?? "sqlite";
   }
 
   /**
@@ -72,15 +83,21 @@ export class Journal {
     };
   }
 
+  /**
+   * Keeps an answer at `step` of `owner`'s attempt (inside `trx` when given), only while that
+   * attempt still holds its run when the owner names its node.
+   */
   async record(
-    runId: string,
-    attempt: number,
+    owner: JournalOwner,
     step: string,
     hash: string,
     entry: Omit<JournalEntry, "attempt">,
-    db: Kysely<Database> = this.#db,
+    trx?: Transaction<Database>,
   ): Promise<void> {
     if (entry.status >= 400 || entry.body.length > MAX_JOURNAL_BYTES) return;
+    if (!trx) return this.#db.transaction().execute((t) => this.record(owner, step, hash, entry, t));
+    const { runId, attempt, workerId } = owner;
+    if (workerId !== undefined) await checkFence(trx, { runId, attempt, workerId }, this.#dialect);
     const values = {
       run_id: runId,
       step,
@@ -91,7 +108,7 @@ export class Journal {
       body: entry.body,
       created_at: Date.now(),
     };
-    await db
+    await trx
       .insertInto("journal")
       .values(values)
       .onConflict((oc) =>

@@ -406,6 +406,28 @@ migrations["0007_agent_versions"] = {
   },
 };
 
+migrations["0009_nodes"] = {
+  // The nodes sharing this store: each registers at start and heartbeats (on the database's
+  // clock); a draining node claims no new runs. `process` (hostname:pid) tells a restart on the
+  // same machine from a second live node with the same id.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("nodes")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("version", "text", (c) => c.notNull())
+      .addColumn("internal_url", "text", (c) => c.notNull())
+      .addColumn("sandbox_cidr", "text", (c) => c.notNull())
+      .addColumn("process", "text", (c) => c.notNull())
+      .addColumn("heartbeat_at", "bigint", (c) => c.notNull())
+      .addColumn("started_at", "bigint", (c) => c.notNull())
+      .addColumn("draining", "integer", (c) => c.notNull().defaultTo(0))
+      .addColumn("stopped_at", "bigint")
+      .execute();
+    await db.schema.createIndex("runs_worker_active").on("runs").columns(["worker_id", "status"]).execute();
+  },
+};
+
 /**
  * Makes `agents` again without the table's unique (tenant, name) constraint, adding `version`
  * and `archived_at`. SQLite cannot drop a table constraint, so this is its documented rebuild:

@@ -318,6 +318,21 @@ export interface JournalTable {
   created_at: number;
 }
 
+/** A node sharing the store (see nodes/nodes.ts); times are the database's clock, in ms. */
+export interface NodesTable {
+  id: string;
+  version: string;
+  /** The API URL other nodes use to reach it. */
+  internal_url: string;
+  sandbox_cidr: string;
+  /** hostname:pid of the process that registered it. */
+  process: string;
+  heartbeat_at: number;
+  started_at: number;
+  draining: number;
+  stopped_at: number | null;
+}
+
 export interface Database {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
@@ -343,6 +358,7 @@ export interface Database {
   webhooks: WebhooksTable;
   webhook_deliveries: WebhookDeliveriesTable;
   journal: JournalTable;
+  nodes: NodesTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }

@@ -9,6 +9,7 @@ import { createHash } from "node:crypto";
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Kysely } from "kysely";
 import { resolveHostConfig } from "../config.ts";
 import {
   AGENT_USER,
@@ -22,11 +23,14 @@ import { hashFile } from "../fs/tree-digest.ts";
 import { buildServices, type Services } from "../host.ts";
 import { unsealRunners } from "../images/runner-registry.ts";
 import { migrate } from "../store/migrations.ts";
+import type { Database } from "../store/schema.ts";
 import { openSqlite } from "../store/sqlite.ts";
 import { RefusingSandboxDriver } from "./refusing-driver.ts";
 
 export interface NoRootHost {
   services: Services;
+  /** The store under the services, for tests that set up or inspect rows directly. */
+  db: Kysely<Database>;
   driver: RefusingSandboxDriver;
   adminKey: string;
   dataDir: string;
@@ -91,11 +95,18 @@ export async function startNoRootHost(): Promise<NoRootHost> {
   try {
     await migrate(db);
     const services = await buildServices(config, { db, instance: "noroot", driver, log, undo });
+    await services.nodes.register({
+      id: services.nodeId,
+      version: "test",
+      internalUrl: "http://127.0.0.1:0",
+      sandboxCidr: config.sandboxCidr,
+    });
     await services.runners.publish(runnerFiles);
     const adminKey = await services.identity.bootstrap();
     if (!adminKey) throw new Error("a new data folder gives an admin key");
     return {
       services,
+      db,
       driver,
       adminKey,
       dataDir,

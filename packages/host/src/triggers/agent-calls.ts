@@ -134,8 +134,7 @@ export class AgentCalls implements ChannelRoute {
           journal && step
             ? (trx, answer) =>
                 journal.record(
-                  sandbox.runId,
-                  sandbox.attempt,
+                  sandbox,
                   step,
                   hash,
                   {

@@ -21,6 +21,7 @@ import {
 import { Cron } from "croner";
 import type { Kysely } from "kysely";
 import type { RunRepository } from "../engine/runs.ts";
+import type { Leader } from "../nodes/leader.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, SchedulesTable } from "../store/schema.ts";
 
@@ -38,6 +39,8 @@ export interface SchedulerDeps {
   /** Tells the engine there is work. */
   notify(): void;
   log(line: string): void;
+  /** Only the leader's timer ticks (default: this node always leads). */
+  leader?: Leader;
 }
 
 export function toSchedule(row: SchedulesTable): Schedule {
@@ -107,7 +110,8 @@ export class Scheduler {
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
       this.#timer = null;
-      this.#ticking ??= this.tick(Date.now())
+      this.#ticking ??= (this.#deps.leader?.isLeader() ?? Promise.resolve(true))
+        .then((leads) => (leads ? this.tick(Date.now()) : undefined))
         .then(() => this.#earliest())
         .then((next) => {
           this.#ticking = null;

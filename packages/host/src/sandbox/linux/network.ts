@@ -31,7 +31,7 @@ const run = promisify(execFile);
 const NETNS_DIR = "/run/netns";
 /** The namespace's side of every link, as the agent sees it. */
 export const SANDBOX_IF = "eth0";
-const DEFAULT_RANGE = "10.209.0.0/16";
+export const DEFAULT_RANGE = "10.209.0.0/16";
 const DEFAULT_BLOCK_BITS = 22;
 
 export interface SandboxNetworkConfig {
@@ -82,7 +82,7 @@ function intToIp(n: number): string {
   return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
 }
 
-function parseCidr(cidr: string): { base: number; bits: number } {
+export function parseCidr(cidr: string): { base: number; bits: number } {
   const [ip, bitsText] = cidr.split("/");
   const bits = Number(bitsText);
   if (!ip || !Number.isInteger(bits) || bits < 8 || bits > 30) throw new Error(`bad IPv4 range: ${cidr}`);
