@@ -6,6 +6,7 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { Limits } from "@paddock/protocol";
 import { z } from "zod";
+import { parseBlobsUrl } from "./blobs/open-store.ts";
 import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
 
 /**
@@ -34,6 +35,22 @@ export const HostConfig = z
     listen: z.string().min(1).default("127.0.0.1"),
     /** Where base images live; default <dataDir>/images. */
     imagesDir: z.string().min(1).optional(),
+    /**
+     * The shared blob store (artifacts, packed layers): file:///FOLDER or
+     * s3://BUCKET?endpoint=…&region=…&force_path_style=…; default the data folder's own blobs/.
+     */
+    blobs: z
+      .string()
+      .superRefine((url, ctx) => {
+        try {
+          parseBlobsUrl(url);
+        } catch (err) {
+          ctx.addIssue({ code: "custom", message: err instanceof Error ? err.message : String(err) });
+        }
+      })
+      .optional(),
+    /** Shared blobs nothing references are deleted once older than this (default one hour). */
+    blobGraceMs: z.number().int().min(0).default(3_600_000),
     maxConcurrentRuns: z.number().int().min(1).default(32),
     heartbeatMs: z.number().int().min(1).default(2000),
     /** How long a silent runner is believed alive; default five heartbeats, at least 15 s. */

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import type { Snapshots } from "./agents/snapshots.ts";
+import type { BlobStore } from "./blobs/blobs.ts";
 import { removeTree } from "./fs/store-fs.ts";
 import type { RunnerRegistry } from "./images/runner-registry.ts";
 import type { Database } from "./store/schema.ts";
@@ -46,4 +47,29 @@ export async function collectGarbage(opts: {
     layers.push(name);
   }
   return { runners, layers };
+}
+
+/**
+ * Mark and sweep of the shared blob store: a blob is kept while an artifact row names it or
+ * `referenced` does (packed layers of snapshots and unfinished runs), or while it is younger than
+ * the grace period (a collector stores an artifact's blob a moment before its row is written).
+ * Only one node should sweep a shared store at a time. Returns the digests deleted.
+ */
+export async function collectBlobGarbage(opts: {
+  db: Kysely<Database>;
+  blobs: BlobStore;
+  graceMs: number;
+  referenced?: Iterable<string>;
+}): Promise<string[]> {
+  const keep = new Set(opts.referenced ?? []);
+  const rows = await opts.db.selectFrom("artifacts").select("sha256").distinct().execute();
+  for (const r of rows) keep.add(r.sha256);
+  const cutoff = Date.now() - opts.graceMs;
+  const deleted: string[] = [];
+  for await (const blob of opts.blobs.list()) {
+    if (keep.has(blob.sha256) || blob.modifiedMs > cutoff) continue;
+    // Marked before the listing: a blob referenced since then is younger than the grace period.
+    if (await opts.blobs.delete(blob.sha256)) deleted.push(blob.sha256);
+  }
+  return deleted;
 }

@@ -19,7 +19,10 @@ import { createApi } from "./api/app.ts";
 import type { ApiEnv } from "./api/http.ts";
 import { attachShellSocket } from "./api/shell-socket.ts";
 import { Artifacts } from "./artifacts/artifacts.ts";
-import { BlobStore } from "./artifacts/blob-store.ts";
+import type { BlobStore } from "./blobs/blobs.ts";
+import { BlobCache } from "./blobs/cache.ts";
+import { FileBlobStore } from "./blobs/file-store.ts";
+import { openBlobStore } from "./blobs/open-store.ts";
 import { Bridge } from "./bridge/bridge.ts";
 import { Connections } from "./bridge/connections.ts";
 import { LiveSandboxes } from "./bridge/live.ts";
@@ -33,7 +36,7 @@ import { AGENT_USER } from "./fs/layout.ts";
 import { Gateway } from "./gateway/gateway.ts";
 import { Ledger } from "./gateway/ledger.ts";
 import { Providers } from "./gateway/providers.ts";
-import { collectGarbage } from "./gc.ts";
+import { collectBlobGarbage, collectGarbage } from "./gc.ts";
 import { Identity } from "./identity/identity.ts";
 import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
@@ -98,6 +101,9 @@ export interface Services {
   runs: RunRepository;
   runners: RunnerRegistry;
   artifacts: Artifacts;
+  /** The shared blob store, and this node's verified copy of it. */
+  blobs: BlobStore;
+  blobCache: BlobCache;
   engine: Engine;
   scheduler: Scheduler;
   sessions: EnvSessions;
@@ -131,6 +137,20 @@ async function lock(dataDir: string): Promise<() => Promise<void>> {
 }
 
 /**
+ * The blob store `--blobs` names and a verified cache of it under DATA/cache/blobs; without it,
+ * DATA/blobs, read in place.
+ */
+function openBlobs(config: HostConfig): { blobs: BlobStore; blobCache: BlobCache } {
+  if (!config.blobs) {
+    const local = new FileBlobStore(join(config.dataDir, "blobs"));
+    return { blobs: local, blobCache: new BlobCache({ store: local, inPlace: true }) };
+  }
+  const dir = join(config.dataDir, "cache", "blobs");
+  const blobs = openBlobStore(config.blobs, join(dir, "tmp"));
+  return { blobs, blobCache: new BlobCache({ store: blobs, dir }) };
+}
+
+/**
  * Builds every service of a host over a migrated store, and the API over them. Nothing here
  * needs root or Linux unless `env.network` is given: then the bridge listens on the host side
  * of the sandboxes' links.
@@ -146,8 +166,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: AGENT_USER.uid, gid: AGENT_USER.gid });
   const runnersDir = join(dataDir, "runners");
   const runners = new RunnerRegistry(db, new RunnerLayers({ runnersDir }), runnersDir, log);
-  const blobs = new BlobStore(join(dataDir, "blobs"));
-  const artifacts = new Artifacts({ db, events, blobs });
+  const { blobs, blobCache } = openBlobs(config);
+  const artifacts = new Artifacts({ db, events, blobs: blobCache });
   const agents = new Agents(db, images, layers, runners, maxLimits);
   const archives = new SnapshotArchives({ db, agents, images, layers, runners }, archiveLimits(maxLimits));
   const connections = new Connections(db);
@@ -276,6 +296,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     runs,
     runners,
     artifacts,
+    blobs,
+    blobCache,
     engine,
     scheduler,
     sessions,
@@ -327,6 +349,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     if (gc.runners.length + gc.layers.length > 0) {
       log(`removed ${gc.runners.length} unused runner layer(s) and ${gc.layers.length} environment layer(s)`);
     }
+    const swept = await collectBlobGarbage({ db, blobs: services.blobs, graceMs: config.blobGraceMs });
+    if (swept.length > 0) log(`removed ${swept.length} unreferenced blob(s) from ${services.blobs.location}`);
     const adminKey = await identity.bootstrap();
     const adminKeyPath = join(dataDir, "admin.key");
     if (adminKey) {

@@ -8,7 +8,7 @@
 import { constants, createReadStream } from "node:fs";
 import { open, readdir } from "node:fs/promises";
 import { join } from "node:path";
-import type { BlobStore } from "./blob-store.ts";
+import type { BlobStore } from "../blobs/blobs.ts";
 
 export interface CollectedFile {
   path: string;
@@ -106,7 +106,7 @@ export async function collectOutputs(root: string, blobs: BlobStore, maxBytes: n
           continue;
         }
         const stream = createReadStream("", { fd: fh.fd, autoClose: false });
-        const { sha256, size } = await blobs.put(stream, maxBytes - total);
+        const { sha256, size } = await blobs.put(stream, { maxBytes: maxBytes - total });
         total += size;
         result.files.push({ path, size, sha256, contentType: contentTypeOf(path) });
       } finally {

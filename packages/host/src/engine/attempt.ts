@@ -23,8 +23,8 @@ import {
 } from "@paddock/protocol";
 import { LineSplitter } from "@paddock/runner";
 import type { ArtifactRow, Artifacts } from "../artifacts/artifacts.ts";
-import type { BlobStore } from "../artifacts/blob-store.ts";
 import { collectOutputs } from "../artifacts/collector.ts";
+import type { BlobStore } from "../blobs/blobs.ts";
 import type { LiveSandboxes } from "../bridge/live.ts";
 import type { RunTokenClaims } from "../bridge/tokens.ts";
 import { DEFAULT_PATH } from "../images/resolve-command.ts";

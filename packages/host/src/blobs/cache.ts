@@ -1,0 +1,123 @@
+/**
+ * A node's verified copy of shared blobs: get-or-fetch a digest into a local folder (download to a
+ * temp file, check the sha256, rename), so a second read never touches the shared store.
+ *
+ * Threat model: the shared store and the network to it are not trusted to return what a digest
+ * names. Nothing enters the cache without its digest checked; a whole-blob read checks it again as
+ * it streams, and an entry found corrupt is removed so the next read fetches it anew. Failures
+ * are blob_unavailable errors that name the digest.
+ */
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { type Readable, Transform } from "node:stream";
+import { AppError } from "@paddock/protocol";
+import { isErrno } from "../fs/store-fs.ts";
+import { newId } from "../store/ids.ts";
+import { type BlobStore, type ByteRange, blobUnavailable, checkSha256, writeVerified } from "./blobs.ts";
+import type { FileBlobStore } from "./file-store.ts";
+
+export class BlobCache {
+  readonly store: BlobStore;
+  /** The cache folder; null when blobs are read in place from `#local`. */
+  readonly #dir: string | null;
+  readonly #local: FileBlobStore | null;
+  /** Downloads under way, so concurrent readers of one digest share one. */
+  readonly #fetching = new Map<string, Promise<string>>();
+
+  /**
+   * A cache in `dir` in front of `store`, or, with `inPlace`, no copy at all: the store is this
+   * node's own folder and its files are read where they are.
+   */
+  constructor(options: { store: BlobStore; dir: string } | { store: FileBlobStore; inPlace: true }) {
+    this.store = options.store;
+    this.#dir = "dir" in options ? options.dir : null;
+    this.#local = "inPlace" in options ? options.store : null;
+  }
+
+  /** The local file holding the verified blob, fetched from the store unless it is already here. */
+  async file(sha256: string): Promise<string> {
+    checkSha256(sha256);
+    if (this.#local) {
+      if (!(await this.#local.head(sha256))) throw blobUnavailable(sha256, `is not in ${this.store.location}`);
+      return this.#local.path(sha256);
+    }
+    const path = this.#path(sha256);
+    if (await exists(path)) return path;
+    let fetching = this.#fetching.get(sha256);
+    if (!fetching) {
+      fetching = this.#fetch(sha256, path).finally(() => this.#fetching.delete(sha256));
+      this.#fetching.set(sha256, fetching);
+    }
+    return fetching;
+  }
+
+  /**
+   * The blob's content from the local copy. A whole read is checked against the digest as it
+   * streams; a mismatch ends the stream with blob_unavailable and drops the copy.
+   */
+  async open(sha256: string, options: { range?: ByteRange } = {}): Promise<Readable> {
+    const path = await this.file(sha256);
+    if (options.range) {
+      const { start, end } = options.range;
+      return createReadStream(path, { start, ...(end !== undefined ? { end } : {}) });
+    }
+    const digest = createHash("sha256");
+    const evict = () => this.evict(sha256);
+    const check = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        digest.update(chunk);
+        done(null, chunk);
+      },
+      flush(done) {
+        const got = digest.digest("hex");
+        if (got === sha256) return done();
+        evict().then(
+          () => done(blobUnavailable(sha256, `was corrupt in this node's cache (sha256:${got}); it was dropped`)),
+          done,
+        );
+      },
+    });
+    const source = createReadStream(path);
+    source.on("error", (err) => check.destroy(err));
+    return source.pipe(check);
+  }
+
+  /** Drops the local copy (a no-op when blobs are read in place). */
+  async evict(sha256: string): Promise<void> {
+    if (this.#local) return;
+    await rm(this.#path(sha256), { force: true });
+  }
+
+  #path(sha256: string): string {
+    return join(this.#dir ?? "", sha256.slice(0, 2), sha256);
+  }
+
+  async #fetch(sha256: string, path: string): Promise<string> {
+    const dir = this.#dir ?? "";
+    const tmpDir = join(dir, "tmp");
+    await mkdir(tmpDir, { recursive: true });
+    await mkdir(join(dir, sha256.slice(0, 2)), { recursive: true });
+    const tmp = join(tmpDir, newId("get"));
+    try {
+      await writeVerified(await this.store.get(sha256), tmp, { sha256 });
+    } catch (err) {
+      if (err instanceof AppError && err.code === "blob_digest_mismatch") {
+        throw blobUnavailable(sha256, `does not match its digest in ${this.store.location}`);
+      }
+      throw err;
+    }
+    await rename(tmp, path);
+    return path;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isFile();
+  } catch (err) {
+    if (isErrno(err, "ENOENT")) return false;
+    throw err;
+  }
+}
