@@ -20,6 +20,19 @@ export interface GcResult {
   layers: string[];
 }
 
+/** The runner and environment layers snapshots name, with the environment layers of unfinished runs. */
+async function referencedLayers(
+  db: Kysely<Database>,
+  snapshots: Snapshots,
+): Promise<{ runners: Set<string>; layers: Set<string> }> {
+  const referenced = await snapshots.referenced();
+  const unfinished = await db.selectFrom("runs").select("spec").where("status", "not in", TERMINAL_STATUSES).execute();
+  for (const r of unfinished) {
+    for (const l of parseRunSpec(r.spec).layers) referenced.layers.add(l);
+  }
+  return referenced;
+}
+
 export async function collectGarbage(opts: {
   db: Kysely<Database>;
   snapshots: Snapshots;
@@ -27,15 +40,7 @@ export async function collectGarbage(opts: {
   layersDir: string;
   graceMs?: number;
 }): Promise<GcResult> {
-  const referenced = await opts.snapshots.referenced();
-  const unfinished = await opts.db
-    .selectFrom("runs")
-    .select("spec")
-    .where("status", "not in", TERMINAL_STATUSES)
-    .execute();
-  for (const r of unfinished) {
-    for (const l of parseRunSpec(r.spec).layers) referenced.layers.add(l);
-  }
+  const referenced = await referencedLayers(opts.db, opts.snapshots);
   const runners = await opts.runners.gc(referenced.runners);
   const layers: string[] = [];
   const cutoff = Date.now() - (opts.graceMs ?? 3_600_000);
@@ -50,20 +55,24 @@ export async function collectGarbage(opts: {
 }
 
 /**
- * Mark and sweep of the shared blob store: a blob is kept while an artifact row names it or
- * `referenced` does (packed layers of snapshots and unfinished runs), or while it is younger than
+ * Mark and sweep of the shared blob store: a blob is kept while an artifact row names it, or it is
+ * the packed archive of a layer a snapshot or an unfinished run names, or while it is younger than
  * the grace period (a collector stores an artifact's blob a moment before its row is written).
  * Only one node should sweep a shared store at a time. Returns the digests deleted.
  */
 export async function collectBlobGarbage(opts: {
   db: Kysely<Database>;
+  snapshots: Snapshots;
   blobs: BlobStore;
   graceMs: number;
-  referenced?: Iterable<string>;
 }): Promise<string[]> {
-  const keep = new Set(opts.referenced ?? []);
-  const rows = await opts.db.selectFrom("artifacts").select("sha256").distinct().execute();
-  for (const r of rows) keep.add(r.sha256);
+  const keep = new Set<string>();
+  const artifacts = await opts.db.selectFrom("artifacts").select("sha256").distinct().execute();
+  for (const r of artifacts) keep.add(r.sha256);
+  const { layers } = await referencedLayers(opts.db, opts.snapshots);
+  for (const r of await opts.db.selectFrom("layer_blobs").select(["layer", "sha256"]).execute()) {
+    if (layers.has(r.layer)) keep.add(r.sha256);
+  }
   const cutoff = Date.now() - opts.graceMs;
   const deleted: string[] = [];
   for await (const blob of opts.blobs.list()) {

@@ -14,6 +14,7 @@ import type { OpenAPIHono } from "@hono/zod-openapi";
 import { AppError } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { Agents, runSpec } from "./agents/agents.ts";
+import { LayerBlobs } from "./agents/layer-blobs.ts";
 import { archiveLimits, SnapshotArchives } from "./agents/snapshot-archive.ts";
 import { createApi } from "./api/app.ts";
 import type { ApiEnv } from "./api/http.ts";
@@ -168,7 +169,17 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const runners = new RunnerRegistry(db, new RunnerLayers({ runnersDir }), runnersDir, log);
   const { blobs, blobCache } = openBlobs(config);
   const artifacts = new Artifacts({ db, events, blobs: blobCache });
-  const agents = new Agents(db, images, layers, runners, maxLimits);
+  // With a shared store, layers made here are published to it and layers missing here fetched.
+  const layerBlobs = config.blobs
+    ? new LayerBlobs({
+        db,
+        cache: blobCache,
+        layersDir: layers.layersDir,
+        imagesDir: config.imagesDir,
+        tmpDir: join(dataDir, "cache", "packing"),
+      })
+    : null;
+  const agents = new Agents(db, images, layers, runners, maxLimits, layerBlobs);
   const archives = new SnapshotArchives({ db, agents, images, layers, runners }, archiveLimits(maxLimits));
   const connections = new Connections(db);
   const { vault, source: keySource } = await openVault({
@@ -349,7 +360,12 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     if (gc.runners.length + gc.layers.length > 0) {
       log(`removed ${gc.runners.length} unused runner layer(s) and ${gc.layers.length} environment layer(s)`);
     }
-    const swept = await collectBlobGarbage({ db, blobs: services.blobs, graceMs: config.blobGraceMs });
+    const swept = await collectBlobGarbage({
+      db,
+      snapshots: agents.snapshots,
+      blobs: services.blobs,
+      graceMs: config.blobGraceMs,
+    });
     if (swept.length > 0) log(`removed ${swept.length} unreferenced blob(s) from ${services.blobs.location}`);
     const adminKey = await identity.bootstrap();
     const adminKeyPath = join(dataDir, "admin.key");

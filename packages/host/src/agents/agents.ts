@@ -31,6 +31,7 @@ import { RUNNER_NODE_PATH, RUNNER_SDK } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
 import { parseAgentDefinition } from "../store/stored.ts";
+import type { LayerBlobs } from "./layer-blobs.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
 
 /** An agent row with its current snapshot. */
@@ -163,6 +164,7 @@ export class Agents {
   readonly #images: ImageStore;
   readonly #layers: LayerStore;
   readonly #runners: RunnerRegistry;
+  readonly #layerBlobs: LayerBlobs | null;
   readonly snapshots: Snapshots;
 
   readonly #maxLimits: Limits;
@@ -175,8 +177,11 @@ export class Agents {
     layers: LayerStore,
     runners: RunnerRegistry,
     maxLimits: Limits,
+    /** Layers in a blob store shared with other nodes; null when this node is alone. */
+    layerBlobs: LayerBlobs | null = null,
   ) {
     this.#maxLimits = maxLimits;
+    this.#layerBlobs = layerBlobs;
     this.#db = db;
     this.#images = images;
     this.#layers = layers;
@@ -189,10 +194,19 @@ export class Agents {
     return { images: this.#images, layers: this.#layers, runners: this.#runners, maxLimits: this.#maxLimits };
   }
 
-  /** Host paths of a spec's layers, top first, base rootfs last. */
+  /**
+   * Host paths of a spec's layers, top first, base rootfs last. Layers this node lacks are
+   * fetched from the shared blob store first.
+   */
   async layerPaths(spec: Pick<AgentSpec, "image" | "layers">): Promise<string[]> {
     const image = await this.#images.resolve(spec.image);
+    await this.#layerBlobs?.ensure(spec.layers);
     return [...spec.layers.map((d) => this.#layers.path(d)), image.rootfs];
+  }
+
+  /** Puts layers made on this node in the shared blob store, for other nodes to boot from. */
+  async publishLayers(digests: readonly string[]): Promise<void> {
+    await this.#layerBlobs?.publish(digests);
   }
 
   async create(tenantId: string, body: AgentCreate): Promise<AgentRecord> {
@@ -479,6 +493,7 @@ export class Agents {
       const files = body.files ?? {};
       const hasFiles = Object.keys(files).length > 0;
       const filesLayer = hasFiles ? await this.#layers.putFiles(files) : undefined;
+      if (filesLayer) await this.publishLayers([filesLayer]);
       const bytes = filesBytes(files);
       let layers = filesLayer ? [filesLayer] : [];
       let envBytes = bytes;

@@ -443,6 +443,20 @@ async function rebuildAgentsWithoutNameConstraint(db: Kysely<any>): Promise<void
   }
 }
 
+migrations["0008_layer_blobs"] = {
+  // Environment layers packed into the shared blob store, by layer digest.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("layer_blobs")
+      .addColumn("layer", "text", (c) => c.primaryKey())
+      .addColumn("sha256", "text", (c) => c.notNull())
+      .addColumn("size", "bigint", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** Applies every migration not applied yet (tests may stop after the one named `to`). */

@@ -343,6 +343,16 @@ export interface Database {
   webhooks: WebhooksTable;
   webhook_deliveries: WebhookDeliveriesTable;
   journal: JournalTable;
+  layer_blobs: LayerBlobsTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
+}
+
+/** Where an environment layer is in the shared blob store: the sha256 of its packed archive. */
+export interface LayerBlobsTable {
+  /** The layer's digest (sha256-…). */
+  layer: string;
+  sha256: string;
+  size: number;
+  created_at: number;
 }
