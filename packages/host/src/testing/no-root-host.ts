@@ -9,7 +9,8 @@ import { createHash } from "node:crypto";
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { resolveHostConfig } from "../config.ts";
+import type { Kysely } from "kysely";
+import { type HostConfigInput, resolveHostConfig } from "../config.ts";
 import {
   AGENT_USER,
   DEFAULT_IMAGE_POINTER,
@@ -22,11 +23,13 @@ import { hashFile } from "../fs/tree-digest.ts";
 import { buildServices, type Services } from "../host.ts";
 import { unsealRunners } from "../images/runner-registry.ts";
 import { migrate } from "../store/migrations.ts";
+import type { Database } from "../store/schema.ts";
 import { openSqlite } from "../store/sqlite.ts";
 import { RefusingSandboxDriver } from "./refusing-driver.ts";
 
 export interface NoRootHost {
   services: Services;
+  db: Kysely<Database>;
   driver: RefusingSandboxDriver;
   adminKey: string;
   dataDir: string;
@@ -78,11 +81,11 @@ async function placeRunner(dataDir: string): Promise<{ bundlePath: string; nodeP
  * Builds a host's services in a new temp folder, with its admin key.
  * @example const h = await startNoRootHost(); const res = await h.services.app.request("/v1/health");
  */
-export async function startNoRootHost(): Promise<NoRootHost> {
+export async function startNoRootHost(overrides: Partial<HostConfigInput> = {}): Promise<NoRootHost> {
   const dataDir = await mkdtemp(join(tmpdir(), "paddock-noroot-"));
   const logs: string[] = [];
   const log = (line: string) => logs.push(line);
-  const config = resolveHostConfig({ dataDir, port: 0, warmSandboxes: 0, schedulerTickMs: 0 });
+  const config = resolveHostConfig({ dataDir, port: 0, warmSandboxes: 0, schedulerTickMs: 0, ...overrides });
   await placeImage(config.imagesDir);
   const runnerFiles = await placeRunner(dataDir);
   const db = openSqlite(join(dataDir, "paddock.db"));
@@ -96,6 +99,7 @@ export async function startNoRootHost(): Promise<NoRootHost> {
     if (!adminKey) throw new Error("a new data folder gives an admin key");
     return {
       services,
+      db,
       driver,
       adminKey,
       dataDir,
