@@ -1,27 +1,47 @@
 /**
  * A real host with `--blobs s3://…` against the s3rver stand-in: a run's artifacts land in the
- * bucket, download through the API, and still download after the node's cache is emptied.
+ * bucket, download through the API, and still download after the node's cache is emptied; an
+ * agent's layer this node lacks is fetched from the bucket before boot, and a corrupt one fails
+ * the run with sandbox_error naming the blob.
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { isEvent } from "@paddock/protocol";
+import { removeTree } from "../fs/store-fs.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
-import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
+import {
+  hostSkipReason,
+  runAgent,
+  runEvents,
+  startTestHost,
+  type TestHost,
+  uniqueName,
+  waitForRun,
+} from "../testing/harness.ts";
 import { type S3StandIn, startS3StandIn } from "../testing/s3-stand-in.ts";
 import type { BlobStore } from "./blobs.ts";
 import { openBlobStore } from "./open-store.ts";
 
 const skip = e2eSkip(hostSkipReason());
 
+async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of items) out.push(item);
+  return out;
+}
+
 async function filesUnder(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
   return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name));
 }
 
-describe("artifacts in an S3 blob store", { skip }, () => {
+describe("a host on an S3 blob store", { skip }, () => {
   let s3: S3StandIn;
   let t: TestHost;
   let bucket: BlobStore;
@@ -30,7 +50,7 @@ describe("artifacts in an S3 blob store", { skip }, () => {
     s3 = await startS3StandIn();
     spool = await mkdtemp(join(tmpdir(), "paddock-spool-"));
     bucket = openBlobStore(s3.url, spool);
-    t = await startTestHost({ blobs: s3.url });
+    t = await startTestHost({ blobs: s3.url, warmSandboxes: 0 });
   });
   after(async () => {
     await t?.close();
@@ -70,5 +90,51 @@ describe("artifacts in an S3 blob store", { skip }, () => {
       cached.map((f) => f.split("/").at(-1)),
       [sha256],
     );
+  });
+
+  it("boots an agent whose layer this node lacks, and fails naming a corrupt layer blob", async () => {
+    const layersDir = join(t.dataDir, "layers");
+    const layersBefore = new Set(await readdir(layersDir).catch(() => []));
+    const blobsBefore = new Set((await collect(bucket.list())).map((b) => b.sha256));
+    const created = await t.api("POST", "/v1/agents", {
+      name: uniqueName("s3-layer"),
+      command: ["sh", "main.sh"],
+      files: { "main.sh": "echo from-the-layer > /outputs/out.txt\n" },
+    });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const [layer] = (await readdir(layersDir)).filter((n) => n.startsWith("sha256-") && !layersBefore.has(n));
+    const [blob] = (await collect(bucket.list())).map((b) => b.sha256).filter((b) => !blobsBefore.has(b));
+    assert.ok(layer && blob, "the agent's layer was made here and published to the bucket");
+
+    const runOnce = async () => {
+      const started = await t.api("POST", `/v1/agents/${created.body.id}/runs`, {});
+      const run = await waitForRun(t, started.body.id);
+      return { run, events: await runEvents(t, run.id) };
+    };
+    // A node that never saw the layer: it is fetched through the cache and unpacked before boot.
+    await removeTree(join(layersDir, layer));
+    await rm(join(t.dataDir, "cache"), { recursive: true, force: true });
+    const fetched = await runOnce();
+    assert.equal(fetched.run.status, "succeeded");
+    assert.ok(existsSync(join(layersDir, layer)));
+
+    const client = new S3Client({ endpoint: s3.endpoint, region: "us-east-1", forcePathStyle: true });
+    try {
+      const good = Buffer.from(await (await bucket.get(blob)).toArray().then((c) => Buffer.concat(c)));
+      await client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: `sha256/${blob}`, Body: good.subarray(1) }));
+      await removeTree(join(layersDir, layer));
+      await rm(join(t.dataDir, "cache"), { recursive: true, force: true });
+      const failed = await runOnce();
+      assert.equal(failed.run.status, "failed");
+      assert.equal(failed.run.reason, "sandbox_error");
+      const error = failed.events.find(isEvent("attempt.error"));
+      assert.match(JSON.stringify(error?.data), new RegExp(`sha256:${blob}`));
+
+      // Repaired in the bucket: the next run fetches it again.
+      await client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: `sha256/${blob}`, Body: good }));
+      assert.equal((await runOnce()).run.status, "succeeded");
+    } finally {
+      client.destroy();
+    }
   });
 });
