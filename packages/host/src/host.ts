@@ -168,6 +168,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const runnersDir = join(dataDir, "runners");
   const runners = new RunnerRegistry(db, new RunnerLayers({ runnersDir }), runnersDir, log);
   const { blobs, blobCache } = openBlobs(config);
+  env.undo.push(async () => blobs.close());
   const artifacts = new Artifacts({ db, events, blobs: blobCache });
   // With a shared store, layers made here are published to it and layers missing here fetched.
   const layerBlobs = config.blobs
@@ -417,6 +418,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
           gateway.close();
           await driver.close();
           await network.close();
+          services.blobs.close();
           await db.destroy();
           await unlock();
         })();

@@ -52,6 +52,8 @@ export interface BlobStore {
   delete(sha256: string): Promise<boolean>;
   /** Every blob whose digest starts with `prefix` (hex), in no particular order. */
   list(prefix?: string): AsyncIterable<BlobInfo>;
+  /** Lets go of connections to the store. */
+  close(): void;
 }
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;

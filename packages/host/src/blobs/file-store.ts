@@ -103,6 +103,8 @@ export class FileBlobStore implements BlobStore {
       }
     }
   }
+
+  close(): void {}
 }
 
 /** Flushes a folder's entries (a rename into it) to disk. */
