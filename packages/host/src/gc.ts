@@ -20,15 +20,17 @@ export interface GcResult {
   layers: string[];
 }
 
-/** The runner and environment layers snapshots name, with the environment layers of unfinished runs. */
+/** The runner layers, environment layers and base images snapshots and unfinished runs name. */
 async function referencedLayers(
   db: Kysely<Database>,
   snapshots: Snapshots,
-): Promise<{ runners: Set<string>; layers: Set<string> }> {
+): Promise<{ runners: Set<string>; layers: Set<string>; bases: Set<string> }> {
   const referenced = await snapshots.referenced();
   const unfinished = await db.selectFrom("runs").select("spec").where("status", "not in", TERMINAL_STATUSES).execute();
   for (const r of unfinished) {
-    for (const l of parseRunSpec(r.spec).layers) referenced.layers.add(l);
+    const spec = parseRunSpec(r.spec);
+    for (const l of spec.layers) referenced.layers.add(l);
+    referenced.bases.add(spec.image);
   }
   return referenced;
 }
@@ -56,7 +58,7 @@ export async function collectGarbage(opts: {
 
 /**
  * Mark and sweep of the shared blob store: a blob is kept while an artifact row names it, or it is
- * the packed archive of a layer a snapshot or an unfinished run names, or while it is younger than
+ * the packed archive of a layer or base image a snapshot or an unfinished run names, or while it is younger than
  * the grace period (a collector stores an artifact's blob a moment before its row is written).
  * Only one node should sweep a shared store at a time. Returns the digests deleted.
  */
@@ -69,9 +71,9 @@ export async function collectBlobGarbage(opts: {
   const keep = new Set<string>();
   const artifacts = await opts.db.selectFrom("artifacts").select("sha256").distinct().execute();
   for (const r of artifacts) keep.add(r.sha256);
-  const { layers } = await referencedLayers(opts.db, opts.snapshots);
-  for (const r of await opts.db.selectFrom("layer_blobs").select(["layer", "sha256"]).execute()) {
-    if (layers.has(r.layer)) keep.add(r.sha256);
+  const { layers, bases } = await referencedLayers(opts.db, opts.snapshots);
+  for (const r of await opts.db.selectFrom("tree_blobs").select(["kind", "digest", "sha256"]).execute()) {
+    if ((r.kind === "layer" ? layers : bases).has(r.digest)) keep.add(r.sha256);
   }
   const cutoff = Date.now() - opts.graceMs;
   const deleted: string[] = [];

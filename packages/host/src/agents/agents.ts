@@ -22,6 +22,7 @@ import {
 } from "@paddock/protocol";
 import { type Kysely, sql } from "kysely";
 import { requireConnections } from "../bridge/connections.ts";
+import { isDigest } from "../fs/layout.ts";
 import type { GatewayBudget } from "../gateway/gateway.ts";
 import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
@@ -199,14 +200,19 @@ export class Agents {
    * fetched from the shared blob store first.
    */
   async layerPaths(spec: Pick<AgentSpec, "image" | "layers">): Promise<string[]> {
+    if (isDigest(spec.image)) await this.#layerBlobs?.ensure("image", [spec.image]);
+    await this.#layerBlobs?.ensure("layer", spec.layers);
     const image = await this.#images.resolve(spec.image);
-    await this.#layerBlobs?.ensure(spec.layers);
     return [...spec.layers.map((d) => this.#layers.path(d)), image.rootfs];
   }
 
-  /** Puts layers made on this node in the shared blob store, for other nodes to boot from. */
-  async publishLayers(digests: readonly string[]): Promise<void> {
-    await this.#layerBlobs?.publish(digests);
+  /**
+   * Puts an environment's base image and layers in the shared blob store unless they are there
+   * already, for other nodes to boot from.
+   */
+  async publishEnvironment(env: { image: string; layers: readonly string[] }): Promise<void> {
+    await this.#layerBlobs?.publish("image", [env.image]);
+    await this.#layerBlobs?.publish("layer", env.layers);
   }
 
   async create(tenantId: string, body: AgentCreate): Promise<AgentRecord> {
@@ -493,7 +499,6 @@ export class Agents {
       const files = body.files ?? {};
       const hasFiles = Object.keys(files).length > 0;
       const filesLayer = hasFiles ? await this.#layers.putFiles(files) : undefined;
-      if (filesLayer) await this.publishLayers([filesLayer]);
       const bytes = filesBytes(files);
       let layers = filesLayer ? [filesLayer] : [];
       let envBytes = bytes;
@@ -555,6 +560,7 @@ export class Agents {
         { command: argv0 },
       );
     }
+    await this.publishEnvironment({ image: base, layers });
     return { def, base, layers, envBytes };
   }
 

@@ -1,14 +1,15 @@
 /**
- * Environment layers in the shared blob store, so a node that has never seen an agent can boot it:
- * a layer made here (create, update, freeze, import) is packed as a one-layer snapshot archive
- * (packSnapshot: deterministic tar, zstd) and put in the store under the archive's sha256, recorded
- * in `layer_blobs` beside the layer's digest. A node missing a layer fetches that blob through its
- * verified cache and unpacks it into its layers folder; a layer already here is used as it is.
+ * Environment layers and base images in the shared blob store, so a node that has never seen an
+ * agent can boot it: a layer made here (create, update, freeze, import) and the base image an agent
+ * is made on are each packed as a one-tree snapshot archive (packSnapshot: deterministic tar,
+ * zstd) and put in the store under the archive's sha256, recorded in `tree_blobs` beside the
+ * tree's digest. A node missing one fetches that blob through its verified cache and unpacks it
+ * into its layers or images folder; a tree already here is used as it is, with no network call.
  *
  * Threat model: the blob store is shared and not trusted. The archive's sha256 is checked by the
- * cache, and unpackSnapshot recomputes the layer's digest from the extracted files before anything
- * is moved into the layers folder; a blob that fails either is dropped from the cache and the error
- * names it, so the next attempt fetches it again.
+ * cache, and unpackSnapshot recomputes the tree's digest from the extracted files before anything
+ * is moved into place; a blob that fails either is dropped from the cache and the error names it,
+ * so the next attempt fetches it again.
  */
 import { createWriteStream } from "node:fs";
 import { mkdir, rm, stat } from "node:fs/promises";
@@ -17,19 +18,21 @@ import { AppError } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { blobUnavailable } from "../blobs/blobs.ts";
 import type { BlobCache } from "../blobs/cache.ts";
-import { isDigest } from "../fs/layout.ts";
+import { IMAGE_META, IMAGE_ROOTFS, isDigest } from "../fs/layout.ts";
 import { isErrno } from "../fs/store-fs.ts";
 import { newId } from "../store/ids.ts";
 import type { Database } from "../store/schema.ts";
 import { packSnapshot, unpackSnapshot } from "./pack-layers.ts";
 
-export const LAYER_BLOB_FORMAT = "paddock.layer.v1";
+export const TREE_BLOB_FORMAT = "paddock.tree.v1";
+
+/** An environment layer (under the layers folder) or a base image (under the images folder). */
+export type TreeKind = "layer" | "image";
 
 export interface LayerBlobsDeps {
   db: Kysely<Database>;
   cache: BlobCache;
   layersDir: string;
-  /** Where unpacking may put a base image (a layer archive holds none). */
   imagesDir: string;
   /** A local folder for archives being packed. */
   tmpDir: string;
@@ -37,68 +40,93 @@ export interface LayerBlobsDeps {
 
 export class LayerBlobs {
   readonly #deps: LayerBlobsDeps;
-  /** Fetches under way, so concurrent boots of one agent share one. */
-  readonly #fetching = new Map<string, Promise<void>>();
+  /** Packs and fetches under way, by kind and digest, so concurrent callers share one. */
+  readonly #pending = new Map<string, Promise<void>>();
 
   constructor(deps: LayerBlobsDeps) {
     this.#deps = deps;
   }
 
-  /** Puts each layer (present in the layers folder) in the blob store unless it is there already. */
-  async publish(digests: readonly string[]): Promise<void> {
-    const { db, cache, layersDir, tmpDir } = this.#deps;
+  /** Puts each tree in the blob store unless it is there already; a tree not here is fetched first. */
+  async publish(kind: TreeKind, digests: readonly string[]): Promise<void> {
     for (const digest of new Set(digests)) {
-      const known = await this.#blobOf(digest);
-      if (known && (await cache.store.head(known))) continue;
-      await mkdir(tmpDir, { recursive: true });
-      const file = join(tmpDir, newId("layer"));
-      try {
-        const tree = { digest, dir: join(layersDir, digest) };
-        await packSnapshot({ format: LAYER_BLOB_FORMAT, layer: digest }, [tree], null, createWriteStream(file));
-        const { sha256, size } = await cache.store.put({ file });
-        await db
-          .insertInto("layer_blobs")
-          .values({ layer: digest, sha256, size, created_at: Date.now() })
-          .onConflict((oc) => oc.column("layer").doUpdateSet({ sha256, size }))
-          .execute();
-      } finally {
-        await rm(file, { force: true });
-      }
+      await this.ensure(kind, [digest]);
+      await this.#once(`publish ${kind} ${digest}`, () => this.#publish(kind, digest));
     }
   }
 
   /**
-   * Makes sure every layer is in the layers folder, fetching and unpacking those that are not.
-   * Layers already here cost a stat each and nothing on the network.
+   * Makes sure every tree is here, fetching and unpacking those that are not. Trees already here
+   * cost a stat each and nothing on the network.
    */
-  async ensure(digests: readonly string[]): Promise<void> {
+  async ensure(kind: TreeKind, digests: readonly string[]): Promise<void> {
     for (const digest of digests) {
-      if (!isDigest(digest)) throw new AppError("validation_failed", `not a layer digest: ${JSON.stringify(digest)}`);
-      if (await isLayerHere(join(this.#deps.layersDir, digest))) continue;
-      let fetching = this.#fetching.get(digest);
-      if (!fetching) {
-        fetching = this.#fetch(digest).finally(() => this.#fetching.delete(digest));
-        this.#fetching.set(digest, fetching);
-      }
-      await fetching;
+      if (!isDigest(digest)) throw new AppError("validation_failed", `not a digest: ${JSON.stringify(digest)}`);
+      if (await this.#isHere(kind, digest)) continue;
+      await this.#once(`fetch ${kind} ${digest}`, () => this.#fetch(kind, digest));
     }
   }
 
-  async #blobOf(digest: string): Promise<string | null> {
+  #once(key: string, work: () => Promise<void>): Promise<void> {
+    let pending = this.#pending.get(key);
+    if (!pending) {
+      pending = work().finally(() => this.#pending.delete(key));
+      this.#pending.set(key, pending);
+    }
+    return pending;
+  }
+
+  async #isHere(kind: TreeKind, digest: string): Promise<boolean> {
+    const { layersDir, imagesDir } = this.#deps;
+    // An image is complete once its meta.json is written (the last step of every install).
+    const path = kind === "layer" ? join(layersDir, digest) : join(imagesDir, digest, IMAGE_META);
+    try {
+      await stat(path);
+      return true;
+    } catch (err) {
+      if (isErrno(err, "ENOENT")) return false;
+      throw err;
+    }
+  }
+
+  async #blobOf(kind: TreeKind, digest: string): Promise<string | null> {
     const row = await this.#deps.db
-      .selectFrom("layer_blobs")
+      .selectFrom("tree_blobs")
       .select("sha256")
-      .where("layer", "=", digest)
+      .where("kind", "=", kind)
+      .where("digest", "=", digest)
       .executeTakeFirst();
     return row?.sha256 ?? null;
   }
 
-  async #fetch(digest: string): Promise<void> {
+  async #publish(kind: TreeKind, digest: string): Promise<void> {
+    const { db, cache, layersDir, imagesDir, tmpDir } = this.#deps;
+    const known = await this.#blobOf(kind, digest);
+    if (known && (await cache.store.head(known))) return;
+    await mkdir(tmpDir, { recursive: true });
+    const file = join(tmpDir, newId("pack"));
+    try {
+      const manifest = { format: TREE_BLOB_FORMAT, [kind]: digest };
+      const out = createWriteStream(file);
+      if (kind === "layer") await packSnapshot(manifest, [{ digest, dir: join(layersDir, digest) }], null, out);
+      else await packSnapshot(manifest, [], { digest, dir: join(imagesDir, digest, IMAGE_ROOTFS) }, out);
+      const { sha256, size } = await cache.store.put({ file });
+      await db
+        .insertInto("tree_blobs")
+        .values({ kind, digest, sha256, size, created_at: Date.now() })
+        .onConflict((oc) => oc.columns(["kind", "digest"]).doUpdateSet({ sha256, size }))
+        .execute();
+    } finally {
+      await rm(file, { force: true });
+    }
+  }
+
+  async #fetch(kind: TreeKind, digest: string): Promise<void> {
     const { cache, layersDir, imagesDir } = this.#deps;
-    const sha256 = await this.#blobOf(digest);
+    const sha256 = await this.#blobOf(kind, digest);
     if (!sha256) {
-      throw new AppError("blob_unavailable", `layer ${digest} is not on this node and no blob of it was stored`, {
-        layer: digest,
+      throw new AppError("blob_unavailable", `${kind} ${digest} is not on this node and no blob of it was stored`, {
+        [kind]: digest,
       });
     }
     const file = await cache.file(sha256);
@@ -109,26 +137,21 @@ export class LayerBlobs {
         {
           check: (manifest, contents) => {
             const layers = contents.layers.map((l) => l.digest);
-            if (manifest.layer !== digest || layers.length !== 1 || layers[0] !== digest || contents.base) {
-              throw new AppError("invalid_archive", `it does not hold exactly layer ${digest}`);
+            const holds =
+              kind === "layer"
+                ? layers.length === 1 && layers[0] === digest && !contents.base
+                : layers.length === 0 && contents.base?.digest === digest;
+            if (manifest[kind] !== digest || !holds) {
+              throw new AppError("invalid_archive", `it does not hold exactly ${kind} ${digest}`);
             }
           },
         },
       );
     } catch (err) {
-      // A blob whose archive is damaged or holds another layer is dropped, to be fetched anew.
+      // A blob whose archive is damaged or holds another tree is dropped, to be fetched anew.
       await cache.evict(sha256);
       const why = err instanceof Error ? err.message : String(err);
-      throw blobUnavailable(sha256, `(layer ${digest}) could not be unpacked: ${why}`);
+      throw blobUnavailable(sha256, `(${kind} ${digest}) could not be unpacked: ${why}`);
     }
-  }
-}
-
-async function isLayerHere(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isDirectory();
-  } catch (err) {
-    if (isErrno(err, "ENOENT")) return false;
-    throw err;
   }
 }

@@ -53,7 +53,12 @@ describe("a shared blob folder", () => {
     const names = (await readdir(layersDir)).filter((n) => n.startsWith("sha256-"));
     assert.equal(names.length, 1);
     layer = names[0] as string;
-    const row = await h.db.selectFrom("layer_blobs").selectAll().where("layer", "=", layer).executeTakeFirstOrThrow();
+    const row = await h.db
+      .selectFrom("tree_blobs")
+      .selectAll()
+      .where("kind", "=", "layer")
+      .where("digest", "=", layer)
+      .executeTakeFirstOrThrow();
     layerBlob = row.sha256;
     image = (await readdir(join(h.dataDir, "images"))).find((n) => n.startsWith("sha256-")) as string;
   });
@@ -72,6 +77,20 @@ describe("a shared blob folder", () => {
     assert.equal(paths[0], join(layersDir, layer));
     assert.equal(await digestTree(join(layersDir, layer)), layer);
     assert.equal(await readFile(join(layersDir, layer, "app", "notes.txt"), "utf8"), "a file in the agent's layer\n");
+  });
+
+  it("publishes the base image an agent is made on, and fetches it back when this node lacks it", async () => {
+    const row = await h.db
+      .selectFrom("tree_blobs")
+      .selectAll()
+      .where("kind", "=", "image")
+      .where("digest", "=", image)
+      .executeTakeFirstOrThrow();
+    assert.ok(await store.head(row.sha256));
+    await removeTree(join(h.dataDir, "images", image));
+    const paths = await h.services.agents.layerPaths({ image, layers: [layer] });
+    assert.equal(paths.at(-1), join(h.dataDir, "images", image, "rootfs"));
+    assert.equal(await digestTree(join(h.dataDir, "images", image, "rootfs")), image);
   });
 
   it("fails naming the blob when the shared copy is corrupt, and fetches it again once repaired", async () => {

@@ -343,15 +343,17 @@ export interface Database {
   webhooks: WebhooksTable;
   webhook_deliveries: WebhookDeliveriesTable;
   journal: JournalTable;
-  layer_blobs: LayerBlobsTable;
+  tree_blobs: TreeBlobsTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }
 
-/** Where an environment layer is in the shared blob store: the sha256 of its packed archive. */
-export interface LayerBlobsTable {
-  /** The layer's digest (sha256-…). */
-  layer: string;
+/** Where an environment layer or base image is in the shared blob store: its packed archive's sha256. */
+export interface TreeBlobsTable {
+  /** layer | image */
+  kind: string;
+  /** The tree's digest (sha256-…). */
+  digest: string;
   sha256: string;
   size: number;
   created_at: number;
