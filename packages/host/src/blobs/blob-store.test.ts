@@ -3,6 +3,7 @@
  * loopback. Then the URL parser, and the cache in front of a store.
  */
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -10,6 +11,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { text } from "node:stream/consumers";
 import { after, before, describe, it } from "node:test";
+import { promisify } from "node:util";
 import { AppError } from "@paddock/protocol";
 import { startS3StandIn } from "../testing/s3-stand-in.ts";
 import type { BlobStore } from "./blobs.ts";
@@ -17,6 +19,7 @@ import { BlobCache } from "./cache.ts";
 import { FileBlobStore } from "./file-store.ts";
 import { openBlobStore, parseBlobsUrl } from "./open-store.ts";
 
+const run = promisify(execFile);
 const sha = (data: string | Buffer) => createHash("sha256").update(data).digest("hex");
 
 async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
@@ -142,6 +145,36 @@ for (const [name, make] of Object.entries(implementations)) {
     });
   });
 }
+
+describe("filesystem blob store shared by several processes", () => {
+  it("keeps one whole copy when processes put the same content at once", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "paddock-blobs-procs-"));
+    try {
+      // Each process writes the same 8 MiB, made from a fixed seed, through its own store object.
+      const script = [
+        `import { FileBlobStore } from ${JSON.stringify(new URL("./file-store.ts", import.meta.url).pathname)};`,
+        `import { createHash } from "node:crypto";`,
+        `import { Readable } from "node:stream";`,
+        `const chunks = Array.from({ length: 256 }, (_, i) => createHash("sha512").update(String(i)).digest());`,
+        `const data = Buffer.concat(Array.from({ length: 512 }, () => Buffer.concat(chunks)));`,
+        `const put = await new FileBlobStore(process.argv[1]).put(Readable.from([data.subarray(0, 1e6), data.subarray(1e6)]));`,
+        `process.stdout.write(put.sha256);`,
+      ].join("\n");
+      const runs = Array.from({ length: 4 }, () =>
+        run(process.execPath, ["--input-type=module", "-e", script, dir]).then((r) => r.stdout),
+      );
+      const digests = new Set(await Promise.all(runs));
+      assert.equal(digests.size, 1);
+      const digest = [...digests][0] as string;
+      const store = new FileBlobStore(dir);
+      assert.equal((await store.head(digest))?.size, 8 * 1024 * 1024);
+      assert.equal(sha(Buffer.concat(await (await store.get(digest)).toArray())), digest);
+      assert.deepEqual(await readdir(join(dir, "tmp")), [], "no temp file is left behind");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe("blobs URLs", () => {
   it("names a folder or a bucket, never credentials", () => {
