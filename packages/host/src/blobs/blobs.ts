@@ -76,6 +76,14 @@ export function blobUnavailable(sha256: string, why: string): AppError {
   return new AppError("blob_unavailable", `blob sha256:${sha256} ${why}`, { sha256 });
 }
 
+/** The error for content that is not the digest it was to be stored under. */
+export function digestMismatch(expected: string, actual: string): AppError {
+  return new AppError("blob_digest_mismatch", `content has sha256:${actual}, not sha256:${expected}`, {
+    expected,
+    actual,
+  });
+}
+
 export function sourceStream(source: BlobSource): Readable {
   return "file" in source ? createReadStream(source.file) : source;
 }
@@ -109,12 +117,7 @@ export async function writeVerified(
       out,
     );
     const sha256 = digest.digest("hex");
-    if (expected !== undefined && sha256 !== expected) {
-      throw new AppError("blob_digest_mismatch", `content has sha256:${sha256}, not sha256:${expected}`, {
-        expected,
-        actual: sha256,
-      });
-    }
+    if (expected !== undefined && sha256 !== expected) throw digestMismatch(expected, sha256);
     return { sha256, size };
   } catch (err) {
     await rm(path, { force: true });

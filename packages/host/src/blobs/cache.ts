@@ -65,6 +65,7 @@ export class BlobCache {
     }
     const digest = createHash("sha256");
     const evict = () => this.evict(sha256);
+    const where = this.#local ? this.store.location : "this node's cache, and was dropped";
     const check = new Transform({
       transform(chunk: Buffer, _enc, done) {
         digest.update(chunk);
@@ -73,10 +74,7 @@ export class BlobCache {
       flush(done) {
         const got = digest.digest("hex");
         if (got === sha256) return done();
-        evict().then(
-          () => done(blobUnavailable(sha256, `was corrupt in this node's cache (sha256:${got}); it was dropped`)),
-          done,
-        );
+        evict().then(() => done(blobUnavailable(sha256, `holds content of sha256:${got} in ${where}`)), done);
       },
     });
     const source = createReadStream(path);

@@ -17,7 +17,6 @@ import {
   type S3ClientConfig,
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
-import { AppError } from "@paddock/protocol";
 import { newId } from "../store/ids.ts";
 import {
   type BlobInfo,
@@ -27,6 +26,7 @@ import {
   blobUnavailable,
   checkDigestPrefix,
   checkSha256,
+  digestMismatch,
   type PutOptions,
   sha256OfFile,
   writeVerified,
@@ -94,11 +94,7 @@ export class S3BlobStore implements BlobStore {
       }
       written = { sha256: await sha256OfFile(file), size };
       if (options.sha256 !== undefined && written.sha256 !== checkSha256(options.sha256)) {
-        throw new AppError(
-          "blob_digest_mismatch",
-          `content has sha256:${written.sha256}, not sha256:${options.sha256}`,
-          { expected: options.sha256, actual: written.sha256 },
-        );
+        throw digestMismatch(options.sha256, written.sha256);
       }
     } else {
       await mkdir(this.#tmpDir, { recursive: true });
