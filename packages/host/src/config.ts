@@ -49,6 +49,8 @@ export const HostConfig = z
         }
       })
       .optional(),
+    /** This node's copies of shared blobs are trimmed to this size at start, least used first (default 20 GiB). */
+    blobCacheMb: z.number().int().min(0).default(20_480),
     /** Shared blobs nothing references are deleted once older than this (default one hour). */
     blobGraceMs: z.number().int().min(0).default(3_600_000),
     maxConcurrentRuns: z.number().int().min(1).default(32),

@@ -368,6 +368,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       graceMs: config.blobGraceMs,
     });
     if (swept.length > 0) log(`removed ${swept.length} unreferenced blob(s) from ${services.blobs.location}`);
+    const trimmed = await services.blobCache.trim(config.blobCacheMb * 1024 * 1024);
+    if (trimmed.length > 0) log(`dropped ${trimmed.length} least used blob(s) from this node's cache`);
     const adminKey = await identity.bootstrap();
     const adminKeyPath = join(dataDir, "admin.key");
     if (adminKey) {

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -242,6 +242,22 @@ describe("blob cache", () => {
     // Repaired in the store: the next read fetches it.
     await store.put(Readable.from([Buffer.from("original")]));
     assert.equal(await text(await cache.open(sha256)), "original");
+  });
+
+  it("trims itself to a size, least recently used first", async () => {
+    const cache = new BlobCache({ store, dir: join(dir, "cache-d") });
+    const digests: string[] = [];
+    for (const [i, text] of ["first blob", "second blob", "third blob"].entries()) {
+      const { sha256 } = await store.put(Readable.from([Buffer.from(text)]));
+      const path = await cache.file(sha256);
+      const when = new Date(Date.now() - (10 - i) * 60_000);
+      await utimes(path, when, when);
+      digests.push(sha256);
+    }
+    // Reading the first makes it the most recently used.
+    await cache.file(digests[0] as string);
+    assert.deepEqual(await cache.trim(Buffer.byteLength("first blob") + Buffer.byteLength("third blob")), [digests[1]]);
+    assert.deepEqual(await cache.trim(0), [digests[2], digests[0]]);
   });
 
   it("reads a node's own folder in place", async () => {

@@ -9,7 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, stat, utimes } from "node:fs/promises";
 import { join } from "node:path";
 import { type Readable, Transform } from "node:stream";
 import { AppError } from "@paddock/protocol";
@@ -17,6 +17,9 @@ import { isErrno } from "../fs/store-fs.ts";
 import { newId } from "../store/ids.ts";
 import { type BlobStore, type ByteRange, blobUnavailable, checkSha256, writeVerified } from "./blobs.ts";
 import type { FileBlobStore } from "./file-store.ts";
+
+/** Downloads older than this were left by a crash. */
+const STALE_DOWNLOAD_MS = 60 * 60 * 1000;
 
 export class BlobCache {
   readonly store: BlobStore;
@@ -44,7 +47,12 @@ export class BlobCache {
       return this.#local.path(sha256);
     }
     const path = this.#path(sha256);
-    if (await exists(path)) return path;
+    if (await exists(path)) {
+      // The write time marks the last use, for trim().
+      const now = new Date();
+      await utimes(path, now, now).catch(() => {});
+      return path;
+    }
     let fetching = this.#fetching.get(sha256);
     if (!fetching) {
       fetching = this.#fetch(sha256, path).finally(() => this.#fetching.delete(sha256));
@@ -80,6 +88,37 @@ export class BlobCache {
     const source = createReadStream(path);
     source.on("error", (err) => check.destroy(err));
     return source.pipe(check);
+  }
+
+  /**
+   * Keeps the cache under `maxBytes`, dropping the copies used least recently first, and removes
+   * downloads a crash left half done. Returns the digests dropped.
+   */
+  async trim(maxBytes: number): Promise<string[]> {
+    if (this.#local || this.#dir === null) return [];
+    const dir = this.#dir;
+    const stale = Date.now() - STALE_DOWNLOAD_MS;
+    for (const name of await readdir(join(dir, "tmp")).catch(() => [] as string[])) {
+      const st = await stat(join(dir, "tmp", name)).catch(() => null);
+      if (st && st.mtimeMs < stale) await rm(join(dir, "tmp", name), { force: true });
+    }
+    const entries: { sha256: string; size: number; usedMs: number }[] = [];
+    for (const folder of await readdir(dir).catch(() => [] as string[])) {
+      if (!/^[0-9a-f]{2}$/.test(folder)) continue;
+      for (const name of await readdir(join(dir, folder))) {
+        const st = await stat(join(dir, folder, name)).catch(() => null);
+        if (st?.isFile() && name.startsWith(folder)) entries.push({ sha256: name, size: st.size, usedMs: st.mtimeMs });
+      }
+    }
+    let total = entries.reduce((n, e) => n + e.size, 0);
+    const dropped: string[] = [];
+    for (const e of entries.sort((a, b) => a.usedMs - b.usedMs)) {
+      if (total <= maxBytes) break;
+      await this.evict(e.sha256);
+      total -= e.size;
+      dropped.push(e.sha256);
+    }
+    return dropped;
   }
 
   /** Drops the local copy (a no-op when blobs are read in place). */
