@@ -68,19 +68,29 @@ export async function collectBlobGarbage(opts: {
   blobs: BlobStore;
   graceMs: number;
 }): Promise<string[]> {
-  const keep = new Set<string>();
-  const artifacts = await opts.db.selectFrom("artifacts").select("sha256").distinct().execute();
-  for (const r of artifacts) keep.add(r.sha256);
-  const { layers, bases } = await referencedLayers(opts.db, opts.snapshots);
-  for (const r of await opts.db.selectFrom("tree_blobs").select(["kind", "digest", "sha256"]).execute()) {
-    if ((r.kind === "layer" ? layers : bases).has(r.digest)) keep.add(r.sha256);
-  }
   const cutoff = Date.now() - opts.graceMs;
-  const deleted: string[] = [];
+  const before = await referencedBlobs(opts.db, opts.snapshots);
+  const candidates: string[] = [];
   for await (const blob of opts.blobs.list()) {
-    if (keep.has(blob.sha256) || blob.modifiedMs > cutoff) continue;
-    // Marked before the listing: a blob referenced since then is younger than the grace period.
-    if (await opts.blobs.delete(blob.sha256)) deleted.push(blob.sha256);
+    if (!before.has(blob.sha256) && blob.modifiedMs <= cutoff) candidates.push(blob.sha256);
+  }
+  // Marked again after the listing: an old blob that something came to name meanwhile (a layer
+  // published again, an artifact of the same content) is kept.
+  const after = await referencedBlobs(opts.db, opts.snapshots);
+  const deleted: string[] = [];
+  for (const sha256 of candidates) {
+    if (!after.has(sha256) && (await opts.blobs.delete(sha256))) deleted.push(sha256);
   }
   return deleted;
+}
+
+/** The blobs artifacts name, and the packed layers and base images snapshots or unfinished runs name. */
+async function referencedBlobs(db: Kysely<Database>, snapshots: Snapshots): Promise<Set<string>> {
+  const keep = new Set<string>();
+  for (const r of await db.selectFrom("artifacts").select("sha256").distinct().execute()) keep.add(r.sha256);
+  const { layers, bases } = await referencedLayers(db, snapshots);
+  for (const r of await db.selectFrom("tree_blobs").select(["kind", "digest", "sha256"]).execute()) {
+    if ((r.kind === "layer" ? layers : bases).has(r.digest)) keep.add(r.sha256);
+  }
+  return keep;
 }
