@@ -240,7 +240,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
       events,
       snapshots: agents.snapshots,
       driver,
-      blobs,
+      blobs: blobCache,
       artifacts,
       resolveLayers: (spec) => agents.layerPaths(spec),
       currentRunner: () => runners.current(),

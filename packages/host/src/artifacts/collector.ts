@@ -51,7 +51,11 @@ export function contentTypeOf(path: string): string {
   return TYPES[ext] ?? "application/octet-stream";
 }
 
-export async function collectOutputs(root: string, blobs: BlobStore, maxBytes: number): Promise<CollectResult> {
+export async function collectOutputs(
+  root: string,
+  blobs: Pick<BlobStore, "put">,
+  maxBytes: number,
+): Promise<CollectResult> {
   const result: CollectResult = { files: [], skipped: [], skippedCount: 0 };
   let total = 0;
   let walked = 0;

@@ -244,6 +244,19 @@ describe("blob cache", () => {
     assert.equal(await text(await cache.open(sha256)), "original");
   });
 
+  it("keeps its own copy of what it puts", async () => {
+    const cache = new BlobCache({ store, dir: join(dir, "cache-e") });
+    const { sha256 } = await cache.put(Readable.from([Buffer.from("written here")]));
+    assert.ok(await store.head(sha256));
+    await store.delete(sha256);
+    assert.equal(await text(await cache.open(sha256)), "written here");
+    await assert.rejects(
+      cache.put(Readable.from([Buffer.from("x")]), { sha256: sha("y") }),
+      isBlobError("blob_digest_mismatch", ""),
+    );
+    assert.deepEqual(await readdir(join(dir, "cache-e", "tmp")), []);
+  });
+
   it("trims itself to a size, least recently used first", async () => {
     const cache = new BlobCache({ store, dir: join(dir, "cache-d") });
     const digests: string[] = [];

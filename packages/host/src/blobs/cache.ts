@@ -15,7 +15,15 @@ import { type Readable, Transform } from "node:stream";
 import { AppError } from "@paddock/protocol";
 import { isErrno } from "../fs/store-fs.ts";
 import { newId } from "../store/ids.ts";
-import { type BlobStore, type ByteRange, blobUnavailable, checkSha256, writeVerified } from "./blobs.ts";
+import {
+  type BlobSource,
+  type BlobStore,
+  type ByteRange,
+  blobUnavailable,
+  checkSha256,
+  type PutOptions,
+  writeVerified,
+} from "./blobs.ts";
 import type { FileBlobStore } from "./file-store.ts";
 
 /** Downloads older than this were left by a crash. */
@@ -59,6 +67,23 @@ export class BlobCache {
       this.#fetching.set(sha256, fetching);
     }
     return fetching;
+  }
+
+  /**
+   * Stores content in the shared store and keeps this node's verified copy of it, so the node that
+   * wrote a blob never downloads it again. The digest is computed as the content streams in.
+   */
+  async put(source: BlobSource, options: PutOptions = {}): Promise<{ sha256: string; size: number }> {
+    if (this.#local) return this.#local.put(source, options);
+    const tmp = await this.#tempFile("put");
+    try {
+      const written = await writeVerified(source, tmp, options);
+      await this.store.put({ file: tmp }, { sha256: written.sha256 });
+      await this.#keep(tmp, written.sha256);
+      return written;
+    } finally {
+      await rm(tmp, { force: true });
+    }
   }
 
   /**
@@ -132,11 +157,7 @@ export class BlobCache {
   }
 
   async #fetch(sha256: string, path: string): Promise<string> {
-    const dir = this.#dir ?? "";
-    const tmpDir = join(dir, "tmp");
-    await mkdir(tmpDir, { recursive: true });
-    await mkdir(join(dir, sha256.slice(0, 2)), { recursive: true });
-    const tmp = join(tmpDir, newId("get"));
+    const tmp = await this.#tempFile("get");
     try {
       await writeVerified(await this.store.get(sha256), tmp, { sha256 });
     } catch (err) {
@@ -145,8 +166,21 @@ export class BlobCache {
       }
       throw err;
     }
-    await rename(tmp, path);
+    await this.#keep(tmp, sha256);
     return path;
+  }
+
+  /** A fresh name for a download or upload under way, beside the entries. */
+  async #tempFile(kind: string): Promise<string> {
+    const tmpDir = join(this.#dir ?? "", "tmp");
+    await mkdir(tmpDir, { recursive: true });
+    return join(tmpDir, newId(kind));
+  }
+
+  /** Moves a verified temp file into place as the entry for `sha256`. */
+  async #keep(tmp: string, sha256: string): Promise<void> {
+    await mkdir(join(this.#dir ?? "", sha256.slice(0, 2)), { recursive: true });
+    await rename(tmp, this.#path(sha256));
   }
 }
 

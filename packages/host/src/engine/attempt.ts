@@ -42,7 +42,8 @@ export const MAX_EVENTS_PER_ATTEMPT = 10_000;
 export interface AttemptDeps {
   driver: SandboxDriver;
   events: EventLog;
-  blobs: BlobStore;
+  /** Where collected artifacts' content goes: the shared store, through this node's cache. */
+  blobs: Pick<BlobStore, "put">;
   /** Host paths of the spec's layers, top first, base rootfs last. */
   resolveLayers(spec: AgentSpec): Promise<string[]>;
   /** The runner every boot mounts, whatever runner the snapshot names. */
