@@ -1,8 +1,8 @@
 /**
  * A real host with `--blobs s3://…` against the s3rver stand-in: a run's artifacts land in the
  * bucket, download through the API, and still download after the node's cache is emptied; an
- * agent's layer this node lacks is fetched from the bucket before boot, and a corrupt one fails
- * the run with sandbox_error naming the blob.
+ * agent's layer this node lacks (made at create or by a freeze) is fetched from the bucket before
+ * boot, and a corrupt one fails the run with sandbox_error naming the blob.
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -136,5 +136,33 @@ describe("a host on an S3 blob store", { skip }, () => {
     } finally {
       client.destroy();
     }
+  });
+
+  it("publishes a frozen layer, which a node that lacks it fetches before boot", async () => {
+    const created = await t.api("POST", "/v1/agents", {
+      name: uniqueName("s3-freeze"),
+      command: ["sh", "-c", "cat /srv/frozen.txt > /outputs/out.txt"],
+    });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const id = created.body.id;
+    assert.equal((await t.api("POST", `/v1/agents/${id}/env/session`, {})).status, 201);
+    const exec = await t.api("POST", `/v1/agents/${id}/env/session/exec`, {
+      argv: ["sh", "-c", "mkdir -p /srv && echo frozen-here > /srv/frozen.txt"],
+    });
+    assert.equal(exec.status, 200, JSON.stringify(exec.body));
+    const blobsBefore = new Set((await collect(bucket.list())).map((b) => b.sha256));
+    const frozen = await t.api("POST", `/v1/agents/${id}/env/freeze`, {});
+    assert.equal(frozen.status, 201, JSON.stringify(frozen.body));
+    const layer = frozen.body.snapshot.changes.layer as string;
+    const added = (await collect(bucket.list())).filter((b) => !blobsBefore.has(b.sha256));
+    assert.equal(added.length, 1, "the frozen layer is packed into the bucket");
+
+    await removeTree(join(t.dataDir, "layers", layer));
+    await rm(join(t.dataDir, "cache"), { recursive: true, force: true });
+    const started = await t.api("POST", `/v1/agents/${id}/runs`, {});
+    const run = await waitForRun(t, started.body.id);
+    assert.equal(run.status, "succeeded");
+    const [out] = (await t.api("GET", `/v1/runs/${run.id}/artifacts`)).body.data;
+    assert.equal(out.sha256, createHash("sha256").update("frozen-here\n").digest("hex"));
   });
 });
