@@ -47,7 +47,8 @@ const implementations: Record<string, () => Promise<Fixture>> = {
     const s3 = await startS3StandIn();
     const spool = await mkdtemp(join(tmpdir(), "paddock-spool-"));
     return {
-      store: openBlobStore(s3.url, spool),
+      // Under a key prefix, as a bucket shared with other data would be used.
+      store: openBlobStore(s3.url.replace("?", "/paddock/blobs?"), spool),
       stop: async () => {
         await s3.stop();
         await rm(spool, { recursive: true, force: true });
