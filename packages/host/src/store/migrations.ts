@@ -443,7 +443,7 @@ async function rebuildAgentsWithoutNameConstraint(db: Kysely<any>): Promise<void
   }
 }
 
-migrations["0008_tree_blobs"] = {
+migrations["0010_tree_blobs"] = {
   // Environment layers and base images packed into the shared blob store, by kind and digest.
   // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
   async up(db: Kysely<any>) {
