@@ -25,6 +25,11 @@ export interface S3StandIn {
   stop(): Promise<void>;
 }
 
+function restore(name: string, value: string | undefined): void {
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
+}
+
 /** s3rver's fixed credentials, which it checks signatures against. */
 const KEY = "S3RVER";
 
@@ -37,9 +42,12 @@ export async function startS3StandIn(bucket = "paddock-test"): Promise<S3StandIn
   const directory = await mkdtemp(join(tmpdir(), "paddock-s3-"));
   const server = new S3rver({ address: "127.0.0.1", port: 0, silent: true, directory });
   let running = false;
+  const previous = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY };
   const stop = async () => {
     if (running) await server.close();
     running = false;
+    restore("AWS_ACCESS_KEY_ID", previous.id);
+    restore("AWS_SECRET_ACCESS_KEY", previous.secret);
     await rm(directory, { recursive: true, force: true });
   };
   try {
