@@ -25,6 +25,8 @@ describe("host configuration", () => {
     assert.deepEqual(config.egressTrustedAddresses, []);
     assert.equal(config.schedulerTickMs, 1000);
     assert.equal(config.llmTenantLimits, undefined);
+    assert.equal(config.blobs, undefined);
+    assert.equal(config.blobGraceMs, 3_600_000);
   });
 
   it("takes the node's settings, with the sandbox range from either key", () => {
@@ -73,5 +75,10 @@ describe("host configuration", () => {
       /maxLimits\.memory_mb/,
     );
     assert.throws(() => resolveHostConfig({ dataDir: "", port: 1 }), /dataDir/);
+    assert.throws(
+      () => resolveHostConfig({ dataDir: "/d", port: 1, blobs: "s3://KEY:SECRET@bucket" }),
+      (err: Error) => /must not carry credentials[\s\S]*at blobs/.test(err.message) && !err.message.includes("SECRET"),
+    );
+    assert.equal(resolveHostConfig({ dataDir: "/d", port: 1, blobs: "file:///shared" }).blobs, "file:///shared");
   });
 });

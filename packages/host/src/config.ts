@@ -6,6 +6,7 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { Limits } from "@paddock/protocol";
 import { z } from "zod";
+import { parseBlobsUrl } from "./blobs/open-store.ts";
 import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
 import { NODE_ID } from "./nodes/nodes.ts";
 import { DEFAULT_RANGE } from "./sandbox/linux/network.ts";
@@ -36,6 +37,24 @@ export const HostConfig = z
     listen: z.string().min(1).default("127.0.0.1"),
     /** Where base images live; default <dataDir>/images. */
     imagesDir: z.string().min(1).optional(),
+    /**
+     * The shared blob store (artifacts, packed layers): file:///FOLDER or
+     * s3://BUCKET?endpoint=…&region=…&force_path_style=…; default the data folder's own blobs/.
+     */
+    blobs: z
+      .string()
+      .superRefine((url, ctx) => {
+        try {
+          parseBlobsUrl(url);
+        } catch (err) {
+          ctx.addIssue({ code: "custom", message: err instanceof Error ? err.message : String(err) });
+        }
+      })
+      .optional(),
+    /** This node's copies of shared blobs are trimmed to this size at start, least used first (default 20 GiB). */
+    blobCacheMb: z.number().int().min(0).default(20_480),
+    /** Shared blobs nothing references are deleted once older than this (default one hour). */
+    blobGraceMs: z.number().int().min(0).default(3_600_000),
     /** Root runs at once on this node (`serve --max-runs`). */
     maxConcurrentRuns: z.number().int().min(1).default(32),
     /** Which SQL the store speaks; default the embedded SQLite. */

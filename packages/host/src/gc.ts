@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import type { Snapshots } from "./agents/snapshots.ts";
+import type { BlobStore } from "./blobs/blobs.ts";
 import { removeTree } from "./fs/store-fs.ts";
 import type { RunnerRegistry } from "./images/runner-registry.ts";
 import type { Database } from "./store/schema.ts";
@@ -19,6 +20,21 @@ export interface GcResult {
   layers: string[];
 }
 
+/** The runner layers, environment layers and base images snapshots and unfinished runs name. */
+async function referencedLayers(
+  db: Kysely<Database>,
+  snapshots: Snapshots,
+): Promise<{ runners: Set<string>; layers: Set<string>; bases: Set<string> }> {
+  const referenced = await snapshots.referenced();
+  const unfinished = await db.selectFrom("runs").select("spec").where("status", "not in", TERMINAL_STATUSES).execute();
+  for (const r of unfinished) {
+    const spec = parseRunSpec(r.spec);
+    for (const l of spec.layers) referenced.layers.add(l);
+    referenced.bases.add(spec.image);
+  }
+  return referenced;
+}
+
 export async function collectGarbage(opts: {
   db: Kysely<Database>;
   snapshots: Snapshots;
@@ -26,15 +42,7 @@ export async function collectGarbage(opts: {
   layersDir: string;
   graceMs?: number;
 }): Promise<GcResult> {
-  const referenced = await opts.snapshots.referenced();
-  const unfinished = await opts.db
-    .selectFrom("runs")
-    .select("spec")
-    .where("status", "not in", TERMINAL_STATUSES)
-    .execute();
-  for (const r of unfinished) {
-    for (const l of parseRunSpec(r.spec).layers) referenced.layers.add(l);
-  }
+  const referenced = await referencedLayers(opts.db, opts.snapshots);
   const runners = await opts.runners.gc(referenced.runners);
   const layers: string[] = [];
   const cutoff = Date.now() - (opts.graceMs ?? 3_600_000);
@@ -46,4 +54,43 @@ export async function collectGarbage(opts: {
     layers.push(name);
   }
   return { runners, layers };
+}
+
+/**
+ * Mark and sweep of the shared blob store: a blob is kept while an artifact row names it, or it is
+ * the packed archive of a layer or base image a snapshot or an unfinished run names, or while it is younger than
+ * the grace period (a collector stores an artifact's blob a moment before its row is written).
+ * Only one node should sweep a shared store at a time. Returns the digests deleted.
+ */
+export async function collectBlobGarbage(opts: {
+  db: Kysely<Database>;
+  snapshots: Snapshots;
+  blobs: BlobStore;
+  graceMs: number;
+}): Promise<string[]> {
+  const cutoff = Date.now() - opts.graceMs;
+  const before = await referencedBlobs(opts.db, opts.snapshots);
+  const candidates: string[] = [];
+  for await (const blob of opts.blobs.list()) {
+    if (!before.has(blob.sha256) && blob.modifiedMs <= cutoff) candidates.push(blob.sha256);
+  }
+  // Marked again after the listing: an old blob that something came to name meanwhile (a layer
+  // published again, an artifact of the same content) is kept.
+  const after = await referencedBlobs(opts.db, opts.snapshots);
+  const deleted: string[] = [];
+  for (const sha256 of candidates) {
+    if (!after.has(sha256) && (await opts.blobs.delete(sha256))) deleted.push(sha256);
+  }
+  return deleted;
+}
+
+/** The blobs artifacts name, and the packed layers and base images snapshots or unfinished runs name. */
+async function referencedBlobs(db: Kysely<Database>, snapshots: Snapshots): Promise<Set<string>> {
+  const keep = new Set<string>();
+  for (const r of await db.selectFrom("artifacts").select("sha256").distinct().execute()) keep.add(r.sha256);
+  const { layers, bases } = await referencedLayers(db, snapshots);
+  for (const r of await db.selectFrom("tree_blobs").select(["kind", "digest", "sha256"]).execute()) {
+    if ((r.kind === "layer" ? layers : bases).has(r.digest)) keep.add(r.sha256);
+  }
+  return keep;
 }

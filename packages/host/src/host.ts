@@ -14,12 +14,16 @@ import type { OpenAPIHono } from "@hono/zod-openapi";
 import { AppError } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { Agents, runSpec } from "./agents/agents.ts";
+import { LayerBlobs } from "./agents/layer-blobs.ts";
 import { archiveLimits, SnapshotArchives } from "./agents/snapshot-archive.ts";
 import { createApi } from "./api/app.ts";
 import type { ApiEnv } from "./api/http.ts";
 import { attachShellSocket } from "./api/shell-socket.ts";
 import { Artifacts } from "./artifacts/artifacts.ts";
-import { BlobStore } from "./artifacts/blob-store.ts";
+import type { BlobStore } from "./blobs/blobs.ts";
+import { BlobCache } from "./blobs/cache.ts";
+import { FileBlobStore } from "./blobs/file-store.ts";
+import { openBlobStore } from "./blobs/open-store.ts";
 import { Bridge } from "./bridge/bridge.ts";
 import { Connections } from "./bridge/connections.ts";
 import { LiveSandboxes } from "./bridge/live.ts";
@@ -33,7 +37,7 @@ import { AGENT_USER } from "./fs/layout.ts";
 import { Gateway } from "./gateway/gateway.ts";
 import { Ledger } from "./gateway/ledger.ts";
 import { Providers } from "./gateway/providers.ts";
-import { collectGarbage } from "./gc.ts";
+import { collectBlobGarbage, collectGarbage } from "./gc.ts";
 import { Identity } from "./identity/identity.ts";
 import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
@@ -101,6 +105,9 @@ export interface Services {
   runs: RunRepository;
   runners: RunnerRegistry;
   artifacts: Artifacts;
+  /** The shared blob store, and this node's verified copy of it. */
+  blobs: BlobStore;
+  blobCache: BlobCache;
   engine: Engine;
   scheduler: Scheduler;
   nodes: Nodes;
@@ -138,6 +145,20 @@ async function lock(dataDir: string): Promise<() => Promise<void>> {
 }
 
 /**
+ * The blob store `--blobs` names and a verified cache of it under DATA/cache/blobs; without it,
+ * DATA/blobs, read in place.
+ */
+function openBlobs(config: HostConfig): { blobs: BlobStore; blobCache: BlobCache } {
+  if (!config.blobs) {
+    const local = new FileBlobStore(join(config.dataDir, "blobs"));
+    return { blobs: local, blobCache: new BlobCache({ store: local, inPlace: true }) };
+  }
+  const dir = join(config.dataDir, "cache", "blobs");
+  const blobs = openBlobStore(config.blobs, join(dir, "tmp"));
+  return { blobs, blobCache: new BlobCache({ store: blobs, dir }) };
+}
+
+/**
  * Builds every service of a host over a migrated store, and the API over them. Nothing here
  * needs root or Linux unless `env.network` is given: then the bridge listens on the host side
  * of the sandboxes' links.
@@ -156,9 +177,20 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: AGENT_USER.uid, gid: AGENT_USER.gid });
   const runnersDir = join(dataDir, "runners");
   const runners = new RunnerRegistry(db, new RunnerLayers({ runnersDir }), runnersDir, log);
-  const blobs = new BlobStore(join(dataDir, "blobs"));
-  const artifacts = new Artifacts({ db, events, blobs });
-  const agents = new Agents(db, images, layers, runners, maxLimits);
+  const { blobs, blobCache } = openBlobs(config);
+  env.undo.push(async () => blobs.close());
+  const artifacts = new Artifacts({ db, events, blobs: blobCache });
+  // With a shared store, layers made here are published to it and layers missing here fetched.
+  const layerBlobs = config.blobs
+    ? new LayerBlobs({
+        db,
+        cache: blobCache,
+        layersDir: layers.layersDir,
+        imagesDir: config.imagesDir,
+        tmpDir: join(dataDir, "cache", "packing"),
+      })
+    : null;
+  const agents = new Agents(db, images, layers, runners, maxLimits, layerBlobs);
   const archives = new SnapshotArchives({ db, agents, images, layers, runners }, archiveLimits(maxLimits));
   const connections = new Connections(db);
   const { vault, source: keySource } = await openVault({
@@ -219,7 +251,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
       snapshots: agents.snapshots,
       nodes,
       driver,
-      blobs,
+      blobs: blobCache,
       artifacts,
       resolveLayers: (spec) => agents.layerPaths(spec),
       currentRunner: () => runners.current(),
@@ -291,6 +323,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     runs,
     runners,
     artifacts,
+    blobs,
+    blobCache,
     engine,
     scheduler,
     nodes,
@@ -356,7 +390,16 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       if (gc.runners.length + gc.layers.length > 0) {
         log(`removed ${gc.runners.length} unused runner layer(s) and ${gc.layers.length} environment layer(s)`);
       }
+      const swept = await collectBlobGarbage({
+        db,
+        snapshots: agents.snapshots,
+        blobs: services.blobs,
+        graceMs: config.blobGraceMs,
+      });
+      if (swept.length > 0) log(`removed ${swept.length} unreferenced blob(s) from ${services.blobs.location}`);
     }
+    const trimmed = await services.blobCache.trim(config.blobCacheMb * 1024 * 1024);
+    if (trimmed.length > 0) log(`dropped ${trimmed.length} least used blob(s) from this node's cache`);
     const adminKey = await identity.bootstrap();
     const adminKeyPath = join(dataDir, "admin.key");
     if (adminKey) {
@@ -408,6 +451,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
           gateway.close();
           await driver.close();
           await network.close();
+          services.blobs.close();
           await leader.release();
           await nodes.stop(nodeId);
           await db.destroy();

@@ -68,6 +68,15 @@ export const ERROR_CODES = {
     status: 503,
     message: "This host cannot start sandboxes at the moment; its log says why.",
   },
+  blob_unavailable: {
+    status: 503,
+    message:
+      "A blob is missing from the blob store or does not match its digest; the bad copy was dropped and the next attempt fetches it again.",
+  },
+  blob_digest_mismatch: {
+    status: 422,
+    message: "The content's sha256 is not the digest it was stored under; nothing was stored.",
+  },
   image_not_ready: {
     status: 503,
     message: "The environment image is not built yet; run 'paddock images build-base'.",

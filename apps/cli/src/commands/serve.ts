@@ -12,6 +12,7 @@ export const serve: Command = {
                      [--node-id NAME] [--sandbox-cidr CIDR] [--max-runs N] [--internal-url URL]
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
+                     [--blobs URL]
 
 Runs the host: the HTTP API, the run engine and the sandboxes. On the first start of a data
 folder it creates the admin API key, prints it once and writes it to DIR/admin.key.
@@ -44,7 +45,13 @@ Options:
                     an earlier master key (repeatable): what it sealed is re-sealed under
                     the master key at start, after which it is no longer needed
   --llm-rpm N       LLM calls per minute each tenant may make through the gateway
-  --llm-tpm N       LLM tokens per minute each tenant may use (input bound plus output asked)`,
+  --llm-tpm N       LLM tokens per minute each tenant may use (input bound plus output asked)
+  --blobs URL       the blob store shared by every node, for artifacts and packed layers:
+                    file:///FOLDER (a local or NFS folder) or
+                    s3://BUCKET[/PREFIX]?endpoint=URL&region=NAME&force_path_style=true
+                    (AWS S3, MinIO, Ceph, R2; credentials from the AWS environment or
+                    credential files, never the URL). Each node keeps a verified copy of
+                    what it reads in DIR/cache/blobs. Default: DIR/blobs`,
   async run(argv, ctx) {
     const { values } = parseLocalCommand(argv, {
       command: "serve",
@@ -62,6 +69,7 @@ Options:
         "old-master-key-file": { type: "string", multiple: true },
         "llm-rpm": { type: "string" },
         "llm-tpm": { type: "string" },
+        blobs: { type: "string" },
       },
     });
     const port = parseNumber(values.port, "port") ?? DEFAULT_PORT;
@@ -80,6 +88,7 @@ Options:
       ...(values["sandbox-cidr"] ? { sandboxCidr: values["sandbox-cidr"] } : {}),
       ...(maxRuns !== undefined ? { maxConcurrentRuns: maxRuns } : {}),
       ...(values["internal-url"] ? { internalUrl: values["internal-url"] } : {}),
+      ...(values.blobs ? { blobs: values.blobs } : {}),
       ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),
       ...(values["master-key-file"] ? { masterKeyFile: absolute(values["master-key-file"]) } : {}),
       ...(values["old-master-key-file"]

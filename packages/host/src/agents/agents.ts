@@ -22,6 +22,7 @@ import {
 } from "@paddock/protocol";
 import { type Kysely, sql } from "kysely";
 import { requireConnections } from "../bridge/connections.ts";
+import { isDigest } from "../fs/layout.ts";
 import type { GatewayBudget } from "../gateway/gateway.ts";
 import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
@@ -31,6 +32,7 @@ import { RUNNER_NODE_PATH, RUNNER_SDK } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
 import { parseAgentDefinition, parseLayerDigests } from "../store/stored.ts";
+import type { LayerBlobs } from "./layer-blobs.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
 
 /** An agent row with its current snapshot. */
@@ -163,6 +165,7 @@ export class Agents {
   readonly #images: ImageStore;
   readonly #layers: LayerStore;
   readonly #runners: RunnerRegistry;
+  readonly #layerBlobs: LayerBlobs | null;
   readonly snapshots: Snapshots;
 
   readonly #maxLimits: Limits;
@@ -175,8 +178,11 @@ export class Agents {
     layers: LayerStore,
     runners: RunnerRegistry,
     maxLimits: Limits,
+    /** Layers in a blob store shared with other nodes; null when this node is alone. */
+    layerBlobs: LayerBlobs | null = null,
   ) {
     this.#maxLimits = maxLimits;
+    this.#layerBlobs = layerBlobs;
     this.#db = db;
     this.#images = images;
     this.#layers = layers;
@@ -189,10 +195,24 @@ export class Agents {
     return { images: this.#images, layers: this.#layers, runners: this.#runners, maxLimits: this.#maxLimits };
   }
 
-  /** Host paths of a spec's layers, top first, base rootfs last. */
+  /**
+   * Host paths of a spec's layers, top first, base rootfs last. Layers this node lacks are
+   * fetched from the shared blob store first.
+   */
   async layerPaths(spec: Pick<AgentSpec, "image" | "layers">): Promise<string[]> {
+    if (isDigest(spec.image)) await this.#layerBlobs?.ensure("image", [spec.image]);
+    await this.#layerBlobs?.ensure("layer", spec.layers);
     const image = await this.#images.resolve(spec.image);
     return [...spec.layers.map((d) => this.#layers.path(d)), image.rootfs];
+  }
+
+  /**
+   * Puts an environment's base image and layers in the shared blob store unless they are there
+   * already, for other nodes to boot from.
+   */
+  async publishEnvironment(env: { image: string; layers: readonly string[] }): Promise<void> {
+    await this.#layerBlobs?.publish("image", [env.image]);
+    await this.#layerBlobs?.publish("layer", env.layers);
   }
 
   async create(tenantId: string, body: AgentCreate): Promise<AgentRecord> {
@@ -540,6 +560,7 @@ export class Agents {
         { command: argv0 },
       );
     }
+    await this.publishEnvironment({ image: base, layers });
     return { def, base, layers, envBytes };
   }
 

@@ -255,6 +255,7 @@ export class SnapshotArchives {
     const imported = seen.manifest;
     if (imported === null) throw new Error("unpackSnapshot returned without checking the manifest");
 
+    await agents.publishEnvironment({ image: imported.base, layers: imported.layers });
     const known = (await runners.list()).some((r) => r.digest === imported.runner);
     const runner = known ? imported.runner : (await runners.current()).digest;
     const { format: _, ...named } = imported;

@@ -545,7 +545,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       const run = await findRun(c, id);
       const artifact = await deps.artifacts.get(run.id, artifact_id);
       const name = artifact.path.split("/").pop() ?? "artifact";
-      return new Response(deps.artifacts.open(artifact) as unknown as ReadableStream, {
+      return new Response((await deps.artifacts.open(artifact)) as unknown as ReadableStream, {
         headers: {
           "content-type": artifact.content_type,
           "content-length": String(artifact.size),

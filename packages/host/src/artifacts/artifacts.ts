@@ -5,10 +5,10 @@
 import type { Readable } from "node:stream";
 import { AppError, type Artifact } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import type { BlobCache } from "../blobs/cache.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
 import type { Fence } from "../store/fence.ts";
 import type { ArtifactsTable, Database } from "../store/schema.ts";
-import type { BlobStore } from "./blob-store.ts";
 
 /** One collected file, its content already in the blob store. */
 export interface ArtifactRow {
@@ -22,7 +22,8 @@ export interface ArtifactRow {
 export interface ArtifactsDeps {
   db: Kysely<Database>;
   events: EventLog;
-  blobs: BlobStore;
+  /** Where artifacts' content is read: this node's verified copy of the shared blob store. */
+  blobs: BlobCache;
 }
 
 function toArtifact(row: ArtifactsTable): Artifact {
@@ -96,8 +97,8 @@ export class Artifacts {
     return toArtifact(row);
   }
 
-  /** The artifact's content. */
-  open(artifact: Artifact): Readable {
+  /** The artifact's content, fetched into this node's cache first when it is not there yet. */
+  open(artifact: Artifact): Promise<Readable> {
     return this.#deps.blobs.open(artifact.sha256);
   }
 }

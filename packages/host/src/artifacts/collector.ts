@@ -8,7 +8,7 @@
 import { constants, createReadStream } from "node:fs";
 import { open, readdir } from "node:fs/promises";
 import { join } from "node:path";
-import type { BlobStore } from "./blob-store.ts";
+import type { BlobStore } from "../blobs/blobs.ts";
 
 export interface CollectedFile {
   path: string;
@@ -51,7 +51,11 @@ export function contentTypeOf(path: string): string {
   return TYPES[ext] ?? "application/octet-stream";
 }
 
-export async function collectOutputs(root: string, blobs: BlobStore, maxBytes: number): Promise<CollectResult> {
+export async function collectOutputs(
+  root: string,
+  blobs: Pick<BlobStore, "put">,
+  maxBytes: number,
+): Promise<CollectResult> {
   const result: CollectResult = { files: [], skipped: [], skippedCount: 0 };
   let total = 0;
   let walked = 0;
@@ -106,7 +110,7 @@ export async function collectOutputs(root: string, blobs: BlobStore, maxBytes: n
           continue;
         }
         const stream = createReadStream("", { fd: fh.fd, autoClose: false });
-        const { sha256, size } = await blobs.put(stream, maxBytes - total);
+        const { sha256, size } = await blobs.put(stream, { maxBytes: maxBytes - total });
         total += size;
         result.files.push({ path, size, sha256, contentType: contentTypeOf(path) });
       } finally {

@@ -23,8 +23,8 @@ import {
 } from "@paddock/protocol";
 import { LineSplitter } from "@paddock/runner";
 import type { ArtifactRow, Artifacts } from "../artifacts/artifacts.ts";
-import type { BlobStore } from "../artifacts/blob-store.ts";
 import { collectOutputs } from "../artifacts/collector.ts";
+import type { BlobStore } from "../blobs/blobs.ts";
 import type { LiveSandboxes } from "../bridge/live.ts";
 import type { RunTokenClaims } from "../bridge/tokens.ts";
 import { DEFAULT_PATH } from "../images/resolve-command.ts";
@@ -43,7 +43,8 @@ export const MAX_EVENTS_PER_ATTEMPT = 10_000;
 export interface AttemptDeps {
   driver: SandboxDriver;
   events: EventLog;
-  blobs: BlobStore;
+  /** Where collected artifacts' content goes: the shared store, through this node's cache. */
+  blobs: Pick<BlobStore, "put">;
   /** Host paths of the spec's layers, top first, base rootfs last. */
   resolveLayers(spec: AgentSpec): Promise<string[]>;
   /** The runner every boot mounts, whatever runner the snapshot names. */

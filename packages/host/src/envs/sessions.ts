@@ -354,6 +354,7 @@ export class EnvSessions {
       });
       const { added, modified, removed } = frozen.changes;
       if (added + modified + removed === 0) throw new AppError("nothing_to_freeze");
+      await agents.publishEnvironment({ image: base.base, layers: [frozen.digest, ...lowerDigests] });
       const runner = await runners.current();
       const now = Date.now();
       const snapshot = await db.transaction().execute(async (trx) => {

@@ -465,6 +465,22 @@ async function rebuildAgentsWithoutNameConstraint(db: Kysely<any>): Promise<void
   }
 }
 
+migrations["0010_tree_blobs"] = {
+  // Environment layers and base images packed into the shared blob store, by kind and digest.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("tree_blobs")
+      .addColumn("kind", "text", (c) => c.notNull())
+      .addColumn("digest", "text", (c) => c.notNull())
+      .addColumn("sha256", "text", (c) => c.notNull())
+      .addColumn("size", "bigint", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addPrimaryKeyConstraint("tree_blobs_pk", ["kind", "digest"])
+      .execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** Applies every migration not applied yet (tests may stop after the one named `to`). */

@@ -359,6 +359,18 @@ export interface Database {
   webhook_deliveries: WebhookDeliveriesTable;
   journal: JournalTable;
   nodes: NodesTable;
+  tree_blobs: TreeBlobsTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
+}
+
+/** Where an environment layer or base image is in the shared blob store: its packed archive's sha256. */
+export interface TreeBlobsTable {
+  /** layer | image */
+  kind: string;
+  /** The tree's digest (sha256-…). */
+  digest: string;
+  sha256: string;
+  size: number;
+  created_at: number;
 }

@@ -6,11 +6,11 @@
  * one a host would find already built.
  */
 import { createHash } from "node:crypto";
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Kysely } from "kysely";
-import { resolveHostConfig } from "../config.ts";
+import { type HostConfigInput, resolveHostConfig } from "../config.ts";
 import {
   AGENT_USER,
   DEFAULT_IMAGE_POINTER,
@@ -19,7 +19,7 @@ import {
   RUNNER_VERSION_FILE,
   type RunnerVersion,
 } from "../fs/layout.ts";
-import { hashFile } from "../fs/tree-digest.ts";
+import { digestTree, hashFile } from "../fs/tree-digest.ts";
 import { buildServices, type Services } from "../host.ts";
 import { unsealRunners } from "../images/runner-registry.ts";
 import { migrate } from "../store/migrations.ts";
@@ -43,8 +43,10 @@ const digestOf = (text: string) => `sha256-${createHash("sha256").update(text).d
 
 /** An empty base image, made the default: enough for agents whose command is the runner's Node. */
 async function placeImage(imagesDir: string): Promise<void> {
-  const digest = digestOf("no-root test image");
-  await mkdir(join(imagesDir, digest, IMAGE_ROOTFS), { recursive: true });
+  const staging = join(imagesDir, ".staging");
+  await mkdir(join(staging, IMAGE_ROOTFS), { recursive: true });
+  const digest = await digestTree(join(staging, IMAGE_ROOTFS));
+  await rename(staging, join(imagesDir, digest));
   const meta = { digest, source: "test", created_at: new Date(0).toISOString(), size_bytes: 0 };
   await writeFile(join(imagesDir, digest, IMAGE_META), JSON.stringify(meta));
   await writeFile(join(imagesDir, DEFAULT_IMAGE_POINTER), `${digest}\n`);
@@ -82,11 +84,11 @@ async function placeRunner(dataDir: string): Promise<{ bundlePath: string; nodeP
  * Builds a host's services in a new temp folder, with its admin key.
  * @example const h = await startNoRootHost(); const res = await h.services.app.request("/v1/health");
  */
-export async function startNoRootHost(): Promise<NoRootHost> {
+export async function startNoRootHost(overrides: Partial<HostConfigInput> = {}): Promise<NoRootHost> {
   const dataDir = await mkdtemp(join(tmpdir(), "paddock-noroot-"));
   const logs: string[] = [];
   const log = (line: string) => logs.push(line);
-  const config = resolveHostConfig({ dataDir, port: 0, warmSandboxes: 0, schedulerTickMs: 0 });
+  const config = resolveHostConfig({ dataDir, port: 0, warmSandboxes: 0, schedulerTickMs: 0, ...overrides });
   await placeImage(config.imagesDir);
   const runnerFiles = await placeRunner(dataDir);
   const db = openSqlite(join(dataDir, "paddock.db"));
