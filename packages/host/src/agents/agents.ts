@@ -30,7 +30,7 @@ import type { RunnerRegistry } from "../images/runner-registry.ts";
 import { RUNNER_NODE_PATH, RUNNER_SDK } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
-import { parseAgentDefinition } from "../store/stored.ts";
+import { isoTime, parseAgentDefinition } from "../store/stored.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
 
 /** An agent row with its current snapshot. */
@@ -39,7 +39,6 @@ export interface AgentRecord {
   snapshot: SnapshotsTable;
 }
 
-const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).toISOString());
 const layersOf = (snapshot: SnapshotsTable) => JSON.parse(snapshot.layers) as string[];
 
 export function toAgent({ row, snapshot }: AgentRecord): Agent {
@@ -64,7 +63,7 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
       runner: snapshot.runner,
     },
     version: row.version,
-    archived_at: iso(row.archived_at),
+    archived_at: isoTime(row.archived_at),
     created_at: new Date(row.created_at).toISOString(),
   };
 }
@@ -72,7 +71,7 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
 function archived(row: AgentsTable): AppError {
   return new AppError(
     "agent_archived",
-    `The agent '${row.name}' was deleted (archived) at ${iso(row.archived_at)}: it starts no new runs and cannot change. Its runs stay readable; create a new agent to run again.`,
+    `The agent '${row.name}' was deleted (archived) at ${isoTime(row.archived_at)}: it starts no new runs and cannot change. Its runs stay readable; create a new agent to run again.`,
     { agent_id: row.id },
   );
 }
