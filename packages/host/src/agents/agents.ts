@@ -455,10 +455,8 @@ export class Agents {
     const limits = Limits.parse(body.limits ?? {});
     const over = (Object.keys(limits) as (keyof Limits)[])
       .filter((k) => limits[k] > this.#maxLimits[k])
-      .map((k) => ({ path: `limits.${k}`, code: "too_big", message: `at most ${this.#maxLimits[k]} on this host` }));
-    if (over.length > 0) {
-      throw new AppError("validation_failed", `Invalid request: ${over[0]?.path}: ${over[0]?.message}.`, over);
-    }
+      .map((k) => ({ path: ["limits", k], code: "too_big", message: `at most ${this.#maxLimits[k]} on this host` }));
+    if (over.length > 0) throw validationFailed(over);
     const base =
       previous && body.image === undefined
         ? previous.snapshot.base

@@ -278,6 +278,20 @@ describe("every API route without root", () => {
     }
   });
 
+  it("refuses limits over this host's caps, naming each", async () => {
+    const res = await send(
+      "post",
+      "/v1/agents",
+      { name: "greedy", command: ["true"], limits: { memory_mb: 100_000 } },
+      keys.a,
+    );
+    expectError(res, 400, "validation_failed", "limits over the caps");
+    assert.equal(res.body.error.message, "Invalid request: limits.memory_mb: at most 8192 on this host.");
+    assert.deepEqual(res.body.error.details, [
+      { path: "limits.memory_mb", code: "too_big", message: "at most 8192 on this host" },
+    ]);
+  });
+
   it("answers a body of another type than the route takes with 415", async () => {
     for (const o of ops.filter((x) => x.bodyTypes.length > 0 && !x.bodyTypes.includes(JSON_TYPE))) {
       if (o.bodyTypes.includes("*/*")) continue;
