@@ -1,7 +1,7 @@
 /**
  * Schema migrations, written with Kysely's builder so that SQLite and PostgreSQL can share them;
- * one step is SQLite's alone today: 0007 rebuilds a table with SQLite statements (a PRAGMA), and a
- * PostgreSQL branch for it is being added.
+ * one step is SQLite's alone: 0007 rebuilds a table with SQLite statements (PRAGMA foreign_keys)
+ * and has no PostgreSQL branch yet.
  */
 import { type Kysely, sql } from "kysely";
 import { type Migration, type MigrationProvider, Migrator } from "kysely/migration";
