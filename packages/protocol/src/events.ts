@@ -239,9 +239,7 @@ export type RunEventRead = RunEvent | UnknownRunEvent;
  */
 export const RunEventRead = z.union([
   RunEvent,
-  z
-    .object({ ...Envelope, type: z.string().refine((type) => !KNOWN_TYPES.has(type)), data: z.unknown() })
-    .transform((event): UnknownRunEvent => event),
+  z.object({ ...Envelope, type: z.string().refine((type) => !KNOWN_TYPES.has(type)), data: z.unknown() }),
 ]) as z.ZodType<RunEventRead>;
 
 /** Whether a read event is of a type this build knows, narrowing it to `RunEvent`. */
