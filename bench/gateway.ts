@@ -141,7 +141,7 @@ async function startPortkey(trustedHost: string): Promise<{ port: number; versio
   await new Promise((resolve) => probe.close(resolve));
   // A third party's process gets none of the operator's environment (a master key, provider keys,
   // proxy settings), only what it needs: Portkey refuses custom hosts on private addresses unless
-  // they are listed as trusted, and runs as deployed.
+  // they are listed as trusted, and runs in production mode as when deployed.
   const child = spawn(process.execPath, [entry, `--port=${port}`, "--headless"], {
     env: toolEnv({ TRUSTED_CUSTOM_HOSTS: trustedHost, NODE_ENV: "production" }),
     stdio: ["ignore", "pipe", "pipe"],
