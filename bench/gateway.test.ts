@@ -9,6 +9,7 @@ import { readdir } from "node:fs/promises";
 import { describe, it } from "node:test";
 import { e2eSkip } from "../packages/host/src/testing/e2e-skip.ts";
 import { hostSkipReason, testImagesDir } from "../packages/host/src/testing/harness.ts";
+import { assertAdded } from "./bench-checks.ts";
 import { gatewayBench } from "./gateway.ts";
 
 describe("bench gateway", { skip: e2eSkip(hostSkipReason()) }, () => {
@@ -18,9 +19,9 @@ describe("bench gateway", { skip: e2eSkip(hostSkipReason()) }, () => {
     for (const path of ["direct", "paddock", "portkey"] as const) assert.equal(result.latency_ms[path].n, 20, path);
     assert.equal(result.ttft_ms.direct.n, 20);
     assert.equal(result.ttft_ms.paddock.n, 20);
-    for (const figure of [result.added_ms.paddock, result.added_ms.portkey, result.ttft_added_ms]) {
-      assert.ok(Number.isFinite(figure.p50) && Number.isFinite(figure.p99));
-    }
+    assertAdded(result.added_ms.paddock, result.latency_ms.paddock, result.latency_ms.direct);
+    assertAdded(result.added_ms.portkey, result.latency_ms.portkey, result.latency_ms.direct);
+    assertAdded(result.ttft_added_ms, result.ttft_ms.paddock, result.ttft_ms.direct);
     // Every Paddock call was settled and recorded: 50 warm-ups, 20 whole and 20 streamed.
     assert.equal(result.calls_settled, 90);
     assert.equal(result.events_recorded, 90);

@@ -31,6 +31,7 @@ import { Bridge } from "../packages/host/src/bridge/bridge.ts";
 import { Connections } from "../packages/host/src/bridge/connections.ts";
 import { LiveSandboxes } from "../packages/host/src/bridge/live.ts";
 import { TokenBucket } from "../packages/host/src/bridge/rate-limit.ts";
+import { toolEnv } from "../packages/host/src/fs/tool-env.ts";
 import { Gateway } from "../packages/host/src/gateway/gateway.ts";
 import { Ledger } from "../packages/host/src/gateway/ledger.ts";
 import { Providers } from "../packages/host/src/gateway/providers.ts";
@@ -63,8 +64,11 @@ interface Added {
 
 export interface GatewayBenchResult {
   scenario: "gateway";
-  /** Each gateway minus direct, side by side; the target is Paddock's p50, below Portkey's. */
-  added_ms: { paddock: Added; portkey: Added; target: { p50: number } };
+  /**
+   * Each gateway minus direct, side by side. The target is for Paddock's p50: at most `target.p50`
+   * ms, and below the gateway `target.p50_below` names as measured in the same run.
+   */
+  added_ms: { paddock: Added; portkey: Added; target: { p50: number; p50_below: "portkey" } };
   ttft_added_ms: Added;
   latency_ms: { direct: Dist; paddock: Dist; portkey: Dist };
   ttft_ms: { direct: Dist; paddock: Dist };
@@ -135,9 +139,11 @@ async function startPortkey(trustedHost: string): Promise<{ port: number; versio
   await new Promise<void>((resolve) => probe.listen(0, resolve));
   const port = (probe.address() as AddressInfo).port;
   await new Promise((resolve) => probe.close(resolve));
-  // Portkey refuses custom hosts on private addresses unless they are listed as trusted.
+  // A third party's process gets none of the operator's environment (a master key, provider keys,
+  // proxy settings), only what it needs: Portkey refuses custom hosts on private addresses unless
+  // they are listed as trusted, and runs in production mode as when deployed.
   const child = spawn(process.execPath, [entry, `--port=${port}`, "--headless"], {
-    env: { ...process.env, TRUSTED_CUSTOM_HOSTS: trustedHost },
+    env: toolEnv({ TRUSTED_CUSTOM_HOSTS: trustedHost, NODE_ENV: "production" }),
     stdio: ["ignore", "pipe", "pipe"],
   });
   // Its output is read all along (a full pipe would stall it); the tail is kept for an error message.
@@ -257,7 +263,11 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
     });
     return {
       scenario: "gateway",
-      added_ms: { paddock: added(paddock, direct), portkey: added(viaPortkey, direct), target: { p50: 1 } },
+      added_ms: {
+        paddock: added(paddock, direct),
+        portkey: added(viaPortkey, direct),
+        target: { p50: 1, p50_below: "portkey" },
+      },
       ttft_added_ms: added(ttftPaddock, ttftDirect),
       latency_ms: { direct, paddock, portkey: viaPortkey },
       ttft_ms: { direct: ttftDirect, paddock: ttftPaddock },

@@ -25,7 +25,7 @@ import {
   type ProviderPutInput,
   Run,
   RunCredits,
-  RunEvent,
+  RunEventRead,
   Runner,
   type RunStatus,
   Schedule,
@@ -357,9 +357,9 @@ export class Client {
   }
 
   /** Every event of a run after seq `after`, in order (pages are walked by seq). */
-  async listEvents(runId: string, after = 0): Promise<RunEvent[]> {
-    const schema = Page(RunEvent);
-    const out: RunEvent[] = [];
+  async listEvents(runId: string, after = 0): Promise<RunEventRead[]> {
+    const schema = Page(RunEventRead);
+    const out: RunEventRead[] = [];
     let last = after;
     for (;;) {
       const page = await this.#json(schema, "GET", `/runs/${enc(runId)}/events`, { query: { after: last } });
@@ -491,9 +491,9 @@ export class Client {
   }
 }
 
-function parseEvent(data: string): RunEvent | null {
+function parseEvent(data: string): RunEventRead | null {
   try {
-    const parsed = RunEvent.safeParse(JSON.parse(data));
+    const parsed = RunEventRead.safeParse(JSON.parse(data));
     return parsed.success ? parsed.data : null;
   } catch {
     return null;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { RunEvent, type RunEventData, type RunEventType } from "@paddock/protocol";
+import { RunEvent, type RunEventData, RunEventRead, type RunEventType } from "@paddock/protocol";
 import { formatSize, formatTable, formatTimelineLine, printable, summarizeEvent, Timeline } from "./format.ts";
 
 const T0 = Date.parse("2026-03-01T10:00:00.000Z");
@@ -120,6 +120,21 @@ describe("formatSize and formatTable", () => {
 describe("summarizeEvent for errors", () => {
   it("shows where an attempt failed", () => {
     assert.equal(summarizeEvent(ev("attempt.error", { stage: "boot", message: "no image" })), "boot: no image");
+  });
+});
+
+describe("summarizeEvent for a type this build does not know", () => {
+  const read = (type: string, data: unknown) =>
+    RunEventRead.parse({ seq: 9, run_id: "run_1", attempt: 1, type, time: new Date(T0).toISOString(), data });
+
+  it("shows its type and data as compact JSON, terminal-safe", () => {
+    const event = read("gpu.sampled", { util: 0.5, note: "\u001b[2J" });
+    assert.equal(summarizeEvent(event), '{"util":0.5,"note":"\\u001b[2J"}');
+    assert.match(formatTimelineLine(event, { origin: T0 }), /^\+0\.000s\s+gpu\.sampled\s+\{"util"/);
+  });
+
+  it("still checks the data of a known type", () => {
+    assert.throws(() => read("log", { line: 3 }));
   });
 });
 

@@ -1,5 +1,5 @@
 /** Text formatting for terminal output: the run timeline, tables, sizes and durations. */
-import type { RunEvent } from "@paddock/protocol";
+import { isKnownEvent, type RunEventRead } from "@paddock/protocol";
 
 /** Width of the event-type column; fits every built-in type ("artifact.created"). */
 const TYPE_WIDTH = 16;
@@ -49,11 +49,13 @@ export function printable(text: string): string {
 }
 
 /** The one-line summary of an event, as shown after its type in the timeline (terminal-safe). */
-export function summarizeEvent(event: RunEvent): string {
+export function summarizeEvent(event: RunEventRead): string {
   return printable(rawSummary(event));
 }
 
-function rawSummary(event: RunEvent): string {
+function rawSummary(event: RunEventRead): string {
+  // A type this build does not know (a newer host's): its data as JSON, after the type column.
+  if (!isKnownEvent(event)) return compactJson(event.data);
   switch (event.type) {
     case "log": {
       const { stream, line, truncated } = event.data;
@@ -109,7 +111,7 @@ function rawSummary(event: RunEvent): string {
   }
 }
 
-/** Every event type has its case above: a new type fails to compile until it has one. */
+/** Every known event type has its case above: a new type fails to compile until it has one. */
 function unknownType(event: never): string {
   return compactJson((event as { data?: unknown }).data);
 }
@@ -122,7 +124,7 @@ export interface TimelineOptions {
 }
 
 /** One timeline line: `+1.234s  <type padded>  <summary>`. */
-export function formatTimelineLine(event: RunEvent, options: TimelineOptions): string {
+export function formatTimelineLine(event: RunEventRead, options: TimelineOptions): string {
   const time = Date.parse(event.time);
   const when = options.absolute
     ? event.time
@@ -139,7 +141,7 @@ export class Timeline {
     this.#absolute = options.absolute ?? false;
   }
 
-  line(event: RunEvent): string {
+  line(event: RunEventRead): string {
     if (this.#origin === null) {
       const time = Date.parse(event.time);
       this.#origin = Number.isNaN(time) ? Date.now() : time;

@@ -227,6 +227,17 @@ export function validationFailed(issues: readonly SchemaIssue[]): AppError {
   return new AppError("validation_failed", `Invalid request: ${where}${first?.message ?? "invalid"}.`, details);
 }
 
+/**
+ * `body_too_large` with the cap in its details; `message` says what was too large when it is more
+ * than a request body.
+ */
+export function bodyTooLarge(
+  limitBytes: number,
+  message = `The request body is larger than ${limitBytes} bytes.`,
+): AppError {
+  return new AppError("body_too_large", message, { limit_bytes: limitBytes });
+}
+
 /** `value` parsed by `schema`, or `validation_failed` for what does not match. */
 export function check<T extends z.ZodType>(schema: T, value: unknown): z.infer<T> {
   const parsed = schema.safeParse(value);

@@ -1,6 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { BuiltinAgentEvent, isEvent, RUN_EVENT_TYPES, RunEvent, RunEventBody } from "./events.ts";
+import {
+  BuiltinAgentEvent,
+  isEvent,
+  isKnownEvent,
+  RUN_EVENT_TYPES,
+  RunEvent,
+  RunEventBody,
+  RunEventRead,
+} from "./events.ts";
 
 const envelope = { seq: 1, run_id: "run_1", attempt: 1, time: "2026-03-01T10:00:00.000Z" };
 const call = { connection: "gh", method: "GET", path: "/x", status: 403, bytes_in: 0, bytes_out: 0, ms: 1 };
@@ -40,6 +48,18 @@ describe("run events", () => {
     const parsed = RunEvent.parse({ ...envelope, type: "log", data: { stream: "stdout", line: "hi", colour: "red" } });
     assert.deepEqual(parsed.data, { stream: "stdout", line: "hi" });
     assert.ok(!RunEvent.safeParse({ ...envelope, type: "nope", data: {} }).success);
+  });
+
+  it("lets readers keep a type they do not know, checking every known one", () => {
+    const other = { ...envelope, type: "gpu.sampled", data: { util: [0.5] } };
+    const read = RunEventRead.parse(other);
+    assert.deepEqual(read, other);
+    assert.equal(isKnownEvent(read), false);
+    const log = RunEventRead.parse({ ...envelope, type: "log", data: { stream: "stdout", line: "hi", colour: "red" } });
+    assert.ok(isKnownEvent(log) && isEvent("log")(log));
+    assert.deepEqual(log.data, { stream: "stdout", line: "hi" });
+    assert.ok(!RunEventRead.safeParse({ ...envelope, type: "log", data: { stream: "stdout" } }).success);
+    assert.ok(!RunEventRead.safeParse({ type: "gpu.sampled", data: {} }).success, "the envelope is required");
   });
 
   it("narrows by type", () => {

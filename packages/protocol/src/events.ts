@@ -186,8 +186,9 @@ const VARIANTS = Object.entries(EVENTS).map(([type, data]) =>
 const Envelope = { seq: Int, run_id: z.string(), attempt: Int, time: z.string() };
 
 /**
- * An event as the API serves it. Readers drop data fields a newer host may add rather than fail;
- * the host's log refuses them.
+ * An event as the API serves it, of a type this build knows. Parsing drops data fields the schema
+ * does not declare (a newer host may add some); the host's log refuses them on append
+ * (`RunEventBody`). Readers parse with `RunEventRead`, which also keeps types they do not know.
  */
 export const RunEvent = z
   .discriminatedUnion(
@@ -219,9 +220,35 @@ export type RunEventOf<T extends RunEventType> = Extract<RunEvent, { type: T }>;
 export type RunEventData<T extends RunEventType> = z.infer<Events[T]>;
 
 export const RUN_EVENT_TYPES = Object.keys(EVENTS) as RunEventType[];
+const KNOWN_TYPES: ReadonlySet<string> = new Set(RUN_EVENT_TYPES);
+
+/** An event of a type this build does not know (a newer host's, or one no longer written): kept as is. */
+export type UnknownRunEvent = {
+  seq: number;
+  run_id: string;
+  attempt: number;
+  time: string;
+  type: string;
+  data: unknown;
+};
+export type RunEventRead = RunEvent | UnknownRunEvent;
+
+/**
+ * An event as a reader takes it: a known type checked as `RunEvent`, any other type with its data
+ * unchecked, so that one event from a newer host does not fail a whole page.
+ */
+export const RunEventRead = z.union([
+  RunEvent,
+  z.object({ ...Envelope, type: z.string().refine((type) => !KNOWN_TYPES.has(type)), data: z.unknown() }),
+]) as z.ZodType<RunEventRead>;
+
+/** Whether a read event is of a type this build knows, narrowing it to `RunEvent`. */
+export function isKnownEvent(event: RunEventRead): event is RunEvent {
+  return KNOWN_TYPES.has(event.type);
+}
 
 /** Whether `event` is of `type`, narrowing it: `events.filter(isEvent("log"))`. */
-export function isEvent<T extends RunEventType>(type: T): (event: RunEvent) => event is RunEventOf<T> {
+export function isEvent<T extends RunEventType>(type: T): (event: RunEventRead) => event is RunEventOf<T> {
   return (event): event is RunEventOf<T> => event.type === type;
 }
 

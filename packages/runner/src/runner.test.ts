@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { constants, existsSync } from "node:fs";
+import { mkdtemp, open, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -130,7 +130,14 @@ describe("runner bundle", () => {
       assert.deepEqual(frames.at(-1), { t: "exit", code: 0, signal: null });
       assert.equal(existsSync(`${fifo}.done`), false, "the daemon was still running");
     } finally {
-      await writeFile(fifo, "go\n");
+      // Releases the daemon if it waits on the FIFO. Opened non-blocking, so that a daemon that never
+      // opened it (ENXIO: no reader) cannot hang the test; removing the folder then stops it.
+      const writer = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== "ENXIO") throw err;
+        return null;
+      });
+      await writer?.write("go\n");
+      await writer?.close();
       await rm(dir, { recursive: true, force: true });
     }
   });

@@ -1,6 +1,6 @@
 /** `paddock run`, `paddock runs list|show`, `paddock logs`, `paddock cancel`: runs and their events. */
 import { readFile } from "node:fs/promises";
-import { type Run, type RunEvent, RunStatus } from "@paddock/protocol";
+import { isEvent, type Run, type RunEventRead, RunStatus } from "@paddock/protocol";
 import { CliError, CONNECTION_HELP, parseCommand, parseJsonFlag, parseNumber, UsageError } from "../args.ts";
 import type { Client } from "../client.ts";
 import { type Command, type CommandGroup, type Context, connect } from "../context.ts";
@@ -26,7 +26,7 @@ function onInterrupt(ctx: Context, runId: string): () => void {
 }
 
 /** Streams a run's events to `render` until the run ends; returns the run's final record. */
-async function follow(client: Client, ctx: Context, runId: string, render: (e: RunEvent) => void): Promise<Run> {
+async function follow(client: Client, ctx: Context, runId: string, render: (e: RunEventRead) => void): Promise<Run> {
   const stop = onInterrupt(ctx, runId);
   try {
     for await (const event of client.followEvents(runId)) render(event);
@@ -223,12 +223,12 @@ ${CONNECTION_HELP}`,
     const runId = positionals[0] ?? "";
     const client = await connect(values, ctx);
     const timeline = new Timeline({ absolute: values.absolute ?? false });
-    const render = (event: RunEvent) => {
+    const render = (event: RunEventRead) => {
       if (values.json) {
         ctx.out(JSON.stringify(event));
         return;
       }
-      if (event.type === "log") {
+      if (isEvent("log")(event)) {
         timeline.line(event);
         ctx.out(printable(event.data.line));
       } else {

@@ -31,7 +31,7 @@ import type { RunnerRegistry } from "../images/runner-registry.ts";
 import { RUNNER_NODE_PATH, RUNNER_SDK } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
-import { parseAgentDefinition, parseLayerDigests } from "../store/stored.ts";
+import { isoTime, parseAgentDefinition, parseLayerDigests } from "../store/stored.ts";
 import type { LayerBlobs } from "./layer-blobs.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
 
@@ -41,7 +41,6 @@ export interface AgentRecord {
   snapshot: SnapshotsTable;
 }
 
-const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).toISOString());
 const layersOf = (snapshot: SnapshotsTable) => parseLayerDigests(snapshot.layers);
 
 export function toAgent({ row, snapshot }: AgentRecord): Agent {
@@ -66,7 +65,7 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
       runner: snapshot.runner,
     },
     version: row.version,
-    archived_at: iso(row.archived_at),
+    archived_at: isoTime(row.archived_at),
     created_at: new Date(row.created_at).toISOString(),
   };
 }
@@ -74,7 +73,7 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
 function archived(row: AgentsTable): AppError {
   return new AppError(
     "agent_archived",
-    `The agent '${row.name}' was deleted (archived) at ${iso(row.archived_at)}: it starts no new runs and cannot change. Its runs stay readable; create a new agent to run again.`,
+    `The agent '${row.name}' was deleted (archived) at ${isoTime(row.archived_at)}: it starts no new runs and cannot change. Its runs stay readable; create a new agent to run again.`,
     { agent_id: row.id },
   );
 }
@@ -476,10 +475,8 @@ export class Agents {
     const limits = Limits.parse(body.limits ?? {});
     const over = (Object.keys(limits) as (keyof Limits)[])
       .filter((k) => limits[k] > this.#maxLimits[k])
-      .map((k) => ({ path: `limits.${k}`, code: "too_big", message: `at most ${this.#maxLimits[k]} on this host` }));
-    if (over.length > 0) {
-      throw new AppError("validation_failed", `Invalid request: ${over[0]?.path}: ${over[0]?.message}.`, over);
-    }
+      .map((k) => ({ path: ["limits", k], code: "too_big", message: `at most ${this.#maxLimits[k]} on this host` }));
+    if (over.length > 0) throw validationFailed(over);
     const base =
       previous && body.image === undefined
         ? previous.snapshot.base

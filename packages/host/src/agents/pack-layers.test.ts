@@ -269,6 +269,21 @@ async function list(dir: string): Promise<string[]> {
   return existsSync(dir) ? (await readdir(dir)).sort() : [];
 }
 
+/** Imports `archive` into fresh stores: refused as validation_failed matching `pattern`, nothing written. */
+async function refusedImport(archive: Buffer, pattern: RegExp): Promise<void> {
+  const file = `${fresh("hostile")}.tar.zst`;
+  await writeFile(file, archive);
+  const into = stores();
+  await assert.rejects(unpackSnapshot(file, into), (err: unknown) => {
+    assert.ok(err instanceof AppError, String(err));
+    assert.equal(err.code, "validation_failed");
+    assert.match(err.message, pattern);
+    return true;
+  });
+  assert.deepEqual(await list(into.layersDir), [], "nothing installed, no temp folder left");
+  assert.deepEqual(await list(into.imagesDir), []);
+}
+
 describe("packSnapshot and unpackSnapshot", { skip }, () => {
   let base: string;
   let layerA: string;
@@ -338,20 +353,6 @@ describe("packSnapshot and unpackSnapshot", { skip }, () => {
       },
     );
   });
-
-  const refusedImport = async (archive: Buffer, pattern: RegExp): Promise<void> => {
-    const file = `${fresh("hostile")}.tar.zst`;
-    await writeFile(file, archive);
-    const into = stores();
-    await assert.rejects(unpackSnapshot(file, into), (err: unknown) => {
-      assert.ok(err instanceof AppError, String(err));
-      assert.equal(err.code, "validation_failed");
-      assert.match(err.message, pattern);
-      return true;
-    });
-    assert.deepEqual(await list(into.layersDir), [], "nothing installed, no temp folder left");
-    assert.deepEqual(await list(into.imagesDir), []);
-  };
 
   const d = (n: string) => `sha256-${n.repeat(64)}`;
   const manifestFile = { type: "file" as const, path: "manifest.json", mode: 0o644, uid: 0, gid: 0, body: "{}\n" };
@@ -572,20 +573,6 @@ describe("extended attributes of a layer", {
     assert.equal(dumpAll(out), dumpAll(frozen.dir));
     assert.equal(attrHex(join(out, "usr/bin/ping"), "security.capability"), CAP_NET_RAW);
   });
-
-  const refusedImport = async (archive: Buffer, pattern: RegExp): Promise<void> => {
-    const file = `${fresh("hostile")}.tar.zst`;
-    await writeFile(file, archive);
-    const into = stores();
-    await assert.rejects(unpackSnapshot(file, into), (err: unknown) => {
-      assert.ok(err instanceof AppError, String(err));
-      assert.equal(err.code, "validation_failed");
-      assert.match(err.message, pattern);
-      return true;
-    });
-    assert.deepEqual(await list(into.layersDir), [], "nothing installed, no temp folder left");
-    assert.deepEqual(await list(into.imagesDir), []);
-  };
 
   test("an archive carrying an attribute a layer does not keep is refused, with nothing written", async () => {
     const d = `sha256-${"a".repeat(64)}`;

@@ -20,7 +20,7 @@ import { join } from "node:path";
 import { Readable, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream } from "node:stream/web";
-import { AppError, type Limits } from "@paddock/protocol";
+import { AppError, bodyTooLarge, type Limits } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { z } from "zod";
 import { makeTempDir, removeTree } from "../fs/store-fs.ts";
@@ -355,11 +355,11 @@ async function receive(body: ReadableStream<Uint8Array>, file: string, max: numb
   }
 }
 
+/** body_too_large for an archive over this host's cap. */
 export function tooLarge(max: number): AppError {
-  return new AppError(
-    "body_too_large",
+  return bodyTooLarge(
+    max,
     `The snapshot archive is larger than this host accepts (${max} bytes, its disk cap limits.disk_mb).`,
-    { limit_bytes: max },
   );
 }
 

@@ -4,7 +4,7 @@
  * become responses in one place.
  */
 import { createRoute, type OpenAPIHono, type RouteConfig, type RouteHandler } from "@hono/zod-openapi";
-import { AppError, check, ERROR_CODES, ErrorResponse, validationFailed } from "@paddock/protocol";
+import { AppError, bodyTooLarge, check, ERROR_CODES, ErrorResponse, validationFailed } from "@paddock/protocol";
 import type { Context, MiddlewareHandler } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
@@ -88,7 +88,7 @@ async function readJson<T extends z.ZodType>(
   maxBytes = DEFAULT_BODY_LIMIT,
 ): Promise<z.infer<T>> {
   const declared = Number(c.req.header("content-length") ?? "0");
-  if (declared > maxBytes) throw tooLarge(maxBytes);
+  if (declared > maxBytes) throw bodyTooLarge(maxBytes);
   const body = c.req.raw.body;
   let text = "";
   if (body) {
@@ -96,7 +96,7 @@ async function readJson<T extends z.ZodType>(
     let size = 0;
     for await (const chunk of body) {
       size += chunk.byteLength;
-      if (size > maxBytes) throw tooLarge(maxBytes);
+      if (size > maxBytes) throw bodyTooLarge(maxBytes);
       chunks.push(chunk);
     }
     text = Buffer.concat(chunks).toString("utf8");
@@ -114,10 +114,6 @@ async function readJson<T extends z.ZodType>(
     }
   }
   return check(schema, value);
-}
-
-export function tooLarge(max: number): AppError {
-  return new AppError("body_too_large", `The request body is larger than ${max} bytes.`, { limit_bytes: max });
 }
 
 /**

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { newId } from "../store/ids.ts";
 import { type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
+import { waitFor } from "../testing/wait.ts";
 
 interface Operation {
   method: string;
@@ -216,15 +217,14 @@ describe("every API route without root", () => {
   });
 
   it("a run on a host whose driver refuses to boot fails, and nothing answered 500", async () => {
-    for (let i = 0; i < 500; i++) {
-      const run = (await call("get", `/v1/runs/${a.run}`, { key: keys.a })).body;
-      if (run.status === "failed") {
-        assert.equal(run.reason, "sandbox_error");
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    assert.equal((await call("get", `/v1/runs/${a.run}`, { key: keys.a })).body.status, "failed");
+    const run = await waitFor(
+      async () => {
+        const got = (await call("get", `/v1/runs/${a.run}`, { key: keys.a })).body;
+        return got.status === "failed" && got;
+      },
+      { what: "the run to fail" },
+    );
+    assert.equal(run.reason, "sandbox_error");
     assert.ok(h.driver.refused >= 1);
   });
 
@@ -266,6 +266,31 @@ describe("every API route without root", () => {
       expectError(declared, 413, "body_too_large", what);
       expectError(await call(o.method, path, { key, body: endless(), type: JSON_TYPE }), 413, "body_too_large", what);
     }
+  });
+
+  it("refuses a freeze exclude entry it could not use, naming it, before looking for the session", async () => {
+    // Tenant A's agent has no session: a valid body would answer 409 no_session.
+    const freeze = `/v1/agents/${a.agent}/env/freeze`;
+    expectError(await send("post", freeze, { exclude: ["/tmp"] }, keys.a), 409, "no_session", "a valid exclude");
+    for (const bad of ["/tmp/", "/a/../b", "/", "tmp"]) {
+      const res = await send("post", freeze, { exclude: ["/tmp", bad] }, keys.a);
+      expectError(res, 400, "validation_failed", bad);
+      assert.ok(String(res.body.error.message).includes(JSON.stringify(bad)), res.body.error.message);
+    }
+  });
+
+  it("refuses limits over this host's caps, naming each", async () => {
+    const res = await send(
+      "post",
+      "/v1/agents",
+      { name: "greedy", command: ["true"], limits: { memory_mb: 100_000 } },
+      keys.a,
+    );
+    expectError(res, 400, "validation_failed", "limits over the caps");
+    assert.equal(res.body.error.message, "Invalid request: limits.memory_mb: at most 8192 on this host.");
+    assert.deepEqual(res.body.error.details, [
+      { path: "limits.memory_mb", code: "too_big", message: "at most 8192 on this host" },
+    ]);
   });
 
   it("answers a body of another type than the route takes with 415", async () => {

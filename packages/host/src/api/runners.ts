@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   AppError,
+  bodyTooLarge,
   ErrorResponse,
   MAX_RUNNER_BUNDLE_BYTES,
   MAX_RUNNER_NODE_BYTES,
@@ -19,7 +20,7 @@ import {
 } from "@paddock/protocol";
 import type { Context } from "hono";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
-import { type DefineRoute, json, tooLarge } from "./http.ts";
+import { type DefineRoute, json } from "./http.ts";
 
 /**
  * Adds `POST /v1/runners` and its OpenAPI entry to the API.
@@ -83,7 +84,7 @@ async function readRunnerUpload(c: Context, dir: string): Promise<RunnerUpload> 
     );
   }
   const max = MAX_RUNNER_BUNDLE_BYTES + MAX_RUNNER_NODE_BYTES + FORM_SLACK;
-  if (Number(c.req.header("content-length") ?? "0") > max) throw tooLarge(max);
+  if (Number(c.req.header("content-length") ?? "0") > max) throw bodyTooLarge(max);
   let size = 0;
   let overflow = false;
   const capped = c.req.raw.body?.pipeThrough(
@@ -101,7 +102,7 @@ async function readRunnerUpload(c: Context, dir: string): Promise<RunnerUpload> 
   try {
     form = await new Response(capped ?? null, { headers: { "content-type": type } }).formData();
   } catch {
-    if (overflow) throw tooLarge(max);
+    if (overflow) throw bodyTooLarge(max);
     throw new AppError("validation_failed", "The request body is not a valid multipart form.", [
       { path: "", message: "not a multipart form" },
     ]);

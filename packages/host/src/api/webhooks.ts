@@ -1,9 +1,9 @@
 /** Webhooks over HTTP: an agent's webhooks (create, list, delete) and the delivery endpoint. */
-import { AppError, MAX_WEBHOOK_BODY_BYTES, Page, Webhook } from "@paddock/protocol";
+import { AppError, bodyTooLarge, MAX_WEBHOOK_BODY_BYTES, Page, Webhook } from "@paddock/protocol";
 import { z } from "zod";
 import type { Agents } from "../agents/agents.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
-import { type DefineRoute, json, pathParam, tenantOf, tooLarge } from "./http.ts";
+import { type DefineRoute, json, pathParam, tenantOf } from "./http.ts";
 
 const Delivery = z
   .object({ run_id: z.string(), status: z.string(), deduplicated: z.boolean() })
@@ -84,7 +84,7 @@ export function registerWebhookRoutes(route: DefineRoute, deps: { webhooks: Webh
     async (c) => {
       const id = c.req.valid("param").id;
       const declared = Number(c.req.header("content-length") ?? 0);
-      if (declared > MAX_WEBHOOK_BODY_BYTES) throw tooLarge(MAX_WEBHOOK_BODY_BYTES);
+      if (declared > MAX_WEBHOOK_BODY_BYTES) throw bodyTooLarge(MAX_WEBHOOK_BODY_BYTES);
       // Read with a running cap: a chunked body has no length to check first.
       const chunks: Buffer[] = [];
       let size = 0;
@@ -95,7 +95,7 @@ export function registerWebhookRoutes(route: DefineRoute, deps: { webhooks: Webh
         size += part.value.length;
         if (size > MAX_WEBHOOK_BODY_BYTES) {
           await reader?.cancel();
-          throw tooLarge(MAX_WEBHOOK_BODY_BYTES);
+          throw bodyTooLarge(MAX_WEBHOOK_BODY_BYTES);
         }
         chunks.push(Buffer.from(part.value));
       }

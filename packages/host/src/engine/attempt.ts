@@ -439,7 +439,15 @@ export class Attempt {
       while (this.#pending.length > 0) {
         const batch = this.#pending;
         this.#pending = [];
-        await this.#deps.events.write(this.#in.runId, this.#in.attempt, batch, this.fence);
+        const { refused } = await this.#deps.events.writeWellFormed(
+          this.#in.runId,
+          this.#in.attempt,
+          batch,
+          this.fence,
+        );
+        for (const { type, problems } of refused) {
+          this.#deps.log(`run ${this.#in.runId}: dropped a malformed '${type}' event: ${problems}`);
+        }
       }
     } catch (err) {
       if (isLeaseLost(err)) this.leaseLost();

@@ -16,8 +16,7 @@ import type { EventLog, NewEvent } from "../store/event-log.ts";
 import type { Fence } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
-
-const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+import { isoTime } from "../store/stored.ts";
 
 export function toRun(row: RunsTable): Run {
   return {
@@ -29,14 +28,14 @@ export function toRun(row: RunsTable): Run {
     attempt: row.attempt,
     max_attempts: row.max_attempts,
     trigger: row.trigger as Run["trigger"],
-    not_before: iso(row.not_before),
+    not_before: isoTime(row.not_before),
     parent_run_id: row.parent_run_id,
     root_run_id: row.root_run_id,
     agent_version: row.agent_version,
     input: row.input === null ? null : JSON.parse(row.input),
     created_at: new Date(row.created_at).toISOString(),
-    started_at: iso(row.started_at),
-    finished_at: iso(row.finished_at),
+    started_at: isoTime(row.started_at),
+    finished_at: isoTime(row.finished_at),
   };
 }
 

@@ -39,6 +39,7 @@ import type { Kysely } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { type Snapshot, toSnapshot } from "../agents/snapshots.ts";
 import { EgressProxy, type EgressProxyTestOverrides, type EgressRecord } from "../egress/egress-proxy.ts";
+import { DEFAULT_PATH } from "../images/resolve-command.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
 import {
   RUNNER_MOUNT,
@@ -60,7 +61,6 @@ export const SESSION_ID_FLOOR = 1_000_000_000;
 const OUTPUT_CAP = 1024 * 1024;
 const EGRESS_LOG_CAP = 10_000;
 const DEFAULTS = { disk_mb: 2048, memory_mb: 2048, idle_timeout_s: 3600, timeout_s: 600 };
-const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /**
  * The forwarder, run by the runner layer's Node before the user's command: 127.0.0.1:PORT to the
@@ -493,7 +493,7 @@ export class EnvSessions {
       limits,
       files: [],
       argv: [`${RUNNER_MOUNT}/node`, "-e", FORWARDER, "/run/paddock/egress.sock", String(PROXY_PORT), ...argv],
-      env: { PATH, HOME: "/root", LANG: "C.UTF-8", USER: "root", ...proxyEnv, ...options.env },
+      env: { PATH: DEFAULT_PATH, HOME: "/root", LANG: "C.UTF-8", USER: "root", ...proxyEnv, ...options.env },
       cwd: options.cwd ?? "/root",
       session: {
         layerDir: live.layer.dir,

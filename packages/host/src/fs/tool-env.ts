@@ -6,7 +6,10 @@
  * extra variable a tool needs.
  */
 
-/** System folders, searched for tools started by name; not the PATH the host was started with. */
+/**
+ * The host's system folders, searched for tools started by name; not the PATH the host was started
+ * with, nor a sandbox's (DEFAULT_PATH in images/resolve-command.ts, folders of an image).
+ */
 export const TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /** Proxy settings, which a tool that downloads (debootstrap) needs on a network behind a proxy. */

@@ -13,7 +13,11 @@ import { lstat, readlink } from "node:fs/promises";
 import { join, posix } from "node:path";
 import { isErrno } from "../fs/store-fs.ts";
 
-/** PATH of a sandbox whose agent sets none. */
+/**
+ * PATH of a sandbox whose agent sets none, and of edit sessions: folders of the image. The host's
+ * own tools are found with TOOL_PATH (fs/tool-env.ts), folders of the host: the same list today,
+ * but one may change without the other.
+ */
 export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /** Working folder of an agent's command. */
 export const DEFAULT_CWD = "/app";

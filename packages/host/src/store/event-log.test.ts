@@ -95,4 +95,32 @@ describe("EventLog", () => {
     }
     assert.equal((await log.list(runId, 0, 100)).length, before, "nothing of a refused batch is stored");
   });
+
+  test("writeWellFormed keeps every well-formed event of a batch and names the refused ones", async () => {
+    const after = (await log.list(runId, 0, 1000)).at(-1)?.seq ?? 0;
+    const line = (text: string): NewEvent => ({ type: "log", data: { stream: "stdout", line: text } });
+    const batch = [
+      line("one"),
+      { type: "log", data: { stream: "stdout" } },
+      line("two"),
+      { type: "nope", data: {} },
+      line("three"),
+    ] as NewEvent[];
+    const { written, refused } = await log.writeWellFormed(runId, 1, batch);
+    assert.deepEqual(
+      refused.map((r) => r.type),
+      ["log", "nope"],
+    );
+    assert.ok(refused.every((r) => r.problems.length > 0));
+    const stored = await log.list(runId, after, 100);
+    assert.deepEqual(stored, written);
+    assert.deepEqual(
+      stored.filter(isEvent("log")).map((e) => e.data.line),
+      ["one", "two", "three"],
+    );
+
+    const clean = await log.writeWellFormed(runId, 1, [line("four")]);
+    assert.deepEqual(clean.refused, []);
+    assert.equal(clean.written.length, 1);
+  });
 });

@@ -32,12 +32,24 @@ export function toRunEvent(row: EventsTable): RunEvent {
  * events (a sandbox's markers arrive already parsed, as `user` events), so a refusal is a bug here.
  */
 function check(event: NewEvent): void {
-  const parsed = RunEventBody.safeParse({ type: event.type, data: event.data });
-  if (!parsed.success) {
+  const problems = problemsOf(event);
+  if (problems !== null) {
     throw new AppError("internal", `The host made a malformed '${String(event.type).slice(0, 64)}' event.`, {
-      problems: z.prettifyError(parsed.error),
+      problems,
     });
   }
+}
+
+/** Why the protocol does not describe `event`, or null when it does. */
+function problemsOf(event: NewEvent): string | null {
+  const parsed = RunEventBody.safeParse({ type: event.type, data: event.data });
+  return parsed.success ? null : z.prettifyError(parsed.error);
+}
+
+/** An event the log refused, with why. */
+export interface RefusedEvent {
+  type: string;
+  problems: string;
 }
 
 export class EventLog {
@@ -101,6 +113,31 @@ export class EventLog {
     const rows = await this.#db.transaction().execute((trx) => this.append(trx, runId, attempt, events, fence));
     this.publish(rows);
     return rows.map(toRunEvent);
+  }
+
+  /**
+   * Like write(), but a malformed event (a host bug) does not cost the others: should the batch be
+   * refused, its well-formed events are written on their own and the refused ones returned. The
+   * batch is checked once, as write() checks it; events are checked one by one only after a refusal.
+   */
+  async writeWellFormed(
+    runId: string,
+    attempt: number,
+    events: NewEvent[],
+    fence?: Fence,
+  ): Promise<{ written: RunEvent[]; refused: RefusedEvent[] }> {
+    try {
+      return { written: await this.write(runId, attempt, events, fence), refused: [] };
+    } catch (err) {
+      const refused: RefusedEvent[] = [];
+      const kept = events.filter((event) => {
+        const problems = problemsOf(event);
+        if (problems !== null) refused.push({ type: String(event.type).slice(0, 64), problems });
+        return problems === null;
+      });
+      if (refused.length === 0) throw err;
+      return { written: await this.write(runId, attempt, kept, fence), refused };
+    }
   }
 
   async list(runId: string, afterSeq: number, limit: number): Promise<RunEvent[]> {

@@ -1,4 +1,8 @@
-/** Schema migrations, written with Kysely's builder only so that SQLite and PostgreSQL share them. */
+/**
+ * Schema migrations, written with Kysely's builder so that SQLite and PostgreSQL can share them;
+ * one step is SQLite's alone: 0007 rebuilds a table with SQLite statements (PRAGMA foreign_keys)
+ * and has no PostgreSQL branch yet.
+ */
 import { type Kysely, sql } from "kysely";
 import { type Migration, type MigrationProvider, Migrator } from "kysely/migration";
 
@@ -433,7 +437,8 @@ migrations["0009_nodes"] = {
  * and `archived_at`. SQLite cannot drop a table constraint, so this is its documented rebuild:
  * foreign keys off, copy into a new table, drop the old one, rename the new one (the other tables'
  * references to `agents` then name the new table), check every reference, foreign keys on.
- * (PostgreSQL instead drops the constraint agents_tenant_name and adds the two columns.)
+ * SQLite only: on PostgreSQL the step would drop the constraint agents_tenant_name and add the two
+ * columns instead, a branch not written yet.
  */
 // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
 async function rebuildAgentsWithoutNameConstraint(db: Kysely<any>): Promise<void> {

@@ -35,3 +35,11 @@ const LayerDigests = z.array(z.string());
 export function parseRunSpec(text: string): AgentSpec {
   return parseStored(AgentSpec, text, "run spec");
 }
+
+/**
+ * A stored time (milliseconds since the epoch; Number() also takes a driver's bigint column given
+ * as a string) as the API shows it: an ISO 8601 timestamp, or null for none.
+ */
+export function isoTime(ms: number | null): string | null {
+  return ms === null ? null : new Date(Number(ms)).toISOString();
+}

@@ -24,6 +24,7 @@ import type { RunRepository } from "../engine/runs.ts";
 import type { Leader } from "../nodes/leader.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, SchedulesTable } from "../store/schema.ts";
+import { isoTime } from "../store/stored.ts";
 
 /** How late a tick may be and still run a slot whose schedule has no catch-up window. */
 const ON_TIME_GRACE_MS = 60_000;
@@ -44,7 +45,6 @@ export interface SchedulerDeps {
 }
 
 export function toSchedule(row: SchedulesTable): Schedule {
-  const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).toISOString());
   return {
     id: row.id,
     agent_id: row.agent_id,
@@ -53,8 +53,8 @@ export function toSchedule(row: SchedulesTable): Schedule {
     overlap: row.overlap as OverlapPolicy,
     catch_up_s: row.catch_up_s,
     paused: row.paused === 1,
-    next_at: iso(row.next_at),
-    last_slot_at: iso(row.last_slot_at),
+    next_at: isoTime(row.next_at),
+    last_slot_at: isoTime(row.last_slot_at),
     created_at: new Date(Number(row.created_at)).toISOString(),
   };
 }

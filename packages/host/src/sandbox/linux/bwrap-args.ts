@@ -9,8 +9,11 @@
  * sandbox network's namespace the launcher entered (see network.ts), forbids nested user
  * namespaces, mounts the runner read-only, gives argv a new session (no TIOCSTI into a host
  * terminal), an environment of exactly spec.env, and the seccomp filter; --die-with-parent ends
- * the sandbox if the host process dies. These lists are the only copy: runs, edit sessions and the
- * runner's compile-cache build (images/runner-compile-cache.ts) all take them from here.
+ * the sandbox if the host process dies. These lists are the only copy: runs and the runner's
+ * compile-cache build (images/runner-compile-cache.ts) take them from here. Edit sessions start
+ * bwrap already inside a user namespace of their own (no setpriv, no --unshare-user, a hostname, a
+ * new session only without a terminal), so sessionBwrapOptions below lists their namespaces
+ * itself; it shares entryOptions (environment, folder, seccomp filter).
  */
 import { INPUTS_DIR, RUNNER_MOUNT, RUNTIME_DIR } from "../driver.ts";
 import { BWRAP_ARGS_FD, SECCOMP_FD, type Tools } from "./launcher.ts";
