@@ -183,7 +183,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     ledger,
     secrets,
     rateLimits,
-    budgetOf: (tenantId, agentId) => agents.budgetOf(tenantId, agentId),
+    budgetOf: (runId) => agents.budgetOfRun(runId),
     ...(config.llmTenantLimits ? { tenantLimits: config.llmTenantLimits } : {}),
     log,
   });

@@ -38,7 +38,8 @@ export function registerWebhookRoutes(route: DefineRoute, deps: { webhooks: Webh
       responses: { 200: json(Page(Webhook), "Webhooks") },
     },
     async (c) => {
-      const agent = await agents.resolveLive(tenantOf(c), c.req.valid("param").id);
+      // A deleted agent's webhooks are listed too: they refuse deliveries, and may be deleted.
+      const agent = await agents.resolve(tenantOf(c), c.req.valid("param").id);
       return c.json({ data: await webhooks.list(tenantOf(c), agent.row.id), next_cursor: null }, 200);
     },
   );

@@ -58,7 +58,9 @@ export class RunRepository {
   /**
    * Queues a run of `spec`. `dedupe`, run inside the same transaction before the insert, may
    * answer with a run that already stands for this request (an idempotency key, a schedule slot, a
-   * webhook delivery); it records its own row for the new run otherwise.
+   * webhook delivery); it records its own row for the new run otherwise. A new run of an archived
+   * agent is refused (`agent_archived`) in the same transaction, so none is queued after an
+   * archive returned.
    */
   async create(
     tenantId: string,
@@ -110,6 +112,18 @@ export class RunRepository {
       if (existing) {
         const run = await trx.selectFrom("runs").selectAll().where("id", "=", existing).executeTakeFirstOrThrow();
         return { run, created: false, events: [] };
+      }
+      const agent = await trx
+        .selectFrom("agents")
+        .select(["name", "archived_at"])
+        .where("id", "=", agentId)
+        .executeTakeFirst();
+      if (agent && agent.archived_at !== null) {
+        throw new AppError(
+          "agent_archived",
+          `The agent '${agent.name}' was deleted (archived): it starts no new runs.`,
+          { agent_id: agentId },
+        );
       }
       await trx.insertInto("runs").values(row).execute();
       const events = await this.#events.append(trx, row.id, 0, [
