@@ -23,6 +23,7 @@ import {
 import type { Kysely, Transaction } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { runSpec } from "../agents/agents.ts";
+import type { Artifacts } from "../artifacts/artifacts.ts";
 import {
   type ChannelCall,
   type ChannelRoute,
@@ -34,7 +35,6 @@ import {
   sendReplay,
   takeStep,
 } from "../bridge/channel.ts";
-import type { Artifacts } from "../artifacts/artifacts.ts";
 import type { RunRepository } from "../engine/runs.ts";
 import type { EventLog } from "../store/event-log.ts";
 import { type Journal, requestHash } from "../store/journal.ts";
