@@ -170,6 +170,13 @@ describe("agent versions and deletion without root", () => {
     );
     assert.deepEqual([good.version, good.command, good.builtin, good.snapshot.version], [2, ["./run.sh"], null, 2]);
     assert.equal((await layers()).length, before.length + 1);
+    assert.equal(good.snapshot.layers.length, 1);
+    // A new agent's files are its one layer; the same files again are the same layer.
+    const made = await create({ files: { "go.sh": "#!/bin/sh\n" } });
+    const again = ok(
+      await api("PUT", `/v1/agents/${made.id}`, { command: ["./go.sh"], files: { "go.sh": "#!/bin/sh\n" } }),
+    );
+    assert.deepEqual([made.snapshot.layers.length, again.snapshot.layers], [1, made.snapshot.layers]);
   });
 
   it("a deleted agent changes no more: update, replace, rollback, snapshot import and sessions refuse", async () => {

@@ -179,8 +179,8 @@ function withFilesLayer(layers: string[], old: string | undefined, next: string 
   return next === undefined || layers.includes(next) ? layers : [next, ...layers];
 }
 
-/** Stands for a files layer not stored yet (no digest is empty). */
-const PENDING_LAYER = "";
+/** Stands for a files layer not stored yet (no digest looks like this). */
+const PENDING_LAYER = "pending-files-layer";
 /** Runs whose budgets are kept in memory. */
 const MAX_CACHED_BUDGETS = 10_000;
 
@@ -527,7 +527,7 @@ export class Agents {
       const bytes = filesBytes(files);
       // The new files layer's place among the layers, until it is stored and has its digest.
       const pending = hasFiles ? PENDING_LAYER : undefined;
-      layers = pending ? [pending] : [];
+      layers = pending === undefined ? [] : [pending];
       envBytes = bytes;
       if (previous) {
         const before = layersOf(previous.snapshot);
