@@ -78,7 +78,7 @@ export function registerWebhookRoutes(route: DefineRoute, deps: { webhooks: Webh
       responses: {
         202: json(Delivery, "A run was started (or had been, for a repeated delivery id)"),
         401: { description: "Bad or missing signature, unknown webhook, or a timestamp outside five minutes" },
-        409: { description: "The webhook's agent is deleted (agent_archived)" },
+        409: { description: "The webhook's agent is deleted (agent_archived) and the delivery id is new" },
         413: { description: "A body over 256 KiB" },
       },
     },
