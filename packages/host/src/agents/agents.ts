@@ -1,9 +1,10 @@
 /**
  * Agents: a definition checked against this host (its caps, the tenant's connections, the command
- * in its real environment image) and stored in versions. An update saves the next version (or
- * changes nothing when it is invalid); archiving (delete) stops new runs while the agent and its
- * runs stay readable. A run freezes the agent's current definition and environment when it is
- * triggered, so a queued or retried run keeps its version whatever happens to the agent.
+ * in its real environment image) and stored in versions. An update (a merge patch, or a whole
+ * new definition) saves the next version, or changes nothing when it is invalid; archiving
+ * (delete) stops new runs and every change while the agent and its runs stay readable. A run
+ * freezes the agent's current definition and environment when it is triggered, so a queued or
+ * retried run keeps its version, and its budget, whatever happens to the agent.
  */
 import { isDeepStrictEqual } from "node:util";
 import {
