@@ -71,7 +71,8 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
   };
 }
 
-function archived(row: AgentsTable): AppError {
+/** The refusal of anything that would change an archived agent or start its runs. */
+export function archived(row: Pick<AgentsTable, "id" | "name" | "archived_at">): AppError {
   return new AppError(
     "agent_archived",
     `The agent '${row.name}' was deleted (archived) at ${iso(row.archived_at)}: it starts no new runs and cannot change. Its runs stay readable; create a new agent to run again.`,

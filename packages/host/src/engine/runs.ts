@@ -12,6 +12,7 @@ import {
   type RunStatus,
 } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
+import { archived } from "../agents/agents.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
@@ -115,16 +116,10 @@ export class RunRepository {
       }
       const agent = await trx
         .selectFrom("agents")
-        .select(["name", "archived_at"])
+        .select(["id", "name", "archived_at"])
         .where("id", "=", agentId)
         .executeTakeFirst();
-      if (agent && agent.archived_at !== null) {
-        throw new AppError(
-          "agent_archived",
-          `The agent '${agent.name}' was deleted (archived): it starts no new runs.`,
-          { agent_id: agentId },
-        );
-      }
+      if (agent && agent.archived_at !== null) throw archived(agent);
       await trx.insertInto("runs").values(row).execute();
       const events = await this.#events.append(trx, row.id, 0, [
         { type: "run.queued", data: { status: "queued", trigger }, ts: now },
