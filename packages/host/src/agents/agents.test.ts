@@ -216,6 +216,16 @@ describe("agent versions and deletion without root", () => {
     assert.deepEqual(ok(await api("GET", `/v1/runs?agent_id=${agent.id}`)).data, []);
   });
 
+  it("a trigger repeated with its Idempotency-Key answers with its run after the delete; a new one is refused", async () => {
+    const agent = await create();
+    const trigger = (key: string) => api("POST", `/v1/agents/${agent.id}/runs`, {}, { "idempotency-key": key });
+    const first = ok(await trigger("k-1"), 201);
+    ok(await api("DELETE", `/v1/agents/${agent.id}`));
+    assert.equal(ok(await trigger("k-1")).id, first.id);
+    refused(await trigger("k-2"), 409, "agent_archived");
+    refused(await api("POST", `/v1/agents/${agent.id}/runs`, {}), 409, "agent_archived");
+  });
+
   it("a deleted agent's webhooks are listed, and a repeated delivery answers with its first run", async () => {
     const agent = await create();
     const hook = ok(await api("POST", `/v1/agents/${agent.id}/webhooks`), 201);

@@ -86,8 +86,16 @@ export function assertLive({ row }: Pick<AgentRecord, "row">): void {
 }
 
 /** What a run of this agent freezes at trigger time; `agent_archived` for an archived agent. */
-export function runSpec({ row, snapshot }: AgentRecord): AgentSpec {
-  assertLive({ row });
+export function runSpec(agent: AgentRecord): AgentSpec {
+  assertLive(agent);
+  return frozenSpec(agent);
+}
+
+/**
+ * What a run of this agent would freeze, archived or not: for a trigger that answers a request
+ * it already served (RunRepository.create refuses a new run of an archived agent itself).
+ */
+export function frozenSpec({ row, snapshot }: AgentRecord): AgentSpec {
   return {
     ...parseAgentDefinition(row.spec),
     image: snapshot.base,

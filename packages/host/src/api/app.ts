@@ -29,7 +29,7 @@ import {
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
-import { type Agents, runSpec, toAgent } from "../agents/agents.ts";
+import { type Agents, frozenSpec, toAgent } from "../agents/agents.ts";
 import type { SnapshotArchives } from "../agents/snapshot-archive.ts";
 import type { Artifacts } from "../artifacts/artifacts.ts";
 import type { Connections } from "../bridge/connections.ts";
@@ -336,7 +336,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
         body: jsonBody(RunCreate),
       },
       responses: {
-        200: json(Run, "The run this Idempotency-Key already started"),
+        200: json(Run, "The run this Idempotency-Key already started (also once the agent is deleted)"),
         201: json(Run, "Queued"),
         409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
         422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
@@ -350,7 +350,9 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
         key === undefined
           ? undefined
           : idempotencyKey(agent.row.tenant_id, key, `${agent.row.id}\n${JSON.stringify(body.input ?? null)}`);
-      const { run, created } = await deps.runs.create(agent.row.tenant_id, agent.row.id, runSpec(agent), body.input, {
+      // The Idempotency-Key's run answers even once the agent is archived; a new run is refused then.
+      const spec = frozenSpec(agent);
+      const { run, created } = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
         trigger: "api",
         ...(dedupe ? { dedupe } : {}),
       });
