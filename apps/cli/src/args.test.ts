@@ -122,10 +122,10 @@ describe("agents create arguments", () => {
     assert.ok(Object.hasOwn(body.files as object, "summarize.py"));
   });
 
-  it("builds an update from only what is given, without the file's name: AGENT picks the agent", async () => {
+  it("builds an update from the whole file (its name checked by the host), or from only the flags given", async () => {
     const file = new URL("../../../examples/report-agent/agent.json", import.meta.url).pathname;
     const fromFile = await agentBody(parseUpdate(["report", "--file", file, "--memory", "512"]), true);
-    assert.equal(fromFile.name, undefined);
+    assert.equal(fromFile.name, "report-demo");
     assert.deepEqual(fromFile.command, ["python3", "summarize.py"]);
     assert.deepEqual(fromFile.limits, { memory_mb: 512, timeout_s: 120 });
     assert.deepEqual(await agentBody(parseUpdate(["report", "--timeout", "30"]), true), { limits: { timeout_s: 30 } });

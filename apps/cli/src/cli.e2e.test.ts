@@ -233,14 +233,21 @@ describe("paddock CLI against a real host", { skip: e2eSkip(hostSkipReason()) },
     assert.equal(same.code, 0, show(same));
     assert.equal(same.stdout.trim(), "agent report-demo unchanged (version 1)");
 
-    const created = await cli(["agents", "create", "versioned", "--", "sh", "-c", "echo one"], env);
+    const created = await cli(
+      ["agents", "create", "versioned", "--env", "KEEP=1", "--budget-total", "10", "--", "sh", "-c", "echo one"],
+      env,
+    );
     assert.equal(created.code, 0, show(created));
     const updated = await cli(
-      ["agents", "update", "versioned", "--env", "MODE=two", "--", "sh", "-c", "echo $MODE"],
+      ["agents", "update", "versioned", "--env", "MODE=two", "--budget-per-run", "2", "--", "sh", "-c", "echo $MODE"],
       env,
     );
     assert.equal(updated.code, 0, show(updated));
     assert.match(updated.stdout, /^updated agent versioned \(agt_[0-9a-z]+\) to version 2$/m);
+    // Flags change what they name: the other variable and the total budget stay.
+    const merged = JSON.parse((await cli(["agents", "show", "versioned", "--json"], env)).stdout);
+    assert.deepEqual(merged.env, { KEEP: "1", MODE: "two" });
+    assert.deepEqual(merged.budget, { total: 10, per_run: 2 });
     const refused = await cli(["agents", "update", "versioned", "--memory", "1"], env);
     assert.equal(refused.code, 1, show(refused));
     assert.match(refused.stderr, /^error validation_failed: /);

@@ -206,8 +206,14 @@ export class Client {
   }
 
   /** Saves the agent's next version from the fields given (an AgentUpdate body). */
+  /** A merge patch of the agent's definition (the fields given change, the rest stays). */
   updateAgent(id: string, body: Record<string, unknown>): Promise<Agent> {
     return this.#json(Agent, "PATCH", `/agents/${enc(id)}`, { body });
+  }
+
+  /** The agent's whole new definition (what it leaves out takes its default). */
+  replaceAgent(id: string, body: Record<string, unknown>): Promise<Agent> {
+    return this.#json(Agent, "PUT", `/agents/${enc(id)}`, { body });
   }
 
   /** Deletes (archives) the agent: no new runs; it and its runs stay readable. */

@@ -225,14 +225,14 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     ledger,
     secrets,
     rateLimits,
-    budgetOf: (tenantId, agentId) => agents.budgetOf(tenantId, agentId),
+    budgetOf: (runId) => agents.budgetOfRun(runId),
     ...(config.llmTenantLimits ? { tenantLimits: config.llmTenantLimits } : {}),
     log,
   });
   env.undo.push(async () => gateway.close());
   // Agent-to-agent calls wake the engine, which is made below.
   let wakeEngine = () => {};
-  const agentCalls = new AgentCalls({ db, agents, runs, notify: () => wakeEngine(), journal });
+  const agentCalls = new AgentCalls({ db, agents, runs, events, artifacts, notify: () => wakeEngine(), journal });
   const routes = [agentCalls, gateway];
   const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal });
   env.undo.push(() => bridge.close());

@@ -1,7 +1,7 @@
 /** The request schemas of agent versions: an update gives only what changes. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { AgentCreate, AgentUpdate } from "./api.ts";
+import { AgentCreate, AgentReplace, AgentUpdate } from "./api.ts";
 
 test("an update takes any of AgentCreate's fields and fills in no default", () => {
   assert.deepEqual(AgentUpdate.parse({}), {});
@@ -26,4 +26,27 @@ test("an update is checked field by field like a create", () => {
   ]) {
     assert.equal(AgentUpdate.safeParse(bad).success, false, JSON.stringify(bad));
   }
+});
+
+test("an update is a merge patch: objects give only the keys that change, null removes one", () => {
+  const patch = { budget: { total: null, per_run: 2 }, env: { A: null, B: "x" }, limits: { cpus: null }, image: null };
+  assert.deepEqual(AgentUpdate.parse(patch), patch);
+  assert.deepEqual(AgentUpdate.parse({ policy: { agents: null } }), { policy: { agents: null } });
+  // Defaults are a create's business: an object in a patch fills none in.
+  assert.deepEqual(AgentUpdate.parse({ retry: { max_attempts: 3 } }), { retry: { max_attempts: 3 } });
+  for (const bad of [
+    { budget: { per_run: -1 } },
+    { retry: { surprise: 1 } },
+    { env: { PADDOCK_X: "1" } },
+    { name: null },
+  ]) {
+    assert.equal(AgentUpdate.safeParse(bad).success, false, JSON.stringify(bad));
+  }
+});
+
+test("a replacement is a create's body whose name may be left out", () => {
+  assert.equal(AgentReplace.safeParse({ command: ["x"] }).success, true);
+  assert.equal(AgentReplace.safeParse({ name: "a", command: ["x"] }).success, true);
+  assert.equal(AgentReplace.safeParse({}).success, false);
+  assert.equal(AgentReplace.safeParse({ command: ["x"], model: "m" }).success, false);
 });

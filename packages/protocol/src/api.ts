@@ -86,7 +86,8 @@ const AgentFields = z
   })
   .strict();
 
-export const AgentCreate = AgentFields.superRefine((a, ctx) => {
+/** What makes a whole definition: a command or the built-in agent's instructions, and their fields. */
+function checkKind(a: Omit<z.infer<typeof AgentFields>, "name">, ctx: z.RefinementCtx): void {
   if ((a.command === undefined) === (a.instructions === undefined)) {
     ctx.addIssue({
       code: "custom",
@@ -103,34 +104,65 @@ export const AgentCreate = AgentFields.superRefine((a, ctx) => {
         ctx.addIssue({ code: "custom", path: [k], message: "only for the built-in agent (instructions)" });
     }
   }
-}).meta({ id: "AgentCreate" });
+}
+
+export const AgentCreate = AgentFields.superRefine(checkKind).meta({ id: "AgentCreate" });
 export type AgentCreate = z.infer<typeof AgentCreate>;
 
 /**
- * A new version of an agent: any of AgentCreate's fields. Those given replace the agent's (limits
- * key by key; `command` and `instructions` each replace the other kind), the rest stay, and the
- * result must be a valid AgentCreate. `files` replace the agent's files (a new environment
- * version); `null` clears `max_concurrent_runs` or `queue_ttl_s`. The name cannot change: a
- * `name` must be the agent's own (so that a whole definition file can be sent).
+ * A whole new definition of an existing agent (PUT): AgentCreate's body, whose name may be left
+ * out (it must be the agent's own when given). Fields left out take their defaults, as in a create.
  */
-export const AgentUpdate = AgentFields.partial()
-  .extend({
-    /** Only the limits given change (none is filled in with its default). */
-    limits: z
-      .object({
-        memory_mb: Limits.shape.memory_mb.unwrap().optional(),
-        pids: Limits.shape.pids.unwrap().optional(),
-        cpus: Limits.shape.cpus.unwrap().optional(),
-        timeout_s: Limits.shape.timeout_s.unwrap().optional(),
-        disk_mb: Limits.shape.disk_mb.unwrap().optional(),
-        log_kb: Limits.shape.log_kb.unwrap().optional(),
-        artifacts_mb: Limits.shape.artifacts_mb.unwrap().optional(),
-      })
-      .strict()
+export const AgentReplace = AgentFields.partial({ name: true }).superRefine(checkKind).meta({ id: "AgentReplace" });
+export type AgentReplace = z.infer<typeof AgentReplace>;
+
+/** The schema inside defaults and optionals: a merge patch fills in no default. */
+function bare(schema: z.ZodType): z.ZodType {
+  let s = schema;
+  while (s instanceof z.ZodDefault || s instanceof z.ZodOptional) s = s.unwrap() as z.ZodType;
+  return s;
+}
+
+/** An object's fields as a merge patch gives them: each optional, `null` removes it (back to its default). */
+type PatchShape<S extends z.ZodRawShape> = {
+  -readonly [K in keyof S]: z.ZodOptional<z.ZodNullable<z.ZodType<Exclude<z.output<S[K]>, undefined>>>>;
+};
+
+/** An object's merge patch: each key optional, `null` removes it (back to its default). */
+function objectPatch<S extends z.ZodRawShape>(shape: S): z.ZodObject<PatchShape<S>, z.core.$strict> {
+  const fields = Object.entries(shape).map(([k, s]) => [
+    k,
+    bare(s as z.ZodType)
+      .nullable()
       .optional(),
-    max_concurrent_runs: AgentFields.shape.max_concurrent_runs.unwrap().nullable().optional(),
-    queue_ttl_s: AgentFields.shape.queue_ttl_s.unwrap().nullable().optional(),
+  ]);
+  return z.object(Object.fromEntries(fields) as PatchShape<S>).strict();
+}
+
+/**
+ * A new version of an agent as a JSON merge patch (RFC 7396) of its definition: the fields given
+ * replace the agent's, objects (`limits`, `budget`, `policy`, `retry`, `env`) merge key by key,
+ * `null` removes a key or clears a field (back to its default), arrays replace, and the rest
+ * stays. `command` and `instructions` each replace the other kind of agent. `files` replace all
+ * the agent's files (a new environment version; `null`: none); `image: null` is the default
+ * image. The result must be a valid AgentCreate. The name cannot change: a `name` must be the
+ * agent's own.
+ */
+export const AgentUpdate = z
+  .object({
+    ...objectPatch(AgentFields.shape).shape,
+    name: Name.optional(),
+    env: z
+      .record(EnvName, z.string().max(8192).nullable())
+      .refine((e) => Object.keys(e).length <= 128, "at most 128 variables")
+      .nullable()
+      .optional(),
+    limits: objectPatch(Limits.shape).nullable().optional(),
+    policy: objectPatch(AgentPolicy.shape).nullable().optional(),
+    budget: objectPatch(AgentBudget.shape).nullable().optional(),
+    retry: objectPatch(RetryPolicy.shape).nullable().optional(),
   })
+  .strict()
   .meta({ id: "AgentUpdate" });
 export type AgentUpdate = z.infer<typeof AgentUpdate>;
 

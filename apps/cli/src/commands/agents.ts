@@ -47,7 +47,8 @@ export function parseUpdate(argv: string[]) {
 
 /**
  * Builds the AgentCreate body from --file (if any), flags, NAME and the `-- CMD` tail; for an
- * update (AgentUpdate) only what they give, without a name: AGENT names the agent to change.
+ * update with --file the whole definition (its name, if any, must be the agent's), without one
+ * a merge patch (AgentUpdate) of only what the flags give: AGENT names the agent to change.
  */
 export async function agentBody(
   parsed: ReturnType<typeof parseCreate>,
@@ -55,9 +56,7 @@ export async function agentBody(
 ): Promise<Record<string, unknown>> {
   const { values, positionals, rest } = parsed;
   const body: Record<string, unknown> = values.file ? await loadAgentFile(values.file) : {};
-  if (update) {
-    delete body.name;
-  } else {
+  if (!update) {
     const name = positionals[0] ?? body.name;
     if (name === undefined) throw new UsageError("give the agent a NAME (or use --file)", "agents create");
     body.name = name;
@@ -184,13 +183,14 @@ const update: Command = {
   usage: `Usage: paddock agents update AGENT [options] [-- CMD [ARGS...]]
        paddock agents update AGENT --file agent.json [options] [-- CMD [ARGS...]]
 
-Saves the next version of an agent (AGENT is its name or id): what the options, the file and
-'-- CMD' give replaces the agent's own (--memory and the other limits one by one), the rest
-stays. New files (--dir, or files_dir in --file) replace the agent's files as a new environment
-version; --env and --connection replace the agent's whole list. Runs already queued or
-retrying keep the version they were triggered with. An update the host refuses changes
-nothing; one that changes nothing saves no version. The name cannot change: a name in --file is
-ignored.
+Saves the next version of an agent (AGENT is its name or id). With --file, the file (with the
+options and '-- CMD' over it) is the agent's whole new definition: what it leaves out takes its
+default, as in create, and its name, if it gives one, must be AGENT's. Without --file, what the
+options and '-- CMD' give changes and the rest stays: --memory and the other limits, --env
+variables and the budgets one by one; --connection replaces the list of connections (the
+agents it may call stay); --dir replaces the agent's files. New files make a new environment
+version. Runs already queued or retrying keep the version they were triggered with. An update
+the host refuses changes nothing; one that changes nothing saves no version.
 
 ${CREATE_HELP}
 
@@ -201,7 +201,7 @@ ${CONNECTION_HELP}`,
     const body = await agentBody(parsed, true);
     const client = await connect(values, ctx);
     const before = await client.resolveAgent(positionals[0] ?? "");
-    const agent = await client.updateAgent(before.id, body);
+    const agent = values.file ? await client.replaceAgent(before.id, body) : await client.updateAgent(before.id, body);
     if (values.json) ctx.out(JSON.stringify(agent, null, 2));
     else if (agent.version === before.version) ctx.out(`agent ${agent.name} unchanged (version ${agent.version})`);
     else ctx.out(`updated agent ${agent.name} (${agent.id}) to version ${agent.version}`);

@@ -6,7 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
+import { waitFor } from "../testing/wait.ts";
 import { signDelivery } from "../triggers/webhooks.ts";
 
 /** Prints which version of the script ran, after sleeping the input's `sleep` seconds. */
@@ -17,7 +19,7 @@ const script = (version: number) =>
     `print('script-v${version}', flush=True)`,
   ].join("\n");
 
-describe("agent versions and deletion", { skip: hostSkipReason() }, () => {
+describe("agent versions and deletion", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;
   before(async () => {
     t = await startTestHost({ schedulerTickMs: 0 });
@@ -40,14 +42,12 @@ describe("agent versions and deletion", { skip: hostSkipReason() }, () => {
     assert.equal(res.status, 201, JSON.stringify(res.body));
     return res.body;
   };
-  const waitStatus = async (runId: string, status: string) => {
-    for (let i = 0; i < 2400; i++) {
-      const run = (await t.api("GET", `/v1/runs/${runId}`)).body;
-      if (run.status === status) return run;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    throw new Error(`run ${runId} never became ${status}`);
-  };
+  const waitStatus = (runId: string, status: string) =>
+    waitFor(async () => (await t.api("GET", `/v1/runs/${runId}`)).body.status === status, {
+      what: `run ${runId} to be ${status}`,
+      timeoutMs: 120_000,
+      intervalMs: 50,
+    });
   const printed = async (runId: string) =>
     (await t.api("GET", `/v1/runs/${runId}/events`)).body.data
       .filter((e: { type: string }) => e.type === "log")
@@ -56,7 +56,8 @@ describe("agent versions and deletion", { skip: hostSkipReason() }, () => {
   it("describes the update and delete routes in the OpenAPI document", async () => {
     const doc = (await t.api("GET", "/v1/openapi.json", undefined, null)).body;
     const path = doc.paths["/v1/agents/{id}"];
-    assert.ok(path.patch && path.delete && path.get);
+    assert.ok(path.patch && path.put && path.delete && path.get);
+    assert.match(path.patch.summary, /JSON merge patch \(RFC 7396\)/);
     assert.equal(doc.components.schemas.AgentUpdate.required, undefined, "every field of an update is optional");
     assert.ok(doc.components.schemas.Agent.properties.archived_at);
     assert.ok(doc.components.schemas.Run.properties.agent_version);
@@ -119,12 +120,13 @@ describe("agent versions and deletion", { skip: hostSkipReason() }, () => {
       retry: { max_attempts: 2, on: ["exit_code"], backoff_s: 5, jitter: 0 },
     });
     const run = await trigger(agent.id);
-    for (let i = 0; ; i++) {
-      const events = (await t.api("GET", `/v1/runs/${run.id}/events`)).body.data;
-      if (events.some((e: { type: string }) => e.type === "retry.scheduled")) break;
-      assert.ok(i < 2400, "the first attempt was not retried");
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitFor(
+      async () =>
+        (await t.api("GET", `/v1/runs/${run.id}/events`)).body.data.some(
+          (e: { type: string }) => e.type === "retry.scheduled",
+        ),
+      { what: "the first attempt to be retried", timeoutMs: 120_000, intervalMs: 50 },
+    );
     const updated = await t.api("PATCH", `/v1/agents/${agent.id}`, { command: ["sh", "-c", "echo two"] });
     assert.equal(updated.body.version, 2);
     const done = await waitForRun(t, run.id);
@@ -188,6 +190,8 @@ describe("agent versions and deletion", { skip: hostSkipReason() }, () => {
     });
     const hook = (await t.api("POST", `/v1/agents/${agent.id}/webhooks`)).body;
     const schedule = (await t.api("POST", "/v1/schedules", { agent: agent.id, cron: "* * * * *" })).body;
+    // Long enough to be going when the agent is deleted (which the test does not depend on): both
+    // runs were triggered before the delete, so both finish.
     const running = await trigger(agent.id, { sleep: 3 });
     await waitStatus(running.id, "running");
     const queued = await trigger(agent.id);
@@ -195,7 +199,7 @@ describe("agent versions and deletion", { skip: hostSkipReason() }, () => {
     const deleted = await t.api("DELETE", `/v1/agents/${agent.id}`);
     assert.equal(deleted.status, 200, JSON.stringify(deleted.body));
     assert.ok(deleted.body.archived_at);
-    assert.equal((await t.api("GET", `/v1/runs/${running.id}`)).body.status, "running");
+    expectError(await t.api("POST", `/v1/agents/${agent.id}/runs`, {}), 409, "agent_archived");
     assert.equal((await waitForRun(t, running.id)).status, "succeeded");
     assert.equal((await waitForRun(t, queued.id)).status, "succeeded");
     assert.deepEqual(await printed(queued.id), ["script-v1"]);
@@ -238,6 +242,22 @@ describe("agent versions and deletion", { skip: hostSkipReason() }, () => {
     assert.notEqual(reborn.id, agent.id);
     assert.equal((await waitForRun(t, (await trigger(reborn.id)).id)).status, "succeeded");
     expectError(await t.api("POST", "/v1/agents", { name, command: ["true"] }), 409, "conflict");
+  });
+
+  it("a session opened before the delete can be discarded but no longer changes the environment", async () => {
+    const agent = await create({ name: uniqueName("sealed"), command: ["true"] });
+    const opened = await t.api("POST", `/v1/agents/${agent.id}/env/session`, {});
+    assert.equal(opened.status, 201, JSON.stringify(opened.body));
+    assert.equal((await t.api("DELETE", `/v1/agents/${agent.id}`)).status, 200);
+    const base = `/v1/agents/${agent.id}/env`;
+    expectError(await t.api("POST", `${base}/session/exec`, { argv: ["touch", "/x"] }), 409, "agent_archived");
+    expectError(await t.api("POST", `${base}/freeze`, {}), 409, "agent_archived");
+    expectError(await t.api("POST", `/v1/agents/${agent.id}/rollback`, { version: 1 }), 409, "agent_archived");
+    assert.equal((await t.api("GET", `${base}/session`)).status, 200);
+    assert.equal((await t.api("DELETE", `${base}/session`)).status, 200);
+    expectError(await t.api("POST", `${base}/session`, {}), 409, "agent_archived");
+    const history = (await t.api("GET", `/v1/agents/${agent.id}/snapshots`)).body.data;
+    assert.equal(history.length, 1);
   });
 
   it("an agent cannot start a child run of a deleted agent", async () => {

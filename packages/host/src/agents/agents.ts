@@ -1,9 +1,10 @@
 /**
  * Agents: a definition checked against this host (its caps, the tenant's connections, the command
- * in its real environment image) and stored in versions. An update saves the next version (or
- * changes nothing when it is invalid); archiving (delete) stops new runs while the agent and its
- * runs stay readable. A run freezes the agent's current definition and environment when it is
- * triggered, so a queued or retried run keeps its version whatever happens to the agent.
+ * in its real environment image) and stored in versions. An update (a merge patch, or a whole
+ * new definition) saves the next version, or changes nothing when it is invalid; archiving
+ * (delete) stops new runs and every change while the agent and its runs stay readable. A run
+ * freezes the agent's current definition and environment when it is triggered, so a queued or
+ * retried run keeps its version, and its budget, whatever happens to the agent.
  */
 import { isDeepStrictEqual } from "node:util";
 import {
@@ -11,6 +12,7 @@ import {
   type AgentBudget,
   AgentCreate,
   type AgentDefinition,
+  type AgentReplace,
   type AgentSpec,
   type AgentUpdate,
   AppError,
@@ -31,7 +33,7 @@ import type { RunnerRegistry } from "../images/runner-registry.ts";
 import { RUNNER_NODE_PATH, RUNNER_SDK } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
-import { isoTime, parseAgentDefinition, parseLayerDigests } from "../store/stored.ts";
+import { isoTime, parseAgentDefinition, parseLayerDigests, parseRunSpec } from "../store/stored.ts";
 import type { LayerBlobs } from "./layer-blobs.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
 
@@ -70,7 +72,8 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
   };
 }
 
-function archived(row: AgentsTable): AppError {
+/** The refusal of anything that would change an archived agent or start its runs. */
+export function archived(row: Pick<AgentsTable, "id" | "name" | "archived_at">): AppError {
   return new AppError(
     "agent_archived",
     `The agent '${row.name}' was deleted (archived) at ${isoTime(row.archived_at)}: it starts no new runs and cannot change. Its runs stay readable; create a new agent to run again.`,
@@ -78,9 +81,22 @@ function archived(row: AgentsTable): AppError {
   );
 }
 
-/** What a run of this agent freezes at trigger time; `agent_archived` for an archived agent. */
-export function runSpec({ row, snapshot }: AgentRecord): AgentSpec {
+/** `agent_archived` unless the agent is live: what changes an agent or starts its runs checks this. */
+export function assertLive({ row }: Pick<AgentRecord, "row">): void {
   if (row.archived_at !== null) throw archived(row);
+}
+
+/** What a run of this agent freezes at trigger time; `agent_archived` for an archived agent. */
+export function runSpec(agent: AgentRecord): AgentSpec {
+  assertLive(agent);
+  return frozenSpec(agent);
+}
+
+/**
+ * What a run of this agent would freeze, archived or not: for a trigger that answers a request
+ * it already served (RunRepository.create refuses a new run of an archived agent itself).
+ */
+export function frozenSpec({ row, snapshot }: AgentRecord): AgentSpec {
   return {
     ...parseAgentDefinition(row.spec),
     image: snapshot.base,
@@ -127,26 +143,44 @@ function bodyOf(name: string, def: AgentDefinition): Record<string, unknown> {
   };
 }
 
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
 /**
- * The whole definition an update asks for: the fields it gives replace the current ones (limits
- * key by key), `command` and `instructions` each replace the other kind of agent, `null` clears
- * the two optional bounds, and every other field stays.
+ * `patch` applied to `target` as a JSON merge patch (RFC 7396): objects merge key by key, `null`
+ * removes a key, anything else (arrays too) replaces.
  */
-function merge(current: Record<string, unknown>, patch: AgentUpdate): Record<string, unknown> {
-  const { limits, max_concurrent_runs, queue_ttl_s, ...given } = patch;
-  const out: Record<string, unknown> = { ...current };
-  if (given.command !== undefined) for (const k of ["instructions", "model", "tools", "max_steps"]) delete out[k];
-  if (given.instructions !== undefined) delete out.command;
-  Object.assign(out, given);
-  if (limits !== undefined) out.limits = { ...(current.limits as object), ...limits };
-  for (const [key, value] of [
-    ["max_concurrent_runs", max_concurrent_runs],
-    ["queue_ttl_s", queue_ttl_s],
-  ] as const) {
+export function mergePatch(target: unknown, patch: unknown): unknown {
+  if (!isObject(patch)) return patch;
+  const out: Record<string, unknown> = isObject(target) ? { ...target } : {};
+  for (const [key, value] of Object.entries(patch)) {
     if (value === null) delete out[key];
-    else if (value !== undefined) out[key] = value;
+    else if (value !== undefined) out[key] = mergePatch(out[key], value);
   }
   return out;
+}
+
+/**
+ * The whole definition an update asks for: `patch` merged into the current one; `command` and
+ * `instructions` each replace the other kind of agent. Files and the image are only there when
+ * the patch gives them (`null`: no files, the default image); otherwise the environment stays.
+ */
+function merge(current: Record<string, unknown>, patch: AgentUpdate): Record<string, unknown> {
+  const { files, image, ...rest } = patch;
+  const base = { ...current };
+  if (rest.command != null) for (const k of ["instructions", "model", "tools", "max_steps"]) delete base[k];
+  if (rest.instructions != null) delete base.command;
+  const out = mergePatch(base, rest) as Record<string, unknown>;
+  if (files !== undefined) out.files = files ?? {};
+  if (image !== undefined) out.image = image ?? "default";
+  return out;
+}
+
+function requireName(row: AgentsTable, name: string | undefined): void {
+  if (name !== undefined && name !== row.name) {
+    throw validationFailed([
+      { path: ["name"], code: "custom", message: `an agent's name cannot change (this one is '${row.name}')` },
+    ]);
+  }
 }
 
 /** `layers` with the files layer `old` replaced by `next` (or removed), else `next` on top. */
@@ -155,6 +189,11 @@ function withFilesLayer(layers: string[], old: string | undefined, next: string 
   if (at >= 0) return next === undefined ? layers.toSpliced(at, 1) : layers.with(at, next);
   return next === undefined || layers.includes(next) ? layers : [next, ...layers];
 }
+
+/** Stands for a files layer not stored yet (no digest looks like this). */
+const PENDING_LAYER = "pending-files-layer";
+/** Runs whose budgets are kept in memory. */
+const MAX_CACHED_BUDGETS = 10_000;
 
 const filesBytes = (files: Record<string, string>) =>
   Object.values(files).reduce((n, c) => n + Buffer.byteLength(c), 0);
@@ -168,7 +207,7 @@ export class Agents {
   readonly snapshots: Snapshots;
 
   readonly #maxLimits: Limits;
-  /** Budgets by `tenant/agent`, read once; an update or archive of the agent drops its entry. */
+  /** Budgets by run id, read once: a run's frozen spec never changes. */
   readonly #budgets = new Map<string, GatewayBudget>();
 
   constructor(
@@ -258,25 +297,39 @@ export class Agents {
   }
 
   /**
-   * Saves the next version of the agent's definition: `patch` merged into the current one and
-   * checked as a whole, as create checks it. Files or an image make a new environment version
-   * too. An invalid update, or one that would change nothing, saves nothing.
+   * Saves the next version of the agent's definition: `patch` merged into the current one (a
+   * JSON merge patch, see AgentUpdate) and checked as a whole, as create checks it. Files or an
+   * image make a new environment version too. An invalid update, or one that would change
+   * nothing, saves nothing.
    */
   async update(tenantId: string, id: string, patch: AgentUpdate): Promise<AgentRecord> {
     const current = await this.get(tenantId, id);
-    const { row, snapshot } = current;
-    if (row.archived_at !== null) throw archived(row);
-    if (patch.name !== undefined && patch.name !== row.name) {
-      throw validationFailed([
-        { path: ["name"], code: "custom", message: `an agent's name cannot change (this one is '${row.name}')` },
-      ]);
-    }
-    const def = parseAgentDefinition(row.spec);
-    const parsed = AgentCreate.safeParse(merge(bodyOf(row.name, def), patch));
+    assertLive(current);
+    requireName(current.row, patch.name);
+    const merged = merge(bodyOf(current.row.name, parseAgentDefinition(current.row.spec)), patch);
+    const parsed = AgentCreate.safeParse(merged);
     if (!parsed.success) throw validationFailed(parsed.error.issues);
+    return this.#save(tenantId, current, parsed.data);
+  }
+
+  /**
+   * Saves `body` as the agent's whole next definition, as a create would make it: what it leaves
+   * out takes its default (no files, the default image). Checked and saved as an update is.
+   */
+  async replace(tenantId: string, id: string, body: AgentReplace): Promise<AgentRecord> {
+    const current = await this.get(tenantId, id);
+    assertLive(current);
+    requireName(current.row, body.name);
+    const whole = { ...body, name: current.row.name, files: body.files ?? {}, image: body.image ?? "default" };
+    return this.#save(tenantId, current, whole);
+  }
+
+  async #save(tenantId: string, current: AgentRecord, body: AgentCreate): Promise<AgentRecord> {
+    const { row, snapshot } = current;
+    const def = parseAgentDefinition(row.spec);
     const filesLayer = def.files_layer ?? (await this.#createdFilesLayer(row.id, def));
     const before = { ...def, ...(filesLayer ? { files_layer: filesLayer } : {}) };
-    const built = await this.#build(tenantId, parsed.data, { def: before, snapshot });
+    const built = await this.#build(tenantId, body, { def: before, snapshot });
     const envChanged = built.base !== snapshot.base || !isDeepStrictEqual(built.layers, layersOf(snapshot));
     if (!envChanged && isDeepStrictEqual(built.def, before)) return current;
 
@@ -317,7 +370,6 @@ export class Agents {
       }
       return { row: { ...row, spec, version, current_version: snap.version }, snapshot: snap };
     });
-    this.#budgets.delete(`${tenantId}/${row.id}`);
     return next;
   }
 
@@ -341,7 +393,6 @@ export class Agents {
       await trx.updateTable("schedules").set({ paused: 1 }).where("agent_id", "=", current.row.id).execute();
       return true;
     });
-    this.#budgets.delete(`${tenantId}/${current.row.id}`);
     // Archived meanwhile by another request: that archive stands.
     return done ? { ...current, row: { ...current.row, archived_at: now } } : this.get(tenantId, id);
   }
@@ -374,7 +425,14 @@ export class Agents {
   /** Like resolve, for what only a live agent may get (a schedule, a webhook): `agent_archived` otherwise. */
   async resolveLive(tenantId: string, ref: string): Promise<AgentRecord> {
     const agent = await this.resolve(tenantId, ref);
-    if (agent.row.archived_at !== null) throw archived(agent.row);
+    assertLive(agent);
+    return agent;
+  }
+
+  /** Like get, for what changes the agent (its environment, its definition): `agent_archived` otherwise. */
+  async getLive(tenantId: string, id: string): Promise<AgentRecord> {
+    const agent = await this.get(tenantId, id);
+    assertLive(agent);
     return agent;
   }
 
@@ -405,20 +463,15 @@ export class Agents {
   }
 
   /**
-   * The agent's budget and LLM rate limits as the gateway enforces them (micro-credits); none for
-   * an unknown agent. Read once and kept until the agent changes.
+   * The budget and LLM rate limits of a run as the gateway enforces them (micro-credits): those
+   * of the agent version it froze when it was triggered; none for an unknown run. A run's spec
+   * never changes, so it is read once.
    */
-  async budgetOf(tenantId: string, agentId: string): Promise<GatewayBudget> {
-    const key = `${tenantId}/${agentId}`;
-    const known = this.#budgets.get(key);
+  async budgetOfRun(runId: string): Promise<GatewayBudget> {
+    const known = this.#budgets.get(runId);
     if (known) return known;
-    const row = await this.#db
-      .selectFrom("agents")
-      .select("spec")
-      .where("id", "=", agentId)
-      .where("tenant_id", "=", tenantId)
-      .executeTakeFirst();
-    const budget = row ? parseAgentDefinition(row.spec).budget : undefined;
+    const row = await this.#db.selectFrom("runs").select("spec").where("id", "=", runId).executeTakeFirst();
+    const budget = row ? parseRunSpec(row.spec).budget : undefined;
     const limits: GatewayBudget = {
       ...(budget?.per_run !== undefined ? { perRun: toMicro(budget.per_run) } : {}),
       ...(budget?.total !== undefined ? { agentTotal: toMicro(budget.total) } : {}),
@@ -426,8 +479,9 @@ export class Agents {
       ...(budget?.tokens_per_minute ? { tokensPerMinute: budget.tokens_per_minute } : {}),
     };
     if (row) {
-      if (this.#budgets.size >= 10_000) this.#budgets.clear();
-      this.#budgets.set(key, limits);
+      // Bounded: the oldest entry goes first (a Map keeps insertion order).
+      if (this.#budgets.size >= MAX_CACHED_BUDGETS) this.#budgets.delete(this.#budgets.keys().next().value as string);
+      this.#budgets.set(runId, limits);
     }
     return limits;
   }
@@ -482,52 +536,66 @@ export class Agents {
         ? previous.snapshot.base
         : (await this.#images.resolve(body.image ?? "default")).digest;
 
-    let environment: Pick<AgentDefinition, "cwd" | "files" | "files_layer"> & { layers: string[]; envBytes: number };
+    const env = body.env ?? {};
+    // The built-in agent is the runner bundle started in agent mode, on the runner's own Node.
+    const command = body.command ?? [RUNNER_NODE_PATH, RUNNER_SDK, "agent"];
+    let placed: Pick<AgentDefinition, "cwd" | "files" | "files_layer">;
+    let layers: string[];
+    let envBytes: number;
     if (previous && body.files === undefined) {
       const { cwd, files, files_layer } = previous.def;
-      environment = {
-        cwd,
-        files,
-        ...(files_layer ? { files_layer } : {}),
-        layers: layersOf(previous.snapshot),
-        envBytes: Number(previous.snapshot.env_bytes),
-      };
+      placed = { cwd, files, ...(files_layer ? { files_layer } : {}) };
+      layers = layersOf(previous.snapshot);
+      envBytes = Number(previous.snapshot.env_bytes);
+      await this.#requireCommand(command, env, cwd, await this.layerPaths({ image: base, layers }));
     } else {
       const files = body.files ?? {};
       const hasFiles = Object.keys(files).length > 0;
-      const filesLayer = hasFiles ? await this.#layers.putFiles(files) : undefined;
       const bytes = filesBytes(files);
-      let layers = filesLayer ? [filesLayer] : [];
-      let envBytes = bytes;
+      // The new files layer's place among the layers, until it is stored and has its digest.
+      const pending = hasFiles ? PENDING_LAYER : undefined;
+      layers = pending === undefined ? [] : [pending];
+      envBytes = bytes;
       if (previous) {
         const before = layersOf(previous.snapshot);
         const old = previous.def.files_layer;
-        layers = withFilesLayer(before, old, filesLayer);
+        layers = withFilesLayer(before, old, pending);
         const replaced = old !== undefined && before.includes(old);
         const oldBytes = replaced ? previous.def.files.reduce((n, f) => n + f.size, 0) : 0;
         envBytes = Math.max(0, Number(previous.snapshot.env_bytes) - oldBytes + bytes);
       }
-      environment = {
-        cwd: hasFiles ? "/app" : "/home/agent",
+      const cwd = hasFiles ? "/app" : "/home/agent";
+      // The command is looked for with the files in place before their layer is stored.
+      // The layers it keeps are fetched first, as a boot's would be (from the shared store if need be).
+      const kept = await this.layerPaths({ image: base, layers: layers.filter((d) => d !== PENDING_LAYER) });
+      const rootfs = kept[kept.length - 1] as string;
+      const check = (filesDir: string) =>
+        this.#requireCommand(command, env, cwd, [
+          ...layers.map((d) => (d === PENDING_LAYER ? filesDir : this.#layers.path(d))),
+          rootfs,
+        ]);
+      let filesLayer: string | undefined;
+      if (hasFiles) {
+        const stored = await this.#layers.putFiles(files, check);
+        filesLayer = stored;
+        layers = layers.map((d) => (d === PENDING_LAYER ? stored : d));
+      } else await check("");
+      placed = {
+        cwd,
         files: Object.entries(files)
           .map(([path, content]) => ({ path, size: Buffer.byteLength(content) }))
           .sort((a, b) => (a.path < b.path ? -1 : 1)),
         ...(filesLayer ? { files_layer: filesLayer } : {}),
-        layers,
-        envBytes,
       };
     }
-    const { layers, envBytes, ...placed } = environment;
-    const env = body.env ?? {};
-    // The built-in agent is the runner bundle started in agent mode, on the runner's own Node.
-    const command = body.command ?? [RUNNER_NODE_PATH, RUNNER_SDK, "agent"];
+    const budget = body.budget && Object.keys(body.budget).length > 0 ? body.budget : undefined;
     const def: AgentDefinition = {
       command,
       env,
       limits,
       ...placed,
       policy,
-      ...(body.budget ? { budget: body.budget } : {}),
+      ...(budget ? { budget } : {}),
       ...(body.retry ? { retry: RetryPolicy.parse(body.retry) } : {}),
       ...(body.max_concurrent_runs ? { max_concurrent_runs: body.max_concurrent_runs } : {}),
       ...(body.queue_ttl_s ? { queue_ttl_s: body.queue_ttl_s } : {}),
@@ -542,23 +610,21 @@ export class Agents {
           }
         : {}),
     };
-    const argv0 = command[0] as string;
-    // The runner's Node is in every sandbox (read-only, current runner): agents written for Node may use it.
-    const found =
-      argv0 === RUNNER_NODE_PATH ||
-      (await resolveCommand(await this.layerPaths({ image: base, layers }), argv0, {
-        path: env.PATH ?? DEFAULT_PATH,
-        cwd: def.cwd,
-      }));
-    if (!found) {
-      throw new AppError(
-        "command_not_found",
-        `The command '${argv0}' does not exist in the agent's image (searched PATH and ${def.cwd}).`,
-        { command: argv0 },
-      );
-    }
     await this.publishEnvironment({ image: base, layers });
     return { def, base, layers, envBytes };
+  }
+
+  /** `command_not_found` unless the command's argv[0] is an executable of these layers (top first). */
+  async #requireCommand(command: string[], env: Record<string, string>, cwd: string, paths: string[]): Promise<void> {
+    const argv0 = command[0] as string;
+    // The runner's Node is in every sandbox (read-only, current runner): agents written for Node may use it.
+    if (argv0 === RUNNER_NODE_PATH) return;
+    if (await resolveCommand(paths, argv0, { path: env.PATH ?? DEFAULT_PATH, cwd })) return;
+    throw new AppError(
+      "command_not_found",
+      `The command '${argv0}' does not exist in the agent's image (searched PATH and ${cwd}).`,
+      { command: argv0 },
+    );
   }
 
   /** The agent's environment versions, newest first. */
@@ -568,7 +634,7 @@ export class Agents {
   }
 
   async rollback(tenantId: string, id: string, version: number): Promise<Snapshot> {
-    const { row } = await this.get(tenantId, id);
+    const { row } = await this.getLive(tenantId, id);
     const created = await this.snapshots.rollback(tenantId, row.id, row.current_version, version);
     return toSnapshot(created, created.version);
   }

@@ -216,7 +216,7 @@ export class SnapshotArchives {
    * and imports it as the agent's new current version; the temp file is removed either way.
    */
   async importStream(tenantId: string, agentId: string, body: ReadableStream<Uint8Array>): Promise<Snapshot> {
-    await this.#deps.agents.get(tenantId, agentId);
+    await this.#deps.agents.getLive(tenantId, agentId);
     const work = await makeTempDir(this.#deps.layers.layersDir);
     try {
       const file = join(work, `upload-${randomBytes(6).toString("hex")}.tar.zst`);
@@ -235,7 +235,7 @@ export class SnapshotArchives {
    */
   async importFile(tenantId: string, agentId: string, file: string): Promise<Snapshot> {
     const { agents, db, images, layers, runners } = this.#deps;
-    const { row } = await agents.get(tenantId, agentId);
+    const { row } = await agents.getLive(tenantId, agentId);
     const seen: { manifest: SnapshotManifest | null; envBytes: number } = { manifest: null, envBytes: 0 };
     try {
       await unpackSnapshot(

@@ -83,13 +83,17 @@ export class Snapshots {
     return row;
   }
 
-  /** Points the agent at `to` if it is still at `from`; false, changing nothing, otherwise. */
+  /**
+   * Points the agent at `to` if it is still at `from` and live; false, changing nothing, otherwise
+   * (an agent archived meanwhile keeps its environment).
+   */
   async moveCurrent(trx: Db, agentId: string, from: number, to: number): Promise<boolean> {
     const res = await trx
       .updateTable("agents")
       .set({ current_version: to })
       .where("id", "=", agentId)
       .where("current_version", "=", from)
+      .where("archived_at", "is", null)
       .executeTakeFirst();
     return Number(res.numUpdatedRows) === 1;
   }

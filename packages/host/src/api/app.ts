@@ -7,6 +7,7 @@ import { OpenAPIHono } from "@hono/zod-openapi";
 import {
   Agent,
   AgentCreate,
+  AgentReplace,
   AgentUpdate,
   ApiKey,
   ApiKeyCreate,
@@ -28,7 +29,7 @@ import {
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
-import { type Agents, runSpec, toAgent } from "../agents/agents.ts";
+import { type Agents, frozenSpec, toAgent } from "../agents/agents.ts";
 import type { SnapshotArchives } from "../agents/snapshot-archive.ts";
 import type { Artifacts } from "../artifacts/artifacts.ts";
 import type { Connections } from "../bridge/connections.ts";
@@ -243,7 +244,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       method: "patch",
       path: "/v1/agents/{id}",
       summary:
-        "Update an agent: the fields given replace its own (limits key by key) and it becomes its next version; files make a new environment version. An invalid update changes nothing",
+        "Update an agent with a JSON merge patch (RFC 7396) of its definition: the fields given replace its own, objects (limits, budget, policy, retry, env) merge key by key, null removes a key or clears a field, arrays replace; it becomes its next version, and files (which replace all its files) or an image make a new environment version. The result is checked as a create is; an invalid update changes nothing",
       auth: "tenant",
       request: { params: AgentId, body: jsonBody(AgentUpdate) },
       bodyLimit: AGENT_BODY_LIMIT,
@@ -254,6 +255,23 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     },
     async (c) =>
       c.json(toAgent(await deps.agents.update(tenantOf(c), c.req.valid("param").id, c.req.valid("json"))), 200),
+  );
+  route(
+    {
+      method: "put",
+      path: "/v1/agents/{id}",
+      summary:
+        "Replace an agent's whole definition (a create's body; the name, if given, must be its own): what it leaves out takes its default, as in a create. It becomes the agent's next version; an invalid definition changes nothing",
+      auth: "tenant",
+      request: { params: AgentId, body: jsonBody(AgentReplace) },
+      bodyLimit: AGENT_BODY_LIMIT,
+      responses: {
+        200: json(Agent, "The agent at its new version (as it was when nothing changed)"),
+        409: json(ErrorResponse, "The agent is deleted (agent_archived) or changed meanwhile (conflict)"),
+      },
+    },
+    async (c) =>
+      c.json(toAgent(await deps.agents.replace(tenantOf(c), c.req.valid("param").id, c.req.valid("json"))), 200),
   );
   route(
     {
@@ -292,7 +310,10 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       summary: "Make an earlier environment version current again (as a new version)",
       auth: "tenant",
       request: { params: AgentId, body: jsonBody(Rollback) },
-      responses: { 201: json(Snapshot, "The new current version"), 409: json(ErrorResponse, "Changed meanwhile") },
+      responses: {
+        201: json(Snapshot, "The new current version"),
+        409: json(ErrorResponse, "The agent is deleted (agent_archived) or changed meanwhile (conflict)"),
+      },
     },
     async (c) =>
       c.json(await deps.agents.rollback(tenantOf(c), c.req.valid("param").id, c.req.valid("json").version), 201),
@@ -341,7 +362,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
         body: jsonBody(RunCreate),
       },
       responses: {
-        200: json(Run, "The run this Idempotency-Key already started"),
+        200: json(Run, "The run this Idempotency-Key already started (also once the agent is deleted)"),
         201: json(Run, "Queued"),
         409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
         422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
@@ -355,7 +376,9 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
         key === undefined
           ? undefined
           : idempotencyKey(agent.row.tenant_id, key, `${agent.row.id}\n${JSON.stringify(body.input ?? null)}`);
-      const { run, created } = await deps.runs.create(agent.row.tenant_id, agent.row.id, runSpec(agent), body.input, {
+      // The Idempotency-Key's run answers even once the agent is archived; a new run is refused then.
+      const spec = frozenSpec(agent);
+      const { run, created } = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
         trigger: "api",
         ...(dedupe ? { dedupe } : {}),
       });

@@ -135,6 +135,7 @@ describe("every API route without root", () => {
       "post /v1/tenants/{id}/keys": {},
       "post /v1/agents": { name: `agent-${newId("tmp").slice(-8)}`, instructions: "Say hi.", model: "m" },
       "patch /v1/agents/{id}": { max_steps: 5 },
+      "put /v1/agents/{id}": { instructions: "Say hi.", model: "m" },
       "post /v1/agents/{id}/rollback": { version: 1 },
       "post /v1/agents/{id}/runs": {},
       "post /v1/agents/{id}/env/session": {},

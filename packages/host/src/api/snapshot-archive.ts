@@ -104,8 +104,8 @@ export function registerSnapshotArchiveRoutes(
     async (c) => {
       const { id } = c.req.valid("param");
       const tenantId = tenantOf(c);
-      // Unknown (and other tenants') agents are refused before any of the body is read.
-      await agents.get(tenantId, id);
+      // Unknown (and other tenants') agents, and archived ones, are refused before any of the body is read.
+      await agents.getLive(tenantId, id);
       if (!ACCEPTED_TYPES.test(c.req.header("content-type") ?? "")) {
         throw new AppError(
           "unsupported_media_type",

@@ -38,7 +38,8 @@ export function registerWebhookRoutes(route: DefineRoute, deps: { webhooks: Webh
       responses: { 200: json(Page(Webhook), "Webhooks") },
     },
     async (c) => {
-      const agent = await agents.resolveLive(tenantOf(c), c.req.valid("param").id);
+      // A deleted agent's webhooks are listed too: they refuse deliveries, and may be deleted.
+      const agent = await agents.resolve(tenantOf(c), c.req.valid("param").id);
       return c.json({ data: await webhooks.list(tenantOf(c), agent.row.id), next_cursor: null }, 200);
     },
   );
@@ -77,7 +78,7 @@ export function registerWebhookRoutes(route: DefineRoute, deps: { webhooks: Webh
       responses: {
         202: json(Delivery, "A run was started (or had been, for a repeated delivery id)"),
         401: { description: "Bad or missing signature, unknown webhook, or a timestamp outside five minutes" },
-        409: { description: "The webhook's agent is deleted (agent_archived)" },
+        409: { description: "The webhook's agent is deleted (agent_archived) and the delivery id is new" },
         413: { description: "A body over 256 KiB" },
       },
     },

@@ -19,8 +19,6 @@ export interface LiveSandbox {
   record(event: NewEvent): void;
   /** The run whose bill and per-run budget its model calls count against (the root of a run tree). */
   billRunId?: string;
-  /** That run's agent, whose per-run budget applies. */
-  billAgentId?: string;
   /** Positions of this attempt's boundary calls, by kind (their default step keys). */
   steps?: Map<string, number>;
   /** Whether its boundary calls are journaled (the run may be retried). */

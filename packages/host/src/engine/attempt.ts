@@ -276,7 +276,6 @@ export class Attempt {
       record: (event) => this.#queue(event),
       journaled: (spec.retry?.max_attempts ?? 1) > 1,
       billRunId: this.#in.rootRunId ?? runId,
-      billAgentId: this.#in.rootAgentId ?? agentId,
       outOfCredits: (scope) => {
         this.#queue({ type: "credits.exhausted", data: { budget: scope } });
         this.stop("out_of_credits");

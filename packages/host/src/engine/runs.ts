@@ -12,6 +12,7 @@ import {
   type RunStatus,
 } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
+import { archived } from "../agents/agents.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
 import type { Fence } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
@@ -58,7 +59,9 @@ export class RunRepository {
   /**
    * Queues a run of `spec`. `dedupe`, run inside the same transaction before the insert, may
    * answer with a run that already stands for this request (an idempotency key, a schedule slot, a
-   * webhook delivery); it records its own row for the new run otherwise.
+   * webhook delivery); it records its own row for the new run otherwise. A new run of an archived
+   * agent is refused (`agent_archived`) in the same transaction, so none is queued after an
+   * archive returned.
    */
   async create(
     tenantId: string,
@@ -111,6 +114,12 @@ export class RunRepository {
         const run = await trx.selectFrom("runs").selectAll().where("id", "=", existing).executeTakeFirstOrThrow();
         return { run, created: false, events: [] };
       }
+      const agent = await trx
+        .selectFrom("agents")
+        .select(["id", "name", "archived_at"])
+        .where("id", "=", agentId)
+        .executeTakeFirst();
+      if (agent && agent.archived_at !== null) throw archived(agent);
       await trx.insertInto("runs").values(row).execute();
       const events = await this.#events.append(trx, row.id, 0, [
         { type: "run.queued", data: { status: "queued", trigger }, ts: now },

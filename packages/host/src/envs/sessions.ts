@@ -36,7 +36,7 @@ import {
   type Limits,
 } from "@paddock/protocol";
 import type { Kysely } from "kysely";
-import type { Agents } from "../agents/agents.ts";
+import { type Agents, assertLive } from "../agents/agents.ts";
 import { type Snapshot, toSnapshot } from "../agents/snapshots.ts";
 import { EgressProxy, type EgressProxyTestOverrides, type EgressRecord } from "../egress/egress-proxy.ts";
 import { DEFAULT_PATH } from "../images/resolve-command.ts";
@@ -173,7 +173,7 @@ export class EnvSessions {
       throw new AppError("conflict", `The ${driver.name} sandbox driver does not offer environment sessions.`);
     }
     if (this.#stopped) throw new AppError("session_limit", "The host is stopping.");
-    const agent = await this.#deps.agents.get(tenantId, agentId);
+    const agent = await this.#deps.agents.getLive(tenantId, agentId);
     const disk = body.disk_mb ?? Math.min(DEFAULTS.disk_mb, maxLimits.disk_mb);
     const memory = body.memory_mb ?? Math.min(DEFAULTS.memory_mb, maxLimits.memory_mb);
     if (disk > maxLimits.disk_mb || memory > maxLimits.memory_mb) {
@@ -245,7 +245,7 @@ export class EnvSessions {
 
   /** Runs one command in a fresh sandbox over the session's layer and returns its output. */
   async exec(tenantId: string, agentId: string, body: EnvExec): Promise<EnvExecResult> {
-    const live = await this.#open(tenantId, agentId);
+    const live = await this.#open(tenantId, agentId, { changes: true });
     this.#hold(live);
     const started = performance.now();
     try {
@@ -287,7 +287,7 @@ export class EnvSessions {
     agentId: string,
     options: { rows: number; cols: number; term?: string },
   ): Promise<SessionShell> {
-    const live = await this.#open(tenantId, agentId);
+    const live = await this.#open(tenantId, agentId, { changes: true });
     this.#hold(live);
     let handle: SandboxHandle;
     try {
@@ -331,11 +331,11 @@ export class EnvSessions {
 
   /** Freezes the session's layer into a new snapshot version; the session ends. */
   async freeze(tenantId: string, agentId: string, body: EnvFreeze): Promise<FreezeResult> {
-    const live = await this.#open(tenantId, agentId);
+    const live = await this.#open(tenantId, agentId, { changes: true });
     this.#hold(live);
     const { db, agents, runners, layersDir } = this.#deps;
     try {
-      const agent = await agents.get(tenantId, agentId);
+      const agent = await agents.getLive(tenantId, agentId);
       if (agent.row.current_version !== live.row.base_version) {
         throw new AppError(
           "environment_changed",
@@ -437,8 +437,13 @@ export class EnvSessions {
     }));
   }
 
-  async #open(tenantId: string, agentId: string): Promise<Live> {
+  /**
+   * The agent's open session. One opened before the agent was archived can still be read and
+   * discarded, but what `changes` the agent's environment (exec, shell, freeze) is refused.
+   */
+  async #open(tenantId: string, agentId: string, opts: { changes?: boolean } = {}): Promise<Live> {
     const agent = await this.#deps.agents.get(tenantId, agentId);
+    if (opts.changes) assertLive(agent);
     for (const live of this.#live.values()) {
       if (live.row.agent_id === agent.row.id && live.row.tenant_id === tenantId) return live;
     }

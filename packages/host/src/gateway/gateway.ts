@@ -50,8 +50,8 @@ interface GatewayCaller {
   agentId: string;
   /** The run billed: the caller's own, or for a child run the root of its tree. */
   runId: string;
-  /** The agent whose per-run budget applies (the billed run's). */
-  budgetAgentId?: string;
+  /** The caller's own run: its agent's total and rate limits are those of the version it froze. */
+  ownRunId: string;
   /** Where this call stands in the caller's own run, for the journal. */
   journal?: { runId: string; attempt: number; step(): string | null; unstep(): void };
   /** The caller's attempt, which its reservations are fenced by (see store/fence.ts). */
@@ -75,8 +75,8 @@ export interface GatewayDeps {
   providers: Providers;
   ledger: Ledger;
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
-  /** The agent's budget and limits. */
-  budgetOf(tenantId: string, agentId: string): Promise<GatewayBudget>;
+  /** A run's budget and limits: those its frozen spec holds (cheap: called on every model call). */
+  budgetOf(runId: string): Promise<GatewayBudget>;
   rateLimits: TokenBucket;
   /** Per-tenant LLM limits, the same for every tenant of this host. */
   tenantLimits?: { requestsPerMinute?: number; tokensPerMinute?: number };
@@ -216,7 +216,7 @@ export class Gateway implements ChannelRoute {
       tenantId: sandbox.tenantId,
       agentId: sandbox.agentId,
       runId: sandbox.billRunId ?? sandbox.runId,
-      budgetAgentId: sandbox.billAgentId ?? sandbox.agentId,
+      ownRunId: sandbox.runId,
       ...(sandbox.workerId !== undefined
         ? { fence: { runId: sandbox.runId, attempt: sandbox.attempt, workerId: sandbox.workerId } }
         : {}),
@@ -308,12 +308,9 @@ export class Gateway implements ChannelRoute {
       }
       if (found) caller.record({ type: "journal.diverged", data: { step: journal.step, kind: "llm" } });
     }
-    const own = await this.#deps.budgetOf(caller.tenantId, caller.agentId);
+    const own = await this.#deps.budgetOf(caller.ownRunId);
     // A child run spends from the root run's budget; its own agent's total and rate limits still hold.
-    const billed =
-      caller.budgetAgentId && caller.budgetAgentId !== caller.agentId
-        ? await this.#deps.budgetOf(caller.tenantId, caller.budgetAgentId)
-        : own;
+    const billed = caller.runId !== caller.ownRunId ? await this.#deps.budgetOf(caller.runId) : own;
     const { perRun: _childPerRun, ...ownRest } = own;
     const budget: GatewayBudget = { ...ownRest, ...(billed.perRun !== undefined ? { perRun: billed.perRun } : {}) };
     try {

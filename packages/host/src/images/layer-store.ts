@@ -70,9 +70,10 @@ export class LayerStore {
    * Stores `files` (relative path → UTF-8 content) as a layer under app/ and returns its digest.
    * Dirs get mode 0755, files 0644 (0755 when the content starts with "#!"), all owned by the
    * sandbox user. The same files always give the same digest; an existing layer is reused.
+   * `check` sees the written layer's folder before it is stored: when it throws, nothing is.
    * @example const digest = await layers.putFiles({ "main.py": "print('hi')\n" });
    */
-  async putFiles(files: Record<string, string>): Promise<string> {
+  async putFiles(files: Record<string, string>, check?: (dir: string) => Promise<void>): Promise<string> {
     const paths = checkFiles(files);
     await removeStaleTemps(this.layersDir, STALE_TEMP_MS);
     const tmp = await makeTempDir(this.layersDir);
@@ -92,6 +93,7 @@ export class LayerStore {
         const content = files[path] ?? "";
         await this.#writeFile(join(app, path), content, content.startsWith("#!") ? 0o755 : 0o644);
       }
+      await check?.(tmp);
       const digest = await digestTree(tmp);
       const final = join(this.layersDir, digest);
       if (await this.has(digest)) return digest;

@@ -4,7 +4,7 @@
  * transaction commits, so a subscriber never sees an event the store could still lose.
  */
 import { EventEmitter } from "node:events";
-import { AppError, type RunEvent, RunEventBody } from "@paddock/protocol";
+import { AppError, type RunEvent, RunEventBody, type RunEventOf, type RunEventType } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { z } from "zod";
 import { checkFence, type Fence } from "./fence.ts";
@@ -150,6 +150,18 @@ export class EventLog {
       .limit(limit)
       .execute();
     return rows.map(toRunEvent);
+  }
+
+  /** The run's events of one type, newest first. */
+  async listOfType<T extends RunEventType>(runId: string, type: T): Promise<RunEventOf<T>[]> {
+    const rows = await this.#db
+      .selectFrom("events")
+      .selectAll()
+      .where("run_id", "=", runId)
+      .where("type", "=", type)
+      .orderBy("seq", "desc")
+      .execute();
+    return rows.map(toRunEvent) as RunEventOf<T>[];
   }
 
   subscribe(runId: string, listener: (event: RunEvent) => void): () => void {

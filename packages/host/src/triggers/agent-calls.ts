@@ -23,6 +23,7 @@ import {
 import type { Kysely, Transaction } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { runSpec } from "../agents/agents.ts";
+import type { Artifacts } from "../artifacts/artifacts.ts";
 import {
   type ChannelCall,
   type ChannelRoute,
@@ -35,6 +36,7 @@ import {
   takeStep,
 } from "../bridge/channel.ts";
 import type { RunRepository } from "../engine/runs.ts";
+import type { EventLog } from "../store/event-log.ts";
 import { type Journal, requestHash } from "../store/journal.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 
@@ -70,6 +72,8 @@ export interface AgentCallsDeps {
   db: Kysely<Database>;
   agents: Agents;
   runs: RunRepository;
+  events: EventLog;
+  artifacts: Artifacts;
   notify: () => void;
   /** Where a child run started by a journaled attempt is recorded, for its retries to get that child. */
   journal?: Journal;
@@ -79,6 +83,8 @@ export class AgentCalls implements ChannelRoute {
   readonly #db: Kysely<Database>;
   readonly #agents: Agents;
   readonly #runs: RunRepository;
+  readonly #events: EventLog;
+  readonly #artifacts: Artifacts;
   readonly #notify: () => void;
   readonly #journal: Journal | undefined;
 
@@ -86,6 +92,8 @@ export class AgentCalls implements ChannelRoute {
     this.#db = deps.db;
     this.#agents = deps.agents;
     this.#runs = deps.runs;
+    this.#events = deps.events;
+    this.#artifacts = deps.artifacts;
     this.#notify = deps.notify;
     this.#journal = deps.journal;
   }
@@ -252,28 +260,12 @@ export class AgentCalls implements ChannelRoute {
     let result: unknown = null;
     let artifacts: { path: string; size: number }[] = [];
     if (done) {
-      const events = await this.#db
-        .selectFrom("events")
-        .select(["data"])
-        .where("run_id", "=", run.id)
-        .where("type", "=", "user")
-        .orderBy("seq", "desc")
-        .execute();
-      for (const e of events) {
-        const data = JSON.parse(e.data) as { type?: string; data?: unknown };
-        if (data.type === "result") {
-          result = data.data ?? null;
-          break;
-        }
-      }
-      artifacts = (
-        await this.#db
-          .selectFrom("artifacts")
-          .select(["path", "size"])
-          .where("run_id", "=", run.id)
-          .orderBy("path")
-          .execute()
-      ).map((a) => ({ path: a.path, size: Number(a.size) }));
+      // The last result the child reported, and its artifacts (by path).
+      const reported = (await this.#events.listOfType(run.id, "user")).find((e) => e.data.type === "result");
+      result = reported?.data.data ?? null;
+      artifacts = (await this.#artifacts.list(run.id))
+        .map((a) => ({ path: a.path, size: a.size }))
+        .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
     }
     return {
       run_id: run.id,

@@ -131,6 +131,10 @@ export class Webhooks {
     if (Math.abs(now / 1000 - Number(timestamp)) > WEBHOOK_WINDOW_S) {
       throw refuse("webhook_timestamp_expired", `timestamp ${timestamp} outside the window`);
     }
+    // A delivery seen before answers with its run, even once the agent is archived.
+    const seen = await this.#delivered(this.#deps.db, row.id, delivery);
+    const first = seen === null ? undefined : await this.#deps.runs.getById(seen);
+    if (first) return { run: first, created: false };
     const spec = await this.#deps.specOf(row.tenant_id, row.agent_id);
     if (!spec) throw new AppError("not_found", "The webhook's agent no longer exists.");
     const text = body.toString("utf8");
@@ -142,13 +146,8 @@ export class Webhooks {
       trigger: "webhook",
       events: [{ type: "webhook.received", data: { webhook_id: row.id, delivery_id: delivery, bytes: body.length } }],
       dedupe: async (trx, runId) => {
-        const seen = await trx
-          .selectFrom("webhook_deliveries")
-          .select("run_id")
-          .where("webhook_id", "=", row.id)
-          .where("delivery_id", "=", delivery)
-          .executeTakeFirst();
-        if (seen) return seen.run_id;
+        const seen = await this.#delivered(trx, row.id, delivery);
+        if (seen !== null) return seen;
         await trx
           .insertInto("webhook_deliveries")
           .values({ webhook_id: row.id, delivery_id: delivery, run_id: runId, received_at: now })
@@ -158,5 +157,16 @@ export class Webhooks {
     });
     if (result.created) this.#deps.notify();
     return result;
+  }
+
+  /** The run a delivery of this id started, or null. */
+  async #delivered(db: Kysely<Database>, webhookId: string, delivery: string): Promise<string | null> {
+    const seen = await db
+      .selectFrom("webhook_deliveries")
+      .select("run_id")
+      .where("webhook_id", "=", webhookId)
+      .where("delivery_id", "=", delivery)
+      .executeTakeFirst();
+    return seen?.run_id ?? null;
   }
 }
