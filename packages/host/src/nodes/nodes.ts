@@ -177,6 +177,21 @@ export class Nodes {
     });
   }
 
+  /** Where another node reaches `nodeId`'s API, and whether that node is live; null for an unknown node. */
+  async locate(nodeId: string): Promise<{ url: string; live: boolean } | null> {
+    const now = await readDbNow(this.#db, this.#dialect);
+    const row = await this.#db
+      .selectFrom("nodes")
+      .select(["internal_url", "heartbeat_at", "stopped_at"])
+      .where("id", "=", nodeId)
+      .executeTakeFirst();
+    if (!row) return null;
+    return {
+      url: row.internal_url,
+      live: row.stopped_at === null && Number(row.heartbeat_at) >= now - this.#staleMs,
+    };
+  }
+
   /** Records the API URL other nodes reach this node at (known once it listens). */
   async advertise(nodeId: string, internalUrl: string): Promise<void> {
     await this.#db.updateTable("nodes").set({ internal_url: internalUrl }).where("id", "=", nodeId).execute();
