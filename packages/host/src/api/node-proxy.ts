@@ -52,8 +52,9 @@ export async function proxyRequest(request: Request, target: ProxyTarget, fromNo
       redirect: "manual",
       signal: request.signal,
     } as RequestInit);
-  } catch (err) {
-    throw nodeUnavailable(target, `cannot be reached at ${target.url} (${(err as Error).cause ?? err})`);
+  } catch {
+    // Where nodes reach each other is the operator's business, not the caller's: no address given.
+    throw nodeUnavailable(target, "cannot be reached");
   }
   const out = new Headers(answer.headers);
   for (const name of HOP_BY_HOP) out.delete(name);
@@ -84,9 +85,9 @@ export function proxyWebSocket(
   const gone = () => upstream.terminate();
   socket.once("close", gone);
   return new Promise<void>((resolve, reject) => {
-    upstream.on("error", (err) => {
+    upstream.on("error", () => {
       socket.off("close", gone);
-      reject(nodeUnavailable(target, `cannot be reached at ${target.url} (${err.message})`));
+      reject(nodeUnavailable(target, "cannot be reached"));
     });
     upstream.once("unexpected-response", (_request, res) => {
       socket.off("close", gone);

@@ -2,9 +2,10 @@
  * An edit session lives on the node that opened it; another node passes its requests there. Two
  * real hosts cannot share one SQLite store, so node B (a host process of its own, its own data
  * folder and sandbox range) opens the session, and node A's store is given what a shared store
- * would hold: B's row in `nodes` (its API's URL) and the tenant, key, agent and session rows B
- * wrote (with the agent's versions and snapshots). A then passes HTTP requests and the terminal WebSocket to B, which answers for its own
- * session; a request already passed once is answered where it arrives; B down → node_unavailable.
+ * would hold: B's row in `nodes` (its API's URL) and the tenant, key, agent (with its versions and
+ * snapshots) and session rows B wrote. A then passes HTTP requests and the terminal WebSocket to
+ * B, which answers for its own session; a request already passed once is answered where it
+ * arrives; B down or not answering → node_unavailable.
  */
 import assert from "node:assert/strict";
 import { mkdtemp, realpath, rm } from "node:fs/promises";
@@ -183,6 +184,19 @@ describe("edit sessions across nodes", { skip }, () => {
     });
     assert.equal(again.status, 409, `${JSON.stringify(again.body)} ${a.logs.slice(-2).join("\n")}`);
     assert.equal(again.body.error.code, "no_session", "A answered itself instead of passing it to B");
+  });
+
+  it("B live by its heartbeat but not answering: node_unavailable, without hanging", async () => {
+    await beat();
+    await aDb.updateTable("nodes").set({ internal_url: "http://127.0.0.1:9" }).where("id", "=", B_ID).execute();
+    try {
+      const got = await call(a.host.url, "GET", `/v1/agents/${agentId}/env/session`);
+      assert.equal(got.status, 503, JSON.stringify(got.body));
+      assert.equal(got.body.error.code, "node_unavailable");
+      assert.doesNotMatch(got.body.error.message, /127\.0\.0\.1/, "the node's address is not told to the caller");
+    } finally {
+      await aDb.updateTable("nodes").set({ internal_url: b.url }).where("id", "=", B_ID).execute();
+    }
   });
 
   it("B down: node_unavailable for its session (HTTP and WebSocket), and a discard ends it", async () => {
