@@ -89,7 +89,7 @@ export function proxyWebSocket(
       socket.off("close", gone);
       reject(nodeUnavailable(target, "cannot be reached"));
     });
-    upstream.once("unexpected-response", (_request, res) => {
+    upstream.once("unexpected-response", (request, res) => {
       socket.off("close", gone);
       const chunks: Buffer[] = [];
       res.on("data", (chunk: Buffer) => chunks.push(chunk));
@@ -100,6 +100,7 @@ export function proxyWebSocket(
         const status = `HTTP/1.1 ${res.statusCode} ${res.statusMessage ?? ""}`;
         const fields = `Content-Type: ${type}\r\nContent-Length: ${body.length}\r\nConnection: close`;
         socket.end(Buffer.concat([Buffer.from(`${status}\r\n${fields}\r\n\r\n`), body]));
+        request.destroy();
         resolve();
       });
     });

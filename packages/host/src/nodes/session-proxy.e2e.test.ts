@@ -175,6 +175,27 @@ describe("edit sessions across nodes", { skip }, () => {
     ws.send(Buffer.from("exit 3\n"), { binary: true });
     await closed;
     assert.deepEqual([exit?.type, exit?.code], ["exit", 3]);
+
+    // B refuses an upgrade (a terminal too large): its answer comes back through A as it was.
+    const refused = await new Promise<{ status: number; body: Json }>((resolve, reject) => {
+      const bad = new WebSocket(
+        `${a.host.url.replace(/^http/, "ws")}/v1/agents/${agentId}/env/session/shell?rows=5000`,
+        {
+          headers: { authorization: `Bearer ${key}` },
+        },
+      );
+      bad.once("unexpected-response", (_req, res) => {
+        let text = "";
+        res.on("data", (chunk: Buffer) => {
+          text += chunk.toString();
+        });
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
+      });
+      bad.once("open", () => reject(new Error("the shell opened")));
+      bad.once("error", () => {});
+    });
+    assert.equal(refused.status, 400);
+    assert.equal(refused.body.error.code, "validation_failed");
   });
 
   it("a request already passed on once is answered where it arrives", async () => {
