@@ -285,6 +285,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const webhooks = new Webhooks({ db, vault, runs, specOf, notify: () => engine.notify(), log });
   const sessions = new EnvSessions({
     db,
+    nodeId,
+    nodes,
     driver,
     agents,
     runners,
@@ -419,7 +421,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       const s = serve({ fetch: services.app.fetch, port: config.port, hostname: config.listen }, () => resolve(s));
       s.once("error", reject);
     });
-    const detachShells = attachShellSocket(server as Server, { identity, sessions, log });
+    const detachShells = attachShellSocket(server as Server, { identity, sessions, nodeId: services.nodeId, log });
     const port = (server.address() as AddressInfo).port;
     const host = listenHost;
     if (!config.internalUrl && port !== config.port) await nodes.advertise(nodeId, `http://${host}:${port}`);

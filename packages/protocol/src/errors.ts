@@ -172,6 +172,11 @@ export const ERROR_CODES = {
     status: 409,
     message: "Another live node has this node id or an overlapping sandbox range; this node did not start.",
   },
+  node_unavailable: {
+    status: 503,
+    message:
+      "The environment session lives on a node that is down or cannot be reached; discard the session and open a new one.",
+  },
   internal: { status: 500, message: "Internal error; the host logged the details." },
 } as const satisfies Record<string, { status: number; message: string }>;
 

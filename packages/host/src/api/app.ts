@@ -330,7 +330,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   );
   registerRunnerRoutes(route, deps.runners);
   registerSnapshotArchiveRoutes(route, { archives: deps.archives, agents: deps.agents });
-  registerSessionRoutes(route, deps.sessions);
+  registerSessionRoutes(app, route, { sessions: deps.sessions, identity: deps.identity, nodeId: deps.nodeId });
   registerSecretRoutes(route, deps.secrets);
   registerScheduleRoutes(route, { scheduler: deps.scheduler, agents: deps.agents });
   registerWebhookRoutes(route, { webhooks: deps.webhooks, agents: deps.agents });

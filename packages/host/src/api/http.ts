@@ -126,6 +126,12 @@ export function errorResponse(c: Context, err: unknown, log: (msg: string) => vo
   return c.json(new AppError("internal").toBody(), ERROR_CODES.internal.status);
 }
 
+/** The caller an `Authorization: Bearer KEY` header names; null for none or an invalid key. */
+export async function bearerPrincipal(identity: Identity, header: string | undefined): Promise<Principal | null> {
+  const key = /^Bearer\s+(\S+)$/i.exec(header ?? "")?.[1];
+  return key ? identity.authenticate(key) : null;
+}
+
 const errorEntry = (description: string) => json(ErrorResponse, description);
 
 /**
@@ -140,8 +146,7 @@ export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity): Defi
     (need: RouteAuth): MiddlewareHandler<ApiEnv> =>
     async (c, next) => {
       if (need === "none") return next();
-      const match = /^Bearer\s+(\S+)$/i.exec(c.req.header("authorization") ?? "");
-      const principal = match?.[1] ? await identity.authenticate(match[1]) : null;
+      const principal = await bearerPrincipal(identity, c.req.header("authorization"));
       if (!principal) throw new AppError("unauthorized");
       if (need === "admin" && principal.role !== "admin") {
         throw new AppError("forbidden", "This action needs the admin API key.");

@@ -1,7 +1,9 @@
 /**
  * Environment edit sessions over HTTP: open, inspect, run a command, read the egress log, freeze,
- * discard. The interactive shell is a WebSocket on the same server (shell-socket.ts).
+ * discard. The interactive shell is a WebSocket on the same server (shell-socket.ts). A session
+ * lives on the node that opened it; another node passes its requests there (node-proxy.ts).
  */
+import type { OpenAPIHono } from "@hono/zod-openapi";
 import {
   EgressEntry,
   EnvExec,
@@ -15,13 +17,39 @@ import {
 } from "@paddock/protocol";
 import { z } from "zod";
 import type { EnvSessions } from "../envs/sessions.ts";
-import { type DefineRoute, Id, json, jsonBody, pathParam, tenantOf } from "./http.ts";
+import type { Identity } from "../identity/identity.ts";
+import { type ApiEnv, bearerPrincipal, type DefineRoute, Id, json, jsonBody, pathParam, tenantOf } from "./http.ts";
+import { nodeUnavailable, PROXIED_HEADER, proxyRequest } from "./node-proxy.ts";
 
 const AgentId = z.object({ id: pathParam(Id, "agent") });
 const conflict = json(ErrorResponse, "Conflict");
+/** The node-bound routes: the session and what is done in it, and the freeze that ends it. */
+const SESSION_PATH = /^\/v1\/agents\/([^/]+)\/env\/(session(?:\/.*)?|freeze)$/;
 
-export function registerSessionRoutes(route: DefineRoute, sessions: EnvSessions): void {
+export interface SessionRouteDeps {
+  sessions: EnvSessions;
+  identity: Identity;
+  /** The node serving this API. */
+  nodeId: string;
+}
+
+export function registerSessionRoutes(app: OpenAPIHono<ApiEnv>, route: DefineRoute, deps: SessionRouteDeps): void {
+  const { sessions } = deps;
   const base = "/v1/agents/{id}/env/session";
+
+  // Before the routes: a session another node holds is answered by that node. A caller without a
+  // valid key, or a request already passed on once, goes on to the routes here.
+  app.use("/v1/agents/*", async (c, next) => {
+    const path = SESSION_PATH.exec(c.req.path);
+    if (!path?.[1] || c.req.header(PROXIED_HEADER) !== undefined) return next();
+    const principal = await bearerPrincipal(deps.identity, c.req.header("authorization"));
+    const owner = principal ? await sessions.owner(principal.tenantId, path[1]) : null;
+    if (!owner) return next();
+    if (owner.live) return proxyRequest(c.req.raw, owner, deps.nodeId);
+    // A session whose node is down can still be discarded (here); nothing else can be done with it.
+    if (c.req.method === "DELETE" && path[2] === "session") return next();
+    throw nodeUnavailable(owner, "is down");
+  });
 
   route(
     {

@@ -7,7 +7,8 @@
  * `{"type":"resize","rows":R,"cols":C}` resizes the terminal. The server sends the terminal's
  * output as binary frames and, when the shell ends, a text frame `{"type":"exit","code":N,
  * "signal":S}` before closing with 1000. A request that cannot open a shell (no session, busy,
- * bad size, bad key) is answered before the upgrade with the API's usual JSON error.
+ * bad size, bad key) is answered before the upgrade with the API's usual JSON error. A shell of a
+ * session another node holds is that node's: the upgrade is passed there (node-proxy.ts).
  */
 import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
@@ -15,6 +16,8 @@ import { AppError } from "@paddock/protocol";
 import { type WebSocket, WebSocketServer } from "ws";
 import type { EnvSessions } from "../envs/sessions.ts";
 import type { Identity } from "../identity/identity.ts";
+import { bearerPrincipal } from "./http.ts";
+import { nodeUnavailable, PROXIED_HEADER, proxyWebSocket } from "./node-proxy.ts";
 
 const PATH = /^\/v1\/agents\/([a-z]{3}_[0-9a-z]{1,60})\/env\/session\/shell$/;
 /** Input larger than this in one message is refused (a paste of 1 MiB is plenty). */
@@ -23,6 +26,8 @@ const MAX_MESSAGE = 1024 * 1024;
 export interface ShellSocketDeps {
   identity: Identity;
   sessions: EnvSessions;
+  /** This node, named on the upgrades it passes to another. */
+  nodeId: string;
   log: (msg: string) => void;
 }
 
@@ -55,9 +60,13 @@ async function upgrade(
   const url = new URL(req.url ?? "/", "http://host");
   const match = PATH.exec(url.pathname);
   if (!match?.[1]) throw new AppError("route_not_found");
-  const key = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? "")?.[1];
-  const principal = key ? await deps.identity.authenticate(key) : null;
+  const principal = await bearerPrincipal(deps.identity, req.headers.authorization);
   if (!principal) throw new AppError("unauthorized");
+  const owner = req.headers[PROXIED_HEADER] ? null : await deps.sessions.owner(principal.tenantId, match[1]);
+  if (owner) {
+    if (!owner.live) throw nodeUnavailable(owner, "is down");
+    return proxyWebSocket(wss, req, socket, head, owner, deps.nodeId);
+  }
   const size = (name: string, fallback: number) => {
     const raw = url.searchParams.get(name);
     const n = raw === null ? fallback : Number(raw);

@@ -51,6 +51,11 @@ export interface EngineConfig {
   leaseMs?: number;
   /** How often the engine looks for queued runs it was not told about. */
   pollMs: number;
+  /**
+   * How often, at most, a cancel asked for through another node is looked for among this node's
+   * runs when the heartbeat is slower than that (default 500 ms).
+   */
+  cancelPollMs?: number;
   warm: WarmPoolConfig;
 }
 
@@ -79,6 +84,8 @@ export class Engine {
   /** The tenant served last, so that the next claim starts after it (round robin). */
   #lastTenant = "";
   #leaseTimer: NodeJS.Timeout | null = null;
+  #cancelTimer: NodeJS.Timeout | null = null;
+  #cancelPolling = false;
   /** When this node's leases were last renewed (its own clock: only the time since matters). */
   #renewedAt = Date.now();
   #draining = false;
@@ -105,7 +112,30 @@ export class Engine {
       this.#renewLeases().catch((err: unknown) => this.#deps.log(`engine: renewing leases failed: ${String(err)}`));
     }, this.#leaseMs / 3);
     this.#leaseTimer.unref();
+    // The heartbeat reports cancels too; between slow heartbeats a light poll keeps that within a second.
+    const cancelPollMs = this.#config.cancelPollMs ?? 500;
+    if (this.#leaseMs / 3 > cancelPollMs) {
+      this.#cancelTimer = setInterval(() => this.#pollCancels(), cancelPollMs);
+      this.#cancelTimer.unref();
+    }
     this.notify();
+  }
+
+  /** Stops, as canceled, this node's attempts whose cancel was asked for through another node. */
+  #pollCancels(): void {
+    if (this.#cancelPolling || this.#active.size === 0) return;
+    this.#cancelPolling = true;
+    this.#runs
+      .cancelRequested(this.#config.workerId, [...this.#active.keys()])
+      .then((ids) => this.#stopCanceled(ids))
+      .catch((err: unknown) => this.#deps.log(`engine: looking for cancels failed: ${String(err)}`))
+      .finally(() => {
+        this.#cancelPolling = false;
+      });
+  }
+
+  #stopCanceled(runIds: Iterable<string>): void {
+    for (const id of runIds) this.#active.get(id)?.attempt.stop("canceled");
   }
 
   get #leaseMs(): number {
@@ -137,6 +167,7 @@ export class Engine {
     for (const { runId } of held) {
       if (!beat.renewed.has(runId)) this.#active.get(runId)?.attempt.leaseLost();
     }
+    this.#stopCanceled(beat.canceled);
   }
 
   /** Whether this node drains, as its last look for work found (without asking the store). */
@@ -174,7 +205,8 @@ export class Engine {
   /**
    * Cancels a run of the tenant and, below it, every child run still going. A queued run ends
    * canceled at once; a starting or running one is marked, and its sandbox killed if it runs
-   * here (the attempt then records it canceled). Returns the run as it is now and whether it was
+   * here (the attempt then records it canceled); a node running it elsewhere sees the mark within
+   * a second (its heartbeat or cancel poll) and does the same. Returns the run as it is now and whether it was
    * still queued; not_found for another tenant's run, run_not_cancelable for one that ended.
    */
   async cancel(tenantId: string, runId: string): Promise<{ run: RunsTable; wasQueued: boolean }> {
@@ -213,6 +245,7 @@ export class Engine {
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
     if (this.#leaseTimer) clearInterval(this.#leaseTimer);
+    if (this.#cancelTimer) clearInterval(this.#cancelTimer);
     await this.#pumping;
     for (const { attempt } of this.#active.values()) attempt.stop("shutdown");
     await Promise.all([...this.#active.values()].map((e) => e.done));

@@ -185,6 +185,23 @@ export class RunRepository {
   }
 
   /**
+   * Of `runIds`, those `workerId` holds whose cancel was asked for (through any node): one
+   * primary-key lookup, cheap enough to ask every fraction of a second.
+   */
+  async cancelRequested(workerId: string, runIds: string[]): Promise<string[]> {
+    if (runIds.length === 0) return [];
+    const rows = await this.#db
+      .selectFrom("runs")
+      .select("id")
+      .where("id", "in", runIds)
+      .where("worker_id", "=", workerId)
+      .where("cancel_requested", "=", 1)
+      .where("status", "in", ["starting", "running"])
+      .execute();
+    return rows.map((r) => r.id);
+  }
+
+  /**
    * Moves a run from one of `from` to `to` with `patch` applied and `events` appended, atomically.
    * Returns false, changing nothing, when the run's status was not in `from`. With `fence`, an
    * attempt's own transition: lease_lost, changing nothing, once that attempt no longer holds the run.

@@ -18,7 +18,9 @@
  * registries) and records every request, refused or not, in the session's egress log.
  *
  * Sessions live in memory: a host that stops or restarts ends its sessions (status `lost`).
- * Idle sessions are discarded after their idle timeout.
+ * Idle sessions are discarded after their idle timeout. With several nodes on one store, a
+ * session's row names the node it lives on; the API of any other node proxies its requests there
+ * (api/node-proxy.ts), and a session whose node is down can only be discarded.
  */
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
@@ -41,6 +43,7 @@ import { type Snapshot, toSnapshot } from "../agents/snapshots.ts";
 import { EgressProxy, type EgressProxyTestOverrides, type EgressRecord } from "../egress/egress-proxy.ts";
 import { DEFAULT_PATH } from "../images/resolve-command.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
+import type { Nodes } from "../nodes/nodes.ts";
 import {
   RUNNER_MOUNT,
   type SandboxDriver,
@@ -84,6 +87,10 @@ server.listen(Number(port), "127.0.0.1", () => {
 
 export interface EnvSessionsDeps {
   db: Kysely<Database>;
+  /** This node: the owner of the sessions it opens. */
+  nodeId: string;
+  /** Where the nodes holding other sessions are, and whether they are live. */
+  nodes: Pick<Nodes, "locate">;
   driver: SandboxDriver;
   agents: Agents;
   runners: RunnerRegistry;
@@ -111,6 +118,15 @@ interface Live {
   egressWrites: Promise<void>;
   /** The sandbox of the command or shell now running, killed when the session ends. */
   handle: SandboxHandle | undefined;
+}
+
+/** Where an agent's open session lives, when it is not on this node. */
+export interface SessionOwner {
+  nodeId: string;
+  /** That node's API, as other nodes reach it. */
+  url: string;
+  /** Whether that node heartbeats. */
+  live: boolean;
 }
 
 /** An interactive shell in a session: bytes in, terminal output out. */
@@ -143,7 +159,10 @@ export class EnvSessions {
     this.#deps = deps;
   }
 
-  /** Ends sessions a previous host left open (their layers were in its memory); starts the idle sweep. */
+  /**
+   * Ends sessions a previous start of this node left open (their layers were in its memory; other
+   * nodes' sessions are theirs); starts the idle sweep.
+   */
   async start(): Promise<number> {
     const now = Date.now();
     const res = await this.#deps.db
@@ -154,6 +173,7 @@ export class EnvSessions {
         end_reason: "the host restarted; a session's writable layer lives in memory",
       })
       .where("status", "=", "active")
+      .where((eb) => eb.or([eb("node_id", "=", this.#deps.nodeId), eb("node_id", "is", null)]))
       .executeTakeFirst();
     this.#sweeper = setInterval(() => void this.#sweep().catch((e) => this.#deps.log(`session sweep: ${e}`)), 30_000);
     this.#sweeper.unref();
@@ -203,6 +223,7 @@ export class EnvSessions {
       ended_at: null,
       end_reason: null,
       frozen_version: null,
+      node_id: this.#deps.nodeId,
     };
     try {
       await this.#deps.db.insertInto("env_sessions").values(row).execute();
@@ -403,11 +424,54 @@ export class EnvSessions {
     }
   }
 
-  /** Ends the session without freezing it; its layer is dropped. */
+  /**
+   * The node holding the agent's open session when that is another node; null when the session is
+   * this node's, or there is none (this node then answers as usual).
+   */
+  async owner(tenantId: string, agentId: string): Promise<SessionOwner | null> {
+    const row = await this.#activeRow(tenantId, agentId);
+    if (!row?.node_id || row.node_id === this.#deps.nodeId) return null;
+    const node = await this.#deps.nodes.locate(row.node_id);
+    return { nodeId: row.node_id, url: node?.url ?? "", live: node?.live === true };
+  }
+
+  /**
+   * Ends the session without freezing it; its layer is dropped. A session whose node is down ends
+   * here as `lost` (its layer went with that node), so the agent can have a new one.
+   */
   async discard(tenantId: string, agentId: string): Promise<EnvSession> {
+    const owner = await this.owner(tenantId, agentId);
+    if (owner && !owner.live) {
+      const row = await this.#activeRow(tenantId, agentId);
+      if (row) {
+        const ended = {
+          ...row,
+          status: "lost",
+          ended_at: Date.now(),
+          end_reason: `its node '${owner.nodeId}' is down`,
+        };
+        await this.#deps.db
+          .updateTable("env_sessions")
+          .set({ status: ended.status, ended_at: ended.ended_at, end_reason: ended.end_reason })
+          .where("id", "=", row.id)
+          .where("status", "=", "active")
+          .execute();
+        return this.#view({ row: ended, busy: false });
+      }
+    }
     const live = await this.#open(tenantId, agentId);
     await this.#end(live, "discarded", "discarded");
     return this.#view(live);
+  }
+
+  async #activeRow(tenantId: string, agentId: string): Promise<EnvSessionsTable | undefined> {
+    return this.#deps.db
+      .selectFrom("env_sessions")
+      .selectAll()
+      .where("agent_id", "=", agentId)
+      .where("tenant_id", "=", tenantId)
+      .where("status", "=", "active")
+      .executeTakeFirst();
   }
 
   /** The session's egress log, oldest first, after sequence number `after`. */
@@ -567,14 +631,14 @@ export class EnvSessions {
       .catch((err) => log(`session ${sessionId}: egress record: ${err}`));
   }
 
-  async #diskFull(live: Live): Promise<boolean> {
+  async #diskFull(live: Pick<Live, "row">): Promise<boolean> {
     const usage = await this.#deps.driver.sessionLayerUsage?.(layerName(live.row.id)).catch(() => undefined);
     if (!usage) return false;
     const freeBytes = usage.sizeBytes - usage.usedBytes;
     return freeBytes < Math.max(1 << 20, usage.sizeBytes / 100) || usage.inodes - usage.usedInodes < 16;
   }
 
-  async #view(live: Live): Promise<EnvSession> {
+  async #view(live: Pick<Live, "row" | "busy">): Promise<EnvSession> {
     const r = live.row;
     const active = this.#live.has(r.id);
     const usage = active

@@ -118,7 +118,9 @@ describe("nodes over one store", () => {
   });
 
   it("renews every lease a node holds in one statement, and tells it which runs are no longer its own", async () => {
-    const mine = [1, 2, 3].map(() => runRow(tenant, agent, { worker_id: "alpha", lease_until: 0 }));
+    const mine = [1, 2, 3].map((n) =>
+      runRow(tenant, agent, { worker_id: "alpha", lease_until: 0, cancel_requested: n === 2 ? 1 : 0 }),
+    );
     const taken = runRow(tenant, agent, { worker_id: "beta", lease_until: 0 });
     const other = runRow(tenant, agent, { worker_id: "beta", lease_until: 0 });
     await db
@@ -142,6 +144,7 @@ describe("nodes over one store", () => {
     const beat = await counted.heartbeat("alpha", held, 60_000);
     assert.deepEqual(updates.filter((u) => u === "runs").length, 1, "one statement renews the node's leases");
     assert.deepEqual([...beat.renewed].sort(), mine.map((r) => r.id).sort());
+    assert.deepEqual([...beat.canceled], [mine[1]?.id], "the same statement names the run whose cancel was asked for");
     const rows = await db.selectFrom("runs").select(["id", "lease_until"]).execute();
     for (const r of rows) {
       const ours = mine.some((m) => m.id === r.id);

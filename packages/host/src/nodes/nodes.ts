@@ -136,14 +136,14 @@ export class Nodes {
   /**
    * One heartbeat of `nodeId`: its own row, and the leases of the runs it holds (`held`, by run
    * id and attempt) renewed to `leaseMs` from now in one statement. Returns the runs whose lease
-   * was renewed (a held run missing from it is no longer this node's: its attempt must stop) and
-   * whether the node is draining.
+   * was renewed (a held run missing from it is no longer this node's: its attempt must stop), those
+   * of them whose cancel was asked for (through any node), and whether the node is draining.
    */
   async heartbeat(
     nodeId: string,
     held: { runId: string; attempt: number }[],
     leaseMs: number,
-  ): Promise<{ renewed: Set<string>; draining: boolean }> {
+  ): Promise<{ renewed: Set<string>; canceled: Set<string>; draining: boolean }> {
     return this.#db.transaction().execute(async (trx) => {
       const node = await trx
         .updateTable("nodes")
@@ -152,6 +152,7 @@ export class Nodes {
         .returning("draining")
         .executeTakeFirst();
       const renewed = new Set<string>();
+      const canceled = new Set<string>();
       if (held.length > 0) {
         const rows = await trx
           .updateTable("runs")
@@ -163,13 +164,32 @@ export class Nodes {
             "in",
             held.map((h) => h.runId),
           )
-          .returning(["id", "attempt"])
+          .returning(["id", "attempt", "cancel_requested"])
           .execute();
         const attempts = new Map(held.map((h) => [h.runId, h.attempt]));
-        for (const r of rows) if (attempts.get(r.id) === r.attempt) renewed.add(r.id);
+        for (const r of rows) {
+          if (attempts.get(r.id) !== r.attempt) continue;
+          renewed.add(r.id);
+          if (r.cancel_requested === 1) canceled.add(r.id);
+        }
       }
-      return { renewed, draining: node?.draining === 1 };
+      return { renewed, canceled, draining: node?.draining === 1 };
     });
+  }
+
+  /** Where another node reaches `nodeId`'s API, and whether that node is live; null for an unknown node. */
+  async locate(nodeId: string): Promise<{ url: string; live: boolean } | null> {
+    const now = await readDbNow(this.#db, this.#dialect);
+    const row = await this.#db
+      .selectFrom("nodes")
+      .select(["internal_url", "heartbeat_at", "stopped_at"])
+      .where("id", "=", nodeId)
+      .executeTakeFirst();
+    if (!row) return null;
+    return {
+      url: row.internal_url,
+      live: row.stopped_at === null && Number(row.heartbeat_at) >= now - this.#staleMs,
+    };
   }
 
   /** Records the API URL other nodes reach this node at (known once it listens). */

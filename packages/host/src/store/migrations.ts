@@ -486,6 +486,15 @@ migrations["0010_tree_blobs"] = {
   },
 };
 
+migrations["0011_session_node"] = {
+  // The node an environment session lives on (its writable layer is in that node's memory); other
+  // nodes proxy the session's requests there. Null for sessions opened before nodes had ids.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema.alterTable("env_sessions").addColumn("node_id", "text").execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** Applies every migration not applied yet (tests may stop after the one named `to`). */

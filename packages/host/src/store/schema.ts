@@ -86,6 +86,8 @@ export interface EnvSessionsTable {
   ended_at: number | null;
   end_reason: string | null;
   frozen_version: number | null;
+  /** The node the session lives on; null for a session opened before nodes had ids. */
+  node_id: string | null;
 }
 
 /** One request through a session's egress proxy (never headers or bodies). */
