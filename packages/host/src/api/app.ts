@@ -3,6 +3,7 @@
  * and another tenant's ids answer exactly as unknown ids do. Each route is declared once (see
  * http.ts): its params, query and body schemas are what is checked and what /v1/openapi.json says.
  */
+import { Readable } from "node:stream";
 import { OpenAPIHono } from "@hono/zod-openapi";
 import {
   Agent,
@@ -568,7 +569,9 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       const run = await findRun(c, id);
       const artifact = await deps.artifacts.get(run.id, artifact_id);
       const name = artifact.path.split("/").pop() ?? "artifact";
-      return new Response((await deps.artifacts.open(artifact)) as unknown as ReadableStream, {
+      // A web stream of its own (as the snapshot export gives): a Node stream handed to undici to
+      // iterate once threw "ReadableStream is already closed" outside any handler, ending the host.
+      return new Response(Readable.toWeb(await deps.artifacts.open(artifact)) as unknown as ReadableStream, {
         headers: {
           "content-type": artifact.content_type,
           "content-length": String(artifact.size),
