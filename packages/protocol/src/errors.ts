@@ -68,6 +68,10 @@ export const ERROR_CODES = {
     status: 503,
     message: "This host cannot start sandboxes at the moment; its log says why.",
   },
+  database_unavailable: {
+    status: 503,
+    message: "The host cannot reach its database; its log says why.",
+  },
   image_not_ready: {
     status: 503,
     message: "The environment image is not built yet; run 'paddock images build-base'.",

@@ -104,6 +104,7 @@ export class RunRepository {
       root_run_id: options.lineage?.rootRunId ?? null,
       root_agent_id: options.lineage?.rootAgentId ?? null,
       depth: options.lineage?.depth ?? 0,
+      event_seq: 0,
     };
     const result = await this.#db.transaction().execute(async (trx) => {
       const existing = options.dedupe ? await options.dedupe(trx, row.id) : null;
@@ -116,7 +117,7 @@ export class RunRepository {
         { type: "run.queued", data: { status: "queued", trigger }, ts: now },
         ...(options.events ?? []),
       ]);
-      return { run: row, created: true, events };
+      return { run: { ...row, event_seq: events.length }, created: true, events };
     });
     this.#events.publish(result.events);
     return { run: result.run, created: result.created };

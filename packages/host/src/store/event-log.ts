@@ -7,6 +7,7 @@ import { EventEmitter } from "node:events";
 import { AppError, type RunEvent, RunEventBody } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { z } from "zod";
+import { HINT, type Hints, LocalHints } from "./hints.ts";
 import type { Database, EventsTable } from "./schema.ts";
 
 export type Db = Kysely<Database> | Transaction<Database>;
@@ -38,25 +39,38 @@ function check(event: NewEvent): void {
   }
 }
 
+/** How often a subscriber re-reads the store when hints may come from other processes. */
+const POLL_MS = 1000;
+
 export class EventLog {
   readonly #db: Kysely<Database>;
+  readonly #hints: Hints;
   readonly #bus = new EventEmitter({ captureRejections: false });
+  /** Subscribers' re-read callbacks by run, told of events other processes wrote. */
+  readonly #stale = new Map<string, Set<(seq: number) => void>>();
+  #unlisten: (() => void) | null = null;
 
-  constructor(db: Kysely<Database>) {
+  constructor(db: Kysely<Database>, hints: Hints = new LocalHints()) {
     this.#db = db;
+    this.#hints = hints;
     this.#bus.setMaxListeners(0);
   }
 
-  /** Appends events with consecutive sequence numbers; call inside a transaction, then publish(). */
+  /**
+   * Appends events with consecutive sequence numbers; call inside a transaction, then publish().
+   * The numbers come from the run's counter, whose row lock orders appends to one run.
+   */
   async append(trx: Db, runId: string, attempt: number, events: NewEvent[]): Promise<EventsTable[]> {
     if (events.length === 0) return [];
     for (const e of events) check(e);
-    const last = await trx
-      .selectFrom("events")
-      .select((eb) => eb.fn.max("seq").as("max"))
-      .where("run_id", "=", runId)
+    const counted = await trx
+      .updateTable("runs")
+      .set((eb) => ({ event_seq: eb("event_seq", "+", events.length) }))
+      .where("id", "=", runId)
+      .returning("event_seq")
       .executeTakeFirst();
-    let seq = Number(last?.max ?? 0);
+    if (!counted) throw new AppError("internal", `Events for a run that does not exist (${runId}).`);
+    let seq = counted.event_seq - events.length;
     const now = Date.now();
     const rows: EventsTable[] = events.map((e) => ({
       run_id: runId,
@@ -76,8 +90,19 @@ export class EventLog {
     return rows;
   }
 
+  /**
+   * Hands committed events to this process's subscribers, and tells other processes as hints: new
+   * events up to the last seq, and a queued run or a requested cancel among them.
+   */
   publish(rows: EventsTable[]): void {
     for (const row of rows) this.#bus.emit(row.run_id, toRunEvent(row));
+    const last = rows[rows.length - 1];
+    if (!last || !this.#hints.shared) return;
+    this.#hints.notify(HINT.events, `${last.run_id}:${last.seq}`);
+    for (const row of rows) {
+      if (row.type === "run.queued") this.#hints.notify(HINT.runQueued, row.run_id);
+      else if (row.type === "run.cancel_requested") this.#hints.notify(HINT.cancel, row.run_id);
+    }
   }
 
   /** Appends in a transaction of its own and publishes. */
@@ -99,8 +124,49 @@ export class EventLog {
     return rows.map(toRunEvent);
   }
 
-  subscribe(runId: string, listener: (event: RunEvent) => void): () => void {
-    this.#bus.on(runId, listener);
-    return () => this.#bus.off(runId, listener);
+  /**
+   * Calls `listener` with each event this process publishes for the run. When other processes
+   * write the store too, `stale` is called whenever the store may hold events the listener did
+   * not get (a hint named a later seq, or a second passed): the subscriber then re-reads the store.
+   */
+  subscribe(runId: string, listener: (event: RunEvent) => void, stale?: () => void): () => void {
+    let seen = 0;
+    const onEvent = (e: RunEvent) => {
+      seen = Math.max(seen, e.seq);
+      listener(e);
+    };
+    this.#bus.on(runId, onEvent);
+    if (!stale || !this.#hints.shared) return () => this.#bus.off(runId, onEvent);
+    const onHint = (seq: number) => {
+      if (seq > seen) stale();
+    };
+    this.#watch(runId, onHint);
+    const poll = setInterval(stale, POLL_MS);
+    poll.unref();
+    return () => {
+      clearInterval(poll);
+      this.#bus.off(runId, onEvent);
+      this.#unwatch(runId, onHint);
+    };
+  }
+
+  #watch(runId: string, fn: (seq: number) => void): void {
+    this.#unlisten ??= this.#hints.listen(HINT.events, (payload) => {
+      const colon = payload.lastIndexOf(":");
+      for (const f of this.#stale.get(payload.slice(0, colon)) ?? []) f(Number(payload.slice(colon + 1)));
+    });
+    const set = this.#stale.get(runId) ?? new Set();
+    this.#stale.set(runId, set);
+    set.add(fn);
+  }
+
+  #unwatch(runId: string, fn: (seq: number) => void): void {
+    const set = this.#stale.get(runId);
+    set?.delete(fn);
+    if (set?.size === 0) this.#stale.delete(runId);
+    if (this.#stale.size === 0) {
+      this.#unlisten?.();
+      this.#unlisten = null;
+    }
   }
 }

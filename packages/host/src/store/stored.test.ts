@@ -153,6 +153,7 @@ describe("migration to agent versions", () => {
           id: "run_2",
           tenant_id: "ten_1",
           agent_id: "agt_missing",
+          event_seq: 0,
           status: "queued",
           reason: null,
           exit_code: null,
