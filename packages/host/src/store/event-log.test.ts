@@ -1,119 +1,168 @@
-/** The event log against a real SQLite store: it takes the protocol's events and refuses the rest. */
+/**
+ * The event log against real stores (SQLite and PostgreSQL): it takes the protocol's events and
+ * refuses the rest, numbers concurrent appends without gaps or repeats, and wakes subscribers in
+ * other processes.
+ */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { AppError, DEFAULT_LIMITS, isEvent, type RunEvent } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { RunRepository } from "../engine/runs.ts";
+import { forEachStore } from "../testing/stores.ts";
+import { openDatabase } from "./database.ts";
 import { EventLog, type NewEvent } from "./event-log.ts";
 import { newId } from "./ids.ts";
-import { migrate } from "./migrations.ts";
 import type { Database } from "./schema.ts";
-import { openSqlite } from "./sqlite.ts";
 
-describe("EventLog", () => {
-  let dir: string;
-  let db: Kysely<Database>;
-  let log: EventLog;
-  let runId: string;
+forEachStore((store) =>
+  describe(`EventLog on ${store.name}`, { skip: store.skip }, () => {
+    let db: Kysely<Database>;
+    let close: () => Promise<void>;
+    let url: string | undefined;
+    let log: EventLog;
+    let runId: string;
+    let newRun: () => Promise<string>;
 
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "paddock-event-log-"));
-    db = openSqlite(join(dir, "paddock.db"));
-    await migrate(db);
-    const tenant = newId("ten");
-    const agent = newId("agt");
-    await db.insertInto("tenants").values({ id: tenant, name: "t", created_at: 0 }).execute();
-    await db
-      .insertInto("agents")
-      .values({
-        id: agent,
-        tenant_id: tenant,
-        name: "a",
-        spec: "{}",
-        current_version: 1,
-        version: 1,
-        archived_at: null,
-        created_at: 0,
-      })
-      .execute();
-    log = new EventLog(db);
-    const spec = {
-      command: ["true"],
-      env: {},
-      limits: DEFAULT_LIMITS,
-      cwd: "/app",
-      files: [],
-      image: "",
-      layers: [],
-      runner: "",
-      snapshot_version: 1,
-      agent_version: 1,
-    };
-    runId = (await new RunRepository(db, log).create(tenant, agent, spec, null)).run.id;
-  });
-  after(async () => {
-    await db?.destroy();
-    await rm(dir, { recursive: true, force: true });
-  });
+    before(async () => {
+      const opened = await store.open();
+      ({ db, close, url } = opened);
+      const tenant = newId("ten");
+      const agent = newId("agt");
+      await db.insertInto("tenants").values({ id: tenant, name: "t", created_at: 0 }).execute();
+      await db
+        .insertInto("agents")
+        .values({
+          id: agent,
+          tenant_id: tenant,
+          name: "a",
+          spec: "{}",
+          current_version: 1,
+          version: 1,
+          archived_at: null,
+          created_at: 0,
+        })
+        .execute();
+      log = new EventLog(db, opened.hints);
+      const spec = {
+        command: ["true"],
+        env: {},
+        limits: DEFAULT_LIMITS,
+        cwd: "/app",
+        files: [],
+        image: "",
+        layers: [],
+        runner: "",
+        snapshot_version: 1,
+        agent_version: 1,
+      };
+      const runs = new RunRepository(db, log);
+      newRun = async () => (await runs.create(tenant, agent, spec, null)).run.id;
+      runId = await newRun();
+    });
+    after(async () => {
+      await close?.();
+    });
 
-  test("stores the protocol's events and gives them back typed, to readers and subscribers", async () => {
-    const seen: RunEvent[] = [];
-    const stop = log.subscribe(runId, (e) => seen.push(e));
-    await log.write(runId, 1, [
-      { type: "log", data: { stream: "stdout", line: "hello" } },
-      // A marker's data is whatever the agent sent.
-      { type: "user", data: { type: "progress", data: { pct: [1, { deep: null }] } } },
-    ]);
-    stop();
-    const events = await log.list(runId, 0, 100);
-    assert.deepEqual(
-      events.map((e) => [e.seq, e.type]),
-      [
-        [1, "run.queued"],
-        [2, "log"],
-        [3, "user"],
-      ],
-    );
-    assert.deepEqual(seen, events.slice(1));
-    assert.deepEqual(
-      events.filter(isEvent("log")).map((e) => e.data.line),
-      ["hello"],
-    );
-    assert.equal(events.find(isEvent("run.queued"))?.data.trigger, "api");
-  });
-
-  test("refuses an unknown type, a missing field, a wrong type and an undeclared field, storing none of the batch", async () => {
-    const before = (await log.list(runId, 0, 100)).length;
-    const bad = [
-      { type: "nope", data: {} },
-      { type: "log", data: { stream: "stdout" } },
-      { type: "log", data: { stream: "stdin", line: "x" } },
-      { type: "log", data: { stream: "stdout", line: "x", color: "red" } },
-      {
-        type: "bridge.call",
-        data: {
-          connection: "c",
-          method: "GET",
-          path: "/",
-          status: 403,
-          code: "made_up",
-          bytes_in: 0,
-          bytes_out: 0,
-          ms: 1,
-        },
-      },
-      { type: "user", data: { type: "has space", data: null } },
-    ] as unknown as NewEvent[];
-    for (const event of bad) {
-      await assert.rejects(
-        log.write(runId, 1, [{ type: "log", data: { stream: "stdout", line: "kept?" } }, event]),
-        (err: unknown) => err instanceof AppError && err.code === "internal" && /malformed/.test(err.message),
-        JSON.stringify(event),
+    test("stores the protocol's events and gives them back typed, to readers and subscribers", async () => {
+      const seen: RunEvent[] = [];
+      const stop = log.subscribe(runId, (e) => seen.push(e));
+      await log.write(runId, 1, [
+        { type: "log", data: { stream: "stdout", line: "hello" } },
+        // A marker's data is whatever the agent sent.
+        { type: "user", data: { type: "progress", data: { pct: [1, { deep: null }] } } },
+      ]);
+      stop();
+      const events = await log.list(runId, 0, 100);
+      assert.deepEqual(
+        events.map((e) => [e.seq, e.type]),
+        [
+          [1, "run.queued"],
+          [2, "log"],
+          [3, "user"],
+        ],
       );
-    }
-    assert.equal((await log.list(runId, 0, 100)).length, before, "nothing of a refused batch is stored");
-  });
-});
+      assert.deepEqual(seen, events.slice(1));
+      assert.deepEqual(
+        events.filter(isEvent("log")).map((e) => e.data.line),
+        ["hello"],
+      );
+      assert.equal(events.find(isEvent("run.queued"))?.data.trigger, "api");
+    });
+
+    test("refuses an unknown type, a missing field, a wrong type and an undeclared field, storing none of the batch", async () => {
+      const before = (await log.list(runId, 0, 100)).length;
+      const bad = [
+        { type: "nope", data: {} },
+        { type: "log", data: { stream: "stdout" } },
+        { type: "log", data: { stream: "stdin", line: "x" } },
+        { type: "log", data: { stream: "stdout", line: "x", color: "red" } },
+        {
+          type: "bridge.call",
+          data: {
+            connection: "c",
+            method: "GET",
+            path: "/",
+            status: 403,
+            code: "made_up",
+            bytes_in: 0,
+            bytes_out: 0,
+            ms: 1,
+          },
+        },
+        { type: "user", data: { type: "has space", data: null } },
+      ] as unknown as NewEvent[];
+      for (const event of bad) {
+        await assert.rejects(
+          log.write(runId, 1, [{ type: "log", data: { stream: "stdout", line: "kept?" } }, event]),
+          (err: unknown) => err instanceof AppError && err.code === "internal" && /malformed/.test(err.message),
+          JSON.stringify(event),
+        );
+      }
+      assert.equal((await log.list(runId, 0, 100)).length, before, "nothing of a refused batch is stored");
+    });
+
+    test("concurrent appends to one run get unique, consecutive sequence numbers", async () => {
+      const id = await newRun();
+      const line = (n: number): NewEvent => ({ type: "log", data: { stream: "stdout", line: String(n) } });
+      await Promise.all(Array.from({ length: 40 }, (_, i) => log.write(id, 1, [line(i), line(i)])));
+      const seqs = (await log.list(id, 0, 1000)).map((e) => e.seq);
+      assert.deepEqual(
+        seqs,
+        Array.from({ length: 81 }, (_, i) => i + 1),
+      );
+      const run = await db.selectFrom("runs").select("event_seq").where("id", "=", id).executeTakeFirstOrThrow();
+      assert.equal(run.event_seq, 81);
+    });
+
+    test("a subscriber is told when another process writes the run's events", {
+      skip: store.name === "sqlite" && "SQLite serves one process",
+    }, async () => {
+      const other = await openDatabase({ dataDir: "", database: url });
+      try {
+        const theirs = new EventLog(other.db, other.hints);
+        const id = await newRun();
+        const woken = new Promise<void>((resolve) => {
+          const stop = theirs.subscribe(
+            id,
+            () => {},
+            () => {
+              stop();
+              resolve();
+            },
+          );
+        });
+        await other.hints.ready();
+        const started = Date.now();
+        await log.write(id, 1, [{ type: "log", data: { stream: "stdout", line: "elsewhere" } }]);
+        await woken;
+        assert.ok(Date.now() - started < 1000, "woken by the hint before the poll");
+        assert.deepEqual(
+          (await theirs.list(id, 1, 10)).map((e) => e.type),
+          ["log"],
+        );
+      } finally {
+        await other.close();
+      }
+    });
+  }),
+);

@@ -27,6 +27,8 @@ export interface Hints {
   notify(channel: HintChannel, payload: string): void;
   /** Calls `fn` with each hint's payload on `channel`; returns the function that stops it. */
   listen(channel: HintChannel, fn: (payload: string) => void): () => void;
+  /** Resolves once hints from other processes are heard on every channel listened to. */
+  ready(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -47,6 +49,8 @@ export class LocalHints implements Hints {
     this.bus.on(channel, fn);
     return () => this.bus.off(channel, fn);
   }
+
+  async ready(): Promise<void> {}
 
   async close(): Promise<void> {
     this.bus.removeAllListeners();
@@ -94,9 +98,8 @@ export class PostgresHints extends LocalHints {
     return stop;
   }
 
-  /** Resolves once the listening connection is up with every channel (tests wait on it). */
-  ready(): Promise<void> {
-    return this.#connecting ?? Promise.resolve();
+  override async ready(): Promise<void> {
+    await this.#connecting;
   }
 
   #connect(): void {
