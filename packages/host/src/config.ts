@@ -32,6 +32,14 @@ export const HostConfig = z
     port: z.number().int().min(0).max(65_535),
     /** Address to listen on. */
     listen: z.string().min(1).default("127.0.0.1"),
+    /**
+     * The PostgreSQL store several hosts may share (`postgres://USER@HOST/DB`, or
+     * `postgres://USER@/DB?host=/socket/dir`); default SQLite in <dataDir>/paddock.db.
+     */
+    database: z
+      .string()
+      .regex(/^postgres(ql)?:\/\//, "a postgres:// URL")
+      .optional(),
     /** Where base images live; default <dataDir>/images. */
     imagesDir: z.string().min(1).optional(),
     maxConcurrentRuns: z.number().int().min(1).default(32),

@@ -44,12 +44,13 @@ import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
 import { SandboxNetwork } from "./sandbox/linux/network.ts";
 import { openVault } from "./secrets/master-key.ts";
 import { rotateMasterKey, Secrets } from "./secrets/secrets.ts";
+import { openDatabase } from "./store/database.ts";
 import { EventLog } from "./store/event-log.ts";
+import { HINT, type Hints, LocalHints } from "./store/hints.ts";
 import { newId } from "./store/ids.ts";
 import { Journal } from "./store/journal.ts";
 import { migrate } from "./store/migrations.ts";
 import type { Database } from "./store/schema.ts";
-import { openSqlite } from "./store/sqlite.ts";
 import { AgentCalls } from "./triggers/agent-calls.ts";
 import { Scheduler } from "./triggers/scheduler.ts";
 import { Webhooks } from "./triggers/webhooks.ts";
@@ -80,6 +81,8 @@ export interface RunningHost {
 /** Where buildServices puts its services: a store, a sandbox driver and, optionally, networks. */
 export interface ServiceEnv {
   db: Kysely<Database>;
+  /** Wake-up hints between hosts sharing the store; default within this process only. */
+  hints?: Hints;
   /** Names this host's run tokens' issuer (a hash of its data directory). */
   instance: string;
   driver: SandboxDriver;
@@ -139,7 +142,8 @@ async function lock(dataDir: string): Promise<() => Promise<void>> {
 export async function buildServices(config: HostConfig, env: ServiceEnv): Promise<Services> {
   const { db, driver, log } = env;
   const { dataDir, maxLimits } = config;
-  const events = new EventLog(db);
+  const hints = env.hints ?? new LocalHints();
+  const events = new EventLog(db, hints);
   const runs = new RunRepository(db, events);
   const identity = new Identity(db);
   const images = new ImageStore({ imagesDir: config.imagesDir });
@@ -290,13 +294,22 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
 export async function startHost(input: HostConfigInput): Promise<RunningHost> {
   const log = input.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
   const resolved = resolveHostConfig(input);
-  await mkdir(resolved.dataDir, { recursive: true, mode: 0o700 });
+  // The first folder mkdir made, removed again when the store cannot be opened.
+  const made = await mkdir(resolved.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(resolved.dataDir);
   const config: HostConfig = { ...resolved, dataDir };
   const unlock = await lock(dataDir);
   const instance = createHash("sha256").update(dataDir).digest("hex").slice(0, 10);
 
-  const db = openSqlite(join(dataDir, "paddock.db"));
+  let store: Awaited<ReturnType<typeof openDatabase>>;
+  try {
+    store = await openDatabase({ dataDir, database: config.database });
+  } catch (err) {
+    await unlock();
+    if (made) await rm(made, { recursive: true, force: true });
+    throw err;
+  }
+  const { db, hints } = store;
   /** What a failed start has to stop again, last started first. */
   const undo: (() => Promise<unknown>)[] = [];
   try {
@@ -312,6 +325,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     const driver = new LinuxSandboxDriver({ runDir, instance, network });
     const services = await buildServices(config, {
       db,
+      hints,
       instance,
       driver,
       network,
@@ -339,6 +353,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     const recovered = await engine.reconcile();
     if (recovered > 0) log(`reconciled ${recovered} run(s) left in flight by a previous host`);
     engine.start();
+    // Runs queued by other hosts sharing the store wake this one's engine too.
+    if (hints.shared) hints.listen(HINT.runQueued, () => engine.notify());
     scheduler.start(config.schedulerTickMs);
     const lost = await sessions.start();
     if (lost > 0) log(`${lost} environment session(s) ended with the previous host`);
@@ -377,7 +393,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
           gateway.close();
           await driver.close();
           await network.close();
-          await db.destroy();
+          await store.close();
           await unlock();
         })();
         return closing;
@@ -385,7 +401,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     };
   } catch (err) {
     for (const step of undo.reverse()) await step().catch(() => {});
-    await db.destroy().catch(() => {});
+    await store.close().catch(() => {});
     await unlock();
     throw err;
   }

@@ -9,6 +9,7 @@ export const serve: Command = {
   name: "serve",
   summary: "run the host (API, engine, sandboxes)",
   usage: `Usage: paddock serve [--data-dir DIR] [--port PORT] [--listen ADDR] [--images-dir DIR]
+                     [--database postgres://USER@HOST/DB]
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
 
@@ -22,6 +23,10 @@ Options:
   --port PORT       port to listen on (default ${DEFAULT_PORT}; 0 picks a free one)
   --listen ADDR     address to listen on (default 127.0.0.1)
   --images-dir DIR  where base images live (default DIR/images)
+  --database URL    a PostgreSQL database to keep the store in instead of SQLite in DIR,
+                    which several hosts may share: postgres://USER[:PASSWORD]@HOST[:PORT]/DB,
+                    or over a unix socket postgres://USER@/DB?host=/run/postgresql
+                    (env PADDOCK_DATABASE; default DIR/paddock.db)
   --egress-trust CIDR
                     a non-public address or range (10.0.0.0/8, fd00::/8) that environment
                     sessions may reach when an allowed host name resolves there, such as an
@@ -43,6 +48,7 @@ Options:
         port: { type: "string" },
         listen: { type: "string" },
         "images-dir": { type: "string" },
+        database: { type: "string" },
         "egress-trust": { type: "string", multiple: true },
         "master-key-file": { type: "string" },
         "old-master-key-file": { type: "string", multiple: true },
@@ -55,12 +61,17 @@ Options:
     const dataDir = dataDirOf(values, ctx);
     const rpm = parseNumber(values["llm-rpm"], "llm-rpm");
     const tpm = parseNumber(values["llm-tpm"], "llm-tpm");
+    const database = values.database ?? ctx.settings.database;
+    if (database !== undefined && !/^postgres(ql)?:\/\//.test(database)) {
+      throw new UsageError("--database must be a postgres:// URL", "serve");
+    }
     const { startHost, VERSION } = await import("@paddock/host");
     const host = await startHost({
       dataDir,
       port,
       ...(values.listen ? { listen: values.listen } : {}),
       imagesDir: values["images-dir"] ?? join(dataDir, "images"),
+      ...(database ? { database } : {}),
       ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),
       ...(values["master-key-file"] ? { masterKeyFile: absolute(values["master-key-file"]) } : {}),
       ...(values["old-master-key-file"]
@@ -89,7 +100,7 @@ Options:
       process.on("SIGINT", stop);
       process.on("SIGTERM", stop);
     });
-    ctx.out(`paddock ${VERSION} serving ${host.url} (data: ${dataDir})`);
+    ctx.out(`paddock ${VERSION} serving ${host.url} (data: ${dataDir}${database ? ", database: PostgreSQL" : ""})`);
     if (host.adminKey) {
       ctx.out(`admin API key (shown once; saved to ${host.adminKeyPath}):`);
       ctx.out(`  ${host.adminKey}`);
