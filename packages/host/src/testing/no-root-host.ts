@@ -21,9 +21,8 @@ import {
 import { hashFile } from "../fs/tree-digest.ts";
 import { buildServices, type Services } from "../host.ts";
 import { unsealRunners } from "../images/runner-registry.ts";
-import { migrate } from "../store/migrations.ts";
-import { openSqlite } from "../store/sqlite.ts";
 import { RefusingSandboxDriver } from "./refusing-driver.ts";
+import { sqliteStore, type TestStore } from "./stores.ts";
 
 export interface NoRootHost {
   services: Services;
@@ -75,22 +74,22 @@ async function placeRunner(dataDir: string): Promise<{ bundlePath: string; nodeP
 }
 
 /**
- * Builds a host's services in a new temp folder, with its admin key.
+ * Builds a host's services over a new store (default SQLite) and its temp data folder, with its
+ * admin key.
  * @example const h = await startNoRootHost(); const res = await h.services.app.request("/v1/health");
  */
-export async function startNoRootHost(): Promise<NoRootHost> {
-  const dataDir = await mkdtemp(join(tmpdir(), "paddock-noroot-"));
+export async function startNoRootHost(store: TestStore = sqliteStore()): Promise<NoRootHost> {
+  const opened = await store.open();
+  const { db, dataDir } = opened;
   const logs: string[] = [];
   const log = (line: string) => logs.push(line);
   const config = resolveHostConfig({ dataDir, port: 0, warmSandboxes: 0, schedulerTickMs: 0 });
   await placeImage(config.imagesDir);
   const runnerFiles = await placeRunner(dataDir);
-  const db = openSqlite(join(dataDir, "paddock.db"));
   const undo: (() => Promise<unknown>)[] = [];
   const driver = new RefusingSandboxDriver();
   try {
-    await migrate(db);
-    const services = await buildServices(config, { db, instance: "noroot", driver, log, undo });
+    const services = await buildServices(config, { db, hints: opened.hints, instance: "noroot", driver, log, undo });
     await services.runners.publish(runnerFiles);
     const adminKey = await services.identity.bootstrap();
     if (!adminKey) throw new Error("a new data folder gives an admin key");
@@ -103,15 +102,13 @@ export async function startNoRootHost(): Promise<NoRootHost> {
       async close() {
         await services.engine.close();
         for (const step of undo.reverse()) await step();
-        await db.destroy();
         await unsealRunners(dataDir);
-        await rm(dataDir, { recursive: true, force: true });
+        await opened.close();
       },
     };
   } catch (err) {
     for (const step of undo.reverse()) await step().catch(() => {});
-    await db.destroy();
-    await rm(dataDir, { recursive: true, force: true });
+    await opened.close();
     throw err;
   }
 }

@@ -53,11 +53,16 @@ function store(name: Dialect, skip: string | false): TestStore {
   };
 }
 
+/** SQLite in a temp folder, the store of a host given none. */
+export function sqliteStore(): TestStore {
+  return store("sqlite", false);
+}
+
 /**
  * Declares the suites `body` makes once for SQLite and once for PostgreSQL.
  * @example forEachStore((store) => describe(`Ledger on ${store.name}`, { skip: store.skip }, () => { ... }));
  */
 export function forEachStore(body: (store: TestStore) => void): void {
-  body(store("sqlite", false));
+  body(sqliteStore());
   body(store("postgres", e2eSkip(postgresSkipReason())));
 }

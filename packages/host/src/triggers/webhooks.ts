@@ -142,18 +142,21 @@ export class Webhooks {
       trigger: "webhook",
       events: [{ type: "webhook.received", data: { webhook_id: row.id, delivery_id: delivery, bytes: body.length } }],
       dedupe: async (trx, runId) => {
+        // One of several deliveries racing (on any host) inserts; the others read its run.
+        const inserted = await trx
+          .insertInto("webhook_deliveries")
+          .values({ webhook_id: row.id, delivery_id: delivery, run_id: runId, received_at: now })
+          .onConflict((oc) => oc.columns(["webhook_id", "delivery_id"]).doNothing())
+          .returning("run_id")
+          .executeTakeFirst();
+        if (inserted) return null;
         const seen = await trx
           .selectFrom("webhook_deliveries")
           .select("run_id")
           .where("webhook_id", "=", row.id)
           .where("delivery_id", "=", delivery)
-          .executeTakeFirst();
-        if (seen) return seen.run_id;
-        await trx
-          .insertInto("webhook_deliveries")
-          .values({ webhook_id: row.id, delivery_id: delivery, run_id: runId, received_at: now })
-          .execute();
-        return null;
+          .executeTakeFirstOrThrow();
+        return seen.run_id;
       },
     });
     if (result.created) this.#deps.notify();
