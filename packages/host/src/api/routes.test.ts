@@ -375,6 +375,28 @@ forEachStore((store) =>
       }
     });
 
+    it("makes one run of an Idempotency-Key that 20 requests race on", async () => {
+      const answers = await Promise.all(
+        Array.from({ length: 20 }, () =>
+          h.services.app.request(`/v1/agents/${a.agent}/runs`, {
+            method: "POST",
+            headers: {
+              authorization: `Bearer ${keys.a}`,
+              "content-type": JSON_TYPE,
+              "idempotency-key": `race-${store.name}`,
+            },
+            body: JSON.stringify({ input: { n: 1 } }),
+          }),
+        ),
+      );
+      const ids = new Set<string>();
+      for (const res of answers) {
+        assert.ok(res.status === 200 || res.status === 201, `status ${res.status}: ${await res.clone().text()}`);
+        ids.add(((await res.json()) as { id: string }).id);
+      }
+      assert.equal(ids.size, 1, [...ids].join(", "));
+    });
+
     it("logged no internal error for any request", () => {
       assert.ok(requests.length > 300, `${requests.length} requests`);
       assert.deepEqual(

@@ -1,13 +1,12 @@
 /**
  * A host's services without root, Linux networking or a base image, for tests of everything in
  * front of the sandboxes (the API's auth, validation, errors and tenant isolation). The services
- * are built by buildServices as a host builds them, over a real SQLite store in a temp folder; the
+ * are built by buildServices as a host builds them, over a real store (SQLite in a temp folder unless a test names another); the
  * sandbox driver refuses every boot, the base image is an empty folder, and the runner layer is
  * one a host would find already built.
  */
 import { createHash } from "node:crypto";
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { resolveHostConfig } from "../config.ts";
 import {
