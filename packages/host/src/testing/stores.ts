@@ -20,6 +20,8 @@ export interface TestStore {
    * `to: null`); close() removes both.
    */
   open(options?: { to?: string | null }): Promise<OpenDatabase & { dataDir: string; url: string | undefined }>;
+  /** What a host started on a new, empty store of this kind is given: `database` for PostgreSQL. */
+  hostConfig(): Promise<{ database?: string }>;
 }
 
 let server: TestPostgres | null = null;
@@ -31,13 +33,21 @@ function postgres(): TestPostgres {
   return server;
 }
 
+/** A new empty database on this process's server. */
+function newDatabase(): Promise<string> {
+  return postgres().createDatabase(`t${process.pid}_${++databases}`);
+}
+
 function store(name: Dialect, skip: string | false): TestStore {
   return {
     name,
     skip,
+    async hostConfig() {
+      return name === "postgres" ? { database: await newDatabase() } : {};
+    },
     async open(options = {}) {
       const dataDir = await mkdtemp(join(tmpdir(), `paddock-${name}-`));
-      const url = name === "postgres" ? await postgres().createDatabase(`t${process.pid}_${++databases}`) : undefined;
+      const url = name === "postgres" ? await newDatabase() : undefined;
       const opened = await openDatabase({ dataDir, database: url });
       if (options.to !== null) await migrate(opened.db, options.to);
       return {
