@@ -66,7 +66,7 @@ export function startPostgres(): TestPostgres {
     } catch {
       // Already gone: the folder goes anyway.
     }
-    rmSync(dir, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true, maxRetries: 5 });
   };
   const onSignal = (signal: NodeJS.Signals) => {
     stop();
