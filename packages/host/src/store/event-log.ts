@@ -48,12 +48,18 @@ export class EventLog {
   readonly #bus = new EventEmitter({ captureRejections: false });
   /** Subscribers' re-read callbacks by run, told of events other processes wrote. */
   readonly #stale = new Map<string, Set<(seq: number) => void>>();
-  #unlisten: (() => void) | null = null;
 
   constructor(db: Kysely<Database>, hints: Hints = new LocalHints()) {
     this.#db = db;
     this.#hints = hints;
     this.#bus.setMaxListeners(0);
+    // Listening from the start, so that a first subscriber does not wait for the connection.
+    if (hints.shared) {
+      hints.listen(HINT.events, (payload) => {
+        const colon = payload.lastIndexOf(":");
+        for (const f of this.#stale.get(payload.slice(0, colon)) ?? []) f(Number(payload.slice(colon + 1)));
+      });
+    }
   }
 
   /**
@@ -151,10 +157,6 @@ export class EventLog {
   }
 
   #watch(runId: string, fn: (seq: number) => void): void {
-    this.#unlisten ??= this.#hints.listen(HINT.events, (payload) => {
-      const colon = payload.lastIndexOf(":");
-      for (const f of this.#stale.get(payload.slice(0, colon)) ?? []) f(Number(payload.slice(colon + 1)));
-    });
     const set = this.#stale.get(runId) ?? new Set();
     this.#stale.set(runId, set);
     set.add(fn);
@@ -164,9 +166,5 @@ export class EventLog {
     const set = this.#stale.get(runId);
     set?.delete(fn);
     if (set?.size === 0) this.#stale.delete(runId);
-    if (this.#stale.size === 0) {
-      this.#unlisten?.();
-      this.#unlisten = null;
-    }
   }
 }

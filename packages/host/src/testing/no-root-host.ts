@@ -28,6 +28,8 @@ export interface NoRootHost {
   driver: RefusingSandboxDriver;
   adminKey: string;
   dataDir: string;
+  /** The PostgreSQL database's URL; undefined on SQLite. */
+  database: string | undefined;
   /** Every line the services logged. */
   logs: string[];
   close(): Promise<void>;
@@ -74,15 +76,25 @@ async function placeRunner(dataDir: string): Promise<{ bundlePath: string; nodeP
 
 /**
  * Builds a host's services over a new store (default SQLite) and its temp data folder, with its
- * admin key.
+ * admin key; `sharing` another host's PostgreSQL store makes a second host of the same cluster.
  * @example const h = await startNoRootHost(); const res = await h.services.app.request("/v1/health");
  */
-export async function startNoRootHost(store: TestStore = sqliteStore()): Promise<NoRootHost> {
-  const opened = await store.open();
+export async function startNoRootHost(
+  store: TestStore = sqliteStore(),
+  options: { sharing?: NoRootHost } = {},
+): Promise<NoRootHost> {
+  const opened = await store.open({ url: options.sharing?.database });
   const { db, dataDir } = opened;
   const logs: string[] = [];
   const log = (line: string) => logs.push(line);
-  const config = resolveHostConfig({ dataDir, port: 0, warmSandboxes: 0, schedulerTickMs: 0 });
+  const config = resolveHostConfig({
+    dataDir,
+    port: 0,
+    warmSandboxes: 0,
+    schedulerTickMs: 0,
+    // Hosts of one store seal its secrets under one master key.
+    ...(options.sharing ? { masterKeyFile: join(options.sharing.dataDir, "master.key") } : {}),
+  });
   await placeImage(config.imagesDir);
   const runnerFiles = await placeRunner(dataDir);
   const undo: (() => Promise<unknown>)[] = [];
@@ -90,13 +102,15 @@ export async function startNoRootHost(store: TestStore = sqliteStore()): Promise
   try {
     const services = await buildServices(config, { db, hints: opened.hints, instance: "noroot", driver, log, undo });
     await services.runners.publish(runnerFiles);
-    const adminKey = await services.identity.bootstrap();
+    await opened.hints.ready();
+    const adminKey = options.sharing?.adminKey ?? (await services.identity.bootstrap());
     if (!adminKey) throw new Error("a new data folder gives an admin key");
     return {
       services,
       driver,
       adminKey,
       dataDir,
+      database: opened.url,
       logs,
       async close() {
         await services.engine.close();

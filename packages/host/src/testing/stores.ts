@@ -19,7 +19,11 @@ export interface TestStore {
    * A new empty store and a data folder beside it, migrated (up to `to` when given, not at all for
    * `to: null`); close() removes both.
    */
-  open(options?: { to?: string | null }): Promise<OpenDatabase & { dataDir: string; url: string | undefined }>;
+  open(options?: {
+    to?: string | null;
+    /** A PostgreSQL database another open() made, to share instead of a new one. */
+    url?: string | undefined;
+  }): Promise<OpenDatabase & { dataDir: string; url: string | undefined }>;
   /** What a host started on a new, empty store of this kind is given: `database` for PostgreSQL. */
   hostConfig(): Promise<{ database?: string }>;
 }
@@ -47,7 +51,7 @@ function store(name: Dialect, skip: string | false): TestStore {
     },
     async open(options = {}) {
       const dataDir = await mkdtemp(join(tmpdir(), `paddock-${name}-`));
-      const url = name === "postgres" ? await newDatabase() : undefined;
+      const url = name === "postgres" ? (options.url ?? (await newDatabase())) : undefined;
       const opened = await openDatabase({ dataDir, database: url });
       if (options.to !== null) await migrate(opened.db, options.to);
       return {
