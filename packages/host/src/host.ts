@@ -50,6 +50,7 @@ import { HINT, type Hints, LocalHints } from "./store/hints.ts";
 import { newId } from "./store/ids.ts";
 import { Journal } from "./store/journal.ts";
 import { migrate } from "./store/migrations.ts";
+import type { Dialect } from "./store/portable.ts";
 import type { Database } from "./store/schema.ts";
 import { AgentCalls } from "./triggers/agent-calls.ts";
 import { Scheduler } from "./triggers/scheduler.ts";
@@ -81,6 +82,8 @@ export interface RunningHost {
 /** Where buildServices puts its services: a store, a sandbox driver and, optionally, networks. */
 export interface ServiceEnv {
   db: Kysely<Database>;
+  /** Which SQL the store speaks; default SQLite. */
+  dialect?: Dialect;
   /** Wake-up hints between hosts sharing the store; default within this process only. */
   hints?: Hints;
   /** Names this host's run tokens' issuer (a hash of its data directory). */
@@ -142,8 +145,9 @@ async function lock(dataDir: string): Promise<() => Promise<void>> {
 export async function buildServices(config: HostConfig, env: ServiceEnv): Promise<Services> {
   const { db, driver, log } = env;
   const { dataDir, maxLimits } = config;
+  const dialect = env.dialect ?? "sqlite";
   const hints = env.hints ?? new LocalHints();
-  const events = new EventLog(db, hints);
+  const events = new EventLog(db, { hints });
   const runs = new RunRepository(db, events);
   const identity = new Identity(db);
   const images = new ImageStore({ imagesDir: config.imagesDir });
@@ -175,7 +179,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const live = new LiveSandboxes();
   // The LLM gateway: providers' keys stay here, every call is metered against the ledger.
   const providers = new Providers(db);
-  const ledger = new Ledger(db);
+  const ledger = new Ledger(db, { dialect });
   const abandoned = await ledger.settleAbandoned();
   if (abandoned > 0)
     log(`billed ${abandoned} model call(s) left open by the previous host at their reserved worst case`);
@@ -309,7 +313,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     if (made) await rm(made, { recursive: true, force: true });
     throw err;
   }
-  const { db, hints } = store;
+  const { db, dialect, hints } = store;
   /** What a failed start has to stop again, last started first. */
   const undo: (() => Promise<unknown>)[] = [];
   try {
@@ -325,6 +329,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     const driver = new LinuxSandboxDriver({ runDir, instance, network });
     const services = await buildServices(config, {
       db,
+      dialect,
       hints,
       instance,
       driver,

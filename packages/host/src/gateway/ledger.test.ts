@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import type { Kysely } from "kysely";
 import { newId } from "../store/ids.ts";
+import type { Dialect } from "../store/portable.ts";
 import type { Database } from "../store/schema.ts";
 import { forEachStore } from "../testing/stores.ts";
 import { Ledger } from "./ledger.ts";
@@ -11,14 +12,15 @@ forEachStore((store) =>
   describe(`Ledger on ${store.name}`, { skip: store.skip }, () => {
     let db: Kysely<Database>;
     let close: () => Promise<void>;
+    let dialect: Dialect;
     let ledger: Ledger;
     const tenant = newId("ten");
     const detail = { provider: "p", model: "m", input_tokens: 0, output_tokens: 0, source: "usage" as const };
 
     before(async () => {
-      ({ db, close } = await store.open());
+      ({ db, close, dialect } = await store.open());
       await db.insertInto("tenants").values({ id: tenant, name: "t", created_at: 0 }).execute();
-      ledger = new Ledger(db);
+      ledger = new Ledger(db, { dialect });
     });
     after(async () => {
       await close?.();
@@ -149,8 +151,8 @@ forEachStore((store) =>
       });
       assert.ok(r.ok);
       // A new ledger over the same store, as after a restart.
-      assert.equal(await new Ledger(db).settleAbandoned(), 1);
-      assert.equal(await new Ledger(db).settleAbandoned(), 0);
+      assert.equal(await new Ledger(db, { dialect }).settleAbandoned(), 1);
+      assert.equal(await new Ledger(db, { dialect }).settleAbandoned(), 0);
       assert.deepEqual((await ledger.totals("run", ["run_dead"])).get("run_dead"), { spent: 2000, reserved: 0 });
       // The store itself refuses a second close of the same call.
       await assert.rejects(

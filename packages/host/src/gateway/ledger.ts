@@ -16,8 +16,8 @@
 import { AppError, type Balance, fromMicro } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { sql } from "kysely";
-import { type Dialect, dialectOf } from "../store/database.ts";
 import { newId } from "../store/ids.ts";
+import type { Dialect } from "../store/portable.ts";
 import type { CreditAccountsTable, Database } from "../store/schema.ts";
 
 /** Which budget ran out. */
@@ -85,9 +85,9 @@ export class Ledger {
   readonly #dialect: Dialect;
   readonly #now: () => number;
 
-  constructor(db: Kysely<Database>, options: { now?: () => number } = {}) {
+  constructor(db: Kysely<Database>, options: { now?: () => number; dialect?: Dialect } = {}) {
     this.#db = db;
-    this.#dialect = dialectOf(db);
+    this.#dialect = options.dialect ?? "sqlite";
     this.#now = options.now ?? Date.now;
   }
 

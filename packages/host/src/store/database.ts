@@ -8,10 +8,9 @@ import { AppError } from "@paddock/protocol";
 import { Kysely, type Kysely as KyselyType, PostgresAdapter, PostgresDialect } from "kysely";
 import pg from "pg";
 import { type Hints, LocalHints, PostgresHints } from "./hints.ts";
+import type { Dialect } from "./portable.ts";
 import type { Database } from "./schema.ts";
 import { openSqlite } from "./sqlite.ts";
-
-export type Dialect = "sqlite" | "postgres";
 
 export interface OpenDatabase {
   db: Kysely<Database>;

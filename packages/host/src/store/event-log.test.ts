@@ -42,7 +42,7 @@ forEachStore((store) =>
           created_at: 0,
         })
         .execute();
-      log = new EventLog(db, opened.hints);
+      log = new EventLog(db, { hints: opened.hints });
       const spec = {
         command: ["true"],
         env: {},
@@ -139,7 +139,7 @@ forEachStore((store) =>
     }, async () => {
       const other = await openDatabase({ dataDir: "", database: url });
       try {
-        const theirs = new EventLog(other.db, other.hints);
+        const theirs = new EventLog(other.db, { hints: other.hints });
         const id = await newRun();
         const woken = new Promise<void>((resolve) => {
           const stop = theirs.subscribe(

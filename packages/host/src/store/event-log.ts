@@ -49,7 +49,8 @@ export class EventLog {
   /** Subscribers' re-read callbacks by run, told of events other processes wrote. */
   readonly #stale = new Map<string, Set<(seq: number) => void>>();
 
-  constructor(db: Kysely<Database>, hints: Hints = new LocalHints()) {
+  constructor(db: Kysely<Database>, options: { hints?: Hints } = {}) {
+    const hints = options.hints ?? new LocalHints();
     this.#db = db;
     this.#hints = hints;
     this.#bus.setMaxListeners(0);

@@ -21,7 +21,7 @@ import { hashFile } from "../fs/tree-digest.ts";
 import { buildServices, type Services } from "../host.ts";
 import { unsealRunners } from "../images/runner-registry.ts";
 import { RefusingSandboxDriver } from "./refusing-driver.ts";
-import { sqliteStore, type TestStore } from "./stores.ts";
+import { type StoreKind, sqliteStore } from "./stores.ts";
 
 export interface NoRootHost {
   services: Services;
@@ -80,7 +80,7 @@ async function placeRunner(dataDir: string): Promise<{ bundlePath: string; nodeP
  * @example const h = await startNoRootHost(); const res = await h.services.app.request("/v1/health");
  */
 export async function startNoRootHost(
-  store: TestStore = sqliteStore(),
+  store: StoreKind = sqliteStore(),
   options: { sharing?: NoRootHost } = {},
 ): Promise<NoRootHost> {
   const opened = await store.open({ url: options.sharing?.database });
@@ -100,7 +100,15 @@ export async function startNoRootHost(
   const undo: (() => Promise<unknown>)[] = [];
   const driver = new RefusingSandboxDriver();
   try {
-    const services = await buildServices(config, { db, hints: opened.hints, instance: "noroot", driver, log, undo });
+    const services = await buildServices(config, {
+      db,
+      dialect: opened.dialect,
+      hints: opened.hints,
+      instance: "noroot",
+      driver,
+      log,
+      undo,
+    });
     await services.runners.publish(runnerFiles);
     await opened.hints.ready();
     const adminKey = options.sharing?.adminKey ?? (await services.identity.bootstrap());

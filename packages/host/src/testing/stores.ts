@@ -6,12 +6,13 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type Dialect, type OpenDatabase, openDatabase } from "../store/database.ts";
+import { type OpenDatabase, openDatabase } from "../store/database.ts";
 import { migrate } from "../store/migrations.ts";
+import type { Dialect } from "../store/portable.ts";
 import { e2eSkip } from "./e2e-skip.ts";
 import { postgresSkipReason, startPostgres, type TestPostgres } from "./postgres.ts";
 
-export interface TestStore {
+export interface StoreKind {
   readonly name: Dialect;
   /** The suite's `skip` option. */
   readonly skip: string | false;
@@ -42,7 +43,7 @@ function newDatabase(): Promise<string> {
   return postgres().createDatabase(`t${process.pid}_${++databases}`);
 }
 
-function store(name: Dialect, skip: string | false): TestStore {
+function store(name: Dialect, skip: string | false): StoreKind {
   return {
     name,
     skip,
@@ -68,7 +69,7 @@ function store(name: Dialect, skip: string | false): TestStore {
 }
 
 /** SQLite in a temp folder, the store of a host given none. */
-export function sqliteStore(): TestStore {
+export function sqliteStore(): StoreKind {
   return store("sqlite", false);
 }
 
@@ -76,7 +77,7 @@ export function sqliteStore(): TestStore {
  * Declares the suites `body` makes once for SQLite and once for PostgreSQL.
  * @example forEachStore((store) => describe(`Ledger on ${store.name}`, { skip: store.skip }, () => { ... }));
  */
-export function forEachStore(body: (store: TestStore) => void): void {
+export function forEachStore(body: (store: StoreKind) => void): void {
   body(sqliteStore());
   body(store("postgres", e2eSkip(postgresSkipReason())));
 }

@@ -1,0 +1,41 @@
+/**
+ * The few pieces of SQL the engine's concurrency control writes differently on SQLite and
+ * PostgreSQL: the database's own clock, and transaction-scoped locks on names. On SQLite one
+ * write transaction at a time already serialises every claim, so the locks are no-ops there.
+ */
+import { type Kysely, type RawBuilder, sql, type Transaction } from "kysely";
+import type { Database } from "./schema.ts";
+
+/** The store, or a transaction on it. */
+export type Db = Kysely<Database> | Transaction<Database>;
+
+/** Which SQL the store speaks. */
+export type Dialect = "sqlite" | "postgres";
+
+/**
+ * The database's clock in milliseconds since the epoch, as an SQL expression: leases and
+ * heartbeats written by several nodes compare against one clock, not each node's own.
+ * @example db.updateTable("nodes").set({ heartbeat_at: dbNow(dialect) })
+ */
+export function dbNow(dialect: Dialect): RawBuilder<number> {
+  return dialect === "postgres"
+    ? sql<number>`(extract(epoch from now()) * 1000)::bigint`
+    : sql<number>`CAST(unixepoch('subsec') * 1000 AS INTEGER)`;
+}
+
+/** The database's clock now, read in its own statement. */
+export async function readDbNow(db: Db, dialect: Dialect): Promise<number> {
+  const { rows } = await sql<{ now: number | string }>`SELECT ${dbNow(dialect)} AS now`.execute(db);
+  return Number(rows[0]?.now);
+}
+
+/**
+ * Takes transaction-scoped locks on `names` (PostgreSQL advisory locks, sorted so that two
+ * transactions never wait on each other in a cycle); released when the transaction ends.
+ */
+export async function lockNames(trx: Db, dialect: Dialect, names: string[]): Promise<void> {
+  if (dialect !== "postgres") return;
+  for (const name of [...new Set(names)].sort()) {
+    await sql`SELECT pg_advisory_xact_lock(hashtextextended(${name}, 0))`.execute(trx);
+  }
+}
