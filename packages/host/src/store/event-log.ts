@@ -48,6 +48,8 @@ export class EventLog {
   readonly #bus = new EventEmitter({ captureRejections: false });
   /** Subscribers' re-read callbacks by run, told of events other processes wrote. */
   readonly #stale = new Map<string, Set<(seq: number) => void>>();
+  /** The last seq of each run written since hints were last sent. */
+  readonly #unhinted = new Map<string, number>();
 
   constructor(db: Kysely<Database>, options: { hints?: Hints } = {}) {
     const hints = options.hints ?? new LocalHints();
@@ -105,7 +107,14 @@ export class EventLog {
     for (const row of rows) this.#bus.emit(row.run_id, toRunEvent(row));
     const last = rows[rows.length - 1];
     if (!last || !this.#hints.shared) return;
-    this.#hints.notify(HINT.events, `${last.run_id}:${last.seq}`);
+    // Appends in the same turn of the event loop share one hint per run.
+    if (this.#unhinted.size === 0) {
+      setImmediate(() => {
+        for (const [runId, seq] of this.#unhinted) this.#hints.notify(HINT.events, `${runId}:${seq}`);
+        this.#unhinted.clear();
+      });
+    }
+    this.#unhinted.set(last.run_id, Math.max(last.seq, this.#unhinted.get(last.run_id) ?? 0));
     for (const row of rows) {
       if (row.type === "run.queued") this.#hints.notify(HINT.runQueued, row.run_id);
       else if (row.type === "run.cancel_requested") this.#hints.notify(HINT.cancel, row.run_id);
