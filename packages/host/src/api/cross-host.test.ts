@@ -1,6 +1,7 @@
 /**
  * Two hosts on one PostgreSQL store, without root: a run's event stream served by one host follows
- * what the other host writes (woken by a hint, not by the poll), and ends with the run.
+ * what the other host writes (woken by a hint, not by the poll), and ends with the run; a cron slot
+ * both hosts' schedulers fire at once makes one run.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -60,6 +61,22 @@ forEachStore((store) => {
       assert.ok(Date.now() - started < 900, `${Date.now() - started} ms: woken by the hint, before the poll`);
       // The run ended: the stream closes.
       assert.equal((await reader.read()).done, true);
+    });
+
+    it("makes one run of a cron slot both hosts' schedulers fire at once", async () => {
+      const agent = await request(a, "POST", "/v1/agents", { name: "ticked", instructions: "Say hi.", model: "m" });
+      const agentId = ((await agent.json()) as { id: string }).id;
+      const made = await request(a, "POST", "/v1/schedules", { agent: agentId, cron: "* * * * *", overlap: "allow" });
+      assert.equal(made.status, 201, await made.clone().text());
+      const due = Date.parse(((await made.json()) as { next_at: string }).next_at);
+      const started = await Promise.all([a.services.scheduler.tick(due), b.services.scheduler.tick(due)]);
+      assert.equal(started.flat().length, 1, JSON.stringify(started));
+      const runs = await request(b, "GET", `/v1/runs?agent_id=${agentId}`);
+      assert.equal(((await runs.json()) as { data: unknown[] }).data.length, 1);
+      assert.deepEqual(
+        [...a.logs, ...b.logs].filter((l) => l.startsWith("schedule")),
+        [],
+      );
     });
   });
 });
