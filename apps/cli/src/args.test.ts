@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { describe, it } from "node:test";
 import { parseCommand, parseKeyValues, parseNumber, UsageError, wantsHelp } from "./args.ts";
 import { agentBody, parseCreate, parseUpdate } from "./commands/agents.ts";
@@ -206,6 +209,21 @@ describe("main", () => {
     const code = await main(["--url", "http://127.0.0.1:9", "--api-key", "k", "agents", "list"], ctx);
     assert.equal(code, 1);
     assert.match(ctx.stderr.join("\n"), /^error: cannot reach the host at http:\/\/127\.0\.0\.1:9/);
+  });
+
+  it("serve exits 1 with database_unavailable when its database cannot be reached, creating nothing", async () => {
+    const dataDir = join(tmpdir(), `paddock-no-db-${process.pid}`, "data");
+    const ctx = capture();
+    const args = ["serve", "--data-dir", dataDir, "--port", "0", "--database", "postgres://nobody@127.0.0.1:1/none"];
+    assert.equal(await main(args, ctx), 1);
+    assert.match(
+      ctx.stderr.join("\n"),
+      /^error database_unavailable: Cannot connect to the database at postgres:\/\/nobody@127\.0\.0\.1:1\/none/,
+    );
+    assert.equal(existsSync(dirname(dataDir)), false);
+    const notUrl = capture();
+    assert.equal(await main(["serve", "--database", "mysql://h/db"], notUrl), 2);
+    assert.match(notUrl.stderr.join("\n"), /--database must be a postgres:\/\/ URL/);
   });
 
   it("exits 1 when no API key can be found", async () => {

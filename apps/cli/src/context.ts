@@ -12,6 +12,8 @@ export interface Settings {
   url?: string;
   apiKey?: string;
   dataDir?: string;
+  /** `serve`'s PostgreSQL URL (PADDOCK_DATABASE). */
+  database?: string;
 }
 
 export interface Context {
@@ -44,6 +46,7 @@ export function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
   if (env.PADDOCK_URL) settings.url = env.PADDOCK_URL;
   if (env.PADDOCK_API_KEY) settings.apiKey = env.PADDOCK_API_KEY;
   if (env.PADDOCK_DATA_DIR) settings.dataDir = env.PADDOCK_DATA_DIR;
+  if (env.PADDOCK_DATABASE) settings.database = env.PADDOCK_DATABASE;
   return settings;
 }
 

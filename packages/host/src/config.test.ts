@@ -32,8 +32,8 @@ describe("host configuration", () => {
   it("takes the node's settings, with the sandbox range from either key", () => {
     const defaults = resolveHostConfig({ dataDir: "/d", port: 0 });
     assert.deepEqual(
-      [defaults.nodeId, defaults.sandboxCidr, defaults.dialect, defaults.leaseMs, defaults.internalUrl],
-      [undefined, "10.209.0.0/16", "sqlite", 30_000, undefined],
+      [defaults.nodeId, defaults.sandboxCidr, defaults.leaseMs, defaults.internalUrl],
+      [undefined, "10.209.0.0/16", 30_000, undefined],
     );
     const old = resolveHostConfig({ dataDir: "/d", port: 0, sandboxNetwork: { range: "10.50.0.0/16" } });
     assert.equal(old.sandboxCidr, "10.50.0.0/16");

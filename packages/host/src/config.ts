@@ -35,6 +35,14 @@ export const HostConfig = z
     port: z.number().int().min(0).max(65_535),
     /** Address to listen on. */
     listen: z.string().min(1).default("127.0.0.1"),
+    /**
+     * The PostgreSQL store several hosts may share (`postgres://USER@HOST/DB`, or
+     * `postgres://USER@/DB?host=/socket/dir`); default SQLite in <dataDir>/paddock.db.
+     */
+    database: z
+      .string()
+      .regex(/^postgres(ql)?:\/\//, "a postgres:// URL")
+      .optional(),
     /** Where base images live; default <dataDir>/images. */
     imagesDir: z.string().min(1).optional(),
     /**
@@ -57,8 +65,6 @@ export const HostConfig = z
     blobGraceMs: z.number().int().min(0).default(3_600_000),
     /** Root runs at once on this node (`serve --max-runs`). */
     maxConcurrentRuns: z.number().int().min(1).default(32),
-    /** Which SQL the store speaks; default the embedded SQLite. */
-    dialect: z.enum(["sqlite", "postgres"]).default("sqlite"),
     /**
      * This node's id among the nodes sharing the store (`serve --node-id`); default one derived
      * from the machine's name and the data directory, the same at every start.

@@ -43,18 +43,20 @@ import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
 import { RunnerRegistry } from "./images/runner-registry.ts";
-import { type Leader, soleLeader } from "./nodes/leader.ts";
+import { type Leader, leaderFor, soleLeader } from "./nodes/leader.ts";
 import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
 import type { SandboxDriver } from "./sandbox/driver.ts";
 import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
 import { SandboxNetwork } from "./sandbox/linux/network.ts";
 import { openVault } from "./secrets/master-key.ts";
 import { rotateMasterKey, Secrets } from "./secrets/secrets.ts";
+import { openDatabase } from "./store/database.ts";
 import { EventLog } from "./store/event-log.ts";
+import { HINT, type Hints, LocalHints } from "./store/hints.ts";
 import { Journal } from "./store/journal.ts";
 import { migrate } from "./store/migrations.ts";
+import type { Dialect } from "./store/portable.ts";
 import type { Database } from "./store/schema.ts";
-import { openSqlite } from "./store/sqlite.ts";
 import { AgentCalls } from "./triggers/agent-calls.ts";
 import { Scheduler } from "./triggers/scheduler.ts";
 import { Webhooks } from "./triggers/webhooks.ts";
@@ -85,6 +87,10 @@ export interface RunningHost {
 /** Where buildServices puts its services: a store, a sandbox driver and, optionally, networks. */
 export interface ServiceEnv {
   db: Kysely<Database>;
+  /** Which SQL the store speaks; default SQLite. */
+  dialect?: Dialect;
+  /** Wake-up hints between hosts sharing the store; default within this process only. */
+  hints?: Hints;
   /** Names this host's run tokens' issuer (a hash of its data directory). */
   instance: string;
   driver: SandboxDriver;
@@ -166,10 +172,12 @@ function openBlobs(config: HostConfig): { blobs: BlobStore; blobCache: BlobCache
  */
 export async function buildServices(config: HostConfig, env: ServiceEnv): Promise<Services> {
   const { db, driver, log } = env;
-  const { dataDir, maxLimits, dialect } = config;
+  const { dataDir, maxLimits } = config;
+  const dialect = env.dialect ?? "sqlite";
+  const hints = env.hints ?? new LocalHints();
   const nodeId = config.nodeId ?? defaultNodeId(dataDir);
   const leader = env.leader ?? soleLeader;
-  const events = new EventLog(db, { dialect });
+  const events = new EventLog(db, { dialect, hints });
   const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
   const runs = new RunRepository(db, events);
   const identity = new Identity(db);
@@ -344,21 +352,30 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
 export async function startHost(input: HostConfigInput): Promise<RunningHost> {
   const log = input.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
   const resolved = resolveHostConfig(input);
-  await mkdir(resolved.dataDir, { recursive: true, mode: 0o700 });
+  // The first folder mkdir made, removed again when the store cannot be opened.
+  const made = await mkdir(resolved.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(resolved.dataDir);
   const config: HostConfig = { ...resolved, dataDir, nodeId: resolved.nodeId ?? defaultNodeId(dataDir) };
   const nodeId = config.nodeId ?? defaultNodeId(dataDir);
   const unlock = await lock(dataDir);
   const instance = createHash("sha256").update(dataDir).digest("hex").slice(0, 10);
 
-  const db = openSqlite(join(dataDir, "paddock.db"));
+  let store: Awaited<ReturnType<typeof openDatabase>>;
+  try {
+    store = await openDatabase({ dataDir, database: config.database });
+  } catch (err) {
+    await unlock();
+    if (made) await rm(made, { recursive: true, force: true });
+    throw err;
+  }
+  const { db, dialect, hints } = store;
   /** What a failed start has to stop again, last started first. */
   const undo: (() => Promise<unknown>)[] = [];
   try {
     await migrate(db);
     // This node joins the store first: a second live node with its id or range refuses here,
     // before anything else is made.
-    const nodes = new Nodes(db, { dialect: config.dialect, staleMs: config.leaseMs });
+    const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
     const listenHost = config.listen.includes(":") ? `[${config.listen}]` : config.listen;
     await nodes.register({
       id: nodeId,
@@ -375,6 +392,9 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     const driver = new LinuxSandboxDriver({ runDir, instance, network });
     const services = await buildServices(config, {
       db,
+      dialect,
+      hints,
+      leader: leaderFor(dialect, store.dedicated),
       instance,
       driver,
       network,
@@ -414,6 +434,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     const recovered = await engine.reconcile();
     if (recovered > 0) log(`reconciled ${recovered} run(s) left in flight by a previous host`);
     engine.start();
+    // Runs queued by other hosts sharing the store wake this one's engine too.
+    if (hints.shared) hints.listen(HINT.runQueued, () => engine.notify());
     scheduler.start(config.schedulerTickMs);
     const lost = await sessions.start();
     if (lost > 0) log(`${lost} environment session(s) ended with the previous host`);
@@ -456,7 +478,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
           services.blobs.close();
           await leader.release();
           await nodes.stop(nodeId);
-          await db.destroy();
+          await store.close();
           await unlock();
         })();
         return closing;
@@ -464,7 +486,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     };
   } catch (err) {
     for (const step of undo.reverse()) await step().catch(() => {});
-    await db.destroy().catch(() => {});
+    await store.close().catch(() => {});
     await unlock();
     throw err;
   }

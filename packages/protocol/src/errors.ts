@@ -77,6 +77,10 @@ export const ERROR_CODES = {
     status: 422,
     message: "The content's sha256 is not the digest it was stored under; nothing was stored.",
   },
+  database_unavailable: {
+    status: 503,
+    message: "The host cannot reach its database; its log says why.",
+  },
   image_not_ready: {
     status: 503,
     message: "The environment image is not built yet; run 'paddock images build-base'.",

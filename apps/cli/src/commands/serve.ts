@@ -10,6 +10,7 @@ export const serve: Command = {
   summary: "run the host (API, engine, sandboxes)",
   usage: `Usage: paddock serve [--data-dir DIR] [--port PORT] [--listen ADDR] [--images-dir DIR]
                      [--node-id NAME] [--sandbox-cidr CIDR] [--max-runs N] [--internal-url URL]
+                     [--database postgres://USER@HOST/DB]
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
                      [--blobs URL]
@@ -33,6 +34,10 @@ Options:
   --max-runs N      runs at once on this node (default 32)
   --internal-url URL
                     the API URL other nodes reach this one at (default its own URL)
+  --database URL    a PostgreSQL database to keep the store in instead of SQLite in DIR,
+                    which several hosts may share: postgres://USER[:PASSWORD]@HOST[:PORT]/DB,
+                    or over a unix socket postgres://USER@/DB?host=/run/postgresql
+                    (env PADDOCK_DATABASE; default DIR/paddock.db)
   --egress-trust CIDR
                     a non-public address or range (10.0.0.0/8, fd00::/8) that environment
                     sessions may reach when an allowed host name resolves there, such as an
@@ -64,6 +69,7 @@ Options:
         "sandbox-cidr": { type: "string" },
         "max-runs": { type: "string" },
         "internal-url": { type: "string" },
+        database: { type: "string" },
         "egress-trust": { type: "string", multiple: true },
         "master-key-file": { type: "string" },
         "old-master-key-file": { type: "string", multiple: true },
@@ -78,6 +84,10 @@ Options:
     const rpm = parseNumber(values["llm-rpm"], "llm-rpm");
     const tpm = parseNumber(values["llm-tpm"], "llm-tpm");
     const maxRuns = parseNumber(values["max-runs"], "max-runs");
+    const database = values.database ?? ctx.settings.database;
+    if (database !== undefined && !/^postgres(ql)?:\/\//.test(database)) {
+      throw new UsageError("--database must be a postgres:// URL", "serve");
+    }
     const { startHost, VERSION } = await import("@paddock/host");
     const host = await startHost({
       dataDir,
@@ -89,6 +99,7 @@ Options:
       ...(maxRuns !== undefined ? { maxConcurrentRuns: maxRuns } : {}),
       ...(values["internal-url"] ? { internalUrl: values["internal-url"] } : {}),
       ...(values.blobs ? { blobs: values.blobs } : {}),
+      ...(database ? { database } : {}),
       ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),
       ...(values["master-key-file"] ? { masterKeyFile: absolute(values["master-key-file"]) } : {}),
       ...(values["old-master-key-file"]
@@ -117,7 +128,7 @@ Options:
       process.on("SIGINT", stop);
       process.on("SIGTERM", stop);
     });
-    ctx.out(`paddock ${VERSION} serving ${host.url} (data: ${dataDir})`);
+    ctx.out(`paddock ${VERSION} serving ${host.url} (data: ${dataDir}${database ? ", database: PostgreSQL" : ""})`);
     if (host.adminKey) {
       ctx.out(`admin API key (shown once; saved to ${host.adminKeyPath}):`);
       ctx.out(`  ${host.adminKey}`);

@@ -480,17 +480,26 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       let after = Number.isInteger(resume) && resume >= 0 ? resume : q.after;
       return streamSSE(c, async (stream) => {
         // Live events buffer while the client reads; a slow client's buffer is bounded: on
-        // overflow it is dropped and the stream catches up from the store instead.
+        // overflow it is dropped and the stream catches up from the store instead. Events another
+        // host wrote are caught up from the store the same way when the log says it may hold some.
         const live: RunEvent[] = [];
         let overflowed = false;
         let wake: (() => void) | null = null;
-        const unsubscribe = deps.events.subscribe(run.id, (e) => {
-          if (live.length >= MAX_SSE_BUFFER) {
+        const unsubscribe = deps.events.subscribe(
+          run.id,
+          (e) => {
+            if (live.length >= MAX_SSE_BUFFER) {
+              overflowed = true;
+              live.length = 0;
+            } else if (!overflowed) live.push(e);
+            wake?.();
+          },
+          () => {
             overflowed = true;
             live.length = 0;
-          } else if (!overflowed) live.push(e);
-          wake?.();
-        });
+            wake?.();
+          },
+        );
         let closed = false;
         stream.onAbort(() => {
           closed = true;

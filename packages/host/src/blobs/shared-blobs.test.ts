@@ -44,7 +44,7 @@ describe("a shared blob folder", { skip }, () => {
   before(async () => {
     shared = await mkdtemp(join(tmpdir(), "paddock-shared-"));
     store = new FileBlobStore(shared);
-    h = await startNoRootHost({ blobs: `file://${shared}` });
+    h = await startNoRootHost(undefined, { config: { blobs: `file://${shared}` } });
     layersDir = join(h.dataDir, "layers");
     const made = await api("POST", "/v1/agents", {
       name: "shared-layer",

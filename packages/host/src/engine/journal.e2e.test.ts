@@ -11,6 +11,7 @@ import { artifactJson, type StandIn, startStandIn } from "../testing/bridge-supp
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
+import { forEachStore } from "../testing/stores.ts";
 
 const NODE = "/opt/paddock/runner/node";
 
@@ -36,88 +37,90 @@ const c = await show(await bridge.fetch("echo", "/echo/c", { method: "POST", bod
 writeFileSync("/outputs/result.json", JSON.stringify({ a, b, c, d, k }));
 `;
 
-describe("journal resume", { skip: e2eSkip(hostSkipReason()) }, () => {
-  let t: TestHost;
-  let upstream: StandIn;
-  let stand: LlmStandIn;
-  before(async () => {
-    upstream = await startStandIn();
-    stand = await startLlmStandIn();
-    t = await startTestHost();
-    await t.api("PUT", "/v1/secrets/echo-key", { value: "echo-secret-value" });
-    await t.api("PUT", "/v1/connections/echo", {
-      base_url: upstream.url,
-      secret: "echo-key",
-      auth: { type: "bearer" },
-      internal: true,
-      policy: { allow: [{ methods: ["POST"], path: "/echo/**" }] },
+forEachStore((store) =>
+  describe(`journal resume on ${store.name}`, { skip: e2eSkip(hostSkipReason()) || store.skip }, () => {
+    let t: TestHost;
+    let upstream: StandIn;
+    let stand: LlmStandIn;
+    before(async () => {
+      upstream = await startStandIn();
+      stand = await startLlmStandIn();
+      t = await startTestHost(await store.hostConfig());
+      await t.api("PUT", "/v1/secrets/echo-key", { value: "echo-secret-value" });
+      await t.api("PUT", "/v1/connections/echo", {
+        base_url: upstream.url,
+        secret: "echo-key",
+        auth: { type: "bearer" },
+        internal: true,
+        policy: { allow: [{ methods: ["POST"], path: "/echo/**" }] },
+      });
+      await t.api("PUT", "/v1/secrets/journal-llm", { value: "sk-journal" });
+      await t.api("PUT", "/v1/providers/journal", {
+        kind: "openai_compatible",
+        base_url: `${stand.url}/v1`,
+        secret: "journal-llm",
+        models: { "journal-model": { input: 1, output: 1 } },
+      });
+      await t.api("POST", "/v1/credits/grants", { tenant: "default", credits: 10 });
+      assert.equal((await t.api("POST", "/v1/agents", { name: "jchild", command: ["true"] })).status, 201);
     });
-    await t.api("PUT", "/v1/secrets/journal-llm", { value: "sk-journal" });
-    await t.api("PUT", "/v1/providers/journal", {
-      kind: "openai_compatible",
-      base_url: `${stand.url}/v1`,
-      secret: "journal-llm",
-      models: { "journal-model": { input: 1, output: 1 } },
+    after(async () => {
+      await t?.close();
+      await upstream?.close();
+      await stand?.close();
     });
-    await t.api("POST", "/v1/credits/grants", { tenant: "default", credits: 10 });
-    assert.equal((await t.api("POST", "/v1/agents", { name: "jchild", command: ["true"] })).status, 201);
-  });
-  after(async () => {
-    await t?.close();
-    await upstream?.close();
-    await stand?.close();
-  });
 
-  it("answers a retried attempt's repeated calls from the journal, once upstream and charged once", async () => {
-    const { run, events } = await runAgent(t, {
-      name: uniqueName("resumable"),
-      command: [NODE, "/app/agent.mjs"],
-      files: { "agent.mjs": AGENT },
-      policy: { connections: ["echo"], agents: ["jchild"] },
-      retry: { max_attempts: 2, backoff_s: 0, on: ["crashed"] },
+    it("answers a retried attempt's repeated calls from the journal, once upstream and charged once", async () => {
+      const { run, events } = await runAgent(t, {
+        name: uniqueName("resumable"),
+        command: [NODE, "/app/agent.mjs"],
+        files: { "agent.mjs": AGENT },
+        policy: { connections: ["echo"], agents: ["jchild"] },
+        retry: { max_attempts: 2, backoff_s: 0, on: ["crashed"] },
+      });
+      assert.equal(run.status, "succeeded", JSON.stringify(events.slice(-5)));
+      assert.equal(run.attempt, 2);
+      const retry = events.find(isEvent("retry.scheduled"));
+      assert.equal(retry?.data.reason, "crashed", "the first attempt crashed");
+      const out = await artifactJson(t, run.id, "result.json");
+      // Attempt 2 got the journaled answers of a and b, and live ones for c and the changed d.
+      assert.deepEqual([out.a.replayed, out.b.replayed, out.c.replayed, out.d.replayed], [true, true, false, false]);
+      assert.equal(JSON.parse(out.a.body).body, "same body");
+      assert.equal(JSON.parse(out.d.body).body, "second choice");
+      assert.match(JSON.parse(out.b.body).choices[0].message.content, /Hello from journal-model/);
+      // Upstream: a and c once each, d once per attempt (its request changed); the model once.
+      const paths = upstream.seen.map((r) => r.url);
+      assert.deepEqual(
+        ["/echo/a", "/echo/c", "/echo/d"].map((p) => paths.filter((x) => x === p).length),
+        [1, 1, 2],
+      );
+      assert.equal(stand.usage.length, 1, "the model call was not repeated");
+      // The child run the first attempt started is the one the retry got: no second child.
+      const children = (await t.api("GET", "/v1/runs?limit=100")).body.data.filter(
+        (r: { parent_run_id: string | null }) => r.parent_run_id === run.id,
+      );
+      assert.deepEqual(
+        children.map((r: { id: string }) => r.id),
+        [out.k.run_id],
+      );
+      // Charged once; the replay is on the record as such.
+      const bill = (await t.api("GET", `/v1/runs/${run.id}/credits`)).body;
+      assert.equal(bill.calls.filter((c: { status: string }) => c.status === "settled").length, 1);
+      const llm = events.filter(isEvent("llm.call"));
+      assert.deepEqual(
+        llm.map((e) => [e.attempt, e.data.replayed === true]),
+        [
+          [1, false],
+          [2, true],
+        ],
+      );
+      const bridged = events.filter(isEvent("bridge.call")).filter((e) => e.attempt === 2);
+      assert.equal(bridged.filter((e) => e.data.replayed).length, 1);
+      const diverged = events.filter(isEvent("journal.diverged"));
+      assert.deepEqual(
+        diverged.map((e) => e.data.step),
+        ["bridge:echo:decide"],
+      );
     });
-    assert.equal(run.status, "succeeded", JSON.stringify(events.slice(-5)));
-    assert.equal(run.attempt, 2);
-    const retry = events.find(isEvent("retry.scheduled"));
-    assert.equal(retry?.data.reason, "crashed", "the first attempt crashed");
-    const out = await artifactJson(t, run.id, "result.json");
-    // Attempt 2 got the journaled answers of a and b, and live ones for c and the changed d.
-    assert.deepEqual([out.a.replayed, out.b.replayed, out.c.replayed, out.d.replayed], [true, true, false, false]);
-    assert.equal(JSON.parse(out.a.body).body, "same body");
-    assert.equal(JSON.parse(out.d.body).body, "second choice");
-    assert.match(JSON.parse(out.b.body).choices[0].message.content, /Hello from journal-model/);
-    // Upstream: a and c once each, d once per attempt (its request changed); the model once.
-    const paths = upstream.seen.map((r) => r.url);
-    assert.deepEqual(
-      ["/echo/a", "/echo/c", "/echo/d"].map((p) => paths.filter((x) => x === p).length),
-      [1, 1, 2],
-    );
-    assert.equal(stand.usage.length, 1, "the model call was not repeated");
-    // The child run the first attempt started is the one the retry got: no second child.
-    const children = (await t.api("GET", "/v1/runs?limit=100")).body.data.filter(
-      (r: { parent_run_id: string | null }) => r.parent_run_id === run.id,
-    );
-    assert.deepEqual(
-      children.map((r: { id: string }) => r.id),
-      [out.k.run_id],
-    );
-    // Charged once; the replay is on the record as such.
-    const bill = (await t.api("GET", `/v1/runs/${run.id}/credits`)).body;
-    assert.equal(bill.calls.filter((c: { status: string }) => c.status === "settled").length, 1);
-    const llm = events.filter(isEvent("llm.call"));
-    assert.deepEqual(
-      llm.map((e) => [e.attempt, e.data.replayed === true]),
-      [
-        [1, false],
-        [2, true],
-      ],
-    );
-    const bridged = events.filter(isEvent("bridge.call")).filter((e) => e.attempt === 2);
-    assert.equal(bridged.filter((e) => e.data.replayed).length, 1);
-    const diverged = events.filter(isEvent("journal.diverged"));
-    assert.deepEqual(
-      diverged.map((e) => e.data.step),
-      ["bridge:echo:decide"],
-    );
-  });
-});
+  }),
+);

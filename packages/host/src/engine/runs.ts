@@ -107,6 +107,7 @@ export class RunRepository {
       root_run_id: options.lineage?.rootRunId ?? null,
       root_agent_id: options.lineage?.rootAgentId ?? null,
       depth: options.lineage?.depth ?? 0,
+      event_seq: 0,
     };
     const result = await this.#db.transaction().execute(async (trx) => {
       const existing = options.dedupe ? await options.dedupe(trx, row.id) : null;
@@ -125,7 +126,7 @@ export class RunRepository {
         { type: "run.queued", data: { status: "queued", trigger }, ts: now },
         ...(options.events ?? []),
       ]);
-      return { run: row, created: true, events };
+      return { run: { ...row, event_seq: events.length }, created: true, events };
     });
     this.#events.publish(result.events);
     return { run: result.run, created: result.created };
@@ -265,27 +266,39 @@ export function idempotencyKey(
   }
   const hash = createHash("sha256").update(request).digest("hex");
   return async (trx, runId) => {
-    const found = await trx
-      .selectFrom("idempotency_keys")
-      .selectAll()
-      .where("tenant_id", "=", tenantId)
-      .where("key", "=", key)
-      .executeTakeFirst();
-    if (found && Number(found.created_at) > now - IDEMPOTENCY_TTL_MS) {
-      if (found.request_hash !== hash) {
-        throw new AppError(
-          "idempotency_key_reused",
-          "This Idempotency-Key started a run for another agent or input; use a new key for a new request.",
-        );
+    // Insert first: of requests racing on any host exactly one inserts, and the others, having
+    // waited for its commit, read its row. A key past its lifetime is dropped and tried again.
+    for (let tries = 0; tries < 3; tries++) {
+      const inserted = await trx
+        .insertInto("idempotency_keys")
+        .values({ tenant_id: tenantId, key, request_hash: hash, run_id: runId, created_at: now })
+        .onConflict((oc) => oc.columns(["tenant_id", "key"]).doNothing())
+        .returning("run_id")
+        .executeTakeFirst();
+      if (inserted) return null;
+      const found = await trx
+        .selectFrom("idempotency_keys")
+        .selectAll()
+        .where("tenant_id", "=", tenantId)
+        .where("key", "=", key)
+        .executeTakeFirst();
+      if (!found) continue;
+      if (Number(found.created_at) > now - IDEMPOTENCY_TTL_MS) {
+        if (found.request_hash !== hash) {
+          throw new AppError(
+            "idempotency_key_reused",
+            "This Idempotency-Key started a run for another agent or input; use a new key for a new request.",
+          );
+        }
+        return found.run_id;
       }
-      return found.run_id;
+      await trx
+        .deleteFrom("idempotency_keys")
+        .where("tenant_id", "=", tenantId)
+        .where("key", "=", key)
+        .where("created_at", "=", found.created_at)
+        .execute();
     }
-    if (found)
-      await trx.deleteFrom("idempotency_keys").where("tenant_id", "=", tenantId).where("key", "=", key).execute();
-    await trx
-      .insertInto("idempotency_keys")
-      .values({ tenant_id: tenantId, key, request_hash: hash, run_id: runId, created_at: now })
-      .execute();
-    return null;
+    throw new AppError("conflict", "This Idempotency-Key is being replaced by another request; retry.");
   };
 }

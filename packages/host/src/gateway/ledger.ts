@@ -6,7 +6,9 @@
  * asking for huge outputs. Budgets are hard caps because spending is two-phase: before a call the
  * gateway reserves its worst case (an upper bound of its input plus the most output it may
  * produce, clamped to what every budget still allows), and the check and the reservation are one
- * transaction, which the store runs one at a time. Settlement replaces the reservation with the
+ * transaction, which SQLite runs one at a time and PostgreSQL orders by locking the tenant's,
+ * agent's and run's account rows (in key order, so two transactions never wait on each other in
+ * a cycle) before reading them: hard caps across every host sharing the store. Settlement replaces the reservation with the
  * provider's own figures, which cannot exceed the worst case for the tokenizers providers use
  * (every token is at least one byte of the request); a provider that reports more is still billed
  * what it reports (the ledger records the truth), and the overrun is recorded on the settlement.
@@ -83,13 +85,13 @@ const EMPTY = { granted: 0, spent: 0, reserved: 0 };
 
 export class Ledger {
   readonly #db: Kysely<Database>;
-  readonly #now: () => number;
   readonly #dialect: Dialect;
+  readonly #now: () => number;
 
   constructor(db: Kysely<Database>, options: { now?: () => number; dialect?: Dialect } = {}) {
     this.#db = db;
-    this.#now = options.now ?? Date.now;
     this.#dialect = options.dialect ?? "sqlite";
+    this.#now = options.now ?? Date.now;
   }
 
   /** Adds (or, negative, takes back) credits of a tenant. */
@@ -113,7 +115,8 @@ export class Ledger {
     const k = keys(req);
     return this.#db.transaction().execute(async (trx) => {
       if (req.fence) await checkFence(trx, req.fence, this.#dialect);
-      const found = await accounts(trx, [k.tenant, k.agent, k.run]);
+      const list = [k.tenant, k.agent, k.run];
+      const found = this.#dialect === "postgres" ? await lockedAccounts(trx, list) : await accounts(trx, list);
       const [tenant, agent, run] = [k.tenant, k.agent, k.run].map((key) => found.get(key) ?? EMPTY) as [
         typeof EMPTY,
         typeof EMPTY,
@@ -372,6 +375,28 @@ async function accounts(db: Kysely<Database> | Transaction<Database>, list: stri
   );
 }
 
+/**
+ * The accounts of `list`, made (empty) where new and locked FOR UPDATE in key order until the
+ * transaction ends: PostgreSQL's READ COMMITTED would otherwise let two reservations read the same
+ * totals and both fit.
+ */
+async function lockedAccounts(trx: Transaction<Database>, list: string[]) {
+  const sorted = [...list].sort();
+  await trx
+    .insertInto("credit_accounts")
+    .values(sorted.map((key) => ({ key, ...EMPTY })))
+    .onConflict((oc) => oc.column("key").doNothing())
+    .execute();
+  const rows = await trx
+    .selectFrom("credit_accounts")
+    .selectAll()
+    .where("key", "in", sorted)
+    .orderBy("key")
+    .forUpdate()
+    .execute();
+  return new Map(rows.map((row) => [row.key, row]));
+}
+
 async function account(db: Kysely<Database> | Transaction<Database>, key: string) {
   return (await accounts(db, [key])).get(key) ?? EMPTY;
 }
@@ -387,12 +412,13 @@ async function bump(
   const reserved = by.reserved ?? 0;
   await trx
     .insertInto("credit_accounts")
-    .values((Array.isArray(list) ? list : [list]).map((key) => ({ key, granted, spent, reserved })))
+    // In key order, as lockedAccounts takes the same rows' locks.
+    .values((Array.isArray(list) ? [...list].sort() : [list]).map((key) => ({ key, granted, spent, reserved })))
     .onConflict((oc) =>
       oc.column("key").doUpdateSet({
-        granted: sql`granted + ${granted}`,
-        spent: sql`spent + ${spent}`,
-        reserved: sql`reserved + ${reserved}`,
+        granted: sql`credit_accounts.granted + ${granted}`,
+        spent: sql`credit_accounts.spent + ${spent}`,
+        reserved: sql`credit_accounts.reserved + ${reserved}`,
       }),
     )
     .execute();

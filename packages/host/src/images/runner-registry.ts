@@ -51,18 +51,12 @@ export class RunnerRegistry {
     const layer = await this.#layers.ensure(files);
     await this.#seal(layer.dir);
     const now = Date.now();
-    const known = await this.#db
-      .selectFrom("runners")
-      .select("digest")
-      .where("digest", "=", layer.digest)
-      .executeTakeFirst();
-    if (known)
-      await this.#db.updateTable("runners").set({ published_at: now }).where("digest", "=", layer.digest).execute();
-    else
-      await this.#db
-        .insertInto("runners")
-        .values({ digest: layer.digest, created_at: now, published_at: now })
-        .execute();
+    // One statement, so hosts sharing a store that publish the same runner at once both succeed.
+    await this.#db
+      .insertInto("runners")
+      .values({ digest: layer.digest, created_at: now, published_at: now })
+      .onConflict((oc) => oc.column("digest").doUpdateSet({ published_at: now }))
+      .execute();
     this.#cached = null;
     return { digest: layer.digest, dir: layer.dir };
   }

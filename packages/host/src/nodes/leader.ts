@@ -4,6 +4,7 @@
  * holds a session advisory lock on a connection of its own: the lock lives exactly as long as
  * that session, so a node that dies or loses its connection gives up leadership with it.
  */
+import type { DedicatedQuery } from "../store/database.ts";
 import type { Dialect } from "../store/portable.ts";
 
 export interface Leader {
@@ -12,9 +13,6 @@ export interface Leader {
   /** Gives the lead up. */
   release(): Promise<void>;
 }
-
-/** Runs one SQL statement with positional parameters on a connection kept for the leader alone. */
-export type DedicatedQuery = (text: string, params: unknown[]) => Promise<{ rows: Record<string, unknown>[] }>;
 
 /** The advisory lock's key: a fixed number, the same on every node. */
 export const LEADER_LOCK_KEY = 0x7061_6464_6f63n; // "paddoc"

@@ -8,6 +8,7 @@ import { AppError, type RunEvent, RunEventBody, type RunEventOf, type RunEventTy
 import type { Kysely } from "kysely";
 import { z } from "zod";
 import { checkFence, type Fence } from "./fence.ts";
+import { HINT, type Hints, LocalHints } from "./hints.ts";
 import type { Db, Dialect } from "./portable.ts";
 import type { Database, EventsTable } from "./schema.ts";
 
@@ -52,15 +53,32 @@ export interface RefusedEvent {
   problems: string;
 }
 
+/** How often a subscriber re-reads the store when hints may come from other processes. */
+const POLL_MS = 1000;
+
 export class EventLog {
   readonly #db: Kysely<Database>;
+  readonly #hints: Hints;
   readonly #bus = new EventEmitter({ captureRejections: false });
   readonly dialect: Dialect;
+  /** Subscribers' re-read callbacks by run, told of events other processes wrote. */
+  readonly #stale = new Map<string, Set<(seq: number) => void>>();
+  /** The last seq of each run written since hints were last sent. */
+  readonly #unhinted = new Map<string, number>();
 
-  constructor(db: Kysely<Database>, options: { dialect?: Dialect } = {}) {
+  constructor(db: Kysely<Database>, options: { dialect?: Dialect; hints?: Hints } = {}) {
+    const hints = options.hints ?? new LocalHints();
     this.#db = db;
     this.dialect = options.dialect ?? "sqlite";
+    this.#hints = hints;
     this.#bus.setMaxListeners(0);
+    // Listening from the start, so that a first subscriber does not wait for the connection.
+    if (hints.shared) {
+      hints.listen(HINT.events, (payload) => {
+        const colon = payload.lastIndexOf(":");
+        for (const f of this.#stale.get(payload.slice(0, colon)) ?? []) f(Number(payload.slice(colon + 1)));
+      });
+    }
   }
 
   /**
@@ -73,18 +91,21 @@ export class EventLog {
 
   /**
    * Appends events with consecutive sequence numbers; call inside a transaction, then publish().
-   * With `fence`, only while that attempt still holds the run (see fence.ts).
+   * The numbers come from the run's counter, whose row lock orders appends to one run. With
+   * `fence`, only while that attempt still holds the run (see fence.ts).
    */
   async append(trx: Db, runId: string, attempt: number, events: NewEvent[], fence?: Fence): Promise<EventsTable[]> {
     if (events.length === 0) return [];
     for (const e of events) check(e);
     await this.fence(trx, fence);
-    const last = await trx
-      .selectFrom("events")
-      .select((eb) => eb.fn.max("seq").as("max"))
-      .where("run_id", "=", runId)
+    const counted = await trx
+      .updateTable("runs")
+      .set((eb) => ({ event_seq: eb("event_seq", "+", events.length) }))
+      .where("id", "=", runId)
+      .returning("event_seq")
       .executeTakeFirst();
-    let seq = Number(last?.max ?? 0);
+    if (!counted) throw new AppError("internal", `Events for a run that does not exist (${runId}).`);
+    let seq = counted.event_seq - events.length;
     const now = Date.now();
     const rows: EventsTable[] = events.map((e) => ({
       run_id: runId,
@@ -104,8 +125,26 @@ export class EventLog {
     return rows;
   }
 
+  /**
+   * Hands committed events to this process's subscribers, and tells other processes as hints: new
+   * events up to the last seq, and a queued run or a requested cancel among them.
+   */
   publish(rows: EventsTable[]): void {
     for (const row of rows) this.#bus.emit(row.run_id, toRunEvent(row));
+    const last = rows[rows.length - 1];
+    if (!last || !this.#hints.shared) return;
+    // Appends in the same turn of the event loop share one hint per run.
+    if (this.#unhinted.size === 0) {
+      setImmediate(() => {
+        for (const [runId, seq] of this.#unhinted) this.#hints.notify(HINT.events, `${runId}:${seq}`);
+        this.#unhinted.clear();
+      });
+    }
+    this.#unhinted.set(last.run_id, Math.max(last.seq, this.#unhinted.get(last.run_id) ?? 0));
+    for (const row of rows) {
+      if (row.type === "run.queued") this.#hints.notify(HINT.runQueued, row.run_id);
+      else if (row.type === "run.cancel_requested") this.#hints.notify(HINT.cancel, row.run_id);
+    }
   }
 
   /** Appends in a transaction of its own and publishes. */
@@ -164,8 +203,41 @@ export class EventLog {
     return rows.map(toRunEvent) as RunEventOf<T>[];
   }
 
-  subscribe(runId: string, listener: (event: RunEvent) => void): () => void {
-    this.#bus.on(runId, listener);
-    return () => this.#bus.off(runId, listener);
+  /**
+   * Calls `listener` with each event this process publishes for the run. When other processes
+   * write the store too, `stale` is called whenever the store may hold events the listener did
+   * not get (a hint named a later seq, or a second passed): the subscriber then re-reads the store.
+   */
+  subscribe(runId: string, listener: (event: RunEvent) => void, stale?: () => void): () => void {
+    let seen = 0;
+    const onEvent = (e: RunEvent) => {
+      seen = Math.max(seen, e.seq);
+      listener(e);
+    };
+    this.#bus.on(runId, onEvent);
+    if (!stale || !this.#hints.shared) return () => this.#bus.off(runId, onEvent);
+    const onHint = (seq: number) => {
+      if (seq > seen) stale();
+    };
+    this.#watch(runId, onHint);
+    const poll = setInterval(stale, POLL_MS);
+    poll.unref();
+    return () => {
+      clearInterval(poll);
+      this.#bus.off(runId, onEvent);
+      this.#unwatch(runId, onHint);
+    };
+  }
+
+  #watch(runId: string, fn: (seq: number) => void): void {
+    const set = this.#stale.get(runId) ?? new Set();
+    this.#stale.set(runId, set);
+    set.add(fn);
+  }
+
+  #unwatch(runId: string, fn: (seq: number) => void): void {
+    const set = this.#stale.get(runId);
+    set?.delete(fn);
+    if (set?.size === 0) this.#stale.delete(runId);
   }
 }

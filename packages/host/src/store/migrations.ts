@@ -1,10 +1,11 @@
 /**
- * Schema migrations, written with Kysely's builder so that SQLite and PostgreSQL can share them;
- * one step is SQLite's alone: 0007 rebuilds a table with SQLite statements (PRAGMA foreign_keys)
- * and has no PostgreSQL branch yet.
+ * Schema migrations, written with Kysely's builder so that SQLite and PostgreSQL share them; where
+ * the two must differ (0007's rebuild of agents, which SQLite cannot alter in place), a step
+ * branches on the dialect.
  */
 import { type Kysely, sql } from "kysely";
 import { type Migration, type MigrationProvider, Migrator } from "kysely/migration";
+import { dialectOf } from "./database.ts";
 
 const migrations: Record<string, Migration> = {
   "0001_spine": {
@@ -318,7 +319,7 @@ migrations["0006_triggers"] = {
       .addColumn("attempt", "integer", (c) => c.notNull())
       .addColumn("status", "integer", (c) => c.notNull())
       .addColumn("headers", "text", (c) => c.notNull())
-      .addColumn("body", "blob", (c) => c.notNull())
+      .addColumn("body", dialectOf(db) === "postgres" ? "bytea" : "blob", (c) => c.notNull())
       .addColumn("created_at", "bigint", (c) => c.notNull())
       .addPrimaryKeyConstraint("journal_pk", ["run_id", "step"])
       .execute();
@@ -381,7 +382,16 @@ migrations["0007_agent_versions"] = {
   // they were triggered with. A name is unique only among live agents, so archiving frees it.
   // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
   async up(db: Kysely<any>) {
-    await rebuildAgentsWithoutNameConstraint(db);
+    if (dialectOf(db) === "postgres") {
+      await db.schema.alterTable("agents").dropConstraint("agents_tenant_name").execute();
+      await db.schema
+        .alterTable("agents")
+        .addColumn("version", "integer", (c) => c.notNull().defaultTo(1))
+        .execute();
+      await db.schema.alterTable("agents").addColumn("archived_at", "bigint").execute();
+    } else {
+      await rebuildAgentsWithoutNameConstraint(db);
+    }
     await db.schema
       .createIndex("agents_live_name")
       .unique()
@@ -407,6 +417,21 @@ migrations["0007_agent_versions"] = {
       .alterTable("runs")
       .addColumn("agent_version", "integer", (c) => c.notNull().defaultTo(1))
       .execute();
+  },
+};
+
+migrations["0008_event_seq"] = {
+  // Each run counts its own events: an append takes its sequence numbers by bumping the counter
+  // (the row lock orders concurrent appends), where max(seq)+1 let two writers pick the same one.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .alterTable("runs")
+      .addColumn("event_seq", "integer", (c) => c.notNull().defaultTo(0))
+      .execute();
+    await sql`update runs set event_seq = coalesce((select max(seq) from events where events.run_id = runs.id), 0)`.execute(
+      db,
+    );
   },
 };
 
@@ -437,8 +462,7 @@ migrations["0009_nodes"] = {
  * and `archived_at`. SQLite cannot drop a table constraint, so this is its documented rebuild:
  * foreign keys off, copy into a new table, drop the old one, rename the new one (the other tables'
  * references to `agents` then name the new table), check every reference, foreign keys on.
- * SQLite only: on PostgreSQL the step would drop the constraint agents_tenant_name and add the two
- * columns instead, a branch not written yet.
+ * (PostgreSQL instead drops the constraint agents_tenant_name and adds the two columns.)
  */
 // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
 async function rebuildAgentsWithoutNameConstraint(db: Kysely<any>): Promise<void> {
@@ -497,9 +521,29 @@ migrations["0011_session_node"] = {
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
-/** Applies every migration not applied yet (tests may stop after the one named `to`). */
+/** The advisory lock that lets one process at a time migrate a PostgreSQL store. */
+const MIGRATION_LOCK = 742_000_001;
+
+/**
+ * Applies every migration not applied yet (tests may stop after the one named `to`). On
+ * PostgreSQL, several hosts starting at once take turns under a session advisory lock, held on the
+ * one connection the migrator then uses; a later one finds nothing left to do.
+ */
 // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
 export async function migrate(db: Kysely<any>, to?: string): Promise<void> {
+  if (dialectOf(db) === "sqlite") return migrateOn(db, to);
+  await db.connection().execute(async (conn) => {
+    await sql`select pg_advisory_lock(${MIGRATION_LOCK})`.execute(conn);
+    try {
+      await migrateOn(conn, to);
+    } finally {
+      await sql`select pg_advisory_unlock(${MIGRATION_LOCK})`.execute(conn);
+    }
+  });
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+async function migrateOn(db: Kysely<any>, to: string | undefined): Promise<void> {
   const migrator = new Migrator({ db, provider });
   const { error, results } = await (to === undefined ? migrator.migrateToLatest() : migrator.migrateTo(to));
   const failed = results?.find((r) => r.status === "Error");

@@ -149,6 +149,8 @@ export interface RunsTable {
   root_run_id: string | null;
   root_agent_id: string | null;
   depth: number;
+  /** The run's last event sequence number; appends take theirs by raising it. */
+  event_seq: number;
 }
 
 export interface AttemptsTable {

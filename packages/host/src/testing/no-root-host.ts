@@ -1,13 +1,12 @@
 /**
  * A host's services without root, Linux networking or a base image, for tests of everything in
  * front of the sandboxes (the API's auth, validation, errors and tenant isolation). The services
- * are built by buildServices as a host builds them, over a real SQLite store in a temp folder; the
+ * are built by buildServices as a host builds them, over a real store (SQLite in a temp folder unless a test names another); the
  * sandbox driver refuses every boot, the base image is an empty folder, and the runner layer is
  * one a host would find already built.
  */
 import { createHash } from "node:crypto";
-import { chmod, mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, mkdir, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Kysely } from "kysely";
 import { type HostConfigInput, resolveHostConfig } from "../config.ts";
@@ -22,18 +21,19 @@ import {
 import { digestTree, hashFile } from "../fs/tree-digest.ts";
 import { buildServices, type Services } from "../host.ts";
 import { unsealRunners } from "../images/runner-registry.ts";
-import { migrate } from "../store/migrations.ts";
 import type { Database } from "../store/schema.ts";
-import { openSqlite } from "../store/sqlite.ts";
 import { RefusingSandboxDriver } from "./refusing-driver.ts";
+import { type StoreKind, sqliteStore } from "./stores.ts";
 
 export interface NoRootHost {
   services: Services;
-  /** The store under the services, for tests that set up or inspect rows directly. */
-  db: Kysely<Database>;
   driver: RefusingSandboxDriver;
   adminKey: string;
   dataDir: string;
+  /** The store under the services, for tests that set up or inspect rows directly. */
+  db: Kysely<Database>;
+  /** The PostgreSQL database's URL; undefined on SQLite. */
+  database: string | undefined;
   /** Every line the services logged. */
   logs: string[];
   close(): Promise<void>;
@@ -81,22 +81,43 @@ async function placeRunner(dataDir: string): Promise<{ bundlePath: string; nodeP
 }
 
 /**
- * Builds a host's services in a new temp folder, with its admin key.
+ * Builds a host's services over a new store (default SQLite) and its temp data folder, with its
+ * admin key; `sharing` another host's PostgreSQL store makes a second host of the same cluster.
  * @example const h = await startNoRootHost(); const res = await h.services.app.request("/v1/health");
  */
-export async function startNoRootHost(overrides: Partial<HostConfigInput> = {}): Promise<NoRootHost> {
-  const dataDir = await mkdtemp(join(tmpdir(), "paddock-noroot-"));
+export async function startNoRootHost(
+  store: StoreKind = sqliteStore(),
+  options: { sharing?: NoRootHost; config?: Partial<HostConfigInput> } = {},
+): Promise<NoRootHost> {
+  const opened = await store.open({ url: options.sharing?.database });
+  const { db, dataDir } = opened;
   const logs: string[] = [];
   const log = (line: string) => logs.push(line);
-  const config = resolveHostConfig({ dataDir, port: 0, warmSandboxes: 0, schedulerTickMs: 0, ...overrides });
+  const config = resolveHostConfig({
+    dataDir,
+    port: 0,
+    warmSandboxes: 0,
+    schedulerTickMs: 0,
+    // Hosts of one store seal its secrets under one master key, and each claims a range of its own.
+    ...(options.sharing
+      ? { masterKeyFile: join(options.sharing.dataDir, "master.key"), sandboxCidr: "10.219.0.0/16" }
+      : {}),
+    ...options.config,
+  });
   await placeImage(config.imagesDir);
   const runnerFiles = await placeRunner(dataDir);
-  const db = openSqlite(join(dataDir, "paddock.db"));
   const undo: (() => Promise<unknown>)[] = [];
   const driver = new RefusingSandboxDriver();
   try {
-    await migrate(db);
-    const services = await buildServices(config, { db, instance: "noroot", driver, log, undo });
+    const services = await buildServices(config, {
+      db,
+      dialect: opened.dialect,
+      hints: opened.hints,
+      instance: "noroot",
+      driver,
+      log,
+      undo,
+    });
     await services.nodes.register({
       id: services.nodeId,
       version: "test",
@@ -104,7 +125,8 @@ export async function startNoRootHost(overrides: Partial<HostConfigInput> = {}):
       sandboxCidr: config.sandboxCidr,
     });
     await services.runners.publish(runnerFiles);
-    const adminKey = await services.identity.bootstrap();
+    await opened.hints.ready();
+    const adminKey = options.sharing?.adminKey ?? (await services.identity.bootstrap());
     if (!adminKey) throw new Error("a new data folder gives an admin key");
     return {
       services,
@@ -112,19 +134,18 @@ export async function startNoRootHost(overrides: Partial<HostConfigInput> = {}):
       driver,
       adminKey,
       dataDir,
+      database: opened.url,
       logs,
       async close() {
         await services.engine.close();
         for (const step of undo.reverse()) await step();
-        await db.destroy();
         await unsealRunners(dataDir);
-        await rm(dataDir, { recursive: true, force: true });
+        await opened.close();
       },
     };
   } catch (err) {
     for (const step of undo.reverse()) await step().catch(() => {});
-    await db.destroy();
-    await rm(dataDir, { recursive: true, force: true });
+    await opened.close();
     throw err;
   }
 }

@@ -80,6 +80,7 @@ export function runRow(tenant: string, agent: string, patch: Partial<RunsTable>)
     root_run_id: null,
     root_agent_id: null,
     depth: 0,
+    event_seq: 0,
     ...patch,
   };
 }

@@ -313,19 +313,25 @@ export class Scheduler {
           },
         ],
         dedupe: async (trx, runId) => {
-          const taken = await trx
-            .selectFrom("schedule_slots")
-            .select("run_id")
-            .where("schedule_id", "=", schedule.id)
-            .where("slot_at", "=", slot)
-            .executeTakeFirst();
-          if (taken?.run_id) return taken.run_id;
-          // Settled without a run, with the schedule moved on in the same transaction: a stale read.
-          if (taken) throw new Error(`slot ${new Date(slot).toISOString()} was already settled`);
-          await trx
+          // Exactly one of several hosts firing the slot at once inserts it; the others wait for
+          // that one's commit and then read its run.
+          const inserted = await trx
             .insertInto("schedule_slots")
             .values({ schedule_id: schedule.id, slot_at: slot, run_id: runId, outcome: "run" })
-            .execute();
+            .onConflict((oc) => oc.columns(["schedule_id", "slot_at"]).doNothing())
+            .returning("run_id")
+            .executeTakeFirst();
+          if (!inserted) {
+            const taken = await trx
+              .selectFrom("schedule_slots")
+              .select("run_id")
+              .where("schedule_id", "=", schedule.id)
+              .where("slot_at", "=", slot)
+              .executeTakeFirstOrThrow();
+            if (taken.run_id) return taken.run_id;
+            // Settled without a run, with the schedule moved on in the same transaction: a stale read.
+            throw new Error(`slot ${new Date(slot).toISOString()} was already settled`);
+          }
           await trx
             .updateTable("schedules")
             .set({ next_at: next, last_slot_at: slot })

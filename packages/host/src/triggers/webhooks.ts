@@ -16,6 +16,7 @@ import type { Kysely } from "kysely";
 import type { RunRepository } from "../engine/runs.ts";
 import { webhookAad } from "../secrets/secrets.ts";
 import type { Vault } from "../secrets/vault.ts";
+import type { Db } from "../store/portable.ts";
 import type { Database, RunsTable, WebhooksTable } from "../store/schema.ts";
 
 const ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz";
@@ -146,13 +147,17 @@ export class Webhooks {
       trigger: "webhook",
       events: [{ type: "webhook.received", data: { webhook_id: row.id, delivery_id: delivery, bytes: body.length } }],
       dedupe: async (trx, runId) => {
-        const seen = await this.#delivered(trx, row.id, delivery);
-        if (seen !== null) return seen;
-        await trx
+        // One of several deliveries racing (on any host) inserts; the others read its run.
+        const inserted = await trx
           .insertInto("webhook_deliveries")
           .values({ webhook_id: row.id, delivery_id: delivery, run_id: runId, received_at: now })
-          .execute();
-        return null;
+          .onConflict((oc) => oc.columns(["webhook_id", "delivery_id"]).doNothing())
+          .returning("run_id")
+          .executeTakeFirst();
+        if (inserted) return null;
+        const winner = await this.#delivered(trx, row.id, delivery);
+        if (winner === null) throw new Error(`webhook delivery ${delivery} conflicted but cannot be read`);
+        return winner;
       },
     });
     if (result.created) this.#deps.notify();
@@ -160,7 +165,7 @@ export class Webhooks {
   }
 
   /** The run a delivery of this id started, or null. */
-  async #delivered(db: Kysely<Database>, webhookId: string, delivery: string): Promise<string | null> {
+  async #delivered(db: Db, webhookId: string, delivery: string): Promise<string | null> {
     const seen = await db
       .selectFrom("webhook_deliveries")
       .select("run_id")

@@ -1,0 +1,127 @@
+/**
+ * Opens the host's store: embedded SQLite in the data folder by default, or PostgreSQL when the
+ * configuration names one (`postgres://USER@HOST/DB`, or `postgres://USER@/DB?host=/socket/dir`).
+ * Both speak the same Kysely schema; the few statements that differ branch on `dialect`.
+ */
+import { join } from "node:path";
+import { AppError } from "@paddock/protocol";
+import { Kysely, type Kysely as KyselyType, PostgresAdapter, PostgresDialect } from "kysely";
+import pg from "pg";
+import { type Hints, LocalHints, PostgresHints } from "./hints.ts";
+import type { Dialect } from "./portable.ts";
+import type { Database } from "./schema.ts";
+import { openSqlite } from "./sqlite.ts";
+
+export interface OpenDatabase {
+  db: Kysely<Database>;
+  dialect: Dialect;
+  /** Wake-up hints between the processes sharing this store (within this one for SQLite). */
+  hints: Hints;
+  /**
+   * One statement at a time on a connection of its own, kept open (PostgreSQL only): what a
+   * session advisory lock, such as the leader's, needs to live as long as that session.
+   */
+  dedicated?: DedicatedQuery;
+  close(): Promise<void>;
+}
+
+/** Runs one SQL statement with positional parameters on the store's dedicated connection. */
+export type DedicatedQuery = (text: string, params: unknown[]) => Promise<{ rows: Record<string, unknown>[] }>;
+
+/** A connection opened on first use and again after it broke (its session's locks went with it). */
+function dedicatedConnection(url: string): { query: DedicatedQuery; close(): Promise<void> } {
+  let client: pg.Client | null = null;
+  let closed = false;
+  return {
+    async query(text, params) {
+      if (closed) throw new Error("the store is closed");
+      if (!client) {
+        const fresh = new pg.Client({ connectionString: url, types });
+        fresh.on("error", () => {
+          if (client === fresh) client = null;
+        });
+        await fresh.connect();
+        client = fresh;
+      }
+      return client.query(text, params);
+    },
+    async close() {
+      closed = true;
+      await client?.end().catch(() => {});
+      client = null;
+    },
+  };
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: any schema; only the dialect is read.
+export function dialectOf(db: KyselyType<any>): Dialect {
+  return db.getExecutor().adapter instanceof PostgresAdapter ? "postgres" : "sqlite";
+}
+
+const INT8 = 20;
+
+/**
+ * pg's type parsers with int8 (bigint) read as a JS number, for this pool only: every bigint the
+ * schema holds (times in ms, sizes, credits in micro-units) is well below 2^53.
+ */
+const types: pg.CustomTypesConfig = {
+  getTypeParser: ((oid: number, format?: "text" | "binary") =>
+    oid === INT8 && format !== "binary"
+      ? Number
+      : pg.types.getTypeParser(oid, format)) as pg.CustomTypesConfig["getTypeParser"],
+};
+
+/** The URL without its password, for messages. */
+function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparsable URL)";
+  }
+}
+
+/**
+ * Opens the store. A PostgreSQL that cannot be reached is `database_unavailable`, with nothing
+ * left open.
+ * @example const { db, close } = await openDatabase({ dataDir: "/var/lib/paddock" });
+ */
+export async function openDatabase(config: { dataDir: string; database?: string | undefined }): Promise<OpenDatabase> {
+  if (!config.database) {
+    const db = openSqlite(join(config.dataDir, "paddock.db"));
+    const hints = new LocalHints();
+    return { db, dialect: "sqlite", hints, close: () => db.destroy() };
+  }
+  const url = config.database;
+  if (!/^postgres(ql)?:\/\//.test(url)) {
+    throw new AppError("validation_failed", `--database must be a postgres:// URL, not ${redact(url)}.`);
+  }
+  const pool = new pg.Pool({ connectionString: url, types, max: 20, connectionTimeoutMillis: 10_000 });
+  // An idle client's error (the server restarting) must not crash the host; the next query reports it.
+  pool.on("error", () => {});
+  try {
+    const client = await pool.connect();
+    client.release();
+  } catch (err) {
+    await pool.end().catch(() => {});
+    throw new AppError(
+      "database_unavailable",
+      `Cannot connect to the database at ${redact(url)}: ${err instanceof Error ? err.message : String(err)}`,
+    );
+  }
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  const hints = new PostgresHints({ connectionString: url, pool });
+  const dedicated = dedicatedConnection(url);
+  return {
+    db,
+    dialect: "postgres",
+    hints,
+    dedicated: dedicated.query,
+    close: async () => {
+      await dedicated.close();
+      await hints.close();
+      await db.destroy();
+    },
+  };
+}
