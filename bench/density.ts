@@ -1,0 +1,315 @@
+/**
+ * `paddock bench density`: how many live sandboxes one machine holds, through a real host.
+ *
+ * Figures:
+ * - levels[]: N runs of an agent running `sleep`, all live at once (levels are cumulative: the
+ *   runs of one level stay up while the next one's are added). At each level: the sandboxes'
+ *   own memory (PSS summed over /proc/PID/smaps_rollup of every process in each sandbox's
+ *   cgroups, so pages shared between sandboxes count once), the host's RSS and its growth since
+ *   before the first run, both per sandbox; boot p50 (from the trigger to the `run.running`
+ *   event, for the runs that level added); the API's p99 latency (GET /v1/runs/{id} and GET
+ *   /v1/health, one at a time, while every run is live).
+ * - runs_per_s: runs of an agent running `true`, `concurrency` at a time (the agent's limit),
+ *   from the first trigger to the last terminal event; beside the floor measured in the same run:
+ *   the host's sandbox driver booting sandboxes with the runs' recipe (layers, limits, network)
+ *   running `true`, and tearing them down, at the same concurrency.
+ * - leftovers: what of the bench host is still on the machine after it closed (namespaces,
+ *   links, its filter table, cgroups, its run folder); empty unless cleanup failed.
+ */
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { ImageStore } from "../packages/host/src/images/image-store.ts";
+import { DEFAULT_PATH } from "../packages/host/src/images/resolve-command.ts";
+import { detectCgroups, listInstanceCgroups, SandboxCgroup } from "../packages/host/src/sandbox/linux/cgroups.ts";
+import { SLOT_PREFIX } from "../packages/host/src/sandbox/linux/launcher-pool.ts";
+import { SandboxNetwork } from "../packages/host/src/sandbox/linux/network.ts";
+import { DEFAULT_LIMITS } from "../packages/protocol/src/limits.ts";
+import { type BenchHost, now, startBenchHost } from "./bench-host.ts";
+import { type Dist, dist } from "./stats.ts";
+import { measureThenTearDown } from "./teardown.ts";
+
+export interface DensityBenchOptions {
+  imagesDir: string;
+  /** Live sandboxes at each level, ascending (default 100, 500, 1000). */
+  levels: number[];
+  /** Runs for runs_per_s and boots for its floor. */
+  throughputRuns: number;
+  /** Runs (and floor boots) at once for runs_per_s. */
+  concurrency: number;
+  /** API requests sampled at each level. */
+  apiSamples: number;
+  /** The IPv4 range the bench host claims its sandbox addresses from. */
+  sandboxRange: string;
+  /** The whole bench gives up (and cleans up) after this long. */
+  timeoutMs: number;
+  progress?: (line: string) => void;
+}
+
+export interface DensityLevel {
+  sandboxes: number;
+  /** Sandboxes found live (a cgroup with processes) when memory was measured. */
+  live: number;
+  /** Processes in those sandboxes. */
+  processes: number;
+  sandbox_pss_mib_per_sandbox: number;
+  host_rss_mib: number;
+  host_rss_growth_mib_per_sandbox: number;
+  /** Sandbox PSS plus the host's growth, per sandbox: what one more sandbox costs. */
+  unique_mib_per_sandbox: number;
+  boot_ms: Dist;
+  api_ms: { run: Dist; health: Dist; all: Dist };
+}
+
+export interface DensityBenchResult {
+  scenario: "density";
+  levels: DensityLevel[];
+  runs_per_s: number;
+  floor_runs_per_s: number;
+  runs_per_s_vs_floor: number;
+  throughput: { runs: number; concurrency: number; all_succeeded: boolean };
+  leftovers: string[];
+  target: { sandboxes: number; unique_mib_per_sandbox: number; api_p99_ms: number; runs_per_s_vs_floor: number };
+  peers: Record<string, number>;
+  notes: string;
+}
+
+const MIB = 1024 * 1024;
+const TERMINAL = ["succeeded", "failed", "timed_out", "canceled"];
+const round = (x: number, places = 2) => Math.round(x * 10 ** places) / 10 ** places;
+
+/** PSS of one process in bytes, 0 when it is gone. */
+function pssBytes(pid: number): number {
+  try {
+    const match = /^Pss:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"));
+    return match ? Number(match[1]) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** PSS summed over every process of every sandbox of the host (warm launchers' slots left out). */
+async function sandboxMemory(instance: string): Promise<{ live: number; processes: number; pss: number }> {
+  const layout = await detectCgroups();
+  let live = 0;
+  let processes = 0;
+  let pss = 0;
+  for (const id of listInstanceCgroups(layout, instance)) {
+    if (id.startsWith(SLOT_PREFIX)) continue;
+    const pids = new SandboxCgroup(layout, instance, id).pids();
+    if (pids.length === 0) continue;
+    live++;
+    processes += pids.length;
+    for (const pid of pids) pss += pssBytes(pid);
+  }
+  return { live, processes, pss };
+}
+
+/** Runs `tasks` with at most `limit` in flight. */
+async function pool(count: number, limit: number, task: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, count) }, async () => {
+      while (next < count) await task(next++);
+    }),
+  );
+}
+
+/** Ids of the agent's runs in `status`, every page. */
+async function runsIn(b: BenchHost, agentId: string, status: string): Promise<string[]> {
+  const ids: string[] = [];
+  let cursor: string | null = null;
+  do {
+    const query: string = `agent_id=${agentId}&status=${status}&limit=200${cursor ? `&cursor=${cursor}` : ""}`;
+    const page: { data: { id: string }[]; next_cursor: string | null } = await b.api("GET", `/v1/runs?${query}`);
+    ids.push(...page.data.map((r) => r.id));
+    cursor = page.next_cursor;
+  } while (cursor);
+  return ids;
+}
+
+async function timedGet(b: BenchHost, path: string): Promise<number> {
+  const t0 = now();
+  await b.api("GET", path);
+  return now() - t0;
+}
+
+/** Waits until `count` runs of the agent are in `status`; fails early when one of them ended. */
+async function waitFor(b: BenchHost, agentId: string, status: string, count: number, deadline: number): Promise<void> {
+  for (;;) {
+    const n = (await runsIn(b, agentId, status)).length;
+    if (n >= count) return;
+    if (status === "running") {
+      const ended = (await Promise.all(["failed", "timed_out"].map((s) => runsIn(b, agentId, s)))).flat();
+      if (ended.length > 0) {
+        const run = await b.api<{ reason: string }>("GET", `/v1/runs/${ended[0]}`);
+        throw new Error(`${ended.length} run(s) ended before all were running (first: ${run.reason})`);
+      }
+    }
+    if (Date.now() > deadline) throw new Error(`only ${n} of ${count} runs ${status} in time`);
+    await sleep(250);
+  }
+}
+
+export async function densityBench(opts: DensityBenchOptions): Promise<DensityBenchResult> {
+  const levels = [...opts.levels].sort((a, b) => a - b);
+  const top = levels.at(-1) ?? 0;
+  const deadline = Date.now() + opts.timeoutMs;
+  const b = await startBenchHost({
+    imagesDir: opts.imagesDir,
+    // Spares would be sandboxes too: every live sandbox here is a run's.
+    warmSandboxes: 0,
+    maxConcurrentRuns: Math.max(top, opts.concurrency),
+    sandboxNetwork: { range: opts.sandboxRange },
+  });
+  const instance = basename(b.host.runDir);
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`bench density: gave up after ${opts.timeoutMs} ms`)), opts.timeoutMs);
+  });
+  const result = await measureThenTearDown(
+    "density",
+    () => Promise.race([measure(b, instance, levels, opts, deadline), timedOut]),
+    async () => {
+      clearTimeout(timer);
+      await b.close();
+    },
+  );
+  // What the bench host left: nothing, when its close cleaned up as it should.
+  const leftovers = await new SandboxNetwork({ instance }).leftovers();
+  const layout = await detectCgroups();
+  for (const id of listInstanceCgroups(layout, instance)) leftovers.push(`cgroup ${id}`);
+  if (existsSync(b.host.runDir)) leftovers.push(`folder ${b.host.runDir}`);
+  return { ...result, leftovers };
+}
+
+async function measure(
+  b: BenchHost,
+  instance: string,
+  levels: number[],
+  opts: DensityBenchOptions,
+  deadline: number,
+): Promise<Omit<DensityBenchResult, "leftovers">> {
+  const log = opts.progress ?? (() => {});
+  // Warm-up: the runner layer, the page cache and the host's code paths.
+  const quick = await b.api("POST", "/v1/agents", {
+    name: "density-true",
+    command: ["true"],
+    max_concurrent_runs: opts.concurrency,
+  });
+  await b.trigger(quick.id);
+
+  // runs_per_s end to end, then its floor: the driver's recipe running `true`, at the same concurrency.
+  const t0 = now();
+  await pool(opts.throughputRuns, 20, async () => {
+    await b.api("POST", `/v1/agents/${quick.id}/runs`, {});
+  });
+  await waitFor(b, quick.id, "succeeded", opts.throughputRuns + 1, deadline);
+  const runsPerS = opts.throughputRuns / ((now() - t0) / 1000);
+  const ok = (await runsIn(b, quick.id, "succeeded")).length === opts.throughputRuns + 1;
+  log(`${opts.throughputRuns} runs at ${round(runsPerS, 1)}/s`);
+  const floorPerS = await floor(b, opts);
+  log(`floor: ${round(floorPerS, 1)} sandboxes/s`);
+
+  const agent = await b.api("POST", "/v1/agents", { name: "density-sleep", command: ["sleep", "86400"] });
+  const baseRss = process.memoryUsage().rss;
+  const results: DensityLevel[] = [];
+  const ids: string[] = [];
+  for (const level of levels) {
+    const added = level - ids.length;
+    const triggered = new Map<string, number>();
+    await pool(added, 16, async () => {
+      const at = Date.now();
+      const run = await b.api("POST", `/v1/agents/${agent.id}/runs`, {});
+      triggered.set(run.id, at);
+      ids.push(run.id);
+    });
+    await waitFor(b, agent.id, "running", level, deadline);
+    const boots: number[] = [];
+    await pool(triggered.size, 16, async (i) => {
+      const id = [...triggered.keys()][i] as string;
+      const events = await b.api<{ data: { type: string; time: string }[] }>("GET", `/v1/runs/${id}/events`);
+      const running = events.data.find((e) => e.type === "run.running");
+      if (running) boots.push(Date.parse(running.time) - (triggered.get(id) as number));
+    });
+    // `running` comes once a sandbox is up, a moment before its runner has started `sleep`:
+    // measured once the count of processes has settled.
+    let memory = await sandboxMemory(instance);
+    for (let settled = Date.now() + 10_000; Date.now() < settled; ) {
+      await sleep(500);
+      const again = await sandboxMemory(instance);
+      if (again.processes === memory.processes) break;
+      memory = again;
+    }
+    const rss = process.memoryUsage().rss;
+    const runMs: number[] = [];
+    const healthMs: number[] = [];
+    for (let i = 0; i < opts.apiSamples; i++) {
+      runMs.push(await timedGet(b, `/v1/runs/${ids[Math.floor(Math.random() * ids.length)]}`));
+      healthMs.push(await timedGet(b, "/v1/health"));
+    }
+    const sandboxMib = memory.pss / MIB / level;
+    const growthMib = Math.max(0, rss - baseRss) / MIB / level;
+    const figures: DensityLevel = {
+      sandboxes: level,
+      live: memory.live,
+      processes: memory.processes,
+      sandbox_pss_mib_per_sandbox: round(sandboxMib),
+      host_rss_mib: round(rss / MIB, 1),
+      host_rss_growth_mib_per_sandbox: round(growthMib),
+      unique_mib_per_sandbox: round(sandboxMib + growthMib),
+      boot_ms: dist(boots),
+      api_ms: { run: dist(runMs), health: dist(healthMs), all: dist([...runMs, ...healthMs]) },
+    };
+    results.push(figures);
+    log(
+      `${level} live: ${figures.unique_mib_per_sandbox} MiB each, boot p50 ${figures.boot_ms.p50} ms, API p99 ${figures.api_ms.all.p99} ms`,
+    );
+  }
+  // Cancelled through the API, as a user would; what is left the host's close kills.
+  await pool(ids.length, 16, async (i) => {
+    await b.api("POST", `/v1/runs/${ids[i]}/cancel`).catch(() => {});
+  });
+  await waitFor(b, agent.id, "canceled", ids.length, deadline);
+  return {
+    scenario: "density",
+    levels: results,
+    runs_per_s: round(runsPerS, 1),
+    floor_runs_per_s: round(floorPerS, 1),
+    runs_per_s_vs_floor: round(runsPerS / floorPerS),
+    throughput: { runs: opts.throughputRuns, concurrency: opts.concurrency, all_succeeded: ok },
+    target: { sandboxes: 1000, unique_mib_per_sandbox: 12, api_p99_ms: 50, runs_per_s_vs_floor: 0.8 },
+    peers: { cubesandbox_mib_per_sandbox_at_1000: 25.7 },
+    notes:
+      "levels are cumulative; memory is PSS over each sandbox's processes plus the host's RSS growth since before " +
+      "the first sleeping run, per sandbox; boot is trigger to run.running (host ms timestamps); warm pool off",
+  };
+}
+
+/** Sandboxes per second: the runs' recipe running `true`, booted and torn down `concurrency` at a time. */
+async function floor(b: BenchHost, opts: DensityBenchOptions): Promise<number> {
+  const runners = join(b.dataDir, "runners");
+  const runnerDir = join(runners, readdirSync(runners).find((n) => n.startsWith("sha256-")) ?? "");
+  const layers = [(await new ImageStore({ imagesDir: opts.imagesDir }).resolve("default")).rootfs];
+  const t0 = now();
+  await pool(opts.throughputRuns, opts.concurrency, async (i) => {
+    const sandbox = await b.host.driver.boot({
+      id: `density-floor-${process.pid}-${i}`,
+      layers,
+      runnerDir,
+      limits: DEFAULT_LIMITS,
+      files: [],
+      argv: ["true"],
+      env: { PATH: DEFAULT_PATH },
+      cwd: "/",
+      network: true,
+    });
+    sandbox.stdin.end();
+    sandbox.stdout.resume();
+    sandbox.stderr.resume();
+    const exit = await sandbox.exited;
+    await sandbox.destroy();
+    if (exit.code !== 0) throw new Error(`true in a sandbox exited ${exit.code ?? exit.signal}`);
+  });
+  return opts.throughputRuns / ((now() - t0) / 1000);
+}
