@@ -75,7 +75,6 @@ export interface DensityBenchResult {
 }
 
 const MIB = 1024 * 1024;
-const TERMINAL = ["succeeded", "failed", "timed_out", "canceled"];
 const round = (x: number, places = 2) => Math.round(x * 10 ** places) / 10 ** places;
 
 /** PSS of one process in bytes, 0 when it is gone. */
