@@ -68,6 +68,8 @@ export interface DensityBenchResult {
   floor_runs_per_s: number;
   runs_per_s_vs_floor: number;
   throughput: { runs: number; concurrency: number; all_succeeded: boolean };
+  /** How the sleeping runs ended once canceled: all `canceled` unless one failed first. */
+  ended: Record<string, number>;
   leftovers: string[];
   target: { sandboxes: number; unique_mib_per_sandbox: number; api_p99_ms: number; runs_per_s_vs_floor: number };
   peers: Record<string, number>;
@@ -75,6 +77,7 @@ export interface DensityBenchResult {
 }
 
 const MIB = 1024 * 1024;
+const TERMINAL = ["succeeded", "failed", "timed_out", "canceled"];
 const round = (x: number, places = 2) => Math.round(x * 10 ** places) / 10 ** places;
 
 /** PSS of one process in bytes, 0 when it is gone. */
@@ -148,6 +151,36 @@ async function waitFor(b: BenchHost, agentId: string, status: string, count: num
     if (Date.now() > deadline) throw new Error(`only ${n} of ${count} runs ${status} in time`);
     await sleep(250);
   }
+}
+
+/** Waits until every run has ended, whatever its status; returns how many ended in each. */
+async function waitForEnd(b: BenchHost, ids: string[], deadline: number): Promise<Record<string, number>> {
+  let going = ids;
+  const ended: Record<string, number> = {};
+  const reasons = new Map<string, string>();
+  while (going.length > 0) {
+    const statuses = new Map<string, string>();
+    await pool(going.length, 16, async (i) => {
+      const id = going[i] as string;
+      const run = await b.api<{ status: string; reason: string | null }>("GET", `/v1/runs/${id}`);
+      statuses.set(id, run.status);
+      if (TERMINAL.includes(run.status) && run.status !== "canceled") reasons.set(id, run.reason ?? "");
+    });
+    for (const [id, status] of statuses) {
+      // Keyed by status, and by reason for anything but a cancel (`failed/lost`).
+      const key = reasons.has(id) ? `${status}/${reasons.get(id)}` : status;
+      if (TERMINAL.includes(status)) ended[key] = (ended[key] ?? 0) + 1;
+    }
+    going = going.filter((id) => !TERMINAL.includes(statuses.get(id) ?? ""));
+    if (going.length === 0) return ended;
+    if (Date.now() > deadline) {
+      const counts: Record<string, number> = {};
+      for (const id of going) counts[statuses.get(id) ?? "?"] = (counts[statuses.get(id) ?? "?"] ?? 0) + 1;
+      throw new Error(`${going.length} runs had not ended in time: ${JSON.stringify(counts)}`);
+    }
+    await sleep(250);
+  }
+  return ended;
 }
 
 export async function densityBench(opts: DensityBenchOptions): Promise<DensityBenchResult> {
@@ -269,7 +302,9 @@ async function measure(
   await pool(ids.length, 16, async (i) => {
     await b.api("POST", `/v1/runs/${ids[i]}/cancel`).catch(() => {});
   });
-  await waitFor(b, agent.id, "canceled", ids.length, deadline);
+  const tc = now();
+  const ended = await waitForEnd(b, ids, deadline);
+  log(`${ids.length} runs ended in ${round((now() - tc) / 1000, 1)} s after their cancel: ${JSON.stringify(ended)}`);
   return {
     scenario: "density",
     levels: results,
@@ -277,6 +312,7 @@ async function measure(
     floor_runs_per_s: round(floorPerS, 1),
     runs_per_s_vs_floor: round(runsPerS / floorPerS),
     throughput: { runs: opts.throughputRuns, concurrency: opts.concurrency, all_succeeded: ok },
+    ended,
     target: { sandboxes: 1000, unique_mib_per_sandbox: 12, api_p99_ms: 50, runs_per_s_vs_floor: 0.8 },
     peers: { cubesandbox_mib_per_sandbox_at_1000: 25.7 },
     notes:

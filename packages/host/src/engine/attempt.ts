@@ -319,6 +319,9 @@ export class Attempt {
     const stderr = new LineSplitter(MAX_LINE_BYTES, (line) => this.#log("runner", line));
     handle.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
 
+    // The runner's silence counts from now, when its sandbox is up: a boot that waited behind
+    // hundreds of others (a burst of runs) is not a runner that went quiet.
+    this.#lastFrameAt = Date.now();
     const timeout = setTimeout(() => this.stop("timed_out"), this.#limits.timeout_s * 1000);
     const watchdog = setInterval(() => {
       if (Date.now() - this.#lastFrameAt > this.#deps.heartbeatTimeoutMs) this.stop("lost");
