@@ -53,6 +53,9 @@ export async function startBenchHost(
       method,
       headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    }).catch((err: Error) => {
+      // fetch's own message says nothing ("fetch failed"); its cause says what failed.
+      throw new Error(`${method} ${path}: ${String(err.cause ?? err)}`, { cause: err });
     });
     const json = (await res.json()) as T;
     if (!res.ok) throw new Error(`${method} ${path}: ${JSON.stringify(json)}`);

@@ -164,7 +164,9 @@ async function waitForEnd(b: BenchHost, ids: string[], deadline: number): Promis
       const id = going[i] as string;
       const run = await b.api<{ status: string; reason: string | null }>("GET", `/v1/runs/${id}`);
       statuses.set(id, run.status);
-      if (TERMINAL.includes(run.status) && run.status !== "canceled") reasons.set(id, run.reason ?? "");
+      if (TERMINAL.includes(run.status) && run.status !== "canceled") {
+        reasons.set(id, run.reason ?? "");
+      }
     });
     for (const [id, status] of statuses) {
       // Keyed by status, and by reason for anything but a cancel (`failed/lost`).
