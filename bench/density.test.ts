@@ -20,13 +20,15 @@ describe("bench density", { skip: e2eSkip(hostSkipReason()) }, () => {
       timeoutMs: 300_000,
     });
     assert.deepEqual(
-      result.levels.map((l) => [l.sandboxes, l.live, l.boot_ms.n, l.api_ms.all.n]),
+      result.levels.map((l) => [l.sandboxes, l.live, l.ended_early, l.boot_ms.n, l.api_ms.all.n + 2 * l.api_errors]),
       [
-        [8, 8, 8, 20],
+        [8, 8, 0, 8, 20],
         // Cumulative: the second level added 12 runs to the 8 still live.
-        [20, 20, 12, 20],
+        [20, 20, 0, 12, 20],
       ],
     );
+    // Every sleeping run was live until the bench canceled it.
+    assert.deepEqual(result.ended, { canceled: 20 });
     for (const level of result.levels) {
       // bwrap, its init in the sandbox's pid namespace, the runner and `sleep`, in each sandbox.
       assert.ok(level.processes >= level.live * 3, `${level.processes} processes in ${level.live} sandboxes`);
