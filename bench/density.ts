@@ -302,7 +302,7 @@ async function measure(
     for (let i = 0; i < opts.apiSamples; i++) {
       const run = await timedGet(b, `/v1/runs/${ids[Math.floor(Math.random() * ids.length)]}`);
       const health = await timedGet(b, "/v1/health");
-      if (run === null || health === null) errors++;
+      errors += Number(run === null) + Number(health === null);
       if (run !== null) runMs.push(run);
       if (health !== null) healthMs.push(health);
     }
