@@ -16,7 +16,8 @@
  * - leftovers: what of the bench host is still on the machine after it closed (namespaces,
  *   links, its filter table, cgroups, its run folder); empty unless cleanup failed.
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ImageStore } from "../packages/host/src/images/image-store.ts";
@@ -84,10 +85,14 @@ const MIB = 1024 * 1024;
 const TERMINAL = ["succeeded", "failed", "timed_out", "canceled"];
 const round = (x: number, places = 2) => Math.round(x * 10 ** places) / 10 ** places;
 
-/** PSS of one process in bytes, 0 when it is gone. */
-function pssBytes(pid: number): number {
+/**
+ * PSS of one process in bytes, 0 when it is gone. Read asynchronously: the host shares this
+ * process, and thousands of synchronous reads (each walks the process's mappings) would stall
+ * its event loop long enough for runners' heartbeats to seem missed.
+ */
+async function pssBytes(pid: number): Promise<number> {
   try {
-    const match = /^Pss:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"));
+    const match = /^Pss:\s+(\d+) kB$/m.exec(await readFile(`/proc/${pid}/smaps_rollup`, "utf8"));
     return match ? Number(match[1]) * 1024 : 0;
   } catch {
     return 0;
@@ -106,7 +111,7 @@ async function sandboxMemory(instance: string): Promise<{ live: number; processe
     if (pids.length === 0) continue;
     live++;
     processes += pids.length;
-    for (const pid of pids) pss += pssBytes(pid);
+    for (const bytes of await Promise.all(pids.map(pssBytes))) pss += bytes;
   }
   return { live, processes, pss };
 }
