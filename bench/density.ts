@@ -81,6 +81,12 @@ export interface DensityBenchResult {
   notes: string;
 }
 
+/** When waiting gives up: at the deadline, or once the bench is stopped. */
+interface Until {
+  deadline: number;
+  signal: AbortSignal;
+}
+
 const MIB = 1024 * 1024;
 const TERMINAL = ["succeeded", "failed", "timed_out", "canceled"];
 const round = (x: number, places = 2) => Math.round(x * 10 ** places) / 10 ** places;
@@ -157,9 +163,10 @@ async function waitFor(
   agentId: string,
   statuses: string[],
   count: number,
-  deadline: number,
+  until: Until,
 ): Promise<Record<string, number>> {
   for (;;) {
+    until.signal.throwIfAborted();
     const found: Record<string, number> = {};
     let n = 0;
     try {
@@ -171,17 +178,18 @@ async function waitFor(
       n = -1;
     }
     if (n >= count) return found;
-    if (Date.now() > deadline) throw new Error(`only ${n} of ${count} runs ${statuses.join(" or ")} in time`);
-    await sleep(250);
+    if (Date.now() > until.deadline) throw new Error(`only ${n} of ${count} runs ${statuses.join(" or ")} in time`);
+    await sleep(250, undefined, { signal: until.signal });
   }
 }
 
 /** Waits until every run has ended, whatever its status; returns how many ended in each. */
-async function waitForEnd(b: BenchHost, ids: string[], deadline: number): Promise<Record<string, number>> {
+async function waitForEnd(b: BenchHost, ids: string[], until: Until): Promise<Record<string, number>> {
   let going = ids;
   const ended: Record<string, number> = {};
   const reasons = new Map<string, string>();
   while (going.length > 0) {
+    until.signal.throwIfAborted();
     const statuses = new Map<string, string>();
     await pool(going.length, 16, async (i) => {
       const id = going[i] as string;
@@ -198,12 +206,12 @@ async function waitForEnd(b: BenchHost, ids: string[], deadline: number): Promis
     }
     going = going.filter((id) => !TERMINAL.includes(statuses.get(id) ?? ""));
     if (going.length === 0) return ended;
-    if (Date.now() > deadline) {
+    if (Date.now() > until.deadline) {
       const counts: Record<string, number> = {};
       for (const id of going) counts[statuses.get(id) ?? "?"] = (counts[statuses.get(id) ?? "?"] ?? 0) + 1;
       throw new Error(`${going.length} runs had not ended in time: ${JSON.stringify(counts)}`);
     }
-    await sleep(250);
+    await sleep(250, undefined, { signal: until.signal });
   }
   return ended;
 }
@@ -220,14 +228,17 @@ export async function densityBench(opts: DensityBenchOptions): Promise<DensityBe
     sandboxNetwork: { range: opts.sandboxRange },
   });
   const instance = basename(b.host.runDir);
+  const stop = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`bench density: gave up after ${opts.timeoutMs} ms`)), opts.timeoutMs);
   });
   const result = await measureThenTearDown(
     "density",
-    () => Promise.race([measure(b, instance, levels, opts, deadline), timedOut]),
+    () => Promise.race([measure(b, instance, levels, opts, { deadline, signal: stop.signal }), timedOut]),
     async () => {
+      // What measure() still has going stops polling instead of outliving the bench.
+      stop.abort();
       clearTimeout(timer);
       await b.close();
     },
@@ -245,7 +256,7 @@ async function measure(
   instance: string,
   levels: number[],
   opts: DensityBenchOptions,
-  deadline: number,
+  until: Until,
 ): Promise<Omit<DensityBenchResult, "leftovers">> {
   const log = opts.progress ?? (() => {});
   // Warm-up: the runner layer, the page cache and the host's code paths.
@@ -261,7 +272,7 @@ async function measure(
   await pool(opts.throughputRuns, 20, async () => {
     await b.api("POST", `/v1/agents/${quick.id}/runs`, {});
   });
-  await waitFor(b, quick.id, TERMINAL, opts.throughputRuns + 1, deadline);
+  await waitFor(b, quick.id, TERMINAL, opts.throughputRuns + 1, until);
   const runsPerS = opts.throughputRuns / ((now() - t0) / 1000);
   const ok = (await runsIn(b, quick.id, "succeeded")).length === opts.throughputRuns + 1;
   log(`${opts.throughputRuns} runs at ${round(runsPerS, 1)}/s`);
@@ -282,7 +293,7 @@ async function measure(
       ids.push(run.id);
     });
     // A run that ended before its level was up (it failed) is counted, not waited for.
-    const up = await waitFor(b, agent.id, ["running", ...TERMINAL], level, deadline);
+    const up = await waitFor(b, agent.id, ["running", ...TERMINAL], level, until);
     const endedEarly = level - (up.running ?? 0);
     const boots: number[] = [];
     await pool(triggered.size, 16, async (i) => {
@@ -336,7 +347,7 @@ async function measure(
     await b.api("POST", `/v1/runs/${ids[i]}/cancel`).catch(() => {});
   });
   const tc = now();
-  const ended = await waitForEnd(b, ids, deadline);
+  const ended = await waitForEnd(b, ids, until);
   log(`${ids.length} runs ended in ${round((now() - tc) / 1000, 1)} s after their cancel: ${JSON.stringify(ended)}`);
   return {
     scenario: "density",
