@@ -21,7 +21,9 @@ function sources(dir: string): string[] {
 /** Relative imports and re-exports of a file (static, dynamic, type-only alike), as absolute paths. */
 function importsOf(file: string): string[] {
   const text = readFileSync(file, "utf8");
-  const found = text.matchAll(/(?:\b(?:import|export)\b[^'";]*?\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)["'](\.{1,2}\/[^"']+)["']/g);
+  const found = text.matchAll(
+    /(?:\b(?:import|export)\b[^'";]*?\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)["'](\.{1,2}\/[^"']+)["']/g,
+  );
   return [...found].map((m) => resolve(dirname(file), m[1] as string));
 }
 
@@ -96,7 +98,9 @@ test("no folder imports one that imports it back", () => {
     }
   }
   const found = cycles(graph).map((c) => {
-    const edges = [...why].filter(([k]) => c.includes(k.split(">")[0] as string) && c.includes(k.split(">")[1] as string));
+    const edges = [...why].filter(
+      ([k]) => c.includes(k.split(">")[0] as string) && c.includes(k.split(">")[1] as string),
+    );
     return { folders: c, imports: edges.map(([, v]) => v) };
   });
   assert.deepEqual(found, [], `folders importing each other: ${JSON.stringify(found, null, 1)}`);
