@@ -16,6 +16,7 @@
  * - leftovers: what of the bench host is still on the machine after it closed (namespaces,
  *   links, its filter table, cgroups, its run folder); empty unless cleanup failed.
  */
+import { randomUUID } from "node:crypto";
 import { existsSync, readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { basename, join } from "node:path";
@@ -75,6 +76,8 @@ export interface DensityBenchResult {
   throughput: { runs: number; concurrency: number; all_succeeded: boolean };
   /** How the sleeping runs ended once canceled: all `canceled` unless one failed first. */
   ended: Record<string, number>;
+  /** Triggers of sleeping runs sent again after getting no answer (see trigger()). */
+  trigger_retries: number;
   leftovers: string[];
   target: { sandboxes: number; unique_mib_per_sandbox: number; api_p99_ms: number; runs_per_s_vs_floor: number };
   peers: Record<string, number>;
@@ -143,6 +146,22 @@ async function runsIn(b: BenchHost, agentId: string, status: string): Promise<st
     cursor = page.next_cursor;
   } while (cursor);
   return ids;
+}
+
+/**
+ * Triggers a run of the agent. A request that got no answer (a connection reset while the host
+ * was busy) is sent again under the same Idempotency-Key, so it never makes a second run; counted.
+ */
+async function trigger(b: BenchHost, agentId: string, retries: { count: number }): Promise<{ id: string }> {
+  const headers = { "idempotency-key": randomUUID() };
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await b.api("POST", `/v1/agents/${agentId}/runs`, {}, headers);
+    } catch (err) {
+      if (!((err as Error).cause instanceof TypeError) || attempt >= 3) throw err;
+      retries.count++;
+    }
+  }
 }
 
 /** ms a GET took; null when it got no answer. */
@@ -283,12 +302,13 @@ async function measure(
   const baseRss = process.memoryUsage().rss;
   const results: DensityLevel[] = [];
   const ids: string[] = [];
+  const retries = { count: 0 };
   for (const level of levels) {
     const added = level - ids.length;
     const triggered = new Map<string, number>();
     await pool(added, 16, async () => {
       const at = Date.now();
-      const run = await b.api("POST", `/v1/agents/${agent.id}/runs`, {});
+      const run = await trigger(b, agent.id, retries);
       triggered.set(run.id, at);
       ids.push(run.id);
     });
@@ -344,7 +364,14 @@ async function measure(
   }
   // Cancelled through the API, as a user would; what is left the host's close kills.
   await pool(ids.length, 16, async (i) => {
-    await b.api("POST", `/v1/runs/${ids[i]}/cancel`).catch(() => {});
+    // Sent again when it got no answer; a run that already ended answers 409, which is fine.
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const sent = await b.api("POST", `/v1/runs/${ids[i]}/cancel`).then(
+        () => true,
+        (err: Error) => !(err.cause instanceof TypeError),
+      );
+      if (sent) break;
+    }
   });
   const tc = now();
   const ended = await waitForEnd(b, ids, until);
@@ -357,6 +384,7 @@ async function measure(
     runs_per_s_vs_floor: round(runsPerS / floorPerS),
     throughput: { runs: opts.throughputRuns, concurrency: opts.concurrency, all_succeeded: ok },
     ended,
+    trigger_retries: retries.count,
     target: { sandboxes: 1000, unique_mib_per_sandbox: 12, api_p99_ms: 50, runs_per_s_vs_floor: 0.8 },
     peers: { cubesandbox_mib_per_sandbox_at_1000: 25.7 },
     notes:
