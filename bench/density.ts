@@ -401,7 +401,8 @@ async function measure(
     peers: { cubesandbox_mib_per_sandbox_at_1000: 25.7 },
     notes:
       "levels are cumulative; memory is PSS over each sandbox's processes plus the host's RSS growth since before " +
-      "the first sleeping run, per sandbox; boot is trigger to run.running (host ms timestamps); warm pool off",
+      "the first sleeping run, per live sandbox; boot is trigger to run.running (host ms timestamps); runs_per_s is " +
+      "first trigger to the last run's finish; warm pool off (spares would be sandboxes too)",
   };
 }
 
