@@ -23,8 +23,8 @@ export interface TimedRun {
 export interface BenchHost {
   host: RunningHost;
   dataDir: string;
-  /** Calls the API with the admin key; throws on an error status. */
-  api<T = { id: string }>(method: string, path: string, body?: unknown): Promise<T>;
+  /** Calls the API with the admin key (and `headers`); throws on an error status. */
+  api<T = { id: string }>(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<T>;
   /** Triggers a run of the agent and follows it to its end, timed from just before the request. */
   trigger(agentId: string): Promise<TimedRun>;
   /** Stops the host and removes its data folder. */
@@ -48,11 +48,14 @@ export async function startBenchHost(
     throw err;
   }
   const key = host.adminKey as string;
-  const api = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
+  const api = async <T>(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<T> => {
     const res = await fetch(`${host.url}${path}`, {
       method,
-      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      headers: { ...headers, authorization: `Bearer ${key}`, "content-type": "application/json" },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    }).catch((err: Error) => {
+      // fetch's own message says nothing ("fetch failed"); its cause says what failed.
+      throw new Error(`${method} ${path}: ${String(err.cause ?? err)}`, { cause: err });
     });
     const json = (await res.json()) as T;
     if (!res.ok) throw new Error(`${method} ${path}: ${JSON.stringify(json)}`);

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
-const SCENARIOS = ["boot", "bridge", "gateway", "queue", "snapshot", "swap"] as const;
+const SCENARIOS = ["boot", "bridge", "density", "gateway", "queue", "snapshot", "swap"] as const;
 
 export const bench: Command = {
   name: "bench",
@@ -18,6 +18,10 @@ Scenarios:
           bridged, interleaved, to the same local upstream over the same link), run-token checks
           per second with and without the verified-token cache, and calls per second with
           --sandboxes sandboxes calling at once, bridged and direct
+  density live sandboxes one machine holds: runs of an agent running sleep at each of --levels
+          (cumulative), with the sandboxes' PSS and the host's RSS growth per sandbox, boot p50
+          and the API's p99 while they run; and runs per second of N×10 runs of true, 25 at a
+          time, beside the floor: the sandbox driver booting and tearing down the same recipe
   gateway what the LLM gateway adds to a model call from inside a sandbox (N×10 pairs of whole
           chat completions, direct to a local stand-in provider and through the gateway with
           metering, interleaved over the same link), and to the first chunk of a stream
@@ -37,6 +41,8 @@ Options:
   --runs N          sequential runs to measure (default 30; bridge: N×100 request pairs)
   --sizes A,B,...   snapshot: environment sizes in MiB (default 10,300,1024)
   --sandboxes N     bridge: sandboxes calling at once (default 50), each sending 200 calls
+  --levels A,B,...  density: live sandboxes at each level (default 100,500,1000)
+  --sandbox-cidr C  density: the IPv4 range of the bench host's sandbox addresses (default 10.220.0.0/16)
   --json            print one JSON object (the default output is the same JSON, indented)
   --data-dir DIR    where the base image lives (env PADDOCK_DATA_DIR; default ./.paddock)`,
   async run(argv, ctx) {
@@ -47,6 +53,8 @@ Options:
         runs: { type: "string" },
         sizes: { type: "string" },
         sandboxes: { type: "string" },
+        levels: { type: "string" },
+        "sandbox-cidr": { type: "string" },
         "data-dir": { type: "string" },
       },
       positionals: { min: 1, max: 1 },
@@ -70,6 +78,24 @@ Options:
         sandboxes: parseNumber(values.sandboxes, "sandboxes") ?? 50,
         callsPerSandbox: 200,
         progress: (line) => ctx.err(`bench bridge: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "density") {
+      const { densityBench } = await import("../../../../bench/density.ts");
+      const levels = (values.levels ?? "100,500,1000").split(",").map((n) => parseNumber(n, "levels") ?? 0);
+      if (levels.some((n) => n < 1)) throw new UsageError("--levels takes positive counts, e.g. 100,500,1000", "bench");
+      const result = await densityBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        levels,
+        throughputRuns: Math.max(runs, 1) * 10,
+        concurrency: 25,
+        apiSamples: 200,
+        sandboxRange: values["sandbox-cidr"] ?? "10.220.0.0/16",
+        // Bounded: about a minute per 100 sandboxes of the top level, plus the throughput part.
+        timeoutMs: 120_000 + Math.max(...levels) * 600 + runs * 10 * 1000,
+        progress: (line) => ctx.err(`bench density: ${line}`),
       });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;

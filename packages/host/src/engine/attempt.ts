@@ -39,6 +39,8 @@ export const MAX_LINE_BYTES = 16 * 1024;
 /** A frame carries one line, JSON-escaped (worst case 6 bytes per byte), plus a small envelope. */
 const MAX_FRAME_BYTES = MAX_LINE_BYTES * 6 + 1024;
 export const MAX_EVENTS_PER_ATTEMPT = 10_000;
+/** How many heartbeat timeouts a runner may take to say hello once its sandbox is up. */
+const RUNNER_START_ALLOWANCE = 4;
 
 export interface AttemptDeps {
   driver: SandboxDriver;
@@ -342,9 +344,16 @@ export class Attempt {
     const stderr = new LineSplitter(MAX_LINE_BYTES, (line) => this.#log("runner", line));
     handle.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
 
+    // The runner's silence counts from now, when its sandbox is up: a boot that waited behind
+    // hundreds of others (a burst of runs) is not a runner that went quiet.
+    this.#lastFrameAt = Date.now();
     const timeout = setTimeout(() => this.stop("timed_out"), this.#limits.timeout_s * 1000);
     const watchdog = setInterval(() => {
-      if (Date.now() - this.#lastFrameAt > this.#deps.heartbeatTimeoutMs) this.stop("lost");
+      // Until its hello, the runner is still starting (Node's start-up, which among hundreds of
+      // runners starting at once on a busy host takes seconds): it gets RUNNER_START_ALLOWANCE
+      // heartbeat timeouts; from then on, one.
+      const allowed = this.#deps.heartbeatTimeoutMs * (this.#runnerUp ? 1 : RUNNER_START_ALLOWANCE);
+      if (Date.now() - this.#lastFrameAt > allowed) this.stop("lost");
     }, this.#deps.heartbeatMs);
     try {
       const [exit] = await Promise.all([

@@ -10,8 +10,16 @@ import { RUNNER_BUNDLE, RUNNER_CACHE, RUNNER_NODE } from "../fs/layout.ts";
 
 /** Where the runner layer appears inside every sandbox. */
 export const RUNNER_MOUNT = "/opt/paddock/runner";
-/** How the runner starts inside a sandbox; its layer's compile cache is built by this very command. */
-export const RUNNER_ARGV: readonly string[] = [`${RUNNER_MOUNT}/${RUNNER_NODE}`, `${RUNNER_MOUNT}/${RUNNER_BUNDLE}`];
+/**
+ * How the runner starts inside a sandbox; its layer's compile cache is built by this very command.
+ * One V8 worker thread instead of one per core: the runner only relays lines, and with a thousand
+ * sandboxes on a machine its threads (4 instead of 7) count against the pids limits and pid_max.
+ */
+export const RUNNER_ARGV: readonly string[] = [
+  `${RUNNER_MOUNT}/${RUNNER_NODE}`,
+  "--v8-pool-size=1",
+  `${RUNNER_MOUNT}/${RUNNER_BUNDLE}`,
+];
 /**
  * The runner layer's compile cache. Node reads it through NODE_COMPILE_CACHE and writes to it only
  * when an entry does not match, which cannot happen for the layer's own bundle; a write would fail

@@ -452,8 +452,108 @@ export class Launcher {
   }
 }
 
-/** Runs the unmount helper on the given mount points; resolves with its error output. */
-function unmountPoints(tools: Tools, points: string[]): Promise<string> {
+/**
+ * Perl unmount server: the unmounter as one long-lived process. A request is a line with a count,
+ * then that many NUL-terminated mount points; the answer is one line, empty when all of them
+ * were unmounted, else their errors. It exits when its stdin closes (the host is gone).
+ */
+const PERL_UNMOUNT_SERVER = String.raw`
+my $nr = shift; $| = 1;
+while (defined(my $count = <STDIN>)) {
+  chomp $count; my @points; my $err = "";
+  { local $/ = "\0"; for (1 .. $count) { my $p = <STDIN>; exit 0 unless defined $p; chomp $p; push @points, $p } }
+  for my $m (@points) { my $p = $m; next if syscall($nr, $p, 8) == 0; next if syscall($nr, $p, 10) == 0; $err .= "umount $m: $!; " }
+  $err =~ s/
+/ /g;
+  print "$err
+";
+}
+`;
+
+/**
+ * One unmount server per host process, started on first use. Spawning a helper for every
+ * sandbox's teardown costs the host's event loop 20-40 ms once its RSS is a few hundred MiB (fork
+ * copies its page tables); a request on a pipe costs nothing. Requests go one at a time; a server
+ * that died is started again, and a request it could not answer falls back to a helper of its own.
+ */
+class UnmountServer {
+  #child: ChildProcess | undefined;
+  #lines: string[] = [];
+  #waiting: ((line: string | null) => void) | undefined;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  request(tools: Tools, points: string[]): Promise<string | null> {
+    const answer = this.#queue.then(() => this.#send(tools, points));
+    this.#queue = answer.catch(() => {});
+    return answer;
+  }
+
+  async #send(tools: Tools, points: string[]): Promise<string | null> {
+    const child = this.#start(tools);
+    child.ref();
+    try {
+      const line = new Promise<string | null>((resolve) => {
+        const ready = this.#lines.shift();
+        if (ready !== undefined) resolve(ready);
+        else this.#waiting = resolve;
+      });
+      child.stdin?.write(`${points.length}\n${points.map((p) => `${p}\0`).join("")}`);
+      return await line;
+    } finally {
+      child.unref();
+    }
+  }
+
+  #start(tools: Tools): ChildProcess {
+    if (this.#child && this.#child.exitCode === null && this.#child.signalCode === null) return this.#child;
+    const child = spawn(
+      tools.perl ?? "perl",
+      ["-e", PERL_UNMOUNT_SERVER, "--", String(requireSyscall(tools.arch, "umount2"))],
+      { stdio: ["pipe", "pipe", "ignore"], env: { ...HELPER_ENV } },
+    );
+    this.#child = child;
+    this.#lines = [];
+    let buffered = "";
+    child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
+      buffered += chunk;
+      for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        const waiting = this.#waiting;
+        this.#waiting = undefined;
+        if (waiting) waiting(line);
+        else this.#lines.push(line);
+      }
+    });
+    const gone = () => {
+      if (this.#child === child) this.#child = undefined;
+      const waiting = this.#waiting;
+      this.#waiting = undefined;
+      waiting?.(null);
+    };
+    child.once("error", gone);
+    child.once("exit", gone);
+    child.stdin?.on("error", () => {});
+    // Idle, it must not keep the host's event loop alive.
+    for (const stream of [child.stdin, child.stdout]) (stream as unknown as Socket | null)?.unref();
+    child.unref();
+    return child;
+  }
+}
+
+const unmountServer = new UnmountServer();
+
+/** Unmounts the given mount points; resolves with the errors, empty when there were none. */
+async function unmountPoints(tools: Tools, points: string[]): Promise<string> {
+  if (tools.helper === "perl") {
+    const answer = await unmountServer.request(tools, points);
+    if (answer !== null) return answer.trim();
+  }
+  return unmountWithHelper(tools, points);
+}
+
+/** Runs a helper process of its own on the given mount points; resolves with its error output. */
+function unmountWithHelper(tools: Tools, points: string[]): Promise<string> {
   const [file, args] =
     tools.helper === "perl"
       ? [tools.perl ?? "perl", ["-e", PERL_UNMOUNT, "--", String(requireSyscall(tools.arch, "umount2"))]]

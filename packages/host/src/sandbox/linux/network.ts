@@ -6,8 +6,11 @@
  * that two hosts on one machine never share one). Its first address is the host's side of every
  * link (on the loopback interface, where the bridge listens); every sandbox gets one /32 of the
  * block on its `eth0`, a route to the host address and a default route through it, and static
- * neighbour entries on both ends (no ARP). Namespaces are made ahead of boots (making one takes
- * about 12 ms, removing it 20) and used once.
+ * neighbour entries on both ends (no ARP). Namespaces are made ahead of boots, in batches: a
+ * host whose RSS is a few hundred MiB blocks its event loop for 20-40 ms on every process it
+ * spawns (fork copies its page tables), so one shell makes a whole batch (its own forks of `ip`
+ * cost the host nothing), and one `ip -batch` removes a batch. A batch grows with the boots that
+ * asked for namespaces meanwhile, so a burst of 1,000 boots takes a few dozen spawns, not 2,000.
  *
  * Threat model: everything inside the namespace is hostile. The sandbox has no capability over its
  * namespace (the namespace belongs to the host's user namespace, the sandbox runs in a user
@@ -32,14 +35,17 @@ const NETNS_DIR = "/run/netns";
 /** The namespace's side of every link, as the agent sees it. */
 export const SANDBOX_IF = "eth0";
 export const DEFAULT_RANGE = "10.209.0.0/16";
-const DEFAULT_BLOCK_BITS = 22;
+/** A /21 per host: 2045 sandboxes, room for 1,000 live ones beside the pool and warm spares. */
+const DEFAULT_BLOCK_BITS = 21;
+/** The most namespaces one batch makes. */
+const MAX_BATCH = 64;
 
 export interface SandboxNetworkConfig {
   /** The host instance (see LinuxSandboxDriverConfig.instance); names namespaces, links and the table. */
   instance: string;
   /** IPv4 range the address block is claimed from; default 10.209.0.0/16. */
   range?: string;
-  /** Prefix length of this host's block; default 22 (1021 sandboxes at once). */
+  /** Prefix length of this host's block; default 21 (2045 sandboxes at once). */
   blockBits?: number;
   /** Namespaces kept made ahead of boots; default 4. */
   spare?: number;
@@ -129,6 +135,13 @@ async function nft(script: string): Promise<void> {
   return done;
 }
 
+/** Runs a shell script (the host's tools, none of its environment). */
+async function sh(script: string): Promise<void> {
+  await run("sh", ["-c", script], { env: toolEnv() }).catch((err: Error & { stderr?: string }) => {
+    throw new Error(err.stderr?.trim() || err.message);
+  });
+}
+
 function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -158,6 +171,11 @@ export class SandboxNetwork {
   #starting: Promise<void> | undefined;
   #closed = false;
   readonly #removals = new Set<Promise<void>>();
+  /** Namespaces asked for since the last batch started: the next batch makes twice as many. */
+  #demand = 0;
+  /** Leases waiting to be removed by the next removal batch, and that batch. */
+  #doomed: { lease: Lease; done: () => void }[] = [];
+  #removing: Promise<void> | undefined;
 
   constructor(config: SandboxNetworkConfig) {
     if (!/^[a-z0-9]{6,}$/.test(config.instance)) {
@@ -225,7 +243,9 @@ export class SandboxNetwork {
     await this.start();
     if (this.#closed) throw new Error("the sandbox network is closed");
     for (;;) {
-      const next = this.#ready.shift() ?? this.#make();
+      this.#demand++;
+      if (this.#ready.length === 0) this.#refill();
+      const next = this.#ready.shift() as Promise<Lease>;
       // Refilled only when low: released namespaces come back to the pool and keep it full.
       if (this.#ready.length < Math.ceil(this.#spare / 2)) this.#refill();
       try {
@@ -249,7 +269,7 @@ export class SandboxNetwork {
   release(lease: NetworkLease): void {
     const own = lease as Lease;
     if (!own.ns?.startsWith(this.#nsPrefix)) return;
-    if (!this.#closed && this.#ready.length < this.#spare * 2) {
+    if (!this.#closed && this.#ready.length < Math.max(this.#spare * 2, MAX_BATCH)) {
       this.#ready.push(Promise.resolve(own));
       return;
     }
@@ -295,10 +315,16 @@ export class SandboxNetwork {
     this.#removals.add(p);
   }
 
+  /** Makes one batch: enough for the pool, or twice the boots that asked since the last one. */
   #refill(): void {
     if (this.#closed) return;
-    while (this.#ready.length < this.#spare) {
-      const lease = this.#make();
+    const want = Math.min(MAX_BATCH, Math.max(this.#spare, this.#demand * 2, 1));
+    this.#demand = 0;
+    const count = want - this.#ready.length;
+    if (count <= 0) return;
+    const batch = this.#makeBatch(count);
+    for (let i = 0; i < count; i++) {
+      const lease = batch.then((leases) => leases[i] as Lease);
       lease.catch(() => {});
       this.#ready.push(lease);
     }
@@ -320,68 +346,102 @@ export class SandboxNetwork {
     throw new Error(`all ${last - first + 1} sandbox addresses of ${this.block} are in use`);
   }
 
-  async #make(): Promise<Lease> {
+  #lease(): Lease {
     const block = this.#block;
     if (!block) throw new Error("the sandbox network is not started");
     const offset = this.#allocate();
     const index = this.#next;
     this.#next = (this.#next + 1) % 100_000;
-    const address = block.base + offset;
-    const host = this.hostAddress;
-    const lease: Lease = {
+    return {
       ns: `${this.#nsPrefix}${index}`,
       nsPath: path.join(NETNS_DIR, `${this.#nsPrefix}${index}`),
       index,
       ifname: `${this.#ifPrefix}${index}`,
-      address: intToIp(address),
-      hostAddress: host,
+      address: intToIp(block.base + offset),
+      hostAddress: this.hostAddress,
     };
+  }
+
+  /** Makes `count` namespaces with one spawned shell; on failure removes what it made of them. */
+  async #makeBatch(count: number): Promise<Lease[]> {
+    const leases: Lease[] = [];
     try {
-      await ip(
-        [],
-        [
-          `netns add ${lease.ns}`,
-          `link add ${lease.ifname} address ${macFor(1, address)} type veth peer name ${SANDBOX_IF} address ${macFor(2, address)} netns ${lease.ns}`,
-          `link set ${lease.ifname} addrgenmode none`,
-          `link set ${lease.ifname} up`,
-          `route replace ${lease.address}/32 dev ${lease.ifname} src ${host}`,
-          `neigh replace ${lease.address} lladdr ${macFor(2, address)} dev ${lease.ifname} nud permanent`,
-          "",
-        ].join("\n"),
-      );
-      await writeFile(`/proc/sys/net/ipv4/conf/${lease.ifname}/rp_filter`, "1\n");
-      await ip(
-        ["-n", lease.ns],
-        [
+      for (let i = 0; i < count; i++) leases.push(this.#lease());
+    } catch (err) {
+      for (const lease of leases) this.#free(lease);
+      throw err;
+    }
+    const host = leases[0]?.hostAddress as string;
+    // Every name and address here is the network's own (instance, index, block): nothing to quote.
+    const hostSide = leases.flatMap((lease) => {
+      const mac = ipToInt(lease.address);
+      return [
+        `netns add ${lease.ns}`,
+        `link add ${lease.ifname} address ${macFor(1, mac)} type veth peer name ${SANDBOX_IF} address ${macFor(2, mac)} netns ${lease.ns}`,
+        `link set ${lease.ifname} addrgenmode none`,
+        `link set ${lease.ifname} up`,
+        `route replace ${lease.address}/32 dev ${lease.ifname} src ${host}`,
+        `neigh replace ${lease.address} lladdr ${macFor(2, mac)} dev ${lease.ifname} nud permanent`,
+      ];
+    });
+    const script = [
+      "set -e",
+      `ip -batch - <<'EOF'\n${hostSide.join("\n")}\nEOF`,
+      ...leases.map((lease) => {
+        const mac = ipToInt(lease.address);
+        const nsSide = [
           "link set lo up",
           `link set ${SANDBOX_IF} addrgenmode none`,
           `addr add ${lease.address}/32 dev ${SANDBOX_IF}`,
           `link set ${SANDBOX_IF} up`,
           `route add ${host} dev ${SANDBOX_IF} scope link`,
           `route add default via ${host} dev ${SANDBOX_IF}`,
-          `neigh replace ${host} lladdr ${macFor(1, address)} dev ${SANDBOX_IF} nud permanent`,
-          "",
-        ].join("\n"),
-      );
-      return lease;
+          `neigh replace ${host} lladdr ${macFor(1, mac)} dev ${SANDBOX_IF} nud permanent`,
+        ];
+        return [
+          `echo 1 > /proc/sys/net/ipv4/conf/${lease.ifname}/rp_filter`,
+          `ip -n ${lease.ns} -batch - <<'EOF'\n${nsSide.join("\n")}\nEOF`,
+        ].join("\n");
+      }),
+      "",
+    ].join("\n");
+    try {
+      await sh(script);
+      return leases;
     } catch (err) {
-      await this.#remove(lease).catch(() => {});
-      throw err;
+      await Promise.all(leases.map((lease) => this.#remove(lease)));
+      throw new Error(`making sandbox network namespaces: ${(err as Error).message}`);
     }
   }
 
-  async #remove(lease: Lease): Promise<void> {
-    try {
+  #free(lease: Lease): void {
+    const block = this.#block;
+    if (block) this.#used.delete(ipToInt(lease.address) - block.base);
+  }
+
+  /** Removes a namespace and its link with the next removal batch; settles once it is gone. */
+  #remove(lease: Lease): Promise<void> {
+    return new Promise<void>((done) => {
+      this.#doomed.push({ lease, done });
+      this.#removing ??= this.#removeBatches();
+    });
+  }
+
+  async #removeBatches(): Promise<void> {
+    while (this.#doomed.length > 0) {
+      const batch = this.#doomed.splice(0);
       // Deleting the link first removes both ends and their routes at once; the namespace's
-      // own teardown in the kernel may lag behind its unmount.
-      await ip([], `link del ${lease.ifname}\n`).catch(() => {});
-      await ip(["netns", "del", lease.ns]).catch(async (err: Error) => {
-        if (await exists(lease.nsPath)) throw err;
-      });
-    } finally {
-      const block = this.#block;
-      if (block) this.#used.delete(ipToInt(lease.address) - block.base);
+      // own teardown in the kernel may lag behind its unmount. -force: one missing link or
+      // namespace (a half-made batch) does not stop the others' removal.
+      const lines = batch.flatMap(({ lease }) => [`link del ${lease.ifname}`, `netns del ${lease.ns}`]);
+      await ip(["-force"], `${lines.join("\n")}\n`).catch(() => {});
+      for (const { lease, done } of batch) {
+        // A namespace still there is left to the next start's cleanup; its address is not reused.
+        if (!(await exists(lease.nsPath))) this.#free(lease);
+        done();
+      }
     }
+    this.#removing = undefined;
   }
 
   /**
@@ -469,8 +529,9 @@ async function removeInstanceNetwork(instance: string, hostAddress?: number): Pr
   const nsPrefix = `paddock-${instance}-`;
   const names = (await readdir(NETNS_DIR).catch(() => [] as string[])).filter((n) => n.startsWith(nsPrefix));
   const links = await listLinks(`pd${instance.slice(0, 6)}-`);
-  if (links.length > 0) await ip(["-force"], `${links.map((l) => `link del ${l}`).join("\n")}\n`).catch(() => {});
-  for (const name of names) await ip(["netns", "del", name]).catch(() => {});
+  // One spawn for all of them: a host that died with 1,000 sandboxes left 1,000 namespaces.
+  const lines = [...links.map((l) => `link del ${l}`), ...names.map((n) => `netns del ${n}`)];
+  if (lines.length > 0) await ip(["-force"], `${lines.join("\n")}\n`).catch(() => {});
   await nft(`delete table inet paddock_${instance}\n`).catch(() => {});
   if (hostAddress !== undefined) await ip(["addr", "del", `${intToIp(hostAddress)}/32`, "dev", "lo"]).catch(() => {});
 }
