@@ -9,8 +9,9 @@
  * can go straight to it over the same link: the floor. A peer is measured in the same run:
  * Portkey's open-source gateway (npm @portkey-ai/gateway, a dev dependency), started as its own
  * Node process on the host side of the links, its port opened to the sandbox the same way, and
- * pointed at the same stand-in. The sandbox rotates direct, Paddock and Portkey requests on
- * keep-alive connections.
+ * pointed at the same stand-in. Each gateway is measured in pairs with direct calls (the order
+ * flipping every pair) on keep-alive connections: first Paddock's pairs, then Portkey's, so that
+ * one gateway's leftover work never lands inside the other's timed call.
  *
  * Figures:
  * - added_ms {paddock, portkey} {p50, p99}: each gateway minus direct for a whole non-streamed
@@ -70,7 +71,8 @@ export interface GatewayBenchResult {
    */
   added_ms: { paddock: Added; portkey: Added; target: { p50: number; p50_below: "portkey" } };
   ttft_added_ms: Added;
-  latency_ms: { direct: Dist; paddock: Dist; portkey: Dist };
+  /** `direct` is paired with Paddock's calls, `direct_portkey` with Portkey's. */
+  latency_ms: { direct: Dist; paddock: Dist; portkey: Dist; direct_portkey: Dist };
   ttft_ms: { direct: Dist; paddock: Dist };
   calls_settled: number;
   events_recorded: number;
@@ -83,8 +85,8 @@ export interface GatewayBenchResult {
 }
 
 /**
- * Runs in the sandbox: N rounds of whole calls (direct, Paddock, Portkey, in rotating order), then
- * N pairs of streamed ones (direct and Paddock); one JSON line.
+ * Runs in the sandbox: N pairs of whole calls direct and through Paddock, N pairs direct and
+ * through Portkey, then N pairs of streamed ones (direct and Paddock); one JSON line.
  */
 const CALLER = `
 import http from "node:http";
@@ -118,10 +120,15 @@ function call(path, stream) {
     req.end(payload);
   });
 }
-const orders = [["direct", "paddock", "portkey"], ["paddock", "portkey", "direct"], ["portkey", "direct", "paddock"]];
-for (let i = 0; i < 50; i++) for (const path of orders[0]) await call(path, false);
-const out = { direct: [], paddock: [], portkey: [], ttft_direct: [], ttft_paddock: [] };
-for (let i = 0; i < n; i++) for (const path of orders[i % 3]) out[path].push((await call(path, false))[0]);
+for (let i = 0; i < 50; i++) for (const path of ["direct", "paddock", "portkey"]) await call(path, false);
+const out = { direct: [], paddock: [], portkey: [], direct_portkey: [], ttft_direct: [], ttft_paddock: [] };
+const pairs = async (via, floor) => {
+  for (let i = 0; i < n; i++) {
+    for (const path of i % 2 ? [via, "direct"] : ["direct", via]) out[path === "direct" ? floor : via].push((await call(path, false))[0]);
+  }
+};
+await pairs("paddock", "direct");
+await pairs("portkey", "direct_portkey");
 for (let i = 0; i < n; i++) {
   for (const path of i % 2 ? ["paddock", "direct"] : ["direct", "paddock"]) out["ttft_" + path].push((await call(path, true))[1]);
 }
@@ -247,12 +254,13 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
     const read = lineReader(handle);
     handle.stdin.write("start\n");
     const samples = JSON.parse(await read()) as Record<
-      "direct" | "paddock" | "portkey" | "ttft_direct" | "ttft_paddock",
+      "direct" | "paddock" | "portkey" | "direct_portkey" | "ttft_direct" | "ttft_paddock",
       number[]
     >;
     const direct = dist(samples.direct);
     const paddock = dist(samples.paddock);
     const viaPortkey = dist(samples.portkey);
+    const directPortkey = dist(samples.direct_portkey);
     const ttftDirect = dist(samples.ttft_direct);
     const ttftPaddock = dist(samples.ttft_paddock);
     opts.progress?.(`p50: paddock ${paddock.p50} ms, portkey ${viaPortkey.p50} ms, direct ${direct.p50} ms`);
@@ -265,11 +273,11 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
       scenario: "gateway",
       added_ms: {
         paddock: added(paddock, direct),
-        portkey: added(viaPortkey, direct),
+        portkey: added(viaPortkey, directPortkey),
         target: { p50: 1, p50_below: "portkey" },
       },
       ttft_added_ms: added(ttftPaddock, ttftDirect),
-      latency_ms: { direct, paddock, portkey: viaPortkey },
+      latency_ms: { direct, paddock, portkey: viaPortkey, direct_portkey: directPortkey },
       ttft_ms: { direct: ttftDirect, paddock: ttftPaddock },
       calls_settled: bill.calls.filter((c) => c.status === "settled").length,
       events_recorded: events,
@@ -277,7 +285,7 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
       peer_versions: { portkey: peer.version },
       peers: { litellm_added_ms_p50: 4.3, portkey_added_ms_p50: 2.4, bifrost_added_ms_p50: 0.44 },
       notes:
-        "added_ms = each gateway minus direct per percentile, same sandbox, same link, interleaved; every Paddock call " +
+        "added_ms = each gateway minus the direct calls paired with it, per percentile, same sandbox, same link; every Paddock call " +
         "verifies the run token, reserves and settles credits in SQLite and attaches the provider key; Portkey " +
         "(run with its defaults, --headless) forwards the key the caller sends. Streams are measured for Paddock " +
         "only: Portkey 1.15.2 on Node 24 answers streamed chat completions with 500. peers: published medians.",
