@@ -11,6 +11,7 @@
 import { rename, writeFile } from "node:fs/promises";
 import { constants } from "node:os";
 import { join } from "node:path";
+import { finished } from "node:stream/promises";
 import {
   type AgentSpec,
   type Limits,
@@ -356,10 +357,10 @@ export class Attempt {
       if (Date.now() - this.#lastFrameAt > allowed) this.stop("lost");
     }, this.#deps.heartbeatMs);
     try {
-      const [exit] = await Promise.all([
-        handle.exited,
-        new Promise<void>((resolve) => handle.stdout.once("close", resolve)),
-      ]);
+      // finished() also settles for a stream that closed already: a sandbox killed as it came up
+      // (a cancel while it booted) can close its stdout before this listens, and a `close` listener
+      // added then would wait forever.
+      const [exit] = await Promise.all([handle.exited, finished(handle.stdout).catch(() => {})]);
       frames.end();
       stderr.end();
       return exit;

@@ -2,8 +2,11 @@
  * The fencing token of an attempt: `(run_id, attempt)` and the node it runs on. Every write an
  * attempt makes checks, in the same transaction, that the run is still its own; once another node
  * has recovered the run (its attempt went up, or its worker changed), the check raises lease_lost
- * and the write commits nothing. On PostgreSQL the run row is taken FOR SHARE, so a recovery
- * cannot commit between the check and the write; on SQLite the write transaction serialises.
+ * and the write commits nothing. On PostgreSQL the run row is locked (FOR NO KEY UPDATE), so a
+ * recovery cannot commit between the check and the write; on SQLite the write transaction
+ * serialises. Not FOR SHARE: nearly every fenced write then updates that same row (the event
+ * counter, the run's state), and two transactions each holding a share lock and each upgrading it
+ * deadlock; the update lock makes them wait their turn instead.
  */
 import { AppError } from "@paddock/protocol";
 import type { Db, Dialect } from "./portable.ts";
@@ -24,7 +27,7 @@ export async function checkFence(trx: Db, fence: Fence, dialect: Dialect): Promi
     .where("attempt", "=", fence.attempt)
     .where("worker_id", "=", fence.workerId)
     .where("status", "in", ["starting", "running"]);
-  if (dialect === "postgres") q = q.forShare();
+  if (dialect === "postgres") q = q.forNoKeyUpdate();
   if (!(await q.executeTakeFirst())) throw leaseLost(fence);
 }
 
