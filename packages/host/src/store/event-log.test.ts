@@ -9,9 +9,9 @@ import { AppError, DEFAULT_LIMITS, isEvent, type RunEvent } from "@paddock/proto
 import type { Kysely } from "kysely";
 import { RunRepository } from "../engine/runs.ts";
 import { forEachStore } from "../testing/stores.ts";
+import { seedAgent } from "../testing/test-store.ts";
 import { openDatabase } from "./database.ts";
 import { EventLog, type NewEvent } from "./event-log.ts";
-import { newId } from "./ids.ts";
 import type { Database } from "./schema.ts";
 
 forEachStore((store) =>
@@ -26,22 +26,7 @@ forEachStore((store) =>
     before(async () => {
       const opened = await store.open();
       ({ db, close, url } = opened);
-      const tenant = newId("ten");
-      const agent = newId("agt");
-      await db.insertInto("tenants").values({ id: tenant, name: "t", created_at: 0 }).execute();
-      await db
-        .insertInto("agents")
-        .values({
-          id: agent,
-          tenant_id: tenant,
-          name: "a",
-          spec: "{}",
-          current_version: 1,
-          version: 1,
-          archived_at: null,
-          created_at: 0,
-        })
-        .execute();
+      const { tenant, agent } = await seedAgent(db);
       log = new EventLog(db, { hints: opened.hints });
       const spec = {
         command: ["true"],

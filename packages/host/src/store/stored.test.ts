@@ -7,6 +7,7 @@ import { after, before, describe, test } from "node:test";
 import { DEFAULT_LIMITS } from "@paddock/protocol";
 import { type Kysely, sql } from "kysely";
 import { forEachStore } from "../testing/stores.ts";
+import { runRow } from "../testing/test-store.ts";
 import { migrate } from "./migrations.ts";
 import type { Database } from "./schema.ts";
 import { parseAgentDefinition, parseRunSpec } from "./stored.ts";
@@ -153,35 +154,16 @@ forEachStore((store) =>
       await assert.rejects(
         db
           .insertInto("runs")
-          .values({
-            id: "run_2",
-            tenant_id: "ten_1",
-            agent_id: "agt_missing",
-            event_seq: 0,
-            status: "queued",
-            reason: null,
-            exit_code: null,
-            attempt: 0,
-            max_attempts: 1,
-            input: null,
-            spec: "{}",
-            worker_id: null,
-            cancel_requested: 0,
-            snapshot_version: 1,
-            agent_version: 1,
-            created_at: 8,
-            started_at: null,
-            finished_at: null,
-            trigger: "api",
-            not_before: null,
-            expires_at: null,
-            lease_until: null,
-            serial_key: null,
-            parent_run_id: null,
-            root_run_id: null,
-            root_agent_id: null,
-            depth: 0,
-          })
+          .values(
+            runRow("ten_1", "agt_missing", {
+              id: "run_2",
+              status: "queued",
+              attempt: 0,
+              snapshot_version: 1,
+              created_at: 8,
+              started_at: null,
+            }),
+          )
           .execute(),
         /FOREIGN KEY|foreign key/,
       );

@@ -19,11 +19,8 @@ export interface TestStore {
   close(): Promise<void>;
 }
 
-/** @example const store = await openTestStore("event-log"); after(() => store.close()); */
-export async function openTestStore(name: string): Promise<TestStore> {
-  const dir = await mkdtemp(join(tmpdir(), `paddock-${name}-`));
-  const db = openSqlite(join(dir, "paddock.db"));
-  await migrate(db);
+/** A tenant and an agent of it in `db`, for rows that must name them. */
+export async function seedAgent(db: Kysely<Database>): Promise<{ tenant: string; agent: string }> {
   const tenant = newId("ten");
   const agent = newId("agt");
   await db.insertInto("tenants").values({ id: tenant, name: "t", created_at: 0 }).execute();
@@ -40,6 +37,15 @@ export async function openTestStore(name: string): Promise<TestStore> {
       created_at: 0,
     })
     .execute();
+  return { tenant, agent };
+}
+
+/** @example const store = await openTestStore("event-log"); after(() => store.close()); */
+export async function openTestStore(name: string): Promise<TestStore> {
+  const dir = await mkdtemp(join(tmpdir(), `paddock-${name}-`));
+  const db = openSqlite(join(dir, "paddock.db"));
+  await migrate(db);
+  const { tenant, agent } = await seedAgent(db);
   return {
     db,
     tenant,
