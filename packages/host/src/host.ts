@@ -355,8 +355,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
   // The first folder mkdir made, removed again when the store cannot be opened.
   const made = await mkdir(resolved.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(resolved.dataDir);
-  const config: HostConfig = { ...resolved, dataDir, nodeId: resolved.nodeId ?? defaultNodeId(dataDir) };
-  const nodeId = config.nodeId ?? defaultNodeId(dataDir);
+  const nodeId = resolved.nodeId ?? defaultNodeId(dataDir);
+  const config: HostConfig = { ...resolved, dataDir, nodeId };
   const unlock = await lock(dataDir);
   const instance = createHash("sha256").update(dataDir).digest("hex").slice(0, 10);
 
