@@ -65,6 +65,8 @@ export const HostConfig = z
     blobGraceMs: z.number().int().min(0).default(3_600_000),
     /** Root runs at once on this node (`serve --max-runs`). */
     maxConcurrentRuns: z.number().int().min(1).default(32),
+    /** Root runs of one tenant at once over every node (`serve --max-runs-per-tenant`); default no limit beyond the nodes'. */
+    maxRunsPerTenant: z.number().int().min(1).optional(),
     /**
      * This node's id among the nodes sharing the store (`serve --node-id`); default one derived
      * from the machine's name and the data directory, the same at every start.

@@ -1,6 +1,6 @@
 /**
- * Garbage collection of content-addressed layers. A runner layer is kept while it is current or
- * any snapshot names it; an environment layer while any snapshot or unfinished run names it.
+ * Garbage collection of content-addressed layers. A runner is kept while it is current or any
+ * snapshot names it, and with it the layers built from its sources; an environment layer while any snapshot or unfinished run names it.
  * Layers younger than the grace period are kept too, since an agent being created or an
  * environment being frozen writes its layer a moment before the snapshot that names it.
  */
@@ -57,9 +57,9 @@ export async function collectGarbage(opts: {
 }
 
 /**
- * Mark and sweep of the shared blob store: a blob is kept while an artifact row names it, or it is
- * the packed archive of a layer or base image a snapshot or an unfinished run names, or while it is younger than
- * the grace period (a collector stores an artifact's blob a moment before its row is written).
+ * Mark and sweep of the shared blob store: a blob is kept while an artifact row names it, it is
+ * the packed archive of a layer or base image a snapshot or an unfinished run names, it is a known
+ * runner's Node binary or bundle, or while it is younger than the grace period (a collector stores an artifact's blob a moment before its row is written).
  * Only one node should sweep a shared store at a time. Returns the digests deleted.
  */
 export async function collectBlobGarbage(opts: {
@@ -84,13 +84,20 @@ export async function collectBlobGarbage(opts: {
   return deleted;
 }
 
-/** The blobs artifacts name, and the packed layers and base images snapshots or unfinished runs name. */
+/**
+ * The blobs artifacts name, the packed layers and base images snapshots or unfinished runs name,
+ * and the sources of the runners the store knows.
+ */
 async function referencedBlobs(db: Kysely<Database>, snapshots: Snapshots): Promise<Set<string>> {
   const keep = new Set<string>();
   for (const r of await db.selectFrom("artifacts").select("sha256").distinct().execute()) keep.add(r.sha256);
   const { layers, bases } = await referencedLayers(db, snapshots);
   for (const r of await db.selectFrom("tree_blobs").select(["kind", "digest", "sha256"]).execute()) {
     if ((r.kind === "layer" ? layers : bases).has(r.digest)) keep.add(r.sha256);
+  }
+  // Runners' sources while their runner is known (the runner GC forgets the unused ones first).
+  for (const r of await db.selectFrom("runners").select(["node_sha256", "bundle_sha256"]).execute()) {
+    for (const sha256 of [r.node_sha256, r.bundle_sha256]) if (sha256) keep.add(sha256);
   }
   return keep;
 }

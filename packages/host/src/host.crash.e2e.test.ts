@@ -1,12 +1,11 @@
 /** A host killed with SIGKILL mid-run: the next host on the same data directory recovers. */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { startHost } from "./host.ts";
+import { instanceOf, sandboxRunDir, startHost } from "./host.ts";
 import { unsealRunners } from "./images/runner-registry.ts";
 import { e2eSkip } from "./testing/e2e-skip.ts";
 import { hostSkipReason, testImagesDir } from "./testing/harness.ts";
@@ -19,7 +18,7 @@ const skip = e2eSkip(hostSkipReason());
 describe("host crash", { skip }, () => {
   it("leaves no run stuck in running and no sandbox behind", async (t) => {
     const dataDir = await realpath(await mkdtemp(join(tmpdir(), "paddock-crash-")));
-    const instance = createHash("sha256").update(dataDir).digest("hex").slice(0, 10);
+    const instance = instanceOf(dataDir);
     const first = await spawnHost({ dataDir, port: 0, imagesDir: testImagesDir() });
     const child = first.child;
     t.after(async () => {
@@ -66,7 +65,7 @@ describe("host crash", { skip }, () => {
     }
     // The dead host's sandboxes, by name: the retried run's next attempt gets a sandbox of its own,
     // so these checks hold however soon it starts.
-    const runDir = `/run/paddock/${instance}`;
+    const runDir = sandboxRunDir(dataDir);
     const dead = sandboxesUnder(runDir);
     assert.ok(dead.length >= 2, `both runs' sandboxes are mounted while they run: ${dead.join(", ")}`);
     assert.ok(cgroupsOf(instance, dead).length >= 2, "the sandboxes have cgroups while they run");

@@ -137,6 +137,16 @@ async function ensureRunnerBundle(): Promise<string> {
 }
 
 /** One host per data directory: a second one would fight the first over runs and sandboxes. */
+/** The id a host's data folder (its real path) gives the sandboxes, networks and cgroups it makes. */
+export function instanceOf(dataDir: string): string {
+  return createHash("sha256").update(dataDir).digest("hex").slice(0, 10);
+}
+
+/** Where a host on `dataDir` (its real path) mounts its sandboxes. */
+export function sandboxRunDir(dataDir: string): string {
+  return `/run/paddock/${instanceOf(dataDir)}`;
+}
+
 async function lock(dataDir: string): Promise<() => Promise<void>> {
   const file = join(dataDir, "host.pid");
   const previous = Number((await readFile(file, "utf8").catch(() => "")).trim());
@@ -184,9 +194,11 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const images = new ImageStore({ imagesDir: config.imagesDir });
   const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: AGENT_USER.uid, gid: AGENT_USER.gid });
   const runnersDir = join(dataDir, "runners");
-  const runners = new RunnerRegistry(db, new RunnerLayers({ runnersDir }), runnersDir, log);
   const { blobs, blobCache } = openBlobs(config);
   env.undo.push(async () => blobs.close());
+  // Runners' sources go to the blob store only when other nodes share it.
+  const shared = config.blobs ? blobCache : null;
+  const runners = new RunnerRegistry(db, new RunnerLayers({ runnersDir }), runnersDir, log, shared);
   const artifacts = new Artifacts({ db, events, blobs: blobCache });
   // With a shared store, layers made here are published to it and layers missing here fetched.
   const layerBlobs = config.blobs
@@ -275,6 +287,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
       dialect,
       leaseMs: config.leaseMs,
       maxConcurrent: config.maxConcurrentRuns,
+      ...(config.maxRunsPerTenant !== undefined ? { maxPerTenant: config.maxRunsPerTenant } : {}),
       pollMs: 1000,
       warm: { max: config.warmSandboxes, idleMs: config.warmIdleMs },
     },
@@ -358,7 +371,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
   const nodeId = resolved.nodeId ?? defaultNodeId(dataDir);
   const config: HostConfig = { ...resolved, dataDir, nodeId };
   const unlock = await lock(dataDir);
-  const instance = createHash("sha256").update(dataDir).digest("hex").slice(0, 10);
+  const instance = instanceOf(dataDir);
 
   let store: Awaited<ReturnType<typeof openDatabase>>;
   try {
@@ -384,7 +397,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       sandboxCidr: config.sandboxCidr,
     });
     undo.push(() => nodes.stop(nodeId));
-    const runDir = `/run/paddock/${instance}`;
+    const runDir = sandboxRunDir(dataDir);
     // Sandboxes' networks and the bridge on the host side of their links.
     const network = new SandboxNetwork({ instance, range: config.sandboxCidr });
     undo.push(() => network.close());

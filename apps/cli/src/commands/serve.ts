@@ -10,6 +10,7 @@ export const serve: Command = {
   summary: "run the host (API, engine, sandboxes)",
   usage: `Usage: paddock serve [--data-dir DIR] [--port PORT] [--listen ADDR] [--images-dir DIR]
                      [--node-id NAME] [--sandbox-cidr CIDR] [--max-runs N] [--internal-url URL]
+                     [--max-runs-per-tenant N] [--lease-ms MS]
                      [--database postgres://USER@HOST/DB]
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
@@ -32,8 +33,14 @@ Options:
                     the IPv4 range sandboxes take addresses from (default 10.209.0.0/16); a
                     range overlapping a live node's refuses to start
   --max-runs N      runs at once on this node (default 32)
+  --max-runs-per-tenant N
+                    runs of one tenant at once over every node sharing the store (default:
+                    no limit beyond the nodes' own; give every node the same value)
   --internal-url URL
                     the API URL other nodes reach this one at (default its own URL)
+  --lease-ms MS     how long this node's claim on a run holds without renewal (default
+                    30000, at least 1000); it renews every third of it, and another node
+                    retries the runs of a node silent for longer
   --database URL    a PostgreSQL database to keep the store in instead of SQLite in DIR,
                     which several hosts may share: postgres://USER[:PASSWORD]@HOST[:PORT]/DB,
                     or over a unix socket postgres://USER@/DB?host=/run/postgresql
@@ -69,6 +76,8 @@ Options:
         "sandbox-cidr": { type: "string" },
         "max-runs": { type: "string" },
         "internal-url": { type: "string" },
+        "lease-ms": { type: "string" },
+        "max-runs-per-tenant": { type: "string" },
         database: { type: "string" },
         "egress-trust": { type: "string", multiple: true },
         "master-key-file": { type: "string" },
@@ -84,6 +93,9 @@ Options:
     const rpm = parseNumber(values["llm-rpm"], "llm-rpm");
     const tpm = parseNumber(values["llm-tpm"], "llm-tpm");
     const maxRuns = parseNumber(values["max-runs"], "max-runs");
+    const leaseMs = parseNumber(values["lease-ms"], "lease-ms");
+    const perTenant = parseNumber(values["max-runs-per-tenant"], "max-runs-per-tenant");
+    if (leaseMs !== undefined && leaseMs < 1000) throw new UsageError("--lease-ms must be at least 1000", "serve");
     const database = values.database ?? ctx.settings.database;
     if (database !== undefined && !/^postgres(ql)?:\/\//.test(database)) {
       throw new UsageError("--database must be a postgres:// URL", "serve");
@@ -98,6 +110,8 @@ Options:
       ...(values["sandbox-cidr"] ? { sandboxCidr: values["sandbox-cidr"] } : {}),
       ...(maxRuns !== undefined ? { maxConcurrentRuns: maxRuns } : {}),
       ...(values["internal-url"] ? { internalUrl: values["internal-url"] } : {}),
+      ...(leaseMs !== undefined ? { leaseMs } : {}),
+      ...(perTenant !== undefined ? { maxRunsPerTenant: perTenant } : {}),
       ...(values.blobs ? { blobs: values.blobs } : {}),
       ...(database ? { database } : {}),
       ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),

@@ -43,7 +43,7 @@ export interface EngineConfig {
   workerId: string;
   /** Root runs at once on this node. */
   maxConcurrent: number;
-  /** Root runs of one tenant at once, over every node (default maxConcurrent). */
+  /** Root runs of one tenant at once, over every node (default: no limit beyond the nodes'). */
   maxPerTenant?: number;
   /** Which SQL the store speaks (default sqlite). */
   dialect?: Dialect;
@@ -342,8 +342,8 @@ export class Engine {
     if (c.serial_key !== null && going.some((g) => g.serial_key === c.serial_key)) return true;
     if (c.root_run_id !== null) return false;
     const roots = going.filter((g) => g.root_run_id === null);
-    const perTenant = this.#config.maxPerTenant ?? this.#config.maxConcurrent;
-    if (roots.filter((g) => g.tenant_id === c.tenant_id).length >= perTenant) return true;
+    const perTenant = this.#config.maxPerTenant;
+    if (perTenant !== undefined && roots.filter((g) => g.tenant_id === c.tenant_id).length >= perTenant) return true;
     const limit = parseRunSpec(c.spec).max_concurrent_runs;
     return limit !== undefined && roots.filter((g) => g.agent_id === c.agent_id).length >= limit;
   }

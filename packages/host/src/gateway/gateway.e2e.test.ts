@@ -10,12 +10,12 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { BuiltinAgentEvent, isEvent, type RunEvent } from "@paddock/protocol";
+import { BuiltinAgentEvent, isEvent } from "@paddock/protocol";
 import { build } from "esbuild";
 import { artifactJson } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
-import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
+import { FLOOD_AGENT, floodResults, type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
 
 const OPENAI_KEY = `sk-${randomBytes(20).toString("hex")}`;
 const ANTHROPIC_KEY = `sk-ant-${randomBytes(20).toString("hex")}`;
@@ -90,34 +90,6 @@ for (const s of steps) {
 }
 writeFileSync("/outputs/result.json", JSON.stringify(out));
 `;
-
-/** Fires `count` calls at once with fetch; whatever happens to the run, the host's record tells. */
-const FLOOD_AGENT = `
-import { readFileSync } from "node:fs";
-const token = readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
-const { count } = JSON.parse(readFileSync(process.env.PADDOCK_INPUT, "utf8"));
-const once = () => fetch(process.env.PADDOCK_BRIDGE_URL + "/v1/chat/completions", {
-  method: "POST",
-  headers: { authorization: "Bearer " + token, "content-type": "application/json" },
-  body: JSON.stringify({ model: "gpt-test", max_tokens: 400, messages: [{ role: "user", content: "count to ten please" }] }),
-}).then(async (r) => [r.status, (await r.json()).error?.code ?? null]).catch((e) => [0, String(e)]);
-// Credits held by other calls in flight come back as those settle: wait and retry, as a client should.
-async function call() {
-  for (let i = 0; ; i++) {
-    const result = await once();
-    if (result[1] !== "credits_held" || i > 500) return result;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-const results = await Promise.all(Array.from({ length: count }, call));
-console.log(JSON.stringify(results));
-`;
-
-/** What FLOOD_AGENT printed: [status, error code] of each call. */
-function floodResults(events: RunEvent[]): [number, string | null][] {
-  const line = events.filter(isEvent("log")).find((e) => e.data.line.startsWith("[["))?.data.line ?? "[]";
-  return JSON.parse(line);
-}
 
 describe("LLM gateway", { skip: e2eSkip(hostSkipReason()) }, () => {
   let t: TestHost;

@@ -152,6 +152,11 @@ export class RunnerLayers {
     return found;
   }
 
+  /** The stored layer built here from this Node binary and bundle (their sha256) for this node's sandbox user, or null. */
+  findBuilt(node: string, bundle: string): Promise<RunnerLayer | null> {
+    return this.find({ node, bundle, uid: this.#sandbox.uid });
+  }
+
   /** The stored runner layer with this digest, or null when there is none (or it is incomplete). */
   async get(digest: string): Promise<RunnerLayer | null> {
     if (!isDigest(digest)) return null;

@@ -519,6 +519,16 @@ migrations["0011_session_node"] = {
   },
 };
 
+migrations["0012_runner_sources"] = {
+  // A runner's Node binary and bundle in the blob store, from which every node builds its own layer
+  // of it. Null for runners published before, which only their own node has.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema.alterTable("runners").addColumn("node_sha256", "text").execute();
+    await db.schema.alterTable("runners").addColumn("bundle_sha256", "text").execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** The advisory lock that lets one process at a time migrate a PostgreSQL store. */

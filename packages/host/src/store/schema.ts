@@ -111,6 +111,9 @@ export interface RunnersTable {
   created_at: number;
   /** The runner published last is current. */
   published_at: number | null;
+  /** The sha256 of its Node binary and of its bundle in the blob store, for nodes to build it from. */
+  node_sha256: string | null;
+  bundle_sha256: string | null;
 }
 
 export interface RunsTable {

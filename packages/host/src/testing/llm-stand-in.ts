@@ -8,6 +8,7 @@
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { isEvent, type RunEvent } from "@paddock/protocol";
 
 export interface SeenLlmRequest {
   path: string;
@@ -28,6 +29,39 @@ export interface LlmStandIn {
   /** What the stand-in reported for each answer it completed: model, input and output tokens. */
   usage: { model: string; input: number; output: number }[];
   close(): Promise<void>;
+}
+
+/**
+ * An agent (an ES module for the runner's node) that fires `count` chat completions at once
+ * through its bridge, after `delay_ms` (input; default 0); whatever happens to the run, the host's
+ * record tells. It prints [status, error code] of each call as one JSON line.
+ */
+export const FLOOD_AGENT = `
+import { readFileSync } from "node:fs";
+const token = readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
+const { count, delay_ms = 0 } = JSON.parse(readFileSync(process.env.PADDOCK_INPUT, "utf8"));
+const once = () => fetch(process.env.PADDOCK_BRIDGE_URL + "/v1/chat/completions", {
+  method: "POST",
+  headers: { authorization: "Bearer " + token, "content-type": "application/json" },
+  body: JSON.stringify({ model: "gpt-test", max_tokens: 400, messages: [{ role: "user", content: "count to ten please" }] }),
+}).then(async (r) => [r.status, (await r.json()).error?.code ?? null]).catch((e) => [0, String(e)]);
+// Credits held by other calls in flight come back as those settle: wait and retry, as a client should.
+async function call() {
+  for (let i = 0; ; i++) {
+    const result = await once();
+    if (result[1] !== "credits_held" || i > 500) return result;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+await new Promise((r) => setTimeout(r, delay_ms));
+const results = await Promise.all(Array.from({ length: count }, call));
+console.log(JSON.stringify(results));
+`;
+
+/** What FLOOD_AGENT printed: [status, error code] of each call. */
+export function floodResults(events: RunEvent[]): [number, string | null][] {
+  const line = events.filter(isEvent("log")).find((e) => e.data.line.startsWith("[["))?.data.line ?? "[]";
+  return JSON.parse(line);
 }
 
 const words = (s: string) => s.split(/\s+/).filter(Boolean);
