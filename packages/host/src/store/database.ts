@@ -98,8 +98,11 @@ export async function openDatabase(config: { dataDir: string; database?: string 
     throw new AppError("validation_failed", `--database must be a postgres:// URL, not ${redact(url)}.`);
   }
   const pool = new pg.Pool({ connectionString: url, types, max: 20, connectionTimeoutMillis: 10_000 });
-  // An idle client's error (the server restarting) must not crash the host; the next query reports it.
+  // A connection the server dropped (it stopped or restarted) must not crash the host: the pool
+  // reports it for an idle client, the client itself for one checked out between two statements
+  // of a transaction. The next statement on it fails and the pool discards it.
   pool.on("error", () => {});
+  pool.on("connect", (client) => client.on("error", () => {}));
   try {
     const client = await pool.connect();
     client.release();
