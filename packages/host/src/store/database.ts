@@ -78,7 +78,8 @@ function redact(url: string): string {
     if (u.password) u.password = "***";
     return u.toString();
   } catch {
-    return "(unparsable URL)";
+    // No host (a unix socket's folder given as ?host=): not a WHATWG URL, so by pattern.
+    return url.replace(/^([a-z]+:\/\/[^:@/]*):[^@/]*@/i, "$1:***@");
   }
 }
 
@@ -103,17 +104,25 @@ export async function openDatabase(config: { dataDir: string; database?: string 
   // of a transaction. The next statement on it fails and the pool discards it.
   pool.on("error", () => {});
   pool.on("connect", (client) => client.on("error", () => {}));
+  // A connection that cannot be made is database_unavailable, at start and whenever the server is gone.
+  const connect = () =>
+    pool.connect().catch((err: unknown) => {
+      throw new AppError(
+        "database_unavailable",
+        `Cannot connect to the database at ${redact(url)}: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    });
   try {
-    const client = await pool.connect();
-    client.release();
+    (await connect()).release();
   } catch (err) {
     await pool.end().catch(() => {});
-    throw new AppError(
-      "database_unavailable",
-      `Cannot connect to the database at ${redact(url)}: ${err instanceof Error ? err.message : String(err)}`,
-    );
+    throw err;
   }
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  const db = new Kysely<Database>({
+    dialect: new PostgresDialect({
+      pool: { Client: pg.Client, options: pool.options, connect, end: () => pool.end() },
+    }),
+  });
   const hints = new PostgresHints({ connectionString: url, pool });
   const dedicated = dedicatedConnection(url);
   return {
