@@ -2,7 +2,7 @@
  * Opening the store: an unreachable PostgreSQL is refused with its code; several hosts migrating
  * one PostgreSQL at once take turns; bigint columns read back as numbers; hints survive the
  * listening connection being cut; a connection cut inside a transaction fails that transaction
- * without taking the process down.
+ * (the database being unavailable) without taking the process down.
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -13,6 +13,7 @@ import { waitFor } from "../testing/wait.ts";
 import { openDatabase } from "./database.ts";
 import { HINT } from "./hints.ts";
 import { migrate } from "./migrations.ts";
+import { isDatabaseUnavailable } from "./unavailable.ts";
 
 test("a PostgreSQL that cannot be reached is database_unavailable", async () => {
   await assert.rejects(
@@ -79,6 +80,7 @@ forEachStore((store) =>
             );
             await sql`select 1`.execute(trx);
           }),
+          (err: unknown) => isDatabaseUnavailable(err),
         );
         const { rows } = await sql<{ one: number }>`select 1 as one`.execute(db);
         assert.equal(rows[0]?.one, 1);
