@@ -134,8 +134,13 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
             node: z.string(),
             /** The node claims no new runs (see POST /v1/nodes/{id}/drain); known within a second of the drain. */
             draining: z.boolean(),
+            /**
+             * Whether the node reached its database at its last try (heartbeat or claim). While it
+             * cannot, the node claims nothing and routes that need the store answer 503 database_unavailable.
+             */
+            database: z.enum(["ok", "unavailable"]),
           }),
-          "The host is up",
+          "The host is up (it answers even while its database cannot be reached)",
         ),
       },
     },
@@ -146,6 +151,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
           version: deps.version,
           node: deps.nodeId,
           draining: deps.engine.draining,
+          database: deps.engine.databaseReachable ? ("ok" as const) : ("unavailable" as const),
         },
         200,
       ),

@@ -9,6 +9,7 @@ import type { Context, MiddlewareHandler } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
 import type { Identity, Principal } from "../identity/identity.ts";
+import { isDatabaseUnavailable } from "../store/unavailable.ts";
 
 const DEFAULT_BODY_LIMIT = 1024 * 1024;
 
@@ -117,11 +118,14 @@ async function readJson<T extends z.ZodType>(
 }
 
 /**
- * The API's one error serializer: an AppError answers with its code's status and wire shape;
- * anything else is logged and answers `internal`, telling the caller nothing more.
+ * The API's one error serializer: a database that cannot be reached answers
+ * `database_unavailable` with nothing about where it is (the engine logs the outage); an AppError
+ * answers with its code's status and wire shape; anything else is logged and answers `internal`,
+ * telling the caller nothing more.
  */
 export function errorResponse(c: Context, err: unknown, log: (msg: string) => void): Response {
-  if (err instanceof AppError) return c.json(err.toBody(), err.status as ContentfulStatusCode);
+  const known = isDatabaseUnavailable(err) ? new AppError("database_unavailable") : err;
+  if (known instanceof AppError) return c.json(known.toBody(), known.status as ContentfulStatusCode);
   log(`api: ${c.req.method} ${c.req.path}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
   return c.json(new AppError("internal").toBody(), ERROR_CODES.internal.status);
 }

@@ -5,7 +5,9 @@
  * leases with the node's heartbeat, and recovers runs whose lease lapsed (on start, those and the
  * ones an earlier start of this node left). `(run, attempt)` on this node is the fencing token of
  * every write an attempt makes: once another node has recovered a run, the old attempt's writes
- * are refused and its sandbox is killed.
+ * are refused and its sandbox is killed. A node cut off from its database claims nothing, stops its
+ * attempts before their leases lapse (it can no longer fence them), and resumes once a heartbeat
+ * gets through again; the runs it stopped are then recovered as lost, by the first node to look.
  */
 import {
   type AgentSpec,
@@ -25,6 +27,7 @@ import { isLeaseLost } from "../store/fence.ts";
 import { type Dialect, dbNow, lockNames } from "../store/portable.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { parseRunSpec } from "../store/stored.ts";
+import { isDatabaseUnavailable, StoreFailures } from "../store/unavailable.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
 import { type RunRepository, terminalEvent } from "./runs.ts";
 import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
@@ -86,8 +89,12 @@ export class Engine {
   #leaseTimer: NodeJS.Timeout | null = null;
   #cancelTimer: NodeJS.Timeout | null = null;
   #cancelPolling = false;
-  /** When this node's leases were last renewed (its own clock: only the time since matters). */
+  /** When the last heartbeat that renewed this node's leases was sent (its own clock: only the time since matters). */
   #renewedAt = Date.now();
+  /** The heartbeat in flight: one at a time, however long the store takes to answer. */
+  #beating: Promise<boolean> | null = null;
+  /** Whether the database can be reached; while it cannot, the node claims nothing. */
+  readonly #store: StoreFailures;
   #draining = false;
   readonly #warm: WarmPool;
   #timer: NodeJS.Timeout | null = null;
@@ -103,13 +110,20 @@ export class Engine {
     this.#deps = deps;
     this.#config = config;
     this.#warm = new WarmPool(deps.driver, config.warm, deps.log);
+    this.#store = new StoreFailures(
+      deps.log,
+      "engine",
+      "; claiming no runs until it can, and stopping this node's attempts before their leases lapse",
+    );
   }
 
   start(): void {
     this.#timer = setInterval(() => this.notify(), this.#config.pollMs);
     this.#timer.unref();
     this.#leaseTimer = setInterval(() => {
-      this.#renewLeases().catch((err: unknown) => this.#deps.log(`engine: renewing leases failed: ${String(err)}`));
+      // A heartbeat still waiting on the store counts as one that failed.
+      if (this.#beating) this.#stopUnrenewable();
+      else void this.#heartbeat();
     }, this.#leaseMs / 3);
     this.#leaseTimer.unref();
     // The heartbeat reports cancels too; between slow heartbeats a light poll keeps that within a second.
@@ -123,12 +137,12 @@ export class Engine {
 
   /** Stops, as canceled, this node's attempts whose cancel was asked for through another node. */
   #pollCancels(): void {
-    if (this.#cancelPolling || this.#active.size === 0) return;
+    if (this.#cancelPolling || this.#active.size === 0 || this.#store.unreachable) return;
     this.#cancelPolling = true;
     this.#runs
       .cancelRequested(this.#config.workerId, [...this.#active.keys()])
       .then((ids) => this.#stopCanceled(ids))
-      .catch((err: unknown) => this.#deps.log(`engine: looking for cancels failed: ${String(err)}`))
+      .catch((err: unknown) => this.#store.failed("looking for cancels", err))
       .finally(() => {
         this.#cancelPolling = false;
       });
@@ -146,28 +160,55 @@ export class Engine {
     return this.#config.dialect ?? "sqlite";
   }
 
+  /** One heartbeat (or the one in flight); false when it failed. */
+  #heartbeat(): Promise<boolean> {
+    this.#beating ??= this.#renewLeases()
+      .then(
+        () => true,
+        (err: unknown) => {
+          this.#stopUnrenewable();
+          this.#store.failed("renewing leases", err);
+          return false;
+        },
+      )
+      .finally(() => {
+        this.#beating = null;
+      });
+    return this.#beating;
+  }
+
   /**
    * This node's heartbeat, which renews every lease it holds in one statement: a node that stops
    * renewing loses its runs to recovery. An attempt whose lease was not renewed (another node
-   * recovered its run) is stopped; when the store cannot be reached for as long as a lease, every
-   * attempt is, since none of them can be fenced any more.
+   * recovered its run) is stopped. The first heartbeat to get through after the database could
+   * not be reached says so, and claiming starts again.
    */
   async #renewLeases(): Promise<void> {
     const held = [...this.#active].map(([runId, a]) => ({ runId, attempt: a.attempt.fence.attempt }));
-    let beat: Awaited<ReturnType<Nodes["heartbeat"]>>;
-    try {
-      beat = await this.#deps.nodes.heartbeat(this.#config.workerId, held, this.#leaseMs);
-    } catch (err) {
-      if (Date.now() - this.#renewedAt >= this.#leaseMs) {
-        for (const { attempt } of this.#active.values()) attempt.leaseLost();
-      }
-      throw err;
-    }
-    this.#renewedAt = Date.now();
+    const sentAt = Date.now();
+    const beat = await this.#deps.nodes.heartbeat(this.#config.workerId, held, this.#leaseMs);
+    this.#renewedAt = sentAt;
     for (const { runId } of held) {
       if (!beat.renewed.has(runId)) this.#active.get(runId)?.attempt.leaseLost();
     }
     this.#stopCanceled(beat.canceled);
+    if (this.#store.succeeded()) this.notify();
+  }
+
+  /**
+   * After a heartbeat failed: when the leases would lapse before the next one could renew them
+   * (half a lease has gone by unrenewed; heartbeats come every third), every attempt is stopped.
+   * None of them can be fenced any more, and another node may recover their runs once the
+   * leases lapse: an attempt must not outlive its lease.
+   */
+  #stopUnrenewable(): void {
+    if (Date.now() - this.#renewedAt < this.#leaseMs / 2) return;
+    for (const { attempt } of this.#active.values()) attempt.leaseLost();
+  }
+
+  /** Whether this node's database could be reached when it last tried. */
+  get databaseReachable(): boolean {
+    return !this.#store.unreachable;
   }
 
   /** Whether this node drains, as its last look for work found (without asking the store). */
@@ -187,7 +228,7 @@ export class Engine {
       return;
     }
     this.#pumping = this.#pump()
-      .catch((err: unknown) => this.#deps.log(`engine: claiming runs failed: ${String(err)}`))
+      .catch((err: unknown) => this.#store.failed("claiming runs", err))
       .finally(() => {
         this.#pumping = null;
         if (this.#again) {
@@ -253,6 +294,8 @@ export class Engine {
   }
 
   async #pump(): Promise<void> {
+    // Out of reach of the database, the node claims nothing until a heartbeat gets through.
+    if (this.#store.unreachable && !(await this.#heartbeat())) return;
     await this.#expire();
     await this.#recoverExpiredLeases();
     // A draining node claims nothing; its runs going finish.
@@ -265,7 +308,7 @@ export class Engine {
       const next = await this.#next();
       if (!next) return;
       const run = await this.#claim(next).catch((err: unknown) => {
-        this.#deps.log(`engine: claiming run ${next.id} failed: ${String(err)}`);
+        this.#store.failed(`claiming run ${next.id}`, err);
         return null;
       });
       if (!run) {
@@ -454,7 +497,13 @@ export class Engine {
       input: run.input,
     });
     const done = this.#execute(run, attempt, spec)
-      .catch((err: unknown) => this.#deps.log(`run ${run.id}: engine error: ${String(err)}`))
+      .catch((err: unknown) =>
+        this.#deps.log(
+          isDatabaseUnavailable(err)
+            ? `run ${run.id}: attempt ${run.attempt} ended, but the database cannot be reached to record it; the run is recovered once its lease lapses`
+            : `run ${run.id}: engine error: ${String(err)}`,
+        ),
+      )
       .finally(() => {
         this.#active.delete(run.id);
         this.notify();

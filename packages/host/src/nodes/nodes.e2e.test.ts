@@ -4,27 +4,17 @@
  * recorded) and its sandbox killed within its lease.
  */
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { sql } from "kysely";
 import { openSqlite } from "../store/sqlite.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runEvents, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
+import { sandboxesUnder } from "../testing/processes.ts";
 import { waitFor } from "../testing/wait.ts";
 
 const skip = e2eSkip(hostSkipReason());
 const LEASE_MS = 3000;
-
-/** Names of the sandboxes mounted under runDir. */
-function sandboxesUnder(runDir: string): string[] {
-  const names = new Set<string>();
-  for (const line of readFileSync("/proc/mounts", "utf8").split("\n")) {
-    const point = line.split(" ")[1] ?? "";
-    if (point.startsWith(`${runDir}/`)) names.add(point.slice(runDir.length + 1).split("/")[0] ?? "");
-  }
-  return [...names];
-}
 
 describe("nodes end to end", { skip }, () => {
   let t: TestHost;

@@ -199,7 +199,7 @@ describe("a node's engine, fence and recovery", () => {
     assert.equal(h.driver.refused, 0, "no sandbox was asked for");
     assert.deepEqual(await api("GET", "/v1/health"), {
       status: 200,
-      body: { ok: true, version: "0.1.0", node: id, draining: true },
+      body: { ok: true, version: "0.1.0", node: id, draining: true, database: "ok" },
     });
     const listed = (await api("GET", "/v1/nodes")).body.data;
     assert.deepEqual(

@@ -1,7 +1,8 @@
 /**
  * Opening the store: an unreachable PostgreSQL is refused with its code; several hosts migrating
  * one PostgreSQL at once take turns; bigint columns read back as numbers; hints survive the
- * listening connection being cut.
+ * listening connection being cut; a connection cut inside a transaction fails that transaction
+ * (the database being unavailable) without taking the process down.
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -12,6 +13,7 @@ import { waitFor } from "../testing/wait.ts";
 import { openDatabase } from "./database.ts";
 import { HINT } from "./hints.ts";
 import { migrate } from "./migrations.ts";
+import { isDatabaseUnavailable } from "./unavailable.ts";
 
 test("a PostgreSQL that cannot be reached is database_unavailable", async () => {
   await assert.rejects(
@@ -58,6 +60,32 @@ forEachStore((store) =>
       } finally {
         for (const o of others) await o.close();
         await first.close();
+      }
+    });
+
+    test("a connection cut between two statements of a transaction fails it, and the store serves on", {
+      skip: store.name === "sqlite" && "SQLite has no connection to lose",
+    }, async () => {
+      const { db, close } = await store.open();
+      try {
+        await assert.rejects(
+          db.transaction().execute(async (trx) => {
+            const { rows } = await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(trx);
+            const pid = rows[0]?.pid;
+            // Cut from another connection; the server's goodbye reaches the idle, checked-out client.
+            await sql`select pg_terminate_backend(${pid})`.execute(db);
+            await waitFor(
+              async () => (await sql`select 1 from pg_stat_activity where pid = ${pid}`.execute(db)).rows.length === 0,
+              { what: "the session to end" },
+            );
+            await sql`select 1`.execute(trx);
+          }),
+          (err: unknown) => isDatabaseUnavailable(err),
+        );
+        const { rows } = await sql<{ one: number }>`select 1 as one`.execute(db);
+        assert.equal(rows[0]?.one, 1);
+      } finally {
+        await close();
       }
     });
 

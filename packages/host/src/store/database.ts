@@ -78,7 +78,8 @@ function redact(url: string): string {
     if (u.password) u.password = "***";
     return u.toString();
   } catch {
-    return "(unparsable URL)";
+    // No host (a unix socket's folder given as ?host=): not a WHATWG URL, so by pattern.
+    return url.replace(/^([a-z]+:\/\/[^:@/]*):[^@/]*@/i, "$1:***@");
   }
 }
 
@@ -98,19 +99,30 @@ export async function openDatabase(config: { dataDir: string; database?: string 
     throw new AppError("validation_failed", `--database must be a postgres:// URL, not ${redact(url)}.`);
   }
   const pool = new pg.Pool({ connectionString: url, types, max: 20, connectionTimeoutMillis: 10_000 });
-  // An idle client's error (the server restarting) must not crash the host; the next query reports it.
+  // A connection the server dropped (it stopped or restarted) must not crash the host: the pool
+  // reports it for an idle client, the client itself for one checked out between two statements
+  // of a transaction. The next statement on it fails and the pool discards it.
   pool.on("error", () => {});
+  pool.on("connect", (client) => client.on("error", () => {}));
+  // A connection that cannot be made is database_unavailable, at start and whenever the server is gone.
+  const connect = () =>
+    pool.connect().catch((err: unknown) => {
+      throw new AppError(
+        "database_unavailable",
+        `Cannot connect to the database at ${redact(url)}: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    });
   try {
-    const client = await pool.connect();
-    client.release();
+    (await connect()).release();
   } catch (err) {
     await pool.end().catch(() => {});
-    throw new AppError(
-      "database_unavailable",
-      `Cannot connect to the database at ${redact(url)}: ${err instanceof Error ? err.message : String(err)}`,
-    );
+    throw err;
   }
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  const db = new Kysely<Database>({
+    dialect: new PostgresDialect({
+      pool: { Client: pg.Client, options: pool.options, connect, end: () => pool.end() },
+    }),
+  });
   const hints = new PostgresHints({ connectionString: url, pool });
   const dedicated = dedicatedConnection(url);
   return {

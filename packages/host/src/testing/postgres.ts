@@ -1,8 +1,9 @@
 /**
  * A private PostgreSQL server for tests, from Debian's postgresql-15 binaries: `initdb` into a new
  * temp folder (as the `postgres` system user: initdb refuses root), listening only on a unix
- * socket in that folder, fsync off. `stop()` stops it and removes the folder; so does the process
- * exiting or being signalled, so a failing test leaves no server behind.
+ * socket in that folder, fsync off. `pause()` and `resume()` stop the server and start it again
+ * on the same folder (a database outage); `stop()` stops it and removes the folder; so does the
+ * process exiting or being signalled, so a failing test leaves no server behind.
  */
 import { execFileSync } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -17,6 +18,10 @@ export interface TestPostgres {
   url(name?: string): string;
   /** Creates an empty database and returns its URL. */
   createDatabase(name: string): Promise<string>;
+  /** Stops the server (fast shutdown: its sessions are ended); the folder and the data stay. */
+  pause(): void;
+  /** Starts the paused server again on the same folder and socket. */
+  resume(): void;
   stop(): void;
 }
 
@@ -75,17 +80,18 @@ export function startPostgres(): TestPostgres {
   process.on("exit", stop);
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
+  const options = [
+    "-c listen_addresses=''",
+    `-c unix_socket_directories='${dir}'`,
+    "-c fsync=off",
+    "-c synchronous_commit=off",
+    "-c full_page_writes=off",
+    "-c max_connections=300",
+  ].join(" ");
+  const start = () => asPostgres("pg_ctl", ["-D", data, "-l", join(dir, "server.log"), "-o", options, "-w", "start"]);
   try {
     asPostgres("initdb", ["-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]);
-    const options = [
-      "-c listen_addresses=''",
-      `-c unix_socket_directories='${dir}'`,
-      "-c fsync=off",
-      "-c synchronous_commit=off",
-      "-c full_page_writes=off",
-      "-c max_connections=300",
-    ].join(" ");
-    asPostgres("pg_ctl", ["-D", data, "-l", join(dir, "server.log"), "-o", options, "-w", "start"]);
+    start();
   } catch (err) {
     const log = existsSync(join(dir, "server.log")) ? readFileSync(join(dir, "server.log"), "utf8") : "";
     stop();
@@ -104,6 +110,8 @@ export function startPostgres(): TestPostgres {
       }
       return url(name);
     },
+    pause: () => asPostgres("pg_ctl", ["-D", data, "-m", "fast", "-w", "stop"]),
+    resume: start,
     stop,
   };
 }

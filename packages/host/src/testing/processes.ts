@@ -1,4 +1,5 @@
-/** What tests learn about live processes from /proc (Linux). */
+/** What tests learn about live processes and sandboxes from /proc (Linux). */
+import { readFileSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 
 export interface ProcessInfo {
@@ -34,4 +35,14 @@ export async function descendants(root: number): Promise<ProcessInfo[]> {
     queue.push(...(parents.get(pid) ?? []));
   }
   return found;
+}
+
+/** Names of the sandboxes mounted under a host's run folder. */
+export function sandboxesUnder(runDir: string): string[] {
+  const names = new Set<string>();
+  for (const line of readFileSync("/proc/mounts", "utf8").split("\n")) {
+    const point = line.split(" ")[1] ?? "";
+    if (point.startsWith(`${runDir}/`)) names.add(point.slice(runDir.length + 1).split("/")[0] ?? "");
+  }
+  return [...names];
 }

@@ -25,6 +25,7 @@ import type { Leader } from "../nodes/leader.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, SchedulesTable } from "../store/schema.ts";
 import { isoTime } from "../store/stored.ts";
+import { StoreFailures } from "../store/unavailable.ts";
 
 /** How late a tick may be and still run a slot whose schedule has no catch-up window. */
 const ON_TIME_GRACE_MS = 60_000;
@@ -88,9 +89,11 @@ export class Scheduler {
   #ticking: Promise<void> | null = null;
   #everyMs = 0;
   #stopped = false;
+  readonly #store: StoreFailures;
 
   constructor(deps: SchedulerDeps) {
     this.#deps = deps;
+    this.#store = new StoreFailures(deps.log, "scheduler");
   }
 
   /**
@@ -115,11 +118,12 @@ export class Scheduler {
         .then(() => this.#earliest())
         .then((next) => {
           this.#ticking = null;
+          this.#store.succeeded();
           this.#arm(next === null ? this.#everyMs : Math.min(this.#everyMs, Math.max(0, next - Date.now())));
         })
         .catch((err: unknown) => {
           this.#ticking = null;
-          this.#deps.log(`scheduler: ${err instanceof Error ? err.message : String(err)}`);
+          this.#store.failed("ticking", err);
           this.#arm(this.#everyMs);
         });
     }, delayMs);
