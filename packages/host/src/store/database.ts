@@ -71,6 +71,9 @@ const types: pg.CustomTypesConfig = {
       : pg.types.getTypeParser(oid, format)) as pg.CustomTypesConfig["getTypeParser"],
 };
 
+/** Connections a process's PostgreSQL pool holds at most. */
+export const POOL_SIZE = 20;
+
 /** The URL without its password, for messages. */
 function redact(url: string): string {
   try {
@@ -97,7 +100,7 @@ export async function openDatabase(config: { dataDir: string; database?: string 
   if (!/^postgres(ql)?:\/\//.test(url)) {
     throw new AppError("validation_failed", `--database must be a postgres:// URL, not ${redact(url)}.`);
   }
-  const pool = new pg.Pool({ connectionString: url, types, max: 20, connectionTimeoutMillis: 10_000 });
+  const pool = new pg.Pool({ connectionString: url, types, max: POOL_SIZE, connectionTimeoutMillis: 10_000 });
   // An idle client's error (the server restarting) must not crash the host; the next query reports it.
   pool.on("error", () => {});
   try {
