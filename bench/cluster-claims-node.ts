@@ -11,6 +11,7 @@
 import { EventEmitter } from "node:events";
 import { createInterface } from "node:readline";
 import { Logger, run, type WorkerEvents } from "graphile-worker";
+import pg from "pg";
 import { Claims } from "../packages/host/src/engine/claims.ts";
 import { RunRepository } from "../packages/host/src/engine/runs.ts";
 import { openDatabase, POOL_SIZE } from "../packages/host/src/store/database.ts";
@@ -111,12 +112,15 @@ if (config.kind === "paddock") {
 } else {
   const events: WorkerEvents = new EventEmitter();
   events.on("job:success", ({ job }) => finished(job.id));
+  // The same pool a Paddock node's store holds, connected before the go as a node's is.
+  const pool = new pg.Pool({ connectionString: config.url, max: POOL_SIZE });
+  pool.on("error", () => {});
+  pool.on("connect", (client) => client.on("error", () => {}));
+  (await pool.connect()).release();
   say({ t: "ready" });
   await next();
   const runner = await run({
-    connectionString: config.url,
-    // The same pool a Paddock node's store holds.
-    maxPoolSize: POOL_SIZE,
+    pgPool: pool,
     concurrency: config.concurrency,
     noHandleSignals: true,
     logger: new Logger(() => () => {}),
@@ -125,6 +129,7 @@ if (config.kind === "paddock") {
   });
   await next();
   await runner.stop();
+  await pool.end();
 }
 say({ t: "executed", ids: executed });
 lines.close();

@@ -118,7 +118,7 @@ export async function claimsBench(opts: ClaimsBenchOptions): Promise<ClaimsResul
           url: graphileUrl,
           concurrency,
         }));
-        const jobs = await race(workers, opts.runs, () => jobsLeft(graphileUrl));
+        const jobs = await withClient(graphileUrl, (client) => race(workers, opts.runs, () => jobsLeft(client)));
         graphileDuplicates += executedTwice(jobs.executed).size;
         perS.graphile.set(nodes, rate(opts.runs, jobs.ms));
         opts.progress?.(
@@ -140,7 +140,7 @@ export async function claimsBench(opts: ClaimsBenchOptions): Promise<ClaimsResul
           "server (fsync off); a node runs the engine's claim, start and finish with their events and boots no " +
           "sandbox; it leaves out what the engine does beside them (expiring and recovering runs, leases' renewal); " +
           "one tenant, its limit raised to the nodes' total concurrency; times from the go to the last run " +
-          "finished (graphile-worker: to its jobs table empty)",
+          "finished (graphile-worker: to its jobs table empty; its run() starts at the go, its pool connected before)",
       };
     } finally {
       await paddock.close();
@@ -293,10 +293,8 @@ async function addNoopJobs(url: string, n: number): Promise<void> {
 }
 
 /** Whether graphile-worker's jobs table still holds jobs (a completion commits after its job:success). */
-async function jobsLeft(url: string): Promise<boolean> {
-  const { rows } = await withClient(url, (client) =>
-    client.query<{ n: string }>("SELECT count(*) AS n FROM graphile_worker.jobs"),
-  );
+async function jobsLeft(client: pg.Client): Promise<boolean> {
+  const { rows } = await client.query<{ n: string }>("SELECT count(*) AS n FROM graphile_worker.jobs");
   return Number(rows[0]?.n) > 0;
 }
 
