@@ -81,8 +81,8 @@ export async function claimsBench(opts: ClaimsBenchOptions): Promise<ClaimsResul
   const server = opts.postgresUrl ? sharedServer(opts.postgresUrl) : privateServer();
   try {
     const tag = `${process.pid}_${Date.now()}`;
-    const paddock = await paddockQueue(await server.createDatabase(`paddock_claims_${tag}`));
     const graphileUrl = await server.createDatabase(`graphile_claims_${tag}`);
+    const paddock = await paddockQueue(await server.createDatabase(`paddock_claims_${tag}`));
     try {
       const perS = { paddock: new Map<number, number>(), graphile: new Map<number, number>() };
       let succeeded = 0;
@@ -137,7 +137,8 @@ export async function claimsBench(opts: ClaimsBenchOptions): Promise<ClaimsResul
         graphile_worker_duplicate_executions: graphileDuplicates,
         notes:
           "nodes and graphile-worker processes are separate processes with a pool of their own on one PostgreSQL " +
-          "server (fsync off); a node runs the engine's claim, start and finish with their events and boots no " +
+          `server (${opts.postgresUrl ? "the one given" : "a private one, fsync off"}); ` +
+          "a node runs the engine's claim, start and finish with their events and boots no " +
           "sandbox; it leaves out what the engine does beside them (expiring and recovering runs, leases' renewal); " +
           "one tenant, its limit raised to the nodes' total concurrency; times from the go to the last run " +
           "finished (graphile-worker: to its jobs table empty; its run() starts at the go, its pool connected before)",
