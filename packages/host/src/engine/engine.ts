@@ -9,26 +9,20 @@
  * attempts before their leases lapse (it can no longer fence them), and resumes once a heartbeat
  * gets through again; the runs it stopped are then recovered as lost, by the first node to look.
  */
-import {
-  type AgentSpec,
-  AppError,
-  type RetryPolicy,
-  type RetryReason,
-  type RunEventData,
-  type RunStatus,
-  TERMINAL_STATUSES,
-} from "@paddock/protocol";
+import { type AgentSpec, AppError, TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { CurrentRunner } from "../images/runner-registry.ts";
 import type { Nodes } from "../nodes/nodes.ts";
-import type { Db, EventLog, NewEvent } from "../store/event-log.ts";
+import type { EventLog, NewEvent } from "../store/event-log.ts";
 import { isLeaseLost } from "../store/fence.ts";
-import { type Dialect, dbNow, lockNames } from "../store/portable.ts";
+import { type Dialect, dbNow } from "../store/portable.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { parseRunSpec } from "../store/stored.ts";
 import { isDatabaseUnavailable, StoreFailures } from "../store/unavailable.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
+import { ACTIVE, Claims } from "./claims.ts";
+import { retryDecision } from "./retry.ts";
 import { type RunRepository, terminalEvent } from "./runs.ts";
 import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
 
@@ -62,12 +56,6 @@ export interface EngineConfig {
   warm: WarmPoolConfig;
 }
 
-const ACTIVE: RunStatus[] = ["starting", "running"];
-
-/** What the limits look at of a run going (on any node) or a queued candidate. */
-type LimitedRun = Pick<RunsTable, "tenant_id" | "agent_id" | "serial_key" | "root_run_id">;
-type Candidate = LimitedRun & Pick<RunsTable, "id" | "spec">;
-
 export class Engine {
   readonly #db: Kysely<Database>;
   readonly #runs: RunRepository;
@@ -75,6 +63,8 @@ export class Engine {
   readonly #deps: EngineDeps;
   readonly #config: EngineConfig;
   readonly #snapshots: Snapshots;
+  /** Which run comes next, claiming it, starting and finishing it: the store's side of each run. */
+  readonly #claims: Claims;
   readonly #active = new Map<
     string,
     {
@@ -84,8 +74,6 @@ export class Engine {
       child: boolean;
     }
   >();
-  /** The tenant served last, so that the next claim starts after it (round robin). */
-  #lastTenant = "";
   #leaseTimer: NodeJS.Timeout | null = null;
   #cancelTimer: NodeJS.Timeout | null = null;
   #cancelPolling = false;
@@ -115,6 +103,13 @@ export class Engine {
       "engine",
       "; claiming no runs until it can, and stopping this node's attempts before their leases lapse",
     );
+    this.#claims = new Claims(deps, {
+      workerId: config.workerId,
+      maxConcurrent: config.maxConcurrent,
+      ...(config.maxPerTenant !== undefined ? { maxPerTenant: config.maxPerTenant } : {}),
+      dialect: this.#dialect,
+      leaseMs: this.#leaseMs,
+    });
   }
 
   start(): void {
@@ -305,9 +300,10 @@ export class Engine {
     // Child runs may go past the host's limit (their parents wait on them: holding them back could
     // deadlock a tree), up to a hard ceiling.
     while (!this.#closed && this.#active.size < this.#config.maxConcurrent * 4 && misses < 8) {
-      const next = await this.#next();
+      const rootsFull = [...this.#active.values()].filter((a) => !a.child).length >= this.#config.maxConcurrent;
+      const next = await this.#claims.next(rootsFull);
       if (!next) return;
-      const run = await this.#claim(next).catch((err: unknown) => {
+      const run = await this.#claims.claim(next).catch((err: unknown) => {
         this.#store.failed(`claiming run ${next.id}`, err);
         return null;
       });
@@ -319,87 +315,10 @@ export class Engine {
     }
   }
 
-  /**
-   * The next run to start: tenants take turns (round robin from the one after the tenant served
-   * last), each offering its oldest run that is due and whose agent and tenant are under their
-   * limits, so one tenant's flood never starves another's schedule. The limits count runs going
-   * on every node; the claim counts them again, under lock, before it takes the run.
-   */
-  async #next(): Promise<Candidate | null> {
-    const now = Date.now();
-    const tenants = (
-      await this.queued()
-        .select("tenant_id")
-        .distinct()
-        .where((eb) => eb.or([eb("not_before", "is", null), eb("not_before", "<=", now)]))
-        .orderBy("tenant_id")
-        .execute()
-    ).map((r) => r.tenant_id);
-    if (tenants.length === 0) return null;
-    const start = tenants.findIndex((t) => t > this.#lastTenant);
-    const order = start < 0 ? tenants : [...tenants.slice(start), ...tenants.slice(0, start)];
-    const going = await this.#going(this.#db);
-    const rootsFull = [...this.#active.values()].filter((a) => !a.child).length >= this.#config.maxConcurrent;
-    for (const tenant of order) {
-      const candidates = await this.queued()
-        .select(["id", "tenant_id", "agent_id", "spec", "serial_key", "root_run_id"])
-        .where("tenant_id", "=", tenant)
-        .where((eb) => eb.or([eb("not_before", "is", null), eb("not_before", "<=", now)]))
-        .orderBy("id")
-        .limit(64)
-        .execute();
-      for (const c of candidates) {
-        if (c.root_run_id === null && rootsFull) continue;
-        if (this.#blocked(c, going)) continue;
-        this.#lastTenant = tenant;
-        return c;
-      }
-    }
-    return null;
-  }
-
-  /** Runs going on any node (those of `c`'s tenant, agent or serial key when given). */
-  async #going(db: Db, c?: Candidate): Promise<LimitedRun[]> {
-    return db
-      .selectFrom("runs")
-      .select(["tenant_id", "agent_id", "serial_key", "root_run_id"])
-      .where("status", "in", ACTIVE)
-      .$if(c !== undefined, (q) =>
-        q.where((eb) =>
-          eb.or([
-            eb("tenant_id", "=", c?.tenant_id ?? ""),
-            eb("agent_id", "=", c?.agent_id ?? ""),
-            ...(c?.serial_key ? [eb("serial_key", "=", c.serial_key)] : []),
-          ]),
-        ),
-      )
-      .execute();
-  }
-
-  /**
-   * Whether a limit holds `c` back, given the runs going: its serial key is taken, or (for a root
-   * run; a child run is not held back by the limits its root already passed) its tenant or agent
-   * is at its limit.
-   */
-  #blocked(c: Candidate, going: LimitedRun[]): boolean {
-    if (c.serial_key !== null && going.some((g) => g.serial_key === c.serial_key)) return true;
-    if (c.root_run_id !== null) return false;
-    const roots = going.filter((g) => g.root_run_id === null);
-    const perTenant = this.#config.maxPerTenant;
-    if (perTenant !== undefined && roots.filter((g) => g.tenant_id === c.tenant_id).length >= perTenant) return true;
-    const limit = parseRunSpec(c.spec).max_concurrent_runs;
-    return limit !== undefined && roots.filter((g) => g.agent_id === c.agent_id).length >= limit;
-  }
-
-  /** Queued runs (a builder to narrow). */
-  queued() {
-    return this.#db.selectFrom("runs").where("status", "=", "queued");
-  }
-
   /** Queued runs past their queue time-to-live end as failed, reason `expired`. */
   async #expire(): Promise<void> {
     const now = Date.now();
-    const stale = await this.queued().select(["id", "created_at"]).where("expires_at", "<=", now).execute();
+    const stale = await this.#claims.queued().select(["id", "created_at"]).where("expires_at", "<=", now).execute();
     for (const run of stale) {
       await this.#runs.transition(run.id, ["queued"], "failed", { reason: "expired", finished_at: now }, [
         { type: "run.expired", data: { waited_ms: now - Number(run.created_at) } },
@@ -422,65 +341,6 @@ export class Engine {
       .execute();
     const others = lapsed.filter((r) => !this.#active.has(r.id));
     if (others.length > 0) await this.#recover(others, "lease expired");
-  }
-
-  /**
-   * queued → starting on this node, creating attempt N, atomically; null if another node won or
-   * the limits, counted again in the claim's transaction under locks on the candidate's tenant,
-   * agent and serial key, hold it back now. On PostgreSQL the row is taken FOR UPDATE SKIP
-   * LOCKED, so nodes claiming at once pass over each other's candidates instead of queueing.
-   */
-  async #claim(c: Candidate): Promise<RunsTable | null> {
-    const now = Date.now();
-    const node = this.#config.workerId;
-    const rows = await this.#db.transaction().execute(async (trx) => {
-      let pick = trx.selectFrom("runs").select("id").where("id", "=", c.id).where("status", "=", "queued");
-      if (this.#dialect === "postgres") pick = pick.forUpdate().skipLocked();
-      if (!(await pick.executeTakeFirst())) return null;
-      await lockNames(trx, this.#dialect, [
-        `paddock:tenant:${c.tenant_id}`,
-        `paddock:agent:${c.agent_id}`,
-        ...(c.serial_key ? [`paddock:serial:${c.serial_key}`] : []),
-      ]);
-      if (this.#blocked(c, await this.#going(trx, c))) return null;
-      const res = await trx
-        .updateTable("runs")
-        .set((eb) => ({
-          status: "starting",
-          attempt: eb("attempt", "+", 1),
-          worker_id: node,
-          lease_until: eb(dbNow(this.#dialect), "+", this.#leaseMs),
-          not_before: null,
-          started_at: eb.fn.coalesce("started_at", eb.val(now)),
-        }))
-        .where("id", "=", c.id)
-        .where("status", "=", "queued")
-        .executeTakeFirst();
-      if (Number(res.numUpdatedRows) !== 1) return null;
-      const run = await trx.selectFrom("runs").selectAll().where("id", "=", c.id).executeTakeFirstOrThrow();
-      await trx
-        .insertInto("attempts")
-        .values({
-          run_id: c.id,
-          n: run.attempt,
-          status: "running",
-          reason: null,
-          exit_code: null,
-          sandbox_id: null,
-          worker_id: node,
-          started_at: now,
-          finished_at: null,
-        })
-        .execute();
-      const events = await this.#events.append(trx, c.id, run.attempt, [
-        { type: "run.starting", data: { status: "starting", attempt: run.attempt }, ts: now },
-        { type: "attempt.started", data: { attempt: run.attempt, worker: node }, ts: now },
-      ]);
-      return { run, events };
-    });
-    if (!rows) return null;
-    this.#events.publish(rows.events);
-    return rows.run;
   }
 
   #launch(run: RunsTable): void {
@@ -526,30 +386,12 @@ export class Engine {
     let outcome: AttemptOutcome;
     try {
       outcome = await attempt.run(
-        async (boot) => {
-          const moved = await this.#runs
-            .transition(
-              run.id,
-              ["starting"],
-              "running",
-              {},
-              [
-                {
-                  type: "run.running",
-                  data: { status: "running", attempt: run.attempt, boot_ms: boot.ms, warm: boot.warm },
-                },
-              ],
-              attempt.fence,
-            )
-            .catch((err: unknown) => {
-              if (!isLeaseLost(err)) throw err;
-              attempt.leaseLost();
-              return false;
-            });
-          // A cancel that landed while booting: the run is no longer `starting`.
-          const current = await this.#runs.getById(run.id);
-          return moved && current?.cancel_requested === 0;
-        },
+        (boot) =>
+          this.#claims.start(run, boot, attempt.fence).catch((err: unknown) => {
+            if (!isLeaseLost(err)) throw err;
+            attempt.leaseLost();
+            return false;
+          }),
         warm,
         { current: runner, ms: runnerMs },
       );
@@ -603,69 +445,20 @@ export class Engine {
     };
   }
 
+  /** Records the attempt's outcome; after a swapped runner's success, with the snapshot naming it. */
   async #finish(
     run: RunsTable,
     outcome: AttemptOutcome,
     swapped?: { spec: AgentSpec; runner: CurrentRunner },
   ): Promise<void> {
-    const now = Date.now();
-    const requeue = outcome.interrupted === true;
-    const spec = parseRunSpec(run.spec);
-    const retry = requeue ? null : retryDecision(spec.retry, outcome, run.attempt, run.max_attempts, now);
-    const rows = await this.#db.transaction().execute(async (trx) => {
-      const res = await trx
-        .updateTable("runs")
-        .set(
-          requeue
-            ? { status: "queued", worker_id: null, lease_until: null, expires_at: null }
-            : retry
-              ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at, expires_at: null }
-              : {
-                  status: outcome.status,
-                  reason: outcome.reason,
-                  exit_code: outcome.exitCode,
-                  finished_at: now,
-                  lease_until: null,
-                },
-        )
-        .where("id", "=", run.id)
-        .where("status", "in", ACTIVE)
-        // Fenced: once another node recovered the run, this attempt records nothing.
-        .where("attempt", "=", run.attempt)
-        .where("worker_id", "=", this.#config.workerId)
-        .executeTakeFirst();
-      // Someone else finished or recovered the run: record nothing (the attempt row included).
-      if (Number(res.numUpdatedRows) !== 1) {
-        this.#deps.log(`run ${run.id}: attempt ${run.attempt} ended; the run is no longer its own, nothing recorded`);
-        return [];
-      }
-      // A run that ended needs its journal no more.
-      if (!requeue && !retry) await trx.deleteFrom("journal").where("run_id", "=", run.id).execute();
-      await trx
-        .updateTable("attempts")
-        .set({ status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode, finished_at: now })
-        .where("run_id", "=", run.id)
-        .where("n", "=", run.attempt)
-        .execute();
-      const snapshot =
-        swapped && outcome.status === "succeeded" && !requeue
-          ? await this.#resnapshot(trx, run, swapped.spec, swapped.runner)
-          : null;
-      return this.#events.append(trx, run.id, run.attempt, [
-        {
-          type: "attempt.finished",
-          data: { attempt: run.attempt, status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode },
-          ts: now,
-        },
-        ...(snapshot ? [{ ...snapshot, ts: now }] : []),
-        requeue
-          ? { type: "run.requeued", data: { status: "queued", why: "host_shutdown" }, ts: now }
-          : retry
-            ? { type: "retry.scheduled", data: retry.event, ts: now }
-            : { ...terminalEvent(outcome.status, outcome.reason, outcome.exitCode), ts: now },
-      ]);
-    });
-    this.#events.publish(rows);
+    const resnapshot =
+      swapped && outcome.status === "succeeded" && outcome.interrupted !== true
+        ? (trx: Transaction<Database>) => this.#resnapshot(trx, run, swapped.spec, swapped.runner)
+        : undefined;
+    if (!(await this.#claims.finish(run, outcome, resnapshot))) {
+      // Someone else finished or recovered the run: nothing was recorded (the attempt row included).
+      this.#deps.log(`run ${run.id}: attempt ${run.attempt} ended; the run is no longer its own, nothing recorded`);
+    }
   }
 
   /**
@@ -740,56 +533,4 @@ export class Engine {
       this.#events.publish(rows);
     }
   }
-}
-
-/** Which retry reason an attempt's outcome is, if any. */
-function retryReason(outcome: AttemptOutcome): RetryReason | null {
-  switch (outcome.reason) {
-    case "killed":
-      return "crashed";
-    case "oom":
-    case "timed_out":
-    case "lost":
-    case "exit_code":
-    case "sandbox_error":
-      return outcome.reason;
-    default:
-      return null;
-  }
-}
-
-/**
- * Whether a finished attempt is retried and when: its reason is one the policy names (an exit code
- * retries when the policy lists it, or names `exit_code` for all), attempts remain, and the delay
- * is the backoff doubled per attempt, capped, with jitter.
- */
-export function retryDecision(
-  policy: RetryPolicy | undefined,
-  outcome: AttemptOutcome,
-  attempt: number,
-  maxAttempts: number,
-  now: number,
-  random: () => number = Math.random,
-): { at: number; event: RunEventData<"retry.scheduled"> } | null {
-  if (!policy || outcome.status === "succeeded" || outcome.status === "canceled" || attempt >= maxAttempts) return null;
-  const reason = retryReason(outcome);
-  if (!reason) return null;
-  const listed =
-    reason === "exit_code"
-      ? policy.on.includes("exit_code") || (outcome.exitCode !== null && policy.exit_codes.includes(outcome.exitCode))
-      : policy.on.includes(reason);
-  if (!listed) return null;
-  const base = Math.min(policy.max_backoff_s, policy.backoff_s * 2 ** (attempt - 1));
-  const delayMs = Math.max(0, Math.round(base * 1000 * (1 + policy.jitter * (2 * random() - 1))));
-  return {
-    at: now + delayMs,
-    event: {
-      reason,
-      exit_code: outcome.exitCode,
-      attempt: attempt + 1,
-      max_attempts: maxAttempts,
-      delay_ms: delayMs,
-      at: new Date(now + delayMs).toISOString(),
-    },
-  };
 }

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { RetryPolicy } from "@paddock/protocol";
 import type { AttemptOutcome } from "./attempt.ts";
-import { retryDecision } from "./engine.ts";
+import { retryDecision } from "./retry.ts";
 
 const policy = RetryPolicy.parse({
   max_attempts: 5,

@@ -71,6 +71,9 @@ const types: pg.CustomTypesConfig = {
       : pg.types.getTypeParser(oid, format)) as pg.CustomTypesConfig["getTypeParser"],
 };
 
+/** Connections a process's PostgreSQL pool holds at most. */
+export const POOL_SIZE = 20;
+
 /** The URL without its password, for messages. */
 function redact(url: string): string {
   try {
@@ -98,7 +101,7 @@ export async function openDatabase(config: { dataDir: string; database?: string 
   if (!/^postgres(ql)?:\/\//.test(url)) {
     throw new AppError("validation_failed", `--database must be a postgres:// URL, not ${redact(url)}.`);
   }
-  const pool = new pg.Pool({ connectionString: url, types, max: 20, connectionTimeoutMillis: 10_000 });
+  const pool = new pg.Pool({ connectionString: url, types, max: POOL_SIZE, connectionTimeoutMillis: 10_000 });
   // A connection the server dropped (it stopped or restarted) must not crash the host: the pool
   // reports it for an idle client, the client itself for one checked out between two statements
   // of a transaction. The next statement on it fails and the pool discards it.
