@@ -9,12 +9,13 @@
  */
 import assert from "node:assert/strict";
 import { existsSync, readdirSync } from "node:fs";
-import { after, before, describe, it } from "node:test";
+import { readFile } from "node:fs/promises";
+import { after, afterEach, before, describe, it } from "node:test";
 import type { RunEvent } from "@paddock/protocol";
 import { type Cluster, type ClusterNode, nodeProcesses, startCluster } from "../testing/cluster.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason } from "../testing/harness.ts";
-import { FLOOD_AGENT, floodResults, type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
+import { FLOOD_AGENT, type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
 import { postgresSkipReason } from "../testing/postgres.ts";
 import { waitFor } from "../testing/wait.ts";
 
@@ -37,6 +38,8 @@ describe("a three-node cluster", { skip }, () => {
     c = await startCluster({ nodes: 3, leaseMs: LEASE_MS, maxRuns: MAX_RUNS });
   });
   after(async () => {
+    if (process.env.PADDOCK_CLUSTER_LOGS)
+      for (const n of c?.nodes ?? []) console.error(`--- ${n.id}\n${n.logs.join("\n")}`);
     await c?.close();
   });
 
@@ -158,7 +161,12 @@ describe("a three-node cluster", { skip }, () => {
     const victim = node(1);
     const doomed = runs.filter((_, i) => placed[i] === victim);
     assert.equal(doomed.length, MAX_RUNS, "the victim runs its share");
-    const survivors = runs.filter((r) => !doomed.includes(r));
+    // One run of each other node ends, so each has a slot for a retry; the other goes on untouched.
+    const others = runs.filter((r) => !doomed.includes(r));
+    const survivors = c.nodes
+      .filter((n) => n !== victim)
+      .map((n) => others.find((r) => placed[runs.indexOf(r)] === n) as string);
+    await cancelAll(others.filter((r) => !survivors.includes(r)));
     const before = await nodeProcesses(victim);
     assert.ok(before.length > 0, "the victim's sandboxes are its processes");
 
@@ -197,10 +205,7 @@ describe("a three-node cluster", { skip }, () => {
     await cancelAll(survivors);
     // The node comes back under its id, with nothing of its old sandboxes left.
     await c.restart(victim);
-    assert.ok(
-      !existsSync(victim.runDir) || readdirSync(victim.runDir).length === 0,
-      "the restarted node swept its old sandboxes",
-    );
+    for (const runId of doomed) assert.ok(!mounted(victim, runId, 1), "the restarted node swept its old sandboxes");
     const listed = await ok(node(0), "GET", "/v1/nodes");
     assert.equal(listed.data.find((n: { id: string }) => n.id === victim.id)?.live, true);
   });
@@ -287,6 +292,42 @@ describe("a three-node cluster", { skip }, () => {
     for (const run of fired as { id: string }[]) await finished(run.id);
   });
 
+  it("boots on every node a runner published through one: the others build it from its shared sources", async () => {
+    const bundle = await readFile(new URL("../../../runner/dist/runner.mjs", import.meta.url), "utf8");
+    const form = new FormData();
+    form.set("bundle", new Blob([`${bundle}\n// published-on-node-0\n`]), "runner.mjs");
+    const res = await fetch(`${node(0).url}/v1/runners`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${c.adminKey}` },
+      body: form,
+    });
+    assert.equal(res.status, 201, await res.clone().text());
+    const published = (await res.json()) as { digest: string };
+    const id = await agent({ command: ["sh", "-c", "tail -n 1 /opt/paddock/runner/runner.mjs; sleep 2"] });
+    const runs = await Promise.all(Array.from({ length: 3 * MAX_RUNS }, () => trigger(id)));
+    const seen = new Map<string, string[]>();
+    for (const runId of runs) {
+      const ended = await finished(runId);
+      assert.equal(ended.status, "succeeded", JSON.stringify(ended));
+      const lines = (await events(runId)).filter((e) => e.type === "log").map((e) => (e.data as { line: string }).line);
+      const on = (await c.nodeOf(runId))?.id ?? "none";
+      seen.set(on, [...(seen.get(on) ?? []), ...lines]);
+    }
+    assert.deepEqual([...seen.keys()].sort(), c.nodes.map((n) => n.id).sort(), "every node ran the agent");
+    for (const [on, lines] of seen) {
+      assert.ok(
+        lines.every((l) => l === "// published-on-node-0"),
+        `${on} mounted the published bundle: ${lines.join(", ")}`,
+      );
+    }
+    for (const n of c.nodes.slice(1)) {
+      assert.ok(
+        n.logs.some((l) => l.includes(`built runner ${published.digest} here from its shared sources`)),
+        `${n.id} built the runner from the blob store`,
+      );
+    }
+  });
+
   describe("with a model provider", () => {
     let stand: LlmStandIn;
     before(async () => {
@@ -318,22 +359,22 @@ describe("a three-node cluster", { skip }, () => {
       );
       const ended = await Promise.all(runs.map((r) => finished(r)));
       const workers = new Set<string>();
-      let results: [number, string | null][] = [];
+      const calls: { status?: number; code?: string; cost?: number }[] = [];
       for (const run of ended) {
-        const list = await events(run.id);
-        const started = list.find((e) => e.type === "attempt.started") as RunEvent & { data: { worker: string } };
-        workers.add(started.data.worker);
-        results = results.concat(floodResults(list));
+        workers.add((await c.nodeOf(run.id))?.id ?? "none");
+        for (const e of await events(run.id)) if (e.type === "llm.call") calls.push(e.data as (typeof calls)[number]);
       }
       assert.equal(workers.size, 3, "the calls came from runs on every node");
       const credits = await ok(node(2), "GET", "/v1/credits");
       const spent = credits.agents.find((a: { agent_id: string }) => a.agent_id === id);
       assert.ok(spent.spent <= budget, `spent ${spent.spent} of ${budget}`);
       assert.equal(spent.reserved, 0, "every reservation was settled or released");
-      const served = results.filter(([status]) => status === 200).length;
-      assert.ok(served > 0 && served < 102, `${served} calls served`);
+      const served = calls.filter((call) => call.status === 200);
+      assert.ok(served.length > 0 && served.length < 102, `${served.length} calls served`);
+      const charged = served.reduce((sum, call) => sum + (call.cost ?? 0), 0);
+      assert.ok(Math.abs(charged - spent.spent) < 1e-9, `the calls' costs (${charged}) are what was spent`);
       assert.ok(
-        results.some(([, code]) => code === "out_of_credits"),
+        calls.some((call) => call.code === "out_of_credits"),
         "calls past the budget were refused",
       );
     });
