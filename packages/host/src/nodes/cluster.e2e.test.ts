@@ -37,9 +37,11 @@ describe("a three-node cluster", { skip }, () => {
   before(async () => {
     c = await startCluster({ nodes: 3, leaseMs: LEASE_MS, maxRuns: MAX_RUNS });
   });
+  // A failed test shows what the nodes logged.
+  afterEach((t) => {
+    if (!t.passed) for (const n of c?.nodes ?? []) t.diagnostic(`${n.id}:\n${n.logs.join("\n")}`);
+  });
   after(async () => {
-    if (process.env.PADDOCK_CLUSTER_LOGS)
-      for (const n of c?.nodes ?? []) console.error(`--- ${n.id}\n${n.logs.join("\n")}`);
     await c?.close();
   });
 
