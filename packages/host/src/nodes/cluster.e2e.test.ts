@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { existsSync, readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { after, afterEach, before, describe, it } from "node:test";
+import { after, afterEach, before, describe, it, type TestContext } from "node:test";
 import type { RunEvent } from "@paddock/protocol";
 import { type Cluster, type ClusterNode, nodeProcesses, startCluster } from "../testing/cluster.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
@@ -39,7 +39,8 @@ describe("a three-node cluster", { skip }, () => {
   });
   // A failed test shows what the nodes logged.
   afterEach((t) => {
-    if (!t.passed) for (const n of c?.nodes ?? []) t.diagnostic(`${n.id}:\n${n.logs.join("\n")}`);
+    const test = t as TestContext & { passed?: boolean };
+    if (test.passed === false) for (const n of c?.nodes ?? []) test.diagnostic(`${n.id}:\n${n.logs.join("\n")}`);
   });
   after(async () => {
     await c?.close();
