@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
-const SCENARIOS = ["boot", "bridge", "density", "gateway", "queue", "snapshot", "swap"] as const;
+const SCENARIOS = ["boot", "bridge", "cluster", "density", "gateway", "queue", "snapshot", "swap"] as const;
 
 export const bench: Command = {
   name: "bench",
@@ -18,6 +18,12 @@ Scenarios:
           bridged, interleaved, to the same local upstream over the same link), run-token checks
           per second with and without the verified-token cache, and calls per second with
           --sandboxes sandboxes calling at once, bridged and direct
+  cluster three paddock serve nodes on one PostgreSQL (a private server the bench starts) and one
+          blob folder: failover_ms from SIGKILL of a node to its run's retry on another (N/10
+          trials, at least 3), cross_node_event_ms from an event written on one node to its arrival
+          over SSE on another, duplicate executions, lost events and overspent credits (all must
+          be 0); then claims per second of runs that boot no sandbox on 1 and 3 nodes beside
+          graphile-worker doing as many no-op jobs (--claims runs per pass, default 2000)
   density live sandboxes one machine holds: runs of an agent running sleep at each of --levels
           (cumulative), with the sandboxes' PSS and the host's RSS growth per sandbox, boot p50
           and the API's p99 while they run; and runs per second of N×10 runs of true, 25 at a
@@ -41,6 +47,7 @@ Options:
   --runs N          sequential runs to measure (default 30; bridge: N×100 request pairs)
   --sizes A,B,...   snapshot: environment sizes in MiB (default 10,300,1024)
   --sandboxes N     bridge: sandboxes calling at once (default 50), each sending 200 calls
+  --claims N        cluster: runs per claims pass (0 skips that part)
   --levels A,B,...  density: live sandboxes at each level (default 100,500,1000)
   --sandbox-cidr C  density: the IPv4 range of the bench host's sandbox addresses (default 10.220.0.0/16)
   --json            print one JSON object (the default output is the same JSON, indented)
@@ -54,6 +61,7 @@ Options:
         sizes: { type: "string" },
         sandboxes: { type: "string" },
         levels: { type: "string" },
+        claims: { type: "string" },
         "sandbox-cidr": { type: "string" },
         "data-dir": { type: "string" },
       },
@@ -78,6 +86,18 @@ Options:
         sandboxes: parseNumber(values.sandboxes, "sandboxes") ?? 50,
         callsPerSandbox: 200,
         progress: (line) => ctx.err(`bench bridge: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "cluster") {
+      const { clusterBench } = await import("../../../../bench/cluster.ts");
+      const result = await clusterBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        failovers: Math.max(3, Math.round(runs / 10)),
+        events: 200,
+        claimRuns: parseNumber(values.claims, "claims") ?? 2000,
+        progress: (line) => ctx.err(`bench cluster: ${line}`),
       });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;
