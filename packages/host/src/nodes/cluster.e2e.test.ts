@@ -331,6 +331,38 @@ describe("a three-node cluster", { skip }, () => {
     }
   });
 
+  it("serves an edit session through any node, and boots and exports its frozen environment on nodes that never had it", async () => {
+    const id = await agent({ command: ["sh", "-c", "cat /opt/mark; sleep 2"] });
+    const opened = await c.api(node(1), "POST", `/v1/agents/${id}/env/session`, {});
+    assert.equal(opened.status, 201, JSON.stringify(opened.body));
+    // Node 2 passes the command to node 1, which holds the session.
+    const wrote = await ok(node(2), "POST", `/v1/agents/${id}/env/session/exec`, {
+      argv: ["sh", "-c", "echo frozen-on-node-1 > /opt/mark && chmod 644 /opt/mark && cat /opt/mark"],
+    });
+    assert.equal(wrote.stdout, "frozen-on-node-1\n");
+    const frozen = await c.api(node(0), "POST", `/v1/agents/${id}/env/freeze`, {});
+    assert.equal(frozen.status, 201, JSON.stringify(frozen.body));
+    const version = (await ok(node(0), "GET", `/v1/agents/${id}`)).snapshot.version as number;
+
+    // Node 2 never had the layer: it fetches it from the blob store to export it.
+    const exported = await fetch(`${node(2).url}/v1/agents/${id}/snapshots/${version}/export?include_base=false`, {
+      headers: { authorization: `Bearer ${c.adminKey}` },
+    });
+    assert.equal(exported.status, 200, await exported.clone().text());
+    assert.ok((await exported.arrayBuffer()).byteLength > 0);
+
+    const runs = await Promise.all(Array.from({ length: 3 * MAX_RUNS }, () => trigger(id)));
+    const seen = new Set<string>();
+    for (const runId of runs) {
+      const ended = await finished(runId);
+      assert.equal(ended.status, "succeeded", JSON.stringify(ended));
+      const lines = (await events(runId)).filter((e) => e.type === "log").map((e) => (e.data as { line: string }).line);
+      assert.deepEqual(lines, ["frozen-on-node-1"]);
+      seen.add((await c.nodeOf(runId))?.id ?? "none");
+    }
+    assert.equal(seen.size, 3, "every node booted the frozen environment");
+  });
+
   describe("with a model provider", () => {
     let stand: LlmStandIn;
     before(async () => {
