@@ -63,6 +63,8 @@ export const HostConfig = z
     blobCacheMb: z.number().int().min(0).default(20_480),
     /** Shared blobs nothing references are deleted once older than this (default one hour). */
     blobGraceMs: z.number().int().min(0).default(3_600_000),
+    /** How often the leader sweeps the blob store of what nothing references (default hourly). */
+    blobGcIntervalMs: z.number().int().min(100).default(3_600_000),
     /** Root runs at once on this node (`serve --max-runs`). */
     maxConcurrentRuns: z.number().int().min(1).default(32),
     /** Root runs of one tenant at once over every node (`serve --max-runs-per-tenant`); default no limit beyond the nodes'. */

@@ -407,7 +407,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       db,
       dialect,
       hints,
-      leader: leaderFor(dialect, store.dedicated),
+      leader: leaderFor(dialect, { id: nodeId, staleMs: config.leaseMs }, store.dedicated),
       instance,
       driver,
       network,
@@ -425,6 +425,10 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       if (gc.runners.length + gc.layers.length > 0) {
         log(`removed ${gc.runners.length} unused runner layer(s) and ${gc.layers.length} environment layer(s)`);
       }
+    }
+    // The shared blob store is swept by the leader at start and then periodically.
+    const sweepBlobs = async () => {
+      if (!(await leader.isLeader())) return;
       const swept = await collectBlobGarbage({
         db,
         snapshots: agents.snapshots,
@@ -432,7 +436,13 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
         graceMs: config.blobGraceMs,
       });
       if (swept.length > 0) log(`removed ${swept.length} unreferenced blob(s) from ${services.blobs.location}`);
-    }
+    };
+    await sweepBlobs();
+    const sweeper = setInterval(() => {
+      sweepBlobs().catch((err: unknown) => log(`sweeping the blob store failed: ${String(err)}`));
+    }, config.blobGcIntervalMs);
+    sweeper.unref();
+    undo.push(async () => clearInterval(sweeper));
     const trimmed = await services.blobCache.trim(config.blobCacheMb * 1024 * 1024);
     if (trimmed.length > 0) log(`dropped ${trimmed.length} least used blob(s) from this node's cache`);
     const adminKey = await identity.bootstrap();
@@ -478,6 +488,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       close: () => {
         closing ??= (async () => {
           detachShells();
+          clearInterval(sweeper);
           const closed = new Promise<void>((r) => server.close(() => r()));
           if ("closeAllConnections" in server) server.closeAllConnections();
           await closed;

@@ -12,12 +12,14 @@ import { existsSync, readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { after, afterEach, before, describe, it, type TestContext } from "node:test";
 import type { RunEvent } from "@paddock/protocol";
+import pg from "pg";
 import { type Cluster, type ClusterNode, nodeProcesses, startCluster } from "../testing/cluster.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason } from "../testing/harness.ts";
 import { FLOOD_AGENT, type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
 import { postgresSkipReason } from "../testing/postgres.ts";
 import { waitFor } from "../testing/wait.ts";
+import { LEADER_LOCK_KEY } from "./leader.ts";
 
 const skip = e2eSkip(hostSkipReason() || postgresSkipReason());
 const LEASE_MS = 3000;
@@ -361,6 +363,56 @@ describe("a three-node cluster", { skip }, () => {
       seen.add((await c.nodeOf(runId))?.id ?? "none");
     }
     assert.equal(seen.size, 3, "every node booted the frozen environment");
+  });
+
+  it("takes the lead from a paused leader, so schedules keep firing, each slot once", async () => {
+    const db = new pg.Client({ connectionString: c.databaseUrl });
+    await db.connect();
+    try {
+      const leaderNode = async () => {
+        const { rows } = await db.query(
+          `SELECT a.application_name AS name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = $1::bigint`,
+          [LEADER_LOCK_KEY.toString()],
+        );
+        return c.nodes.find((n) => rows[0]?.name === `paddock-node:${n.id}`);
+      };
+      const id = await agent({ command: ["true"] });
+      const schedule = await ok(node(0), "POST", "/v1/schedules", { agent: id, cron: "* * * * * *" });
+      const stuck = await waitFor(leaderNode, { what: "a node to lead" });
+      const other = c.nodes.find((n) => n !== stuck) as ClusterNode;
+      const count = async () => (await ok(other, "GET", `/v1/runs?agent_id=${id}&limit=200`)).data.length as number;
+      stuck.child?.kill("SIGSTOP");
+      let resumed = false;
+      try {
+        const next = await waitFor(async () => (await leaderNode()) !== stuck && leaderNode(), {
+          what: "another node to take the lead",
+          timeoutMs: LEASE_MS * 5,
+        });
+        assert.notEqual(next?.id, stuck.id);
+        const before = await count();
+        await waitFor(async () => (await count()) >= before + 2, { what: "the schedule to fire under the new leader" });
+      } finally {
+        stuck.child?.kill("SIGCONT");
+        resumed = true;
+      }
+      assert.ok(resumed);
+      await ok(other, "POST", `/v1/schedules/${schedule.id}/pause`);
+      const runs = (await ok(other, "GET", `/v1/runs?agent_id=${id}&limit=200`)).data as { id: string }[];
+      const slots: string[] = [];
+      for (const run of runs) {
+        const fired = (await events(run.id, other)).find((e) => e.type === "schedule.fired")?.data as { slot: string };
+        slots.push(fired.slot);
+        await finished(run.id);
+      }
+      assert.equal(new Set(slots).size, slots.length, `one run per slot: ${slots.join(", ")}`);
+      // The paused node lives on: it heartbeats again and serves.
+      await waitFor(async () => (await c.api(stuck, "GET", "/v1/health")).status === 200, {
+        what: "the paused node to answer",
+      });
+    } finally {
+      await db.end();
+    }
   });
 
   describe("with a model provider", () => {
