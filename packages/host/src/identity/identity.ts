@@ -7,7 +7,6 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { type ApiKey, AppError, type Tenant, toMicro } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
-import type { Ledger } from "../gateway/ledger.ts";
 import { newId } from "../store/ids.ts";
 import type { ApiKeysTable, Database, TenantsTable } from "../store/schema.ts";
 
@@ -47,9 +46,14 @@ export interface Bootstrapped {
 /** The note on the grant a fresh store's default tenant starts with. */
 export const STARTING_GRANT_NOTE = "starting credits";
 
-/** The credits a fresh store's default tenant is granted, and the ledger that grants them. */
+/**
+ * The credits a fresh store's default tenant is granted, and what grants them inside the
+ * transaction that creates it (the credits ledger, which sits above identity).
+ */
 export interface StartingGrant {
-  ledger: Ledger;
+  ledger: {
+    grantWithin(trx: Transaction<Database>, tenantId: string, micro: number, note?: string): Promise<unknown>;
+  };
   credits: number;
 }
 
