@@ -70,14 +70,20 @@ ensure_agent() {
   fi
 }
 
-# from_json EXPR [ARGS...]: prints a JavaScript expression of `v`, the JSON on stdin, and `a`, the ARGS.
+# from_json EXPR [ARGS...]: prints a JavaScript expression of `v`, the JSON on stdin (a list of
+# values for JSON lines), and `a`, the ARGS.
 from_json() {
   "$node" -e '
     let text = "";
     process.stdin.on("data", (c) => (text += c));
     process.stdin.on("end", () => {
-      const value = new Function("v", "a", `return (${process.argv[1]});`)(JSON.parse(text), process.argv.slice(2));
-      console.log(value ?? "");
+      let v;
+      try {
+        v = JSON.parse(text);
+      } catch {
+        v = text.split("\n").filter(Boolean).map((line) => JSON.parse(line));
+      }
+      console.log(new Function("v", "a", `return (${process.argv[1]});`)(v, process.argv.slice(2)) ?? "");
     });
   ' "$@"
 }
@@ -147,12 +153,17 @@ if [ -n "$provider" ]; then
   follow_run "$briefing_name" --input-file "$report_dir/summary.json"
   out_dir="$data_dir/demo-output/$run_id"
   "$paddock" artifacts "$run_id" --download "$out_dir" >/dev/null
-  if [ "$status" -eq 0 ] && [ -f "$out_dir/briefing.md" ]; then
+  if [ "$status" -ne 0 ]; then
+    ai_failed=1
+    echo "demo: run $run_id did not succeed; its events: bin/paddock logs $run_id (with a host running)" >&2
+  elif [ -f "$out_dir/briefing.md" ]; then
     say "the briefing ($out_dir/briefing.md)"
     cat "$out_dir/briefing.md"
   else
-    ai_failed=1
-    echo "demo: run $run_id wrote no briefing; its events: bin/paddock logs $run_id (with a host running)" >&2
+    # The model answered without saving the file: its answer ended the run.
+    say "the model's answer (it wrote no briefing.md)"
+    "$paddock" logs "$run_id" --json |
+      from_json 'v.filter((e) => e.type === "user" && e.data.type === "agent.finished").at(-1)?.data.data.summary'
   fi
   say "the model calls of run $run_id and what they cost, in credits"
   "$paddock" credits "$run_id"
