@@ -105,8 +105,10 @@ describe("paddock CLI against a real host", { skip: e2eSkip(hostSkipReason()) },
     }
   });
 
-  it("serve wrote the admin key it printed, and health answers", async () => {
+  it("serve wrote the admin key it printed, with its dashboard and starting credits, and health answers", async () => {
     assert.equal(readFileSync(join(dataDir, "admin.key"), "utf8").trim(), adminKey);
+    assert.match(server.output(), new RegExp(`^dashboard: ${url}/ui \\(sign in with the admin API key\\)$`, "m"));
+    assert.match(server.output(), /^the host's own tenant starts with 10 credits /m);
     const r = await cli(["health"], { PADDOCK_URL: url });
     assert.equal(r.code, 0, show(r));
     assert.match(r.stdout, /"ok":true/);
@@ -430,6 +432,7 @@ describe("following a run across a host restart", { skip: e2eSkip(hostSkipReason
 
       assert.equal(await server.stop(), 0, server.output());
       server = await serve(dataDir, port);
+      assert.doesNotMatch(server.output(), /starts with/, "the starting credits are granted once");
       const code = await exited;
       assert.equal(code, 0, `logs --follow exited ${code}:\n${out}\n${err}`);
 

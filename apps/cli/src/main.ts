@@ -21,6 +21,7 @@ import { secrets } from "./commands/secrets.ts";
 import { serve } from "./commands/serve.ts";
 import { tenants } from "./commands/tenants.ts";
 import { type Command, type CommandGroup, type Context, type Settings, settingsFromEnv } from "./context.ts";
+import { formatHelpRows } from "./format.ts";
 
 const ENTRIES: readonly (Command | CommandGroup)[] = [
   serve,
@@ -49,17 +50,24 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
 
 const isGroup = (entry: Command | CommandGroup): entry is CommandGroup => "commands" in entry;
 
+/** The widest command name the top help keeps on one line with its summary. */
+const TOP_NAME_WIDTH = 34;
+
+/** The help rows of every command: a group's name with its subcommands', and its summary. */
+export function commandRows(): [string, string][] {
+  return ENTRIES.map((entry) => [
+    isGroup(entry) ? `${entry.name} ${entry.commands.map((c) => c.name).join("|")}` : entry.name,
+    entry.summary,
+  ]);
+}
+
 function topUsage(): string {
-  const rows = ENTRIES.map((entry) => {
-    const name = isGroup(entry) ? `${entry.name} ${entry.commands.map((c) => c.name).join("|")}` : entry.name;
-    return `  ${name.padEnd(34)}${entry.summary}`;
-  });
   return `Usage: paddock [connection options] <command> [arguments]
 
 Runs AI agents unattended in disposable Linux sandboxes.
 
 Commands:
-${rows.join("\n")}
+${formatHelpRows(commandRows(), TOP_NAME_WIDTH)}
 
 Run 'paddock <command> --help' for a command's arguments and options.
 
@@ -67,10 +75,10 @@ ${CONNECTION_HELP}`;
 }
 
 function groupUsage(group: CommandGroup): string {
-  const rows = group.commands.map((c) => `  ${`${group.name} ${c.name}`.padEnd(24)}${c.summary}`);
+  const rows = group.commands.map((c) => [`${group.name} ${c.name}`, c.summary] as const);
   return `Usage: paddock ${group.name} <${group.commands.map((c) => c.name).join("|")}> [arguments]
 
-${rows.join("\n")}
+${formatHelpRows(rows)}
 
 Run 'paddock ${group.name} <command> --help' for a command's arguments and options.`;
 }

@@ -107,6 +107,12 @@ export const HostConfig = z
       .default({}),
     /** How often due schedules are looked for; 0 leaves it to the caller of `scheduler.tick` (tests). */
     schedulerTickMs: z.number().int().min(0).default(1000),
+    /**
+     * Credits granted to the host's own tenant (the admin's) when a fresh store creates it, so that
+     * a first model call has something to spend (`serve --starting-credits`; 0 grants none).
+     * Tenants made later through the API start at 0.
+     */
+    startingCredits: z.number().min(0).max(1_000_000).default(10),
     /** LLM rate limits every tenant gets (requests and tokens per minute); default none. */
     llmTenantLimits: z
       .object({ requestsPerMinute: PerMinute.optional(), tokensPerMinute: PerMinute.optional() })

@@ -69,6 +69,8 @@ export interface RunningHost {
   /** The admin API key, only on the first start of a data directory. */
   adminKey: string | null;
   adminKeyPath: string;
+  /** The credits its own tenant was granted, only on the start that created it. */
+  startingCredits: number | null;
   /** This host's sandbox driver, for diagnostics. */
   driver: SandboxDriver;
   /** Warm sandboxes waiting for runs. */
@@ -190,7 +192,6 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const events = new EventLog(db, { dialect, hints });
   const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
   const runs = new RunRepository(db, events);
-  const identity = new Identity(db);
   const images = new ImageStore({ imagesDir: config.imagesDir });
   const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: AGENT_USER.uid, gid: AGENT_USER.gid });
   const runnersDir = join(dataDir, "runners");
@@ -234,6 +235,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   // The LLM gateway: providers' keys stay here, every call is metered against the ledger.
   const providers = new Providers(db);
   const ledger = new Ledger(db, { dialect });
+  const identity = new Identity(db, { ledger, credits: config.startingCredits });
   const abandoned = await ledger.settleAbandoned(nodeId);
   if (abandoned > 0)
     log(`billed ${abandoned} model call(s) left open by the previous host at their reserved worst case`);
@@ -445,7 +447,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     undo.push(async () => clearInterval(sweeper));
     const trimmed = await services.blobCache.trim(config.blobCacheMb * 1024 * 1024);
     if (trimmed.length > 0) log(`dropped ${trimmed.length} least used blob(s) from this node's cache`);
-    const adminKey = await identity.bootstrap();
+    const { adminKey, startingCredits } = await identity.bootstrap();
     const adminKeyPath = join(dataDir, "admin.key");
     if (adminKey) {
       await writeFile(adminKeyPath, `${adminKey}\n`, { mode: 0o600 });
@@ -477,6 +479,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       port,
       adminKey,
       adminKeyPath,
+      startingCredits,
       driver,
       runDir,
       bridgeUrl: services.bridgeUrl ?? "",

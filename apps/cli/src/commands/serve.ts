@@ -5,6 +5,9 @@ import { type Command, dataDirOf } from "../context.ts";
 
 export const DEFAULT_PORT = 7420;
 
+/** Where a host serves its dashboard. */
+export const dashboardUrl = (hostUrl: string) => `${hostUrl.replace(/\/+$/, "")}/ui`;
+
 export const serve: Command = {
   name: "serve",
   summary: "run the host (API, engine, sandboxes)",
@@ -14,11 +17,11 @@ export const serve: Command = {
                      [--database postgres://USER@HOST/DB]
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
-                     [--blobs URL]
+                     [--blobs URL] [--starting-credits N]
 
-Runs the host: the HTTP API, the run engine and the sandboxes. On the first start of a data
-folder it creates the admin API key, prints it once and writes it to DIR/admin.key.
-Stops cleanly on Ctrl-C (SIGINT) or SIGTERM.
+Runs the host: the HTTP API, the run engine, the sandboxes and the dashboard (URL/ui, signed in
+with an API key). On the first start of a data folder it creates the admin API key, prints it
+once and writes it to DIR/admin.key. Stops cleanly on Ctrl-C (SIGINT) or SIGTERM.
 
 Options:
   --data-dir DIR    data folder: database, artifacts, layers (env PADDOCK_DATA_DIR;
@@ -63,7 +66,12 @@ Options:
                     s3://BUCKET[/PREFIX]?endpoint=URL&region=NAME&force_path_style=true
                     (AWS S3, MinIO, Ceph, R2; credentials from the AWS environment or
                     credential files, never the URL). Each node keeps a verified copy of
-                    what it reads in DIR/cache/blobs. Default: DIR/blobs`,
+                    what it reads in DIR/cache/blobs. Default: DIR/blobs
+  --starting-credits N
+                    credits granted to the host's own tenant (the admin key's) when a new
+                    store creates it, so that first model calls can be paid (default 10; 0
+                    grants none). Tenants created later start with none: 'paddock credits
+                    grant TENANT N'`,
   async run(argv, ctx) {
     const { values } = parseLocalCommand(argv, {
       command: "serve",
@@ -85,6 +93,7 @@ Options:
         "llm-rpm": { type: "string" },
         "llm-tpm": { type: "string" },
         blobs: { type: "string" },
+        "starting-credits": { type: "string" },
       },
     });
     const port = parseNumber(values.port, "port") ?? DEFAULT_PORT;
@@ -95,6 +104,10 @@ Options:
     const maxRuns = parseNumber(values["max-runs"], "max-runs");
     const leaseMs = parseNumber(values["lease-ms"], "lease-ms");
     const perTenant = parseNumber(values["max-runs-per-tenant"], "max-runs-per-tenant");
+    const startingCredits = parseNumber(values["starting-credits"], "starting-credits", true);
+    if (startingCredits !== undefined && startingCredits < 0) {
+      throw new UsageError("--starting-credits must be 0 or more", "serve");
+    }
     if (leaseMs !== undefined && leaseMs < 1000) throw new UsageError("--lease-ms must be at least 1000", "serve");
     const database = values.database ?? ctx.settings.database;
     if (database !== undefined && !/^postgres(ql)?:\/\//.test(database)) {
@@ -112,6 +125,7 @@ Options:
       ...(values["internal-url"] ? { internalUrl: values["internal-url"] } : {}),
       ...(leaseMs !== undefined ? { leaseMs } : {}),
       ...(perTenant !== undefined ? { maxRunsPerTenant: perTenant } : {}),
+      ...(startingCredits !== undefined ? { startingCredits } : {}),
       ...(values.blobs ? { blobs: values.blobs } : {}),
       ...(database ? { database } : {}),
       ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),
@@ -143,6 +157,10 @@ Options:
       process.on("SIGTERM", stop);
     });
     ctx.out(`paddock ${VERSION} serving ${host.url} (data: ${dataDir}${database ? ", database: PostgreSQL" : ""})`);
+    if (host.startingCredits !== null) {
+      ctx.out(`the host's own tenant starts with ${host.startingCredits} credits (--starting-credits)`);
+    }
+    ctx.out(`dashboard: ${dashboardUrl(host.url)} (sign in with the admin API key)`);
     if (host.adminKey) {
       ctx.out(`admin API key (shown once; saved to ${host.adminKeyPath}):`);
       ctx.out(`  ${host.adminKey}`);

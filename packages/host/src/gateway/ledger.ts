@@ -96,15 +96,18 @@ export class Ledger {
 
   /** Adds (or, negative, takes back) credits of a tenant. */
   async grant(tenantId: string, micro: number, note?: string): Promise<Balance> {
+    return this.#db.transaction().execute((trx) => this.grantWithin(trx, tenantId, micro, note));
+  }
+
+  /** A grant inside the caller's transaction: it holds only if that transaction commits. */
+  async grantWithin(trx: Transaction<Database>, tenantId: string, micro: number, note?: string): Promise<Balance> {
     if (!Number.isSafeInteger(micro) || micro === 0)
       throw new AppError("validation_failed", "A grant is a whole, non-zero amount.");
-    return this.#db.transaction().execute(async (trx) => {
-      const tenant = await trx.selectFrom("tenants").select("id").where("id", "=", tenantId).executeTakeFirst();
-      if (!tenant) throw new AppError("not_found", `No tenant '${tenantId.slice(0, 64)}'.`);
-      await this.#append(trx, { tenantId, kind: "grant", amount: micro, detail: note ? { note } : null });
-      await bump(trx, `tenant:${tenantId}`, { granted: micro });
-      return toBalance(await account(trx, `tenant:${tenantId}`));
-    });
+    const tenant = await trx.selectFrom("tenants").select("id").where("id", "=", tenantId).executeTakeFirst();
+    if (!tenant) throw new AppError("not_found", `No tenant '${tenantId.slice(0, 64)}'.`);
+    await this.#append(trx, { tenantId, kind: "grant", amount: micro, detail: note ? { note } : null });
+    await bump(trx, `tenant:${tenantId}`, { granted: micro });
+    return toBalance(await account(trx, `tenant:${tenantId}`));
   }
 
   /**

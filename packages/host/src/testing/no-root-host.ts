@@ -126,7 +126,7 @@ export async function startNoRootHost(
     });
     await services.runners.publish(runnerFiles);
     await opened.hints.ready();
-    const adminKey = options.sharing?.adminKey ?? (await services.identity.bootstrap());
+    const adminKey = options.sharing?.adminKey ?? (await services.identity.bootstrap()).adminKey;
     if (!adminKey) throw new Error("a new data folder gives an admin key");
     return {
       services,
