@@ -105,6 +105,12 @@ export const HostConfig = z
       .default({}),
     /** How often due schedules are looked for; 0 leaves it to the caller of `scheduler.tick` (tests). */
     schedulerTickMs: z.number().int().min(0).default(1000),
+    /** Notifications: the first retry's delay (doubling per attempt, up to an hour, with jitter). */
+    notificationBackoffMs: z.number().int().min(1).default(5000),
+    /** Notifications: one attempt's time limit (connect, send, answer). */
+    notificationTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+    /** Notifications: how long a delivery is retried before it fails (default a day). */
+    notificationRetryForMs: z.number().int().min(0).default(86_400_000),
     /** LLM rate limits every tenant gets (requests and tokens per minute); default none. */
     llmTenantLimits: z
       .object({ requestsPerMinute: PerMinute.optional(), tokensPerMinute: PerMinute.optional() })
