@@ -11,11 +11,7 @@ import { Ledger } from "../gateway/ledger.ts";
 import { EventLog } from "../store/event-log.ts";
 import { LocalHints } from "../store/hints.ts";
 import { type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
-import {
-  type Received,
-  signedWith,
-  startNotificationReceiver,
-} from "../testing/notification-receiver.ts";
+import { type Received, signedWith, startNotificationReceiver } from "../testing/notification-receiver.ts";
 import { forEachStore } from "../testing/stores.ts";
 import { waitFor } from "../testing/wait.ts";
 import { NotificationOutbox } from "./outbox.ts";
