@@ -12,6 +12,7 @@
 import { randomBytes } from "node:crypto";
 import {
   AppError,
+  fromMicro,
   type NotificationAttempt,
   type NotificationCreate,
   type NotificationDelivery,
@@ -75,7 +76,7 @@ function toSubscription(row: NotificationSubscriptionsTable, secret?: string): N
     url: row.url,
     events: parseEventTypes(row.events),
     description: row.description,
-    credits_below: row.credits_below === null ? null : Number(row.credits_below) / 1_000_000,
+    credits_below: row.credits_below === null ? null : fromMicro(Number(row.credits_below)),
     internal: row.internal === 1,
     status: row.status === "disabled" ? "disabled" : "active",
     disabled_reason: row.disabled_reason,
