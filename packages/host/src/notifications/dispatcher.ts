@@ -98,7 +98,8 @@ export class NotificationDispatcher {
   readonly #inflight = new Map<string, { done: Promise<void>; abort: AbortController }>();
   #timer: NodeJS.Timeout | null = null;
   #unlisten: (() => void) | null = null;
-  #passing = false;
+  /** The pass in progress, if any. */
+  #passing: Promise<void> | null = null;
   #again = false;
   /** The last claim took all it could: more may be due once a send ends. */
   #full = false;
@@ -132,14 +133,13 @@ export class NotificationDispatcher {
       this.#again = true;
       return;
     }
-    this.#passing = true;
-    this.#pass()
+    this.#passing = this.#pass()
       .then(
-        () => this.#store.succeeded(),
+        () => void this.#store.succeeded(),
         (err: unknown) => this.#store.failed("claiming deliveries", err),
       )
       .finally(() => {
-        this.#passing = false;
+        this.#passing = null;
         if (this.#again) {
           this.#again = false;
           this.wake();
@@ -152,6 +152,8 @@ export class NotificationDispatcher {
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
     this.#unlisten?.();
+    // A pass still claiming starts its sends first: they are cut short with the others.
+    await this.#passing;
     for (const { abort } of this.#inflight.values()) abort.abort();
     await Promise.allSettled([...this.#inflight.values()].map((f) => f.done));
   }
