@@ -20,6 +20,9 @@ import {
   FreezeResult,
   Model,
   NodeInfo,
+  type NotificationCreateInput,
+  NotificationDelivery,
+  NotificationSubscription,
   Page,
   Provider,
   type ProviderPutInput,
@@ -331,6 +334,36 @@ export class Client {
 
   deleteWebhook(id: string): Promise<Webhook> {
     return this.#json(Webhook, "DELETE", `/webhooks/${enc(id)}`);
+  }
+
+  /** Subscribes an endpoint; the answer holds its signing secret, shown this once. */
+  createNotification(body: NotificationCreateInput): Promise<NotificationSubscription> {
+    return this.#json(NotificationSubscription, "POST", "/notifications", { body });
+  }
+
+  listNotifications(): Promise<NotificationSubscription[]> {
+    return this.#list(NotificationSubscription, "/notifications");
+  }
+
+  deleteNotification(id: string): Promise<NotificationSubscription> {
+    return this.#json(NotificationSubscription, "DELETE", `/notifications/${enc(id)}`);
+  }
+
+  /** A new signing secret (shown this once); the old one also signs for `overlapS` seconds. */
+  rotateNotification(id: string, overlapS?: number): Promise<NotificationSubscription> {
+    const body = overlapS === undefined ? {} : { overlap_s: overlapS };
+    return this.#json(NotificationSubscription, "POST", `/notifications/${enc(id)}/rotate`, { body });
+  }
+
+  /** A subscription's deliveries, newest first, each with its attempts. */
+  listNotificationDeliveries(id: string, limit: number): Promise<NotificationDelivery[]> {
+    return this.#list(NotificationDelivery, `/notifications/${enc(id)}/deliveries`, {}, limit);
+  }
+
+  resendNotificationDelivery(id: string, deliveryId: string): Promise<NotificationDelivery> {
+    return this.#json(NotificationDelivery, "POST", `/notifications/${enc(id)}/deliveries/${enc(deliveryId)}/resend`, {
+      body: {},
+    });
   }
 
   listRunners(): Promise<z.output<typeof Runner>[]> {

@@ -15,6 +15,7 @@ import { health } from "./commands/health.ts";
 import { images } from "./commands/images.ts";
 import { keys } from "./commands/keys.ts";
 import { nodes } from "./commands/nodes.ts";
+import { notifications } from "./commands/notifications.ts";
 import { cancel, logs, run, runs } from "./commands/runs.ts";
 import { schedules, webhooks } from "./commands/schedules.ts";
 import { secrets } from "./commands/secrets.ts";
@@ -38,6 +39,7 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   credits,
   schedules,
   webhooks,
+  notifications,
   run,
   runs,
   logs,

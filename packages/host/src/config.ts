@@ -113,6 +113,12 @@ export const HostConfig = z
      * Tenants made later through the API start at 0.
      */
     startingCredits: z.number().min(0).max(1_000_000).default(10),
+    /** Notifications: the first retry's delay (doubling per attempt, up to an hour, with jitter). */
+    notificationBackoffMs: z.number().int().min(1).default(5000),
+    /** Notifications: one attempt's time limit (connect, send, answer). */
+    notificationTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+    /** Notifications: how long a delivery is retried before it fails (default a day). */
+    notificationRetryForMs: z.number().int().min(0).default(86_400_000),
     /** LLM rate limits every tenant gets (requests and tokens per minute); default none. */
     llmTenantLimits: z
       .object({ requestsPerMinute: PerMinute.optional(), tokensPerMinute: PerMinute.optional() })

@@ -45,6 +45,9 @@ import { RunnerLayers } from "./images/runner-layers.ts";
 import { RunnerRegistry } from "./images/runner-registry.ts";
 import { type Leader, leaderFor, soleLeader } from "./nodes/leader.ts";
 import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
+import { NotificationDispatcher } from "./notifications/dispatcher.ts";
+import { NotificationOutbox } from "./notifications/outbox.ts";
+import { Notifications } from "./notifications/subscriptions.ts";
 import type { SandboxDriver } from "./sandbox/driver.ts";
 import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
 import { SandboxNetwork } from "./sandbox/linux/network.ts";
@@ -126,6 +129,9 @@ export interface Services {
   secrets: Secrets;
   bridge: Bridge;
   gateway: Gateway;
+  notifications: Notifications;
+  /** Sends notification deliveries; started by the caller. */
+  dispatcher: NotificationDispatcher;
   /** The bridge's URL as sandboxes reach it; null without sandbox networks. */
   bridgeUrl: string | null;
   app: OpenAPIHono<ApiEnv>;
@@ -189,7 +195,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const hints = env.hints ?? new LocalHints();
   const nodeId = config.nodeId ?? defaultNodeId(dataDir);
   const leader = env.leader ?? soleLeader;
-  const events = new EventLog(db, { dialect, hints });
+  // Notification deliveries are written with the events and spending they announce.
+  const outbox = new NotificationOutbox({ hints }, { dialect, retryForMs: config.notificationRetryForMs });
+  const events = new EventLog(db, { dialect, hints, announcer: outbox });
   const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
   const runs = new RunRepository(db, events);
   const images = new ImageStore({ imagesDir: config.imagesDir });
@@ -234,7 +242,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const live = new LiveSandboxes();
   // The LLM gateway: providers' keys stay here, every call is metered against the ledger.
   const providers = new Providers(db);
-  const ledger = new Ledger(db, { dialect });
+  const ledger = new Ledger(db, { dialect, watcher: outbox });
   const identity = new Identity(db, { ledger, credits: config.startingCredits });
   const abandoned = await ledger.settleAbandoned(nodeId);
   if (abandoned > 0)
@@ -306,6 +314,20 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     );
   const scheduler = new Scheduler({ db, runs, specOf, notify: () => engine.notify(), log, leader });
   const webhooks = new Webhooks({ db, vault, runs, specOf, notify: () => engine.notify(), log });
+  const notifications = new Notifications({ db, vault, hints }, { dialect, retryForMs: config.notificationRetryForMs });
+  const dispatcher = new NotificationDispatcher(
+    { db, hints, vault, log, resolve: env.testOnly?.resolve },
+    {
+      nodeId,
+      dialect,
+      backoffMs: config.notificationBackoffMs,
+      maxBackoffMs: 3_600_000,
+      timeoutMs: config.notificationTimeoutMs,
+      pollMs: 1000,
+      concurrency: 16,
+    },
+  );
+  env.undo.push(() => dispatcher.close());
   const sessions = new EnvSessions({
     db,
     nodeId,
@@ -337,6 +359,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     ledger,
     scheduler,
     webhooks,
+    notifications,
     nodes,
     nodeId,
     version: VERSION,
@@ -359,6 +382,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     secrets,
     bridge,
     gateway,
+    notifications,
+    dispatcher,
     bridgeUrl,
     app,
   };
@@ -417,7 +442,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       testOnly: input.testOnly,
       undo,
     });
-    const { identity, runners, agents, engine, scheduler, sessions, bridge, gateway, leader } = services;
+    const { identity, runners, agents, engine, scheduler, sessions, bridge, gateway, leader, dispatcher } = services;
 
     // This host's runner becomes current unless it already is (deploying a host deploys its runner).
     await runners.ensureCurrent({ bundlePath: await ensureRunnerBundle(), nodePath: process.execPath });
@@ -462,6 +487,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     // Runs queued by other hosts sharing the store wake this one's engine too.
     if (hints.shared) hints.listen(HINT.runQueued, () => engine.notify());
     scheduler.start(config.schedulerTickMs);
+    await dispatcher.start();
     const lost = await sessions.start();
     if (lost > 0) log(`${lost} environment session(s) ended with the previous host`);
     const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
@@ -498,6 +524,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
           await sessions.stop();
           await scheduler.stop();
           await engine.close();
+          await dispatcher.close();
           await bridge.close();
           gateway.close();
           await driver.close();

@@ -139,6 +139,15 @@ export const ERROR_CODES = {
     status: 401,
     message: "The delivery's x-paddock-timestamp is more than five minutes from the host's clock; sign it again.",
   },
+  notification_url_refused: {
+    status: 422,
+    message:
+      "The notification URL is not allowed: https:// with no user or password, on a public address unless the admin marks the subscription internal.",
+  },
+  notification_disabled: {
+    status: 409,
+    message: "The subscription is disabled (its endpoint answered 410 Gone); create a new one to send to it again.",
+  },
   too_many_children: {
     status: 429,
     message: "This run already has as many child runs going as it may; wait for one to finish.",

@@ -3,7 +3,17 @@ import { join } from "node:path";
 import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
-const SCENARIOS = ["boot", "bridge", "cluster", "density", "gateway", "queue", "snapshot", "swap"] as const;
+const SCENARIOS = [
+  "boot",
+  "bridge",
+  "cluster",
+  "density",
+  "gateway",
+  "notifications",
+  "queue",
+  "snapshot",
+  "swap",
+] as const;
 
 export const bench: Command = {
   name: "bench",
@@ -31,6 +41,9 @@ Scenarios:
   gateway what the LLM gateway adds to a model call from inside a sandbox (N×10 pairs of whole
           chat completions, direct to a local stand-in provider and through the gateway with
           metering, interleaved over the same link), and to the first chunk of a stream
+  notifications  how soon a notification leaves after its event: from a run's terminal event to
+          its signed delivery's arrival at an endpoint on loopback (N runs one at a time, then N
+          at once), beside the target (p50 under 1 s)
   queue   the run queue on SQLite: runs claimed per second with N×10 trivial runs queued at once,
           claim latency with the engine idle (N runs), and the delay from a cron slot to the
           run (a per-second schedule, N slots)
@@ -126,6 +139,16 @@ Options:
         imagesDir: join(dataDirOf(values, ctx), "images"),
         calls: Math.max(runs, 1) * 10,
         progress: (line) => ctx.err(`bench gateway: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "notifications") {
+      const { notificationsBench } = await import("../../../../bench/notifications.ts");
+      const result = await notificationsBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        runs: Math.max(runs, 1),
+        progress: (line) => ctx.err(`bench notifications: ${line}`),
       });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;

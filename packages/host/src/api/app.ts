@@ -42,6 +42,7 @@ import type { Providers } from "../gateway/providers.ts";
 import { type Identity, toTenant } from "../identity/identity.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
 import type { Nodes } from "../nodes/nodes.ts";
+import type { Notifications } from "../notifications/subscriptions.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
 import type { Scheduler } from "../triggers/scheduler.ts";
@@ -60,6 +61,7 @@ import {
   validationHook,
 } from "./http.ts";
 import { registerNodeRoutes } from "./nodes.ts";
+import { registerNotificationRoutes } from "./notifications.ts";
 import { registerRunnerRoutes } from "./runners.ts";
 import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
@@ -83,6 +85,7 @@ export interface ApiDeps {
   ledger: Ledger;
   scheduler: Scheduler;
   webhooks: Webhooks;
+  notifications: Notifications;
   nodes: Nodes;
   /** The node serving this API. */
   nodeId: string;
@@ -341,6 +344,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   registerSecretRoutes(route, deps.secrets);
   registerScheduleRoutes(route, { scheduler: deps.scheduler, agents: deps.agents });
   registerWebhookRoutes(route, { webhooks: deps.webhooks, agents: deps.agents });
+  registerNotificationRoutes(route, { notifications: deps.notifications, identity: deps.identity });
   registerGatewayRoutes(route, {
     providers: deps.providers,
     ledger: deps.ledger,

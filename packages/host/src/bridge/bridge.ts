@@ -24,16 +24,16 @@
  * (connection, method, path and the rule that allowed it, status, bytes, latency; never a header
  * value or the secret).
  */
-import { lookup as dnsLookup } from "node:dns/promises";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
-import type { AddressInfo, LookupFunction } from "node:net";
+import type { AddressInfo } from "node:net";
 import { type ConnectionAuth, ERROR_CODES, type RunEventData } from "@paddock/protocol";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../store/journal.ts";
 import { type ChannelRoute, Refusal, readCapped, sendJson, sendRefusal, sendReplay, takeStep } from "./channel.ts";
 import type { BridgeConnection } from "./connections.ts";
 import { type LiveSandbox, LiveSandboxes } from "./live.ts";
-import { allowedMethod, checkBridgePath, matchRule, upstreamAddressRefusal } from "./policy.ts";
+import { AddressPinner, PinRefusal, pinnedLookup } from "./pin.ts";
+import { allowedMethod, checkBridgePath, matchRule } from "./policy.ts";
 import type { TokenBucket } from "./rate-limit.ts";
 import { redactionNeedles, redactText } from "./redact.ts";
 import { relay } from "./relay.ts";
@@ -107,7 +107,6 @@ const DROP_RESPONSE = new Set([
 ]);
 const CONNECTION_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const MAX_TOKEN_BYTES = 4096;
-const DNS_TTL_MS = 30_000;
 
 /** One call through a connection, once it passed every check. */
 interface BridgeCall {
@@ -134,10 +133,11 @@ export class Bridge {
     http: new http.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
     https: new https.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
   };
-  readonly #dns = new Map<string, { at: number; addresses: Promise<string[]> }>();
+  readonly #pinner: AddressPinner;
 
   constructor(deps: BridgeDeps) {
     this.#deps = deps;
+    this.#pinner = new AddressPinner(deps.resolve);
     this.#server = http.createServer({ keepAlive: true, requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => {
       this.#handle(req, res).catch((err: unknown) => {
         this.#deps.log(`bridge: ${err instanceof Error ? err.message : String(err)}`);
@@ -325,12 +325,6 @@ export class Bridge {
         headers["content-length"] = String(body.length);
     }
     const address = await this.#pin(base.hostname, connection.internal);
-    const lookup: LookupFunction = (_host, options, callback) => {
-      const family = address.includes(":") ? 6 : 4;
-      if (options.all)
-        (callback as (e: null, a: { address: string; family: number }[]) => void)(null, [{ address, family }]);
-      else callback(null, address, family);
-    };
     const secure = base.protocol === "https:";
     const upstream = (secure ? https : http).request({
       protocol: base.protocol,
@@ -341,7 +335,7 @@ export class Bridge {
       path: `${base.pathname === "/" ? "" : base.pathname}${path}${upstreamQuery ? `?${upstreamQuery}` : ""}`,
       headers,
       agent: secure ? this.#agents.https : this.#agents.http,
-      lookup,
+      lookup: pinnedLookup(address),
       ...(secure ? { servername: base.hostname } : {}),
     });
 
@@ -398,38 +392,19 @@ export class Bridge {
     });
   }
 
-  /**
-   * The address to call for `host`: resolved (or taken as a literal), every address checked, the
-   * first one pinned so the connection cannot be re-pointed between check and use.
-   */
+  /** The address to call for `host`, checked and pinned (see pin.ts); a refusal naming why not. */
   async #pin(host: string, internal: boolean): Promise<string> {
-    const literal = host.startsWith("[") ? host.slice(1, -1) : host;
-    let addresses: string[];
-    if (/^[\d.]+$/.test(literal) || literal.includes(":")) addresses = [literal];
-    else {
-      let cached = this.#dns.get(literal);
-      if (!cached || Date.now() - cached.at > DNS_TTL_MS) {
-        const resolve =
-          this.#deps.resolve ?? (async (h: string) => (await dnsLookup(h, { all: true })).map((a) => a.address));
-        cached = { at: Date.now(), addresses: resolve(literal) };
-        cached.addresses.catch(() => this.#dns.delete(literal));
-        this.#dns.set(literal, cached);
-      }
-      addresses = await cached.addresses.catch(() => {
-        throw new Refusal("upstream_error", `The upstream host '${literal}' does not resolve.`);
-      });
+    try {
+      return await this.#pinner.pin(host, internal);
+    } catch (err) {
+      if (!(err instanceof PinRefusal)) throw err;
+      if (err.refusal === null)
+        throw new Refusal("upstream_error", `The upstream host '${err.host}' does not resolve.`);
+      throw new Refusal(
+        "upstream_refused",
+        `The upstream '${err.host}' resolves to a ${err.refusal} address, which ${internal ? "no connection" : "only an internal connection"} may call.`,
+      );
     }
-    if (addresses.length === 0) throw new Refusal("upstream_error", `The upstream host '${literal}' does not resolve.`);
-    for (const address of addresses) {
-      const refusal = upstreamAddressRefusal(address, internal);
-      if (refusal) {
-        throw new Refusal(
-          "upstream_refused",
-          `The upstream '${literal}' resolves to a ${refusal} address, which ${internal ? "no connection" : "only an internal connection"} may call.`,
-        );
-      }
-    }
-    return addresses[0] as string;
   }
 }
 

@@ -83,15 +83,31 @@ const keys = (r: { tenantId: string; agentId: string; runId: string }) => ({
 
 const EMPTY = { granted: 0, spent: 0, reserved: 0 };
 
+/**
+ * Told, inside the transaction that bills a call, how the tenant's balance (granted minus spent,
+ * in micro-credits) fell, so that what announces it (a credits.low notification) commits with it.
+ */
+export interface SpendWatcher {
+  /** Writes in `trx` what the fall from `beforeMicro` to `afterMicro` announces; true when it wrote any. */
+  spent(trx: Transaction<Database>, tenantId: string, beforeMicro: number, afterMicro: number): Promise<boolean>;
+  /** Told once what spent() wrote has committed. */
+  committed(): void;
+}
+
 export class Ledger {
   readonly #db: Kysely<Database>;
   readonly #dialect: Dialect;
   readonly #now: () => number;
+  readonly #watcher: SpendWatcher | undefined;
 
-  constructor(db: Kysely<Database>, options: { now?: () => number; dialect?: Dialect } = {}) {
+  constructor(
+    db: Kysely<Database>,
+    options: { now?: () => number; dialect?: Dialect; watcher?: SpendWatcher | undefined } = {},
+  ) {
     this.#db = db;
     this.#dialect = options.dialect ?? "sqlite";
     this.#now = options.now ?? Date.now;
+    this.#watcher = options.watcher;
   }
 
   /** Adds (or, negative, takes back) credits of a tenant. */
@@ -246,11 +262,18 @@ export class Ledger {
     // Once per reservation: a second settle or release of the same call changes nothing.
     if (r.closed) return;
     r.closed = true;
+    const watcher = this.#watcher;
     try {
-      await this.#db.transaction().execute(async (trx) => {
+      const announced = await this.#db.transaction().execute(async (trx) => {
         await this.#append(trx, { ...r, kind, amount: cost, detail });
         await bump(trx, Object.values(keys(r)), { reserved: -r.amount, spent: cost });
+        if (!watcher || cost <= 0) return false;
+        // Read after the bump: the row's lock orders settlements, so each sees its own fall.
+        const tenant = await account(trx, `tenant:${r.tenantId}`);
+        const after = Number(tenant.granted) - Number(tenant.spent);
+        return watcher.spent(trx, r.tenantId, after + cost, after);
       });
+      if (announced) watcher?.committed();
     } catch (err) {
       r.closed = false;
       throw err;

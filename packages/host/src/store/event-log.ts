@@ -53,6 +53,26 @@ export interface RefusedEvent {
   problems: string;
 }
 
+/** The run an appended batch belongs to, as an announcer sees it. */
+export interface AnnouncedRun {
+  id: string;
+  tenant_id: string;
+  agent_id: string;
+}
+
+/**
+ * Writes, in the transaction that appends events, what announces some of them outside (the
+ * notifications outbox): an event that commits is never left unannounced, nor announced without it.
+ */
+export interface EventAnnouncer {
+  /** Whether events of `type` may be announced: a cheap check before anything is read. */
+  announces(type: string): boolean;
+  /** Writes in `trx` the announcements of `rows` (of one run); true when it wrote any. */
+  announce(trx: Db, run: AnnouncedRun, rows: EventsTable[]): Promise<boolean>;
+  /** Told once what announce() wrote has committed. */
+  committed(): void;
+}
+
 /** How often a subscriber re-reads the store when hints may come from other processes. */
 const POLL_MS = 1000;
 
@@ -65,10 +85,17 @@ export class EventLog {
   readonly #stale = new Map<string, Set<(seq: number) => void>>();
   /** The last seq of each run written since hints were last sent. */
   readonly #unhinted = new Map<string, number>();
+  readonly #announcer: EventAnnouncer | undefined;
+  /** Appended rows whose announcements were written with them. */
+  readonly #announced = new WeakSet<EventsTable>();
 
-  constructor(db: Kysely<Database>, options: { dialect?: Dialect; hints?: Hints } = {}) {
+  constructor(
+    db: Kysely<Database>,
+    options: { dialect?: Dialect; hints?: Hints; announcer?: EventAnnouncer | undefined } = {},
+  ) {
     const hints = options.hints ?? new LocalHints();
     this.#db = db;
+    this.#announcer = options.announcer;
     this.dialect = options.dialect ?? "sqlite";
     this.#hints = hints;
     this.#bus.setMaxListeners(0);
@@ -92,7 +119,8 @@ export class EventLog {
   /**
    * Appends events with consecutive sequence numbers; call inside a transaction, then publish().
    * The numbers come from the run's counter, whose row lock orders appends to one run. With
-   * `fence`, only while that attempt still holds the run (see fence.ts).
+   * `fence`, only while that attempt still holds the run (see fence.ts). The announcer writes
+   * what announces them in the same transaction.
    */
   async append(trx: Db, runId: string, attempt: number, events: NewEvent[], fence?: Fence): Promise<EventsTable[]> {
     if (events.length === 0) return [];
@@ -102,7 +130,7 @@ export class EventLog {
       .updateTable("runs")
       .set((eb) => ({ event_seq: eb("event_seq", "+", events.length) }))
       .where("id", "=", runId)
-      .returning("event_seq")
+      .returning(["event_seq", "tenant_id", "agent_id"])
       .executeTakeFirst();
     if (!counted) throw new AppError("internal", `Events for a run that does not exist (${runId}).`);
     let seq = counted.event_seq - events.length;
@@ -122,6 +150,11 @@ export class EventLog {
         .values(rows.slice(i, i + 100))
         .execute();
     }
+    const announcer = this.#announcer;
+    if (announcer && rows.some((r) => announcer.announces(r.type))) {
+      const run = { id: runId, tenant_id: counted.tenant_id, agent_id: counted.agent_id };
+      if (await announcer.announce(trx, run, rows)) for (const row of rows) this.#announced.add(row);
+    }
     return rows;
   }
 
@@ -131,6 +164,7 @@ export class EventLog {
    */
   publish(rows: EventsTable[]): void {
     for (const row of rows) this.#bus.emit(row.run_id, toRunEvent(row));
+    if (rows.some((r) => this.#announced.has(r))) this.#announcer?.committed();
     const last = rows[rows.length - 1];
     if (!last || !this.#hints.shared) return;
     // Appends in the same turn of the event loop share one hint per run.

@@ -529,6 +529,77 @@ migrations["0012_runner_sources"] = {
   },
 };
 
+migrations["0013_notifications"] = {
+  // Tenants' notification endpoints, the deliveries written with the events they announce (an
+  // outbox the dispatcher drains) and every attempt at sending one.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("notification_subscriptions")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("url", "text", (c) => c.notNull())
+      .addColumn("events", "text", (c) => c.notNull())
+      .addColumn("description", "text")
+      .addColumn("credits_below", "bigint")
+      .addColumn("internal", "integer", (c) => c.notNull().defaultTo(0))
+      .addColumn("status", "text", (c) => c.notNull())
+      .addColumn("disabled_reason", "text")
+      .addColumn("sealed_secrets", "text", (c) => c.notNull())
+      .addColumn("master_key_id", "text", (c) => c.notNull())
+      .addColumn("previous_until", "bigint")
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("updated_at", "bigint", (c) => c.notNull())
+      .execute();
+    await db.schema
+      .createIndex("notification_subscriptions_tenant")
+      .on("notification_subscriptions")
+      .columns(["tenant_id", "status"])
+      .execute();
+    await db.schema
+      .createTable("notification_deliveries")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("subscription_id", "text", (c) =>
+        c.notNull().references("notification_subscriptions.id").onDelete("cascade"),
+      )
+      .addColumn("tenant_id", "text", (c) => c.notNull())
+      .addColumn("type", "text", (c) => c.notNull())
+      .addColumn("run_id", "text")
+      .addColumn("body", "text", (c) => c.notNull())
+      .addColumn("status", "text", (c) => c.notNull())
+      .addColumn("attempts", "integer", (c) => c.notNull().defaultTo(0))
+      .addColumn("next_at", "bigint", (c) => c.notNull())
+      .addColumn("retry_until", "bigint", (c) => c.notNull())
+      .addColumn("claimed_by", "text")
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("delivered_at", "bigint")
+      .execute();
+    // What the dispatcher looks for: pending deliveries by due time.
+    await db.schema
+      .createIndex("notification_deliveries_due")
+      .on("notification_deliveries")
+      .column("next_at")
+      .where(sql.ref("status"), "=", sql.lit("pending"))
+      .execute();
+    await db.schema
+      .createIndex("notification_deliveries_subscription")
+      .on("notification_deliveries")
+      .columns(["subscription_id", "id"])
+      .execute();
+    await db.schema
+      .createTable("notification_attempts")
+      .addColumn("delivery_id", "text", (c) => c.notNull().references("notification_deliveries.id").onDelete("cascade"))
+      .addColumn("n", "integer", (c) => c.notNull())
+      .addColumn("node_id", "text", (c) => c.notNull())
+      .addColumn("started_at", "bigint", (c) => c.notNull())
+      .addColumn("status", "integer")
+      .addColumn("latency_ms", "real")
+      .addColumn("error", "text")
+      .addPrimaryKeyConstraint("notification_attempts_pk", ["delivery_id", "n"])
+      .execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** The advisory lock that lets one process at a time migrate a PostgreSQL store. */

@@ -367,6 +367,9 @@ export interface Database {
   journal: JournalTable;
   nodes: NodesTable;
   tree_blobs: TreeBlobsTable;
+  notification_subscriptions: NotificationSubscriptionsTable;
+  notification_deliveries: NotificationDeliveriesTable;
+  notification_attempts: NotificationAttemptsTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }
@@ -380,4 +383,62 @@ export interface TreeBlobsTable {
   sha256: string;
   size: number;
   created_at: number;
+}
+
+/** A tenant's endpoint subscribed to event types (see notifications/). */
+export interface NotificationSubscriptionsTable {
+  id: string;
+  tenant_id: string;
+  url: string;
+  /** JSON array of NotificationEventType. */
+  events: string;
+  description: string | null;
+  /** With credits.low: the balance in micro-credits under which it is sent. */
+  credits_below: number | null;
+  /** 1: set by the admin, the URL may resolve to a private or loopback address. */
+  internal: number;
+  /** active | disabled */
+  status: string;
+  disabled_reason: string | null;
+  /** The vault's sealed box of the signing secrets (JSON {current, previous}); never a value. */
+  sealed_secrets: string;
+  master_key_id: string;
+  /** Until when the previous secret signs beside the current one; null for none. */
+  previous_until: number | null;
+  created_at: number;
+  updated_at: number;
+}
+
+/** One notification to send: written in the transaction of the event it announces (the outbox). */
+export interface NotificationDeliveriesTable {
+  id: string;
+  subscription_id: string;
+  tenant_id: string;
+  type: string;
+  run_id: string | null;
+  /** The JSON payload, byte for byte what is signed and sent. */
+  body: string;
+  /** pending | delivered | failed | canceled */
+  status: string;
+  /** Attempts claimed so far (each has a notification_attempts row once it ends). */
+  attempts: number;
+  /** When it is due (the database's clock); while a node sends it, when that node's claim lapses. */
+  next_at: number;
+  /** No automatic attempt starts after this time: the delivery fails instead. */
+  retry_until: number;
+  /** The node sending it now; null between attempts. */
+  claimed_by: string | null;
+  created_at: number;
+  delivered_at: number | null;
+}
+
+export interface NotificationAttemptsTable {
+  delivery_id: string;
+  n: number;
+  node_id: string;
+  started_at: number;
+  /** The endpoint's HTTP status; null when it gave none. */
+  status: number | null;
+  latency_ms: number | null;
+  error: string | null;
 }

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { chmod, mkdir, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Kysely } from "kysely";
-import { type HostConfigInput, resolveHostConfig } from "../config.ts";
+import { type HostConfigInput, type HostHooks, resolveHostConfig } from "../config.ts";
 import {
   AGENT_USER,
   DEFAULT_IMAGE_POINTER,
@@ -87,7 +87,7 @@ async function placeRunner(dataDir: string): Promise<{ bundlePath: string; nodeP
  */
 export async function startNoRootHost(
   store: StoreKind = sqliteStore(),
-  options: { sharing?: NoRootHost; config?: Partial<HostConfigInput> } = {},
+  options: { sharing?: NoRootHost; config?: Partial<HostConfigInput>; testOnly?: HostHooks["testOnly"] } = {},
 ): Promise<NoRootHost> {
   const opened = await store.open({ url: options.sharing?.database });
   const { db, dataDir } = opened;
@@ -117,6 +117,7 @@ export async function startNoRootHost(
       driver,
       log,
       undo,
+      ...(options.testOnly ? { testOnly: options.testOnly } : {}),
     });
     await services.nodes.register({
       id: services.nodeId,
