@@ -43,6 +43,8 @@ import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
 import { RunnerRegistry } from "./images/runner-registry.ts";
+import { createLog, defaultLogFormat, type Log } from "./logs/log.ts";
+import { Metrics } from "./metrics/metrics.ts";
 import { type Leader, leaderFor, soleLeader } from "./nodes/leader.ts";
 import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
 import type { SandboxDriver } from "./sandbox/driver.ts";
@@ -96,7 +98,7 @@ export interface ServiceEnv {
   driver: SandboxDriver;
   /** Sandboxes' networks; without them sandboxes get none and the bridge does not listen. */
   network?: SandboxNetwork;
-  log: (line: string) => void;
+  log: Log;
   testOnly?: HostHooks["testOnly"];
   /** Who runs the singletons (scheduler ticks, GC); default this node alone. */
   leader?: Leader;
@@ -124,6 +126,8 @@ export interface Services {
   secrets: Secrets;
   bridge: Bridge;
   gateway: Gateway;
+  /** This node's metrics (GET /metrics). */
+  metrics: Metrics;
   /** The bridge's URL as sandboxes reach it; null without sandbox networks. */
   bridgeUrl: string | null;
   app: OpenAPIHono<ApiEnv>;
@@ -187,7 +191,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const hints = env.hints ?? new LocalHints();
   const nodeId = config.nodeId ?? defaultNodeId(dataDir);
   const leader = env.leader ?? soleLeader;
-  const events = new EventLog(db, { dialect, hints });
+  const metrics = new Metrics({ version: VERSION, node: nodeId });
+  const metricsToken = config.metricsTokenFile ? await readMetricsToken(config.metricsTokenFile) : null;
+  const events = new EventLog(db, { dialect, hints, observe: (rows) => metrics.published(rows) });
   const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
   const runs = new RunRepository(db, events);
   const identity = new Identity(db);
@@ -233,7 +239,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const live = new LiveSandboxes();
   // The LLM gateway: providers' keys stay here, every call is metered against the ledger.
   const providers = new Providers(db);
-  const ledger = new Ledger(db, { dialect });
+  const ledger = new Ledger(db, { dialect, metrics });
   const abandoned = await ledger.settleAbandoned(nodeId);
   if (abandoned > 0)
     log(`billed ${abandoned} model call(s) left open by the previous host at their reserved worst case`);
@@ -248,13 +254,14 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     budgetOf: (runId) => agents.budgetOfRun(runId),
     ...(config.llmTenantLimits ? { tenantLimits: config.llmTenantLimits } : {}),
     log,
+    metrics,
   });
   env.undo.push(async () => gateway.close());
   // Agent-to-agent calls wake the engine, which is made below.
   let wakeEngine = () => {};
   const agentCalls = new AgentCalls({ db, agents, runs, events, artifacts, notify: () => wakeEngine(), journal });
   const routes = [agentCalls, gateway];
-  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal });
+  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal, metrics });
   env.undo.push(() => bridge.close());
   let bridgeUrl: string | null = null;
   if (env.network) {
@@ -281,6 +288,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         ? { bridge: { url: bridgeUrl, live, mint: (claims) => tokens.mint(claims), ttlMs: tokens.ttlMs } }
         : {}),
       log,
+      metrics,
     },
     {
       workerId: nodeId,
@@ -293,6 +301,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     },
   );
   wakeEngine = () => engine.notify();
+  metrics.watch({ active: () => engine.activeStates, warm: () => engine.warmCount, queued: () => runs.countQueued() });
   // What a triggered run of an agent freezes now; null once the agent is gone.
   const specOf = (tenantId: string, agentId: string) =>
     agents.get(tenantId, agentId).then(
@@ -302,8 +311,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         throw err;
       },
     );
-  const scheduler = new Scheduler({ db, runs, specOf, notify: () => engine.notify(), log, leader });
-  const webhooks = new Webhooks({ db, vault, runs, specOf, notify: () => engine.notify(), log });
+  const scheduler = new Scheduler({ db, runs, specOf, notify: () => engine.notify(), log, leader, metrics });
+  const webhooks = new Webhooks({ db, vault, runs, specOf, notify: () => engine.notify(), log, metrics });
   const sessions = new EnvSessions({
     db,
     nodeId,
@@ -339,6 +348,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     nodeId,
     version: VERSION,
     log,
+    metrics,
+    metricsToken,
   });
   return {
     identity,
@@ -357,19 +368,29 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     secrets,
     bridge,
     gateway,
+    metrics,
     bridgeUrl,
     app,
   };
 }
 
+/** The metrics token in `file`: at least 16 characters once surrounding whitespace is trimmed. */
+async function readMetricsToken(file: string): Promise<string> {
+  const token = (await readFile(file, "utf8")).trim();
+  if (token.length < 16 || /\s/.test(token)) {
+    throw new Error(`the metrics token in ${file} must be at least 16 characters, without spaces`);
+  }
+  return token;
+}
+
 export async function startHost(input: HostConfigInput): Promise<RunningHost> {
-  const log = input.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
   const resolved = resolveHostConfig(input);
   // The first folder mkdir made, removed again when the store cannot be opened.
   const made = await mkdir(resolved.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(resolved.dataDir);
   const nodeId = resolved.nodeId ?? defaultNodeId(dataDir);
   const config: HostConfig = { ...resolved, dataDir, nodeId };
+  const log = input.log ?? createLog({ format: config.logFormat ?? defaultLogFormat(), node: nodeId });
   const unlock = await lock(dataDir);
   const instance = instanceOf(dataDir);
 

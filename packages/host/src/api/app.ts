@@ -41,6 +41,7 @@ import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
 import { type Identity, toTenant } from "../identity/identity.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
@@ -59,6 +60,7 @@ import {
   tenantOf,
   validationHook,
 } from "./http.ts";
+import { registerMetricsRoutes } from "./metrics.ts";
 import { registerNodeRoutes } from "./nodes.ts";
 import { registerRunnerRoutes } from "./runners.ts";
 import { registerScheduleRoutes } from "./schedules.ts";
@@ -88,6 +90,9 @@ export interface ApiDeps {
   nodeId: string;
   version: string;
   log: (msg: string) => void;
+  /** This node's metrics, and the token that may read them beside the admin key (null: none). */
+  metrics: Metrics;
+  metricsToken: string | null;
 }
 
 const AgentId = z.object({ id: pathParam(Id, "agent") });
@@ -108,7 +113,7 @@ const TERMINAL_EVENTS = new Set(TERMINAL_STATUSES.map((s) => `run.${s}`));
 
 export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   const app = new OpenAPIHono<ApiEnv>({ defaultHook: validationHook });
-  const route = routeDefiner(app, deps.identity);
+  const route = routeDefiner(app, deps.identity, { metrics: deps.metrics, metricsToken: deps.metricsToken });
 
   const page = <T>(rows: T[], limit: number, cursor: (row: T) => string) => ({
     data: rows,
@@ -349,6 +354,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     findRun,
   });
   registerConnectionRoutes(route, deps.connections);
+  registerMetricsRoutes(route, deps.metrics);
 
   // Runs.
   route(
@@ -512,6 +518,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
           wake?.();
         });
         const keepalive = setInterval(() => void stream.write(": keepalive\n\n"), 15_000);
+        const left = deps.metrics.sseOpened();
         try {
           let done = false;
           const send = async (e: RunEvent) => {
@@ -550,6 +557,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
         } finally {
           clearInterval(keepalive);
           unsubscribe();
+          left();
         }
       });
     },
@@ -612,6 +620,11 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     type: "http",
     scheme: "bearer",
     description: "The admin API key",
+  });
+  app.openAPIRegistry.registerComponent("securitySchemes", "metrics", {
+    type: "http",
+    scheme: "bearer",
+    description: "The metrics token (serve --metrics-token-file), for GET /metrics only",
   });
 
   app.notFound((c) =>

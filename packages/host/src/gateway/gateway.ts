@@ -38,6 +38,7 @@ import { type LiveSandbox, LiveSandboxes } from "../bridge/live.ts";
 import type { RateLimitSpec, TokenBucket } from "../bridge/rate-limit.ts";
 import { redactionNeedles } from "../bridge/redact.ts";
 import { relay } from "../bridge/relay.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import type { Fence } from "../store/fence.ts";
 import { type Journal, type JournalEntry, requestHash } from "../store/journal.ts";
 import type { BudgetScope, Ledger, Reservation } from "./ledger.ts";
@@ -81,6 +82,8 @@ export interface GatewayDeps {
   /** Per-tenant LLM limits, the same for every tenant of this host. */
   tenantLimits?: { requestsPerMinute?: number; tokensPerMinute?: number };
   log: (line: string) => void;
+  /** Where each model call's provider, model, latency and tokens are reported. */
+  metrics?: Pick<Metrics, "llmCall">;
 }
 
 const MAX_REQUEST_BYTES = 8 * 1024 * 1024;
@@ -220,7 +223,10 @@ export class Gateway implements ChannelRoute {
       ...(sandbox.workerId !== undefined
         ? { fence: { runId: sandbox.runId, attempt: sandbox.attempt, workerId: sandbox.workerId } }
         : {}),
-      record: (event) => sandbox.record(event),
+      record: (event) => {
+        sandbox.record(event);
+        if (event.type === "llm.call") this.#deps.metrics?.llmCall(event.data);
+      },
       outOfCredits: (scope) => sandbox.outOfCredits?.(scope),
     });
   }

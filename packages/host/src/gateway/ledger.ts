@@ -16,6 +16,7 @@
 import { AppError, type Balance, fromMicro } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { sql } from "kysely";
+import type { Metrics } from "../metrics/metrics.ts";
 import { checkFence, type Fence } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
 import { type Dialect, dbNow } from "../store/portable.ts";
@@ -87,11 +88,16 @@ export class Ledger {
   readonly #db: Kysely<Database>;
   readonly #dialect: Dialect;
   readonly #now: () => number;
+  readonly #metrics: Pick<Metrics, "creditsSpent"> | undefined;
 
-  constructor(db: Kysely<Database>, options: { now?: () => number; dialect?: Dialect } = {}) {
+  constructor(
+    db: Kysely<Database>,
+    options: { now?: () => number; dialect?: Dialect; metrics?: Pick<Metrics, "creditsSpent"> } = {},
+  ) {
     this.#db = db;
     this.#dialect = options.dialect ?? "sqlite";
     this.#now = options.now ?? Date.now;
+    this.#metrics = options.metrics;
   }
 
   /** Adds (or, negative, takes back) credits of a tenant. */
@@ -252,6 +258,7 @@ export class Ledger {
       r.closed = false;
       throw err;
     }
+    this.#metrics?.creditsSpent(r.tenantId, cost);
   }
 
   async balance(tenantId: string): Promise<Balance> {

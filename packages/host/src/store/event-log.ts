@@ -65,10 +65,16 @@ export class EventLog {
   readonly #stale = new Map<string, Set<(seq: number) => void>>();
   /** The last seq of each run written since hints were last sent. */
   readonly #unhinted = new Map<string, number>();
+  /** Sees every batch this process commits (the host's metrics). */
+  readonly #observe: ((rows: readonly EventsTable[]) => void) | undefined;
 
-  constructor(db: Kysely<Database>, options: { dialect?: Dialect; hints?: Hints } = {}) {
+  constructor(
+    db: Kysely<Database>,
+    options: { dialect?: Dialect; hints?: Hints; observe?: (rows: readonly EventsTable[]) => void } = {},
+  ) {
     const hints = options.hints ?? new LocalHints();
     this.#db = db;
+    this.#observe = options.observe;
     this.dialect = options.dialect ?? "sqlite";
     this.#hints = hints;
     this.#bus.setMaxListeners(0);
@@ -131,6 +137,7 @@ export class EventLog {
    */
   publish(rows: EventsTable[]): void {
     for (const row of rows) this.#bus.emit(row.run_id, toRunEvent(row));
+    this.#observe?.(rows);
     const last = rows[rows.length - 1];
     if (!last || !this.#hints.shared) return;
     // Appends in the same turn of the event loop share one hint per run.
