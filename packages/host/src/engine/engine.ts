@@ -13,6 +13,7 @@ import { type AgentSpec, AppError, TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { CurrentRunner } from "../images/runner-registry.ts";
+import type { LogFields } from "../logs/log.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
@@ -58,6 +59,14 @@ export interface EngineConfig {
   cancelPollMs?: number;
   warm: WarmPoolConfig;
 }
+
+/** What a line about `run` concerns. */
+const runFields = (run: RunsTable): LogFields => ({
+  run_id: run.id,
+  tenant_id: run.tenant_id,
+  agent_id: run.agent_id,
+  attempt: run.attempt,
+});
 
 export class Engine {
   readonly #db: Kysely<Database>;
@@ -374,6 +383,7 @@ export class Engine {
           isDatabaseUnavailable(err)
             ? `run ${run.id}: attempt ${run.attempt} ended, but the database cannot be reached to record it; the run is recovered once its lease lapses`
             : `run ${run.id}: engine error: ${String(err)}`,
+          runFields(run),
         ),
       )
       .finally(() => {
@@ -420,6 +430,7 @@ export class Engine {
       // Whatever failed (the store, the kernel), the run is finished, never left running.
       this.#deps.log(
         `run ${run.id}: attempt failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`,
+        runFields(run),
       );
       outcome = { status: "failed", reason: "sandbox_error", exitCode: null };
     }
@@ -479,7 +490,10 @@ export class Engine {
         : undefined;
     if (!(await this.#claims.finish(run, outcome, resnapshot))) {
       // Someone else finished or recovered the run: nothing was recorded (the attempt row included).
-      this.#deps.log(`run ${run.id}: attempt ${run.attempt} ended; the run is no longer its own, nothing recorded`);
+      this.#deps.log(
+        `run ${run.id}: attempt ${run.attempt} ended; the run is no longer its own, nothing recorded`,
+        runFields(run),
+      );
     }
   }
 
