@@ -14,7 +14,7 @@ export const serve: Command = {
                      [--database postgres://USER@HOST/DB]
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
-                     [--blobs URL]
+                     [--blobs URL] [--metrics-token-file FILE] [--log-format json|pretty]
 
 Runs the host: the HTTP API, the run engine and the sandboxes. On the first start of a data
 folder it creates the admin API key, prints it once and writes it to DIR/admin.key.
@@ -63,7 +63,14 @@ Options:
                     s3://BUCKET[/PREFIX]?endpoint=URL&region=NAME&force_path_style=true
                     (AWS S3, MinIO, Ceph, R2; credentials from the AWS environment or
                     credential files, never the URL). Each node keeps a verified copy of
-                    what it reads in DIR/cache/blobs. Default: DIR/blobs`,
+                    what it reads in DIR/cache/blobs. Default: DIR/blobs
+  --metrics-token-file FILE
+                    a token (at least 16 characters) that may read GET /metrics besides the
+                    admin API key, for a Prometheus scraper that should hold no API key
+  --log-format json|pretty
+                    log lines on stderr as JSON objects (time, level, node, run_id,
+                    tenant_id, msg) or as text for people (default: pretty when stderr is
+                    a terminal, else json)`,
   async run(argv, ctx) {
     const { values } = parseLocalCommand(argv, {
       command: "serve",
@@ -85,8 +92,14 @@ Options:
         "llm-rpm": { type: "string" },
         "llm-tpm": { type: "string" },
         blobs: { type: "string" },
+        "metrics-token-file": { type: "string" },
+        "log-format": { type: "string" },
       },
     });
+    const logFormat = values["log-format"];
+    if (logFormat !== undefined && logFormat !== "json" && logFormat !== "pretty") {
+      throw new UsageError("--log-format must be json or pretty", "serve");
+    }
     const port = parseNumber(values.port, "port") ?? DEFAULT_PORT;
     if (port < 0 || port > 65535) throw new UsageError("--port must be between 0 and 65535", "serve");
     const dataDir = dataDirOf(values, ctx);
@@ -113,6 +126,8 @@ Options:
       ...(leaseMs !== undefined ? { leaseMs } : {}),
       ...(perTenant !== undefined ? { maxRunsPerTenant: perTenant } : {}),
       ...(values.blobs ? { blobs: values.blobs } : {}),
+      ...(values["metrics-token-file"] ? { metricsTokenFile: absolute(values["metrics-token-file"]) } : {}),
+      ...(logFormat ? { logFormat } : {}),
       ...(database ? { database } : {}),
       ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),
       ...(values["master-key-file"] ? { masterKeyFile: absolute(values["master-key-file"]) } : {}),

@@ -11,7 +11,7 @@
  * code of the registry or "ok", a tenant label is a tenant id; never a run id.
  */
 import { ERROR_CODES, type RunEventData } from "@paddock/protocol";
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
 
 /** Seconds, for waits and durations from milliseconds to hours. */
 const SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600];
@@ -63,8 +63,8 @@ export class Metrics {
   readonly #http: Histogram<"method" | "route" | "status_class">;
 
   constructor(info: { version: string; node: string }) {
+    // prom-client's default Node metrics are left out: some of their names fail promtool's lint.
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry });
     new Gauge({
       name: "paddock_build_info",
       help: "This node's version and id (always 1)",
