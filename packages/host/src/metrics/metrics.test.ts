@@ -11,12 +11,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { metricValue, parseMetrics, WEBHOOK_HEADERS } from "@paddock/protocol";
-import { newId } from "../store/ids.ts";
-import type { RunsTable } from "../store/schema.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
 import { promtoolCheck, promtoolSkipReason } from "../testing/promtool.ts";
 import { sqliteStore } from "../testing/stores.ts";
+import { runRow } from "../testing/test-store.ts";
 import { waitFor } from "../testing/wait.ts";
 import { signDelivery } from "../triggers/webhooks.ts";
 
@@ -150,35 +149,15 @@ describe("GET /metrics", () => {
   it("answers within its budget with many runs queued and requests in flight", async () => {
     // Queued, but not due for an hour: the engine leaves them, the count sees them.
     const later = Date.now() + 3_600_000;
-    const rows: RunsTable[] = Array.from({ length: 20_000 }, (_, i) => ({
-      id: newId("run"),
-      tenant_id: tenantId,
-      agent_id: agentId,
-      status: "queued",
-      reason: null,
-      exit_code: null,
-      attempt: 0,
-      max_attempts: 1,
-      input: String(i),
-      spec: "{}",
-      worker_id: null,
-      cancel_requested: 0,
-      snapshot_version: 1,
-      agent_version: 1,
-      created_at: Date.now(),
-      started_at: null,
-      finished_at: null,
-      trigger: "api",
-      not_before: later,
-      expires_at: null,
-      lease_until: null,
-      serial_key: null,
-      parent_run_id: null,
-      root_run_id: null,
-      root_agent_id: null,
-      depth: 0,
-      event_seq: 0,
-    }));
+    const rows = Array.from({ length: 20_000 }, (_, i) =>
+      runRow(tenantId, agentId, {
+        status: "queued",
+        attempt: 0,
+        input: String(i),
+        started_at: null,
+        not_before: later,
+      }),
+    );
     for (let i = 0; i < rows.length; i += 500) {
       await h.db
         .insertInto("runs")
