@@ -74,6 +74,8 @@ interface RequestOptions {
   form?: FormData;
   headers?: Record<string, string>;
   signal?: AbortSignal;
+  /** The path is the host's own (such as /metrics), not under /v1. */
+  unversioned?: boolean;
 }
 
 export interface ClientOptions {
@@ -118,7 +120,7 @@ export class Client {
       headers["content-type"] = "application/json";
       body = JSON.stringify(options.body);
     }
-    const url = this.url(path, options.query);
+    const url = options.unversioned ? `${this.baseUrl}${path}` : this.url(path, options.query);
     let res: Response;
     try {
       res = await fetch(url, { method, headers, body, signal: options.signal ?? null, redirect: "error" });
@@ -176,6 +178,12 @@ export class Client {
   async health(): Promise<unknown> {
     const res = await this.request("GET", "/health");
     return res.json().catch(() => null);
+  }
+
+  /** The answering node's metrics in the Prometheus text format (the admin key or the metrics token). */
+  async metrics(): Promise<string> {
+    const res = await this.request("GET", "/metrics", { unversioned: true, headers: { accept: "text/plain" } });
+    return res.text();
   }
 
   listNodes(): Promise<NodeInfo[]> {

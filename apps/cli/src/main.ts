@@ -21,6 +21,7 @@ import { schedules, webhooks } from "./commands/schedules.ts";
 import { secrets } from "./commands/secrets.ts";
 import { serve } from "./commands/serve.ts";
 import { tenants } from "./commands/tenants.ts";
+import { top } from "./commands/top.ts";
 import { type Command, type CommandGroup, type Context, type Settings, settingsFromEnv } from "./context.ts";
 import { formatHelpRows } from "./format.ts";
 
@@ -28,6 +29,7 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   serve,
   health,
   nodes,
+  top,
   images,
   tenants,
   keys,

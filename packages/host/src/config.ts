@@ -8,6 +8,7 @@ import { Limits } from "@paddock/protocol";
 import { z } from "zod";
 import { parseBlobsUrl } from "./blobs/open-store.ts";
 import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
+import type { Log } from "./logs/log.ts";
 import { NODE_ID } from "./nodes/nodes.ts";
 import { DEFAULT_RANGE } from "./sandbox/linux/network.ts";
 
@@ -96,6 +97,13 @@ export const HostConfig = z
     egressTrustedAddresses: z.array(z.string()).default([]),
     /** The master key's file (see secrets/master-key.ts); default $PADDOCK_MASTER_KEY, else DATA_DIR/master.key. */
     masterKeyFile: z.string().min(1).optional(),
+    /**
+     * A file holding the token that may read GET /metrics beside the admin key (`serve
+     * --metrics-token-file`): at least 16 characters, surrounding whitespace ignored. Default none.
+     */
+    metricsTokenFile: z.string().min(1).optional(),
+    /** Log lines as JSON (one object a line) or as text for people; default JSON unless stderr is a terminal. */
+    logFormat: z.enum(["json", "pretty"]).optional(),
     /** Earlier master keys' files: what they sealed is re-sealed under the master key at start. */
     oldMasterKeyFiles: z.array(z.string().min(1)).default([]),
     /** Sandbox networks: the IPv4 range this host claims a block of (default 10.209.0.0/16). */
@@ -135,8 +143,8 @@ export type HostConfig = z.output<typeof HostConfig>;
 
 /** What a host is given beside its configuration's data. */
 export interface HostHooks {
-  /** Where log lines go; default stderr, each line with its time. */
-  log?: (line: string) => void;
+  /** Where log lines go; default stderr in `logFormat` (see logs/log.ts). */
+  log?: Log;
   /**
    * Tests only: lets sessions' egress proxies resolve names with `resolve` and reach loopback
    * stand-ins for registries. Never set outside tests.

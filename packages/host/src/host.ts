@@ -43,6 +43,8 @@ import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
 import { RunnerRegistry } from "./images/runner-registry.ts";
+import { createLog, defaultLogFormat, type Log } from "./logs/log.ts";
+import { Metrics } from "./metrics/metrics.ts";
 import { type Leader, leaderFor, soleLeader } from "./nodes/leader.ts";
 import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
 import { NotificationDispatcher } from "./notifications/dispatcher.ts";
@@ -101,7 +103,7 @@ export interface ServiceEnv {
   driver: SandboxDriver;
   /** Sandboxes' networks; without them sandboxes get none and the bridge does not listen. */
   network?: SandboxNetwork;
-  log: (line: string) => void;
+  log: Log;
   testOnly?: HostHooks["testOnly"];
   /** Who runs the singletons (scheduler ticks, GC); default this node alone. */
   leader?: Leader;
@@ -132,6 +134,8 @@ export interface Services {
   notifications: Notifications;
   /** Sends notification deliveries; started by the caller. */
   dispatcher: NotificationDispatcher;
+  /** This node's metrics (GET /metrics). */
+  metrics: Metrics;
   /** The bridge's URL as sandboxes reach it; null without sandbox networks. */
   bridgeUrl: string | null;
   app: OpenAPIHono<ApiEnv>;
@@ -195,9 +199,16 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const hints = env.hints ?? new LocalHints();
   const nodeId = config.nodeId ?? defaultNodeId(dataDir);
   const leader = env.leader ?? soleLeader;
+  const metrics = new Metrics({ version: VERSION, node: nodeId });
+  const metricsToken = config.metricsTokenFile ? await readMetricsToken(config.metricsTokenFile) : null;
   // Notification deliveries are written with the events and spending they announce.
   const outbox = new NotificationOutbox({ hints }, { dialect, retryForMs: config.notificationRetryForMs });
-  const events = new EventLog(db, { dialect, hints, announcer: outbox });
+  const events = new EventLog(db, {
+    dialect,
+    hints,
+    announcer: outbox,
+    observe: (rows) => metrics.published(rows),
+  });
   const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
   const runs = new RunRepository(db, events);
   const images = new ImageStore({ imagesDir: config.imagesDir });
@@ -242,7 +253,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const live = new LiveSandboxes();
   // The LLM gateway: providers' keys stay here, every call is metered against the ledger.
   const providers = new Providers(db);
-  const ledger = new Ledger(db, { dialect, watcher: outbox });
+  const ledger = new Ledger(db, { dialect, watcher: outbox, metrics });
   const identity = new Identity(db, { ledger, credits: config.startingCredits });
   const abandoned = await ledger.settleAbandoned(nodeId);
   if (abandoned > 0)
@@ -258,13 +269,14 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     budgetOf: (runId) => agents.budgetOfRun(runId),
     ...(config.llmTenantLimits ? { tenantLimits: config.llmTenantLimits } : {}),
     log,
+    metrics,
   });
   env.undo.push(async () => gateway.close());
   // Agent-to-agent calls wake the engine, which is made below.
   let wakeEngine = () => {};
   const agentCalls = new AgentCalls({ db, agents, runs, events, artifacts, notify: () => wakeEngine(), journal });
   const routes = [agentCalls, gateway];
-  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal });
+  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal, metrics });
   env.undo.push(() => bridge.close());
   let bridgeUrl: string | null = null;
   if (env.network) {
@@ -291,6 +303,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         ? { bridge: { url: bridgeUrl, live, mint: (claims) => tokens.mint(claims), ttlMs: tokens.ttlMs } }
         : {}),
       log,
+      metrics,
     },
     {
       workerId: nodeId,
@@ -303,6 +316,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     },
   );
   wakeEngine = () => engine.notify();
+  metrics.watch({ active: () => engine.activeStates, warm: () => engine.warmCount, queued: () => runs.countQueued() });
   // What a triggered run of an agent freezes now; null once the agent is gone.
   const specOf = (tenantId: string, agentId: string) =>
     agents.get(tenantId, agentId).then(
@@ -312,8 +326,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         throw err;
       },
     );
-  const scheduler = new Scheduler({ db, runs, specOf, notify: () => engine.notify(), log, leader });
-  const webhooks = new Webhooks({ db, vault, runs, specOf, notify: () => engine.notify(), log });
+  const scheduler = new Scheduler({ db, runs, specOf, notify: () => engine.notify(), log, leader, metrics });
+  const webhooks = new Webhooks({ db, vault, runs, specOf, notify: () => engine.notify(), log, metrics });
   const notifications = new Notifications({ db, vault, hints }, { dialect, retryForMs: config.notificationRetryForMs });
   const dispatcher = new NotificationDispatcher(
     { db, hints, vault, log, resolve: env.testOnly?.resolve },
@@ -364,6 +378,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     nodeId,
     version: VERSION,
     log,
+    metrics,
+    metricsToken,
   });
   return {
     identity,
@@ -384,19 +400,29 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     gateway,
     notifications,
     dispatcher,
+    metrics,
     bridgeUrl,
     app,
   };
 }
 
+/** The metrics token in `file`: at least 16 characters once surrounding whitespace is trimmed. */
+async function readMetricsToken(file: string): Promise<string> {
+  const token = (await readFile(file, "utf8")).trim();
+  if (token.length < 16 || /\s/.test(token)) {
+    throw new Error(`the metrics token in ${file} must be at least 16 characters, without spaces`);
+  }
+  return token;
+}
+
 export async function startHost(input: HostConfigInput): Promise<RunningHost> {
-  const log = input.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
   const resolved = resolveHostConfig(input);
   // The first folder mkdir made, removed again when the store cannot be opened.
   const made = await mkdir(resolved.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(resolved.dataDir);
   const nodeId = resolved.nodeId ?? defaultNodeId(dataDir);
   const config: HostConfig = { ...resolved, dataDir, nodeId };
+  const log = input.log ?? createLog({ format: config.logFormat ?? defaultLogFormat(), node: nodeId });
   const unlock = await lock(dataDir);
   const instance = instanceOf(dataDir);
 

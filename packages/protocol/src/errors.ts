@@ -190,6 +190,11 @@ export const ERROR_CODES = {
     message:
       "The environment session lives on a node that is down or cannot be reached; discard the session and open a new one.",
   },
+  metrics_token_invalid: {
+    status: 401,
+    message:
+      "The metrics token is wrong: send the token of 'serve --metrics-token-file' (or the admin API key) as 'Authorization: Bearer <token>'.",
+  },
   internal: { status: 500, message: "Internal error; the host logged the details." },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -6,6 +6,7 @@ export * from "./events.ts";
 export * from "./gateway.ts";
 export * from "./limits.ts";
 export * from "./marker.ts";
+export * from "./metrics.ts";
 export * from "./notifications.ts";
 export * from "./runner.ts";
 export * from "./secrets.ts";

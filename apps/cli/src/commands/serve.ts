@@ -17,7 +17,8 @@ export const serve: Command = {
                      [--database postgres://USER@HOST/DB]
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
-                     [--blobs URL] [--starting-credits N]
+                     [--blobs URL] [--starting-credits N] [--metrics-token-file FILE]
+                     [--log-format json|pretty]
 
 Runs the host: the HTTP API, the run engine, the sandboxes and the dashboard (URL/ui, signed in
 with an API key). On the first start of a data folder it creates the admin API key, prints it
@@ -71,7 +72,14 @@ Options:
                     credits granted to the host's own tenant (the admin key's) when a new
                     store creates it, so that first model calls can be paid (default 10; 0
                     grants none). Tenants created later start with none: 'paddock credits
-                    grant TENANT N'`,
+                    grant TENANT N'
+  --metrics-token-file FILE
+                    a token (at least 16 characters) that may read GET /metrics besides the
+                    admin API key, for a Prometheus scraper that should hold no API key
+  --log-format json|pretty
+                    log lines on stderr as JSON objects (time, level, node, run_id,
+                    tenant_id, msg) or as text for people (default: pretty when stderr is
+                    a terminal, else json)`,
   async run(argv, ctx) {
     const { values } = parseLocalCommand(argv, {
       command: "serve",
@@ -94,8 +102,14 @@ Options:
         "llm-tpm": { type: "string" },
         blobs: { type: "string" },
         "starting-credits": { type: "string" },
+        "metrics-token-file": { type: "string" },
+        "log-format": { type: "string" },
       },
     });
+    const logFormat = values["log-format"];
+    if (logFormat !== undefined && logFormat !== "json" && logFormat !== "pretty") {
+      throw new UsageError("--log-format must be json or pretty", "serve");
+    }
     const port = parseNumber(values.port, "port") ?? DEFAULT_PORT;
     if (port < 0 || port > 65535) throw new UsageError("--port must be between 0 and 65535", "serve");
     const dataDir = dataDirOf(values, ctx);
@@ -127,6 +141,8 @@ Options:
       ...(perTenant !== undefined ? { maxRunsPerTenant: perTenant } : {}),
       ...(startingCredits !== undefined ? { startingCredits } : {}),
       ...(values.blobs ? { blobs: values.blobs } : {}),
+      ...(values["metrics-token-file"] ? { metricsTokenFile: absolute(values["metrics-token-file"]) } : {}),
+      ...(logFormat ? { logFormat } : {}),
       ...(database ? { database } : {}),
       ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),
       ...(values["master-key-file"] ? { masterKeyFile: absolute(values["master-key-file"]) } : {}),

@@ -41,6 +41,7 @@ import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
 import { type Identity, toTenant } from "../identity/identity.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { Notifications } from "../notifications/subscriptions.ts";
 import type { Secrets } from "../secrets/secrets.ts";
@@ -60,6 +61,7 @@ import {
   tenantOf,
   validationHook,
 } from "./http.ts";
+import { registerMetricsRoutes } from "./metrics.ts";
 import { registerNodeRoutes } from "./nodes.ts";
 import { registerNotificationRoutes } from "./notifications.ts";
 import { registerRunnerRoutes } from "./runners.ts";
@@ -91,6 +93,9 @@ export interface ApiDeps {
   nodeId: string;
   version: string;
   log: (msg: string) => void;
+  /** This node's metrics, and the token that may read them beside the admin key (null: none). */
+  metrics: Metrics;
+  metricsToken: string | null;
 }
 
 const AgentId = z.object({ id: pathParam(Id, "agent") });
@@ -111,7 +116,7 @@ const TERMINAL_EVENTS = new Set(TERMINAL_STATUSES.map((s) => `run.${s}`));
 
 export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   const app = new OpenAPIHono<ApiEnv>({ defaultHook: validationHook });
-  const route = routeDefiner(app, deps.identity);
+  const route = routeDefiner(app, deps.identity, { metrics: deps.metrics, metricsToken: deps.metricsToken });
 
   const page = <T>(rows: T[], limit: number, cursor: (row: T) => string) => ({
     data: rows,
@@ -353,6 +358,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     findRun,
   });
   registerConnectionRoutes(route, deps.connections);
+  registerMetricsRoutes(route, deps.metrics);
 
   // Runs.
   route(
@@ -516,6 +522,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
           wake?.();
         });
         const keepalive = setInterval(() => void stream.write(": keepalive\n\n"), 15_000);
+        const left = deps.metrics.sseOpened();
         try {
           let done = false;
           const send = async (e: RunEvent) => {
@@ -554,6 +561,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
         } finally {
           clearInterval(keepalive);
           unsubscribe();
+          left();
         }
       });
     },
@@ -616,6 +624,11 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     type: "http",
     scheme: "bearer",
     description: "The admin API key",
+  });
+  app.openAPIRegistry.registerComponent("securitySchemes", "metrics", {
+    type: "http",
+    scheme: "bearer",
+    description: "The metrics token (serve --metrics-token-file), for GET /metrics only",
   });
 
   app.notFound((c) =>

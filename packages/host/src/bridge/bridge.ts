@@ -28,6 +28,7 @@ import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
 import { type ConnectionAuth, ERROR_CODES, type RunEventData } from "@paddock/protocol";
+import type { Metrics } from "../metrics/metrics.ts";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../store/journal.ts";
 import { type ChannelRoute, Refusal, readCapped, sendJson, sendRefusal, sendReplay, takeStep } from "./channel.ts";
 import type { BridgeConnection } from "./connections.ts";
@@ -52,6 +53,8 @@ export interface BridgeDeps {
   journal?: Journal;
   /** Name resolution for upstreams; default the system resolver. */
   resolve?: (host: string) => Promise<string[]>;
+  /** Where each call's connection, outcome and latency are reported. */
+  metrics?: Pick<Metrics, "bridgeCall">;
 }
 
 /** Request headers never forwarded: credentials, cookies, hop-by-hop and forwarding headers. */
@@ -202,6 +205,8 @@ export class Bridge {
       bytes_out: 0,
       ms: 0,
     };
+    /** The connection, once it is known to exist (a name the caller made up is no metric label). */
+    let known: string | null = null;
     try {
       if (!sandbox) throw new Refusal("bridge_unknown_source");
       if (!CONNECTION_NAME.test(name))
@@ -221,6 +226,7 @@ export class Bridge {
         throw new Refusal("policy_denied", "The bridge never forwards a method override (_method) in the query.");
       const connection = await this.#deps.connections.forBridge(sandbox.tenantId, name);
       if (!connection) throw new Refusal("connection_not_allowed", `No connection '${name}'.`);
+      known = connection.name;
       const rule = matchRule(connection.policy, method, path);
       if (!rule)
         throw new Refusal("policy_denied", `The connection '${name}' does not allow ${method} ${record.path}.`);
@@ -275,6 +281,7 @@ export class Bridge {
     } finally {
       record.ms = Math.round((performance.now() - started) * 1000) / 1000;
       if (sandbox && record.status !== 0) sandbox.record({ type: "bridge.call", data: record });
+      this.#deps.metrics?.bridgeCall(known, record.code, record.ms);
     }
   }
 

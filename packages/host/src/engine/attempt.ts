@@ -30,6 +30,7 @@ import type { LiveSandboxes } from "../bridge/live.ts";
 import type { RunTokenClaims } from "../bridge/tokens.ts";
 import { DEFAULT_PATH } from "../images/resolve-command.ts";
 import type { CurrentRunner } from "../images/runner-registry.ts";
+import type { Log, LogFields } from "../logs/log.ts";
 import type { SandboxDriver, SandboxExit, SandboxHandle, SandboxSpec } from "../sandbox/driver.ts";
 import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV, RUNNER_SDK, RUNTIME_DIR } from "../sandbox/driver.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
@@ -56,7 +57,7 @@ export interface AttemptDeps {
   artifacts: Pick<Artifacts, "record">;
   heartbeatMs: number;
   heartbeatTimeoutMs: number;
-  log: (msg: string) => void;
+  log: Log;
   /** The host bridge, when sandboxes get networks: where it listens and how runs get tokens. */
   bridge?: AttemptBridge;
 }
@@ -139,11 +140,14 @@ export class Attempt {
   /** Ends the sandbox's bridge access (unlists it, stops renewing its token). */
   #closeBridge: (() => void) | null = null;
   readonly #limits: Limits;
+  /** What every line this attempt logs concerns. */
+  readonly #fields: LogFields;
 
   constructor(deps: AttemptDeps, input: AttemptInput) {
     this.#deps = deps;
     this.#in = input;
     this.#limits = input.spec.limits;
+    this.#fields = { run_id: input.runId, tenant_id: input.tenantId, agent_id: input.agentId, attempt: input.attempt };
   }
 
   /** This attempt's fencing token. */
@@ -156,7 +160,8 @@ export class Attempt {
    * the sandbox loses the bridge and is killed, and nothing more is written for it.
    */
   leaseLost(): void {
-    if (!this.#fenced) this.#deps.log(`run ${this.#in.runId}: attempt ${this.#in.attempt} lost its lease; stopping it`);
+    if (!this.#fenced)
+      this.#deps.log(`run ${this.#in.runId}: attempt ${this.#in.attempt} lost its lease; stopping it`, this.#fields);
     this.#fenced = true;
     this.#pending = [];
     this.#closeBridge?.();
@@ -205,7 +210,7 @@ export class Attempt {
       this.#closeBridge?.();
       await handle?.destroy().catch(() => {});
       const message = err instanceof Error ? err.message : String(err);
-      this.#deps.log(`run ${runId}: sandbox boot failed: ${message}`);
+      this.#deps.log(`run ${runId}: sandbox boot failed: ${message}`, this.#fields);
       this.#queue({ type: "attempt.error", data: { stage: "boot", message } });
       await this.#drain();
       return { status: "failed", reason: "sandbox_error", exitCode: null };
@@ -233,7 +238,9 @@ export class Attempt {
     } finally {
       // The run's tokens die here: the bridge answers only sandboxes it lists.
       this.#closeBridge?.();
-      await handle.destroy().catch((err: unknown) => this.#deps.log(`run ${runId}: destroy failed: ${String(err)}`));
+      await handle
+        .destroy()
+        .catch((err: unknown) => this.#deps.log(`run ${runId}: destroy failed: ${String(err)}`, this.#fields));
     }
   }
 
@@ -290,7 +297,9 @@ export class Attempt {
         if (renewing) return;
         renewing = true;
         put()
-          .catch((err: unknown) => this.#deps.log(`run ${runId}: renewing the run token failed: ${String(err)}`))
+          .catch((err: unknown) =>
+            this.#deps.log(`run ${runId}: renewing the run token failed: ${String(err)}`, this.#fields),
+          )
           .finally(() => {
             renewing = false;
           });
@@ -455,12 +464,12 @@ export class Attempt {
           this.fence,
         );
         for (const { type, problems } of refused) {
-          this.#deps.log(`run ${this.#in.runId}: dropped a malformed '${type}' event: ${problems}`);
+          this.#deps.log(`run ${this.#in.runId}: dropped a malformed '${type}' event: ${problems}`, this.#fields);
         }
       }
     } catch (err) {
       if (isLeaseLost(err)) this.leaseLost();
-      else this.#deps.log(`run ${this.#in.runId}: writing events failed: ${String(err)}`);
+      else this.#deps.log(`run ${this.#in.runId}: writing events failed: ${String(err)}`, this.#fields);
     } finally {
       this.#flushing = null;
     }
@@ -505,7 +514,7 @@ export class Attempt {
       if (events.length > 0) await this.#deps.artifacts.record(this.#in, rows, events, this.fence);
     } catch (err) {
       if (isLeaseLost(err)) return this.leaseLost();
-      this.#deps.log(`run ${runId}: collecting artifacts failed: ${String(err)}`);
+      this.#deps.log(`run ${runId}: collecting artifacts failed: ${String(err)}`, this.#fields);
       await this.#deps.events
         .write(
           runId,

@@ -13,6 +13,8 @@ import { type AgentSpec, AppError, TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { CurrentRunner } from "../images/runner-registry.ts";
+import type { LogFields } from "../logs/log.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
 import { isLeaseLost } from "../store/fence.ts";
@@ -33,6 +35,8 @@ export interface EngineDeps extends AttemptDeps {
   snapshots: Snapshots;
   /** This node's row: its heartbeat carries the leases, and says whether it drains. */
   nodes: Nodes;
+  /** Where queue waits and attempts' durations are reported. */
+  metrics?: Pick<Metrics, "runClaimed" | "attemptEnded">;
 }
 
 export interface EngineConfig {
@@ -56,6 +60,14 @@ export interface EngineConfig {
   warm: WarmPoolConfig;
 }
 
+/** What a line about `run` concerns. */
+const runFields = (run: RunsTable): LogFields => ({
+  run_id: run.id,
+  tenant_id: run.tenant_id,
+  agent_id: run.agent_id,
+  attempt: run.attempt,
+});
+
 export class Engine {
   readonly #db: Kysely<Database>;
   readonly #runs: RunRepository;
@@ -72,6 +84,8 @@ export class Engine {
       done: Promise<void>;
       /** A child run: not held back by the limits its root already passed. */
       child: boolean;
+      /** Its sandbox is up and the run moved to running. */
+      running: boolean;
     }
   >();
   #leaseTimer: NodeJS.Timeout | null = null;
@@ -213,6 +227,13 @@ export class Engine {
 
   get activeCount(): number {
     return this.#active.size;
+  }
+
+  /** This node's runs going, by state. */
+  get activeStates(): { starting: number; running: number } {
+    let running = 0;
+    for (const a of this.#active.values()) if (a.running) running++;
+    return { starting: this.#active.size - running, running };
   }
 
   /** Tells the engine there may be queued work. Cheap; coalesces concurrent calls. */
@@ -362,6 +383,7 @@ export class Engine {
           isDatabaseUnavailable(err)
             ? `run ${run.id}: attempt ${run.attempt} ended, but the database cannot be reached to record it; the run is recovered once its lease lapses`
             : `run ${run.id}: engine error: ${String(err)}`,
+          runFields(run),
         ),
       )
       .finally(() => {
@@ -372,7 +394,9 @@ export class Engine {
       attempt,
       done,
       child: run.root_run_id !== null,
+      running: false,
     });
+    if (run.attempt === 1) this.#deps.metrics?.runClaimed(Date.now() - Number(run.created_at));
   }
 
   async #execute(run: RunsTable, attempt: Attempt, spec: AgentSpec): Promise<void> {
@@ -387,11 +411,18 @@ export class Engine {
     try {
       outcome = await attempt.run(
         (boot) =>
-          this.#claims.start(run, boot, attempt.fence).catch((err: unknown) => {
-            if (!isLeaseLost(err)) throw err;
-            attempt.leaseLost();
-            return false;
-          }),
+          this.#claims.start(run, boot, attempt.fence).then(
+            (running) => {
+              const entry = this.#active.get(run.id);
+              if (entry) entry.running = running;
+              return running;
+            },
+            (err: unknown) => {
+              if (!isLeaseLost(err)) throw err;
+              attempt.leaseLost();
+              return false;
+            },
+          ),
         warm,
         { current: runner, ms: runnerMs },
       );
@@ -399,9 +430,11 @@ export class Engine {
       // Whatever failed (the store, the kernel), the run is finished, never left running.
       this.#deps.log(
         `run ${run.id}: attempt failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`,
+        runFields(run),
       );
       outcome = { status: "failed", reason: "sandbox_error", exitCode: null };
     }
+    this.#deps.metrics?.attemptEnded(outcome.status, performance.now() - t0);
     await this.#finish(run, outcome, spec.runner !== runner.digest ? { spec, runner } : undefined);
   }
 
@@ -457,7 +490,10 @@ export class Engine {
         : undefined;
     if (!(await this.#claims.finish(run, outcome, resnapshot))) {
       // Someone else finished or recovered the run: nothing was recorded (the attempt row included).
-      this.#deps.log(`run ${run.id}: attempt ${run.attempt} ended; the run is no longer its own, nothing recorded`);
+      this.#deps.log(
+        `run ${run.id}: attempt ${run.attempt} ended; the run is no longer its own, nothing recorded`,
+        runFields(run),
+      );
     }
   }
 

@@ -153,6 +153,16 @@ export class RunRepository {
     return q.orderBy("id", "desc").limit(filter.limit).execute();
   }
 
+  /** How many runs are queued in the whole store (one count over the status index). */
+  async countQueued(): Promise<number> {
+    const row = await this.#db
+      .selectFrom("runs")
+      .select((eb) => eb.fn.countAll<number | string | bigint>().as("n"))
+      .where("status", "=", "queued")
+      .executeTakeFirstOrThrow();
+    return Number(row.n);
+  }
+
   /** The ids of a run's child runs that have not ended (queued, starting or running). */
   async childrenGoing(runId: string): Promise<string[]> {
     const rows = await this.#db

@@ -38,6 +38,8 @@ import { type LiveSandbox, LiveSandboxes } from "../bridge/live.ts";
 import type { RateLimitSpec, TokenBucket } from "../bridge/rate-limit.ts";
 import { redactionNeedles } from "../bridge/redact.ts";
 import { relay } from "../bridge/relay.ts";
+import type { Log } from "../logs/log.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import type { Fence } from "../store/fence.ts";
 import { type Journal, type JournalEntry, requestHash } from "../store/journal.ts";
 import type { BudgetScope, Ledger, Reservation } from "./ledger.ts";
@@ -80,7 +82,9 @@ export interface GatewayDeps {
   rateLimits: TokenBucket;
   /** Per-tenant LLM limits, the same for every tenant of this host. */
   tenantLimits?: { requestsPerMinute?: number; tokensPerMinute?: number };
-  log: (line: string) => void;
+  log: Log;
+  /** Where each model call's provider, model, latency and tokens are reported. */
+  metrics?: Pick<Metrics, "llmCall">;
 }
 
 const MAX_REQUEST_BYTES = 8 * 1024 * 1024;
@@ -220,7 +224,10 @@ export class Gateway implements ChannelRoute {
       ...(sandbox.workerId !== undefined
         ? { fence: { runId: sandbox.runId, attempt: sandbox.attempt, workerId: sandbox.workerId } }
         : {}),
-      record: (event) => sandbox.record(event),
+      record: (event) => {
+        sandbox.record(event);
+        if (event.type === "llm.call") this.#deps.metrics?.llmCall(event.data);
+      },
       outOfCredits: (scope) => sandbox.outOfCredits?.(scope),
     });
   }
@@ -425,7 +432,10 @@ export class Gateway implements ChannelRoute {
         record.cost = fromMicro(Math.ceil(cost));
         if (source !== "usage") record.usage = source;
       } catch (err) {
-        this.#deps.log(`gateway: closing ${reservation.callId}: ${err instanceof Error ? err.message : String(err)}`);
+        this.#deps.log(`gateway: closing ${reservation.callId}: ${err instanceof Error ? err.message : String(err)}`, {
+          run_id: reservation.runId,
+          tenant_id: reservation.tenantId,
+        });
       }
     };
     let key: string | null;

@@ -16,6 +16,7 @@
 import { AppError, type Balance, fromMicro } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { sql } from "kysely";
+import type { Metrics } from "../metrics/metrics.ts";
 import { checkFence, type Fence } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
 import { type Dialect, dbNow } from "../store/portable.ts";
@@ -99,15 +100,22 @@ export class Ledger {
   readonly #dialect: Dialect;
   readonly #now: () => number;
   readonly #watcher: SpendWatcher | undefined;
+  readonly #metrics: Pick<Metrics, "creditsSpent"> | undefined;
 
   constructor(
     db: Kysely<Database>,
-    options: { now?: () => number; dialect?: Dialect; watcher?: SpendWatcher | undefined } = {},
+    options: {
+      now?: () => number;
+      dialect?: Dialect;
+      watcher?: SpendWatcher | undefined;
+      metrics?: Pick<Metrics, "creditsSpent">;
+    } = {},
   ) {
     this.#db = db;
     this.#dialect = options.dialect ?? "sqlite";
     this.#now = options.now ?? Date.now;
     this.#watcher = options.watcher;
+    this.#metrics = options.metrics;
   }
 
   /** Adds (or, negative, takes back) credits of a tenant. */
@@ -278,6 +286,7 @@ export class Ledger {
       r.closed = false;
       throw err;
     }
+    this.#metrics?.creditsSpent(r.tenantId, cost);
   }
 
   async balance(tenantId: string): Promise<Balance> {

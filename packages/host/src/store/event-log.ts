@@ -88,14 +88,22 @@ export class EventLog {
   readonly #announcer: EventAnnouncer | undefined;
   /** Appended rows whose announcements were written with them. */
   readonly #announced = new WeakSet<EventsTable>();
+  /** Sees every batch this process commits (the host's metrics). */
+  readonly #observe: ((rows: readonly EventsTable[]) => void) | undefined;
 
   constructor(
     db: Kysely<Database>,
-    options: { dialect?: Dialect; hints?: Hints; announcer?: EventAnnouncer | undefined } = {},
+    options: {
+      dialect?: Dialect;
+      hints?: Hints;
+      announcer?: EventAnnouncer | undefined;
+      observe?: (rows: readonly EventsTable[]) => void;
+    } = {},
   ) {
     const hints = options.hints ?? new LocalHints();
     this.#db = db;
     this.#announcer = options.announcer;
+    this.#observe = options.observe;
     this.dialect = options.dialect ?? "sqlite";
     this.#hints = hints;
     this.#bus.setMaxListeners(0);
@@ -165,6 +173,7 @@ export class EventLog {
   publish(rows: EventsTable[]): void {
     for (const row of rows) this.#bus.emit(row.run_id, toRunEvent(row));
     if (rows.some((r) => this.#announced.has(r))) this.#announcer?.committed();
+    this.#observe?.(rows);
     const last = rows[rows.length - 1];
     if (!last || !this.#hints.shared) return;
     // Appends in the same turn of the event loop share one hint per run.

@@ -21,6 +21,7 @@ import {
 import { Cron } from "croner";
 import type { Kysely } from "kysely";
 import type { RunRepository } from "../engine/runs.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import type { Leader } from "../nodes/leader.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, SchedulesTable } from "../store/schema.ts";
@@ -43,6 +44,8 @@ export interface SchedulerDeps {
   log(line: string): void;
   /** Only the leader's timer ticks (default: this node always leads). */
   leader?: Leader;
+  /** Where each slot's outcome is reported. */
+  metrics?: Pick<Metrics, "scheduleFired">;
 }
 
 export function toSchedule(row: SchedulesTable): Schedule {
@@ -258,8 +261,8 @@ export class Scheduler {
       slot = after;
     }
     // A slot that starts no run is recorded and the schedule moved on, together.
-    const settle = (outcome: "missed" | "skipped") =>
-      this.#deps.db.transaction().execute(async (trx) => {
+    const settle = async (outcome: "missed" | "skipped") => {
+      await this.#deps.db.transaction().execute(async (trx) => {
         await trx
           .insertInto("schedule_slots")
           .values({ schedule_id: schedule.id, slot_at: slot, run_id: null, outcome })
@@ -272,6 +275,8 @@ export class Scheduler {
           .where("next_at", "=", schedule.next_at)
           .execute();
       });
+      this.#deps.metrics?.scheduleFired(outcome);
+    };
     if (slot !== waited)
       this.#deps.log(`schedule ${schedule.id}: slots from ${new Date(waited).toISOString()} were missed`);
     if (now - slot > window) {
@@ -345,6 +350,7 @@ export class Scheduler {
         },
       },
     );
+    if (created) this.#deps.metrics?.scheduleFired("started");
     return created ? run.id : null;
   }
 }
