@@ -326,7 +326,7 @@ forEachStore((store) =>
         ["provider=openai", [`${r3.id}:1`, `${r1.id}:2`, `${r0.id}:2`]],
         ["provider=openai&model=gpt", [`${r3.id}:1`, `${r0.id}:2`]],
         ["outcome=error", [`${r2.id}:1`, `${r1.id}:1`]],
-        ["outcome=ok&provider=openai&agent_id=" + agents.a1, [`${r0.id}:2`]],
+        [`outcome=ok&provider=openai&agent_id=${agents.a1}`, [`${r0.id}:2`]],
         [`created_after=${iso(t(4))}&created_before=${iso(t(7))}`, [`${r1.id}:2`, `${r1.id}:1`]],
         [`run_id=${(theirs[0] as RunsTable).id}`, []],
       ];
