@@ -204,9 +204,9 @@ export class RunRepository {
   }
 
   /**
-   * The query of list(), for a look at its plan. Each filter is an equality that an index leads
-   * with (after the tenant) and ends in the id, so a page is read in order and stops at `limit`;
-   * a time range and an id prefix are id ranges too (ids are time-ordered; see idAt).
+   * The query of list(), for a look at its plan (store/query-plans.test.ts). Each filter has an
+   * index of the tenant and that column ending in the id, so a page is read in order and stops at
+   * `limit`; a time range and an id prefix are id ranges too (ids are time-ordered; see idAt).
    */
   listQuery(tenantId: string, filter: RunFilter) {
     let q = this.#db.selectFrom("runs").selectAll().where("tenant_id", "=", tenantId);
