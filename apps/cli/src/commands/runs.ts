@@ -62,6 +62,36 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString("utf8");
 }
 
+/** The options of a command that starts a run: its input, and following it. */
+const START_OPTIONS = {
+  input: { type: "string" },
+  "input-file": { type: "string" },
+  follow: { type: "boolean", short: "f" },
+  absolute: { type: "boolean" },
+} as const;
+
+/**
+ * Prints a run just started: its id, or with `follow`, `header` and then its timeline until it
+ * ends. The exit status: 0, or with `follow` 0 only if the run succeeded.
+ */
+async function startedRun(
+  client: Client,
+  ctx: Context,
+  runId: string,
+  header: string,
+  values: { follow?: boolean | undefined; absolute?: boolean | undefined },
+): Promise<number> {
+  if (!values.follow) {
+    ctx.out(runId);
+    return 0;
+  }
+  ctx.out(header);
+  const timeline = new Timeline({ absolute: values.absolute ?? false });
+  const final = await follow(client, ctx, runId, (e) => ctx.out(timeline.line(e)));
+  ctx.out(formatOutcome(final));
+  return final.status === "succeeded" ? 0 : 1;
+}
+
 export const run: Command = {
   name: "run",
   summary: "start a run of an agent (and follow it)",
@@ -81,27 +111,14 @@ ${CONNECTION_HELP}`,
   async run(argv, ctx) {
     const { values, positionals } = parseCommand(argv, {
       command: "run",
-      options: {
-        input: { type: "string" },
-        "input-file": { type: "string" },
-        follow: { type: "boolean", short: "f" },
-        absolute: { type: "boolean" },
-      },
+      options: START_OPTIONS,
       positionals: { min: 1, max: 1 },
     });
     const input = await readInput(values, "run");
     const client = await connect(values, ctx);
     const agent = await client.resolveAgent(positionals[0] ?? "");
     const created = await client.createRun(agent.id, input);
-    if (!values.follow) {
-      ctx.out(created.id);
-      return 0;
-    }
-    ctx.out(`run ${created.id} (agent ${agent.name})`);
-    const timeline = new Timeline({ absolute: values.absolute ?? false });
-    const final = await follow(client, ctx, created.id, (e) => ctx.out(timeline.line(e)));
-    ctx.out(formatOutcome(final));
-    return final.status === "succeeded" ? 0 : 1;
+    return startedRun(client, ctx, created.id, `run ${created.id} (agent ${agent.name})`, values);
   },
 };
 
@@ -215,12 +232,7 @@ ${CONNECTION_HELP}`,
   async run(argv, ctx) {
     const { values, positionals } = parseCommand(argv, {
       command: "runs replay",
-      options: {
-        input: { type: "string" },
-        "input-file": { type: "string" },
-        follow: { type: "boolean", short: "f" },
-        absolute: { type: "boolean" },
-      },
+      options: START_OPTIONS,
       positionals: { min: 1, max: 1 },
     });
     const edited = values.input !== undefined || values["input-file"] !== undefined;
@@ -228,15 +240,7 @@ ${CONNECTION_HELP}`,
     const client = await connect(values, ctx);
     const original = positionals[0] ?? "";
     const created = await client.replayRun(original, edited ? { input } : {});
-    if (!values.follow) {
-      ctx.out(created.id);
-      return 0;
-    }
-    ctx.out(`run ${created.id} (replays ${original})`);
-    const timeline = new Timeline({ absolute: values.absolute ?? false });
-    const final = await follow(client, ctx, created.id, (e) => ctx.out(timeline.line(e)));
-    ctx.out(formatOutcome(final));
-    return final.status === "succeeded" ? 0 : 1;
+    return startedRun(client, ctx, created.id, `run ${created.id} (replays ${original})`, values);
   },
 };
 

@@ -26,7 +26,7 @@ import { migrate } from "../store/migrations.ts";
 import type { RunsTable } from "../store/schema.ts";
 import { type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
 import { forEachStore } from "../testing/stores.ts";
-import { runRow } from "../testing/test-store.ts";
+import { runRow, seedAgent } from "../testing/test-store.ts";
 import { waitFor } from "../testing/wait.ts";
 import { nextFireAt } from "../triggers/scheduler.ts";
 
@@ -549,21 +549,8 @@ forEachStore((store) =>
       const opened = await store.open({ to: "0012_runner_sources" });
       try {
         const db = opened.db;
-        await db.insertInto("tenants").values({ id: "ten_1", name: "t", created_at: 0 }).execute();
-        await db
-          .insertInto("agents")
-          .values({
-            id: "agt_1",
-            tenant_id: "ten_1",
-            name: "a",
-            spec: "{}",
-            current_version: 1,
-            version: 1,
-            archived_at: null,
-            created_at: 0,
-          })
-          .execute();
-        const { replay_of: _, ...run } = runRow("ten_1", "agt_1", { id: "run_1", event_seq: 3 });
+        const { tenant, agent } = await seedAgent(db);
+        const { replay_of: _, ...run } = runRow(tenant, agent, { id: "run_1", event_seq: 3 });
         await db.insertInto("runs").values(run).execute();
         const event = (seq: number, type: string, data: unknown) => ({
           run_id: "run_1",
@@ -589,8 +576,8 @@ forEachStore((store) =>
             {
               run_id: "run_1",
               seq: 1,
-              tenant_id: "ten_1",
-              agent_id: "agt_1",
+              tenant_id: tenant,
+              agent_id: agent,
               kind: "llm",
               ts: 1001,
               target: "openai",
@@ -600,8 +587,8 @@ forEachStore((store) =>
             {
               run_id: "run_1",
               seq: 2,
-              tenant_id: "ten_1",
-              agent_id: "agt_1",
+              tenant_id: tenant,
+              agent_id: agent,
               kind: "bridge",
               ts: 1002,
               target: "gh",

@@ -50,6 +50,7 @@ import type { RunnerRegistry } from "../images/runner-registry.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
+import type { RunsTable } from "../store/schema.ts";
 import type { Scheduler } from "../triggers/scheduler.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
 import { registerActivityRoutes } from "./activity.ts";
@@ -106,6 +107,13 @@ const AgentsQuery = PageQuery.extend({
   /** true: deleted (archived) agents too. */
   archived: z.enum(["true", "false"]).optional(),
 });
+/** The answers of a route that starts a run (a trigger, a replay). */
+const RUN_STARTED = {
+  200: json(Run, "The run this Idempotency-Key already started (also once the agent is deleted)"),
+  201: json(Run, "Queued"),
+  409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
+  422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
+};
 const IdempotencyHeader = z.object({
   "idempotency-key": z.string().optional().meta({ description: "1 to 255 printable ASCII characters, no spaces" }),
 });
@@ -122,6 +130,12 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     data: rows,
     next_cursor: rows.length === limit && rows.length > 0 ? cursor(rows[rows.length - 1] as T) : null,
   });
+  /** The answer of a route that starts a run: 201 for a new one, 200 for the one its Idempotency-Key started. */
+  const answerStarted = (c: Context<ApiEnv>, { run, created }: { run: RunsTable; created: boolean }) => {
+    if (created) deps.engine.notify();
+    else c.header("idempotent-replayed", "true");
+    return c.json(toRun(run), created ? 201 : 200);
+  };
   const findRun = async (c: Context<ApiEnv>, id: string) => {
     const run = await deps.runs.get(tenantOf(c), id);
     if (!run) throw new AppError("not_found", `No run '${id}'.`);
@@ -372,12 +386,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
         headers: IdempotencyHeader,
         body: jsonBody(RunCreate),
       },
-      responses: {
-        200: json(Run, "The run this Idempotency-Key already started (also once the agent is deleted)"),
-        201: json(Run, "Queued"),
-        409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
-        422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
-      },
+      responses: RUN_STARTED,
     },
     async (c) => {
       const agent = await deps.agents.get(tenantOf(c), c.req.valid("param").id);
@@ -389,13 +398,11 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
           : idempotencyKey(agent.row.tenant_id, key, `${agent.row.id}\n${JSON.stringify(body.input ?? null)}`);
       // The Idempotency-Key's run answers even once the agent is archived; a new run is refused then.
       const spec = frozenSpec(agent);
-      const { run, created } = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
+      const started = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
         trigger: "api",
         ...(dedupe ? { dedupe } : {}),
       });
-      if (created) deps.engine.notify();
-      else c.header("idempotent-replayed", "true");
-      return c.json(toRun(run), created ? 201 : 200);
+      return answerStarted(c, started);
     },
   );
   route(
@@ -470,19 +477,11 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
         headers: IdempotencyHeader,
         body: jsonBody(RunReplay),
       },
-      responses: {
-        200: json(Run, "The run this Idempotency-Key already started"),
-        201: json(Run, "Queued"),
-        409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
-        422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
-      },
+      responses: RUN_STARTED,
     },
     async (c) => {
       const key = c.req.valid("header")["idempotency-key"];
-      const { run, created } = await deps.runs.replay(tenantOf(c), c.req.valid("param").id, c.req.valid("json"), key);
-      if (created) deps.engine.notify();
-      else c.header("idempotent-replayed", "true");
-      return c.json(toRun(run), created ? 201 : 200);
+      return answerStarted(c, await deps.runs.replay(tenantOf(c), c.req.valid("param").id, c.req.valid("json"), key));
     },
   );
 
