@@ -529,7 +529,7 @@ migrations["0012_runner_sources"] = {
   },
 };
 
-migrations["0013_run_queries"] = {
+migrations["0014_run_queries"] = {
   // What the run list's filters, the cross-run call lists and the stats read, kept fast with a
   // million runs (store/query-plans.test.ts reads their plans): runs record the run they replay;
   // each filter has an index of the tenant and its column that ends in the order a page is read
