@@ -30,6 +30,7 @@ import {
   RunCredits,
   RunEventRead,
   Runner,
+  type RunReplay,
   type RunStatus,
   Schedule,
   type ScheduleCreateInput,
@@ -395,8 +396,17 @@ export class Client {
     return this.#json(Run, "GET", `/runs/${enc(id)}`);
   }
 
-  listRuns(query: { agent_id?: string | undefined; status?: string | undefined } = {}, limit = 50): Promise<Run[]> {
+  /** The runs the filters select (each a RunsQuery field; undefined ones are left out), newest first. */
+  listRuns(query: Query = {}, limit = 50): Promise<Run[]> {
     return this.#list(Run, "/runs", { ...query, limit: Math.min(limit, 200) }, limit);
+  }
+
+  /** A new run of the run's agent version, with its input, or with `body.input` when given. */
+  replayRun(id: string, body: RunReplay, options: { idempotencyKey?: string } = {}): Promise<Run> {
+    return this.#json(Run, "POST", `/runs/${enc(id)}/replay`, {
+      body,
+      ...(options.idempotencyKey ? { headers: { "idempotency-key": options.idempotencyKey } } : {}),
+    });
   }
 
   cancelRun(id: string): Promise<{ id: string; status: RunStatus }> {

@@ -13,6 +13,8 @@ import { serve } from "@hono/node-server";
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import { AppError } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import { CallLog } from "./activity/calls.ts";
+import { RunStats } from "./activity/stats.ts";
 import { Agents, runSpec } from "./agents/agents.ts";
 import { LayerBlobs } from "./agents/layer-blobs.ts";
 import { archiveLimits, SnapshotArchives } from "./agents/snapshot-archive.ts";
@@ -375,6 +377,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     webhooks,
     notifications,
     nodes,
+    calls: new CallLog(db),
+    stats: new RunStats({ runs, ledger }),
     nodeId,
     version: VERSION,
     log,

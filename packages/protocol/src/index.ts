@@ -1,3 +1,4 @@
+export * from "./activity.ts";
 export * from "./agent-definition.ts";
 export * from "./api.ts";
 export * from "./bridge.ts";

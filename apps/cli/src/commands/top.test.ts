@@ -16,6 +16,7 @@ const run = (id: string, status: Run["status"], startedAt: string | null): Run =
   not_before: null,
   parent_run_id: null,
   root_run_id: null,
+  replay_of: null,
   agent_version: 1,
   input: null,
   created_at: "2030-01-01T00:00:00Z",

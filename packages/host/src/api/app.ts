@@ -15,13 +15,17 @@ import {
   AppError,
   Artifact,
   ErrorResponse,
+  eventTypesOf,
   MAX_FILES_BYTES,
   Page,
+  PageQuery,
   Run,
   RunCreate,
   RunEvent,
+  RunEventsQuery,
   Runner,
-  RunStatus,
+  RunReplay,
+  RunsQuery,
   Snapshot,
   TERMINAL_STATUSES,
   Tenant,
@@ -30,12 +34,14 @@ import {
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
+import type { CallLog } from "../activity/calls.ts";
+import type { RunStats } from "../activity/stats.ts";
 import { type Agents, frozenSpec, toAgent } from "../agents/agents.ts";
 import type { SnapshotArchives } from "../agents/snapshot-archive.ts";
 import type { Artifacts } from "../artifacts/artifacts.ts";
 import type { Connections } from "../bridge/connections.ts";
 import type { Engine } from "../engine/engine.ts";
-import { idempotencyKey, type RunRepository, toRun } from "../engine/runs.ts";
+import { idempotencyKey, type RunFilter, type RunRepository, toRun } from "../engine/runs.ts";
 import type { EnvSessions } from "../envs/sessions.ts";
 import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
@@ -46,8 +52,10 @@ import type { Nodes } from "../nodes/nodes.ts";
 import type { Notifications } from "../notifications/subscriptions.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
+import type { RunsTable } from "../store/schema.ts";
 import type { Scheduler } from "../triggers/scheduler.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
+import { registerActivityRoutes } from "./activity.ts";
 import { registerConnectionRoutes } from "./connections.ts";
 import { registerGatewayRoutes } from "./gateway.ts";
 import {
@@ -89,6 +97,8 @@ export interface ApiDeps {
   webhooks: Webhooks;
   notifications: Notifications;
   nodes: Nodes;
+  calls: CallLog;
+  stats: RunStats;
   /** The node serving this API. */
   nodeId: string;
   version: string;
@@ -100,14 +110,20 @@ export interface ApiDeps {
 
 const AgentId = z.object({ id: pathParam(Id, "agent") });
 const RunId = z.object({ id: pathParam(Id, "run") });
-const ListQuery = z.object({
-  limit: z.coerce.number().int().min(1).max(200).default(50),
-  cursor: z.string().max(64).optional(),
-});
-const AgentsQuery = ListQuery.extend({
+const AgentsQuery = PageQuery.extend({
   name: z.string().max(64).optional(),
   /** true: deleted (archived) agents too. */
   archived: z.enum(["true", "false"]).optional(),
+});
+/** The answers of a route that starts a run (a trigger, a replay). */
+const RUN_STARTED = {
+  200: json(Run, "The run this Idempotency-Key already started (also once the agent is deleted)"),
+  201: json(Run, "Queued"),
+  409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
+  422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
+};
+const IdempotencyHeader = z.object({
+  "idempotency-key": z.string().optional().meta({ description: "1 to 255 printable ASCII characters, no spaces" }),
 });
 /** An agent's files travel inside its JSON body; allow for their JSON escaping. */
 const AGENT_BODY_LIMIT = MAX_FILES_BYTES * 2 + 1024 * 1024;
@@ -122,6 +138,12 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     data: rows,
     next_cursor: rows.length === limit && rows.length > 0 ? cursor(rows[rows.length - 1] as T) : null,
   });
+  /** The answer of a route that starts a run: 201 for a new one, 200 for the one its Idempotency-Key started. */
+  const answerStarted = (c: Context<ApiEnv>, { run, created }: { run: RunsTable; created: boolean }) => {
+    if (created) deps.engine.notify();
+    else c.header("idempotent-replayed", "true");
+    return c.json(toRun(run), created ? 201 : 200);
+  };
   const findRun = async (c: Context<ApiEnv>, id: string) => {
     const run = await deps.runs.get(tenantOf(c), id);
     if (!run) throw new AppError("not_found", `No run '${id}'.`);
@@ -359,6 +381,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   });
   registerConnectionRoutes(route, deps.connections);
   registerMetricsRoutes(route, deps.metrics);
+  registerActivityRoutes(route, { calls: deps.calls, stats: deps.stats });
 
   // Runs.
   route(
@@ -370,20 +393,10 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       auth: "tenant",
       request: {
         params: AgentId,
-        headers: z.object({
-          "idempotency-key": z
-            .string()
-            .optional()
-            .meta({ description: "1 to 255 printable ASCII characters, no spaces" }),
-        }),
+        headers: IdempotencyHeader,
         body: jsonBody(RunCreate),
       },
-      responses: {
-        200: json(Run, "The run this Idempotency-Key already started (also once the agent is deleted)"),
-        201: json(Run, "Queued"),
-        409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
-        422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
-      },
+      responses: RUN_STARTED,
     },
     async (c) => {
       const agent = await deps.agents.get(tenantOf(c), c.req.valid("param").id);
@@ -395,34 +408,36 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
           : idempotencyKey(agent.row.tenant_id, key, `${agent.row.id}\n${JSON.stringify(body.input ?? null)}`);
       // The Idempotency-Key's run answers even once the agent is archived; a new run is refused then.
       const spec = frozenSpec(agent);
-      const { run, created } = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
+      const started = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
         trigger: "api",
         ...(dedupe ? { dedupe } : {}),
       });
-      if (created) deps.engine.notify();
-      else c.header("idempotent-replayed", "true");
-      return c.json(toRun(run), created ? 201 : 200);
+      return answerStarted(c, started);
     },
   );
   route(
     {
       method: "get",
       path: "/v1/runs",
-      summary: "List runs",
+      summary:
+        "List runs, newest first: by agent, status, trigger, parent or root run, creation time (created_after inclusive, created_before exclusive) and id prefix",
       auth: "tenant",
-      request: {
-        query: ListQuery.extend({ agent_id: z.string().max(64).optional(), status: RunStatus.optional() }),
-      },
+      request: { query: RunsQuery },
       responses: { 200: json(Page(Run), "Runs") },
     },
     async (c) => {
       const q = c.req.valid("query");
-      const rows = await deps.runs.list(tenantOf(c), {
-        limit: q.limit,
-        ...(q.cursor ? { cursor: q.cursor } : {}),
-        ...(q.agent_id ? { agentId: q.agent_id } : {}),
-        ...(q.status ? { status: q.status } : {}),
-      });
+      const filter: RunFilter = { limit: q.limit };
+      if (q.cursor) filter.cursor = q.cursor;
+      if (q.agent_id) filter.agentId = q.agent_id;
+      if (q.status) filter.status = q.status;
+      if (q.trigger) filter.trigger = q.trigger;
+      if (q.parent_run_id) filter.parentRunId = q.parent_run_id;
+      if (q.root_run_id) filter.rootRunId = q.root_run_id;
+      if (q.created_after) filter.createdAfter = Date.parse(q.created_after);
+      if (q.created_before) filter.createdBefore = Date.parse(q.created_before);
+      if (q.id_prefix) filter.idPrefix = q.id_prefix;
+      const rows = await deps.runs.list(tenantOf(c), filter);
       return c.json(
         page(rows.map(toRun), q.limit, (r) => r.id),
         200,
@@ -460,20 +475,34 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     },
   );
 
+  route(
+    {
+      method: "post",
+      path: "/v1/runs/{id}/replay",
+      summary:
+        "Replay a run: a new run (trigger replay, replay_of naming this one) of the same agent version and environment, with the same input or the input given. With an Idempotency-Key header, the same key answers with the same run for 24 hours (200, Idempotent-Replayed: true)",
+      auth: "tenant",
+      request: {
+        params: RunId,
+        headers: IdempotencyHeader,
+        body: jsonBody(RunReplay),
+      },
+      responses: RUN_STARTED,
+    },
+    async (c) => {
+      const key = c.req.valid("header")["idempotency-key"];
+      return answerStarted(c, await deps.runs.replay(tenantOf(c), c.req.valid("param").id, c.req.valid("json"), key));
+    },
+  );
+
   // Events: a JSON page, or live server-sent events resumable with Last-Event-ID.
   route(
     {
       method: "get",
       path: "/v1/runs/{id}/events",
-      summary: "A run's events (JSON, or text/event-stream to follow live)",
+      summary: "A run's events (JSON, or text/event-stream to follow live); with types=a,b only events of those types",
       auth: "tenant",
-      request: {
-        params: RunId,
-        query: z.object({
-          after: z.coerce.number().int().min(0).default(0),
-          limit: z.coerce.number().int().min(1).max(1000).default(500),
-        }),
-      },
+      request: { params: RunId, query: RunEventsQuery },
       responses: {
         200: {
           description: "Events",
@@ -487,8 +516,10 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     async (c) => {
       const run = await findRun(c, c.req.valid("param").id);
       const q = c.req.valid("query");
+      const types = q.types === undefined ? undefined : eventTypesOf(q.types);
+      const wanted = types === undefined ? () => true : (e: RunEvent) => types.includes(e.type);
       if (!(c.req.header("accept") ?? "").includes("text/event-stream")) {
-        const events = await deps.events.list(run.id, q.after, q.limit);
+        const events = await deps.events.list(run.id, q.after, q.limit, types);
         const last = events[events.length - 1];
         return c.json({ data: events, next_cursor: events.length === q.limit && last ? String(last.seq) : null }, 200);
       }
@@ -525,21 +556,22 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
         const left = deps.metrics.sseOpened();
         try {
           let done = false;
+          // Events of other types than asked for are passed over, the run's end included.
           const send = async (e: RunEvent) => {
             if (e.seq <= after) return;
             after = e.seq;
-            await stream.writeSSE({ id: String(e.seq), event: e.type, data: JSON.stringify(e) });
+            if (wanted(e)) await stream.writeSSE({ id: String(e.seq), event: e.type, data: JSON.stringify(e) });
             if (TERMINAL_EVENTS.has(e.type)) done = true;
           };
           // History first (the subscription already buffers anything newer), then live events.
           for (;;) {
-            const batch = await deps.events.list(run.id, after, 500);
+            const batch = await deps.events.list(run.id, after, 500, types);
             for (const e of batch) await send(e);
             if (batch.length < 500) break;
           }
           const current = await deps.runs.getById(run.id);
           if (current && (TERMINAL_STATUSES as readonly string[]).includes(current.status)) {
-            for (const e of await deps.events.list(run.id, after, 1000)) await send(e);
+            for (const e of await deps.events.list(run.id, after, 1000, types)) await send(e);
             done = true;
           }
           while (!done && !closed) {
@@ -550,7 +582,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
               overflowed = false;
               live.length = 0;
               for (;;) {
-                const batch = await deps.events.list(run.id, after, 500);
+                const batch = await deps.events.list(run.id, after, 500, types);
                 for (const e of batch) await send(e);
                 if (batch.length < 500) break;
               }

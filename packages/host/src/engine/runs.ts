@@ -10,14 +10,16 @@ import {
   type RunEventData,
   type RunReason,
   type RunStatus,
+  type RunTrigger,
 } from "@paddock/protocol";
-import type { Kysely, Transaction } from "kysely";
+import { type Kysely, sql, type Transaction } from "kysely";
 import { archived } from "../agents/agents.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
 import type { Fence } from "../store/fence.ts";
-import { newId } from "../store/ids.ts";
+import { idAt, idRange, newId } from "../store/ids.ts";
+import { timeBucket } from "../store/portable.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
-import { isoTime } from "../store/stored.ts";
+import { isoTime, parseRunSpec } from "../store/stored.ts";
 
 export function toRun(row: RunsTable): Run {
   return {
@@ -29,6 +31,7 @@ export function toRun(row: RunsTable): Run {
     attempt: row.attempt,
     max_attempts: row.max_attempts,
     trigger: row.trigger as Run["trigger"],
+    replay_of: row.replay_of,
     not_before: isoTime(row.not_before),
     parent_run_id: row.parent_run_id,
     root_run_id: row.root_run_id,
@@ -40,11 +43,30 @@ export function toRun(row: RunsTable): Run {
   };
 }
 
+/** What a list of runs is narrowed to; every filter given applies. Times are ms since the epoch. */
 export interface RunFilter {
   agentId?: string;
   status?: RunStatus;
+  trigger?: RunTrigger;
+  parentRunId?: string;
+  rootRunId?: string;
+  /** Created at or after. */
+  createdAfter?: number;
+  /** Created before. */
+  createdBefore?: number;
+  /** The start of the id (`run_` and part of its body). */
+  idPrefix?: string;
+  /** The last id of the page before. */
   cursor?: string;
   limit: number;
+}
+
+/** A time range cut into buckets: [from, to) in ms, each bucket `bucketMs` long from `from`. */
+export interface BucketRange {
+  from: number;
+  to: number;
+  bucketMs: number;
+  agentId?: string;
 }
 
 export class RunRepository {
@@ -74,6 +96,8 @@ export class RunRepository {
       serialKey?: string;
       /** A child run: its parent, root and depth. */
       lineage?: { parentRunId: string; rootRunId: string; rootAgentId: string; depth: number };
+      /** A replay: the run it replays. */
+      replayOf?: string;
       dedupe?: (trx: Transaction<Database>, runId: string) => Promise<string | null>;
       events?: NewEvent[];
     } = {},
@@ -108,6 +132,7 @@ export class RunRepository {
       root_agent_id: options.lineage?.rootAgentId ?? null,
       depth: options.lineage?.depth ?? 0,
       event_seq: 0,
+      replay_of: options.replayOf ?? null,
     };
     const result = await this.#db.transaction().execute(async (trx) => {
       const existing = options.dedupe ? await options.dedupe(trx, row.id) : null;
@@ -123,7 +148,11 @@ export class RunRepository {
       if (agent && agent.archived_at !== null) throw archived(agent);
       await trx.insertInto("runs").values(row).execute();
       const events = await this.#events.append(trx, row.id, 0, [
-        { type: "run.queued", data: { status: "queued", trigger }, ts: now },
+        {
+          type: "run.queued",
+          data: { status: "queued", trigger, ...(options.replayOf ? { replay_of: options.replayOf } : {}) },
+          ts: now,
+        },
         ...(options.events ?? []),
       ]);
       return { run: { ...row, event_seq: events.length }, created: true, events };
@@ -145,12 +174,84 @@ export class RunRepository {
     return this.#db.selectFrom("runs").selectAll().where("id", "=", id).executeTakeFirst();
   }
 
+  /**
+   * Queues a new run of the same agent version and environment as `runId` (its frozen spec), with
+   * its input, or with `input` when given. The replay records the run it replays and is a run of
+   * its own (no parent), started like an API trigger: `key` is its Idempotency-Key.
+   */
+  async replay(
+    tenantId: string,
+    runId: string,
+    body: { input?: unknown },
+    key?: string,
+  ): Promise<{ run: RunsTable; created: boolean }> {
+    const original = await this.get(tenantId, runId);
+    if (!original) throw new AppError("not_found", `No run '${runId}'.`);
+    const input = "input" in body ? body.input : original.input === null ? undefined : JSON.parse(original.input);
+    const dedupe =
+      key === undefined
+        ? undefined
+        : idempotencyKey(tenantId, key, `replay\n${original.id}\n${JSON.stringify(input ?? null)}`);
+    return this.create(tenantId, original.agent_id, parseRunSpec(original.spec), input, {
+      trigger: "replay",
+      replayOf: original.id,
+      ...(dedupe ? { dedupe } : {}),
+    });
+  }
+
   async list(tenantId: string, filter: RunFilter): Promise<RunsTable[]> {
+    return this.listQuery(tenantId, filter).execute();
+  }
+
+  /**
+   * The query of list(), for a look at its plan (store/query-plans.test.ts). Each filter has an
+   * index of the tenant and that column ending in the id, so a page is read in order and stops at
+   * `limit`; a time range and an id prefix are id ranges too (ids are time-ordered; see idAt).
+   */
+  listQuery(tenantId: string, filter: RunFilter) {
     let q = this.#db.selectFrom("runs").selectAll().where("tenant_id", "=", tenantId);
     if (filter.agentId) q = q.where("agent_id", "=", filter.agentId);
     if (filter.status) q = q.where("status", "=", filter.status);
+    if (filter.trigger) q = q.where("trigger", "=", filter.trigger);
+    if (filter.parentRunId) q = q.where("parent_run_id", "=", filter.parentRunId);
+    if (filter.rootRunId) q = q.where("root_run_id", "=", filter.rootRunId);
+    if (filter.createdAfter !== undefined) {
+      q = q.where("id", ">=", idAt("run", filter.createdAfter)).where("created_at", ">=", filter.createdAfter);
+    }
+    if (filter.createdBefore !== undefined) {
+      q = q.where("id", "<", idAt("run", filter.createdBefore)).where("created_at", "<", filter.createdBefore);
+    }
+    if (filter.idPrefix) {
+      const start = filter.idPrefix.startsWith("run_") ? filter.idPrefix : `run_${filter.idPrefix}`;
+      const { min, max } = idRange(start);
+      q = q
+        .where("id", ">=", min)
+        .where("id", "<=", max)
+        .where(sql`substr(id, 1, ${sql.lit(start.length)})`, "=", start);
+    }
     if (filter.cursor) q = q.where("id", "<", filter.cursor);
-    return q.orderBy("id", "desc").limit(filter.limit).execute();
+    return q.orderBy("id", "desc").limit(filter.limit);
+  }
+
+  /** How many of the tenant's runs (of one agent, when given) were created in each bucket, by status now. */
+  async countsByBucket(tenantId: string, range: BucketRange): Promise<{ bucket: number; status: string; n: number }[]> {
+    const rows = await this.countsQuery(tenantId, range).execute();
+    return rows.map((r) => ({ bucket: Number(r.bucket), status: r.status, n: Number(r.n) }));
+  }
+
+  /** The query of countsByBucket(): a range of one index that holds every column it reads. */
+  countsQuery(tenantId: string, range: BucketRange) {
+    const bucket = timeBucket("created_at", range.from, range.bucketMs);
+    return this.#db
+      .selectFrom("runs")
+      .select((eb) => [bucket.as("bucket"), "status", eb.fn.countAll<number>().as("n")])
+      .where("tenant_id", "=", tenantId)
+      .$if(range.agentId !== undefined, (q) => q.where("agent_id", "=", range.agentId ?? ""))
+      .where("id", ">=", idAt("run", range.from))
+      .where("id", "<", idAt("run", range.to))
+      .where("created_at", ">=", range.from)
+      .where("created_at", "<", range.to)
+      .groupBy([bucket, "status"]);
   }
 
   /** How many runs are queued in the whole store (one count over the status index). */

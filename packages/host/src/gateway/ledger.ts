@@ -19,7 +19,7 @@ import { sql } from "kysely";
 import type { Metrics } from "../metrics/metrics.ts";
 import { checkFence, type Fence } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
-import { type Dialect, dbNow } from "../store/portable.ts";
+import { type Dialect, dbNow, timeBucket } from "../store/portable.ts";
 import type { CreditAccountsTable, Database } from "../store/schema.ts";
 
 /** Which budget ran out. */
@@ -309,6 +309,32 @@ export class Ledger {
     for (const row of rows)
       out.set(row.key.slice(scope.length + 1), { spent: Number(row.spent), reserved: Number(row.reserved) });
     return out;
+  }
+
+  /**
+   * Micro-credits the tenant's model calls (of one agent, when given) were settled for in each
+   * bucket of `range`, by agent.
+   */
+  async spentByBucket(
+    tenantId: string,
+    range: { from: number; to: number; bucketMs: number; agentId?: string },
+  ): Promise<{ bucket: number; agent_id: string | null; micro: number }[]> {
+    const rows = await this.spentQuery(tenantId, range).execute();
+    return rows.map((r) => ({ bucket: Number(r.bucket), agent_id: r.agent_id, micro: Number(r.micro) }));
+  }
+
+  /** The query of spentByBucket(): a range of one index that holds every column it reads. */
+  spentQuery(tenantId: string, range: { from: number; to: number; bucketMs: number; agentId?: string }) {
+    const bucket = timeBucket("created_at", range.from, range.bucketMs);
+    return this.#db
+      .selectFrom("credit_ledger")
+      .select((eb) => [bucket.as("bucket"), "agent_id", eb.fn.sum<number | string>("amount").as("micro")])
+      .where("tenant_id", "=", tenantId)
+      .where("kind", "=", "settle")
+      .where("created_at", ">=", range.from)
+      .where("created_at", "<", range.to)
+      .$if(range.agentId !== undefined, (q) => q.where("agent_id", "=", range.agentId ?? ""))
+      .groupBy([bucket, "agent_id"]);
   }
 
   /** A run's calls: each reservation with its settlement or release. */

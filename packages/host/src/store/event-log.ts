@@ -4,13 +4,20 @@
  * transaction commits, so a subscriber never sees an event the store could still lose.
  */
 import { EventEmitter } from "node:events";
-import { AppError, type RunEvent, RunEventBody, type RunEventOf, type RunEventType } from "@paddock/protocol";
+import {
+  AppError,
+  callOutcome,
+  type RunEvent,
+  RunEventBody,
+  type RunEventOf,
+  type RunEventType,
+} from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { z } from "zod";
 import { checkFence, type Fence } from "./fence.ts";
 import { HINT, type Hints, LocalHints } from "./hints.ts";
 import type { Db, Dialect } from "./portable.ts";
-import type { Database, EventsTable } from "./schema.ts";
+import type { CallsTable, Database, EventsTable } from "./schema.ts";
 
 export type { Db } from "./portable.ts";
 /** An event to append: one of the protocol's event types with its data, and when it happened. */
@@ -45,6 +52,21 @@ function check(event: NewEvent): void {
 function problemsOf(event: NewEvent): string | null {
   const parsed = RunEventBody.safeParse({ type: event.type, data: event.data });
   return parsed.success ? null : z.prettifyError(parsed.error);
+}
+
+/** The `calls` row of an llm.call or bridge.call event; null for any other event. */
+function callRow(event: NewEvent, at: EventsTable & { tenant_id: string; agent_id: string }): CallsTable | null {
+  const row = { run_id: at.run_id, seq: at.seq, tenant_id: at.tenant_id, agent_id: at.agent_id, ts: at.ts };
+  if (event.type === "llm.call") {
+    const d = event.data;
+    const ok = callOutcome(d) === "ok" ? 1 : 0;
+    return { ...row, kind: "llm", target: d.provider ?? "", model: d.model ?? null, ok };
+  }
+  if (event.type === "bridge.call") {
+    const d = event.data;
+    return { ...row, kind: "bridge", target: d.connection, model: null, ok: callOutcome(d) === "ok" ? 1 : 0 };
+  }
+  return null;
 }
 
 /** An event the log refused, with why. */
@@ -158,6 +180,16 @@ export class EventLog {
         .values(rows.slice(i, i + 100))
         .execute();
     }
+    const calls = events.flatMap((e, i) => {
+      const row = rows[i] as EventsTable;
+      return callRow(e, { ...row, tenant_id: counted.tenant_id, agent_id: counted.agent_id }) ?? [];
+    });
+    for (let i = 0; i < calls.length; i += 100) {
+      await trx
+        .insertInto("calls")
+        .values(calls.slice(i, i + 100))
+        .execute();
+    }
     const announcer = this.#announcer;
     if (announcer && rows.some((r) => announcer.announces(r.type))) {
       const run = { id: runId, tenant_id: counted.tenant_id, agent_id: counted.agent_id };
@@ -222,12 +254,14 @@ export class EventLog {
     }
   }
 
-  async list(runId: string, afterSeq: number, limit: number): Promise<RunEvent[]> {
+  /** The run's events after `afterSeq`, in order; only those of `types` when given. */
+  async list(runId: string, afterSeq: number, limit: number, types?: readonly RunEventType[]): Promise<RunEvent[]> {
     const rows = await this.#db
       .selectFrom("events")
       .selectAll()
       .where("run_id", "=", runId)
       .where("seq", ">", afterSeq)
+      .$if(types !== undefined, (q) => q.where("type", "in", types ?? []))
       .orderBy("seq")
       .limit(limit)
       .execute();

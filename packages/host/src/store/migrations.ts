@@ -600,6 +600,78 @@ migrations["0013_notifications"] = {
   },
 };
 
+migrations["0014_run_queries"] = {
+  // What the run list's filters, the cross-run call lists and the stats read, kept fast with a
+  // million runs (store/query-plans.test.ts reads their plans): runs record the run they replay;
+  // each filter has an index of the tenant and its column that ends in the order a page is read
+  // (ids are time-ordered, so a time range is an id range); llm.call and bridge.call events are
+  // indexed in `calls`, which the event log writes in the same transaction as the event (filled
+  // here from the events already written); settlements are indexed by tenant and time, with their
+  // amounts, for spending per time bucket.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema.alterTable("runs").addColumn("replay_of", "text").execute();
+    // A filter's index has no more columns than it needs: SQLite, without statistics, prefers
+    // narrower indexes when a time range bounds the id on both sides.
+    for (const name of ["runs_tenant", "runs_parent", "runs_status"]) await db.schema.dropIndex(name).execute();
+    const runIndexes: [string, string[]][] = [
+      // Also covers the counts by status and time of GET /v1/stats.
+      ["runs_tenant_list", ["tenant_id", "id", "status", "created_at"]],
+      ["runs_agent_list", ["tenant_id", "agent_id", "id"]],
+      // Led by the status: also the queue and the runs going, over every tenant.
+      ["runs_status", ["status", "tenant_id", "id"]],
+      ["runs_trigger_list", ["tenant_id", "trigger", "id"]],
+      // Led by the parent (root): also a run's children wherever the tenant is not asked for.
+      ["runs_parent_list", ["parent_run_id", "tenant_id", "id"]],
+      ["runs_root_list", ["root_run_id", "tenant_id", "id"]],
+    ];
+    for (const [name, columns] of runIndexes) await db.schema.createIndex(name).on("runs").columns(columns).execute();
+
+    await db.schema
+      .createTable("calls")
+      .addColumn("run_id", "text", (c) => c.notNull().references("runs.id"))
+      .addColumn("seq", "integer", (c) => c.notNull())
+      .addColumn("tenant_id", "text", (c) => c.notNull())
+      .addColumn("agent_id", "text", (c) => c.notNull())
+      .addColumn("kind", "text", (c) => c.notNull())
+      .addColumn("ts", "bigint", (c) => c.notNull())
+      .addColumn("target", "text", (c) => c.notNull())
+      .addColumn("model", "text")
+      .addColumn("ok", "integer", (c) => c.notNull())
+      .addPrimaryKeyConstraint("calls_pk", ["run_id", "seq"])
+      .execute();
+    const order = ["ts", "run_id", "seq"];
+    const callIndexes: [string, string[]][] = [
+      ["calls_tenant", ["tenant_id", "kind", ...order]],
+      ["calls_agent", ["tenant_id", "agent_id", "kind", ...order]],
+      ["calls_target", ["tenant_id", "kind", "target", ...order]],
+      ["calls_outcome", ["tenant_id", "kind", "ok", ...order]],
+    ];
+    for (const [name, columns] of callIndexes) await db.schema.createIndex(name).on("calls").columns(columns).execute();
+    const field =
+      dialectOf(db) === "postgres"
+        ? (name: string) => sql`(e.data::jsonb ->> ${sql.lit(name)})`
+        : (name: string) => sql`json_extract(e.data, ${sql.lit(`$.${name}`)})`;
+    const status = dialectOf(db) === "postgres" ? sql`(${field("status")})::integer` : field("status");
+    await sql`
+      insert into calls (run_id, seq, tenant_id, agent_id, kind, ts, target, model, ok)
+      select e.run_id, e.seq, r.tenant_id, r.agent_id,
+        case when e.type = 'llm.call' then 'llm' else 'bridge' end,
+        e.ts,
+        coalesce(${field("provider")}, ${field("connection")}, ''),
+        ${field("model")},
+        case when ${field("code")} is not null or coalesce(${status}, 0) >= 400 then 0 else 1 end
+      from events e join runs r on r.id = e.run_id
+      where e.type in ('llm.call', 'bridge.call')`.execute(db);
+
+    await db.schema
+      .createIndex("credit_ledger_spend")
+      .on("credit_ledger")
+      .columns(["tenant_id", "kind", "created_at", "agent_id", "amount"])
+      .execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** The advisory lock that lets one process at a time migrate a PostgreSQL store. */

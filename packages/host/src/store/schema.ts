@@ -137,7 +137,7 @@ export interface RunsTable {
   created_at: number;
   started_at: number | null;
   finished_at: number | null;
-  /** api, schedule, webhook or agent. */
+  /** api, schedule, webhook, agent or replay. */
   trigger: string;
   /** A queued run is not claimed before this time (a retry's backoff). */
   not_before: number | null;
@@ -154,6 +154,8 @@ export interface RunsTable {
   depth: number;
   /** The run's last event sequence number; appends take theirs by raising it. */
   event_seq: number;
+  /** For a replay: the run it replays. */
+  replay_of: string | null;
 }
 
 export interface AttemptsTable {
@@ -175,6 +177,25 @@ export interface EventsTable {
   type: string;
   ts: number;
   data: string;
+}
+
+/**
+ * An `llm.call` or `bridge.call` event, indexed for lists over all of a tenant's runs (the event
+ * itself holds the call's data). Written in the transaction that appends the event.
+ */
+export interface CallsTable {
+  run_id: string;
+  seq: number;
+  tenant_id: string;
+  agent_id: string;
+  kind: "llm" | "bridge";
+  ts: number;
+  /** The provider (llm; "" when the call was refused before one was known) or the connection (bridge). */
+  target: string;
+  /** The model asked for (llm); null for bridge calls. */
+  model: string | null;
+  /** 1 when the call went through, 0 when it failed (see callOutcome). */
+  ok: number;
 }
 
 export interface ArtifactsTable {
@@ -348,6 +369,7 @@ export interface Database {
   runs: RunsTable;
   attempts: AttemptsTable;
   events: EventsTable;
+  calls: CallsTable;
   artifacts: ArtifactsTable;
   snapshots: SnapshotsTable;
   runners: RunnersTable;

@@ -48,7 +48,7 @@ export interface SchedulerDeps {
   metrics?: Pick<Metrics, "scheduleFired">;
 }
 
-export function toSchedule(row: SchedulesTable): Schedule {
+export function toSchedule(row: SchedulesTable, now = Date.now()): Schedule {
   return {
     id: row.id,
     agent_id: row.agent_id,
@@ -58,6 +58,7 @@ export function toSchedule(row: SchedulesTable): Schedule {
     catch_up_s: row.catch_up_s,
     paused: row.paused === 1,
     next_at: isoTime(row.next_at),
+    next_fire_at: isoTime(nextFireAt(row, now)),
     last_slot_at: isoTime(row.last_slot_at),
     created_at: new Date(Number(row.created_at)).toISOString(),
   };
@@ -85,6 +86,24 @@ function cronOf(expression: string, timezone: string): Cron {
 }
 
 const nextAfter = (cron: Cron, after: number): number | null => cron.nextRun(new Date(after))?.getTime() ?? null;
+
+/** How late a slot may be run: the catch-up window, at least the on-time grace. */
+const windowOf = (row: Pick<SchedulesTable, "catch_up_s">) => Math.max(ON_TIME_GRACE_MS, row.catch_up_s * 1000);
+
+/**
+ * When the schedule starts its next run, as a tick at `now` would see it: null while paused or
+ * with no slot left; its next slot when that is ahead; when it is overdue (the tick is late or
+ * the hosts were down), now if a slot inside the window is due (the tick runs it), else the
+ * first slot after now (the missed ones are recorded and passed over).
+ */
+export function nextFireAt(row: SchedulesTable, now: number): number | null {
+  if (row.paused === 1 || row.next_at === null) return null;
+  const next = Number(row.next_at);
+  if (next > now) return next;
+  const cron = cronOf(row.cron, row.timezone);
+  const due = next >= now - windowOf(row) ? next : nextAfter(cron, now - windowOf(row) - 1);
+  return due !== null && due <= now ? now : nextAfter(cron, now);
+}
 
 export class Scheduler {
   readonly #deps: SchedulerDeps;
@@ -174,7 +193,7 @@ export class Scheduler {
     };
     await this.#deps.db.insertInto("schedules").values(row).execute();
     this.#changed();
-    return toSchedule(row);
+    return toSchedule(row, now);
   }
 
   async list(tenantId: string): Promise<Schedule[]> {
@@ -184,7 +203,7 @@ export class Scheduler {
       .where("tenant_id", "=", tenantId)
       .orderBy("id")
       .execute();
-    return rows.map(toSchedule);
+    return rows.map((row) => toSchedule(row));
   }
 
   async get(tenantId: string, id: string): Promise<Schedule> {
@@ -203,7 +222,7 @@ export class Scheduler {
       .where("id", "=", id)
       .execute();
     if (!paused) this.#changed();
-    return toSchedule({ ...row, paused: paused ? 1 : 0, next_at: next });
+    return toSchedule({ ...row, paused: paused ? 1 : 0, next_at: next }, now);
   }
 
   async delete(tenantId: string, id: string): Promise<Schedule> {
@@ -247,7 +266,7 @@ export class Scheduler {
 
   async #fire(schedule: SchedulesTable, now: number): Promise<string | null> {
     const cron = cronOf(schedule.cron, schedule.timezone);
-    const window = Math.max(ON_TIME_GRACE_MS, schedule.catch_up_s * 1000);
+    const window = windowOf(schedule);
     const next = nextAfter(cron, now);
     // The latest slot at or before now, looked for only inside the window: older ones are missed anyway.
     const waited = Number(schedule.next_at);
