@@ -105,6 +105,13 @@ export const HostConfig = z
       .default({}),
     /** How often due schedules are looked for; 0 leaves it to the caller of `scheduler.tick` (tests). */
     schedulerTickMs: z.number().int().min(0).default(1000),
+    /**
+     * The OTLP/HTTP endpoint traces go to, as OTEL_EXPORTER_OTLP_ENDPOINT names it (its
+     * /v1/traces); none: no traces, and the OpenTelemetry SDK is never loaded.
+     */
+    otlpEndpoint: z.url({ protocol: /^https?$/ }).optional(),
+    /** Prompt and completion content (and tools' arguments and results) in spans (`serve --trace-content`). */
+    traceContent: z.boolean().default(false),
     /** LLM rate limits every tenant gets (requests and tokens per minute); default none. */
     llmTenantLimits: z
       .object({ requestsPerMinute: PerMinute.optional(), tokensPerMinute: PerMinute.optional() })

@@ -57,6 +57,7 @@ import { Journal } from "./store/journal.ts";
 import { migrate } from "./store/migrations.ts";
 import type { Dialect } from "./store/portable.ts";
 import type { Database } from "./store/schema.ts";
+import { openTracing, type Tracing } from "./tracing/tracing.ts";
 import { AgentCalls } from "./triggers/agent-calls.ts";
 import { Scheduler } from "./triggers/scheduler.ts";
 import { Webhooks } from "./triggers/webhooks.ts";
@@ -81,6 +82,8 @@ export interface RunningHost {
   secrets: Secrets;
   /** Cron schedules (tests drive `tick` with their own clock). */
   scheduler: Scheduler;
+  /** This node's traces; null without an OTLP endpoint. */
+  tracing: Tracing | null;
   close(): Promise<void>;
 }
 
@@ -126,6 +129,8 @@ export interface Services {
   gateway: Gateway;
   /** The bridge's URL as sandboxes reach it; null without sandbox networks. */
   bridgeUrl: string | null;
+  /** Traces; null without an OTLP endpoint (the SDK is then never loaded). */
+  tracing: Tracing | null;
   app: OpenAPIHono<ApiEnv>;
 }
 
@@ -239,6 +244,17 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     log(`billed ${abandoned} model call(s) left open by the previous host at their reserved worst case`);
   const rateLimits = new TokenBucket();
   const journal = new Journal(db, { dialect });
+  const tracing = await openTracing({
+    endpoint: config.otlpEndpoint,
+    content: config.traceContent,
+    version: VERSION,
+    nodeId,
+    log,
+  });
+  if (tracing) {
+    env.undo.push(() => tracing.close());
+    log(`tracing to ${config.otlpEndpoint}${config.traceContent ? ", with prompt and completion content" : ""}`);
+  }
   const gateway = new Gateway({
     journal,
     providers,
@@ -248,13 +264,14 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     budgetOf: (runId) => agents.budgetOfRun(runId),
     ...(config.llmTenantLimits ? { tenantLimits: config.llmTenantLimits } : {}),
     log,
+    tracing,
   });
   env.undo.push(async () => gateway.close());
   // Agent-to-agent calls wake the engine, which is made below.
   let wakeEngine = () => {};
   const agentCalls = new AgentCalls({ db, agents, runs, events, artifacts, notify: () => wakeEngine(), journal });
   const routes = [agentCalls, gateway];
-  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal });
+  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal, tracing });
   env.undo.push(() => bridge.close());
   let bridgeUrl: string | null = null;
   if (env.network) {
@@ -281,6 +298,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         ? { bridge: { url: bridgeUrl, live, mint: (claims) => tokens.mint(claims), ttlMs: tokens.ttlMs } }
         : {}),
       log,
+      tracing,
     },
     {
       workerId: nodeId,
@@ -358,6 +376,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     bridge,
     gateway,
     bridgeUrl,
+    tracing,
     app,
   };
 }
@@ -472,6 +491,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       bridgeUrl: services.bridgeUrl ?? "",
       secrets: services.secrets,
       scheduler,
+      tracing: services.tracing,
       get warmCount() {
         return engine.warmCount;
       },
@@ -486,6 +506,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
           await engine.close();
           await bridge.close();
           gateway.close();
+          // The attempts' last spans ended with the engine: they go out now, or are counted as dropped.
+          await services.tracing?.close();
           await driver.close();
           await network.close();
           services.blobs.close();

@@ -14,7 +14,7 @@ export const serve: Command = {
                      [--database postgres://USER@HOST/DB]
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
-                     [--blobs URL]
+                     [--blobs URL] [--trace-content]
 
 Runs the host: the HTTP API, the run engine and the sandboxes. On the first start of a data
 folder it creates the admin API key, prints it once and writes it to DIR/admin.key.
@@ -63,7 +63,13 @@ Options:
                     s3://BUCKET[/PREFIX]?endpoint=URL&region=NAME&force_path_style=true
                     (AWS S3, MinIO, Ceph, R2; credentials from the AWS environment or
                     credential files, never the URL). Each node keeps a verified copy of
-                    what it reads in DIR/cache/blobs. Default: DIR/blobs`,
+                    what it reads in DIR/cache/blobs. Default: DIR/blobs
+  --trace-content   put prompts, completions and tools' arguments and results in spans
+                    (only with traces, below; they may hold what agents read and write)
+
+Traces: with OTEL_EXPORTER_OTLP_ENDPOINT set (http://HOST:4318), the host sends OpenTelemetry
+spans over OTLP/HTTP to its /v1/traces: one trace per root run. Without it no tracing code is
+loaded. OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS apply.`,
   async run(argv, ctx) {
     const { values } = parseLocalCommand(argv, {
       command: "serve",
@@ -85,6 +91,7 @@ Options:
         "llm-rpm": { type: "string" },
         "llm-tpm": { type: "string" },
         blobs: { type: "string" },
+        "trace-content": { type: "boolean" },
       },
     });
     const port = parseNumber(values.port, "port") ?? DEFAULT_PORT;
@@ -119,6 +126,8 @@ Options:
       ...(values["old-master-key-file"]
         ? { oldMasterKeyFiles: values["old-master-key-file"].map((f) => absolute(f)) }
         : {}),
+      ...(ctx.settings.otlpEndpoint ? { otlpEndpoint: ctx.settings.otlpEndpoint } : {}),
+      ...(values["trace-content"] ? { traceContent: true } : {}),
       ...(rpm || tpm
         ? { llmTenantLimits: { ...(rpm ? { requestsPerMinute: rpm } : {}), ...(tpm ? { tokensPerMinute: tpm } : {}) } }
         : {}),

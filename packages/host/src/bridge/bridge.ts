@@ -30,6 +30,8 @@ import https from "node:https";
 import type { AddressInfo, LookupFunction } from "node:net";
 import { type ConnectionAuth, ERROR_CODES, type RunEventData } from "@paddock/protocol";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../store/journal.ts";
+import { epochMs, epochOf, type Tracing } from "../tracing/tracing.ts";
+import { recordBridgeSpan } from "./call-span.ts";
 import { type ChannelRoute, Refusal, readCapped, sendJson, sendRefusal, sendReplay, takeStep } from "./channel.ts";
 import type { BridgeConnection } from "./connections.ts";
 import { type LiveSandbox, LiveSandboxes } from "./live.ts";
@@ -52,6 +54,8 @@ export interface BridgeDeps {
   journal?: Journal;
   /** Name resolution for upstreams; default the system resolver. */
   resolve?: (host: string) => Promise<string[]>;
+  /** Where a span of each call of a traced attempt goes; null or absent: no spans. */
+  tracing?: Tracing | null;
 }
 
 /** Request headers never forwarded: credentials, cookies, hop-by-hop and forwarding headers. */
@@ -202,6 +206,7 @@ export class Bridge {
       bytes_out: 0,
       ms: 0,
     };
+    let upstream: string | null = null;
     try {
       if (!sandbox) throw new Refusal("bridge_unknown_source");
       if (!CONNECTION_NAME.test(name))
@@ -221,6 +226,7 @@ export class Bridge {
         throw new Refusal("policy_denied", "The bridge never forwards a method override (_method) in the query.");
       const connection = await this.#deps.connections.forBridge(sandbox.tenantId, name);
       if (!connection) throw new Refusal("connection_not_allowed", `No connection '${name}'.`);
+      upstream = connection.baseUrl;
       const rule = matchRule(connection.policy, method, path);
       if (!rule)
         throw new Refusal("policy_denied", `The connection '${name}' does not allow ${method} ${record.path}.`);
@@ -274,7 +280,14 @@ export class Bridge {
       req.resume();
     } finally {
       record.ms = Math.round((performance.now() - started) * 1000) / 1000;
-      if (sandbox && record.status !== 0) sandbox.record({ type: "bridge.call", data: record });
+      if (sandbox && record.status !== 0) {
+        sandbox.record({ type: "bridge.call", data: record });
+        const tracing = this.#deps.tracing;
+        if (tracing && sandbox.trace) {
+          const call = { record, runId: sandbox.runId, startMs: epochOf(started), endMs: epochMs(), upstream };
+          recordBridgeSpan(tracing, sandbox.trace, call);
+        }
+      }
     }
   }
 

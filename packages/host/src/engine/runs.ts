@@ -76,6 +76,8 @@ export class RunRepository {
       lineage?: { parentRunId: string; rootRunId: string; rootAgentId: string; depth: number };
       dedupe?: (trx: Transaction<Database>, runId: string) => Promise<string | null>;
       events?: NewEvent[];
+      /** The W3C traceparent its spans hang under (see tracing/trace-context.ts). */
+      traceParent?: string | null;
     } = {},
   ): Promise<{ run: RunsTable; created: boolean }> {
     const now = Date.now();
@@ -108,6 +110,7 @@ export class RunRepository {
       root_agent_id: options.lineage?.rootAgentId ?? null,
       depth: options.lineage?.depth ?? 0,
       event_seq: 0,
+      trace_parent: options.traceParent ?? null,
     };
     const result = await this.#db.transaction().execute(async (trx) => {
       const existing = options.dedupe ? await options.dedupe(trx, row.id) : null;

@@ -154,6 +154,11 @@ export interface RunsTable {
   depth: number;
   /** The run's last event sequence number; appends take theirs by raising it. */
   event_seq: number;
+  /**
+   * The W3C traceparent its spans hang under (a caller's, or the parent attempt's span for a child
+   * run); null: its trace id is derived from its root run (see tracing/trace-context.ts).
+   */
+  trace_parent: string | null;
 }
 
 export interface AttemptsTable {

@@ -87,6 +87,7 @@ export function runRow(tenant: string, agent: string, patch: Partial<RunsTable>)
     root_agent_id: null,
     depth: 0,
     event_seq: 0,
+    trace_parent: null,
     ...patch,
   };
 }

@@ -28,7 +28,6 @@ import {
   type SpanProcessor,
   TracerProvider,
 } from "@opentelemetry/sdk-trace";
-import type { SpanParent } from "./trace-context.ts";
 import type {
   FinishedSpan,
   OpenSpan,
@@ -37,7 +36,8 @@ import type {
   SpanSpec,
   Tracing,
   TracingOptions,
-} from "./tracing.ts";
+} from "./spans.ts";
+import type { SpanParent } from "./trace-context.ts";
 
 /** Ended spans kept while an export is on its way; more are dropped. */
 const MAX_QUEUE = 4096;
