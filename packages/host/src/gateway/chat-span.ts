@@ -9,7 +9,7 @@ import type { RunEventData } from "@paddock/protocol";
 import type { SpanParent } from "../tracing/trace-context.ts";
 import type { SpanAttributes, Tracing } from "../tracing/tracing.ts";
 import type { ModelRoute } from "./providers.ts";
-import type { AnswerFacts, UsageFormat } from "./usage.ts";
+import { type AnswerFacts, list, type Rec, rec, type UsageFormat } from "./usage.ts";
 
 /** What a finished model call tells its span. */
 export interface ChatCall {
@@ -91,9 +91,6 @@ export function recordChatSpan(tracing: Tracing, parent: SpanParent, call: ChatC
 /** A message part in the GenAI conventions' shape. */
 type Part = Record<string, unknown> & { type: string };
 type Message = { role: string; parts: Part[] };
-type Rec = Record<string, unknown>;
-const rec = (v: unknown): Rec => (typeof v === "object" && v !== null ? (v as Rec) : {});
-const list = (v: unknown): Rec[] => (Array.isArray(v) ? v.map(rec) : []);
 
 /** A message's content (a string or a list of parts in the wire format) as conventions' parts. */
 function partsOf(content: unknown): Part[] {

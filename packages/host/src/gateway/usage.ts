@@ -74,11 +74,12 @@ function jsonUsage(format: UsageFormat, text: Buffer, usage: Usage, facts: Answe
   if (facts && answer && typeof answer === "object") wholeFacts(format, answer, facts);
 }
 
+/** Readers of a provider's JSON, which may hold anything: a string, a list of objects, an object. */
 const str = (v: unknown): string | undefined => (typeof v === "string" ? v : undefined);
-type Rec = Record<string, unknown>;
-const list = (v: unknown): Rec[] =>
+export type Rec = Record<string, unknown>;
+export const list = (v: unknown): Rec[] =>
   Array.isArray(v) ? v.filter((x): x is Rec => typeof x === "object" && x !== null) : [];
-const rec = (v: unknown): Rec => (typeof v === "object" && v !== null ? (v as Rec) : {});
+export const rec = (v: unknown): Rec => (typeof v === "object" && v !== null ? (v as Rec) : {});
 
 /** How much of an answer's text, and how many tool calls, traces keep. */
 const MAX_TEXT = 64 * 1024;
