@@ -529,7 +529,7 @@ migrations["0012_runner_sources"] = {
   },
 };
 
-migrations["0013_run_trace_parent"] = {
+migrations["0014_run_trace_parent"] = {
   // The W3C traceparent a run's spans hang under: the one given when it was triggered, or for a
   // child run the span of the parent's attempt that started it. Null: the run's trace id is derived
   // from its root run's id.
