@@ -47,6 +47,11 @@ const BATCH = 512;
 const DELAY_MS = 1000;
 /** How long closing waits for the last spans to go out. */
 const CLOSE_WAIT_MS = 3000;
+/**
+ * The longest attribute value sent (prompt content above all): a span past a collector's request
+ * size limit would have its whole batch refused.
+ */
+const MAX_ATTRIBUTE_CHARS = 128 * 1024;
 
 const KINDS: Record<OurKind, SpanKind> = { internal: SpanKind.INTERNAL, client: SpanKind.CLIENT };
 
@@ -224,7 +229,12 @@ export class OtelTracing implements Tracing {
         }),
       )
       .merge(detectResources({ detectors: [envDetector] }));
-    this.#provider = new TracerProvider({ resource, idGenerator: this.#ids, spanProcessors: [this.#batches] });
+    this.#provider = new TracerProvider({
+      resource,
+      idGenerator: this.#ids,
+      spanProcessors: [this.#batches],
+      spanLimits: { attributeValueLengthLimit: MAX_ATTRIBUTE_CHARS },
+    });
     this.#tracer = this.#provider.getTracer("paddock", options.version);
   }
 

@@ -79,7 +79,7 @@ describe("tracing over OTLP/HTTP", () => {
       error: "provider_error",
       message: "upstream said no",
     });
-    root.set({ "a.late": true });
+    root.set({ "a.late": true, "a.long": "x".repeat(200_000) });
     root.fail("exit_code");
     root.end();
     await tracing.flush();
@@ -89,6 +89,8 @@ describe("tracing over OTLP/HTTP", () => {
     assert.ok(agent && chat, JSON.stringify(receiver.spans.map((s) => s.name)));
     assert.equal(agent.traceId, traceId);
     assert.equal(agent.parentSpanId, undefined);
+    assert.equal(agent.attributes["a.long"], "x".repeat(128 * 1024), "long values are cut");
+    delete agent.attributes["a.long"];
     assert.deepEqual(agent.attributes, { "a.s": "x", "a.n": 3, "a.late": true, "error.type": "exit_code" });
     assert.equal(agent.status.code, 2);
     assert.equal(agent.kind, 1);
