@@ -16,6 +16,7 @@ import { hostSkipReason, runEvents, startTestHost, type TestHost, uniqueName, wa
 import { type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
 import { closedPort, type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from "../testing/otlp-receiver.ts";
 import { waitFor } from "../testing/wait.ts";
+import { traceIdOfRun } from "./trace-context.ts";
 import type { Tracing } from "./tracing.ts";
 
 const MODEL = "gpt-traced";
@@ -40,17 +41,20 @@ describe("traces", { skip: e2eSkip(hostSkipReason()) }, () => {
     return waitForRun(t, started.body.id);
   }
 
-  /** The spans of a run's attempt and under it, once its `invoke_agent` span has arrived. */
-  async function attemptSpans(runId: string): Promise<{ agent: ReceivedSpan; children: ReceivedSpan[] }> {
+  /** The spans of a run's attempt (the first by default) and under it, once its `invoke_agent` span has arrived. */
+  async function attemptSpans(runId: string, attempt = 1): Promise<{ agent: ReceivedSpan; children: ReceivedSpan[] }> {
     const tracing = t.host.tracing as Tracing;
     const agent = await waitFor(
       async () => {
         await tracing.flush();
         return receiver.spans.find(
-          (s) => s.name.startsWith("invoke_agent") && s.attributes["paddock.run.id"] === runId,
+          (s) =>
+            s.name.startsWith("invoke_agent") &&
+            s.attributes["paddock.run.id"] === runId &&
+            s.attributes["paddock.run.attempt"] === attempt,
         );
       },
-      { what: `the invoke_agent span of ${runId}` },
+      { what: `the invoke_agent span of ${runId}'s attempt ${attempt}` },
     );
     const children = receiver.spans
       .filter((s) => s.parentSpanId === agent.spanId && s.traceId === agent.traceId)
@@ -245,6 +249,26 @@ describe("traces", { skip: e2eSkip(hostSkipReason()) }, () => {
     assert.equal(chat?.attributes["http.response.status_code"], 500);
     assert.equal(chat?.attributes["gen_ai.usage.input_tokens"], undefined);
     assert.equal(chat?.status.code, 2);
+  });
+
+  test("a retried run's attempts are spans of one trace", async () => {
+    const finished = await run({
+      name: uniqueName("retried"),
+      command: ["sh", "-c", '[ "$PADDOCK_ATTEMPT" = 2 ]'],
+      retry: { max_attempts: 2, backoff_s: 0, jitter: 0, on: ["exit_code"] },
+    });
+    assert.equal(finished.status, "succeeded");
+    assert.equal(finished.attempt, 2);
+    const attempts = [(await attemptSpans(finished.id, 1)).agent, (await attemptSpans(finished.id, 2)).agent];
+    assert.deepEqual(
+      attempts.map((s) => [s.attributes["paddock.run.attempt"], s.attributes["paddock.run.reason"], s.status.code]),
+      [
+        [1, "exit_code", 2],
+        [2, "completed", 0],
+      ],
+    );
+    assert.equal(attempts[0]?.traceId, attempts[1]?.traceId);
+    assert.equal(attempts[0]?.traceId, traceIdOfRun(finished.id));
   });
 
   test("with trace content, prompts, completions and tools' arguments go into spans", async () => {
