@@ -127,6 +127,13 @@ export const HostConfig = z
     notificationTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
     /** Notifications: how long a delivery is retried before it fails (default a day). */
     notificationRetryForMs: z.number().int().min(0).default(86_400_000),
+    /**
+     * The OTLP/HTTP endpoint traces go to, as OTEL_EXPORTER_OTLP_ENDPOINT names it (its
+     * /v1/traces); none: no traces, and the OpenTelemetry SDK is never loaded.
+     */
+    otlpEndpoint: z.url({ protocol: /^https?$/ }).optional(),
+    /** Prompt and completion content (and tools' arguments and results) in spans (`serve --trace-content`). */
+    traceContent: z.boolean().default(false),
     /** LLM rate limits every tenant gets (requests and tokens per minute); default none. */
     llmTenantLimits: z
       .object({ requestsPerMinute: PerMinute.optional(), tokensPerMinute: PerMinute.optional() })

@@ -64,6 +64,7 @@ import { Journal } from "./store/journal.ts";
 import { migrate } from "./store/migrations.ts";
 import type { Dialect } from "./store/portable.ts";
 import type { Database } from "./store/schema.ts";
+import { openTracing, type Tracing } from "./tracing/tracing.ts";
 import { AgentCalls } from "./triggers/agent-calls.ts";
 import { Scheduler } from "./triggers/scheduler.ts";
 import { Webhooks } from "./triggers/webhooks.ts";
@@ -90,6 +91,8 @@ export interface RunningHost {
   secrets: Secrets;
   /** Cron schedules (tests drive `tick` with their own clock). */
   scheduler: Scheduler;
+  /** This node's traces; null without an OTLP endpoint. */
+  tracing: Tracing | null;
   close(): Promise<void>;
 }
 
@@ -140,6 +143,8 @@ export interface Services {
   metrics: Metrics;
   /** The bridge's URL as sandboxes reach it; null without sandbox networks. */
   bridgeUrl: string | null;
+  /** Traces; null without an OTLP endpoint (the SDK is then never loaded). */
+  tracing: Tracing | null;
   app: OpenAPIHono<ApiEnv>;
 }
 
@@ -262,6 +267,17 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     log(`billed ${abandoned} model call(s) left open by the previous host at their reserved worst case`);
   const rateLimits = new TokenBucket();
   const journal = new Journal(db, { dialect });
+  const tracing = await openTracing({
+    endpoint: config.otlpEndpoint,
+    content: config.traceContent,
+    version: VERSION,
+    nodeId,
+    log,
+  });
+  if (tracing) {
+    env.undo.push(() => tracing.close());
+    log(`tracing to ${config.otlpEndpoint}${config.traceContent ? ", with prompt and completion content" : ""}`);
+  }
   const gateway = new Gateway({
     journal,
     providers,
@@ -272,13 +288,14 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     ...(config.llmTenantLimits ? { tenantLimits: config.llmTenantLimits } : {}),
     log,
     metrics,
+    tracing,
   });
   env.undo.push(async () => gateway.close());
   // Agent-to-agent calls wake the engine, which is made below.
   let wakeEngine = () => {};
   const agentCalls = new AgentCalls({ db, agents, runs, events, artifacts, notify: () => wakeEngine(), journal });
   const routes = [agentCalls, gateway];
-  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal, metrics });
+  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal, metrics, tracing });
   env.undo.push(() => bridge.close());
   let bridgeUrl: string | null = null;
   if (env.network) {
@@ -306,6 +323,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         : {}),
       log,
       metrics,
+      tracing,
     },
     {
       workerId: nodeId,
@@ -406,6 +424,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     dispatcher,
     metrics,
     bridgeUrl,
+    tracing,
     app,
   };
 }
@@ -541,6 +560,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       bridgeUrl: services.bridgeUrl ?? "",
       secrets: services.secrets,
       scheduler,
+      tracing: services.tracing,
       get warmCount() {
         return engine.warmCount;
       },
@@ -557,6 +577,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
           await dispatcher.close();
           await bridge.close();
           gateway.close();
+          // The attempts' last spans ended with the engine: they go out now, or are counted as dropped.
+          await services.tracing?.close();
           await driver.close();
           await network.close();
           services.blobs.close();

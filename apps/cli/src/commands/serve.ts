@@ -18,7 +18,7 @@ export const serve: Command = {
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
                      [--blobs URL] [--starting-credits N] [--metrics-token-file FILE]
-                     [--log-format json|pretty]
+                     [--log-format json|pretty] [--trace-content]
 
 Runs the host: the HTTP API, the run engine, the sandboxes and the dashboard (URL/ui, signed in
 with an API key). On the first start of a data folder it creates the admin API key, prints it
@@ -79,7 +79,13 @@ Options:
   --log-format json|pretty
                     log lines on stderr as JSON objects (time, level, node, run_id,
                     tenant_id, msg) or as text for people (default: pretty when stderr is
-                    a terminal, else json)`,
+                    a terminal, else json)
+  --trace-content   put prompts, completions and tools' arguments and results in spans
+                    (only with traces, below; they may hold what agents read and write)
+
+Traces: with OTEL_EXPORTER_OTLP_ENDPOINT set (http://HOST:4318), the host sends OpenTelemetry
+spans over OTLP/HTTP to its /v1/traces: one trace per root run. Without it no tracing code is
+loaded. OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS apply.`,
   async run(argv, ctx) {
     const { values } = parseLocalCommand(argv, {
       command: "serve",
@@ -104,6 +110,7 @@ Options:
         "starting-credits": { type: "string" },
         "metrics-token-file": { type: "string" },
         "log-format": { type: "string" },
+        "trace-content": { type: "boolean" },
       },
     });
     const logFormat = values["log-format"];
@@ -149,6 +156,8 @@ Options:
       ...(values["old-master-key-file"]
         ? { oldMasterKeyFiles: values["old-master-key-file"].map((f) => absolute(f)) }
         : {}),
+      ...(ctx.settings.otlpEndpoint ? { otlpEndpoint: ctx.settings.otlpEndpoint } : {}),
+      ...(values["trace-content"] ? { traceContent: true } : {}),
       ...(rpm || tpm
         ? { llmTenantLimits: { ...(rpm ? { requestsPerMinute: rpm } : {}), ...(tpm ? { tokensPerMinute: tpm } : {}) } }
         : {}),

@@ -53,6 +53,7 @@ import type { Notifications } from "../notifications/subscriptions.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
 import type { RunsTable } from "../store/schema.ts";
+import { formatTraceparent, parseTraceparent } from "../tracing/trace-context.ts";
 import type { Scheduler } from "../triggers/scheduler.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
 import { registerActivityRoutes } from "./activity.ts";
@@ -393,7 +394,12 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       auth: "tenant",
       request: {
         params: AgentId,
-        headers: IdempotencyHeader,
+        headers: IdempotencyHeader.extend({
+          traceparent: z.string().optional().meta({
+            description:
+              "A W3C Trace Context traceparent: the run's spans continue that trace, under that span (a malformed one is ignored)",
+          }),
+        }),
         body: jsonBody(RunCreate),
       },
       responses: RUN_STARTED,
@@ -401,16 +407,18 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     async (c) => {
       const agent = await deps.agents.get(tenantOf(c), c.req.valid("param").id);
       const body = c.req.valid("json");
-      const key = c.req.valid("header")["idempotency-key"];
+      const { "idempotency-key": key, traceparent } = c.req.valid("header");
       const dedupe =
         key === undefined
           ? undefined
           : idempotencyKey(agent.row.tenant_id, key, `${agent.row.id}\n${JSON.stringify(body.input ?? null)}`);
       // The Idempotency-Key's run answers even once the agent is archived; a new run is refused then.
       const spec = frozenSpec(agent);
+      const parent = parseTraceparent(traceparent);
       const started = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
         trigger: "api",
         ...(dedupe ? { dedupe } : {}),
+        ...(parent ? { traceParent: formatTraceparent(parent) } : {}),
       });
       return answerStarted(c, started);
     },

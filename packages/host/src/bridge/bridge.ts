@@ -30,6 +30,8 @@ import type { AddressInfo } from "node:net";
 import { type ConnectionAuth, ERROR_CODES, type RunEventData } from "@paddock/protocol";
 import type { Metrics } from "../metrics/metrics.ts";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../store/journal.ts";
+import { epochMs, epochOf, type Tracing } from "../tracing/tracing.ts";
+import { recordBridgeSpan } from "./call-span.ts";
 import { type ChannelRoute, Refusal, readCapped, sendJson, sendRefusal, sendReplay, takeStep } from "./channel.ts";
 import type { BridgeConnection } from "./connections.ts";
 import { type LiveSandbox, LiveSandboxes } from "./live.ts";
@@ -55,6 +57,8 @@ export interface BridgeDeps {
   resolve?: (host: string) => Promise<string[]>;
   /** Where each call's connection, outcome and latency are reported. */
   metrics?: Pick<Metrics, "bridgeCall">;
+  /** Where a span of each call of a traced attempt goes; null or absent: no spans. */
+  tracing?: Tracing | null;
 }
 
 /** Request headers never forwarded: credentials, cookies, hop-by-hop and forwarding headers. */
@@ -207,6 +211,7 @@ export class Bridge {
     };
     /** The connection, once it is known to exist (a name the caller made up is no metric label). */
     let known: string | null = null;
+    let upstream: string | null = null;
     try {
       if (!sandbox) throw new Refusal("bridge_unknown_source");
       if (!CONNECTION_NAME.test(name))
@@ -227,6 +232,7 @@ export class Bridge {
       const connection = await this.#deps.connections.forBridge(sandbox.tenantId, name);
       if (!connection) throw new Refusal("connection_not_allowed", `No connection '${name}'.`);
       known = connection.name;
+      upstream = connection.baseUrl;
       const rule = matchRule(connection.policy, method, path);
       if (!rule)
         throw new Refusal("policy_denied", `The connection '${name}' does not allow ${method} ${record.path}.`);
@@ -280,7 +286,14 @@ export class Bridge {
       req.resume();
     } finally {
       record.ms = Math.round((performance.now() - started) * 1000) / 1000;
-      if (sandbox && record.status !== 0) sandbox.record({ type: "bridge.call", data: record });
+      if (sandbox && record.status !== 0) {
+        sandbox.record({ type: "bridge.call", data: record });
+        const tracing = this.#deps.tracing;
+        if (tracing && sandbox.trace) {
+          const call = { record, runId: sandbox.runId, startMs: epochOf(started), endMs: epochMs(), upstream };
+          recordBridgeSpan(tracing, sandbox.trace, call);
+        }
+      }
       this.#deps.metrics?.bridgeCall(known, record.code, record.ms);
     }
   }

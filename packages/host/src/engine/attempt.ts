@@ -36,6 +36,8 @@ import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV, RUNNER_SDK, RUNTIME_DIR } from ".
 import type { EventLog, NewEvent } from "../store/event-log.ts";
 import { type Fence, isLeaseLost } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
+import { epochOf } from "../tracing/tracing.ts";
+import type { AttemptTrace } from "./attempt-trace.ts";
 
 export const MAX_LINE_BYTES = 16 * 1024;
 /** A frame carries one line, JSON-escaped (worst case 6 bytes per byte), plus a small envelope. */
@@ -106,6 +108,8 @@ export interface AttemptInput {
   workerId: string;
   spec: AgentSpec;
   input: string | null;
+  /** The attempt's spans, when the host traces. */
+  trace?: AttemptTrace | null;
 }
 
 export interface AttemptOutcome {
@@ -206,10 +210,12 @@ export class Attempt {
         await this.#writeInput(handle);
       }
       await this.#openBridge(handle);
+      this.#in.trace?.sandboxStarted(epochOf(bootStart), { warm: usedWarm, sandboxId: handle.id });
     } catch (err) {
       this.#closeBridge?.();
       await handle?.destroy().catch(() => {});
       const message = err instanceof Error ? err.message : String(err);
+      this.#in.trace?.sandboxStarted(epochOf(bootStart), { warm: usedWarm, error: message });
       this.#deps.log(`run ${runId}: sandbox boot failed: ${message}`, this.#fields);
       this.#queue({ type: "attempt.error", data: { stage: "boot", message } });
       await this.#drain();
@@ -290,6 +296,7 @@ export class Attempt {
         this.#queue({ type: "credits.exhausted", data: { budget: scope } });
         this.stop("out_of_credits");
       },
+      ...(this.#in.trace ? { trace: this.#in.trace.ref } : {}),
     });
     let renewing = false;
     const timer = setInterval(
@@ -398,6 +405,7 @@ export class Attempt {
       case "event": {
         // Re-checked with the schema: the runner's own check is not trusted.
         const marker = Marker.safeParse({ type: frame.type, data: frame.data });
+        if (marker.success) this.#in.trace?.marker(marker.data);
         if (!marker.success) this.#badFrames++;
         else if (this.#spend(Buffer.byteLength(JSON.stringify(marker.data.data ?? null)) + marker.data.type.length)) {
           this.#queue({ type: "user", data: { type: marker.data.type, data: marker.data.data ?? null } });

@@ -22,7 +22,9 @@ import { type Dialect, dbNow } from "../store/portable.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { parseRunSpec } from "../store/stored.ts";
 import { isDatabaseUnavailable, StoreFailures } from "../store/unavailable.ts";
+import type { Tracing } from "../tracing/tracing.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
+import { AttemptTrace } from "./attempt-trace.ts";
 import { ACTIVE, Claims } from "./claims.ts";
 import { retryDecision } from "./retry.ts";
 import { type RunRepository, terminalEvent } from "./runs.ts";
@@ -37,7 +39,12 @@ export interface EngineDeps extends AttemptDeps {
   nodes: Nodes;
   /** Where queue waits and attempts' durations are reported. */
   metrics?: Pick<Metrics, "runClaimed" | "attemptEnded">;
+  /** Where each attempt's spans go; null or absent: no spans. */
+  tracing?: Tracing | null;
 }
+
+/** Agents' names kept for span names (a name never changes while its agent lives). */
+const MAX_NAMES = 1000;
 
 export interface EngineConfig {
   /** This node's id: the worker of every run it claims. */
@@ -103,6 +110,8 @@ export class Engine {
   #pumping: Promise<void> | null = null;
   #again = false;
   #closed = false;
+  /** Agents' names by id, for span names. */
+  readonly #names = new Map<string, Promise<string | null>>();
 
   constructor(deps: EngineDeps, config: EngineConfig) {
     this.#snapshots = deps.snapshots;
@@ -366,6 +375,7 @@ export class Engine {
 
   #launch(run: RunsTable): void {
     const spec = parseRunSpec(run.spec);
+    const trace = this.#trace(run, spec);
     const attempt = new Attempt(this.#deps, {
       runId: run.id,
       tenantId: run.tenant_id,
@@ -376,15 +386,20 @@ export class Engine {
       workerId: this.#config.workerId,
       spec,
       input: run.input,
+      trace,
     });
     const done = this.#execute(run, attempt, spec)
-      .catch((err: unknown) =>
-        this.#deps.log(
-          isDatabaseUnavailable(err)
-            ? `run ${run.id}: attempt ${run.attempt} ended, but the database cannot be reached to record it; the run is recovered once its lease lapses`
-            : `run ${run.id}: engine error: ${String(err)}`,
-          runFields(run),
-        ),
+      .then(
+        (outcome) => trace?.end(outcome),
+        (err: unknown) => {
+          trace?.end(null, String(err));
+          this.#deps.log(
+            isDatabaseUnavailable(err)
+              ? `run ${run.id}: attempt ${run.attempt} ended, but the database cannot be reached to record it; the run is recovered once its lease lapses`
+              : `run ${run.id}: engine error: ${String(err)}`,
+            runFields(run),
+          );
+        },
       )
       .finally(() => {
         this.#active.delete(run.id);
@@ -399,7 +414,31 @@ export class Engine {
     if (run.attempt === 1) this.#deps.metrics?.runClaimed(Date.now() - Number(run.created_at));
   }
 
-  async #execute(run: RunsTable, attempt: Attempt, spec: AgentSpec): Promise<void> {
+  /** The attempt's spans when the host traces, named after its agent once the name is read. */
+  #trace(run: RunsTable, spec: AgentSpec): AttemptTrace | null {
+    const tracing = this.#deps.tracing;
+    if (!tracing) return null;
+    const trace = new AttemptTrace(tracing, run, spec);
+    let name = this.#names.get(run.agent_id);
+    if (!name) {
+      if (this.#names.size >= MAX_NAMES) this.#names.clear();
+      name = this.#db
+        .selectFrom("agents")
+        .select("name")
+        .where("id", "=", run.agent_id)
+        .executeTakeFirst()
+        .then((row) => row?.name ?? null)
+        .catch(() => null);
+      this.#names.set(run.agent_id, name);
+    }
+    void name.then((n) => {
+      if (n) trace.named(n);
+      else this.#names.delete(run.agent_id);
+    });
+    return trace;
+  }
+
+  async #execute(run: RunsTable, attempt: Attempt, spec: AgentSpec): Promise<AttemptOutcome> {
     const t0 = performance.now();
     const runner = await this.#deps.currentRunner();
     const runnerMs = performance.now() - t0;
@@ -436,6 +475,7 @@ export class Engine {
     }
     this.#deps.metrics?.attemptEnded(outcome.status, performance.now() - t0);
     await this.#finish(run, outcome, spec.runner !== runner.digest ? { spec, runner } : undefined);
+    return outcome;
   }
 
   /**

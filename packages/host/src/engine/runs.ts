@@ -100,6 +100,8 @@ export class RunRepository {
       replayOf?: string;
       dedupe?: (trx: Transaction<Database>, runId: string) => Promise<string | null>;
       events?: NewEvent[];
+      /** The W3C traceparent its spans hang under (see tracing/trace-context.ts). */
+      traceParent?: string | null;
     } = {},
   ): Promise<{ run: RunsTable; created: boolean }> {
     const now = Date.now();
@@ -133,6 +135,7 @@ export class RunRepository {
       depth: options.lineage?.depth ?? 0,
       event_seq: 0,
       replay_of: options.replayOf ?? null,
+      trace_parent: options.traceParent ?? null,
     };
     const result = await this.#db.transaction().execute(async (trx) => {
       const existing = options.dedupe ? await options.dedupe(trx, row.id) : null;

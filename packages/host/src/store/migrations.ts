@@ -672,6 +672,16 @@ migrations["0014_run_queries"] = {
   },
 };
 
+migrations["0015_run_trace_parent"] = {
+  // The W3C traceparent a run's spans hang under: the one given when it was triggered, or for a
+  // child run the span of the parent's attempt that started it. Null: the run's trace id is derived
+  // from its root run's id.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema.alterTable("runs").addColumn("trace_parent", "text").execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** The advisory lock that lets one process at a time migrate a PostgreSQL store. */

@@ -156,6 +156,11 @@ export interface RunsTable {
   event_seq: number;
   /** For a replay: the run it replays. */
   replay_of: string | null;
+  /**
+   * The W3C traceparent its spans hang under (a caller's, or the parent attempt's span for a child
+   * run); null: its trace id is derived from its root run (see tracing/trace-context.ts).
+   */
+  trace_parent: string | null;
 }
 
 export interface AttemptsTable {

@@ -88,6 +88,7 @@ export function runRow(tenant: string, agent: string, patch: Partial<RunsTable>)
     depth: 0,
     event_seq: 0,
     replay_of: null,
+    trace_parent: null,
     ...patch,
   };
 }
