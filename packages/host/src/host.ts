@@ -102,6 +102,8 @@ export interface ServiceEnv {
   leader?: Leader;
   /** Stops what was started, pushed as each part starts, for a start that fails later. */
   undo: (() => Promise<unknown>)[];
+  /** The built dashboard to serve under /ui; none: no dashboard. */
+  uiDir?: string;
 }
 
 /** Every service of a host and the API over them; nothing is started that needs a timer. */
@@ -134,6 +136,17 @@ const RUNNER_BUNDLE = new URL("../../runner/dist/runner.mjs", import.meta.url).p
 async function ensureRunnerBundle(): Promise<string> {
   if (!existsSync(RUNNER_BUNDLE)) await import("../../runner/build.ts");
   return RUNNER_BUNDLE;
+}
+
+const UI_DIST = new URL("../../ui/dist", import.meta.url).pathname;
+
+/** The built dashboard, built now when it is missing (`make build` builds it ahead). */
+export async function ensureUiBuild(): Promise<string> {
+  if (!existsSync(join(UI_DIST, "index.html"))) {
+    const { buildUi } = await import("../../ui/build.ts");
+    await buildUi(UI_DIST);
+  }
+  return UI_DIST;
 }
 
 /** One host per data directory: a second one would fight the first over runs and sandboxes. */
@@ -338,6 +351,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     nodes,
     nodeId,
     version: VERSION,
+    ...(env.uiDir ? { uiDir: env.uiDir } : {}),
     log,
   });
   return {
@@ -414,6 +428,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       log,
       testOnly: input.testOnly,
       undo,
+      uiDir: await ensureUiBuild(),
     });
     const { identity, runners, agents, engine, scheduler, sessions, bridge, gateway, leader } = services;
 

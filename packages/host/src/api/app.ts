@@ -65,6 +65,7 @@ import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
 import { registerSessionRoutes } from "./sessions.ts";
 import { registerSnapshotArchiveRoutes } from "./snapshot-archive.ts";
+import { registerUi } from "./ui.ts";
 import { registerWebhookRoutes } from "./webhooks.ts";
 
 export interface ApiDeps {
@@ -87,6 +88,8 @@ export interface ApiDeps {
   /** The node serving this API. */
   nodeId: string;
   version: string;
+  /** The built dashboard (index.html and assets/), served under /ui; none: no /ui. */
+  uiDir?: string;
   log: (msg: string) => void;
 }
 
@@ -613,6 +616,8 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     scheme: "bearer",
     description: "The admin API key",
   });
+
+  if (deps.uiDir) registerUi(app, deps.uiDir);
 
   app.notFound((c) =>
     errorResponse(
