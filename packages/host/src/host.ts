@@ -39,6 +39,7 @@ import { Ledger } from "./gateway/ledger.ts";
 import { Providers } from "./gateway/providers.ts";
 import { collectBlobGarbage, collectGarbage } from "./gc.ts";
 import { Identity } from "./identity/identity.ts";
+import { UiSessions } from "./identity/ui-sessions.ts";
 import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
@@ -204,6 +205,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
   const runs = new RunRepository(db, events);
   const identity = new Identity(db);
+  const uiSessions = new UiSessions(db);
   const images = new ImageStore({ imagesDir: config.imagesDir });
   const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: AGENT_USER.uid, gid: AGENT_USER.gid });
   const runnersDir = join(dataDir, "runners");
@@ -334,6 +336,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   });
   const app = createApi({
     identity,
+    uiSessions,
     agents,
     runs,
     events,

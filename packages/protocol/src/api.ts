@@ -321,6 +321,8 @@ export const ApiKey = z
     name: z.string().nullable(),
     role: z.enum(["admin", "tenant"]),
     created_at: z.string(),
+    /** When the key was revoked: it authenticates nothing since. */
+    revoked_at: z.string().nullable(),
     /** Present only in the response that created the key. */
     key: z.string().optional(),
   })

@@ -40,6 +40,7 @@ import type { EnvSessions } from "../envs/sessions.ts";
 import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
 import { type Identity, toTenant } from "../identity/identity.ts";
+import type { UiSessions } from "../identity/ui-sessions.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { Secrets } from "../secrets/secrets.ts";
@@ -66,10 +67,12 @@ import { registerSecretRoutes } from "./secrets.ts";
 import { registerSessionRoutes } from "./sessions.ts";
 import { registerSnapshotArchiveRoutes } from "./snapshot-archive.ts";
 import { registerUi } from "./ui.ts";
+import { registerUiSessionRoutes } from "./ui-session.ts";
 import { registerWebhookRoutes } from "./webhooks.ts";
 
 export interface ApiDeps {
   identity: Identity;
+  uiSessions: UiSessions;
   agents: Agents;
   runs: RunRepository;
   events: EventLog;
@@ -94,6 +97,8 @@ export interface ApiDeps {
 }
 
 const AgentId = z.object({ id: pathParam(Id, "agent") });
+/** A tenant by id or name. */
+const TenantRef = pathParam(z.string().min(1).max(64), "tenant");
 const RunId = z.object({ id: pathParam(Id, "run") });
 const ListQuery = z.object({
   limit: z.coerce.number().int().min(1).max(200).default(50),
@@ -111,7 +116,7 @@ const TERMINAL_EVENTS = new Set(TERMINAL_STATUSES.map((s) => `run.${s}`));
 
 export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   const app = new OpenAPIHono<ApiEnv>({ defaultHook: validationHook });
-  const route = routeDefiner(app, deps.identity);
+  const route = routeDefiner(app, { identity: deps.identity, uiSessions: deps.uiSessions });
 
   const page = <T>(rows: T[], limit: number, cursor: (row: T) => string) => ({
     data: rows,
@@ -190,7 +195,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       summary: "Create an API key for a tenant (the key is shown once)",
       auth: "admin",
       request: {
-        params: z.object({ id: pathParam(z.string().min(1).max(64), "tenant") }),
+        params: z.object({ id: TenantRef }),
         body: jsonBody(ApiKeyCreate),
       },
       responses: { 201: json(ApiKey, "Created") },
@@ -200,6 +205,37 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       return c.json(await deps.identity.createTenantKey(tenant.id, c.req.valid("json").name ?? null), 201);
     },
   );
+  route(
+    {
+      method: "get",
+      path: "/v1/tenants/{id}/keys",
+      summary: "List a tenant's API keys, revoked ones included (never their secrets)",
+      auth: "admin",
+      request: { params: z.object({ id: TenantRef }) },
+      responses: { 200: json(Page(ApiKey), "Keys") },
+    },
+    async (c) => {
+      const tenant = await deps.identity.findTenant(c.req.valid("param").id);
+      return c.json({ data: await deps.identity.listKeys(tenant.id), next_cursor: null }, 200);
+    },
+  );
+  route(
+    {
+      method: "delete",
+      path: "/v1/tenants/{id}/keys/{key_id}",
+      summary:
+        "Revoke a tenant's API key: it authenticates nothing from now on and the dashboard sessions it signed in end (not the admin key)",
+      auth: "admin",
+      request: { params: z.object({ id: TenantRef, key_id: pathParam(Id, "key") }) },
+      responses: { 200: json(ApiKey, "Revoked") },
+    },
+    async (c) => {
+      const { id, key_id } = c.req.valid("param");
+      const tenant = await deps.identity.findTenant(id);
+      return c.json(await deps.identity.revokeKey(tenant.id, key_id), 200);
+    },
+  );
+  registerUiSessionRoutes(route, { uiSessions: deps.uiSessions, identity: deps.identity });
 
   // Agents.
   route(

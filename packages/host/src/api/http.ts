@@ -6,9 +6,11 @@
 import { createRoute, type OpenAPIHono, type RouteConfig, type RouteHandler } from "@hono/zod-openapi";
 import { AppError, bodyTooLarge, check, ERROR_CODES, ErrorResponse, validationFailed } from "@paddock/protocol";
 import type { Context, MiddlewareHandler } from "hono";
+import { getCookie } from "hono/cookie";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
 import type { Identity, Principal } from "../identity/identity.ts";
+import { CSRF_HEADER, csrfMatches, SESSION_COOKIE, type UiSessions } from "../identity/ui-sessions.ts";
 import { isDatabaseUnavailable } from "../store/unavailable.ts";
 
 const DEFAULT_BODY_LIMIT = 1024 * 1024;
@@ -136,21 +138,66 @@ export async function bearerPrincipal(identity: Identity, header: string | undef
   return key ? identity.authenticate(key) : null;
 }
 
+/** What authenticates an API request: API keys, and the dashboard's sessions bound to them. */
+export interface Authenticators {
+  identity: Identity;
+  uiSessions: UiSessions;
+}
+
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/**
+ * Whether a request comes from a page of this origin: Sec-Fetch-Site says so, and an Origin, when
+ * sent, names this host. A request with neither cannot show where it came from, and is refused.
+ */
+function sameOrigin(c: Context): boolean {
+  const site = c.req.header("sec-fetch-site");
+  const origin = c.req.header("origin");
+  if (site === undefined && origin === undefined) return false;
+  if (site !== undefined && site !== "same-origin") return false;
+  if (origin === undefined) return true;
+  let host: string;
+  try {
+    host = new URL(origin).host;
+  } catch {
+    return false;
+  }
+  return [c.req.header("host"), c.req.header("x-forwarded-host"), new URL(c.req.url).host].includes(host);
+}
+
+/**
+ * The caller of a request: the API key in `Authorization: Bearer`, or else the dashboard's session
+ * cookie. A write made with the cookie must also carry the session's CSRF value and come from this
+ * origin (csrf_failed otherwise). Null when the request names no valid key or live session.
+ */
+export async function requestPrincipal(auth: Authenticators, c: Context): Promise<Principal | null> {
+  const header = c.req.header("authorization");
+  if (header !== undefined) return bearerPrincipal(auth.identity, header);
+  const token = getCookie(c, SESSION_COOKIE);
+  if (!token) return null;
+  const session = await auth.uiSessions.authenticate(token);
+  if (!session) return null;
+  if (!SAFE_METHODS.has(c.req.method) && !(csrfMatches(session, c.req.header(CSRF_HEADER)) && sameOrigin(c))) {
+    throw new AppError("csrf_failed");
+  }
+  return { ...session.principal, session: { csrf: session.csrf, expiresAt: session.expiresAt } };
+}
+
 const errorEntry = (description: string) => json(ErrorResponse, description);
 
 /**
  * The `DefineRoute` of an app: authentication from the declaration's `auth` (the API key in
- * `Authorization: Bearer`), then path parameters, query and JSON body checked against their
- * schemas, then the handler. The OpenAPI entry is the declaration itself, with the errors every
- * such route may answer and the security scheme of its key added.
- * @example const route = routeDefiner(app, identity); route({ method: "get", path: "/v1/x", auth: "tenant", responses }, handler);
+ * `Authorization: Bearer`, or the dashboard's session cookie), then path parameters, query and
+ * JSON body checked against their schemas, then the handler. The OpenAPI entry is the declaration
+ * itself, with the errors every such route may answer and the security scheme of its key added.
+ * @example const route = routeDefiner(app, { identity, uiSessions }); route({ method: "get", path: "/v1/x", auth: "tenant", responses }, handler);
  */
-export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity): DefineRoute {
+export function routeDefiner(app: OpenAPIHono<ApiEnv>, auth: Authenticators): DefineRoute {
   const authenticate =
     (need: RouteAuth): MiddlewareHandler<ApiEnv> =>
     async (c, next) => {
       if (need === "none") return next();
-      const principal = await bearerPrincipal(identity, c.req.header("authorization"));
+      const principal = await requestPrincipal(auth, c);
       if (!principal) throw new AppError("unauthorized");
       if (need === "admin" && principal.role !== "admin") {
         throw new AppError("forbidden", "This action needs the admin API key.");
@@ -161,6 +208,14 @@ export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity): Defi
 
   return (declaration, handler) => {
     const { auth, bodyLimit, ...route } = declaration;
+    const forbidden = [
+      ...(auth === "admin" ? ["Not the admin API key"] : []),
+      ...(auth !== "none" && route.method !== "get"
+        ? [
+            "A write with the dashboard's session cookie but without its CSRF header, or from another origin (csrf_failed)",
+          ]
+        : []),
+    ];
     const params = route.request?.params as z.ZodObject | undefined;
     const jsonContent = route.request?.body?.content["application/json"] as { schema?: z.ZodType } | undefined;
     const bodySchema = jsonContent?.schema;
@@ -178,7 +233,7 @@ export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity): Defi
       responses: {
         ...(params || route.request?.query || bodySchema ? { 400: errorEntry("Invalid request") } : {}),
         ...(auth === "none" ? {} : { 401: errorEntry("Missing or invalid API key") }),
-        ...(auth === "admin" ? { 403: errorEntry("Not the admin API key") } : {}),
+        ...(forbidden.length > 0 ? { 403: errorEntry(forbidden.join("; ")) } : {}),
         ...(params ? { 404: errorEntry("Not found") } : {}),
         ...(bodySchema
           ? {
