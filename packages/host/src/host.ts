@@ -4,7 +4,7 @@
  * cleans up after a previous host that died, starts the engine and serves the API.
  */
 import { createHash } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { chmod, mkdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -140,10 +140,19 @@ async function ensureRunnerBundle(): Promise<string> {
 }
 
 const UI_DIST = new URL("../../ui/dist", import.meta.url).pathname;
+const UI_SOURCES = new URL("../../ui/src/app", import.meta.url).pathname;
 
-/** The built dashboard, built now when it is missing (`make build` builds it ahead). */
+/**
+ * The built dashboard, built now when it is missing or older than its sources (`make build`
+ * builds it ahead; a checkout without the sources serves what was built).
+ */
 export async function ensureUiBuild(): Promise<string> {
-  if (!existsSync(join(UI_DIST, "index.html"))) {
+  const index = join(UI_DIST, "index.html");
+  const built = existsSync(index) ? statSync(index).mtimeMs : 0;
+  const sources = existsSync(UI_SOURCES)
+    ? readdirSync(UI_SOURCES, { recursive: true, encoding: "utf8" }).map((f) => statSync(join(UI_SOURCES, f)).mtimeMs)
+    : [];
+  if (built === 0 || sources.some((m) => m > built)) {
     const { buildUi } = await import("../../ui/build.ts");
     await buildUi(UI_DIST);
   }

@@ -1,10 +1,7 @@
 import { render } from "preact";
+import { App } from "./app.tsx";
+import { start } from "./state.ts";
 import "./styles.css";
-import icon from "./icon.svg";
 
-render(
-  <header>
-    <img src={icon} alt="" /> Paddock
-  </header>,
-  document.getElementById("app") as HTMLElement,
-);
+render(<App />, document.getElementById("app") as HTMLElement);
+void start();
