@@ -65,7 +65,10 @@ forEachStore((store) =>
         const tenant = await call("POST", "/v1/tenants", { key: h.adminKey, body: { name: `ui-${t}` } });
         if (t === "a") tenantA = tenant.body.id;
         keys[t] = (await call("POST", `/v1/tenants/${tenant.body.id}/keys`, { key: h.adminKey, body: {} })).body.key;
-        const agent = await call("POST", "/v1/agents", { key: keys[t], body: { name: `agent-${t}`, instructions: "Say hi.", model: "m" } });
+        const agent = await call("POST", "/v1/agents", {
+          key: keys[t],
+          body: { name: `agent-${t}`, instructions: "Say hi.", model: "m" },
+        });
         assert.equal(agent.status, 201, JSON.stringify(agent.body));
         agents[t] = agent.body.id;
       }
@@ -175,7 +178,10 @@ forEachStore((store) =>
       assert.equal((await call("GET", "/v1/ui/session", { cookie: out.token })).status, 401);
 
       const expiring = await signIn(keys.a);
-      await h.db.updateTable("ui_sessions").set({ expires_at: Date.now() - 1 }).execute();
+      await h.db
+        .updateTable("ui_sessions")
+        .set({ expires_at: Date.now() - 1 })
+        .execute();
       assert.equal((await call("GET", "/v1/agents", { cookie: expiring.token })).status, 401);
 
       const { token: kept } = await signIn(keys.b);
