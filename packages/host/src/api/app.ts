@@ -10,6 +10,7 @@ import {
   AgentCreate,
   AgentReplace,
   AgentUpdate,
+  AgentVersion,
   ApiKey,
   ApiKeyCreate,
   AppError,
@@ -330,6 +331,19 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       responses: { 200: json(Agent, "The archived agent") },
     },
     async (c) => c.json(toAgent(await deps.agents.archive(tenantOf(c), c.req.valid("param").id)), 200),
+  );
+
+  route(
+    {
+      method: "get",
+      path: "/v1/agents/{id}/versions",
+      summary: "Every version of an agent's definition, newest first (a run records the version it was triggered with)",
+      auth: "tenant",
+      request: { params: AgentId },
+      responses: { 200: json(Page(AgentVersion), "Versions") },
+    },
+    async (c) =>
+      c.json({ data: await deps.agents.versions(tenantOf(c), c.req.valid("param").id), next_cursor: null }, 200),
   );
 
   // Environment versions.

@@ -3,7 +3,7 @@
  * its definition versions and what changed between them, its environment versions with rollback,
  * its schedules (next fire time, pause and resume, recent runs), its webhooks and recent runs.
  */
-import type { Agent, Run, Schedule, Snapshot, Webhook } from "@paddock/protocol";
+import type { Agent, AgentVersion, Run, Schedule, Snapshot, Webhook } from "@paddock/protocol";
 import { useMemo, useState } from "preact/hooks";
 import { JsonTree } from "../components/json-tree.tsx";
 import { ActionButton, Empty, ErrorNote, Facts, Link, Section, Status, useLoad } from "../components/ui.tsx";
@@ -11,13 +11,6 @@ import { diffLines } from "../lib/diff.ts";
 import { ago, bytes, dateTime, duration, span } from "../lib/format.ts";
 import { paths } from "../lib/router.ts";
 import { api, caps, navigate, now } from "../state.ts";
-
-/** One version of an agent's definition (GET /v1/agents/{id}/versions). */
-interface AgentVersion {
-  version: number;
-  created_at: string;
-  definition: unknown;
-}
 
 export function AgentPage({ id }: { id: string }) {
   const agent = useLoad(() => api.get<Agent>(`/v1/agents/${id}`), [id]);
