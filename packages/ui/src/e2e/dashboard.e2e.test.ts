@@ -14,6 +14,7 @@ import { openDatabase } from "../../../host/src/store/database.ts";
 import { EventLog } from "../../../host/src/store/event-log.ts";
 import { e2eSkip } from "../../../host/src/testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../../../host/src/testing/harness.ts";
+import { waitFor } from "../../../host/src/testing/wait.ts";
 import { browserSkipReason, launchBrowser, screenshot, signIn, type Watched, watchedPage } from "./browser.ts";
 
 /** An agent that reports progress, writes hostile and ordinary artifacts, and gives a result. */
@@ -163,8 +164,10 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
       await page.click(`[data-artifact="${name}"] button:has-text('Preview')`);
     }
     const img = page.locator("[data-artifact='chart.svg'] img");
-    // Page-side code is given as text: this project has no DOM types.
-    await page.waitForFunction(`document.querySelector("[data-artifact='chart.svg'] img")?.naturalWidth === 160`);
+    // Polled from here: a predicate evaluated in the page would be refused by its CSP (no eval).
+    await waitFor(async () => (await img.evaluate((el: { naturalWidth: number }) => el.naturalWidth)) === 160, {
+      what: "the SVG preview to load",
+    });
     assert.match((await img.getAttribute("src")) ?? "", /^\/v1\/runs\/run_\w+\/artifacts\/art_\w+\/content$/);
     await page.waitForSelector("[data-artifact='report.md'] pre");
     assert.match((await page.textContent("[data-artifact='report.md'] pre")) ?? "", /<script>alert\("md"\)<\/script>/);

@@ -36,39 +36,30 @@ export function stack(series: readonly Series[], buckets: number): number[][] {
 }
 
 /**
- * Sums amounts into equal time buckets from `start` to `end`, one series per group (the largest
- * `maxSeries` groups; the rest summed as "other").
+ * Spending per agent over time from stats buckets (each with its credits by agent id): one series
+ * per agent, the `maxSeries` that spent most, the rest summed as "other".
  */
-export function bucketize(
-  points: readonly { time: number; group: string; amount: number }[],
-  start: number,
-  end: number,
-  buckets: number,
+export function spendSeries(
+  buckets: readonly { spent_by_agent: Readonly<Record<string, number>> }[],
+  nameOf: (agentId: string) => string,
   maxSeries = 6,
 ): Series[] {
-  const width = (end - start) / buckets;
-  const byGroup = new Map<string, number[]>();
   const totals = new Map<string, number>();
-  for (const p of points) {
-    if (p.time < start || p.time > end || width <= 0) continue;
-    const i = Math.min(buckets - 1, Math.floor((p.time - start) / width));
-    const values = byGroup.get(p.group) ?? new Array<number>(buckets).fill(0);
-    values[i] = (values[i] as number) + p.amount;
-    byGroup.set(p.group, values);
-    totals.set(p.group, (totals.get(p.group) ?? 0) + p.amount);
+  for (const b of buckets) {
+    for (const [agent, spent] of Object.entries(b.spent_by_agent)) totals.set(agent, (totals.get(agent) ?? 0) + spent);
   }
-  const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1]).map(([g]) => g);
+  const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1]).map(([agent]) => agent);
   const kept = ranked.slice(0, maxSeries);
-  const series: Series[] = kept.map((name) => ({ name, values: byGroup.get(name) as number[] }));
+  const series: Series[] = kept.map((agent) => ({
+    name: nameOf(agent),
+    values: buckets.map((b) => b.spent_by_agent[agent] ?? 0),
+  }));
   const rest = ranked.slice(maxSeries);
   if (rest.length > 0) {
-    const values = new Array<number>(buckets).fill(0);
-    for (const g of rest) {
-      (byGroup.get(g) as number[]).forEach((v, i) => {
-        values[i] = (values[i] as number) + v;
-      });
-    }
-    series.push({ name: "other", values });
+    series.push({
+      name: "other",
+      values: buckets.map((b) => rest.reduce((sum, agent) => sum + (b.spent_by_agent[agent] ?? 0), 0)),
+    });
   }
   return series;
 }

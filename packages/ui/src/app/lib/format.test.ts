@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { Run } from "@paddock/protocol";
-import { bucketize, niceTicks, scale, stack } from "./chart.ts";
+import { niceTicks, scale, spendSeries, stack } from "./chart.ts";
 import { ago, bytes, count, credits, cut, duration, span } from "./format.ts";
 import { mergeRuns } from "./runs-live.ts";
 
@@ -38,24 +38,22 @@ describe("charts", () => {
     assert.equal(scale(0, 10, 100, 0)(5), 50);
   });
 
-  it("sums spend per group into time buckets and stacks the series", () => {
-    const points = [
-      { time: 0, group: "a", amount: 1 },
-      { time: 5, group: "a", amount: 2 },
-      { time: 15, group: "b", amount: 4 },
-      { time: 25, group: "c", amount: 0.5 },
-      { time: 99, group: "a", amount: 100 },
+  it("makes a series per agent from stats buckets, the largest first, and stacks them", () => {
+    const buckets: { spent_by_agent: Record<string, number> }[] = [
+      { spent_by_agent: { agt_a: 1, agt_b: 4 } },
+      { spent_by_agent: { agt_a: 2, agt_c: 0.5 } },
+      { spent_by_agent: {} },
     ];
-    const series = bucketize(points, 0, 30, 3, 2);
+    const series = spendSeries(buckets, (id) => id.slice(4), 2);
     assert.deepEqual(series, [
-      { name: "b", values: [0, 4, 0] },
-      { name: "a", values: [3, 0, 0] },
-      { name: "other", values: [0, 0, 0.5] },
+      { name: "b", values: [4, 0, 0] },
+      { name: "a", values: [1, 2, 0] },
+      { name: "other", values: [0, 0.5, 0] },
     ]);
     assert.deepEqual(stack(series, 3), [
-      [0, 4, 0],
-      [3, 4, 0],
-      [3, 4, 0.5],
+      [4, 0, 0],
+      [5, 2, 0],
+      [5, 2.5, 0],
     ]);
   });
 });

@@ -14,7 +14,8 @@ export const STATUSES: readonly RunStatus[] = [
   "timed_out",
   "canceled",
 ];
-export const TRIGGERS = ["api", "manual", "schedule", "webhook", "agent"] as const;
+/** What may start a run (the API's RunTrigger). */
+export const TRIGGERS = ["api", "schedule", "webhook", "agent", "replay"] as const;
 /** Time ranges offered as presets, back from now. */
 export const RANGES = { "1h": 3600_000, "24h": 86_400_000, "7d": 7 * 86_400_000, "30d": 30 * 86_400_000 } as const;
 export type RangePreset = keyof typeof RANGES;

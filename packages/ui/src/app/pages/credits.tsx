@@ -5,8 +5,8 @@
 import type { Balance, CreditsView, RunCredits, Tenant } from "@paddock/protocol";
 import { useState } from "preact/hooks";
 import { ActionButton, Empty, ErrorNote, Facts, Link, Section, useLoad } from "../components/ui.tsx";
-import { bucketize, niceTicks, scale, stack } from "../lib/chart.ts";
-import { credits, dateTime } from "../lib/format.ts";
+import { niceTicks, scale, spendSeries, stack } from "../lib/chart.ts";
+import { credits, dateTime, duration } from "../lib/format.ts";
 import { paths } from "../lib/router.ts";
 import { api, caps, session } from "../state.ts";
 
@@ -15,6 +15,7 @@ const SERIES_COLORS = ["#2f7d5b", "#3b6fb6", "#c77d1d", "#8a4fb0", "#b8434b", "#
 export function CreditsPage() {
   const view = useLoad(() => api.get<CreditsView>("/v1/credits"), []);
   const b = view.data?.tenant;
+  const names = new Map((view.data?.agents ?? []).map((a) => [a.agent_id, a.name]));
   return (
     <div class="page" data-page="credits">
       <header class="page-head">
@@ -34,9 +35,8 @@ export function CreditsPage() {
       <Section title="Spending per agent">
         {view.data && view.data.agents.length > 0 ? <AgentBars agents={view.data.agents} /> : <Empty>No agents.</Empty>}
       </Section>
-      {caps.value.has("get", "/v1/llm-calls") ? (
-        <SpendOverTime names={new Map(view.data?.agents.map((a) => [a.agent_id, a.name]))} />
-      ) : null}
+      {caps.value.has("get", "/v1/stats") ? <SpendOverTime names={names} /> : null}
+      {caps.value.has("get", "/v1/llm-calls") ? <RecentModelCalls names={names} /> : null}
       <RunBill />
       {session.value?.role === "admin" ? <Grants onGranted={view.reload} /> : null}
     </div>
@@ -92,32 +92,52 @@ function AgentBars({ agents }: { agents: CreditsView["agents"] }) {
   );
 }
 
-/** A model call as the cross-run list gives it: only the fields this chart reads. */
-type CallPoint = Record<string, unknown>;
+/** What the chart reads of GET /v1/stats: its buckets, each with the credits spent by agent id. */
+interface StatsView {
+  buckets: { start: string; end: string; spent: number; spent_by_agent: Record<string, number> }[];
+}
+
+const SPANS = {
+  "24h": { ms: 86_400_000, bucket_s: 3600 },
+  "7d": { ms: 7 * 86_400_000, bucket_s: 6 * 3600 },
+  "30d": { ms: 30 * 86_400_000, bucket_s: 86_400 },
+} as const;
 
 function SpendOverTime({ names }: { names: Map<string, string> }) {
-  const calls = useLoad(() => api.get<{ data: CallPoint[] }>("/v1/llm-calls"), []);
-  const points = (calls.data?.data ?? []).flatMap((c) => {
-    const time = Date.parse(String(c.created_at ?? c.time ?? ""));
-    const amount = Number(c.cost ?? c.credits ?? 0);
-    const agent = String(c.agent_id ?? c.agent ?? "unknown");
-    return Number.isNaN(time) || !Number.isFinite(amount) ? [] : [{ time, amount, group: names.get(agent) ?? agent }];
-  });
-  if (calls.error) return null;
+  const [span, setSpan] = useState<keyof typeof SPANS>("24h");
+  const stats = useLoad(
+    () =>
+      api.get<StatsView>("/v1/stats", {
+        from: new Date(Date.now() - SPANS[span].ms).toISOString(),
+        bucket_s: SPANS[span].bucket_s,
+      }),
+    [span],
+  );
+  const buckets = stats.data?.buckets ?? [];
+  const series = spendSeries(buckets, (id) => names.get(id) ?? id);
+  const tops = stack(series, buckets.length);
+  const totals = tops.at(-1) ?? [];
+  const maxY = Math.max(1e-9, ...totals);
   const W = 720;
   const H = 180;
-  const buckets = 24;
-  const end = Math.max(Date.now(), ...points.map((p) => p.time));
-  const start = Math.min(end - 86_400_000, ...points.map((p) => p.time));
-  const series = bucketize(points, start, end, buckets);
-  const tops = stack(series, buckets);
-  const maxY = Math.max(1e-9, ...(tops.at(-1) ?? [0]));
   const y = scale(0, maxY, H - 20, 6);
-  const bw = (W - 50) / buckets;
+  const bw = (W - 50) / Math.max(1, buckets.length);
   return (
-    <Section title="Spending over time">
-      {points.length === 0 ? (
-        <Empty>No model calls yet.</Empty>
+    <Section
+      title="Spending over time"
+      actions={
+        <select value={span} aria-label="Period" onChange={(e) => setSpan(e.currentTarget.value as keyof typeof SPANS)}>
+          {Object.keys(SPANS).map((k) => (
+            <option key={k} value={k}>
+              last {k}
+            </option>
+          ))}
+        </select>
+      }
+    >
+      <ErrorNote error={stats.error} />
+      {series.length === 0 ? (
+        <Empty>Nothing spent in this period.</Empty>
       ) : (
         <figure class="chart">
           <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label="Credits spent per agent over time">
@@ -135,23 +155,23 @@ function SpendOverTime({ names }: { names: Map<string, string> }) {
                 const top = tops[si]?.[i] ?? 0;
                 return (
                   <rect
-                    key={`${s.name}-${i}`}
+                    key={`${s.name}-${buckets[i]?.start}`}
                     x={50 + i * bw + 1}
                     y={y(top)}
-                    width={bw - 2}
+                    width={Math.max(1, bw - 2)}
                     height={y(top - v) - y(top)}
                     fill={SERIES_COLORS[si % SERIES_COLORS.length]}
                   >
-                    <title>{`${s.name}: ${credits(v)}`}</title>
+                    <title>{`${s.name}: ${credits(v)} (${dateTime(buckets[i]?.start)})`}</title>
                   </rect>
                 );
               }),
             )}
             <text x={50} y={H - 4} class="tick">
-              {dateTime(new Date(start).toISOString())}
+              {dateTime(buckets[0]?.start)}
             </text>
             <text x={W} y={H - 4} class="tick" text-anchor="end">
-              {dateTime(new Date(end).toISOString())}
+              {dateTime(buckets.at(-1)?.end)}
             </text>
           </svg>
           <figcaption>
@@ -165,6 +185,71 @@ function SpendOverTime({ names }: { names: Map<string, string> }) {
             ))}
           </figcaption>
         </figure>
+      )}
+    </Section>
+  );
+}
+
+/** What the table reads of GET /v1/llm-calls: each model call with its run and agent. */
+interface LlmCallRow {
+  run_id: string;
+  agent_id: string;
+  seq: number;
+  time: string;
+  provider?: string;
+  model?: string;
+  input_tokens?: number;
+  output_tokens?: number;
+  latency_ms?: number;
+  cost?: number;
+  status?: number;
+  code?: string;
+}
+
+function RecentModelCalls({ names }: { names: Map<string, string> }) {
+  const calls = useLoad(() => api.get<{ data: LlmCallRow[] }>("/v1/llm-calls", { limit: 25 }), []);
+  return (
+    <Section title="Recent model calls">
+      <ErrorNote error={calls.error} />
+      {(calls.data?.data ?? []).length === 0 ? (
+        <Empty>No model calls yet.</Empty>
+      ) : (
+        <table>
+          <thead>
+            <tr>
+              <th>Time</th>
+              <th>Run</th>
+              <th>Agent</th>
+              <th>Model</th>
+              <th class="num">Tokens in / out</th>
+              <th class="num">Latency</th>
+              <th class="num">Credits</th>
+              <th>Outcome</th>
+            </tr>
+          </thead>
+          <tbody>
+            {(calls.data?.data ?? []).map((c) => (
+              <tr key={`${c.run_id}-${c.seq}`} class={c.code ? "failed" : ""}>
+                <td>{dateTime(c.time)}</td>
+                <td>
+                  <Link href={paths.run(c.run_id)} class="mono">
+                    {c.run_id}
+                  </Link>
+                </td>
+                <td>{names.get(c.agent_id) ?? c.agent_id}</td>
+                <td>
+                  {c.provider ?? "—"} / {c.model ?? "—"}
+                </td>
+                <td class="num">
+                  {c.input_tokens ?? "—"} / {c.output_tokens ?? "—"}
+                </td>
+                <td class="num">{duration(c.latency_ms)}</td>
+                <td class="num">{credits(c.cost ?? 0)}</td>
+                <td>{c.code ? <code>{c.code}</code> : (c.status ?? "")}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
       )}
     </Section>
   );

@@ -4,9 +4,10 @@
  */
 import type { Connection, Model, Provider, Secret } from "@paddock/protocol";
 import { useState } from "preact/hooks";
-import { ActionButton, Empty, ErrorNote, Section, useLoad } from "../components/ui.tsx";
-import { credits, dateTime } from "../lib/format.ts";
-import { api, session } from "../state.ts";
+import { ActionButton, Empty, ErrorNote, Link, Section, useLoad } from "../components/ui.tsx";
+import { bytes, credits, dateTime, duration } from "../lib/format.ts";
+import { paths } from "../lib/router.ts";
+import { api, caps, session } from "../state.ts";
 
 export function SettingsPage() {
   return (
@@ -16,6 +17,7 @@ export function SettingsPage() {
       </header>
       <Secrets />
       <Connections />
+      {caps.value.has("get", "/v1/bridge-calls") ? <RecentBridgeCalls /> : null}
       {session.value?.role === "admin" ? <Providers /> : null}
       <Models />
     </div>
@@ -205,6 +207,74 @@ function Models() {
                 <td>{m.api}</td>
                 <td class="num">{credits(m.price.input)}</td>
                 <td class="num">{credits(m.price.output)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </Section>
+  );
+}
+
+/** What the table reads of GET /v1/bridge-calls: each call through the bridge with its run. */
+interface BridgeCallRow {
+  run_id: string;
+  seq: number;
+  time: string;
+  connection: string;
+  method: string;
+  path: string;
+  status: number;
+  code?: string;
+  rule?: string;
+  bytes_in: number;
+  bytes_out: number;
+  ms: number;
+}
+
+function RecentBridgeCalls() {
+  const calls = useLoad(() => api.get<{ data: BridgeCallRow[] }>("/v1/bridge-calls", { limit: 25 }), []);
+  return (
+    <Section title="Recent bridge calls">
+      <ErrorNote error={calls.error} />
+      {(calls.data?.data ?? []).length === 0 ? (
+        <Empty>No bridge calls yet.</Empty>
+      ) : (
+        <table>
+          <thead>
+            <tr>
+              <th>Time</th>
+              <th>Run</th>
+              <th>Connection</th>
+              <th>Request</th>
+              <th class="num">Status</th>
+              <th class="num">Bytes in / out</th>
+              <th class="num">Latency</th>
+              <th>Denied because</th>
+            </tr>
+          </thead>
+          <tbody>
+            {(calls.data?.data ?? []).map((c) => (
+              <tr key={`${c.run_id}-${c.seq}`} class={c.code ? "failed" : ""}>
+                <td>{dateTime(c.time)}</td>
+                <td>
+                  <Link href={paths.run(c.run_id)} class="mono">
+                    {c.run_id}
+                  </Link>
+                </td>
+                <td class="mono">{c.connection}</td>
+                <td class="mono">
+                  {c.method} {c.path}
+                </td>
+                <td class="num">{c.status}</td>
+                <td class="num">
+                  {bytes(c.bytes_in)} / {bytes(c.bytes_out)}
+                </td>
+                <td class="num">{duration(c.ms)}</td>
+                <td>
+                  {c.code ? <code>{c.code}</code> : "—"}
+                  {c.rule ? <span class="muted"> rule {c.rule}</span> : null}
+                </td>
               </tr>
             ))}
           </tbody>
