@@ -1,6 +1,10 @@
 /** A JSON value as a collapsible tree; every value is text (never markup). */
 import { useState } from "preact/hooks";
-import { CHILDREN_PAGE, childrenOf, initiallyOpen, type JsonNode, nodeOf } from "../lib/json-tree.ts";
+import { CHILDREN_PAGE, childrenOf, initiallyOpen, type JsonNode, nodeOf, PREVIEW_CHARS } from "../lib/json-tree.ts";
+import { download } from "./ui.tsx";
+
+/** The longest string shown whole in the page; a longer one is a download. */
+const MAX_SHOWN_STRING = 100_000;
 
 export function JsonTree({ value, label }: { value: unknown; label?: string }) {
   const [open, setOpen] = useState<Set<string>>(() => initiallyOpen(value));
@@ -19,6 +23,8 @@ export function JsonTree({ value, label }: { value: unknown; label?: string }) {
 
 function JsonRow({ node, open, toggle }: { node: JsonNode; open: Set<string>; toggle: (path: string) => void }) {
   const [limit, setLimit] = useState(CHILDREN_PAGE);
+  const [full, setFull] = useState(false);
+  const long = node.kind === "string" && (node.value as string).length > PREVIEW_CHARS;
   const expandable = node.size > 0;
   const isOpen = expandable && open.has(node.path);
   const key = node.key === null ? null : typeof node.key === "number" ? `${node.key}` : node.key;
@@ -39,7 +45,22 @@ function JsonRow({ node, open, toggle }: { node: JsonNode; open: Set<string>; to
           <span class="twisty" />
         )}
         {key !== null ? <span class="json-key">{key}: </span> : null}
-        <span class={`json-${node.kind}`}>{isOpen ? (node.kind === "array" ? "[" : "{") : node.preview}</span>
+        <span class={`json-${node.kind}`}>
+          {isOpen ? (node.kind === "array" ? "[" : "{") : full ? JSON.stringify(node.value) : node.preview}
+        </span>
+        {long ? (
+          <>
+            {" "}
+            {(node.value as string).length <= MAX_SHOWN_STRING ? (
+              <button type="button" class="link" onClick={() => setFull(!full)}>
+                {full ? "less" : `all ${(node.value as string).length} characters`}
+              </button>
+            ) : null}{" "}
+            <button type="button" class="link" onClick={() => download("value.txt", node.value as string)}>
+              download
+            </button>
+          </>
+        ) : null}
       </div>
       {children ? (
         <div class="json-children">

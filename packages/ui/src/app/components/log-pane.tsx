@@ -13,19 +13,10 @@ import {
   shownText,
   virtualWindow,
 } from "../lib/log-buffer.ts";
+import { download } from "./ui.tsx";
 
 const ROW = 18;
 const STREAMS: LogStream[] = ["stdout", "stderr", "runner"];
-
-/** Offers `text` as a file download through a blob URL (nothing is sent anywhere). */
-export function download(name: string, text: string): void {
-  const url = URL.createObjectURL(new Blob([text], { type: "text/plain;charset=utf-8" }));
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = name;
-  a.click();
-  setTimeout(() => URL.revokeObjectURL(url), 10_000);
-}
 
 export function LogPane({ log, version, runId }: { log: LogBuffer; version: number; runId: string }) {
   const [text, setText] = useState("");

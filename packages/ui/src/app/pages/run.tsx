@@ -16,7 +16,7 @@ import { bytes, credits, dateTime, duration, span } from "../lib/format.ts";
 import { paths } from "../lib/router.ts";
 import { RunView } from "../lib/run-view.ts";
 import { cancelable } from "../lib/runs-live.ts";
-import { api, caps, navigate, now } from "../state.ts";
+import { api, caps, navigate, now, session } from "../state.ts";
 
 const TABS = ["timeline", "log", "io", "artifacts", "model calls", "bridge calls"] as const;
 type Tab = (typeof TABS)[number];
@@ -68,6 +68,8 @@ export function RunPage({ id }: { id: string }) {
       },
       onError: (status) => {
         if (status === 404) setError(new ApiError(404, "not_found", `No run '${id}'.`));
+        // The session ended (signed out elsewhere, expired, or its key revoked): sign in again.
+        if (status === 401) session.value = null;
       },
     });
     const loadArtifacts = () =>
