@@ -14,6 +14,7 @@ import { openDatabase } from "../../../host/src/store/database.ts";
 import { EventLog } from "../../../host/src/store/event-log.ts";
 import { e2eSkip } from "../../../host/src/testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../../../host/src/testing/harness.ts";
+import { type LlmStandIn, startLlmStandIn } from "../../../host/src/testing/llm-stand-in.ts";
 import { waitFor } from "../../../host/src/testing/wait.ts";
 import { browserSkipReason, launchBrowser, screenshot, signIn, type Watched, watchedPage } from "./browser.ts";
 
@@ -32,6 +33,7 @@ const REPORT_SCRIPT = [
 
 describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || browserSkipReason()) }, () => {
   let t: TestHost;
+  let stand: LlmStandIn;
   let browser: Browser;
   let base: string;
   let hasReplay = false;
@@ -47,6 +49,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
   };
 
   before(async () => {
+    stand = await startLlmStandIn();
     t = await startTestHost();
     base = t.host.url;
     browser = await launchBrowser();
@@ -60,10 +63,21 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     agents.report = report.body.id;
     const sleeper = await t.api("POST", "/v1/agents", { name: "sleeper", command: ["sleep", "300"] });
     agents.sleeper = sleeper.body.id;
+    // A model provider (a local stand-in for one) and credits, for the built-in agent.
+    await t.api("PUT", "/v1/secrets/llm-key", { value: "sk-stand-in" });
+    const provider = await t.api("PUT", "/v1/providers/local", {
+      kind: "openai_compatible",
+      base_url: `${stand.url}/v1`,
+      secret: "llm-key",
+      models: { "gpt-ui": { input: 3, output: 15 } },
+    });
+    assert.ok(provider.status < 300, JSON.stringify(provider.body));
+    await t.api("POST", "/v1/credits/grants", { tenant: "default", credits: 100 });
   });
   after(async () => {
     await browser?.close();
     await t?.close();
+    await stand?.close();
   });
 
   it("refuses a wrong key, signs in with a good one, and signs out", async () => {
@@ -139,10 +153,10 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     await page.waitForURL(/\/ui\/runs\/run_/);
     // Live: the page shows the run going before it shows it done, without a reload.
     await statusIs(page, "running");
-    await page.waitForSelector("rect.bar-running.bar-open");
+    await page.waitForSelector("rect.bar-running.bar-open[data-seq]");
     await statusIs(page, "succeeded");
-    await page.waitForSelector("rect.bar-event");
-    assert.equal(await page.locator("rect.bar-running.bar-open").count(), 0);
+    await page.waitForSelector("rect.bar-event[data-seq]");
+    assert.equal(await page.locator("rect.bar-running.bar-open[data-seq]").count(), 0);
     assert.match((await page.textContent(".facts")) ?? "", /succeeded/);
     await screenshot(page, "run");
 
@@ -278,6 +292,38 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     await page.fill("input[aria-label='Filter log lines']", "line 4242 ");
     await page.waitForSelector(".log-box[data-total='1']");
     clean(seen, "long log");
+    await context.close();
+  });
+
+  it("shows a built-in agent's model calls, its tool call and what they cost", async () => {
+    stand.script("gpt-ui", [
+      { tools: [{ id: "call_1", name: "shell", arguments: { command: "echo from-a-tool" } }] },
+      { text: "All done." },
+    ]);
+    const agent = await t.api("POST", "/v1/agents", {
+      name: "writer",
+      instructions: "Write a short briefing.",
+      model: "gpt-ui",
+    });
+    assert.equal(agent.status, 201, JSON.stringify(agent.body));
+    const run = await t.api("POST", `/v1/agents/${agent.body.id}/runs`, { input: { topic: "weather" } });
+    const done = await waitForRun(t, run.body.id);
+    assert.equal(done.status, "succeeded", JSON.stringify(done));
+
+    const { context, page, seen } = await watchedPage(browser);
+    await signIn(page, base, t.adminKey, `/ui/runs/${run.body.id}`);
+    await statusIs(page, "succeeded");
+    await page.waitForSelector("rect.bar-llm[data-seq]");
+    await page.waitForSelector("rect.bar-tool[data-seq]");
+    await page.click(".tabs button:has-text('model calls')");
+    await page.waitForSelector("table.calls tbody tr");
+    const rows = await page.locator("table.calls tbody tr").allTextContents();
+    assert.equal(rows.length, 2);
+    assert.match(rows[0] ?? "", /local.*gpt-ui/);
+    assert.match((await page.textContent("[data-page=run]")) ?? "", /Billed: [\d.]+ credits over 2 call/);
+    await page.click(".tabs button:has-text('timeline')");
+    await screenshot(page, "run-model-calls");
+    clean(seen, "model calls");
     await context.close();
   });
 

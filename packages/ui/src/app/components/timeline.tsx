@@ -14,7 +14,8 @@ const H = 16;
 export function Waterfall({ timeline, now }: { timeline: Timeline; now: number }) {
   const start = timeline.start;
   if (start === null) return <p class="empty">No events yet.</p>;
-  const end = Math.max(timeline.end ?? now, start + 1000);
+  // At least a tenth of a second across, so that a run's first instants are not one wide bar.
+  const end = Math.max(timeline.end ?? now, start + 100);
   const rows = timeline.rows(end);
   const ticks = [0, 0.25, 0.5, 0.75, 1];
   return (
@@ -45,9 +46,32 @@ export function Waterfall({ timeline, now }: { timeline: Timeline; now: number }
           </svg>
         </div>
       ))}
+      <p class="wf-legend">
+        {LEGEND.map(([kind, label]) => (
+          <span key={kind}>
+            <svg width="10" height="10" aria-hidden="true">
+              <rect width="10" height="10" class={`bar bar-${kind}`} />
+            </svg>{" "}
+            {label}
+          </span>
+        ))}
+      </p>
     </div>
   );
 }
+
+const LEGEND: [string, string][] = [
+  ["queued", "queued"],
+  ["starting", "starting"],
+  ["running", "running"],
+  ["retry", "retry wait"],
+  ["llm", "model call"],
+  ["bridge", "bridge call"],
+  ["child", "child run"],
+  ["tool", "tool call"],
+  ["event", "event"],
+  ["failed", "failed"],
+];
 
 function BarShape({ bar, start, end }: { bar: Bar; start: number; end: number }) {
   const x0 = position(bar.start, start, end) * W;

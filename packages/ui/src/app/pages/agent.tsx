@@ -93,7 +93,7 @@ function Definition({ agent: a }: { agent: Agent }) {
       <Facts
         items={[
           ["Id", <span class="mono">{a.id}</span>],
-          ["Runs", a.builtin ? "the built-in agent" : <code>{a.command.join(" ")}</code>],
+          ["Runs", a.builtin ? "the built-in agent" : "its own command (below)"],
           ...(a.builtin
             ? ([
                 ["Model", a.builtin.model],
@@ -110,6 +110,12 @@ function Definition({ agent: a }: { agent: Agent }) {
           ["Created", dateTime(a.created_at)],
         ]}
       />
+      {a.builtin ? null : (
+        <>
+          <h3>Command</h3>
+          <pre class="wrap command">{a.command.join(" ")}</pre>
+        </>
+      )}
       {a.builtin ? (
         <details>
           <summary>Instructions</summary>
