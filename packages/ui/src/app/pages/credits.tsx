@@ -4,9 +4,10 @@
  */
 import type { Balance, CreditsView, RunCredits, Tenant } from "@paddock/protocol";
 import { useState } from "preact/hooks";
+import { type ModelCallRow, ModelCallsTable } from "../components/calls.tsx";
 import { ActionButton, Empty, ErrorNote, Facts, Link, Section, useLoad } from "../components/ui.tsx";
 import { niceTicks, scale, spendSeries, stack } from "../lib/chart.ts";
-import { credits, dateTime, duration } from "../lib/format.ts";
+import { credits, dateTime } from "../lib/format.ts";
 import { paths } from "../lib/router.ts";
 import { api, caps, session } from "../state.ts";
 
@@ -190,66 +191,15 @@ function SpendOverTime({ names }: { names: Map<string, string> }) {
   );
 }
 
-/** What the table reads of GET /v1/llm-calls: each model call with its run and agent. */
-interface LlmCallRow {
-  run_id: string;
-  agent_id: string;
-  seq: number;
-  time: string;
-  provider?: string;
-  model?: string;
-  input_tokens?: number;
-  output_tokens?: number;
-  latency_ms?: number;
-  cost?: number;
-  status?: number;
-  code?: string;
-}
-
 function RecentModelCalls({ names }: { names: Map<string, string> }) {
-  const calls = useLoad(() => api.get<{ data: LlmCallRow[] }>("/v1/llm-calls", { limit: 25 }), []);
+  const calls = useLoad(() => api.get<{ data: ModelCallRow[] }>("/v1/llm-calls", { limit: 25 }), []);
   return (
     <Section title="Recent model calls">
       <ErrorNote error={calls.error} />
       {(calls.data?.data ?? []).length === 0 ? (
         <Empty>No model calls yet.</Empty>
       ) : (
-        <table>
-          <thead>
-            <tr>
-              <th>Time</th>
-              <th>Run</th>
-              <th>Agent</th>
-              <th>Model</th>
-              <th class="num">Tokens in / out</th>
-              <th class="num">Latency</th>
-              <th class="num">Credits</th>
-              <th>Outcome</th>
-            </tr>
-          </thead>
-          <tbody>
-            {(calls.data?.data ?? []).map((c) => (
-              <tr key={`${c.run_id}-${c.seq}`} class={c.code ? "failed" : ""}>
-                <td>{dateTime(c.time)}</td>
-                <td>
-                  <Link href={paths.run(c.run_id)} class="mono">
-                    {c.run_id}
-                  </Link>
-                </td>
-                <td>{names.get(c.agent_id) ?? c.agent_id}</td>
-                <td>
-                  {c.provider ?? "—"} / {c.model ?? "—"}
-                </td>
-                <td class="num">
-                  {c.input_tokens ?? "—"} / {c.output_tokens ?? "—"}
-                </td>
-                <td class="num">{duration(c.latency_ms)}</td>
-                <td class="num">{credits(c.cost ?? 0)}</td>
-                <td>{c.code ? <code>{c.code}</code> : (c.status ?? "")}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
+        <ModelCallsTable calls={calls.data?.data ?? []} agentName={(id) => names.get(id) ?? id} />
       )}
     </Section>
   );

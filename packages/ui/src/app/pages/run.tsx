@@ -6,13 +6,14 @@
 import type { Agent, Artifact, Run, RunCredits } from "@paddock/protocol";
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { Artifacts } from "../components/artifacts.tsx";
+import { BridgeCallsTable, ModelCallsTable } from "../components/calls.tsx";
 import { JsonTree } from "../components/json-tree.tsx";
 import { LogPane } from "../components/log-pane.tsx";
 import { Waterfall } from "../components/timeline.tsx";
 import { ActionButton, Empty, ErrorNote, Facts, Link, Section, Status } from "../components/ui.tsx";
 import { ApiError } from "../lib/api.ts";
 import { followRunEvents } from "../lib/follow.ts";
-import { bytes, credits, dateTime, duration, span } from "../lib/format.ts";
+import { credits, dateTime, duration, span } from "../lib/format.ts";
 import { paths } from "../lib/router.ts";
 import { RunView } from "../lib/run-view.ts";
 import { cancelable } from "../lib/runs-live.ts";
@@ -315,77 +316,12 @@ function ModelCalls({ view, bill }: { view: RunView; bill: RunCredits | null }) 
           {bill.reserved > 0 ? `, ${credits(bill.reserved)} held by calls in flight` : ""}.
         </p>
       ) : null}
-      <table class="calls">
-        <thead>
-          <tr>
-            <th>Time</th>
-            <th>Provider</th>
-            <th>Model</th>
-            <th class="num">Tokens in</th>
-            <th class="num">Tokens out</th>
-            <th class="num">Latency</th>
-            <th class="num">Credits</th>
-            <th>Outcome</th>
-          </tr>
-        </thead>
-        <tbody>
-          {view.llmCalls.map((c) => (
-            <tr key={c.seq} class={c.code ? "failed" : ""}>
-              <td>{dateTime(c.time)}</td>
-              <td>{c.provider ?? "—"}</td>
-              <td>{c.model ?? "—"}</td>
-              <td class="num">{c.input_tokens ?? "—"}</td>
-              <td class="num">{c.output_tokens ?? "—"}</td>
-              <td class="num">{duration(c.latency_ms)}</td>
-              <td class="num">{credits(c.cost ?? 0)}</td>
-              <td>
-                {c.code ? <code>{c.code}</code> : `${c.status ?? ""}`}
-                {c.replayed ? " (replayed)" : ""}
-                {c.aborted ? " (aborted)" : ""}
-              </td>
-            </tr>
-          ))}
-        </tbody>
-      </table>
+      <ModelCallsTable calls={view.llmCalls} />
     </div>
   );
 }
 
 function BridgeCalls({ view }: { view: RunView }) {
   if (view.bridgeCalls.length === 0) return <Empty>No bridge calls.</Empty>;
-  return (
-    <table class="calls">
-      <thead>
-        <tr>
-          <th>Time</th>
-          <th>Connection</th>
-          <th>Method</th>
-          <th>Path</th>
-          <th class="num">Status</th>
-          <th class="num">Bytes in</th>
-          <th class="num">Bytes out</th>
-          <th class="num">Latency</th>
-          <th>Denied because</th>
-        </tr>
-      </thead>
-      <tbody>
-        {view.bridgeCalls.map((c) => (
-          <tr key={c.seq} class={c.code ? "failed" : ""}>
-            <td>{dateTime(c.time)}</td>
-            <td>{c.connection}</td>
-            <td>{c.method}</td>
-            <td class="mono">{c.path}</td>
-            <td class="num">{c.status}</td>
-            <td class="num">{bytes(c.bytes_in)}</td>
-            <td class="num">{bytes(c.bytes_out)}</td>
-            <td class="num">{duration(c.ms)}</td>
-            <td>
-              {c.code ? <code>{c.code}</code> : "—"}
-              {c.rule ? <span class="muted"> rule {c.rule}</span> : null}
-            </td>
-          </tr>
-        ))}
-      </tbody>
-    </table>
-  );
+  return <BridgeCallsTable calls={view.bridgeCalls} />;
 }

@@ -4,9 +4,9 @@
  */
 import type { Connection, Model, Provider, Secret } from "@paddock/protocol";
 import { useState } from "preact/hooks";
-import { ActionButton, Empty, ErrorNote, Link, Section, useLoad } from "../components/ui.tsx";
-import { bytes, credits, dateTime, duration } from "../lib/format.ts";
-import { paths } from "../lib/router.ts";
+import { type BridgeCallRow, BridgeCallsTable } from "../components/calls.tsx";
+import { ActionButton, Empty, ErrorNote, Section, useLoad } from "../components/ui.tsx";
+import { credits, dateTime } from "../lib/format.ts";
 import { api, caps, session } from "../state.ts";
 
 export function SettingsPage() {
@@ -216,22 +216,6 @@ function Models() {
   );
 }
 
-/** What the table reads of GET /v1/bridge-calls: each call through the bridge with its run. */
-interface BridgeCallRow {
-  run_id: string;
-  seq: number;
-  time: string;
-  connection: string;
-  method: string;
-  path: string;
-  status: number;
-  code?: string;
-  rule?: string;
-  bytes_in: number;
-  bytes_out: number;
-  ms: number;
-}
-
 function RecentBridgeCalls() {
   const calls = useLoad(() => api.get<{ data: BridgeCallRow[] }>("/v1/bridge-calls", { limit: 25 }), []);
   return (
@@ -240,45 +224,7 @@ function RecentBridgeCalls() {
       {(calls.data?.data ?? []).length === 0 ? (
         <Empty>No bridge calls yet.</Empty>
       ) : (
-        <table>
-          <thead>
-            <tr>
-              <th>Time</th>
-              <th>Run</th>
-              <th>Connection</th>
-              <th>Request</th>
-              <th class="num">Status</th>
-              <th class="num">Bytes in / out</th>
-              <th class="num">Latency</th>
-              <th>Denied because</th>
-            </tr>
-          </thead>
-          <tbody>
-            {(calls.data?.data ?? []).map((c) => (
-              <tr key={`${c.run_id}-${c.seq}`} class={c.code ? "failed" : ""}>
-                <td>{dateTime(c.time)}</td>
-                <td>
-                  <Link href={paths.run(c.run_id)} class="mono">
-                    {c.run_id}
-                  </Link>
-                </td>
-                <td class="mono">{c.connection}</td>
-                <td class="mono">
-                  {c.method} {c.path}
-                </td>
-                <td class="num">{c.status}</td>
-                <td class="num">
-                  {bytes(c.bytes_in)} / {bytes(c.bytes_out)}
-                </td>
-                <td class="num">{duration(c.ms)}</td>
-                <td>
-                  {c.code ? <code>{c.code}</code> : "—"}
-                  {c.rule ? <span class="muted"> rule {c.rule}</span> : null}
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
+        <BridgeCallsTable calls={calls.data?.data ?? []} />
       )}
     </Section>
   );
