@@ -1,20 +1,22 @@
 /**
  * Builds the dashboard: esbuild bundles src/app/main.tsx (Preact, its styles and icon) into files
- * named by their content's hash under dist/assets, and writes dist/index.html naming them, so a
- * host can cache the assets for ever and index.html never. The build is written beside dist and
- * renamed into place, so that hosts starting at once never serve half a build.
+ * named by their content's hash, with an index.html naming them, so a host can cache the assets
+ * for ever and index.html never. Each build goes to a folder of its own under dist/builds, and
+ * dist/current (replaced in one rename) names the newest: hosts starting while another builds
+ * read one whole build or the other, never half of one.
  *
  * Run as a script (`node packages/ui/build.ts`), it builds and prints the initial load's size.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
-import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { gzipSync } from "node:zlib";
-import { build } from "esbuild";
 
-/** Where the built dashboard is: index.html and assets/. */
+/** Where the dashboard's builds are (dist/builds/ID) and the name of the current one (dist/current). */
 export const UI_DIST = new URL("./dist", import.meta.url).pathname;
+/** Builds kept besides the current one, for hosts that read the one before as it was replaced. */
+const KEPT_BUILDS = 2;
 const ROOT = new URL("../../", import.meta.url).pathname;
 const ENTRY = new URL("./src/app/main.tsx", import.meta.url).pathname;
 /** The most the first load of /ui may weigh, gzipped, all files together. */
@@ -40,14 +42,25 @@ export interface UiBuild {
 /** Packages that must never reach the browser bundle (the protocol's schemas are imported as types only). */
 const FORBIDDEN_INPUTS = [/node_modules\/zod\//, /packages\/host\//, /packages\/runner\//];
 
+/** The folder of the current build under `outDir` (index.html and assets/), or null when there is none. */
+export function currentUiBuild(outDir = UI_DIST): string | null {
+  const pointer = join(outDir, "current");
+  if (!existsSync(pointer)) return null;
+  const dir = join(outDir, "builds", readFileSync(pointer, "utf8").trim());
+  return existsSync(join(dir, "index.html")) ? dir : null;
+}
+
 /**
- * Bundles the dashboard into `outDir` (default dist), replacing what was there.
+ * Bundles the dashboard into a new build under `outDir` (default dist) and makes it current.
  * @example const { gzip_bytes } = await buildUi();
  */
 export async function buildUi(outDir = UI_DIST): Promise<UiBuild> {
-  const staging = `${outDir}.${process.pid}.${randomBytes(4).toString("hex")}`;
-  await mkdir(join(staging, "assets"), { recursive: true });
+  const id = `${Date.now().toString(36)}-${process.pid}-${randomBytes(4).toString("hex")}`;
+  const dir = join(outDir, "builds", id);
+  await mkdir(join(dir, "assets"), { recursive: true });
   try {
+    // esbuild is loaded only to build: a host that finds a build serves it without it.
+    const { build } = await import("esbuild");
     const result = await build({
       entryPoints: [ENTRY],
       bundle: true,
@@ -58,7 +71,7 @@ export async function buildUi(outDir = UI_DIST): Promise<UiBuild> {
       jsxImportSource: "preact",
       minify: true,
       legalComments: "none",
-      outdir: join(staging, "assets"),
+      outdir: join(dir, "assets"),
       entryNames: "[name]-[hash]",
       assetNames: "[name]-[hash]",
       loader: { ".svg": "file" },
@@ -78,23 +91,36 @@ export async function buildUi(outDir = UI_DIST): Promise<UiBuild> {
     const style = outputs.find((n) => n.endsWith(".css"));
     const icon = outputs.find((n) => n.startsWith("icon-") && n.endsWith(".svg"));
     if (!script || !style || !icon) throw new Error(`the dashboard build made ${outputs.join(", ")}`);
-    await writeFile(join(staging, "index.html"), indexHtml(script, style, icon));
+    await writeFile(join(dir, "index.html"), indexHtml(script, style, icon));
 
     const files: UiFile[] = [];
     for (const name of ["index.html", ...[script, style, icon].map((n) => `assets/${n}`)]) {
-      const body = await readFile(join(staging, name));
+      const body = await readFile(join(dir, name));
       files.push({ name, bytes: body.length, gzip_bytes: gzipSync(body, { level: 9 }).length });
     }
-    // Another build may have finished first: the newest complete build wins, never a half one.
-    const old = `${staging}.old`;
-    if (existsSync(outDir)) await rename(outDir, old).catch(() => {});
-    await rename(staging, outDir);
-    await rm(old, { recursive: true, force: true });
-    return { dir: outDir, files, gzip_bytes: files.reduce((n, f) => n + f.gzip_bytes, 0), inputs };
+    // The pointer is replaced in one rename: readers see the old build or the new one.
+    const pointer = join(outDir, "current");
+    await writeFile(`${pointer}.${id}`, `${id}\n`);
+    await rename(`${pointer}.${id}`, pointer);
+    await pruneBuilds(outDir, id);
+    return { dir, files, gzip_bytes: files.reduce((n, f) => n + f.gzip_bytes, 0), inputs };
   } catch (err) {
-    await rm(staging, { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true });
     throw err;
   }
+}
+
+/** Removes all but the newest builds (by time made), never the one just made. */
+async function pruneBuilds(outDir: string, keep: string): Promise<void> {
+  const root = join(outDir, "builds");
+  const builds = await Promise.all(
+    (await readdir(root)).map(async (name) => ({ name, at: (await stat(join(root, name))).mtimeMs })),
+  );
+  const old = builds
+    .filter((b) => b.name !== keep)
+    .sort((a, b) => b.at - a.at)
+    .slice(KEPT_BUILDS);
+  for (const b of old) await rm(join(root, b.name), { recursive: true, force: true });
 }
 
 /** The page every /ui path answers: no inline script or style (the CSP allows none). */

@@ -139,24 +139,21 @@ async function ensureRunnerBundle(): Promise<string> {
   return RUNNER_BUNDLE;
 }
 
-const UI_DIST = new URL("../../ui/dist", import.meta.url).pathname;
 const UI_SOURCES = new URL("../../ui/src/app", import.meta.url).pathname;
 
 /**
- * The built dashboard, built now when it is missing or older than its sources (`make build`
- * builds it ahead; a checkout without the sources serves what was built).
+ * The folder of the built dashboard, built now when there is none or its sources are newer
+ * (`make build` builds it ahead; a checkout without the sources serves what was built).
  */
 export async function ensureUiBuild(): Promise<string> {
-  const index = join(UI_DIST, "index.html");
-  const built = existsSync(index) ? statSync(index).mtimeMs : 0;
+  const { buildUi, currentUiBuild } = await import("../../ui/build.ts");
+  const current = currentUiBuild();
+  const built = current ? statSync(join(current, "index.html")).mtimeMs : 0;
   const sources = existsSync(UI_SOURCES)
     ? readdirSync(UI_SOURCES, { recursive: true, encoding: "utf8" }).map((f) => statSync(join(UI_SOURCES, f)).mtimeMs)
     : [];
-  if (built === 0 || sources.some((m) => m > built)) {
-    const { buildUi } = await import("../../ui/build.ts");
-    await buildUi(UI_DIST);
-  }
-  return UI_DIST;
+  if (current && !sources.some((m) => m > built)) return current;
+  return (await buildUi()).dir;
 }
 
 /** One host per data directory: a second one would fight the first over runs and sandboxes. */

@@ -1,17 +1,17 @@
 /**
  * The dashboard as a host serves it: built by the real build into a temporary folder, then asked
- * for over the API's app. Its first load fits its budget and holds no server code; every answer
+ * for over the API's app; builds made at once each stay whole. Its first load fits its budget and holds no server code; every answer
  * carries the CSP; hashed assets are cached for ever, index.html never; unknown /ui paths get the
  * app, unknown assets a 404.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { gunzipSync } from "node:zlib";
 import { OpenAPIHono } from "@hono/zod-openapi";
-import { buildUi, INITIAL_LOAD_BUDGET, type UiBuild } from "../../../ui/build.ts";
+import { buildUi, currentUiBuild, INITIAL_LOAD_BUDGET, type UiBuild } from "../../../ui/build.ts";
 import type { ApiEnv } from "./http.ts";
 import { registerUi, UI_CSP } from "./ui.ts";
 
@@ -36,6 +36,17 @@ describe("the dashboard's static files", () => {
       built.inputs.filter((i) => /zod|packages\/(host|runner)\//.test(i)),
       [],
     );
+  });
+
+  it("makes whole builds when several build at once, the newest current and two before it kept", async () => {
+    const out = join(dir, "many");
+    const builds = await Promise.all([buildUi(out), buildUi(out), buildUi(out)]);
+    const current = currentUiBuild(out);
+    assert.ok(current && builds.some((b) => b.dir === current), String(current));
+    const fourth = await buildUi(out);
+    assert.equal(currentUiBuild(out), fourth.dir);
+    assert.equal((await readdir(join(out, "builds"))).length, 3);
+    assert.equal(currentUiBuild(join(dir, "nothing-here")), null);
   });
 
   it("answers every /ui path with the app, uncached, under the CSP", async () => {
