@@ -529,7 +529,7 @@ migrations["0012_runner_sources"] = {
   },
 };
 
-migrations["0013_ui_sessions"] = {
+migrations["0016_ui_sessions"] = {
   // Dashboard sign-ins: the hash of each session cookie's token, the API key it is bound to (a
   // revoked key ends it) and when it ends.
   // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.

@@ -126,6 +126,8 @@ export function RunPage({ id }: { id: string }) {
   if (!run) return <p class="loading">Loading run…</p>;
 
   const status = view.status ?? run.status;
+  // A replay names the run it replays (hosts before replays have no such field).
+  const replayOf = (run as Run & { replay_of?: string | null }).replay_of ?? null;
   return (
     <div class="page" data-page="run" data-run={run.id} data-status={status} data-version={version}>
       <header class="page-head">
@@ -142,7 +144,19 @@ export function RunPage({ id }: { id: string }) {
           ["Reason", view.reason ?? run.reason ?? "—"],
           ["Exit code", String(view.exitCode ?? run.exit_code ?? "—")],
           ["Attempt", `${Math.max(run.attempt, view.attempt)} of ${run.max_attempts}`],
-          ["Trigger", run.trigger],
+          [
+            "Trigger",
+            replayOf ? (
+              <>
+                replay of{" "}
+                <Link href={paths.run(replayOf)} class="mono">
+                  {replayOf}
+                </Link>
+              </>
+            ) : (
+              run.trigger
+            ),
+          ],
           ["Created", dateTime(run.created_at)],
           ["Started", dateTime(run.started_at)],
           ["Finished", dateTime(run.finished_at)],
