@@ -138,10 +138,9 @@ export async function bearerPrincipal(identity: Identity, header: string | undef
   return key ? identity.authenticate(key) : null;
 }
 
-/** What authenticates an API request: API keys, and the dashboard's sessions bound to them. */
-export interface Authenticators {
-  identity: Identity;
-  uiSessions: UiSessions;
+/** What routes share beside the identities: the dashboard's sessions, which stand for their keys. */
+export interface RouteOptions {
+  uiSessions?: UiSessions;
 }
 
 const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
@@ -170,12 +169,16 @@ function sameOrigin(c: Context): boolean {
  * cookie. A write made with the cookie must also carry the session's CSRF value and come from this
  * origin (csrf_failed otherwise). Null when the request names no valid key or live session.
  */
-export async function requestPrincipal(auth: Authenticators, c: Context): Promise<Principal | null> {
+export async function requestPrincipal(
+  identity: Identity,
+  uiSessions: UiSessions | undefined,
+  c: Context,
+): Promise<Principal | null> {
   const header = c.req.header("authorization");
-  if (header !== undefined) return bearerPrincipal(auth.identity, header);
+  if (header !== undefined || !uiSessions) return bearerPrincipal(identity, header);
   const token = getCookie(c, SESSION_COOKIE);
   if (!token) return null;
-  const session = await auth.uiSessions.authenticate(token);
+  const session = await uiSessions.authenticate(token);
   if (!session) return null;
   if (!SAFE_METHODS.has(c.req.method) && !(csrfMatches(session, c.req.header(CSRF_HEADER)) && sameOrigin(c))) {
     throw new AppError("csrf_failed");
@@ -190,14 +193,14 @@ const errorEntry = (description: string) => json(ErrorResponse, description);
  * `Authorization: Bearer`, or the dashboard's session cookie), then path parameters, query and
  * JSON body checked against their schemas, then the handler. The OpenAPI entry is the declaration
  * itself, with the errors every such route may answer and the security scheme of its key added.
- * @example const route = routeDefiner(app, { identity, uiSessions }); route({ method: "get", path: "/v1/x", auth: "tenant", responses }, handler);
+ * @example const route = routeDefiner(app, identity, { uiSessions }); route({ method: "get", path: "/v1/x", auth: "tenant", responses }, handler);
  */
-export function routeDefiner(app: OpenAPIHono<ApiEnv>, auth: Authenticators): DefineRoute {
+export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity, options: RouteOptions = {}): DefineRoute {
   const authenticate =
     (need: RouteAuth): MiddlewareHandler<ApiEnv> =>
     async (c, next) => {
       if (need === "none") return next();
-      const principal = await requestPrincipal(auth, c);
+      const principal = await requestPrincipal(identity, options.uiSessions, c);
       if (!principal) throw new AppError("unauthorized");
       if (need === "admin" && principal.role !== "admin") {
         throw new AppError("forbidden", "This action needs the admin API key.");
