@@ -4,7 +4,7 @@
  * cleans up after a previous host that died, starts the engine and serves the API.
  */
 import { createHash } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { chmod, mkdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -41,6 +41,7 @@ import { Ledger } from "./gateway/ledger.ts";
 import { Providers } from "./gateway/providers.ts";
 import { collectBlobGarbage, collectGarbage } from "./gc.ts";
 import { Identity } from "./identity/identity.ts";
+import { UiSessions } from "./identity/ui-sessions.ts";
 import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
@@ -114,6 +115,8 @@ export interface ServiceEnv {
   leader?: Leader;
   /** Stops what was started, pushed as each part starts, for a start that fails later. */
   undo: (() => Promise<unknown>)[];
+  /** The built dashboard to serve under /ui; none: no dashboard. */
+  uiDir?: string;
 }
 
 /** Every service of a host and the API over them; nothing is started that needs a timer. */
@@ -153,6 +156,23 @@ const RUNNER_BUNDLE = new URL("../../runner/dist/runner.mjs", import.meta.url).p
 async function ensureRunnerBundle(): Promise<string> {
   if (!existsSync(RUNNER_BUNDLE)) await import("../../runner/build.ts");
   return RUNNER_BUNDLE;
+}
+
+const UI_SOURCES = new URL("../../ui/src/app", import.meta.url).pathname;
+
+/**
+ * The folder of the built dashboard, built now when there is none or its sources are newer
+ * (`make build` builds it ahead; a checkout without the sources serves what was built).
+ */
+export async function ensureUiBuild(): Promise<string> {
+  const { buildUi, currentUiBuild } = await import("../../ui/build.ts");
+  const current = currentUiBuild();
+  const built = current ? statSync(join(current, "index.html")).mtimeMs : 0;
+  const sources = existsSync(UI_SOURCES)
+    ? readdirSync(UI_SOURCES, { recursive: true, encoding: "utf8" }).map((f) => statSync(join(UI_SOURCES, f)).mtimeMs)
+    : [];
+  if (current && !sources.some((m) => m > built)) return current;
+  return (await buildUi()).dir;
 }
 
 /** One host per data directory: a second one would fight the first over runs and sandboxes. */
@@ -218,6 +238,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   });
   const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
   const runs = new RunRepository(db, events);
+  const uiSessions = new UiSessions(db);
   const images = new ImageStore({ imagesDir: config.imagesDir });
   const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: AGENT_USER.uid, gid: AGENT_USER.gid });
   const runnersDir = join(dataDir, "runners");
@@ -379,6 +400,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   });
   const app = createApi({
     identity,
+    uiSessions,
     agents,
     runs,
     events,
@@ -399,6 +421,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     stats: new RunStats({ runs, ledger }),
     nodeId,
     version: VERSION,
+    ...(env.uiDir ? { uiDir: env.uiDir } : {}),
     log,
     metrics,
     metricsToken,
@@ -490,6 +513,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       log,
       testOnly: input.testOnly,
       undo,
+      uiDir: await ensureUiBuild(),
     });
     const { identity, runners, agents, engine, scheduler, sessions, bridge, gateway, leader, dispatcher } = services;
 

@@ -196,6 +196,27 @@ export const Agent = z
   .meta({ id: "Agent" });
 export type Agent = z.infer<typeof Agent>;
 
+/** What an agent's definition says at one version (an Agent without its identity and environment). */
+export const AgentVersionDefinition = Agent.pick({
+  command: true,
+  env: true,
+  files: true,
+  limits: true,
+  policy: true,
+  budget: true,
+  retry: true,
+  max_concurrent_runs: true,
+  queue_ttl_s: true,
+  builtin: true,
+}).meta({ id: "AgentVersionDefinition" });
+export type AgentVersionDefinition = z.infer<typeof AgentVersionDefinition>;
+
+/** One version of an agent's definition (`GET /v1/agents/{id}/versions`). */
+export const AgentVersion = z
+  .object({ version: z.number().int(), created_at: z.string(), definition: AgentVersionDefinition })
+  .meta({ id: "AgentVersion" });
+export type AgentVersion = z.infer<typeof AgentVersion>;
+
 /** A version of an agent's environment. */
 export const Snapshot = z
   .object({
@@ -368,6 +389,8 @@ export const ApiKey = z
     name: z.string().nullable(),
     role: z.enum(["admin", "tenant"]),
     created_at: z.string(),
+    /** When the key was revoked: it authenticates nothing since. */
+    revoked_at: z.string().nullable(),
     /** Present only in the response that created the key. */
     key: z.string().optional(),
   })

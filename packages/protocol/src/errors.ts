@@ -18,6 +18,11 @@ export const ERROR_CODES = {
     message: "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.",
   },
   forbidden: { status: 403, message: "This API key may not perform this action." },
+  csrf_failed: {
+    status: 403,
+    message:
+      "A write made with the dashboard's session cookie needs its x-paddock-csrf header and must come from the dashboard's own origin.",
+  },
   not_found: { status: 404, message: "No such resource." },
   route_not_found: { status: 404, message: "No such endpoint; see /v1/openapi.json." },
   method_not_allowed: { status: 405, message: "This endpoint does not accept that method." },

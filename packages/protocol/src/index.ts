@@ -13,3 +13,4 @@ export * from "./runner.ts";
 export * from "./secrets.ts";
 export * from "./sessions.ts";
 export * from "./triggers.ts";
+export * from "./ui.ts";

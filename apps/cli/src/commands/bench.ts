@@ -13,6 +13,7 @@ const SCENARIOS = [
   "queue",
   "snapshot",
   "swap",
+  "ui",
 ] as const;
 
 export const bench: Command = {
@@ -55,6 +56,11 @@ Scenarios:
   swap    what the runner hot-swap adds to trigger-to-first-event (runs whose snapshot names an
           older runner vs. the current one, N each, interleaved, warm pool on and off), and runner
           start with and without the runner layer's compile cache, through the sandbox driver
+  ui      the dashboard in Debian's chromium: the bytes of a first visit to /ui (gzipped, budget
+          100 KB), the runs page from navigation to its list shown with 10,000 runs in the store
+          (the first load, then N/3 warm ones, beside the list's API call alone), and a live
+          event's delay from the host writing it to its bar in the run's timeline (p50, measured
+          in the page, beside its arrival over SSE in Node)
 
 Starts its own host on a temporary data folder; uses the base image in DIR/images.
 
@@ -162,6 +168,16 @@ Options:
         runs: Math.max(runs, 1) * 10,
         samples: Math.max(runs, 1),
         progress: (line) => ctx.err(`bench queue: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "ui") {
+      const { uiBench } = await import("../../../../bench/ui.ts");
+      const result = await uiBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        loads: Math.max(3, Math.round(runs / 3)),
+        progress: (line) => ctx.err(`bench ui: ${line}`),
       });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;

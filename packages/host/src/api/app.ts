@@ -10,6 +10,7 @@ import {
   AgentCreate,
   AgentReplace,
   AgentUpdate,
+  AgentVersion,
   ApiKey,
   ApiKeyCreate,
   AppError,
@@ -46,6 +47,7 @@ import type { EnvSessions } from "../envs/sessions.ts";
 import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
 import { type Identity, toTenant } from "../identity/identity.ts";
+import type { UiSessions } from "../identity/ui-sessions.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
@@ -78,10 +80,13 @@ import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
 import { registerSessionRoutes } from "./sessions.ts";
 import { registerSnapshotArchiveRoutes } from "./snapshot-archive.ts";
+import { registerUi } from "./ui.ts";
+import { registerUiSessionRoutes } from "./ui-session.ts";
 import { registerWebhookRoutes } from "./webhooks.ts";
 
 export interface ApiDeps {
   identity: Identity;
+  uiSessions: UiSessions;
   agents: Agents;
   runs: RunRepository;
   events: EventLog;
@@ -103,6 +108,8 @@ export interface ApiDeps {
   /** The node serving this API. */
   nodeId: string;
   version: string;
+  /** The built dashboard (index.html and assets/), served under /ui; none: no /ui. */
+  uiDir?: string;
   log: (msg: string) => void;
   /** This node's metrics, and the token that may read them beside the admin key (null: none). */
   metrics: Metrics;
@@ -110,6 +117,8 @@ export interface ApiDeps {
 }
 
 const AgentId = z.object({ id: pathParam(Id, "agent") });
+/** A tenant by id or name. */
+const TenantRef = pathParam(z.string().min(1).max(64), "tenant");
 const RunId = z.object({ id: pathParam(Id, "run") });
 const AgentsQuery = PageQuery.extend({
   name: z.string().max(64).optional(),
@@ -133,7 +142,11 @@ const TERMINAL_EVENTS = new Set(TERMINAL_STATUSES.map((s) => `run.${s}`));
 
 export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   const app = new OpenAPIHono<ApiEnv>({ defaultHook: validationHook });
-  const route = routeDefiner(app, deps.identity, { metrics: deps.metrics, metricsToken: deps.metricsToken });
+  const route = routeDefiner(app, deps.identity, {
+    metrics: deps.metrics,
+    metricsToken: deps.metricsToken,
+    uiSessions: deps.uiSessions,
+  });
 
   const page = <T>(rows: T[], limit: number, cursor: (row: T) => string) => ({
     data: rows,
@@ -218,7 +231,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       summary: "Create an API key for a tenant (the key is shown once)",
       auth: "admin",
       request: {
-        params: z.object({ id: pathParam(z.string().min(1).max(64), "tenant") }),
+        params: z.object({ id: TenantRef }),
         body: jsonBody(ApiKeyCreate),
       },
       responses: { 201: json(ApiKey, "Created") },
@@ -228,6 +241,37 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       return c.json(await deps.identity.createTenantKey(tenant.id, c.req.valid("json").name ?? null), 201);
     },
   );
+  route(
+    {
+      method: "get",
+      path: "/v1/tenants/{id}/keys",
+      summary: "List a tenant's API keys, revoked ones included (never their secrets)",
+      auth: "admin",
+      request: { params: z.object({ id: TenantRef }) },
+      responses: { 200: json(Page(ApiKey), "Keys") },
+    },
+    async (c) => {
+      const tenant = await deps.identity.findTenant(c.req.valid("param").id);
+      return c.json({ data: await deps.identity.listKeys(tenant.id), next_cursor: null }, 200);
+    },
+  );
+  route(
+    {
+      method: "delete",
+      path: "/v1/tenants/{id}/keys/{key_id}",
+      summary:
+        "Revoke a tenant's API key: it authenticates nothing from now on and the dashboard sessions it signed in end (not the admin key)",
+      auth: "admin",
+      request: { params: z.object({ id: TenantRef, key_id: pathParam(Id, "key") }) },
+      responses: { 200: json(ApiKey, "Revoked") },
+    },
+    async (c) => {
+      const { id, key_id } = c.req.valid("param");
+      const tenant = await deps.identity.findTenant(id);
+      return c.json(await deps.identity.revokeKey(tenant.id, key_id), 200);
+    },
+  );
+  registerUiSessionRoutes(route, { uiSessions: deps.uiSessions, identity: deps.identity });
 
   // Agents.
   route(
@@ -322,6 +366,19 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       responses: { 200: json(Agent, "The archived agent") },
     },
     async (c) => c.json(toAgent(await deps.agents.archive(tenantOf(c), c.req.valid("param").id)), 200),
+  );
+
+  route(
+    {
+      method: "get",
+      path: "/v1/agents/{id}/versions",
+      summary: "Every version of an agent's definition, newest first (a run records the version it was triggered with)",
+      auth: "tenant",
+      request: { params: AgentId },
+      responses: { 200: json(Page(AgentVersion), "Versions") },
+    },
+    async (c) =>
+      c.json({ data: await deps.agents.versions(tenantOf(c), c.req.valid("param").id), next_cursor: null }, 200),
   );
 
   // Environment versions.
@@ -670,6 +727,8 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     scheme: "bearer",
     description: "The metrics token (serve --metrics-token-file), for GET /metrics only",
   });
+
+  if (deps.uiDir) registerUi(app, deps.uiDir);
 
   app.notFound((c) =>
     errorResponse(

@@ -7,9 +7,11 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { createRoute, type OpenAPIHono, type RouteConfig, type RouteHandler } from "@hono/zod-openapi";
 import { AppError, bodyTooLarge, check, ERROR_CODES, ErrorResponse, validationFailed } from "@paddock/protocol";
 import type { Context, MiddlewareHandler } from "hono";
+import { getCookie } from "hono/cookie";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
 import type { Identity, Principal } from "../identity/identity.ts";
+import { CSRF_HEADER, csrfMatches, SESSION_COOKIE, type UiSessions } from "../identity/ui-sessions.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import { isDatabaseUnavailable } from "../store/unavailable.ts";
 
@@ -150,21 +152,65 @@ function sameToken(presented: string, expected: string): boolean {
   return timingSafeEqual(digest(presented), digest(expected));
 }
 
-/** What routes share beside the identities: where their requests are measured, and the metrics token. */
+/** What routes share beside the identities: where their requests are measured, the metrics token, and the dashboard's sessions, which stand for their keys. */
 export interface RouteOptions {
   metrics?: Pick<Metrics, "httpRequest">;
   /** The token `metrics` routes accept beside the admin key; null: the admin key only. */
   metricsToken?: string | null;
+  uiSessions?: UiSessions;
+}
+
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/**
+ * Whether a request comes from a page of this origin: Sec-Fetch-Site says so, and an Origin, when
+ * sent, names this host. A request with neither cannot show where it came from, and is refused.
+ */
+function sameOrigin(c: Context): boolean {
+  const site = c.req.header("sec-fetch-site");
+  const origin = c.req.header("origin");
+  if (site === undefined && origin === undefined) return false;
+  if (site !== undefined && site !== "same-origin") return false;
+  if (origin === undefined) return true;
+  let host: string;
+  try {
+    host = new URL(origin).host;
+  } catch {
+    return false;
+  }
+  return [c.req.header("host"), c.req.header("x-forwarded-host"), new URL(c.req.url).host].includes(host);
+}
+
+/**
+ * The caller of a request: the API key in `Authorization: Bearer`, or else the dashboard's session
+ * cookie. A write made with the cookie must also carry the session's CSRF value and come from this
+ * origin (csrf_failed otherwise). Null when the request names no valid key or live session.
+ */
+export async function requestPrincipal(
+  identity: Identity,
+  uiSessions: UiSessions | undefined,
+  c: Context,
+): Promise<Principal | null> {
+  const header = c.req.header("authorization");
+  if (header !== undefined || !uiSessions) return bearerPrincipal(identity, header);
+  const token = getCookie(c, SESSION_COOKIE);
+  if (!token) return null;
+  const session = await uiSessions.authenticate(token);
+  if (!session) return null;
+  if (!SAFE_METHODS.has(c.req.method) && !(csrfMatches(session, c.req.header(CSRF_HEADER)) && sameOrigin(c))) {
+    throw new AppError("csrf_failed");
+  }
+  return { ...session.principal, session: { csrf: session.csrf, expiresAt: session.expiresAt } };
 }
 
 const errorEntry = (description: string) => json(ErrorResponse, description);
 
 /**
  * The `DefineRoute` of an app: authentication from the declaration's `auth` (the API key in
- * `Authorization: Bearer`), then path parameters, query and JSON body checked against their
- * schemas, then the handler. The OpenAPI entry is the declaration itself, with the errors every
- * such route may answer and the security scheme of its key added.
- * @example const route = routeDefiner(app, identity); route({ method: "get", path: "/v1/x", auth: "tenant", responses }, handler);
+ * `Authorization: Bearer`, or the dashboard's session cookie), then path parameters, query and
+ * JSON body checked against their schemas, then the handler. The OpenAPI entry is the declaration
+ * itself, with the errors every such route may answer and the security scheme of its key added.
+ * @example const route = routeDefiner(app, identity, { uiSessions }); route({ method: "get", path: "/v1/x", auth: "tenant", responses }, handler);
  */
 export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity, options: RouteOptions = {}): DefineRoute {
   const metricsToken = options.metricsToken ?? null;
@@ -178,7 +224,7 @@ export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity, optio
         // Not an API key either: taken for a metrics token, and a wrong one.
         if (presented !== undefined && !presented.startsWith("pdk.")) throw new AppError("metrics_token_invalid");
       }
-      const principal = await bearerPrincipal(identity, c.req.header("authorization"));
+      const principal = await requestPrincipal(identity, options.uiSessions, c);
       if (!principal) throw new AppError("unauthorized");
       if ((need === "admin" || need === "metrics") && principal.role !== "admin") {
         throw new AppError("forbidden", "This action needs the admin API key.");
@@ -189,6 +235,14 @@ export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity, optio
 
   return (declaration, handler) => {
     const { auth, bodyLimit, ...route } = declaration;
+    const forbidden = [
+      ...(auth === "admin" || auth === "metrics" ? ["Not the admin API key"] : []),
+      ...(auth !== "none" && route.method !== "get"
+        ? [
+            "A write with the dashboard's session cookie but without its CSRF header, or from another origin (csrf_failed)",
+          ]
+        : []),
+    ];
     const params = route.request?.params as z.ZodObject | undefined;
     const jsonContent = route.request?.body?.content["application/json"] as { schema?: z.ZodType } | undefined;
     const bodySchema = jsonContent?.schema;
@@ -212,7 +266,7 @@ export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity, optio
       responses: {
         ...(params || route.request?.query || bodySchema ? { 400: errorEntry("Invalid request") } : {}),
         ...(auth === "none" ? {} : { 401: errorEntry("Missing or invalid API key") }),
-        ...(auth === "admin" || auth === "metrics" ? { 403: errorEntry("Not the admin API key") } : {}),
+        ...(forbidden.length > 0 ? { 403: errorEntry(forbidden.join("; ")) } : {}),
         ...(params ? { 404: errorEntry("Not found") } : {}),
         ...(bodySchema
           ? {

@@ -111,6 +111,7 @@ forEachStore((store) =>
       const value = (
         {
           "tenants:id": a.tenant,
+          "tenants:key_id": keys.a.split(".")[1] ?? "",
           "agents:id": a.agent,
           "agents:version": "1",
           "runs:id": a.run,

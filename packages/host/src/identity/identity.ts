@@ -16,6 +16,8 @@ export interface Principal {
   tenantId: string;
   keyId: string;
   role: "admin" | "tenant";
+  /** Set when the request came with a dashboard session cookie (bound to this key) instead of the key. */
+  session?: { csrf: string; expiresAt: number };
 }
 
 const hash = (secret: string) => createHash("sha256").update(secret).digest("hex");
@@ -31,6 +33,7 @@ function toApiKey(row: ApiKeysTable, key?: string): ApiKey {
     name: row.name,
     role: row.role,
     created_at: new Date(row.created_at).toISOString(),
+    revoked_at: row.revoked_at === null ? null : new Date(row.revoked_at).toISOString(),
     ...(key ? { key } : {}),
   };
 }
@@ -126,6 +129,41 @@ export class Identity {
 
   async createTenantKey(tenantId: string, name: string | null): Promise<ApiKey> {
     return createKey(this.#db, tenantId, "tenant", name);
+  }
+
+  /** A tenant's keys, revoked ones included (never their secrets). */
+  async listKeys(tenantId: string): Promise<ApiKey[]> {
+    const rows = await this.#db
+      .selectFrom("api_keys")
+      .selectAll()
+      .where("tenant_id", "=", tenantId)
+      .orderBy("id")
+      .execute();
+    return rows.map((row) => toApiKey(row));
+  }
+
+  /**
+   * Revokes a tenant's key: it authenticates nothing from now on, and the dashboard sessions it
+   * signed in end with it. The admin key cannot be revoked (a host with none makes a new one at
+   * start). Revoking a revoked key changes nothing.
+   */
+  async revokeKey(tenantId: string, keyId: string): Promise<ApiKey> {
+    return this.#db.transaction().execute(async (trx) => {
+      const row = await trx
+        .selectFrom("api_keys")
+        .selectAll()
+        .where("id", "=", keyId)
+        .where("tenant_id", "=", tenantId)
+        .executeTakeFirst();
+      if (!row) throw new AppError("not_found", `No key '${keyId}'.`);
+      if (row.role === "admin") throw new AppError("forbidden", "The admin key cannot be revoked.");
+      if (row.revoked_at === null) {
+        row.revoked_at = Date.now();
+        await trx.updateTable("api_keys").set({ revoked_at: row.revoked_at }).where("id", "=", keyId).execute();
+        await trx.deleteFrom("ui_sessions").where("key_id", "=", keyId).execute();
+      }
+      return toApiKey(row);
+    });
   }
 
   /** Checks a presented key; returns its principal or null. Constant-time on the secret. */

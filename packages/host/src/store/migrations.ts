@@ -682,6 +682,22 @@ migrations["0015_run_trace_parent"] = {
   },
 };
 
+migrations["0016_ui_sessions"] = {
+  // Dashboard sign-ins: the hash of each session cookie's token, the API key it is bound to (a
+  // revoked key ends it) and when it ends.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("ui_sessions")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("key_id", "text", (c) => c.notNull().references("api_keys.id"))
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("expires_at", "bigint", (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex("ui_sessions_key").on("ui_sessions").columns(["key_id"]).execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** The advisory lock that lets one process at a time migrate a PostgreSQL store. */

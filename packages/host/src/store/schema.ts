@@ -17,6 +17,14 @@ export interface ApiKeysTable {
   revoked_at: number | null;
 }
 
+/** A dashboard sign-in: the SHA-256 of its cookie's token, bound to the API key it signed in with. */
+export interface UiSessionsTable {
+  id: string;
+  key_id: string;
+  created_at: number;
+  expires_at: number;
+}
+
 export interface AgentsTable {
   id: string;
   tenant_id: string;
@@ -369,6 +377,7 @@ export interface NodesTable {
 export interface Database {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
+  ui_sessions: UiSessionsTable;
   agents: AgentsTable;
   agent_versions: AgentVersionsTable;
   runs: RunsTable;
