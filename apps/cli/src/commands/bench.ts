@@ -29,7 +29,7 @@ Scenarios:
           bridged, interleaved, to the same local upstream over the same link), run-token checks
           per second with and without the verified-token cache, calls per second with
           --sandboxes sandboxes calling at once, bridged and direct, and what tracing adds to a
-          bridged call (the bridge with tracing off and on, side by side, N×100 rounds)
+          bridged call (the bridge with tracing and metrics off and on, side by side, N×100 rounds)
   cluster three paddock serve nodes on one PostgreSQL (a private server the bench starts) and one
           blob folder: failover_ms from SIGKILL of a node to its run's retry on another (N/10
           trials, at least 3), cross_node_event_ms from an event written on one node to its arrival
@@ -43,7 +43,7 @@ Scenarios:
   gateway what the LLM gateway adds to a model call from inside a sandbox (N×10 pairs of whole
           chat completions, direct to a local stand-in provider and through the gateway with
           metering, interleaved over the same link), to the first chunk of a stream, and what
-          tracing adds to a call (the gateway with tracing off and on, side by side, N×10 rounds)
+          tracing and metrics add to a call (the gateway with them off and on, side by side, N×10 rounds)
   notifications  how soon a notification leaves after its event: from a run's terminal event to
           its signed delivery's arrival at an endpoint on loopback (N runs one at a time, then N
           at once), beside the target (p50 under 1 s)
