@@ -1,5 +1,6 @@
 export * from "./agent-definition.ts";
 export * from "./api.ts";
+export * from "./approvals.ts";
 export * from "./bridge.ts";
 export * from "./errors.ts";
 export * from "./events.ts";

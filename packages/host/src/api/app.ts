@@ -33,6 +33,7 @@ import { z } from "zod";
 import { type Agents, frozenSpec, toAgent } from "../agents/agents.ts";
 import type { SnapshotArchives } from "../agents/snapshot-archive.ts";
 import type { Artifacts } from "../artifacts/artifacts.ts";
+import type { Approvals } from "../bridge/approvals.ts";
 import type { Connections } from "../bridge/connections.ts";
 import type { Engine } from "../engine/engine.ts";
 import { idempotencyKey, type RunRepository, toRun } from "../engine/runs.ts";
@@ -48,6 +49,7 @@ import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
 import type { Scheduler } from "../triggers/scheduler.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
+import { registerApprovalRoutes } from "./approvals.ts";
 import { registerConnectionRoutes } from "./connections.ts";
 import { registerGatewayRoutes } from "./gateway.ts";
 import {
@@ -88,6 +90,7 @@ export interface ApiDeps {
   scheduler: Scheduler;
   webhooks: Webhooks;
   notifications: Notifications;
+  approvals: Approvals;
   nodes: Nodes;
   /** The node serving this API. */
   nodeId: string;
@@ -358,6 +361,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     findRun,
   });
   registerConnectionRoutes(route, deps.connections);
+  registerApprovalRoutes(app, route, deps.approvals);
   registerMetricsRoutes(route, deps.metrics);
 
   // Runs.

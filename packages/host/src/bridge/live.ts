@@ -25,6 +25,8 @@ export interface LiveSandbox {
   journaled?: boolean;
   /** Ends the run with reason out_of_credits: a budget cannot pay for another LLM call. */
   outOfCredits?(scope: "tenant" | "agent" | "run"): void;
+  /** Told when the run starts and stops waiting for approvals: that time does not count against its timeout. */
+  waiting?(on: boolean): void;
 }
 
 export class LiveSandboxes {

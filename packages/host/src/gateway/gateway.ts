@@ -23,6 +23,7 @@ import {
   type RunEventBody,
   type RunEventData,
 } from "@paddock/protocol";
+import type { Approvals } from "../bridge/approvals.ts";
 import {
   type ChannelCall,
   type ChannelRoute,
@@ -74,6 +75,8 @@ export interface GatewayBudget {
 export interface GatewayDeps {
   /** Answers of completed calls, replayed to retried attempts (not sent, not charged again). */
   journal?: Journal;
+  /** Holds model calls past a budget's approve_above until a person approves them. */
+  approvals?: Approvals;
   providers: Providers;
   ledger: Ledger;
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };

@@ -14,6 +14,7 @@
 import {
   AppError,
   type ChildRun,
+  GOING_STATUSES,
   MAX_INPUT_BYTES,
   RunCreate,
   type RunEventBody,
@@ -24,6 +25,7 @@ import type { Kysely, Transaction } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { runSpec } from "../agents/agents.ts";
 import type { Artifacts } from "../artifacts/artifacts.ts";
+import type { Approvals } from "../bridge/approvals.ts";
 import {
   type ChannelCall,
   type ChannelRoute,
@@ -77,6 +79,8 @@ export interface AgentCallsDeps {
   notify: () => void;
   /** Where a child run started by a journaled attempt is recorded, for its retries to get that child. */
   journal?: Journal;
+  /** Holds starts that the caller's policy says a person must approve. */
+  approvals?: Approvals;
 }
 
 export class AgentCalls implements ChannelRoute {
@@ -199,7 +203,7 @@ export class AgentCalls implements ChannelRoute {
       .selectFrom("runs")
       .select((eb) => eb.fn.countAll().as("n"))
       .where("parent_run_id", "=", parent.id)
-      .where("status", "in", ["queued", "starting", "running"])
+      .where("status", "in", GOING_STATUSES)
       .executeTakeFirstOrThrow();
     if (Number(active.n) >= MAX_ACTIVE_CHILDREN) {
       throw new AppError("too_many_children", `A run may have ${MAX_ACTIVE_CHILDREN} child runs going at once.`);
