@@ -478,6 +478,8 @@ export class Agents {
       ...(budget?.total !== undefined ? { agentTotal: toMicro(budget.total) } : {}),
       ...(budget?.requests_per_minute ? { requestsPerMinute: budget.requests_per_minute } : {}),
       ...(budget?.tokens_per_minute ? { tokensPerMinute: budget.tokens_per_minute } : {}),
+      ...(budget?.approve_above !== undefined ? { approveAbove: toMicro(budget.approve_above) } : {}),
+      ...(budget?.approval ? { approval: budget.approval } : {}),
     };
     if (row) {
       // Bounded: the oldest entry goes first (a Map keeps insertion order).

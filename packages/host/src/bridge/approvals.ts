@@ -33,7 +33,7 @@ import {
   type ApprovalVia,
   TERMINAL_STATUSES,
 } from "@paddock/protocol";
-import type { Kysely } from "kysely";
+import type { Kysely, Transaction } from "kysely";
 import { mayApprove, type Principal } from "../identity/identity.ts";
 import type { Log } from "../logs/log.ts";
 import type { ApprovalStore, KeptAnswer } from "../store/approvals.ts";
@@ -286,6 +286,16 @@ export class Approvals {
   /** Records what the approved call got (null: nothing to give a repeat of it), once it was sent. */
   async sent(approvalId: string, answer: KeptAnswer | null): Promise<void> {
     await this.#deps.store.recordAnswer(approvalId, answer);
+  }
+
+  /**
+   * Inside the transaction that does what an approved call asks (a child run's start): takes the
+   * one right to do it and records its answer, both committing with it. approval_used when the
+   * right was taken already.
+   */
+  async sendWithin(trx: Transaction<Database>, approvalId: string, answer: KeptAnswer): Promise<void> {
+    if (!(await this.#deps.store.claimForward(approvalId, Date.now(), trx))) throw new AppError("approval_used");
+    await this.#deps.store.recordAnswer(approvalId, answer, trx);
   }
 
   /** Gives back the right to send: the call never left the host. */

@@ -40,6 +40,11 @@ export interface ReserveRequest {
   perRun?: number;
   /** The calling attempt: reserved only while it still holds its run (see store/fence.ts). */
   fence?: Fence;
+  /**
+   * Micro-credits the run's spending (spent and held) may reach without a person's approval: a
+   * call whose reservation would take it past them reserves nothing and answers `approve`.
+   */
+  approveAbove?: number;
 }
 
 export type ReserveResult =
@@ -50,6 +55,11 @@ export type ReserveResult =
       availableMicro: number;
       /** Even with every reservation in flight released, the budget could not pay for this call. */
       exhausted: boolean;
+      /**
+       * Set when the call needs a person's approval first (approveAbove): what it would reserve, and
+       * what the run spent and holds. Nothing was reserved.
+       */
+      approve?: { amount: number; runSpent: number };
     };
 
 export interface Reservation {
@@ -176,6 +186,16 @@ export class Ledger {
         };
       }
       const amount = cost(maxOutputTokens);
+      const runSpent = run.spent + run.reserved;
+      if (req.approveAbove !== undefined && runSpent + amount > req.approveAbove) {
+        return {
+          ok: false as const,
+          scope: "run" as const,
+          availableMicro: Math.max(0, available),
+          exhausted: false,
+          approve: { amount, runSpent },
+        };
+      }
       const callId = newId("llm");
       await this.#append(trx, {
         ...req,

@@ -246,9 +246,12 @@ export class ApprovalStore {
     return due.length;
   }
 
-  /** Takes the one right to send an approved call; false when it is not approved or was taken. */
-  async claimForward(id: string, now = Date.now()): Promise<boolean> {
-    const res = await this.#db
+  /**
+   * Takes the one right to send an approved call (inside `trx` when given, so that what sending
+   * writes commits with it); false when it is not approved or was taken.
+   */
+  async claimForward(id: string, now = Date.now(), trx?: Db): Promise<boolean> {
+    const res = await (trx ?? this.#db)
       .updateTable("approvals")
       .set({ forward_state: "sending", forwarded_at: now })
       .where("id", "=", id)
@@ -269,8 +272,8 @@ export class ApprovalStore {
   }
 
   /** The sent call's answer, kept for identical repeats (null: not kept, too large or broken off). */
-  async recordAnswer(id: string, answer: KeptAnswer | null): Promise<void> {
-    await this.#db
+  async recordAnswer(id: string, answer: KeptAnswer | null, trx?: Db): Promise<void> {
+    await (trx ?? this.#db)
       .updateTable("approvals")
       .set({
         forward_state: "sent",

@@ -37,12 +37,12 @@ export interface CallResult {
 export async function startRun(
   t: TestHost,
   agent: Record<string, unknown>,
-  input: unknown,
+  input?: unknown,
   key?: string,
 ): Promise<{ agentId: string; runId: string }> {
   const created = await t.api("POST", "/v1/agents", agent, key);
   if (created.status !== 201) throw new Error(`agent create: ${created.status} ${JSON.stringify(created.body)}`);
-  const started = await t.api("POST", `/v1/agents/${created.body.id}/runs`, { input }, key);
+  const started = await t.api("POST", `/v1/agents/${created.body.id}/runs`, input === undefined ? {} : { input }, key);
   if (started.status !== 201) throw new Error(`run create: ${started.status} ${JSON.stringify(started.body)}`);
   return { agentId: created.body.id, runId: started.body.id };
 }

@@ -11,8 +11,13 @@
  * read back only its own children. Each child records its parent, the root of the tree and its
  * depth; children's model calls are charged to the root run's bill and budget.
  */
+
+import { createHash } from "node:crypto";
 import {
+  APPROVAL_HEADER,
   AppError,
+  type ApprovalRule,
+  agentCallName,
   type ChildRun,
   GOING_STATUSES,
   MAX_INPUT_BYTES,
@@ -25,8 +30,9 @@ import type { Kysely, Transaction } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { runSpec } from "../agents/agents.ts";
 import type { Artifacts } from "../artifacts/artifacts.ts";
-import type { Approvals } from "../bridge/approvals.ts";
+import { type Approvals, bodyView } from "../bridge/approvals.ts";
 import {
+  approvalAsked,
   type ChannelCall,
   type ChannelRoute,
   parseJson,
@@ -37,10 +43,12 @@ import {
   sendReplay,
   takeStep,
 } from "../bridge/channel.ts";
+import type { LiveSandbox } from "../bridge/live.ts";
 import type { RunRepository } from "../engine/runs.ts";
 import type { EventLog } from "../store/event-log.ts";
 import { type Journal, requestHash } from "../store/journal.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
+import { parseRunSpec } from "../store/stored.ts";
 
 /** The most levels of child runs below a root run. */
 export const MAX_DEPTH = 5;
@@ -91,6 +99,7 @@ export class AgentCalls implements ChannelRoute {
   readonly #artifacts: Artifacts;
   readonly #notify: () => void;
   readonly #journal: Journal | undefined;
+  readonly #approvals: Approvals | undefined;
 
   constructor(deps: AgentCallsDeps) {
     this.#db = deps.db;
@@ -100,6 +109,7 @@ export class AgentCalls implements ChannelRoute {
     this.#artifacts = deps.artifacts;
     this.#notify = deps.notify;
     this.#journal = deps.journal;
+    this.#approvals = deps.approvals;
   }
 
   serves(target: string): boolean {
@@ -123,6 +133,11 @@ export class AgentCalls implements ChannelRoute {
         const parsed = RunCreate.safeParse(parseJson(await readCapped(req, MAX_CHILD_BODY_BYTES), {}));
         if (!parsed.success) throw new Refusal("validation_failed", "The body is {input?}: the child run's input.");
         const body = parsed.data;
+        const rule = await this.#approvalRule(sandbox.runId, name);
+        if (rule) {
+          await this.#startApproved(call, sandbox, name, body.input, rule, record);
+          return;
+        }
         // A retried attempt asking again for a child an earlier attempt started gets that child.
         const journal = sandbox.journaled ? this.#journal : undefined;
         const step = takeStep(sandbox, req, `agent:${name}`);
@@ -179,14 +194,89 @@ export class AgentCalls implements ChannelRoute {
       req.resume();
       record.status = denial.status;
       record.code = denial.code;
-      sandbox?.record({ type: "agent.call", data: record });
+      record.approval ??= denial.headers[APPROVAL_HEADER];
+      // Told to ask again for its approval: no call to record yet.
+      if (denial.code !== "approval_pending") sandbox?.record({ type: "agent.call", data: record });
     }
+  }
+
+  /** The approval the caller's own policy asks before it starts `name`, if any (its run's frozen spec). */
+  async #approvalRule(runId: string, name: string): Promise<ApprovalRule | null> {
+    const row = await this.#db.selectFrom("runs").select("spec").where("id", "=", runId).executeTakeFirst();
+    const entry = (row ? (parseRunSpec(row.spec).policy?.agents ?? []) : []).find((e) => agentCallName(e) === name);
+    return entry && typeof entry !== "string" ? entry.approval : null;
+  }
+
+  /**
+   * A start the caller's policy says a person must approve: held with its input; once approved,
+   * the child run is made, its answer kept and the right to start it taken, all in one
+   * transaction, so that it is started once whatever repeats the request or crashes meanwhile.
+   */
+  async #startApproved(
+    call: ChannelCall,
+    sandbox: LiveSandbox,
+    name: string,
+    input: unknown,
+    rule: ApprovalRule,
+    record: RunEventData<"agent.call">,
+  ): Promise<void> {
+    const { req, res } = call;
+    const approvals = this.#approvals;
+    if (!approvals) throw new Refusal("policy_denied", "This host cannot hold calls for approval.");
+    const body = Buffer.from(JSON.stringify({ input: input ?? null }));
+    const gone = new AbortController();
+    res.once("close", () => gone.abort());
+    const outcome = await approvals.hold({
+      sandbox,
+      kind: "agent",
+      target: name,
+      ruleKey: `agent:${name}`,
+      rule,
+      hash: requestHash(["agent", name, body]),
+      request: {
+        kind: "agent",
+        target: name,
+        method: "POST",
+        path: `/agents/${name}/runs`,
+        query: "",
+        url: null,
+        headers: { "content-type": "application/json" },
+        body: bodyView(body, createHash("sha256").update(body).digest("hex")),
+      },
+      held: {},
+      body,
+      takeStep: () => takeStep(sandbox, req, `agent:${name}`),
+      signal: gone.signal,
+      asked: approvalAsked(req),
+      claims: false,
+    });
+    record.approval = "replay" in outcome ? outcome.approval.id : outcome.send.id;
+    if ("replay" in outcome) {
+      sendReplay(res, { ...outcome.replay, attempt: outcome.approval.attempt });
+      sandbox.record({ type: "agent.call", data: { ...record, status: outcome.replay.status, replayed: true } });
+      return;
+    }
+    const approved = outcome.send;
+    const child = await this.start(
+      { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
+      name,
+      input,
+      (trx, answer) =>
+        approvals.sendWithin(trx, approved.id, {
+          status: 201,
+          headers: { "content-type": "application/json" },
+          body: Buffer.from(JSON.stringify(answer)),
+        }),
+    );
+    sendJson(res, 201, child);
+    sandbox.record({ type: "agent.call", data: { ...record, status: 201 } });
   }
 
   /**
    * Starts a child run of `name` (already allowed by the caller's token) with `input`. `journal`,
-   * when given, records the answer in the same transaction as the child run, so that a crash
-   * cannot leave a child its retried parent would start again.
+   * when given, records the answer in the same transaction as the child run (in the journal, or
+   * on the approval it was started under), so that a crash cannot leave a child its retried
+   * parent would start again.
    */
   async start(
     caller: CallerRun,
