@@ -235,6 +235,11 @@ export class Approvals {
           throw new Refusal("approval_pending", undefined, { [APPROVAL_HEADER]: id, "retry-after": "1" });
         }
         if (watch.version === seen) await this.#changed(watch, left, h.signal);
+        // Woken, most likely by an approval: taking the right to send first saves a read on the way
+        // to the upstream (it succeeds only once the approval is approved and unclaimed).
+        if (h.claims !== false && !h.signal.aborted && (await store.claimForward(id))) {
+          return { send: { ...current, status: "approved", forward_state: "sending" } };
+        }
       }
     } finally {
       this.#settle(watch);

@@ -126,7 +126,7 @@ describe("approvals of model calls and child runs", { skip: e2eSkip(hostSkipReas
     assert.equal(done.status, "succeeded");
     const asked = llm.seen.slice(before).filter((r) => r.body.model === "note-model");
     assert.equal(asked.length, 2);
-    const toolReply = JSON.stringify((asked[1]?.body.messages as unknown[]).at(-1));
+    const toolReply = JSON.stringify(((asked[1]?.body.messages ?? []) as unknown[]).at(-1));
     assert.match(toolReply, /approval_denied/);
     assert.ok(toolReply.includes(note), toolReply);
     assert.equal(upstream.seen.filter((r) => r.url === "/send/release").length, 0);
