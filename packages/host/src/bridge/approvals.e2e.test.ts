@@ -225,7 +225,7 @@ describe("approvals at the bridge", { skip: e2eSkip(hostSkipReason()) }, () => {
         body: new URLSearchParams({ token: tok, decision }).toString(),
       });
     // Altered: another token, or the token of this approval on another one.
-    const flipped = `${token.slice(0, -2)}${token.endsWith("AA") ? "AB" : "AA"}`;
+    const flipped = `${token.slice(0, 5)}${token[5] === "A" ? "B" : "A"}${token.slice(6)}`;
     const altered = await post(pending.id, flipped);
     assert.equal(altered.status, 403);
     assert.match(await altered.text(), /approval_link_invalid/);

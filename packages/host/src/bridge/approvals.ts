@@ -77,10 +77,12 @@ export class ApprovalLinks {
     return this.#signer.mac(LINK_PURPOSE, approvalId).toString("base64url");
   }
 
-  /** Whether `token` is the link token of `approvalId`. */
+  /** Whether `token` is the link token of `approvalId` (in its one spelling: no other encoding of the same bytes). */
   verify(approvalId: string, token: string): boolean {
     if (!/^[A-Za-z0-9_-]{43}$/.test(token)) return false;
-    return this.#signer.verifyMac(LINK_PURPOSE, approvalId, Buffer.from(token, "base64url"));
+    const mac = Buffer.from(token, "base64url");
+    if (mac.toString("base64url") !== token) return false;
+    return this.#signer.verifyMac(LINK_PURPOSE, approvalId, mac);
   }
 
   /** The confirmation page's URL for one approval. */

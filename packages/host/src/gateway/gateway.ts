@@ -352,10 +352,16 @@ export class Gateway implements ChannelRoute {
       if (found) caller.record({ type: "journal.diverged", data: { step: journal.step, kind: "llm" } });
     }
     const own = await this.#deps.budgetOf(caller.ownRunId);
-    // A child run spends from the root run's budget; its own agent's total and rate limits still hold.
+    // A child run spends from the root run's budget (and asks past the root's approve_above); its
+    // own agent's total and rate limits still hold.
     const billed = caller.runId !== caller.ownRunId ? await this.#deps.budgetOf(caller.runId) : own;
-    const { perRun: _childPerRun, ...ownRest } = own;
-    const budget: GatewayBudget = { ...ownRest, ...(billed.perRun !== undefined ? { perRun: billed.perRun } : {}) };
+    const { perRun: _perRun, approveAbove: _approveAbove, approval: _approval, ...ownRest } = own;
+    const budget: GatewayBudget = {
+      ...ownRest,
+      ...(billed.perRun !== undefined ? { perRun: billed.perRun } : {}),
+      ...(billed.approveAbove !== undefined ? { approveAbove: billed.approveAbove } : {}),
+      ...(billed.approval !== undefined ? { approval: billed.approval } : {}),
+    };
     try {
       await this.#admit(call, budget);
     } catch (err) {
