@@ -20,6 +20,9 @@
  * too). The sandbox is not frozen: its runner and the rest of its work go on, and the time the run
  * waits does not count against its timeout (see engine/attempt.ts).
  */
+
+import { createHash } from "node:crypto";
+import type { ServerResponse } from "node:http";
 import {
   APPROVAL_HEADER,
   AppError,
@@ -120,14 +123,15 @@ export interface HoldRequest {
   rule: ApprovalRule;
   /** Binds the request: every byte that would be sent. */
   hash: string;
-  request: ApprovalRequest;
+  /** What the approvers are shown besides the body (whose view is made from `body`). */
+  request: Omit<ApprovalRequest, "body">;
   /** What the sender reads back to send it (besides the body). */
   held: unknown;
   body: Buffer;
   /** The call's journal step, taken only the first time this attempt makes the call. */
   takeStep(): string | null;
-  /** Aborted when the caller hung up. */
-  signal: AbortSignal;
+  /** The answer to the sandbox's request: once it is closed (the caller hung up), nothing waits for it. */
+  res: ServerResponse;
   /**
    * The approval a caller asking again says it waits on (its `paddock-approval` header): answered
    * from that one, even once it ran out, when it is this run's approval of this very request.
@@ -212,6 +216,13 @@ export class Approvals {
     };
     const watch = this.#watch(sandbox);
     const deadline = Date.now() + this.#holdMs;
+    const gone = new AbortController();
+    h.res.once("close", () => gone.abort());
+    const signal = gone.signal;
+    const call = {
+      ...h,
+      request: { ...h.request, body: bodyView(h.body, createHash("sha256").update(h.body).digest("hex")) },
+    };
     try {
       const asked = h.asked ? await store.get(h.asked) : undefined;
       let row =
@@ -220,7 +231,7 @@ export class Approvals {
           : await store.standing(sandbox.runId, h.hash);
       if (!row) {
         // A new call: it takes its journal step now, and is asked about.
-        row = await store.ask(asker, { ...h, step: h.takeStep() });
+        row = await store.ask(asker, { ...call, step: h.takeStep() });
       } else if (row.attempt !== sandbox.attempt) {
         // An earlier attempt asked (the host or the sandbox crashed since): the same approval, this attempt's step.
         await store.adopt(asker, row, h.takeStep());
@@ -233,13 +244,13 @@ export class Approvals {
         const outcome = await this.#outcome(current, h.claims !== false);
         if (outcome) return outcome;
         const left = deadline - Date.now();
-        if (left <= 0 || h.signal.aborted) {
+        if (left <= 0 || signal.aborted) {
           throw new Refusal("approval_pending", undefined, { [APPROVAL_HEADER]: id, "retry-after": "1" });
         }
-        if (watch.version === seen) await this.#changed(watch, left, h.signal);
+        if (watch.version === seen) await this.#changed(watch, left, signal);
         // Woken, most likely by an approval: taking the right to send first saves a read on the way
         // to the upstream (it succeeds only once the approval is approved and unclaimed).
-        if (h.claims !== false && !h.signal.aborted && (await store.claimForward(id))) {
+        if (h.claims !== false && !signal.aborted && (await store.claimForward(id))) {
           return { send: { ...current, status: "approved", forward_state: "sending" } };
         }
       }
@@ -514,7 +525,7 @@ export function toApproval(row: ApprovalsTable, keyName: string | null = null): 
 }
 
 /** The held body as approvers see it: its size, its sha256 and its start (text, else base64). */
-export function bodyView(body: Buffer, sha256: string): ApprovalBody {
+function bodyView(body: Buffer, sha256: string): ApprovalBody {
   const head = body.subarray(0, PREVIEW_BYTES);
   let text = utf8(head);
   // A character cut at the preview's end is still text: try without its first bytes.

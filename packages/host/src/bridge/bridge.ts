@@ -26,7 +26,6 @@
  * (connection, method, path and the rule that allowed it, status, bytes, latency; never a header
  * value or the secret).
  */
-import { createHash } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
@@ -42,7 +41,7 @@ import { z } from "zod";
 import type { Metrics } from "../metrics/metrics.ts";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../store/journal.ts";
 import { parseStored } from "../store/stored.ts";
-import { type Approvals, bodyView, MAX_HELD_BYTES } from "./approvals.ts";
+import { type Approvals, MAX_HELD_BYTES } from "./approvals.ts";
 import {
   approvalAsked,
   type ChannelRoute,
@@ -404,8 +403,6 @@ export class Bridge {
     const shownQuery = credentialPlaceholder(shown, connection.auth, connection.secret, query);
     const upstreamPath = `${base.pathname === "/" ? "" : base.pathname}${path}`;
     const index = connection.policy.rules.findIndex((r) => r.rule === rule);
-    const gone = new AbortController();
-    res.once("close", () => gone.abort());
     const outcome = await approvals.hold({
       sandbox,
       kind: "bridge",
@@ -421,12 +418,11 @@ export class Bridge {
         query: shownQuery,
         url: upstreamUrl(connection, { path, query: shownQuery }),
         headers: Object.fromEntries(Object.entries(shown).map(([k, v]) => [k, Array.isArray(v) ? v.join(", ") : v])),
-        body: bodyView(body, createHash("sha256").update(body).digest("hex")),
       },
       held,
       body,
       takeStep: () => takeStep(sandbox, req, `bridge:${connection.name}`),
-      signal: gone.signal,
+      res,
       asked: approvalAsked(req),
     });
     if ("replay" in outcome) {
@@ -617,6 +613,40 @@ function passedHeaders(req: IncomingMessage, auth: ConnectionAuth, host: string)
 }
 
 /**
+ * Puts `value` where the connection's auth puts its credential: a header (in `headers`, changed
+ * in place) or the query, whose new form it returns; `basic` makes a Basic header's value from the
+ * user name. The one place that says where a credential goes, for the call sent and for the
+ * approvers' view of it.
+ */
+function placeCredential(
+  headers: Record<string, string | string[]>,
+  auth: ConnectionAuth,
+  value: string,
+  query: string,
+  basic: (username: string) => string,
+): string {
+  switch (auth.type) {
+    case "bearer":
+      headers.authorization = `Bearer ${value}`;
+      return query;
+    case "header":
+      headers[auth.name.toLowerCase()] = `${auth.prefix ?? ""}${value}`;
+      return query;
+    case "basic":
+      headers.authorization = `Basic ${basic(auth.username)}`;
+      return query;
+    case "query": {
+      const params = new URLSearchParams(query);
+      params.delete(auth.param);
+      params.append(auth.param, value);
+      return params.toString();
+    }
+    case "none":
+      return query;
+  }
+}
+
+/**
  * Shows where the credential goes, by its secret's name (`<secret NAME>`), in `headers` (changed
  * in place); returns the query as it would be sent.
  */
@@ -628,25 +658,7 @@ function credentialPlaceholder(
 ): string {
   if (secret === null) return query;
   const shown = `<secret ${secret}>`;
-  switch (auth.type) {
-    case "bearer":
-      headers.authorization = `Bearer ${shown}`;
-      return query;
-    case "header":
-      headers[auth.name.toLowerCase()] = `${auth.prefix ?? ""}${shown}`;
-      return query;
-    case "basic":
-      headers.authorization = `Basic base64(${auth.username}:${shown})`;
-      return query;
-    case "query": {
-      const params = new URLSearchParams(query);
-      params.delete(auth.param);
-      const rest = params.toString();
-      return `${rest}${rest ? "&" : ""}${auth.param}=${shown}`;
-    }
-    case "none":
-      return query;
-  }
+  return placeCredential(headers, auth, shown, query, (username) => `base64(${username}:${shown})`);
 }
 
 /** Attaches the credential to `headers` (in place) or the query; returns the query and the forms of it to redact. */
@@ -656,34 +668,13 @@ function withCredential(
   secret: string | null,
   query: string,
 ): { needles: Buffer[]; query: string } {
-  const forms: string[] = [];
-  let upstreamQuery = query;
-  if (secret !== null) {
-    forms.push(secret);
-    switch (auth.type) {
-      case "bearer":
-        headers.authorization = `Bearer ${secret}`;
-        break;
-      case "header":
-        headers[auth.name.toLowerCase()] = `${auth.prefix ?? ""}${secret}`;
-        break;
-      case "basic": {
-        const encoded = Buffer.from(`${auth.username}:${secret}`).toString("base64");
-        headers.authorization = `Basic ${encoded}`;
-        forms.push(encoded);
-        break;
-      }
-      case "query": {
-        const params = new URLSearchParams(query);
-        params.delete(auth.param);
-        params.append(auth.param, secret);
-        upstreamQuery = params.toString();
-        forms.push(new URLSearchParams({ v: secret }).toString().slice(2));
-        break;
-      }
-      case "none":
-        break;
-    }
-  }
+  if (secret === null) return { needles: redactionNeedles([]), query };
+  const forms: string[] = [secret];
+  const upstreamQuery = placeCredential(headers, auth, secret, query, (username) => {
+    const encoded = Buffer.from(`${username}:${secret}`).toString("base64");
+    forms.push(encoded);
+    return encoded;
+  });
+  if (auth.type === "query") forms.push(new URLSearchParams({ v: secret }).toString().slice(2));
   return { needles: redactionNeedles(forms), query: upstreamQuery };
 }

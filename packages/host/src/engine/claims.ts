@@ -20,6 +20,21 @@ import { type RunRepository, terminalEvent } from "./runs.ts";
 /** The statuses of a run going: held by a node (booting, running or waiting for an approval). */
 export const ACTIVE: readonly RunStatus[] = ACTIVE_STATUSES;
 
+/**
+ * A run back in the queue for its next attempt (not before `notBefore` when given): no node holds
+ * it and nothing of it waits; its approvals still pending are its next attempt's.
+ */
+export function requeued(notBefore?: number) {
+  return {
+    status: "queued",
+    worker_id: null,
+    lease_until: null,
+    expires_at: null,
+    waiting_since: null,
+    ...(notBefore !== undefined ? { not_before: notBefore } : {}),
+  };
+}
+
 /** What the limits look at of a run going (on any node) or a queued candidate. */
 type LimitedRun = Pick<RunsTable, "tenant_id" | "agent_id" | "serial_key" | "root_run_id">;
 /** A queued run the next claim may take. */
@@ -232,16 +247,9 @@ export class Claims {
         .updateTable("runs")
         .set(
           requeue
-            ? { status: "queued", worker_id: null, lease_until: null, expires_at: null, waiting_since: null }
+            ? requeued()
             : retry
-              ? {
-                  status: "queued",
-                  worker_id: null,
-                  lease_until: null,
-                  not_before: retry.at,
-                  expires_at: null,
-                  waiting_since: null,
-                }
+              ? requeued(retry.at)
               : {
                   status: outcome.status,
                   reason: outcome.reason,

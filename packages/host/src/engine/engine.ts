@@ -24,7 +24,7 @@ import type { Database, RunsTable } from "../store/schema.ts";
 import { parseRunSpec } from "../store/stored.ts";
 import { isDatabaseUnavailable, StoreFailures } from "../store/unavailable.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
-import { ACTIVE, Claims } from "./claims.ts";
+import { ACTIVE, Claims, requeued } from "./claims.ts";
 import { retryDecision } from "./retry.ts";
 import { type RunRepository, terminalEvent } from "./runs.ts";
 import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
@@ -559,14 +559,7 @@ export class Engine {
           .updateTable("runs")
           .set(
             retry
-              ? {
-                  status: "queued",
-                  worker_id: null,
-                  lease_until: null,
-                  not_before: retry.at,
-                  expires_at: null,
-                  waiting_since: null,
-                }
+              ? requeued(retry.at)
               : {
                   status: "failed",
                   reason: "lost",

@@ -12,7 +12,6 @@
  * breaks off is billed for what it carried. The bridge checks the caller's address and token
  * before the gateway reads a request (see handle).
  */
-import { createHash } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import {
@@ -26,7 +25,7 @@ import {
   type RunEventBody,
   type RunEventData,
 } from "@paddock/protocol";
-import { type Approvals, bodyView, type HoldOutcome } from "../bridge/approvals.ts";
+import type { Approvals, HoldOutcome } from "../bridge/approvals.ts";
 import {
   approvalAsked,
   type ChannelCall,
@@ -383,8 +382,6 @@ export class Gateway implements ChannelRoute {
     const { caller, endpoint, route, raw, req } = call;
     const approvals = this.#deps.approvals;
     if (!approvals || !caller.sandbox) throw new Refusal("policy_denied", "This host cannot hold calls for approval.");
-    const gone = new AbortController();
-    call.res.once("close", () => gone.abort());
     const headers: Record<string, string> = { "content-type": "application/json" };
     for (const name of PASS_HEADERS) {
       const v = req.headers[name];
@@ -406,7 +403,6 @@ export class Gateway implements ChannelRoute {
         query: "",
         url: `${route.baseUrl}${endpoint.upstreamPath}`,
         headers,
-        body: bodyView(raw, createHash("sha256").update(raw).digest("hex")),
         credits: {
           reserve: fromMicro(cost.amount),
           run_spent: fromMicro(cost.runSpent),
@@ -416,7 +412,7 @@ export class Gateway implements ChannelRoute {
       held: {},
       body: raw,
       takeStep: () => call.journal?.step ?? null,
-      signal: gone.signal,
+      res: call.res,
       asked: caller.asked,
     });
   }

@@ -12,7 +12,6 @@
  * depth; children's model calls are charged to the root run's bill and budget.
  */
 
-import { createHash } from "node:crypto";
 import {
   APPROVAL_HEADER,
   AppError,
@@ -30,7 +29,7 @@ import type { Kysely, Transaction } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { runSpec } from "../agents/agents.ts";
 import type { Artifacts } from "../artifacts/artifacts.ts";
-import { type Approvals, bodyView } from "../bridge/approvals.ts";
+import type { Approvals } from "../bridge/approvals.ts";
 import {
   approvalAsked,
   type ChannelCall,
@@ -224,8 +223,6 @@ export class AgentCalls implements ChannelRoute {
     const approvals = this.#approvals;
     if (!approvals) throw new Refusal("policy_denied", "This host cannot hold calls for approval.");
     const body = Buffer.from(JSON.stringify({ input: input ?? null }));
-    const gone = new AbortController();
-    res.once("close", () => gone.abort());
     const outcome = await approvals.hold({
       sandbox,
       kind: "agent",
@@ -241,12 +238,11 @@ export class AgentCalls implements ChannelRoute {
         query: "",
         url: null,
         headers: { "content-type": "application/json" },
-        body: bodyView(body, createHash("sha256").update(body).digest("hex")),
       },
       held: {},
       body,
       takeStep: () => takeStep(sandbox, req, `agent:${name}`),
-      signal: gone.signal,
+      res,
       asked: approvalAsked(req),
       claims: false,
     });
