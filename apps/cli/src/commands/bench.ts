@@ -4,6 +4,7 @@ import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
 const SCENARIOS = [
+  "approvals",
   "boot",
   "bridge",
   "cluster",
@@ -22,6 +23,10 @@ export const bench: Command = {
   usage: `Usage: paddock bench SCENARIO [--json] [--runs N] [--data-dir DIR]
 
 Scenarios:
+  approvals  how soon an approved call leaves: from POST /v1/approvals/{id} (approve) to the held
+          call's arrival at an upstream on loopback (N calls of a sandbox, one at a time), beside
+          the target (p50 at most 10 ms); and calls that match no approval rule (N×100 pairs,
+          interleaved in one sandbox) through a connection with approval rules and one without
   boot    trigger-to-first-event and trigger-to-finish of a trivial agent over HTTP (N sequential
           runs, then 20 at once), beside floors measured in the same run: bwrap running true, and
           node -e 0 through the full sandbox recipe
@@ -96,6 +101,17 @@ Options:
       const { snapshotBench } = await import("../../../../bench/snapshot.ts");
       const sizesMb = values.sizes?.split(",").map((mb) => parseNumber(mb, "sizes") ?? 0);
       const result = await snapshotBench({ imagesDir: join(dataDirOf(values, ctx), "images"), runs, sizesMb });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "approvals") {
+      const { approvalsBench } = await import("../../../../bench/approvals.ts");
+      const result = await approvalsBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        calls: Math.max(runs, 1),
+        pairs: Math.max(runs, 1) * 100,
+        progress: (line) => ctx.err(`bench approvals: ${line}`),
+      });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;
     }

@@ -407,7 +407,16 @@ forEachStore((store) =>
         ],
       );
       const expected = (from: number, to: number, agent?: string) => {
-        const counts = { queued: 0, starting: 0, running: 0, succeeded: 0, failed: 0, timed_out: 0, canceled: 0 };
+        const counts = {
+          queued: 0,
+          starting: 0,
+          running: 0,
+          waiting: 0,
+          succeeded: 0,
+          failed: 0,
+          timed_out: 0,
+          canceled: 0,
+        };
         for (const r of seeded) {
           if (r.created_at >= from && r.created_at < to && (!agent || r.agent_id === agent)) {
             counts[r.status as RunStatus]++;

@@ -5,8 +5,9 @@
  * attempt ended; each step commits with its events. The engine drives these around its sandboxes;
  * nothing here boots one. Writes after the claim are fenced by `(run, attempt)` on this node.
  */
-import type { RunStatus } from "@paddock/protocol";
+import { ACTIVE_STATUSES, type RunStatus } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
+import { cancelPendingApprovals } from "../store/approvals.ts";
 import type { Db, EventLog, NewEvent } from "../store/event-log.ts";
 import type { Fence } from "../store/fence.ts";
 import { type Dialect, dbNow, lockNames } from "../store/portable.ts";
@@ -16,8 +17,23 @@ import type { AttemptOutcome } from "./attempt.ts";
 import { retryDecision } from "./retry.ts";
 import { type RunRepository, terminalEvent } from "./runs.ts";
 
-/** The statuses of a run going: held by a node. */
-export const ACTIVE: RunStatus[] = ["starting", "running"];
+/** The statuses of a run going: held by a node (booting, running or waiting for an approval). */
+export const ACTIVE: readonly RunStatus[] = ACTIVE_STATUSES;
+
+/**
+ * A run back in the queue for its next attempt (not before `notBefore` when given): no node holds
+ * it and nothing of it waits; its approvals still pending are its next attempt's.
+ */
+export function requeued(notBefore?: number) {
+  return {
+    status: "queued",
+    worker_id: null,
+    lease_until: null,
+    expires_at: null,
+    waiting_since: null,
+    ...(notBefore !== undefined ? { not_before: notBefore } : {}),
+  };
+}
 
 /** What the limits look at of a run going (on any node) or a queued candidate. */
 type LimitedRun = Pick<RunsTable, "tenant_id" | "agent_id" | "serial_key" | "root_run_id">;
@@ -231,15 +247,16 @@ export class Claims {
         .updateTable("runs")
         .set(
           requeue
-            ? { status: "queued", worker_id: null, lease_until: null, expires_at: null }
+            ? requeued()
             : retry
-              ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at, expires_at: null }
+              ? requeued(retry.at)
               : {
                   status: outcome.status,
                   reason: outcome.reason,
                   exit_code: outcome.exitCode,
                   finished_at: now,
                   lease_until: null,
+                  waiting_since: null,
                 },
         )
         .where("id", "=", run.id)
@@ -250,8 +267,11 @@ export class Claims {
         .executeTakeFirst();
       // Someone else finished or recovered the run: record nothing (the attempt row included).
       if (Number(res.numUpdatedRows) !== 1) return null;
-      // A run that ended needs its journal no more.
-      if (!requeue && !retry) await trx.deleteFrom("journal").where("run_id", "=", run.id).execute();
+      // A run that ended needs its journal no more, and what of it waits for approval is canceled;
+      // a run that goes back to the queue keeps both for its next attempt.
+      const ended = !requeue && !retry;
+      if (ended) await trx.deleteFrom("journal").where("run_id", "=", run.id).execute();
+      const canceled = ended ? await cancelPendingApprovals(trx, run.id, now) : [];
       await trx
         .updateTable("attempts")
         .set({ status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode, finished_at: now })
@@ -266,6 +286,7 @@ export class Claims {
           ts: now,
         },
         ...(more ? [{ ...more, ts: now }] : []),
+        ...canceled,
         requeue
           ? { type: "run.requeued", data: { status: "queued", why: "host_shutdown" }, ts: now }
           : retry

@@ -4,8 +4,10 @@
  */
 import { createHash } from "node:crypto";
 import {
+  ACTIVE_STATUSES,
   type AgentSpec,
   AppError,
+  GOING_STATUSES,
   type Run,
   type RunEventData,
   type RunReason,
@@ -267,19 +269,19 @@ export class RunRepository {
     return Number(row.n);
   }
 
-  /** The ids of a run's child runs that have not ended (queued, starting or running). */
+  /** The ids of a run's child runs that have not ended (queued, starting, running or waiting). */
   async childrenGoing(runId: string): Promise<string[]> {
     const rows = await this.#db
       .selectFrom("runs")
       .select("id")
       .where("parent_run_id", "=", runId)
-      .where("status", "in", ["queued", "starting", "running"])
+      .where("status", "in", GOING_STATUSES)
       .execute();
     return rows.map((r) => r.id);
   }
 
   /**
-   * Marks a starting or running run for cancellation, with its event, leaving its status alone
+   * Marks a starting, running or waiting run for cancellation, with its event, leaving its status alone
    * (the engine records `canceled` once the sandbox is gone). False when the run is not active.
    */
   async requestCancel(runId: string): Promise<boolean> {
@@ -288,7 +290,7 @@ export class RunRepository {
         .updateTable("runs")
         .set({ cancel_requested: 1 })
         .where("id", "=", runId)
-        .where("status", "in", ["starting", "running"])
+        .where("status", "in", ACTIVE_STATUSES)
         .executeTakeFirst();
       if (Number(res.numUpdatedRows) !== 1) return null;
       const row = await trx.selectFrom("runs").select("attempt").where("id", "=", runId).executeTakeFirstOrThrow();
@@ -311,7 +313,7 @@ export class RunRepository {
       .where("id", "in", runIds)
       .where("worker_id", "=", workerId)
       .where("cancel_requested", "=", 1)
-      .where("status", "in", ["starting", "running"])
+      .where("status", "in", ACTIVE_STATUSES)
       .execute();
     return rows.map((r) => r.id);
   }
@@ -320,6 +322,7 @@ export class RunRepository {
    * Moves a run from one of `from` to `to` with `patch` applied and `events` appended, atomically.
    * Returns false, changing nothing, when the run's status was not in `from`. With `fence`, an
    * attempt's own transition: lease_lost, changing nothing, once that attempt no longer holds the run.
+   * `within` writes more in the same transaction; its events come before `events`.
    */
   async transition(
     runId: string,
@@ -328,6 +331,7 @@ export class RunRepository {
     patch: Partial<Omit<RunsTable, "id" | "status">>,
     events: NewEvent[],
     fence?: Fence,
+    within?: (trx: Transaction<Database>) => Promise<NewEvent[]>,
   ): Promise<boolean> {
     const written = await this.#db.transaction().execute(async (trx) => {
       const res = await trx
@@ -343,8 +347,9 @@ export class RunRepository {
         await this.#events.fence(trx, fence);
         return null;
       }
+      const more = within ? await within(trx) : [];
       const row = await trx.selectFrom("runs").select("attempt").where("id", "=", runId).executeTakeFirstOrThrow();
-      return this.#events.append(trx, runId, row.attempt, events);
+      return this.#events.append(trx, runId, row.attempt, [...more, ...events]);
     });
     if (written === null) return false;
     this.#events.publish(written);
