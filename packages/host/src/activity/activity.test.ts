@@ -455,7 +455,7 @@ forEachStore((store) =>
       // Another tenant counts its own runs only, and spent nothing.
       const other = await get(Stats, `/v1/stats?from=${iso(T0)}&to=${iso(T0 + 25 * MINUTE)}&bucket_s=3600`, keys.b);
       assert.deepEqual(other.totals, {
-        runs: { queued: 0, starting: 0, running: 0, succeeded: 5, failed: 0, timed_out: 0, canceled: 0 },
+        runs: { queued: 0, starting: 0, running: 0, waiting: 0, succeeded: 5, failed: 0, timed_out: 0, canceled: 0 },
         spent: 0,
       });
       // By default: the last day, by the hour.
