@@ -296,23 +296,14 @@ export class Engine {
     // A draining node claims nothing; its runs going finish.
     this.#draining = await this.#deps.nodes.draining(this.#config.workerId);
     if (this.#draining) return;
-    let misses = 0;
     // Child runs may go past the host's limit (their parents wait on them: holding them back could
     // deadlock a tree), up to a hard ceiling.
-    while (!this.#closed && this.#active.size < this.#config.maxConcurrent * 4 && misses < 8) {
-      const rootsFull = [...this.#active.values()].filter((a) => !a.child).length >= this.#config.maxConcurrent;
-      const next = await this.#claims.next(rootsFull);
-      if (!next) return;
-      const run = await this.#claims.claim(next).catch((err: unknown) => {
-        this.#store.failed(`claiming run ${next.id}`, err);
-        return null;
-      });
-      if (!run) {
-        misses++;
-        continue;
-      }
-      this.#launch(run);
-    }
+    const roots = [...this.#active.values()].filter((a) => !a.child).length;
+    const claimed = await this.#claims.claimNext({
+      roots: this.#config.maxConcurrent - roots,
+      runs: this.#config.maxConcurrent * 4 - this.#active.size,
+    });
+    for (const run of claimed) this.#launch(run);
   }
 
   /** Queued runs past their queue time-to-live end as failed, reason `expired`. */

@@ -204,37 +204,41 @@ export class RunRepository {
 
   /**
    * Moves a run from one of `from` to `to` with `patch` applied and `events` appended, atomically.
-   * Returns false, changing nothing, when the run's status was not in `from`. With `fence`, an
-   * attempt's own transition: lease_lost, changing nothing, once that attempt no longer holds the run.
+   * Returns the run's attempt and cancel flag as the move left them, or null, changing nothing, when
+   * the run's status was not in `from`. With `fence`, an attempt's own transition: lease_lost,
+   * changing nothing, once that attempt no longer holds the run.
    */
   async transition(
     runId: string,
     from: readonly RunStatus[],
     to: RunStatus,
-    patch: Partial<Omit<RunsTable, "id" | "status">>,
+    patch: Partial<Omit<RunsTable, "id" | "status" | "event_seq">>,
     events: NewEvent[],
     fence?: Fence,
-  ): Promise<boolean> {
+  ): Promise<Pick<RunsTable, "attempt" | "cancel_requested"> | null> {
     const written = await this.#db.transaction().execute(async (trx) => {
-      const res = await trx
+      // The move takes the events' sequence numbers in the same statement.
+      const moved = await trx
         .updateTable("runs")
-        .set({ ...patch, status: to })
+        .set((eb) => ({ ...patch, status: to, event_seq: eb("event_seq", "+", events.length) }))
         .where("id", "=", runId)
         .where("status", "in", from)
         .$if(fence !== undefined, (q) =>
           q.where("attempt", "=", fence?.attempt ?? 0).where("worker_id", "=", fence?.workerId ?? ""),
         )
+        .returning(["attempt", "cancel_requested", "event_seq"])
         .executeTakeFirst();
-      if (Number(res.numUpdatedRows) !== 1) {
+      if (!moved) {
         await this.#events.fence(trx, fence);
         return null;
       }
-      const row = await trx.selectFrom("runs").select("attempt").where("id", "=", runId).executeTakeFirstOrThrow();
-      return this.#events.append(trx, runId, row.attempt, events);
+      const rows = this.#events.numbered(runId, moved.attempt, moved.event_seq, events);
+      await this.#events.insert(trx, rows);
+      return { moved, rows };
     });
-    if (written === null) return false;
-    this.#events.publish(written);
-    return true;
+    if (written === null) return null;
+    this.#events.publish(written.rows);
+    return { attempt: written.moved.attempt, cancel_requested: written.moved.cancel_requested };
   }
 }
 

@@ -47,6 +47,20 @@ function problemsOf(event: NewEvent): string | null {
   return parsed.success ? null : z.prettifyError(parsed.error);
 }
 
+/** Rows of events already checked, numbered to end at `last`. */
+function toRows(runId: string, attempt: number, last: number, events: NewEvent[]): EventsTable[] {
+  const now = Date.now();
+  let seq = last - events.length;
+  return events.map((e) => ({
+    run_id: runId,
+    seq: ++seq,
+    attempt,
+    type: e.type,
+    ts: e.ts ?? now,
+    data: JSON.stringify(e.data),
+  }));
+}
+
 /** An event the log refused, with why. */
 export interface RefusedEvent {
   type: string;
@@ -98,23 +112,35 @@ export class EventLog {
     if (events.length === 0) return [];
     for (const e of events) check(e);
     await this.fence(trx, fence);
+    const rows = toRows(runId, attempt, await this.reserve(trx, runId, events.length), events);
+    await this.insert(trx, rows);
+    return rows;
+  }
+
+  /** Takes the run's next `n` sequence numbers in `trx` (its row stays locked until commit); returns the last. */
+  async reserve(trx: Db, runId: string, n: number): Promise<number> {
     const counted = await trx
       .updateTable("runs")
-      .set((eb) => ({ event_seq: eb("event_seq", "+", events.length) }))
+      .set((eb) => ({ event_seq: eb("event_seq", "+", n) }))
       .where("id", "=", runId)
       .returning("event_seq")
       .executeTakeFirst();
     if (!counted) throw new AppError("internal", `Events for a run that does not exist (${runId}).`);
-    let seq = counted.event_seq - events.length;
-    const now = Date.now();
-    const rows: EventsTable[] = events.map((e) => ({
-      run_id: runId,
-      seq: ++seq,
-      attempt,
-      type: e.type,
-      ts: e.ts ?? now,
-      data: JSON.stringify(e.data),
-    }));
+    return counted.event_seq;
+  }
+
+  /**
+   * The rows of `events`, numbered to end at `last`: for a writer that took their sequence numbers
+   * itself, adding `events.length` to the run's event_seq in its own update of the run (which
+   * returned `last`), so a state change and its events need no second update. insert() them next.
+   */
+  numbered(runId: string, attempt: number, last: number, events: NewEvent[]): EventsTable[] {
+    for (const e of events) check(e);
+    return toRows(runId, attempt, last, events);
+  }
+
+  /** Inserts numbered rows, of one run or of many, in the caller's transaction; publish() them after it commits. */
+  async insert(trx: Db, rows: EventsTable[]): Promise<void> {
     // SQLite caps bound parameters per statement; 6 columns × 100 rows stays well under it.
     for (let i = 0; i < rows.length; i += 100) {
       await trx
@@ -122,7 +148,6 @@ export class EventLog {
         .values(rows.slice(i, i + 100))
         .execute();
     }
-    return rows;
   }
 
   /**

@@ -529,6 +529,20 @@ migrations["0012_runner_sources"] = {
   },
 };
 
+migrations["0013_runs_queue"] = {
+  // The queue as claims read it: each tenant's queued runs, oldest first. Partial, so it holds only
+  // queued runs however many have ended; queries match it by naming status = 'queued' literally.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createIndex("runs_queue")
+      .on("runs")
+      .columns(["tenant_id", "id"])
+      .where(sql.ref("status"), "=", sql.lit("queued"))
+      .execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** The advisory lock that lets one process at a time migrate a PostgreSQL store. */
