@@ -9,21 +9,21 @@
 import type { RunStatus } from "@paddock/protocol";
 import { type Kysely, sql, type Transaction } from "kysely";
 import type { Db, EventLog, NewEvent } from "../store/event-log.ts";
-import type { Fence } from "../store/fence.ts";
+import { type Fence, isLeaseLost } from "../store/fence.ts";
 import { type Dialect, dbNow, lockNames } from "../store/portable.ts";
 import type { AttemptsTable, Database, EventsTable, RunsTable } from "../store/schema.ts";
 import { parseRunSpec } from "../store/stored.ts";
 import type { AttemptOutcome } from "./attempt.ts";
 import { retryDecision } from "./retry.ts";
-import { type RunRepository, terminalEvent } from "./runs.ts";
+import { type MovedRun, type RunRepository, terminalEvent } from "./runs.ts";
 
 /** The statuses of a run going: held by a node. */
 export const ACTIVE: RunStatus[] = ["starting", "running"];
 
 /** What the limits look at of a run going (on any node) or a queued candidate. */
 type LimitedRun = Pick<RunsTable, "tenant_id" | "agent_id" | "serial_key" | "root_run_id">;
-/** A queued run a claim may take. */
-type Candidate = LimitedRun & Pick<RunsTable, "id" | "spec">;
+/** A queued run a claim may take, with its agent's limit of root runs at once as its spec says. */
+type Candidate = LimitedRun & Pick<RunsTable, "id"> & { agentLimit: number | undefined };
 
 /** Room on this node for runs to claim. */
 export interface Room {
@@ -43,9 +43,6 @@ interface Scan {
   /** Runs passed over, held back by a limit. */
   passed: Map<string, number>;
 }
-
-/** The agent's limit of root runs at once, as the run's spec says. */
-const agentLimit = (c: Candidate): number | undefined => parseRunSpec(c.spec).max_concurrent_runs;
 
 /** The names locked while a limit is counted: claims under one name take turns on every node. */
 const lockName = {
@@ -83,8 +80,7 @@ class Tally {
     if (c.serial_key !== null && this.#serial.has(c.serial_key)) return true;
     if (c.root_run_id !== null) return false;
     if (this.#perTenant !== undefined && (this.#tenantRoots.get(c.tenant_id) ?? 0) >= this.#perTenant) return true;
-    const limit = agentLimit(c);
-    return limit !== undefined && (this.#agentRoots.get(c.agent_id) ?? 0) >= limit;
+    return c.agentLimit !== undefined && (this.#agentRoots.get(c.agent_id) ?? 0) >= c.agentLimit;
   }
 }
 
@@ -241,14 +237,20 @@ export class Claims {
       .select(["id", "tenant_id", "agent_id", "spec", "serial_key", "root_run_id"])
       // Written as a literal, so that the planner can use the runs_queue index.
       .where("status", "=", sql.lit("queued"))
-      .where("tenant_id", "=", tenant)
+      // The tenant as a range, and the order as the index's: with `tenant_id = $1` the order is by id
+      // alone, and a planner whose statistics say most runs are queued walks the primary key
+      // through every run that ended instead.
+      .where("tenant_id", ">=", tenant)
+      .where("tenant_id", "<=", tenant)
       .where((eb) => eb.or([eb("not_before", "is", null), eb("not_before", "<=", now)]))
       .$if(after !== undefined, (q) => q.where("id", ">", after ?? ""))
       .$if(childrenOnly, (q) => q.where("root_run_id", "is not", null))
+      .orderBy("tenant_id")
       .orderBy("id")
       .limit(limit);
     if (this.#dialect === "postgres") q = q.forUpdate().skipLocked();
-    return q.execute();
+    const rows = await q.execute();
+    return rows.map(({ spec, ...c }) => ({ ...c, agentLimit: parseRunSpec(spec).max_concurrent_runs }));
   }
 
   /**
@@ -266,7 +268,7 @@ export class Claims {
       if (c.serial_key !== null) counted.serials.add(c.serial_key);
       if (c.root_run_id !== null) continue;
       if (this.#config.maxPerTenant !== undefined) counted.tenants.add(c.tenant_id);
-      if (agentLimit(c) !== undefined) counted.agents.add(c.agent_id);
+      if (c.agentLimit !== undefined) counted.agents.add(c.agent_id);
       else shared.push(lockName.agent(c.agent_id));
     }
     const names = [
@@ -354,23 +356,24 @@ export class Claims {
    * landed while it booted; lease_lost when the attempt no longer holds the run.
    */
   async start(run: RunsTable, boot: { ms: number; warm: boolean }, fence: Fence): Promise<boolean> {
-    const moved = await this.#runs.transition(
-      run.id,
-      ["starting"],
-      "running",
-      {},
-      [{ type: "run.running", data: { status: "running", attempt: run.attempt, boot_ms: boot.ms, warm: boot.warm } }],
+    const moved = await this.#runs.transition(run.id, {
+      from: ["starting"],
+      to: "running",
+      events: [
+        { type: "run.running", data: { status: "running", attempt: run.attempt, boot_ms: boot.ms, warm: boot.warm } },
+      ],
       fence,
-    );
+    });
     // A cancel that landed while booting marked the run; the move read the mark under the row's lock.
     return moved?.cancel_requested === 0;
   }
 
   /**
-   * Records how `run`'s attempt ended, with its events, in one transaction: the run ends, is
-   * retried per its agent's policy, or (an attempt the host interrupted) goes back to the queue.
-   * `extra` writes more in the same transaction, its event following attempt.finished. Fenced:
-   * false, recording nothing, when the run is no longer this attempt's on this node.
+   * Records how `run`'s attempt ended, with its events, atomically: the run ends, is retried per
+   * its agent's policy, or (an attempt the host interrupted) goes back to the queue. `extra`
+   * writes more in the same transaction, its event following attempt.finished. Fenced: false,
+   * recording nothing (the attempt row included), when the run is no longer this attempt's on this
+   * node.
    */
   async finish(
     run: RunsTable,
@@ -381,60 +384,46 @@ export class Claims {
     const requeue = outcome.interrupted === true;
     const spec = parseRunSpec(run.spec);
     const retry = requeue ? null : retryDecision(spec.retry, outcome, run.attempt, run.max_attempts, now);
-    const patch = requeue
-      ? { status: "queued", worker_id: null, lease_until: null, expires_at: null }
-      : retry
-        ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at, expires_at: null }
-        : {
-            status: outcome.status,
-            reason: outcome.reason,
-            exit_code: outcome.exitCode,
-            finished_at: now,
-            lease_until: null,
-          };
-    const rows = await this.#db.transaction().execute(async (trx) => {
-      const ended = await trx
-        .updateTable("runs")
-        // The update takes the sequence numbers of attempt.finished and the run's next event.
-        .set((eb) => ({ ...patch, event_seq: eb("event_seq", "+", 2) }))
-        .where("id", "=", run.id)
-        .where("status", "in", ACTIVE)
-        // Fenced: once another node recovered the run, this attempt records nothing.
-        .where("attempt", "=", run.attempt)
-        .where("worker_id", "=", this.#config.workerId)
-        .returning("event_seq")
-        .executeTakeFirst();
-      // Someone else finished or recovered the run: record nothing (the attempt row included).
-      if (!ended) return null;
-      // A run that ended needs its journal no more.
-      if (!requeue && !retry) await trx.deleteFrom("journal").where("run_id", "=", run.id).execute();
-      await trx
+    const ended = !requeue && !retry;
+    const closeAttempt = (db: Db, moved: MovedRun) =>
+      db
         .updateTable("attempts")
         .set({ status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode, finished_at: now })
-        .where("run_id", "=", run.id)
-        .where("n", "=", run.attempt)
-        .execute();
-      const more = extra ? await extra(trx) : null;
-      // `extra`'s event goes between the two: one more number.
-      const last = more ? await this.#events.reserve(trx, run.id, 1) : ended.event_seq;
-      const rows = this.#events.numbered(run.id, run.attempt, last, [
-        {
-          type: "attempt.finished",
-          data: { attempt: run.attempt, status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode },
-          ts: now,
-        },
-        ...(more ? [{ ...more, ts: now }] : []),
-        requeue
-          ? { type: "run.requeued", data: { status: "queued", why: "host_shutdown" }, ts: now }
+        .where("run_id", "in", moved)
+        .where("n", "=", run.attempt);
+    // A run that ended needs its journal no more.
+    const dropJournal = (db: Db, moved: MovedRun) => db.deleteFrom("journal").where("run_id", "in", moved);
+    try {
+      const moved = await this.#runs.transition(run.id, {
+        from: ACTIVE,
+        to: ended ? outcome.status : "queued",
+        patch: requeue
+          ? { worker_id: null, lease_until: null, expires_at: null }
           : retry
-            ? { type: "retry.scheduled", data: retry.event, ts: now }
-            : { ...terminalEvent(outcome.status, outcome.reason, outcome.exitCode), ts: now },
-      ]);
-      await this.#events.insert(trx, rows);
-      return rows;
-    });
-    if (rows === null) return false;
-    this.#events.publish(rows);
-    return true;
+            ? { worker_id: null, lease_until: null, not_before: retry.at, expires_at: null }
+            : { reason: outcome.reason, exit_code: outcome.exitCode, finished_at: now, lease_until: null },
+        also: ended ? [dropJournal, closeAttempt] : [closeAttempt],
+        events: [
+          {
+            type: "attempt.finished",
+            data: { attempt: run.attempt, status: outcome.status, reason: outcome.reason, exit_code: outcome.exitCode },
+            ts: now,
+          },
+          requeue
+            ? { type: "run.requeued", data: { status: "queued", why: "host_shutdown" }, ts: now }
+            : retry
+              ? { type: "retry.scheduled", data: retry.event, ts: now }
+              : { ...terminalEvent(outcome.status, outcome.reason, outcome.exitCode), ts: now },
+        ],
+        // Fenced: once another node recovered the run, this attempt records nothing.
+        fence: { runId: run.id, attempt: run.attempt, workerId: this.#config.workerId },
+        ...(extra ? { extra: async (trx) => extra(trx).then((more) => more && { ...more, ts: now }) } : {}),
+      });
+      return moved !== null;
+    } catch (err) {
+      // Someone else finished or recovered the run.
+      if (isLeaseLost(err)) return false;
+      throw err;
+    }
   }
 }

@@ -258,13 +258,12 @@ export class Engine {
   /** Cancels a run and its children still going, deepest first; true when the run was still queued. */
   async #cancelTree(runId: string): Promise<boolean> {
     for (const child of await this.#runs.childrenGoing(runId)) await this.#cancelTree(child);
-    const canceled = await this.#runs.transition(
-      runId,
-      ["queued"],
-      "canceled",
-      { reason: "canceled", finished_at: Date.now() },
-      [terminalEvent("canceled", "canceled", null)],
-    );
+    const canceled = await this.#runs.transition(runId, {
+      from: ["queued"],
+      to: "canceled",
+      patch: { reason: "canceled", finished_at: Date.now() },
+      events: [terminalEvent("canceled", "canceled", null)],
+    });
     if (canceled) return true;
     await this.#runs.requestCancel(runId);
     this.#active.get(runId)?.attempt.stop("canceled");
@@ -311,10 +310,15 @@ export class Engine {
     const now = Date.now();
     const stale = await this.#claims.queued().select(["id", "created_at"]).where("expires_at", "<=", now).execute();
     for (const run of stale) {
-      await this.#runs.transition(run.id, ["queued"], "failed", { reason: "expired", finished_at: now }, [
-        { type: "run.expired", data: { waited_ms: now - Number(run.created_at) } },
-        terminalEvent("failed", "expired", null),
-      ]);
+      await this.#runs.transition(run.id, {
+        from: ["queued"],
+        to: "failed",
+        patch: { reason: "expired", finished_at: now },
+        events: [
+          { type: "run.expired", data: { waited_ms: now - Number(run.created_at) } },
+          terminalEvent("failed", "expired", null),
+        ],
+      });
     }
   }
 

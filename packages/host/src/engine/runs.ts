@@ -11,12 +11,12 @@ import {
   type RunReason,
   type RunStatus,
 } from "@paddock/protocol";
-import type { Kysely, Transaction } from "kysely";
+import { type Kysely, type OperationNodeSource, type RawBuilder, sql, type Transaction } from "kysely";
 import { archived } from "../agents/agents.ts";
-import type { EventLog, NewEvent } from "../store/event-log.ts";
+import type { Db, EventLog, NewEvent } from "../store/event-log.ts";
 import type { Fence } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
-import type { Database, RunsTable } from "../store/schema.ts";
+import type { Database, EventsTable, RunsTable } from "../store/schema.ts";
 import { isoTime } from "../store/stored.ts";
 
 export function toRun(row: RunsTable): Run {
@@ -203,44 +203,92 @@ export class RunRepository {
   }
 
   /**
-   * Moves a run from one of `from` to `to` with `patch` applied and `events` appended, atomically.
-   * Returns the run's attempt and cancel flag as the move left them, or null, changing nothing, when
-   * the run's status was not in `from`. With `fence`, an attempt's own transition: lease_lost,
-   * changing nothing, once that attempt no longer holds the run.
+   * Moves a run from one of `move.from` to `move.to` with its patch applied, the writes that go
+   * with it and its events appended, all or nothing. Returns the run's attempt and cancel flag as
+   * the move left them, or null, changing nothing, when the run's status was not in `from`. With
+   * a fence, an attempt's own move: lease_lost, changing nothing, once that attempt no longer
+   * holds the run. On PostgreSQL a move without `extra` is one statement.
    */
-  async transition(
-    runId: string,
-    from: readonly RunStatus[],
-    to: RunStatus,
-    patch: Partial<Omit<RunsTable, "id" | "status" | "event_seq">>,
-    events: NewEvent[],
-    fence?: Fence,
-  ): Promise<Pick<RunsTable, "attempt" | "cancel_requested"> | null> {
-    const written = await this.#db.transaction().execute(async (trx) => {
-      // The move takes the events' sequence numbers in the same statement.
-      const moved = await trx
-        .updateTable("runs")
-        .set((eb) => ({ ...patch, status: to, event_seq: eb("event_seq", "+", events.length) }))
-        .where("id", "=", runId)
-        .where("status", "in", from)
-        .$if(fence !== undefined, (q) =>
-          q.where("attempt", "=", fence?.attempt ?? 0).where("worker_id", "=", fence?.workerId ?? ""),
-        )
-        .returning(["attempt", "cancel_requested", "event_seq"])
-        .executeTakeFirst();
-      if (!moved) {
-        await this.#events.fence(trx, fence);
-        return null;
-      }
-      const rows = this.#events.numbered(runId, moved.attempt, moved.event_seq, events);
-      await this.#events.insert(trx, rows);
-      return { moved, rows };
-    });
-    if (written === null) return null;
-    this.#events.publish(written.rows);
-    return { attempt: written.moved.attempt, cancel_requested: written.moved.cancel_requested };
+  async transition(runId: string, move: Move): Promise<Moved | null> {
+    const moved =
+      this.#events.dialect === "postgres" && !move.extra
+        ? await this.#moveInOne(runId, move)
+        : await this.#db.transaction().execute((trx) => this.#moveIn(trx, runId, move));
+    if (!moved) {
+      await this.#events.fence(this.#db, move.fence);
+      return null;
+    }
+    this.#events.publish(moved.events);
+    return { attempt: moved.attempt, cancel_requested: moved.cancel_requested };
+  }
+
+  /** The move's update of the run, taking its events' sequence numbers; returns the run as it left it. */
+  #update(db: Db, runId: string, move: Move, events: number) {
+    return db
+      .updateTable("runs")
+      .set((eb) => ({ ...move.patch, status: move.to, event_seq: eb("event_seq", "+", events) }))
+      .where("id", "=", runId)
+      .where("status", "in", move.from)
+      .$if(move.fence !== undefined, (q) =>
+        q.where("attempt", "=", move.fence?.attempt ?? 0).where("worker_id", "=", move.fence?.workerId ?? ""),
+      )
+      .returning(["id", "attempt", "cancel_requested", "event_seq"]);
+  }
+
+  /** The move as statements in `trx`, `extra` after the writes that go with it. */
+  async #moveIn(trx: Transaction<Database>, runId: string, move: Move): Promise<MoveWritten | null> {
+    const moved = await this.#update(trx, runId, move, move.events.length).executeTakeFirst();
+    if (!moved) return null;
+    for (const write of move.also ?? []) await write(trx, [runId]).execute();
+    const more = move.extra ? await move.extra(trx) : null;
+    // `extra`'s event goes before the move's last: one more number.
+    const last = more ? await this.#events.reserve(trx, runId, 1) : moved.event_seq;
+    const events = more ? [...move.events.slice(0, -1), more, ...move.events.slice(-1)] : move.events;
+    const rows = this.#events.numbered(runId, moved.attempt, last, events);
+    await this.#events.insert(trx, rows);
+    return { ...moved, events: rows };
+  }
+
+  /** The move as one statement (PostgreSQL): the update, the writes that go with it and the events' insert as CTEs. */
+  async #moveInOne(runId: string, move: Move): Promise<MoveWritten | null> {
+    const rows = this.#events.numbered(runId, 0, move.events.length, move.events);
+    const ran = sql<string>`(SELECT id FROM moved)`;
+    const steps = [
+      sql`moved AS (${this.#update(this.#db, runId, move, rows.length)})`,
+      ...(move.also ?? []).map((write, i) => sql`${sql.id(`also${i}`)} AS (${write(this.#db, ran)})`),
+      ...(rows.length > 0 ? [sql`written AS (${this.#events.insertAfter("moved", rows)})`] : []),
+    ];
+    const { rows: out } = await sql<Moved & { event_seq: number }>`
+      WITH ${sql.join(steps)} SELECT attempt, cancel_requested, event_seq FROM moved`.execute(this.#db);
+    const moved = out[0];
+    if (!moved) return null;
+    const first = moved.event_seq - rows.length;
+    return { ...moved, events: rows.map((r) => ({ ...r, attempt: moved.attempt, seq: first + r.seq })) };
   }
 }
+
+/** A run's move from one status to another, with what goes with it. */
+export interface Move {
+  from: readonly RunStatus[];
+  to: RunStatus;
+  patch?: Partial<Omit<RunsTable, "id" | "status" | "event_seq">>;
+  events: NewEvent[];
+  /** The attempt whose own move this is. */
+  fence?: Fence;
+  /** Writes that go with the move, of rows of the run. */
+  also?: MoveWrite[];
+  /** More to write once the run moved, in the same transaction; its event goes before the move's last. */
+  extra?: (trx: Transaction<Database>) => Promise<NewEvent | null>;
+}
+
+/** The moved run's id, as a list to match `run_id in`: the id itself, or the move's own row in one statement. */
+export type MovedRun = readonly string[] | RawBuilder<string>;
+/** A write that goes with a move (a builder: it runs on its own, or as part of the move's statement). */
+export type MoveWrite = (db: Db, moved: MovedRun) => OperationNodeSource & { execute(): Promise<unknown> };
+
+/** What a move left of the run. */
+export type Moved = Pick<RunsTable, "attempt" | "cancel_requested">;
+type MoveWritten = Moved & { events: EventsTable[] };
 
 /** The event a run writes when it reaches a terminal status. */
 export function terminalEvent(

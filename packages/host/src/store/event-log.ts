@@ -5,7 +5,7 @@
  */
 import { EventEmitter } from "node:events";
 import { AppError, type RunEvent, RunEventBody, type RunEventOf, type RunEventType } from "@paddock/protocol";
-import type { Kysely } from "kysely";
+import { type Kysely, type RawBuilder, sql } from "kysely";
 import { z } from "zod";
 import { checkFence, type Fence } from "./fence.ts";
 import { HINT, type Hints, LocalHints } from "./hints.ts";
@@ -139,6 +139,19 @@ export class EventLog {
     return toRows(runId, attempt, last, events);
   }
 
+  /**
+   * The insert of `rows` (one run's, from numbered()) within the statement whose CTE `counter`
+   * took their sequence numbers, returning the run's id, attempt and event_seq as it left them: a
+   * state change and its events in one statement (PostgreSQL). The rows' seq and attempt are
+   * taken from the counter.
+   */
+  insertAfter(counter: string, rows: EventsTable[]): RawBuilder<unknown> {
+    return sql`INSERT INTO events (run_id, seq, attempt, type, ts, data)
+      SELECT c.id, c.event_seq - ${rows.length} + e.n, c.attempt, e.type, e.ts, e.data
+      FROM ${sql.table(counter)} AS c, unnest(${rows.map((r) => r.type)}::text[], ${rows.map((r) => r.ts)}::bigint[],
+        ${rows.map((r) => r.data)}::text[]) WITH ORDINALITY AS e(type, ts, data, n)`;
+  }
+
   /** Inserts numbered rows, of one run or of many, in the caller's transaction; publish() them after it commits. */
   async insert(trx: Db, rows: EventsTable[]): Promise<void> {
     // SQLite caps bound parameters per statement; 6 columns × 100 rows stays well under it.
@@ -155,7 +168,9 @@ export class EventLog {
    * events up to the last seq, and a queued run or a requested cancel among them.
    */
   publish(rows: EventsTable[]): void {
-    for (const row of rows) this.#bus.emit(row.run_id, toRunEvent(row));
+    for (const row of rows) {
+      if (this.#bus.listenerCount(row.run_id) > 0) this.#bus.emit(row.run_id, toRunEvent(row));
+    }
     const last = rows[rows.length - 1];
     if (!last || !this.#hints.shared) return;
     // Appends in the same turn of the event loop share one hint per run.
