@@ -10,7 +10,7 @@ import type { RunStatus } from "@paddock/protocol";
 import { type Kysely, sql, type Transaction } from "kysely";
 import type { Db, EventLog, NewEvent } from "../store/event-log.ts";
 import { type Fence, isLeaseLost } from "../store/fence.ts";
-import { type Dialect, dbNow, lockNames } from "../store/portable.ts";
+import { type Dialect, dbNow, lockNames, prepared } from "../store/portable.ts";
 import type { AttemptsTable, Database, EventsTable, RunsTable } from "../store/schema.ts";
 import { parseRunSpec } from "../store/stored.ts";
 import type { AttemptOutcome } from "./attempt.ts";
@@ -131,33 +131,37 @@ export class Claims {
    */
   async claimNext(room: Room): Promise<RunsTable[]> {
     const claimed: RunsTable[] = [];
-    if (room.runs <= 0) return claimed;
     const scan: Scan = { after: new Map(), passed: new Map() };
     let left = { roots: Math.max(0, room.roots), runs: room.runs };
-    let open = await this.#tenantsQueued();
-    while (left.runs > 0 && open.length > 0) {
-      const round = await this.#round(this.#turns(open), left, scan);
-      claimed.push(...round.claimed);
-      const roots = round.claimed.filter((r) => r.root_run_id === null).length;
-      left = { roots: left.roots - roots, runs: left.runs - round.claimed.length };
-      open = open.filter((t) => !round.done.has(t));
+    // Root and child runs while there is room for root runs; then child runs, if any are queued.
+    for (const childrenOnly of [false, true]) {
+      if (left.runs <= 0 || left.roots > 0 === childrenOnly) continue;
+      let open = await this.#tenantsQueued(childrenOnly);
+      while (left.runs > 0 && open.length > 0 && (left.roots > 0 || childrenOnly)) {
+        const round = await this.#round(this.#turns(open), left, scan);
+        claimed.push(...round.claimed);
+        const roots = round.claimed.filter((r) => r.root_run_id === null).length;
+        left = { roots: left.roots - roots, runs: left.runs - round.claimed.length };
+        open = open.filter((t) => !round.done.has(t));
+      }
     }
     return claimed;
   }
 
   /**
-   * The tenants with queued runs, in order: one index lookup per tenant (each finds the next
-   * tenant after the last), not a scan of every queued run.
+   * The tenants with queued runs (child runs only, with `children`), in order: one index lookup
+   * per tenant (each finds the next tenant after the last), not a scan of every queued run.
    */
-  async #tenantsQueued(): Promise<string[]> {
-    const { rows } = await sql<{ tenant_id: string }>`
+  async #tenantsQueued(children: boolean): Promise<string[]> {
+    const which = children ? sql`status = 'queued' AND root_run_id IS NOT NULL` : sql`status = 'queued'`;
+    const { rows } = await prepared(sql<{ tenant_id: string }>`
       WITH RECURSIVE queued(tenant_id) AS (
-        SELECT min(tenant_id) FROM runs WHERE status = 'queued'
+        SELECT min(tenant_id) FROM runs WHERE ${which}
         UNION ALL
-        SELECT (SELECT min(r.tenant_id) FROM runs AS r WHERE r.status = 'queued' AND r.tenant_id > queued.tenant_id)
+        SELECT (SELECT min(tenant_id) FROM runs WHERE ${which} AND tenant_id > queued.tenant_id)
         FROM queued WHERE queued.tenant_id IS NOT NULL
       )
-      SELECT tenant_id FROM queued WHERE tenant_id IS NOT NULL`.execute(this.#db);
+      SELECT tenant_id FROM queued WHERE tenant_id IS NOT NULL`).execute(this.#db);
     return rows.map((r) => r.tenant_id);
   }
 
@@ -237,11 +241,12 @@ export class Claims {
       .select(["id", "tenant_id", "agent_id", "spec", "serial_key", "root_run_id"])
       // Written as a literal, so that the planner can use the runs_queue index.
       .where("status", "=", sql.lit("queued"))
-      // The tenant as a range, and the order as the index's: with `tenant_id = $1` the order is by id
-      // alone, and a planner whose statistics say most runs are queued walks the primary key
-      // through every run that ended instead.
-      .where("tenant_id", ">=", tenant)
-      .where("tenant_id", "<=", tenant)
+      // On PostgreSQL the tenant as a range, with the index's order: given `tenant_id = $1` it orders
+      // by id alone, and with statistics that say most runs are queued (a backlog just queued) it
+      // walks the primary key through every run that ended. SQLite's planner finds the index by
+      // the equality.
+      .$if(this.#dialect === "postgres", (q) => q.where("tenant_id", ">=", tenant).where("tenant_id", "<=", tenant))
+      .$if(this.#dialect !== "postgres", (q) => q.where("tenant_id", "=", tenant))
       .where((eb) => eb.or([eb("not_before", "is", null), eb("not_before", "<=", now)]))
       .$if(after !== undefined, (q) => q.where("id", ">", after ?? ""))
       .$if(childrenOnly, (q) => q.where("root_run_id", "is not", null))

@@ -16,6 +16,7 @@ import { archived } from "../agents/agents.ts";
 import type { Db, EventLog, NewEvent } from "../store/event-log.ts";
 import type { Fence } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
+import { prepared } from "../store/portable.ts";
 import type { Database, EventsTable, RunsTable } from "../store/schema.ts";
 import { isoTime } from "../store/stored.ts";
 
@@ -258,8 +259,11 @@ export class RunRepository {
       ...(move.also ?? []).map((write, i) => sql`${sql.id(`also${i}`)} AS (${write(this.#db, ran)})`),
       ...(rows.length > 0 ? [sql`written AS (${this.#events.insertAfter("moved", rows)})`] : []),
     ];
-    const { rows: out } = await sql<Moved & { event_seq: number }>`
-      WITH ${sql.join(steps)} SELECT attempt, cancel_requested, event_seq FROM moved`.execute(this.#db);
+    const { rows: out } = await prepared(
+      sql<
+        Moved & { event_seq: number }
+      >`WITH ${sql.join(steps)} SELECT attempt, cancel_requested, event_seq FROM moved`,
+    ).execute(this.#db);
     const moved = out[0];
     if (!moved) return null;
     const first = moved.event_seq - rows.length;

@@ -96,10 +96,12 @@ export class PostgresHints extends LocalHints {
     const hints = this.#unsent.splice(0);
     if (this.#closed || hints.length === 0) return;
     this.#pool
-      .query("select pg_notify(h.channel, h.payload) from unnest($1::text[], $2::text[]) as h(channel, payload)", [
-        hints.map(([channel]) => channel),
-        hints.map(([, payload]) => payload),
-      ])
+      .query({
+        // Prepared once per connection: sent after nearly every write.
+        name: "paddock_hints",
+        text: "select pg_notify(h.channel, h.payload) from unnest($1::text[], $2::text[]) as h(channel, payload)",
+        values: [hints.map(([channel]) => channel), hints.map(([, payload]) => payload)],
+      })
       .catch(() => {});
   }
 

@@ -530,8 +530,9 @@ migrations["0012_runner_sources"] = {
 };
 
 migrations["0013_runs_queue"] = {
-  // The queue as claims read it: each tenant's queued runs, oldest first. Partial, so it holds only
-  // queued runs however many have ended; queries match it by naming status = 'queued' literally.
+  // The queue as claims read it: each tenant's queued runs, oldest first, and its queued child runs
+  // (taken when a node has no room left for root runs). Partial, so they hold only queued runs
+  // however many have ended; queries match them by naming their conditions literally.
   // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
   async up(db: Kysely<any>) {
     await db.schema
@@ -539,6 +540,14 @@ migrations["0013_runs_queue"] = {
       .on("runs")
       .columns(["tenant_id", "id"])
       .where(sql.ref("status"), "=", sql.lit("queued"))
+      .execute();
+    await db.schema
+      .createIndex("runs_queue_children")
+      .on("runs")
+      .columns(["tenant_id", "id"])
+      .where((eb) =>
+        eb.and([eb(sql.ref("status"), "=", sql.lit("queued")), eb(sql.ref("root_run_id"), "is not", null)]),
+      )
       .execute();
   },
 };
