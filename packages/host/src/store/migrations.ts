@@ -529,7 +529,7 @@ migrations["0012_runner_sources"] = {
   },
 };
 
-migrations["0013_runs_queue"] = {
+migrations["0017_runs_queue"] = {
   // The queue as claims read it: each tenant's queued runs, oldest first, and its queued child runs
   // (taken when a node has no room left for root runs). Partial, so they hold only queued runs
   // however many have ended; queries match them by naming their conditions literally.
