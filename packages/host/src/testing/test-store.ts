@@ -19,11 +19,11 @@ export interface TestStore {
   close(): Promise<void>;
 }
 
-/** A tenant and an agent of it in `db`, for rows that must name them. */
+/** A new tenant (named by its id, so that a store holds as many as asked for) and an agent of it in `db`, for rows that must name them. */
 export async function seedAgent(db: Kysely<Database>): Promise<{ tenant: string; agent: string }> {
   const tenant = newId("ten");
   const agent = newId("agt");
-  await db.insertInto("tenants").values({ id: tenant, name: "t", created_at: 0 }).execute();
+  await db.insertInto("tenants").values({ id: tenant, name: tenant, created_at: 0 }).execute();
   await db
     .insertInto("agents")
     .values({
