@@ -10,10 +10,9 @@ import { AgentSpec, DEFAULT_LIMITS } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { type OpenDatabase, openDatabase } from "../store/database.ts";
 import { EventLog } from "../store/event-log.ts";
-import { newId } from "../store/ids.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { forEachStore } from "../testing/stores.ts";
-import { seedAgent } from "../testing/test-store.ts";
+import { seedAgent, seedAgentOf } from "../testing/test-store.ts";
 import { ACTIVE, Claims, type ClaimsConfig } from "./claims.ts";
 import { RunRepository } from "./runs.ts";
 
@@ -70,24 +69,6 @@ forEachStore((store) =>
     };
 
     const tenantWithAgent = () => seedAgent(db);
-    /** Another agent of `tenant`. */
-    const agentOf = async (tenant: string) => {
-      const id = newId("agt");
-      await db
-        .insertInto("agents")
-        .values({
-          id,
-          tenant_id: tenant,
-          name: id,
-          spec: "{}",
-          current_version: 1,
-          version: 1,
-          archived_at: null,
-          created_at: 0,
-        })
-        .execute();
-      return id;
-    };
     const row = async (id: string) => db.selectFrom("runs").selectAll().where("id", "=", id).executeTakeFirstOrThrow();
     const queue = async (n: number, tenant: string, agent: string, s: AgentSpec, serialKey?: string) => {
       const runs = new RunRepository(db, new EventLog(db, { dialect: store.name }));
@@ -163,8 +144,8 @@ forEachStore((store) =>
     test("passes over runs a limit holds back for the next ones, and takes them once the limit allows", async () => {
       const { tenant, agent } = await tenantWithAgent();
       const single = await queue(3, tenant, agent, spec({ max_concurrent_runs: 1 }));
-      const serial = await queue(2, tenant, await agentOf(tenant), spec(), "schedule:s1");
-      const free = await queue(1, tenant, await agentOf(tenant), spec());
+      const serial = await queue(2, tenant, await seedAgentOf(db, tenant), spec(), "schedule:s1");
+      const free = await queue(1, tenant, await seedAgentOf(db, tenant), spec());
       const n = await node("passes");
       const claimed = (await n.claims.claimNext({ roots: 10, runs: 10 })).map((r) => r.id);
       const among = (group: string[]) => claimed.filter((id) => group.includes(id)).length;
