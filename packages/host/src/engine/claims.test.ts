@@ -121,6 +121,36 @@ forEachStore((store) =>
       for (const run of [...claimed, ...rest]) await finish(n, run);
     });
 
+    test("leaves a run queued until it is due (a retry's backoff)", async () => {
+      const waiting = await tenantWithAgent();
+      const [later] = await queue(1, waiting.tenant, waiting.agent, spec());
+      const ready = await tenantWithAgent();
+      const [now] = await queue(1, ready.tenant, ready.agent, spec());
+      await db
+        .updateTable("runs")
+        .set({ not_before: Date.now() + 60_000 })
+        .where("id", "=", later ?? "")
+        .execute();
+      const n = await node("due");
+      const claimed = await n.claims.claimNext({ roots: 1, runs: 1 });
+      assert.deepEqual(
+        claimed.map((r) => r.id),
+        [now],
+      );
+      assert.deepEqual(await n.claims.claimNext({ roots: 1, runs: 1 }), []);
+      await db
+        .updateTable("runs")
+        .set({ not_before: Date.now() })
+        .where("id", "=", later ?? "")
+        .execute();
+      const due = await n.claims.claimNext({ roots: 1, runs: 1 });
+      assert.deepEqual(
+        due.map((r) => r.id),
+        [later],
+      );
+      for (const run of [...claimed, ...due]) await finish(n, run);
+    });
+
     test("gives each tenant its turn, so that one tenant's flood does not hold another's run back", async () => {
       const flood = await tenantWithAgent();
       const quiet = await tenantWithAgent();

@@ -149,11 +149,15 @@ export class Claims {
   }
 
   /**
-   * The tenants with queued runs (child runs only, with `children`), in order: one index lookup
-   * per tenant (each finds the next tenant after the last), not a scan of every queued run.
+   * The tenants with queued runs that are due (child runs only, with `children`), in order: one
+   * index lookup per tenant (each finds the next tenant after the last), not a scan of every
+   * queued run.
    */
   async #tenantsQueued(children: boolean): Promise<string[]> {
-    const which = children ? sql`status = 'queued' AND root_run_id IS NOT NULL` : sql`status = 'queued'`;
+    const due = sql`(not_before IS NULL OR not_before <= ${Date.now()})`;
+    const which = children
+      ? sql`status = 'queued' AND root_run_id IS NOT NULL AND ${due}`
+      : sql`status = 'queued' AND ${due}`;
     const { rows } = await prepared(sql<{ tenant_id: string }>`
       WITH RECURSIVE queued(tenant_id) AS (
         SELECT min(tenant_id) FROM runs WHERE ${which}
