@@ -199,36 +199,47 @@ export class Claims {
         if (last) scan.after.set(tenant, last.id);
         offers.push(offer);
       }
-      const tally = await this.#tally(trx, offers.flat());
-      const taken: Candidate[] = [];
-      const next = offers.map(() => 0);
-      let roots = room.roots;
-      for (let gave = true; gave && taken.length < room.runs; ) {
-        gave = false;
-        for (const [i, offer] of offers.entries()) {
-          for (let c = offer[next[i] ?? 0]; c && taken.length < room.runs; c = offer[next[i] ?? 0]) {
-            next[i] = (next[i] ?? 0) + 1;
-            // No room for root runs left: only child runs are taken.
-            if (c.root_run_id === null && roots === 0) continue;
-            if (tally.blocks(c)) {
-              const passed = (scan.passed.get(c.tenant_id) ?? 0) + 1;
-              scan.passed.set(c.tenant_id, passed);
-              if (passed >= PASS_LIMIT) done.add(c.tenant_id);
-              continue;
-            }
-            tally.add(c);
-            taken.push(c);
-            if (c.root_run_id === null) roots--;
-            this.#lastTenant = c.tenant_id;
-            gave = true;
-            break;
-          }
-        }
-      }
+      const taken = this.#choose(offers, await this.#tally(trx, offers.flat()), room, scan, done);
       return taken.length === 0 ? { runs: [], events: [] } : this.#take(trx, taken);
     });
     this.#events.publish(result.events);
     return { claimed: result.runs, done };
+  }
+
+  /**
+   * Of the tenants' offers, the runs to take: the tenants take turns, each giving its next run that
+   * no limit holds back (and, once the room for root runs is full, only child runs), until the room
+   * is full or the offers run out. Runs held back count as passed over, and a tenant that passed
+   * over too many is `done`.
+   */
+  #choose(offers: Candidate[][], tally: Tally, room: Room, scan: Scan, done: Set<string>): Candidate[] {
+    const taken: Candidate[] = [];
+    let roots = room.roots;
+    const giveFrom = (offer: Iterator<Candidate>): Candidate | undefined => {
+      for (let next = offer.next(); !next.done; next = offer.next()) {
+        const c = next.value;
+        if (c.root_run_id === null && roots === 0) continue;
+        if (!tally.blocks(c)) return c;
+        const passed = (scan.passed.get(c.tenant_id) ?? 0) + 1;
+        scan.passed.set(c.tenant_id, passed);
+        if (passed >= PASS_LIMIT) done.add(c.tenant_id);
+      }
+      return undefined;
+    };
+    const turns = offers.map((offer) => offer.values());
+    for (let gave = true; gave && taken.length < room.runs; ) {
+      gave = false;
+      for (const offer of turns) {
+        const c = taken.length < room.runs ? giveFrom(offer) : undefined;
+        if (!c) continue;
+        tally.add(c);
+        taken.push(c);
+        if (c.root_run_id === null) roots--;
+        this.#lastTenant = c.tenant_id;
+        gave = true;
+      }
+    }
+    return taken;
   }
 
   /** A tenant's next `limit` queued, due runs after `after`, oldest first (only child runs with `childrenOnly`). */
