@@ -10,6 +10,7 @@ setup:
 
 build: setup
 	@$(NODE) packages/runner/build.ts
+	@$(NODE) packages/ui/build.ts
 
 base-image: build
 	@bin/paddock images build-base --data-dir $(DATA_DIR)
@@ -22,6 +23,7 @@ lint: setup
 
 typecheck: setup
 	@tsc -p tsconfig.json
+	@tsc -p packages/ui/tsconfig.json
 
 test: base-image lint typecheck
 	@PADDOCK_TEST_DATA=$(DATA_DIR) $(NODE) --test --test-concurrency=1 --test-timeout=600000 \

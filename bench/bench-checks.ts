@@ -1,5 +1,6 @@
 /** Checks the bench tests share: what a figure must satisfy, never how fast anything was. */
 import assert from "node:assert/strict";
+import type { ObservabilityResult } from "./observability.ts";
 import type { Dist } from "./stats.ts";
 
 /**
@@ -15,4 +16,16 @@ export function assertAdded(added: { p50: number; p99: number }, via: Dist, dire
     assert.ok(direct[q] > 0 && Number.isFinite(via[q]), shown);
     assert.ok(added[q] <= via[q], shown);
   }
+}
+
+/**
+ * Checks the observability comparison: `rounds` samples of every variant, a finite rise of each
+ * traced one over `off`, and one span exported for each of its `tracedCalls` calls, none dropped.
+ */
+export function assertObservability(result: ObservabilityResult, rounds: number, tracedCalls: number): void {
+  assert.deepEqual(Object.keys(result.latency_ms), ["off", "tracing"]);
+  for (const d of Object.values(result.latency_ms)) assert.equal(d.n, rounds);
+  const rise = result.rise_ms.tracing;
+  assert.ok(rise && Number.isFinite(rise.p50) && Number.isFinite(rise.p99), JSON.stringify(result.rise_ms));
+  assert.deepEqual(result.spans, { exported: tracedCalls, dropped: 0 });
 }

@@ -9,7 +9,7 @@ import { readdir } from "node:fs/promises";
 import { describe, it } from "node:test";
 import { e2eSkip } from "../packages/host/src/testing/e2e-skip.ts";
 import { hostSkipReason, testImagesDir } from "../packages/host/src/testing/harness.ts";
-import { assertAdded } from "./bench-checks.ts";
+import { assertAdded, assertObservability } from "./bench-checks.ts";
 import { bridgeBench } from "./bridge.ts";
 
 describe("bench bridge", { skip: e2eSkip(hostSkipReason()) }, () => {
@@ -29,8 +29,10 @@ describe("bench bridge", { skip: e2eSkip(hostSkipReason()) }, () => {
       assert.ok(us > 0 && Number.isFinite(us), JSON.stringify(result.verify_us));
     assert.equal(result.throughput.errors, 0);
     assert.ok(result.throughput.bridge_calls_per_s > 0 && result.throughput.direct_calls_per_s > 0);
-    // Every bridged call was recorded: warm-ups, the measured pairs and both throughput phases.
-    assert.equal(result.events_recorded, 100 + 40 + 3 * (1 + 20));
+    // Every bridged call was recorded: warm-ups, the measured pairs, both throughput phases, and
+    // the observability variants' warm-ups and rounds.
+    assert.equal(result.events_recorded, 100 + 40 + 3 * (1 + 20) + 2 * (50 + 40));
+    assertObservability(result.observability, 40, 50 + 40);
     // Its own namespaces are gone (other hosts on the machine may come and go meanwhile).
     const left = (await readdir("/run/netns").catch(() => [] as string[])).filter((n) =>
       n.startsWith(`paddock-${instance}-`),

@@ -15,6 +15,8 @@
  * - verify_us: a run token check without the verified-token cache, with it, and a bare Ed25519
  *   signature check (the floor of the former).
  * - throughput: N sandboxes at once, each sending its calls back to back, bridged then direct.
+ * - observability: the same bridge with tracing off and on (see observability.ts), each on its own
+ *   port, called in turn from the latency sandbox after its pairs; what each variant adds to `off`.
  * Audit events are counted in memory here; the engine writes them in group commits after the
  * answer has gone, off the call's path.
  */
@@ -35,6 +37,7 @@ import { SandboxNetwork } from "../packages/host/src/sandbox/linux/network.ts";
 import { makeRunnerDir } from "../packages/host/src/sandbox/linux/test-support.ts";
 import { openSqlite } from "../packages/host/src/store/sqlite.ts";
 import { DEFAULT_LIMITS } from "../packages/protocol/src/limits.ts";
+import { INTERLEAVE, type ObservabilityResult, startObservability, VARIANTS } from "./observability.ts";
 import { admitSandbox, BENCH_TENANT, openBenchStore } from "./parts.ts";
 import { type Dist, dist } from "./stats.ts";
 import { measureThenTearDown } from "./teardown.ts";
@@ -66,6 +69,8 @@ export interface BridgeBenchResult {
     errors: number;
   };
   events_recorded: number;
+  /** The bridge with each observability variant, side by side: what tracing (and later metrics) adds. */
+  observability: ObservabilityResult;
   peers: Record<string, number>;
   notes: string;
 }
@@ -74,6 +79,7 @@ export interface BridgeBenchResult {
 const CALLER = `
 import http from "node:http";
 import { readFileSync } from "node:fs";
+${INTERLEAVE}
 const [mode, n] = process.argv.slice(2);
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 const lines = [];
@@ -85,6 +91,9 @@ await next();
 const token = readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
 const bridge = new URL(process.env.PADDOCK_BRIDGE_URL + "/bridge/bench/echo/x");
 const direct = new URL(process.env.BENCH_UPSTREAM + "/echo/x");
+const variants = Object.fromEntries(
+  Object.entries(JSON.parse(process.env.BENCH_VARIANTS)).map(([name, base]) => [name, new URL(base + "/bridge/bench/echo/x")]),
+);
 function call(url, auth) {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
@@ -103,6 +112,8 @@ if (mode === "latency") {
     if (i % 2) { out.bridge.push(await call(bridge, true)); out.direct.push(await call(direct, false)); }
     else { out.direct.push(await call(direct, false)); out.bridge.push(await call(bridge, true)); }
   }
+  for (let i = 0; i < 50; i++) for (const url of Object.values(variants)) await call(url, true);
+  out.variants = await interleave(Object.keys(variants), count, (name) => call(variants[name], true));
   console.log(JSON.stringify(out));
 } else {
   await call(bridge, true); await call(direct, false);
@@ -188,7 +199,8 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
   });
   const handles: SandboxHandle[] = [];
   let upstream: { url: string; server: http.Server } | undefined;
-  let bridge: Bridge | undefined;
+  const bridges: Bridge[] = [];
+  let observability: Awaited<ReturnType<typeof startObservability>> | undefined;
   let runnerDir: string | undefined;
   const measure = async (): Promise<BridgeBenchResult> => {
     const tenant = BENCH_TENANT;
@@ -196,12 +208,22 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
     const connections = new Connections(db);
     const live = new LiveSandboxes();
     let events = 0;
-    bridge = new Bridge({ live, tokens, connections, secrets, rateLimits: new TokenBucket(), log: () => {} });
+    const rateLimits = new TokenBucket();
+    observability = await startObservability();
+    const obs = observability;
 
     await network.start();
     upstream = await startUpstream(network.hostAddress);
-    const bridgePort = await bridge.listen(network.hostAddress);
-    await network.allowPort(bridgePort);
+    // One bridge per observability variant on its own port; the first (off) is the one measured against direct.
+    const variantUrls: Record<string, string> = {};
+    for (const variant of VARIANTS) {
+      const b = new Bridge({ live, tokens, connections, secrets, rateLimits, log: () => {}, ...obs.depsOf(variant) });
+      bridges.push(b);
+      const port = await b.listen(network.hostAddress);
+      await network.allowPort(port);
+      variantUrls[variant.name] = `http://${network.hostAddress}:${port}`;
+    }
+    const bridgeUrl = variantUrls[VARIANTS[0]?.name ?? ""] as string;
     // The floor's path: the same upstream, straight over the sandbox's link (this benchmark only).
     await network.allowPort(Number(new URL(upstream.url).port));
     await secrets.set(tenant, "bench-token", randomBytes(24).toString("hex"));
@@ -218,7 +240,6 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
 
     const rootfs = (await new ImageStore({ imagesDir: opts.imagesDir }).resolve("default")).rootfs;
     runnerDir = await makeRunnerDir();
-    const bridgeUrl = `http://${network.hostAddress}:${bridgePort}`;
     let seq = 0;
     const boot = async (mode: "latency" | "throughput", n: number): Promise<SandboxHandle> => {
       const n0 = ++seq;
@@ -234,14 +255,21 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
           PADDOCK_BRIDGE_URL: bridgeUrl,
           PADDOCK_TOKEN_FILE: "/run/paddock/token",
           BENCH_UPSTREAM: upstream?.url ?? "",
+          BENCH_VARIANTS: JSON.stringify(variantUrls),
         },
         cwd: "/",
         network: true,
       });
       handles.push(handle);
-      await admitSandbox(handle, { tokens, live }, `run_bench${n0}`, ["bridge:bench"], () => {
+      const run = `run_bench${n0}`;
+      const record = () => {
         events++;
-      });
+      };
+      await admitSandbox(
+        handle,
+        { tokens, live },
+        { run, scopes: ["bridge:bench"], record, trace: obs.attemptSpan(run).ref },
+      );
       handle.stdin.write("start\n");
       return handle;
     };
@@ -249,7 +277,11 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
     // Latency: one sandbox, pairs of calls.
     const one = await boot("latency", opts.calls);
     const read = lineReader(one);
-    const samples = JSON.parse(await read()) as { direct: number[]; bridge: number[] };
+    const samples = JSON.parse(await read()) as {
+      direct: number[];
+      bridge: number[];
+      variants: Record<string, number[]>;
+    };
     const direct = dist(samples.direct);
     const bridged = dist(samples.bridge);
 
@@ -325,6 +357,7 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
         errors: viaBridge.errors + straight.errors,
       },
       events_recorded: events,
+      observability: await obs.result(samples.variants),
       peers: {
         litellm_added_ms_p50: 4.3,
         portkey_added_ms_p50: 2.4,
@@ -333,12 +366,14 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
       },
       notes:
         "added_ms = bridged minus direct per percentile, same sandbox, same link, interleaved; verify_us uncached is the " +
-        "full check (signature, header, claims), cached skips the signature for a token already verified",
+        "full check (signature, header, claims), cached skips the signature for a token already verified; " +
+        "observability: one bridge per variant (tracing off, on), called in turn from one sandbox, rise_ms = each minus off",
     };
   };
   return measureThenTearDown("bridge", measure, async () => {
     await Promise.all(handles.map((h) => h.destroy().catch(() => {})));
-    await bridge?.close();
+    for (const b of bridges) await b.close();
+    await observability?.close();
     upstream?.server.closeAllConnections();
     upstream?.server.close();
     await driver.reapOrphans().catch(() => {});

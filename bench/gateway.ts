@@ -19,6 +19,8 @@
  *   forwards, reads the provider's usage and settles (two ledger transactions); Portkey forwards
  *   the key the caller sends.
  * - ttft_added_ms {p50, p99}: Paddock's, for the first content chunk of a streamed completion.
+ * - observability: Paddock's gateway with tracing off and on (see observability.ts), each behind
+ *   its own bridge port, whole calls in turn after Portkey's pairs; what each variant adds to `off`.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -45,6 +47,7 @@ import { openSqlite } from "../packages/host/src/store/sqlite.ts";
 import { type LlmStandIn, startLlmStandIn } from "../packages/host/src/testing/llm-stand-in.ts";
 import { DEFAULT_LIMITS } from "../packages/protocol/src/limits.ts";
 import { lineReader } from "./bridge.ts";
+import { INTERLEAVE, type ObservabilityResult, startObservability, VARIANTS } from "./observability.ts";
 import { admitSandbox, BENCH_TENANT, openBenchStore } from "./parts.ts";
 import { type Dist, dist } from "./stats.ts";
 import { measureThenTearDown } from "./teardown.ts";
@@ -76,6 +79,8 @@ export interface GatewayBenchResult {
   ttft_ms: { direct: Dist; paddock: Dist };
   calls_settled: number;
   events_recorded: number;
+  /** Paddock's gateway with each observability variant, side by side: what tracing (and later metrics) adds. */
+  observability: ObservabilityResult;
   /** Requests the stand-in provider answered, by all paths. */
   provider_calls: number;
   peer_versions: { portkey: string };
@@ -86,11 +91,13 @@ export interface GatewayBenchResult {
 
 /**
  * Runs in the sandbox: N pairs of whole calls direct and through Paddock, N pairs direct and
- * through Portkey, then N pairs of streamed ones (direct and Paddock); one JSON line.
+ * through Portkey, N rounds of whole calls through each observability variant, then N pairs of
+ * streamed ones (direct and Paddock); one JSON line.
  */
 const CALLER = `
 import http from "node:http";
 import { readFileSync } from "node:fs";
+${INTERLEAVE}
 const n = Number(process.argv[2]);
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 await new Promise((r) => process.stdin.once("data", r));
@@ -104,6 +111,10 @@ const paths = {
     "x-portkey-custom-host": process.env.BENCH_UPSTREAM + "/v1",
   }],
 };
+const variants = Object.keys(JSON.parse(process.env.BENCH_VARIANTS));
+for (const [name, base] of Object.entries(JSON.parse(process.env.BENCH_VARIANTS))) {
+  paths["variant:" + name] = [new URL(base + "/v1/chat/completions"), paths.paddock[1]];
+}
 const body = (stream) => JSON.stringify({ model: "bench-model", max_tokens: 64, stream, messages: [{ role: "user", content: "say hello in a few words" }] });
 function call(path, stream) {
   const [url, auth] = paths[path];
@@ -129,6 +140,8 @@ const pairs = async (via, floor) => {
 };
 await pairs("paddock", "direct");
 await pairs("portkey", "direct_portkey");
+for (let i = 0; i < 50; i++) for (const name of variants) await call("variant:" + name, false);
+out.variants = await interleave(variants, n, async (name) => (await call("variant:" + name, false))[0]);
 for (let i = 0; i < n; i++) {
   for (const path of i % 2 ? ["paddock", "direct"] : ["direct", "paddock"]) out["ttft_" + path].push((await call(path, true))[1]);
 }
@@ -185,8 +198,9 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
   const driver = new LinuxSandboxDriver({ runDir: `/run/paddock/bench-${id}`, instance: `bench-${id}`, network });
   let handle: SandboxHandle | undefined;
   let stand: LlmStandIn | undefined;
-  let bridge: Bridge | undefined;
-  let gateway: Gateway | undefined;
+  const bridges: Bridge[] = [];
+  const gateways: Gateway[] = [];
+  let observability: Awaited<ReturnType<typeof startObservability>> | undefined;
   let portkey: ChildProcess | undefined;
   let runnerDir: string | undefined;
   const measure = async (): Promise<GatewayBenchResult> => {
@@ -195,23 +209,44 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
     const providers = new Providers(db);
     const ledger = new Ledger(db);
     const rateLimits = new TokenBucket();
-    gateway = new Gateway({ providers, ledger, secrets, rateLimits, budgetOf: async () => ({}), log: () => {} });
     const live = new LiveSandboxes();
+    const connections = new Connections(db);
     let events = 0;
-    bridge = new Bridge({
-      live,
-      tokens,
-      connections: new Connections(db),
-      secrets,
-      rateLimits,
-      routes: [gateway],
-      log: () => {},
-    });
+    observability = await startObservability();
+    const obs = observability;
 
     await network.start();
     stand = await startLlmStandIn(network.hostAddress);
-    const port = await bridge.listen(network.hostAddress);
-    await network.allowPort(port);
+    // One gateway (behind its bridge) per observability variant, each on its own port; the first
+    // (off) is the one measured against direct and Portkey.
+    const variantUrls: Record<string, string> = {};
+    for (const variant of VARIANTS) {
+      const deps = obs.depsOf(variant);
+      const gateway = new Gateway({
+        providers,
+        ledger,
+        secrets,
+        rateLimits,
+        budgetOf: async () => ({}),
+        log: () => {},
+        ...deps,
+      });
+      const bridge = new Bridge({
+        live,
+        tokens,
+        connections,
+        secrets,
+        rateLimits,
+        routes: [gateway],
+        log: () => {},
+        ...deps,
+      });
+      gateways.push(gateway);
+      bridges.push(bridge);
+      const port = await bridge.listen(network.hostAddress);
+      await network.allowPort(port);
+      variantUrls[variant.name] = `http://${network.hostAddress}:${port}`;
+    }
     // The floor's path: the same provider, straight over the sandbox's link (this benchmark only).
     await network.allowPort(Number(new URL(stand.url).port));
     // The peer's path: Portkey on the host side of the same link, calling the same stand-in.
@@ -239,24 +274,27 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
       argv: ["/opt/paddock/runner/node", "/app/caller.mjs", String(opts.calls)],
       env: {
         PATH: "/usr/bin:/bin",
-        PADDOCK_BRIDGE_URL: `http://${network.hostAddress}:${port}`,
+        PADDOCK_BRIDGE_URL: variantUrls[VARIANTS[0]?.name ?? ""] as string,
         PADDOCK_TOKEN_FILE: "/run/paddock/token",
         BENCH_UPSTREAM: stand.url,
         BENCH_PORTKEY: `http://${network.hostAddress}:${peer.port}`,
         BENCH_PROVIDER_KEY: providerKey,
+        BENCH_VARIANTS: JSON.stringify(variantUrls),
       },
       cwd: "/",
       network: true,
     });
-    await admitSandbox(handle, { tokens, live }, "run_bench", ["llm"], () => {
+    const record = () => {
       events++;
-    });
+    };
+    const trace = obs.attemptSpan("run_bench").ref;
+    await admitSandbox(handle, { tokens, live }, { run: "run_bench", scopes: ["llm"], record, trace });
     const read = lineReader(handle);
     handle.stdin.write("start\n");
     const samples = JSON.parse(await read()) as Record<
       "direct" | "paddock" | "portkey" | "direct_portkey" | "ttft_direct" | "ttft_paddock",
       number[]
-    >;
+    > & { variants: Record<string, number[]> };
     const direct = dist(samples.direct);
     const paddock = dist(samples.paddock);
     const viaPortkey = dist(samples.portkey);
@@ -281,6 +319,7 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
       ttft_ms: { direct: ttftDirect, paddock: ttftPaddock },
       calls_settled: bill.calls.filter((c) => c.status === "settled").length,
       events_recorded: events,
+      observability: await obs.result(samples.variants),
       provider_calls: stand.seen.length,
       peer_versions: { portkey: peer.version },
       peers: { litellm_added_ms_p50: 4.3, portkey_added_ms_p50: 2.4, bifrost_added_ms_p50: 0.44 },
@@ -288,13 +327,15 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
         "added_ms = each gateway minus the direct calls paired with it, per percentile, same sandbox, same link; every Paddock call " +
         "verifies the run token, reserves and settles credits in SQLite and attaches the provider key; Portkey " +
         "(run with its defaults, --headless) forwards the key the caller sends. Streams are measured for Paddock " +
-        "only: Portkey 1.15.2 on Node 24 answers streamed chat completions with 500. peers: published medians.",
+        "only: Portkey 1.15.2 on Node 24 answers streamed chat completions with 500. peers: published medians. " +
+        "observability: one gateway per variant (tracing off, on), called in turn from the same sandbox, rise_ms = each minus off",
     };
   };
   return measureThenTearDown("gateway", measure, async () => {
     await handle?.destroy().catch(() => {});
-    await bridge?.close();
-    gateway?.close();
+    for (const bridge of bridges) await bridge.close();
+    for (const gateway of gateways) gateway.close();
+    await observability?.close();
     if (portkey && portkey.exitCode === null && portkey.signalCode === null) {
       const exited = once(portkey, "exit");
       portkey.kill();

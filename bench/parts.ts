@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Kysely } from "kysely";
-import type { LiveSandboxes } from "../packages/host/src/bridge/live.ts";
+import type { LiveSandbox, LiveSandboxes } from "../packages/host/src/bridge/live.ts";
 import { RunTokens } from "../packages/host/src/bridge/tokens.ts";
 import type { SandboxHandle } from "../packages/host/src/sandbox/driver.ts";
 import { Secrets } from "../packages/host/src/secrets/secrets.ts";
@@ -32,14 +32,16 @@ export async function openBenchStore(
   return { secrets: new Secrets(db, vault), tokens };
 }
 
-/** Puts a run token for `run` in the sandbox and lists it with the bridge; `record` counts its events. */
+/**
+ * Puts a run token for `run` in the sandbox and lists it with the bridge; `record` counts its
+ * events; `trace`, an attempt span, is where traced services put its calls' spans.
+ */
 export async function admitSandbox(
   handle: SandboxHandle,
   deps: { tokens: RunTokens; live: LiveSandboxes },
-  run: string,
-  scopes: string[],
-  record: () => void,
+  as: { run: string; scopes: string[]; record: () => void; trace?: LiveSandbox["trace"] },
 ): Promise<void> {
+  const { run, scopes, record, trace } = as;
   const address = handle.address as string;
   const common = { attempt: 1, tenant: BENCH_TENANT, agent: "agt_bench" };
   const { token } = await deps.tokens.mint({ ...common, run, addr: address, sandbox: handle.id, scopes });
@@ -53,5 +55,6 @@ export async function admitSandbox(
     tenantId: BENCH_TENANT,
     agentId: common.agent,
     record,
+    ...(trace ? { trace } : {}),
   });
 }

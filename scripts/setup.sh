@@ -5,7 +5,10 @@ cd "$(dirname "$0")/.."
 
 NODE_VERSION=24.21.0
 # postgresql-15: the tests start private PostgreSQL servers from its binaries (/usr/lib/postgresql/15/bin).
-APT_PACKAGES=(bubblewrap debootstrap util-linux e2fsprogs zstd iproute2 nftables ca-certificates curl openssl attr postgresql-15)
+# prometheus: its promtool checks what GET /metrics answers, in the tests.
+# chromium, fonts-liberation: the dashboard's browser tests drive Debian's Chromium (playwright-core).
+APT_PACKAGES=(bubblewrap debootstrap util-linux e2fsprogs zstd iproute2 nftables ca-certificates curl openssl attr postgresql-15
+  prometheus chromium fonts-liberation)
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "setup: run as root (the sandbox driver needs it)" >&2; exit 1; }; }
 

@@ -6,7 +6,7 @@ import { describe, it } from "node:test";
 import { parseCommand, parseKeyValues, parseNumber, UsageError, wantsHelp } from "./args.ts";
 import { agentBody, parseCreate, parseUpdate } from "./commands/agents.ts";
 import type { Context } from "./context.ts";
-import { main } from "./main.ts";
+import { commandRows, main } from "./main.ts";
 
 function capture(): Context & { stdout: string[]; stderr: string[] } {
   const stdout: string[] = [];
@@ -181,6 +181,36 @@ describe("main", () => {
     const group = capture();
     assert.equal(await main(["agents", "--help"], group), 0);
     assert.match(group.stdout.join("\n"), /agents show/);
+  });
+
+  it("keeps every command name in the help apart from its summary, in one column", async () => {
+    /** Where each row's summary starts: two spaces or more after its name, or on the next line. */
+    const columns = (text: string, rows: readonly (readonly [string, string])[]) =>
+      rows.map(([name, summary]) => {
+        const lines = text.split("\n");
+        const at = lines.findIndex((line) => line === `  ${name}` || line.startsWith(`  ${name}  `));
+        assert.ok(at >= 0, `'${name}' has a line of its own:\n${text}`);
+        const own = lines[at] === `  ${name}`;
+        const line = own ? (lines[at + 1] ?? "") : (lines[at] ?? "");
+        const column = line.indexOf(summary, own ? 0 : name.length + 4);
+        assert.ok(column > 0 && line.slice(own ? 0 : name.length + 2, column).trim() === "", `${name}: ${line}`);
+        return column;
+      });
+    const top = capture();
+    await main(["--help"], top);
+    const rows = commandRows();
+    assert.equal(new Set(columns(top.stdout.join("\n"), rows)).size, 1);
+    for (const [name] of rows.filter(([n]) => n.includes(" "))) {
+      const [group = "", subs = ""] = name.split(" ");
+      const help = capture();
+      await main([group, "--help"], help);
+      const text = help.stdout.join("\n");
+      const subRows = subs.split("|").map((sub) => {
+        const line = text.split("\n").find((l) => l.startsWith(`  ${group} ${sub} `)) ?? "";
+        return [`${group} ${sub}`, line.slice(group.length + sub.length + 3).trim()] as const;
+      });
+      assert.equal(new Set(columns(text, subRows)).size, 1, text);
+    }
   });
 
   it("exits 2 on an unknown command, subcommand or flag", async () => {

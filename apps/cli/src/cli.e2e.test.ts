@@ -105,8 +105,10 @@ describe("paddock CLI against a real host", { skip: e2eSkip(hostSkipReason()) },
     }
   });
 
-  it("serve wrote the admin key it printed, and health answers", async () => {
+  it("serve wrote the admin key it printed, with its dashboard and starting credits, and health answers", async () => {
     assert.equal(readFileSync(join(dataDir, "admin.key"), "utf8").trim(), adminKey);
+    assert.match(server.output(), new RegExp(`^dashboard: ${url}/ui \\(sign in with the admin API key\\)$`, "m"));
+    assert.match(server.output(), /^the host's own tenant starts with 10 credits /m);
     const r = await cli(["health"], { PADDOCK_URL: url });
     assert.equal(r.code, 0, show(r));
     assert.match(r.stdout, /"ok":true/);
@@ -225,6 +227,35 @@ describe("paddock CLI against a real host", { skip: e2eSkip(hostSkipReason()) },
     assert.equal(logs.code, 0, show(logs));
     assert.match(logs.stdout, /^loaded 96 rows: 4 regions, 24 months$/m);
     assert.match(logs.stdout, /^\+\d+\.\d{3}s +run\.succeeded /m);
+  });
+
+  it("replays the run with an edited input: a run of its own that names the run it replays", async () => {
+    const replayed = await cli(["runs", "replay", runId, "--input", '{"region": "south"}', "--follow"], env);
+    assert.equal(replayed.code, 0, show(replayed));
+    const lines = replayed.stdout.trimEnd().split("\n");
+    const replayId = /^run (run_[0-9a-z]+) \(replays run_[0-9a-z]+\)$/.exec(lines[0] ?? "")?.[1];
+    assert.ok(replayId, show(replayed));
+    assert.match(lines.at(-1) ?? "", new RegExp(`^run ${replayId} succeeded`));
+    const shown = JSON.parse((await cli(["runs", "show", replayId, "--json"], env)).stdout);
+    assert.equal(shown.trigger, "replay");
+    assert.equal(shown.replay_of, runId);
+    assert.deepEqual(shown.input, { region: "south" });
+
+    // Without an input it runs again with the run's own; only replays are listed with --trigger replay.
+    const again = await cli(["runs", "replay", replayId], env);
+    assert.equal(again.code, 0, show(again));
+    const list = await cli(["runs", "list", "--trigger", "replay", "--json"], env);
+    const replays = JSON.parse(list.stdout) as { id: string; input: unknown; replay_of: string }[];
+    assert.deepEqual(
+      replays.map((r) => [r.id, r.replay_of, r.input]),
+      [
+        [again.stdout.trim(), replayId, { region: "south" }],
+        [replayId, runId, { region: "south" }],
+      ],
+    );
+    const unknown = await cli(["runs", "replay", `run_${"z".repeat(26)}`], env);
+    assert.equal(unknown.code, 1, show(unknown));
+    assert.match(unknown.stderr, /error not_found: No run 'run_z+'/);
   });
 
   it("updates an agent to a new version and deletes it; its runs stay readable", async () => {
@@ -430,6 +461,7 @@ describe("following a run across a host restart", { skip: e2eSkip(hostSkipReason
 
       assert.equal(await server.stop(), 0, server.output());
       server = await serve(dataDir, port);
+      assert.doesNotMatch(server.output(), /starts with/, "the starting credits are granted once");
       const code = await exited;
       assert.equal(code, 0, `logs --follow exited ${code}:\n${out}\n${err}`);
 

@@ -20,6 +20,9 @@ import {
   FreezeResult,
   Model,
   NodeInfo,
+  type NotificationCreateInput,
+  NotificationDelivery,
+  NotificationSubscription,
   Page,
   Provider,
   type ProviderPutInput,
@@ -27,6 +30,7 @@ import {
   RunCredits,
   RunEventRead,
   Runner,
+  type RunReplay,
   type RunStatus,
   Schedule,
   type ScheduleCreateInput,
@@ -71,6 +75,8 @@ interface RequestOptions {
   form?: FormData;
   headers?: Record<string, string>;
   signal?: AbortSignal;
+  /** The path is the host's own (such as /metrics), not under /v1. */
+  unversioned?: boolean;
 }
 
 export interface ClientOptions {
@@ -115,7 +121,7 @@ export class Client {
       headers["content-type"] = "application/json";
       body = JSON.stringify(options.body);
     }
-    const url = this.url(path, options.query);
+    const url = options.unversioned ? `${this.baseUrl}${path}` : this.url(path, options.query);
     let res: Response;
     try {
       res = await fetch(url, { method, headers, body, signal: options.signal ?? null, redirect: "error" });
@@ -173,6 +179,12 @@ export class Client {
   async health(): Promise<unknown> {
     const res = await this.request("GET", "/health");
     return res.json().catch(() => null);
+  }
+
+  /** The answering node's metrics in the Prometheus text format (the admin key or the metrics token). */
+  async metrics(): Promise<string> {
+    const res = await this.request("GET", "/metrics", { unversioned: true, headers: { accept: "text/plain" } });
+    return res.text();
   }
 
   listNodes(): Promise<NodeInfo[]> {
@@ -333,6 +345,36 @@ export class Client {
     return this.#json(Webhook, "DELETE", `/webhooks/${enc(id)}`);
   }
 
+  /** Subscribes an endpoint; the answer holds its signing secret, shown this once. */
+  createNotification(body: NotificationCreateInput): Promise<NotificationSubscription> {
+    return this.#json(NotificationSubscription, "POST", "/notifications", { body });
+  }
+
+  listNotifications(): Promise<NotificationSubscription[]> {
+    return this.#list(NotificationSubscription, "/notifications");
+  }
+
+  deleteNotification(id: string): Promise<NotificationSubscription> {
+    return this.#json(NotificationSubscription, "DELETE", `/notifications/${enc(id)}`);
+  }
+
+  /** A new signing secret (shown this once); the old one also signs for `overlapS` seconds. */
+  rotateNotification(id: string, overlapS?: number): Promise<NotificationSubscription> {
+    const body = overlapS === undefined ? {} : { overlap_s: overlapS };
+    return this.#json(NotificationSubscription, "POST", `/notifications/${enc(id)}/rotate`, { body });
+  }
+
+  /** A subscription's deliveries, newest first, each with its attempts. */
+  listNotificationDeliveries(id: string, limit: number): Promise<NotificationDelivery[]> {
+    return this.#list(NotificationDelivery, `/notifications/${enc(id)}/deliveries`, {}, limit);
+  }
+
+  resendNotificationDelivery(id: string, deliveryId: string): Promise<NotificationDelivery> {
+    return this.#json(NotificationDelivery, "POST", `/notifications/${enc(id)}/deliveries/${enc(deliveryId)}/resend`, {
+      body: {},
+    });
+  }
+
   listRunners(): Promise<z.output<typeof Runner>[]> {
     return this.#list(Runner, "/runners");
   }
@@ -354,8 +396,17 @@ export class Client {
     return this.#json(Run, "GET", `/runs/${enc(id)}`);
   }
 
-  listRuns(query: { agent_id?: string | undefined; status?: string | undefined } = {}, limit = 50): Promise<Run[]> {
+  /** The runs the filters select (each a RunsQuery field; undefined ones are left out), newest first. */
+  listRuns(query: Query = {}, limit = 50): Promise<Run[]> {
     return this.#list(Run, "/runs", { ...query, limit: Math.min(limit, 200) }, limit);
+  }
+
+  /** A new run of the run's agent version, with its input, or with `body.input` when given. */
+  replayRun(id: string, body: RunReplay, options: { idempotencyKey?: string } = {}): Promise<Run> {
+    return this.#json(Run, "POST", `/runs/${enc(id)}/replay`, {
+      body,
+      ...(options.idempotencyKey ? { headers: { "idempotency-key": options.idempotencyKey } } : {}),
+    });
   }
 
   cancelRun(id: string): Promise<{ id: string; status: RunStatus }> {

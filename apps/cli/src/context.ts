@@ -14,6 +14,8 @@ export interface Settings {
   dataDir?: string;
   /** `serve`'s PostgreSQL URL (PADDOCK_DATABASE). */
   database?: string;
+  /** Where `serve` sends traces (OTEL_EXPORTER_OTLP_ENDPOINT, unless OTEL_SDK_DISABLED=true). */
+  otlpEndpoint?: string;
 }
 
 export interface Context {
@@ -47,6 +49,9 @@ export function settingsFromEnv(env: NodeJS.ProcessEnv): Settings {
   if (env.PADDOCK_API_KEY) settings.apiKey = env.PADDOCK_API_KEY;
   if (env.PADDOCK_DATA_DIR) settings.dataDir = env.PADDOCK_DATA_DIR;
   if (env.PADDOCK_DATABASE) settings.database = env.PADDOCK_DATABASE;
+  if (env.OTEL_EXPORTER_OTLP_ENDPOINT && env.OTEL_SDK_DISABLED?.trim().toLowerCase() !== "true") {
+    settings.otlpEndpoint = env.OTEL_EXPORTER_OTLP_ENDPOINT;
+  }
   return settings;
 }
 

@@ -58,6 +58,7 @@ describe("paddock providers, models and credits", { skip: e2eSkip(hostSkipReason
     ]);
     assert.equal(set.code, 0, show(set));
     assert.match(set.stdout, /created provider local \(2 models\)/);
+    assert.equal(set.stderr, "", "the host's own tenant has its starting credits");
     const list = await cli(["providers", "list"]);
     assert.match(list.stdout, /local\s+openai_compatible\s+http:\/\/127\.0\.0\.1:9\/v1\s+-\s+small,big/);
     const models = await cli(["models", "--json"]);
@@ -76,6 +77,23 @@ describe("paddock providers, models and credits", { skip: e2eSkip(hostSkipReason
     assert.match(noUrl.stderr, /validation_failed/);
     const badKind = await cli(["providers", "set", "x", "--kind", "azure", "--model", "m=1/1"]);
     assert.equal(badKind.code, 2, show(badKind));
+  });
+
+  it("providers set notes that the tenant has no credits once its starting grant is taken back", async () => {
+    const start = await cli(["credits", "--json"]);
+    assert.deepEqual(JSON.parse(start.stdout).tenant, { granted: 10, spent: 0, reserved: 0, available: 10 });
+    const args = ["providers", "set", "local", "--kind", "openai_compatible", "--base-url", "http://127.0.0.1:9/v1"];
+    const taken = await cli(["credits", "grant", "default", "--", "-10"]);
+    assert.equal(taken.code, 0, show(taken));
+    const set = await cli([...args, "--model", "small=0.5/1.5"]);
+    assert.equal(set.code, 0, show(set));
+    assert.match(set.stdout, /updated provider local \(1 models\)/);
+    assert.match(
+      set.stderr,
+      /^note: this tenant has no credits available .*out_of_credits.*paddock credits grant default/,
+    );
+    assert.equal((await cli(["credits", "grant", "default", "10"])).code, 0);
+    assert.equal((await cli([...args, "--model", "small=0.5/1.5"])).stderr, "");
   });
 
   it("grants credits (admin only) and shows a tenant its balance", async () => {

@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { RunEvent, type RunEventData, RunEventRead, type RunEventType } from "@paddock/protocol";
-import { formatSize, formatTable, formatTimelineLine, printable, summarizeEvent, Timeline } from "./format.ts";
+import {
+  formatHelpRows,
+  formatSize,
+  formatTable,
+  formatTimelineLine,
+  printable,
+  summarizeEvent,
+  Timeline,
+} from "./format.ts";
 
 const T0 = Date.parse("2026-03-01T10:00:00.000Z");
 let seq = 0;
@@ -113,6 +121,21 @@ describe("formatSize and formatTable", () => {
         ],
       ),
       "ID      NAME\nten_1   default\nten_22  acme",
+    );
+  });
+});
+
+describe("formatHelpRows", () => {
+  it("starts summaries two spaces after the longest name, or on the next line past maxName", () => {
+    const rows = [
+      ["schedules create|list|pause|resume|delete", "cron schedules"],
+      ["run", "start a run"],
+      ["logs", "print logs"],
+    ] as const;
+    assert.equal(formatHelpRows(rows.slice(1)), "  run   start a run\n  logs  print logs");
+    assert.equal(
+      formatHelpRows(rows, 6),
+      "  schedules create|list|pause|resume|delete\n          cron schedules\n  run     start a run\n  logs    print logs",
     );
   });
 });

@@ -164,6 +164,24 @@ export function formatRows(rows: string[][]): string {
     .join("\n");
 }
 
+/**
+ * Help rows `[name, summary]`, indented two spaces: the summaries start two spaces after the
+ * longest name, or after `maxName` characters; a name longer than that has its summary on the
+ * next line, at the same column, as option lists do.
+ * @example formatHelpRows([["run", "start a run"], ["logs", "print a run's logs"]]) // "  run   start a run\n  logs  …"
+ */
+export function formatHelpRows(
+  rows: readonly (readonly [string, string])[],
+  maxName = Number.POSITIVE_INFINITY,
+): string {
+  const width = Math.min(maxName, Math.max(0, ...rows.map(([name]) => name.length))) + 2;
+  return rows
+    .map(([name, summary]) =>
+      name.length + 2 > width ? `  ${name}\n  ${" ".repeat(width)}${summary}` : `  ${name.padEnd(width)}${summary}`,
+    )
+    .join("\n");
+}
+
 /** A table: a header row, then the rows, in aligned columns. */
 export function formatTable(header: string[], rows: string[][]): string {
   return formatRows([header, ...rows]);

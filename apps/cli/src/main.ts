@@ -15,17 +15,21 @@ import { health } from "./commands/health.ts";
 import { images } from "./commands/images.ts";
 import { keys } from "./commands/keys.ts";
 import { nodes } from "./commands/nodes.ts";
+import { notifications } from "./commands/notifications.ts";
 import { cancel, logs, run, runs } from "./commands/runs.ts";
 import { schedules, webhooks } from "./commands/schedules.ts";
 import { secrets } from "./commands/secrets.ts";
 import { serve } from "./commands/serve.ts";
 import { tenants } from "./commands/tenants.ts";
+import { top } from "./commands/top.ts";
 import { type Command, type CommandGroup, type Context, type Settings, settingsFromEnv } from "./context.ts";
+import { formatHelpRows } from "./format.ts";
 
 const ENTRIES: readonly (Command | CommandGroup)[] = [
   serve,
   health,
   nodes,
+  top,
   images,
   tenants,
   keys,
@@ -37,6 +41,7 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   credits,
   schedules,
   webhooks,
+  notifications,
   run,
   runs,
   logs,
@@ -49,17 +54,24 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
 
 const isGroup = (entry: Command | CommandGroup): entry is CommandGroup => "commands" in entry;
 
+/** The widest command name the top help keeps on one line with its summary. */
+const TOP_NAME_WIDTH = 34;
+
+/** The help rows of every command: a group's name with its subcommands', and its summary. */
+export function commandRows(): [string, string][] {
+  return ENTRIES.map((entry) => [
+    isGroup(entry) ? `${entry.name} ${entry.commands.map((c) => c.name).join("|")}` : entry.name,
+    entry.summary,
+  ]);
+}
+
 function topUsage(): string {
-  const rows = ENTRIES.map((entry) => {
-    const name = isGroup(entry) ? `${entry.name} ${entry.commands.map((c) => c.name).join("|")}` : entry.name;
-    return `  ${name.padEnd(34)}${entry.summary}`;
-  });
   return `Usage: paddock [connection options] <command> [arguments]
 
 Runs AI agents unattended in disposable Linux sandboxes.
 
 Commands:
-${rows.join("\n")}
+${formatHelpRows(commandRows(), TOP_NAME_WIDTH)}
 
 Run 'paddock <command> --help' for a command's arguments and options.
 
@@ -67,10 +79,10 @@ ${CONNECTION_HELP}`;
 }
 
 function groupUsage(group: CommandGroup): string {
-  const rows = group.commands.map((c) => `  ${`${group.name} ${c.name}`.padEnd(24)}${c.summary}`);
+  const rows = group.commands.map((c) => [`${group.name} ${c.name}`, c.summary] as const);
   return `Usage: paddock ${group.name} <${group.commands.map((c) => c.name).join("|")}> [arguments]
 
-${rows.join("\n")}
+${formatHelpRows(rows)}
 
 Run 'paddock ${group.name} <command> --help' for a command's arguments and options.`;
 }

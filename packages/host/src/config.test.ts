@@ -27,6 +27,7 @@ describe("host configuration", () => {
     assert.equal(config.llmTenantLimits, undefined);
     assert.equal(config.blobs, undefined);
     assert.equal(config.blobGraceMs, 3_600_000);
+    assert.equal(config.startingCredits, 10);
   });
 
   it("takes the node's settings, with the sandbox range from either key", () => {
@@ -75,6 +76,8 @@ describe("host configuration", () => {
       /maxLimits\.memory_mb/,
     );
     assert.throws(() => resolveHostConfig({ dataDir: "", port: 1 }), /dataDir/);
+    assert.throws(() => resolveHostConfig({ dataDir: "/d", port: 1, startingCredits: -1 }), /startingCredits/);
+    assert.equal(resolveHostConfig({ dataDir: "/d", port: 1, startingCredits: 0 }).startingCredits, 0);
     assert.throws(
       () => resolveHostConfig({ dataDir: "/d", port: 1, blobs: "s3://KEY:SECRET@bucket" }),
       (err: Error) => /must not carry credentials[\s\S]*at blobs/.test(err.message) && !err.message.includes("SECRET"),

@@ -8,6 +8,7 @@ import { Limits } from "@paddock/protocol";
 import { z } from "zod";
 import { parseBlobsUrl } from "./blobs/open-store.ts";
 import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
+import type { Log } from "./logs/log.ts";
 import { NODE_ID } from "./nodes/nodes.ts";
 import { DEFAULT_RANGE } from "./sandbox/linux/network.ts";
 
@@ -63,6 +64,8 @@ export const HostConfig = z
     blobCacheMb: z.number().int().min(0).default(20_480),
     /** Shared blobs nothing references are deleted once older than this (default one hour). */
     blobGraceMs: z.number().int().min(0).default(3_600_000),
+    /** How often the leader sweeps the blob store of what nothing references (default hourly). */
+    blobGcIntervalMs: z.number().int().min(100).default(3_600_000),
     /** Root runs at once on this node (`serve --max-runs`). */
     maxConcurrentRuns: z.number().int().min(1).default(32),
     /** Root runs of one tenant at once over every node (`serve --max-runs-per-tenant`); default no limit beyond the nodes'. */
@@ -94,6 +97,13 @@ export const HostConfig = z
     egressTrustedAddresses: z.array(z.string()).default([]),
     /** The master key's file (see secrets/master-key.ts); default $PADDOCK_MASTER_KEY, else DATA_DIR/master.key. */
     masterKeyFile: z.string().min(1).optional(),
+    /**
+     * A file holding the token that may read GET /metrics beside the admin key (`serve
+     * --metrics-token-file`): at least 16 characters, surrounding whitespace ignored. Default none.
+     */
+    metricsTokenFile: z.string().min(1).optional(),
+    /** Log lines as JSON (one object a line) or as text for people; default JSON unless stderr is a terminal. */
+    logFormat: z.enum(["json", "pretty"]).optional(),
     /** Earlier master keys' files: what they sealed is re-sealed under the master key at start. */
     oldMasterKeyFiles: z.array(z.string().min(1)).default([]),
     /** Sandbox networks: the IPv4 range this host claims a block of (default 10.209.0.0/16). */
@@ -105,6 +115,25 @@ export const HostConfig = z
       .default({}),
     /** How often due schedules are looked for; 0 leaves it to the caller of `scheduler.tick` (tests). */
     schedulerTickMs: z.number().int().min(0).default(1000),
+    /**
+     * Credits granted to the host's own tenant (the admin's) when a fresh store creates it, so that
+     * a first model call has something to spend (`serve --starting-credits`; 0 grants none).
+     * Tenants made later through the API start at 0.
+     */
+    startingCredits: z.number().min(0).max(1_000_000).default(10),
+    /** Notifications: the first retry's delay (doubling per attempt, up to an hour, with jitter). */
+    notificationBackoffMs: z.number().int().min(1).default(5000),
+    /** Notifications: one attempt's time limit (connect, send, answer). */
+    notificationTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+    /** Notifications: how long a delivery is retried before it fails (default a day). */
+    notificationRetryForMs: z.number().int().min(0).default(86_400_000),
+    /**
+     * The OTLP/HTTP endpoint traces go to, as OTEL_EXPORTER_OTLP_ENDPOINT names it (its
+     * /v1/traces); none: no traces, and the OpenTelemetry SDK is never loaded.
+     */
+    otlpEndpoint: z.url({ protocol: /^https?$/ }).optional(),
+    /** Prompt and completion content (and tools' arguments and results) in spans (`serve --trace-content`). */
+    traceContent: z.boolean().default(false),
     /** LLM rate limits every tenant gets (requests and tokens per minute); default none. */
     llmTenantLimits: z
       .object({ requestsPerMinute: PerMinute.optional(), tokensPerMinute: PerMinute.optional() })
@@ -121,8 +150,8 @@ export type HostConfig = z.output<typeof HostConfig>;
 
 /** What a host is given beside its configuration's data. */
 export interface HostHooks {
-  /** Where log lines go; default stderr, each line with its time. */
-  log?: (line: string) => void;
+  /** Where log lines go; default stderr in `logFormat` (see logs/log.ts). */
+  log?: Log;
   /**
    * Tests only: lets sessions' egress proxies resolve names with `resolve` and reach loopback
    * stand-ins for registries. Never set outside tests.

@@ -4,7 +4,7 @@
  * cleans up after a previous host that died, starts the engine and serves the API.
  */
 import { createHash } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { chmod, mkdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -13,6 +13,8 @@ import { serve } from "@hono/node-server";
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import { AppError } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import { CallLog } from "./activity/calls.ts";
+import { RunStats } from "./activity/stats.ts";
 import { Agents, runSpec } from "./agents/agents.ts";
 import { LayerBlobs } from "./agents/layer-blobs.ts";
 import { archiveLimits, SnapshotArchives } from "./agents/snapshot-archive.ts";
@@ -39,12 +41,18 @@ import { Ledger } from "./gateway/ledger.ts";
 import { Providers } from "./gateway/providers.ts";
 import { collectBlobGarbage, collectGarbage } from "./gc.ts";
 import { Identity } from "./identity/identity.ts";
+import { UiSessions } from "./identity/ui-sessions.ts";
 import { ImageStore } from "./images/image-store.ts";
 import { LayerStore } from "./images/layer-store.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
 import { RunnerRegistry } from "./images/runner-registry.ts";
+import { createLog, defaultLogFormat, type Log } from "./logs/log.ts";
+import { Metrics } from "./metrics/metrics.ts";
 import { type Leader, leaderFor, soleLeader } from "./nodes/leader.ts";
 import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
+import { NotificationDispatcher } from "./notifications/dispatcher.ts";
+import { NotificationOutbox } from "./notifications/outbox.ts";
+import { Notifications } from "./notifications/subscriptions.ts";
 import type { SandboxDriver } from "./sandbox/driver.ts";
 import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
 import { SandboxNetwork } from "./sandbox/linux/network.ts";
@@ -57,6 +65,7 @@ import { Journal } from "./store/journal.ts";
 import { migrate } from "./store/migrations.ts";
 import type { Dialect } from "./store/portable.ts";
 import type { Database } from "./store/schema.ts";
+import { openTracing, type Tracing } from "./tracing/tracing.ts";
 import { AgentCalls } from "./triggers/agent-calls.ts";
 import { Scheduler } from "./triggers/scheduler.ts";
 import { Webhooks } from "./triggers/webhooks.ts";
@@ -69,6 +78,8 @@ export interface RunningHost {
   /** The admin API key, only on the first start of a data directory. */
   adminKey: string | null;
   adminKeyPath: string;
+  /** The credits its own tenant was granted, only on the start that created it. */
+  startingCredits: number | null;
   /** This host's sandbox driver, for diagnostics. */
   driver: SandboxDriver;
   /** Warm sandboxes waiting for runs. */
@@ -81,6 +92,8 @@ export interface RunningHost {
   secrets: Secrets;
   /** Cron schedules (tests drive `tick` with their own clock). */
   scheduler: Scheduler;
+  /** This node's traces; null without an OTLP endpoint. */
+  tracing: Tracing | null;
   close(): Promise<void>;
 }
 
@@ -96,12 +109,14 @@ export interface ServiceEnv {
   driver: SandboxDriver;
   /** Sandboxes' networks; without them sandboxes get none and the bridge does not listen. */
   network?: SandboxNetwork;
-  log: (line: string) => void;
+  log: Log;
   testOnly?: HostHooks["testOnly"];
   /** Who runs the singletons (scheduler ticks, GC); default this node alone. */
   leader?: Leader;
   /** Stops what was started, pushed as each part starts, for a start that fails later. */
   undo: (() => Promise<unknown>)[];
+  /** The built dashboard to serve under /ui; none: no dashboard. */
+  uiDir?: string;
 }
 
 /** Every service of a host and the API over them; nothing is started that needs a timer. */
@@ -124,8 +139,15 @@ export interface Services {
   secrets: Secrets;
   bridge: Bridge;
   gateway: Gateway;
+  notifications: Notifications;
+  /** Sends notification deliveries; started by the caller. */
+  dispatcher: NotificationDispatcher;
+  /** This node's metrics (GET /metrics). */
+  metrics: Metrics;
   /** The bridge's URL as sandboxes reach it; null without sandbox networks. */
   bridgeUrl: string | null;
+  /** Traces; null without an OTLP endpoint (the SDK is then never loaded). */
+  tracing: Tracing | null;
   app: OpenAPIHono<ApiEnv>;
 }
 
@@ -134,6 +156,23 @@ const RUNNER_BUNDLE = new URL("../../runner/dist/runner.mjs", import.meta.url).p
 async function ensureRunnerBundle(): Promise<string> {
   if (!existsSync(RUNNER_BUNDLE)) await import("../../runner/build.ts");
   return RUNNER_BUNDLE;
+}
+
+const UI_SOURCES = new URL("../../ui/src/app", import.meta.url).pathname;
+
+/**
+ * The folder of the built dashboard, built now when there is none or its sources are newer
+ * (`make build` builds it ahead; a checkout without the sources serves what was built).
+ */
+export async function ensureUiBuild(): Promise<string> {
+  const { buildUi, currentUiBuild } = await import("../../ui/build.ts");
+  const current = currentUiBuild();
+  const built = current ? statSync(join(current, "index.html")).mtimeMs : 0;
+  const sources = existsSync(UI_SOURCES)
+    ? readdirSync(UI_SOURCES, { recursive: true, encoding: "utf8" }).map((f) => statSync(join(UI_SOURCES, f)).mtimeMs)
+    : [];
+  if (current && !sources.some((m) => m > built)) return current;
+  return (await buildUi()).dir;
 }
 
 /** One host per data directory: a second one would fight the first over runs and sandboxes. */
@@ -187,10 +226,19 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const hints = env.hints ?? new LocalHints();
   const nodeId = config.nodeId ?? defaultNodeId(dataDir);
   const leader = env.leader ?? soleLeader;
-  const events = new EventLog(db, { dialect, hints });
+  const metrics = new Metrics({ version: VERSION, node: nodeId });
+  const metricsToken = config.metricsTokenFile ? await readMetricsToken(config.metricsTokenFile) : null;
+  // Notification deliveries are written with the events and spending they announce.
+  const outbox = new NotificationOutbox({ hints }, { dialect, retryForMs: config.notificationRetryForMs });
+  const events = new EventLog(db, {
+    dialect,
+    hints,
+    announcer: outbox,
+    observe: (rows) => metrics.published(rows),
+  });
   const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
   const runs = new RunRepository(db, events);
-  const identity = new Identity(db);
+  const uiSessions = new UiSessions(db);
   const images = new ImageStore({ imagesDir: config.imagesDir });
   const layers = new LayerStore({ layersDir: join(dataDir, "layers"), uid: AGENT_USER.uid, gid: AGENT_USER.gid });
   const runnersDir = join(dataDir, "runners");
@@ -233,12 +281,24 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const live = new LiveSandboxes();
   // The LLM gateway: providers' keys stay here, every call is metered against the ledger.
   const providers = new Providers(db);
-  const ledger = new Ledger(db, { dialect });
+  const ledger = new Ledger(db, { dialect, watcher: outbox, metrics });
+  const identity = new Identity(db, { ledger, credits: config.startingCredits });
   const abandoned = await ledger.settleAbandoned(nodeId);
   if (abandoned > 0)
     log(`billed ${abandoned} model call(s) left open by the previous host at their reserved worst case`);
   const rateLimits = new TokenBucket();
   const journal = new Journal(db, { dialect });
+  const tracing = await openTracing({
+    endpoint: config.otlpEndpoint,
+    content: config.traceContent,
+    version: VERSION,
+    nodeId,
+    log,
+  });
+  if (tracing) {
+    env.undo.push(() => tracing.close());
+    log(`tracing to ${config.otlpEndpoint}${config.traceContent ? ", with prompt and completion content" : ""}`);
+  }
   const gateway = new Gateway({
     journal,
     providers,
@@ -248,13 +308,15 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     budgetOf: (runId) => agents.budgetOfRun(runId),
     ...(config.llmTenantLimits ? { tenantLimits: config.llmTenantLimits } : {}),
     log,
+    metrics,
+    tracing,
   });
   env.undo.push(async () => gateway.close());
   // Agent-to-agent calls wake the engine, which is made below.
   let wakeEngine = () => {};
   const agentCalls = new AgentCalls({ db, agents, runs, events, artifacts, notify: () => wakeEngine(), journal });
   const routes = [agentCalls, gateway];
-  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal });
+  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal, metrics, tracing });
   env.undo.push(() => bridge.close());
   let bridgeUrl: string | null = null;
   if (env.network) {
@@ -281,6 +343,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         ? { bridge: { url: bridgeUrl, live, mint: (claims) => tokens.mint(claims), ttlMs: tokens.ttlMs } }
         : {}),
       log,
+      metrics,
+      tracing,
     },
     {
       workerId: nodeId,
@@ -293,6 +357,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     },
   );
   wakeEngine = () => engine.notify();
+  metrics.watch({ active: () => engine.activeStates, warm: () => engine.warmCount, queued: () => runs.countQueued() });
   // What a triggered run of an agent freezes now; null once the agent is gone.
   const specOf = (tenantId: string, agentId: string) =>
     agents.get(tenantId, agentId).then(
@@ -302,8 +367,22 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         throw err;
       },
     );
-  const scheduler = new Scheduler({ db, runs, specOf, notify: () => engine.notify(), log, leader });
-  const webhooks = new Webhooks({ db, vault, runs, specOf, notify: () => engine.notify(), log });
+  const scheduler = new Scheduler({ db, runs, specOf, notify: () => engine.notify(), log, leader, metrics });
+  const webhooks = new Webhooks({ db, vault, runs, specOf, notify: () => engine.notify(), log, metrics });
+  const notifications = new Notifications({ db, vault, hints }, { dialect, retryForMs: config.notificationRetryForMs });
+  const dispatcher = new NotificationDispatcher(
+    { db, hints, vault, log, resolve: env.testOnly?.resolve },
+    {
+      nodeId,
+      dialect,
+      backoffMs: config.notificationBackoffMs,
+      maxBackoffMs: 3_600_000,
+      timeoutMs: config.notificationTimeoutMs,
+      pollMs: 1000,
+      concurrency: 16,
+    },
+  );
+  env.undo.push(() => dispatcher.close());
   const sessions = new EnvSessions({
     db,
     nodeId,
@@ -321,6 +400,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   });
   const app = createApi({
     identity,
+    uiSessions,
     agents,
     runs,
     events,
@@ -335,10 +415,16 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     ledger,
     scheduler,
     webhooks,
+    notifications,
     nodes,
+    calls: new CallLog(db),
+    stats: new RunStats({ runs, ledger }),
     nodeId,
     version: VERSION,
+    ...(env.uiDir ? { uiDir: env.uiDir } : {}),
     log,
+    metrics,
+    metricsToken,
   });
   return {
     identity,
@@ -357,19 +443,32 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     secrets,
     bridge,
     gateway,
+    notifications,
+    dispatcher,
+    metrics,
     bridgeUrl,
+    tracing,
     app,
   };
 }
 
+/** The metrics token in `file`: at least 16 characters once surrounding whitespace is trimmed. */
+async function readMetricsToken(file: string): Promise<string> {
+  const token = (await readFile(file, "utf8")).trim();
+  if (token.length < 16 || /\s/.test(token)) {
+    throw new Error(`the metrics token in ${file} must be at least 16 characters, without spaces`);
+  }
+  return token;
+}
+
 export async function startHost(input: HostConfigInput): Promise<RunningHost> {
-  const log = input.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
   const resolved = resolveHostConfig(input);
   // The first folder mkdir made, removed again when the store cannot be opened.
   const made = await mkdir(resolved.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(resolved.dataDir);
   const nodeId = resolved.nodeId ?? defaultNodeId(dataDir);
   const config: HostConfig = { ...resolved, dataDir, nodeId };
+  const log = input.log ?? createLog({ format: config.logFormat ?? defaultLogFormat(), node: nodeId });
   const unlock = await lock(dataDir);
   const instance = instanceOf(dataDir);
 
@@ -407,15 +506,16 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       db,
       dialect,
       hints,
-      leader: leaderFor(dialect, store.dedicated),
+      leader: leaderFor(dialect, { id: nodeId, staleMs: config.leaseMs }, store.dedicated),
       instance,
       driver,
       network,
       log,
       testOnly: input.testOnly,
       undo,
+      uiDir: await ensureUiBuild(),
     });
-    const { identity, runners, agents, engine, scheduler, sessions, bridge, gateway, leader } = services;
+    const { identity, runners, agents, engine, scheduler, sessions, bridge, gateway, leader, dispatcher } = services;
 
     // This host's runner becomes current unless it already is (deploying a host deploys its runner).
     await runners.ensureCurrent({ bundlePath: await ensureRunnerBundle(), nodePath: process.execPath });
@@ -425,6 +525,10 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       if (gc.runners.length + gc.layers.length > 0) {
         log(`removed ${gc.runners.length} unused runner layer(s) and ${gc.layers.length} environment layer(s)`);
       }
+    }
+    // The shared blob store is swept by the leader at start and then periodically.
+    const sweepBlobs = async () => {
+      if (!(await leader.isLeader())) return;
       const swept = await collectBlobGarbage({
         db,
         snapshots: agents.snapshots,
@@ -432,10 +536,16 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
         graceMs: config.blobGraceMs,
       });
       if (swept.length > 0) log(`removed ${swept.length} unreferenced blob(s) from ${services.blobs.location}`);
-    }
+    };
+    await sweepBlobs();
+    const sweeper = setInterval(() => {
+      sweepBlobs().catch((err: unknown) => log(`sweeping the blob store failed: ${String(err)}`));
+    }, config.blobGcIntervalMs);
+    sweeper.unref();
+    undo.push(async () => clearInterval(sweeper));
     const trimmed = await services.blobCache.trim(config.blobCacheMb * 1024 * 1024);
     if (trimmed.length > 0) log(`dropped ${trimmed.length} least used blob(s) from this node's cache`);
-    const adminKey = await identity.bootstrap();
+    const { adminKey, startingCredits } = await identity.bootstrap();
     const adminKeyPath = join(dataDir, "admin.key");
     if (adminKey) {
       await writeFile(adminKeyPath, `${adminKey}\n`, { mode: 0o600 });
@@ -450,6 +560,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     // Runs queued by other hosts sharing the store wake this one's engine too.
     if (hints.shared) hints.listen(HINT.runQueued, () => engine.notify());
     scheduler.start(config.schedulerTickMs);
+    await dispatcher.start();
     const lost = await sessions.start();
     if (lost > 0) log(`${lost} environment session(s) ended with the previous host`);
     const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
@@ -467,25 +578,31 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       port,
       adminKey,
       adminKeyPath,
+      startingCredits,
       driver,
       runDir,
       bridgeUrl: services.bridgeUrl ?? "",
       secrets: services.secrets,
       scheduler,
+      tracing: services.tracing,
       get warmCount() {
         return engine.warmCount;
       },
       close: () => {
         closing ??= (async () => {
           detachShells();
+          clearInterval(sweeper);
           const closed = new Promise<void>((r) => server.close(() => r()));
           if ("closeAllConnections" in server) server.closeAllConnections();
           await closed;
           await sessions.stop();
           await scheduler.stop();
           await engine.close();
+          await dispatcher.close();
           await bridge.close();
           gateway.close();
+          // The attempts' last spans ended with the engine: they go out now, or are counted as dropped.
+          await services.tracing?.close();
           await driver.close();
           await network.close();
           services.blobs.close();

@@ -196,6 +196,27 @@ export const Agent = z
   .meta({ id: "Agent" });
 export type Agent = z.infer<typeof Agent>;
 
+/** What an agent's definition says at one version (an Agent without its identity and environment). */
+export const AgentVersionDefinition = Agent.pick({
+  command: true,
+  env: true,
+  files: true,
+  limits: true,
+  policy: true,
+  budget: true,
+  retry: true,
+  max_concurrent_runs: true,
+  queue_ttl_s: true,
+  builtin: true,
+}).meta({ id: "AgentVersionDefinition" });
+export type AgentVersionDefinition = z.infer<typeof AgentVersionDefinition>;
+
+/** One version of an agent's definition (`GET /v1/agents/{id}/versions`). */
+export const AgentVersion = z
+  .object({ version: z.number().int(), created_at: z.string(), definition: AgentVersionDefinition })
+  .meta({ id: "AgentVersion" });
+export type AgentVersion = z.infer<typeof AgentVersion>;
+
 /** A version of an agent's environment. */
 export const Snapshot = z
   .object({
@@ -266,6 +287,20 @@ export const RunCreate = z
   .meta({ id: "RunCreate" });
 export type RunCreate = z.infer<typeof RunCreate>;
 
+/**
+ * What started a run: an API call (the CLI, the dashboard's "run now"), a schedule, a webhook,
+ * another run (agent), or a replay of an earlier run (`POST /v1/runs/{id}/replay`).
+ */
+export const RunTrigger = z.enum(["api", "schedule", "webhook", "agent", "replay"]);
+export type RunTrigger = z.infer<typeof RunTrigger>;
+
+/**
+ * `POST /v1/runs/{id}/replay`: a new run of the same agent version and environment as the run
+ * named, with its input, or with `input` instead when given (`null` included).
+ */
+export const RunReplay = RunCreate.meta({ id: "RunReplay" });
+export type RunReplay = z.infer<typeof RunReplay>;
+
 export const Run = z
   .object({
     id: z.string(),
@@ -275,8 +310,9 @@ export const Run = z
     exit_code: z.number().int().nullable(),
     attempt: z.number().int(),
     max_attempts: z.number().int(),
-    /** What started it: manual (CLI, API), schedule, webhook, or agent (another run). */
-    trigger: z.enum(["api", "schedule", "webhook", "agent"]),
+    trigger: RunTrigger,
+    /** For a replay: the run it replays. */
+    replay_of: z.string().nullable(),
     /** A queued run waits until then (a retry's backoff). */
     not_before: z.string().nullable(),
     /** A child run: the run that started it, and the root of its tree. */
@@ -291,6 +327,38 @@ export const Run = z
   })
   .meta({ id: "Run" });
 export type Run = z.infer<typeof Run>;
+
+/** The paging of a list: at most `limit` items after `cursor` (the `next_cursor` of the page before). */
+export const PageQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(200).default(50),
+  cursor: z.string().max(64).optional(),
+});
+
+/** A time in a query: ISO 8601 with its zone (`Z` or an offset), e.g. 2026-03-01T09:00:00Z. */
+export const QueryTime = z.iso.datetime({ offset: true }).max(40);
+
+/** An id's prefix as a search gives it: the `run_` of a run's id may be left out. */
+export const RunIdPrefix = z
+  .string()
+  .max(30)
+  .regex(/^(run_)?[0-9a-z]{1,26}$/, "the start of a run id, such as run_01k2 (the run_ may be left out)");
+
+/**
+ * `GET /v1/runs`: the tenant's runs, newest first, narrowed by every filter given.
+ * `created_after` is inclusive and `created_before` exclusive; `root_run_id` gives the runs of a
+ * tree under its root (not the root itself), `parent_run_id` the runs a run started.
+ */
+export const RunsQuery = PageQuery.extend({
+  agent_id: z.string().max(64).optional(),
+  status: RunStatus.optional(),
+  trigger: RunTrigger.optional(),
+  parent_run_id: z.string().max(64).optional(),
+  root_run_id: z.string().max(64).optional(),
+  created_after: QueryTime.optional(),
+  created_before: QueryTime.optional(),
+  id_prefix: RunIdPrefix.optional(),
+});
+export type RunsQuery = z.input<typeof RunsQuery>;
 
 export const Artifact = z
   .object({
@@ -321,6 +389,8 @@ export const ApiKey = z
     name: z.string().nullable(),
     role: z.enum(["admin", "tenant"]),
     created_at: z.string(),
+    /** When the key was revoked: it authenticates nothing since. */
+    revoked_at: z.string().nullable(),
     /** Present only in the response that created the key. */
     key: z.string().optional(),
   })

@@ -49,6 +49,7 @@ const NOT_CODES: Record<string, string> = {
   unrecognized_keys: "a zod issue code, compared when a run token carries a claim it should not",
   invalid_cron: "an issue code in validation_failed details",
   invalid_timezone: "an issue code in validation_failed details",
+  invalid_cursor: "an issue code in validation_failed details",
   made_up: "tests show that event data refuses a code not registered",
 };
 

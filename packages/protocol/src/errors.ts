@@ -18,6 +18,11 @@ export const ERROR_CODES = {
     message: "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.",
   },
   forbidden: { status: 403, message: "This API key may not perform this action." },
+  csrf_failed: {
+    status: 403,
+    message:
+      "A write made with the dashboard's session cookie needs its x-paddock-csrf header and must come from the dashboard's own origin.",
+  },
   not_found: { status: 404, message: "No such resource." },
   route_not_found: { status: 404, message: "No such endpoint; see /v1/openapi.json." },
   method_not_allowed: { status: 405, message: "This endpoint does not accept that method." },
@@ -139,6 +144,15 @@ export const ERROR_CODES = {
     status: 401,
     message: "The delivery's x-paddock-timestamp is more than five minutes from the host's clock; sign it again.",
   },
+  notification_url_refused: {
+    status: 422,
+    message:
+      "The notification URL is not allowed: https:// with no user or password, on a public address unless the admin marks the subscription internal.",
+  },
+  notification_disabled: {
+    status: 409,
+    message: "The subscription is disabled (its endpoint answered 410 Gone); create a new one to send to it again.",
+  },
   too_many_children: {
     status: 429,
     message: "This run already has as many child runs going as it may; wait for one to finish.",
@@ -180,6 +194,11 @@ export const ERROR_CODES = {
     status: 503,
     message:
       "The environment session lives on a node that is down or cannot be reached; discard the session and open a new one.",
+  },
+  metrics_token_invalid: {
+    status: 401,
+    message:
+      "The metrics token is wrong: send the token of 'serve --metrics-token-file' (or the admin API key) as 'Authorization: Bearer <token>'.",
   },
   internal: { status: 500, message: "Internal error; the host logged the details." },
 } as const satisfies Record<string, { status: number; message: string }>;

@@ -21,10 +21,59 @@ const RunEnded = z.object({ status: EndStatus, reason: RunReason, exit_code: Int
 export const BudgetScope = z.enum(["run", "agent", "tenant"]);
 export type BudgetScope = z.infer<typeof BudgetScope>;
 
+/** A call through the bridge to a connection (`bridge.call`). */
+export const BridgeCallData = z
+  .object({
+    connection: z.string(),
+    method: z.string(),
+    path: z.string(),
+    rule: z.string().optional(),
+    status: Int,
+    code: ErrorCode.optional(),
+    bytes_in: Int,
+    bytes_out: Int,
+    ms: z.number(),
+    redacted: Int.optional(),
+    replayed: z.boolean().optional(),
+    step: z.string().optional(),
+  })
+  .describe("A call through the bridge to a connection; refusals included (`code`).");
+
+/** A call to the LLM gateway (`llm.call`). */
+export const LlmCallData = z
+  .object({
+    path: z.string().optional(),
+    model: z.string().optional(),
+    provider: z.string().optional(),
+    stream: z.boolean().optional(),
+    step: z.string().optional(),
+    status: Int.optional(),
+    code: ErrorCode.optional(),
+    call_id: z.string().optional(),
+    clamped_max_tokens: Int.optional(),
+    input_tokens: Int.optional(),
+    output_tokens: Int.optional(),
+    cost: z.number().optional().describe("Credits charged."),
+    usage: z
+      .enum(["counted", "reserved"])
+      .optional()
+      .describe("How the tokens were counted when the provider reported none."),
+    ttft_ms: z.number().optional(),
+    latency_ms: z.number().optional(),
+    aborted: z.boolean().optional(),
+    replayed: z.boolean().optional(),
+    from_attempt: Int.optional(),
+  })
+  .describe("A call to the LLM gateway: what it cost and how it went; refusals included (`code`).");
+
 /** Each event type's data, described for the API document. */
 const EVENTS = {
   "run.queued": z
-    .object({ status: z.literal("queued"), trigger: Run.shape.trigger })
+    .object({
+      status: z.literal("queued"),
+      trigger: Run.shape.trigger,
+      replay_of: z.string().optional().describe("For a replay: the run it replays."),
+    })
     .describe("The run was created; what started it."),
   "run.parent": z
     .object({ parent_run_id: z.string(), root_run_id: z.string() })
@@ -106,47 +155,8 @@ const EVENTS = {
   "artifact.skipped": z
     .union([z.object({ path: z.string(), why: z.string() }), z.object({ more: Int })])
     .describe("A file under /outputs not kept, and why; `more`: how many more were skipped than listed."),
-  "bridge.call": z
-    .object({
-      connection: z.string(),
-      method: z.string(),
-      path: z.string(),
-      rule: z.string().optional(),
-      status: Int,
-      code: ErrorCode.optional(),
-      bytes_in: Int,
-      bytes_out: Int,
-      ms: z.number(),
-      redacted: Int.optional(),
-      replayed: z.boolean().optional(),
-      step: z.string().optional(),
-    })
-    .describe("A call through the bridge to a connection; refusals included (`code`)."),
-  "llm.call": z
-    .object({
-      path: z.string().optional(),
-      model: z.string().optional(),
-      provider: z.string().optional(),
-      stream: z.boolean().optional(),
-      step: z.string().optional(),
-      status: Int.optional(),
-      code: ErrorCode.optional(),
-      call_id: z.string().optional(),
-      clamped_max_tokens: Int.optional(),
-      input_tokens: Int.optional(),
-      output_tokens: Int.optional(),
-      cost: z.number().optional().describe("Credits charged."),
-      usage: z
-        .enum(["counted", "reserved"])
-        .optional()
-        .describe("How the tokens were counted when the provider reported none."),
-      ttft_ms: z.number().optional(),
-      latency_ms: z.number().optional(),
-      aborted: z.boolean().optional(),
-      replayed: z.boolean().optional(),
-      from_attempt: Int.optional(),
-    })
-    .describe("A call to the LLM gateway: what it cost and how it went; refusals included (`code`)."),
+  "bridge.call": BridgeCallData,
+  "llm.call": LlmCallData,
   "credits.exhausted": z
     .object({ budget: BudgetScope })
     .describe("A model call was refused because a budget ran out; the run stops with reason out_of_credits."),
@@ -276,3 +286,30 @@ export const BuiltinAgentEvent = z.discriminatedUnion("type", [
   z.object({ type: z.literal("agent.step_limit"), data: z.object({ max_steps: Int }) }),
 ]);
 export type BuiltinAgentEvent = z.infer<typeof BuiltinAgentEvent>;
+
+/** A comma-separated list of event types (`?types=log,user`), each one this build knows. */
+export const EventTypeList = z
+  .string()
+  .max(4096)
+  .superRefine((value, ctx) => {
+    const unknown = value.split(",").filter((type) => !KNOWN_TYPES.has(type));
+    if (unknown.length > 0) {
+      ctx.addIssue({
+        code: "custom",
+        message: `unknown event type${unknown.length > 1 ? "s" : ""} ${unknown.map((t) => JSON.stringify(t.slice(0, 64))).join(", ")}; the types are ${RUN_EVENT_TYPES.join(", ")}`,
+      });
+    }
+  });
+
+/** The types of a list that EventTypeList checked. */
+export const eventTypesOf = (list: string): RunEventType[] => [...new Set(list.split(","))] as RunEventType[];
+
+/**
+ * `GET /v1/runs/{id}/events`: the events after seq `after`, in order; with `types`, only those
+ * types (both as a JSON page and as a live stream).
+ */
+export const RunEventsQuery = z.object({
+  after: z.coerce.number().int().min(0).default(0),
+  limit: z.coerce.number().int().min(1).max(1000).default(500),
+  types: EventTypeList.optional(),
+});

@@ -1,3 +1,4 @@
+export * from "./activity.ts";
 export * from "./agent-definition.ts";
 export * from "./api.ts";
 export * from "./bridge.ts";
@@ -6,7 +7,10 @@ export * from "./events.ts";
 export * from "./gateway.ts";
 export * from "./limits.ts";
 export * from "./marker.ts";
+export * from "./metrics.ts";
+export * from "./notifications.ts";
 export * from "./runner.ts";
 export * from "./secrets.ts";
 export * from "./sessions.ts";
 export * from "./triggers.ts";
+export * from "./ui.ts";

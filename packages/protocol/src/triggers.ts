@@ -60,7 +60,13 @@ export const Schedule = z
     overlap: OverlapPolicy,
     catch_up_s: z.number().int(),
     paused: z.boolean(),
+    /** The next slot the schedule has not run yet (kept while it is paused). */
     next_at: z.string().nullable(),
+    /**
+     * When it starts its next run: its next slot, now when a slot is due (a host was down and
+     * the slot is inside the catch-up window), null while paused or when no slot is left.
+     */
+    next_fire_at: z.string().nullable(),
     last_slot_at: z.string().nullable(),
     created_at: z.string(),
   })

@@ -3,7 +3,18 @@ import { join } from "node:path";
 import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
-const SCENARIOS = ["boot", "bridge", "density", "gateway", "queue", "snapshot", "swap"] as const;
+const SCENARIOS = [
+  "boot",
+  "bridge",
+  "cluster",
+  "density",
+  "gateway",
+  "notifications",
+  "queue",
+  "snapshot",
+  "swap",
+  "ui",
+] as const;
 
 export const bench: Command = {
   name: "bench",
@@ -16,15 +27,26 @@ Scenarios:
           node -e 0 through the full sandbox recipe
   bridge  what the host bridge adds to a call from inside a sandbox (N request pairs, direct and
           bridged, interleaved, to the same local upstream over the same link), run-token checks
-          per second with and without the verified-token cache, and calls per second with
-          --sandboxes sandboxes calling at once, bridged and direct
+          per second with and without the verified-token cache, calls per second with
+          --sandboxes sandboxes calling at once, bridged and direct, and what tracing adds to a
+          bridged call (the bridge with tracing off and on, side by side, N×100 rounds)
+  cluster three paddock serve nodes on one PostgreSQL (a private server the bench starts) and one
+          blob folder: failover_ms from SIGKILL of a node to its run's retry on another (N/10
+          trials, at least 3), cross_node_event_ms from an event written on one node to its arrival
+          over SSE on another, duplicate executions, lost events and overspent credits (all must
+          be 0); then claims per second of runs that boot no sandbox on 1 and 3 nodes beside
+          graphile-worker doing as many no-op jobs (--claims runs per pass, default 2000)
   density live sandboxes one machine holds: runs of an agent running sleep at each of --levels
           (cumulative), with the sandboxes' PSS and the host's RSS growth per sandbox, boot p50
           and the API's p99 while they run; and runs per second of N×10 runs of true, 25 at a
           time, beside the floor: the sandbox driver booting and tearing down the same recipe
   gateway what the LLM gateway adds to a model call from inside a sandbox (N×10 pairs of whole
           chat completions, direct to a local stand-in provider and through the gateway with
-          metering, interleaved over the same link), and to the first chunk of a stream
+          metering, interleaved over the same link), to the first chunk of a stream, and what
+          tracing adds to a call (the gateway with tracing off and on, side by side, N×10 rounds)
+  notifications  how soon a notification leaves after its event: from a run's terminal event to
+          its signed delivery's arrival at an endpoint on loopback (N runs one at a time, then N
+          at once), beside the target (p50 under 1 s)
   queue   the run queue on SQLite: runs claimed per second with N×10 trivial runs queued at once,
           claim latency with the engine idle (N runs), and the delay from a cron slot to the
           run (a per-second schedule, N slots)
@@ -34,6 +56,11 @@ Scenarios:
   swap    what the runner hot-swap adds to trigger-to-first-event (runs whose snapshot names an
           older runner vs. the current one, N each, interleaved, warm pool on and off), and runner
           start with and without the runner layer's compile cache, through the sandbox driver
+  ui      the dashboard in Debian's chromium: the bytes of a first visit to /ui (gzipped, budget
+          100 KB), the runs page from navigation to its list shown with 10,000 runs in the store
+          (the first load, then N/3 warm ones, beside the list's API call alone), and a live
+          event's delay from the host writing it to its bar in the run's timeline (p50, measured
+          in the page, beside its arrival over SSE in Node)
 
 Starts its own host on a temporary data folder; uses the base image in DIR/images.
 
@@ -41,6 +68,7 @@ Options:
   --runs N          sequential runs to measure (default 30; bridge: N×100 request pairs)
   --sizes A,B,...   snapshot: environment sizes in MiB (default 10,300,1024)
   --sandboxes N     bridge: sandboxes calling at once (default 50), each sending 200 calls
+  --claims N        cluster: runs per claims pass (0 skips that part)
   --levels A,B,...  density: live sandboxes at each level (default 100,500,1000)
   --sandbox-cidr C  density: the IPv4 range of the bench host's sandbox addresses (default 10.220.0.0/16)
   --json            print one JSON object (the default output is the same JSON, indented)
@@ -54,6 +82,7 @@ Options:
         sizes: { type: "string" },
         sandboxes: { type: "string" },
         levels: { type: "string" },
+        claims: { type: "string" },
         "sandbox-cidr": { type: "string" },
         "data-dir": { type: "string" },
       },
@@ -78,6 +107,18 @@ Options:
         sandboxes: parseNumber(values.sandboxes, "sandboxes") ?? 50,
         callsPerSandbox: 200,
         progress: (line) => ctx.err(`bench bridge: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "cluster") {
+      const { clusterBench } = await import("../../../../bench/cluster.ts");
+      const result = await clusterBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        failovers: Math.max(3, Math.round(runs / 10)),
+        events: 200,
+        claimRuns: parseNumber(values.claims, "claims") ?? 2000,
+        progress: (line) => ctx.err(`bench cluster: ${line}`),
       });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;
@@ -110,6 +151,16 @@ Options:
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;
     }
+    if (scenario === "notifications") {
+      const { notificationsBench } = await import("../../../../bench/notifications.ts");
+      const result = await notificationsBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        runs: Math.max(runs, 1),
+        progress: (line) => ctx.err(`bench notifications: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
     if (scenario === "queue") {
       const { queueBench } = await import("../../../../bench/queue.ts");
       const result = await queueBench({
@@ -117,6 +168,16 @@ Options:
         runs: Math.max(runs, 1) * 10,
         samples: Math.max(runs, 1),
         progress: (line) => ctx.err(`bench queue: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "ui") {
+      const { uiBench } = await import("../../../../bench/ui.ts");
+      const result = await uiBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        loads: Math.max(3, Math.round(runs / 3)),
+        progress: (line) => ctx.err(`bench ui: ${line}`),
       });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;

@@ -4,7 +4,8 @@
  */
 import { ProviderKind, type ProviderPutInput } from "@paddock/protocol";
 import { CONNECTION_HELP, parseCommand, UsageError } from "../args.ts";
-import { type Command, type CommandGroup, connect } from "../context.ts";
+import type { Client } from "../client.ts";
+import { type Command, type CommandGroup, type Context, connect } from "../context.ts";
 import { formatTable } from "../format.ts";
 
 /** `NAME=IN/OUT[/MAX]`: credits per million input and output tokens, and the most output tokens. */
@@ -60,15 +61,34 @@ ${CONNECTION_HELP}`,
       ...(values.secret ? { secret: values.secret } : {}),
       ...(values["timeout-ms"] ? { timeout_ms: Number(values["timeout-ms"]) } : {}),
     };
-    const { provider, created } = await (await connect(values, ctx)).putProvider(positionals[0] ?? "", body);
+    const client = await connect(values, ctx);
+    const { provider, created } = await client.putProvider(positionals[0] ?? "", body);
     if (values.json) ctx.out(JSON.stringify(provider, null, 2));
     else
       ctx.out(
         `${created ? "created" : "updated"} provider ${provider.name} (${Object.keys(provider.models).length} models)`,
       );
+    await warnWithoutCredits(client, ctx);
     return 0;
   },
 };
+
+/**
+ * A note on stderr when the caller's tenant (the admin's own, 'default') has no credits left: a
+ * provider alone does not let its runs call a model. Reading the balance is advisory: its failure
+ * is not the command's.
+ */
+async function warnWithoutCredits(client: Client, ctx: Context): Promise<void> {
+  const balance = await client.credits().then(
+    (view) => view.tenant,
+    () => null,
+  );
+  if (balance === null || balance.available > 0) return;
+  ctx.err(
+    `note: this tenant has no credits available (granted ${balance.granted}, spent ${balance.spent}): ` +
+      "its runs' model calls stop with out_of_credits until it has some: paddock credits grant default CREDITS",
+  );
+}
 
 const listProviders: Command = {
   name: "list",

@@ -1,6 +1,6 @@
 /** `paddock run`, `paddock runs list|show`, `paddock logs`, `paddock cancel`: runs and their events. */
 import { readFile } from "node:fs/promises";
-import { isEvent, type Run, type RunEventRead, RunStatus } from "@paddock/protocol";
+import { isEvent, QueryTime, type Run, type RunEventRead, RunStatus, RunTrigger } from "@paddock/protocol";
 import { CliError, CONNECTION_HELP, parseCommand, parseJsonFlag, parseNumber, UsageError } from "../args.ts";
 import type { Client } from "../client.ts";
 import { type Command, type CommandGroup, type Context, connect } from "../context.ts";
@@ -36,9 +36,9 @@ async function follow(client: Client, ctx: Context, runId: string, render: (e: R
   }
 }
 
-async function readInput(values: { input?: string | undefined; "input-file"?: string | undefined }) {
+async function readInput(values: { input?: string | undefined; "input-file"?: string | undefined }, command: string) {
   if (values.input !== undefined && values["input-file"] !== undefined) {
-    throw new UsageError("give either --input or --input-file, not both", "run");
+    throw new UsageError("give either --input or --input-file, not both", command);
   }
   if (values.input !== undefined) return parseJsonFlag(values.input, "input");
   const file = values["input-file"];
@@ -62,6 +62,36 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString("utf8");
 }
 
+/** The options of a command that starts a run: its input, and following it. */
+const START_OPTIONS = {
+  input: { type: "string" },
+  "input-file": { type: "string" },
+  follow: { type: "boolean", short: "f" },
+  absolute: { type: "boolean" },
+} as const;
+
+/**
+ * Prints a run just started: its id, or with `follow`, `header` and then its timeline until it
+ * ends. The exit status: 0, or with `follow` 0 only if the run succeeded.
+ */
+async function startedRun(
+  client: Client,
+  ctx: Context,
+  runId: string,
+  header: string,
+  values: { follow?: boolean | undefined; absolute?: boolean | undefined },
+): Promise<number> {
+  if (!values.follow) {
+    ctx.out(runId);
+    return 0;
+  }
+  ctx.out(header);
+  const timeline = new Timeline({ absolute: values.absolute ?? false });
+  const final = await follow(client, ctx, runId, (e) => ctx.out(timeline.line(e)));
+  ctx.out(formatOutcome(final));
+  return final.status === "succeeded" ? 0 : 1;
+}
+
 export const run: Command = {
   name: "run",
   summary: "start a run of an agent (and follow it)",
@@ -81,40 +111,34 @@ ${CONNECTION_HELP}`,
   async run(argv, ctx) {
     const { values, positionals } = parseCommand(argv, {
       command: "run",
-      options: {
-        input: { type: "string" },
-        "input-file": { type: "string" },
-        follow: { type: "boolean", short: "f" },
-        absolute: { type: "boolean" },
-      },
+      options: START_OPTIONS,
       positionals: { min: 1, max: 1 },
     });
-    const input = await readInput(values);
+    const input = await readInput(values, "run");
     const client = await connect(values, ctx);
     const agent = await client.resolveAgent(positionals[0] ?? "");
     const created = await client.createRun(agent.id, input);
-    if (!values.follow) {
-      ctx.out(created.id);
-      return 0;
-    }
-    ctx.out(`run ${created.id} (agent ${agent.name})`);
-    const timeline = new Timeline({ absolute: values.absolute ?? false });
-    const final = await follow(client, ctx, created.id, (e) => ctx.out(timeline.line(e)));
-    ctx.out(formatOutcome(final));
-    return final.status === "succeeded" ? 0 : 1;
+    return startedRun(client, ctx, created.id, `run ${created.id} (agent ${agent.name})`, values);
   },
 };
 
 const list: Command = {
   name: "list",
   summary: "list runs",
-  usage: `Usage: paddock runs list [--agent AGENT] [--status STATUS] [--limit N] [--json]
+  usage: `Usage: paddock runs list [--agent AGENT] [--status STATUS] [--trigger TRIGGER] [--parent RUN]
+                        [--root RUN] [--after TIME] [--before TIME] [--id PREFIX] [--limit N] [--json]
 
-Lists runs, newest first.
+Lists runs, newest first; every filter given applies.
 
 Options:
   --agent AGENT     only runs of this agent (id or name)
   --status STATUS   only runs in this state (${RunStatus.options.join(", ")})
+  --trigger TRIGGER only runs started this way (${RunTrigger.options.join(", ")})
+  --parent RUN      only the runs RUN started
+  --root RUN        only the runs of RUN's tree (not RUN itself)
+  --after TIME      only runs created at or after TIME (ISO 8601 with a zone, e.g. 2026-03-01T09:00:00Z)
+  --before TIME     only runs created before TIME
+  --id PREFIX       only runs whose id starts with PREFIX (the run_ may be left out)
   --limit N         at most N runs (default 50)
   --json            print the runs as JSON
 
@@ -125,6 +149,12 @@ ${CONNECTION_HELP}`,
       options: {
         agent: { type: "string" },
         status: { type: "string" },
+        trigger: { type: "string" },
+        parent: { type: "string" },
+        root: { type: "string" },
+        after: { type: "string" },
+        before: { type: "string" },
+        id: { type: "string" },
         limit: { type: "string" },
         json: { type: "boolean" },
       },
@@ -132,10 +162,30 @@ ${CONNECTION_HELP}`,
     if (values.status !== undefined && !RunStatus.safeParse(values.status).success) {
       throw new UsageError(`--status must be one of ${RunStatus.options.join(", ")}`, "runs list");
     }
+    if (values.trigger !== undefined && !RunTrigger.safeParse(values.trigger).success) {
+      throw new UsageError(`--trigger must be one of ${RunTrigger.options.join(", ")}`, "runs list");
+    }
+    for (const flag of ["after", "before"] as const) {
+      if (values[flag] !== undefined && !QueryTime.safeParse(values[flag]).success) {
+        throw new UsageError(`--${flag} must be an ISO 8601 time with a zone, e.g. 2026-03-01T09:00:00Z`, "runs list");
+      }
+    }
     const limit = parseNumber(values.limit, "limit") ?? 50;
     const client = await connect(values, ctx);
     const agent = values.agent ? await client.resolveAgent(values.agent) : null;
-    const runs = await client.listRuns({ agent_id: agent?.id, status: values.status }, limit);
+    const runs = await client.listRuns(
+      {
+        agent_id: agent?.id,
+        status: values.status,
+        trigger: values.trigger,
+        parent_run_id: values.parent,
+        root_run_id: values.root,
+        created_after: values.after,
+        created_before: values.before,
+        id_prefix: values.id,
+      },
+      limit,
+    );
     if (values.json) {
       ctx.out(JSON.stringify(runs, null, 2));
       return 0;
@@ -147,18 +197,50 @@ ${CONNECTION_HELP}`,
     const names = new Map((agent ? [agent] : await client.listAgents().catch(() => [])).map((a) => [a.id, a.name]));
     ctx.out(
       formatTable(
-        ["ID", "AGENT", "STATUS", "EXIT", "CREATED", "DURATION"],
+        ["ID", "AGENT", "STATUS", "EXIT", "TRIGGER", "CREATED", "DURATION"],
         runs.map((r) => [
           r.id,
           names.get(r.agent_id) ?? r.agent_id,
           r.status,
           r.exit_code === null ? "" : String(r.exit_code),
+          r.trigger,
           r.created_at,
           formatDuration(r.started_at, r.finished_at),
         ]),
       ),
     );
     return 0;
+  },
+};
+
+const replay: Command = {
+  name: "replay",
+  summary: "run a run again: same agent version, same or edited input",
+  usage: `Usage: paddock runs replay RUN [--input JSON | --input-file FILE] [--follow [--absolute]]
+
+Starts a new run of the agent version and environment RUN ran with, with RUN's input, or with the
+input given instead, and prints the new run's id. The new run records that it replays RUN.
+
+Options:
+  --input JSON        the new run's input, as JSON, instead of RUN's
+  --input-file FILE   read that input from a JSON file ('-' for stdin)
+  --follow, -f        stream the new run's events as a timeline until it ends; exit 0 only if it
+                      succeeded
+  --absolute          with --follow: print event times as ISO timestamps
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const { values, positionals } = parseCommand(argv, {
+      command: "runs replay",
+      options: START_OPTIONS,
+      positionals: { min: 1, max: 1 },
+    });
+    const edited = values.input !== undefined || values["input-file"] !== undefined;
+    const input = await readInput(values, "runs replay");
+    const client = await connect(values, ctx);
+    const original = positionals[0] ?? "";
+    const created = await client.replayRun(original, edited ? { input } : {});
+    return startedRun(client, ctx, created.id, `run ${created.id} (replays ${original})`, values);
   },
 };
 
@@ -198,7 +280,11 @@ ${CONNECTION_HELP}`,
   },
 };
 
-export const runs: CommandGroup = { name: "runs", summary: "list and show runs", commands: [list, show] };
+export const runs: CommandGroup = {
+  name: "runs",
+  summary: "list, show and replay runs",
+  commands: [list, show, replay],
+};
 
 export const logs: Command = {
   name: "logs",

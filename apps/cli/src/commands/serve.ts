@@ -5,6 +5,9 @@ import { type Command, dataDirOf } from "../context.ts";
 
 export const DEFAULT_PORT = 7420;
 
+/** Where a host serves its dashboard. */
+export const dashboardUrl = (hostUrl: string) => `${hostUrl.replace(/\/+$/, "")}/ui`;
+
 export const serve: Command = {
   name: "serve",
   summary: "run the host (API, engine, sandboxes)",
@@ -14,11 +17,12 @@ export const serve: Command = {
                      [--database postgres://USER@HOST/DB]
                      [--egress-trust CIDR]... [--master-key-file FILE]
                      [--old-master-key-file FILE]... [--llm-rpm N] [--llm-tpm N]
-                     [--blobs URL]
+                     [--blobs URL] [--starting-credits N] [--metrics-token-file FILE]
+                     [--log-format json|pretty] [--trace-content]
 
-Runs the host: the HTTP API, the run engine and the sandboxes. On the first start of a data
-folder it creates the admin API key, prints it once and writes it to DIR/admin.key.
-Stops cleanly on Ctrl-C (SIGINT) or SIGTERM.
+Runs the host: the HTTP API, the run engine, the sandboxes and the dashboard (URL/ui, signed in
+with an API key). On the first start of a data folder it creates the admin API key, prints it
+once and writes it to DIR/admin.key. Stops cleanly on Ctrl-C (SIGINT) or SIGTERM.
 
 Options:
   --data-dir DIR    data folder: database, artifacts, layers (env PADDOCK_DATA_DIR;
@@ -63,7 +67,25 @@ Options:
                     s3://BUCKET[/PREFIX]?endpoint=URL&region=NAME&force_path_style=true
                     (AWS S3, MinIO, Ceph, R2; credentials from the AWS environment or
                     credential files, never the URL). Each node keeps a verified copy of
-                    what it reads in DIR/cache/blobs. Default: DIR/blobs`,
+                    what it reads in DIR/cache/blobs. Default: DIR/blobs
+  --starting-credits N
+                    credits granted to the host's own tenant (the admin key's) when a new
+                    store creates it, so that first model calls can be paid (default 10; 0
+                    grants none). Tenants created later start with none: 'paddock credits
+                    grant TENANT N'
+  --metrics-token-file FILE
+                    a token (at least 16 characters) that may read GET /metrics besides the
+                    admin API key, for a Prometheus scraper that should hold no API key
+  --log-format json|pretty
+                    log lines on stderr as JSON objects (time, level, node, run_id,
+                    tenant_id, msg) or as text for people (default: pretty when stderr is
+                    a terminal, else json)
+  --trace-content   put prompts, completions and tools' arguments and results in spans
+                    (only with traces, below; they may hold what agents read and write)
+
+Traces: with OTEL_EXPORTER_OTLP_ENDPOINT set (http://HOST:4318), the host sends OpenTelemetry
+spans over OTLP/HTTP to its /v1/traces: one trace per root run. Without it no tracing code is
+loaded. OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS apply.`,
   async run(argv, ctx) {
     const { values } = parseLocalCommand(argv, {
       command: "serve",
@@ -85,8 +107,16 @@ Options:
         "llm-rpm": { type: "string" },
         "llm-tpm": { type: "string" },
         blobs: { type: "string" },
+        "starting-credits": { type: "string" },
+        "metrics-token-file": { type: "string" },
+        "log-format": { type: "string" },
+        "trace-content": { type: "boolean" },
       },
     });
+    const logFormat = values["log-format"];
+    if (logFormat !== undefined && logFormat !== "json" && logFormat !== "pretty") {
+      throw new UsageError("--log-format must be json or pretty", "serve");
+    }
     const port = parseNumber(values.port, "port") ?? DEFAULT_PORT;
     if (port < 0 || port > 65535) throw new UsageError("--port must be between 0 and 65535", "serve");
     const dataDir = dataDirOf(values, ctx);
@@ -95,6 +125,10 @@ Options:
     const maxRuns = parseNumber(values["max-runs"], "max-runs");
     const leaseMs = parseNumber(values["lease-ms"], "lease-ms");
     const perTenant = parseNumber(values["max-runs-per-tenant"], "max-runs-per-tenant");
+    const startingCredits = parseNumber(values["starting-credits"], "starting-credits", true);
+    if (startingCredits !== undefined && startingCredits < 0) {
+      throw new UsageError("--starting-credits must be 0 or more", "serve");
+    }
     if (leaseMs !== undefined && leaseMs < 1000) throw new UsageError("--lease-ms must be at least 1000", "serve");
     const database = values.database ?? ctx.settings.database;
     if (database !== undefined && !/^postgres(ql)?:\/\//.test(database)) {
@@ -112,13 +146,18 @@ Options:
       ...(values["internal-url"] ? { internalUrl: values["internal-url"] } : {}),
       ...(leaseMs !== undefined ? { leaseMs } : {}),
       ...(perTenant !== undefined ? { maxRunsPerTenant: perTenant } : {}),
+      ...(startingCredits !== undefined ? { startingCredits } : {}),
       ...(values.blobs ? { blobs: values.blobs } : {}),
+      ...(values["metrics-token-file"] ? { metricsTokenFile: absolute(values["metrics-token-file"]) } : {}),
+      ...(logFormat ? { logFormat } : {}),
       ...(database ? { database } : {}),
       ...(values["egress-trust"] ? { egressTrustedAddresses: values["egress-trust"] } : {}),
       ...(values["master-key-file"] ? { masterKeyFile: absolute(values["master-key-file"]) } : {}),
       ...(values["old-master-key-file"]
         ? { oldMasterKeyFiles: values["old-master-key-file"].map((f) => absolute(f)) }
         : {}),
+      ...(ctx.settings.otlpEndpoint ? { otlpEndpoint: ctx.settings.otlpEndpoint } : {}),
+      ...(values["trace-content"] ? { traceContent: true } : {}),
       ...(rpm || tpm
         ? { llmTenantLimits: { ...(rpm ? { requestsPerMinute: rpm } : {}), ...(tpm ? { tokensPerMinute: tpm } : {}) } }
         : {}),
@@ -143,6 +182,10 @@ Options:
       process.on("SIGTERM", stop);
     });
     ctx.out(`paddock ${VERSION} serving ${host.url} (data: ${dataDir}${database ? ", database: PostgreSQL" : ""})`);
+    if (host.startingCredits !== null) {
+      ctx.out(`the host's own tenant starts with ${host.startingCredits} credits (--starting-credits)`);
+    }
+    ctx.out(`dashboard: ${dashboardUrl(host.url)} (sign in with the admin API key)`);
     if (host.adminKey) {
       ctx.out(`admin API key (shown once; saved to ${host.adminKeyPath}):`);
       ctx.out(`  ${host.adminKey}`);

@@ -113,6 +113,27 @@ describe("agent versions and deletion without root", () => {
     assert.equal(cleared.version, 7);
     // Nothing new: no version.
     assert.equal((await patch({ env: { B: "2" }, budget: null })).version, 7);
+    // Every version's definition stays readable, newest first.
+    const versions = ok(await api("GET", `/v1/agents/${agent.id}/versions`)).data;
+    assert.deepEqual(
+      versions.map((v: { version: number }) => v.version),
+      [7, 6, 5, 4, 3, 2, 1],
+    );
+    assert.deepEqual(versions[6].definition.budget, { per_run: 1, total: 5 });
+    assert.deepEqual(versions[5].definition.budget, { per_run: 2, total: 5 });
+    assert.deepEqual(versions[0].definition.budget, {});
+    assert.deepEqual(
+      (({ version, created_at, ...definition }) => definition)(
+        ok(await api("GET", `/v1/agents/${agent.id}`)) as Record<string, unknown>,
+      ),
+      {
+        ...versions[0].definition,
+        id: agent.id,
+        name: agent.name,
+        snapshot: agent.snapshot,
+        archived_at: null,
+      },
+    );
   });
 
   it("an invalid PATCH or PUT is checked as a create is and changes nothing", async () => {

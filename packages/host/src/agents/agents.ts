@@ -15,6 +15,8 @@ import {
   type AgentReplace,
   type AgentSpec,
   type AgentUpdate,
+  type AgentVersion,
+  type AgentVersionDefinition,
   AppError,
   BUILTIN_TOOLS,
   Limits,
@@ -45,11 +47,10 @@ export interface AgentRecord {
 
 const layersOf = (snapshot: SnapshotsTable) => parseLayerDigests(snapshot.layers);
 
-export function toAgent({ row, snapshot }: AgentRecord): Agent {
-  const def = parseAgentDefinition(row.spec);
+/** A stored definition as the API shows it (an agent's, or one of its versions'). */
+function definitionOf(spec: string): AgentVersionDefinition {
+  const def = parseAgentDefinition(spec);
   return {
-    id: row.id,
-    name: row.name,
     command: def.command,
     env: def.env,
     files: def.files,
@@ -60,6 +61,14 @@ export function toAgent({ row, snapshot }: AgentRecord): Agent {
     max_concurrent_runs: def.max_concurrent_runs ?? null,
     queue_ttl_s: def.queue_ttl_s ?? null,
     builtin: def.builtin ?? null,
+  };
+}
+
+export function toAgent({ row, snapshot }: AgentRecord): Agent {
+  return {
+    id: row.id,
+    name: row.name,
+    ...definitionOf(row.spec),
     snapshot: {
       version: snapshot.version,
       base: snapshot.base,
@@ -625,6 +634,22 @@ export class Agents {
       `The command '${argv0}' does not exist in the agent's image (searched PATH and ${cwd}).`,
       { command: argv0 },
     );
+  }
+
+  /** Every version of the agent's definition, newest first. */
+  async versions(tenantId: string, id: string): Promise<AgentVersion[]> {
+    const { row } = await this.get(tenantId, id);
+    const rows = await this.#db
+      .selectFrom("agent_versions")
+      .selectAll()
+      .where("agent_id", "=", row.id)
+      .orderBy("version", "desc")
+      .execute();
+    return rows.map((v) => ({
+      version: v.version,
+      created_at: new Date(v.created_at).toISOString(),
+      definition: definitionOf(v.spec),
+    }));
   }
 
   /** The agent's environment versions, newest first. */

@@ -133,7 +133,7 @@ export class SnapshotArchives {
     version: number,
     options: { includeBase: boolean },
   ): Promise<PreparedExport> {
-    const { agents, db, images, layers } = this.#deps;
+    const { agents, db, layers } = this.#deps;
     const { row } = await agents.get(tenantId, agentId);
     const snapshot = await agents.snapshots.get(db, row.id, version);
     if (!snapshot) {
@@ -143,12 +143,12 @@ export class SnapshotArchives {
       );
     }
     const digests = JSON.parse(snapshot.layers) as string[];
+    // Another node may have made this version: what this one lacks comes from the shared blob store.
+    const paths = await agents.layerPaths({ image: snapshot.base, layers: digests });
     for (const digest of digests) {
       if (!(await layers.has(digest))) throw new Error(`layer ${digest} of ${row.id} v${version} is missing`);
     }
-    const base = options.includeBase
-      ? { digest: snapshot.base, dir: (await images.resolve(snapshot.base)).rootfs }
-      : null;
+    const base = options.includeBase ? { digest: snapshot.base, dir: paths.at(-1) as string } : null;
     const manifest: SnapshotManifest = {
       format: MANIFEST_FORMAT,
       agent: { id: row.id, name: row.name },

@@ -10,18 +10,23 @@ import {
   AgentCreate,
   AgentReplace,
   AgentUpdate,
+  AgentVersion,
   ApiKey,
   ApiKeyCreate,
   AppError,
   Artifact,
   ErrorResponse,
+  eventTypesOf,
   MAX_FILES_BYTES,
   Page,
+  PageQuery,
   Run,
   RunCreate,
   RunEvent,
+  RunEventsQuery,
   Runner,
-  RunStatus,
+  RunReplay,
+  RunsQuery,
   Snapshot,
   TERMINAL_STATUSES,
   Tenant,
@@ -30,22 +35,30 @@ import {
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
+import type { CallLog } from "../activity/calls.ts";
+import type { RunStats } from "../activity/stats.ts";
 import { type Agents, frozenSpec, toAgent } from "../agents/agents.ts";
 import type { SnapshotArchives } from "../agents/snapshot-archive.ts";
 import type { Artifacts } from "../artifacts/artifacts.ts";
 import type { Connections } from "../bridge/connections.ts";
 import type { Engine } from "../engine/engine.ts";
-import { idempotencyKey, type RunRepository, toRun } from "../engine/runs.ts";
+import { idempotencyKey, type RunFilter, type RunRepository, toRun } from "../engine/runs.ts";
 import type { EnvSessions } from "../envs/sessions.ts";
 import type { Ledger } from "../gateway/ledger.ts";
 import type { Providers } from "../gateway/providers.ts";
 import { type Identity, toTenant } from "../identity/identity.ts";
+import type { UiSessions } from "../identity/ui-sessions.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
+import type { Notifications } from "../notifications/subscriptions.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
+import type { RunsTable } from "../store/schema.ts";
+import { formatTraceparent, parseTraceparent } from "../tracing/trace-context.ts";
 import type { Scheduler } from "../triggers/scheduler.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
+import { registerActivityRoutes } from "./activity.ts";
 import { registerConnectionRoutes } from "./connections.ts";
 import { registerGatewayRoutes } from "./gateway.ts";
 import {
@@ -59,16 +72,21 @@ import {
   tenantOf,
   validationHook,
 } from "./http.ts";
+import { registerMetricsRoutes } from "./metrics.ts";
 import { registerNodeRoutes } from "./nodes.ts";
+import { registerNotificationRoutes } from "./notifications.ts";
 import { registerRunnerRoutes } from "./runners.ts";
 import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
 import { registerSessionRoutes } from "./sessions.ts";
 import { registerSnapshotArchiveRoutes } from "./snapshot-archive.ts";
+import { registerUi } from "./ui.ts";
+import { registerUiSessionRoutes } from "./ui-session.ts";
 import { registerWebhookRoutes } from "./webhooks.ts";
 
 export interface ApiDeps {
   identity: Identity;
+  uiSessions: UiSessions;
   agents: Agents;
   runs: RunRepository;
   events: EventLog;
@@ -83,23 +101,39 @@ export interface ApiDeps {
   ledger: Ledger;
   scheduler: Scheduler;
   webhooks: Webhooks;
+  notifications: Notifications;
   nodes: Nodes;
+  calls: CallLog;
+  stats: RunStats;
   /** The node serving this API. */
   nodeId: string;
   version: string;
+  /** The built dashboard (index.html and assets/), served under /ui; none: no /ui. */
+  uiDir?: string;
   log: (msg: string) => void;
+  /** This node's metrics, and the token that may read them beside the admin key (null: none). */
+  metrics: Metrics;
+  metricsToken: string | null;
 }
 
 const AgentId = z.object({ id: pathParam(Id, "agent") });
+/** A tenant by id or name. */
+const TenantRef = pathParam(z.string().min(1).max(64), "tenant");
 const RunId = z.object({ id: pathParam(Id, "run") });
-const ListQuery = z.object({
-  limit: z.coerce.number().int().min(1).max(200).default(50),
-  cursor: z.string().max(64).optional(),
-});
-const AgentsQuery = ListQuery.extend({
+const AgentsQuery = PageQuery.extend({
   name: z.string().max(64).optional(),
   /** true: deleted (archived) agents too. */
   archived: z.enum(["true", "false"]).optional(),
+});
+/** The answers of a route that starts a run (a trigger, a replay). */
+const RUN_STARTED = {
+  200: json(Run, "The run this Idempotency-Key already started (also once the agent is deleted)"),
+  201: json(Run, "Queued"),
+  409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
+  422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
+};
+const IdempotencyHeader = z.object({
+  "idempotency-key": z.string().optional().meta({ description: "1 to 255 printable ASCII characters, no spaces" }),
 });
 /** An agent's files travel inside its JSON body; allow for their JSON escaping. */
 const AGENT_BODY_LIMIT = MAX_FILES_BYTES * 2 + 1024 * 1024;
@@ -108,12 +142,22 @@ const TERMINAL_EVENTS = new Set(TERMINAL_STATUSES.map((s) => `run.${s}`));
 
 export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   const app = new OpenAPIHono<ApiEnv>({ defaultHook: validationHook });
-  const route = routeDefiner(app, deps.identity);
+  const route = routeDefiner(app, deps.identity, {
+    metrics: deps.metrics,
+    metricsToken: deps.metricsToken,
+    uiSessions: deps.uiSessions,
+  });
 
   const page = <T>(rows: T[], limit: number, cursor: (row: T) => string) => ({
     data: rows,
     next_cursor: rows.length === limit && rows.length > 0 ? cursor(rows[rows.length - 1] as T) : null,
   });
+  /** The answer of a route that starts a run: 201 for a new one, 200 for the one its Idempotency-Key started. */
+  const answerStarted = (c: Context<ApiEnv>, { run, created }: { run: RunsTable; created: boolean }) => {
+    if (created) deps.engine.notify();
+    else c.header("idempotent-replayed", "true");
+    return c.json(toRun(run), created ? 201 : 200);
+  };
   const findRun = async (c: Context<ApiEnv>, id: string) => {
     const run = await deps.runs.get(tenantOf(c), id);
     if (!run) throw new AppError("not_found", `No run '${id}'.`);
@@ -187,7 +231,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       summary: "Create an API key for a tenant (the key is shown once)",
       auth: "admin",
       request: {
-        params: z.object({ id: pathParam(z.string().min(1).max(64), "tenant") }),
+        params: z.object({ id: TenantRef }),
         body: jsonBody(ApiKeyCreate),
       },
       responses: { 201: json(ApiKey, "Created") },
@@ -197,6 +241,37 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       return c.json(await deps.identity.createTenantKey(tenant.id, c.req.valid("json").name ?? null), 201);
     },
   );
+  route(
+    {
+      method: "get",
+      path: "/v1/tenants/{id}/keys",
+      summary: "List a tenant's API keys, revoked ones included (never their secrets)",
+      auth: "admin",
+      request: { params: z.object({ id: TenantRef }) },
+      responses: { 200: json(Page(ApiKey), "Keys") },
+    },
+    async (c) => {
+      const tenant = await deps.identity.findTenant(c.req.valid("param").id);
+      return c.json({ data: await deps.identity.listKeys(tenant.id), next_cursor: null }, 200);
+    },
+  );
+  route(
+    {
+      method: "delete",
+      path: "/v1/tenants/{id}/keys/{key_id}",
+      summary:
+        "Revoke a tenant's API key: it authenticates nothing from now on and the dashboard sessions it signed in end (not the admin key)",
+      auth: "admin",
+      request: { params: z.object({ id: TenantRef, key_id: pathParam(Id, "key") }) },
+      responses: { 200: json(ApiKey, "Revoked") },
+    },
+    async (c) => {
+      const { id, key_id } = c.req.valid("param");
+      const tenant = await deps.identity.findTenant(id);
+      return c.json(await deps.identity.revokeKey(tenant.id, key_id), 200);
+    },
+  );
+  registerUiSessionRoutes(route, { uiSessions: deps.uiSessions, identity: deps.identity });
 
   // Agents.
   route(
@@ -293,6 +368,19 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     async (c) => c.json(toAgent(await deps.agents.archive(tenantOf(c), c.req.valid("param").id)), 200),
   );
 
+  route(
+    {
+      method: "get",
+      path: "/v1/agents/{id}/versions",
+      summary: "Every version of an agent's definition, newest first (a run records the version it was triggered with)",
+      auth: "tenant",
+      request: { params: AgentId },
+      responses: { 200: json(Page(AgentVersion), "Versions") },
+    },
+    async (c) =>
+      c.json({ data: await deps.agents.versions(tenantOf(c), c.req.valid("param").id), next_cursor: null }, 200),
+  );
+
   // Environment versions.
   route(
     {
@@ -341,6 +429,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   registerSecretRoutes(route, deps.secrets);
   registerScheduleRoutes(route, { scheduler: deps.scheduler, agents: deps.agents });
   registerWebhookRoutes(route, { webhooks: deps.webhooks, agents: deps.agents });
+  registerNotificationRoutes(route, { notifications: deps.notifications, identity: deps.identity });
   registerGatewayRoutes(route, {
     providers: deps.providers,
     ledger: deps.ledger,
@@ -349,6 +438,8 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     findRun,
   });
   registerConnectionRoutes(route, deps.connections);
+  registerMetricsRoutes(route, deps.metrics);
+  registerActivityRoutes(route, { calls: deps.calls, stats: deps.stats });
 
   // Runs.
   route(
@@ -360,59 +451,58 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       auth: "tenant",
       request: {
         params: AgentId,
-        headers: z.object({
-          "idempotency-key": z
-            .string()
-            .optional()
-            .meta({ description: "1 to 255 printable ASCII characters, no spaces" }),
+        headers: IdempotencyHeader.extend({
+          traceparent: z.string().optional().meta({
+            description:
+              "A W3C Trace Context traceparent: the run's spans continue that trace, under that span (a malformed one is ignored)",
+          }),
         }),
         body: jsonBody(RunCreate),
       },
-      responses: {
-        200: json(Run, "The run this Idempotency-Key already started (also once the agent is deleted)"),
-        201: json(Run, "Queued"),
-        409: json(ErrorResponse, "The agent is deleted (agent_archived)"),
-        422: json(ErrorResponse, "The Idempotency-Key was used for another request (idempotency_key_reused)"),
-      },
+      responses: RUN_STARTED,
     },
     async (c) => {
       const agent = await deps.agents.get(tenantOf(c), c.req.valid("param").id);
       const body = c.req.valid("json");
-      const key = c.req.valid("header")["idempotency-key"];
+      const { "idempotency-key": key, traceparent } = c.req.valid("header");
       const dedupe =
         key === undefined
           ? undefined
           : idempotencyKey(agent.row.tenant_id, key, `${agent.row.id}\n${JSON.stringify(body.input ?? null)}`);
       // The Idempotency-Key's run answers even once the agent is archived; a new run is refused then.
       const spec = frozenSpec(agent);
-      const { run, created } = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
+      const parent = parseTraceparent(traceparent);
+      const started = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
         trigger: "api",
         ...(dedupe ? { dedupe } : {}),
+        ...(parent ? { traceParent: formatTraceparent(parent) } : {}),
       });
-      if (created) deps.engine.notify();
-      else c.header("idempotent-replayed", "true");
-      return c.json(toRun(run), created ? 201 : 200);
+      return answerStarted(c, started);
     },
   );
   route(
     {
       method: "get",
       path: "/v1/runs",
-      summary: "List runs",
+      summary:
+        "List runs, newest first: by agent, status, trigger, parent or root run, creation time (created_after inclusive, created_before exclusive) and id prefix",
       auth: "tenant",
-      request: {
-        query: ListQuery.extend({ agent_id: z.string().max(64).optional(), status: RunStatus.optional() }),
-      },
+      request: { query: RunsQuery },
       responses: { 200: json(Page(Run), "Runs") },
     },
     async (c) => {
       const q = c.req.valid("query");
-      const rows = await deps.runs.list(tenantOf(c), {
-        limit: q.limit,
-        ...(q.cursor ? { cursor: q.cursor } : {}),
-        ...(q.agent_id ? { agentId: q.agent_id } : {}),
-        ...(q.status ? { status: q.status } : {}),
-      });
+      const filter: RunFilter = { limit: q.limit };
+      if (q.cursor) filter.cursor = q.cursor;
+      if (q.agent_id) filter.agentId = q.agent_id;
+      if (q.status) filter.status = q.status;
+      if (q.trigger) filter.trigger = q.trigger;
+      if (q.parent_run_id) filter.parentRunId = q.parent_run_id;
+      if (q.root_run_id) filter.rootRunId = q.root_run_id;
+      if (q.created_after) filter.createdAfter = Date.parse(q.created_after);
+      if (q.created_before) filter.createdBefore = Date.parse(q.created_before);
+      if (q.id_prefix) filter.idPrefix = q.id_prefix;
+      const rows = await deps.runs.list(tenantOf(c), filter);
       return c.json(
         page(rows.map(toRun), q.limit, (r) => r.id),
         200,
@@ -450,20 +540,34 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     },
   );
 
+  route(
+    {
+      method: "post",
+      path: "/v1/runs/{id}/replay",
+      summary:
+        "Replay a run: a new run (trigger replay, replay_of naming this one) of the same agent version and environment, with the same input or the input given. With an Idempotency-Key header, the same key answers with the same run for 24 hours (200, Idempotent-Replayed: true)",
+      auth: "tenant",
+      request: {
+        params: RunId,
+        headers: IdempotencyHeader,
+        body: jsonBody(RunReplay),
+      },
+      responses: RUN_STARTED,
+    },
+    async (c) => {
+      const key = c.req.valid("header")["idempotency-key"];
+      return answerStarted(c, await deps.runs.replay(tenantOf(c), c.req.valid("param").id, c.req.valid("json"), key));
+    },
+  );
+
   // Events: a JSON page, or live server-sent events resumable with Last-Event-ID.
   route(
     {
       method: "get",
       path: "/v1/runs/{id}/events",
-      summary: "A run's events (JSON, or text/event-stream to follow live)",
+      summary: "A run's events (JSON, or text/event-stream to follow live); with types=a,b only events of those types",
       auth: "tenant",
-      request: {
-        params: RunId,
-        query: z.object({
-          after: z.coerce.number().int().min(0).default(0),
-          limit: z.coerce.number().int().min(1).max(1000).default(500),
-        }),
-      },
+      request: { params: RunId, query: RunEventsQuery },
       responses: {
         200: {
           description: "Events",
@@ -477,8 +581,10 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     async (c) => {
       const run = await findRun(c, c.req.valid("param").id);
       const q = c.req.valid("query");
+      const types = q.types === undefined ? undefined : eventTypesOf(q.types);
+      const wanted = types === undefined ? () => true : (e: RunEvent) => types.includes(e.type);
       if (!(c.req.header("accept") ?? "").includes("text/event-stream")) {
-        const events = await deps.events.list(run.id, q.after, q.limit);
+        const events = await deps.events.list(run.id, q.after, q.limit, types);
         const last = events[events.length - 1];
         return c.json({ data: events, next_cursor: events.length === q.limit && last ? String(last.seq) : null }, 200);
       }
@@ -512,23 +618,25 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
           wake?.();
         });
         const keepalive = setInterval(() => void stream.write(": keepalive\n\n"), 15_000);
+        const left = deps.metrics.sseOpened();
         try {
           let done = false;
+          // Events of other types than asked for are passed over, the run's end included.
           const send = async (e: RunEvent) => {
             if (e.seq <= after) return;
             after = e.seq;
-            await stream.writeSSE({ id: String(e.seq), event: e.type, data: JSON.stringify(e) });
+            if (wanted(e)) await stream.writeSSE({ id: String(e.seq), event: e.type, data: JSON.stringify(e) });
             if (TERMINAL_EVENTS.has(e.type)) done = true;
           };
           // History first (the subscription already buffers anything newer), then live events.
           for (;;) {
-            const batch = await deps.events.list(run.id, after, 500);
+            const batch = await deps.events.list(run.id, after, 500, types);
             for (const e of batch) await send(e);
             if (batch.length < 500) break;
           }
           const current = await deps.runs.getById(run.id);
           if (current && (TERMINAL_STATUSES as readonly string[]).includes(current.status)) {
-            for (const e of await deps.events.list(run.id, after, 1000)) await send(e);
+            for (const e of await deps.events.list(run.id, after, 1000, types)) await send(e);
             done = true;
           }
           while (!done && !closed) {
@@ -539,7 +647,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
               overflowed = false;
               live.length = 0;
               for (;;) {
-                const batch = await deps.events.list(run.id, after, 500);
+                const batch = await deps.events.list(run.id, after, 500, types);
                 for (const e of batch) await send(e);
                 if (batch.length < 500) break;
               }
@@ -550,6 +658,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
         } finally {
           clearInterval(keepalive);
           unsubscribe();
+          left();
         }
       });
     },
@@ -613,6 +722,13 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     scheme: "bearer",
     description: "The admin API key",
   });
+  app.openAPIRegistry.registerComponent("securitySchemes", "metrics", {
+    type: "http",
+    scheme: "bearer",
+    description: "The metrics token (serve --metrics-token-file), for GET /metrics only",
+  });
+
+  if (deps.uiDir) registerUi(app, deps.uiDir);
 
   app.notFound((c) =>
     errorResponse(

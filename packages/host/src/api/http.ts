@@ -3,12 +3,16 @@
  * its OpenAPI entry and the parsing of its input; JSON bodies are read with a size cap; and errors
  * become responses in one place.
  */
+import { createHash, timingSafeEqual } from "node:crypto";
 import { createRoute, type OpenAPIHono, type RouteConfig, type RouteHandler } from "@hono/zod-openapi";
 import { AppError, bodyTooLarge, check, ERROR_CODES, ErrorResponse, validationFailed } from "@paddock/protocol";
 import type { Context, MiddlewareHandler } from "hono";
+import { getCookie } from "hono/cookie";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
 import type { Identity, Principal } from "../identity/identity.ts";
+import { CSRF_HEADER, csrfMatches, SESSION_COOKIE, type UiSessions } from "../identity/ui-sessions.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import { isDatabaseUnavailable } from "../store/unavailable.ts";
 
 const DEFAULT_BODY_LIMIT = 1024 * 1024;
@@ -16,8 +20,11 @@ const DEFAULT_BODY_LIMIT = 1024 * 1024;
 /** What every route's context carries: the caller, once authenticated. */
 export type ApiEnv = { Variables: { principal: Principal } };
 
-/** Who may call a route: anyone, any tenant's key, or the admin key. */
-export type RouteAuth = "none" | "tenant" | "admin";
+/**
+ * Who may call a route: anyone, any tenant's key, the admin key, or (for scrapes) the admin key
+ * or the metrics token.
+ */
+export type RouteAuth = "none" | "tenant" | "admin" | "metrics";
 
 /**
  * A route as `createRoute` takes it, plus who may call it and, for a JSON body, its size cap.
@@ -130,29 +137,96 @@ export function errorResponse(c: Context, err: unknown, log: (msg: string) => vo
   return c.json(new AppError("internal").toBody(), ERROR_CODES.internal.status);
 }
 
+/** The key or token an `Authorization: Bearer KEY` header carries. */
+const bearerOf = (header: string | undefined): string | undefined => /^Bearer\s+(\S+)$/i.exec(header ?? "")?.[1];
+
 /** The caller an `Authorization: Bearer KEY` header names; null for none or an invalid key. */
 export async function bearerPrincipal(identity: Identity, header: string | undefined): Promise<Principal | null> {
-  const key = /^Bearer\s+(\S+)$/i.exec(header ?? "")?.[1];
+  const key = bearerOf(header);
   return key ? identity.authenticate(key) : null;
+}
+
+/** Whether two tokens are equal, in time that does not depend on where they differ. */
+function sameToken(presented: string, expected: string): boolean {
+  const digest = (s: string) => createHash("sha256").update(s).digest();
+  return timingSafeEqual(digest(presented), digest(expected));
+}
+
+/** What routes share beside the identities: where their requests are measured, the metrics token, and the dashboard's sessions, which stand for their keys. */
+export interface RouteOptions {
+  metrics?: Pick<Metrics, "httpRequest">;
+  /** The token `metrics` routes accept beside the admin key; null: the admin key only. */
+  metricsToken?: string | null;
+  uiSessions?: UiSessions;
+}
+
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/**
+ * Whether a request comes from a page of this origin: Sec-Fetch-Site says so, and an Origin, when
+ * sent, names this host. A request with neither cannot show where it came from, and is refused.
+ */
+function sameOrigin(c: Context): boolean {
+  const site = c.req.header("sec-fetch-site");
+  const origin = c.req.header("origin");
+  if (site === undefined && origin === undefined) return false;
+  if (site !== undefined && site !== "same-origin") return false;
+  if (origin === undefined) return true;
+  let host: string;
+  try {
+    host = new URL(origin).host;
+  } catch {
+    return false;
+  }
+  return [c.req.header("host"), c.req.header("x-forwarded-host"), new URL(c.req.url).host].includes(host);
+}
+
+/**
+ * The caller of a request: the API key in `Authorization: Bearer`, or else the dashboard's session
+ * cookie. A write made with the cookie must also carry the session's CSRF value and come from this
+ * origin (csrf_failed otherwise). Null when the request names no valid key or live session.
+ */
+export async function requestPrincipal(
+  identity: Identity,
+  uiSessions: UiSessions | undefined,
+  c: Context,
+): Promise<Principal | null> {
+  const header = c.req.header("authorization");
+  if (header !== undefined || !uiSessions) return bearerPrincipal(identity, header);
+  const token = getCookie(c, SESSION_COOKIE);
+  if (!token) return null;
+  const session = await uiSessions.authenticate(token);
+  if (!session) return null;
+  if (!SAFE_METHODS.has(c.req.method) && !(csrfMatches(session, c.req.header(CSRF_HEADER)) && sameOrigin(c))) {
+    throw new AppError("csrf_failed");
+  }
+  return { ...session.principal, session: { csrf: session.csrf, expiresAt: session.expiresAt } };
 }
 
 const errorEntry = (description: string) => json(ErrorResponse, description);
 
 /**
  * The `DefineRoute` of an app: authentication from the declaration's `auth` (the API key in
- * `Authorization: Bearer`), then path parameters, query and JSON body checked against their
- * schemas, then the handler. The OpenAPI entry is the declaration itself, with the errors every
- * such route may answer and the security scheme of its key added.
- * @example const route = routeDefiner(app, identity); route({ method: "get", path: "/v1/x", auth: "tenant", responses }, handler);
+ * `Authorization: Bearer`, or the dashboard's session cookie), then path parameters, query and
+ * JSON body checked against their schemas, then the handler. The OpenAPI entry is the declaration
+ * itself, with the errors every such route may answer and the security scheme of its key added.
+ * @example const route = routeDefiner(app, identity, { uiSessions }); route({ method: "get", path: "/v1/x", auth: "tenant", responses }, handler);
  */
-export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity): DefineRoute {
+export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity, options: RouteOptions = {}): DefineRoute {
+  const metricsToken = options.metricsToken ?? null;
   const authenticate =
     (need: RouteAuth): MiddlewareHandler<ApiEnv> =>
     async (c, next) => {
       if (need === "none") return next();
-      const principal = await bearerPrincipal(identity, c.req.header("authorization"));
+      if (need === "metrics" && metricsToken !== null) {
+        const presented = bearerOf(c.req.header("authorization"));
+        if (presented !== undefined && sameToken(presented, metricsToken)) return next();
+        // Not an API key either: taken for a metrics token, and a wrong one.
+        if (presented !== undefined && !presented.startsWith("pdk.")) throw new AppError("metrics_token_invalid");
+      }
+      const principal = await requestPrincipal(identity, options.uiSessions, c);
       if (!principal) throw new AppError("unauthorized");
-      if (need === "admin" && principal.role !== "admin") {
+      if ((need === "admin" || need === "metrics") && principal.role !== "admin") {
         throw new AppError("forbidden", "This action needs the admin API key.");
       }
       c.set("principal", principal);
@@ -161,13 +235,27 @@ export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity): Defi
 
   return (declaration, handler) => {
     const { auth, bodyLimit, ...route } = declaration;
+    const forbidden = [
+      ...(auth === "admin" || auth === "metrics" ? ["Not the admin API key"] : []),
+      ...(auth !== "none" && route.method !== "get"
+        ? [
+            "A write with the dashboard's session cookie but without its CSRF header, or from another origin (csrf_failed)",
+          ]
+        : []),
+    ];
     const params = route.request?.params as z.ZodObject | undefined;
     const jsonContent = route.request?.body?.content["application/json"] as { schema?: z.ZodType } | undefined;
     const bodySchema = jsonContent?.schema;
 
+    const security = {
+      none: undefined,
+      tenant: [{ bearer: [] }],
+      admin: [{ admin: [] }],
+      metrics: [{ admin: [] }, { metrics: [] }],
+    }[auth];
     app.openAPIRegistry.registerPath({
       ...route,
-      ...(auth === "none" ? {} : { security: [{ [auth === "admin" ? "admin" : "bearer"]: [] }] }),
+      ...(security ? { security } : {}),
       request: {
         ...route.request,
         // An empty body reads as {}: the body is optional when {} is valid.
@@ -178,7 +266,7 @@ export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity): Defi
       responses: {
         ...(params || route.request?.query || bodySchema ? { 400: errorEntry("Invalid request") } : {}),
         ...(auth === "none" ? {} : { 401: errorEntry("Missing or invalid API key") }),
-        ...(auth === "admin" ? { 403: errorEntry("Not the admin API key") } : {}),
+        ...(forbidden.length > 0 ? { 403: errorEntry(forbidden.join("; ")) } : {}),
         ...(params ? { 404: errorEntry("Not found") } : {}),
         ...(bodySchema
           ? {
@@ -193,7 +281,17 @@ export function routeDefiner(app: OpenAPIHono<ApiEnv>, identity: Identity): Defi
     // zod-openapi's own body check reads the body without a cap and answers in its own shapes:
     // the body is left out of what it checks, and read here once, capped, after params and query.
     const { body: _documented, ...request } = route.request ?? {};
-    const registered = createRoute({ ...route, request, hide: true, middleware: [authenticate(auth)] });
+    // Measured by the declared path (a template such as /v1/runs/{id}), never the URL.
+    const metrics = options.metrics;
+    const measure: MiddlewareHandler<ApiEnv> | null = metrics
+      ? async (c, next) => {
+          const started = performance.now();
+          await next();
+          metrics.httpRequest(route.method, route.path, c.res.status, performance.now() - started);
+        }
+      : null;
+    const middleware = measure ? [measure, authenticate(auth)] : [authenticate(auth)];
+    const registered = createRoute({ ...route, request, hide: true, middleware });
     const hook = params
       ? (result: { success: boolean; error?: z.ZodError; target: string }, c: Context) => {
           if (result.success || !result.error || result.target !== "param") return validationHook(result);

@@ -54,7 +54,16 @@ forEachStore((store) =>
     let ops: Operation[];
     /** Two tenants' keys, and tenant A's resources. */
     const keys = { a: "", b: "" };
-    const a = { tenant: "", agent: "", run: "", artifact: "", schedule: "", webhook: "" };
+    const a = {
+      tenant: "",
+      agent: "",
+      run: "",
+      artifact: "",
+      schedule: "",
+      webhook: "",
+      notification: "",
+      delivery: "",
+    };
     const names = { connection: "conn-a", secret: "sec-a", provider: "prov-a" };
     const requests: string[] = [];
 
@@ -102,6 +111,7 @@ forEachStore((store) =>
       const value = (
         {
           "tenants:id": a.tenant,
+          "tenants:key_id": keys.a.split(".")[1] ?? "",
           "agents:id": a.agent,
           "agents:version": "1",
           "runs:id": a.run,
@@ -109,6 +119,8 @@ forEachStore((store) =>
           "schedules:id": a.schedule,
           "webhooks:id": a.webhook,
           "hooks:id": a.webhook,
+          "notifications:id": a.notification,
+          "notifications:delivery_id": a.delivery,
           "connections:name": names.connection,
           "secrets:name": names.secret,
           "providers:name": names.provider,
@@ -144,11 +156,14 @@ forEachStore((store) =>
         "post /v1/agents/{id}/env/session/exec": { argv: ["true"] },
         "post /v1/agents/{id}/env/freeze": {},
         "post /v1/runs/{id}/cancel": {},
+        "post /v1/runs/{id}/replay": {},
         "post /v1/schedules": { agent: a.agent, cron: "0 9 * * *" },
         "put /v1/secrets/{name}": { value: "v" },
         "put /v1/connections/{name}": connection,
         "put /v1/providers/{name}": provider,
         "post /v1/credits/grants": { tenant: a.tenant, credits: 1 },
+        "post /v1/notifications": notification,
+        "post /v1/notifications/{id}/rotate": {},
       };
       const key = `${op.method} ${op.path}`;
       if (!(key in bodies)) throw new Error(`no sample body for ${key}: add one to this test`);
@@ -160,6 +175,7 @@ forEachStore((store) =>
       policy: { allow: [{ methods: ["GET"], path: "/**" }] },
     };
     const provider = { kind: "openai", models: { "model-a": { input: 1, output: 1 } } };
+    const notification = { url: "https://hooks.example.com/paddock", events: ["run.finished"] };
     /** The key that may call a route: the admin's for admin routes, tenant A's otherwise. */
     const ownKey = (op: Operation) => (op.auth === "admin" ? h.adminKey : keys.a);
 
@@ -189,7 +205,14 @@ forEachStore((store) =>
         keys[tenant] = (await created(send("post", `/v1/tenants/${t.id}/keys`, {}))).key;
       }
       a.agent = (await created(send("post", "/v1/agents", validBody(op("post", "/v1/agents")), keys.a))).id;
+      // Subscribed before the run: its end (the driver refuses to boot it) makes a delivery, left pending.
+      a.notification = (await created(send("post", "/v1/notifications", notification, keys.a))).id;
       a.run = (await created(send("post", `/v1/agents/${a.agent}/runs`, {}, keys.a))).id;
+      a.delivery = await waitFor(
+        async () =>
+          (await call("get", `/v1/notifications/${a.notification}/deliveries`, { key: keys.a })).body.data[0]?.id,
+        { what: "the run's end to make a delivery" },
+      );
       a.artifact = newId("art");
       await h.services.artifacts.record(
         { runId: a.run, tenantId: a.tenant, attempt: 1 },

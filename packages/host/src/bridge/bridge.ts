@@ -24,16 +24,19 @@
  * (connection, method, path and the rule that allowed it, status, bytes, latency; never a header
  * value or the secret).
  */
-import { lookup as dnsLookup } from "node:dns/promises";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
-import type { AddressInfo, LookupFunction } from "node:net";
+import type { AddressInfo } from "node:net";
 import { type ConnectionAuth, ERROR_CODES, type RunEventData } from "@paddock/protocol";
+import type { Metrics } from "../metrics/metrics.ts";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../store/journal.ts";
+import { epochMs, epochOf, type Tracing } from "../tracing/tracing.ts";
+import { recordBridgeSpan } from "./call-span.ts";
 import { type ChannelRoute, Refusal, readCapped, sendJson, sendRefusal, sendReplay, takeStep } from "./channel.ts";
 import type { BridgeConnection } from "./connections.ts";
 import { type LiveSandbox, LiveSandboxes } from "./live.ts";
-import { allowedMethod, checkBridgePath, matchRule, upstreamAddressRefusal } from "./policy.ts";
+import { AddressPinner, PinRefusal, pinnedLookup } from "./pin.ts";
+import { allowedMethod, checkBridgePath, matchRule } from "./policy.ts";
 import type { TokenBucket } from "./rate-limit.ts";
 import { redactionNeedles, redactText } from "./redact.ts";
 import { relay } from "./relay.ts";
@@ -52,6 +55,10 @@ export interface BridgeDeps {
   journal?: Journal;
   /** Name resolution for upstreams; default the system resolver. */
   resolve?: (host: string) => Promise<string[]>;
+  /** Where each call's connection, outcome and latency are reported. */
+  metrics?: Pick<Metrics, "bridgeCall">;
+  /** Where a span of each call of a traced attempt goes; null or absent: no spans. */
+  tracing?: Tracing | null;
 }
 
 /** Request headers never forwarded: credentials, cookies, hop-by-hop and forwarding headers. */
@@ -107,7 +114,6 @@ const DROP_RESPONSE = new Set([
 ]);
 const CONNECTION_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const MAX_TOKEN_BYTES = 4096;
-const DNS_TTL_MS = 30_000;
 
 /** One call through a connection, once it passed every check. */
 interface BridgeCall {
@@ -134,10 +140,11 @@ export class Bridge {
     http: new http.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
     https: new https.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
   };
-  readonly #dns = new Map<string, { at: number; addresses: Promise<string[]> }>();
+  readonly #pinner: AddressPinner;
 
   constructor(deps: BridgeDeps) {
     this.#deps = deps;
+    this.#pinner = new AddressPinner(deps.resolve);
     this.#server = http.createServer({ keepAlive: true, requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => {
       this.#handle(req, res).catch((err: unknown) => {
         this.#deps.log(`bridge: ${err instanceof Error ? err.message : String(err)}`);
@@ -202,6 +209,9 @@ export class Bridge {
       bytes_out: 0,
       ms: 0,
     };
+    /** The connection, once it is known to exist (a name the caller made up is no metric label). */
+    let known: string | null = null;
+    let upstream: string | null = null;
     try {
       if (!sandbox) throw new Refusal("bridge_unknown_source");
       if (!CONNECTION_NAME.test(name))
@@ -221,6 +231,8 @@ export class Bridge {
         throw new Refusal("policy_denied", "The bridge never forwards a method override (_method) in the query.");
       const connection = await this.#deps.connections.forBridge(sandbox.tenantId, name);
       if (!connection) throw new Refusal("connection_not_allowed", `No connection '${name}'.`);
+      known = connection.name;
+      upstream = connection.baseUrl;
       const rule = matchRule(connection.policy, method, path);
       if (!rule)
         throw new Refusal("policy_denied", `The connection '${name}' does not allow ${method} ${record.path}.`);
@@ -274,7 +286,15 @@ export class Bridge {
       req.resume();
     } finally {
       record.ms = Math.round((performance.now() - started) * 1000) / 1000;
-      if (sandbox && record.status !== 0) sandbox.record({ type: "bridge.call", data: record });
+      if (sandbox && record.status !== 0) {
+        sandbox.record({ type: "bridge.call", data: record });
+        const tracing = this.#deps.tracing;
+        if (tracing && sandbox.trace) {
+          const call = { record, runId: sandbox.runId, startMs: epochOf(started), endMs: epochMs(), upstream };
+          recordBridgeSpan(tracing, sandbox.trace, call);
+        }
+      }
+      this.#deps.metrics?.bridgeCall(known, record.code, record.ms);
     }
   }
 
@@ -325,12 +345,6 @@ export class Bridge {
         headers["content-length"] = String(body.length);
     }
     const address = await this.#pin(base.hostname, connection.internal);
-    const lookup: LookupFunction = (_host, options, callback) => {
-      const family = address.includes(":") ? 6 : 4;
-      if (options.all)
-        (callback as (e: null, a: { address: string; family: number }[]) => void)(null, [{ address, family }]);
-      else callback(null, address, family);
-    };
     const secure = base.protocol === "https:";
     const upstream = (secure ? https : http).request({
       protocol: base.protocol,
@@ -341,7 +355,7 @@ export class Bridge {
       path: `${base.pathname === "/" ? "" : base.pathname}${path}${upstreamQuery ? `?${upstreamQuery}` : ""}`,
       headers,
       agent: secure ? this.#agents.https : this.#agents.http,
-      lookup,
+      lookup: pinnedLookup(address),
       ...(secure ? { servername: base.hostname } : {}),
     });
 
@@ -398,38 +412,19 @@ export class Bridge {
     });
   }
 
-  /**
-   * The address to call for `host`: resolved (or taken as a literal), every address checked, the
-   * first one pinned so the connection cannot be re-pointed between check and use.
-   */
+  /** The address to call for `host`, checked and pinned (see pin.ts); a refusal naming why not. */
   async #pin(host: string, internal: boolean): Promise<string> {
-    const literal = host.startsWith("[") ? host.slice(1, -1) : host;
-    let addresses: string[];
-    if (/^[\d.]+$/.test(literal) || literal.includes(":")) addresses = [literal];
-    else {
-      let cached = this.#dns.get(literal);
-      if (!cached || Date.now() - cached.at > DNS_TTL_MS) {
-        const resolve =
-          this.#deps.resolve ?? (async (h: string) => (await dnsLookup(h, { all: true })).map((a) => a.address));
-        cached = { at: Date.now(), addresses: resolve(literal) };
-        cached.addresses.catch(() => this.#dns.delete(literal));
-        this.#dns.set(literal, cached);
-      }
-      addresses = await cached.addresses.catch(() => {
-        throw new Refusal("upstream_error", `The upstream host '${literal}' does not resolve.`);
-      });
+    try {
+      return await this.#pinner.pin(host, internal);
+    } catch (err) {
+      if (!(err instanceof PinRefusal)) throw err;
+      if (err.refusal === null)
+        throw new Refusal("upstream_error", `The upstream host '${err.host}' does not resolve.`);
+      throw new Refusal(
+        "upstream_refused",
+        `The upstream '${err.host}' resolves to a ${err.refusal} address, which ${internal ? "no connection" : "only an internal connection"} may call.`,
+      );
     }
-    if (addresses.length === 0) throw new Refusal("upstream_error", `The upstream host '${literal}' does not resolve.`);
-    for (const address of addresses) {
-      const refusal = upstreamAddressRefusal(address, internal);
-      if (refusal) {
-        throw new Refusal(
-          "upstream_refused",
-          `The upstream '${literal}' resolves to a ${refusal} address, which ${internal ? "no connection" : "only an internal connection"} may call.`,
-        );
-      }
-    }
-    return addresses[0] as string;
   }
 }
 

@@ -251,16 +251,22 @@ async function agentsNaming(db: Db, tenantId: string, name: string): Promise<str
 }
 
 /**
- * Refuses an upstream host that is an address literal outside the public range (private,
- * loopback, link-local…), or `localhost`, unless the connection is internal; link-local and other
- * special addresses are refused even then. Names are judged by the bridge once resolved.
+ * Why an upstream URL's host may not be called, judged without resolving it: an address literal
+ * outside the public range (private, loopback, link-local…), or `localhost`, unless `internal`;
+ * link-local and other special addresses even then. Null when nothing is wrong with it yet: names
+ * are judged once resolved, when called (see pin.ts).
  */
-function checkUpstreamLiteral(baseUrl: string, internal: boolean): void {
-  const host = new URL(baseUrl).hostname;
+export function upstreamLiteralRefusal(url: string, internal: boolean): string | null {
+  const host = new URL(url).hostname;
   const bare = host.startsWith("[") ? host.slice(1, -1) : host.replace(/\.$/, "");
-  let refusal: string | null = null;
-  if (isIpLiteralHost(host)) refusal = upstreamAddressRefusal(bare, internal);
-  else if (!internal && (bare === "localhost" || bare.endsWith(".localhost"))) refusal = "loopback";
+  if (isIpLiteralHost(host)) return upstreamAddressRefusal(bare, internal);
+  if (!internal && (bare === "localhost" || bare.endsWith(".localhost"))) return "loopback";
+  return null;
+}
+
+/** Refuses a connection's base URL that upstreamLiteralRefusal refuses. */
+function checkUpstreamLiteral(baseUrl: string, internal: boolean): void {
+  const refusal = upstreamLiteralRefusal(baseUrl, internal);
   if (refusal === null) return;
   const message = internal
     ? `the upstream address is ${refusal}, which the bridge never calls`

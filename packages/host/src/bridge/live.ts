@@ -5,6 +5,7 @@
  * the bridge answers only addresses listed here and only for the run listed with them.
  */
 import type { NewEvent } from "../store/event-log.ts";
+import type { SpanParent } from "../tracing/trace-context.ts";
 
 export interface LiveSandbox {
   address: string;
@@ -25,6 +26,8 @@ export interface LiveSandbox {
   journaled?: boolean;
   /** Ends the run with reason out_of_credits: a budget cannot pay for another LLM call. */
   outOfCredits?(scope: "tenant" | "agent" | "run"): void;
+  /** The attempt's span, which the spans of its calls go under (when the host traces). */
+  trace?: SpanParent & { spanId: string };
 }
 
 export class LiveSandboxes {

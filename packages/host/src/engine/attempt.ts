@@ -30,11 +30,14 @@ import type { LiveSandboxes } from "../bridge/live.ts";
 import type { RunTokenClaims } from "../bridge/tokens.ts";
 import { DEFAULT_PATH } from "../images/resolve-command.ts";
 import type { CurrentRunner } from "../images/runner-registry.ts";
+import type { Log, LogFields } from "../logs/log.ts";
 import type { SandboxDriver, SandboxExit, SandboxHandle, SandboxSpec } from "../sandbox/driver.ts";
 import { OUTPUTS_DIR, RUNNER_ARGV, RUNNER_ENV, RUNNER_SDK, RUNTIME_DIR } from "../sandbox/driver.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
 import { type Fence, isLeaseLost } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
+import { epochOf } from "../tracing/tracing.ts";
+import type { AttemptTrace } from "./attempt-trace.ts";
 
 export const MAX_LINE_BYTES = 16 * 1024;
 /** A frame carries one line, JSON-escaped (worst case 6 bytes per byte), plus a small envelope. */
@@ -56,7 +59,7 @@ export interface AttemptDeps {
   artifacts: Pick<Artifacts, "record">;
   heartbeatMs: number;
   heartbeatTimeoutMs: number;
-  log: (msg: string) => void;
+  log: Log;
   /** The host bridge, when sandboxes get networks: where it listens and how runs get tokens. */
   bridge?: AttemptBridge;
 }
@@ -105,6 +108,8 @@ export interface AttemptInput {
   workerId: string;
   spec: AgentSpec;
   input: string | null;
+  /** The attempt's spans, when the host traces. */
+  trace?: AttemptTrace | null;
 }
 
 export interface AttemptOutcome {
@@ -139,11 +144,14 @@ export class Attempt {
   /** Ends the sandbox's bridge access (unlists it, stops renewing its token). */
   #closeBridge: (() => void) | null = null;
   readonly #limits: Limits;
+  /** What every line this attempt logs concerns. */
+  readonly #fields: LogFields;
 
   constructor(deps: AttemptDeps, input: AttemptInput) {
     this.#deps = deps;
     this.#in = input;
     this.#limits = input.spec.limits;
+    this.#fields = { run_id: input.runId, tenant_id: input.tenantId, agent_id: input.agentId, attempt: input.attempt };
   }
 
   /** This attempt's fencing token. */
@@ -156,7 +164,8 @@ export class Attempt {
    * the sandbox loses the bridge and is killed, and nothing more is written for it.
    */
   leaseLost(): void {
-    if (!this.#fenced) this.#deps.log(`run ${this.#in.runId}: attempt ${this.#in.attempt} lost its lease; stopping it`);
+    if (!this.#fenced)
+      this.#deps.log(`run ${this.#in.runId}: attempt ${this.#in.attempt} lost its lease; stopping it`, this.#fields);
     this.#fenced = true;
     this.#pending = [];
     this.#closeBridge?.();
@@ -201,11 +210,13 @@ export class Attempt {
         await this.#writeInput(handle);
       }
       await this.#openBridge(handle);
+      this.#in.trace?.sandboxStarted(epochOf(bootStart), { warm: usedWarm, sandboxId: handle.id });
     } catch (err) {
       this.#closeBridge?.();
       await handle?.destroy().catch(() => {});
       const message = err instanceof Error ? err.message : String(err);
-      this.#deps.log(`run ${runId}: sandbox boot failed: ${message}`);
+      this.#in.trace?.sandboxStarted(epochOf(bootStart), { warm: usedWarm, error: message });
+      this.#deps.log(`run ${runId}: sandbox boot failed: ${message}`, this.#fields);
       this.#queue({ type: "attempt.error", data: { stage: "boot", message } });
       await this.#drain();
       return { status: "failed", reason: "sandbox_error", exitCode: null };
@@ -233,7 +244,9 @@ export class Attempt {
     } finally {
       // The run's tokens die here: the bridge answers only sandboxes it lists.
       this.#closeBridge?.();
-      await handle.destroy().catch((err: unknown) => this.#deps.log(`run ${runId}: destroy failed: ${String(err)}`));
+      await handle
+        .destroy()
+        .catch((err: unknown) => this.#deps.log(`run ${runId}: destroy failed: ${String(err)}`, this.#fields));
     }
   }
 
@@ -283,6 +296,7 @@ export class Attempt {
         this.#queue({ type: "credits.exhausted", data: { budget: scope } });
         this.stop("out_of_credits");
       },
+      ...(this.#in.trace ? { trace: this.#in.trace.ref } : {}),
     });
     let renewing = false;
     const timer = setInterval(
@@ -290,7 +304,9 @@ export class Attempt {
         if (renewing) return;
         renewing = true;
         put()
-          .catch((err: unknown) => this.#deps.log(`run ${runId}: renewing the run token failed: ${String(err)}`))
+          .catch((err: unknown) =>
+            this.#deps.log(`run ${runId}: renewing the run token failed: ${String(err)}`, this.#fields),
+          )
           .finally(() => {
             renewing = false;
           });
@@ -389,6 +405,7 @@ export class Attempt {
       case "event": {
         // Re-checked with the schema: the runner's own check is not trusted.
         const marker = Marker.safeParse({ type: frame.type, data: frame.data });
+        if (marker.success) this.#in.trace?.marker(marker.data);
         if (!marker.success) this.#badFrames++;
         else if (this.#spend(Buffer.byteLength(JSON.stringify(marker.data.data ?? null)) + marker.data.type.length)) {
           this.#queue({ type: "user", data: { type: marker.data.type, data: marker.data.data ?? null } });
@@ -455,12 +472,12 @@ export class Attempt {
           this.fence,
         );
         for (const { type, problems } of refused) {
-          this.#deps.log(`run ${this.#in.runId}: dropped a malformed '${type}' event: ${problems}`);
+          this.#deps.log(`run ${this.#in.runId}: dropped a malformed '${type}' event: ${problems}`, this.#fields);
         }
       }
     } catch (err) {
       if (isLeaseLost(err)) this.leaseLost();
-      else this.#deps.log(`run ${this.#in.runId}: writing events failed: ${String(err)}`);
+      else this.#deps.log(`run ${this.#in.runId}: writing events failed: ${String(err)}`, this.#fields);
     } finally {
       this.#flushing = null;
     }
@@ -505,7 +522,7 @@ export class Attempt {
       if (events.length > 0) await this.#deps.artifacts.record(this.#in, rows, events, this.fence);
     } catch (err) {
       if (isLeaseLost(err)) return this.leaseLost();
-      this.#deps.log(`run ${runId}: collecting artifacts failed: ${String(err)}`);
+      this.#deps.log(`run ${runId}: collecting artifacts failed: ${String(err)}`, this.#fields);
       await this.#deps.events
         .write(
           runId,

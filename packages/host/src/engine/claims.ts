@@ -254,7 +254,8 @@ export class Claims {
     let q = trx
       .selectFrom("runs")
       .select(["id", "tenant_id", "agent_id", "spec", "serial_key", "root_run_id"])
-      // Written as a literal, so that the planner can use the runs_queue index.
+      // Written as a literal, so that the planner can use the partial index runs_queue_children (the
+      // queue as a whole is read through runs_status).
       .where("status", "=", sql.lit("queued"))
       // On PostgreSQL the tenant as a range, with the index's order: given `tenant_id = $1` it orders
       // by id alone, and with statistics that say most runs are queued (a backlog just queued) it
@@ -366,7 +367,7 @@ export class Claims {
         { type: "attempt.started", data: { attempt: run.attempt, worker: node }, ts: now },
       ]),
     );
-    await this.#events.insert(trx, events);
+    await this.#events.insert(trx, events, runs);
     return { runs, events };
   }
 

@@ -13,6 +13,8 @@ import { type AgentSpec, AppError, TERMINAL_STATUSES } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import type { Snapshots } from "../agents/snapshots.ts";
 import type { CurrentRunner } from "../images/runner-registry.ts";
+import type { LogFields } from "../logs/log.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
 import { isLeaseLost } from "../store/fence.ts";
@@ -20,7 +22,9 @@ import { type Dialect, dbNow } from "../store/portable.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
 import { parseRunSpec } from "../store/stored.ts";
 import { isDatabaseUnavailable, StoreFailures } from "../store/unavailable.ts";
+import type { Tracing } from "../tracing/tracing.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
+import { AttemptTrace } from "./attempt-trace.ts";
 import { ACTIVE, Claims } from "./claims.ts";
 import { retryDecision } from "./retry.ts";
 import { type RunRepository, terminalEvent } from "./runs.ts";
@@ -33,7 +37,14 @@ export interface EngineDeps extends AttemptDeps {
   snapshots: Snapshots;
   /** This node's row: its heartbeat carries the leases, and says whether it drains. */
   nodes: Nodes;
+  /** Where queue waits and attempts' durations are reported. */
+  metrics?: Pick<Metrics, "runClaimed" | "attemptEnded">;
+  /** Where each attempt's spans go; null or absent: no spans. */
+  tracing?: Tracing | null;
 }
+
+/** Agents' names kept for span names (a name never changes while its agent lives). */
+const MAX_NAMES = 1000;
 
 export interface EngineConfig {
   /** This node's id: the worker of every run it claims. */
@@ -56,6 +67,14 @@ export interface EngineConfig {
   warm: WarmPoolConfig;
 }
 
+/** What a line about `run` concerns. */
+const runFields = (run: RunsTable): LogFields => ({
+  run_id: run.id,
+  tenant_id: run.tenant_id,
+  agent_id: run.agent_id,
+  attempt: run.attempt,
+});
+
 export class Engine {
   readonly #db: Kysely<Database>;
   readonly #runs: RunRepository;
@@ -72,6 +91,8 @@ export class Engine {
       done: Promise<void>;
       /** A child run: not held back by the limits its root already passed. */
       child: boolean;
+      /** Its sandbox is up and the run moved to running. */
+      running: boolean;
     }
   >();
   #leaseTimer: NodeJS.Timeout | null = null;
@@ -89,6 +110,8 @@ export class Engine {
   #pumping: Promise<void> | null = null;
   #again = false;
   #closed = false;
+  /** Agents' names by id, for span names. */
+  readonly #names = new Map<string, Promise<string | null>>();
 
   constructor(deps: EngineDeps, config: EngineConfig) {
     this.#snapshots = deps.snapshots;
@@ -213,6 +236,13 @@ export class Engine {
 
   get activeCount(): number {
     return this.#active.size;
+  }
+
+  /** This node's runs going, by state. */
+  get activeStates(): { starting: number; running: number } {
+    let running = 0;
+    for (const a of this.#active.values()) if (a.running) running++;
+    return { starting: this.#active.size - running, running };
   }
 
   /** Tells the engine there may be queued work. Cheap; coalesces concurrent calls. */
@@ -340,6 +370,7 @@ export class Engine {
 
   #launch(run: RunsTable): void {
     const spec = parseRunSpec(run.spec);
+    const trace = this.#trace(run, spec);
     const attempt = new Attempt(this.#deps, {
       runId: run.id,
       tenantId: run.tenant_id,
@@ -350,14 +381,20 @@ export class Engine {
       workerId: this.#config.workerId,
       spec,
       input: run.input,
+      trace,
     });
     const done = this.#execute(run, attempt, spec)
-      .catch((err: unknown) =>
-        this.#deps.log(
-          isDatabaseUnavailable(err)
-            ? `run ${run.id}: attempt ${run.attempt} ended, but the database cannot be reached to record it; the run is recovered once its lease lapses`
-            : `run ${run.id}: engine error: ${String(err)}`,
-        ),
+      .then(
+        (outcome) => trace?.end(outcome),
+        (err: unknown) => {
+          trace?.end(null, String(err));
+          this.#deps.log(
+            isDatabaseUnavailable(err)
+              ? `run ${run.id}: attempt ${run.attempt} ended, but the database cannot be reached to record it; the run is recovered once its lease lapses`
+              : `run ${run.id}: engine error: ${String(err)}`,
+            runFields(run),
+          );
+        },
       )
       .finally(() => {
         this.#active.delete(run.id);
@@ -367,10 +404,36 @@ export class Engine {
       attempt,
       done,
       child: run.root_run_id !== null,
+      running: false,
     });
+    if (run.attempt === 1) this.#deps.metrics?.runClaimed(Date.now() - Number(run.created_at));
   }
 
-  async #execute(run: RunsTable, attempt: Attempt, spec: AgentSpec): Promise<void> {
+  /** The attempt's spans when the host traces, named after its agent once the name is read. */
+  #trace(run: RunsTable, spec: AgentSpec): AttemptTrace | null {
+    const tracing = this.#deps.tracing;
+    if (!tracing) return null;
+    const trace = new AttemptTrace(tracing, run, spec);
+    let name = this.#names.get(run.agent_id);
+    if (!name) {
+      if (this.#names.size >= MAX_NAMES) this.#names.clear();
+      name = this.#db
+        .selectFrom("agents")
+        .select("name")
+        .where("id", "=", run.agent_id)
+        .executeTakeFirst()
+        .then((row) => row?.name ?? null)
+        .catch(() => null);
+      this.#names.set(run.agent_id, name);
+    }
+    void name.then((n) => {
+      if (n) trace.named(n);
+      else this.#names.delete(run.agent_id);
+    });
+    return trace;
+  }
+
+  async #execute(run: RunsTable, attempt: Attempt, spec: AgentSpec): Promise<AttemptOutcome> {
     const t0 = performance.now();
     const runner = await this.#deps.currentRunner();
     const runnerMs = performance.now() - t0;
@@ -382,11 +445,18 @@ export class Engine {
     try {
       outcome = await attempt.run(
         (boot) =>
-          this.#claims.start(run, boot, attempt.fence).catch((err: unknown) => {
-            if (!isLeaseLost(err)) throw err;
-            attempt.leaseLost();
-            return false;
-          }),
+          this.#claims.start(run, boot, attempt.fence).then(
+            (running) => {
+              const entry = this.#active.get(run.id);
+              if (entry) entry.running = running;
+              return running;
+            },
+            (err: unknown) => {
+              if (!isLeaseLost(err)) throw err;
+              attempt.leaseLost();
+              return false;
+            },
+          ),
         warm,
         { current: runner, ms: runnerMs },
       );
@@ -394,10 +464,13 @@ export class Engine {
       // Whatever failed (the store, the kernel), the run is finished, never left running.
       this.#deps.log(
         `run ${run.id}: attempt failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`,
+        runFields(run),
       );
       outcome = { status: "failed", reason: "sandbox_error", exitCode: null };
     }
+    this.#deps.metrics?.attemptEnded(outcome.status, performance.now() - t0);
     await this.#finish(run, outcome, spec.runner !== runner.digest ? { spec, runner } : undefined);
+    return outcome;
   }
 
   /**
@@ -452,7 +525,10 @@ export class Engine {
         : undefined;
     if (!(await this.#claims.finish(run, outcome, resnapshot))) {
       // Someone else finished or recovered the run: nothing was recorded (the attempt row included).
-      this.#deps.log(`run ${run.id}: attempt ${run.attempt} ended; the run is no longer its own, nothing recorded`);
+      this.#deps.log(
+        `run ${run.id}: attempt ${run.attempt} ended; the run is no longer its own, nothing recorded`,
+        runFields(run),
+      );
     }
   }
 

@@ -39,8 +39,7 @@ export function retryDecision(
       ? policy.on.includes("exit_code") || (outcome.exitCode !== null && policy.exit_codes.includes(outcome.exitCode))
       : policy.on.includes(reason);
   if (!listed) return null;
-  const base = Math.min(policy.max_backoff_s, policy.backoff_s * 2 ** (attempt - 1));
-  const delayMs = Math.max(0, Math.round(base * 1000 * (1 + policy.jitter * (2 * random() - 1))));
+  const delayMs = backoffMs(policy.backoff_s * 1000, policy.max_backoff_s * 1000, attempt, policy.jitter, random);
   return {
     at: now + delayMs,
     event: {
@@ -52,4 +51,20 @@ export function retryDecision(
       at: new Date(now + delayMs).toISOString(),
     },
   };
+}
+
+/**
+ * The delay before the try after `attempt` (from 1): `firstMs` doubled per attempt, capped at
+ * `maxMs`, then a random share `jitter` (0 to 1) of it added or taken.
+ * @example backoffMs(5000, 3_600_000, 3, 0.2) // 20 s ± 4 s
+ */
+export function backoffMs(
+  firstMs: number,
+  maxMs: number,
+  attempt: number,
+  jitter: number,
+  random: () => number = Math.random,
+): number {
+  const base = Math.min(maxMs, firstMs * 2 ** (attempt - 1));
+  return Math.max(0, Math.round(base * (1 + jitter * (2 * random() - 1))));
 }

@@ -10,15 +10,16 @@ import {
   type RunEventData,
   type RunReason,
   type RunStatus,
+  type RunTrigger,
 } from "@paddock/protocol";
 import { type Kysely, type OperationNodeSource, type RawBuilder, sql, type Transaction } from "kysely";
 import { archived } from "../agents/agents.ts";
 import type { Db, EventLog, NewEvent } from "../store/event-log.ts";
 import type { Fence } from "../store/fence.ts";
-import { newId } from "../store/ids.ts";
-import { prepared } from "../store/portable.ts";
+import { idAt, idRange, newId } from "../store/ids.ts";
+import { prepared, timeBucket } from "../store/portable.ts";
 import type { Database, EventsTable, RunsTable } from "../store/schema.ts";
-import { isoTime } from "../store/stored.ts";
+import { isoTime, parseRunSpec } from "../store/stored.ts";
 
 export function toRun(row: RunsTable): Run {
   return {
@@ -30,6 +31,7 @@ export function toRun(row: RunsTable): Run {
     attempt: row.attempt,
     max_attempts: row.max_attempts,
     trigger: row.trigger as Run["trigger"],
+    replay_of: row.replay_of,
     not_before: isoTime(row.not_before),
     parent_run_id: row.parent_run_id,
     root_run_id: row.root_run_id,
@@ -41,11 +43,30 @@ export function toRun(row: RunsTable): Run {
   };
 }
 
+/** What a list of runs is narrowed to; every filter given applies. Times are ms since the epoch. */
 export interface RunFilter {
   agentId?: string;
   status?: RunStatus;
+  trigger?: RunTrigger;
+  parentRunId?: string;
+  rootRunId?: string;
+  /** Created at or after. */
+  createdAfter?: number;
+  /** Created before. */
+  createdBefore?: number;
+  /** The start of the id (`run_` and part of its body). */
+  idPrefix?: string;
+  /** The last id of the page before. */
   cursor?: string;
   limit: number;
+}
+
+/** A time range cut into buckets: [from, to) in ms, each bucket `bucketMs` long from `from`. */
+export interface BucketRange {
+  from: number;
+  to: number;
+  bucketMs: number;
+  agentId?: string;
 }
 
 export class RunRepository {
@@ -75,8 +96,12 @@ export class RunRepository {
       serialKey?: string;
       /** A child run: its parent, root and depth. */
       lineage?: { parentRunId: string; rootRunId: string; rootAgentId: string; depth: number };
+      /** A replay: the run it replays. */
+      replayOf?: string;
       dedupe?: (trx: Transaction<Database>, runId: string) => Promise<string | null>;
       events?: NewEvent[];
+      /** The W3C traceparent its spans hang under (see tracing/trace-context.ts). */
+      traceParent?: string | null;
     } = {},
   ): Promise<{ run: RunsTable; created: boolean }> {
     const now = Date.now();
@@ -109,6 +134,8 @@ export class RunRepository {
       root_agent_id: options.lineage?.rootAgentId ?? null,
       depth: options.lineage?.depth ?? 0,
       event_seq: 0,
+      replay_of: options.replayOf ?? null,
+      trace_parent: options.traceParent ?? null,
     };
     const result = await this.#db.transaction().execute(async (trx) => {
       const existing = options.dedupe ? await options.dedupe(trx, row.id) : null;
@@ -124,7 +151,11 @@ export class RunRepository {
       if (agent && agent.archived_at !== null) throw archived(agent);
       await trx.insertInto("runs").values(row).execute();
       const events = await this.#events.append(trx, row.id, 0, [
-        { type: "run.queued", data: { status: "queued", trigger }, ts: now },
+        {
+          type: "run.queued",
+          data: { status: "queued", trigger, ...(options.replayOf ? { replay_of: options.replayOf } : {}) },
+          ts: now,
+        },
         ...(options.events ?? []),
       ]);
       return { run: { ...row, event_seq: events.length }, created: true, events };
@@ -146,12 +177,94 @@ export class RunRepository {
     return this.#db.selectFrom("runs").selectAll().where("id", "=", id).executeTakeFirst();
   }
 
+  /**
+   * Queues a new run of the same agent version and environment as `runId` (its frozen spec), with
+   * its input, or with `input` when given. The replay records the run it replays and is a run of
+   * its own (no parent), started like an API trigger: `key` is its Idempotency-Key.
+   */
+  async replay(
+    tenantId: string,
+    runId: string,
+    body: { input?: unknown },
+    key?: string,
+  ): Promise<{ run: RunsTable; created: boolean }> {
+    const original = await this.get(tenantId, runId);
+    if (!original) throw new AppError("not_found", `No run '${runId}'.`);
+    const input = "input" in body ? body.input : original.input === null ? undefined : JSON.parse(original.input);
+    const dedupe =
+      key === undefined
+        ? undefined
+        : idempotencyKey(tenantId, key, `replay\n${original.id}\n${JSON.stringify(input ?? null)}`);
+    return this.create(tenantId, original.agent_id, parseRunSpec(original.spec), input, {
+      trigger: "replay",
+      replayOf: original.id,
+      ...(dedupe ? { dedupe } : {}),
+    });
+  }
+
   async list(tenantId: string, filter: RunFilter): Promise<RunsTable[]> {
+    return this.listQuery(tenantId, filter).execute();
+  }
+
+  /**
+   * The query of list(), for a look at its plan (store/query-plans.test.ts). Each filter has an
+   * index of the tenant and that column ending in the id, so a page is read in order and stops at
+   * `limit`; a time range and an id prefix are id ranges too (ids are time-ordered; see idAt).
+   */
+  listQuery(tenantId: string, filter: RunFilter) {
     let q = this.#db.selectFrom("runs").selectAll().where("tenant_id", "=", tenantId);
     if (filter.agentId) q = q.where("agent_id", "=", filter.agentId);
     if (filter.status) q = q.where("status", "=", filter.status);
+    if (filter.trigger) q = q.where("trigger", "=", filter.trigger);
+    if (filter.parentRunId) q = q.where("parent_run_id", "=", filter.parentRunId);
+    if (filter.rootRunId) q = q.where("root_run_id", "=", filter.rootRunId);
+    if (filter.createdAfter !== undefined) {
+      q = q.where("id", ">=", idAt("run", filter.createdAfter)).where("created_at", ">=", filter.createdAfter);
+    }
+    if (filter.createdBefore !== undefined) {
+      q = q.where("id", "<", idAt("run", filter.createdBefore)).where("created_at", "<", filter.createdBefore);
+    }
+    if (filter.idPrefix) {
+      const start = filter.idPrefix.startsWith("run_") ? filter.idPrefix : `run_${filter.idPrefix}`;
+      const { min, max } = idRange(start);
+      q = q
+        .where("id", ">=", min)
+        .where("id", "<=", max)
+        .where(sql`substr(id, 1, ${sql.lit(start.length)})`, "=", start);
+    }
     if (filter.cursor) q = q.where("id", "<", filter.cursor);
-    return q.orderBy("id", "desc").limit(filter.limit).execute();
+    return q.orderBy("id", "desc").limit(filter.limit);
+  }
+
+  /** How many of the tenant's runs (of one agent, when given) were created in each bucket, by status now. */
+  async countsByBucket(tenantId: string, range: BucketRange): Promise<{ bucket: number; status: string; n: number }[]> {
+    const rows = await this.countsQuery(tenantId, range).execute();
+    return rows.map((r) => ({ bucket: Number(r.bucket), status: r.status, n: Number(r.n) }));
+  }
+
+  /** The query of countsByBucket(): a range of one index that holds every column it reads. */
+  countsQuery(tenantId: string, range: BucketRange) {
+    const bucket = timeBucket("created_at", range.from, range.bucketMs);
+    return this.#db
+      .selectFrom("runs")
+      .select((eb) => [bucket.as("bucket"), "status", eb.fn.countAll<number>().as("n")])
+      .where("tenant_id", "=", tenantId)
+      .$if(range.agentId !== undefined, (q) => q.where("agent_id", "=", range.agentId ?? ""))
+      .where("id", ">=", idAt("run", range.from))
+      .where("id", "<", idAt("run", range.to))
+      .where("created_at", ">=", range.from)
+      .where("created_at", "<", range.to)
+      .groupBy([bucket, "status"]);
+  }
+
+  /** How many runs are queued in the whole store (one count over the status index). */
+  async countQueued(): Promise<number> {
+    const row = await this.#db
+      .selectFrom("runs")
+      .select((eb) => eb.fn.countAll<number | string | bigint>().as("n"))
+      .where("status", "=", "queued")
+      .executeTakeFirstOrThrow();
+    return Number(row.n);
   }
 
   /** The ids of a run's child runs that have not ended (queued, starting or running). */
@@ -208,13 +321,14 @@ export class RunRepository {
    * with it and its events appended, all or nothing. Returns the run's attempt and cancel flag as
    * the move left them, or null, changing nothing, when the run's status was not in `from`. With
    * a fence, an attempt's own move: lease_lost, changing nothing, once that attempt no longer
-   * holds the run. On PostgreSQL a move without `extra` is one statement.
+   * holds the run. On PostgreSQL a move without `extra` whose events write nothing beside their
+   * rows (no call, nothing announced; see EventLog.writesBeside) is one statement.
    */
   async transition(runId: string, move: Move): Promise<Moved | null> {
-    const moved =
-      this.#events.dialect === "postgres" && !move.extra
-        ? await this.#moveInOne(runId, move)
-        : await this.#db.transaction().execute((trx) => this.#moveIn(trx, runId, move));
+    const inOne = this.#events.dialect === "postgres" && !move.extra && !this.#events.writesBeside(move.events);
+    const moved = inOne
+      ? await this.#moveInOne(runId, move)
+      : await this.#db.transaction().execute((trx) => this.#moveIn(trx, runId, move));
     if (!moved) {
       await this.#events.fence(this.#db, move.fence);
       return null;
@@ -233,7 +347,7 @@ export class RunRepository {
       .$if(move.fence !== undefined, (q) =>
         q.where("attempt", "=", move.fence?.attempt ?? 0).where("worker_id", "=", move.fence?.workerId ?? ""),
       )
-      .returning(["id", "attempt", "cancel_requested", "event_seq"]);
+      .returning(["id", "tenant_id", "agent_id", "attempt", "cancel_requested", "event_seq"]);
   }
 
   /** The move as statements in `trx`, `extra` after the writes that go with it. */
@@ -243,10 +357,10 @@ export class RunRepository {
     for (const write of move.also ?? []) await write(trx, [runId]).execute();
     const more = move.extra ? await move.extra(trx) : null;
     // `extra`'s event goes before the move's last: one more number.
-    const last = more ? await this.#events.reserve(trx, runId, 1) : moved.event_seq;
+    const last = more ? (await this.#events.reserve(trx, runId, 1)).last : moved.event_seq;
     const events = more ? [...move.events.slice(0, -1), more, ...move.events.slice(-1)] : move.events;
     const rows = this.#events.numbered(runId, moved.attempt, last, events);
-    await this.#events.insert(trx, rows);
+    await this.#events.insert(trx, rows, [moved]);
     return { ...moved, events: rows };
   }
 

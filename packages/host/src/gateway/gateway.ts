@@ -38,11 +38,16 @@ import { type LiveSandbox, LiveSandboxes } from "../bridge/live.ts";
 import type { RateLimitSpec, TokenBucket } from "../bridge/rate-limit.ts";
 import { redactionNeedles } from "../bridge/redact.ts";
 import { relay } from "../bridge/relay.ts";
+import type { Log } from "../logs/log.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import type { Fence } from "../store/fence.ts";
 import { type Journal, type JournalEntry, requestHash } from "../store/journal.ts";
+import type { SpanParent } from "../tracing/trace-context.ts";
+import { epochMs, epochOf, type Tracing } from "../tracing/tracing.ts";
+import { recordChatSpan } from "./chat-span.ts";
 import type { BudgetScope, Ledger, Reservation } from "./ledger.ts";
 import type { ModelRoute, Providers } from "./providers.ts";
-import { type Usage, type UsageFormat, usageReader } from "./usage.ts";
+import { type AnswerFacts, type Usage, type UsageFormat, usageReader } from "./usage.ts";
 
 /** Who a call is from and whom it bills. */
 interface GatewayCaller {
@@ -59,6 +64,8 @@ interface GatewayCaller {
   record(event: RunEventBody): void;
   /** Stops the run: its budget cannot pay for another call. */
   outOfCredits(scope: BudgetScope): void;
+  /** The caller's attempt span, which the call's span goes under (when the host traces). */
+  trace?: SpanParent | undefined;
 }
 
 export interface GatewayBudget {
@@ -80,7 +87,11 @@ export interface GatewayDeps {
   rateLimits: TokenBucket;
   /** Per-tenant LLM limits, the same for every tenant of this host. */
   tenantLimits?: { requestsPerMinute?: number; tokensPerMinute?: number };
-  log: (line: string) => void;
+  log: Log;
+  /** Where each model call's provider, model, latency and tokens are reported. */
+  metrics?: Pick<Metrics, "llmCall">;
+  /** Where a `chat {model}` span of each call goes; null or absent: no spans. */
+  tracing?: Tracing | null;
 }
 
 const MAX_REQUEST_BYTES = 8 * 1024 * 1024;
@@ -148,6 +159,10 @@ interface LlmCall {
   journal: JournalStep | null;
   /** What keys its answer in the journal ("" without one). */
   hash: string;
+  /** What the answer says beyond its usage, read when the call is traced. */
+  answer: AnswerFacts | null;
+  /** The output limit sent to the provider, once reserved. */
+  maxTokens?: number;
 }
 
 /** A refusal because a budget ran out: the run stops once the refusal is on its record. */
@@ -220,8 +235,12 @@ export class Gateway implements ChannelRoute {
       ...(sandbox.workerId !== undefined
         ? { fence: { runId: sandbox.runId, attempt: sandbox.attempt, workerId: sandbox.workerId } }
         : {}),
-      record: (event) => sandbox.record(event),
+      record: (event) => {
+        sandbox.record(event);
+        if (event.type === "llm.call") this.#deps.metrics?.llmCall(event.data);
+      },
       outOfCredits: (scope) => sandbox.outOfCredits?.(scope),
+      trace: sandbox.trace,
     });
   }
 
@@ -229,6 +248,7 @@ export class Gateway implements ChannelRoute {
     const started = performance.now();
     const path = (req.url ?? "/").split("?")[0] ?? "/";
     const record: LlmCallRecord = { path };
+    let call: LlmCall | undefined;
     try {
       if (path === "/v1/models" && req.method === "GET") return await this.#models(res);
       const endpoint = ENDPOINTS[path];
@@ -251,7 +271,12 @@ export class Gateway implements ChannelRoute {
       checkBody(endpoint, body);
       const journal = this.#journalStep(caller);
       const hash = journal ? requestHash([endpoint.upstreamPath, raw]) : "";
-      await this.#call({ req, res, caller, started, record, endpoint, route, body, raw, stream, journal, hash });
+      const tracing = caller.trace ? this.#deps.tracing : null;
+      const answer: AnswerFacts | null = tracing
+        ? { finishReasons: [], ...(tracing.content ? { output: { text: "", toolCalls: [] } } : {}) }
+        : null;
+      call = { req, res, caller, started, record, endpoint, route, body, raw, stream, journal, hash, answer };
+      await this.#call(call);
     } catch (err) {
       const e = Refusal.from(err);
       if (e.code === "internal") this.#deps.log(`gateway: ${err instanceof Error ? err.stack : String(err)}`);
@@ -261,7 +286,7 @@ export class Gateway implements ChannelRoute {
       record.code = e.code;
       record.latency_ms = round(performance.now() - started);
       // A call held back for credits in flight is a signal to wait, not a call: retries would flood the record.
-      if (path !== "/v1/models" && e.code !== "credits_held") caller.record({ type: "llm.call", data: record });
+      if (path !== "/v1/models" && e.code !== "credits_held") this.#recorded(caller, record, started, call);
       if (e instanceof OutOfCredits) caller.outOfCredits(e.scope);
     }
   }
@@ -303,7 +328,7 @@ export class Gateway implements ChannelRoute {
           cost: 0,
         });
         record.latency_ms = round(performance.now() - call.started);
-        caller.record({ type: "llm.call", data: record });
+        this.#recorded(caller, record, call.started, call);
         return;
       }
       if (found) caller.record({ type: "journal.diverged", data: { step: journal.step, kind: "llm" } });
@@ -364,6 +389,7 @@ export class Gateway implements ChannelRoute {
       );
     }
     const reservation = reserved.reservation;
+    call.maxTokens = reservation.maxOutputTokens;
     record.call_id = reservation.callId;
     if (reservation.maxOutputTokens < asked) record.clamped_max_tokens = reservation.maxOutputTokens;
     this.#inFlight.set(caller.runId, inFlight + 1);
@@ -380,7 +406,29 @@ export class Gateway implements ChannelRoute {
       else this.#inFlight.delete(caller.runId);
     }
     record.latency_ms ??= round(performance.now() - call.started);
+    this.#recorded(caller, record, call.started, call);
+  }
+
+  /** Records the call on its run and, when the host traces, as a `chat` span under the caller's attempt. */
+  #recorded(caller: GatewayCaller, record: LlmCallRecord, started: number, call: LlmCall | undefined): void {
     caller.record({ type: "llm.call", data: record });
+    const tracing = this.#deps.tracing;
+    if (!tracing || !caller.trace) return;
+    recordChatSpan(tracing, caller.trace, {
+      record,
+      runId: caller.ownRunId,
+      startMs: epochOf(started),
+      endMs: epochMs(),
+      ...(call
+        ? {
+            route: call.route,
+            format: call.endpoint.kind,
+            body: call.body,
+            ...(call.answer ? { answer: call.answer } : {}),
+            ...(call.maxTokens !== undefined ? { maxTokens: call.maxTokens } : {}),
+          }
+        : {}),
+    });
   }
 
   /**
@@ -425,7 +473,10 @@ export class Gateway implements ChannelRoute {
         record.cost = fromMicro(Math.ceil(cost));
         if (source !== "usage") record.usage = source;
       } catch (err) {
-        this.#deps.log(`gateway: closing ${reservation.callId}: ${err instanceof Error ? err.message : String(err)}`);
+        this.#deps.log(`gateway: closing ${reservation.callId}: ${err instanceof Error ? err.message : String(err)}`, {
+          run_id: reservation.runId,
+          tenant_id: reservation.tenantId,
+        });
       }
     };
     let key: string | null;
@@ -495,7 +546,7 @@ export class Gateway implements ChannelRoute {
         const status = answer.statusCode ?? 502;
         record.status = status;
         const events = status < 300 && String(answer.headers["content-type"] ?? "").includes("text/event-stream");
-        const reader = usageReader(endpoint.kind, events, usage);
+        const reader = usageReader(endpoint.kind, events, usage, call.answer ?? undefined);
         const onChunk = (chunk: Buffer) => {
           if (!ttft) ttft = performance.now() - call.started;
           reader.push(chunk);

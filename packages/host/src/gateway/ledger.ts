@@ -16,9 +16,10 @@
 import { AppError, type Balance, fromMicro } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { sql } from "kysely";
+import type { Metrics } from "../metrics/metrics.ts";
 import { checkFence, type Fence } from "../store/fence.ts";
 import { newId } from "../store/ids.ts";
-import { type Dialect, dbNow } from "../store/portable.ts";
+import { type Dialect, dbNow, timeBucket } from "../store/portable.ts";
 import type { CreditAccountsTable, Database } from "../store/schema.ts";
 
 /** Which budget ran out. */
@@ -83,28 +84,54 @@ const keys = (r: { tenantId: string; agentId: string; runId: string }) => ({
 
 const EMPTY = { granted: 0, spent: 0, reserved: 0 };
 
+/**
+ * Told, inside the transaction that bills a call, how the tenant's balance (granted minus spent,
+ * in micro-credits) fell, so that what announces it (a credits.low notification) commits with it.
+ */
+export interface SpendWatcher {
+  /** Writes in `trx` what the fall from `beforeMicro` to `afterMicro` announces; true when it wrote any. */
+  spent(trx: Transaction<Database>, tenantId: string, beforeMicro: number, afterMicro: number): Promise<boolean>;
+  /** Told once what spent() wrote has committed. */
+  committed(): void;
+}
+
 export class Ledger {
   readonly #db: Kysely<Database>;
   readonly #dialect: Dialect;
   readonly #now: () => number;
+  readonly #watcher: SpendWatcher | undefined;
+  readonly #metrics: Pick<Metrics, "creditsSpent"> | undefined;
 
-  constructor(db: Kysely<Database>, options: { now?: () => number; dialect?: Dialect } = {}) {
+  constructor(
+    db: Kysely<Database>,
+    options: {
+      now?: () => number;
+      dialect?: Dialect;
+      watcher?: SpendWatcher | undefined;
+      metrics?: Pick<Metrics, "creditsSpent">;
+    } = {},
+  ) {
     this.#db = db;
     this.#dialect = options.dialect ?? "sqlite";
     this.#now = options.now ?? Date.now;
+    this.#watcher = options.watcher;
+    this.#metrics = options.metrics;
   }
 
   /** Adds (or, negative, takes back) credits of a tenant. */
   async grant(tenantId: string, micro: number, note?: string): Promise<Balance> {
+    return this.#db.transaction().execute((trx) => this.grantWithin(trx, tenantId, micro, note));
+  }
+
+  /** A grant inside the caller's transaction: it holds only if that transaction commits. */
+  async grantWithin(trx: Transaction<Database>, tenantId: string, micro: number, note?: string): Promise<Balance> {
     if (!Number.isSafeInteger(micro) || micro === 0)
       throw new AppError("validation_failed", "A grant is a whole, non-zero amount.");
-    return this.#db.transaction().execute(async (trx) => {
-      const tenant = await trx.selectFrom("tenants").select("id").where("id", "=", tenantId).executeTakeFirst();
-      if (!tenant) throw new AppError("not_found", `No tenant '${tenantId.slice(0, 64)}'.`);
-      await this.#append(trx, { tenantId, kind: "grant", amount: micro, detail: note ? { note } : null });
-      await bump(trx, `tenant:${tenantId}`, { granted: micro });
-      return toBalance(await account(trx, `tenant:${tenantId}`));
-    });
+    const tenant = await trx.selectFrom("tenants").select("id").where("id", "=", tenantId).executeTakeFirst();
+    if (!tenant) throw new AppError("not_found", `No tenant '${tenantId.slice(0, 64)}'.`);
+    await this.#append(trx, { tenantId, kind: "grant", amount: micro, detail: note ? { note } : null });
+    await bump(trx, `tenant:${tenantId}`, { granted: micro });
+    return toBalance(await account(trx, `tenant:${tenantId}`));
   }
 
   /**
@@ -243,15 +270,23 @@ export class Ledger {
     // Once per reservation: a second settle or release of the same call changes nothing.
     if (r.closed) return;
     r.closed = true;
+    const watcher = this.#watcher;
     try {
-      await this.#db.transaction().execute(async (trx) => {
+      const announced = await this.#db.transaction().execute(async (trx) => {
         await this.#append(trx, { ...r, kind, amount: cost, detail });
         await bump(trx, Object.values(keys(r)), { reserved: -r.amount, spent: cost });
+        if (!watcher || cost <= 0) return false;
+        // Read after the bump: the row's lock orders settlements, so each sees its own fall.
+        const tenant = await account(trx, `tenant:${r.tenantId}`);
+        const after = Number(tenant.granted) - Number(tenant.spent);
+        return watcher.spent(trx, r.tenantId, after + cost, after);
       });
+      if (announced) watcher?.committed();
     } catch (err) {
       r.closed = false;
       throw err;
     }
+    this.#metrics?.creditsSpent(r.tenantId, cost);
   }
 
   async balance(tenantId: string): Promise<Balance> {
@@ -274,6 +309,32 @@ export class Ledger {
     for (const row of rows)
       out.set(row.key.slice(scope.length + 1), { spent: Number(row.spent), reserved: Number(row.reserved) });
     return out;
+  }
+
+  /**
+   * Micro-credits the tenant's model calls (of one agent, when given) were settled for in each
+   * bucket of `range`, by agent.
+   */
+  async spentByBucket(
+    tenantId: string,
+    range: { from: number; to: number; bucketMs: number; agentId?: string },
+  ): Promise<{ bucket: number; agent_id: string | null; micro: number }[]> {
+    const rows = await this.spentQuery(tenantId, range).execute();
+    return rows.map((r) => ({ bucket: Number(r.bucket), agent_id: r.agent_id, micro: Number(r.micro) }));
+  }
+
+  /** The query of spentByBucket(): a range of one index that holds every column it reads. */
+  spentQuery(tenantId: string, range: { from: number; to: number; bucketMs: number; agentId?: string }) {
+    const bucket = timeBucket("created_at", range.from, range.bucketMs);
+    return this.#db
+      .selectFrom("credit_ledger")
+      .select((eb) => [bucket.as("bucket"), "agent_id", eb.fn.sum<number | string>("amount").as("micro")])
+      .where("tenant_id", "=", tenantId)
+      .where("kind", "=", "settle")
+      .where("created_at", ">=", range.from)
+      .where("created_at", "<", range.to)
+      .$if(range.agentId !== undefined, (q) => q.where("agent_id", "=", range.agentId ?? ""))
+      .groupBy([bucket, "agent_id"]);
   }
 
   /** A run's calls: each reservation with its settlement or release. */

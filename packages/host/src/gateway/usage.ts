@@ -17,16 +17,36 @@ export interface Usage {
   found: boolean;
 }
 
+/**
+ * What else an answer says, read for traces when asked for: the model that answered, the
+ * answer's id, why it stopped, and, when `output` is given (trace content), what it said.
+ */
+export interface AnswerFacts {
+  model?: string;
+  id?: string;
+  finishReasons: string[];
+  output?: AnswerOutput;
+}
+
+/** An answer's text and tool calls, whatever its wire format. */
+export interface AnswerOutput {
+  text: string;
+  toolCalls: { id: string; name: string; arguments: string }[];
+}
+
 /** Reads usage from an answer's chunks as they pass; `end` once the answer is whole. */
 export interface UsageReader {
   push(chunk: Buffer): void;
   end(): void;
 }
 
-/** A reader for an answer in `format`: server-sent `events`, or one JSON document. It fills `usage` in. */
-export function usageReader(format: UsageFormat, events: boolean, usage: Usage): UsageReader {
+/**
+ * A reader for an answer in `format`: server-sent `events`, or one JSON document. It fills
+ * `usage` in, and `facts` when given.
+ */
+export function usageReader(format: UsageFormat, events: boolean, usage: Usage, facts?: AnswerFacts): UsageReader {
   if (events) {
-    const parse = sseUsage(format, usage);
+    const parse = sseUsage(format, usage, facts);
     return { push: parse, end: () => parse(null) };
   }
   const chunks: Buffer[] = [];
@@ -34,19 +54,85 @@ export function usageReader(format: UsageFormat, events: boolean, usage: Usage):
     push: (chunk) => {
       chunks.push(chunk);
     },
-    end: () => jsonUsage(format, Buffer.concat(chunks), usage),
+    end: () => jsonUsage(format, Buffer.concat(chunks), usage, facts),
   };
 }
 
-/** Usage of a whole JSON answer. */
-function jsonUsage(format: UsageFormat, text: Buffer, usage: Usage): void {
+/** Usage of a whole JSON answer (and its facts). */
+function jsonUsage(format: UsageFormat, text: Buffer, usage: Usage, facts: AnswerFacts | undefined): void {
+  let answer: Record<string, unknown>;
   try {
-    const u = (JSON.parse(text.toString("utf8")) as { usage?: Record<string, unknown> }).usage;
-    if (u) {
-      takeUsage(format, u, usage);
-      usage.found = true;
+    answer = JSON.parse(text.toString("utf8")) as Record<string, unknown>;
+  } catch {
+    return;
+  }
+  const u = answer?.usage;
+  if (u && typeof u === "object") {
+    takeUsage(format, u as Record<string, unknown>, usage);
+    usage.found = true;
+  }
+  if (facts && answer && typeof answer === "object") wholeFacts(format, answer, facts);
+}
+
+/** Readers of a provider's JSON, which may hold anything: a string, a list of objects, an object. */
+const str = (v: unknown): string | undefined => (typeof v === "string" ? v : undefined);
+export type Rec = Record<string, unknown>;
+export const list = (v: unknown): Rec[] =>
+  Array.isArray(v) ? v.filter((x): x is Rec => typeof x === "object" && x !== null) : [];
+export const rec = (v: unknown): Rec => (typeof v === "object" && v !== null ? (v as Rec) : {});
+
+/** How much of an answer's text, and how many tool calls, traces keep. */
+const MAX_TEXT = 64 * 1024;
+const MAX_TOOL_CALLS = 128;
+
+/** Adds text to what an answer said, up to MAX_TEXT. */
+function addText(out: AnswerOutput, text: unknown): void {
+  if (typeof text === "string" && out.text.length < MAX_TEXT) out.text += text.slice(0, MAX_TEXT - out.text.length);
+}
+
+/** A tool call as AnswerOutput keeps it. */
+const toolCall = (id: unknown, name: unknown, args: string) => ({
+  id: str(id) ?? "",
+  name: str(name) ?? "",
+  arguments: args,
+});
+
+/** The facts of a whole answer: a JSON document, or the response a Responses stream ends with. */
+function wholeFacts(format: UsageFormat, answer: Rec, facts: AnswerFacts): void {
+  facts.model = str(answer.model) ?? facts.model;
+  facts.id = str(answer.id) ?? facts.id;
+  const out = facts.output;
+  if (format === "chat") {
+    for (const choice of list(answer.choices)) {
+      const reason = str(choice.finish_reason);
+      if (reason) facts.finishReasons.push(reason);
+      const message = rec(choice.message);
+      if (!out) continue;
+      addText(out, message.content);
+      for (const call of list(message.tool_calls)) {
+        const fn = rec(call.function);
+        out.toolCalls.push(toolCall(call.id, fn.name, str(fn.arguments) ?? ""));
+      }
     }
-  } catch {}
+  } else if (format === "messages") {
+    const reason = str(answer.stop_reason);
+    if (reason) facts.finishReasons.push(reason);
+    if (!out) return;
+    for (const block of list(answer.content)) {
+      if (block.type === "text") addText(out, block.text);
+      if (block.type === "tool_use")
+        out.toolCalls.push(toolCall(block.id, block.name, JSON.stringify(block.input ?? {})));
+    }
+  } else {
+    const status = str(answer.status);
+    if (status) facts.finishReasons.push(status);
+    if (!out) return;
+    for (const item of list(answer.output)) {
+      if (item.type === "message") for (const part of list(item.content)) addText(out, part.text);
+      if (item.type === "function_call")
+        out.toolCalls.push(toolCall(item.call_id, item.name, str(item.arguments) ?? ""));
+    }
+  }
 }
 
 function takeUsage(format: UsageFormat, u: Record<string, unknown>, usage: Usage): void {
@@ -72,7 +158,7 @@ function takeUsage(format: UsageFormat, u: Record<string, unknown>, usage: Usage
  * it. Until the figures come, output is counted from the deltas (about four characters a token,
  * at least one a delta): what a stream cut short is billed for.
  */
-function sseUsage(format: UsageFormat, usage: Usage): (chunk: Buffer | null) => void {
+function sseUsage(format: UsageFormat, usage: Usage, facts: AnswerFacts | undefined): (chunk: Buffer | null) => void {
   const decoder = new StringDecoder("utf8");
   const count = (text: unknown) => {
     if (!usage.found) usage.output += Math.max(1, Math.ceil((typeof text === "string" ? text.length : 0) / 4));
@@ -90,6 +176,7 @@ function sseUsage(format: UsageFormat, usage: Usage): (chunk: Buffer | null) => 
       return;
     }
     const type = event.type;
+    if (facts) streamFacts(format, event, facts);
     if (format === "chat") {
       if (event.usage && typeof event.usage === "object") {
         takeUsage(format, event.usage as Record<string, unknown>, usage);
@@ -134,4 +221,56 @@ function sseUsage(format: UsageFormat, usage: Usage): (chunk: Buffer | null) => 
       nl = buffer.indexOf("\n");
     }
   };
+}
+
+/** The facts one server-sent event of a stream adds. */
+function streamFacts(format: UsageFormat, event: Rec, facts: AnswerFacts): void {
+  const out = facts.output;
+  if (format === "chat") {
+    facts.model ??= str(event.model);
+    facts.id ??= str(event.id);
+    for (const choice of list(event.choices)) {
+      const reason = str(choice.finish_reason);
+      if (reason) facts.finishReasons.push(reason);
+      const delta = rec(choice.delta);
+      if (!out) continue;
+      addText(out, delta.content);
+      // Tool calls come in pieces by index: the first names the call, the rest add to its arguments.
+      for (const piece of list(delta.tool_calls)) {
+        const index =
+          typeof piece.index === "number" && piece.index >= 0 && piece.index < MAX_TOOL_CALLS
+            ? piece.index
+            : out.toolCalls.length;
+        const fn = rec(piece.function);
+        const call = out.toolCalls[index] ?? { id: "", name: "", arguments: "" };
+        out.toolCalls[index] = call;
+        call.id ||= str(piece.id) ?? "";
+        call.name ||= str(fn.name) ?? "";
+        call.arguments += str(fn.arguments) ?? "";
+      }
+    }
+  } else if (format === "messages") {
+    if (event.type === "message_start") {
+      const message = rec(event.message);
+      facts.model = str(message.model) ?? facts.model;
+      facts.id = str(message.id) ?? facts.id;
+    } else if (event.type === "message_delta") {
+      const reason = str(rec(event.delta).stop_reason);
+      if (reason) facts.finishReasons.push(reason);
+    } else if (out && event.type === "content_block_start") {
+      const block = rec(event.content_block);
+      if (block.type === "tool_use") out.toolCalls.push(toolCall(block.id, block.name, ""));
+    } else if (out && event.type === "content_block_delta") {
+      const delta = rec(event.delta);
+      if (delta.type === "text_delta") addText(out, delta.text);
+      const last = out.toolCalls.at(-1);
+      if (delta.type === "input_json_delta" && last) last.arguments += str(delta.partial_json) ?? "";
+    }
+  } else if (
+    event.type === "response.completed" ||
+    event.type === "response.incomplete" ||
+    event.type === "response.failed"
+  ) {
+    wholeFacts(format, rec(event.response), facts);
+  }
 }

@@ -9,14 +9,17 @@
  */
 import assert from "node:assert/strict";
 import { existsSync, readdirSync } from "node:fs";
-import { after, before, describe, it } from "node:test";
+import { readFile } from "node:fs/promises";
+import { after, afterEach, before, describe, it, type TestContext } from "node:test";
 import type { RunEvent } from "@paddock/protocol";
+import pg from "pg";
 import { type Cluster, type ClusterNode, nodeProcesses, startCluster } from "../testing/cluster.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason } from "../testing/harness.ts";
-import { FLOOD_AGENT, floodResults, type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
+import { FLOOD_AGENT, type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
 import { postgresSkipReason } from "../testing/postgres.ts";
 import { waitFor } from "../testing/wait.ts";
+import { LEADER_LOCK_KEY } from "./leader.ts";
 
 const skip = e2eSkip(hostSkipReason() || postgresSkipReason());
 const LEASE_MS = 3000;
@@ -36,6 +39,11 @@ describe("a three-node cluster", { skip }, () => {
   before(async () => {
     c = await startCluster({ nodes: 3, leaseMs: LEASE_MS, maxRuns: MAX_RUNS });
   });
+  // A failed test shows what the nodes logged.
+  afterEach((t) => {
+    const test = t as TestContext & { passed?: boolean };
+    if (test.passed === false) for (const n of c?.nodes ?? []) test.diagnostic(`${n.id}:\n${n.logs.join("\n")}`);
+  });
   after(async () => {
     await c?.close();
   });
@@ -52,14 +60,17 @@ describe("a three-node cluster", { skip }, () => {
     (await ok(via, "POST", `/v1/agents/${agentId}/runs`, { input })).id as string;
   const events = async (runId: string, via = node(0)): Promise<RunEvent[]> =>
     (await ok(via, "GET", `/v1/runs/${runId}/events?limit=1000`)).data;
-  const finished = (runId: string, timeoutMs = 60_000) =>
-    waitFor(
+  const finished = (runId: string, timeoutMs = 120_000) => {
+    let last = "";
+    return waitFor(
       async () => {
         const run = await ok(node(0), "GET", `/v1/runs/${runId}`);
+        last = JSON.stringify(run);
         return TERMINAL.includes(run.status) && run;
       },
-      { what: `run ${runId} to end`, timeoutMs },
+      { what: () => `run ${runId} to end (last seen: ${last})`, timeoutMs },
     );
+  };
   /** Waits until the run logged `line` and returns the node its attempt runs on. */
   const runningOn = async (runId: string, line = "tick") => {
     await waitFor(
@@ -158,7 +169,12 @@ describe("a three-node cluster", { skip }, () => {
     const victim = node(1);
     const doomed = runs.filter((_, i) => placed[i] === victim);
     assert.equal(doomed.length, MAX_RUNS, "the victim runs its share");
-    const survivors = runs.filter((r) => !doomed.includes(r));
+    // One run of each other node ends, so each has a slot for a retry; the other goes on untouched.
+    const others = runs.filter((r) => !doomed.includes(r));
+    const survivors = c.nodes
+      .filter((n) => n !== victim)
+      .map((n) => others.find((r) => placed[runs.indexOf(r)] === n) as string);
+    await cancelAll(others.filter((r) => !survivors.includes(r)));
     const before = await nodeProcesses(victim);
     assert.ok(before.length > 0, "the victim's sandboxes are its processes");
 
@@ -197,10 +213,7 @@ describe("a three-node cluster", { skip }, () => {
     await cancelAll(survivors);
     // The node comes back under its id, with nothing of its old sandboxes left.
     await c.restart(victim);
-    assert.ok(
-      !existsSync(victim.runDir) || readdirSync(victim.runDir).length === 0,
-      "the restarted node swept its old sandboxes",
-    );
+    for (const runId of doomed) assert.ok(!mounted(victim, runId, 1), "the restarted node swept its old sandboxes");
     const listed = await ok(node(0), "GET", "/v1/nodes");
     assert.equal(listed.data.find((n: { id: string }) => n.id === victim.id)?.live, true);
   });
@@ -287,6 +300,124 @@ describe("a three-node cluster", { skip }, () => {
     for (const run of fired as { id: string }[]) await finished(run.id);
   });
 
+  it("boots on every node a runner published through one: the others build it from its shared sources", async () => {
+    const bundle = await readFile(new URL("../../../runner/dist/runner.mjs", import.meta.url), "utf8");
+    const form = new FormData();
+    form.set("bundle", new Blob([`${bundle}\n// published-on-node-0\n`]), "runner.mjs");
+    const res = await fetch(`${node(0).url}/v1/runners`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${c.adminKey}` },
+      body: form,
+    });
+    assert.equal(res.status, 201, await res.clone().text());
+    const published = (await res.json()) as { digest: string };
+    const id = await agent({ command: ["sh", "-c", "tail -n 1 /opt/paddock/runner/runner.mjs; sleep 2"] });
+    const runs = await Promise.all(Array.from({ length: 3 * MAX_RUNS }, () => trigger(id)));
+    const seen = new Map<string, string[]>();
+    for (const runId of runs) {
+      const ended = await finished(runId);
+      assert.equal(ended.status, "succeeded", JSON.stringify(ended));
+      const lines = (await events(runId)).filter((e) => e.type === "log").map((e) => (e.data as { line: string }).line);
+      const on = (await c.nodeOf(runId))?.id ?? "none";
+      seen.set(on, [...(seen.get(on) ?? []), ...lines]);
+    }
+    assert.deepEqual([...seen.keys()].sort(), c.nodes.map((n) => n.id).sort(), "every node ran the agent");
+    for (const [on, lines] of seen) {
+      assert.ok(
+        lines.every((l) => l === "// published-on-node-0"),
+        `${on} mounted the published bundle: ${lines.join(", ")}`,
+      );
+    }
+    for (const n of c.nodes.slice(1)) {
+      assert.ok(
+        n.logs.some((l) => l.includes(`built runner ${published.digest} here from its shared sources`)),
+        `${n.id} built the runner from the blob store`,
+      );
+    }
+  });
+
+  it("serves an edit session through any node, and boots and exports its frozen environment on nodes that never had it", async () => {
+    const id = await agent({ command: ["sh", "-c", "cat /opt/mark; sleep 2"] });
+    const opened = await c.api(node(1), "POST", `/v1/agents/${id}/env/session`, {});
+    assert.equal(opened.status, 201, JSON.stringify(opened.body));
+    // Node 2 passes the command to node 1, which holds the session.
+    const wrote = await ok(node(2), "POST", `/v1/agents/${id}/env/session/exec`, {
+      argv: ["sh", "-c", "echo frozen-on-node-1 > /opt/mark && chmod 644 /opt/mark && cat /opt/mark"],
+    });
+    assert.equal(wrote.stdout, "frozen-on-node-1\n");
+    const frozen = await c.api(node(0), "POST", `/v1/agents/${id}/env/freeze`, {});
+    assert.equal(frozen.status, 201, JSON.stringify(frozen.body));
+    const version = (await ok(node(0), "GET", `/v1/agents/${id}`)).snapshot.version as number;
+
+    // Node 2 never had the layer: it fetches it from the blob store to export it.
+    const exported = await fetch(`${node(2).url}/v1/agents/${id}/snapshots/${version}/export?include_base=false`, {
+      headers: { authorization: `Bearer ${c.adminKey}` },
+    });
+    assert.equal(exported.status, 200, await exported.clone().text());
+    assert.ok((await exported.arrayBuffer()).byteLength > 0);
+
+    const runs = await Promise.all(Array.from({ length: 3 * MAX_RUNS }, () => trigger(id)));
+    const seen = new Set<string>();
+    for (const runId of runs) {
+      const ended = await finished(runId);
+      assert.equal(ended.status, "succeeded", JSON.stringify(ended));
+      const lines = (await events(runId)).filter((e) => e.type === "log").map((e) => (e.data as { line: string }).line);
+      assert.deepEqual(lines, ["frozen-on-node-1"]);
+      seen.add((await c.nodeOf(runId))?.id ?? "none");
+    }
+    assert.equal(seen.size, 3, "every node booted the frozen environment");
+  });
+
+  it("takes the lead from a paused leader, so schedules keep firing, each slot once", async () => {
+    const db = new pg.Client({ connectionString: c.databaseUrl });
+    await db.connect();
+    try {
+      const leaderNode = async () => {
+        const { rows } = await db.query(
+          `SELECT a.application_name AS name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = $1::bigint`,
+          [LEADER_LOCK_KEY.toString()],
+        );
+        return c.nodes.find((n) => rows[0]?.name === `paddock-node:${n.id}`);
+      };
+      const id = await agent({ command: ["true"] });
+      const schedule = await ok(node(0), "POST", "/v1/schedules", { agent: id, cron: "* * * * * *" });
+      const stuck = await waitFor(leaderNode, { what: "a node to lead" });
+      const other = c.nodes.find((n) => n !== stuck) as ClusterNode;
+      const count = async () => (await ok(other, "GET", `/v1/runs?agent_id=${id}&limit=200`)).data.length as number;
+      stuck.child?.kill("SIGSTOP");
+      let resumed = false;
+      try {
+        const next = await waitFor(async () => (await leaderNode()) !== stuck && leaderNode(), {
+          what: "another node to take the lead",
+          timeoutMs: LEASE_MS * 5,
+        });
+        assert.notEqual(next?.id, stuck.id);
+        const before = await count();
+        await waitFor(async () => (await count()) >= before + 2, { what: "the schedule to fire under the new leader" });
+      } finally {
+        stuck.child?.kill("SIGCONT");
+        resumed = true;
+      }
+      assert.ok(resumed);
+      await ok(other, "POST", `/v1/schedules/${schedule.id}/pause`);
+      const runs = (await ok(other, "GET", `/v1/runs?agent_id=${id}&limit=200`)).data as { id: string }[];
+      const slots: string[] = [];
+      for (const run of runs) {
+        const fired = (await events(run.id, other)).find((e) => e.type === "schedule.fired")?.data as { slot: string };
+        slots.push(fired.slot);
+        await finished(run.id);
+      }
+      assert.equal(new Set(slots).size, slots.length, `one run per slot: ${slots.join(", ")}`);
+      // The paused node lives on: it heartbeats again and serves.
+      await waitFor(async () => (await c.api(stuck, "GET", "/v1/health")).status === 200, {
+        what: "the paused node to answer",
+      });
+    } finally {
+      await db.end();
+    }
+  });
+
   describe("with a model provider", () => {
     let stand: LlmStandIn;
     before(async () => {
@@ -318,22 +449,22 @@ describe("a three-node cluster", { skip }, () => {
       );
       const ended = await Promise.all(runs.map((r) => finished(r)));
       const workers = new Set<string>();
-      let results: [number, string | null][] = [];
+      const calls: { status?: number; code?: string; cost?: number }[] = [];
       for (const run of ended) {
-        const list = await events(run.id);
-        const started = list.find((e) => e.type === "attempt.started") as RunEvent & { data: { worker: string } };
-        workers.add(started.data.worker);
-        results = results.concat(floodResults(list));
+        workers.add((await c.nodeOf(run.id))?.id ?? "none");
+        for (const e of await events(run.id)) if (e.type === "llm.call") calls.push(e.data as (typeof calls)[number]);
       }
       assert.equal(workers.size, 3, "the calls came from runs on every node");
       const credits = await ok(node(2), "GET", "/v1/credits");
       const spent = credits.agents.find((a: { agent_id: string }) => a.agent_id === id);
       assert.ok(spent.spent <= budget, `spent ${spent.spent} of ${budget}`);
       assert.equal(spent.reserved, 0, "every reservation was settled or released");
-      const served = results.filter(([status]) => status === 200).length;
-      assert.ok(served > 0 && served < 102, `${served} calls served`);
+      const served = calls.filter((call) => call.status === 200);
+      assert.ok(served.length > 0 && served.length < 102, `${served.length} calls served`);
+      const charged = served.reduce((sum, call) => sum + (call.cost ?? 0), 0);
+      assert.ok(Math.abs(charged - spent.spent) < 1e-9, `the calls' costs (${charged}) are what was spent`);
       assert.ok(
-        results.some(([, code]) => code === "out_of_credits"),
+        calls.some((call) => call.code === "out_of_credits"),
         "calls past the budget were refused",
       );
     });

@@ -218,7 +218,9 @@ describe("master key rotation", { skip }, () => {
   const sealedUnder = () => ({
     secrets: column("SELECT master_key_id FROM secrets"),
     signingKeys: column("SELECT master_key_id FROM signing_keys"),
+    notifications: column("SELECT master_key_id FROM notification_subscriptions"),
   });
+  let subscription = "";
 
   before(async () => {
     keyDir = await mkdtemp(join(tmpdir(), "paddock-keys-"));
@@ -230,6 +232,8 @@ describe("master key rotation", { skip }, () => {
       const res = await t.api("PUT", `/v1/secrets/${name}`, { value: `${value}-${name}` }, tenant.key);
       assert.equal(res.status, 201, JSON.stringify(res.body));
     }
+    const sub = { url: "https://hooks.example.com/paddock", events: ["run.finished"] };
+    subscription = (await t.api("POST", "/v1/notifications", sub, tenant.key)).body.id;
   });
   after(async () => {
     await t?.close();
@@ -243,7 +247,8 @@ describe("master key rotation", { skip }, () => {
     const under = sealedUnder();
     assert.equal(under.secrets.length, 3);
     assert.ok(under.signingKeys.length >= 1, "the run token signer has a key");
-    for (const id of [...under.secrets, ...under.signingKeys]) assert.equal(id, oldKey.id);
+    assert.equal(under.notifications.length, 1);
+    for (const id of [...under.secrets, ...under.signingKeys, ...under.notifications]) assert.equal(id, oldKey.id);
     await assert.rejects(stat(join(t.dataDir, "master.key")), /ENOENT/);
   });
 
@@ -253,8 +258,8 @@ describe("master key rotation", { skip }, () => {
     const sealedBefore = boxes();
     await t.restart({ masterKeyFile: join(keyDir, "new.key"), oldMasterKeyFiles: [join(keyDir, "old.key")] });
     const after = sealedUnder();
-    for (const id of [...after.secrets, ...after.signingKeys]) assert.equal(id, newKey.id);
-    const count = before.secrets.length + before.signingKeys.length;
+    for (const id of [...after.secrets, ...after.signingKeys, ...after.notifications]) assert.equal(id, newKey.id);
+    const count = before.secrets.length + before.signingKeys.length + before.notifications.length;
     assert.ok(
       t.logs.some((line) =>
         line.includes(`re-sealed ${count} secret(s) and signing key(s) under master key ${newKey.id}`),
@@ -282,6 +287,9 @@ describe("master key rotation", { skip }, () => {
     );
     const res = await t.api("GET", "/v1/secrets", undefined, tenant.key);
     assert.equal(res.body.data.length, 3);
+    // The notification secrets open under the new key: a rotation reads the current one.
+    const rotated = await t.api("POST", `/v1/notifications/${subscription}/rotate`, {}, tenant.key);
+    assert.equal(rotated.status, 200, JSON.stringify(rotated.body));
   });
 
   it("refuses to start without the key the rows are sealed under", async () => {

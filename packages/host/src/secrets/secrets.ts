@@ -168,9 +168,10 @@ export class Secrets {
 }
 
 /**
- * Re-seals, in one transaction, every secret and signing key sealed under another master key than
- * the vault's current one (a rotation); returns how many. Throws, naming the key, when one was
- * sealed under a key the vault was not given: the host must not start without it.
+ * Re-seals, in one transaction, every secret, signing key and webhook or notification secret
+ * sealed under another master key than the vault's current one (a rotation); returns how many.
+ * Throws, naming the key, when one was sealed under a key the vault was not given: the host must
+ * not start without it.
  */
 export async function rotateMasterKey(db: Kysely<Database>, vault: Vault): Promise<number> {
   return db.transaction().execute(async (trx) => {
@@ -218,9 +219,26 @@ export async function rotateMasterKey(db: Kysely<Database>, vault: Vault): Promi
         .execute();
       count++;
     }
+    const subscriptions = await trx
+      .selectFrom("notification_subscriptions")
+      .select(["id", "sealed_secrets"])
+      .where("master_key_id", "!=", vault.masterKeyId)
+      .execute();
+    for (const row of subscriptions) {
+      const moved = rewrap(vault, row.sealed_secrets, notificationAad(row.id), `notification subscription ${row.id}`);
+      await trx
+        .updateTable("notification_subscriptions")
+        .set({ sealed_secrets: moved, master_key_id: vault.masterKeyId })
+        .where("id", "=", row.id)
+        .execute();
+      count++;
+    }
     return count;
   });
 }
+
+/** Associated data of a notification subscription's sealed signing secrets. */
+export const notificationAad = (id: string) => `notification:v1:${id}`;
 
 /** Associated data of a webhook's sealed signing secret. */
 export const webhookAad = (id: string) => `webhook:v1:${id}`;

@@ -4,13 +4,20 @@
  * transaction commits, so a subscriber never sees an event the store could still lose.
  */
 import { EventEmitter } from "node:events";
-import { AppError, type RunEvent, RunEventBody, type RunEventOf, type RunEventType } from "@paddock/protocol";
+import {
+  AppError,
+  callOutcome,
+  type RunEvent,
+  RunEventBody,
+  type RunEventOf,
+  type RunEventType,
+} from "@paddock/protocol";
 import { type Kysely, type RawBuilder, sql } from "kysely";
 import { z } from "zod";
 import { checkFence, type Fence } from "./fence.ts";
 import { HINT, type Hints, LocalHints } from "./hints.ts";
 import type { Db, Dialect } from "./portable.ts";
-import type { Database, EventsTable } from "./schema.ts";
+import type { CallsTable, Database, EventsTable } from "./schema.ts";
 
 export type { Db } from "./portable.ts";
 /** An event to append: one of the protocol's event types with its data, and when it happened. */
@@ -61,10 +68,51 @@ function toRows(runId: string, attempt: number, last: number, events: NewEvent[]
   }));
 }
 
+/** The event types that have a `calls` row. */
+const CALL_TYPES: ReadonlySet<string> = new Set<RunEventType>(["llm.call", "bridge.call"]);
+
+/** The `calls` row of an llm.call or bridge.call event's row; null for any other event. */
+function callRow(at: EventsTable, runOf: (runId: string) => AnnouncedRun): CallsTable | null {
+  if (!CALL_TYPES.has(at.type)) return null;
+  const event = { type: at.type, data: JSON.parse(at.data) } as NewEvent;
+  const { tenant_id, agent_id } = runOf(at.run_id);
+  const row = { run_id: at.run_id, seq: at.seq, tenant_id, agent_id, ts: at.ts };
+  if (event.type === "llm.call") {
+    const d = event.data;
+    const ok = callOutcome(d) === "ok" ? 1 : 0;
+    return { ...row, kind: "llm", target: d.provider ?? "", model: d.model ?? null, ok };
+  }
+  if (event.type === "bridge.call") {
+    const d = event.data;
+    return { ...row, kind: "bridge", target: d.connection, model: null, ok: callOutcome(d) === "ok" ? 1 : 0 };
+  }
+  return null;
+}
+
 /** An event the log refused, with why. */
 export interface RefusedEvent {
   type: string;
   problems: string;
+}
+
+/** The run an appended batch belongs to, as an announcer sees it. */
+export interface AnnouncedRun {
+  id: string;
+  tenant_id: string;
+  agent_id: string;
+}
+
+/**
+ * Writes, in the transaction that appends events, what announces some of them outside (the
+ * notifications outbox): an event that commits is never left unannounced, nor announced without it.
+ */
+export interface EventAnnouncer {
+  /** Whether events of `type` may be announced: a cheap check before anything is read. */
+  announces(type: string): boolean;
+  /** Writes in `trx` the announcements of `rows` (of one run); true when it wrote any. */
+  announce(trx: Db, run: AnnouncedRun, rows: EventsTable[]): Promise<boolean>;
+  /** Told once what announce() wrote has committed. */
+  committed(): void;
 }
 
 /** How often a subscriber re-reads the store when hints may come from other processes. */
@@ -79,10 +127,25 @@ export class EventLog {
   readonly #stale = new Map<string, Set<(seq: number) => void>>();
   /** The last seq of each run written since hints were last sent. */
   readonly #unhinted = new Map<string, number>();
+  readonly #announcer: EventAnnouncer | undefined;
+  /** Appended rows whose announcements were written with them. */
+  readonly #announced = new WeakSet<EventsTable>();
+  /** Sees every batch this process commits (the host's metrics). */
+  readonly #observe: ((rows: readonly EventsTable[]) => void) | undefined;
 
-  constructor(db: Kysely<Database>, options: { dialect?: Dialect; hints?: Hints } = {}) {
+  constructor(
+    db: Kysely<Database>,
+    options: {
+      dialect?: Dialect;
+      hints?: Hints;
+      announcer?: EventAnnouncer | undefined;
+      observe?: (rows: readonly EventsTable[]) => void;
+    } = {},
+  ) {
     const hints = options.hints ?? new LocalHints();
     this.#db = db;
+    this.#announcer = options.announcer;
+    this.#observe = options.observe;
     this.dialect = options.dialect ?? "sqlite";
     this.#hints = hints;
     this.#bus.setMaxListeners(0);
@@ -106,27 +169,42 @@ export class EventLog {
   /**
    * Appends events with consecutive sequence numbers; call inside a transaction, then publish().
    * The numbers come from the run's counter, whose row lock orders appends to one run. With
-   * `fence`, only while that attempt still holds the run (see fence.ts).
+   * `fence`, only while that attempt still holds the run (see fence.ts). The announcer writes
+   * what announces them in the same transaction.
    */
   async append(trx: Db, runId: string, attempt: number, events: NewEvent[], fence?: Fence): Promise<EventsTable[]> {
     if (events.length === 0) return [];
     for (const e of events) check(e);
     await this.fence(trx, fence);
-    const rows = toRows(runId, attempt, await this.reserve(trx, runId, events.length), events);
-    await this.insert(trx, rows);
+    const reserved = await this.reserve(trx, runId, events.length);
+    const rows = toRows(runId, attempt, reserved.last, events);
+    await this.insert(trx, rows, [reserved.run]);
     return rows;
   }
 
-  /** Takes the run's next `n` sequence numbers in `trx` (its row stays locked until commit); returns the last. */
-  async reserve(trx: Db, runId: string, n: number): Promise<number> {
+  /**
+   * Takes the run's next `n` sequence numbers in `trx` (its row stays locked until commit); returns
+   * the last, and the run's tenant and agent.
+   */
+  async reserve(trx: Db, runId: string, n: number): Promise<{ last: number; run: AnnouncedRun }> {
     const counted = await trx
       .updateTable("runs")
       .set((eb) => ({ event_seq: eb("event_seq", "+", n) }))
       .where("id", "=", runId)
-      .returning("event_seq")
+      .returning(["id", "event_seq", "tenant_id", "agent_id"])
       .executeTakeFirst();
     if (!counted) throw new AppError("internal", `Events for a run that does not exist (${runId}).`);
-    return counted.event_seq;
+    const { event_seq, ...run } = counted;
+    return { last: event_seq, run };
+  }
+
+  /**
+   * Whether events of these types write more than their rows (a `calls` row, an announcement), so
+   * that they must go through insert(), not insertAfter().
+   */
+  writesBeside(events: readonly NewEvent[]): boolean {
+    const announcer = this.#announcer;
+    return events.some((e) => CALL_TYPES.has(e.type) || announcer?.announces(e.type) === true);
   }
 
   /**
@@ -152,14 +230,42 @@ export class EventLog {
         ${rows.map((r) => r.data)}::text[]) WITH ORDINALITY AS e(type, ts, data, n)`;
   }
 
-  /** Inserts numbered rows, of one run or of many, in the caller's transaction; publish() them after it commits. */
-  async insert(trx: Db, rows: EventsTable[]): Promise<void> {
+  /**
+   * Inserts numbered rows, of one run or of many (`runs`: each run's tenant and agent), in the
+   * caller's transaction, with what goes with them: the `calls` rows of call events and the
+   * announcer's writes. publish() them after it commits.
+   */
+  async insert(trx: Db, rows: EventsTable[], runs: readonly AnnouncedRun[]): Promise<void> {
     // SQLite caps bound parameters per statement; 6 columns × 100 rows stays well under it.
     for (let i = 0; i < rows.length; i += 100) {
       await trx
         .insertInto("events")
         .values(rows.slice(i, i + 100))
         .execute();
+    }
+    const byId = new Map(runs.map((r) => [r.id, r]));
+    const runOf = (runId: string): AnnouncedRun => {
+      const run = byId.get(runId);
+      if (!run) throw new AppError("internal", `Events inserted without their run (${runId}).`);
+      return run;
+    };
+    const calls = rows.flatMap((row) => callRow(row, runOf) ?? []);
+    for (let i = 0; i < calls.length; i += 100) {
+      await trx
+        .insertInto("calls")
+        .values(calls.slice(i, i + 100))
+        .execute();
+    }
+    const announcer = this.#announcer;
+    if (!announcer) return;
+    // The announcer is handed one run's rows at a time.
+    const announced = new Map<string, EventsTable[]>();
+    for (const row of rows) {
+      if (announcer.announces(row.type) && !announced.has(row.run_id)) announced.set(row.run_id, []);
+    }
+    for (const row of rows) announced.get(row.run_id)?.push(row);
+    for (const [runId, own] of announced) {
+      if (await announcer.announce(trx, runOf(runId), own)) for (const row of own) this.#announced.add(row);
     }
   }
 
@@ -171,6 +277,8 @@ export class EventLog {
     for (const row of rows) {
       if (this.#bus.listenerCount(row.run_id) > 0) this.#bus.emit(row.run_id, toRunEvent(row));
     }
+    if (rows.some((r) => this.#announced.has(r))) this.#announcer?.committed();
+    this.#observe?.(rows);
     const last = rows[rows.length - 1];
     if (!last || !this.#hints.shared) return;
     // Appends in the same turn of the event loop share one hint per run.
@@ -219,12 +327,14 @@ export class EventLog {
     }
   }
 
-  async list(runId: string, afterSeq: number, limit: number): Promise<RunEvent[]> {
+  /** The run's events after `afterSeq`, in order; only those of `types` when given. */
+  async list(runId: string, afterSeq: number, limit: number, types?: readonly RunEventType[]): Promise<RunEvent[]> {
     const rows = await this.#db
       .selectFrom("events")
       .selectAll()
       .where("run_id", "=", runId)
       .where("seq", ">", afterSeq)
+      .$if(types !== undefined, (q) => q.where("type", "in", types ?? []))
       .orderBy("seq")
       .limit(limit)
       .execute();

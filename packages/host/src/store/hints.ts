@@ -17,6 +17,8 @@ export const HINT = {
   runQueued: "paddock_run_queued",
   /** Payload: the id of the run whose cancellation was requested. */
   cancel: "paddock_cancel",
+  /** Payload empty: notification deliveries were written and are due. */
+  notifications: "paddock_notifications",
 } as const;
 export type HintChannel = (typeof HINT)[keyof typeof HINT];
 

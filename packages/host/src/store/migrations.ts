@@ -529,18 +529,182 @@ migrations["0012_runner_sources"] = {
   },
 };
 
-migrations["0017_runs_queue"] = {
-  // The queue as claims read it: each tenant's queued runs, oldest first, and its queued child runs
-  // (taken when a node has no room left for root runs). Partial, so they hold only queued runs
-  // however many have ended; queries match them by naming their conditions literally.
+migrations["0013_notifications"] = {
+  // Tenants' notification endpoints, the deliveries written with the events they announce (an
+  // outbox the dispatcher drains) and every attempt at sending one.
   // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
   async up(db: Kysely<any>) {
     await db.schema
-      .createIndex("runs_queue")
-      .on("runs")
-      .columns(["tenant_id", "id"])
-      .where(sql.ref("status"), "=", sql.lit("queued"))
+      .createTable("notification_subscriptions")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("url", "text", (c) => c.notNull())
+      .addColumn("events", "text", (c) => c.notNull())
+      .addColumn("description", "text")
+      .addColumn("credits_below", "bigint")
+      .addColumn("internal", "integer", (c) => c.notNull().defaultTo(0))
+      .addColumn("status", "text", (c) => c.notNull())
+      .addColumn("disabled_reason", "text")
+      .addColumn("sealed_secrets", "text", (c) => c.notNull())
+      .addColumn("master_key_id", "text", (c) => c.notNull())
+      .addColumn("previous_until", "bigint")
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("updated_at", "bigint", (c) => c.notNull())
       .execute();
+    await db.schema
+      .createIndex("notification_subscriptions_tenant")
+      .on("notification_subscriptions")
+      .columns(["tenant_id", "status"])
+      .execute();
+    await db.schema
+      .createTable("notification_deliveries")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("subscription_id", "text", (c) =>
+        c.notNull().references("notification_subscriptions.id").onDelete("cascade"),
+      )
+      .addColumn("tenant_id", "text", (c) => c.notNull())
+      .addColumn("type", "text", (c) => c.notNull())
+      .addColumn("run_id", "text")
+      .addColumn("body", "text", (c) => c.notNull())
+      .addColumn("status", "text", (c) => c.notNull())
+      .addColumn("attempts", "integer", (c) => c.notNull().defaultTo(0))
+      .addColumn("next_at", "bigint", (c) => c.notNull())
+      .addColumn("retry_until", "bigint", (c) => c.notNull())
+      .addColumn("claimed_by", "text")
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("delivered_at", "bigint")
+      .execute();
+    // What the dispatcher looks for: pending deliveries by due time.
+    await db.schema
+      .createIndex("notification_deliveries_due")
+      .on("notification_deliveries")
+      .column("next_at")
+      .where(sql.ref("status"), "=", sql.lit("pending"))
+      .execute();
+    await db.schema
+      .createIndex("notification_deliveries_subscription")
+      .on("notification_deliveries")
+      .columns(["subscription_id", "id"])
+      .execute();
+    await db.schema
+      .createTable("notification_attempts")
+      .addColumn("delivery_id", "text", (c) => c.notNull().references("notification_deliveries.id").onDelete("cascade"))
+      .addColumn("n", "integer", (c) => c.notNull())
+      .addColumn("node_id", "text", (c) => c.notNull())
+      .addColumn("started_at", "bigint", (c) => c.notNull())
+      .addColumn("status", "integer")
+      .addColumn("latency_ms", "real")
+      .addColumn("error", "text")
+      .addPrimaryKeyConstraint("notification_attempts_pk", ["delivery_id", "n"])
+      .execute();
+  },
+};
+
+migrations["0014_run_queries"] = {
+  // What the run list's filters, the cross-run call lists and the stats read, kept fast with a
+  // million runs (store/query-plans.test.ts reads their plans): runs record the run they replay;
+  // each filter has an index of the tenant and its column that ends in the order a page is read
+  // (ids are time-ordered, so a time range is an id range); llm.call and bridge.call events are
+  // indexed in `calls`, which the event log writes in the same transaction as the event (filled
+  // here from the events already written); settlements are indexed by tenant and time, with their
+  // amounts, for spending per time bucket.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema.alterTable("runs").addColumn("replay_of", "text").execute();
+    // A filter's index has no more columns than it needs: SQLite, without statistics, prefers
+    // narrower indexes when a time range bounds the id on both sides.
+    for (const name of ["runs_tenant", "runs_parent", "runs_status"]) await db.schema.dropIndex(name).execute();
+    const runIndexes: [string, string[]][] = [
+      // Also covers the counts by status and time of GET /v1/stats.
+      ["runs_tenant_list", ["tenant_id", "id", "status", "created_at"]],
+      ["runs_agent_list", ["tenant_id", "agent_id", "id"]],
+      // Led by the status: also the queue and the runs going, over every tenant.
+      ["runs_status", ["status", "tenant_id", "id"]],
+      ["runs_trigger_list", ["tenant_id", "trigger", "id"]],
+      // Led by the parent (root): also a run's children wherever the tenant is not asked for.
+      ["runs_parent_list", ["parent_run_id", "tenant_id", "id"]],
+      ["runs_root_list", ["root_run_id", "tenant_id", "id"]],
+    ];
+    for (const [name, columns] of runIndexes) await db.schema.createIndex(name).on("runs").columns(columns).execute();
+
+    await db.schema
+      .createTable("calls")
+      .addColumn("run_id", "text", (c) => c.notNull().references("runs.id"))
+      .addColumn("seq", "integer", (c) => c.notNull())
+      .addColumn("tenant_id", "text", (c) => c.notNull())
+      .addColumn("agent_id", "text", (c) => c.notNull())
+      .addColumn("kind", "text", (c) => c.notNull())
+      .addColumn("ts", "bigint", (c) => c.notNull())
+      .addColumn("target", "text", (c) => c.notNull())
+      .addColumn("model", "text")
+      .addColumn("ok", "integer", (c) => c.notNull())
+      .addPrimaryKeyConstraint("calls_pk", ["run_id", "seq"])
+      .execute();
+    const order = ["ts", "run_id", "seq"];
+    const callIndexes: [string, string[]][] = [
+      ["calls_tenant", ["tenant_id", "kind", ...order]],
+      ["calls_agent", ["tenant_id", "agent_id", "kind", ...order]],
+      ["calls_target", ["tenant_id", "kind", "target", ...order]],
+      ["calls_outcome", ["tenant_id", "kind", "ok", ...order]],
+    ];
+    for (const [name, columns] of callIndexes) await db.schema.createIndex(name).on("calls").columns(columns).execute();
+    const field =
+      dialectOf(db) === "postgres"
+        ? (name: string) => sql`(e.data::jsonb ->> ${sql.lit(name)})`
+        : (name: string) => sql`json_extract(e.data, ${sql.lit(`$.${name}`)})`;
+    const status = dialectOf(db) === "postgres" ? sql`(${field("status")})::integer` : field("status");
+    await sql`
+      insert into calls (run_id, seq, tenant_id, agent_id, kind, ts, target, model, ok)
+      select e.run_id, e.seq, r.tenant_id, r.agent_id,
+        case when e.type = 'llm.call' then 'llm' else 'bridge' end,
+        e.ts,
+        coalesce(${field("provider")}, ${field("connection")}, ''),
+        ${field("model")},
+        case when ${field("code")} is not null or coalesce(${status}, 0) >= 400 then 0 else 1 end
+      from events e join runs r on r.id = e.run_id
+      where e.type in ('llm.call', 'bridge.call')`.execute(db);
+
+    await db.schema
+      .createIndex("credit_ledger_spend")
+      .on("credit_ledger")
+      .columns(["tenant_id", "kind", "created_at", "agent_id", "amount"])
+      .execute();
+  },
+};
+
+migrations["0015_run_trace_parent"] = {
+  // The W3C traceparent a run's spans hang under: the one given when it was triggered, or for a
+  // child run the span of the parent's attempt that started it. Null: the run's trace id is derived
+  // from its root run's id.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema.alterTable("runs").addColumn("trace_parent", "text").execute();
+  },
+};
+
+migrations["0016_ui_sessions"] = {
+  // Dashboard sign-ins: the hash of each session cookie's token, the API key it is bound to (a
+  // revoked key ends it) and when it ends.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("ui_sessions")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("key_id", "text", (c) => c.notNull().references("api_keys.id"))
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("expires_at", "bigint", (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex("ui_sessions_key").on("ui_sessions").columns(["key_id"]).execute();
+  },
+};
+
+migrations["0017_runs_queue"] = {
+  // Each tenant's queued child runs, oldest first, as a claim reads them when a node has no room
+  // left for root runs (the whole queue is read through runs_status). Partial, so it holds only
+  // queued child runs however many runs have ended; queries match it by naming its conditions
+  // literally.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
     await db.schema
       .createIndex("runs_queue_children")
       .on("runs")

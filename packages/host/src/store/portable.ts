@@ -62,3 +62,16 @@ export async function lockNames(trx: Db, dialect: Dialect, names: string[], shar
       ORDER BY key, u.exclusive DESC
     ) AS l`).execute(trx);
 }
+
+/**
+ * Which bucket of `bucketMs` from `from` a time column falls in (0, 1, …), for rows at or after
+ * `from`. The numbers are written into the SQL, so that the same expression in SELECT and GROUP
+ * BY is the same text (PostgreSQL groups by text), and the division is an integer one on both.
+ * @example db.selectFrom("runs").select(timeBucket("created_at", from, 3_600_000).as("bucket"))
+ */
+export function timeBucket(column: string, from: number, bucketMs: number): RawBuilder<number> {
+  if (!Number.isSafeInteger(from) || !Number.isSafeInteger(bucketMs) || bucketMs <= 0) {
+    throw new Error(`a time bucket needs whole milliseconds (from ${from}, bucket ${bucketMs})`);
+  }
+  return sql<number>`CAST((${sql.ref(column)} - ${sql.lit(from)}) / ${sql.lit(bucketMs)} AS INTEGER)`;
+}

@@ -17,6 +17,14 @@ export interface ApiKeysTable {
   revoked_at: number | null;
 }
 
+/** A dashboard sign-in: the SHA-256 of its cookie's token, bound to the API key it signed in with. */
+export interface UiSessionsTable {
+  id: string;
+  key_id: string;
+  created_at: number;
+  expires_at: number;
+}
+
 export interface AgentsTable {
   id: string;
   tenant_id: string;
@@ -137,7 +145,7 @@ export interface RunsTable {
   created_at: number;
   started_at: number | null;
   finished_at: number | null;
-  /** api, schedule, webhook or agent. */
+  /** api, schedule, webhook, agent or replay. */
   trigger: string;
   /** A queued run is not claimed before this time (a retry's backoff). */
   not_before: number | null;
@@ -154,6 +162,13 @@ export interface RunsTable {
   depth: number;
   /** The run's last event sequence number; appends take theirs by raising it. */
   event_seq: number;
+  /** For a replay: the run it replays. */
+  replay_of: string | null;
+  /**
+   * The W3C traceparent its spans hang under (a caller's, or the parent attempt's span for a child
+   * run); null: its trace id is derived from its root run (see tracing/trace-context.ts).
+   */
+  trace_parent: string | null;
 }
 
 export interface AttemptsTable {
@@ -175,6 +190,25 @@ export interface EventsTable {
   type: string;
   ts: number;
   data: string;
+}
+
+/**
+ * An `llm.call` or `bridge.call` event, indexed for lists over all of a tenant's runs (the event
+ * itself holds the call's data). Written in the transaction that appends the event.
+ */
+export interface CallsTable {
+  run_id: string;
+  seq: number;
+  tenant_id: string;
+  agent_id: string;
+  kind: "llm" | "bridge";
+  ts: number;
+  /** The provider (llm; "" when the call was refused before one was known) or the connection (bridge). */
+  target: string;
+  /** The model asked for (llm); null for bridge calls. */
+  model: string | null;
+  /** 1 when the call went through, 0 when it failed (see callOutcome). */
+  ok: number;
 }
 
 export interface ArtifactsTable {
@@ -343,11 +377,13 @@ export interface NodesTable {
 export interface Database {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
+  ui_sessions: UiSessionsTable;
   agents: AgentsTable;
   agent_versions: AgentVersionsTable;
   runs: RunsTable;
   attempts: AttemptsTable;
   events: EventsTable;
+  calls: CallsTable;
   artifacts: ArtifactsTable;
   snapshots: SnapshotsTable;
   runners: RunnersTable;
@@ -367,6 +403,9 @@ export interface Database {
   journal: JournalTable;
   nodes: NodesTable;
   tree_blobs: TreeBlobsTable;
+  notification_subscriptions: NotificationSubscriptionsTable;
+  notification_deliveries: NotificationDeliveriesTable;
+  notification_attempts: NotificationAttemptsTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }
@@ -380,4 +419,62 @@ export interface TreeBlobsTable {
   sha256: string;
   size: number;
   created_at: number;
+}
+
+/** A tenant's endpoint subscribed to event types (see notifications/). */
+export interface NotificationSubscriptionsTable {
+  id: string;
+  tenant_id: string;
+  url: string;
+  /** JSON array of NotificationEventType. */
+  events: string;
+  description: string | null;
+  /** With credits.low: the balance in micro-credits under which it is sent. */
+  credits_below: number | null;
+  /** 1: set by the admin, the URL may resolve to a private or loopback address. */
+  internal: number;
+  /** active | disabled */
+  status: string;
+  disabled_reason: string | null;
+  /** The vault's sealed box of the signing secrets (JSON {current, previous}); never a value. */
+  sealed_secrets: string;
+  master_key_id: string;
+  /** Until when the previous secret signs beside the current one; null for none. */
+  previous_until: number | null;
+  created_at: number;
+  updated_at: number;
+}
+
+/** One notification to send: written in the transaction of the event it announces (the outbox). */
+export interface NotificationDeliveriesTable {
+  id: string;
+  subscription_id: string;
+  tenant_id: string;
+  type: string;
+  run_id: string | null;
+  /** The JSON payload, byte for byte what is signed and sent. */
+  body: string;
+  /** pending | delivered | failed | canceled */
+  status: string;
+  /** Attempts claimed so far (each has a notification_attempts row once it ends). */
+  attempts: number;
+  /** When it is due (the database's clock); while a node sends it, when that node's claim lapses. */
+  next_at: number;
+  /** No automatic attempt starts after this time: the delivery fails instead. */
+  retry_until: number;
+  /** The node sending it now; null between attempts. */
+  claimed_by: string | null;
+  created_at: number;
+  delivered_at: number | null;
+}
+
+export interface NotificationAttemptsTable {
+  delivery_id: string;
+  n: number;
+  node_id: string;
+  started_at: number;
+  /** The endpoint's HTTP status; null when it gave none. */
+  status: number | null;
+  latency_ms: number | null;
+  error: string | null;
 }

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { chmod, mkdir, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Kysely } from "kysely";
-import { type HostConfigInput, resolveHostConfig } from "../config.ts";
+import { type HostConfigInput, type HostHooks, resolveHostConfig } from "../config.ts";
 import {
   AGENT_USER,
   DEFAULT_IMAGE_POINTER,
@@ -19,7 +19,7 @@ import {
   type RunnerVersion,
 } from "../fs/layout.ts";
 import { digestTree, hashFile } from "../fs/tree-digest.ts";
-import { buildServices, type Services } from "../host.ts";
+import { buildServices, ensureUiBuild, type Services } from "../host.ts";
 import { unsealRunners } from "../images/runner-registry.ts";
 import type { Database } from "../store/schema.ts";
 import { RefusingSandboxDriver } from "./refusing-driver.ts";
@@ -82,12 +82,18 @@ async function placeRunner(dataDir: string): Promise<{ bundlePath: string; nodeP
 
 /**
  * Builds a host's services over a new store (default SQLite) and its temp data folder, with its
- * admin key; `sharing` another host's PostgreSQL store makes a second host of the same cluster.
+ * admin key; `sharing` another host's PostgreSQL store makes a second host of the same cluster;
+ * `ui` serves the dashboard under /ui too.
  * @example const h = await startNoRootHost(); const res = await h.services.app.request("/v1/health");
  */
 export async function startNoRootHost(
   store: StoreKind = sqliteStore(),
-  options: { sharing?: NoRootHost; config?: Partial<HostConfigInput> } = {},
+  options: {
+    sharing?: NoRootHost;
+    config?: Partial<HostConfigInput>;
+    testOnly?: HostHooks["testOnly"];
+    ui?: boolean;
+  } = {},
 ): Promise<NoRootHost> {
   const opened = await store.open({ url: options.sharing?.database });
   const { db, dataDir } = opened;
@@ -117,6 +123,8 @@ export async function startNoRootHost(
       driver,
       log,
       undo,
+      ...(options.testOnly ? { testOnly: options.testOnly } : {}),
+      ...(options.ui ? { uiDir: await ensureUiBuild() } : {}),
     });
     await services.nodes.register({
       id: services.nodeId,
@@ -126,7 +134,7 @@ export async function startNoRootHost(
     });
     await services.runners.publish(runnerFiles);
     await opened.hints.ready();
-    const adminKey = options.sharing?.adminKey ?? (await services.identity.bootstrap());
+    const adminKey = options.sharing?.adminKey ?? (await services.identity.bootstrap()).adminKey;
     if (!adminKey) throw new Error("a new data folder gives an admin key");
     return {
       services,

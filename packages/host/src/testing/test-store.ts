@@ -92,6 +92,8 @@ export function runRow(tenant: string, agent: string, patch: Partial<RunsTable>)
     root_agent_id: null,
     depth: 0,
     event_seq: 0,
+    replay_of: null,
+    trace_parent: null,
     ...patch,
   };
 }

@@ -39,6 +39,7 @@ import type { RunRepository } from "../engine/runs.ts";
 import type { EventLog } from "../store/event-log.ts";
 import { type Journal, requestHash } from "../store/journal.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
+import { formatTraceparent } from "../tracing/trace-context.ts";
 
 /** The most levels of child runs below a root run. */
 export const MAX_DEPTH = 5;
@@ -55,6 +56,8 @@ export interface CallerRun {
   tenantId: string;
   runId: string;
   record(event: RunEventBody): void;
+  /** The caller attempt's span as a traceparent: its child runs' spans go under it. */
+  traceParent?: string | undefined;
 }
 
 /** A child run as it is the moment it is queued. */
@@ -136,7 +139,12 @@ export class AgentCalls implements ChannelRoute {
           if (found) sandbox.record({ type: "journal.diverged", data: { step, kind: "agent" } });
         }
         const child = await this.start(
-          { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
+          {
+            tenantId: sandbox.tenantId,
+            runId: sandbox.runId,
+            record: (e) => sandbox.record(e),
+            traceParent: sandbox.trace ? formatTraceparent(sandbox.trace) : undefined,
+          },
           name,
           body.input,
           journal && step
@@ -217,6 +225,8 @@ export class AgentCalls implements ChannelRoute {
       events: [
         { type: "run.parent", data: { parent_run_id: parent.id, root_run_id: parent.root_run_id ?? parent.id } },
       ],
+      // Its spans go under the attempt that started it, else into the trace its parent is in.
+      traceParent: caller.traceParent ?? parent.trace_parent,
       ...(journal
         ? {
             dedupe: async (trx: Transaction<Database>, runId: string) => {

@@ -21,6 +21,7 @@ import {
 import { Cron } from "croner";
 import type { Kysely } from "kysely";
 import type { RunRepository } from "../engine/runs.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import type { Leader } from "../nodes/leader.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, SchedulesTable } from "../store/schema.ts";
@@ -43,9 +44,11 @@ export interface SchedulerDeps {
   log(line: string): void;
   /** Only the leader's timer ticks (default: this node always leads). */
   leader?: Leader;
+  /** Where each slot's outcome is reported. */
+  metrics?: Pick<Metrics, "scheduleFired">;
 }
 
-export function toSchedule(row: SchedulesTable): Schedule {
+export function toSchedule(row: SchedulesTable, now = Date.now()): Schedule {
   return {
     id: row.id,
     agent_id: row.agent_id,
@@ -55,6 +58,7 @@ export function toSchedule(row: SchedulesTable): Schedule {
     catch_up_s: row.catch_up_s,
     paused: row.paused === 1,
     next_at: isoTime(row.next_at),
+    next_fire_at: isoTime(nextFireAt(row, now)),
     last_slot_at: isoTime(row.last_slot_at),
     created_at: new Date(Number(row.created_at)).toISOString(),
   };
@@ -82,6 +86,24 @@ function cronOf(expression: string, timezone: string): Cron {
 }
 
 const nextAfter = (cron: Cron, after: number): number | null => cron.nextRun(new Date(after))?.getTime() ?? null;
+
+/** How late a slot may be run: the catch-up window, at least the on-time grace. */
+const windowOf = (row: Pick<SchedulesTable, "catch_up_s">) => Math.max(ON_TIME_GRACE_MS, row.catch_up_s * 1000);
+
+/**
+ * When the schedule starts its next run, as a tick at `now` would see it: null while paused or
+ * with no slot left; its next slot when that is ahead; when it is overdue (the tick is late or
+ * the hosts were down), now if a slot inside the window is due (the tick runs it), else the
+ * first slot after now (the missed ones are recorded and passed over).
+ */
+export function nextFireAt(row: SchedulesTable, now: number): number | null {
+  if (row.paused === 1 || row.next_at === null) return null;
+  const next = Number(row.next_at);
+  if (next > now) return next;
+  const cron = cronOf(row.cron, row.timezone);
+  const due = next >= now - windowOf(row) ? next : nextAfter(cron, now - windowOf(row) - 1);
+  return due !== null && due <= now ? now : nextAfter(cron, now);
+}
 
 export class Scheduler {
   readonly #deps: SchedulerDeps;
@@ -171,7 +193,7 @@ export class Scheduler {
     };
     await this.#deps.db.insertInto("schedules").values(row).execute();
     this.#changed();
-    return toSchedule(row);
+    return toSchedule(row, now);
   }
 
   async list(tenantId: string): Promise<Schedule[]> {
@@ -181,7 +203,7 @@ export class Scheduler {
       .where("tenant_id", "=", tenantId)
       .orderBy("id")
       .execute();
-    return rows.map(toSchedule);
+    return rows.map((row) => toSchedule(row));
   }
 
   async get(tenantId: string, id: string): Promise<Schedule> {
@@ -200,7 +222,7 @@ export class Scheduler {
       .where("id", "=", id)
       .execute();
     if (!paused) this.#changed();
-    return toSchedule({ ...row, paused: paused ? 1 : 0, next_at: next });
+    return toSchedule({ ...row, paused: paused ? 1 : 0, next_at: next }, now);
   }
 
   async delete(tenantId: string, id: string): Promise<Schedule> {
@@ -244,7 +266,7 @@ export class Scheduler {
 
   async #fire(schedule: SchedulesTable, now: number): Promise<string | null> {
     const cron = cronOf(schedule.cron, schedule.timezone);
-    const window = Math.max(ON_TIME_GRACE_MS, schedule.catch_up_s * 1000);
+    const window = windowOf(schedule);
     const next = nextAfter(cron, now);
     // The latest slot at or before now, looked for only inside the window: older ones are missed anyway.
     const waited = Number(schedule.next_at);
@@ -258,8 +280,8 @@ export class Scheduler {
       slot = after;
     }
     // A slot that starts no run is recorded and the schedule moved on, together.
-    const settle = (outcome: "missed" | "skipped") =>
-      this.#deps.db.transaction().execute(async (trx) => {
+    const settle = async (outcome: "missed" | "skipped") => {
+      await this.#deps.db.transaction().execute(async (trx) => {
         await trx
           .insertInto("schedule_slots")
           .values({ schedule_id: schedule.id, slot_at: slot, run_id: null, outcome })
@@ -272,6 +294,8 @@ export class Scheduler {
           .where("next_at", "=", schedule.next_at)
           .execute();
       });
+      this.#deps.metrics?.scheduleFired(outcome);
+    };
     if (slot !== waited)
       this.#deps.log(`schedule ${schedule.id}: slots from ${new Date(waited).toISOString()} were missed`);
     if (now - slot > window) {
@@ -345,6 +369,7 @@ export class Scheduler {
         },
       },
     );
+    if (created) this.#deps.metrics?.scheduleFired("started");
     return created ? run.id : null;
   }
 }

@@ -14,6 +14,7 @@ import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { type AgentSpec, AppError, WEBHOOK_HEADERS, WEBHOOK_WINDOW_S, type Webhook } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import type { RunRepository } from "../engine/runs.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import { webhookAad } from "../secrets/secrets.ts";
 import type { Vault } from "../secrets/vault.ts";
 import type { Db } from "../store/portable.ts";
@@ -53,6 +54,8 @@ export interface WebhookDeps {
   specOf(tenantId: string, agentId: string): Promise<AgentSpec | null>;
   notify(): void;
   log(line: string): void;
+  /** Where each delivery's outcome is reported. */
+  metrics?: Pick<Metrics, "webhookDelivery">;
 }
 
 export class Webhooks {
@@ -110,6 +113,25 @@ export class Webhooks {
     headers: Record<string, string | undefined>,
     body: Buffer,
     now = Date.now(),
+  ): Promise<{ run: RunsTable; created: boolean }> {
+    const metrics = this.#deps.metrics;
+    return this.#receive(id, headers, body, now).then(
+      (result) => {
+        metrics?.webhookDelivery(result.created ? "accepted" : "duplicate");
+        return result;
+      },
+      (err: unknown) => {
+        metrics?.webhookDelivery(err instanceof AppError ? err.code : "internal");
+        throw err;
+      },
+    );
+  }
+
+  async #receive(
+    id: string,
+    headers: Record<string, string | undefined>,
+    body: Buffer,
+    now: number,
   ): Promise<{ run: RunsTable; created: boolean }> {
     const refuse = (code: "webhook_signature_invalid" | "webhook_timestamp_expired", why: string) => {
       this.#deps.log(`webhook ${id.slice(0, 40)}: refused: ${why}`);
