@@ -550,7 +550,8 @@ forEachStore((store) =>
       try {
         const db = opened.db;
         const { tenant, agent } = await seedAgent(db);
-        const { replay_of: _, ...run } = runRow(tenant, agent, { id: "run_1", event_seq: 3 });
+        // Without the columns later migrations add.
+        const { replay_of: _, trace_parent: __, ...run } = runRow(tenant, agent, { id: "run_1", event_seq: 3 });
         await db.insertInto("runs").values(run).execute();
         const event = (seq: number, type: string, data: unknown) => ({
           run_id: "run_1",

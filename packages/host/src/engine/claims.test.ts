@@ -8,9 +8,11 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { AgentSpec, DEFAULT_LIMITS } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import { NotificationOutbox } from "../notifications/outbox.ts";
 import { type OpenDatabase, openDatabase } from "../store/database.ts";
 import { EventLog } from "../store/event-log.ts";
-import type { Database, RunsTable } from "../store/schema.ts";
+import { HINT, LocalHints } from "../store/hints.ts";
+import type { Database, EventsTable, RunsTable } from "../store/schema.ts";
 import { forEachStore } from "../testing/stores.ts";
 import { seedAgent, seedAgentOf } from "../testing/test-store.ts";
 import { ACTIVE, Claims, type ClaimsConfig } from "./claims.ts";
@@ -119,6 +121,91 @@ forEachStore((store) =>
         ids.slice(3),
       );
       for (const run of [...claimed, ...rest]) await finish(n, run);
+    });
+
+    test("a claim and a run's moves write what goes with their events, observed once committed", async () => {
+      const { tenant, agent } = await tenantWithAgent();
+      const now = Date.now();
+      await db
+        .insertInto("notification_subscriptions")
+        .values({
+          id: `nts_${tenant}`,
+          tenant_id: tenant,
+          url: "http://127.0.0.1:9/",
+          events: JSON.stringify(["run.finished"]),
+          description: null,
+          credits_below: null,
+          internal: 1,
+          status: "active",
+          disabled_reason: null,
+          sealed_secrets: "{}",
+          master_key_id: "k",
+          previous_until: null,
+          created_at: now,
+          updated_at: now,
+        })
+        .execute();
+      const hints = new LocalHints();
+      let woken = 0;
+      hints.listen(HINT.notifications, () => woken++);
+      const observed: EventsTable[] = [];
+      const events = new EventLog(db, {
+        dialect: store.name,
+        hints,
+        announcer: new NotificationOutbox({ hints }, { dialect: store.name, retryForMs: 60_000 }),
+        observe: (rows) => observed.push(...rows),
+      });
+      const runs = new RunRepository(db, events);
+      const claims = new Claims(
+        { db, runs, events },
+        { workerId: "announcing", maxConcurrent: 1, dialect: store.name },
+      );
+      const [id] = await queue(1, tenant, agent, spec());
+      const [run] = await claims.claimNext({ roots: 1, runs: 1 });
+      assert.equal(run?.id, id);
+      const seen = () => observed.filter((r) => r.run_id === id).map((r) => [r.seq, r.type]);
+      assert.deepEqual(seen(), [
+        [2, "run.starting"],
+        [3, "attempt.started"],
+      ]);
+      assert.ok(
+        await claims.start(
+          run as RunsTable,
+          { ms: 1, warm: false },
+          { runId: id ?? "", attempt: 1, workerId: "announcing" },
+        ),
+      );
+      // A move carrying a model call writes its calls row with it.
+      const fence = { runId: id ?? "", attempt: 1, workerId: "announcing" };
+      const llm = { type: "llm.call" as const, data: { provider: "p", model: "m", status: 200 } };
+      assert.ok(await runs.transition(id ?? "", { from: ["running"], to: "running", events: [llm], fence }));
+      const calls = await db
+        .selectFrom("calls")
+        .select(["seq", "kind", "tenant_id", "agent_id"])
+        .where("run_id", "=", id ?? "")
+        .execute();
+      assert.deepEqual(
+        calls.map((c) => ({ ...c })),
+        [{ seq: 5, kind: "llm", tenant_id: tenant, agent_id: agent }],
+      );
+      assert.equal(woken, 0, "nothing announced yet");
+      await finish({ claims, runs }, { ...(run as RunsTable), status: "running" });
+      const deliveries = await db
+        .selectFrom("notification_deliveries")
+        .select(["type", "run_id", "status"])
+        .where("tenant_id", "=", tenant)
+        .execute();
+      assert.deepEqual(
+        deliveries.map((d) => ({ ...d })),
+        [{ type: "run.succeeded", run_id: id, status: "pending" }],
+      );
+      assert.equal(woken, 1, "the dispatcher is woken once the end commits");
+      assert.deepEqual(seen().slice(2), [
+        [4, "run.running"],
+        [5, "llm.call"],
+        [6, "attempt.finished"],
+        [7, "run.succeeded"],
+      ]);
     });
 
     test("leaves a run queued until it is due (a retry's backoff)", async () => {
