@@ -250,8 +250,17 @@ export class Claims {
     limit: number,
     childrenOnly: boolean,
   ): Promise<Candidate[]> {
+    const rows = await this.offerQuery(trx, tenant, after, limit, childrenOnly).execute();
+    return rows.map(({ spec, ...c }) => ({ ...c, agentLimit: parseRunSpec(spec).max_concurrent_runs }));
+  }
+
+  /**
+   * The query of #offer(), for a look at its plan (store/query-plans.test.ts): a range of
+   * runs_status (or, for child runs only, of runs_queue_children) read in its order.
+   */
+  offerQuery(db: Db, tenant: string, after: string | undefined, limit: number, childrenOnly: boolean) {
     const now = Date.now();
-    let q = trx
+    let q = db
       .selectFrom("runs")
       .select(["id", "tenant_id", "agent_id", "spec", "serial_key", "root_run_id"])
       // Written as a literal, so that the planner can use the partial index runs_queue_children (the
@@ -270,8 +279,7 @@ export class Claims {
       .orderBy("id")
       .limit(limit);
     if (this.#dialect === "postgres") q = q.forUpdate().skipLocked();
-    const rows = await q.execute();
-    return rows.map(({ spec, ...c }) => ({ ...c, agentLimit: parseRunSpec(spec).max_concurrent_runs }));
+    return q;
   }
 
   /**
