@@ -6,8 +6,9 @@
  * these around its sandboxes; nothing here boots one. Writes after the claim are fenced by
  * `(run, attempt)` on this node.
  */
-import type { RunStatus } from "@paddock/protocol";
+import { ACTIVE_STATUSES, type RunStatus } from "@paddock/protocol";
 import { type Kysely, sql, type Transaction } from "kysely";
+import { cancelPendingApprovals } from "../store/approvals.ts";
 import type { Db, EventLog, NewEvent } from "../store/event-log.ts";
 import { type Fence, isLeaseLost } from "../store/fence.ts";
 import { type Dialect, dbNow, lockNames, prepared } from "../store/portable.ts";
@@ -17,8 +18,23 @@ import type { AttemptOutcome } from "./attempt.ts";
 import { retryDecision } from "./retry.ts";
 import { type MovedRun, type RunRepository, terminalEvent } from "./runs.ts";
 
-/** The statuses of a run going: held by a node. */
-export const ACTIVE: RunStatus[] = ["starting", "running"];
+/** The statuses of a run going: held by a node (booting, running or waiting for an approval). */
+export const ACTIVE: readonly RunStatus[] = ACTIVE_STATUSES;
+
+/**
+ * A run back in the queue for its next attempt (not before `notBefore` when given): no node holds
+ * it and nothing of it waits; its approvals still pending are its next attempt's.
+ */
+export function requeued(notBefore?: number) {
+  return {
+    status: "queued",
+    worker_id: null,
+    lease_until: null,
+    expires_at: null,
+    waiting_since: null,
+    ...(notBefore !== undefined ? { not_before: notBefore } : {}),
+  };
+}
 
 /** What the limits look at of a run going (on any node) or a queued candidate. */
 type LimitedRun = Pick<RunsTable, "tenant_id" | "agent_id" | "serial_key" | "root_run_id">;
@@ -400,7 +416,8 @@ export class Claims {
   /**
    * Records how `run`'s attempt ended, with its events, atomically: the run ends, is retried per
    * its agent's policy, or (an attempt the host interrupted) goes back to the queue. `extra`
-   * writes more in the same transaction, its event following attempt.finished. Fenced: false,
+   * writes more in the same transaction, its event following attempt.finished; a run that ended
+   * cancels its approvals still pending there too. Fenced: false,
    * recording nothing (the attempt row included), when the run is no longer this attempt's on this
    * node.
    */
@@ -427,10 +444,16 @@ export class Claims {
         from: ACTIVE,
         to: ended ? outcome.status : "queued",
         patch: requeue
-          ? { worker_id: null, lease_until: null, expires_at: null }
+          ? requeued()
           : retry
-            ? { worker_id: null, lease_until: null, not_before: retry.at, expires_at: null }
-            : { reason: outcome.reason, exit_code: outcome.exitCode, finished_at: now, lease_until: null },
+            ? requeued(retry.at)
+            : {
+                reason: outcome.reason,
+                exit_code: outcome.exitCode,
+                finished_at: now,
+                lease_until: null,
+                waiting_since: null,
+              },
         also: ended ? [dropJournal, closeAttempt] : [closeAttempt],
         events: [
           {
@@ -446,7 +469,17 @@ export class Claims {
         ],
         // Fenced: once another node recovered the run, this attempt records nothing.
         fence: { runId: run.id, attempt: run.attempt, workerId: this.#config.workerId },
-        ...(extra ? { extra: async (trx) => extra(trx).then((more) => more && { ...more, ts: now }) } : {}),
+        // What of the run waits for approval is canceled when it ended; a run that goes back to the
+        // queue keeps its approvals for its next attempt.
+        ...(extra || ended
+          ? {
+              extra: async (trx) => {
+                const more = extra ? await extra(trx) : null;
+                const canceled = ended ? await cancelPendingApprovals(trx, run.id, now) : [];
+                return [...(more ? [{ ...more, ts: now }] : []), ...canceled];
+              },
+            }
+          : {}),
       });
       return moved !== null;
     } catch (err) {

@@ -16,6 +16,7 @@ import type { CurrentRunner } from "../images/runner-registry.ts";
 import type { LogFields } from "../logs/log.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
+import { cancelPendingApprovals } from "../store/approvals.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
 import { isLeaseLost } from "../store/fence.ts";
 import { type Dialect, dbNow } from "../store/portable.ts";
@@ -25,7 +26,7 @@ import { isDatabaseUnavailable, StoreFailures } from "../store/unavailable.ts";
 import type { Tracing } from "../tracing/tracing.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
 import { AttemptTrace } from "./attempt-trace.ts";
-import { ACTIVE, Claims } from "./claims.ts";
+import { ACTIVE, Claims, requeued } from "./claims.ts";
 import { retryDecision } from "./retry.ts";
 import { type RunRepository, terminalEvent } from "./runs.ts";
 import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
@@ -239,10 +240,14 @@ export class Engine {
   }
 
   /** This node's runs going, by state. */
-  get activeStates(): { starting: number; running: number } {
+  get activeStates(): { starting: number; running: number; waiting: number } {
     let running = 0;
-    for (const a of this.#active.values()) if (a.running) running++;
-    return { starting: this.#active.size - running, running };
+    let waiting = 0;
+    for (const a of this.#active.values()) {
+      if (a.running && a.attempt.waiting) waiting++;
+      else if (a.running) running++;
+    }
+    return { starting: this.#active.size - running - waiting, running, waiting };
   }
 
   /** Tells the engine there may be queued work. Cheap; coalesces concurrent calls. */
@@ -288,11 +293,14 @@ export class Engine {
   /** Cancels a run and its children still going, deepest first; true when the run was still queued. */
   async #cancelTree(runId: string): Promise<boolean> {
     for (const child of await this.#runs.childrenGoing(runId)) await this.#cancelTree(child);
+    // A queued run may be between attempts with approvals pending: they end with it.
+    const now = Date.now();
     const canceled = await this.#runs.transition(runId, {
       from: ["queued"],
       to: "canceled",
-      patch: { reason: "canceled", finished_at: Date.now() },
+      patch: { reason: "canceled", finished_at: now, waiting_since: null },
       events: [terminalEvent("canceled", "canceled", null)],
+      extra: (trx) => cancelPendingApprovals(trx, runId, now),
     });
     if (canceled) return true;
     await this.#runs.requestCancel(runId);
@@ -586,16 +594,27 @@ export class Engine {
           .updateTable("runs")
           .set(
             retry
-              ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at, expires_at: null }
-              : { status: "failed", reason: "lost", finished_at: now, worker_id: null, lease_until: null },
+              ? requeued(retry.at)
+              : {
+                  status: "failed",
+                  reason: "lost",
+                  finished_at: now,
+                  worker_id: null,
+                  lease_until: null,
+                  waiting_since: null,
+                },
           )
           .where("id", "=", run.id)
           .where("status", "=", run.status)
           .where("attempt", "=", run.attempt)
           .executeTakeFirst();
         if (Number(res.numUpdatedRows) !== 1) return [];
+        // Pending approvals outlive the attempt when the run is retried (its next attempt asks
+        // the same calls again), and end with the run otherwise.
+        const canceled = retry ? [] : await cancelPendingApprovals(trx, run.id, now);
         return this.#events.append(trx, run.id, run.attempt, [
           { type: "attempt.lost", data: { attempt: run.attempt, worker: run.worker_id, why }, ts: now },
+          ...canceled,
           retry
             ? { type: "retry.scheduled", data: retry.event, ts: now }
             : { ...terminalEvent("failed", "lost", null), ts: now },

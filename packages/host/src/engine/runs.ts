@@ -4,8 +4,10 @@
  */
 import { createHash } from "node:crypto";
 import {
+  ACTIVE_STATUSES,
   type AgentSpec,
   AppError,
+  GOING_STATUSES,
   type Run,
   type RunEventData,
   type RunReason,
@@ -267,19 +269,19 @@ export class RunRepository {
     return Number(row.n);
   }
 
-  /** The ids of a run's child runs that have not ended (queued, starting or running). */
+  /** The ids of a run's child runs that have not ended (queued, starting, running or waiting). */
   async childrenGoing(runId: string): Promise<string[]> {
     const rows = await this.#db
       .selectFrom("runs")
       .select("id")
       .where("parent_run_id", "=", runId)
-      .where("status", "in", ["queued", "starting", "running"])
+      .where("status", "in", GOING_STATUSES)
       .execute();
     return rows.map((r) => r.id);
   }
 
   /**
-   * Marks a starting or running run for cancellation, with its event, leaving its status alone
+   * Marks a starting, running or waiting run for cancellation, with its event, leaving its status alone
    * (the engine records `canceled` once the sandbox is gone). False when the run is not active.
    */
   async requestCancel(runId: string): Promise<boolean> {
@@ -288,7 +290,7 @@ export class RunRepository {
         .updateTable("runs")
         .set({ cancel_requested: 1 })
         .where("id", "=", runId)
-        .where("status", "in", ["starting", "running"])
+        .where("status", "in", ACTIVE_STATUSES)
         .executeTakeFirst();
       if (Number(res.numUpdatedRows) !== 1) return null;
       const row = await trx.selectFrom("runs").select("attempt").where("id", "=", runId).executeTakeFirstOrThrow();
@@ -311,7 +313,7 @@ export class RunRepository {
       .where("id", "in", runIds)
       .where("worker_id", "=", workerId)
       .where("cancel_requested", "=", 1)
-      .where("status", "in", ["starting", "running"])
+      .where("status", "in", ACTIVE_STATUSES)
       .execute();
     return rows.map((r) => r.id);
   }
@@ -355,10 +357,10 @@ export class RunRepository {
     const moved = await this.#update(trx, runId, move, move.events.length).executeTakeFirst();
     if (!moved) return null;
     for (const write of move.also ?? []) await write(trx, [runId]).execute();
-    const more = move.extra ? await move.extra(trx) : null;
-    // `extra`'s event goes before the move's last: one more number.
-    const last = more ? (await this.#events.reserve(trx, runId, 1)).last : moved.event_seq;
-    const events = more ? [...move.events.slice(0, -1), more, ...move.events.slice(-1)] : move.events;
+    const more = move.extra ? await move.extra(trx) : [];
+    // `extra`'s events go before the move's last, each one more number.
+    const last = more.length > 0 ? (await this.#events.reserve(trx, runId, more.length)).last : moved.event_seq;
+    const events = more.length > 0 ? [...move.events.slice(0, -1), ...more, ...move.events.slice(-1)] : move.events;
     const rows = this.#events.numbered(runId, moved.attempt, last, events);
     await this.#events.insert(trx, rows, [moved]);
     return { ...moved, events: rows };
@@ -395,8 +397,8 @@ export interface Move {
   fence?: Fence;
   /** Writes that go with the move, of rows of the run. */
   also?: MoveWrite[];
-  /** More to write once the run moved, in the same transaction; its event goes before the move's last. */
-  extra?: (trx: Transaction<Database>) => Promise<NewEvent | null>;
+  /** More to write once the run moved, in the same transaction; its events go before the move's last. */
+  extra?: (trx: Transaction<Database>) => Promise<NewEvent[]>;
 }
 
 /** The moved run's id, as a list to match `run_id in`: the id itself, or the move's own row in one statement. */
