@@ -294,15 +294,14 @@ export class Engine {
   async #cancelTree(runId: string): Promise<boolean> {
     for (const child of await this.#runs.childrenGoing(runId)) await this.#cancelTree(child);
     // A queued run may be between attempts with approvals pending: they end with it.
-    const canceled = await this.#runs.transition(
-      runId,
-      ["queued"],
-      "canceled",
-      { reason: "canceled", finished_at: Date.now() },
-      [terminalEvent("canceled", "canceled", null)],
-      undefined,
-      (trx) => cancelPendingApprovals(trx, runId),
-    );
+    const now = Date.now();
+    const canceled = await this.#runs.transition(runId, {
+      from: ["queued"],
+      to: "canceled",
+      patch: { reason: "canceled", finished_at: now, waiting_since: null },
+      events: [terminalEvent("canceled", "canceled", null)],
+      extra: (trx) => cancelPendingApprovals(trx, runId, now),
+    });
     if (canceled) return true;
     await this.#runs.requestCancel(runId);
     this.#active.get(runId)?.attempt.stop("canceled");
@@ -334,23 +333,14 @@ export class Engine {
     // A draining node claims nothing; its runs going finish.
     this.#draining = await this.#deps.nodes.draining(this.#config.workerId);
     if (this.#draining) return;
-    let misses = 0;
     // Child runs may go past the host's limit (their parents wait on them: holding them back could
     // deadlock a tree), up to a hard ceiling.
-    while (!this.#closed && this.#active.size < this.#config.maxConcurrent * 4 && misses < 8) {
-      const rootsFull = [...this.#active.values()].filter((a) => !a.child).length >= this.#config.maxConcurrent;
-      const next = await this.#claims.next(rootsFull);
-      if (!next) return;
-      const run = await this.#claims.claim(next).catch((err: unknown) => {
-        this.#store.failed(`claiming run ${next.id}`, err);
-        return null;
-      });
-      if (!run) {
-        misses++;
-        continue;
-      }
-      this.#launch(run);
-    }
+    const roots = [...this.#active.values()].filter((a) => !a.child).length;
+    const claimed = await this.#claims.claimNext({
+      roots: this.#config.maxConcurrent - roots,
+      runs: this.#config.maxConcurrent * 4 - this.#active.size,
+    });
+    for (const run of claimed) this.#launch(run);
   }
 
   /** Queued runs past their queue time-to-live end as failed, reason `expired`. */
@@ -358,10 +348,15 @@ export class Engine {
     const now = Date.now();
     const stale = await this.#claims.queued().select(["id", "created_at"]).where("expires_at", "<=", now).execute();
     for (const run of stale) {
-      await this.#runs.transition(run.id, ["queued"], "failed", { reason: "expired", finished_at: now }, [
-        { type: "run.expired", data: { waited_ms: now - Number(run.created_at) } },
-        terminalEvent("failed", "expired", null),
-      ]);
+      await this.#runs.transition(run.id, {
+        from: ["queued"],
+        to: "failed",
+        patch: { reason: "expired", finished_at: now },
+        events: [
+          { type: "run.expired", data: { waited_ms: now - Number(run.created_at) } },
+          terminalEvent("failed", "expired", null),
+        ],
+      });
     }
   }
 

@@ -749,6 +749,24 @@ migrations["0017_approvals"] = {
   },
 };
 
+migrations["0018_runs_queue"] = {
+  // Each tenant's queued child runs, oldest first, as a claim reads them when a node has no room
+  // left for root runs (the whole queue is read through runs_status). Partial, so it holds only
+  // queued child runs however many runs have ended; queries match it by naming its conditions
+  // literally.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createIndex("runs_queue_children")
+      .on("runs")
+      .columns(["tenant_id", "id"])
+      .where((eb) =>
+        eb.and([eb(sql.ref("status"), "=", sql.lit("queued")), eb(sql.ref("root_run_id"), "is not", null)]),
+      )
+      .execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** The advisory lock that lets one process at a time migrate a PostgreSQL store. */
