@@ -118,7 +118,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   };
   const stopNode = async (node: ClusterNode) => {
     const child = node.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    if (!child || !alive(node)) return;
     const exited = new Promise((r) => child.once("exit", r));
     child.kill("SIGCONT");
     child.kill("SIGTERM");
@@ -178,7 +178,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       api,
       async kill(node) {
         const child = node.child;
-        if (!child || child.exitCode !== null) return;
+        if (!child || !alive(node)) return;
         const exited = new Promise((r) => child.once("exit", r));
         child.kill("SIGKILL");
         await exited;
@@ -194,8 +194,9 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         return nodes.find((n) => n.id === worker);
       },
       async close() {
-        // A killed node starts again to sweep its leftover mounts, networks and cgroups.
-        for (const n of nodes) if (!n.child) await start(n).catch(() => {});
+        // A node killed, or one that died on its own, starts again to sweep its leftover mounts,
+        // networks and cgroups.
+        for (const n of nodes) if (!alive(n)) await start(n).catch(() => {});
         await cleanup();
       },
     };
@@ -203,6 +204,12 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     await cleanup();
     throw err;
   }
+}
+
+/** Whether the node's current process is still running. */
+function alive(node: ClusterNode): boolean {
+  const child = node.child;
+  return child !== null && child.exitCode === null && child.signalCode === null;
 }
 
 /** The processes below a node's process: its sandboxes' among them. */
