@@ -21,7 +21,6 @@ import type { Kysely } from "kysely";
 import type { BlobCache } from "../blobs/cache.ts";
 import { removeTree } from "../fs/store-fs.ts";
 import { toolEnv } from "../fs/tool-env.ts";
-import { hashFile } from "../fs/tree-digest.ts";
 import type { Database } from "../store/schema.ts";
 import type { RunnerLayer, RunnerLayers } from "./runner-layers.ts";
 
@@ -93,15 +92,16 @@ export class RunnerRegistry {
    * deploys its runner; another node of the same version finds it current already).
    */
   async ensureCurrent(files: { bundlePath: string; nodePath: string }): Promise<CurrentRunner> {
-    const [node, bundle] = await Promise.all([hashFile(files.nodePath), hashFile(files.bundlePath)]);
+    // The layer of these files (found by their hashes, or built now): the files are hashed once.
+    const layer = await this.#layers.ensure(files);
     const row = await this.#currentRow();
-    if (row && row.node_sha256 === node.sha256 && row.bundle_sha256 === bundle.sha256) {
-      const layer = (await this.#layers.get(row.digest)) ?? (await this.#layers.ensure(files));
+    if (row?.digest === layer.digest) return { digest: layer.digest, dir: layer.dir };
+    const sources = layer.version.sources;
+    if (row && sources && row.node_sha256 === sources.node && row.bundle_sha256 === sources.bundle) {
+      // Another node published these files: this node's own layer of them stands for that runner.
       await this.#seal(layer.dir);
       return { digest: row.digest, dir: layer.dir };
     }
-    const layer = await this.#layers.ensure(files);
-    if (row?.digest === layer.digest) return { digest: layer.digest, dir: layer.dir };
     return this.publish(files);
   }
 
