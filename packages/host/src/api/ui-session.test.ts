@@ -129,7 +129,11 @@ forEachStore((store) =>
       const trigger = `/v1/agents/${agents.a}/runs`;
       const refusals: Record<string, Record<string, string>> = {
         "no CSRF header": { origin: ORIGIN, "sec-fetch-site": "same-origin" },
-        "a wrong CSRF value": { ...sameOrigin(csrf), "x-paddock-csrf": `${csrf.slice(0, -1)}A` },
+        "a wrong CSRF value": {
+          ...sameOrigin(csrf),
+          // Its last character changed (whatever it was).
+          "x-paddock-csrf": `${csrf.slice(0, -1)}${csrf.endsWith("A") ? "B" : "A"}`,
+        },
         "another site's Origin": { ...sameOrigin(csrf), origin: "http://evil.example", "sec-fetch-site": "cross-site" },
         "a cross-site fetch": { "x-paddock-csrf": csrf, "sec-fetch-site": "cross-site" },
         "a same-site but other origin": { "x-paddock-csrf": csrf, origin: "http://other.dash.example:7420" },
