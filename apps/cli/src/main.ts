@@ -16,6 +16,7 @@ import { images } from "./commands/images.ts";
 import { keys } from "./commands/keys.ts";
 import { nodes } from "./commands/nodes.ts";
 import { notifications } from "./commands/notifications.ts";
+import { oauthApps } from "./commands/oauth-apps.ts";
 import { cancel, logs, run, runs } from "./commands/runs.ts";
 import { schedules, webhooks } from "./commands/schedules.ts";
 import { secrets } from "./commands/secrets.ts";
@@ -36,6 +37,7 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   agents,
   connections,
   secrets,
+  oauthApps,
   providers,
   models,
   credits,

@@ -53,6 +53,8 @@ import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
 import { NotificationDispatcher } from "./notifications/dispatcher.ts";
 import { NotificationOutbox } from "./notifications/outbox.ts";
 import { Notifications } from "./notifications/subscriptions.ts";
+import { OAuthApps } from "./oauth/apps.ts";
+import { ProviderHttp } from "./oauth/provider-http.ts";
 import type { SandboxDriver } from "./sandbox/driver.ts";
 import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
 import { SandboxNetwork } from "./sandbox/linux/network.ts";
@@ -270,6 +272,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   if (resealed > 0) log(`re-sealed ${resealed} secret(s) and signing key(s) under master key ${vault.masterKeyId}`);
   log(`master key ${vault.masterKeyId} from ${keySource}`);
   const secrets = new Secrets(db, vault);
+  const providerHttp = new ProviderHttp(env.testOnly?.resolve);
+  const oauthApps = new OAuthApps(db, providerHttp);
   const tokens = new RunTokens({
     db,
     sealer: vault,
@@ -411,6 +415,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     sessions,
     connections,
     secrets,
+    oauthApps,
     providers,
     ledger,
     scheduler,

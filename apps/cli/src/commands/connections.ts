@@ -86,7 +86,7 @@ export async function connectionBody(values: SetValues): Promise<Record<string, 
   return body;
 }
 
-async function loadSpecFile(file: string): Promise<Record<string, unknown>> {
+export async function loadSpecFile(file: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
@@ -116,7 +116,7 @@ function checkName(name: string, command: string): string {
   return name;
 }
 
-async function parseBody<S extends z.ZodType>(res: Response, schema: S, what: string): Promise<z.output<S>> {
+export async function parseBody<S extends z.ZodType>(res: Response, schema: S, what: string): Promise<z.output<S>> {
   const parsed = schema.safeParse(await res.json().catch(() => null));
   if (!parsed.success) throw new ConnectionError(`${what}: unexpected response shape: ${parsed.error.message}`);
   return parsed.data;

@@ -52,6 +52,7 @@ import type { RunnerRegistry } from "../images/runner-registry.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { Notifications } from "../notifications/subscriptions.ts";
+import type { OAuthApps } from "../oauth/apps.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
 import type { RunsTable } from "../store/schema.ts";
@@ -75,6 +76,7 @@ import {
 import { registerMetricsRoutes } from "./metrics.ts";
 import { registerNodeRoutes } from "./nodes.ts";
 import { registerNotificationRoutes } from "./notifications.ts";
+import { registerOAuthAppRoutes } from "./oauth.ts";
 import { registerRunnerRoutes } from "./runners.ts";
 import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
@@ -97,6 +99,7 @@ export interface ApiDeps {
   sessions: EnvSessions;
   connections: Connections;
   secrets: Secrets;
+  oauthApps: OAuthApps;
   providers: Providers;
   ledger: Ledger;
   scheduler: Scheduler;
@@ -438,6 +441,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     findRun,
   });
   registerConnectionRoutes(route, deps.connections);
+  registerOAuthAppRoutes(route, deps.oauthApps);
   registerMetricsRoutes(route, deps.metrics);
   registerActivityRoutes(route, { calls: deps.calls, stats: deps.stats });
 

@@ -116,6 +116,20 @@ export class Secrets {
           { connections: users.map((u) => u.name) },
         );
       }
+      const apps = await trx
+        .selectFrom("oauth_apps")
+        .select("name")
+        .where("tenant_id", "=", tenantId)
+        .where("secret_name", "=", name)
+        .orderBy("name")
+        .execute();
+      if (apps.length > 0) {
+        throw new AppError(
+          "secret_in_use",
+          `The OAuth app(s) ${apps.map((u) => `'${u.name}'`).join(", ")} use the secret '${name}' as their client secret; change or delete them first.`,
+          { oauth_apps: apps.map((u) => u.name) },
+        );
+      }
       const result = await trx
         .deleteFrom("secrets")
         .where("tenant_id", "=", tenantId)
