@@ -5,6 +5,7 @@
 import { AppError } from "@paddock/protocol";
 import { CliError, CONNECTION_HELP, UsageError, wantsHelp } from "./args.ts";
 import { ApiError, ConnectionError } from "./client.ts";
+import { accounts } from "./commands/accounts.ts";
 import { agents } from "./commands/agents.ts";
 import { artifacts } from "./commands/artifacts.ts";
 import { bench } from "./commands/bench.ts";
@@ -38,6 +39,7 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   connections,
   secrets,
   oauthApps,
+  accounts,
   providers,
   models,
   credits,

@@ -53,6 +53,7 @@ import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
 import { NotificationDispatcher } from "./notifications/dispatcher.ts";
 import { NotificationOutbox } from "./notifications/outbox.ts";
 import { Notifications } from "./notifications/subscriptions.ts";
+import { Accounts } from "./oauth/accounts.ts";
 import { OAuthApps } from "./oauth/apps.ts";
 import { ProviderHttp } from "./oauth/provider-http.ts";
 import type { SandboxDriver } from "./sandbox/driver.ts";
@@ -124,6 +125,8 @@ export interface ServiceEnv {
 /** Every service of a host and the API over them; nothing is started that needs a timer. */
 export interface Services {
   identity: Identity;
+  /** End users' OAuth accounts (connect sessions, tokens the bridge attaches). */
+  accounts: Accounts;
   agents: Agents;
   runs: RunRepository;
   runners: RunnerRegistry;
@@ -274,6 +277,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const secrets = new Secrets(db, vault);
   const providerHttp = new ProviderHttp(env.testOnly?.resolve);
   const oauthApps = new OAuthApps(db, providerHttp);
+  const accounts = new Accounts({ db, vault, apps: oauthApps, http: providerHttp, secrets });
   const tokens = new RunTokens({
     db,
     sealer: vault,
@@ -416,6 +420,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     connections,
     secrets,
     oauthApps,
+    accounts,
     providers,
     ledger,
     scheduler,
@@ -433,6 +438,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   });
   return {
     identity,
+    accounts,
     agents,
     runs,
     runners,

@@ -52,6 +52,7 @@ import type { RunnerRegistry } from "../images/runner-registry.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { Notifications } from "../notifications/subscriptions.ts";
+import type { Accounts } from "../oauth/accounts.ts";
 import type { OAuthApps } from "../oauth/apps.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
@@ -76,7 +77,7 @@ import {
 import { registerMetricsRoutes } from "./metrics.ts";
 import { registerNodeRoutes } from "./nodes.ts";
 import { registerNotificationRoutes } from "./notifications.ts";
-import { registerOAuthAppRoutes } from "./oauth.ts";
+import { registerAccountRoutes, registerOAuthAppRoutes, registerOAuthPages } from "./oauth.ts";
 import { registerRunnerRoutes } from "./runners.ts";
 import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
@@ -100,6 +101,7 @@ export interface ApiDeps {
   connections: Connections;
   secrets: Secrets;
   oauthApps: OAuthApps;
+  accounts: Accounts;
   providers: Providers;
   ledger: Ledger;
   scheduler: Scheduler;
@@ -442,6 +444,8 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   });
   registerConnectionRoutes(route, deps.connections);
   registerOAuthAppRoutes(route, deps.oauthApps);
+  registerAccountRoutes(route, deps.accounts);
+  registerOAuthPages(app, deps.accounts);
   registerMetricsRoutes(route, deps.metrics);
   registerActivityRoutes(route, { calls: deps.calls, stats: deps.stats });
 

@@ -63,6 +63,7 @@ forEachStore((store) =>
       webhook: "",
       notification: "",
       delivery: "",
+      account: "",
     };
     const names = { connection: "conn-a", secret: "sec-a", provider: "prov-a", oauthApp: "app-a" };
     const requests: string[] = [];
@@ -124,6 +125,7 @@ forEachStore((store) =>
           "connections:name": names.connection,
           "secrets:name": names.secret,
           "oauth-apps:name": names.oauthApp,
+          "accounts:id": a.account,
           "providers:name": names.provider,
           "nodes:id": h.services.nodeId,
         } as Record<string, string>
@@ -162,6 +164,7 @@ forEachStore((store) =>
         "put /v1/secrets/{name}": { value: "v" },
         "put /v1/connections/{name}": connection,
         "put /v1/oauth-apps/{name}": oauthApp,
+        "post /v1/connect-sessions": { end_user: "user-a", app: names.oauthApp },
         "put /v1/providers/{name}": provider,
         "post /v1/credits/grants": { tenant: a.tenant, credits: 1 },
         "post /v1/notifications": notification,
@@ -232,6 +235,12 @@ forEachStore((store) =>
       await created(send("put", `/v1/secrets/${names.secret}`, { value: "s3cret" }, keys.a));
       await created(send("put", `/v1/connections/${names.connection}`, connection, keys.a));
       await created(send("put", `/v1/oauth-apps/${names.oauthApp}`, oauthApp, keys.a));
+      const app = await h.db
+        .selectFrom("oauth_apps")
+        .select("id")
+        .where("tenant_id", "=", a.tenant)
+        .executeTakeFirstOrThrow();
+      a.account = (await h.services.accounts.store(a.tenant, app.id, "user-a", { access_token: "t" }, [])).id;
       await created(send("put", `/v1/providers/${names.provider}`, provider));
     });
     after(async () => {

@@ -12,6 +12,7 @@
  */
 import { AppError, type Secret } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import { accountAad } from "../oauth/accounts.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, SecretsTable } from "../store/schema.ts";
 import type { Vault } from "./vault.ts";
@@ -247,6 +248,22 @@ export async function rotateMasterKey(db: Kysely<Database>, vault: Vault): Promi
         .execute();
       count++;
     }
+    const accounts = await trx
+      .selectFrom("oauth_accounts")
+      .select(["id", "sealed_tokens"])
+      .where("master_key_id", "!=", vault.masterKeyId)
+      .execute();
+    for (const row of accounts) {
+      const moved = rewrap(vault, row.sealed_tokens, accountAad(row.id), `OAuth account ${row.id}`);
+      await trx
+        .updateTable("oauth_accounts")
+        .set({ sealed_tokens: moved, master_key_id: vault.masterKeyId })
+        .where("id", "=", row.id)
+        .execute();
+      count++;
+    }
+    // Pending connect sessions last minutes: those of an older key are dropped, not re-sealed.
+    await trx.deleteFrom("connect_sessions").where("master_key_id", "!=", vault.masterKeyId).execute();
     return count;
   });
 }

@@ -18,8 +18,14 @@ export interface OidcStandIn {
   clientSecret: string;
   /** The user an access token was issued to, or null when it is unknown, expired or revoked. */
   userOf(accessToken: string): Promise<string | null>;
-  /** Refresh grants served, and refused with invalid_grant. */
-  counts: { refreshed: number; invalidGrant: number; codes: number };
+  /** Refresh grants served, code exchanges, refusals with invalid_grant, and revocations. */
+  counts: { refreshed: number; invalidGrant: number; codes: number; revoked: number };
+  /**
+   * Plays the user's browser from the authorization URL: signs in as `login` and consents (or
+   * refuses with `deny`), following the provider's redirects with its cookies, and returns the
+   * URL the provider sends the browser back to (the redirect URI, with code or error and state).
+   */
+  authorize(url: string, as: { login: string } | { deny: true }): Promise<string>;
   /** Revokes every grant of `user`, as the user would in the provider's settings. */
   revokeUser(user: string): Promise<void>;
   close(): Promise<void>;
@@ -39,7 +45,7 @@ export async function startOidcStandIn(options: OidcStandInOptions): Promise<Oid
   const clientId = "paddock-test";
   const clientSecret = "client-secret-for-tests-only";
   const grants = new Map<string, Set<string>>();
-  const counts = { refreshed: 0, invalidGrant: 0, codes: 0 };
+  const counts = { refreshed: 0, invalidGrant: 0, codes: 0, revoked: 0 };
   const provider = new Provider(issuer, {
     clients: [
       {
@@ -76,6 +82,7 @@ export async function startOidcStandIn(options: OidcStandInOptions): Promise<Oid
   });
   const serve = provider.callback();
   server.on("request", (req, res) => {
+    if (req.url === "/token/revocation") res.on("finish", () => res.statusCode === 200 && counts.revoked++);
     if (!req.url?.startsWith("/interaction/")) return void serve(req, res);
     interact(provider, grants, req, res).catch((err: unknown) => {
       res.writeHead(500).end(String(err));
@@ -86,6 +93,30 @@ export async function startOidcStandIn(options: OidcStandInOptions): Promise<Oid
     clientId,
     clientSecret,
     counts,
+    async authorize(url, as) {
+      const jar = new Map<string, string>();
+      let next = url;
+      for (let hop = 0; hop < 10; hop++) {
+        if (next.startsWith(options.redirectUri)) return next;
+        const target = new URL(next);
+        if (target.pathname.startsWith("/interaction/")) {
+          if ("deny" in as) target.searchParams.set("deny", "1");
+          else target.searchParams.set("login", as.login);
+        }
+        const cookie = [...jar].map(([k, v]) => `${k}=${v}`).join("; ");
+        const res = await fetch(target, { redirect: "manual", headers: cookie ? { cookie } : {} });
+        for (const line of res.headers.getSetCookie()) {
+          const [pair] = line.split(";");
+          const eq = pair?.indexOf("=") ?? -1;
+          if (pair && eq > 0) jar.set(pair.slice(0, eq), pair.slice(eq + 1));
+        }
+        const location = res.headers.get("location");
+        if (!location)
+          throw new Error(`the provider answered ${res.status} at ${target.pathname}: ${await res.text()}`);
+        next = new URL(location, target).toString();
+      }
+      throw new Error("the provider redirected too many times");
+    },
     async userOf(token) {
       const found = await provider.AccessToken.find(token);
       return found?.accountId ?? null;
