@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
+import { apiCall, type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
 import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
 import { forEachStore } from "../testing/stores.ts";
 
@@ -15,21 +15,7 @@ forEachStore((store) =>
     let idp: OidcStandIn;
     const keys = { a: "", b: "" };
 
-    const call = async (
-      method: string,
-      path: string,
-      key: string,
-      body?: unknown,
-      // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers.
-    ): Promise<{ status: number; body: any }> => {
-      const res = await h.services.app.request(path, {
-        method,
-        headers: { authorization: `Bearer ${key}`, ...(body ? { "content-type": "application/json" } : {}) },
-        ...(body ? { body: JSON.stringify(body) } : {}),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text === "" ? null : JSON.parse(text) };
-    };
+    const call = (method: string, path: string, key: string, body?: unknown) => apiCall(h, method, path, key, body);
 
     before(async () => {
       h = await startNoRootHost(store);

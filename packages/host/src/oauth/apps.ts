@@ -9,8 +9,8 @@
  * the discovered endpoints are held to the same rule, and every call to them is pinned (see
  * provider-http.ts). Another tenant's apps answer as unknown ones.
  */
-import { AppError, type OAuthApp, OAuthAppPut } from "@paddock/protocol";
-import type { Kysely } from "kysely";
+import { AppError, OAuthApp, OAuthAppPut } from "@paddock/protocol";
+import type { Kysely, Transaction } from "kysely";
 import { z } from "zod";
 import { upstreamLiteralRefusal } from "../bridge/connections.ts";
 import { newId } from "../store/ids.ts";
@@ -18,18 +18,7 @@ import type { Database, OAuthAppsTable } from "../store/schema.ts";
 import { type ProviderHttp, ProviderUnreachable } from "./provider-http.ts";
 
 /** An app as stored: its endpoints resolved. */
-const StoredApp = z.object({
-  issuer: z.string().nullable(),
-  authorize_url: z.string(),
-  token_url: z.string(),
-  revoke_url: z.string().nullable(),
-  client_id: z.string(),
-  client_secret: z.string().nullable(),
-  scopes: z.array(z.string()),
-  pkce: z.boolean(),
-  extra_params: z.record(z.string(), z.string()),
-  internal: z.boolean(),
-});
+const StoredApp = OAuthApp.omit({ name: true, created_at: true, updated_at: true });
 export type StoredApp = z.infer<typeof StoredApp>;
 
 /** An app as the rest of the host uses it. */
@@ -78,12 +67,7 @@ export class OAuthApps {
           });
         }
       }
-      const existing = await trx
-        .selectFrom("oauth_apps")
-        .selectAll()
-        .where("tenant_id", "=", tenantId)
-        .where("name", "=", name)
-        .executeTakeFirst();
+      const existing = await findApp(trx, tenantId, name);
       const row: OAuthAppsTable = {
         id: existing?.id ?? newId("oap", now),
         tenant_id: tenantId,
@@ -124,12 +108,7 @@ export class OAuthApps {
   /** Deletes an app no account uses (`conflict` otherwise); returns what it was. */
   async delete(tenantId: string, name: string): Promise<OAuthApp> {
     return this.#db.transaction().execute(async (trx) => {
-      const row = await trx
-        .selectFrom("oauth_apps")
-        .selectAll()
-        .where("tenant_id", "=", tenantId)
-        .where("name", "=", name)
-        .executeTakeFirst();
+      const row = await findApp(trx, tenantId, name);
       if (!row) throw notFound(name);
       const used = await trx
         .selectFrom("oauth_accounts")
@@ -150,12 +129,7 @@ export class OAuthApps {
 
   /** The app for the host's own use; `unknown_oauth_app` when the tenant has none of that name. */
   async resolve(tenantId: string, name: string): Promise<ResolvedApp> {
-    const row = await this.#db
-      .selectFrom("oauth_apps")
-      .selectAll()
-      .where("tenant_id", "=", tenantId)
-      .where("name", "=", name)
-      .executeTakeFirst();
+    const row = await findApp(this.#db, tenantId, name);
     if (!row) throw new AppError("unknown_oauth_app", `No OAuth app '${name}'.`, { app: name });
     return toResolved(row);
   }
@@ -168,12 +142,7 @@ export class OAuthApps {
   }
 
   async #row(tenantId: string, name: string): Promise<OAuthAppsTable> {
-    const row = await this.#db
-      .selectFrom("oauth_apps")
-      .selectAll()
-      .where("tenant_id", "=", tenantId)
-      .where("name", "=", name)
-      .executeTakeFirst();
+    const row = await findApp(this.#db, tenantId, name);
     if (!row) throw notFound(name);
     return row;
   }
@@ -221,6 +190,19 @@ export class OAuthApps {
     if (app.revoke_url !== null) checkEndpoint("revoke_url", app.revoke_url, app.internal);
     return app;
   }
+}
+
+function findApp(
+  db: Kysely<Database> | Transaction<Database>,
+  tenantId: string,
+  name: string,
+): Promise<OAuthAppsTable | undefined> {
+  return db
+    .selectFrom("oauth_apps")
+    .selectAll()
+    .where("tenant_id", "=", tenantId)
+    .where("name", "=", name)
+    .executeTakeFirst();
 }
 
 const notFound = (name: string) => new AppError("not_found", `No OAuth app '${name}'.`);
