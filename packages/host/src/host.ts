@@ -324,7 +324,19 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   let wakeEngine = () => {};
   const agentCalls = new AgentCalls({ db, agents, runs, events, artifacts, notify: () => wakeEngine(), journal });
   const routes = [agentCalls, gateway];
-  const bridge = new Bridge({ live, tokens, connections, secrets, rateLimits, log, routes, journal, metrics, tracing });
+  const bridge = new Bridge({
+    live,
+    tokens,
+    connections,
+    secrets,
+    accounts,
+    rateLimits,
+    log,
+    routes,
+    journal,
+    metrics,
+    tracing,
+  });
   env.undo.push(() => bridge.close());
   let bridgeUrl: string | null = null;
   if (env.network) {

@@ -20,7 +20,7 @@ const SET_OPTIONS = {
 
 /**
  * Parses `--auth`: `bearer`, `none`, `header:NAME[:PREFIX]` (the prefix is everything after the
- * second ':', spaces included), `basic:USER` or `query:PARAM`.
+ * second ':', spaces included), `basic:USER`, `query:PARAM` or `oauth:APP`.
  */
 export function parseAuth(text: string): ConnectionAuth {
   const colon = text.indexOf(":");
@@ -34,7 +34,10 @@ export function parseAuth(text: string): ConnectionAuth {
   }
   if (kind === "basic" && arg !== "") return { type: "basic", username: arg };
   if (kind === "query" && arg !== "") return { type: "query", param: arg };
-  throw new UsageError(`--auth expects bearer, none, header:NAME[:PREFIX], basic:USER or query:PARAM; got '${text}'`);
+  if (kind === "oauth" && arg !== "") return { type: "oauth", app: arg };
+  throw new UsageError(
+    `--auth expects bearer, none, header:NAME[:PREFIX], basic:USER, query:PARAM or oauth:APP; got '${text}'`,
+  );
 }
 
 /** Parses one `--allow 'GET,POST /repos/**'` into a rule (methods upper-cased). */
@@ -132,6 +135,8 @@ export function describeAuth(auth: ConnectionAuth): string {
       return `basic (user ${auth.username})`;
     case "query":
       return `query ?${auth.param}=`;
+    case "oauth":
+      return `oauth (the run's end user's account at ${auth.app})`;
     default:
       return auth.type;
   }

@@ -528,6 +528,7 @@ describe("nextFireAt", () => {
     paused: 0,
     next_at: Date.parse("2026-01-05T09:00:00Z"),
     last_slot_at: null,
+    end_user: null,
     created_at: 0,
   };
   it("is the next slot ahead, now for a slot due inside the catch-up window, else the slot after now", () => {
@@ -550,7 +551,12 @@ forEachStore((store) =>
       try {
         const db = opened.db;
         const { tenant, agent } = await seedAgent(db);
-        const { replay_of: _, ...run } = runRow(tenant, agent, { id: "run_1", event_seq: 3 });
+        const {
+          replay_of: _,
+          end_user: _e,
+          trace_parent: _t,
+          ...run
+        } = runRow(tenant, agent, { id: "run_1", event_seq: 3 });
         await db.insertInto("runs").values(run).execute();
         const event = (seq: number, type: string, data: unknown) => ({
           run_id: "run_1",

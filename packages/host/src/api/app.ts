@@ -476,12 +476,17 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       const dedupe =
         key === undefined
           ? undefined
-          : idempotencyKey(agent.row.tenant_id, key, `${agent.row.id}\n${JSON.stringify(body.input ?? null)}`);
+          : idempotencyKey(
+              agent.row.tenant_id,
+              key,
+              `${agent.row.id}\n${JSON.stringify(body.input ?? null)}${body.end_user === undefined ? "" : `\n${body.end_user}`}`,
+            );
       // The Idempotency-Key's run answers even once the agent is archived; a new run is refused then.
       const spec = frozenSpec(agent);
       const parent = parseTraceparent(traceparent);
       const started = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
         trigger: "api",
+        endUser: body.end_user ?? null,
         ...(dedupe ? { dedupe } : {}),
         ...(parent ? { traceParent: formatTraceparent(parent) } : {}),
       });

@@ -1,7 +1,7 @@
 /**
  * The host bridge: the one HTTP listener sandboxes can reach, on the host's side of their links.
  * `/bridge/<connection>/<path>` forwards a call to the connection's upstream with the real
- * credential attached. The other routes on it (the LLM gateway, agent calls) are handed in as
+ * credential attached (a secret, or the run's end user's OAuth access token). The other routes on it (the LLM gateway, agent calls) are handed in as
  * ChannelRoutes and check a caller's source and token through the same steps 1 to 3 below.
  *
  * Threat model: the caller is a sandbox running hostile code that holds one run token and wants
@@ -47,6 +47,8 @@ export interface BridgeDeps {
   tokens: { verify(token: string): Promise<RunTokenClaims>; publicJwks(): unknown };
   connections: { forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> };
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
+  /** End users' OAuth accounts: the access token a connection with `oauth` auth attaches. */
+  accounts?: { accessToken(tenantId: string, endUser: string, app: string): Promise<string> };
   rateLimits: TokenBucket;
   log: (line: string) => void;
   /** Routes served on the same listener besides /bridge/ (the LLM gateway under /v1/, agent calls under /agents/). */
@@ -331,11 +333,7 @@ export class Bridge {
 
   async #forward(call: BridgeCall): Promise<Omit<JournalEntry, "attempt"> | null> {
     const { req, res, sandbox, connection, path, query, record, body } = call;
-    const secret =
-      connection.secret === null ? null : await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
-    if (connection.secret !== null && secret === null) {
-      throw new Refusal("upstream_error", `The secret of connection '${connection.name}' is missing; set it again.`);
-    }
+    const secret = await this.#credential(sandbox, connection);
     const base = new URL(connection.baseUrl);
     const { headers, needles, query: upstreamQuery } = attach(req, connection.auth, secret, query, base.host);
     if (body) {
@@ -412,6 +410,29 @@ export class Bridge {
     });
   }
 
+  /**
+   * What the call attaches: the connection's secret, or for `oauth` auth the access token of the
+   * run's own end user (fixed when the run was triggered; nothing the sandbox sends chooses it).
+   */
+  async #credential(sandbox: LiveSandbox, connection: BridgeConnection): Promise<string | null> {
+    const auth = connection.auth;
+    if (auth.type === "oauth") {
+      if (!sandbox.endUser || !this.#deps.accounts) {
+        throw new Refusal(
+          "account_missing",
+          `The run has no end user, so the connection '${connection.name}' has no account at the OAuth app '${auth.app}' to attach; trigger the run with an end_user.`,
+        );
+      }
+      return this.#deps.accounts.accessToken(sandbox.tenantId, sandbox.endUser, auth.app);
+    }
+    if (connection.secret === null) return null;
+    const secret = await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
+    if (secret === null) {
+      throw new Refusal("upstream_error", `The secret of connection '${connection.name}' is missing; set it again.`);
+    }
+    return secret;
+  }
+
   /** The address to call for `host`, checked and pinned (see pin.ts); a refusal naming why not. */
   async #pin(host: string, internal: boolean): Promise<string> {
     try {
@@ -472,6 +493,7 @@ function attach(
     forms.push(secret);
     switch (auth.type) {
       case "bearer":
+      case "oauth":
         headers.authorization = `Bearer ${secret}`;
         break;
       case "header":

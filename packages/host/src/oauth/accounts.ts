@@ -312,6 +312,36 @@ export class Accounts {
     return toAccount(row, app.name);
   }
 
+  /**
+   * The access token of `endUser`'s account at the tenant's app `appName`, for the bridge to
+   * attach. `account_missing` naming the app when the end user has none, `account_needs_reauth`
+   * when its provider refused it.
+   */
+  async accessToken(tenantId: string, endUser: string, appName: string): Promise<string> {
+    const row = await this.#deps.db
+      .selectFrom("oauth_accounts as a")
+      .innerJoin("oauth_apps as p", "p.id", "a.app_id")
+      .select(["a.id", "a.status", "a.sealed_tokens"])
+      .where("a.tenant_id", "=", tenantId)
+      .where("p.tenant_id", "=", tenantId)
+      .where("p.name", "=", appName)
+      .where("a.end_user", "=", endUser)
+      .executeTakeFirst();
+    if (!row) {
+      throw new AppError("account_missing", `The run's end user has no account at the OAuth app '${appName}'.`, {
+        app: appName,
+      });
+    }
+    if (row.status === "needs_reauth") {
+      throw new AppError(
+        "account_needs_reauth",
+        `The run's end user's account at '${appName}' was refused by its provider; have them connect it again.`,
+        { app: appName },
+      );
+    }
+    return this.open(row).access_token;
+  }
+
   /** The tokens of an account row (for the bridge, on the host). */
   open(row: Pick<OAuthAccountsTable, "id" | "sealed_tokens">): AccountTokens {
     return AccountTokens.parse(JSON.parse(this.#deps.vault.open(row.sealed_tokens, accountAad(row.id)).toString()));

@@ -18,6 +18,7 @@ forEachStore((store) =>
     let h: NoRootHost;
     let idp: OidcStandIn;
     let keyB = "";
+    let tenantB = "";
 
     const request = (path: string, init: RequestInit = {}) => h.services.app.request(path, init);
     const call = (method: string, path: string, key: string, body?: unknown) => apiCall(h, method, path, key, body);
@@ -54,7 +55,8 @@ forEachStore((store) =>
       });
       assert.equal(app.status, 201, JSON.stringify(app.body));
       const tenant = await call("POST", "/v1/tenants", h.adminKey, { name: "connect-b" });
-      keyB = (await call("POST", `/v1/tenants/${tenant.body.id}/keys`, h.adminKey, {})).body.key;
+      tenantB = tenant.body.id;
+      keyB = (await call("POST", `/v1/tenants/${tenantB}/keys`, h.adminKey, {})).body.key;
     });
     after(async () => {
       await idp?.close();
@@ -162,6 +164,15 @@ forEachStore((store) =>
       assert.deepEqual(await accounts(keyB, "alice"), []);
       assert.deepEqual(await accounts(keyB), []);
       const alice = (await accounts(h.adminKey, "alice"))[0];
+      const aliceRow = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("id", "=", alice.id)
+        .executeTakeFirstOrThrow();
+      // What the bridge attaches for a run of alice: her token in her tenant, nothing in another.
+      const token = await h.services.accounts.accessToken(aliceRow.tenant_id, "alice", "idp");
+      assert.equal(await idp.userOf(token), "alice");
+      await assert.rejects(h.services.accounts.accessToken(tenantB, "alice", "idp"), { code: "account_missing" });
       const res = await call("DELETE", `/v1/accounts/${alice.id}`, keyB);
       assert.equal(res.status, 404);
       assert.equal((await accounts(h.adminKey, "alice")).length, 1);

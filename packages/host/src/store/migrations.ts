@@ -750,6 +750,17 @@ migrations["0018_oauth_accounts"] = {
   },
 };
 
+migrations["0019_run_end_user"] = {
+  // The end user a run acts for (its OAuth connections attach that user's accounts), fixed when it
+  // is triggered; and the end user of the runs a schedule or a webhook starts.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    for (const table of ["runs", "schedules", "webhooks"]) {
+      await db.schema.alterTable(table).addColumn("end_user", "text").execute();
+    }
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** The advisory lock that lets one process at a time migrate a PostgreSQL store. */

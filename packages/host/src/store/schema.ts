@@ -169,6 +169,8 @@ export interface RunsTable {
    * run); null: its trace id is derived from its root run (see tracing/trace-context.ts).
    */
   trace_parent: string | null;
+  /** The end user (of the tenant) whose accounts its OAuth connections attach, if any. */
+  end_user: string | null;
 }
 
 export interface AttemptsTable {
@@ -318,6 +320,8 @@ export interface SchedulesTable {
   /** The next slot, in ms; null when the expression has no more. */
   next_at: number | null;
   last_slot_at: number | null;
+  /** The end user of the runs it starts, if any. */
+  end_user: string | null;
   created_at: number;
 }
 
@@ -336,6 +340,8 @@ export interface WebhooksTable {
   agent_id: string;
   sealed_secret: string;
   master_key_id: string;
+  /** The end user of the runs it starts, if any. */
+  end_user: string | null;
   created_at: number;
 }
 

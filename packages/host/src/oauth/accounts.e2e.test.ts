@@ -1,0 +1,162 @@
+/**
+ * End users' accounts in runs, end to end: a real host and sandboxes, a real OpenID Connect server
+ * on loopback (short-lived access tokens, rotating refresh tokens) and a stand-in upstream. A run
+ * triggered for an end user calls a connection with `oauth` auth: the upstream gets that user's
+ * token, the sandbox never sees one (not in its environment, not in an event, not echoed back).
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "../testing/bridge-support.ts";
+import { e2eSkip } from "../testing/e2e-skip.ts";
+import { hostSkipReason, runEvents, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
+import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
+
+const NODE = "/opt/paddock/runner/node";
+/** Writes the sandbox's environment next to the probe's results, then probes. */
+const MAIN = `import { writeFileSync } from "node:fs";
+writeFileSync("/outputs/env.json", JSON.stringify(process.env));
+await import("./probe.mjs");
+`;
+
+describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () => {
+  let t: TestHost;
+  let idp: OidcStandIn;
+  let upstream: StandIn;
+  let agentId = "";
+
+  /** Connects `user`'s account at the tenant's app `idp`, as the user's browser would. */
+  const connect = async (user: string, key = t.adminKey) => {
+    const made = await t.api("POST", "/v1/connect-sessions", { end_user: user, app: "idp" }, key);
+    assert.equal(made.status, 201, JSON.stringify(made.body));
+    const opened = await fetch(made.body.url, { redirect: "manual" });
+    assert.equal(opened.status, 302);
+    const back = await idp.authorize(opened.headers.get("location") ?? "", { login: user });
+    assert.equal((await fetch(back, { redirect: "manual" })).status, 200);
+  };
+
+  /** Sets up app `idp` and connection `mail` (auth `oauth:idp`) for the admin's tenant. */
+  const setUp = async (key = t.adminKey) => {
+    const put = async (path: string, body: unknown) => {
+      const res = await t.api("PUT", path, body, key);
+      assert.ok(res.status === 200 || res.status === 201, `${path}: ${res.status} ${JSON.stringify(res.body)}`);
+      return res.body;
+    };
+    await put("/v1/secrets/idp-secret", { value: idp.clientSecret });
+    await put("/v1/oauth-apps/idp", {
+      issuer: idp.issuer,
+      client_id: idp.clientId,
+      client_secret: "idp-secret",
+      scopes: ["openid", "offline_access"],
+      extra_params: { prompt: "consent" },
+      internal: true,
+    });
+    const connection = await put("/v1/connections/mail", {
+      base_url: upstream.url,
+      auth: "oauth:idp",
+      internal: true,
+      policy: { allow: [{ methods: ["GET", "POST"], path: "/echo/**" }] },
+    });
+    assert.deepEqual(connection.auth, { type: "oauth", app: "idp" });
+    const agent = await t.api(
+      "POST",
+      "/v1/agents",
+      {
+        name: uniqueName("mail"),
+        command: [NODE, "/app/main.mjs"],
+        files: { "main.mjs": MAIN, "probe.mjs": PROBE_AGENT },
+        policy: { connections: ["mail"] },
+      },
+      key,
+    );
+    assert.equal(agent.status, 201, JSON.stringify(agent.body));
+    return agent.body.id as string;
+  };
+
+  /** Runs the agent for `endUser` (none when undefined) with `calls`; its results, events and environment. */
+  const runFor = async (endUser: string | undefined, calls: unknown[], agent = agentId, key = t.adminKey) => {
+    const body = { input: { calls }, ...(endUser === undefined ? {} : { end_user: endUser }) };
+    const started = await t.api("POST", `/v1/agents/${agent}/runs`, body, key);
+    assert.equal(started.status, 201, JSON.stringify(started.body));
+    assert.equal(started.body.end_user, endUser ?? null);
+    const run = await waitForRun(t, started.body.id, key);
+    const events = await runEvents(t, run.id, key);
+    assert.equal(run.status, "succeeded", JSON.stringify(events));
+    const out = (await artifactJson(t, run.id, "result.json", key)) as { results: ProbeResult[] };
+    const env = await artifactJson(t, run.id, "env.json", key);
+    return { run, events, results: out.results, leaked: JSON.stringify([events, out, env]) };
+  };
+
+  /** The access token the upstream received with its latest request, and whose it is. */
+  const lastToken = async () => {
+    const auth = String(upstream.seen.at(-1)?.headers.authorization ?? "");
+    const token = auth.replace(/^Bearer /, "");
+    return { token, user: await idp.userOf(token) };
+  };
+
+  before(async () => {
+    upstream = await startStandIn();
+    t = await startTestHost();
+    idp = await startOidcStandIn({ redirectUri: `${t.host.url}/oauth/callback`, accessTtlS: 3600 });
+    agentId = await setUp(t.adminKey);
+    await connect("alice");
+    await connect("bob");
+  });
+
+  after(async () => {
+    await t?.close();
+    await idp?.close();
+    await upstream?.close();
+  });
+
+  test("a run attaches its own end user's token, whatever the sandbox sends, and never shows it", async () => {
+    const calls = [
+      { path: "/bridge/mail/echo/inbox", headers: { "x-end-user": "bob", "x-paddock-end-user": "bob" } },
+      { path: "/bridge/mail/echo/send", method: "POST", body: "hi" },
+    ];
+    const alice = await runFor("alice", calls);
+    assert.deepEqual(
+      alice.results.map((r) => r.status),
+      [200, 200],
+    );
+    const a = await lastToken();
+    assert.equal(a.user, "alice");
+    // The upstream echoes the token in a header and in the body: both redacted on the way back.
+    for (const result of alice.results) {
+      assert.ok(!result.body?.includes(a.token));
+      assert.ok(!result.headers?.["x-echo-auth"]?.includes(a.token));
+    }
+    assert.ok(!alice.leaked.includes(a.token), "no token in the environment, the events or the answers");
+    const bridgeCalls = alice.events.filter((e) => e.type === "bridge.call");
+    assert.equal(bridgeCalls.length, 2);
+    assert.ok(bridgeCalls.every((e) => (e.data as { redacted?: number }).redacted));
+
+    const bob = await runFor("bob", calls.slice(0, 1));
+    const b = await lastToken();
+    assert.equal(b.user, "bob");
+    assert.notEqual(b.token, a.token);
+    assert.ok(!bob.leaked.includes(b.token));
+  });
+
+  test("a run without an end user, or whose end user has no account, is refused account_missing", async () => {
+    const calls = [{ path: "/bridge/mail/echo/x" }];
+    const seen = upstream.seen.length;
+    for (const endUser of [undefined, "zoe"]) {
+      const { results, events } = await runFor(endUser, calls);
+      assert.equal(results[0]?.status, 403);
+      const error = JSON.parse(results[0]?.body ?? "{}").error;
+      assert.equal(error.code, "account_missing");
+      assert.match(error.message, /'idp'/);
+      const recorded = events.find((e) => e.type === "bridge.call");
+      assert.equal((recorded?.data as { code?: string } | undefined)?.code, "account_missing");
+    }
+    assert.equal(upstream.seen.length, seen, "nothing reached the upstream");
+  });
+
+  test("an end user with control characters, empty or too long is refused at the trigger", async () => {
+    for (const bad of ["a\nb", "", "x".repeat(257), "\u0000", "a\u2028b"]) {
+      const res = await t.api("POST", `/v1/agents/${agentId}/runs`, { end_user: bad });
+      assert.equal(res.status, 400, JSON.stringify(res.body));
+      assert.equal(res.body.error.code, "validation_failed");
+    }
+  });
+});
