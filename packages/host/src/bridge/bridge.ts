@@ -29,6 +29,7 @@ import https from "node:https";
 import type { AddressInfo } from "node:net";
 import { type ConnectionAuth, ERROR_CODES, type RunEventData } from "@paddock/protocol";
 import type { Metrics } from "../metrics/metrics.ts";
+import type { AccessGrant } from "../oauth/accounts.ts";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../store/journal.ts";
 import { epochMs, epochOf, type Tracing } from "../tracing/tracing.ts";
 import { recordBridgeSpan } from "./call-span.ts";
@@ -48,7 +49,10 @@ export interface BridgeDeps {
   connections: { forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> };
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
   /** End users' OAuth accounts: the access token a connection with `oauth` auth attaches. */
-  accounts?: { accessToken(tenantId: string, endUser: string, app: string): Promise<string> };
+  accounts?: {
+    /** `stale`: the token the upstream just refused (401), to be refreshed. */
+    accessToken(tenantId: string, endUser: string, app: string, stale?: string): Promise<AccessGrant>;
+  };
   rateLimits: TokenBucket;
   log: (line: string) => void;
   /** Routes served on the same listener besides /bridge/ (the LLM gateway under /v1/, agent calls under /agents/). */
@@ -247,7 +251,9 @@ export class Bridge {
         this.#deps.journal && sandbox.journaled && !req.headers["transfer-encoding"] && declared <= MAX_JOURNAL_BYTES
           ? this.#deps.journal
           : undefined;
-      const body = journal ? await readCapped(req, connection.maxRequestBytes) : null;
+      // An OAuth call's body is read whole too: a 401 sends it again with a refreshed token.
+      const body =
+        journal || connection.auth.type === "oauth" ? await readCapped(req, connection.maxRequestBytes) : null;
       if (body) record.bytes_in = body.length;
       const kind = `bridge:${name}`;
       const step = journal ? takeStep(sandbox, req, kind) : null;
@@ -331,9 +337,13 @@ export class Bridge {
     return sandbox;
   }
 
-  async #forward(call: BridgeCall): Promise<Omit<JournalEntry, "attempt"> | null> {
+  /**
+   * Forwards the call. With `oauth` auth and a body read whole, a 401 answer is not passed back:
+   * the token is refreshed and the call sent once more (`stale` is the token refused).
+   */
+  async #forward(call: BridgeCall, stale?: string): Promise<Omit<JournalEntry, "attempt"> | null> {
     const { req, res, sandbox, connection, path, query, record, body } = call;
-    const secret = await this.#credential(sandbox, connection);
+    const secret = await this.#credential(sandbox, connection, stale);
     const base = new URL(connection.baseUrl);
     const { headers, needles, query: upstreamQuery } = attach(req, connection.auth, secret, query, base.host);
     if (body) {
@@ -370,6 +380,13 @@ export class Bridge {
         fail(err instanceof Refusal ? err : new Refusal("upstream_error", upstreamMessage(err, needles))),
       );
       upstream.once("response", (answer) => {
+        if (answer.statusCode === 401 && connection.auth.type === "oauth" && body && secret && !stale) {
+          clearTimeout(timer);
+          settled = true;
+          answer.resume();
+          resolve(this.#forward(call, secret));
+          return;
+        }
         const passes = (name: string) => !DROP_RESPONSE.has(name);
         relay(answer, res, { needles, passes, maxBytes: connection.maxResponseBytes, keep: body !== null }).then(
           (relayed) => {
@@ -414,7 +431,7 @@ export class Bridge {
    * What the call attaches: the connection's secret, or for `oauth` auth the access token of the
    * run's own end user (fixed when the run was triggered; nothing the sandbox sends chooses it).
    */
-  async #credential(sandbox: LiveSandbox, connection: BridgeConnection): Promise<string | null> {
+  async #credential(sandbox: LiveSandbox, connection: BridgeConnection, stale?: string): Promise<string | null> {
     const auth = connection.auth;
     if (auth.type === "oauth") {
       if (!sandbox.endUser || !this.#deps.accounts) {
@@ -423,7 +440,15 @@ export class Bridge {
           `The run has no end user, so the connection '${connection.name}' has no account at the OAuth app '${auth.app}' to attach; trigger the run with an end_user.`,
         );
       }
-      return this.#deps.accounts.accessToken(sandbox.tenantId, sandbox.endUser, auth.app);
+      try {
+        const grant = await this.#deps.accounts.accessToken(sandbox.tenantId, sandbox.endUser, auth.app, stale);
+        if (grant.refreshed) sandbox.record({ type: "account.refreshed", data: grant.refreshed });
+        return grant.token;
+      } catch (err) {
+        const refreshed = (err as { refreshed?: AccessGrant["refreshed"] }).refreshed;
+        if (refreshed) sandbox.record({ type: "account.refreshed", data: refreshed });
+        throw err;
+      }
     }
     if (connection.secret === null) return null;
     const secret = await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);

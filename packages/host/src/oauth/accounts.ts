@@ -15,10 +15,17 @@
  * tenant, so another tenant's "alice" is another end user.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { type Account, AppError, type ConnectSession, type ConnectSessionCreate } from "@paddock/protocol";
+import {
+  type Account,
+  AppError,
+  type ConnectSession,
+  type ConnectSessionCreate,
+  type RunEventData,
+} from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { z } from "zod";
 import type { Sealer } from "../secrets/vault.ts";
+import { dialectOf } from "../store/database.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, OAuthAccountsTable } from "../store/schema.ts";
 import type { OAuthApps, ResolvedApp } from "./apps.ts";
@@ -48,6 +55,22 @@ const TokenAnswer = z.object({
   scope: z.string().max(4096).optional(),
 });
 
+/** An access token is refreshed when it expires within this long. */
+export const REFRESH_MARGIN_MS = 60_000;
+
+/** What the bridge attaches, and the refresh it took on the call's path (for the run's record). */
+export interface AccessGrant {
+  token: string;
+  refreshed: RunEventData<"account.refreshed"> | null;
+}
+
+const needsReauth = (app: string) =>
+  new AppError(
+    "account_needs_reauth",
+    `The run's end user's account at '${app}' was refused by its provider; have them connect it again.`,
+    { app },
+  );
+
 export interface AccountsDeps {
   db: Kysely<Database>;
   vault: Sealer;
@@ -66,6 +89,8 @@ const random = () => randomBytes(32).toString("base64url");
 export class Accounts {
   readonly #deps: AccountsDeps;
   readonly #now: () => number;
+  /** The refresh under way (or last queued) per account in this process. */
+  readonly #refreshing = new Map<string, Promise<unknown>>();
 
   constructor(deps: AccountsDeps) {
     this.#deps = deps;
@@ -314,14 +339,15 @@ export class Accounts {
 
   /**
    * The access token of `endUser`'s account at the tenant's app `appName`, for the bridge to
-   * attach. `account_missing` naming the app when the end user has none, `account_needs_reauth`
-   * when its provider refused it.
+   * attach: refreshed first when it expires within REFRESH_MARGIN_MS, or when it is `stale` (the
+   * upstream answered 401 to it). `account_missing` naming the app when the end user has none,
+   * `account_needs_reauth` when its provider refused it.
    */
-  async accessToken(tenantId: string, endUser: string, appName: string): Promise<string> {
+  async accessToken(tenantId: string, endUser: string, appName: string, stale?: string): Promise<AccessGrant> {
     const row = await this.#deps.db
       .selectFrom("oauth_accounts as a")
       .innerJoin("oauth_apps as p", "p.id", "a.app_id")
-      .select(["a.id", "a.status", "a.sealed_tokens"])
+      .select(["a.id", "a.app_id", "a.status", "a.sealed_tokens", "a.access_expires_at", "a.updated_at"])
       .where("a.tenant_id", "=", tenantId)
       .where("p.tenant_id", "=", tenantId)
       .where("p.name", "=", appName)
@@ -332,14 +358,120 @@ export class Accounts {
         app: appName,
       });
     }
-    if (row.status === "needs_reauth") {
-      throw new AppError(
-        "account_needs_reauth",
-        `The run's end user's account at '${appName}' was refused by its provider; have them connect it again.`,
-        { app: appName },
-      );
+    if (row.status === "needs_reauth") throw needsReauth(appName);
+    const token = this.open(row).access_token;
+    if (this.#usable(row, token, stale)) return { token, refreshed: null };
+    const started = performance.now();
+    const outcome = await this.#refreshOnce(row.id, row.app_id, stale);
+    const refreshed = {
+      account: row.id,
+      app: appName,
+      reason: stale === undefined ? ("expiry" as const) : ("unauthorized" as const),
+      needs_reauth: outcome === null,
+      ms: Math.round((performance.now() - started) * 1000) / 1000,
+    };
+    if (outcome === null) throw Object.assign(needsReauth(appName), { refreshed });
+    return { token: outcome.token, refreshed: outcome.by === "us" ? refreshed : null };
+  }
+
+  /**
+   * A token that is not the one the upstream refused and does not expire within the margin:
+   * REFRESH_MARGIN_MS, or half its lifetime for a token issued for less than twice that.
+   */
+  #usable(
+    row: Pick<OAuthAccountsTable, "access_expires_at" | "updated_at">,
+    token: string,
+    stale: string | undefined,
+  ): boolean {
+    if (stale !== undefined && token === stale) return false;
+    if (row.access_expires_at === null) return true;
+    const expires = Number(row.access_expires_at);
+    const margin = Math.min(REFRESH_MARGIN_MS, (expires - Number(row.updated_at)) / 2);
+    return expires - this.#now() > margin;
+  }
+
+  /**
+   * One refresh at a time per account: in this process, callers of the same account wait in line;
+   * across hosts, the account's row is locked (SELECT … FOR UPDATE on PostgreSQL; SQLite has one
+   * writer). Whoever gets the lock re-reads the row: when another refreshed meanwhile, its token
+   * is used as is. Null when the provider refused (invalid_grant): the account is needs_reauth.
+   */
+  async #refreshOnce(
+    accountId: string,
+    appId: string,
+    stale: string | undefined,
+  ): Promise<{ token: string; by: "us" | "other" } | null> {
+    const before = this.#refreshing.get(accountId) ?? Promise.resolve();
+    const turn = before.catch(() => undefined).then(() => this.#refreshLocked(accountId, appId, stale));
+    const tail = turn.catch(() => undefined);
+    this.#refreshing.set(accountId, tail);
+    try {
+      return await turn;
+    } finally {
+      if (this.#refreshing.get(accountId) === tail) this.#refreshing.delete(accountId);
     }
-    return this.open(row).access_token;
+  }
+
+  async #refreshLocked(
+    accountId: string,
+    appId: string,
+    stale: string | undefined,
+  ): Promise<{ token: string; by: "us" | "other" } | null> {
+    const db = this.#deps.db;
+    // Read before the lock: nothing inside the transaction may wait for another connection.
+    const app = await this.#deps.apps.byId(appId);
+    const secret = await this.#clientSecret(app);
+    return db.transaction().execute(async (trx) => {
+      let query = trx.selectFrom("oauth_accounts").selectAll().where("id", "=", accountId);
+      if (dialectOf(db) === "postgres") query = query.forUpdate();
+      const row = await query.executeTakeFirst();
+      if (!row || row.status === "needs_reauth") return null;
+      const tokens = this.open(row);
+      if (this.#usable(row, tokens.access_token, stale)) {
+        return { token: tokens.access_token, by: "other" as const };
+      }
+      const now = this.#now();
+      const refused = async () => {
+        await trx
+          .updateTable("oauth_accounts")
+          .set({ status: "needs_reauth", updated_at: now })
+          .where("id", "=", row.id)
+          .execute();
+        return null;
+      };
+      if (tokens.refresh_token === null) return refused();
+      let answer: z.infer<typeof TokenAnswer>;
+      try {
+        answer = await this.#exchange(
+          app,
+          { grant_type: "refresh_token", refresh_token: tokens.refresh_token },
+          secret,
+        );
+      } catch (err) {
+        if (err instanceof AppError && (err.details as { error?: string } | undefined)?.error === "invalid_grant") {
+          return refused();
+        }
+        throw err;
+      }
+      // A provider that rotates refresh tokens sends a new one; one that does not keeps the old.
+      const sealed = this.#seal(row.id, {
+        access_token: answer.access_token,
+        refresh_token: answer.refresh_token ?? tokens.refresh_token,
+        token_type: answer.token_type,
+      });
+      await trx
+        .updateTable("oauth_accounts")
+        .set({
+          sealed_tokens: sealed.sealed,
+          master_key_id: sealed.masterKeyId,
+          access_expires_at: answer.expires_in === undefined ? null : now + answer.expires_in * 1000,
+          refreshed_at: now,
+          updated_at: now,
+        })
+        .where("id", "=", row.id)
+        .execute();
+      return { token: answer.access_token, by: "us" as const };
+    });
   }
 
   /** The tokens of an account row (for the bridge, on the host). */
@@ -352,10 +484,14 @@ export class Accounts {
   }
 
   /** A token endpoint call; `oauth_provider_error` naming the provider's error code when it refuses. */
-  async #exchange(app: ResolvedApp, form: Record<string, string>): Promise<z.infer<typeof TokenAnswer>> {
+  async #exchange(
+    app: ResolvedApp,
+    form: Record<string, string>,
+    secret?: string | null,
+  ): Promise<z.infer<typeof TokenAnswer>> {
     let answer: ProviderAnswer;
     try {
-      answer = await this.#post(app, app.token_url, form);
+      answer = await this.#post(app, app.token_url, form, secret);
     } catch (err) {
       if (!(err instanceof ProviderUnreachable)) throw err;
       throw new AppError("oauth_provider_error", `The token endpoint: ${err.message}.`, { error: "unreachable" });
@@ -372,9 +508,21 @@ export class Accounts {
     return parsed.data;
   }
 
-  /** A form POST to one of the app's endpoints, authenticated as its client. */
-  async #post(app: ResolvedApp, url: string, form: Record<string, string>): Promise<ProviderAnswer> {
-    const secret = app.client_secret === null ? null : await this.#deps.secrets.reveal(app.tenantId, app.client_secret);
+  /** The app's client secret, or null for a public client. */
+  #clientSecret(app: ResolvedApp): Promise<string | null> {
+    return app.client_secret === null
+      ? Promise.resolve(null)
+      : this.#deps.secrets.reveal(app.tenantId, app.client_secret);
+  }
+
+  /** A form POST to one of the app's endpoints, authenticated as its client (`secret` when read already). */
+  async #post(
+    app: ResolvedApp,
+    url: string,
+    form: Record<string, string>,
+    known?: string | null,
+  ): Promise<ProviderAnswer> {
+    const secret = known === undefined ? await this.#clientSecret(app) : known;
     if (secret === null) return this.#deps.http.postForm(url, app.internal, { ...form, client_id: app.client_id });
     return this.#deps.http.postForm(url, app.internal, form, { user: app.client_id, password: secret });
   }

@@ -6,9 +6,13 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { openVault } from "../secrets/master-key.ts";
 import { apiCall, type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
 import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
 import { forEachStore } from "../testing/stores.ts";
+import { Accounts } from "./accounts.ts";
+import { OAuthApps } from "./apps.ts";
+import { ProviderHttp } from "./provider-http.ts";
 
 const ORIGIN = "http://localhost";
 const PRODUCT = "https://product.example/connected";
@@ -170,12 +174,75 @@ forEachStore((store) =>
         .where("id", "=", alice.id)
         .executeTakeFirstOrThrow();
       // What the bridge attaches for a run of alice: her token in her tenant, nothing in another.
-      const token = await h.services.accounts.accessToken(aliceRow.tenant_id, "alice", "idp");
+      const { token } = await h.services.accounts.accessToken(aliceRow.tenant_id, "alice", "idp");
       assert.equal(await idp.userOf(token), "alice");
       await assert.rejects(h.services.accounts.accessToken(tenantB, "alice", "idp"), { code: "account_missing" });
       const res = await call("DELETE", `/v1/accounts/${alice.id}`, keyB);
       assert.equal(res.status, 404);
       assert.equal((await accounts(h.adminKey, "alice")).length, 1);
+    });
+
+    it("refreshes an expiring token once for 20 callers on two nodes, rotating the refresh token", async () => {
+      const { authorize } = await open("frank");
+      await back(await idp.authorize(authorize, { login: "frank" }));
+      const row = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("end_user", "=", "frank")
+        .executeTakeFirstOrThrow();
+      const first = h.services.accounts.open(row);
+      // A second node: its own Accounts (and in-process queue) over the same store.
+      const { vault } = await openVault({ dataDir: h.dataDir });
+      const http = new ProviderHttp();
+      const other = new Accounts({
+        db: h.db,
+        vault,
+        apps: new OAuthApps(h.db, http),
+        http,
+        secrets: h.services.secrets,
+      });
+      await h.db
+        .updateTable("oauth_accounts")
+        .set({ access_expires_at: Date.now() })
+        .where("id", "=", row.id)
+        .execute();
+      const { refreshed, invalidGrant } = idp.counts;
+      const grants = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          (i % 2 === 0 ? h.services.accounts : other).accessToken(row.tenant_id, "frank", "idp"),
+        ),
+      );
+      assert.equal(idp.counts.refreshed, refreshed + 1, "one refresh");
+      assert.equal(idp.counts.invalidGrant, invalidGrant);
+      assert.equal(
+        grants.filter((g) => g.refreshed !== null).length,
+        1,
+        "one caller refreshed, the others used its token",
+      );
+      assert.equal(new Set(grants.map((g) => g.token)).size, 1);
+      assert.equal(await idp.userOf(grants[0]?.token ?? ""), "frank");
+      const after = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("id", "=", row.id)
+        .executeTakeFirstOrThrow();
+      const tokens = h.services.accounts.open(after);
+      assert.notEqual(tokens.refresh_token, first.refresh_token, "the rotated refresh token is stored");
+      assert.ok(Number(after.access_expires_at) > Date.now() + 30_000);
+      assert.ok(after.refreshed_at !== null);
+
+      // Refused at the provider: the next refresh marks it needs_reauth, and calls fail so.
+      await idp.revokeUser("frank");
+      await h.db
+        .updateTable("oauth_accounts")
+        .set({ access_expires_at: Date.now() })
+        .where("id", "=", row.id)
+        .execute();
+      await assert.rejects(h.services.accounts.accessToken(row.tenant_id, "frank", "idp"), {
+        code: "account_needs_reauth",
+      });
+      assert.equal((await accounts(h.adminKey, "frank"))[0].status, "needs_reauth");
+      await assert.rejects(other.accessToken(row.tenant_id, "frank", "idp"), { code: "account_needs_reauth" });
     });
 
     it("deletes an account and revokes its tokens at the provider", async () => {
