@@ -5,7 +5,9 @@
  * token, the sandbox never sees one (not in its environment, not in an event, not echoed back).
  */
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { openSqlite } from "../store/sqlite.ts";
 import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runEvents, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
@@ -150,6 +152,61 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
       assert.equal((recorded?.data as { code?: string } | undefined)?.code, "account_missing");
     }
     assert.equal(upstream.seen.length, seen, "nothing reached the upstream");
+  });
+
+  /** Makes `user`'s access token expire now, as the host sees it. */
+  const expire = async (user: string) => {
+    const db = openSqlite(join(t.dataDir, "paddock.db"));
+    try {
+      await db
+        .updateTable("oauth_accounts")
+        .set({ access_expires_at: Date.now() })
+        .where("end_user", "=", user)
+        .execute();
+    } finally {
+      await db.destroy();
+    }
+  };
+
+  test("a token expiring during a run is refreshed on the call's path, recorded without its value", async () => {
+    await connect("carol");
+    const before = await runFor("carol", [{ path: "/bridge/mail/echo/1" }]);
+    const old = await lastToken();
+    assert.equal(before.events.filter((e) => e.type === "account.refreshed").length, 0);
+    await expire("carol");
+    const { refreshed } = idp.counts;
+    const after = await runFor("carol", [{ path: "/bridge/mail/echo/2" }, { path: "/bridge/mail/echo/3" }]);
+    assert.deepEqual(
+      after.results.map((r) => r.status),
+      [200, 200],
+    );
+    assert.equal(idp.counts.refreshed, refreshed + 1);
+    const fresh = await lastToken();
+    assert.equal(fresh.user, "carol");
+    assert.notEqual(fresh.token, old.token);
+    const records = after.events.filter((e) => e.type === "account.refreshed");
+    assert.equal(records.length, 1);
+    assert.deepEqual((records[0]?.data as { reason: string; needs_reauth: boolean }).reason, "expiry");
+    assert.ok(!after.leaked.includes(fresh.token) && !after.leaked.includes(old.token));
+  });
+
+  test("an account revoked at the provider becomes needs_reauth: calls fail account_needs_reauth", async () => {
+    await connect("dora");
+    await idp.revokeUser("dora");
+    await expire("dora");
+    const { results, events } = await runFor("dora", [
+      { path: "/bridge/mail/echo/1" },
+      { path: "/bridge/mail/echo/2" },
+    ]);
+    assert.deepEqual(
+      results.map((r) => JSON.parse(r.body ?? "{}").error?.code),
+      ["account_needs_reauth", "account_needs_reauth"],
+    );
+    const records = events.filter((e) => e.type === "account.refreshed");
+    assert.equal(records.length, 1, "the refused refresh is recorded once");
+    assert.equal((records[0]?.data as { needs_reauth: boolean }).needs_reauth, true);
+    const listed = await t.api("GET", "/v1/accounts?end_user=dora");
+    assert.equal(listed.body.data[0].status, "needs_reauth");
   });
 
   test("an end user with control characters, empty or too long is refused at the trigger", async () => {
