@@ -44,14 +44,7 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
       return res.body;
     };
     await put("/v1/secrets/idp-secret", { value: idp.clientSecret });
-    await put("/v1/oauth-apps/idp", {
-      issuer: idp.issuer,
-      client_id: idp.clientId,
-      client_secret: "idp-secret",
-      scopes: ["openid", "offline_access"],
-      extra_params: { prompt: "consent" },
-      internal: true,
-    });
+    await put("/v1/oauth-apps/idp", idp.appBody("idp-secret"));
     const connection = await put("/v1/connections/mail", {
       base_url: upstream.url,
       auth: "oauth:idp",

@@ -49,14 +49,7 @@ forEachStore((store) =>
       h = await startNoRootHost(store);
       idp = await startOidcStandIn({ redirectUri: `${ORIGIN}/oauth/callback` });
       await call("PUT", "/v1/secrets/idp-secret", h.adminKey, { value: idp.clientSecret });
-      const app = await call("PUT", "/v1/oauth-apps/idp", h.adminKey, {
-        issuer: idp.issuer,
-        client_id: idp.clientId,
-        client_secret: "idp-secret",
-        scopes: ["openid", "offline_access"],
-        extra_params: { prompt: "consent" },
-        internal: true,
-      });
+      const app = await call("PUT", "/v1/oauth-apps/idp", h.adminKey, idp.appBody("idp-secret"));
       assert.equal(app.status, 201, JSON.stringify(app.body));
       const tenant = await call("POST", "/v1/tenants", h.adminKey, { name: "connect-b" });
       tenantB = tenant.body.id;

@@ -26,6 +26,8 @@ export interface OidcStandIn {
    * URL the provider sends the browser back to (the redirect URI, with code or error and state).
    */
   authorize(url: string, as: { login: string } | { deny: true }): Promise<string>;
+  /** The body of `PUT /v1/oauth-apps/{name}` for this server, its client secret in the secret `secret`. */
+  appBody(secret: string): Record<string, unknown>;
   /** Revokes every grant of `user`, as the user would in the provider's settings. */
   revokeUser(user: string): Promise<void>;
   close(): Promise<void>;
@@ -93,6 +95,15 @@ export async function startOidcStandIn(options: OidcStandInOptions): Promise<Oid
     clientId,
     clientSecret,
     counts,
+    appBody: (secret) => ({
+      issuer,
+      client_id: clientId,
+      client_secret: secret,
+      // offline_access with prompt=consent: the provider issues a refresh token.
+      scopes: ["openid", "offline_access"],
+      extra_params: { prompt: "consent" },
+      internal: true,
+    }),
     async authorize(url, as) {
       const jar = new Map<string, string>();
       let next = url;
