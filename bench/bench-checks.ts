@@ -23,9 +23,12 @@ export function assertAdded(added: { p50: number; p99: number }, via: Dist, dire
  * traced one over `off`, and one span exported for each of its `tracedCalls` calls, none dropped.
  */
 export function assertObservability(result: ObservabilityResult, rounds: number, tracedCalls: number): void {
-  assert.deepEqual(Object.keys(result.latency_ms), ["off", "tracing"]);
+  assert.deepEqual(Object.keys(result.latency_ms), ["off", "tracing", "metrics+tracing"]);
   for (const d of Object.values(result.latency_ms)) assert.equal(d.n, rounds);
-  const rise = result.rise_ms.tracing;
-  assert.ok(rise && Number.isFinite(rise.p50) && Number.isFinite(rise.p99), JSON.stringify(result.rise_ms));
-  assert.deepEqual(result.spans, { exported: tracedCalls, dropped: 0 });
+  for (const name of ["tracing", "metrics+tracing"]) {
+    const rise = result.rise_ms[name];
+    assert.ok(rise && Number.isFinite(rise.p50) && Number.isFinite(rise.p99), JSON.stringify(result.rise_ms));
+  }
+  // Both traced variants export a span per call.
+  assert.deepEqual(result.spans, { exported: 2 * tracedCalls, dropped: 0 });
 }

@@ -31,7 +31,7 @@ describe("bench bridge", { skip: e2eSkip(hostSkipReason()) }, () => {
     assert.ok(result.throughput.bridge_calls_per_s > 0 && result.throughput.direct_calls_per_s > 0);
     // Every bridged call was recorded: warm-ups, the measured pairs, both throughput phases, and
     // the observability variants' warm-ups and rounds.
-    assert.equal(result.events_recorded, 100 + 40 + 3 * (1 + 20) + 2 * (50 + 40));
+    assert.equal(result.events_recorded, 100 + 40 + 3 * (1 + 20) + 3 * (50 + 40));
     assertObservability(result.observability, 40, 50 + 40);
     // Its own namespaces are gone (other hosts on the machine may come and go meanwhile).
     const left = (await readdir("/run/netns").catch(() => [] as string[])).filter((n) =>

@@ -15,7 +15,7 @@
  * - verify_us: a run token check without the verified-token cache, with it, and a bare Ed25519
  *   signature check (the floor of the former).
  * - throughput: N sandboxes at once, each sending its calls back to back, bridged then direct.
- * - observability: the same bridge with tracing off and on (see observability.ts), each on its own
+ * - observability: the same bridge with everything off, tracing on, and metrics and tracing on (see observability.ts), each on its own
  *   port, called in turn from the latency sandbox after its pairs; what each variant adds to `off`.
  * Audit events are counted in memory here; the engine writes them in group commits after the
  * answer has gone, off the call's path.
@@ -367,7 +367,7 @@ export async function bridgeBench(opts: BridgeBenchOptions): Promise<BridgeBench
       notes:
         "added_ms = bridged minus direct per percentile, same sandbox, same link, interleaved; verify_us uncached is the " +
         "full check (signature, header, claims), cached skips the signature for a token already verified; " +
-        "observability: one bridge per variant (tracing off, on), called in turn from one sandbox, rise_ms = each minus off",
+        "observability: one bridge per variant (all off; tracing; metrics and tracing), called in turn from one sandbox, rise_ms = each minus off",
     };
   };
   return measureThenTearDown("bridge", measure, async () => {

@@ -1,6 +1,6 @@
 /**
  * One process of the claims scenario (cluster-claims.ts): a Paddock node taking queued runs through
- * the engine's own store path (Claims: next, claim, start, finish, with their events), booting no
+ * the engine's own store path (Claims: claimNext, start, finish, with their events), booting no
  * sandbox, or a graphile-worker runner of no-op jobs. Config from argv[2] (JSON). It opens its pool
  * and says `ready`, starts on a `go` line on stdin, reports how many it finished as it goes, and on
  * `stop` reports which runs or jobs it executed and exits.
@@ -82,14 +82,17 @@ if (config.kind === "paddock") {
     if (!(await claims.finish(row, outcome))) throw new Error(`run ${row.id}: its finish was fenced off`);
     finished(row.id);
   };
-  // The engine's pump: one claim at a time, up to `concurrency` runs going.
+  // The engine's pump: claims as many runs as there is room for, up to `concurrency` going.
   while (!stopping) {
     if (going.size >= config.concurrency) {
       await Promise.race(going);
       continue;
     }
-    const candidate = await claims.next(false);
-    if (!candidate) {
+    const rows = await claims.claimNext({
+      roots: config.concurrency - going.size,
+      runs: config.concurrency * 4 - going.size,
+    });
+    if (rows.length === 0) {
       // Nothing to claim now: wait for a run of this node to end, the poll, or the stop.
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, config.pollMs);
@@ -101,10 +104,10 @@ if (config.kind === "paddock") {
       });
       continue;
     }
-    const row = await claims.claim(candidate);
-    if (!row) continue;
-    const done: Promise<void> = execute(row).finally(() => going.delete(done));
-    going.add(done);
+    for (const row of rows) {
+      const done: Promise<void> = execute(row).finally(() => going.delete(done));
+      going.add(done);
+    }
   }
   await Promise.all(going);
   await stopped;

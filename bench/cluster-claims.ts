@@ -5,9 +5,10 @@
  *
  * Each pass queues N runs first, then starts its node processes (cluster-claims-node.ts, each with
  * its own pool, as separate `paddock serve` nodes) and lets them go at once. A node takes runs
- * through the engine's own store path (Claims: the next run under the global limits, the claim FOR
- * UPDATE SKIP LOCKED, then start and finish fenced by the attempt, with every event the engine
- * writes) and boots no sandbox. claims_per_s = N / (ms from the go to the last run finished).
+ * through the engine's own store path (Claims: the runs it has room for, claimed in batches FOR
+ * UPDATE SKIP LOCKED under the global limits, then start and finish fenced by the attempt, with
+ * every event the engine writes) and boots no sandbox. claims_per_s = N / (ms from the go to the
+ * last run finished).
  * graphile-worker gets N jobs of a no-op task added first, then as many processes running `run()`
  * with the same concurrency per process; its figure ends once its jobs table is empty.
  *

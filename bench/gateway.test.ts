@@ -25,12 +25,12 @@ describe("bench gateway", { skip: e2eSkip(hostSkipReason()) }, () => {
     assertAdded(result.added_ms.portkey, result.latency_ms.portkey, result.latency_ms.direct_portkey);
     assertAdded(result.ttft_added_ms, result.ttft_ms.paddock, result.ttft_ms.direct);
     // Every Paddock call was settled and recorded: 50 warm-ups, 20 whole and 20 streamed, and
-    // through each of the two observability variants 50 warm-ups and 20 rounds.
-    assert.equal(result.calls_settled, 90 + 2 * 70);
-    assert.equal(result.events_recorded, 90 + 2 * 70);
+    // through each of the three observability variants 50 warm-ups and 20 rounds.
+    assert.equal(result.calls_settled, 90 + 3 * 70);
+    assert.equal(result.events_recorded, 90 + 3 * 70);
     // The provider answered them all: Paddock 50 + 20 + 20, direct that and 20 beside Portkey's
-    // pairs, Portkey 50 + 20, the variants 2 × 70.
-    assert.equal(result.provider_calls, 270 + 2 * 70);
+    // pairs, Portkey 50 + 20, the variants 3 × 70.
+    assert.equal(result.provider_calls, 270 + 3 * 70);
     assertObservability(result.observability, 20, 70);
     assert.match(result.peer_versions.portkey, /^\d+\.\d+\.\d+/);
     // Its own namespaces are gone (other hosts on the machine may come and go meanwhile).

@@ -19,7 +19,7 @@
  *   forwards, reads the provider's usage and settles (two ledger transactions); Portkey forwards
  *   the key the caller sends.
  * - ttft_added_ms {p50, p99}: Paddock's, for the first content chunk of a streamed completion.
- * - observability: Paddock's gateway with tracing off and on (see observability.ts), each behind
+ * - observability: Paddock's gateway with everything off, tracing on, and metrics and tracing on (see observability.ts), each behind
  *   its own bridge port, whole calls in turn after Portkey's pairs; what each variant adds to `off`.
  */
 import { type ChildProcess, spawn } from "node:child_process";
@@ -328,7 +328,7 @@ export async function gatewayBench(opts: GatewayBenchOptions): Promise<GatewayBe
         "verifies the run token, reserves and settles credits in SQLite and attaches the provider key; Portkey " +
         "(run with its defaults, --headless) forwards the key the caller sends. Streams are measured for Paddock " +
         "only: Portkey 1.15.2 on Node 24 answers streamed chat completions with 500. peers: published medians. " +
-        "observability: one gateway per variant (tracing off, on), called in turn from the same sandbox, rise_ms = each minus off",
+        "observability: one gateway per variant (all off; tracing; metrics and tracing), called in turn from the same sandbox, rise_ms = each minus off",
     };
   };
   return measureThenTearDown("gateway", measure, async () => {

@@ -1,9 +1,8 @@
 /**
  * What the bridge and gateway benchmarks compare side by side to price the host's observability:
- * variants of the same service, each built with its own settings (tracing off, tracing on), each
- * on its own port, called interleaved from the same sandbox. A setting added later (metrics)
- * becomes one more field of ObservabilityVariant and one more entry in VARIANTS; the scenarios
- * build every variant through `depsOf` and report every one against `off`.
+ * variants of the same service, each built with its own settings (everything off, tracing on,
+ * metrics and tracing on), each on its own port, called interleaved from the same sandbox; the
+ * scenarios build every variant through `depsOf` and report every one against `off`.
  *
  * Traced variants export to an OTLP/HTTP sink in its own process (a collector elsewhere costs the
  * host only the export), which counts the spans it gets.
@@ -11,6 +10,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { toolEnv } from "../packages/host/src/fs/tool-env.ts";
+import { Metrics } from "../packages/host/src/metrics/metrics.ts";
 import { traceIdOfRun } from "../packages/host/src/tracing/trace-context.ts";
 import { type OpenSpan, openTracing, type Tracing } from "../packages/host/src/tracing/tracing.ts";
 import { type Dist, dist } from "./stats.ts";
@@ -19,12 +19,14 @@ import { type Dist, dist } from "./stats.ts";
 export interface ObservabilityVariant {
   name: string;
   tracing: boolean;
+  metrics: boolean;
 }
 
 /** Every variant measured; the first is the baseline the others are compared with. */
 export const VARIANTS: readonly ObservabilityVariant[] = [
-  { name: "off", tracing: false },
-  { name: "tracing", tracing: true },
+  { name: "off", tracing: false, metrics: false },
+  { name: "tracing", tracing: true, metrics: false },
+  { name: "metrics+tracing", tracing: true, metrics: true },
 ];
 
 /** How much each variant adds to the baseline, at most `target.p50` ms at the median. */
@@ -57,7 +59,7 @@ server.listen(0, "127.0.0.1", () => console.log(server.address().port));
 
 export interface Observability {
   /** What a variant's service is built with. */
-  depsOf(variant: ObservabilityVariant): { tracing: Tracing | null };
+  depsOf(variant: ObservabilityVariant): { tracing: Tracing | null; metrics?: Metrics };
   /** An attempt span for a bench sandbox, which its calls' spans hang under. */
   attemptSpan(runId: string): OpenSpan;
   /** The comparison, from each variant's samples (by name). */
@@ -78,8 +80,10 @@ export async function startObservability(): Promise<Observability> {
   const options = { endpoint: url, content: false, version: "bench", nodeId: "bench", log: () => {} };
   const tracing = (await openTracing(options)) as Tracing;
   const spans: OpenSpan[] = [];
+  // The metrics variants share one registry, as a host's services do.
+  const metrics = new Metrics({ version: "bench", node: "bench" });
   return {
-    depsOf: (variant) => ({ tracing: variant.tracing ? tracing : null }),
+    depsOf: (variant) => ({ tracing: variant.tracing ? tracing : null, ...(variant.metrics ? { metrics } : {}) }),
     attemptSpan(runId) {
       const span = tracing.start(
         { traceId: traceIdOfRun(runId), spanId: null },

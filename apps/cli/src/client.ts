@@ -6,6 +6,8 @@ import {
   Agent,
   type AgentCreate,
   ApiKey,
+  Approval,
+  type ApprovalDecide,
   Artifact,
   Balance,
   Credits_,
@@ -373,6 +375,23 @@ export class Client {
     return this.#json(NotificationDelivery, "POST", `/notifications/${enc(id)}/deliveries/${enc(deliveryId)}/resend`, {
       body: {},
     });
+  }
+
+  /** Approvals the key may see, newest first (`status`: pending, approved, denied, expired, canceled). */
+  listApprovals(
+    query: { status?: string | undefined; run_id?: string | undefined } = {},
+    limit = 50,
+  ): Promise<Approval[]> {
+    return this.#list(Approval, "/approvals", { ...query, limit: Math.min(limit, 200) }, limit);
+  }
+
+  getApproval(id: string): Promise<Approval> {
+    return this.#json(Approval, "GET", `/approvals/${enc(id)}`);
+  }
+
+  /** Approves (the held call is sent once) or denies (the agent is shown the note) a pending approval. */
+  decideApproval(id: string, body: ApprovalDecide): Promise<Approval> {
+    return this.#json(Approval, "POST", `/approvals/${enc(id)}`, { body });
   }
 
   listRunners(): Promise<z.output<typeof Runner>[]> {

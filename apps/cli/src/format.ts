@@ -85,6 +85,18 @@ function rawSummary(event: RunEventRead): string {
     case "run.timed_out":
     case "run.canceled":
       return outcome(event.data.status, event.data.reason, event.data.exit_code);
+    case "run.waiting":
+      return `waiting (${event.data.reason} ${event.data.approval_id})`;
+    case "run.resumed":
+      return `running (waited ${formatSeconds(event.data.waited_ms)})`;
+    case "approval.requested": {
+      const { approval_id, request } = event.data;
+      return `${approval_id}: ${request.kind} ${request.target} ${request.method} ${request.path}${request.query ? `?${request.query}` : ""}`;
+    }
+    case "approval.decided": {
+      const { approval_id, status, via, note } = event.data;
+      return `${approval_id}: ${status} (${via})${note ? `: ${note}` : ""}`;
+    }
     case "run.cancel_requested":
     case "run.expired":
     case "run.parent":

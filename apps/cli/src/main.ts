@@ -7,6 +7,7 @@ import { CliError, CONNECTION_HELP, UsageError, wantsHelp } from "./args.ts";
 import { ApiError, ConnectionError } from "./client.ts";
 import { accounts } from "./commands/accounts.ts";
 import { agents } from "./commands/agents.ts";
+import { approvals } from "./commands/approvals.ts";
 import { artifacts } from "./commands/artifacts.ts";
 import { bench } from "./commands/bench.ts";
 import { connections } from "./commands/connections.ts";
@@ -46,6 +47,7 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   schedules,
   webhooks,
   notifications,
+  approvals,
   run,
   runs,
   logs,

@@ -58,7 +58,7 @@ describe("paddock top", { skip: e2eSkip(hostSkipReason()) }, () => {
     assert.equal(once.code, 0, showCli(once));
     const frame = once.stdout;
     assert.match(frame, new RegExp(`^paddock top  ${host.url.replace(/[.]/g, "\\.")}  \\d{4}-`, "m"));
-    assert.match(frame, /^runs {4}1 running {2}0 starting {2}0 queued {2}\(this tenant\)$/m);
+    assert.match(frame, /^runs {4}1 running {2}0 waiting {2}0 starting {2}0 queued {2}\(this tenant\)$/m);
     assert.match(frame, /^spend {3}0 credits\/min/m);
     assert.match(frame, /^node {4}\S+: 0 queued in the store, \d+ warm sandbox\(es\), 0 credits\/min on this node$/m);
     assert.match(frame, /^\S+\s+live\s+1$/m);
@@ -71,7 +71,7 @@ describe("paddock top", { skip: e2eSkip(hostSkipReason()) }, () => {
     const key = (await api("POST", "/v1/tenants/viewer/keys", {})).key as string;
     const once = await runCli(["top", "--once", "--interval", "0.2"], host.url, key);
     assert.equal(once.code, 0, showCli(once));
-    assert.match(once.stdout, /^runs {4}0 running {2}0 starting {2}0 queued/m);
+    assert.match(once.stdout, /^runs {4}0 running {2}0 waiting {2}0 starting {2}0 queued/m);
     assert.doesNotMatch(once.stdout, /^node /m);
     assert.ok(!once.stdout.includes(runId));
   });

@@ -19,7 +19,10 @@ describe("host configuration", () => {
       disk_mb: 8192,
       log_kb: 16_384,
       artifacts_mb: 4096,
+      max_wait_s: 604_800,
     });
+    assert.equal(config.approvalHoldMs, 50_000);
+    assert.equal(config.publicUrl, undefined);
     assert.equal(config.warmSandboxes, 4);
     assert.equal(config.maxSessions, 16);
     assert.deepEqual(config.egressTrustedAddresses, []);

@@ -14,7 +14,8 @@ import { DEFAULT_RANGE } from "./sandbox/linux/network.ts";
 
 /**
  * The most any agent may ask for; tenants choose limits below these. Defaults: 8 GiB memory,
- * 4096 pids, every core, 24 h, 8 GiB disk (RAM-backed), 16 MiB of logs, 4 GiB of artifacts.
+ * 4096 pids, every core, 24 h, 8 GiB disk (RAM-backed), 16 MiB of logs, 4 GiB of artifacts, a week
+ * of waiting for approvals.
  */
 const MaxLimits = z
   .object({
@@ -25,6 +26,7 @@ const MaxLimits = z
     disk_mb: Limits.shape.disk_mb.unwrap().default(8192),
     log_kb: Limits.shape.log_kb.unwrap().default(16_384),
     artifacts_mb: Limits.shape.artifacts_mb.unwrap().default(4096),
+    max_wait_s: Limits.shape.max_wait_s.unwrap().default(7 * 86_400),
   })
   .strict();
 
@@ -77,6 +79,16 @@ export const HostConfig = z
     nodeId: z.string().regex(NODE_ID, "letters, digits, '.', '_' and '-', at most 63").optional(),
     /** The API URL other nodes reach this one at (`serve --internal-url`); default its own URL. */
     internalUrl: z.url().optional(),
+    /**
+     * The URL people reach this host at (`serve --public-url`), for the links notifications carry
+     * (an approval's one-time link, a run's page); default the internal URL, else its own URL.
+     */
+    publicUrl: z.url().optional(),
+    /**
+     * How long a sandbox's call waiting for approval is held open before it is answered
+     * approval_pending and asks again (below the clients' own header timeouts).
+     */
+    approvalHoldMs: z.number().int().min(10).max(280_000).default(50_000),
     /** How long a run's claim holds without renewal; renewed with the node's heartbeat at a third of it. */
     leaseMs: z.number().int().min(1000).default(30_000),
     /** The IPv4 range this node's sandboxes take addresses from (`serve --sandbox-cidr`); also sandboxNetwork.range. */

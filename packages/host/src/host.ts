@@ -26,6 +26,7 @@ import type { BlobStore } from "./blobs/blobs.ts";
 import { BlobCache } from "./blobs/cache.ts";
 import { FileBlobStore } from "./blobs/file-store.ts";
 import { openBlobStore } from "./blobs/open-store.ts";
+import { ApprovalLinks, Approvals } from "./bridge/approvals.ts";
 import { Bridge } from "./bridge/bridge.ts";
 import { Connections } from "./bridge/connections.ts";
 import { LiveSandboxes } from "./bridge/live.ts";
@@ -61,6 +62,7 @@ import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
 import { SandboxNetwork } from "./sandbox/linux/network.ts";
 import { openVault } from "./secrets/master-key.ts";
 import { rotateMasterKey, Secrets } from "./secrets/secrets.ts";
+import { ApprovalStore } from "./store/approvals.ts";
 import { openDatabase } from "./store/database.ts";
 import { EventLog } from "./store/event-log.ts";
 import { HINT, type Hints, LocalHints } from "./store/hints.ts";
@@ -145,6 +147,8 @@ export interface Services {
   bridge: Bridge;
   gateway: Gateway;
   notifications: Notifications;
+  /** Calls held for people's approval; its sweep of expired ones is started by the caller. */
+  approvals: Approvals;
   /** Sends notification deliveries; started by the caller. */
   dispatcher: NotificationDispatcher;
   /** This node's metrics (GET /metrics). */
@@ -233,8 +237,19 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const leader = env.leader ?? soleLeader;
   const metrics = new Metrics({ version: VERSION, node: nodeId });
   const metricsToken = config.metricsTokenFile ? await readMetricsToken(config.metricsTokenFile) : null;
+  const { vault, source: keySource } = await openVault({
+    dataDir,
+    masterKeyFile: config.masterKeyFile,
+    oldMasterKeyFiles: config.oldMasterKeyFiles,
+  });
+  // Approvals' one-time links are signed with the vault and point at the host's public URL (known
+  // once it listens, unless configured).
+  const links = new ApprovalLinks(
+    vault,
+    config.publicUrl ?? config.internalUrl ?? `http://${listenHostOf(config.listen)}:${config.port}`,
+  );
   // Notification deliveries are written with the events and spending they announce.
-  const outbox = new NotificationOutbox({ hints }, { dialect, retryForMs: config.notificationRetryForMs });
+  const outbox = new NotificationOutbox({ hints, links }, { dialect, retryForMs: config.notificationRetryForMs });
   const events = new EventLog(db, {
     dialect,
     hints,
@@ -266,11 +281,6 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const agents = new Agents(db, images, layers, runners, maxLimits, layerBlobs);
   const archives = new SnapshotArchives({ db, agents, images, layers, runners }, archiveLimits(maxLimits));
   const connections = new Connections(db);
-  const { vault, source: keySource } = await openVault({
-    dataDir,
-    masterKeyFile: config.masterKeyFile,
-    oldMasterKeyFiles: config.oldMasterKeyFiles,
-  });
   const resealed = await rotateMasterKey(db, vault);
   if (resealed > 0) log(`re-sealed ${resealed} secret(s) and signing key(s) under master key ${vault.masterKeyId}`);
   log(`master key ${vault.masterKeyId} from ${keySource}`);
@@ -307,7 +317,13 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     env.undo.push(() => tracing.close());
     log(`tracing to ${config.otlpEndpoint}${config.traceContent ? ", with prompt and completion content" : ""}`);
   }
+  const approvals = new Approvals(
+    { db, store: new ApprovalStore(db, events), events, links, log },
+    { holdMs: config.approvalHoldMs },
+  );
+  env.undo.push(async () => approvals.close());
   const gateway = new Gateway({
+    approvals,
     journal,
     providers,
     ledger,
@@ -322,7 +338,16 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   env.undo.push(async () => gateway.close());
   // Agent-to-agent calls wake the engine, which is made below.
   let wakeEngine = () => {};
-  const agentCalls = new AgentCalls({ db, agents, runs, events, artifacts, notify: () => wakeEngine(), journal });
+  const agentCalls = new AgentCalls({
+    db,
+    agents,
+    runs,
+    events,
+    artifacts,
+    notify: () => wakeEngine(),
+    journal,
+    approvals,
+  });
   const routes = [agentCalls, gateway];
   const bridge = new Bridge({
     live,
@@ -336,6 +361,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     journal,
     metrics,
     tracing,
+    approvals,
   });
   env.undo.push(() => bridge.close());
   let bridgeUrl: string | null = null;
@@ -438,6 +464,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     scheduler,
     webhooks,
     notifications,
+    approvals,
     nodes,
     calls: new CallLog(db),
     stats: new RunStats({ runs, ledger }),
@@ -467,6 +494,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     bridge,
     gateway,
     notifications,
+    approvals,
     dispatcher,
     metrics,
     bridgeUrl,
@@ -474,6 +502,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     app,
   };
 }
+
+/** An address to listen on as a URL's host (an IPv6 one in brackets). */
+const listenHostOf = (listen: string) => (listen.includes(":") ? `[${listen}]` : listen);
 
 /** The metrics token in `file`: at least 16 characters once surrounding whitespace is trimmed. */
 async function readMetricsToken(file: string): Promise<string> {
@@ -511,7 +542,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     // This node joins the store first: a second live node with its id or range refuses here,
     // before anything else is made.
     const nodes = new Nodes(db, { dialect, staleMs: config.leaseMs });
-    const listenHost = config.listen.includes(":") ? `[${config.listen}]` : config.listen;
+    const listenHost = listenHostOf(config.listen);
     await nodes.register({
       id: nodeId,
       version: VERSION,
@@ -538,7 +569,8 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       undo,
       uiDir: await ensureUiBuild(),
     });
-    const { identity, runners, agents, engine, scheduler, sessions, bridge, gateway, leader, dispatcher } = services;
+    const { identity, runners, agents, engine, scheduler, sessions, bridge, gateway, leader, dispatcher, approvals } =
+      services;
 
     // This host's runner becomes current unless it already is (deploying a host deploys its runner).
     await runners.ensureCurrent({ bundlePath: await ensureRunnerBundle(), nodePath: process.execPath });
@@ -584,6 +616,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     if (hints.shared) hints.listen(HINT.runQueued, () => engine.notify());
     scheduler.start(config.schedulerTickMs);
     await dispatcher.start();
+    approvals.start();
     const lost = await sessions.start();
     if (lost > 0) log(`${lost} environment session(s) ended with the previous host`);
     const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
@@ -594,6 +627,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
     const port = (server.address() as AddressInfo).port;
     const host = listenHost;
     if (!config.internalUrl && port !== config.port) await nodes.advertise(nodeId, `http://${host}:${port}`);
+    if (!config.publicUrl && !config.internalUrl) approvals.links.base = `http://${host}:${port}`;
 
     let closing: Promise<void> | null = null;
     return {
@@ -622,6 +656,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
           await scheduler.stop();
           await engine.close();
           await dispatcher.close();
+          approvals.close();
           await bridge.close();
           gateway.close();
           // The attempts' last spans ended with the engine: they go out now, or are counted as dropped.

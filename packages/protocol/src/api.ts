@@ -252,9 +252,26 @@ export const RunnerPublish = z
   })
   .meta({ id: "RunnerPublish" });
 
-export const RunStatus = z.enum(["queued", "starting", "running", "succeeded", "failed", "timed_out", "canceled"]);
+/**
+ * A run's status. `waiting`: its attempt is up but holds a call until a person decides it (reason
+ * `approval`); it goes back to `running` once nothing of it waits any more.
+ */
+export const RunStatus = z.enum([
+  "queued",
+  "starting",
+  "running",
+  "waiting",
+  "succeeded",
+  "failed",
+  "timed_out",
+  "canceled",
+]);
 export type RunStatus = z.infer<typeof RunStatus>;
 export const TERMINAL_STATUSES: readonly RunStatus[] = ["succeeded", "failed", "timed_out", "canceled"];
+/** The statuses of a run an attempt holds (on some node): its sandbox is booting, running or waiting. */
+export const ACTIVE_STATUSES: readonly RunStatus[] = ["starting", "running", "waiting"];
+/** The statuses of a run that has not ended: queued, or held by an attempt. */
+export const GOING_STATUSES: readonly RunStatus[] = ["queued", ...ACTIVE_STATUSES];
 
 /** Why a run (or attempt) ended the way it did. */
 export const RunReason = z.enum([
@@ -269,6 +286,8 @@ export const RunReason = z.enum([
   "sandbox_error",
   "out_of_credits",
   "expired",
+  /** Not an end: a waiting run's reason while a call of it waits for a person's decision. */
+  "approval",
 ]);
 export type RunReason = z.infer<typeof RunReason>;
 

@@ -11,6 +11,7 @@
  * thing to the host and to the upstream.
  */
 import { z } from "zod";
+import { ApprovalRule } from "./approvals.ts";
 
 /** A connection's name: lower case, URL-safe, as it appears in `/bridge/<name>/…`. */
 export const ConnectionName = z
@@ -163,7 +164,10 @@ const PathPattern = z
   })
   .meta({ description: "A path pattern: '/' + segments of literal text, '*' (one segment) or a final '**'." });
 
-/** One allow rule: any of `methods` on a path matching `path`. */
+/**
+ * One allow rule: any of `methods` on a path matching `path`. With `approval`, each such call waits
+ * for a person to approve it (see approvals.ts) before the host sends it.
+ */
 export const PolicyRule = z
   .object({
     methods: z
@@ -172,6 +176,7 @@ export const PolicyRule = z
       .max(16)
       .refine((m) => new Set(m).size === m.length, "each method once"),
     path: PathPattern,
+    approval: ApprovalRule.optional(),
   })
   .strict()
   .meta({ id: "PolicyRule" });
@@ -317,6 +322,16 @@ export const Connection = z
   .meta({ id: "Connection" });
 export type Connection = z.infer<typeof Connection>;
 
+/** An agent a run may start as a child run: its name, or its name and the approval each start needs. */
+export const AgentCallEntry = z.union([
+  ConnectionName,
+  z.object({ name: ConnectionName, approval: ApprovalRule }).strict().meta({ id: "AgentCallApproval" }),
+]);
+export type AgentCallEntry = z.infer<typeof AgentCallEntry>;
+
+/** The name an agents entry allows. */
+export const agentCallName = (entry: AgentCallEntry): string => (typeof entry === "string" ? entry : entry.name);
+
 /** An agent's bridge policy: the connections its runs may call. */
 export const AgentPolicy = z
   .object({
@@ -325,11 +340,14 @@ export const AgentPolicy = z
       .max(64)
       .refine((c) => new Set(c).size === c.length, "each connection once")
       .default([]),
-    /** Agents (of the same tenant, by name) its runs may start as child runs. */
+    /**
+     * Agents (of the same tenant, by name) its runs may start as child runs; an entry
+     * `{name, approval}` makes each start wait for a person's approval.
+     */
     agents: z
-      .array(ConnectionName)
+      .array(AgentCallEntry)
       .max(64)
-      .refine((a) => new Set(a).size === a.length, "each agent once")
+      .refine((a) => new Set(a.map(agentCallName)).size === a.length, "each agent once")
       .optional(),
   })
   .strict()

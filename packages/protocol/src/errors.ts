@@ -204,6 +204,31 @@ export const ERROR_CODES = {
     message:
       "The model provider's own rate limit is reached; its answer and retry-after are passed on as it sent them.",
   },
+  approval_pending: {
+    status: 503,
+    message:
+      "The call waits for a person's approval; send the identical request again to keep waiting (the SDK does), or see GET /v1/approvals.",
+  },
+  approval_denied: { status: 403, message: "A person denied this call; nothing was sent. The note says why." },
+  approval_expired: {
+    status: 403,
+    message: "The approval expired before anyone decided it; nothing was sent. Send the call again to ask again.",
+  },
+  approval_decided: { status: 409, message: "The approval is decided already; a decision cannot change." },
+  approval_used: {
+    status: 409,
+    message:
+      "The approved call was sent once already and its answer was not kept; a new request needs its own approval.",
+  },
+  approval_limit: {
+    status: 429,
+    message: "This run has as many approvals waiting under this rule as it may (max_pending); wait for a decision.",
+  },
+  approval_link_invalid: {
+    status: 403,
+    message: "This approval link is not valid: altered, or not for this approval. Decide through the API or the CLI.",
+  },
+  not_an_approver: { status: 403, message: "This API key is not one of the approval's approvers." },
   lease_lost: {
     status: 409,
     message: "This node no longer holds the run's attempt (another node recovered it); the write was refused.",

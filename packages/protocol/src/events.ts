@@ -9,6 +9,7 @@
  */
 import { z } from "zod";
 import { Run, RunReason, RunStatus, Snapshot } from "./api.ts";
+import { ApprovalRequest, ApprovalStatus, ApprovalVia } from "./approvals.ts";
 import { ErrorCode } from "./errors.ts";
 import { Marker } from "./runner.ts";
 import { RetryReason } from "./triggers.ts";
@@ -36,6 +37,7 @@ export const BridgeCallData = z
     redacted: Int.optional(),
     replayed: z.boolean().optional(),
     step: z.string().optional(),
+    approval: z.string().optional().describe("The approval the call waited for."),
   })
   .describe("A call through the bridge to a connection; refusals included (`code`).");
 
@@ -63,6 +65,7 @@ export const LlmCallData = z
     aborted: z.boolean().optional(),
     replayed: z.boolean().optional(),
     from_attempt: Int.optional(),
+    approval: z.string().optional().describe("The approval the call waited for."),
   })
   .describe("A call to the LLM gateway: what it cost and how it went; refusals included (`code`).");
 
@@ -82,6 +85,12 @@ const EVENTS = {
   "run.running": z
     .object({ status: z.literal("running"), attempt: Int, boot_ms: z.number(), warm: z.boolean() })
     .describe("The sandbox is up (`warm`: it was booted ahead) and the command starts."),
+  "run.waiting": z
+    .object({ status: z.literal("waiting"), reason: z.literal("approval"), approval_id: z.string() })
+    .describe("A call of the run waits for a person's approval; the run waits with it."),
+  "run.resumed": z
+    .object({ status: z.literal("running"), waited_ms: z.number() })
+    .describe("Nothing of the run waits for an approval any more; it runs on."),
   "run.cancel_requested": z.object({}).describe("A cancel arrived; the run ends canceled once its sandbox is gone."),
   "run.requeued": z
     .object({ status: z.literal("queued"), why: z.literal("host_shutdown") })
@@ -168,11 +177,31 @@ const EVENTS = {
       code: ErrorCode.optional(),
       replayed: z.boolean().optional(),
       step: z.string().optional(),
+      approval: z.string().optional().describe("The approval the start waited for."),
     })
-    .describe("A bridge request to start or read a child run that was refused or replayed."),
+    .describe("A bridge request to start or read a child run that was refused, replayed or approved."),
   "agent.called": z
     .object({ agent: z.string(), run_id: z.string(), depth: Int })
     .describe("This run started a child run."),
+  "approval.requested": z
+    .object({
+      approval_id: z.string(),
+      request: ApprovalRequest,
+      approvers: z.array(z.string()),
+      expires_at: z.string(),
+    })
+    .describe("A call waits for a person's approval: what the host would send, who may decide, until when."),
+  "approval.decided": z
+    .object({
+      approval_id: z.string(),
+      status: ApprovalStatus.exclude(["pending"]),
+      via: ApprovalVia,
+      /** The API key that decided (via api). */
+      key_id: z.string().nullable(),
+      note: z.string().optional(),
+      waited_ms: z.number(),
+    })
+    .describe("An approval was decided: approved or denied by a person, expired, or canceled with its run."),
   "journal.diverged": z
     .object({ step: z.string(), kind: z.enum(["llm", "bridge", "agent"]), connection: z.string().optional() })
     .describe("A retried attempt made another request at a journaled step than the earlier attempt; it went live."),

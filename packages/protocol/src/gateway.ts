@@ -4,6 +4,7 @@
  * numbers; the host keeps them as whole micro-credits so that sums never drift.
  */
 import { z } from "zod";
+import { ApprovalRule } from "./approvals.ts";
 
 /** Which wire format a provider speaks. `openai_compatible` covers vLLM, llama.cpp server, Ollama. */
 export const ProviderKind = z.enum(["openai", "anthropic", "openai_compatible"]);
@@ -114,6 +115,13 @@ export const AgentBudget = z
     total: Credits.optional(),
     requests_per_minute: z.number().int().min(1).max(1_000_000).optional(),
     tokens_per_minute: z.number().int().min(1).max(1_000_000_000).optional(),
+    /**
+     * A model call whose worst case would take the run's spending (spent and held) past this many
+     * credits waits for a person's approval first.
+     */
+    approve_above: Credits.optional(),
+    /** Who approves those calls and how long they wait (default: the tenant's keys, an hour). */
+    approval: ApprovalRule.optional(),
   })
   .strict()
   .meta({ id: "AgentBudget" });

@@ -1,6 +1,7 @@
 export * from "./activity.ts";
 export * from "./agent-definition.ts";
 export * from "./api.ts";
+export * from "./approvals.ts";
 export * from "./bridge.ts";
 export * from "./errors.ts";
 export * from "./events.ts";

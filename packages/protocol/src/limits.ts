@@ -10,6 +10,11 @@ export const Limits = z
     disk_mb: z.number().int().min(8).max(1_048_576).default(512),
     log_kb: z.number().int().min(1).max(1_048_576).default(1024),
     artifacts_mb: z.number().int().min(0).max(1_048_576).default(256),
+    /**
+     * How long, in all, the run's calls may wait for people's approvals without that time counting
+     * against timeout_s; waiting past it counts again.
+     */
+    max_wait_s: z.number().int().min(0).max(2_592_000).default(86_400),
   })
   .strict()
   .meta({ id: "Limits" });

@@ -9,7 +9,8 @@ import { WEBHOOK_HEADERS } from "./triggers.ts";
  * What a subscription may name. `run.finished` stands for every terminal event (`run.succeeded`,
  * `run.failed`, `run.timed_out`, `run.canceled`); a delivery's `type` is always the event's own.
  * `credits.low`: the tenant's balance fell below the subscription's `credits_below` after a
- * model call was billed. `approval.requested` is announced once runs can wait for an approval.
+ * model call was billed. `approval.requested`: a call of a run waits for a person's approval; its
+ * delivery also carries the approval's one-time link (`approval_url`) and the run's page (`run_url`).
  */
 export const NotificationEventType = z.enum([
   "run.succeeded",

@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import type { BuiltinAgentEvent } from "@paddock/protocol";
 import { MARKER_PREFIX } from "@paddock/protocol/marker";
-import { bridge, callAgent } from "./sdk.ts";
+import { bridge, callAgent, fetchWaiting } from "./sdk.ts";
 
 /** What the host writes to /inputs/agent.json for a built-in agent. */
 export interface BuiltinAgentConfig {
@@ -151,9 +151,10 @@ function parseArgs(raw: unknown): Record<string, unknown> {
 }
 
 async function gateway(path: string, body: unknown): Promise<Record<string, unknown>> {
-  const res = await fetch(`${process.env.PADDOCK_BRIDGE_URL}${path}`, {
+  // A call past the budget's approve_above waits for its approval like any other.
+  const res = await fetchWaiting(`${process.env.PADDOCK_BRIDGE_URL}${path}`, {
     method: "POST",
-    headers: { authorization: `Bearer ${bridge.token()}`, "content-type": "application/json" },
+    headers: { "content-type": "application/json" },
     body: JSON.stringify(body),
   });
   const json = (await res.json().catch(() => ({}))) as Record<string, unknown>;

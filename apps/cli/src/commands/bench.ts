@@ -4,6 +4,7 @@ import { parseLocalCommand, parseNumber, UsageError } from "../args.ts";
 import { type Command, dataDirOf } from "../context.ts";
 
 const SCENARIOS = [
+  "approvals",
   "boot",
   "bridge",
   "cluster",
@@ -22,6 +23,10 @@ export const bench: Command = {
   usage: `Usage: paddock bench SCENARIO [--json] [--runs N] [--data-dir DIR]
 
 Scenarios:
+  approvals  how soon an approved call leaves: from POST /v1/approvals/{id} (approve) to the held
+          call's arrival at an upstream on loopback (N calls of a sandbox, one at a time), beside
+          the target (p50 at most 10 ms); and calls that match no approval rule (N×100 pairs,
+          interleaved in one sandbox) through a connection with approval rules and one without
   boot    trigger-to-first-event and trigger-to-finish of a trivial agent over HTTP (N sequential
           runs, then 20 at once), beside floors measured in the same run: bwrap running true, and
           node -e 0 through the full sandbox recipe
@@ -29,7 +34,7 @@ Scenarios:
           bridged, interleaved, to the same local upstream over the same link), run-token checks
           per second with and without the verified-token cache, calls per second with
           --sandboxes sandboxes calling at once, bridged and direct, and what tracing adds to a
-          bridged call (the bridge with tracing off and on, side by side, N×100 rounds)
+          bridged call (the bridge with tracing and metrics off and on, side by side, N×100 rounds)
   cluster three paddock serve nodes on one PostgreSQL (a private server the bench starts) and one
           blob folder: failover_ms from SIGKILL of a node to its run's retry on another (N/10
           trials, at least 3), cross_node_event_ms from an event written on one node to its arrival
@@ -43,7 +48,7 @@ Scenarios:
   gateway what the LLM gateway adds to a model call from inside a sandbox (N×10 pairs of whole
           chat completions, direct to a local stand-in provider and through the gateway with
           metering, interleaved over the same link), to the first chunk of a stream, and what
-          tracing adds to a call (the gateway with tracing off and on, side by side, N×10 rounds)
+          tracing and metrics add to a call (the gateway with them off and on, side by side, N×10 rounds)
   notifications  how soon a notification leaves after its event: from a run's terminal event to
           its signed delivery's arrival at an endpoint on loopback (N runs one at a time, then N
           at once), beside the target (p50 under 1 s)
@@ -96,6 +101,17 @@ Options:
       const { snapshotBench } = await import("../../../../bench/snapshot.ts");
       const sizesMb = values.sizes?.split(",").map((mb) => parseNumber(mb, "sizes") ?? 0);
       const result = await snapshotBench({ imagesDir: join(dataDirOf(values, ctx), "images"), runs, sizesMb });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "approvals") {
+      const { approvalsBench } = await import("../../../../bench/approvals.ts");
+      const result = await approvalsBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        calls: Math.max(runs, 1),
+        pairs: Math.max(runs, 1) * 100,
+        progress: (line) => ctx.err(`bench approvals: ${line}`),
+      });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;
     }

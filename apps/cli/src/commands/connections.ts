@@ -2,7 +2,7 @@
 import { readFile } from "node:fs/promises";
 import { Connection, type ConnectionAuth, ConnectionName, Page, type PolicyRule } from "@paddock/protocol";
 import type { z } from "zod";
-import { CliError, CONNECTION_HELP, parseCommand, UsageError } from "../args.ts";
+import { CliError, CONNECTION_HELP, parseCommand, parseNumber, UsageError } from "../args.ts";
 import { type Client, ConnectionError } from "../client.ts";
 import { type Command, type CommandGroup, connect } from "../context.ts";
 import { formatRows, formatTable } from "../format.ts";
@@ -12,6 +12,9 @@ const SET_OPTIONS = {
   secret: { type: "string" },
   auth: { type: "string" },
   allow: { type: "string", multiple: true },
+  approve: { type: "string", multiple: true },
+  approvers: { type: "string" },
+  "approval-timeout": { type: "string" },
   rate: { type: "string" },
   internal: { type: "boolean" },
   file: { type: "string" },
@@ -64,6 +67,9 @@ type SetValues = {
   secret?: string | undefined;
   auth?: string | undefined;
   allow?: string[] | undefined;
+  approve?: string[] | undefined;
+  approvers?: string | undefined;
+  "approval-timeout"?: string | undefined;
   rate?: string | undefined;
   internal?: boolean | undefined;
   file?: string | undefined;
@@ -80,12 +86,27 @@ export async function connectionBody(values: SetValues): Promise<Record<string, 
   if (values.auth !== undefined) body.auth = parseAuth(values.auth);
   else if (body.auth === undefined) body.auth = { type: body.secret === undefined ? "none" : "bearer" };
   const policy = asRecord(body.policy, "policy");
-  if (values.allow && values.allow.length > 0) policy.allow = values.allow.map(parseAllow);
+  // Rules that hold each call for a person's approval come first: where both match, approval wins.
+  const approval = {
+    ...(values.approvers !== undefined ? { approvers: values.approvers.split(",").map((a) => a.trim()) } : {}),
+    ...(values["approval-timeout"] !== undefined
+      ? { timeout_s: parseNumber(values["approval-timeout"], "approval-timeout") }
+      : {}),
+  };
+  const held = (values.approve ?? []).map((text) => ({ ...parseAllow(text), approval }));
+  if (held.length === 0 && Object.keys(approval).length > 0) {
+    throw new UsageError("--approvers and --approval-timeout apply to --approve rules; give one");
+  }
+  if (held.length > 0 || (values.allow && values.allow.length > 0)) {
+    policy.allow = [...held, ...(values.allow ?? []).map(parseAllow)];
+  }
   if (values.rate !== undefined) policy.rate_limit = parseRate(values.rate);
   if (Object.keys(policy).length > 0) body.policy = policy;
   if (values.internal) body.internal = true;
   if (body.base_url === undefined) throw new UsageError("give the upstream's base URL with --upstream (or --file)");
-  if (body.policy === undefined) throw new UsageError("give at least one rule with --allow 'METHODS PATH' (or --file)");
+  if (body.policy === undefined) {
+    throw new UsageError("give at least one rule with --allow or --approve 'METHODS PATH' (or --file)");
+  }
   return body;
 }
 
@@ -167,6 +188,12 @@ Options:
                     basic:USER, query:PARAM, or none (default without --secret)
   --allow RULE      'GET,POST /repos/**': methods and a path pattern (repeatable; replaces the
                     file's rules). '*' is one path segment, a final '**' any number of them.
+  --approve RULE    as --allow, but each such call waits for a person's approval (paddock
+                    approvals); these rules come before the --allow ones
+  --approvers LIST  who may approve (comma-separated): tenant (any key of yours, the default),
+                    admin, or API key names
+  --approval-timeout SECONDS
+                    how long a call waits for a decision before it expires (default 3600)
   --rate N/S        at most N calls per S seconds
   --internal        the upstream is on a private network (private and loopback addresses)
   --file FILE       a ConnectionPut JSON body; the options above override what it says
@@ -262,7 +289,15 @@ ${CONNECTION_HELP}`,
     );
     ctx.out(`updated    ${c.updated_at}`);
     ctx.out("rules");
-    ctx.out(formatRows(c.policy.allow.map((r) => [`  ${r.methods.join(",")}`, r.path])));
+    ctx.out(
+      formatRows(
+        c.policy.allow.map((r) => [
+          `  ${r.methods.join(",")}`,
+          r.path,
+          r.approval ? `approval by ${r.approval.approvers.join(", ")}, ${r.approval.timeout_s} s` : "",
+        ]),
+      ),
+    );
     return 0;
   },
 };

@@ -13,6 +13,7 @@ export const serve: Command = {
   summary: "run the host (API, engine, sandboxes)",
   usage: `Usage: paddock serve [--data-dir DIR] [--port PORT] [--listen ADDR] [--images-dir DIR]
                      [--node-id NAME] [--sandbox-cidr CIDR] [--max-runs N] [--internal-url URL]
+                     [--public-url URL]
                      [--max-runs-per-tenant N] [--lease-ms MS]
                      [--database postgres://USER@HOST/DB]
                      [--egress-trust CIDR]... [--master-key-file FILE]
@@ -42,6 +43,9 @@ Options:
                     no limit beyond the nodes' own; give every node the same value)
   --internal-url URL
                     the API URL other nodes reach this one at (default its own URL)
+  --public-url URL  the URL people reach this host at, for the links notifications carry (an
+                    approval's one-time link, a run's page); default --internal-url, else its
+                    own URL
   --lease-ms MS     how long this node's claim on a run holds without renewal (default
                     30000, at least 1000); it renews every third of it, and another node
                     retries the runs of a node silent for longer
@@ -98,6 +102,7 @@ loaded. OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADE
         "sandbox-cidr": { type: "string" },
         "max-runs": { type: "string" },
         "internal-url": { type: "string" },
+        "public-url": { type: "string" },
         "lease-ms": { type: "string" },
         "max-runs-per-tenant": { type: "string" },
         database: { type: "string" },
@@ -144,6 +149,7 @@ loaded. OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADE
       ...(values["sandbox-cidr"] ? { sandboxCidr: values["sandbox-cidr"] } : {}),
       ...(maxRuns !== undefined ? { maxConcurrentRuns: maxRuns } : {}),
       ...(values["internal-url"] ? { internalUrl: values["internal-url"] } : {}),
+      ...(values["public-url"] ? { publicUrl: values["public-url"] } : {}),
       ...(leaseMs !== undefined ? { leaseMs } : {}),
       ...(perTenant !== undefined ? { maxRunsPerTenant: perTenant } : {}),
       ...(startingCredits !== undefined ? { startingCredits } : {}),

@@ -28,6 +28,7 @@ const sample = (at: number, spent: number, admin: TopSample["admin"] = null): To
   at,
   runs: {
     running: [run("run_a", "running", "2029-12-31T23:59:30Z")],
+    waiting: [run("run_w", "waiting", "2029-12-31T23:58:00Z")],
     starting: [],
     queued: Array.from({ length: 200 }, (_, i) => run(`run_q${i}`, "queued", null)),
   },
@@ -39,10 +40,11 @@ describe("paddock top's frame", () => {
   test("counts runs, caps what it could not count, and lists the runs going", () => {
     const frame = renderTop("http://h", [sample(T0, 1)]);
     assert.match(frame, /^paddock top {2}http:\/\/h {2}2030-01-01 00:00:00$/m);
-    assert.match(frame, /1 running {2}0 starting {2}200\+ queued/);
+    assert.match(frame, /1 running {2}1 waiting {2}0 starting {2}200\+ queued/);
     // One sample: no rate yet.
     assert.match(frame, /spend {3}- credits\/min {2}\(spent 1, available 99\)/);
     assert.match(frame, /run_a\s+agt_1\s+running\s+30s/);
+    assert.match(frame, /run_w\s+agt_1\s+waiting\s+2m/);
     assert.doesNotMatch(frame, /NODE/);
   });
 

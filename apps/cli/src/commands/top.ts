@@ -21,7 +21,7 @@ const RATE_WINDOW_MS = 60_000;
 export interface TopSample {
   at: number;
   /** The caller's tenant's runs, by status (each list capped at LIST_CAP). */
-  runs: { running: Run[]; starting: Run[]; queued: Run[] };
+  runs: { running: Run[]; waiting: Run[]; starting: Run[]; queued: Run[] };
   /** The tenant's credits: spent so far and available. */
   credits: { spent: number; available: number };
   /** With the admin key: the answering node's metrics, and every node. */
@@ -30,8 +30,9 @@ export interface TopSample {
 
 async function sampleHost(client: Client): Promise<TopSample> {
   const list = (status: string) => client.listRuns({ status }, LIST_CAP);
-  const [running, starting, queued, credits, metrics] = await Promise.all([
+  const [running, waiting, starting, queued, credits, metrics] = await Promise.all([
     list("running"),
+    list("waiting"),
     list("starting"),
     list("queued"),
     client.credits(),
@@ -54,7 +55,7 @@ async function sampleHost(client: Client): Promise<TopSample> {
   }
   return {
     at: Date.now(),
-    runs: { running, starting, queued },
+    runs: { running, waiting, starting, queued },
     credits: { spent: credits.tenant.spent, available: credits.tenant.available },
     admin,
   };
@@ -87,7 +88,7 @@ export function renderTop(url: string, samples: readonly TopSample[]): string {
   const lines = [
     `paddock top  ${url}  ${new Date(now.at).toISOString().replace("T", " ").slice(0, 19)}`,
     "",
-    `runs    ${count(runs.running)} running  ${count(runs.starting)} starting  ${count(runs.queued)} queued  (this tenant)`,
+    `runs    ${count(runs.running)} running  ${count(runs.waiting)} waiting  ${count(runs.starting)} starting  ${count(runs.queued)} queued  (this tenant)`,
     `spend   ${credits(perMinute(samples, (s) => s.credits.spent))} credits/min  (spent ${credits(now.credits.spent)}, available ${credits(now.credits.available)})`,
   ];
   const admin = now.admin;
@@ -106,7 +107,7 @@ export function renderTop(url: string, samples: readonly TopSample[]): string {
       ),
     );
   }
-  const going = [...runs.running, ...runs.starting];
+  const going = [...runs.running, ...runs.waiting, ...runs.starting];
   if (going.length > 0) {
     lines.push(
       "",
@@ -129,7 +130,7 @@ export const top: Command = {
   usage: `Usage: paddock top [--once] [--interval SECONDS]
 
 A live view of the host, redrawn every second until Ctrl-C: your tenant's runs running,
-starting and queued, and what it spends per minute. With the admin key, also the answering
+waiting for approvals, starting and queued, and what it spends per minute. With the admin key, also the answering
 node's view (runs queued in the whole store, its warm sandboxes, what it charged per minute;
 from GET /metrics) and every node with its runs.
 

@@ -28,6 +28,7 @@ import { type Kysely, sql } from "kysely";
 import { requireConnections } from "../bridge/connections.ts";
 import { isDigest } from "../fs/layout.ts";
 import type { GatewayBudget } from "../gateway/gateway.ts";
+import { requireApprovers } from "../identity/identity.ts";
 import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
 import { DEFAULT_PATH, resolveCommand } from "../images/resolve-command.ts";
@@ -486,6 +487,8 @@ export class Agents {
       ...(budget?.total !== undefined ? { agentTotal: toMicro(budget.total) } : {}),
       ...(budget?.requests_per_minute ? { requestsPerMinute: budget.requests_per_minute } : {}),
       ...(budget?.tokens_per_minute ? { tokensPerMinute: budget.tokens_per_minute } : {}),
+      ...(budget?.approve_above !== undefined ? { approveAbove: toMicro(budget.approve_above) } : {}),
+      ...(budget?.approval ? { approval: budget.approval } : {}),
     };
     if (row) {
       // Bounded: the oldest entry goes first (a Map keeps insertion order).
@@ -535,6 +538,15 @@ export class Agents {
       ...(body.policy?.agents?.length ? { agents: body.policy.agents } : {}),
     };
     await requireConnections(this.#db, tenantId, policy.connections);
+    // Approvals its agent calls and its spending ask for must name approvers that exist.
+    await requireApprovers(this.#db, tenantId, [
+      ...(body.policy?.agents ?? []).flatMap((entry, i) =>
+        typeof entry === "string"
+          ? []
+          : [{ path: ["policy", "agents", i, "approval"], approvers: entry.approval.approvers }],
+      ),
+      ...(body.budget?.approval ? [{ path: ["budget", "approval"], approvers: body.budget.approval.approvers }] : []),
+    ]);
     const limits = Limits.parse(body.limits ?? {});
     const over = (Object.keys(limits) as (keyof Limits)[])
       .filter((k) => limits[k] > this.#maxLimits[k])

@@ -40,6 +40,7 @@ import type { RunStats } from "../activity/stats.ts";
 import { type Agents, frozenSpec, toAgent } from "../agents/agents.ts";
 import type { SnapshotArchives } from "../agents/snapshot-archive.ts";
 import type { Artifacts } from "../artifacts/artifacts.ts";
+import type { Approvals } from "../bridge/approvals.ts";
 import type { Connections } from "../bridge/connections.ts";
 import type { Engine } from "../engine/engine.ts";
 import { idempotencyKey, type RunFilter, type RunRepository, toRun } from "../engine/runs.ts";
@@ -61,6 +62,7 @@ import { formatTraceparent, parseTraceparent } from "../tracing/trace-context.ts
 import type { Scheduler } from "../triggers/scheduler.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
 import { registerActivityRoutes } from "./activity.ts";
+import { registerApprovalRoutes } from "./approvals.ts";
 import { registerConnectionRoutes } from "./connections.ts";
 import { registerGatewayRoutes } from "./gateway.ts";
 import {
@@ -107,6 +109,7 @@ export interface ApiDeps {
   scheduler: Scheduler;
   webhooks: Webhooks;
   notifications: Notifications;
+  approvals: Approvals;
   nodes: Nodes;
   calls: CallLog;
   stats: RunStats;
@@ -446,6 +449,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
   registerOAuthAppRoutes(route, deps.oauthApps);
   registerAccountRoutes(route, deps.accounts);
   registerOAuthPages(app, deps.accounts);
+  registerApprovalRoutes(app, route, deps.approvals);
   registerMetricsRoutes(route, deps.metrics);
   registerActivityRoutes(route, { calls: deps.calls, stats: deps.stats });
 

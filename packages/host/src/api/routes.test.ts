@@ -7,6 +7,9 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { ApprovalRule } from "@paddock/protocol";
+import { ApprovalStore } from "../store/approvals.ts";
+import { EventLog } from "../store/event-log.ts";
 import { newId } from "../store/ids.ts";
 import { type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
 import { forEachStore } from "../testing/stores.ts";
@@ -64,6 +67,7 @@ forEachStore((store) =>
       notification: "",
       delivery: "",
       account: "",
+      approval: "",
     };
     const names = { connection: "conn-a", secret: "sec-a", provider: "prov-a", oauthApp: "app-a" };
     const requests: string[] = [];
@@ -122,6 +126,7 @@ forEachStore((store) =>
           "hooks:id": a.webhook,
           "notifications:id": a.notification,
           "notifications:delivery_id": a.delivery,
+          "approvals:id": a.approval,
           "connections:name": names.connection,
           "secrets:name": names.secret,
           "oauth-apps:name": names.oauthApp,
@@ -170,6 +175,7 @@ forEachStore((store) =>
         "post /v1/credits/grants": { tenant: a.tenant, credits: 1 },
         "post /v1/notifications": notification,
         "post /v1/notifications/{id}/rotate": {},
+        "post /v1/approvals/{id}": { decision: "approve" },
       };
       const key = `${op.method} ${op.path}`;
       if (!(key in bodies)) throw new Error(`no sample body for ${key}: add one to this test`);
@@ -231,6 +237,31 @@ forEachStore((store) =>
         [{ id: a.artifact, path: "out.txt", size: 2, sha256: "0".repeat(64), content_type: "text/plain" }],
         [],
       );
+      // A call of tenant A's run held for approval (the run ended already: nothing waits on it).
+      const held = await new ApprovalStore(h.db, new EventLog(h.db, { dialect: store.name })).ask(
+        { runId: a.run, attempt: 1, tenantId: a.tenant, agentId: a.agent },
+        {
+          kind: "bridge",
+          target: names.connection,
+          ruleKey: "bridge:conn-a:0",
+          step: null,
+          hash: "0".repeat(64),
+          request: {
+            kind: "bridge",
+            target: names.connection,
+            method: "POST",
+            path: "/x",
+            query: "",
+            url: "https://api.example.com/x",
+            headers: {},
+            body: { size: 0, sha256: "", preview: "", truncated: false, binary: false },
+          },
+          held: {},
+          body: Buffer.alloc(0),
+          rule: ApprovalRule.parse({}),
+        },
+      );
+      a.approval = held.id;
       a.schedule = (await created(send("post", "/v1/schedules", { agent: a.agent, cron: "0 9 * * *" }, keys.a))).id;
       a.webhook = (await created(call("post", `/v1/agents/${a.agent}/webhooks`, { key: keys.a }))).id;
       await created(send("put", `/v1/secrets/${names.secret}`, { value: "s3cret" }, keys.a));

@@ -1,8 +1,9 @@
 /**
  * The host bridge: the one HTTP listener sandboxes can reach, on the host's side of their links.
  * `/bridge/<connection>/<path>` forwards a call to the connection's upstream with the real
- * credential attached (a secret, or the run's end user's OAuth access token). The other routes on it (the LLM gateway, agent calls) are handed in as
- * ChannelRoutes and check a caller's source and token through the same steps 1 to 3 below.
+ * credential attached (a secret, or the run's end user's OAuth access token). The other routes on
+ * it (the LLM gateway, agent calls) are handed in as ChannelRoutes and check a caller's source
+ * and token through the same steps 1 to 3 below.
  *
  * Threat model: the caller is a sandbox running hostile code that holds one run token and wants
  * a credential, another run's access, an upstream its policy does not allow, or the host's own
@@ -15,6 +16,8 @@
  *   4. the method is not TRACE/TRACK/CONNECT, the path has no traversal or ambiguous encoding,
  *      and the connection's policy allows the method on the path;
  *   5. the connection's rate limit has room.
+ * A rule with `approval` holds the call first (see approvals.ts): what is sent, once a person
+ * approved, is the request held then, byte for byte.
  * Then every inbound credential, cookie and forwarding header is dropped, the secret attached,
  * and the call forwarded: to an address checked after resolution and pinned for the connection
  * (no DNS rebinding), without following redirects, under a timeout and size caps. The answer
@@ -27,14 +30,33 @@
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
-import { type ConnectionAuth, ERROR_CODES, type RunEventData } from "@paddock/protocol";
+import {
+  APPROVAL_HEADER,
+  type ApprovalRule,
+  type ConnectionAuth,
+  ERROR_CODES,
+  type PolicyRule,
+  type RunEventData,
+} from "@paddock/protocol";
+import { z } from "zod";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { AccessGrant } from "../oauth/accounts.ts";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../store/journal.ts";
+import { parseStored } from "../store/stored.ts";
 import { epochMs, epochOf, type Tracing } from "../tracing/tracing.ts";
+import { type Approvals, MAX_HELD_BYTES } from "./approvals.ts";
 import { recordBridgeSpan } from "./call-span.ts";
-import { type ChannelRoute, Refusal, readCapped, sendJson, sendRefusal, sendReplay, takeStep } from "./channel.ts";
-import type { BridgeConnection } from "./connections.ts";
+import {
+  approvalAsked,
+  type ChannelRoute,
+  Refusal,
+  readCapped,
+  sendJson,
+  sendRefusal,
+  sendReplay,
+  takeStep,
+} from "./channel.ts";
+import { type BridgeConnection, upstreamUrl } from "./connections.ts";
 import { type LiveSandbox, LiveSandboxes } from "./live.ts";
 import { AddressPinner, PinRefusal, pinnedLookup } from "./pin.ts";
 import { allowedMethod, checkBridgePath, matchRule } from "./policy.ts";
@@ -65,6 +87,8 @@ export interface BridgeDeps {
   metrics?: Pick<Metrics, "bridgeCall">;
   /** Where a span of each call of a traced attempt goes; null or absent: no spans. */
   tracing?: Tracing | null;
+  /** Holds calls that a rule says a person must approve (without it, such calls are refused). */
+  approvals?: Approvals;
 }
 
 /** Request headers never forwarded: credentials, cookies, hop-by-hop and forwarding headers. */
@@ -77,6 +101,7 @@ const DROP_REQUEST = new Set([
   "api-key",
   "x-auth-token",
   "paddock-step",
+  "paddock-approval",
   "x-api-token",
   "x-access-token",
   "x-goog-api-key",
@@ -127,14 +152,33 @@ interface BridgeCall {
   res: ServerResponse;
   sandbox: LiveSandbox;
   connection: BridgeConnection;
-  /** The checked path and query, as received. */
-  path: string;
-  query: string;
+  /** What goes upstream: the caller's request, or the one held for approval. */
+  out: Outbound;
   /** The `bridge.call` event's data, filled in as the call goes. */
   record: CallRecord;
-  /** The request's body when it was read whole (a journaled call); null when it streams. */
-  body: Buffer | null;
+  /** Keep the answer (for the journal or an approval's repeats). */
+  keep: boolean;
+  /** Told when the request leaves for the upstream (from then on it may have reached it). */
+  onSent?: () => void;
 }
+
+/** A request as the bridge sends it upstream, before the credential is attached. */
+const Outbound = z.object({
+  method: z.string(),
+  /** The checked path and query, as received. */
+  path: z.string(),
+  query: z.string(),
+  /** The headers passed on (see passedHeaders). */
+  headers: z.record(z.string(), z.union([z.string(), z.array(z.string())])),
+});
+type Outbound = z.infer<typeof Outbound> & {
+  /** The body, when it was read whole (a journaled or held call); null when it streams from the caller. */
+  body: Buffer | null;
+};
+
+/** What a call held for approval keeps besides its body: the request and the connection it was judged with. */
+const HeldBridgeCall = Outbound.extend({ base_url: z.string(), secret: z.string().nullable() });
+type HeldBridgeCall = z.infer<typeof HeldBridgeCall>;
 
 /** What a bridge call records on its run. */
 type CallRecord = RunEventData<"bridge.call">;
@@ -245,6 +289,10 @@ export class Bridge {
       record.rule = rule.path;
       const declared = Number(req.headers["content-length"] ?? 0);
       if (declared > connection.maxRequestBytes) throw new Refusal("body_too_large");
+      if (rule.approval) {
+        await this.#held({ req, res, sandbox, connection, path, query, record }, rule);
+        return;
+      }
       // A retried attempt repeating a call an earlier attempt completed is answered from the
       // journal. Small bodies are read whole (their hash keys the entry); others stream, unjournaled.
       const journal =
@@ -282,7 +330,14 @@ export class Bridge {
           });
         }
       }
-      const answer = await this.#forward({ req, res, sandbox, connection, path, query, record, body });
+      const out: Outbound = {
+        method,
+        path,
+        query,
+        headers: passedHeaders(req, connection.auth, new URL(connection.baseUrl).host),
+        body,
+      };
+      const answer = await this.#forward({ req, res, sandbox, connection, out, record, keep: journal !== undefined });
       if (journal && step && answer) await journal.record(sandbox, step, hash, answer);
     } catch (err) {
       const denial = Refusal.from(err);
@@ -291,10 +346,12 @@ export class Bridge {
       else res.destroy();
       record.status = ERROR_CODES[denial.code].status;
       record.code = denial.code;
+      record.approval ??= denial.headers[APPROVAL_HEADER];
       req.resume();
     } finally {
       record.ms = Math.round((performance.now() - started) * 1000) / 1000;
-      if (sandbox && record.status !== 0) {
+      // A call told to ask again for its approval is no call: its approval's events tell the story.
+      if (sandbox && record.status !== 0 && record.code !== "approval_pending") {
         sandbox.record({ type: "bridge.call", data: record });
         const tracing = this.#deps.tracing;
         if (tracing && sandbox.trace) {
@@ -338,14 +395,121 @@ export class Bridge {
   }
 
   /**
+   * A call whose rule asks for approval: its body is read whole and held with the exact request
+   * the host would send; once a person approves, that held request (not whatever asks again) is
+   * sent, once, and its answer kept for identical repeats.
+   */
+  async #held(
+    call: Omit<BridgeCall, "out" | "keep"> & { path: string; query: string },
+    rule: PolicyRule & { approval?: ApprovalRule },
+  ): Promise<void> {
+    const { req, res, sandbox, connection, path, query, record } = call;
+    const approvals = this.#deps.approvals;
+    if (!approvals || !rule.approval) throw new Refusal("policy_denied", "This host cannot hold calls for approval.");
+    const body = await readCapped(req, Math.min(connection.maxRequestBytes, MAX_HELD_BYTES));
+    record.bytes_in = body.length;
+    const base = new URL(connection.baseUrl);
+    const headers = passedHeaders(req, connection.auth, base.host);
+    delete headers["transfer-encoding"];
+    if (body.length > 0 || req.headers["content-length"] !== undefined) headers["content-length"] = String(body.length);
+    const held: HeldBridgeCall = {
+      method: req.method ?? "GET",
+      path,
+      query,
+      headers,
+      base_url: connection.baseUrl,
+      secret: connection.secret,
+    };
+    const shown = { ...headers };
+    const shownQuery = credentialPlaceholder(shown, connection.auth, connection.secret, query);
+    const upstreamPath = `${base.pathname === "/" ? "" : base.pathname}${path}`;
+    const index = connection.policy.rules.findIndex((r) => r.rule === rule);
+    const outcome = await approvals.hold({
+      sandbox,
+      kind: "bridge",
+      target: connection.name,
+      ruleKey: `bridge:${connection.name}:${index}`,
+      rule: rule.approval,
+      hash: requestHash(["bridge", connection.name, JSON.stringify(held), body]),
+      request: {
+        kind: "bridge",
+        target: connection.name,
+        method: held.method,
+        path: upstreamPath,
+        query: shownQuery,
+        url: upstreamUrl(connection, { path, query: shownQuery }),
+        headers: Object.fromEntries(Object.entries(shown).map(([k, v]) => [k, Array.isArray(v) ? v.join(", ") : v])),
+      },
+      held,
+      body,
+      takeStep: () => takeStep(sandbox, req, `bridge:${connection.name}`),
+      res,
+      asked: approvalAsked(req),
+    });
+    if ("replay" in outcome) {
+      sendReplay(res, { ...outcome.replay, attempt: outcome.approval.attempt });
+      Object.assign(record, {
+        status: outcome.replay.status,
+        bytes_out: outcome.replay.body.length,
+        replayed: true,
+        approval: outcome.approval.id,
+      });
+      return;
+    }
+    const approved = outcome.send;
+    record.approval = approved.id;
+    const send = parseStored(HeldBridgeCall, approved.held, "held bridge call");
+    let sent = false;
+    try {
+      if (send.base_url !== connection.baseUrl || send.secret !== connection.secret) {
+        throw new Refusal(
+          "upstream_error",
+          `The connection '${connection.name}' changed since the call was approved; nothing was sent.`,
+        );
+      }
+      const limit = connection.rateLimit;
+      if (limit) {
+        const taken = this.#deps.rateLimits.take(connection.id, limit);
+        if (!taken.ok) {
+          throw new Refusal("rate_limited", undefined, {
+            "retry-after": String(Math.max(1, Math.ceil(taken.retryAfterS))),
+          });
+        }
+      }
+      const out: Outbound = { ...send, body: Buffer.from(approved.body) };
+      const answer = await this.#forward({
+        req,
+        res,
+        sandbox,
+        connection,
+        out,
+        record,
+        keep: true,
+        onSent: () => {
+          sent = true;
+        },
+      });
+      await approvals.sent(approved.id, answer);
+    } catch (err) {
+      // Refused before it left: an identical request may send it later. Once it may have reached the upstream, never again.
+      if (sent) await approvals.sent(approved.id, null);
+      else await approvals.unsent(approved.id);
+      throw err;
+    }
+  }
+
+  /**
    * Forwards the call. With `oauth` auth and a body read whole, a 401 answer is not passed back:
-   * the token is refreshed and the call sent once more (`stale` is the token refused).
+   * the token is refreshed and the call sent once more (`stale` is the token refused). A call
+   * approved to be sent once is not sent again: its 401 is its answer.
    */
   async #forward(call: BridgeCall, stale?: string): Promise<Omit<JournalEntry, "attempt"> | null> {
-    const { req, res, sandbox, connection, path, query, record, body } = call;
+    const { req, res, sandbox, connection, out, record, keep } = call;
+    const body = out.body;
     const secret = await this.#credential(sandbox, connection, stale);
     const base = new URL(connection.baseUrl);
-    const { headers, needles, query: upstreamQuery } = attach(req, connection.auth, secret, query, base.host);
+    const headers = { ...out.headers };
+    const { needles, query: upstreamQuery } = withCredential(headers, connection.auth, secret, out.query);
     if (body) {
       // The body was read whole (its hash keys the journal): sent with its length.
       delete headers["transfer-encoding"];
@@ -358,14 +522,15 @@ export class Bridge {
       protocol: base.protocol,
       hostname: base.hostname,
       port: base.port || (secure ? 443 : 80),
-      method: req.method,
+      method: out.method,
       // The checked path as received, not re-parsed: the upstream gets the bytes the policy matched.
-      path: `${base.pathname === "/" ? "" : base.pathname}${path}${upstreamQuery ? `?${upstreamQuery}` : ""}`,
+      path: `${base.pathname === "/" ? "" : base.pathname}${out.path}${upstreamQuery ? `?${upstreamQuery}` : ""}`,
       headers,
       agent: secure ? this.#agents.https : this.#agents.http,
       lookup: pinnedLookup(address),
       ...(secure ? { servername: base.hostname } : {}),
     });
+    call.onSent?.();
 
     return new Promise<Omit<JournalEntry, "attempt"> | null>((resolve, reject) => {
       let settled = false;
@@ -380,7 +545,9 @@ export class Bridge {
         fail(err instanceof Refusal ? err : new Refusal("upstream_error", upstreamMessage(err, needles))),
       );
       upstream.once("response", (answer) => {
-        if (answer.statusCode === 401 && connection.auth.type === "oauth" && body && secret && !stale) {
+        // An approved call (told when it is sent) goes once: its 401 is its answer.
+        const again = connection.auth.type === "oauth" && body && secret && !stale && !call.onSent;
+        if (answer.statusCode === 401 && again) {
           clearTimeout(timer);
           settled = true;
           answer.resume();
@@ -388,30 +555,25 @@ export class Bridge {
           return;
         }
         const passes = (name: string) => !DROP_RESPONSE.has(name);
-        relay(answer, res, { needles, passes, maxBytes: connection.maxResponseBytes, keep: body !== null }).then(
-          (relayed) => {
-            clearTimeout(timer);
-            if ("refused" in relayed) {
-              fail(
-                relayed.refused === "too_large"
-                  ? new Refusal("upstream_too_large")
-                  : new Refusal(
-                      "upstream_error",
-                      "The upstream answered in a content encoding the bridge cannot check.",
-                    ),
-              );
-              return;
-            }
-            record.bytes_out = relayed.bytes;
-            if (relayed.redacted > 0) record.redacted = relayed.redacted;
-            if (relayed.end === "too_large") fail(new Refusal("upstream_too_large"));
-            if (settled) return;
-            record.status = relayed.status;
-            if (relayed.end === "broken") record.code = "upstream_error";
-            settled = true;
-            resolve(relayed.kept);
-          },
-        );
+        relay(answer, res, { needles, passes, maxBytes: connection.maxResponseBytes, keep }).then((relayed) => {
+          clearTimeout(timer);
+          if ("refused" in relayed) {
+            fail(
+              relayed.refused === "too_large"
+                ? new Refusal("upstream_too_large")
+                : new Refusal("upstream_error", "The upstream answered in a content encoding the bridge cannot check."),
+            );
+            return;
+          }
+          record.bytes_out = relayed.bytes;
+          if (relayed.redacted > 0) record.redacted = relayed.redacted;
+          if (relayed.end === "too_large") fail(new Refusal("upstream_too_large"));
+          if (settled) return;
+          record.status = relayed.status;
+          if (relayed.end === "broken") record.code = "upstream_error";
+          settled = true;
+          resolve(relayed.kept);
+        });
       });
       if (body) upstream.end(body);
       else {
@@ -489,14 +651,11 @@ function upstreamMessage(err: Error, needles: readonly Buffer[]): string {
   return redactText(`The upstream could not be reached${code ? ` (${code})` : ""}.`, needles);
 }
 
-/** Forwarded request headers, with the credential attached, and the forms of it to redact. */
-function attach(
-  req: IncomingMessage,
-  auth: ConnectionAuth,
-  secret: string | null,
-  query: string,
-  host: string,
-): { headers: Record<string, string | string[]>; needles: Buffer[]; query: string } {
+/**
+ * The caller's request headers as forwarded, before the credential: without credentials, cookies,
+ * hop-by-hop and forwarding headers, with the upstream's host.
+ */
+function passedHeaders(req: IncomingMessage, auth: ConnectionAuth, host: string): Record<string, string | string[]> {
   const headers: Record<string, string | string[]> = {};
   const drop = new Set(DROP_REQUEST);
   if (auth.type === "header") drop.add(auth.name.toLowerCase());
@@ -512,35 +671,74 @@ function attach(
   const length = req.headers["content-length"];
   if (length !== undefined) headers["content-length"] = length;
   else if (req.headers["transfer-encoding"]) headers["transfer-encoding"] = "chunked";
-  const forms: string[] = [];
-  let upstreamQuery = query;
-  if (secret !== null) {
-    forms.push(secret);
-    switch (auth.type) {
-      case "bearer":
-      case "oauth":
-        headers.authorization = `Bearer ${secret}`;
-        break;
-      case "header":
-        headers[auth.name.toLowerCase()] = `${auth.prefix ?? ""}${secret}`;
-        break;
-      case "basic": {
-        const encoded = Buffer.from(`${auth.username}:${secret}`).toString("base64");
-        headers.authorization = `Basic ${encoded}`;
-        forms.push(encoded);
-        break;
-      }
-      case "query": {
-        const params = new URLSearchParams(query);
-        params.delete(auth.param);
-        params.append(auth.param, secret);
-        upstreamQuery = params.toString();
-        forms.push(new URLSearchParams({ v: secret }).toString().slice(2));
-        break;
-      }
-      case "none":
-        break;
+  return headers;
+}
+
+/**
+ * Puts `value` where the connection's auth puts its credential: a header (in `headers`, changed
+ * in place) or the query, whose new form it returns; `basic` makes a Basic header's value from the
+ * user name. The one place that says where a credential goes, for the call sent and for the
+ * approvers' view of it.
+ */
+function placeCredential(
+  headers: Record<string, string | string[]>,
+  auth: ConnectionAuth,
+  value: string,
+  query: string,
+  basic: (username: string) => string,
+): string {
+  switch (auth.type) {
+    case "bearer":
+    case "oauth":
+      headers.authorization = `Bearer ${value}`;
+      return query;
+    case "header":
+      headers[auth.name.toLowerCase()] = `${auth.prefix ?? ""}${value}`;
+      return query;
+    case "basic":
+      headers.authorization = `Basic ${basic(auth.username)}`;
+      return query;
+    case "query": {
+      const params = new URLSearchParams(query);
+      params.delete(auth.param);
+      params.append(auth.param, value);
+      return params.toString();
     }
+    case "none":
+      return query;
   }
-  return { headers, needles: redactionNeedles(forms), query: upstreamQuery };
+}
+
+/**
+ * Shows where the credential goes, by its secret's name (`<secret NAME>`) or for `oauth` auth by
+ * its app's (`<account APP>`: the run's end user's token), in `headers` (changed in place);
+ * returns the query as it would be sent.
+ */
+function credentialPlaceholder(
+  headers: Record<string, string | string[]>,
+  auth: ConnectionAuth,
+  secret: string | null,
+  query: string,
+): string {
+  const shown = auth.type === "oauth" ? `<account ${auth.app}>` : secret === null ? null : `<secret ${secret}>`;
+  if (shown === null) return query;
+  return placeCredential(headers, auth, shown, query, (username) => `base64(${username}:${shown})`);
+}
+
+/** Attaches the credential to `headers` (in place) or the query; returns the query and the forms of it to redact. */
+function withCredential(
+  headers: Record<string, string | string[]>,
+  auth: ConnectionAuth,
+  secret: string | null,
+  query: string,
+): { needles: Buffer[]; query: string } {
+  if (secret === null) return { needles: redactionNeedles([]), query };
+  const forms: string[] = [secret];
+  const upstreamQuery = placeCredential(headers, auth, secret, query, (username) => {
+    const encoded = Buffer.from(`${username}:${secret}`).toString("base64");
+    forms.push(encoded);
+    return encoded;
+  });
+  if (auth.type === "query") forms.push(new URLSearchParams({ v: secret }).toString().slice(2));
+  return { needles: redactionNeedles(forms), query: upstreamQuery };
 }

@@ -5,7 +5,7 @@
  * and answers replayed from the journal.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { AppError, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
+import { APPROVAL_HEADER, AppError, ERROR_CODES, type ErrorCode } from "@paddock/protocol";
 import { type JournalEntry, STEP_HEADER, stepKey } from "../store/journal.ts";
 import { type LiveSandbox, LiveSandboxes } from "./live.ts";
 
@@ -93,6 +93,12 @@ export function sendJson(
  */
 export function takeStep(sandbox: LiveSandbox, req: IncomingMessage, kind: string): string | null {
   return stepKey(req.headers[STEP_HEADER], kind, LiveSandboxes.nextStep(sandbox, kind));
+}
+
+/** The approval a request asking again says it waits on (its paddock-approval header), if any. */
+export function approvalAsked(req: IncomingMessage): string | undefined {
+  const value = req.headers[APPROVAL_HEADER];
+  return typeof value === "string" && /^apr_[0-9a-z]{26}$/.test(value) ? value : undefined;
 }
 
 /** A refusal as the bridge answers it: its status, headers, code and message. */

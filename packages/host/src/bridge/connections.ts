@@ -20,6 +20,7 @@ import {
 } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { isIpLiteralHost } from "../egress/address-policy.ts";
+import { requireApprovers } from "../identity/identity.ts";
 import { newId } from "../store/ids.ts";
 import type { ConnectionsTable, Database } from "../store/schema.ts";
 import { parseAgentDefinition } from "../store/stored.ts";
@@ -108,7 +109,7 @@ export class Connections {
   /**
    * Creates the connection `name` or replaces its whole definition. Throws `unknown_secret` when
    * the tenant has no secret of the name given, `validation_failed` when a connection that is not
-   * internal names a non-public address.
+   * internal names a non-public address or a rule names an approver that is no key of the tenant.
    */
   async put(
     tenantId: string,
@@ -118,6 +119,14 @@ export class Connections {
     const spec = ConnectionPut.parse({ ...body, base_url: normalizeBaseUrl(body.base_url) });
     checkUpstreamLiteral(spec.base_url, spec.internal);
     compilePolicy(spec.policy);
+    // A rule asking for approval must name approvers that exist.
+    await requireApprovers(
+      this.#db,
+      tenantId,
+      spec.policy.allow.flatMap((rule, i) =>
+        rule.approval ? [{ path: ["policy", "allow", i, "approval"], approvers: rule.approval.approvers }] : [],
+      ),
+    );
     const now = this.#now();
     const result = await this.#db.transaction().execute(async (trx) => {
       if (spec.secret !== undefined) await requireSecret(trx, tenantId, spec.secret);

@@ -30,6 +30,8 @@ export interface LiveSandbox {
   outOfCredits?(scope: "tenant" | "agent" | "run"): void;
   /** The attempt's span, which the spans of its calls go under (when the host traces). */
   trace?: SpanParent & { spanId: string };
+  /** Told when the run starts and stops waiting for approvals: that time does not count against its timeout. */
+  waiting?(on: boolean): void;
 }
 
 export class LiveSandboxes {

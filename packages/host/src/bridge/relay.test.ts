@@ -12,7 +12,7 @@ import { type Relayed, type RelayOptions, relay } from "./relay.ts";
 
 const SECRET = "sk-relay-S3cr3t+value";
 
-/** Upstream routes: /gzip answers gzip-compressed, /zstd in an encoding the relay does not decode, /big?n= n bytes undeclared. */
+/** Upstream routes: /slow answers after 300 ms, /gzip answers gzip-compressed, /zstd in an encoding the relay does not decode, /big?n= n bytes undeclared. */
 function upstreamAnswer(req: http.IncomingMessage, res: http.ServerResponse): void {
   const url = new URL(req.url ?? "/", "http://upstream");
   const echo = JSON.stringify({ key: SECRET });
@@ -24,6 +24,8 @@ function upstreamAnswer(req: http.IncomingMessage, res: http.ServerResponse): vo
       "set-cookie": "s=1",
     });
     res.end(zlib.gzipSync(echo));
+  } else if (url.pathname === "/slow") {
+    setTimeout(() => res.writeHead(200, { "content-type": "text/plain" }).end("late"), 300);
   } else if (url.pathname === "/zstd") {
     res.writeHead(200, { "content-encoding": "zstd" });
     res.end("not really zstd");
@@ -131,5 +133,16 @@ describe("relay", () => {
     assert.equal(relayed.end, "too_large");
     assert.equal(relayed.kept, null);
     assert.ok(relayed.bytes > 8 * 1024);
+  });
+
+  test("an answer arriving after the client went away is dropped, never piped into the closed response", async () => {
+    options = base;
+    const gone = new AbortController();
+    const asked = fetch(`${frontUrl}/slow`, { signal: gone.signal });
+    setTimeout(() => gone.abort(), 50);
+    await assert.rejects(asked);
+    const relayed = await outcome;
+    assert.ok(!("refused" in relayed));
+    assert.deepEqual([relayed.status, relayed.end, relayed.bytes], [200, "broken", 0]);
   });
 });

@@ -78,6 +78,13 @@ export function relay(answer: IncomingMessage, res: ServerResponse, opts: RelayO
     return Promise.resolve({ refused: "encoding" });
   }
   const status = answer.statusCode ?? 502;
+  // The caller may have gone away while the upstream answered (its run stopped, its sandbox
+  // killed): the answer is dropped, never piped into a closed stream (which throws).
+  const broken = (): Relayed => {
+    answer.destroy();
+    return { status, end: "broken", bytes: 0, redacted: 0, kept: null };
+  };
+  if (res.destroyed || res.writableEnded) return Promise.resolve(broken());
   const kept: Buffer[] = [];
   const headers = passedHeaders(answer, opts);
   res.writeHead(status, headers);
@@ -94,6 +101,7 @@ export function relay(answer: IncomingMessage, res: ServerResponse, opts: RelayO
     });
   }
   return new Promise((resolve) => {
+    if (res.destroyed) return resolve(broken());
     pipeline(decoded, redactor, res, (err) => {
       // A decoder was fed by the answer, which pipeline does not end: the upstream connection must not be reused.
       if (err) answer.destroy();

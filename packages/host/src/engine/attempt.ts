@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { finished } from "node:stream/promises";
 import {
   type AgentSpec,
+  agentCallName,
   type Limits,
   Marker,
   type RunEventData,
@@ -115,7 +116,7 @@ export interface AttemptInput {
 }
 
 export interface AttemptOutcome {
-  status: Exclude<RunStatus, "queued" | "starting" | "running">;
+  status: Exclude<RunStatus, "queued" | "starting" | "running" | "waiting">;
   reason: RunReason;
   exitCode: number | null;
   /** Set when the host itself interrupted the attempt (shutdown); the run goes back to the queue. */
@@ -145,6 +146,9 @@ export class Attempt {
   #fenced = false;
   /** Ends the sandbox's bridge access (unlists it, stops renewing its token). */
   #closeBridge: (() => void) | null = null;
+  /** Since when the run waits for approvals (null: it does not), and how long it waited before. */
+  #waitingSince: number | null = null;
+  #waitedMs = 0;
   readonly #limits: Limits;
   /** What every line this attempt logs concerns. */
   readonly #fields: LogFields;
@@ -271,7 +275,7 @@ export class Attempt {
       scopes: [
         "llm",
         ...(spec.policy?.connections ?? []).map((name) => `bridge:${name}`),
-        ...(spec.policy?.agents ?? []).map((name) => `agent:${name}`),
+        ...(spec.policy?.agents ?? []).map((entry) => `agent:${agentCallName(entry)}`),
       ],
     };
     const file = join(handle.runtimeDir, "token");
@@ -300,6 +304,7 @@ export class Attempt {
         this.stop("out_of_credits");
       },
       ...(this.#in.trace ? { trace: this.#in.trace.ref } : {}),
+      waiting: (on) => this.#setWaiting(on),
     });
     let renewing = false;
     const timer = setInterval(
@@ -367,7 +372,17 @@ export class Attempt {
     // The runner's silence counts from now, when its sandbox is up: a boot that waited behind
     // hundreds of others (a burst of runs) is not a runner that went quiet.
     this.#lastFrameAt = Date.now();
-    const timeout = setTimeout(() => this.stop("timed_out"), this.#limits.timeout_s * 1000);
+    const started = Date.now();
+    let timeout: NodeJS.Timeout;
+    // The timeout counts the run's own time: time spent waiting for people's approvals, up to
+    // limits.max_wait_s in all, moves the deadline.
+    const check = () => {
+      const credit = Math.min(this.#waited(), this.#limits.max_wait_s * 1000);
+      const left = started + this.#limits.timeout_s * 1000 + credit - Date.now();
+      if (left <= 0) this.stop("timed_out");
+      else timeout = setTimeout(check, this.#waitingSince === null ? left : Math.max(left, 1000));
+    };
+    timeout = setTimeout(check, this.#limits.timeout_s * 1000);
     const watchdog = setInterval(() => {
       // Until its hello, the runner is still starting (Node's start-up, which among hundreds of
       // runners starting at once on a busy host takes seconds): it gets RUNNER_START_ALLOWANCE
@@ -387,6 +402,24 @@ export class Attempt {
       clearTimeout(timeout);
       clearInterval(watchdog);
     }
+  }
+
+  /** Whether the run waits for approvals now. */
+  get waiting(): boolean {
+    return this.#waitingSince !== null;
+  }
+
+  #setWaiting(on: boolean): void {
+    if (on && this.#waitingSince === null) this.#waitingSince = Date.now();
+    if (!on && this.#waitingSince !== null) {
+      this.#waitedMs += Date.now() - this.#waitingSince;
+      this.#waitingSince = null;
+    }
+  }
+
+  /** How long the run has waited for approvals in this attempt, the wait going on included. */
+  #waited(): number {
+    return this.#waitedMs + (this.#waitingSince === null ? 0 : Date.now() - this.#waitingSince);
   }
 
   #frame(line: string, truncated: boolean): void {

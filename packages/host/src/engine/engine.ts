@@ -16,6 +16,7 @@ import type { CurrentRunner } from "../images/runner-registry.ts";
 import type { LogFields } from "../logs/log.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
+import { cancelPendingApprovals } from "../store/approvals.ts";
 import type { EventLog, NewEvent } from "../store/event-log.ts";
 import { isLeaseLost } from "../store/fence.ts";
 import { type Dialect, dbNow } from "../store/portable.ts";
@@ -25,7 +26,7 @@ import { isDatabaseUnavailable, StoreFailures } from "../store/unavailable.ts";
 import type { Tracing } from "../tracing/tracing.ts";
 import { Attempt, type AttemptDeps, type AttemptOutcome, sandboxSpec } from "./attempt.ts";
 import { AttemptTrace } from "./attempt-trace.ts";
-import { ACTIVE, Claims } from "./claims.ts";
+import { ACTIVE, Claims, requeued } from "./claims.ts";
 import { retryDecision } from "./retry.ts";
 import { type RunRepository, terminalEvent } from "./runs.ts";
 import { bootKey, WarmPool, type WarmPoolConfig } from "./warm-pool.ts";
@@ -239,10 +240,14 @@ export class Engine {
   }
 
   /** This node's runs going, by state. */
-  get activeStates(): { starting: number; running: number } {
+  get activeStates(): { starting: number; running: number; waiting: number } {
     let running = 0;
-    for (const a of this.#active.values()) if (a.running) running++;
-    return { starting: this.#active.size - running, running };
+    let waiting = 0;
+    for (const a of this.#active.values()) {
+      if (a.running && a.attempt.waiting) waiting++;
+      else if (a.running) running++;
+    }
+    return { starting: this.#active.size - running - waiting, running, waiting };
   }
 
   /** Tells the engine there may be queued work. Cheap; coalesces concurrent calls. */
@@ -288,13 +293,15 @@ export class Engine {
   /** Cancels a run and its children still going, deepest first; true when the run was still queued. */
   async #cancelTree(runId: string): Promise<boolean> {
     for (const child of await this.#runs.childrenGoing(runId)) await this.#cancelTree(child);
-    const canceled = await this.#runs.transition(
-      runId,
-      ["queued"],
-      "canceled",
-      { reason: "canceled", finished_at: Date.now() },
-      [terminalEvent("canceled", "canceled", null)],
-    );
+    // A queued run may be between attempts with approvals pending: they end with it.
+    const now = Date.now();
+    const canceled = await this.#runs.transition(runId, {
+      from: ["queued"],
+      to: "canceled",
+      patch: { reason: "canceled", finished_at: now, waiting_since: null },
+      events: [terminalEvent("canceled", "canceled", null)],
+      extra: (trx) => cancelPendingApprovals(trx, runId, now),
+    });
     if (canceled) return true;
     await this.#runs.requestCancel(runId);
     this.#active.get(runId)?.attempt.stop("canceled");
@@ -326,23 +333,14 @@ export class Engine {
     // A draining node claims nothing; its runs going finish.
     this.#draining = await this.#deps.nodes.draining(this.#config.workerId);
     if (this.#draining) return;
-    let misses = 0;
     // Child runs may go past the host's limit (their parents wait on them: holding them back could
     // deadlock a tree), up to a hard ceiling.
-    while (!this.#closed && this.#active.size < this.#config.maxConcurrent * 4 && misses < 8) {
-      const rootsFull = [...this.#active.values()].filter((a) => !a.child).length >= this.#config.maxConcurrent;
-      const next = await this.#claims.next(rootsFull);
-      if (!next) return;
-      const run = await this.#claims.claim(next).catch((err: unknown) => {
-        this.#store.failed(`claiming run ${next.id}`, err);
-        return null;
-      });
-      if (!run) {
-        misses++;
-        continue;
-      }
-      this.#launch(run);
-    }
+    const roots = [...this.#active.values()].filter((a) => !a.child).length;
+    const claimed = await this.#claims.claimNext({
+      roots: this.#config.maxConcurrent - roots,
+      runs: this.#config.maxConcurrent * 4 - this.#active.size,
+    });
+    for (const run of claimed) this.#launch(run);
   }
 
   /** Queued runs past their queue time-to-live end as failed, reason `expired`. */
@@ -350,10 +348,15 @@ export class Engine {
     const now = Date.now();
     const stale = await this.#claims.queued().select(["id", "created_at"]).where("expires_at", "<=", now).execute();
     for (const run of stale) {
-      await this.#runs.transition(run.id, ["queued"], "failed", { reason: "expired", finished_at: now }, [
-        { type: "run.expired", data: { waited_ms: now - Number(run.created_at) } },
-        terminalEvent("failed", "expired", null),
-      ]);
+      await this.#runs.transition(run.id, {
+        from: ["queued"],
+        to: "failed",
+        patch: { reason: "expired", finished_at: now },
+        events: [
+          { type: "run.expired", data: { waited_ms: now - Number(run.created_at) } },
+          terminalEvent("failed", "expired", null),
+        ],
+      });
     }
   }
 
@@ -592,16 +595,27 @@ export class Engine {
           .updateTable("runs")
           .set(
             retry
-              ? { status: "queued", worker_id: null, lease_until: null, not_before: retry.at, expires_at: null }
-              : { status: "failed", reason: "lost", finished_at: now, worker_id: null, lease_until: null },
+              ? requeued(retry.at)
+              : {
+                  status: "failed",
+                  reason: "lost",
+                  finished_at: now,
+                  worker_id: null,
+                  lease_until: null,
+                  waiting_since: null,
+                },
           )
           .where("id", "=", run.id)
           .where("status", "=", run.status)
           .where("attempt", "=", run.attempt)
           .executeTakeFirst();
         if (Number(res.numUpdatedRows) !== 1) return [];
+        // Pending approvals outlive the attempt when the run is retried (its next attempt asks
+        // the same calls again), and end with the run otherwise.
+        const canceled = retry ? [] : await cancelPendingApprovals(trx, run.id, now);
         return this.#events.append(trx, run.id, run.attempt, [
           { type: "attempt.lost", data: { attempt: run.attempt, worker: run.worker_id, why }, ts: now },
+          ...canceled,
           retry
             ? { type: "retry.scheduled", data: retry.event, ts: now }
             : { ...terminalEvent("failed", "lost", null), ts: now },

@@ -4,21 +4,23 @@
  */
 import { createHash } from "node:crypto";
 import {
+  ACTIVE_STATUSES,
   type AgentSpec,
   AppError,
+  GOING_STATUSES,
   type Run,
   type RunEventData,
   type RunReason,
   type RunStatus,
   type RunTrigger,
 } from "@paddock/protocol";
-import { type Kysely, sql, type Transaction } from "kysely";
+import { type Kysely, type OperationNodeSource, type RawBuilder, sql, type Transaction } from "kysely";
 import { archived } from "../agents/agents.ts";
-import type { EventLog, NewEvent } from "../store/event-log.ts";
+import type { Db, EventLog, NewEvent } from "../store/event-log.ts";
 import type { Fence } from "../store/fence.ts";
 import { idAt, idRange, newId } from "../store/ids.ts";
-import { timeBucket } from "../store/portable.ts";
-import type { Database, RunsTable } from "../store/schema.ts";
+import { prepared, timeBucket } from "../store/portable.ts";
+import type { Database, EventsTable, RunsTable } from "../store/schema.ts";
 import { isoTime, parseRunSpec } from "../store/stored.ts";
 
 export function toRun(row: RunsTable): Run {
@@ -272,19 +274,19 @@ export class RunRepository {
     return Number(row.n);
   }
 
-  /** The ids of a run's child runs that have not ended (queued, starting or running). */
+  /** The ids of a run's child runs that have not ended (queued, starting, running or waiting). */
   async childrenGoing(runId: string): Promise<string[]> {
     const rows = await this.#db
       .selectFrom("runs")
       .select("id")
       .where("parent_run_id", "=", runId)
-      .where("status", "in", ["queued", "starting", "running"])
+      .where("status", "in", GOING_STATUSES)
       .execute();
     return rows.map((r) => r.id);
   }
 
   /**
-   * Marks a starting or running run for cancellation, with its event, leaving its status alone
+   * Marks a starting, running or waiting run for cancellation, with its event, leaving its status alone
    * (the engine records `canceled` once the sandbox is gone). False when the run is not active.
    */
   async requestCancel(runId: string): Promise<boolean> {
@@ -293,7 +295,7 @@ export class RunRepository {
         .updateTable("runs")
         .set({ cancel_requested: 1 })
         .where("id", "=", runId)
-        .where("status", "in", ["starting", "running"])
+        .where("status", "in", ACTIVE_STATUSES)
         .executeTakeFirst();
       if (Number(res.numUpdatedRows) !== 1) return null;
       const row = await trx.selectFrom("runs").select("attempt").where("id", "=", runId).executeTakeFirstOrThrow();
@@ -316,46 +318,102 @@ export class RunRepository {
       .where("id", "in", runIds)
       .where("worker_id", "=", workerId)
       .where("cancel_requested", "=", 1)
-      .where("status", "in", ["starting", "running"])
+      .where("status", "in", ACTIVE_STATUSES)
       .execute();
     return rows.map((r) => r.id);
   }
 
   /**
-   * Moves a run from one of `from` to `to` with `patch` applied and `events` appended, atomically.
-   * Returns false, changing nothing, when the run's status was not in `from`. With `fence`, an
-   * attempt's own transition: lease_lost, changing nothing, once that attempt no longer holds the run.
+   * Moves a run from one of `move.from` to `move.to` with its patch applied, the writes that go
+   * with it and its events appended, all or nothing. Returns the run's attempt and cancel flag as
+   * the move left them, or null, changing nothing, when the run's status was not in `from`. With
+   * a fence, an attempt's own move: lease_lost, changing nothing, once that attempt no longer
+   * holds the run. On PostgreSQL a move without `extra` whose events write nothing beside their
+   * rows (no call, nothing announced; see EventLog.writesBeside) is one statement.
    */
-  async transition(
-    runId: string,
-    from: readonly RunStatus[],
-    to: RunStatus,
-    patch: Partial<Omit<RunsTable, "id" | "status">>,
-    events: NewEvent[],
-    fence?: Fence,
-  ): Promise<boolean> {
-    const written = await this.#db.transaction().execute(async (trx) => {
-      const res = await trx
-        .updateTable("runs")
-        .set({ ...patch, status: to })
-        .where("id", "=", runId)
-        .where("status", "in", from)
-        .$if(fence !== undefined, (q) =>
-          q.where("attempt", "=", fence?.attempt ?? 0).where("worker_id", "=", fence?.workerId ?? ""),
-        )
-        .executeTakeFirst();
-      if (Number(res.numUpdatedRows) !== 1) {
-        await this.#events.fence(trx, fence);
-        return null;
-      }
-      const row = await trx.selectFrom("runs").select("attempt").where("id", "=", runId).executeTakeFirstOrThrow();
-      return this.#events.append(trx, runId, row.attempt, events);
-    });
-    if (written === null) return false;
-    this.#events.publish(written);
-    return true;
+  async transition(runId: string, move: Move): Promise<Moved | null> {
+    const inOne = this.#events.dialect === "postgres" && !move.extra && !this.#events.writesBeside(move.events);
+    const moved = inOne
+      ? await this.#moveInOne(runId, move)
+      : await this.#db.transaction().execute((trx) => this.#moveIn(trx, runId, move));
+    if (!moved) {
+      await this.#events.fence(this.#db, move.fence);
+      return null;
+    }
+    this.#events.publish(moved.events);
+    return { attempt: moved.attempt, cancel_requested: moved.cancel_requested };
+  }
+
+  /** The move's update of the run, taking its events' sequence numbers; returns the run as it left it. */
+  #update(db: Db, runId: string, move: Move, events: number) {
+    return db
+      .updateTable("runs")
+      .set((eb) => ({ ...move.patch, status: move.to, event_seq: eb("event_seq", "+", events) }))
+      .where("id", "=", runId)
+      .where("status", "in", move.from)
+      .$if(move.fence !== undefined, (q) =>
+        q.where("attempt", "=", move.fence?.attempt ?? 0).where("worker_id", "=", move.fence?.workerId ?? ""),
+      )
+      .returning(["id", "tenant_id", "agent_id", "attempt", "cancel_requested", "event_seq"]);
+  }
+
+  /** The move as statements in `trx`, `extra` after the writes that go with it. */
+  async #moveIn(trx: Transaction<Database>, runId: string, move: Move): Promise<MoveWritten | null> {
+    const moved = await this.#update(trx, runId, move, move.events.length).executeTakeFirst();
+    if (!moved) return null;
+    for (const write of move.also ?? []) await write(trx, [runId]).execute();
+    const more = move.extra ? await move.extra(trx) : [];
+    // `extra`'s events go before the move's last, each one more number.
+    const last = more.length > 0 ? (await this.#events.reserve(trx, runId, more.length)).last : moved.event_seq;
+    const events = more.length > 0 ? [...move.events.slice(0, -1), ...more, ...move.events.slice(-1)] : move.events;
+    const rows = this.#events.numbered(runId, moved.attempt, last, events);
+    await this.#events.insert(trx, rows, [moved]);
+    return { ...moved, events: rows };
+  }
+
+  /** The move as one statement (PostgreSQL): the update, the writes that go with it and the events' insert as CTEs. */
+  async #moveInOne(runId: string, move: Move): Promise<MoveWritten | null> {
+    const rows = this.#events.numbered(runId, 0, move.events.length, move.events);
+    const ran = sql<string>`(SELECT id FROM moved)`;
+    const steps = [
+      sql`moved AS (${this.#update(this.#db, runId, move, rows.length)})`,
+      ...(move.also ?? []).map((write, i) => sql`${sql.id(`also${i}`)} AS (${write(this.#db, ran)})`),
+      ...(rows.length > 0 ? [sql`written AS (${this.#events.insertAfter("moved", rows)})`] : []),
+    ];
+    const { rows: out } = await prepared(
+      sql<
+        Moved & { event_seq: number }
+      >`WITH ${sql.join(steps)} SELECT attempt, cancel_requested, event_seq FROM moved`,
+    ).execute(this.#db);
+    const moved = out[0];
+    if (!moved) return null;
+    const first = moved.event_seq - rows.length;
+    return { ...moved, events: rows.map((r) => ({ ...r, attempt: moved.attempt, seq: first + r.seq })) };
   }
 }
+
+/** A run's move from one status to another, with what goes with it. */
+export interface Move {
+  from: readonly RunStatus[];
+  to: RunStatus;
+  patch?: Partial<Omit<RunsTable, "id" | "status" | "event_seq">>;
+  events: NewEvent[];
+  /** The attempt whose own move this is. */
+  fence?: Fence;
+  /** Writes that go with the move, of rows of the run. */
+  also?: MoveWrite[];
+  /** More to write once the run moved, in the same transaction; its events go before the move's last. */
+  extra?: (trx: Transaction<Database>) => Promise<NewEvent[]>;
+}
+
+/** The moved run's id, as a list to match `run_id in`: the id itself, or the move's own row in one statement. */
+export type MovedRun = readonly string[] | RawBuilder<string>;
+/** A write that goes with a move (a builder: it runs on its own, or as part of the move's statement). */
+export type MoveWrite = (db: Db, moved: MovedRun) => OperationNodeSource & { execute(): Promise<unknown> };
+
+/** What a move left of the run. */
+export type Moved = Pick<RunsTable, "attempt" | "cancel_requested">;
+type MoveWritten = Moved & { events: EventsTable[] };
 
 /** The event a run writes when it reaches a terminal status. */
 export function terminalEvent(

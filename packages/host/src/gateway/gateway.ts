@@ -15,6 +15,8 @@
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import {
+  APPROVAL_HEADER,
+  ApprovalRule,
   check,
   ERROR_CODES,
   type ErrorCode,
@@ -23,7 +25,9 @@ import {
   type RunEventBody,
   type RunEventData,
 } from "@paddock/protocol";
+import type { Approvals, HoldOutcome } from "../bridge/approvals.ts";
 import {
+  approvalAsked,
   type ChannelCall,
   type ChannelRoute,
   parseJson,
@@ -61,6 +65,10 @@ interface GatewayCaller {
   journal?: { runId: string; attempt: number; step(): string | null; unstep(): void };
   /** The caller's attempt, which its reservations are fenced by (see store/fence.ts). */
   fence?: Fence;
+  /** The caller's sandbox, which waits when a call needs approval. */
+  sandbox?: LiveSandbox;
+  /** The approval a request asking again says it waits on. */
+  asked?: string | undefined;
   record(event: RunEventBody): void;
   /** Stops the run: its budget cannot pay for another call. */
   outOfCredits(scope: BudgetScope): void;
@@ -74,11 +82,17 @@ export interface GatewayBudget {
   agentTotal?: number;
   requestsPerMinute?: number;
   tokensPerMinute?: number;
+  /** Micro-credits of the run's spending past which a call waits for a person's approval. */
+  approveAbove?: number;
+  /** Who approves those calls, and how long they wait. */
+  approval?: ApprovalRule;
 }
 
 export interface GatewayDeps {
   /** Answers of completed calls, replayed to retried attempts (not sent, not charged again). */
   journal?: Journal;
+  /** Holds model calls past a budget's approve_above until a person approves them. */
+  approvals?: Approvals;
   providers: Providers;
   ledger: Ledger;
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
@@ -163,6 +177,8 @@ interface LlmCall {
   answer: AnswerFacts | null;
   /** The output limit sent to the provider, once reserved. */
   maxTokens?: number;
+  /** The approval it was sent under (past the budget's approve_above), once approved. */
+  approval: string | null;
 }
 
 /** A refusal because a budget ran out: the run stops once the refusal is on its record. */
@@ -232,6 +248,8 @@ export class Gateway implements ChannelRoute {
       agentId: sandbox.agentId,
       runId: sandbox.billRunId ?? sandbox.runId,
       ownRunId: sandbox.runId,
+      sandbox,
+      asked: approvalAsked(req),
       ...(sandbox.workerId !== undefined
         ? { fence: { runId: sandbox.runId, attempt: sandbox.attempt, workerId: sandbox.workerId } }
         : {}),
@@ -275,7 +293,22 @@ export class Gateway implements ChannelRoute {
       const answer: AnswerFacts | null = tracing
         ? { finishReasons: [], ...(tracing.content ? { output: { text: "", toolCalls: [] } } : {}) }
         : null;
-      call = { req, res, caller, started, record, endpoint, route, body, raw, stream, journal, hash, answer };
+      call = {
+        req,
+        res,
+        caller,
+        started,
+        record,
+        endpoint,
+        route,
+        body,
+        raw,
+        stream,
+        journal,
+        hash,
+        answer,
+        approval: null,
+      };
       await this.#call(call);
     } catch (err) {
       const e = Refusal.from(err);
@@ -285,8 +318,11 @@ export class Gateway implements ChannelRoute {
       record.status = ERROR_CODES[e.code].status;
       record.code = e.code;
       record.latency_ms = round(performance.now() - started);
-      // A call held back for credits in flight is a signal to wait, not a call: retries would flood the record.
-      if (path !== "/v1/models" && e.code !== "credits_held") this.#recorded(caller, record, started, call);
+      // A call held back for credits in flight, or told to ask again for its approval, is a signal to
+      // wait, not a call: retries would flood the record.
+      record.approval ??= e.headers[APPROVAL_HEADER];
+      if (path !== "/v1/models" && e.code !== "credits_held" && e.code !== "approval_pending")
+        this.#recorded(caller, record, started, call);
       if (e instanceof OutOfCredits) caller.outOfCredits(e.scope);
     }
   }
@@ -334,10 +370,16 @@ export class Gateway implements ChannelRoute {
       if (found) caller.record({ type: "journal.diverged", data: { step: journal.step, kind: "llm" } });
     }
     const own = await this.#deps.budgetOf(caller.ownRunId);
-    // A child run spends from the root run's budget; its own agent's total and rate limits still hold.
+    // A child run spends from the root run's budget (and asks past the root's approve_above); its
+    // own agent's total and rate limits still hold.
     const billed = caller.runId !== caller.ownRunId ? await this.#deps.budgetOf(caller.runId) : own;
-    const { perRun: _childPerRun, ...ownRest } = own;
-    const budget: GatewayBudget = { ...ownRest, ...(billed.perRun !== undefined ? { perRun: billed.perRun } : {}) };
+    const { perRun: _perRun, approveAbove: _approveAbove, approval: _approval, ...ownRest } = own;
+    const budget: GatewayBudget = {
+      ...ownRest,
+      ...(billed.perRun !== undefined ? { perRun: billed.perRun } : {}),
+      ...(billed.approveAbove !== undefined ? { approveAbove: billed.approveAbove } : {}),
+      ...(billed.approval !== undefined ? { approval: billed.approval } : {}),
+    };
     try {
       await this.#admit(call, budget);
     } catch (err) {
@@ -345,6 +387,53 @@ export class Gateway implements ChannelRoute {
       if (journal && err instanceof Refusal) caller.journal?.unstep();
       throw err;
     }
+  }
+
+  /**
+   * Holds a model call past the budget's approve_above for a person's approval. The approvers see
+   * the request as sent and what it may cost; the request's bytes bind the approval.
+   */
+  async #approval(
+    call: LlmCall,
+    budget: GatewayBudget,
+    cost: { amount: number; runSpent: number },
+  ): Promise<HoldOutcome> {
+    const { caller, endpoint, route, raw, req } = call;
+    const approvals = this.#deps.approvals;
+    if (!approvals || !caller.sandbox) throw new Refusal("policy_denied", "This host cannot hold calls for approval.");
+    const headers: Record<string, string> = { "content-type": "application/json" };
+    for (const name of PASS_HEADERS) {
+      const v = req.headers[name];
+      if (typeof v === "string") headers[name] = v;
+    }
+    headers[endpoint.api === "anthropic" ? "x-api-key" : "authorization"] = `<key of provider ${route.provider}>`;
+    return approvals.hold({
+      sandbox: caller.sandbox,
+      kind: "llm",
+      target: String(call.record.model),
+      ruleKey: "llm:approve_above",
+      rule: budget.approval ?? ApprovalRule.parse({}),
+      hash: requestHash(["llm", endpoint.upstreamPath, raw]),
+      request: {
+        kind: "llm",
+        target: String(call.record.model),
+        method: "POST",
+        path: endpoint.upstreamPath,
+        query: "",
+        url: `${route.baseUrl}${endpoint.upstreamPath}`,
+        headers,
+        credits: {
+          reserve: fromMicro(cost.amount),
+          run_spent: fromMicro(cost.runSpent),
+          approve_above: fromMicro(budget.approveAbove ?? 0),
+        },
+      },
+      held: {},
+      body: raw,
+      takeStep: () => call.journal?.step ?? null,
+      res: call.res,
+      asked: caller.asked,
+    });
   }
 
   /** Reserves the call's worst case within its budget and limits, then sends it and records it. */
@@ -363,17 +452,43 @@ export class Gateway implements ChannelRoute {
       });
     }
 
-    const reserved = await this.#deps.ledger.reserve({
-      tenantId: caller.tenantId,
-      agentId: caller.agentId,
-      runId: caller.runId,
-      inputMicro: inputUpper * route.price.input,
-      outputMicroPerToken: route.price.output,
-      maxOutputTokens: wantOut,
-      ...(caller.fence ? { fence: caller.fence } : {}),
-      ...(budget.agentTotal !== undefined ? { agentTotal: budget.agentTotal } : {}),
-      ...(budget.perRun !== undefined ? { perRun: budget.perRun } : {}),
-    });
+    const reserve = (approveAbove: number | undefined) =>
+      this.#deps.ledger.reserve({
+        tenantId: caller.tenantId,
+        agentId: caller.agentId,
+        runId: caller.runId,
+        inputMicro: inputUpper * route.price.input,
+        outputMicroPerToken: route.price.output,
+        maxOutputTokens: wantOut,
+        ...(caller.fence ? { fence: caller.fence } : {}),
+        ...(budget.agentTotal !== undefined ? { agentTotal: budget.agentTotal } : {}),
+        ...(budget.perRun !== undefined ? { perRun: budget.perRun } : {}),
+        ...(approveAbove !== undefined ? { approveAbove } : {}),
+      });
+    let reserved = await reserve(budget.approveAbove);
+    if (!reserved.ok && reserved.approve) {
+      // Past the budget's approve_above: nothing is reserved while a person decides.
+      const outcome = await this.#approval(call, budget, reserved.approve);
+      if ("replay" in outcome) {
+        sendReplay(call.res, { ...outcome.replay, attempt: outcome.approval.attempt });
+        Object.assign(record, {
+          status: outcome.replay.status,
+          replayed: true,
+          cost: 0,
+          approval: outcome.approval.id,
+        });
+        record.latency_ms = round(performance.now() - call.started);
+        caller.record({ type: "llm.call", data: record });
+        return;
+      }
+      call.approval = outcome.send.id;
+      record.approval = outcome.send.id;
+      reserved = await reserve(undefined).catch(async (err: unknown) => {
+        await this.#deps.approvals?.unsent(outcome.send.id);
+        throw err;
+      });
+      if (!reserved.ok) await this.#deps.approvals?.unsent(outcome.send.id);
+    }
     if (!reserved.ok) {
       if (!reserved.exhausted) {
         // Other calls' reservations hold the rest for now: it comes back as they settle.
@@ -400,6 +515,8 @@ export class Gateway implements ChannelRoute {
           .record(caller.fence ?? journal, journal.step, call.hash, answer)
           .catch((err: unknown) => this.#deps.log(`gateway: journal: ${String(err)}`));
       }
+      // The approved call went: an identical repeat gets this answer, never a second call.
+      if (call.approval) await this.#deps.approvals?.sent(call.approval, answer);
     } finally {
       const left = (this.#inFlight.get(caller.runId) ?? 1) - 1;
       if (left > 0) this.#inFlight.set(caller.runId, left);
@@ -551,7 +668,7 @@ export class Gateway implements ChannelRoute {
           if (!ttft) ttft = performance.now() - call.started;
           reader.push(chunk);
         };
-        const keep = call.journal !== null;
+        const keep = call.journal !== null || call.approval !== null;
         relay(answer, res, { needles, passes: passesBack, maxBytes: MAX_RESPONSE_BYTES, keep, onChunk }).then(
           (relayed) => {
             if ("refused" in relayed) {

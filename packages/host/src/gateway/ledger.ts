@@ -13,7 +13,7 @@
  * (every token is at least one byte of the request); a provider that reports more is still billed
  * what it reports (the ledger records the truth), and the overrun is recorded on the settlement.
  */
-import { AppError, type Balance, fromMicro } from "@paddock/protocol";
+import { ACTIVE_STATUSES, AppError, type Balance, fromMicro } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { sql } from "kysely";
 import type { Metrics } from "../metrics/metrics.ts";
@@ -40,6 +40,11 @@ export interface ReserveRequest {
   perRun?: number;
   /** The calling attempt: reserved only while it still holds its run (see store/fence.ts). */
   fence?: Fence;
+  /**
+   * Micro-credits the run's spending (spent and held) may reach without a person's approval: a
+   * call whose reservation would take it past them reserves nothing and answers `approve`.
+   */
+  approveAbove?: number;
 }
 
 export type ReserveResult =
@@ -50,6 +55,11 @@ export type ReserveResult =
       availableMicro: number;
       /** Even with every reservation in flight released, the budget could not pay for this call. */
       exhausted: boolean;
+      /**
+       * Set when the call needs a person's approval first (approveAbove): what it would reserve, and
+       * what the run spent and holds. Nothing was reserved.
+       */
+      approve?: { amount: number; runSpent: number };
     };
 
 export interface Reservation {
@@ -176,6 +186,16 @@ export class Ledger {
         };
       }
       const amount = cost(maxOutputTokens);
+      const runSpent = run.spent + run.reserved;
+      if (req.approveAbove !== undefined && runSpent + amount > req.approveAbove) {
+        return {
+          ok: false as const,
+          scope: "run" as const,
+          availableMicro: Math.max(0, available),
+          exhausted: false,
+          approve: { amount, runSpent },
+        };
+      }
       const callId = newId("llm");
       await this.#append(trx, {
         ...req,
@@ -209,7 +229,7 @@ export class Ledger {
    * Closes the reservations a host that died mid-call left open: each is billed at its worst
    * case (whether the provider did the work cannot be known), so that budgets are not held
    * forever. Run at start, before this node makes any call. Only reservations no live attempt can
-   * still settle are touched: of runs that are not starting or running, whose lease lapsed, or
+   * still settle are touched: of runs that are not starting, running or waiting, whose lease lapsed, or
    * that an earlier start of this same node (`nodeId`) held; never another live node's. Returns
    * how many it closed.
    */
@@ -224,7 +244,7 @@ export class Ledger {
             selectFrom("runs as h")
               .select("h.id")
               .whereRef("h.id", "=", "r.run_id")
-              .where("h.status", "in", ["starting", "running"])
+              .where("h.status", "in", ACTIVE_STATUSES)
               .where("h.lease_until", ">=", dbNow(this.#dialect))
               .$if(nodeId !== undefined, (q) => q.where("h.worker_id", "!=", nodeId ?? "")),
           ),

@@ -5,7 +5,7 @@
  * names its tenant; every request's tenant comes from the key, never from the request.
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { type ApiKey, AppError, type Tenant, toMicro } from "@paddock/protocol";
+import { type ApiKey, AppError, type SchemaIssue, type Tenant, toMicro, validationFailed } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { newId } from "../store/ids.ts";
 import type { ApiKeysTable, Database, TenantsTable } from "../store/schema.ts";
@@ -213,4 +213,64 @@ async function createKey(
   };
   await db.insertInto("api_keys").values(row).execute();
   return toApiKey(row, `pdk.${id}.${secret}`);
+}
+
+type Db = Kysely<Database> | Transaction<Database>;
+
+/** Approvers that are groups rather than keys: every key of the tenant, and the host's admin key. */
+const APPROVER_GROUPS: readonly string[] = ["tenant", "admin"];
+
+/** The approvers among `approvers` that name no live API key of the tenant (by name or id) nor a group. */
+export async function unknownApprovers(db: Db, tenantId: string, approvers: readonly string[]): Promise<string[]> {
+  const keys = approvers.filter((a) => !APPROVER_GROUPS.includes(a));
+  if (keys.length === 0) return [];
+  const rows = await db
+    .selectFrom("api_keys")
+    .select(["id", "name"])
+    .where("tenant_id", "=", tenantId)
+    .where("revoked_at", "is", null)
+    .where((eb) => eb.or([eb("id", "in", keys), eb("name", "in", keys)]))
+    .execute();
+  const known = new Set(rows.flatMap((r) => [r.id, r.name ?? ""]));
+  return keys.filter((k) => !known.has(k));
+}
+
+/**
+ * Refuses (validation_failed, each at its place in the body) approvers that name no API key of
+ * the tenant: a rule saved with one could never be approved by it.
+ */
+export async function requireApprovers(
+  db: Db,
+  tenantId: string,
+  places: readonly { path: readonly (string | number)[]; approvers: readonly string[] }[],
+): Promise<void> {
+  const issues: SchemaIssue[] = [];
+  for (const place of places) {
+    for (const name of await unknownApprovers(db, tenantId, place.approvers)) {
+      issues.push({
+        path: [...place.path, "approvers"],
+        code: "custom",
+        message: `unknown approver '${name}': name 'tenant', 'admin' or an API key of this tenant (its name or id)`,
+      });
+    }
+  }
+  if (issues.length > 0) throw validationFailed(issues);
+}
+
+/**
+ * Whether `principal` may decide an approval of `tenantId` that names `approvers`: the admin key
+ * when they name `admin`; otherwise only the tenant's own keys, any of them for `tenant`, or a key
+ * named there (by name or id).
+ */
+export async function mayApprove(
+  db: Db,
+  principal: Principal,
+  tenantId: string,
+  approvers: readonly string[],
+): Promise<boolean> {
+  if (principal.role === "admin" && approvers.includes("admin")) return true;
+  if (principal.tenantId !== tenantId) return false;
+  if (approvers.includes("tenant") || approvers.includes(principal.keyId)) return true;
+  const key = await db.selectFrom("api_keys").select("name").where("id", "=", principal.keyId).executeTakeFirst();
+  return key?.name !== null && key?.name !== undefined && approvers.includes(key.name);
 }

@@ -24,7 +24,7 @@ const STORE_COUNT_BUDGET_MS = 250;
 /** What the gauges read at scrape time. */
 export interface MetricSources {
   /** This node's runs going, by state. */
-  active(): { starting: number; running: number };
+  active(): { starting: number; running: number; waiting: number };
   /** Warm sandboxes waiting on this node. */
   warm(): number;
   /** Runs queued in the whole store (the same on every node). */
@@ -110,9 +110,10 @@ export class Metrics {
       labelNames: ["state"],
       registers,
       collect() {
-        const active = sources()?.active() ?? { starting: 0, running: 0 };
+        const active = sources()?.active() ?? { starting: 0, running: 0, waiting: 0 };
         this.set({ state: "starting" }, active.starting);
         this.set({ state: "running" }, active.running);
+        this.set({ state: "waiting" }, active.waiting);
       },
     });
     const queued = () => this.#countQueued();

@@ -60,14 +60,17 @@ describe("a three-node cluster", { skip }, () => {
     (await ok(via, "POST", `/v1/agents/${agentId}/runs`, { input })).id as string;
   const events = async (runId: string, via = node(0)): Promise<RunEvent[]> =>
     (await ok(via, "GET", `/v1/runs/${runId}/events?limit=1000`)).data;
-  const finished = (runId: string, timeoutMs = 60_000) =>
-    waitFor(
+  const finished = (runId: string, timeoutMs = 120_000) => {
+    let last = "";
+    return waitFor(
       async () => {
         const run = await ok(node(0), "GET", `/v1/runs/${runId}`);
+        last = JSON.stringify(run);
         return TERMINAL.includes(run.status) && run;
       },
-      { what: `run ${runId} to end`, timeoutMs },
+      { what: () => `run ${runId} to end (last seen: ${last})`, timeoutMs },
     );
+  };
   /** Waits until the run logged `line` and returns the node its attempt runs on. */
   const runningOn = async (runId: string, line = "tick") => {
     await waitFor(

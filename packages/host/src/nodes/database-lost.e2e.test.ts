@@ -142,7 +142,7 @@ describe("a host whose PostgreSQL goes away mid-run", { skip }, () => {
 
     // The outage was told once by each task that retries on a timer, not at every retry.
     const told = h.logs.flatMap((l) => /^(\w+): the database cannot be reached/.exec(l)?.[1] ?? []);
-    assert.deepEqual(told.sort(), ["engine", "scheduler"], h.logs.join("\n"));
+    assert.deepEqual(told.sort(), ["engine", "notifications", "scheduler"], h.logs.join("\n"));
     assert.ok(h.logs.some((l) => l.includes(`run ${runId}: attempt 1 lost its lease`)));
     assert.ok(h.logs.some((l) => l.startsWith("engine: the database is reachable again")));
     assert.ok(killedAfter < LEASE_MS + 3000, `killed ${killedAfter} ms after the database went away`);

@@ -279,7 +279,16 @@ describe("a node's engine, fence and recovery", () => {
       ),
       lost,
     );
-    await assert.rejects(events.transition(runId, ["running"], "succeeded", { reason: "completed" }, [], fence), lost);
+    await assert.rejects(
+      events.transition(runId, {
+        from: ["running"],
+        to: "succeeded",
+        patch: { reason: "completed" },
+        events: [],
+        fence,
+      }),
+      lost,
+    );
     await assert.rejects(
       new Journal(h.db).record(fence, "llm#1", "hash", { status: 200, headers: {}, body: Buffer.from("{}") }),
       lost,

@@ -7,13 +7,13 @@
  */
 import { createHash } from "node:crypto";
 import { hostname } from "node:os";
-import { AppError, type NodeInfo } from "@paddock/protocol";
+import { ACTIVE_STATUSES, AppError, type NodeInfo } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { parseCidr } from "../sandbox/linux/network.ts";
 import { type Dialect, dbNow, lockNames, readDbNow } from "../store/portable.ts";
 import type { Database, NodesTable } from "../store/schema.ts";
 
-const ACTIVE = ["starting", "running"];
+const ACTIVE = ACTIVE_STATUSES;
 /** A node id: what `--node-id` accepts. */
 export const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 

@@ -14,6 +14,9 @@ import { type Db, type Dialect, dbNow } from "../store/portable.ts";
 import type { EventsTable, NotificationDeliveriesTable } from "../store/schema.ts";
 import { parseStored } from "../store/stored.ts";
 
+/** Where an approval.requested delivery carries the approval's one-time link. */
+export const APPROVAL_URL_FIELD = "approval_url";
+
 /** The run events a subscription may name. */
 const ANNOUNCED: ReadonlySet<string> = new Set<NotificationEventType>([...RUN_FINISHED_TYPES, "approval.requested"]);
 const TERMINAL: ReadonlySet<string> = new Set(RUN_FINISHED_TYPES);
@@ -36,13 +39,21 @@ export interface OutboxConfig {
   retryForMs: number;
 }
 
+/** The links an approval.requested delivery carries: its one-time decision link and its run's page. */
+export interface AnnouncedLinks {
+  approvalUrl(approvalId: string): string;
+  runUrl(runId: string): string;
+}
+
 export class NotificationOutbox implements EventAnnouncer, SpendWatcher {
   readonly #hints: Hints;
   readonly #config: OutboxConfig;
+  readonly #links: AnnouncedLinks | undefined;
 
-  constructor(deps: { hints: Hints }, config: OutboxConfig) {
+  constructor(deps: { hints: Hints; links?: AnnouncedLinks }, config: OutboxConfig) {
     this.#hints = deps.hints;
     this.#config = config;
+    this.#links = deps.links;
   }
 
   announces(type: string): boolean {
@@ -56,12 +67,20 @@ export class NotificationOutbox implements EventAnnouncer, SpendWatcher {
     const deliveries: NotificationDeliveriesTable[] = [];
     for (const row of rows) {
       if (!ANNOUNCED.has(row.type)) continue;
+      const event = JSON.parse(row.data);
       const data = {
         run_id: run.id,
         agent_id: run.agent_id,
         attempt: row.attempt,
         seq: row.seq,
-        ...JSON.parse(row.data),
+        ...event,
+        // Only the endpoint gets the link that decides without an API key (see the deliveries' view).
+        ...(row.type === "approval.requested" && this.#links
+          ? {
+              [APPROVAL_URL_FIELD]: this.#links.approvalUrl(String(event.approval_id)),
+              run_url: this.#links.runUrl(run.id),
+            }
+          : {}),
       };
       for (const s of subscriptions) {
         if (wants(s.events, row.type))

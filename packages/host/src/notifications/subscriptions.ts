@@ -36,7 +36,7 @@ import type {
   NotificationSubscriptionsTable,
 } from "../store/schema.ts";
 import { isoTime, parseStored } from "../store/stored.ts";
-import { parseEventTypes } from "./outbox.ts";
+import { APPROVAL_URL_FIELD, parseEventTypes } from "./outbox.ts";
 
 /** The signing secrets in their sealed box: the current one, and the one it replaced while it still signs. */
 const SigningSecrets = z.object({ current: z.string(), previous: z.string().nullable() }).strict();
@@ -109,9 +109,18 @@ function toDelivery(row: NotificationDeliveriesTable, attempts: NotificationAtte
     next_at: pending ? isoTime(row.next_at) : null,
     delivered_at: isoTime(row.delivered_at),
     created_at: new Date(Number(row.created_at)).toISOString(),
-    payload: parseStored(NotificationPayload, row.body, "notification payload"),
+    payload: withoutLink(parseStored(NotificationPayload, row.body, "notification payload")),
     attempts: attempts.map(toAttempt),
   };
+}
+
+/**
+ * A payload as API keys see it: an approval's one-time link decides without an API key, so only
+ * the endpoint it was sent to sees it, never a key that is not among the approvers.
+ */
+function withoutLink(payload: NotificationPayload): NotificationPayload {
+  if (!(APPROVAL_URL_FIELD in payload.data)) return payload;
+  return { ...payload, data: { ...payload.data, [APPROVAL_URL_FIELD]: "(sent to the endpoint only)" } };
 }
 
 export interface NotificationsDeps {

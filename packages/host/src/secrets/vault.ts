@@ -10,7 +10,7 @@
  * environment variable the host removes from its own environment once read, so that no process
  * the host starts inherits it.
  */
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { chmod, readFile, stat, writeFile } from "node:fs/promises";
 
 const KEY_BYTES = 32;
@@ -99,6 +99,12 @@ function openWith(key: Buffer, iv: Buffer, ct: Buffer, tag: Buffer, aad: Buffer)
   return Buffer.concat([decipher.update(ct), decipher.final()]);
 }
 
+/** HMAC-SHA256 of `message` under a key derived from `master` for `purpose` alone. */
+function macWith(master: Buffer, purpose: string, message: string): Buffer {
+  const key = createHmac("sha256", master).update(`paddock mac key\0${purpose}`).digest();
+  return createHmac("sha256", key).update(message).digest();
+}
+
 const b64 = (b: Buffer) => b.toString("base64url");
 const unb64 = (s: unknown): Buffer => {
   if (typeof s !== "string") throw new Error("sealed box is malformed");
@@ -144,6 +150,23 @@ export class Vault implements Sealer {
     } finally {
       dataKey.fill(0);
     }
+  }
+
+  /**
+   * A MAC of `message` for `purpose` (links the host signs and checks later), under a key derived
+   * from the master key: nothing but this host can make one, and none is valid for another purpose.
+   */
+  mac(purpose: string, message: string): Buffer {
+    return macWith(this.#current.bytes, purpose, message);
+  }
+
+  /** Whether `mac` is `message`'s for `purpose`, under the master key or an old one this host was given. */
+  verifyMac(purpose: string, message: string, mac: Buffer): boolean {
+    for (const key of this.#keys.values()) {
+      const expected = macWith(key, purpose, message);
+      if (expected.length === mac.length && timingSafeEqual(expected, mac)) return true;
+    }
+    return false;
   }
 
   /** Re-seals the box's data key under the current master key; the value's ciphertext is kept. */

@@ -3,12 +3,21 @@
  * configuration names one (`postgres://USER@HOST/DB`, or `postgres://USER@/DB?host=/socket/dir`).
  * Both speak the same Kysely schema; the few statements that differ branch on `dialect`.
  */
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { AppError } from "@paddock/protocol";
-import { Kysely, type Kysely as KyselyType, PostgresAdapter, PostgresDialect } from "kysely";
+import {
+  Kysely,
+  type Kysely as KyselyType,
+  PostgresAdapter,
+  type PostgresCursor,
+  PostgresDialect,
+  type PostgresPoolClient,
+  type PostgresQueryResult,
+} from "kysely";
 import pg from "pg";
 import { type Hints, LocalHints, PostgresHints } from "./hints.ts";
-import type { Dialect } from "./portable.ts";
+import { type Dialect, PREPARED } from "./portable.ts";
 import type { Database } from "./schema.ts";
 import { openSqlite } from "./sqlite.ts";
 
@@ -71,6 +80,38 @@ const types: pg.CustomTypesConfig = {
       : pg.types.getTypeParser(oid, format)) as pg.CustomTypesConfig["getTypeParser"],
 };
 
+/** Statement names by text, of the statements marked PREPARED (a few fixed forms). */
+const statementNames = new Map<string, string>();
+
+/**
+ * `client` as Kysely uses it, running each statement marked PREPARED as a named prepared
+ * statement: parsed and planned once per connection, where Kysely's own are parsed and planned
+ * at every run.
+ */
+function preparing(client: pg.PoolClient): PostgresPoolClient {
+  function query<R>(sql: string, parameters: ReadonlyArray<unknown>): Promise<PostgresQueryResult<R>>;
+  function query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>;
+  function query(text: string | PostgresCursor<unknown>, values?: ReadonlyArray<unknown>): unknown {
+    // A cursor (a streamed query) goes as it is.
+    if (typeof text !== "string") return client.query(text as never);
+    if (!text.startsWith(PREPARED)) return client.query(text, values as unknown[]);
+    let name = statementNames.get(text);
+    if (name === undefined) {
+      name = `paddock_${createHash("sha256").update(text).digest("hex").slice(0, 32)}`;
+      statementNames.set(text, name);
+    }
+    return client.query({ name, text, values: values as unknown[] });
+  }
+  return {
+    query,
+    release: (destroy?: boolean) => client.release(destroy),
+    // Kysely reads the backend's pid from it, to cancel a statement.
+    get processID() {
+      return (client as { processID?: number }).processID;
+    },
+  };
+}
+
 /** Connections a process's PostgreSQL pool holds at most. */
 export const POOL_SIZE = 20;
 
@@ -121,9 +162,20 @@ export async function openDatabase(config: { dataDir: string; database?: string 
     await pool.end().catch(() => {});
     throw err;
   }
+  // One wrapper per connection: Kysely keeps its state per client object.
+  const wrapped = new WeakMap<pg.PoolClient, PostgresPoolClient>();
+  const connectPreparing = async () => {
+    const client = await connect();
+    let wrapper = wrapped.get(client);
+    if (!wrapper) {
+      wrapper = preparing(client);
+      wrapped.set(client, wrapper);
+    }
+    return wrapper;
+  };
   const db = new Kysely<Database>({
     dialect: new PostgresDialect({
-      pool: { Client: pg.Client, options: pool.options, connect, end: () => pool.end() },
+      pool: { Client: pg.Client, options: pool.options, connect: connectPreparing, end: () => pool.end() },
     }),
   });
   const hints = new PostgresHints({ connectionString: url, pool });

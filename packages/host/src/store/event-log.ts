@@ -12,7 +12,7 @@ import {
   type RunEventOf,
   type RunEventType,
 } from "@paddock/protocol";
-import type { Kysely } from "kysely";
+import { type Kysely, type RawBuilder, sql } from "kysely";
 import { z } from "zod";
 import { checkFence, type Fence } from "./fence.ts";
 import { HINT, type Hints, LocalHints } from "./hints.ts";
@@ -54,9 +54,29 @@ function problemsOf(event: NewEvent): string | null {
   return parsed.success ? null : z.prettifyError(parsed.error);
 }
 
-/** The `calls` row of an llm.call or bridge.call event; null for any other event. */
-function callRow(event: NewEvent, at: EventsTable & { tenant_id: string; agent_id: string }): CallsTable | null {
-  const row = { run_id: at.run_id, seq: at.seq, tenant_id: at.tenant_id, agent_id: at.agent_id, ts: at.ts };
+/** Rows of events already checked, numbered to end at `last`. */
+function toRows(runId: string, attempt: number, last: number, events: NewEvent[]): EventsTable[] {
+  const now = Date.now();
+  let seq = last - events.length;
+  return events.map((e) => ({
+    run_id: runId,
+    seq: ++seq,
+    attempt,
+    type: e.type,
+    ts: e.ts ?? now,
+    data: JSON.stringify(e.data),
+  }));
+}
+
+/** The event types that have a `calls` row. */
+const CALL_TYPES: ReadonlySet<string> = new Set<RunEventType>(["llm.call", "bridge.call"]);
+
+/** The `calls` row of an llm.call or bridge.call event's row; null for any other event. */
+function callRow(at: EventsTable, runOf: (runId: string) => AnnouncedRun): CallsTable | null {
+  if (!CALL_TYPES.has(at.type)) return null;
+  const event = { type: at.type, data: JSON.parse(at.data) } as NewEvent;
+  const { tenant_id, agent_id } = runOf(at.run_id);
+  const row = { run_id: at.run_id, seq: at.seq, tenant_id, agent_id, ts: at.ts };
   if (event.type === "llm.call") {
     const d = event.data;
     const ok = callOutcome(d) === "ok" ? 1 : 0;
@@ -156,23 +176,66 @@ export class EventLog {
     if (events.length === 0) return [];
     for (const e of events) check(e);
     await this.fence(trx, fence);
+    const reserved = await this.reserve(trx, runId, events.length);
+    const rows = toRows(runId, attempt, reserved.last, events);
+    await this.insert(trx, rows, [reserved.run]);
+    return rows;
+  }
+
+  /**
+   * Takes the run's next `n` sequence numbers in `trx` (its row stays locked until commit); returns
+   * the last, and the run's tenant and agent.
+   */
+  async reserve(trx: Db, runId: string, n: number): Promise<{ last: number; run: AnnouncedRun }> {
     const counted = await trx
       .updateTable("runs")
-      .set((eb) => ({ event_seq: eb("event_seq", "+", events.length) }))
+      .set((eb) => ({ event_seq: eb("event_seq", "+", n) }))
       .where("id", "=", runId)
-      .returning(["event_seq", "tenant_id", "agent_id"])
+      .returning(["id", "event_seq", "tenant_id", "agent_id"])
       .executeTakeFirst();
     if (!counted) throw new AppError("internal", `Events for a run that does not exist (${runId}).`);
-    let seq = counted.event_seq - events.length;
-    const now = Date.now();
-    const rows: EventsTable[] = events.map((e) => ({
-      run_id: runId,
-      seq: ++seq,
-      attempt,
-      type: e.type,
-      ts: e.ts ?? now,
-      data: JSON.stringify(e.data),
-    }));
+    const { event_seq, ...run } = counted;
+    return { last: event_seq, run };
+  }
+
+  /**
+   * Whether events of these types write more than their rows (a `calls` row, an announcement), so
+   * that they must go through insert(), not insertAfter().
+   */
+  writesBeside(events: readonly NewEvent[]): boolean {
+    const announcer = this.#announcer;
+    return events.some((e) => CALL_TYPES.has(e.type) || announcer?.announces(e.type) === true);
+  }
+
+  /**
+   * The rows of `events`, numbered to end at `last`: for a writer that took their sequence numbers
+   * itself, adding `events.length` to the run's event_seq in its own update of the run (which
+   * returned `last`), so a state change and its events need no second update. insert() them next.
+   */
+  numbered(runId: string, attempt: number, last: number, events: NewEvent[]): EventsTable[] {
+    for (const e of events) check(e);
+    return toRows(runId, attempt, last, events);
+  }
+
+  /**
+   * The insert of `rows` (one run's, from numbered()) within the statement whose CTE `counter`
+   * took their sequence numbers, returning the run's id, attempt and event_seq as it left them: a
+   * state change and its events in one statement (PostgreSQL). The rows' seq and attempt are
+   * taken from the counter.
+   */
+  insertAfter(counter: string, rows: EventsTable[]): RawBuilder<unknown> {
+    return sql`INSERT INTO events (run_id, seq, attempt, type, ts, data)
+      SELECT c.id, c.event_seq - ${rows.length} + e.n, c.attempt, e.type, e.ts, e.data
+      FROM ${sql.table(counter)} AS c, unnest(${rows.map((r) => r.type)}::text[], ${rows.map((r) => r.ts)}::bigint[],
+        ${rows.map((r) => r.data)}::text[]) WITH ORDINALITY AS e(type, ts, data, n)`;
+  }
+
+  /**
+   * Inserts numbered rows, of one run or of many (`runs`: each run's tenant and agent), in the
+   * caller's transaction, with what goes with them: the `calls` rows of call events and the
+   * announcer's writes. publish() them after it commits.
+   */
+  async insert(trx: Db, rows: EventsTable[], runs: readonly AnnouncedRun[]): Promise<void> {
     // SQLite caps bound parameters per statement; 6 columns × 100 rows stays well under it.
     for (let i = 0; i < rows.length; i += 100) {
       await trx
@@ -180,10 +243,13 @@ export class EventLog {
         .values(rows.slice(i, i + 100))
         .execute();
     }
-    const calls = events.flatMap((e, i) => {
-      const row = rows[i] as EventsTable;
-      return callRow(e, { ...row, tenant_id: counted.tenant_id, agent_id: counted.agent_id }) ?? [];
-    });
+    const byId = new Map(runs.map((r) => [r.id, r]));
+    const runOf = (runId: string): AnnouncedRun => {
+      const run = byId.get(runId);
+      if (!run) throw new AppError("internal", `Events inserted without their run (${runId}).`);
+      return run;
+    };
+    const calls = rows.flatMap((row) => callRow(row, runOf) ?? []);
     for (let i = 0; i < calls.length; i += 100) {
       await trx
         .insertInto("calls")
@@ -191,11 +257,16 @@ export class EventLog {
         .execute();
     }
     const announcer = this.#announcer;
-    if (announcer && rows.some((r) => announcer.announces(r.type))) {
-      const run = { id: runId, tenant_id: counted.tenant_id, agent_id: counted.agent_id };
-      if (await announcer.announce(trx, run, rows)) for (const row of rows) this.#announced.add(row);
+    if (!announcer) return;
+    // The announcer is handed one run's rows at a time.
+    const announced = new Map<string, EventsTable[]>();
+    for (const row of rows) {
+      if (announcer.announces(row.type) && !announced.has(row.run_id)) announced.set(row.run_id, []);
     }
-    return rows;
+    for (const row of rows) announced.get(row.run_id)?.push(row);
+    for (const [runId, own] of announced) {
+      if (await announcer.announce(trx, runOf(runId), own)) for (const row of own) this.#announced.add(row);
+    }
   }
 
   /**
@@ -203,7 +274,9 @@ export class EventLog {
    * events up to the last seq, and a queued run or a requested cancel among them.
    */
   publish(rows: EventsTable[]): void {
-    for (const row of rows) this.#bus.emit(row.run_id, toRunEvent(row));
+    for (const row of rows) {
+      if (this.#bus.listenerCount(row.run_id) > 0) this.#bus.emit(row.run_id, toRunEvent(row));
+    }
     if (rows.some((r) => this.#announced.has(r))) this.#announcer?.committed();
     this.#observe?.(rows);
     const last = rows[rows.length - 1];

@@ -8,7 +8,7 @@
  * counter, the run's state), and two transactions each holding a share lock and each upgrading it
  * deadlock; the update lock makes them wait their turn instead.
  */
-import { AppError } from "@paddock/protocol";
+import { ACTIVE_STATUSES, AppError } from "@paddock/protocol";
 import type { Db, Dialect } from "./portable.ts";
 
 export interface Fence {
@@ -18,7 +18,7 @@ export interface Fence {
   workerId: string;
 }
 
-/** Throws lease_lost unless `fence`'s attempt still holds its run (starting or running, on its node). */
+/** Throws lease_lost unless `fence`'s attempt still holds its run (starting, running or waiting, on its node). */
 export async function checkFence(trx: Db, fence: Fence, dialect: Dialect): Promise<void> {
   let q = trx
     .selectFrom("runs")
@@ -26,7 +26,7 @@ export async function checkFence(trx: Db, fence: Fence, dialect: Dialect): Promi
     .where("id", "=", fence.runId)
     .where("attempt", "=", fence.attempt)
     .where("worker_id", "=", fence.workerId)
-    .where("status", "in", ["starting", "running"]);
+    .where("status", "in", ACTIVE_STATUSES);
   if (dialect === "postgres") q = q.forNoKeyUpdate();
   if (!(await q.executeTakeFirst())) throw leaseLost(fence);
 }

@@ -63,9 +63,9 @@ const RECONNECT_MS = 1000;
 
 /**
  * Hints over PostgreSQL NOTIFY. Sending uses the pool (fire and forget, after the caller's
- * commit); hearing uses one dedicated connection that LISTENs on every channel someone listens
- * to and reconnects after losing the server. Each process tags its hints so it does not hear its
- * own twice.
+ * commit; the hints of one turn of the event loop in one statement); hearing uses one dedicated
+ * connection that LISTENs on every channel someone listens to and reconnects after losing the
+ * server. Each process tags its hints so it does not hear its own twice.
  */
 export class PostgresHints extends LocalHints {
   override readonly shared = true;
@@ -77,6 +77,8 @@ export class PostgresHints extends LocalHints {
   #connecting: Promise<void> | null = null;
   #retry: NodeJS.Timeout | null = null;
   #closed = false;
+  /** Hints to send, as [channel, tagged payload]. */
+  readonly #unsent: [HintChannel, string][] = [];
 
   constructor(options: { connectionString: string; pool: pg.Pool }) {
     super();
@@ -87,7 +89,22 @@ export class PostgresHints extends LocalHints {
   override notify(channel: HintChannel, payload: string): void {
     super.notify(channel, payload);
     if (this.#closed) return;
-    this.#pool.query("select pg_notify($1, $2)", [channel, `${this.#origin}|${payload}`]).catch(() => {});
+    // Hints sent in one turn of the event loop travel together, in one statement.
+    if (this.#unsent.length === 0) setImmediate(() => this.#send());
+    this.#unsent.push([channel, `${this.#origin}|${payload}`]);
+  }
+
+  #send(): void {
+    const hints = this.#unsent.splice(0);
+    if (this.#closed || hints.length === 0) return;
+    this.#pool
+      .query({
+        // Prepared once per connection: sent after nearly every write.
+        name: "paddock_hints",
+        text: "select pg_notify(h.channel, h.payload) from unnest($1::text[], $2::text[]) as h(channel, payload)",
+        values: [hints.map(([channel]) => channel), hints.map(([, payload]) => payload)],
+      })
+      .catch(() => {});
   }
 
   override listen(channel: HintChannel, fn: (payload: string) => void): () => void {

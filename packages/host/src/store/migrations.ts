@@ -698,7 +698,76 @@ migrations["0016_ui_sessions"] = {
   },
 };
 
-migrations["0018_oauth_accounts"] = {
+migrations["0017_approvals"] = {
+  // Calls held for a person's approval: what the approver is shown, the exact request held (its
+  // bytes, bound by their hash), the decision, and whether (and with what answer) it was sent. A
+  // run records since when it waits for them.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    const bytes = dialectOf(db) === "postgres" ? "bytea" : "blob";
+    await db.schema
+      .createTable("approvals")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("run_id", "text", (c) => c.notNull().references("runs.id"))
+      .addColumn("agent_id", "text", (c) => c.notNull())
+      .addColumn("attempt", "integer", (c) => c.notNull())
+      .addColumn("kind", "text", (c) => c.notNull())
+      .addColumn("target", "text", (c) => c.notNull())
+      .addColumn("rule_key", "text", (c) => c.notNull())
+      .addColumn("step", "text")
+      .addColumn("request_hash", "text", (c) => c.notNull())
+      .addColumn("request", "text", (c) => c.notNull())
+      .addColumn("held", "text", (c) => c.notNull())
+      .addColumn("body", bytes, (c) => c.notNull())
+      .addColumn("rule", "text", (c) => c.notNull())
+      .addColumn("admin_approves", "integer", (c) => c.notNull())
+      .addColumn("status", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("expires_at", "bigint", (c) => c.notNull())
+      .addColumn("deny_at", "bigint")
+      .addColumn("decided_at", "bigint")
+      .addColumn("decided_via", "text")
+      .addColumn("decided_key", "text")
+      .addColumn("note", "text")
+      .addColumn("forward_state", "text")
+      .addColumn("forwarded_at", "bigint")
+      .addColumn("answer_status", "integer")
+      .addColumn("answer_headers", "text")
+      .addColumn("answer_body", bytes)
+      .execute();
+    await db.schema.createIndex("approvals_run").on("approvals").columns(["run_id", "request_hash"]).execute();
+    await db.schema.createIndex("approvals_tenant").on("approvals").columns(["tenant_id", "status", "id"]).execute();
+    // What the host's sweep looks for: pending approvals by when they run out.
+    await db.schema
+      .createIndex("approvals_due")
+      .on("approvals")
+      .column("expires_at")
+      .where(sql.ref("status"), "=", sql.lit("pending"))
+      .execute();
+    await db.schema.alterTable("runs").addColumn("waiting_since", "bigint").execute();
+  },
+};
+
+migrations["0018_runs_queue"] = {
+  // Each tenant's queued child runs, oldest first, as a claim reads them when a node has no room
+  // left for root runs (the whole queue is read through runs_status). Partial, so it holds only
+  // queued child runs however many runs have ended; queries match it by naming its conditions
+  // literally.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createIndex("runs_queue_children")
+      .on("runs")
+      .columns(["tenant_id", "id"])
+      .where((eb) =>
+        eb.and([eb(sql.ref("status"), "=", sql.lit("queued")), eb(sql.ref("root_run_id"), "is not", null)]),
+      )
+      .execute();
+  },
+};
+
+migrations["0019_oauth_accounts"] = {
   // OAuth apps of tenants, pending connect sessions, and end users' accounts with sealed tokens.
   // One account per (tenant, app, end user); its row is what a refresh locks.
   // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
@@ -750,7 +819,7 @@ migrations["0018_oauth_accounts"] = {
   },
 };
 
-migrations["0019_run_end_user"] = {
+migrations["0020_run_end_user"] = {
   // The end user a run acts for (its OAuth connections attach that user's accounts), fixed when it
   // is triggered; and the end user of the runs a schedule or a webhook starts.
   // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.

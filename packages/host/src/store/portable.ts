@@ -23,6 +23,21 @@ export function dbNow(dialect: Dialect): RawBuilder<number> {
     : sql<number>`CAST(unixepoch('subsec') * 1000 AS INTEGER)`;
 }
 
+/**
+ * The comment that starts a statement the store prepares once per connection on PostgreSQL: one
+ * run often, in a fixed form, whose parsing and planning would otherwise be paid at every run.
+ */
+export const PREPARED = "/* prepared */";
+
+/**
+ * `query`, marked to be prepared once per connection (see PREPARED). Its text must be one of a
+ * few fixed forms (values as parameters), and it must name every column it returns: a prepared
+ * statement's result shape is fixed for its connection's life.
+ */
+export function prepared<T>(query: RawBuilder<T>): RawBuilder<T> {
+  return sql<T>`${sql.raw(PREPARED)} ${query}`;
+}
+
 /** The database's clock now, read in its own statement. */
 export async function readDbNow(db: Db, dialect: Dialect): Promise<number> {
   const { rows } = await sql<{ now: number | string }>`SELECT ${dbNow(dialect)} AS now`.execute(db);
@@ -30,14 +45,22 @@ export async function readDbNow(db: Db, dialect: Dialect): Promise<number> {
 }
 
 /**
- * Takes transaction-scoped locks on `names` (PostgreSQL advisory locks, sorted so that two
- * transactions never wait on each other in a cycle); released when the transaction ends.
+ * Takes transaction-scoped locks on `names`, and shared ones on `shared` (a name in both is taken
+ * exclusively): PostgreSQL advisory locks, in one statement, in the order of their keys so that
+ * two transactions never wait on each other in a cycle; released when the transaction ends.
  */
-export async function lockNames(trx: Db, dialect: Dialect, names: string[]): Promise<void> {
+export async function lockNames(trx: Db, dialect: Dialect, names: string[], shared: string[] = []): Promise<void> {
   if (dialect !== "postgres") return;
-  for (const name of [...new Set(names)].sort()) {
-    await sql`SELECT pg_advisory_xact_lock(hashtextextended(${name}, 0))`.execute(trx);
-  }
+  const exclusive = new Set(names);
+  const all = [...exclusive, ...new Set(shared.filter((n) => !exclusive.has(n)))];
+  if (all.length === 0) return;
+  await prepared(sql`
+    SELECT CASE WHEN l.exclusive THEN pg_advisory_xact_lock(l.key) ELSE pg_advisory_xact_lock_shared(l.key) END
+    FROM (
+      SELECT hashtextextended(u.name, 0) AS key, u.exclusive
+      FROM unnest(${all}::text[], ${all.map((n) => exclusive.has(n))}::bool[]) AS u(name, exclusive)
+      ORDER BY key, u.exclusive DESC
+    ) AS l`).execute(trx);
 }
 
 /**

@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { type Compilable, CompiledQuery, type Kysely, sql } from "kysely";
 import { type CallFilter, CallLog } from "../activity/calls.ts";
+import { Claims } from "../engine/claims.ts";
 import { type RunFilter, RunRepository } from "../engine/runs.ts";
 import { Ledger } from "../gateway/ledger.ts";
 import { forEachStore, type StoreKind } from "../testing/stores.ts";
@@ -110,6 +111,7 @@ forEachStore((store: StoreKind) =>
   describe(`query plans over ${RUNS} runs on ${store.name}`, { skip: store.skip }, () => {
     let opened: Awaited<ReturnType<StoreKind["open"]>>;
     let runs: RunRepository;
+    let claims: Claims;
     let calls: CallLog;
     let ledger: Ledger;
     const big = "ten_big";
@@ -119,7 +121,9 @@ forEachStore((store: StoreKind) =>
     before(async () => {
       opened = await store.open();
       const db = opened.db;
-      runs = new RunRepository(db, new EventLog(db, { dialect: store.name }));
+      const log = new EventLog(db, { dialect: store.name });
+      runs = new RunRepository(db, log);
+      claims = new Claims({ db, runs, events: log }, { workerId: "plans", maxConcurrent: 1, dialect: store.name });
       calls = new CallLog(db);
       ledger = new Ledger(db, { dialect: store.name });
       const r = random(7);
@@ -293,6 +297,25 @@ forEachStore((store: StoreKind) =>
           query: runs.countsQuery(big, { ...range, agentId: run.agent_id }),
           index: "runs_agent_list",
           ordered: false,
+        },
+        {
+          what: "queued runs a claim is offered",
+          query: claims.offerQuery(opened.db, big, undefined, 50, false),
+          index: "runs_status",
+          ordered: true,
+        },
+        {
+          what: "queued runs a claim is offered, further down",
+          query: claims.offerQuery(opened.db, big, run.id, 50, false),
+          index: "runs_status",
+          ordered: true,
+        },
+        {
+          what: "queued child runs a claim is offered",
+          query: claims.offerQuery(opened.db, big, undefined, 50, true),
+          // SQLite's planner prefers the index with more equalities: the tenant's queue, checking each run.
+          index: store.name === "sqlite" ? ["runs_queue_children", "runs_status"] : "runs_queue_children",
+          ordered: true,
         },
         { what: "spending", query: ledger.spentQuery(big, range), index: "credit_ledger_spend", ordered: false },
         {

@@ -171,6 +171,8 @@ export interface RunsTable {
   trace_parent: string | null;
   /** The end user (of the tenant) whose accounts its OAuth connections attach, if any. */
   end_user: string | null;
+  /** Since when the run waits for approvals (status waiting); null otherwise. */
+  waiting_since?: number | null;
 }
 
 export interface AttemptsTable {
@@ -365,6 +367,52 @@ export interface JournalTable {
   created_at: number;
 }
 
+/** A call held for a person's approval (see store/approvals.ts). */
+export interface ApprovalsTable {
+  id: string;
+  tenant_id: string;
+  run_id: string;
+  agent_id: string;
+  /** The attempt that asked last. */
+  attempt: number;
+  /** bridge | llm | agent */
+  kind: string;
+  /** The connection, model or agent called. */
+  target: string;
+  /** Which policy rule asked (max_pending counts per rule and run). */
+  rule_key: string;
+  /** The call's journal step in that attempt. */
+  step: string | null;
+  /** Binds the held request: method, target, path, query, headers and body hashed together. */
+  request_hash: string;
+  /** JSON of the ApprovalRequest the approvers are shown. */
+  request: string;
+  /** JSON of what is sent besides the body (see HeldCall). */
+  held: string;
+  body: Uint8Array;
+  /** JSON of the ApprovalRule. */
+  rule: string;
+  /** The rule names the admin among its approvers. */
+  admin_approves: number;
+  /** pending | approved | denied | expired | canceled */
+  status: string;
+  created_at: number;
+  expires_at: number;
+  /** Denied on its own at this time when still pending (auto_deny_after_s). */
+  deny_at: number | null;
+  decided_at: number | null;
+  /** api | link | auto | host */
+  decided_via: string | null;
+  decided_key: string | null;
+  note: string | null;
+  /** null until sent; sending while on the way; sent once the answer came. */
+  forward_state: string | null;
+  forwarded_at: number | null;
+  answer_status: number | null;
+  answer_headers: string | null;
+  answer_body: Uint8Array | null;
+}
+
 /** A node sharing the store (see nodes/nodes.ts); times are the database's clock, in ms. */
 export interface NodesTable {
   id: string;
@@ -415,6 +463,7 @@ export interface Database {
   oauth_apps: OAuthAppsTable;
   connect_sessions: ConnectSessionsTable;
   oauth_accounts: OAuthAccountsTable;
+  approvals: ApprovalsTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
 }

@@ -19,17 +19,22 @@ export interface TestStore {
   close(): Promise<void>;
 }
 
-/** A tenant and an agent of it in `db`, for rows that must name them. */
+/** A new tenant (named by its id, so that a store holds as many as asked for) and an agent of it in `db`, for rows that must name them. */
 export async function seedAgent(db: Kysely<Database>): Promise<{ tenant: string; agent: string }> {
   const tenant = newId("ten");
+  await db.insertInto("tenants").values({ id: tenant, name: tenant, created_at: 0 }).execute();
+  return { tenant, agent: await seedAgentOf(db, tenant) };
+}
+
+/** A new agent of `tenant` (named by its id) in `db`; returns its id. */
+export async function seedAgentOf(db: Kysely<Database>, tenant: string): Promise<string> {
   const agent = newId("agt");
-  await db.insertInto("tenants").values({ id: tenant, name: "t", created_at: 0 }).execute();
   await db
     .insertInto("agents")
     .values({
       id: agent,
       tenant_id: tenant,
-      name: "a",
+      name: agent,
       spec: "{}",
       current_version: 1,
       version: 1,
@@ -37,7 +42,7 @@ export async function seedAgent(db: Kysely<Database>): Promise<{ tenant: string;
       created_at: 0,
     })
     .execute();
-  return { tenant, agent };
+  return agent;
 }
 
 /** @example const store = await openTestStore("event-log"); after(() => store.close()); */

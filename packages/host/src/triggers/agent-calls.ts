@@ -11,9 +11,14 @@
  * read back only its own children. Each child records its parent, the root of the tree and its
  * depth; children's model calls are charged to the root run's bill and budget.
  */
+
 import {
+  APPROVAL_HEADER,
   AppError,
+  type ApprovalRule,
+  agentCallName,
   type ChildRun,
+  GOING_STATUSES,
   MAX_INPUT_BYTES,
   RunCreate,
   type RunEventBody,
@@ -24,7 +29,9 @@ import type { Kysely, Transaction } from "kysely";
 import type { Agents } from "../agents/agents.ts";
 import { runSpec } from "../agents/agents.ts";
 import type { Artifacts } from "../artifacts/artifacts.ts";
+import type { Approvals } from "../bridge/approvals.ts";
 import {
+  approvalAsked,
   type ChannelCall,
   type ChannelRoute,
   parseJson,
@@ -35,10 +42,12 @@ import {
   sendReplay,
   takeStep,
 } from "../bridge/channel.ts";
+import type { LiveSandbox } from "../bridge/live.ts";
 import type { RunRepository } from "../engine/runs.ts";
 import type { EventLog } from "../store/event-log.ts";
 import { type Journal, requestHash } from "../store/journal.ts";
 import type { Database, RunsTable } from "../store/schema.ts";
+import { parseRunSpec } from "../store/stored.ts";
 import { formatTraceparent } from "../tracing/trace-context.ts";
 
 /** The most levels of child runs below a root run. */
@@ -80,6 +89,8 @@ export interface AgentCallsDeps {
   notify: () => void;
   /** Where a child run started by a journaled attempt is recorded, for its retries to get that child. */
   journal?: Journal;
+  /** Holds starts that the caller's policy says a person must approve. */
+  approvals?: Approvals;
 }
 
 export class AgentCalls implements ChannelRoute {
@@ -90,6 +101,7 @@ export class AgentCalls implements ChannelRoute {
   readonly #artifacts: Artifacts;
   readonly #notify: () => void;
   readonly #journal: Journal | undefined;
+  readonly #approvals: Approvals | undefined;
 
   constructor(deps: AgentCallsDeps) {
     this.#db = deps.db;
@@ -99,6 +111,7 @@ export class AgentCalls implements ChannelRoute {
     this.#artifacts = deps.artifacts;
     this.#notify = deps.notify;
     this.#journal = deps.journal;
+    this.#approvals = deps.approvals;
   }
 
   serves(target: string): boolean {
@@ -122,6 +135,11 @@ export class AgentCalls implements ChannelRoute {
         const parsed = RunCreate.safeParse(parseJson(await readCapped(req, MAX_CHILD_BODY_BYTES), {}));
         if (!parsed.success) throw new Refusal("validation_failed", "The body is {input?}: the child run's input.");
         const body = parsed.data;
+        const rule = await this.#approvalRule(sandbox.runId, name);
+        if (rule) {
+          await this.#startApproved(call, sandbox, name, body.input, rule, record);
+          return;
+        }
         // A retried attempt asking again for a child an earlier attempt started gets that child.
         const journal = sandbox.journaled ? this.#journal : undefined;
         const step = takeStep(sandbox, req, `agent:${name}`);
@@ -183,14 +201,86 @@ export class AgentCalls implements ChannelRoute {
       req.resume();
       record.status = denial.status;
       record.code = denial.code;
-      sandbox?.record({ type: "agent.call", data: record });
+      record.approval ??= denial.headers[APPROVAL_HEADER];
+      // Told to ask again for its approval: no call to record yet.
+      if (denial.code !== "approval_pending") sandbox?.record({ type: "agent.call", data: record });
     }
+  }
+
+  /** The approval the caller's own policy asks before it starts `name`, if any (its run's frozen spec). */
+  async #approvalRule(runId: string, name: string): Promise<ApprovalRule | null> {
+    const row = await this.#db.selectFrom("runs").select("spec").where("id", "=", runId).executeTakeFirst();
+    const entry = (row ? (parseRunSpec(row.spec).policy?.agents ?? []) : []).find((e) => agentCallName(e) === name);
+    return entry && typeof entry !== "string" ? entry.approval : null;
+  }
+
+  /**
+   * A start the caller's policy says a person must approve: held with its input; once approved,
+   * the child run is made, its answer kept and the right to start it taken, all in one
+   * transaction, so that it is started once whatever repeats the request or crashes meanwhile.
+   */
+  async #startApproved(
+    call: ChannelCall,
+    sandbox: LiveSandbox,
+    name: string,
+    input: unknown,
+    rule: ApprovalRule,
+    record: RunEventData<"agent.call">,
+  ): Promise<void> {
+    const { req, res } = call;
+    const approvals = this.#approvals;
+    if (!approvals) throw new Refusal("policy_denied", "This host cannot hold calls for approval.");
+    const body = Buffer.from(JSON.stringify({ input: input ?? null }));
+    const outcome = await approvals.hold({
+      sandbox,
+      kind: "agent",
+      target: name,
+      ruleKey: `agent:${name}`,
+      rule,
+      hash: requestHash(["agent", name, body]),
+      request: {
+        kind: "agent",
+        target: name,
+        method: "POST",
+        path: `/agents/${name}/runs`,
+        query: "",
+        url: null,
+        headers: { "content-type": "application/json" },
+      },
+      held: {},
+      body,
+      takeStep: () => takeStep(sandbox, req, `agent:${name}`),
+      res,
+      asked: approvalAsked(req),
+      claims: false,
+    });
+    record.approval = "replay" in outcome ? outcome.approval.id : outcome.send.id;
+    if ("replay" in outcome) {
+      sendReplay(res, { ...outcome.replay, attempt: outcome.approval.attempt });
+      sandbox.record({ type: "agent.call", data: { ...record, status: outcome.replay.status, replayed: true } });
+      return;
+    }
+    const approved = outcome.send;
+    const child = await this.start(
+      { tenantId: sandbox.tenantId, runId: sandbox.runId, record: (e) => sandbox.record(e) },
+      name,
+      input,
+      (trx, answer) =>
+        approvals.sendWithin(trx, approved.id, {
+          status: 201,
+          headers: { "content-type": "application/json" },
+          body: Buffer.from(JSON.stringify(answer)),
+        }),
+    );
+    sendJson(res, 201, child);
+    sandbox.record({ type: "agent.call", data: { ...record, status: 201 } });
   }
 
   /**
    * Starts a child run of `name` (already allowed by the caller's token) with `input`. `journal`,
-   * when given, records the answer in the same transaction as the child run, so that a crash
-   * cannot leave a child its retried parent would start again.
+   * when given, records the answer in the same transaction as the child run (in the journal, or
+   * on the approval it was started under), so that a crash cannot leave a child its retried
+   * parent would start again.
    */
   async start(
     caller: CallerRun,
@@ -207,7 +297,7 @@ export class AgentCalls implements ChannelRoute {
       .selectFrom("runs")
       .select((eb) => eb.fn.countAll().as("n"))
       .where("parent_run_id", "=", parent.id)
-      .where("status", "in", ["queued", "starting", "running"])
+      .where("status", "in", GOING_STATUSES)
       .executeTakeFirstOrThrow();
     if (Number(active.n) >= MAX_ACTIVE_CHILDREN) {
       throw new AppError("too_many_children", `A run may have ${MAX_ACTIVE_CHILDREN} child runs going at once.`);

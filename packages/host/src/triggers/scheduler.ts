@@ -13,6 +13,7 @@
 import {
   type AgentSpec,
   AppError,
+  GOING_STATUSES,
   type OverlapPolicy,
   type Schedule,
   ScheduleCreate,
@@ -32,7 +33,7 @@ import { StoreFailures } from "../store/unavailable.ts";
 const ON_TIME_GRACE_MS = 60_000;
 /** Slots looked at per schedule per tick (a long downtime of a per-second schedule stays bounded). */
 const MAX_SLOTS_PER_TICK = 100_000;
-const ACTIVE = ["queued", "starting", "running"];
+const ACTIVE = GOING_STATUSES;
 
 export interface SchedulerDeps {
   db: Kysely<Database>;

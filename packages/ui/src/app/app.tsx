@@ -5,6 +5,7 @@ import { matchRoute, paths } from "./lib/router.ts";
 import { AdminPage } from "./pages/admin.tsx";
 import { AgentPage } from "./pages/agent.tsx";
 import { AgentsPage } from "./pages/agents.tsx";
+import { ApprovalsPage } from "./pages/approvals.tsx";
 import { CreditsPage } from "./pages/credits.tsx";
 import { RunPage } from "./pages/run.tsx";
 import { RunsPage } from "./pages/runs.tsx";
@@ -21,6 +22,7 @@ export function App() {
     ["Runs", paths.runs(), route.page === "runs" || route.page === "run"],
     ["Agents", paths.agents(), route.page === "agents" || route.page === "agent"],
     ["Credits", paths.credits(), route.page === "credits"],
+    ["Approvals", paths.approvals(), route.page === "approvals"],
     ["Settings", paths.settings(), route.page === "settings"],
   ];
   if (who.role === "admin") nav.push(["Admin", paths.admin(), route.page === "admin"]);
@@ -52,6 +54,7 @@ export function App() {
         {route.page === "agents" && <AgentsPage />}
         {route.page === "agent" && <AgentPage key={route.id} id={route.id} />}
         {route.page === "credits" && <CreditsPage />}
+        {route.page === "approvals" && <ApprovalsPage />}
         {route.page === "settings" && <SettingsPage />}
         {route.page === "admin" && (who.role === "admin" ? <AdminPage /> : <p>This page needs the admin key.</p>)}
         {route.page === "not_found" && (

@@ -12,6 +12,13 @@ import { after, before, describe, it } from "node:test";
 import type { Browser, Page } from "playwright-core";
 import { openDatabase } from "../../../host/src/store/database.ts";
 import { EventLog } from "../../../host/src/store/event-log.ts";
+import {
+  CALLS_AGENT,
+  type CallResult,
+  pendingApprovals,
+  startRun,
+} from "../../../host/src/testing/approval-support.ts";
+import { artifactJson, startStandIn } from "../../../host/src/testing/bridge-support.ts";
 import { e2eSkip } from "../../../host/src/testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../../../host/src/testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../../../host/src/testing/llm-stand-in.ts";
@@ -191,6 +198,57 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     await screenshot(page, "artifacts");
     clean(seen, "run page with hostile artifacts");
     await context.close();
+  });
+
+  it("approves a held call from the approvals page, its hostile body shown as text", async () => {
+    const upstream = await startStandIn();
+    try {
+      await t.api("PUT", "/v1/secrets/held-key", { value: "held-secret-value-1234" });
+      const put = await t.api("PUT", "/v1/connections/held", {
+        base_url: upstream.url,
+        secret: "held-key",
+        auth: { type: "bearer" },
+        internal: true,
+        policy: { allow: [{ methods: ["POST"], path: "/send/**", approval: { timeout_s: 300 } }] },
+      });
+      assert.equal(put.status, 201, JSON.stringify(put.body));
+      const hostile = "<img src=x onerror=alert(7)>";
+      const { runId } = await startRun(
+        t,
+        {
+          name: "held-caller",
+          command: ["/opt/paddock/runner/node", "/app/calls.mjs"],
+          files: { "calls.mjs": CALLS_AGENT },
+          policy: { connections: ["held"] },
+        },
+        { calls: [{ connection: "held", path: "/send/x", body: hostile }] },
+      );
+      const [pending] = await pendingApprovals(t, runId);
+      const { context, page, seen } = await watchedPage(browser);
+      await signIn(page, base, t.adminKey, "/ui/approvals");
+      const card = page.locator(`section#${pending.id}`);
+      await card.waitFor();
+      assert.equal(await card.locator(".approval-body").textContent(), hostile, "the body is shown as its text");
+      assert.match((await card.locator(".approval-request").textContent()) ?? "", /<secret held-key>/);
+      await card.locator("input").fill("looks fine");
+      await card.locator("button:has-text('Approve')").click();
+      const done = await waitForRun(t, runId);
+      assert.equal(done.status, "succeeded");
+      const results: CallResult[] = await artifactJson(t, runId, "result.json");
+      assert.equal(results[0]?.status, 200);
+      assert.deepEqual(
+        upstream.seen.filter((r) => r.url === "/send/x").map((r) => r.body),
+        [hostile],
+        "the approved call reached the upstream once, with the body shown",
+      );
+      const decided = (await t.api("GET", `/v1/approvals/${pending.id}`)).body;
+      assert.deepEqual([decided.status, decided.note, decided.decided_by.via], ["approved", "looks fine", "api"]);
+      clean(seen, "approvals");
+      await screenshot(page, "approvals");
+      await context.close();
+    } finally {
+      await upstream.close();
+    }
   });
 
   it("cancels a long run from its page", async () => {

@@ -8,6 +8,7 @@ export type Route =
   | { page: "agents" }
   | { page: "agent"; id: string }
   | { page: "credits" }
+  | { page: "approvals" }
   | { page: "settings" }
   | { page: "admin" }
   | { page: "not_found"; path: string };
@@ -32,6 +33,7 @@ export function matchRoute(pathname: string): Route {
       if (id === undefined) return { page: "agents" };
       return ID.test(id) ? { page: "agent", id } : { page: "not_found", path: pathname };
     case "credits":
+    case "approvals":
     case "settings":
     case "admin":
       return id === undefined ? { page: section } : { page: "not_found", path: pathname };
@@ -47,6 +49,7 @@ export const paths = {
   agents: () => `${BASE}/agents`,
   agent: (id: string) => `${BASE}/agents/${encodeURIComponent(id)}`,
   credits: () => `${BASE}/credits`,
+  approvals: () => `${BASE}/approvals`,
   settings: () => `${BASE}/settings`,
   admin: () => `${BASE}/admin`,
 };

@@ -17,5 +17,5 @@ export function mergeRuns(current: readonly Run[], fresh: readonly Run[], firstP
 
 /** Runs that can still be canceled. */
 export function cancelable(run: Run): boolean {
-  return run.status === "queued" || run.status === "starting" || run.status === "running";
+  return run.status === "queued" || run.status === "starting" || run.status === "running" || run.status === "waiting";
 }

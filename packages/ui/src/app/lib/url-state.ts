@@ -9,6 +9,7 @@ export const STATUSES: readonly RunStatus[] = [
   "queued",
   "starting",
   "running",
+  "waiting",
   "succeeded",
   "failed",
   "timed_out",
