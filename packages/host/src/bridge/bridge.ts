@@ -40,7 +40,6 @@ import {
 } from "@paddock/protocol";
 import { z } from "zod";
 import type { Metrics } from "../metrics/metrics.ts";
-import type { AccessGrant } from "../oauth/accounts.ts";
 import { type Journal, type JournalEntry, MAX_JOURNAL_BYTES, requestHash } from "../store/journal.ts";
 import { parseStored } from "../store/stored.ts";
 import { epochMs, epochOf, type Tracing } from "../tracing/tracing.ts";
@@ -64,6 +63,12 @@ import type { TokenBucket } from "./rate-limit.ts";
 import { redactionNeedles, redactText } from "./redact.ts";
 import { relay } from "./relay.ts";
 import type { RunTokenClaims } from "./tokens.ts";
+
+/** The token an `oauth` connection attaches, and the refresh taken on the call's path (for the run's record). */
+export interface AccessGrant {
+  token: string;
+  refreshed: RunEventData<"account.refreshed"> | null;
+}
 
 export interface BridgeDeps {
   live: LiveSandboxes;

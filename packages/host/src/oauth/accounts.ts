@@ -15,15 +15,11 @@
  * tenant, so another tenant's "alice" is another end user.
  */
 import { createHash, randomBytes } from "node:crypto";
-import {
-  type Account,
-  AppError,
-  type ConnectSession,
-  type ConnectSessionCreate,
-  type RunEventData,
-} from "@paddock/protocol";
+import { type Account, AppError, type ConnectSession, type ConnectSessionCreate } from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { z } from "zod";
+import type { AccessGrant } from "../bridge/bridge.ts";
+import { accountAad } from "../secrets/secrets.ts";
 import type { Sealer } from "../secrets/vault.ts";
 import { dialectOf } from "../store/database.ts";
 import { newId } from "../store/ids.ts";
@@ -34,8 +30,7 @@ import { type ProviderAnswer, type ProviderHttp, ProviderUnreachable } from "./p
 /** How long a connect URL (and the authorization it starts) stays good. */
 export const CONNECT_SESSION_TTL_MS = 10 * 60_000;
 
-/** Associated data of an account's sealed tokens, and of a session's sealed PKCE verifier. */
-export const accountAad = (id: string) => `oauth-account:v1:${id}`;
+/** Associated data of a session's sealed PKCE verifier (an account's tokens: see accountAad). */
 export const connectSessionAad = (id: string) => `connect-session:v1:${id}`;
 
 /** The tokens of an account, as sealed. */
@@ -57,12 +52,6 @@ const TokenAnswer = z.object({
 
 /** An access token is refreshed when it expires within this long. */
 export const REFRESH_MARGIN_MS = 60_000;
-
-/** What the bridge attaches, and the refresh it took on the call's path (for the run's record). */
-export interface AccessGrant {
-  token: string;
-  refreshed: RunEventData<"account.refreshed"> | null;
-}
 
 const needsReauth = (app: string) =>
   new AppError(

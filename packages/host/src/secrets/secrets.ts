@@ -12,7 +12,6 @@
  */
 import { AppError, type Secret } from "@paddock/protocol";
 import type { Kysely } from "kysely";
-import { accountAad } from "../oauth/accounts.ts";
 import { newId } from "../store/ids.ts";
 import type { Database, SecretsTable } from "../store/schema.ts";
 import type { Vault } from "./vault.ts";
@@ -21,6 +20,9 @@ import type { Vault } from "./vault.ts";
 export function signingKeyAad(kid: string): string {
   return `signing-key:v1:${kid}`;
 }
+
+/** Associated data of an end user's OAuth account's sealed tokens. */
+export const accountAad = (id: string) => `oauth-account:v1:${id}`;
 
 /** Associated data of a secret's sealed value. */
 export const secretAad = (tenantId: string, name: string) => `secret:v1:${tenantId}:${name}`;
