@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { openSqlite } from "../store/sqlite.ts";
+import { CALLS_AGENT, pendingApprovals } from "../testing/approval-support.ts";
 import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runEvents, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
@@ -130,6 +131,37 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
     assert.equal(b.user, "bob");
     assert.notEqual(b.token, a.token);
     assert.ok(!bob.leaked.includes(b.token));
+  });
+
+  test("a held call shows approvers the account, never a token; approved, it goes with the end user's", async () => {
+    const put = await t.api("PUT", "/v1/connections/mail-held", {
+      base_url: upstream.url,
+      auth: "oauth:idp",
+      internal: true,
+      policy: { allow: [{ methods: ["POST"], path: "/echo/held/**", approval: { timeout_s: 120 } }] },
+    });
+    assert.equal(put.status, 201, JSON.stringify(put.body));
+    const agent = await t.api("POST", "/v1/agents", {
+      name: uniqueName("mail-held"),
+      command: [NODE, "/app/calls.mjs"],
+      files: { "calls.mjs": CALLS_AGENT },
+      policy: { connections: ["mail-held"] },
+    });
+    assert.equal(agent.status, 201, JSON.stringify(agent.body));
+    const calls = [{ connection: "mail-held", path: "/echo/held/a", body: "hi" }];
+    const started = await t.api("POST", `/v1/agents/${agent.body.id}/runs`, { end_user: "alice", input: { calls } });
+    assert.equal(started.status, 201, JSON.stringify(started.body));
+    const [held] = await pendingApprovals(t, started.body.id);
+    assert.equal(held.request.headers.authorization, "Bearer <account idp>");
+    const approved = await t.api("POST", `/v1/approvals/${held.id}`, { decision: "approve" });
+    assert.equal(approved.status, 200, JSON.stringify(approved.body));
+    const run = await waitForRun(t, started.body.id);
+    const events = await runEvents(t, run.id);
+    assert.equal(run.status, "succeeded", JSON.stringify(events));
+    const sent = await lastToken();
+    assert.equal(sent.user, "alice");
+    const kept = await t.api("GET", `/v1/approvals/${held.id}`);
+    assert.ok(!JSON.stringify([held, kept.body, events]).includes(sent.token), "approvers and events never see it");
   });
 
   test("a run without an end user, or whose end user has no account, is refused account_missing", async () => {
