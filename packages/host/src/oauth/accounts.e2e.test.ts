@@ -215,6 +215,30 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
     assert.ok(!after.leaked.includes(fresh.token) && !after.leaked.includes(old.token));
   });
 
+  test("an upstream's 401 refreshes the token once and sends the call again with the same body", async () => {
+    await connect("erin");
+    const { refreshed } = idp.counts;
+    const { results, events, leaked } = await runFor("erin", [
+      { path: "/bridge/mail/echo/unauthorized-once/a", method: "POST", body: "again" },
+    ]);
+    assert.deepEqual(
+      results.map((r) => r.status),
+      [200],
+    );
+    assert.equal(idp.counts.refreshed, refreshed + 1);
+    const [refused, sent] = upstream.seen.filter((r) => r.url === "/echo/unauthorized-once/a").slice(-2);
+    assert.deepEqual([refused?.body, sent?.body], ["again", "again"]);
+    assert.notEqual(refused?.headers.authorization, sent?.headers.authorization);
+    const fresh = await lastToken();
+    assert.equal(fresh.user, "erin");
+    const records = events.filter((e) => e.type === "account.refreshed");
+    assert.deepEqual(
+      records.map((e) => (e.data as { reason: string }).reason),
+      ["unauthorized"],
+    );
+    assert.ok(!leaked.includes(fresh.token));
+  });
+
   test("an account revoked at the provider becomes needs_reauth: calls fail account_needs_reauth", async () => {
     await connect("dora");
     await idp.revokeUser("dora");
