@@ -117,6 +117,7 @@ function rawSummary(event: RunEventRead): string {
     case "journal.diverged":
     case "schedule.fired":
     case "webhook.received":
+    case "account.refreshed":
       return compactJson(event.data);
     default:
       return unknownType(event);

@@ -5,6 +5,7 @@
 import { AppError } from "@paddock/protocol";
 import { CliError, CONNECTION_HELP, UsageError, wantsHelp } from "./args.ts";
 import { ApiError, ConnectionError } from "./client.ts";
+import { accounts } from "./commands/accounts.ts";
 import { agents } from "./commands/agents.ts";
 import { approvals } from "./commands/approvals.ts";
 import { artifacts } from "./commands/artifacts.ts";
@@ -17,6 +18,7 @@ import { images } from "./commands/images.ts";
 import { keys } from "./commands/keys.ts";
 import { nodes } from "./commands/nodes.ts";
 import { notifications } from "./commands/notifications.ts";
+import { oauthApps } from "./commands/oauth-apps.ts";
 import { cancel, logs, run, runs } from "./commands/runs.ts";
 import { schedules, webhooks } from "./commands/schedules.ts";
 import { secrets } from "./commands/secrets.ts";
@@ -37,6 +39,8 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   agents,
   connections,
   secrets,
+  oauthApps,
+  accounts,
   providers,
   models,
   credits,

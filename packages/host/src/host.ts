@@ -54,6 +54,9 @@ import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
 import { NotificationDispatcher } from "./notifications/dispatcher.ts";
 import { NotificationOutbox } from "./notifications/outbox.ts";
 import { Notifications } from "./notifications/subscriptions.ts";
+import { Accounts } from "./oauth/accounts.ts";
+import { OAuthApps } from "./oauth/apps.ts";
+import { ProviderHttp } from "./oauth/provider-http.ts";
 import type { SandboxDriver } from "./sandbox/driver.ts";
 import { LinuxSandboxDriver } from "./sandbox/linux/linux-driver.ts";
 import { SandboxNetwork } from "./sandbox/linux/network.ts";
@@ -124,6 +127,8 @@ export interface ServiceEnv {
 /** Every service of a host and the API over them; nothing is started that needs a timer. */
 export interface Services {
   identity: Identity;
+  /** End users' OAuth accounts (connect sessions, tokens the bridge attaches). */
+  accounts: Accounts;
   agents: Agents;
   runs: RunRepository;
   runners: RunnerRegistry;
@@ -280,6 +285,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   if (resealed > 0) log(`re-sealed ${resealed} secret(s) and signing key(s) under master key ${vault.masterKeyId}`);
   log(`master key ${vault.masterKeyId} from ${keySource}`);
   const secrets = new Secrets(db, vault);
+  const providerHttp = new ProviderHttp(env.testOnly?.resolve);
+  const oauthApps = new OAuthApps(db, providerHttp);
+  const accounts = new Accounts({ db, vault, apps: oauthApps, http: providerHttp, secrets });
   const tokens = new RunTokens({
     db,
     sealer: vault,
@@ -346,6 +354,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     tokens,
     connections,
     secrets,
+    accounts,
     rateLimits,
     log,
     routes,
@@ -448,6 +457,8 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     sessions,
     connections,
     secrets,
+    oauthApps,
+    accounts,
     providers,
     ledger,
     scheduler,
@@ -466,6 +477,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   });
   return {
     identity,
+    accounts,
     agents,
     runs,
     runners,

@@ -4,6 +4,7 @@ import { BuiltinDefinition } from "./agent-definition.ts";
 import { AgentPolicy } from "./bridge.ts";
 import { AgentBudget } from "./gateway.ts";
 import { Limits } from "./limits.ts";
+import { EndUser } from "./oauth.ts";
 import { RetryPolicy } from "./triggers.ts";
 
 const Name = z
@@ -301,6 +302,11 @@ export const RunCreate = z
         `input serializes to at most ${MAX_INPUT_BYTES} bytes`,
       )
       .optional(),
+    /**
+     * The product's user the run acts for: connections with OAuth auth attach this end user's
+     * accounts (of this tenant). Fixed for the run, its retries and its child runs.
+     */
+    end_user: EndUser.optional(),
   })
   .strict()
   .meta({ id: "RunCreate" });
@@ -314,10 +320,10 @@ export const RunTrigger = z.enum(["api", "schedule", "webhook", "agent", "replay
 export type RunTrigger = z.infer<typeof RunTrigger>;
 
 /**
- * `POST /v1/runs/{id}/replay`: a new run of the same agent version and environment as the run
- * named, with its input, or with `input` instead when given (`null` included).
+ * `POST /v1/runs/{id}/replay`: a new run of the same agent version, environment and end user as
+ * the run named, with its input, or with `input` instead when given (`null` included).
  */
-export const RunReplay = RunCreate.meta({ id: "RunReplay" });
+export const RunReplay = RunCreate.omit({ end_user: true }).meta({ id: "RunReplay" });
 export type RunReplay = z.infer<typeof RunReplay>;
 
 export const Run = z
@@ -340,6 +346,8 @@ export const Run = z
     /** The agent's definition version the run was triggered with (it keeps it through retries). */
     agent_version: z.number().int(),
     input: z.unknown(),
+    /** The end user whose accounts its OAuth connections use, if any. */
+    end_user: z.string().nullable(),
     created_at: z.string(),
     started_at: z.string().nullable(),
     finished_at: z.string().nullable(),

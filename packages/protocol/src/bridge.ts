@@ -94,9 +94,23 @@ export const ConnectionAuth = z
       .strict(),
     /** Nothing attached: an upstream that needs no credential. */
     z.object({ type: z.literal("none") }).strict(),
+    /**
+     * `Authorization: Bearer <access token>` of the run's end user's account at the OAuth app
+     * `app` (the host refreshes it); no secret.
+     */
+    z.object({ type: z.literal("oauth"), app: ConnectionName }).strict(),
   ])
   .meta({ id: "ConnectionAuth" });
 export type ConnectionAuth = z.infer<typeof ConnectionAuth>;
+
+/** `auth` as a connection is put: an object, or the short form `"oauth:APP"`. */
+const ConnectionAuthInput = z.preprocess(
+  (v) => (typeof v === "string" && v.startsWith("oauth:") ? { type: "oauth", app: v.slice(6) } : v),
+  ConnectionAuth,
+);
+
+/** Auth types that attach no secret of the tenant's. */
+const SECRETLESS = new Set(["none", "oauth"]);
 
 const MAX_PATTERN_LENGTH = 1024;
 const LITERAL_SEGMENT = /^(?:[A-Za-z0-9\-._~!$&'()+,;=:@]|%[0-9A-Fa-f]{2})+$/;
@@ -274,19 +288,20 @@ const connectionFields = {
 export const ConnectionPut = z
   .object({
     ...connectionFields,
-    /** The name of the secret to attach; required unless auth is "none". */
+    auth: ConnectionAuthInput,
+    /** The name of the secret to attach; required unless auth is "none" or "oauth". */
     secret: SecretRef.optional(),
   })
   .strict()
   .superRefine((c, ctx) => {
-    if (c.auth.type !== "none" && c.secret === undefined) {
+    if (!SECRETLESS.has(c.auth.type) && c.secret === undefined) {
       ctx.addIssue({ code: "custom", path: ["secret"], message: `auth '${c.auth.type}' needs a secret` });
     }
-    if (c.auth.type === "none" && c.secret !== undefined) {
+    if (SECRETLESS.has(c.auth.type) && c.secret !== undefined) {
       ctx.addIssue({
         code: "custom",
         path: ["auth"],
-        message: "a secret is attached only with an auth type other than 'none'",
+        message: `auth '${c.auth.type}' attaches no secret`,
       });
     }
   })

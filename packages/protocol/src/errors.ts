@@ -95,6 +95,28 @@ export const ERROR_CODES = {
     message: "A connection uses this secret; change or delete the connection first.",
   },
   unknown_secret: { status: 422, message: "The connection names a secret that does not exist; set it first." },
+  unknown_oauth_app: { status: 422, message: "No OAuth app of that name; set it first (PUT /v1/oauth-apps/{name})." },
+  oauth_discovery_failed: {
+    status: 422,
+    message: "The issuer's OpenID Connect discovery document could not be read; give the endpoints explicitly.",
+  },
+  oauth_state_invalid: {
+    status: 400,
+    message:
+      "The authorization answer does not belong to a pending connect session (unknown, used or expired state); start again.",
+  },
+  oauth_provider_error: {
+    status: 502,
+    message: "The OAuth provider refused or could not complete the authorization; nothing was stored.",
+  },
+  account_missing: {
+    status: 403,
+    message: "The run's end user has no account for this connection's OAuth app; have them connect it first.",
+  },
+  account_needs_reauth: {
+    status: 403,
+    message: "The end user's account was refused by its provider on refresh; have them connect it again.",
+  },
   unknown_connection: {
     status: 422,
     message: "The agent's policy names a connection that does not exist; create it first.",

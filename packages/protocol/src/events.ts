@@ -211,6 +211,17 @@ const EVENTS = {
   "webhook.received": z
     .object({ webhook_id: z.string(), delivery_id: z.string(), bytes: Int })
     .describe("A signed webhook delivery started this run."),
+  "account.refreshed": z
+    .object({
+      account: z.string(),
+      app: z.string(),
+      /** `expiry`: its token was about to expire; `unauthorized`: the upstream answered 401. */
+      reason: z.enum(["expiry", "unauthorized"]),
+      /** The provider refused the refresh (invalid_grant): the account needs its user again. */
+      needs_reauth: z.boolean(),
+      ms: z.number(),
+    })
+    .describe("The bridge refreshed the run's end user's OAuth token on a call's path (never a token value)."),
 };
 
 type Events = typeof EVENTS;

@@ -10,6 +10,7 @@ export * from "./limits.ts";
 export * from "./marker.ts";
 export * from "./metrics.ts";
 export * from "./notifications.ts";
+export * from "./oauth.ts";
 export * from "./runner.ts";
 export * from "./secrets.ts";
 export * from "./sessions.ts";

@@ -3,6 +3,7 @@
  * webhooks; and how a failed attempt is retried.
  */
 import { z } from "zod";
+import { EndUser } from "./oauth.ts";
 
 /** Why an attempt may be retried. */
 export const RetryReason = z.enum(["crashed", "oom", "timed_out", "lost", "exit_code", "sandbox_error"]);
@@ -45,6 +46,8 @@ export const ScheduleCreate = z
       .max(7 * 86_400)
       .default(0),
     input: z.unknown().optional(),
+    /** The end user its runs act for (see RunCreate). */
+    end_user: EndUser.optional(),
   })
   .strict()
   .meta({ id: "ScheduleCreate" });
@@ -68,6 +71,7 @@ export const Schedule = z
      */
     next_fire_at: z.string().nullable(),
     last_slot_at: z.string().nullable(),
+    end_user: z.string().nullable(),
     created_at: z.string(),
   })
   .meta({ id: "Schedule" });
@@ -82,9 +86,15 @@ export const Webhook = z
     path: z.string(),
     /** The HMAC-SHA256 key, shown only when the webhook is created. */
     secret: z.string().optional(),
+    /** The end user its runs act for (see RunCreate). */
+    end_user: z.string().nullable(),
     created_at: z.string(),
   })
   .meta({ id: "Webhook" });
+
+/** The body of `POST /v1/agents/{id}/webhooks` (may be empty). */
+export const WebhookCreate = z.object({ end_user: EndUser.optional() }).strict().meta({ id: "WebhookCreate" });
+export type WebhookCreate = z.infer<typeof WebhookCreate>;
 export type Webhook = z.infer<typeof Webhook>;
 
 /** Header names of a signed webhook delivery. */

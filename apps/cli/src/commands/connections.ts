@@ -23,7 +23,7 @@ const SET_OPTIONS = {
 
 /**
  * Parses `--auth`: `bearer`, `none`, `header:NAME[:PREFIX]` (the prefix is everything after the
- * second ':', spaces included), `basic:USER` or `query:PARAM`.
+ * second ':', spaces included), `basic:USER`, `query:PARAM` or `oauth:APP`.
  */
 export function parseAuth(text: string): ConnectionAuth {
   const colon = text.indexOf(":");
@@ -37,7 +37,10 @@ export function parseAuth(text: string): ConnectionAuth {
   }
   if (kind === "basic" && arg !== "") return { type: "basic", username: arg };
   if (kind === "query" && arg !== "") return { type: "query", param: arg };
-  throw new UsageError(`--auth expects bearer, none, header:NAME[:PREFIX], basic:USER or query:PARAM; got '${text}'`);
+  if (kind === "oauth" && arg !== "") return { type: "oauth", app: arg };
+  throw new UsageError(
+    `--auth expects bearer, none, header:NAME[:PREFIX], basic:USER, query:PARAM or oauth:APP; got '${text}'`,
+  );
 }
 
 /** Parses one `--allow 'GET,POST /repos/**'` into a rule (methods upper-cased). */
@@ -107,7 +110,7 @@ export async function connectionBody(values: SetValues): Promise<Record<string, 
   return body;
 }
 
-async function loadSpecFile(file: string): Promise<Record<string, unknown>> {
+export async function loadSpecFile(file: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
@@ -137,7 +140,7 @@ function checkName(name: string, command: string): string {
   return name;
 }
 
-async function parseBody<S extends z.ZodType>(res: Response, schema: S, what: string): Promise<z.output<S>> {
+export async function parseBody<S extends z.ZodType>(res: Response, schema: S, what: string): Promise<z.output<S>> {
   const parsed = schema.safeParse(await res.json().catch(() => null));
   if (!parsed.success) throw new ConnectionError(`${what}: unexpected response shape: ${parsed.error.message}`);
   return parsed.data;
@@ -153,6 +156,8 @@ export function describeAuth(auth: ConnectionAuth): string {
       return `basic (user ${auth.username})`;
     case "query":
       return `query ?${auth.param}=`;
+    case "oauth":
+      return `oauth (the run's end user's account at ${auth.app})`;
     default:
       return auth.type;
   }

@@ -7,6 +7,7 @@ const T0 = Date.parse("2030-01-01T00:00:00Z");
 const run = (id: string, status: Run["status"], startedAt: string | null): Run => ({
   id,
   agent_id: "agt_1",
+  end_user: null,
   status,
   reason: null,
   exit_code: null,

@@ -537,6 +537,7 @@ describe("nextFireAt", () => {
     paused: 0,
     next_at: Date.parse("2026-01-05T09:00:00Z"),
     last_slot_at: null,
+    end_user: null,
     created_at: 0,
   };
   it("is the next slot ahead, now for a slot due inside the catch-up window, else the slot after now", () => {
@@ -560,7 +561,12 @@ forEachStore((store) =>
         const db = opened.db;
         const { tenant, agent } = await seedAgent(db);
         // The columns later migrations add are left out.
-        const { replay_of: _r, trace_parent: _t, ...run } = runRow(tenant, agent, { id: "run_1", event_seq: 3 });
+        const {
+          replay_of: _r,
+          end_user: _e,
+          trace_parent: _t,
+          ...run
+        } = runRow(tenant, agent, { id: "run_1", event_seq: 3 });
         await db.insertInto("runs").values(run).execute();
         const event = (seq: number, type: string, data: unknown) => ({
           run_id: "run_1",

@@ -53,6 +53,8 @@ import type { RunnerRegistry } from "../images/runner-registry.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { Notifications } from "../notifications/subscriptions.ts";
+import type { Accounts } from "../oauth/accounts.ts";
+import type { OAuthApps } from "../oauth/apps.ts";
 import type { Secrets } from "../secrets/secrets.ts";
 import type { EventLog } from "../store/event-log.ts";
 import type { RunsTable } from "../store/schema.ts";
@@ -77,6 +79,7 @@ import {
 import { registerMetricsRoutes } from "./metrics.ts";
 import { registerNodeRoutes } from "./nodes.ts";
 import { registerNotificationRoutes } from "./notifications.ts";
+import { registerAccountRoutes, registerOAuthAppRoutes, registerOAuthPages } from "./oauth.ts";
 import { registerRunnerRoutes } from "./runners.ts";
 import { registerScheduleRoutes } from "./schedules.ts";
 import { registerSecretRoutes } from "./secrets.ts";
@@ -99,6 +102,8 @@ export interface ApiDeps {
   sessions: EnvSessions;
   connections: Connections;
   secrets: Secrets;
+  oauthApps: OAuthApps;
+  accounts: Accounts;
   providers: Providers;
   ledger: Ledger;
   scheduler: Scheduler;
@@ -441,6 +446,9 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     findRun,
   });
   registerConnectionRoutes(route, deps.connections);
+  registerOAuthAppRoutes(route, deps.oauthApps);
+  registerAccountRoutes(route, deps.accounts);
+  registerOAuthPages(app, deps.accounts);
   registerApprovalRoutes(app, route, deps.approvals);
   registerMetricsRoutes(route, deps.metrics);
   registerActivityRoutes(route, { calls: deps.calls, stats: deps.stats });
@@ -472,12 +480,17 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       const dedupe =
         key === undefined
           ? undefined
-          : idempotencyKey(agent.row.tenant_id, key, `${agent.row.id}\n${JSON.stringify(body.input ?? null)}`);
+          : idempotencyKey(
+              agent.row.tenant_id,
+              key,
+              `${agent.row.id}\n${JSON.stringify(body.input ?? null)}${body.end_user === undefined ? "" : `\n${body.end_user}`}`,
+            );
       // The Idempotency-Key's run answers even once the agent is archived; a new run is refused then.
       const spec = frozenSpec(agent);
       const parent = parseTraceparent(traceparent);
       const started = await deps.runs.create(agent.row.tenant_id, agent.row.id, spec, body.input, {
         trigger: "api",
+        endUser: body.end_user ?? null,
         ...(dedupe ? { dedupe } : {}),
         ...(parent ? { traceParent: formatTraceparent(parent) } : {}),
       });

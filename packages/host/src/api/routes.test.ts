@@ -66,9 +66,10 @@ forEachStore((store) =>
       webhook: "",
       notification: "",
       delivery: "",
+      account: "",
       approval: "",
     };
-    const names = { connection: "conn-a", secret: "sec-a", provider: "prov-a" };
+    const names = { connection: "conn-a", secret: "sec-a", provider: "prov-a", oauthApp: "app-a" };
     const requests: string[] = [];
 
     /** Calls the app as the HTTP server would; no answer may be a 500. */
@@ -128,6 +129,8 @@ forEachStore((store) =>
           "approvals:id": a.approval,
           "connections:name": names.connection,
           "secrets:name": names.secret,
+          "oauth-apps:name": names.oauthApp,
+          "accounts:id": a.account,
           "providers:name": names.provider,
           "nodes:id": h.services.nodeId,
         } as Record<string, string>
@@ -156,7 +159,8 @@ forEachStore((store) =>
         "patch /v1/agents/{id}": { max_steps: 5 },
         "put /v1/agents/{id}": { instructions: "Say hi.", model: "m" },
         "post /v1/agents/{id}/rollback": { version: 1 },
-        "post /v1/agents/{id}/runs": {},
+        "post /v1/agents/{id}/runs": { end_user: "user-a" },
+        "post /v1/agents/{id}/webhooks": { end_user: "user-a" },
         "post /v1/agents/{id}/env/session": {},
         "post /v1/agents/{id}/env/session/exec": { argv: ["true"] },
         "post /v1/agents/{id}/env/freeze": {},
@@ -165,6 +169,8 @@ forEachStore((store) =>
         "post /v1/schedules": { agent: a.agent, cron: "0 9 * * *" },
         "put /v1/secrets/{name}": { value: "v" },
         "put /v1/connections/{name}": connection,
+        "put /v1/oauth-apps/{name}": oauthApp,
+        "post /v1/connect-sessions": { end_user: "user-a", app: names.oauthApp },
         "put /v1/providers/{name}": provider,
         "post /v1/credits/grants": { tenant: a.tenant, credits: 1 },
         "post /v1/notifications": notification,
@@ -179,6 +185,12 @@ forEachStore((store) =>
       base_url: "https://api.example.com/",
       auth: { type: "none" },
       policy: { allow: [{ methods: ["GET"], path: "/**" }] },
+    };
+    const oauthApp = {
+      authorize_url: "https://auth.example.com/authorize",
+      token_url: "https://auth.example.com/token",
+      client_id: "client-a",
+      client_secret: names.secret,
     };
     const provider = { kind: "openai", models: { "model-a": { input: 1, output: 1 } } };
     const notification = { url: "https://hooks.example.com/paddock", events: ["run.finished"] };
@@ -254,6 +266,13 @@ forEachStore((store) =>
       a.webhook = (await created(call("post", `/v1/agents/${a.agent}/webhooks`, { key: keys.a }))).id;
       await created(send("put", `/v1/secrets/${names.secret}`, { value: "s3cret" }, keys.a));
       await created(send("put", `/v1/connections/${names.connection}`, connection, keys.a));
+      await created(send("put", `/v1/oauth-apps/${names.oauthApp}`, oauthApp, keys.a));
+      const app = await h.db
+        .selectFrom("oauth_apps")
+        .select("id")
+        .where("tenant_id", "=", a.tenant)
+        .executeTakeFirstOrThrow();
+      a.account = (await h.services.accounts.store(a.tenant, app.id, "user-a", { access_token: "t" }, [])).id;
       await created(send("put", `/v1/providers/${names.provider}`, provider));
     });
     after(async () => {
@@ -414,7 +433,11 @@ forEachStore((store) =>
 
     it("answers another tenant's resources exactly as unknown ones, on every route that names one", async () => {
       // A name is the caller's own: tenant B putting a connection or secret by A's name makes B's.
-      const ownNamespace = new Set(["put /v1/connections/{name}", "put /v1/secrets/{name}"]);
+      const ownNamespace = new Set([
+        "put /v1/connections/{name}",
+        "put /v1/secrets/{name}",
+        "put /v1/oauth-apps/{name}",
+      ]);
       let checked = 0;
       for (const o of ops.filter((x) => x.auth === "tenant" && x.params.length > 0)) {
         if (ownNamespace.has(`${o.method} ${o.path}`)) continue;
@@ -436,6 +459,7 @@ forEachStore((store) =>
       assert.equal((await call("get", `/v1/schedules/${a.schedule}`, { key: keys.a })).status, 200);
       assert.equal((await call("get", `/v1/connections/${names.connection}`, { key: keys.a })).status, 200);
       assert.equal((await call("get", `/v1/secrets/${names.secret}`, { key: keys.a })).status, 200);
+      assert.equal((await call("get", `/v1/oauth-apps/${names.oauthApp}`, { key: keys.a })).status, 200);
       const hooks = (await call("get", `/v1/agents/${a.agent}/webhooks`, { key: keys.a })).body.data;
       assert.deepEqual(
         hooks.map((w: { id: string }) => w.id),

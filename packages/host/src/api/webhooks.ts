@@ -1,9 +1,9 @@
 /** Webhooks over HTTP: an agent's webhooks (create, list, delete) and the delivery endpoint. */
-import { AppError, bodyTooLarge, MAX_WEBHOOK_BODY_BYTES, Page, Webhook } from "@paddock/protocol";
+import { AppError, bodyTooLarge, MAX_WEBHOOK_BODY_BYTES, Page, Webhook, WebhookCreate } from "@paddock/protocol";
 import { z } from "zod";
 import type { Agents } from "../agents/agents.ts";
 import type { Webhooks } from "../triggers/webhooks.ts";
-import { type DefineRoute, json, pathParam, tenantOf } from "./http.ts";
+import { type DefineRoute, json, jsonBody, pathParam, tenantOf } from "./http.ts";
 
 const Delivery = z
   .object({ run_id: z.string(), status: z.string(), deduplicated: z.boolean() })
@@ -20,12 +20,12 @@ export function registerWebhookRoutes(route: DefineRoute, deps: { webhooks: Webh
       path: "/v1/agents/{id}/webhooks",
       summary: "Create a webhook that starts runs of the agent; its secret is shown only in this answer",
       auth: "tenant",
-      request: { params: AgentRef },
+      request: { params: AgentRef, body: jsonBody(WebhookCreate) },
       responses: { 201: json(Webhook, "Created") },
     },
     async (c) => {
       const agent = await agents.resolveLive(tenantOf(c), c.req.valid("param").id);
-      return c.json(await webhooks.create(tenantOf(c), agent.row.id), 201);
+      return c.json(await webhooks.create(tenantOf(c), agent.row.id, c.req.valid("json")), 201);
     },
   );
   route(

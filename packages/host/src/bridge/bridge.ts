@@ -1,8 +1,9 @@
 /**
  * The host bridge: the one HTTP listener sandboxes can reach, on the host's side of their links.
  * `/bridge/<connection>/<path>` forwards a call to the connection's upstream with the real
- * credential attached. The other routes on it (the LLM gateway, agent calls) are handed in as
- * ChannelRoutes and check a caller's source and token through the same steps 1 to 3 below.
+ * credential attached (a secret, or the run's end user's OAuth access token). The other routes on
+ * it (the LLM gateway, agent calls) are handed in as ChannelRoutes and check a caller's source
+ * and token through the same steps 1 to 3 below.
  *
  * Threat model: the caller is a sandbox running hostile code that holds one run token and wants
  * a credential, another run's access, an upstream its policy does not allow, or the host's own
@@ -63,11 +64,22 @@ import { redactionNeedles, redactText } from "./redact.ts";
 import { relay } from "./relay.ts";
 import type { RunTokenClaims } from "./tokens.ts";
 
+/** The token an `oauth` connection attaches, and the refresh taken on the call's path (for the run's record). */
+export interface AccessGrant {
+  token: string;
+  refreshed: RunEventData<"account.refreshed"> | null;
+}
+
 export interface BridgeDeps {
   live: LiveSandboxes;
   tokens: { verify(token: string): Promise<RunTokenClaims>; publicJwks(): unknown };
   connections: { forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> };
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
+  /** End users' OAuth accounts: the access token a connection with `oauth` auth attaches. */
+  accounts?: {
+    /** `stale`: the token the upstream just refused (401), to be refreshed. */
+    accessToken(tenantId: string, endUser: string, app: string, stale?: string): Promise<AccessGrant>;
+  };
   rateLimits: TokenBucket;
   log: (line: string) => void;
   /** Routes served on the same listener besides /bridge/ (the LLM gateway under /v1/, agent calls under /agents/). */
@@ -292,7 +304,9 @@ export class Bridge {
         this.#deps.journal && sandbox.journaled && !req.headers["transfer-encoding"] && declared <= MAX_JOURNAL_BYTES
           ? this.#deps.journal
           : undefined;
-      const body = journal ? await readCapped(req, connection.maxRequestBytes) : null;
+      // An OAuth call's body is read whole too: a 401 sends it again with a refreshed token.
+      const body =
+        journal || connection.auth.type === "oauth" ? await readCapped(req, connection.maxRequestBytes) : null;
       if (body) record.bytes_in = body.length;
       const kind = `bridge:${name}`;
       const step = journal ? takeStep(sandbox, req, kind) : null;
@@ -328,7 +342,7 @@ export class Bridge {
         headers: passedHeaders(req, connection.auth, new URL(connection.baseUrl).host),
         body,
       };
-      const answer = await this.#forward({ req, res, sandbox, connection, out, record, keep: body !== null });
+      const answer = await this.#forward({ req, res, sandbox, connection, out, record, keep: journal !== undefined });
       if (journal && step && answer) await journal.record(sandbox, step, hash, answer);
     } catch (err) {
       const denial = Refusal.from(err);
@@ -489,14 +503,15 @@ export class Bridge {
     }
   }
 
-  async #forward(call: BridgeCall): Promise<Omit<JournalEntry, "attempt"> | null> {
+  /**
+   * Forwards the call. With `oauth` auth and a body read whole, a 401 answer is not passed back:
+   * the token is refreshed and the call sent once more (`stale` is the token refused). A call
+   * approved to be sent once is not sent again: its 401 is its answer.
+   */
+  async #forward(call: BridgeCall, stale?: string): Promise<Omit<JournalEntry, "attempt"> | null> {
     const { req, res, sandbox, connection, out, record, keep } = call;
     const body = out.body;
-    const secret =
-      connection.secret === null ? null : await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
-    if (connection.secret !== null && secret === null) {
-      throw new Refusal("upstream_error", `The secret of connection '${connection.name}' is missing; set it again.`);
-    }
+    const secret = await this.#credential(sandbox, connection, stale);
     const base = new URL(connection.baseUrl);
     const headers = { ...out.headers };
     const { needles, query: upstreamQuery } = withCredential(headers, connection.auth, secret, out.query);
@@ -535,6 +550,15 @@ export class Bridge {
         fail(err instanceof Refusal ? err : new Refusal("upstream_error", upstreamMessage(err, needles))),
       );
       upstream.once("response", (answer) => {
+        // An approved call (told when it is sent) goes once: its 401 is its answer.
+        const again = connection.auth.type === "oauth" && body && secret && !stale && !call.onSent;
+        if (answer.statusCode === 401 && again) {
+          clearTimeout(timer);
+          settled = true;
+          answer.resume();
+          resolve(this.#forward(call, secret));
+          return;
+        }
         const passes = (name: string) => !DROP_RESPONSE.has(name);
         relay(answer, res, { needles, passes, maxBytes: connection.maxResponseBytes, keep }).then((relayed) => {
           clearTimeout(timer);
@@ -568,6 +592,37 @@ export class Bridge {
         req.pipe(upstream);
       }
     });
+  }
+
+  /**
+   * What the call attaches: the connection's secret, or for `oauth` auth the access token of the
+   * run's own end user (fixed when the run was triggered; nothing the sandbox sends chooses it).
+   */
+  async #credential(sandbox: LiveSandbox, connection: BridgeConnection, stale?: string): Promise<string | null> {
+    const auth = connection.auth;
+    if (auth.type === "oauth") {
+      if (!sandbox.endUser || !this.#deps.accounts) {
+        throw new Refusal(
+          "account_missing",
+          `The run has no end user, so the connection '${connection.name}' has no account at the OAuth app '${auth.app}' to attach; trigger the run with an end_user.`,
+        );
+      }
+      try {
+        const grant = await this.#deps.accounts.accessToken(sandbox.tenantId, sandbox.endUser, auth.app, stale);
+        if (grant.refreshed) sandbox.record({ type: "account.refreshed", data: grant.refreshed });
+        return grant.token;
+      } catch (err) {
+        const refreshed = (err as { refreshed?: AccessGrant["refreshed"] }).refreshed;
+        if (refreshed) sandbox.record({ type: "account.refreshed", data: refreshed });
+        throw err;
+      }
+    }
+    if (connection.secret === null) return null;
+    const secret = await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
+    if (secret === null) {
+      throw new Refusal("upstream_error", `The secret of connection '${connection.name}' is missing; set it again.`);
+    }
+    return secret;
   }
 
   /** The address to call for `host`, checked and pinned (see pin.ts); a refusal naming why not. */
@@ -639,6 +694,7 @@ function placeCredential(
 ): string {
   switch (auth.type) {
     case "bearer":
+    case "oauth":
       headers.authorization = `Bearer ${value}`;
       return query;
     case "header":
@@ -659,8 +715,9 @@ function placeCredential(
 }
 
 /**
- * Shows where the credential goes, by its secret's name (`<secret NAME>`), in `headers` (changed
- * in place); returns the query as it would be sent.
+ * Shows where the credential goes, by its secret's name (`<secret NAME>`) or for `oauth` auth by
+ * its app's (`<account APP>`: the run's end user's token), in `headers` (changed in place);
+ * returns the query as it would be sent.
  */
 function credentialPlaceholder(
   headers: Record<string, string | string[]>,
@@ -668,8 +725,8 @@ function credentialPlaceholder(
   secret: string | null,
   query: string,
 ): string {
-  if (secret === null) return query;
-  const shown = `<secret ${secret}>`;
+  const shown = auth.type === "oauth" ? `<account ${auth.app}>` : secret === null ? null : `<secret ${secret}>`;
+  if (shown === null) return query;
   return placeCredential(headers, auth, shown, query, (username) => `base64(${username}:${shown})`);
 }
 

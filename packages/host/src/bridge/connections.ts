@@ -130,6 +130,7 @@ export class Connections {
     const now = this.#now();
     const result = await this.#db.transaction().execute(async (trx) => {
       if (spec.secret !== undefined) await requireSecret(trx, tenantId, spec.secret);
+      if (spec.auth.type === "oauth") await requireApp(trx, tenantId, spec.auth.app);
       const existing = await findRow(trx, tenantId, name);
       const row: ConnectionsTable = {
         id: existing?.id ?? newId("con", now),
@@ -229,6 +230,16 @@ function findRow(db: Db, tenantId: string, name: string): Promise<ConnectionsTab
     .where("tenant_id", "=", tenantId)
     .where("name", "=", name)
     .executeTakeFirst();
+}
+
+async function requireApp(db: Db, tenantId: string, app: string): Promise<void> {
+  const row = await db
+    .selectFrom("oauth_apps")
+    .select("id")
+    .where("tenant_id", "=", tenantId)
+    .where("name", "=", app)
+    .executeTakeFirst();
+  if (!row) throw new AppError("unknown_oauth_app", `No OAuth app '${app}'; set it first.`, { app });
 }
 
 async function requireSecret(db: Db, tenantId: string, secret: string): Promise<void> {

@@ -16,6 +16,8 @@ export interface LiveSandbox {
   workerId?: string;
   tenantId: string;
   agentId: string;
+  /** The end user (of the tenant) the run acts for, fixed when it was triggered; null: none. */
+  endUser?: string | null;
   /** Records an event on the attempt (bridge.call), through the attempt's own caps and batching. */
   record(event: NewEvent): void;
   /** The run whose bill and per-run budget its model calls count against (the root of a run tree). */

@@ -385,7 +385,20 @@ describe("ConnectionPut", () => {
     bad({ ...base, auth: { type: "basic", username: "a:b" } }, "auth.username");
     bad({ ...base, auth: { type: "query", param: "a&b" } }, "auth.param");
     bad({ ...base, auth: { type: "bearer", prefix: "x" } }, "auth");
-    bad({ ...base, auth: { type: "oauth" } }, "auth.type");
+    bad({ ...base, auth: { type: "magic" } }, "auth.type");
+  });
+
+  test("takes OAuth auth as an object or as oauth:APP, without a secret", () => {
+    const { secret: _secret, ...secretless } = base;
+    assert.deepEqual(ok({ ...secretless, auth: "oauth:gmail" }).auth, { type: "oauth", app: "gmail" });
+    assert.deepEqual(ok({ ...secretless, auth: { type: "oauth", app: "gmail" } }).auth, {
+      type: "oauth",
+      app: "gmail",
+    });
+    bad({ ...secretless, auth: { type: "oauth" } }, "auth.app");
+    bad({ ...secretless, auth: "oauth:Not An App" }, "auth.app");
+    bad({ ...secretless, auth: "bearer" }, "auth");
+    bad({ ...base, auth: "oauth:gmail" }, "auth");
   });
 
   test("bounds rules, rate limits and sizes", () => {

@@ -104,6 +104,8 @@ export interface AttemptInput {
   /** For a child run: the root of its tree and the root's agent (whose budget it shares). */
   rootRunId?: string | null;
   rootAgentId?: string | null;
+  /** The end user the run acts for (its OAuth connections attach that user's accounts). */
+  endUser?: string | null;
   attempt: number;
   /** The node running it: with run and attempt, the fencing token of every write it makes. */
   workerId: string;
@@ -293,6 +295,7 @@ export class Attempt {
       workerId: this.#in.workerId,
       tenantId,
       agentId,
+      endUser: this.#in.endUser ?? null,
       record: (event) => this.#queue(event),
       journaled: (spec.retry?.max_attempts ?? 1) > 1,
       billRunId: this.#in.rootRunId ?? runId,

@@ -385,6 +385,7 @@ export class Engine {
       agentId: run.agent_id,
       rootRunId: run.root_run_id,
       rootAgentId: run.root_agent_id,
+      endUser: run.end_user,
       attempt: run.attempt,
       workerId: this.#config.workerId,
       spec,

@@ -39,6 +39,7 @@ export function toRun(row: RunsTable): Run {
     root_run_id: row.root_run_id,
     agent_version: row.agent_version,
     input: row.input === null ? null : JSON.parse(row.input),
+    end_user: row.end_user,
     created_at: new Date(row.created_at).toISOString(),
     started_at: isoTime(row.started_at),
     finished_at: isoTime(row.finished_at),
@@ -104,6 +105,8 @@ export class RunRepository {
       events?: NewEvent[];
       /** The W3C traceparent its spans hang under (see tracing/trace-context.ts). */
       traceParent?: string | null;
+      /** The end user (of the tenant) the run acts for. */
+      endUser?: string | null;
     } = {},
   ): Promise<{ run: RunsTable; created: boolean }> {
     const now = Date.now();
@@ -138,6 +141,7 @@ export class RunRepository {
       event_seq: 0,
       replay_of: options.replayOf ?? null,
       trace_parent: options.traceParent ?? null,
+      end_user: options.endUser ?? null,
     };
     const result = await this.#db.transaction().execute(async (trx) => {
       const existing = options.dedupe ? await options.dedupe(trx, row.id) : null;
@@ -200,6 +204,7 @@ export class RunRepository {
     return this.create(tenantId, original.agent_id, parseRunSpec(original.spec), input, {
       trigger: "replay",
       replayOf: original.id,
+      endUser: original.end_user,
       ...(dedupe ? { dedupe } : {}),
     });
   }

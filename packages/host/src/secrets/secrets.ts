@@ -21,6 +21,9 @@ export function signingKeyAad(kid: string): string {
   return `signing-key:v1:${kid}`;
 }
 
+/** Associated data of an end user's OAuth account's sealed tokens. */
+export const accountAad = (id: string) => `oauth-account:v1:${id}`;
+
 /** Associated data of a secret's sealed value. */
 export const secretAad = (tenantId: string, name: string) => `secret:v1:${tenantId}:${name}`;
 
@@ -114,6 +117,20 @@ export class Secrets {
           "secret_in_use",
           `The connection(s) ${users.map((u) => `'${u.name}'`).join(", ")} use the secret '${name}'; change or delete them first.`,
           { connections: users.map((u) => u.name) },
+        );
+      }
+      const apps = await trx
+        .selectFrom("oauth_apps")
+        .select("name")
+        .where("tenant_id", "=", tenantId)
+        .where("secret_name", "=", name)
+        .orderBy("name")
+        .execute();
+      if (apps.length > 0) {
+        throw new AppError(
+          "secret_in_use",
+          `The OAuth app(s) ${apps.map((u) => `'${u.name}'`).join(", ")} use the secret '${name}' as their client secret; change or delete them first.`,
+          { oauth_apps: apps.map((u) => u.name) },
         );
       }
       const result = await trx
@@ -233,6 +250,22 @@ export async function rotateMasterKey(db: Kysely<Database>, vault: Vault): Promi
         .execute();
       count++;
     }
+    const accounts = await trx
+      .selectFrom("oauth_accounts")
+      .select(["id", "sealed_tokens"])
+      .where("master_key_id", "!=", vault.masterKeyId)
+      .execute();
+    for (const row of accounts) {
+      const moved = rewrap(vault, row.sealed_tokens, accountAad(row.id), `OAuth account ${row.id}`);
+      await trx
+        .updateTable("oauth_accounts")
+        .set({ sealed_tokens: moved, master_key_id: vault.masterKeyId })
+        .where("id", "=", row.id)
+        .execute();
+      count++;
+    }
+    // Pending connect sessions last minutes: those of an older key are dropped, not re-sealed.
+    await trx.deleteFrom("connect_sessions").where("master_key_id", "!=", vault.masterKeyId).execute();
     return count;
   });
 }

@@ -767,6 +767,69 @@ migrations["0018_runs_queue"] = {
   },
 };
 
+migrations["0019_oauth_accounts"] = {
+  // OAuth apps of tenants, pending connect sessions, and end users' accounts with sealed tokens.
+  // One account per (tenant, app, end user); its row is what a refresh locks.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("oauth_apps")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("name", "text", (c) => c.notNull())
+      .addColumn("secret_name", "text")
+      .addColumn("spec", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("updated_at", "bigint", (c) => c.notNull())
+      .addUniqueConstraint("oauth_apps_tenant_name", ["tenant_id", "name"])
+      .execute();
+    await db.schema
+      .createTable("connect_sessions")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("app_id", "text", (c) => c.notNull().references("oauth_apps.id").onDelete("cascade"))
+      .addColumn("end_user", "text", (c) => c.notNull())
+      .addColumn("token_hash", "text", (c) => c.notNull().unique())
+      .addColumn("state_hash", "text", (c) => c.notNull().unique())
+      .addColumn("sealed_verifier", "text", (c) => c.notNull())
+      .addColumn("master_key_id", "text", (c) => c.notNull())
+      .addColumn("scopes", "text", (c) => c.notNull())
+      .addColumn("redirect_uri", "text", (c) => c.notNull())
+      .addColumn("redirect_after", "text")
+      .addColumn("expires_at", "bigint", (c) => c.notNull())
+      .addColumn("used_at", "bigint")
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .execute();
+    await db.schema
+      .createTable("oauth_accounts")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("app_id", "text", (c) => c.notNull().references("oauth_apps.id"))
+      .addColumn("end_user", "text", (c) => c.notNull())
+      .addColumn("status", "text", (c) => c.notNull())
+      .addColumn("scopes", "text", (c) => c.notNull())
+      .addColumn("sealed_tokens", "text", (c) => c.notNull())
+      .addColumn("master_key_id", "text", (c) => c.notNull())
+      .addColumn("access_expires_at", "bigint")
+      .addColumn("refreshed_at", "bigint")
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("updated_at", "bigint", (c) => c.notNull())
+      .addUniqueConstraint("oauth_accounts_user_app", ["tenant_id", "end_user", "app_id"])
+      .execute();
+  },
+};
+
+migrations["0020_run_end_user"] = {
+  // The end user a run acts for (its OAuth connections attach that user's accounts), fixed when it
+  // is triggered; and the end user of the runs a schedule or a webhook starts.
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    for (const table of ["runs", "schedules", "webhooks"]) {
+      await db.schema.alterTable(table).addColumn("end_user", "text").execute();
+    }
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** The advisory lock that lets one process at a time migrate a PostgreSQL store. */

@@ -169,6 +169,8 @@ export interface RunsTable {
    * run); null: its trace id is derived from its root run (see tracing/trace-context.ts).
    */
   trace_parent: string | null;
+  /** The end user (of the tenant) whose accounts its OAuth connections attach, if any. */
+  end_user: string | null;
   /** Since when the run waits for approvals (status waiting); null otherwise. */
   waiting_since?: number | null;
 }
@@ -320,6 +322,8 @@ export interface SchedulesTable {
   /** The next slot, in ms; null when the expression has no more. */
   next_at: number | null;
   last_slot_at: number | null;
+  /** The end user of the runs it starts, if any. */
+  end_user: string | null;
   created_at: number;
 }
 
@@ -338,6 +342,8 @@ export interface WebhooksTable {
   agent_id: string;
   sealed_secret: string;
   master_key_id: string;
+  /** The end user of the runs it starts, if any. */
+  end_user: string | null;
   created_at: number;
 }
 
@@ -454,6 +460,9 @@ export interface Database {
   notification_subscriptions: NotificationSubscriptionsTable;
   notification_deliveries: NotificationDeliveriesTable;
   notification_attempts: NotificationAttemptsTable;
+  oauth_apps: OAuthAppsTable;
+  connect_sessions: ConnectSessionsTable;
+  oauth_accounts: OAuthAccountsTable;
   approvals: ApprovalsTable;
   /** Kysely's own bookkeeping tables are not listed here. */
   _unused?: { id: Generated<number> };
@@ -526,4 +535,59 @@ export interface NotificationAttemptsTable {
   status: number | null;
   latency_ms: number | null;
   error: string | null;
+}
+
+/** A tenant's OAuth app: its resolved endpoints and client, as JSON (see oauth/apps.ts). */
+export interface OAuthAppsTable {
+  id: string;
+  tenant_id: string;
+  name: string;
+  /** The client secret's name, kept as a column so a secret in use is not deleted. */
+  secret_name: string | null;
+  /** JSON of the resolved app (endpoints, client id, scopes, PKCE, extra parameters). */
+  spec: string;
+  created_at: number;
+  updated_at: number;
+}
+
+/** A pending authorization of an end user at an app (see oauth/accounts.ts). */
+export interface ConnectSessionsTable {
+  id: string;
+  tenant_id: string;
+  app_id: string;
+  end_user: string;
+  /** sha256 of the connect URL's token and of the `state` sent to the provider. */
+  token_hash: string;
+  state_hash: string;
+  /** The PKCE verifier, sealed by the vault. */
+  sealed_verifier: string;
+  master_key_id: string;
+  /** JSON array of the scopes asked for. */
+  scopes: string;
+  redirect_uri: string;
+  redirect_after: string | null;
+  expires_at: number;
+  /** Set once when the callback takes it: a state is good once. */
+  used_at: number | null;
+  created_at: number;
+}
+
+/** An end user's account at an app: its tokens sealed, never readable through the API. */
+export interface OAuthAccountsTable {
+  id: string;
+  tenant_id: string;
+  app_id: string;
+  end_user: string;
+  /** active | needs_reauth */
+  status: string;
+  /** JSON array of the scopes granted. */
+  scopes: string;
+  /** JSON {access_token, refresh_token, token_type}, sealed by the vault. */
+  sealed_tokens: string;
+  master_key_id: string;
+  /** When the access token expires (ms since the epoch); null when the provider did not say. */
+  access_expires_at: number | null;
+  refreshed_at: number | null;
+  created_at: number;
+  updated_at: number;
 }

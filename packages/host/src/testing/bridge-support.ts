@@ -26,10 +26,12 @@ export interface StandIn {
  * Routes: /echo/** and anything unknown echo the request (method, url, headers, body) as JSON;
  * /gzip/** the same, gzip-compressed; /cookie sets a cookie; /redirect points at a metadata
  * address; /slow never answers; /big sends `size` bytes; /repos/{owner}/{repo}/issues plays
- * GitHub's issue list and creation.
+ * GitHub's issue list and creation; /echo/unauthorized-once/** answers 401 to the first request
+ * to each path (as to a token gone stale), and echoes the rest.
  */
 export async function startStandIn(): Promise<StandIn> {
   const seen: SeenRequest[] = [];
+  const refused = new Set<string>();
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
@@ -56,6 +58,10 @@ export async function startStandIn(): Promise<StandIn> {
       } else if (url.pathname === "/big") {
         res.writeHead(200, { "content-type": "application/octet-stream" });
         res.end(Buffer.alloc(Number(url.searchParams.get("size") ?? 1024), 97));
+      } else if (url.pathname.startsWith("/echo/unauthorized-once/") && !refused.has(url.pathname)) {
+        refused.add(url.pathname);
+        res.writeHead(401, { "content-type": "application/json" });
+        res.end(JSON.stringify({ error: "invalid_token" }));
       } else if (url.pathname.startsWith("/gzip")) {
         res.writeHead(200, { "content-type": "application/json", "content-encoding": "gzip" });
         res.end(zlib.gzipSync(JSON.stringify(request)));

@@ -157,3 +157,21 @@ export async function startNoRootHost(
     throw err;
   }
 }
+
+/** One API call to `h` with `key`, a JSON body if given; the status and the parsed answer (null when empty). */
+export async function apiCall(
+  h: NoRootHost,
+  method: string,
+  path: string,
+  key: string,
+  body?: unknown,
+  // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON answers.
+): Promise<{ status: number; body: any }> {
+  const res = await h.services.app.request(path, {
+    method,
+    headers: { authorization: `Bearer ${key}`, ...(body ? { "content-type": "application/json" } : {}) },
+    ...(body ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text === "" ? null : JSON.parse(text) };
+}

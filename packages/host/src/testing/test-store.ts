@@ -66,6 +66,7 @@ export async function openTestStore(name: string): Promise<TestStore> {
 export function runRow(tenant: string, agent: string, patch: Partial<RunsTable>): RunsTable {
   return {
     id: newId("run"),
+    end_user: null,
     tenant_id: tenant,
     agent_id: agent,
     status: "running",

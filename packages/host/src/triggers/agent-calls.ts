@@ -306,6 +306,8 @@ export class AgentCalls implements ChannelRoute {
     const agent = await this.#agents.byName(caller.tenantId, name);
     const { run } = await this.#runs.create(caller.tenantId, agent.row.id, runSpec(agent), input, {
       trigger: "agent",
+      // A child run acts for the same end user as its parent, whatever the agent asks.
+      endUser: parent.end_user,
       lineage: {
         parentRunId: parent.id,
         rootRunId: parent.root_run_id ?? parent.id,

@@ -61,6 +61,7 @@ export function toSchedule(row: SchedulesTable, now = Date.now()): Schedule {
     next_at: isoTime(row.next_at),
     next_fire_at: isoTime(nextFireAt(row, now)),
     last_slot_at: isoTime(row.last_slot_at),
+    end_user: row.end_user,
     created_at: new Date(Number(row.created_at)).toISOString(),
   };
 }
@@ -190,6 +191,7 @@ export class Scheduler {
       paused: 0,
       next_at: next,
       last_slot_at: null,
+      end_user: body.end_user ?? null,
       created_at: now,
     };
     await this.#deps.db.insertInto("schedules").values(row).execute();
@@ -334,6 +336,7 @@ export class Scheduler {
       schedule.input === null ? undefined : JSON.parse(schedule.input),
       {
         trigger: "schedule",
+        endUser: schedule.end_user,
         ...(overlap === "allow" ? {} : { serialKey: `schedule:${schedule.id}` }),
         events: [
           {

@@ -11,7 +11,14 @@
  * an unknown id answers exactly like a bad signature (401), so ids cannot be probed.
  */
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import { type AgentSpec, AppError, WEBHOOK_HEADERS, WEBHOOK_WINDOW_S, type Webhook } from "@paddock/protocol";
+import {
+  type AgentSpec,
+  AppError,
+  WEBHOOK_HEADERS,
+  WEBHOOK_WINDOW_S,
+  type Webhook,
+  type WebhookCreate,
+} from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import type { RunRepository } from "../engine/runs.ts";
 import type { Metrics } from "../metrics/metrics.ts";
@@ -37,6 +44,7 @@ function toWebhook(row: WebhooksTable, secret?: string): Webhook {
     agent_id: row.agent_id,
     path: webhookPath(row.id),
     ...(secret ? { secret } : {}),
+    end_user: row.end_user,
     created_at: new Date(Number(row.created_at)).toISOString(),
   };
 }
@@ -65,7 +73,7 @@ export class Webhooks {
     this.#deps = deps;
   }
 
-  async create(tenantId: string, agentId: string): Promise<Webhook> {
+  async create(tenantId: string, agentId: string, body: WebhookCreate = {}): Promise<Webhook> {
     const id = webhookId();
     const secret = randomBytes(32).toString("base64url");
     const { sealed, masterKeyId } = this.#deps.vault.seal(Buffer.from(secret), webhookAad(id));
@@ -75,6 +83,7 @@ export class Webhooks {
       agent_id: agentId,
       sealed_secret: sealed,
       master_key_id: masterKeyId,
+      end_user: body.end_user ?? null,
       created_at: Date.now(),
     };
     await this.#deps.db.insertInto("webhooks").values(row).execute();
@@ -167,6 +176,7 @@ export class Webhooks {
     } catch {}
     const result = await this.#deps.runs.create(row.tenant_id, row.agent_id, spec, input, {
       trigger: "webhook",
+      endUser: row.end_user,
       events: [{ type: "webhook.received", data: { webhook_id: row.id, delivery_id: delivery, bytes: body.length } }],
       dedupe: async (trx, runId) => {
         // One of several deliveries racing (on any host) inserts; the others read its run.

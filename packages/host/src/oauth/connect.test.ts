@@ -1,0 +1,259 @@
+/**
+ * Connecting end users' accounts, against a real OpenID Connect server on loopback (PKCE required,
+ * rotating refresh tokens): the whole flow driven as a browser would, and every bad input of the
+ * callback (wrong, reused or expired state, a code of another session, the provider's refusal),
+ * bad end users, and another tenant's end users. No answer carries a token.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { openVault } from "../secrets/master-key.ts";
+import { apiCall, type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
+import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
+import { forEachStore } from "../testing/stores.ts";
+import { Accounts } from "./accounts.ts";
+import { OAuthApps } from "./apps.ts";
+import { ProviderHttp } from "./provider-http.ts";
+
+const ORIGIN = "http://localhost";
+const PRODUCT = "https://product.example/connected";
+
+forEachStore((store) =>
+  describe(`connecting end users' accounts on ${store.name}`, { skip: store.skip }, () => {
+    let h: NoRootHost;
+    let idp: OidcStandIn;
+    let keyB = "";
+    let tenantB = "";
+
+    const request = (path: string, init: RequestInit = {}) => h.services.app.request(path, init);
+    const call = (method: string, path: string, key: string, body?: unknown) => apiCall(h, method, path, key, body);
+    /** A connect session's URL, opened: the provider's authorization URL it redirects to. */
+    const open = async (endUser: string, extra: Record<string, unknown> = {}) => {
+      const made = await call("POST", "/v1/connect-sessions", h.adminKey, { end_user: endUser, app: "idp", ...extra });
+      assert.equal(made.status, 201, JSON.stringify(made.body));
+      assert.ok(made.body.url.startsWith(`${ORIGIN}/oauth/connect/`));
+      const res = await request(made.body.url.slice(ORIGIN.length));
+      assert.equal(res.status, 302);
+      const authorize = new URL(res.headers.get("location") ?? "");
+      assert.equal(authorize.searchParams.get("code_challenge_method"), "S256");
+      return { session: made.body, authorize: authorize.toString(), link: made.body.url.slice(ORIGIN.length) };
+    };
+    /** Sends the browser back to the host's callback; the answer's status and where it leads. */
+    const back = async (callbackUrl: string) => {
+      const res = await request(callbackUrl.slice(ORIGIN.length));
+      return { status: res.status, location: res.headers.get("location"), text: await res.text() };
+    };
+    const accounts = async (key: string, endUser?: string) =>
+      (await call("GET", `/v1/accounts${endUser ? `?end_user=${encodeURIComponent(endUser)}` : ""}`, key)).body.data;
+
+    before(async () => {
+      h = await startNoRootHost(store);
+      idp = await startOidcStandIn({ redirectUri: `${ORIGIN}/oauth/callback` });
+      await call("PUT", "/v1/secrets/idp-secret", h.adminKey, { value: idp.clientSecret });
+      const app = await call("PUT", "/v1/oauth-apps/idp", h.adminKey, idp.appBody("idp-secret"));
+      assert.equal(app.status, 201, JSON.stringify(app.body));
+      const tenant = await call("POST", "/v1/tenants", h.adminKey, { name: "connect-b" });
+      tenantB = tenant.body.id;
+      keyB = (await call("POST", `/v1/tenants/${tenantB}/keys`, h.adminKey, {})).body.key;
+    });
+    after(async () => {
+      await idp?.close();
+      await h?.close();
+    });
+
+    it("connects an account through the provider and sends the user back to the product", async () => {
+      const { authorize } = await open("alice", { redirect_after: PRODUCT });
+      const returned = await back(await idp.authorize(authorize, { login: "alice" }));
+      assert.equal(returned.status, 302, returned.text);
+      const to = new URL(returned.location ?? "");
+      assert.equal(`${to.origin}${to.pathname}`, PRODUCT);
+      assert.equal(to.searchParams.get("status"), "connected");
+      const [account, ...more] = await accounts(h.adminKey, "alice");
+      assert.equal(more.length, 0);
+      assert.equal(account.id, to.searchParams.get("account"));
+      assert.equal(account.app, "idp");
+      assert.equal(account.status, "active");
+      assert.ok(account.expires_at, "the provider's expires_in is kept");
+      assert.deepEqual(Object.keys(account).sort(), [
+        "app",
+        "created_at",
+        "end_user",
+        "expires_at",
+        "id",
+        "refreshed_at",
+        "scopes",
+        "status",
+        "updated_at",
+      ]);
+      assert.equal(idp.counts.codes, 1);
+      // The sealed tokens open on the host, and are the user's own.
+      const row = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("id", "=", account.id)
+        .executeTakeFirstOrThrow();
+      const tokens = h.services.accounts.open(row);
+      assert.equal(await idp.userOf(tokens.access_token), "alice");
+      assert.ok(tokens.refresh_token);
+      assert.ok(!row.sealed_tokens.includes(tokens.access_token), "stored sealed");
+    });
+
+    it("refuses a reused, wrong or expired state and a used or unknown connect link, storing nothing", async () => {
+      const { authorize, link } = await open("carol");
+      const callbackUrl = await idp.authorize(authorize, { login: "carol" });
+      assert.equal((await back(callbackUrl)).status, 200, "no redirect_after: a page of the host's own");
+      const updated = (await accounts(h.adminKey, "carol"))[0].updated_at;
+      const reused = await back(callbackUrl);
+      assert.equal(reused.status, 400);
+      assert.match(reused.text, /used or expired/);
+      assert.equal((await accounts(h.adminKey, "carol"))[0].updated_at, updated);
+      const wrong = new URL(callbackUrl);
+      wrong.searchParams.set("state", "forged-state");
+      assert.equal((await back(wrong.toString())).status, 400);
+      assert.equal((await back(`${ORIGIN}/oauth/callback?code=x`)).status, 400);
+      assert.equal((await request(link)).status, 400, "a used connect link");
+      assert.equal((await request("/oauth/connect/nonsense")).status, 400);
+
+      const late = await open("dave");
+      const lateCallback = await idp.authorize(late.authorize, { login: "dave" });
+      await h.db
+        .updateTable("connect_sessions")
+        .set({ expires_at: Date.now() - 1 })
+        .where("id", "=", late.session.id)
+        .execute();
+      assert.equal((await back(lateCallback)).status, 400);
+      assert.deepEqual(await accounts(h.adminKey, "dave"), []);
+    });
+
+    it("refuses a code of another session (its PKCE verifier does not match) and the provider's refusal", async () => {
+      const mallory = await open("mallory", { redirect_after: PRODUCT });
+      const victim = await open("erin", { redirect_after: PRODUCT });
+      const erinCallback = new URL(await idp.authorize(victim.authorize, { login: "erin" }));
+      const malloryCallback = new URL(await idp.authorize(mallory.authorize, { login: "mallory" }));
+      // Erin's code under Mallory's state: the provider checks the code against Mallory's verifier.
+      malloryCallback.searchParams.set("code", erinCallback.searchParams.get("code") ?? "");
+      const swapped = await back(malloryCallback.toString());
+      assert.equal(swapped.status, 302);
+      assert.equal(new URL(swapped.location ?? "").searchParams.get("error"), "invalid_grant");
+      assert.deepEqual(await accounts(h.adminKey, "mallory"), []);
+      assert.deepEqual(await accounts(h.adminKey, "erin"), []);
+
+      const denied = await open("frank", { redirect_after: PRODUCT });
+      const refused = await back(await idp.authorize(denied.authorize, { deny: true }));
+      assert.equal(new URL(refused.location ?? "").searchParams.get("error"), "access_denied");
+      assert.deepEqual(await accounts(h.adminKey, "frank"), []);
+    });
+
+    it("refuses bad end users, and keeps each tenant's end users its own", async () => {
+      for (const bad of ["a\nb", "tab\there", "\u0000", "x".repeat(257), "", "line\u2028sep"]) {
+        const res = await call("POST", "/v1/connect-sessions", h.adminKey, { end_user: bad, app: "idp" });
+        assert.equal(res.status, 400, JSON.stringify(bad));
+        assert.equal(res.body.error.code, "validation_failed");
+      }
+      const badRedirect = await call("POST", "/v1/connect-sessions", h.adminKey, {
+        end_user: "alice",
+        app: "idp",
+        redirect_after: "javascript:alert(1)",
+      });
+      assert.equal(badRedirect.status, 400);
+      const theirs = await call("POST", "/v1/connect-sessions", keyB, { end_user: "alice", app: "idp" });
+      assert.equal(theirs.status, 422);
+      assert.equal(theirs.body.error.code, "unknown_oauth_app");
+      assert.deepEqual(await accounts(keyB, "alice"), []);
+      assert.deepEqual(await accounts(keyB), []);
+      const alice = (await accounts(h.adminKey, "alice"))[0];
+      const aliceRow = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("id", "=", alice.id)
+        .executeTakeFirstOrThrow();
+      // What the bridge attaches for a run of alice: her token in her tenant, nothing in another.
+      const { token } = await h.services.accounts.accessToken(aliceRow.tenant_id, "alice", "idp");
+      assert.equal(await idp.userOf(token), "alice");
+      await assert.rejects(h.services.accounts.accessToken(tenantB, "alice", "idp"), { code: "account_missing" });
+      const res = await call("DELETE", `/v1/accounts/${alice.id}`, keyB);
+      assert.equal(res.status, 404);
+      assert.equal((await accounts(h.adminKey, "alice")).length, 1);
+    });
+
+    it("refreshes an expiring token once for 20 callers on two nodes, rotating the refresh token", async () => {
+      const { authorize } = await open("frank");
+      await back(await idp.authorize(authorize, { login: "frank" }));
+      const row = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("end_user", "=", "frank")
+        .executeTakeFirstOrThrow();
+      const first = h.services.accounts.open(row);
+      // A second node: its own Accounts (and in-process queue) over the same store.
+      const { vault } = await openVault({ dataDir: h.dataDir });
+      const http = new ProviderHttp();
+      const other = new Accounts({
+        db: h.db,
+        vault,
+        apps: new OAuthApps(h.db, http),
+        http,
+        secrets: h.services.secrets,
+      });
+      await h.db
+        .updateTable("oauth_accounts")
+        .set({ access_expires_at: Date.now() })
+        .where("id", "=", row.id)
+        .execute();
+      const { refreshed, invalidGrant } = idp.counts;
+      const grants = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          (i % 2 === 0 ? h.services.accounts : other).accessToken(row.tenant_id, "frank", "idp"),
+        ),
+      );
+      assert.equal(idp.counts.refreshed, refreshed + 1, "one refresh");
+      assert.equal(idp.counts.invalidGrant, invalidGrant);
+      assert.equal(
+        grants.filter((g) => g.refreshed !== null).length,
+        1,
+        "one caller refreshed, the others used its token",
+      );
+      assert.equal(new Set(grants.map((g) => g.token)).size, 1);
+      assert.equal(await idp.userOf(grants[0]?.token ?? ""), "frank");
+      const after = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("id", "=", row.id)
+        .executeTakeFirstOrThrow();
+      const tokens = h.services.accounts.open(after);
+      assert.notEqual(tokens.refresh_token, first.refresh_token, "the rotated refresh token is stored");
+      assert.ok(Number(after.access_expires_at) > Date.now() + 30_000);
+      assert.ok(after.refreshed_at !== null);
+
+      // Refused at the provider: the next refresh marks it needs_reauth, and calls fail so.
+      await idp.revokeUser("frank");
+      await h.db
+        .updateTable("oauth_accounts")
+        .set({ access_expires_at: Date.now() })
+        .where("id", "=", row.id)
+        .execute();
+      await assert.rejects(h.services.accounts.accessToken(row.tenant_id, "frank", "idp"), {
+        code: "account_needs_reauth",
+      });
+      assert.equal((await accounts(h.adminKey, "frank"))[0].status, "needs_reauth");
+      await assert.rejects(other.accessToken(row.tenant_id, "frank", "idp"), { code: "account_needs_reauth" });
+    });
+
+    it("deletes an account and revokes its tokens at the provider", async () => {
+      const alice = (await accounts(h.adminKey, "alice"))[0];
+      const row = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("id", "=", alice.id)
+        .executeTakeFirstOrThrow();
+      const tokens = h.services.accounts.open(row);
+      const before = idp.counts.revoked;
+      const gone = await call("DELETE", `/v1/accounts/${alice.id}`, h.adminKey);
+      assert.equal(gone.status, 200);
+      assert.equal(gone.body.id, alice.id);
+      assert.ok(idp.counts.revoked > before, "revoked at the provider");
+      assert.equal(await idp.userOf(tokens.access_token), null);
+      assert.deepEqual(await accounts(h.adminKey, "alice"), []);
+      assert.equal((await call("DELETE", `/v1/accounts/${alice.id}`, h.adminKey)).status, 404);
+    });
+  }),
+);
