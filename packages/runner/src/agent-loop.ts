@@ -2,14 +2,14 @@
  * The built-in agent: an LLM tool loop run inside the sandbox as the agent's command. It asks the
  * host's gateway for the next step (in the model's own wire format, OpenAI or Anthropic), runs the
  * tools the model calls (shell, read_file, write_file, http through a bridge connection,
- * call_agent for another agent's run, finish)
- * and reports each call and result as an event. It holds no key: the run token is its API key, and
+ * call_agent for another agent's run, finish) and the tools of the run's MCP endpoint, and reports each call and result as an event. It holds no key: the run token is its API key, and
  * the host meters and bounds every call. A step limit ends a loop that never finishes.
  */
 import { spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import type { BuiltinAgentEvent } from "@paddock/protocol";
 import { MARKER_PREFIX } from "@paddock/protocol/marker";
+import { type McpSession, type McpTool, modelToolName, openMcp } from "./mcp.ts";
 import { bridge, callAgent, fetchWaiting } from "./sdk.ts";
 
 /** What the host writes to /inputs/agent.json for a built-in agent. */
@@ -100,7 +100,22 @@ function shell(command: string): Promise<string> {
   });
 }
 
-async function runTool(call: ToolCall, allowed: string[]): Promise<{ ok: boolean; output: string; finish?: string }> {
+/** The run's MCP tools offered to the model, by the name the model knows them by. */
+interface McpOffer {
+  session: McpSession;
+  tools: Map<string, McpTool>;
+}
+
+async function runTool(
+  call: ToolCall,
+  allowed: string[],
+  mcp: McpOffer | null,
+): Promise<{ ok: boolean; output: string; finish?: string }> {
+  const mcpTool = mcp?.tools.get(call.name);
+  if (mcp && mcpTool) {
+    const out = await mcp.session.call(mcpTool.name, call.args);
+    return { ok: out.ok, output: cap(out.output, OUTPUT_CAP) };
+  }
   if (!allowed.includes(call.name)) return { ok: false, output: `unknown tool ${call.name}` };
   const a = call.args;
   const str = (k: string) => (typeof a[k] === "string" ? (a[k] as string) : "");
@@ -165,6 +180,28 @@ async function gateway(path: string, body: unknown): Promise<Record<string, unkn
   return json;
 }
 
+/**
+ * The run's MCP tools when its agent's policy names MCP servers (the host then sets
+ * PADDOCK_MCP_URL), each under a name the model accepts and no built-in tool has. An endpoint that
+ * cannot be listed leaves the agent its own tools, and says so on stderr.
+ */
+async function mcpOffer(builtins: string[]): Promise<McpOffer | null> {
+  const url = process.env.PADDOCK_MCP_URL;
+  if (!url) return null;
+  try {
+    const { session, tools } = await openMcp(url);
+    const byName = new Map<string, McpTool>();
+    for (const tool of tools) {
+      const name = modelToolName(tool.name);
+      if (name && !builtins.includes(name) && !(name in TOOL_SPECS) && !byName.has(name)) byName.set(name, tool);
+    }
+    return { session, tools: byName };
+  } catch (err) {
+    process.stderr.write(`the run's MCP tools could not be listed: ${err instanceof Error ? err.message : err}\n`);
+    return null;
+  }
+}
+
 export async function runBuiltinAgent(): Promise<number> {
   const config = JSON.parse(readFileSync("/inputs/agent.json", "utf8")) as BuiltinAgentConfig;
   const input = readFileSync(process.env.PADDOCK_INPUT ?? "/inputs/input.json", "utf8");
@@ -173,11 +210,19 @@ export async function runBuiltinAgent(): Promise<number> {
   }).then((r) => r.json() as Promise<{ data?: { id: string; api?: string }[] }>);
   const anthropic = models.data?.find((m) => m.id === config.model)?.api === "anthropic";
   const tools = config.tools.filter((t) => t in TOOL_SPECS);
-  const schema = (name: string) => ({
-    type: "object",
-    properties: TOOL_SPECS[name]?.properties,
-    required: TOOL_SPECS[name]?.required,
-  });
+  const mcp = await mcpOffer(tools);
+  const offered = [
+    ...tools.map((name) => ({
+      name,
+      description: TOOL_SPECS[name]?.description ?? "",
+      schema: { type: "object", properties: TOOL_SPECS[name]?.properties, required: TOOL_SPECS[name]?.required },
+    })),
+    ...[...(mcp?.tools ?? [])].map(([name, t]) => ({
+      name,
+      description: t.description ?? "",
+      schema: { type: "object", ...t.inputSchema },
+    })),
+  ];
   const task = `The run's input (JSON):\n${input}`;
   // biome-ignore lint/suspicious/noExplicitAny: the two wire formats' message lists.
   const messages: any[] = anthropic
@@ -195,7 +240,7 @@ export async function runBuiltinAgent(): Promise<number> {
         max_tokens: MAX_OUTPUT_TOKENS,
         system: config.instructions,
         messages,
-        tools: tools.map((name) => ({ name, description: TOOL_SPECS[name]?.description, input_schema: schema(name) })),
+        tools: offered.map((t) => ({ name: t.name, description: t.description, input_schema: t.schema })),
       });
       const content = (r.content ?? []) as {
         type: string;
@@ -216,9 +261,9 @@ export async function runBuiltinAgent(): Promise<number> {
         model: config.model,
         max_tokens: MAX_OUTPUT_TOKENS,
         messages,
-        tools: tools.map((name) => ({
+        tools: offered.map((t) => ({
           type: "function",
-          function: { name, description: TOOL_SPECS[name]?.description, parameters: schema(name) },
+          function: { name: t.name, description: t.description, parameters: t.schema },
         })),
       });
       const message = ((r.choices as { message?: Record<string, unknown> }[] | undefined)?.[0]?.message ?? {}) as {
@@ -251,7 +296,7 @@ export async function runBuiltinAgent(): Promise<number> {
         name: call.name,
         args: argText.length <= EVENT_CAP ? call.args : cap(argText, EVENT_CAP),
       });
-      const out = await runTool(call, tools);
+      const out = await runTool(call, tools, mcp);
       emit("tool.result", { step, id: call.id, name: call.name, ok: out.ok, output: cap(out.output, EVENT_CAP) });
       replies.push({ id: call.id, output: out.output, ok: out.ok });
       if (out.finish !== undefined) finished = out.finish;
