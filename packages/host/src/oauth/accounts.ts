@@ -23,6 +23,7 @@ import { accountAad } from "../secrets/secrets.ts";
 import type { Sealer } from "../secrets/vault.ts";
 import { dialectOf } from "../store/database.ts";
 import { newId } from "../store/ids.ts";
+import type { Db } from "../store/portable.ts";
 import type { Database, OAuthAccountsTable } from "../store/schema.ts";
 import type { OAuthApps, ResolvedApp } from "./apps.ts";
 import { type ProviderAnswer, type ProviderHttp, ProviderUnreachable } from "./provider-http.ts";
@@ -60,12 +61,20 @@ const needsReauth = (app: string) =>
     { app },
   );
 
+/** Who is told when an account turns needs_reauth: written in the transaction that marks it. */
+export interface AccountNotices {
+  needsReauth(trx: Db, tenantId: string, account: { account: string; end_user: string; app: string }): Promise<boolean>;
+  /** Told once what needsReauth() wrote has committed. */
+  committed(): void;
+}
+
 export interface AccountsDeps {
   db: Kysely<Database>;
   vault: Sealer;
   apps: OAuthApps;
   http: ProviderHttp;
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
+  notices?: AccountNotices;
   now?: () => number;
 }
 
@@ -410,7 +419,8 @@ export class Accounts {
     // Read before the lock: nothing inside the transaction may wait for another connection.
     const app = await this.#deps.apps.byId(appId);
     const secret = await this.#clientSecret(app);
-    return db.transaction().execute(async (trx) => {
+    let noticed = false;
+    const outcome = await db.transaction().execute(async (trx) => {
       let query = trx.selectFrom("oauth_accounts").selectAll().where("id", "=", accountId);
       if (dialectOf(db) === "postgres") query = query.forUpdate();
       const row = await query.executeTakeFirst();
@@ -426,6 +436,8 @@ export class Accounts {
           .set({ status: "needs_reauth", updated_at: now })
           .where("id", "=", row.id)
           .execute();
+        const account = { account: row.id, end_user: row.end_user, app: app.name };
+        noticed = (await this.#deps.notices?.needsReauth(trx, row.tenant_id, account)) ?? false;
         return null;
       };
       if (tokens.refresh_token === null) return refused();
@@ -461,6 +473,8 @@ export class Accounts {
         .execute();
       return { token: answer.access_token, by: "us" as const };
     });
+    if (noticed) this.#deps.notices?.committed();
+    return outcome;
   }
 
   /** The tokens of an account row (for the bridge, on the host). */
