@@ -99,7 +99,8 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
 
   before(async () => {
     upstream = await startStandIn();
-    t = await startTestHost();
+    // Every call reads its account: the tests expire tokens by writing the store behind the host's back.
+    t = await startTestHost({ accountTokenCacheMs: 0 });
     idp = await startOidcStandIn({ redirectUri: `${t.host.url}/oauth/callback`, accessTtlS: 3600 });
     agentId = await setUp(t.adminKey);
     await connect("alice");

@@ -46,7 +46,8 @@ forEachStore((store) =>
       (await call("GET", `/v1/accounts${endUser ? `?end_user=${encodeURIComponent(endUser)}` : ""}`, key)).body.data;
 
     before(async () => {
-      h = await startNoRootHost(store);
+      // Every call reads its account: the tests expire tokens by writing the store behind the host's back.
+      h = await startNoRootHost(store, { config: { accountTokenCacheMs: 0 } });
       idp = await startOidcStandIn({ redirectUri: `${ORIGIN}/oauth/callback` });
       await call("PUT", "/v1/secrets/idp-secret", h.adminKey, { value: idp.clientSecret });
       const app = await call("PUT", "/v1/oauth-apps/idp", h.adminKey, idp.appBody("idp-secret"));
@@ -236,6 +237,34 @@ forEachStore((store) =>
       });
       assert.equal((await accounts(h.adminKey, "frank"))[0].status, "needs_reauth");
       await assert.rejects(other.accessToken(row.tenant_id, "frank", "idp"), { code: "account_needs_reauth" });
+    });
+
+    it("reuses an opened token within cacheMs; a delete through another node is seen once it has passed", async () => {
+      const { authorize } = await open("gina");
+      await back(await idp.authorize(authorize, { login: "gina" }));
+      const row = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("end_user", "=", "gina")
+        .executeTakeFirstOrThrow();
+      const { vault } = await openVault({ dataDir: h.dataDir });
+      const http = new ProviderHttp();
+      let clock = Date.now();
+      const cached = new Accounts({
+        db: h.db,
+        vault,
+        apps: new OAuthApps(h.db, http),
+        http,
+        secrets: h.services.secrets,
+        cacheMs: 5000,
+        now: () => clock,
+      });
+      const first = await cached.accessToken(row.tenant_id, "gina", "idp");
+      assert.equal((await call("DELETE", `/v1/accounts/${row.id}`, h.adminKey)).status, 200);
+      const again = await cached.accessToken(row.tenant_id, "gina", "idp");
+      assert.equal(again.token, first.token, "reused within cacheMs");
+      clock += 5000;
+      await assert.rejects(cached.accessToken(row.tenant_id, "gina", "idp"), { code: "account_missing" });
     });
 
     it("deletes an account and revokes its tokens at the provider", async () => {
