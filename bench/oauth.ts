@@ -18,7 +18,7 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { type OidcStandIn, startOidcStandIn } from "../packages/host/src/testing/oidc-stand-in.ts";
-import { type BenchHost, follow, now, startBenchHost } from "./bench-host.ts";
+import { type BenchHost, follow, now, startBenchHost, TIMED_BRIDGE_GET } from "./bench-host.ts";
 import { type Dist, dist } from "./stats.ts";
 
 export interface OAuthBenchOptions {
@@ -43,21 +43,9 @@ const SHORT_TTL_S = 2;
 const END_USER = "bench-user";
 
 /** Interleaved GETs through both connections, then spaced calls that refresh; times to /outputs/latency.json. */
-const AGENT = `
-import http from "node:http";
-import { readFileSync, writeFileSync } from "node:fs";
+const AGENT = `${TIMED_BRIDGE_GET}
 const pairs = Number(process.env.BENCH_PAIRS);
 const refreshes = Number(process.env.BENCH_REFRESHES);
-const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-const token = () => readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
-const call = (connection) => new Promise((resolve, reject) => {
-  const t0 = performance.now();
-  const req = http.get(process.env.PADDOCK_BRIDGE_URL + "/bridge/" + connection + "/echo/x", { agent, headers: { authorization: "Bearer " + token() } }, (res) => {
-    res.resume();
-    res.on("end", () => (res.statusCode === 200 ? resolve(performance.now() - t0) : reject(new Error(connection + ": " + res.statusCode))));
-  });
-  req.on("error", reject);
-});
 for (let i = 0; i < 50; i++) { await call("static"); await call("oauth"); }
 const out = { static_secret: [], oauth_fresh: [], refresh: [] };
 for (let i = 0; i < pairs; i++) {

@@ -10,7 +10,7 @@ import { openVault } from "../secrets/master-key.ts";
 import { apiCall, type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
 import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
 import { forEachStore } from "../testing/stores.ts";
-import { Accounts } from "./accounts.ts";
+import { Accounts, type AccountsDeps } from "./accounts.ts";
 import { OAuthApps } from "./apps.ts";
 import { ProviderHttp } from "./provider-http.ts";
 
@@ -41,6 +41,19 @@ forEachStore((store) =>
     const back = async (callbackUrl: string) => {
       const res = await request(callbackUrl.slice(ORIGIN.length));
       return { status: res.status, location: res.headers.get("location"), text: await res.text() };
+    };
+    /** Another node's Accounts (its own in-process queue and opened tokens) over the same store. */
+    const anotherNode = async (options: Pick<AccountsDeps, "cacheMs" | "now"> = {}) => {
+      const { vault } = await openVault({ dataDir: h.dataDir });
+      const http = new ProviderHttp();
+      return new Accounts({
+        db: h.db,
+        vault,
+        apps: new OAuthApps(h.db, http),
+        http,
+        secrets: h.services.secrets,
+        ...options,
+      });
     };
     const accounts = async (key: string, endUser?: string) =>
       (await call("GET", `/v1/accounts${endUser ? `?end_user=${encodeURIComponent(endUser)}` : ""}`, key)).body.data;
@@ -185,16 +198,7 @@ forEachStore((store) =>
         .where("end_user", "=", "frank")
         .executeTakeFirstOrThrow();
       const first = h.services.accounts.open(row);
-      // A second node: its own Accounts (and in-process queue) over the same store.
-      const { vault } = await openVault({ dataDir: h.dataDir });
-      const http = new ProviderHttp();
-      const other = new Accounts({
-        db: h.db,
-        vault,
-        apps: new OAuthApps(h.db, http),
-        http,
-        secrets: h.services.secrets,
-      });
+      const other = await anotherNode();
       await h.db
         .updateTable("oauth_accounts")
         .set({ access_expires_at: Date.now() })
@@ -247,18 +251,8 @@ forEachStore((store) =>
         .selectAll()
         .where("end_user", "=", "gina")
         .executeTakeFirstOrThrow();
-      const { vault } = await openVault({ dataDir: h.dataDir });
-      const http = new ProviderHttp();
       let clock = Date.now();
-      const cached = new Accounts({
-        db: h.db,
-        vault,
-        apps: new OAuthApps(h.db, http),
-        http,
-        secrets: h.services.secrets,
-        cacheMs: 5000,
-        now: () => clock,
-      });
+      const cached = await anotherNode({ cacheMs: 5000, now: () => clock });
       const first = await cached.accessToken(row.tenant_id, "gina", "idp");
       assert.equal((await call("DELETE", `/v1/accounts/${row.id}`, h.adminKey)).status, 200);
       const again = await cached.accessToken(row.tenant_id, "gina", "idp");
