@@ -17,7 +17,7 @@
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { startBenchHost } from "./bench-host.ts";
+import { startBenchHost, TIMED_BRIDGE_GET } from "./bench-host.ts";
 import { type Dist, dist } from "./stats.ts";
 
 export interface ApprovalsBenchOptions {
@@ -53,20 +53,8 @@ for (let i = 0; i < n; i++) {
 `;
 
 /** Interleaved GETs through both connections on keep-alive sockets; writes the times to /outputs/latency.json. */
-const SIDE_BY_SIDE = `
-import http from "node:http";
-import { readFileSync, writeFileSync } from "node:fs";
+const SIDE_BY_SIDE = `${TIMED_BRIDGE_GET}
 const n = Number(process.env.BENCH_PAIRS);
-const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-const token = () => readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
-const call = (connection) => new Promise((resolve, reject) => {
-  const t0 = performance.now();
-  const req = http.get(process.env.PADDOCK_BRIDGE_URL + "/bridge/" + connection + "/echo/x", { agent, headers: { authorization: "Bearer " + token() } }, (res) => {
-    res.resume();
-    res.on("end", () => (res.statusCode === 200 ? resolve(performance.now() - t0) : reject(new Error(connection + ": " + res.statusCode))));
-  });
-  req.on("error", reject);
-});
 for (let i = 0; i < 50; i++) { await call("plain"); await call("held"); }
 const out = { plain: [], with_rules: [] };
 for (let i = 0; i < n; i++) {

@@ -11,6 +11,25 @@ import { unsealRunners } from "../packages/host/src/images/runner-registry.ts";
 
 export const now = () => performance.now();
 
+/**
+ * The start of an agent's script (an ES module run by the sandbox's node): `call(connection)` GETs
+ * `/bridge/CONNECTION/echo/x` on one keep-alive socket and resolves to its ms (a non-200 rejects);
+ * `writeFileSync` is imported for the script's results.
+ */
+export const TIMED_BRIDGE_GET = `
+import http from "node:http";
+import { readFileSync, writeFileSync } from "node:fs";
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+const token = () => readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
+const call = (connection) => new Promise((resolve, reject) => {
+  const t0 = performance.now();
+  const req = http.get(process.env.PADDOCK_BRIDGE_URL + "/bridge/" + connection + "/echo/x", { agent, headers: { authorization: "Bearer " + token() } }, (res) => {
+    res.resume();
+    res.on("end", () => (res.statusCode === 200 ? resolve(performance.now() - t0) : reject(new Error(connection + ": " + res.statusCode))));
+  });
+  req.on("error", reject);
+});`;
+
 export interface TimedRun {
   id: string;
   /** ms from the trigger to the agent's first event (its first log line or structured event). */

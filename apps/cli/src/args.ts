@@ -3,6 +3,7 @@
  * every command accepts, positional-count checks, and the `-- CMD ARGS...` tail.
  */
 import { type ParseArgsOptionsConfig, parseArgs } from "node:util";
+import { EndUser } from "@paddock/protocol";
 
 /** A mistake in how the command was called. Printed with a pointer to --help; exit status 2. */
 export class UsageError extends Error {
@@ -113,6 +114,14 @@ export function parseNumber(value: string | undefined, flag: string, fractional 
     throw new UsageError(`--${flag} expects ${fractional ? "a number" : "an integer"}, got '${value}'`);
   }
   return n;
+}
+
+/** The --end-user flag: the product's own id for one of its users, checked as the host checks it. */
+export function parseEndUser(value: string | undefined, command: string): string | undefined {
+  if (value !== undefined && !EndUser.safeParse(value).success) {
+    throw new UsageError("--end-user: 1 to 256 characters, no control characters", command);
+  }
+  return value;
 }
 
 /** Parses a JSON flag value (for example --input). */

@@ -41,6 +41,7 @@ import {
   TERMINAL_STATUSES,
   Tenant,
   Webhook,
+  type WebhookCreate,
 } from "@paddock/protocol";
 import { z } from "zod";
 import { readSse } from "./sse.ts";
@@ -335,8 +336,8 @@ export class Client {
     return this.#json(Schedule, "DELETE", `/schedules/${enc(id)}`);
   }
 
-  createWebhook(agent: string): Promise<Webhook> {
-    return this.#json(Webhook, "POST", `/agents/${enc(agent)}/webhooks`);
+  createWebhook(agent: string, body: WebhookCreate = {}): Promise<Webhook> {
+    return this.#json(Webhook, "POST", `/agents/${enc(agent)}/webhooks`, { body });
   }
 
   listWebhooks(agent: string): Promise<Webhook[]> {
@@ -406,8 +407,9 @@ export class Client {
     return this.#json(Runner, "POST", "/runners", { form });
   }
 
-  createRun(agentId: string, input: unknown): Promise<{ id: string; status: RunStatus }> {
-    const body = input === undefined ? {} : { input };
+  /** Starts a run of the agent, for `endUser` when given (its OAuth connections attach that user's accounts). */
+  createRun(agentId: string, input: unknown, endUser?: string): Promise<{ id: string; status: RunStatus }> {
+    const body = { ...(input === undefined ? {} : { input }), ...(endUser === undefined ? {} : { end_user: endUser }) };
     return this.#json(RunCreated, "POST", `/agents/${enc(agentId)}/runs`, { body });
   }
 

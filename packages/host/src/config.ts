@@ -133,6 +133,12 @@ export const HostConfig = z
      * Tenants made later through the API start at 0.
      */
     startingCredits: z.number().min(0).max(1_000_000).default(10),
+    /**
+     * How long this host reuses an end user's opened OAuth access token before reading its account
+     * again (0: every bridge call reads it). An account revoked or reconnected through another
+     * node is seen here after at most this long; a token near expiry is always read again.
+     */
+    accountTokenCacheMs: z.number().int().min(0).max(60_000).default(5000),
     /** Notifications: the first retry's delay (doubling per attempt, up to an hour, with jitter). */
     notificationBackoffMs: z.number().int().min(1).default(5000),
     /** Notifications: one attempt's time limit (connect, send, answer). */

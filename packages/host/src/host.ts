@@ -287,7 +287,15 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const secrets = new Secrets(db, vault);
   const providerHttp = new ProviderHttp(env.testOnly?.resolve);
   const oauthApps = new OAuthApps(db, providerHttp);
-  const accounts = new Accounts({ db, vault, apps: oauthApps, http: providerHttp, secrets });
+  const accounts = new Accounts({
+    db,
+    vault,
+    apps: oauthApps,
+    http: providerHttp,
+    secrets,
+    notices: outbox,
+    cacheMs: config.accountTokenCacheMs,
+  });
   const tokens = new RunTokens({
     db,
     sealer: vault,

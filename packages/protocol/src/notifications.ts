@@ -11,6 +11,10 @@ import { WEBHOOK_HEADERS } from "./triggers.ts";
  * `credits.low`: the tenant's balance fell below the subscription's `credits_below` after a
  * model call was billed. `approval.requested`: a call of a run waits for a person's approval; its
  * delivery also carries the approval's one-time link (`approval_url`) and the run's page (`run_url`).
+ * `account.needs_reauth`: an end user's OAuth account was refused by its provider on refresh (sent
+ * once, when it turns needs_reauth). `account.missing`: a run's call was refused `account_missing`
+ * (its end user has no account at the app; sent once per run and app), so the product can ask its
+ * user to connect. Neither ever carries a token.
  */
 export const NotificationEventType = z.enum([
   "run.succeeded",
@@ -20,6 +24,8 @@ export const NotificationEventType = z.enum([
   "run.finished",
   "approval.requested",
   "credits.low",
+  "account.needs_reauth",
+  "account.missing",
 ]);
 export type NotificationEventType = z.infer<typeof NotificationEventType>;
 
@@ -131,7 +137,8 @@ export const NotificationPayload = z
     tenant_id: z.string(),
     /**
      * For run events: run_id, agent_id, attempt, seq and the event's data (status, reason,
-     * exit_code); for credits.low: balance and threshold, in credits.
+     * exit_code); for credits.low: balance and threshold, in credits; for account.needs_reauth:
+     * account, end_user and app; for account.missing: run_id, agent_id, end_user, app and connection.
      */
     data: z.record(z.string(), z.unknown()),
   })

@@ -11,6 +11,7 @@ const SCENARIOS = [
   "density",
   "gateway",
   "notifications",
+  "oauth",
   "queue",
   "snapshot",
   "swap",
@@ -52,6 +53,10 @@ Scenarios:
   notifications  how soon a notification leaves after its event: from a run's terminal event to
           its signed delivery's arrival at an endpoint on loopback (N runs one at a time, then N
           at once), beside the target (p50 under 1 s)
+  oauth   what an end user's OAuth token costs a bridge call: N×100 pairs of calls from one run,
+          interleaved, through a connection with a static secret and one attaching the run's end
+          user's fresh token (an OpenID Connect stand-in issued it), side by side; then N calls that
+          each refresh the token on their path (p50 of the calls and of the refreshes)
   queue   the run queue on SQLite: runs claimed per second with N×10 trivial runs queued at once,
           claim latency with the engine idle (N runs), and the delay from a cron slot to the
           run (a per-second schedule, N slots)
@@ -173,6 +178,17 @@ Options:
         imagesDir: join(dataDirOf(values, ctx), "images"),
         runs: Math.max(runs, 1),
         progress: (line) => ctx.err(`bench notifications: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "oauth") {
+      const { oauthBench } = await import("../../../../bench/oauth.ts");
+      const result = await oauthBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        pairs: Math.max(runs, 1) * 100,
+        refreshes: Math.max(runs, 1),
+        progress: (line) => ctx.err(`bench oauth: ${line}`),
       });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;

@@ -1,7 +1,15 @@
 /** `paddock run`, `paddock runs list|show`, `paddock logs`, `paddock cancel`: runs and their events. */
 import { readFile } from "node:fs/promises";
 import { isEvent, QueryTime, type Run, type RunEventRead, RunStatus, RunTrigger } from "@paddock/protocol";
-import { CliError, CONNECTION_HELP, parseCommand, parseJsonFlag, parseNumber, UsageError } from "../args.ts";
+import {
+  CliError,
+  CONNECTION_HELP,
+  parseCommand,
+  parseEndUser,
+  parseJsonFlag,
+  parseNumber,
+  UsageError,
+} from "../args.ts";
 import type { Client } from "../client.ts";
 import { type Command, type CommandGroup, type Context, connect } from "../context.ts";
 import { compactJson, formatDuration, formatTable, printable, Timeline } from "../format.ts";
@@ -95,7 +103,7 @@ async function startedRun(
 export const run: Command = {
   name: "run",
   summary: "start a run of an agent (and follow it)",
-  usage: `Usage: paddock run AGENT [--input JSON | --input-file FILE] [--follow [--absolute]]
+  usage: `Usage: paddock run AGENT [--input JSON | --input-file FILE] [--end-user ID] [--follow [--absolute]]
 
 Starts a run of AGENT (its id or name) and prints the run's id. The input is readable inside the
 sandbox at /inputs/input.json.
@@ -103,6 +111,8 @@ sandbox at /inputs/input.json.
 Options:
   --input JSON        the run's input, as JSON
   --input-file FILE   read the input from a JSON file ('-' for stdin)
+  --end-user ID       run on behalf of this end user: connections with OAuth auth attach their
+                      account (see paddock accounts)
   --follow, -f        stream the run's events as a timeline until it ends; exit 0 only if it
                       succeeded
   --absolute          with --follow: print event times as ISO timestamps
@@ -111,13 +121,14 @@ ${CONNECTION_HELP}`,
   async run(argv, ctx) {
     const { values, positionals } = parseCommand(argv, {
       command: "run",
-      options: START_OPTIONS,
+      options: { ...START_OPTIONS, "end-user": { type: "string" } },
       positionals: { min: 1, max: 1 },
     });
     const input = await readInput(values, "run");
+    const endUser = parseEndUser(values["end-user"], "run");
     const client = await connect(values, ctx);
     const agent = await client.resolveAgent(positionals[0] ?? "");
-    const created = await client.createRun(agent.id, input);
+    const created = await client.createRun(agent.id, input, endUser);
     return startedRun(client, ctx, created.id, `run ${created.id} (agent ${agent.name})`, values);
   },
 };

@@ -1,6 +1,6 @@
 /** `paddock schedules create|list|pause|resume|delete` and `paddock webhooks create|list|delete`. */
 import { OverlapPolicy } from "@paddock/protocol";
-import { CONNECTION_HELP, parseCommand, parseJsonFlag, parseNumber, UsageError } from "../args.ts";
+import { CONNECTION_HELP, parseCommand, parseEndUser, parseJsonFlag, parseNumber, UsageError } from "../args.ts";
 import { type Command, type CommandGroup, connect } from "../context.ts";
 import { formatTable } from "../format.ts";
 
@@ -8,7 +8,7 @@ const create: Command = {
   name: "create",
   summary: "start runs of an agent on a cron schedule",
   usage: `Usage: paddock schedules create AGENT --cron EXPR [--tz ZONE] [--overlap skip|queue_one|allow]
-                                [--catch-up SECONDS] [--input JSON] [--json]
+                                [--catch-up SECONDS] [--input JSON] [--end-user ID] [--json]
 
 Options:
   --cron EXPR       five fields (minute hour day month weekday) or six (seconds first),
@@ -18,6 +18,7 @@ Options:
                     queue_one (one run waits), or allow (runs side by side)
   --catch-up S      after downtime, run the latest missed slot if it is at most S seconds old
   --input JSON      the input of every run
+  --end-user ID     every run is on behalf of this end user (their OAuth accounts are attached)
   --json            print the schedule as JSON
 
 ${CONNECTION_HELP}`,
@@ -30,10 +31,12 @@ ${CONNECTION_HELP}`,
         overlap: { type: "string" },
         "catch-up": { type: "string" },
         input: { type: "string" },
+        "end-user": { type: "string" },
         json: { type: "boolean" },
       },
       positionals: { min: 1, max: 1 },
     });
+    const endUser = parseEndUser(values["end-user"], "schedules create");
     if (!values.cron)
       throw new UsageError("give the schedule with --cron, for example --cron '0 9 * * 1-5'", "schedules create");
     const overlap = values.overlap === undefined ? undefined : OverlapPolicy.safeParse(values.overlap);
@@ -49,6 +52,7 @@ ${CONNECTION_HELP}`,
       ...(overlap?.success ? { overlap: overlap.data } : {}),
       ...(catchUp !== undefined ? { catch_up_s: catchUp } : {}),
       ...(values.input !== undefined ? { input: parseJsonFlag(values.input, "input") } : {}),
+      ...(endUser !== undefined ? { end_user: endUser } : {}),
     });
     if (values.json) ctx.out(JSON.stringify(schedule, null, 2));
     else
@@ -122,22 +126,27 @@ export const schedules: CommandGroup = {
 const createHook: Command = {
   name: "create",
   summary: "a signed webhook URL that starts runs of an agent",
-  usage: `Usage: paddock webhooks create AGENT [--json]
+  usage: `Usage: paddock webhooks create AGENT [--end-user ID] [--json]
 
 Prints the URL path and its signing secret, shown only this once. A delivery is a POST of the
 run's input with x-paddock-timestamp (unix seconds), x-paddock-delivery (an id; repeats are
 ignored) and x-paddock-signature: sha256=HMAC-SHA256(secret, "<timestamp>.<delivery>.<body>") in hex.
 
+Options:
+  --end-user ID     every run is on behalf of this end user (their OAuth accounts are attached)
+  --json            print the webhook as JSON
+
 ${CONNECTION_HELP}`,
   async run(argv, ctx) {
     const { values, positionals } = parseCommand(argv, {
       command: "webhooks create",
-      options: { json: { type: "boolean" } },
+      options: { "end-user": { type: "string" }, json: { type: "boolean" } },
       positionals: { min: 1, max: 1 },
     });
+    const endUser = parseEndUser(values["end-user"], "webhooks create");
     const client = await connect(values, ctx);
     const agent = await client.resolveAgent(positionals[0] ?? "");
-    const hook = await client.createWebhook(agent.id);
+    const hook = await client.createWebhook(agent.id, endUser === undefined ? {} : { end_user: endUser });
     if (values.json) ctx.out(JSON.stringify(hook, null, 2));
     else {
       ctx.out(`created webhook ${hook.id}`);

@@ -296,7 +296,8 @@ function checkUpstreamLiteral(baseUrl: string, internal: boolean): void {
   ]);
 }
 
-function parseSpec(row: ConnectionsTable): ConnectionPut {
+/** A connection's definition as stored (its spec column). */
+export function parseSpec(row: ConnectionsTable): ConnectionPut {
   return ConnectionPut.parse(JSON.parse(row.spec));
 }
 

@@ -6,7 +6,9 @@
  */
 import { fromMicro, NotificationEventType, type NotificationPayload, RUN_FINISHED_TYPES } from "@paddock/protocol";
 import { z } from "zod";
+import { parseSpec } from "../bridge/connections.ts";
 import type { SpendWatcher } from "../gateway/ledger.ts";
+import type { AccountNotices } from "../oauth/accounts.ts";
 import type { AnnouncedRun, EventAnnouncer } from "../store/event-log.ts";
 import { HINT, type Hints } from "../store/hints.ts";
 import { newId } from "../store/ids.ts";
@@ -20,6 +22,8 @@ export const APPROVAL_URL_FIELD = "approval_url";
 /** The run events a subscription may name. */
 const ANNOUNCED: ReadonlySet<string> = new Set<NotificationEventType>([...RUN_FINISHED_TYPES, "approval.requested"]);
 const TERMINAL: ReadonlySet<string> = new Set(RUN_FINISHED_TYPES);
+/** A bridge call refused account_missing is announced as account.missing. */
+const BRIDGE_CALL = "bridge.call";
 
 const EventTypes = z.array(NotificationEventType);
 
@@ -45,7 +49,7 @@ export interface AnnouncedLinks {
   runUrl(runId: string): string;
 }
 
-export class NotificationOutbox implements EventAnnouncer, SpendWatcher {
+export class NotificationOutbox implements EventAnnouncer, SpendWatcher, AccountNotices {
   readonly #hints: Hints;
   readonly #config: OutboxConfig;
   readonly #links: AnnouncedLinks | undefined;
@@ -57,37 +61,86 @@ export class NotificationOutbox implements EventAnnouncer, SpendWatcher {
   }
 
   announces(type: string): boolean {
-    return ANNOUNCED.has(type);
+    return ANNOUNCED.has(type) || type === BRIDGE_CALL;
   }
 
   /** Writes a delivery of each announced event to each of the tenant's active subscriptions that wants it. */
   async announce(trx: Db, run: AnnouncedRun, rows: EventsTable[]): Promise<boolean> {
+    const announced = rows.flatMap((row) => {
+      if (ANNOUNCED.has(row.type)) return [{ row, type: row.type, event: JSON.parse(row.data) }];
+      if (row.type !== BRIDGE_CALL) return [];
+      const call = JSON.parse(row.data) as { code?: string; connection: string };
+      return call.code === "account_missing" ? [{ row, type: "account.missing", event: call }] : [];
+    });
+    if (announced.length === 0) return false;
     const subscriptions = await this.#subscriptions(trx, run.tenant_id);
     if (subscriptions.length === 0) return false;
     const deliveries: NotificationDeliveriesTable[] = [];
-    for (const row of rows) {
-      if (!ANNOUNCED.has(row.type)) continue;
-      const event = JSON.parse(row.data);
-      const data = {
-        run_id: run.id,
-        agent_id: run.agent_id,
-        attempt: row.attempt,
-        seq: row.seq,
-        ...event,
-        // Only the endpoint gets the link that decides without an API key (see the deliveries' view).
-        ...(row.type === "approval.requested" && this.#links
-          ? {
-              [APPROVAL_URL_FIELD]: this.#links.approvalUrl(String(event.approval_id)),
-              run_url: this.#links.runUrl(run.id),
-            }
-          : {}),
-      };
+    for (const { row, type, event } of announced) {
+      const data =
+        type === "account.missing"
+          ? await this.#accountMissing(trx, run, String(event.connection))
+          : {
+              run_id: run.id,
+              agent_id: run.agent_id,
+              attempt: row.attempt,
+              seq: row.seq,
+              ...event,
+              // Only the endpoint gets the link that decides without an API key (see the deliveries' view).
+              ...(type === "approval.requested" && this.#links
+                ? {
+                    [APPROVAL_URL_FIELD]: this.#links.approvalUrl(String(event.approval_id)),
+                    run_url: this.#links.runUrl(run.id),
+                  }
+                : {}),
+            };
+      if (data === null) continue;
       for (const s of subscriptions) {
-        if (wants(s.events, row.type))
-          deliveries.push(this.#delivery(s.id, run.tenant_id, row.type, run.id, row.ts, data));
+        if (wants(s.events, type)) deliveries.push(this.#delivery(s.id, run.tenant_id, type, run.id, row.ts, data));
       }
     }
     return this.#insert(trx, deliveries);
+  }
+
+  /**
+   * What announces a call of `run` refused account_missing: its end user and the connection's app.
+   * Null when there is nothing to ask anyone (the run has no end user, the connection is not an
+   * OAuth one any more) or this run's missing account at that app was announced already.
+   */
+  async #accountMissing(trx: Db, run: AnnouncedRun, connection: string): Promise<Record<string, unknown> | null> {
+    const owner = await trx.selectFrom("runs").select("end_user").where("id", "=", run.id).executeTakeFirst();
+    const stored = await trx
+      .selectFrom("connections")
+      .selectAll()
+      .where("tenant_id", "=", run.tenant_id)
+      .where("name", "=", connection)
+      .executeTakeFirst();
+    const auth = stored ? parseSpec(stored).auth : null;
+    if (!owner?.end_user || auth?.type !== "oauth") return null;
+    const data = { run_id: run.id, agent_id: run.agent_id, end_user: owner.end_user, app: auth.app, connection };
+    const earlier = await trx
+      .selectFrom("notification_deliveries")
+      .select("body")
+      .where("run_id", "=", run.id)
+      .where("type", "=", "account.missing")
+      .execute();
+    const same = earlier.some((d) => (JSON.parse(d.body) as NotificationPayload).data.app === auth.app);
+    return same ? null : data;
+  }
+
+  /**
+   * An account turned needs_reauth (in the transaction that marks it): a delivery to each of the
+   * tenant's subscriptions to account.needs_reauth.
+   */
+  async needsReauth(trx: Db, tenantId: string, account: { account: string; end_user: string; app: string }) {
+    const subscriptions = (await this.#subscriptions(trx, tenantId)).filter((s) =>
+      s.events.includes("account.needs_reauth"),
+    );
+    const now = Date.now();
+    return this.#insert(
+      trx,
+      subscriptions.map((s) => this.#delivery(s.id, tenantId, "account.needs_reauth", null, now, account)),
+    );
   }
 
   /**

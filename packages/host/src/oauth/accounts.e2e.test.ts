@@ -3,6 +3,7 @@
  * on loopback (short-lived access tokens, rotating refresh tokens) and a stand-in upstream. A run
  * triggered for an end user calls a connection with `oauth` auth: the upstream gets that user's
  * token, the sandbox never sees one (not in its environment, not in an event, not echoed back).
+ * A real notification endpoint is told of a missing account and of an account needing its user.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -12,7 +13,9 @@ import { CALLS_AGENT, pendingApprovals } from "../testing/approval-support.ts";
 import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runEvents, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
+import { type NotificationReceiver, signedWith, startNotificationReceiver } from "../testing/notification-receiver.ts";
 import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
+import { waitFor } from "../testing/wait.ts";
 
 const NODE = "/opt/paddock/runner/node";
 /** Writes the sandbox's environment next to the probe's results, then probes. */
@@ -25,7 +28,12 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
   let t: TestHost;
   let idp: OidcStandIn;
   let upstream: StandIn;
+  let receiver: NotificationReceiver;
+  let subscriptionSecret = "";
   let agentId = "";
+
+  /** The notifications of `type` the endpoint received. */
+  const notified = (type: string) => receiver.received.filter((r) => r.payload.type === type);
 
   /** Connects `user`'s account at the tenant's app `idp`, as the user's browser would. */
   const connect = async (user: string, key = t.adminKey) => {
@@ -91,15 +99,25 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
 
   before(async () => {
     upstream = await startStandIn();
-    t = await startTestHost();
+    // Every call reads its account: the tests expire tokens by writing the store behind the host's back.
+    t = await startTestHost({ accountTokenCacheMs: 0 });
     idp = await startOidcStandIn({ redirectUri: `${t.host.url}/oauth/callback`, accessTtlS: 3600 });
     agentId = await setUp(t.adminKey);
     await connect("alice");
     await connect("bob");
+    receiver = await startNotificationReceiver();
+    const sub = await t.api("POST", "/v1/notifications", {
+      url: receiver.url,
+      events: ["account.needs_reauth", "account.missing"],
+      internal: true,
+    });
+    assert.equal(sub.status, 201, JSON.stringify(sub.body));
+    subscriptionSecret = sub.body.secret;
   });
 
   after(async () => {
     await t?.close();
+    await receiver?.close();
     await idp?.close();
     await upstream?.close();
   });
@@ -165,10 +183,12 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
   });
 
   test("a run without an end user, or whose end user has no account, is refused account_missing", async () => {
-    const calls = [{ path: "/bridge/mail/echo/x" }];
+    const calls = [{ path: "/bridge/mail/echo/x" }, { path: "/bridge/mail/echo/y" }];
     const seen = upstream.seen.length;
+    const runs: string[] = [];
     for (const endUser of [undefined, "zoe"]) {
-      const { results, events } = await runFor(endUser, calls);
+      const { run, results, events } = await runFor(endUser, calls);
+      runs.push(run.id);
       assert.equal(results[0]?.status, 403);
       const error = JSON.parse(results[0]?.body ?? "{}").error;
       assert.equal(error.code, "account_missing");
@@ -177,6 +197,18 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
       assert.equal((recorded?.data as { code?: string } | undefined)?.code, "account_missing");
     }
     assert.equal(upstream.seen.length, seen, "nothing reached the upstream");
+    // The product is told once per run and app, and only of the run that has an end user to ask.
+    await waitFor(() => notified("account.missing").length > 0, { what: "the account.missing notification" });
+    const [missing, ...more] = notified("account.missing");
+    assert.equal(more.length, 0, "one notification for the run's two refused calls");
+    assert.deepEqual(signedWith(missing as NonNullable<typeof missing>, [subscriptionSecret]), [subscriptionSecret]);
+    assert.deepEqual(missing?.payload.data, {
+      run_id: runs[1],
+      agent_id: agentId,
+      end_user: "zoe",
+      app: "idp",
+      connection: "mail",
+    });
   });
 
   /** Makes `user`'s access token expire now, as the host sees it. */
@@ -256,6 +288,12 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
     assert.equal((records[0]?.data as { needs_reauth: boolean } | undefined)?.needs_reauth, true);
     const listed = await t.api("GET", "/v1/accounts?end_user=dora");
     assert.equal(listed.body.data[0].status, "needs_reauth");
+    // Notified once, with who and where, never a token.
+    await waitFor(() => notified("account.needs_reauth").length > 0, { what: "the account.needs_reauth notification" });
+    const [told, ...more] = notified("account.needs_reauth");
+    assert.equal(more.length, 0);
+    assert.deepEqual(told?.payload.data, { account: listed.body.data[0].id, end_user: "dora", app: "idp" });
+    assert.doesNotMatch(told?.body ?? "", /token/i);
   });
 
   test("an end user with control characters, empty or too long is refused at the trigger", async () => {

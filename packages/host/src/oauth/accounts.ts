@@ -23,6 +23,7 @@ import { accountAad } from "../secrets/secrets.ts";
 import type { Sealer } from "../secrets/vault.ts";
 import { dialectOf } from "../store/database.ts";
 import { newId } from "../store/ids.ts";
+import type { Db } from "../store/portable.ts";
 import type { Database, OAuthAccountsTable } from "../store/schema.ts";
 import type { OAuthApps, ResolvedApp } from "./apps.ts";
 import { type ProviderAnswer, type ProviderHttp, ProviderUnreachable } from "./provider-http.ts";
@@ -60,13 +61,33 @@ const needsReauth = (app: string) =>
     { app },
   );
 
+/** Who is told when an account turns needs_reauth: written in the transaction that marks it. */
+export interface AccountNotices {
+  needsReauth(trx: Db, tenantId: string, account: { account: string; end_user: string; app: string }): Promise<boolean>;
+  /** Told once what needsReauth() wrote has committed. */
+  committed(): void;
+}
+
 export interface AccountsDeps {
   db: Kysely<Database>;
   vault: Sealer;
   apps: OAuthApps;
   http: ProviderHttp;
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
+  notices?: AccountNotices;
+  /**
+   * How long an opened access token is reused in this process before its account is read again
+   * (0: every call reads it). A token near expiry, or refused by the upstream, is read again at once.
+   */
+  cacheMs?: number;
   now?: () => number;
+}
+
+/** An opened access token reused within `cacheMs`, with what says whether it is still usable. */
+interface Opened extends Pick<OAuthAccountsTable, "access_expires_at" | "updated_at"> {
+  account: string;
+  token: string;
+  at: number;
 }
 
 /** Where the callback sends the user's browser: back to the product, or a page of its own. */
@@ -80,6 +101,8 @@ export class Accounts {
   readonly #now: () => number;
   /** The refresh under way (or last queued) per account in this process. */
   readonly #refreshing = new Map<string, Promise<unknown>>();
+  /** Opened access tokens by tenant, app and end user (see AccountsDeps.cacheMs). */
+  readonly #opened = new Map<string, Opened>();
 
   constructor(deps: AccountsDeps) {
     this.#deps = deps;
@@ -254,6 +277,7 @@ export class Accounts {
         .where("end_user", "=", endUser)
         .executeTakeFirst();
       const id = existing?.id ?? newId("acc", now);
+      this.#forget(id);
       const sealed = this.#seal(id, {
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token ?? null,
@@ -315,6 +339,7 @@ export class Accounts {
     if (!row) throw new AppError("not_found", `No account '${id}'.`);
     const app = await this.#deps.apps.byId(row.app_id);
     await this.#deps.db.deleteFrom("oauth_accounts").where("id", "=", row.id).execute();
+    this.#forget(row.id);
     if (app.revoke_url !== null) {
       const tokens = this.open(row);
       const hints: [string, string][] = [["access_token", tokens.access_token]];
@@ -333,6 +358,17 @@ export class Accounts {
    * `account_needs_reauth` when its provider refused it.
    */
   async accessToken(tenantId: string, endUser: string, appName: string, stale?: string): Promise<AccessGrant> {
+    const key = `${tenantId}\0${appName}\0${endUser}`;
+    const hit = this.#opened.get(key);
+    if (
+      hit &&
+      stale === undefined &&
+      this.#now() - hit.at < (this.#deps.cacheMs ?? 0) &&
+      this.#usable(hit, hit.token)
+    ) {
+      return { token: hit.token, refreshed: null };
+    }
+    this.#opened.delete(key);
     const row = await this.#deps.db
       .selectFrom("oauth_accounts as a")
       .innerJoin("oauth_apps as p", "p.id", "a.app_id")
@@ -349,7 +385,15 @@ export class Accounts {
     }
     if (row.status === "needs_reauth") throw needsReauth(appName);
     const token = this.open(row).access_token;
-    if (this.#usable(row, token, stale)) return { token, refreshed: null };
+    if (this.#usable(row, token, stale)) {
+      this.#remember(key, {
+        account: row.id,
+        token,
+        access_expires_at: row.access_expires_at,
+        updated_at: row.updated_at,
+      });
+      return { token, refreshed: null };
+    }
     const started = performance.now();
     const outcome = await this.#refreshOnce(row.id, row.app_id, stale);
     const refreshed = {
@@ -363,15 +407,27 @@ export class Accounts {
     return { token: outcome.token, refreshed: outcome.by === "us" ? refreshed : null };
   }
 
+  /** Keeps an opened token for `cacheMs`; it is dropped from memory once that has passed. */
+  #remember(key: string, opened: Omit<Opened, "at">): void {
+    const cacheMs = this.#deps.cacheMs ?? 0;
+    if (cacheMs <= 0) return;
+    const at = this.#now();
+    this.#opened.set(key, { ...opened, at });
+    setTimeout(() => {
+      if (this.#opened.get(key)?.at === at) this.#opened.delete(key);
+    }, cacheMs + 10).unref();
+  }
+
+  /** Drops the opened token of an account replaced or deleted here. */
+  #forget(accountId: string): void {
+    for (const [key, opened] of this.#opened) if (opened.account === accountId) this.#opened.delete(key);
+  }
+
   /**
    * A token that is not the one the upstream refused and does not expire within the margin:
    * REFRESH_MARGIN_MS, or half its lifetime for a token issued for less than twice that.
    */
-  #usable(
-    row: Pick<OAuthAccountsTable, "access_expires_at" | "updated_at">,
-    token: string,
-    stale: string | undefined,
-  ): boolean {
+  #usable(row: Pick<OAuthAccountsTable, "access_expires_at" | "updated_at">, token: string, stale?: string): boolean {
     if (stale !== undefined && token === stale) return false;
     if (row.access_expires_at === null) return true;
     const expires = Number(row.access_expires_at);
@@ -410,7 +466,8 @@ export class Accounts {
     // Read before the lock: nothing inside the transaction may wait for another connection.
     const app = await this.#deps.apps.byId(appId);
     const secret = await this.#clientSecret(app);
-    return db.transaction().execute(async (trx) => {
+    let noticed = false;
+    const outcome = await db.transaction().execute(async (trx) => {
       let query = trx.selectFrom("oauth_accounts").selectAll().where("id", "=", accountId);
       if (dialectOf(db) === "postgres") query = query.forUpdate();
       const row = await query.executeTakeFirst();
@@ -426,6 +483,8 @@ export class Accounts {
           .set({ status: "needs_reauth", updated_at: now })
           .where("id", "=", row.id)
           .execute();
+        const account = { account: row.id, end_user: row.end_user, app: app.name };
+        noticed = (await this.#deps.notices?.needsReauth(trx, row.tenant_id, account)) ?? false;
         return null;
       };
       if (tokens.refresh_token === null) return refused();
@@ -461,6 +520,8 @@ export class Accounts {
         .execute();
       return { token: answer.access_token, by: "us" as const };
     });
+    if (noticed) this.#deps.notices?.committed();
+    return outcome;
   }
 
   /** The tokens of an account row (for the bridge, on the host). */

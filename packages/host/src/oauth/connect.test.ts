@@ -10,7 +10,7 @@ import { openVault } from "../secrets/master-key.ts";
 import { apiCall, type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
 import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
 import { forEachStore } from "../testing/stores.ts";
-import { Accounts } from "./accounts.ts";
+import { Accounts, type AccountsDeps } from "./accounts.ts";
 import { OAuthApps } from "./apps.ts";
 import { ProviderHttp } from "./provider-http.ts";
 
@@ -42,11 +42,25 @@ forEachStore((store) =>
       const res = await request(callbackUrl.slice(ORIGIN.length));
       return { status: res.status, location: res.headers.get("location"), text: await res.text() };
     };
+    /** Another node's Accounts (its own in-process queue and opened tokens) over the same store. */
+    const anotherNode = async (options: Pick<AccountsDeps, "cacheMs" | "now"> = {}) => {
+      const { vault } = await openVault({ dataDir: h.dataDir });
+      const http = new ProviderHttp();
+      return new Accounts({
+        db: h.db,
+        vault,
+        apps: new OAuthApps(h.db, http),
+        http,
+        secrets: h.services.secrets,
+        ...options,
+      });
+    };
     const accounts = async (key: string, endUser?: string) =>
       (await call("GET", `/v1/accounts${endUser ? `?end_user=${encodeURIComponent(endUser)}` : ""}`, key)).body.data;
 
     before(async () => {
-      h = await startNoRootHost(store);
+      // Every call reads its account: the tests expire tokens by writing the store behind the host's back.
+      h = await startNoRootHost(store, { config: { accountTokenCacheMs: 0 } });
       idp = await startOidcStandIn({ redirectUri: `${ORIGIN}/oauth/callback` });
       await call("PUT", "/v1/secrets/idp-secret", h.adminKey, { value: idp.clientSecret });
       const app = await call("PUT", "/v1/oauth-apps/idp", h.adminKey, idp.appBody("idp-secret"));
@@ -184,16 +198,7 @@ forEachStore((store) =>
         .where("end_user", "=", "frank")
         .executeTakeFirstOrThrow();
       const first = h.services.accounts.open(row);
-      // A second node: its own Accounts (and in-process queue) over the same store.
-      const { vault } = await openVault({ dataDir: h.dataDir });
-      const http = new ProviderHttp();
-      const other = new Accounts({
-        db: h.db,
-        vault,
-        apps: new OAuthApps(h.db, http),
-        http,
-        secrets: h.services.secrets,
-      });
+      const other = await anotherNode();
       await h.db
         .updateTable("oauth_accounts")
         .set({ access_expires_at: Date.now() })
@@ -236,6 +241,24 @@ forEachStore((store) =>
       });
       assert.equal((await accounts(h.adminKey, "frank"))[0].status, "needs_reauth");
       await assert.rejects(other.accessToken(row.tenant_id, "frank", "idp"), { code: "account_needs_reauth" });
+    });
+
+    it("reuses an opened token within cacheMs; a delete through another node is seen once it has passed", async () => {
+      const { authorize } = await open("gina");
+      await back(await idp.authorize(authorize, { login: "gina" }));
+      const row = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("end_user", "=", "gina")
+        .executeTakeFirstOrThrow();
+      let clock = Date.now();
+      const cached = await anotherNode({ cacheMs: 5000, now: () => clock });
+      const first = await cached.accessToken(row.tenant_id, "gina", "idp");
+      assert.equal((await call("DELETE", `/v1/accounts/${row.id}`, h.adminKey)).status, 200);
+      const again = await cached.accessToken(row.tenant_id, "gina", "idp");
+      assert.equal(again.token, first.token, "reused within cacheMs");
+      clock += 5000;
+      await assert.rejects(cached.accessToken(row.tenant_id, "gina", "idp"), { code: "account_missing" });
     });
 
     it("deletes an account and revokes its tokens at the provider", async () => {

@@ -4,7 +4,7 @@
  * refresh tokens that rotate on every use, short access-token lifetimes and RFC 7009 revocation.
  * Its login and consent are one interaction a test drives by following redirects: the interaction
  * URL with `?login=<user>` signs that user in and grants what was asked; with `?deny=1` it answers
- * access_denied. Tests see what the server issued: which user a token belongs to, how many
+ * access_denied. Opened plainly (by a browser), it shows a login form and then a consent page. Tests see what the server issued: which user a token belongs to, how many
  * refreshes it served, and can revoke a user's grants as a user would at the provider.
  */
 import { once } from "node:events";
@@ -164,10 +164,19 @@ async function interact(
   if (details.prompt.name === "login") {
     const login = query.get("login");
     if (!login) {
-      res.writeHead(400).end("add ?login=USER");
+      form(res, "Sign in", '<label>User <input name="login" autofocus></label> <button>Sign in</button>');
       return;
     }
     await provider.interactionFinished(req, res, { login: { accountId: login } }, { mergeWithLastSubmission: false });
+    return;
+  }
+  if (!query.get("login") && query.get("consent") !== "1") {
+    const scope = String(details.params.scope ?? "");
+    form(
+      res,
+      "Allow access",
+      `<p>${htmlText(String(details.params.client_id))} asks for: ${htmlText(scope)}</p><input type="hidden" name="consent" value="1"><button>Allow</button>`,
+    );
     return;
   }
   const accountId = details.session?.accountId ?? "";
@@ -179,3 +188,14 @@ async function interact(
   grants.set(accountId, mine);
   await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
 }
+
+/** A page with one form that submits (GET) back to the interaction's URL. */
+function form(res: http.ServerResponse, title: string, inner: string): void {
+  res
+    .writeHead(200, { "content-type": "text/html; charset=utf-8" })
+    .end(
+      `<!doctype html><meta charset="utf-8"><title>${title}</title><h1>${title}</h1><form method="get">${inner}</form>`,
+    );
+}
+
+const htmlText = (text: string) => text.replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);

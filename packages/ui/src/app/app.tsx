@@ -2,6 +2,7 @@
 import { Link } from "./components/ui.tsx";
 import icon from "./icon.svg";
 import { matchRoute, paths } from "./lib/router.ts";
+import { AccountsPage } from "./pages/accounts.tsx";
 import { AdminPage } from "./pages/admin.tsx";
 import { AgentPage } from "./pages/agent.tsx";
 import { AgentsPage } from "./pages/agents.tsx";
@@ -23,6 +24,7 @@ export function App() {
     ["Agents", paths.agents(), route.page === "agents" || route.page === "agent"],
     ["Credits", paths.credits(), route.page === "credits"],
     ["Approvals", paths.approvals(), route.page === "approvals"],
+    ["Accounts", paths.accounts(), route.page === "accounts"],
     ["Settings", paths.settings(), route.page === "settings"],
   ];
   if (who.role === "admin") nav.push(["Admin", paths.admin(), route.page === "admin"]);
@@ -55,6 +57,7 @@ export function App() {
         {route.page === "agent" && <AgentPage key={route.id} id={route.id} />}
         {route.page === "credits" && <CreditsPage />}
         {route.page === "approvals" && <ApprovalsPage />}
+        {route.page === "accounts" && <AccountsPage />}
         {route.page === "settings" && <SettingsPage />}
         {route.page === "admin" && (who.role === "admin" ? <AdminPage /> : <p>This page needs the admin key.</p>)}
         {route.page === "not_found" && (

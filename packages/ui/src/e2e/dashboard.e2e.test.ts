@@ -2,8 +2,8 @@
  * The dashboard in a real browser (Debian's Chromium driven by playwright-core) against a real
  * host with real sandboxes: sign-in and its refusals, a run triggered from the form and followed
  * live to its end, hostile artifacts previewed without running anything, cancel, replay with an
- * edited input, one tenant's view, and a 100,000-line log. The tests save screenshots of the main
- * pages under docs/.
+ * edited input, one tenant's view, a 100,000-line log, and an end user's account connected through
+ * a real OpenID Connect server's pages. The tests save screenshots of the main pages under docs/.
  */
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
@@ -22,6 +22,7 @@ import { artifactJson, startStandIn } from "../../../host/src/testing/bridge-sup
 import { e2eSkip } from "../../../host/src/testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../../../host/src/testing/harness.ts";
 import { type LlmStandIn, startLlmStandIn } from "../../../host/src/testing/llm-stand-in.ts";
+import { startOidcStandIn } from "../../../host/src/testing/oidc-stand-in.ts";
 import { waitFor } from "../../../host/src/testing/wait.ts";
 import { browserSkipReason, launchBrowser, screenshot, signIn, type Watched, watchedPage } from "./browser.ts";
 
@@ -248,6 +249,51 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
       await context.close();
     } finally {
       await upstream.close();
+    }
+  });
+
+  it("connects an end user's account through the provider's pages, lists it, and revokes it", async () => {
+    const idp = await startOidcStandIn({ redirectUri: `${base}/oauth/callback` });
+    try {
+      await t.api("PUT", "/v1/secrets/idp-secret", { value: idp.clientSecret });
+      const app = await t.api("PUT", "/v1/oauth-apps/idp", idp.appBody("idp-secret"));
+      assert.ok(app.status < 300, JSON.stringify(app.body));
+      const endUser = "<b>ui-user</b>";
+      const made = await t.api("POST", "/v1/connect-sessions", {
+        end_user: endUser,
+        app: "idp",
+        redirect_after: `${base}/ui/accounts`,
+      });
+      assert.equal(made.status, 201, JSON.stringify(made.body));
+      const { context, page, seen } = await watchedPage(browser);
+      await signIn(page, base, t.adminKey, "/ui/accounts");
+      await page.waitForSelector("[data-page=accounts][data-ready]");
+      // The product sends its user to the connect URL: the provider's login, then its consent.
+      await page.goto(made.body.url);
+      await page.fill("input[name=login]", "ui-user");
+      await page.click("button:has-text('Sign in')");
+      await page.click("button:has-text('Allow')");
+      await page.waitForURL((url) => url.pathname === "/ui/accounts");
+      const landed = new URL(page.url());
+      assert.equal(`${landed.origin}${landed.pathname}`, `${base}/ui/accounts`, "back on redirect_after");
+      assert.equal(landed.searchParams.get("status"), "connected");
+      const id = landed.searchParams.get("account") ?? "";
+      const row = page.locator(`tr[data-account='${id}']`);
+      await row.waitFor();
+      assert.equal(await row.getAttribute("data-status"), "active");
+      assert.equal(await row.locator("td").first().textContent(), endUser, "the end user's id shown as text");
+      assert.match((await row.textContent()) ?? "", /idp.*active.*openid offline_access/);
+      assert.equal(idp.counts.codes, 1);
+      clean(seen, "accounts");
+      await screenshot(page, "accounts");
+      await row.locator("button:has-text('Revoke')").click();
+      await row.locator("button:has-text('Yes')").click();
+      await row.waitFor({ state: "detached" });
+      assert.ok(idp.counts.revoked > 0, "revoked at the provider too");
+      assert.deepEqual((await t.api("GET", "/v1/accounts")).body.data, []);
+      await context.close();
+    } finally {
+      await idp.close();
     }
   });
 

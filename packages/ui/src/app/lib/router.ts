@@ -9,6 +9,7 @@ export type Route =
   | { page: "agent"; id: string }
   | { page: "credits" }
   | { page: "approvals" }
+  | { page: "accounts" }
   | { page: "settings" }
   | { page: "admin" }
   | { page: "not_found"; path: string };
@@ -34,6 +35,7 @@ export function matchRoute(pathname: string): Route {
       return ID.test(id) ? { page: "agent", id } : { page: "not_found", path: pathname };
     case "credits":
     case "approvals":
+    case "accounts":
     case "settings":
     case "admin":
       return id === undefined ? { page: section } : { page: "not_found", path: pathname };
@@ -50,6 +52,7 @@ export const paths = {
   agent: (id: string) => `${BASE}/agents/${encodeURIComponent(id)}`,
   credits: () => `${BASE}/credits`,
   approvals: () => `${BASE}/approvals`,
+  accounts: () => `${BASE}/accounts`,
   settings: () => `${BASE}/settings`,
   admin: () => `${BASE}/admin`,
 };
