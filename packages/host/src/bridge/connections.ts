@@ -11,6 +11,7 @@
  * lived, so with several hosts sharing a store a change reaches every host within its lifetime.
  */
 import {
+  type AgentPolicy,
   AppError,
   type Connection,
   type ConnectionAuth,
@@ -232,7 +233,7 @@ function findRow(db: Db, tenantId: string, name: string): Promise<ConnectionsTab
     .executeTakeFirst();
 }
 
-async function requireApp(db: Db, tenantId: string, app: string): Promise<void> {
+export async function requireApp(db: Db, tenantId: string, app: string): Promise<void> {
   const row = await db
     .selectFrom("oauth_apps")
     .select("id")
@@ -242,7 +243,7 @@ async function requireApp(db: Db, tenantId: string, app: string): Promise<void> 
   if (!row) throw new AppError("unknown_oauth_app", `No OAuth app '${app}'; set it first.`, { app });
 }
 
-async function requireSecret(db: Db, tenantId: string, secret: string): Promise<void> {
+export async function requireSecret(db: Db, tenantId: string, secret: string): Promise<void> {
   const row = await db
     .selectFrom("secrets")
     .select("id")
@@ -254,8 +255,16 @@ async function requireSecret(db: Db, tenantId: string, secret: string): Promise<
   }
 }
 
-/** Names of the tenant's live (not archived) agents whose policy names the connection. */
-async function agentsNaming(db: Db, tenantId: string, name: string): Promise<string[]> {
+/**
+ * Names of the tenant's live (not archived) agents whose policy names `name` (a connection by
+ * default; `names` reads another list of the policy, such as its MCP servers).
+ */
+export async function agentsNaming(
+  db: Db,
+  tenantId: string,
+  name: string,
+  names: (policy: AgentPolicy) => readonly string[] = (policy) => policy.connections,
+): Promise<string[]> {
   // A cheap prefilter on the JSON text; the parsed policy decides.
   const rows = await db
     .selectFrom("agents")
@@ -265,7 +274,10 @@ async function agentsNaming(db: Db, tenantId: string, name: string): Promise<str
     .where("archived_at", "is", null)
     .execute();
   return rows
-    .filter((r) => (parseAgentDefinition(r.spec).policy?.connections ?? []).includes(name))
+    .filter((r) => {
+      const policy = parseAgentDefinition(r.spec).policy;
+      return policy !== undefined && names(policy).includes(name);
+    })
     .map((r) => r.name)
     .sort();
 }
@@ -284,15 +296,15 @@ export function upstreamLiteralRefusal(url: string, internal: boolean): string |
   return null;
 }
 
-/** Refuses a connection's base URL that upstreamLiteralRefusal refuses. */
-function checkUpstreamLiteral(baseUrl: string, internal: boolean): void {
+/** Refuses a connection's base URL (or an MCP server's URL, under `field`) that upstreamLiteralRefusal refuses. */
+export function checkUpstreamLiteral(baseUrl: string, internal: boolean, field = "base_url"): void {
   const refusal = upstreamLiteralRefusal(baseUrl, internal);
   if (refusal === null) return;
   const message = internal
     ? `the upstream address is ${refusal}, which the bridge never calls`
     : `the upstream address is ${refusal}; set "internal": true for a service on a private network`;
-  throw new AppError("validation_failed", `Invalid request: base_url: ${message}.`, [
-    { path: "base_url", code: "custom", message },
+  throw new AppError("validation_failed", `Invalid request: ${field}: ${message}.`, [
+    { path: field, code: "custom", message },
   ]);
 }
 

@@ -255,6 +255,28 @@ export interface ConnectionsTable {
   updated_at: number;
 }
 
+/** A remote MCP server the host is the client of, with the secret it attaches (see mcp/servers.ts). */
+export interface McpServersTable {
+  id: string;
+  tenant_id: string;
+  name: string;
+  /** The secret the server attaches (also in spec); null for none. Kept apart to find users of a secret. */
+  secret_name: string | null;
+  /** JSON of the server's definition (URL, auth, headers, limits). */
+  spec: string;
+  created_at: number;
+  updated_at: number;
+}
+
+/** The MCP tool definitions an agent version's policy is pinned to (JSON McpPins). */
+export interface McpPinsTable {
+  agent_id: string;
+  version: number;
+  tenant_id: string;
+  pins: string;
+  updated_at: number;
+}
+
 /** A key that signs run tokens. The private half is sealed by the vault. */
 export interface SigningKeysTable {
   kid: string;
@@ -445,6 +467,8 @@ export interface Database {
   env_session_egress: EnvSessionEgressTable;
   secrets: SecretsTable;
   connections: ConnectionsTable;
+  mcp_servers: McpServersTable;
+  mcp_pins: McpPinsTable;
   signing_keys: SigningKeysTable;
   providers: ProvidersTable;
   credit_ledger: CreditLedgerTable;

@@ -20,6 +20,8 @@ import { z } from "zod";
 export interface McpStandInOptions {
   /** The request header whose value the tools echo as `credential` (default authorization). */
   credentialHeader?: string;
+  /** Answer POSTs with plain JSON instead of an event stream (then the server cannot send requests mid-call). */
+  json?: boolean;
   /** Serve the older HTTP+SSE transport (GET url opens the stream, POST url?sessionId= sends) instead. */
   legacy?: boolean;
 }
@@ -217,7 +219,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
       }
       const created = new StreamableHTTPServerTransport({
         sessionIdGenerator: () => randomUUID(),
-        enableJsonResponse: true,
+        enableJsonResponse: options.json ?? false,
         onsessioninitialized: (id) => {
           streamable.set(id, created);
         },
