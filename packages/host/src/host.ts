@@ -48,6 +48,9 @@ import { LayerStore } from "./images/layer-store.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
 import { RunnerRegistry } from "./images/runner-registry.ts";
 import { createLog, defaultLogFormat, type Log } from "./logs/log.ts";
+import { McpClients } from "./mcp/client.ts";
+import { McpServers } from "./mcp/servers.ts";
+import { McpService } from "./mcp/service.ts";
 import { Metrics } from "./metrics/metrics.ts";
 import { type Leader, leaderFor, soleLeader } from "./nodes/leader.ts";
 import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
@@ -278,7 +281,10 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         tmpDir: join(dataDir, "cache", "packing"),
       })
     : null;
-  const agents = new Agents(db, images, layers, runners, maxLimits, layerBlobs);
+  // The MCP service is made below, once secrets and accounts are: agents pin through it when saved.
+  const agents = new Agents(db, images, layers, runners, maxLimits, layerBlobs, (tenantId, entries, keep) =>
+    mcp.pin(tenantId, entries, keep),
+  );
   const archives = new SnapshotArchives({ db, agents, images, layers, runners }, archiveLimits(maxLimits));
   const connections = new Connections(db);
   const resealed = await rotateMasterKey(db, vault);
@@ -288,6 +294,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
   const providerHttp = new ProviderHttp(env.testOnly?.resolve);
   const oauthApps = new OAuthApps(db, providerHttp);
   const accounts = new Accounts({ db, vault, apps: oauthApps, http: providerHttp, secrets });
+  const mcpClients = new McpClients({ resolve: env.testOnly?.resolve });
+  env.undo.push(() => mcpClients.close());
+  const mcp = new McpService({ db, servers: new McpServers(db), clients: mcpClients, secrets, accounts });
   const tokens = new RunTokens({
     db,
     sealer: vault,
@@ -456,6 +465,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     runners,
     sessions,
     connections,
+    mcp,
     secrets,
     oauthApps,
     accounts,

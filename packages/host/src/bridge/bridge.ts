@@ -624,7 +624,7 @@ export interface CredentialHolder {
  */
 export async function credentialFor(
   deps: Pick<BridgeDeps, "secrets" | "accounts">,
-  sandbox: LiveSandbox,
+  sandbox: Pick<LiveSandbox, "tenantId" | "endUser" | "record">,
   holder: CredentialHolder,
   stale?: string,
   what = "connection",
