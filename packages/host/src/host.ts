@@ -49,6 +49,7 @@ import { RunnerLayers } from "./images/runner-layers.ts";
 import { RunnerRegistry } from "./images/runner-registry.ts";
 import { createLog, defaultLogFormat, type Log } from "./logs/log.ts";
 import { McpClients } from "./mcp/client.ts";
+import { McpEndpoint } from "./mcp/endpoint.ts";
 import { McpServers } from "./mcp/servers.ts";
 import { McpService } from "./mcp/service.ts";
 import { Metrics } from "./metrics/metrics.ts";
@@ -357,7 +358,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     journal,
     approvals,
   });
-  const routes = [agentCalls, gateway];
+  // Each run's MCP endpoint ($PADDOCK_BRIDGE_URL/mcp).
+  const mcpEndpoint = new McpEndpoint({ db, mcp, rateLimits, journal, approvals, tracing, log });
+  const routes = [agentCalls, gateway, mcpEndpoint];
   const bridge = new Bridge({
     live,
     tokens,

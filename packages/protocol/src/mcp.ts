@@ -6,7 +6,15 @@
  * definitions are pinned (hashed) when the agent is saved.
  */
 import { z } from "zod";
-import { BaseUrl, ConnectionAuth, ConnectionAuthInput, HeaderName, SecretRef, secretFitsAuth } from "./bridge.ts";
+import {
+  BaseUrl,
+  ConnectionAuth,
+  ConnectionAuthInput,
+  ConnectionRateLimit,
+  HeaderName,
+  SecretRef,
+  secretFitsAuth,
+} from "./bridge.ts";
 
 /** What separates the server's name from the tool's in the names a run's MCP endpoint offers. */
 export const MCP_TOOL_SEPARATOR = "__";
@@ -33,6 +41,8 @@ const mcpServerFields = {
   internal: z.boolean().default(MCP_SERVER_DEFAULTS.internal),
   /** How long one request to the server may take (connecting included). */
   timeout_ms: z.number().int().min(100).max(300_000).default(MCP_SERVER_DEFAULTS.timeout_ms),
+  /** At most this many requests of runs to the server (from this host), as a token bucket. */
+  rate_limit: ConnectionRateLimit.optional(),
 };
 
 /** The body of `PUT /v1/mcp-servers/{name}`: creates the server or replaces it whole. */

@@ -276,6 +276,8 @@ export class Attempt {
         "llm",
         ...(spec.policy?.connections ?? []).map((name) => `bridge:${name}`),
         ...(spec.policy?.agents ?? []).map((entry) => `agent:${agentCallName(entry)}`),
+        // The run's MCP endpoint, when its policy names an MCP server.
+        ...(spec.policy?.mcp?.length ? ["mcp"] : []),
       ],
     };
     const file = join(handle.runtimeDir, "token");
@@ -295,6 +297,7 @@ export class Attempt {
       workerId: this.#in.workerId,
       tenantId,
       agentId,
+      agentVersion: spec.agent_version,
       endUser: this.#in.endUser ?? null,
       record: (event) => this.#queue(event),
       journaled: (spec.retry?.max_attempts ?? 1) > 1,

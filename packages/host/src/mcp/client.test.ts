@@ -22,6 +22,7 @@ function serverAt(url: string, extra: Partial<HostMcpServer> = {}): HostMcpServe
     headers: {},
     internal: true,
     timeoutMs: 5000,
+    rateLimit: null,
     updatedAt: 1,
     ...extra,
   };

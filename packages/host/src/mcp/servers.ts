@@ -9,7 +9,13 @@
  * when the host connects (see client.ts). Only the admin key may mark a server internal (api/mcp.ts).
  * A server an agent's policy names cannot be deleted.
  */
-import { AppError, type ConnectionAuth, type McpServer, McpServerPut } from "@paddock/protocol";
+import {
+  AppError,
+  type ConnectionAuth,
+  type ConnectionRateLimit,
+  type McpServer,
+  McpServerPut,
+} from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { agentsNaming, checkUpstreamLiteral, requireApp, requireSecret } from "../bridge/connections.ts";
 import { newId } from "../store/ids.ts";
@@ -28,6 +34,7 @@ export interface HostMcpServer {
   headers: Record<string, string>;
   internal: boolean;
   timeoutMs: number;
+  rateLimit: ConnectionRateLimit | null;
   /** Milliseconds since the epoch; changes whenever the server is replaced. */
   updatedAt: number;
 }
@@ -197,6 +204,7 @@ function toMcpServer(row: McpServersTable): McpServer {
     headers: spec.headers,
     internal: spec.internal,
     timeout_ms: spec.timeout_ms,
+    ...(spec.rate_limit ? { rate_limit: spec.rate_limit } : {}),
     created_at: new Date(row.created_at).toISOString(),
     updated_at: new Date(row.updated_at).toISOString(),
   };
@@ -214,6 +222,7 @@ function toHost(row: McpServersTable): HostMcpServer {
     headers: spec.headers,
     internal: spec.internal,
     timeoutMs: spec.timeout_ms,
+    rateLimit: spec.rate_limit ?? null,
     updatedAt: row.updated_at,
   };
 }
