@@ -65,6 +65,12 @@ export const MCP_STAND_IN_TOOLS = {
   ask_user: "Asks the client's user for input (elicitation) first.",
 } as const;
 
+/** One session's server and its tools. */
+interface Session {
+  server: McpServer;
+  tools: Map<string, RegisteredTool>;
+}
+
 /** Starts the stand-in on 127.0.0.1 at a free port. */
 export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<McpStandIn> {
   const credentialHeader = (options.credentialHeader ?? "authorization").toLowerCase();
@@ -72,7 +78,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
   const extra = new Set<string>();
   const counts = new Map<string, number>();
   const seen: SeenMcpCall[] = [];
-  const servers = new Set<{ server: McpServer; tools: Map<string, RegisteredTool> }>();
+  const servers = new Set<Session>();
   const streamable = new Map<string, StreamableHTTPServerTransport>();
   const legacy = new Map<string, SSEServerTransport>();
   let mode: McpStandInMode = "normal";
@@ -82,27 +88,31 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
     return typeof value === "string" ? value : null;
   };
 
+  const count = (tool: string, args: unknown, headers: Record<string, string | string[] | undefined> | undefined) => {
+    counts.set(tool, (counts.get(tool) ?? 0) + 1);
+    const credential = credentialOf(headers);
+    seen.push({ tool, args, credential });
+    return credential;
+  };
+  const echo = (tool: string) => (args: unknown, ctx: { requestInfo?: { headers?: Record<string, unknown> } }) => {
+    const credential = count(tool, args, ctx.requestInfo?.headers as Record<string, string | undefined>);
+    return { content: [{ type: "text" as const, text: JSON.stringify({ tool, args, credential }) }] };
+  };
+  const free = { query: z.string().optional(), text: z.string().optional(), n: z.number().optional() };
+  /** Registers the echoing tool `name` on one session's server. */
+  const addEcho = ({ server, tools }: Session, name: string) => {
+    tools.set(
+      name,
+      server.registerTool(name, { description: descriptions.get(name) ?? name, inputSchema: free }, echo(name)),
+    );
+  };
+
   /** A server for one session, with the tools as they are described now. */
   function newServer(): McpServer {
     const server = new McpServer({ name: "mcp-stand-in", version: "1.0.0" });
     const tools = new Map<string, RegisteredTool>();
-    const count = (tool: string, args: unknown, headers: Record<string, string | string[] | undefined> | undefined) => {
-      counts.set(tool, (counts.get(tool) ?? 0) + 1);
-      const credential = credentialOf(headers);
-      seen.push({ tool, args, credential });
-      return credential;
-    };
-    const echo = (tool: string) => (args: unknown, ctx: { requestInfo?: { headers?: Record<string, unknown> } }) => {
-      const credential = count(tool, args, ctx.requestInfo?.headers as Record<string, string | undefined>);
-      return { content: [{ type: "text" as const, text: JSON.stringify({ tool, args, credential }) }] };
-    };
-    const free = { query: z.string().optional(), text: z.string().optional(), n: z.number().optional() };
-    for (const name of ["echo", "search_issues", "search_users", "merge_pr", ...extra]) {
-      tools.set(
-        name,
-        server.registerTool(name, { description: descriptions.get(name) ?? name, inputSchema: free }, echo(name)),
-      );
-    }
+    const entry = { server, tools };
+    for (const name of ["echo", "search_issues", "search_users", "merge_pr", ...extra]) addEcho(entry, name);
     tools.set(
       "create_issue",
       server.registerTool(
@@ -175,7 +185,6 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
       { description: "Greets someone.", argsSchema: { name: z.string() } },
       ({ name }) => ({ messages: [{ role: "user", content: { type: "text", text: `Say hello to ${name}.` } }] }),
     );
-    const entry = { server, tools };
     servers.add(entry);
     server.server.onclose = () => servers.delete(entry);
     return server;
@@ -268,6 +277,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
     addTool(name, description) {
       extra.add(name);
       descriptions.set(name, description ?? name);
+      for (const session of servers) addEcho(session, name);
     },
     setMode(next) {
       mode = next;
