@@ -22,7 +22,7 @@ import {
 import type { Kysely, Transaction } from "kysely";
 import { isIpLiteralHost } from "../egress/address-policy.ts";
 import { requireApprovers } from "../identity/identity.ts";
-import { newId } from "../store/ids.ts";
+import { findNamed, listNamed, NamedCache, putNamed } from "../store/named.ts";
 import type { ConnectionsTable, Database } from "../store/schema.ts";
 import { parseAgentDefinition } from "../store/stored.ts";
 import { type CompiledPolicy, compilePolicy, upstreamAddressRefusal } from "./policy.ts";
@@ -58,11 +58,6 @@ export interface ConnectionsOptions {
 
 type Db = Kysely<Database> | Transaction<Database>;
 
-interface CacheEntry {
-  value: BridgeConnection | null;
-  expires: number;
-}
-
 /** The upstream URL of a call: the base URL, the checked path and the query (if any). */
 export function upstreamUrl(connection: Pick<BridgeConnection, "baseUrl">, target: { path: string; query: string }) {
   return `${connection.baseUrl}${target.path}${target.query === "" ? "" : `?${target.query}`}`;
@@ -95,15 +90,12 @@ export async function requireConnections(db: Db, tenantId: string, names: readon
 
 export class Connections {
   readonly #db: Kysely<Database>;
-  readonly #cache = new Map<string, CacheEntry>();
-  readonly #ttlMs: number;
-  readonly #cacheMax: number;
+  readonly #cache: NamedCache<BridgeConnection>;
   readonly #now: () => number;
 
   constructor(db: Kysely<Database>, options: ConnectionsOptions = {}) {
     this.#db = db;
-    this.#ttlMs = options.cacheTtlMs ?? 5000;
-    this.#cacheMax = Math.max(1, options.cacheMax ?? 10_000);
+    this.#cache = new NamedCache({ ttlMs: options.cacheTtlMs, max: options.cacheMax, now: options.now });
     this.#now = options.now ?? Date.now;
   }
 
@@ -132,40 +124,16 @@ export class Connections {
     const result = await this.#db.transaction().execute(async (trx) => {
       if (spec.secret !== undefined) await requireSecret(trx, tenantId, spec.secret);
       if (spec.auth.type === "oauth") await requireApp(trx, tenantId, spec.auth.app);
-      const existing = await findRow(trx, tenantId, name);
-      const row: ConnectionsTable = {
-        id: existing?.id ?? newId("con", now),
-        tenant_id: tenantId,
-        name,
-        secret_name: spec.secret ?? null,
-        spec: JSON.stringify(spec),
-        created_at: existing?.created_at ?? now,
-        updated_at: now,
-      };
-      if (existing) {
-        await trx
-          .updateTable("connections")
-          .set({ secret_name: row.secret_name, spec: row.spec, updated_at: row.updated_at })
-          .where("id", "=", existing.id)
-          .execute();
-      } else {
-        await trx.insertInto("connections").values(row).execute();
-      }
-      return { row, created: !existing };
+      const secret = spec.secret ?? null;
+      return putNamed(trx, "connections", { tenantId, name, idPrefix: "con", secret, spec: JSON.stringify(spec), now });
     });
-    this.#forget(tenantId, name);
+    this.#cache.forget(tenantId, name);
     return { connection: toConnection(result.row), created: result.created };
   }
 
   /** The tenant's connections, by name. */
   async list(tenantId: string): Promise<Connection[]> {
-    const rows = await this.#db
-      .selectFrom("connections")
-      .selectAll()
-      .where("tenant_id", "=", tenantId)
-      .orderBy("name")
-      .execute();
-    return rows.map(toConnection);
+    return (await listNamed(this.#db, "connections", tenantId)).map(toConnection);
   }
 
   /** One connection; `not_found` when the tenant has none of that name. */
@@ -191,7 +159,7 @@ export class Connections {
       await trx.deleteFrom("connections").where("id", "=", found.id).execute();
       return found;
     });
-    this.#forget(tenantId, name);
+    this.#cache.forget(tenantId, name);
     return toConnection(row);
   }
 
@@ -199,39 +167,17 @@ export class Connections {
    * The connection compiled for the bridge, or null when the tenant has none of that name.
    * Answers from a short-lived cache that this host's put and delete clear at once.
    */
-  async forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> {
-    const key = cacheKey(tenantId, name);
-    const now = this.#now();
-    const hit = this.#cache.get(key);
-    if (hit && hit.expires > now) return hit.value;
-    const row = await findRow(this.#db, tenantId, name);
-    const value = row ? compileConnection(row) : null;
-    this.#cache.delete(key);
-    if (this.#cache.size >= this.#cacheMax) {
-      const oldest = this.#cache.keys().next();
-      if (!oldest.done) this.#cache.delete(oldest.value);
-    }
-    this.#cache.set(key, { value, expires: now + this.#ttlMs });
-    return value;
-  }
-
-  #forget(tenantId: string, name: string): void {
-    this.#cache.delete(cacheKey(tenantId, name));
+  forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> {
+    return this.#cache.get(tenantId, name, async () => {
+      const row = await findRow(this.#db, tenantId, name);
+      return row ? compileConnection(row) : null;
+    });
   }
 }
-
-const cacheKey = (tenantId: string, name: string) => `${tenantId}\u0000${name}`;
 
 const notFound = (name: string) => new AppError("not_found", `No connection '${name}'.`);
 
-function findRow(db: Db, tenantId: string, name: string): Promise<ConnectionsTable | undefined> {
-  return db
-    .selectFrom("connections")
-    .selectAll()
-    .where("tenant_id", "=", tenantId)
-    .where("name", "=", name)
-    .executeTakeFirst();
-}
+const findRow = (db: Db, tenantId: string, name: string) => findNamed(db, "connections", tenantId, name);
 
 export async function requireApp(db: Db, tenantId: string, app: string): Promise<void> {
   const row = await db

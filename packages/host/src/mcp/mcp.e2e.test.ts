@@ -8,14 +8,10 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { isEvent } from "@paddock/protocol";
-import { build } from "esbuild";
 import { pendingApprovals, startRun } from "../testing/approval-support.ts";
-import { artifactJson } from "../testing/bridge-support.ts";
+import { artifactJson, bundleAgent } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import {
   hostSkipReason,
@@ -95,23 +91,7 @@ describe("MCP through the host", { skip: e2eSkip(hostSkipReason()) }, () => {
         timeout_ms: timeout,
       });
     }
-    const dir = await mkdtemp(join(tmpdir(), "paddock-mcp-agent-"));
-    try {
-      await writeFile(join(dir, "entry.mjs"), SDK_AGENT);
-      await build({
-        entryPoints: [join(dir, "entry.mjs")],
-        bundle: true,
-        platform: "node",
-        format: "esm",
-        target: "node24",
-        outfile: join(dir, "agent.mjs"),
-        nodePaths: ["../../../../node_modules", "../../node_modules"].map((p) => new URL(p, import.meta.url).pathname),
-        logLevel: "error",
-      });
-      bundle = await readFile(join(dir, "agent.mjs"), "utf8");
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    bundle = await bundleAgent(SDK_AGENT);
   });
   after(async () => {
     await t?.close();

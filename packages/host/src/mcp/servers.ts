@@ -18,7 +18,7 @@ import {
 } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
 import { agentsNaming, checkUpstreamLiteral, requireApp, requireSecret } from "../bridge/connections.ts";
-import { newId } from "../store/ids.ts";
+import { findNamed, listNamed, NamedCache, putNamed } from "../store/named.ts";
 import type { Database, McpServersTable } from "../store/schema.ts";
 import { parseStored } from "../store/stored.ts";
 
@@ -74,13 +74,12 @@ export async function requireMcpServers(db: Db, tenantId: string, names: readonl
 
 export class McpServers {
   readonly #db: Kysely<Database>;
-  readonly #cache = new Map<string, { value: HostMcpServer | null; expires: number }>();
-  readonly #ttlMs: number;
+  readonly #cache: NamedCache<HostMcpServer>;
   readonly #now: () => number;
 
   constructor(db: Kysely<Database>, options: McpServersOptions = {}) {
     this.#db = db;
-    this.#ttlMs = options.cacheTtlMs ?? 5000;
+    this.#cache = new NamedCache({ ttlMs: options.cacheTtlMs, now: options.now });
     this.#now = options.now ?? Date.now;
   }
 
@@ -96,39 +95,15 @@ export class McpServers {
     const result = await this.#db.transaction().execute(async (trx) => {
       if (spec.secret !== undefined) await requireSecret(trx, tenantId, spec.secret);
       if (spec.auth.type === "oauth") await requireApp(trx, tenantId, spec.auth.app);
-      const existing = await findRow(trx, tenantId, name);
-      const row: McpServersTable = {
-        id: existing?.id ?? newId("mcp", now),
-        tenant_id: tenantId,
-        name,
-        secret_name: spec.secret ?? null,
-        spec: JSON.stringify(spec),
-        created_at: existing?.created_at ?? now,
-        updated_at: now,
-      };
-      if (existing) {
-        await trx
-          .updateTable("mcp_servers")
-          .set({ secret_name: row.secret_name, spec: row.spec, updated_at: row.updated_at })
-          .where("id", "=", existing.id)
-          .execute();
-      } else {
-        await trx.insertInto("mcp_servers").values(row).execute();
-      }
-      return { row, created: !existing };
+      const secret = spec.secret ?? null;
+      return putNamed(trx, "mcp_servers", { tenantId, name, idPrefix: "mcp", secret, spec: JSON.stringify(spec), now });
     });
-    this.#cache.delete(cacheKey(tenantId, name));
+    this.#cache.forget(tenantId, name);
     return { server: toMcpServer(result.row), created: result.created };
   }
 
   async list(tenantId: string): Promise<McpServer[]> {
-    const rows = await this.#db
-      .selectFrom("mcp_servers")
-      .selectAll()
-      .where("tenant_id", "=", tenantId)
-      .orderBy("name")
-      .execute();
-    return rows.map(toMcpServer);
+    return (await listNamed(this.#db, "mcp_servers", tenantId)).map(toMcpServer);
   }
 
   /** One server; `not_found` when the tenant has none of that name. */
@@ -154,21 +129,16 @@ export class McpServers {
       await trx.deleteFrom("mcp_servers").where("id", "=", found.id).execute();
       return found;
     });
-    this.#cache.delete(cacheKey(tenantId, name));
+    this.#cache.forget(tenantId, name);
     return toMcpServer(row);
   }
 
   /** The server as the host's client uses it, or null; from a short-lived cache this host's writes clear. */
-  async forHost(tenantId: string, name: string): Promise<HostMcpServer | null> {
-    const key = cacheKey(tenantId, name);
-    const now = this.#now();
-    const hit = this.#cache.get(key);
-    if (hit && hit.expires > now) return hit.value;
-    const row = await findRow(this.#db, tenantId, name);
-    const value = row ? toHost(row) : null;
-    if (this.#cache.size >= 10_000) this.#cache.clear();
-    this.#cache.set(key, { value, expires: now + this.#ttlMs });
-    return value;
+  forHost(tenantId: string, name: string): Promise<HostMcpServer | null> {
+    return this.#cache.get(tenantId, name, async () => {
+      const row = await findRow(this.#db, tenantId, name);
+      return row ? toHost(row) : null;
+    });
   }
 
   /** The server as the host's client uses it; `not_found` when the tenant has none of that name. */
@@ -179,18 +149,9 @@ export class McpServers {
   }
 }
 
-const cacheKey = (tenantId: string, name: string) => `${tenantId}\u0000${name}`;
-
 const notFound = (name: string) => new AppError("not_found", `No MCP server '${name}'.`);
 
-function findRow(db: Db, tenantId: string, name: string): Promise<McpServersTable | undefined> {
-  return db
-    .selectFrom("mcp_servers")
-    .selectAll()
-    .where("tenant_id", "=", tenantId)
-    .where("name", "=", name)
-    .executeTakeFirst();
-}
+const findRow = (db: Db, tenantId: string, name: string) => findNamed(db, "mcp_servers", tenantId, name);
 
 const parseSpec = (row: McpServersTable): McpServerPut => parseStored(McpServerPut, row.spec, "MCP server");
 
