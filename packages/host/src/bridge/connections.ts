@@ -22,7 +22,7 @@ import {
 import type { Kysely, Transaction } from "kysely";
 import { isIpLiteralHost } from "../egress/address-policy.ts";
 import { requireApprovers } from "../identity/identity.ts";
-import { findNamed, listNamed, NamedCache, putNamed } from "../store/named.ts";
+import { findNamed, listNamed, NamedCache, type NamedRow, type NamedTable, putNamed } from "../store/named.ts";
 import type { ConnectionsTable, Database } from "../store/schema.ts";
 import { parseAgentDefinition } from "../store/stored.ts";
 import { type CompiledPolicy, compilePolicy, upstreamAddressRefusal } from "./policy.ts";
@@ -120,13 +120,12 @@ export class Connections {
         rule.approval ? [{ path: ["policy", "allow", i, "approval"], approvers: rule.approval.approvers }] : [],
       ),
     );
-    const now = this.#now();
-    const result = await this.#db.transaction().execute(async (trx) => {
-      if (spec.secret !== undefined) await requireSecret(trx, tenantId, spec.secret);
-      if (spec.auth.type === "oauth") await requireApp(trx, tenantId, spec.auth.app);
-      const secret = spec.secret ?? null;
-      return putNamed(trx, "connections", { tenantId, name, idPrefix: "con", secret, spec: JSON.stringify(spec), now });
-    });
+    const result = await putHolder(
+      this.#db,
+      "connections",
+      { tenantId, name, idPrefix: "con", now: this.#now() },
+      spec,
+    );
     this.#cache.forget(tenantId, name);
     return { connection: toConnection(result.row), created: result.created };
   }
@@ -145,20 +144,7 @@ export class Connections {
 
   /** Deletes a connection no agent's policy names (`conflict` otherwise); returns what it was. */
   async delete(tenantId: string, name: string): Promise<Connection> {
-    const row = await this.#db.transaction().execute(async (trx) => {
-      const found = await findRow(trx, tenantId, name);
-      if (!found) throw notFound(name);
-      const users = await agentsNaming(trx, tenantId, name);
-      if (users.length > 0) {
-        throw new AppError(
-          "conflict",
-          `The connection '${name}' is in the policy of agent(s) ${users.join(", ")}; it cannot be deleted while they name it.`,
-          { agents: users },
-        );
-      }
-      await trx.deleteFrom("connections").where("id", "=", found.id).execute();
-      return found;
-    });
+    const row = await deleteUnused(this.#db, "connections", tenantId, name, "connection", (p) => p.connections);
     this.#cache.forget(tenantId, name);
     return toConnection(row);
   }
@@ -199,6 +185,54 @@ export async function requireSecret(db: Db, tenantId: string, secret: string): P
   if (!row) {
     throw new AppError("unknown_secret", `No secret '${secret}'; set it first, then the connection.`, { secret });
   }
+}
+
+/**
+ * In one transaction: checks that the secret or OAuth app a connection or MCP server attaches
+ * exists (`unknown_secret`, `unknown_oauth_app`), then creates the row or replaces it.
+ */
+export function putHolder(
+  db: Kysely<Database>,
+  table: NamedTable,
+  row: { tenantId: string; name: string; idPrefix: string; now: number },
+  spec: { secret?: string | undefined; auth: ConnectionAuth },
+): Promise<{ row: NamedRow; created: boolean }> {
+  return db.transaction().execute(async (trx) => {
+    if (spec.secret !== undefined) await requireSecret(trx, row.tenantId, spec.secret);
+    if (spec.auth.type === "oauth") await requireApp(trx, row.tenantId, spec.auth.app);
+    return putNamed(trx, table, { ...row, secret: spec.secret ?? null, spec: JSON.stringify(spec) });
+  });
+}
+
+/**
+ * Deletes the tenant's row `name` of `table` (`what` names its kind in refusals): `not_found` when
+ * there is none, `conflict` while a live agent's policy names it (`names` reads the policy's list).
+ */
+export function deleteUnused(
+  db: Kysely<Database>,
+  table: NamedTable,
+  tenantId: string,
+  name: string,
+  what: string,
+  names: (policy: AgentPolicy) => readonly string[],
+): Promise<NamedRow> {
+  return db.transaction().execute(async (trx) => {
+    const found = await findNamed(trx, table, tenantId, name);
+    if (!found) throw new AppError("not_found", `No ${what} '${name}'.`);
+    const users = await agentsNaming(trx, tenantId, name, names);
+    if (users.length > 0) {
+      throw new AppError(
+        "conflict",
+        `The ${what} '${name}' is in the policy of agent(s) ${users.join(", ")}; it cannot be deleted while they name it.`,
+        { agents: users },
+      );
+    }
+    await trx
+      .deleteFrom(table as "connections")
+      .where("id", "=", found.id)
+      .execute();
+    return found;
+  });
 }
 
 /**

@@ -17,9 +17,9 @@ import {
   McpServerPut,
 } from "@paddock/protocol";
 import type { Kysely, Transaction } from "kysely";
-import { agentsNaming, checkUpstreamLiteral, requireApp, requireSecret } from "../bridge/connections.ts";
-import { findNamed, listNamed, NamedCache, putNamed } from "../store/named.ts";
-import type { Database, McpServersTable } from "../store/schema.ts";
+import { checkUpstreamLiteral, deleteUnused, putHolder } from "../bridge/connections.ts";
+import { findNamed, listNamed, NamedCache, type NamedRow } from "../store/named.ts";
+import type { Database } from "../store/schema.ts";
 import { parseStored } from "../store/stored.ts";
 
 /** An MCP server as the host's client uses it. */
@@ -91,13 +91,12 @@ export class McpServers {
   async put(tenantId: string, name: string, body: McpServerPut): Promise<{ server: McpServer; created: boolean }> {
     const spec = McpServerPut.parse(body);
     checkUpstreamLiteral(spec.url, spec.internal, "url");
-    const now = this.#now();
-    const result = await this.#db.transaction().execute(async (trx) => {
-      if (spec.secret !== undefined) await requireSecret(trx, tenantId, spec.secret);
-      if (spec.auth.type === "oauth") await requireApp(trx, tenantId, spec.auth.app);
-      const secret = spec.secret ?? null;
-      return putNamed(trx, "mcp_servers", { tenantId, name, idPrefix: "mcp", secret, spec: JSON.stringify(spec), now });
-    });
+    const result = await putHolder(
+      this.#db,
+      "mcp_servers",
+      { tenantId, name, idPrefix: "mcp", now: this.#now() },
+      spec,
+    );
     this.#cache.forget(tenantId, name);
     return { server: toMcpServer(result.row), created: result.created };
   }
@@ -115,20 +114,9 @@ export class McpServers {
 
   /** Deletes a server no agent's policy names (`conflict` otherwise); returns what it was. */
   async delete(tenantId: string, name: string): Promise<McpServer> {
-    const row = await this.#db.transaction().execute(async (trx) => {
-      const found = await findRow(trx, tenantId, name);
-      if (!found) throw notFound(name);
-      const users = await agentsNaming(trx, tenantId, name, (policy) => (policy.mcp ?? []).map((e) => e.server));
-      if (users.length > 0) {
-        throw new AppError(
-          "conflict",
-          `The MCP server '${name}' is in the policy of agent(s) ${users.join(", ")}; it cannot be deleted while they name it.`,
-          { agents: users },
-        );
-      }
-      await trx.deleteFrom("mcp_servers").where("id", "=", found.id).execute();
-      return found;
-    });
+    const row = await deleteUnused(this.#db, "mcp_servers", tenantId, name, "MCP server", (policy) =>
+      (policy.mcp ?? []).map((e) => e.server),
+    );
     this.#cache.forget(tenantId, name);
     return toMcpServer(row);
   }
@@ -153,9 +141,9 @@ const notFound = (name: string) => new AppError("not_found", `No MCP server '${n
 
 const findRow = (db: Db, tenantId: string, name: string) => findNamed(db, "mcp_servers", tenantId, name);
 
-const parseSpec = (row: McpServersTable): McpServerPut => parseStored(McpServerPut, row.spec, "MCP server");
+const parseSpec = (row: NamedRow): McpServerPut => parseStored(McpServerPut, row.spec, "MCP server");
 
-function toMcpServer(row: McpServersTable): McpServer {
+function toMcpServer(row: NamedRow): McpServer {
   const spec = parseSpec(row);
   return {
     name: row.name,
@@ -171,7 +159,7 @@ function toMcpServer(row: McpServersTable): McpServer {
   };
 }
 
-function toHost(row: McpServersTable): HostMcpServer {
+function toHost(row: NamedRow): HostMcpServer {
   const spec = parseSpec(row);
   return {
     id: row.id,
