@@ -149,6 +149,11 @@ export interface Services {
   sessions: EnvSessions;
   secrets: Secrets;
   bridge: Bridge;
+  /** The sandboxes the bridge answers, and the run tokens it checks. */
+  live: LiveSandboxes;
+  tokens: RunTokens;
+  /** MCP servers, the host's MCP client and agents' pins. */
+  mcp: McpService;
   gateway: Gateway;
   notifications: Notifications;
   /** Calls held for people's approval; its sweep of expired ones is started by the caller. */
@@ -505,6 +510,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     sessions,
     secrets,
     bridge,
+    live,
+    tokens,
+    mcp,
     gateway,
     notifications,
     approvals,

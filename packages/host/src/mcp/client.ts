@@ -68,7 +68,10 @@ interface Entry {
 
 const MiB = 1024 * 1024;
 
-/** An error from the SDK, a transport or a server, as a registered code with a message for the caller. */
+/**
+ * An error from the SDK, a transport or a server, as a registered code with a message for the
+ * caller (an HTTP refusal's status in `details.status`).
+ */
 export function mcpFailure(err: unknown, server: string): AppError {
   if (err instanceof AppError) return err;
   if (err instanceof McpError) {
@@ -84,7 +87,9 @@ export function mcpFailure(err: unknown, server: string): AppError {
     });
   }
   if (err instanceof StreamableHTTPError) {
-    return new AppError("mcp_server_error", `The MCP server '${server}' answered HTTP ${err.code ?? "error"}.`);
+    return new AppError("mcp_server_error", `The MCP server '${server}' answered HTTP ${err.code ?? "error"}.`, {
+      status: err.code,
+    });
   }
   if (err instanceof SyntaxError || (err instanceof Error && /JSON|parse|schema|invalid/i.test(err.message))) {
     return new AppError("mcp_server_error", `The MCP server '${server}' answered malformed JSON-RPC.`);
@@ -247,8 +252,9 @@ export class McpClients {
     try {
       client = await open(new StreamableHTTPClientTransport(url, { fetch }));
     } catch (err) {
-      // A server of the older HTTP+SSE transport refuses the POST of initialize with a 4xx.
-      if (!(err instanceof StreamableHTTPError && (err.code ?? 0) >= 400 && (err.code ?? 0) < 500)) throw err;
+      // A server of the older HTTP+SSE transport refuses the POST of initialize with a 4xx (not a credential's 401 or 403).
+      const status = err instanceof StreamableHTTPError ? (err.code ?? 0) : 0;
+      if (status < 400 || status >= 500 || status === 401 || status === 403) throw err;
       client = await open(new SSEClientTransport(url, { fetch }));
     }
     client.setNotificationHandler(ToolListChangedNotificationSchema, () => {

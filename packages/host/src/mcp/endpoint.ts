@@ -22,6 +22,7 @@ import type { JsonSchemaType, JsonSchemaValidator } from "@modelcontextprotocol/
 import { AjvJsonSchemaValidator } from "@modelcontextprotocol/sdk/validation/ajv";
 import {
   APPROVAL_HEADER,
+  AppError,
   type ErrorCode,
   MCP_TOOL_SEPARATOR,
   type McpCallData,
@@ -40,7 +41,7 @@ import { type Journal, type JournalEntry, requestHash } from "../store/journal.t
 import type { Database } from "../store/schema.ts";
 import { parseAgentDefinition, parseStored } from "../store/stored.ts";
 import { epochMs, epochOf, type Tracing } from "../tracing/tracing.ts";
-import type { McpAnswer, McpReadMethod } from "./client.ts";
+import type { McpAnswer, McpCredential, McpReadMethod } from "./client.ts";
 import { globMatcher, readPins, toolHash } from "./pins.ts";
 import type { HostMcpServer } from "./servers.ts";
 import type { McpService } from "./service.ts";
@@ -66,6 +67,13 @@ interface RunServer {
   pins: McpPins[string];
   /** Whether a call of the tool waits for a person's approval. */
   approve: (tool: string) => boolean;
+}
+
+/** A server of the run with the credential attached to it and the spellings of that to redact. */
+interface Found {
+  server: HostMcpServer;
+  credential: McpCredential;
+  needles: Buffer[];
 }
 
 /** The run's MCP policy and pins, read once per attempt. */
@@ -219,8 +227,8 @@ export class McpEndpoint implements ChannelRoute {
       [...run.servers].map(async ([name, allowed]) => {
         const started = performance.now();
         try {
-          const { server, credential } = await this.#server(sandbox, name);
-          const live = await this.#deps.mcp.clients.tools(server, credential);
+          const found = await this.#server(sandbox, name);
+          const live = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(found.server, c));
           return live
             .filter((tool) => allowed.pins[tool.name]?.sha256 === toolHash(tool))
             .map((tool) => ({
@@ -301,10 +309,11 @@ export class McpEndpoint implements ChannelRoute {
         );
       }
       const found = await this.#server(sandbox, serverName);
-      const { server, credential } = found;
+      const { server } = found;
       url = server.url;
+      const listed = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(server, c, false));
       needles = found.needles;
-      const live = (await this.#deps.mcp.clients.tools(server, credential, false)).find((t) => t.name === tool);
+      const live = listed.find((t) => t.name === tool);
       if (!live || toolHash(live) !== pin.sha256) {
         throw new Refusal(
           "mcp_tool_changed",
@@ -314,9 +323,10 @@ export class McpEndpoint implements ChannelRoute {
       const body = Buffer.from(argsText);
       const hash = requestHash(["mcp", serverName, tool, body]);
       const kind = `mcp:${serverName}`;
-      const send = async (): Promise<McpAnswer> => {
+      // The rate limit is taken before anything leaves (a refusal there throws at once).
+      const send = (callArgs: unknown): Promise<McpAnswer> => {
         this.#take(server);
-        return this.#deps.mcp.clients.callTool(server, credential, tool, args);
+        return this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.callTool(server, c, tool, callArgs));
       };
       let answer: string;
       if (allowed.approve(tool)) {
@@ -362,14 +372,10 @@ export class McpEndpoint implements ChannelRoute {
                 `The MCP server '${serverName}' changed since the call was approved; nothing was sent.`,
               );
             }
-            this.#take(server);
-            sent = true;
             const heldArgs = JSON.parse(Buffer.from(approved.body).toString("utf8")) as unknown;
-            answer = this.#answer(
-              await this.#deps.mcp.clients.callTool(server, credential, tool, heldArgs),
-              needles,
-              record,
-            );
+            const pending = send(heldArgs);
+            sent = true;
+            answer = this.#answer(await pending, found.needles, record);
             await approvals.sent(approved.id, kept(answer));
           } catch (err) {
             // Refused before it left: an identical request may send it later. Once it may have reached the server, never again.
@@ -380,7 +386,7 @@ export class McpEndpoint implements ChannelRoute {
         }
       } else {
         answer = await this.#journaled(req, sandbox, { kind, hash, record }, async () =>
-          this.#answer(await send(), needles, record),
+          this.#answer(await send(args), found.needles, record),
         );
       }
       record.status = record.status === "error" ? statusOf(answer) : record.status;
@@ -509,14 +515,14 @@ export class McpEndpoint implements ChannelRoute {
     };
     let url: string | null = null;
     try {
-      const { server, credential, needles } = await this.#server(sandbox, name);
+      const found = await this.#server(sandbox, name);
+      const { server } = found;
       url = server.url;
       this.#take(server);
-      const text = this.#answer(
-        await this.#deps.mcp.clients.request(server, credential, method, params),
-        needles,
-        record,
+      const answer = await this.#authed(sandbox, found, (c) =>
+        this.#deps.mcp.clients.request(server, c, method, params),
       );
+      const text = this.#answer(answer, found.needles, record);
       record.status = "ok";
       record.bytes = Buffer.byteLength(text);
       record.result_preview = text.slice(0, PREVIEW_CHARS);
@@ -548,7 +554,24 @@ export class McpEndpoint implements ChannelRoute {
     }
   }
 
-  async #server(sandbox: LiveSandbox, name: string) {
+  /**
+   * Runs `work` with the server's credential. With `oauth` auth, a 401 from the server refreshes
+   * the run's end user's token (the refused one is `stale`) and runs `work` once more with it;
+   * `found` then holds the new credential.
+   */
+  async #authed<T>(sandbox: LiveSandbox, found: Found, work: (credential: McpCredential) => Promise<T>): Promise<T> {
+    try {
+      return await work(found.credential);
+    } catch (err) {
+      const refused = err instanceof AppError && (err.details as { status?: unknown } | undefined)?.status === 401;
+      if (!refused || found.server.auth.type !== "oauth") throw err;
+      const stale = found.credential.headers.authorization?.replace(/^Bearer /, "");
+      Object.assign(found, await this.#deps.mcp.credential(sandbox, found.server, stale));
+      return work(found.credential);
+    }
+  }
+
+  async #server(sandbox: LiveSandbox, name: string): Promise<Found> {
     const server = await this.#deps.mcp.servers.forHost(sandbox.tenantId, name);
     if (!server) throw new Refusal("mcp_server_unavailable", `The MCP server '${name}' is no longer registered.`);
     return { server, ...(await this.#deps.mcp.credential(sandbox, server)) };

@@ -6,7 +6,8 @@
  * description between runs; a slow tool, a tool with a required-argument schema, a tool answering
  * `bytes` bytes, tools that send the client a sampling or elicitation request, a resource and a
  * prompt. Bad behaviour on demand: `setMode("malformed")` answers tools/call with broken JSON-RPC,
- * `setMode("down")` drops every connection. Used by tests and by `paddock bench mcp`.
+ * `setMode("down")` drops every connection; `accept` answers 401 to the credentials it refuses.
+ * Used by tests and by `paddock bench mcp`.
  */
 import { randomUUID } from "node:crypto";
 import http from "node:http";
@@ -20,6 +21,8 @@ import { z } from "zod";
 export interface McpStandInOptions {
   /** The request header whose value the tools echo as `credential` (default authorization). */
   credentialHeader?: string;
+  /** Whether a request with this credential is let in; 401 otherwise (default: every one). */
+  accept?: (credential: string | null) => boolean | Promise<boolean>;
   /** Answer POSTs with plain JSON instead of an event stream (then the server cannot send requests mid-call). */
   json?: boolean;
   /** Serve the older HTTP+SSE transport (GET url opens the stream, POST url?sessionId= sends) instead. */
@@ -193,6 +196,11 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
   async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     if (mode === "down") {
       req.socket.destroy();
+      return;
+    }
+    if (options.accept && !(await options.accept(credentialOf(req.headers)))) {
+      req.resume();
+      res.writeHead(401, { "www-authenticate": "Bearer" }).end();
       return;
     }
     const url = new URL(req.url ?? "/", "http://stand-in");
