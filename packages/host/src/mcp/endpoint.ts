@@ -83,15 +83,6 @@ interface RunMcp {
   resources: Map<string, string>;
 }
 
-/** What a request to the endpoint is answered with: a JSON-RPC result or error. */
-class RpcFailure extends Error {
-  readonly refusal: Refusal;
-  constructor(refusal: Refusal) {
-    super(refusal.message);
-    this.refusal = refusal;
-  }
-}
-
 const Message = z.object({
   jsonrpc: z.literal("2.0"),
   id: z.union([z.string().max(256), z.number()]).optional(),
@@ -162,22 +153,16 @@ export class McpEndpoint implements ChannelRoute {
         return;
       }
       const result = await this.#dispatch(req, res, sandbox, message.data);
-      if (result === null) return;
       sendRpc(res, `{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":${result}}`);
     } catch (err) {
-      const refusal = err instanceof RpcFailure ? err.refusal : Refusal.from(err);
+      const refusal = Refusal.from(err);
       if (refusal.code === "internal") this.#deps.log(`mcp: ${err instanceof Error ? err.stack : String(err)}`);
       if (!res.headersSent) sendRpc(res, rpcError(id, refusal));
     }
   }
 
-  /** The result of one request, as JSON text; null when it was answered already. */
-  async #dispatch(
-    req: IncomingMessage,
-    res: ServerResponse,
-    sandbox: LiveSandbox,
-    message: Message,
-  ): Promise<string | null> {
+  /** The result of one request, as JSON text. */
+  async #dispatch(req: IncomingMessage, res: ServerResponse, sandbox: LiveSandbox, message: Message): Promise<string> {
     const params = message.params ?? {};
     switch (message.method) {
       case "initialize":
@@ -260,7 +245,7 @@ export class McpEndpoint implements ChannelRoute {
     res: ServerResponse,
     sandbox: LiveSandbox,
     params: Record<string, unknown>,
-  ): Promise<string | null> {
+  ): Promise<string> {
     const started = performance.now();
     const name = typeof params.name === "string" ? params.name : "";
     const args = params.arguments ?? {};
@@ -291,7 +276,7 @@ export class McpEndpoint implements ChannelRoute {
             : `The agent's policy names no MCP server '${serverName.slice(0, 64)}'.`,
         );
       }
-      const pin = allowed.pins[tool];
+      const pin = Object.hasOwn(allowed.pins, tool) ? allowed.pins[tool] : undefined;
       if (!pin) {
         throw new Refusal(
           "mcp_tool_not_allowed",
@@ -397,7 +382,7 @@ export class McpEndpoint implements ChannelRoute {
       const refusal = Refusal.from(err);
       record.code = refusal.code;
       record.approval ??= refusal.headers[APPROVAL_HEADER];
-      throw new RpcFailure(refusal);
+      throw refusal;
     } finally {
       if (record.args_preview) record.args_preview = redactText(record.args_preview, needles);
       // A call told to ask again for its approval is no call: its approval's events tell the story.

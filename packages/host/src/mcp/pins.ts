@@ -61,8 +61,10 @@ export function pinTools(
   const allowed = globMatcher(entry.tools);
   const pins: McpPins[string] = {};
   for (const tool of live) {
-    if (!allowed(tool.name)) continue;
-    pins[tool.name] = keep[tool.name] ?? { ...tool, sha256: toolHash(tool) };
+    // A server's "__proto__" would set the object's prototype rather than pin anything.
+    if (!allowed(tool.name) || tool.name === "__proto__") continue;
+    const kept = Object.hasOwn(keep, tool.name) ? keep[tool.name] : undefined;
+    pins[tool.name] = kept ?? { ...tool, sha256: toolHash(tool) };
   }
   return pins;
 }
