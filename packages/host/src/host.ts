@@ -364,7 +364,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     approvals,
   });
   // Each run's MCP endpoint ($PADDOCK_BRIDGE_URL/mcp).
-  const mcpEndpoint = new McpEndpoint({ db, mcp, rateLimits, journal, approvals, tracing, log });
+  const mcpEndpoint = new McpEndpoint({ db, mcp, rateLimits, journal, approvals, tracing, metrics, log });
   const routes = [agentCalls, gateway, mcpEndpoint];
   const bridge = new Bridge({
     live,

@@ -37,6 +37,7 @@ import { type ChannelCall, type ChannelRoute, Refusal, readCapped, sendRefusal, 
 import { type LiveSandbox, LiveSandboxes } from "../bridge/live.ts";
 import type { TokenBucket } from "../bridge/rate-limit.ts";
 import { redactText } from "../bridge/redact.ts";
+import type { Metrics } from "../metrics/metrics.ts";
 import { type Journal, type JournalEntry, requestHash } from "../store/journal.ts";
 import type { Database } from "../store/schema.ts";
 import { parseAgentDefinition, parseStored } from "../store/stored.ts";
@@ -53,6 +54,8 @@ export interface McpEndpointDeps {
   journal?: Journal;
   approvals?: Approvals;
   tracing?: Tracing | null;
+  /** Where each request's server, outcome and latency are reported. */
+  metrics?: Pick<Metrics, "mcpCall">;
   log: (line: string) => void;
 }
 
@@ -611,6 +614,8 @@ export class McpEndpoint implements ChannelRoute {
   #record(sandbox: LiveSandbox, started: number, url: string | null, record: McpCallData): void {
     record.latency_ms = Math.round((performance.now() - started) * 1000) / 1000;
     sandbox.record({ type: "mcp.call", data: record });
+    // A server the caller made up is no metric label: only one that was found (it has a URL).
+    this.#deps.metrics?.mcpCall(url === null ? null : record.server, record.code, record.latency_ms);
     const tracing = this.#deps.tracing;
     if (tracing && sandbox.trace) {
       recordMcpSpan(tracing, sandbox.trace, {
