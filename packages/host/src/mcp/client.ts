@@ -224,21 +224,14 @@ export class McpClients {
       if (oldest.done) break;
       this.#drop(oldest.value);
     }
-    const entry: Entry = {
-      key,
-      ready: Promise.resolve(null as never),
-      client: null,
-      tools: null,
-      inflight: new Set(),
-      lastUsed: Date.now(),
-    };
-    entry.ready = this.#connect(server, credential, entry);
+    const state: Omit<Entry, "ready"> = { key, client: null, tools: null, inflight: new Set(), lastUsed: Date.now() };
+    const entry: Entry = Object.assign(state, { ready: this.#connect(server, credential, state) });
     entry.ready.catch(() => this.#drop(entry));
     this.#pool.set(key, entry);
     return entry;
   }
 
-  async #connect(server: HostMcpServer, credential: McpCredential, entry: Entry): Promise<Client> {
+  async #connect(server: HostMcpServer, credential: McpCredential, entry: Omit<Entry, "ready">): Promise<Client> {
     const url = new URL(server.url);
     if (credential.query) url.search = credential.query;
     const fetch = this.#fetch(server, credential, entry);
@@ -268,7 +261,7 @@ export class McpClients {
    * The fetch the transports use: over node's http with the address pinned, the server's extra
    * headers and the credential attached, no redirects, and every answer to a POST capped.
    */
-  #fetch(server: HostMcpServer, credential: McpCredential, entry: Entry) {
+  #fetch(server: HostMcpServer, credential: McpCredential, entry: Omit<Entry, "ready">) {
     const max = this.#maxResultBytes;
     const fail = (err: AppError) => {
       for (const call of entry.inflight) call.abort(err);
@@ -403,7 +396,7 @@ export class McpClients {
 }
 
 /** A client that declares no capabilities and refuses every request a server sends it. */
-function newClient(entry: Entry): Client {
+function newClient(entry: Pick<Entry, "inflight">): Client {
   const client = new Client({ name: "paddock-host", version: "1.0.0" }, { capabilities: {} });
   client.fallbackRequestHandler = async (request) => {
     const err = new AppError(
