@@ -358,6 +358,10 @@ export class Attempt {
         ...(this.#deps.bridge && handle.address
           ? { PADDOCK_BRIDGE_URL: this.#deps.bridge.url, PADDOCK_TOKEN_FILE: TOKEN_FILE, PADDOCK_SDK: RUNNER_SDK }
           : {}),
+        // The run's MCP endpoint, when its policy names MCP servers.
+        ...(this.#deps.bridge && handle.address && spec.policy?.mcp?.length
+          ? { PADDOCK_MCP_URL: `${this.#deps.bridge.url}/mcp` }
+          : {}),
       },
       heartbeat_ms: this.#deps.heartbeatMs,
       max_line_bytes: MAX_LINE_BYTES,

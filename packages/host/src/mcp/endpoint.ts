@@ -33,7 +33,15 @@ import type { Kysely } from "kysely";
 import { z } from "zod";
 import type { Approvals } from "../bridge/approvals.ts";
 import { recordMcpSpan } from "../bridge/call-span.ts";
-import { type ChannelCall, type ChannelRoute, Refusal, readCapped, sendRefusal, takeStep } from "../bridge/channel.ts";
+import {
+  approvalAsked,
+  type ChannelCall,
+  type ChannelRoute,
+  Refusal,
+  readCapped,
+  sendRefusal,
+  takeStep,
+} from "../bridge/channel.ts";
 import { type LiveSandbox, LiveSandboxes } from "../bridge/live.ts";
 import type { TokenBucket } from "../bridge/rate-limit.ts";
 import { redactText } from "../bridge/redact.ts";
@@ -160,7 +168,10 @@ export class McpEndpoint implements ChannelRoute {
     } catch (err) {
       const refusal = Refusal.from(err);
       if (refusal.code === "internal") this.#deps.log(`mcp: ${err instanceof Error ? err.stack : String(err)}`);
-      if (!res.headersSent) sendRpc(res, rpcError(id, refusal));
+      // A call waiting for approval is answered 503 with the approval to wait on, as bridge calls
+      // are: clients that wait (the runner's SDK, the built-in agent) send it again.
+      const waiting = refusal.code === "approval_pending";
+      if (!res.headersSent) sendRpc(res, rpcError(id, refusal), waiting ? 503 : 200, waiting ? refusal.headers : {});
     }
   }
 
@@ -343,6 +354,7 @@ export class McpEndpoint implements ChannelRoute {
           body,
           takeStep: () => takeStep(sandbox, req, kind),
           res,
+          asked: approvalAsked(req),
         });
         if ("replay" in outcome) {
           record.approval = outcome.approval.id;
@@ -661,7 +673,7 @@ function rpcError(id: string | number | null, refusal: Refusal): string {
   return JSON.stringify({ jsonrpc: "2.0", id, error });
 }
 
-function sendRpc(res: ServerResponse, body: string): void {
-  res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+function sendRpc(res: ServerResponse, body: string, status = 200, headers: Record<string, string> = {}): void {
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), ...headers });
   res.end(body);
 }

@@ -36,7 +36,7 @@ const token = readFileSync(process.env.PADDOCK_TOKEN_FILE, "utf8").trim();
 const input = JSON.parse(readFileSync(process.env.PADDOCK_INPUT, "utf8"));
 const attempt = Number(process.env.PADDOCK_ATTEMPT);
 const client = new Client({ name: "sandbox-agent", version: "1.0.0" });
-await client.connect(new StreamableHTTPClientTransport(new URL(process.env.PADDOCK_BRIDGE_URL + "/mcp"), {
+await client.connect(new StreamableHTTPClientTransport(new URL(process.env.PADDOCK_MCP_URL), {
   requestInit: { headers: { authorization: "Bearer " + token } },
 }));
 const out = { env: JSON.stringify(process.env), tools: (await client.listTools()).tools.map((t) => t.name).sort(), calls: [] };
@@ -132,6 +132,8 @@ describe("MCP through the host", { skip: e2eSkip(hostSkipReason()) }, () => {
     assert.equal(standIn.calls("echo"), before + 1);
     assert.equal(standIn.seen.at(-1)?.credential, `Bearer ${SECRET}`);
     assert.ok(!out.env.includes(SECRET), "the sandbox's environment holds no credential");
+    const env = JSON.parse(out.env);
+    assert.equal(env.PADDOCK_MCP_URL, `${env.PADDOCK_BRIDGE_URL}/mcp`);
     assert.ok(!JSON.stringify(events).includes(SECRET), "no event holds the credential");
     const call = events.find(isEvent("mcp.call"));
     assert.equal(call?.data.server, "standin");
