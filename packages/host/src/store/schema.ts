@@ -255,18 +255,11 @@ export interface ConnectionsTable {
   updated_at: number;
 }
 
-/** A remote MCP server the host is the client of, with the secret it attaches (see mcp/servers.ts). */
-export interface McpServersTable {
-  id: string;
-  tenant_id: string;
-  name: string;
-  /** The secret the server attaches (also in spec); null for none. Kept apart to find users of a secret. */
-  secret_name: string | null;
-  /** JSON of the server's definition (URL, auth, headers, limits). */
-  spec: string;
-  created_at: number;
-  updated_at: number;
-}
+/**
+ * A remote MCP server the host is the client of (see mcp/servers.ts): the same columns as a
+ * connection, its spec the server's definition (URL, auth, headers, limits).
+ */
+export type McpServersTable = ConnectionsTable;
 
 /** The MCP tool definitions an agent version's policy is pinned to (JSON McpPins). */
 export interface McpPinsTable {
