@@ -110,6 +110,7 @@ function rawSummary(event: RunEventRead): string {
     case "log.dropped":
     case "events.truncated":
     case "bridge.call":
+    case "mcp.call":
     case "llm.call":
     case "credits.exhausted":
     case "agent.call":

@@ -16,6 +16,7 @@ import { env, runner } from "./commands/env.ts";
 import { health } from "./commands/health.ts";
 import { images } from "./commands/images.ts";
 import { keys } from "./commands/keys.ts";
+import { mcpServers } from "./commands/mcp-servers.ts";
 import { nodes } from "./commands/nodes.ts";
 import { notifications } from "./commands/notifications.ts";
 import { oauthApps } from "./commands/oauth-apps.ts";
@@ -38,6 +39,7 @@ const ENTRIES: readonly (Command | CommandGroup)[] = [
   keys,
   agents,
   connections,
+  mcpServers,
   secrets,
   oauthApps,
   accounts,

@@ -48,6 +48,10 @@ import { LayerStore } from "./images/layer-store.ts";
 import { RunnerLayers } from "./images/runner-layers.ts";
 import { RunnerRegistry } from "./images/runner-registry.ts";
 import { createLog, defaultLogFormat, type Log } from "./logs/log.ts";
+import { McpClients } from "./mcp/client.ts";
+import { McpEndpoint } from "./mcp/endpoint.ts";
+import { McpServers } from "./mcp/servers.ts";
+import { McpService } from "./mcp/service.ts";
 import { Metrics } from "./metrics/metrics.ts";
 import { type Leader, leaderFor, soleLeader } from "./nodes/leader.ts";
 import { defaultNodeId, Nodes } from "./nodes/nodes.ts";
@@ -145,6 +149,11 @@ export interface Services {
   sessions: EnvSessions;
   secrets: Secrets;
   bridge: Bridge;
+  /** The sandboxes the bridge answers, and the run tokens it checks. */
+  live: LiveSandboxes;
+  tokens: RunTokens;
+  /** MCP servers, the host's MCP client and agents' pins. */
+  mcp: McpService;
   gateway: Gateway;
   notifications: Notifications;
   /** Calls held for people's approval; its sweep of expired ones is started by the caller. */
@@ -278,7 +287,10 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
         tmpDir: join(dataDir, "cache", "packing"),
       })
     : null;
-  const agents = new Agents(db, images, layers, runners, maxLimits, layerBlobs);
+  // The MCP service is made below, once secrets and accounts are: agents pin through it when saved.
+  const agents = new Agents(db, images, layers, runners, maxLimits, layerBlobs, (tenantId, entries, keep) =>
+    mcp.pin(tenantId, entries, keep),
+  );
   const archives = new SnapshotArchives({ db, agents, images, layers, runners }, archiveLimits(maxLimits));
   const connections = new Connections(db);
   const resealed = await rotateMasterKey(db, vault);
@@ -296,6 +308,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     notices: outbox,
     cacheMs: config.accountTokenCacheMs,
   });
+  const mcpClients = new McpClients({ resolve: env.testOnly?.resolve });
+  env.undo.push(() => mcpClients.close());
+  const mcp = new McpService({ db, servers: new McpServers(db), clients: mcpClients, secrets, accounts });
   const tokens = new RunTokens({
     db,
     sealer: vault,
@@ -356,7 +371,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     journal,
     approvals,
   });
-  const routes = [agentCalls, gateway];
+  // Each run's MCP endpoint ($PADDOCK_BRIDGE_URL/mcp).
+  const mcpEndpoint = new McpEndpoint({ db, mcp, rateLimits, journal, approvals, tracing, metrics, log });
+  const routes = [agentCalls, gateway, mcpEndpoint];
   const bridge = new Bridge({
     live,
     tokens,
@@ -464,6 +481,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     runners,
     sessions,
     connections,
+    mcp,
     secrets,
     oauthApps,
     accounts,
@@ -500,6 +518,9 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     sessions,
     secrets,
     bridge,
+    live,
+    tokens,
+    mcp,
     gateway,
     notifications,
     approvals,

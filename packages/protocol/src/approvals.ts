@@ -15,33 +15,42 @@ export const MAX_APPROVAL_TIMEOUT_S = 30 * 86_400;
  */
 export const Approver = z.string().min(1).max(64);
 
+/** The fields of an approval rule (an MCP policy entry's `approval` adds the tools it covers). */
+export const approvalRuleFields = {
+  /** How long the approval waits for a decision; then it expires and nothing is sent. */
+  timeout_s: z.number().int().min(1).max(MAX_APPROVAL_TIMEOUT_S).default(3600),
+  approvers: z
+    .array(Approver)
+    .min(1)
+    .max(32)
+    .refine((a) => new Set(a).size === a.length, "each approver once")
+    .default(["tenant"]),
+  /** Denied on its own when nobody decided this long after it was asked (at most timeout_s). */
+  auto_deny_after_s: z.number().int().min(1).max(MAX_APPROVAL_TIMEOUT_S).optional(),
+  /** Approvals of this rule one run may have waiting at once; past it a call is refused (approval_limit). */
+  max_pending: z.number().int().min(1).max(1000).default(10),
+};
+
+/** A rule's deadline to deny on its own lies within its timeout. */
+export const autoDenyWithinTimeout: [
+  (r: { auto_deny_after_s?: number | undefined; timeout_s: number }) => boolean,
+  { message: string; path: string[] },
+] = [
+  (r) => r.auto_deny_after_s === undefined || r.auto_deny_after_s <= r.timeout_s,
+  { message: "auto_deny_after_s is at most timeout_s", path: ["auto_deny_after_s"] },
+];
+
 /** How an approval is asked for: who decides, how long it waits, how many may wait at once. */
 export const ApprovalRule = z
-  .object({
-    /** How long the approval waits for a decision; then it expires and nothing is sent. */
-    timeout_s: z.number().int().min(1).max(MAX_APPROVAL_TIMEOUT_S).default(3600),
-    approvers: z
-      .array(Approver)
-      .min(1)
-      .max(32)
-      .refine((a) => new Set(a).size === a.length, "each approver once")
-      .default(["tenant"]),
-    /** Denied on its own when nobody decided this long after it was asked (at most timeout_s). */
-    auto_deny_after_s: z.number().int().min(1).max(MAX_APPROVAL_TIMEOUT_S).optional(),
-    /** Approvals of this rule one run may have waiting at once; past it a call is refused (approval_limit). */
-    max_pending: z.number().int().min(1).max(1000).default(10),
-  })
+  .object(approvalRuleFields)
   .strict()
-  .refine((r) => r.auto_deny_after_s === undefined || r.auto_deny_after_s <= r.timeout_s, {
-    message: "auto_deny_after_s is at most timeout_s",
-    path: ["auto_deny_after_s"],
-  })
+  .refine(...autoDenyWithinTimeout)
   .meta({ id: "ApprovalRule" });
 export type ApprovalRule = z.infer<typeof ApprovalRule>;
 export type ApprovalRuleInput = z.input<typeof ApprovalRule>;
 
-/** Which boundary holds the call: a bridge connection, a model call, or a child run's start. */
-export const ApprovalKind = z.enum(["bridge", "llm", "agent"]);
+/** Which boundary holds the call: a bridge connection, a model call, a child run's start or an MCP tool call. */
+export const ApprovalKind = z.enum(["bridge", "llm", "agent", "mcp"]);
 export type ApprovalKind = z.infer<typeof ApprovalKind>;
 
 export const ApprovalStatus = z.enum(["pending", "approved", "denied", "expired", "canceled"]);

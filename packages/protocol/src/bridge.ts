@@ -11,7 +11,7 @@
  * thing to the host and to the upstream.
  */
 import { z } from "zod";
-import { ApprovalRule } from "./approvals.ts";
+import { ApprovalRule, approvalRuleFields, autoDenyWithinTimeout } from "./approvals.ts";
 
 /** A connection's name: lower case, URL-safe, as it appears in `/bridge/<name>/…`. */
 export const ConnectionName = z
@@ -21,7 +21,7 @@ export const ConnectionName = z
   .regex(/^[a-z0-9][a-z0-9_-]*$/, "lower-case letters, digits, '-' and '_', starting with a letter or digit");
 export type ConnectionName = z.infer<typeof ConnectionName>;
 
-const SecretRef = z
+export const SecretRef = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, "a secret name: letters, digits, '_', '.' and '-', at most 64");
 
@@ -49,7 +49,7 @@ export const RESERVED_HEADERS: readonly string[] = [
   "upgrade",
 ];
 
-const HeaderName = z
+export const HeaderName = z
   .string()
   .min(1)
   .max(64)
@@ -104,13 +104,13 @@ export const ConnectionAuth = z
 export type ConnectionAuth = z.infer<typeof ConnectionAuth>;
 
 /** `auth` as a connection is put: an object, or the short form `"oauth:APP"`. */
-const ConnectionAuthInput = z.preprocess(
+export const ConnectionAuthInput = z.preprocess(
   (v) => (typeof v === "string" && v.startsWith("oauth:") ? { type: "oauth", app: v.slice(6) } : v),
   ConnectionAuth,
 );
 
 /** Auth types that attach no secret of the tenant's. */
-const SECRETLESS = new Set(["none", "oauth"]);
+const SECRETLESS: ReadonlySet<string> = new Set(["none", "oauth"]);
 
 const MAX_PATTERN_LENGTH = 1024;
 const LITERAL_SEGMENT = /^(?:[A-Za-z0-9\-._~!$&'()+,;=:@]|%[0-9A-Fa-f]{2})+$/;
@@ -241,7 +241,7 @@ export function normalizeBaseUrl(raw: string): string {
   return `${url.protocol}//${url.host}${url.pathname.replace(/\/+$/, "")}`;
 }
 
-const BaseUrl = z
+export const BaseUrl = z
   .string()
   .superRefine((u, ctx) => {
     const problem = baseUrlProblem(u);
@@ -284,6 +284,16 @@ const connectionFields = {
     .default(CONNECTION_DEFAULTS.max_request_bytes),
 };
 
+/** A secret is named exactly when the auth attaches one (connections and MCP servers alike). */
+export function secretFitsAuth(c: { auth: ConnectionAuth; secret?: string | undefined }, ctx: z.RefinementCtx): void {
+  if (!SECRETLESS.has(c.auth.type) && c.secret === undefined) {
+    ctx.addIssue({ code: "custom", path: ["secret"], message: `auth '${c.auth.type}' needs a secret` });
+  }
+  if (SECRETLESS.has(c.auth.type) && c.secret !== undefined) {
+    ctx.addIssue({ code: "custom", path: ["auth"], message: `auth '${c.auth.type}' attaches no secret` });
+  }
+}
+
 /** The body of `PUT /v1/connections/{name}`: creates the connection or replaces it whole. */
 export const ConnectionPut = z
   .object({
@@ -293,18 +303,7 @@ export const ConnectionPut = z
     secret: SecretRef.optional(),
   })
   .strict()
-  .superRefine((c, ctx) => {
-    if (!SECRETLESS.has(c.auth.type) && c.secret === undefined) {
-      ctx.addIssue({ code: "custom", path: ["secret"], message: `auth '${c.auth.type}' needs a secret` });
-    }
-    if (SECRETLESS.has(c.auth.type) && c.secret !== undefined) {
-      ctx.addIssue({
-        code: "custom",
-        path: ["auth"],
-        message: `auth '${c.auth.type}' attaches no secret`,
-      });
-    }
-  })
+  .superRefine(secretFitsAuth)
   .meta({ id: "ConnectionPut" });
 export type ConnectionPut = z.infer<typeof ConnectionPut>;
 export type ConnectionPutInput = z.input<typeof ConnectionPut>;
@@ -332,6 +331,39 @@ export type AgentCallEntry = z.infer<typeof AgentCallEntry>;
 /** The name an agents entry allows. */
 export const agentCallName = (entry: AgentCallEntry): string => (typeof entry === "string" ? entry : entry.name);
 
+/**
+ * An MCP server's name: a connection name without "__", which separates the server from the tool
+ * in the names a run's MCP endpoint offers (`SERVER__TOOL`).
+ */
+export const McpServerName = ConnectionName.refine((n) => !n.includes("__"), "no '__' (it separates server and tool)");
+export type McpServerName = z.infer<typeof McpServerName>;
+
+/** A tool's name, or a glob of names where `*` stands for any run of characters (`search_*`). */
+export const McpToolGlob = z
+  .string()
+  .regex(/^[A-Za-z0-9_.*/-]{1,128}$/, "a tool name or a glob: letters, digits, '_', '-', '.', '/' and '*'");
+
+/** Which tools of an MCP server a person must approve each call of, and how. */
+export const McpApproval = z
+  .object({ tools: z.array(McpToolGlob).min(1).max(64), ...approvalRuleFields })
+  .strict()
+  .refine(...autoDenyWithinTimeout)
+  .meta({ id: "McpApproval" });
+export type McpApproval = z.infer<typeof McpApproval>;
+
+/** One MCP server an agent's runs may use: which of its tools, and whether its resources and prompts. */
+export const McpPolicyEntry = z
+  .object({
+    server: McpServerName,
+    tools: z.array(McpToolGlob).max(256).default([]),
+    approval: McpApproval.optional(),
+    resources: z.boolean().default(false),
+    prompts: z.boolean().default(false),
+  })
+  .strict()
+  .meta({ id: "McpPolicyEntry" });
+export type McpPolicyEntry = z.infer<typeof McpPolicyEntry>;
+
 /** An agent's bridge policy: the connections its runs may call. */
 export const AgentPolicy = z
   .object({
@@ -348,6 +380,12 @@ export const AgentPolicy = z
       .array(AgentCallEntry)
       .max(64)
       .refine((a) => new Set(a.map(agentCallName)).size === a.length, "each agent once")
+      .optional(),
+    /** MCP servers (by name) and the tools of each its runs see at `$PADDOCK_BRIDGE_URL/mcp`. */
+    mcp: z
+      .array(McpPolicyEntry)
+      .max(32)
+      .refine((m) => new Set(m.map((e) => e.server)).size === m.length, "each server once")
       .optional(),
   })
   .strict()

@@ -152,6 +152,34 @@ export const ERROR_CODES = {
   },
   upstream_error: { status: 502, message: "The upstream could not be reached or broke off its answer." },
   upstream_timeout: { status: 504, message: "The upstream did not answer in time." },
+  unknown_mcp_server: {
+    status: 422,
+    message: "The agent's policy names an MCP server that does not exist; register it first.",
+  },
+  mcp_server_unavailable: { status: 502, message: "The MCP server could not be reached." },
+  mcp_server_timeout: { status: 504, message: "The MCP server did not answer in time." },
+  mcp_server_error: {
+    status: 502,
+    message: "The MCP server answered something that is not valid MCP (malformed JSON-RPC or a protocol error).",
+  },
+  mcp_result_too_large: { status: 502, message: "The MCP server's answer is larger than the host passes on." },
+  mcp_unsupported_request: {
+    status: 502,
+    message: "The MCP server sent a request the host does not answer (sampling, elicitation); the call was stopped.",
+  },
+  mcp_tool_not_allowed: {
+    status: 403,
+    message: "The agent's policy does not offer this MCP tool (another server's, or not named in policy.mcp).",
+  },
+  mcp_tool_changed: {
+    status: 409,
+    message: "The MCP tool's definition changed since it was pinned; it is refused until the agent is re-pinned.",
+  },
+  mcp_invalid_arguments: {
+    status: 422,
+    message: "The tool call's arguments do not match the tool's pinned input schema; nothing was sent.",
+  },
+  mcp_method_not_found: { status: 404, message: "The run's MCP endpoint does not serve this method." },
   upstream_too_large: { status: 502, message: "The upstream's answer is larger than the bridge passes on." },
   idempotency_key_reused: {
     status: 422,

@@ -41,6 +41,30 @@ export const BridgeCallData = z
   })
   .describe("A call through the bridge to a connection; refusals included (`code`).");
 
+/** A request to an MCP server through a run's MCP endpoint (`mcp.call`). */
+export const McpCallData = z
+  .object({
+    server: z.string(),
+    /** The JSON-RPC method: tools/call, resources/read, prompts/get. */
+    method: z.string(),
+    /** The tool, resource URI or prompt asked for. */
+    tool: z.string(),
+    /** ok: the server answered; tool_error: it answered with a tool error (isError); error: no answer (see code). */
+    status: z.enum(["ok", "tool_error", "error"]),
+    code: ErrorCode.optional(),
+    latency_ms: z.number(),
+    /** Size of the answer passed back, in bytes. */
+    bytes: Int,
+    /** The start of the arguments and of the answer, with the server's credential replaced. */
+    args_preview: z.string().optional(),
+    result_preview: z.string().optional(),
+    replayed: z.boolean().optional(),
+    step: z.string().optional(),
+    approval: z.string().optional().describe("The approval the call waited for."),
+  })
+  .describe("A request to an MCP server through the run's MCP endpoint; refusals included (`code`).");
+export type McpCallData = z.infer<typeof McpCallData>;
+
 /** A call to the LLM gateway (`llm.call`). */
 export const LlmCallData = z
   .object({
@@ -165,6 +189,7 @@ const EVENTS = {
     .union([z.object({ path: z.string(), why: z.string() }), z.object({ more: Int })])
     .describe("A file under /outputs not kept, and why; `more`: how many more were skipped than listed."),
   "bridge.call": BridgeCallData,
+  "mcp.call": McpCallData,
   "llm.call": LlmCallData,
   "credits.exhausted": z
     .object({ budget: BudgetScope })
@@ -203,7 +228,7 @@ const EVENTS = {
     })
     .describe("An approval was decided: approved or denied by a person, expired, or canceled with its run."),
   "journal.diverged": z
-    .object({ step: z.string(), kind: z.enum(["llm", "bridge", "agent"]), connection: z.string().optional() })
+    .object({ step: z.string(), kind: z.enum(["llm", "bridge", "agent", "mcp"]), connection: z.string().optional() })
     .describe("A retried attempt made another request at a journaled step than the earlier attempt; it went live."),
   "schedule.fired": z
     .object({ schedule_id: z.string(), slot: z.string(), late_ms: z.number() })

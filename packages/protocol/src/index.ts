@@ -8,6 +8,7 @@ export * from "./events.ts";
 export * from "./gateway.ts";
 export * from "./limits.ts";
 export * from "./marker.ts";
+export * from "./mcp.ts";
 export * from "./metrics.ts";
 export * from "./notifications.ts";
 export * from "./oauth.ts";

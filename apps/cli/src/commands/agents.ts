@@ -1,9 +1,10 @@
 /** `paddock agents create|update|delete|list|show`: agent definitions and their versions. */
-import type { Agent } from "@paddock/protocol";
+import { type Agent, McpPinDiff } from "@paddock/protocol";
 import { loadAgentFile, readFilesDir } from "../agent-files.ts";
 import { CliError, CONNECTION_HELP, parseCommand, parseKeyValues, parseNumber, UsageError } from "../args.ts";
 import { type Command, type CommandGroup, connect } from "../context.ts";
 import { formatRows, formatSize, formatTable } from "../format.ts";
+import { parseBody } from "./connections.ts";
 
 const CREATE_OPTIONS = {
   file: { type: "string" },
@@ -321,6 +322,8 @@ ${CONNECTION_HELP}`,
     ctx.out(
       `bridge   ${agent.policy.connections.length === 0 ? "(no connections)" : agent.policy.connections.join(", ")}`,
     );
+    const mcp = agent.policy.mcp ?? [];
+    if (mcp.length > 0) ctx.out(`mcp      ${mcp.map((e) => `${e.server} (${e.tools.join(", ")})`).join("; ")}`);
     ctx.out(`files    ${filesSummary(agent)}`);
     if (agent.files.length > 0) {
       ctx.out(formatRows(agent.files.map((f) => [`  ${f.path}`, formatSize(f.size)])));
@@ -329,8 +332,51 @@ ${CONNECTION_HELP}`,
   },
 };
 
+const mcpPin: Command = {
+  name: "mcp-pin",
+  summary: "pin an agent's MCP tools anew and show what changed",
+  usage: `Usage: paddock agents mcp-pin AGENT [--json]
+
+AGENT is the agent's id or name. Reads the current definitions of the MCP tools its policy allows
+and pins them: a tool whose description or input schema changed is offered to runs again, a tool
+new on the server is offered once its name matches the policy. Prints what changed.
+
+Options:
+  --json            print the differences and the new pins as JSON
+
+${CONNECTION_HELP}`,
+  async run(argv, ctx) {
+    const { values, positionals } = parseCommand(argv, {
+      command: "agents mcp-pin",
+      options: { json: { type: "boolean" } },
+      positionals: { min: 1, max: 1 },
+    });
+    const client = await connect(values, ctx);
+    const agent = await client.resolveAgent(positionals[0] ?? "");
+    const path = `/agents/${agent.id}/mcp-pin`;
+    const diff = await parseBody(await client.request("POST", path), McpPinDiff, `POST ${path}`);
+    if (values.json) {
+      ctx.out(JSON.stringify(diff, null, 2));
+      return 0;
+    }
+    const lines: string[][] = [
+      ...diff.added.map((t) => ["added", `${t.server}/${t.tool}`, t.description ?? ""]),
+      ...diff.removed.map((t) => ["removed", `${t.server}/${t.tool}`, t.description ?? ""]),
+      ...diff.changed.flatMap((t) => [
+        ["changed", `${t.server}/${t.tool}`, t.schema_changed ? "(input schema changed)" : ""],
+        ["  was", "", t.old_description ?? ""],
+        ["  now", "", t.new_description ?? ""],
+      ]),
+    ];
+    ctx.out(lines.length === 0 ? `${agent.name}: no MCP tool changed` : formatRows(lines));
+    const count = Object.values(diff.pins).reduce((n, tools) => n + Object.keys(tools).length, 0);
+    ctx.out(`pinned ${count} tool(s) of agent ${agent.name} version ${diff.version}`);
+    return 0;
+  },
+};
+
 export const agents: CommandGroup = {
   name: "agents",
-  summary: "create, update, delete, list and show agents",
-  commands: [create, update, remove, list, show],
+  summary: "create, update, delete, list and show agents; re-pin their MCP tools",
+  commands: [create, update, remove, list, show, mcpPin],
 };

@@ -20,6 +20,8 @@ import {
   AppError,
   BUILTIN_TOOLS,
   Limits,
+  type McpPins,
+  type McpPolicyEntry,
   RetryPolicy,
   toMicro,
   validationFailed,
@@ -33,12 +35,17 @@ import type { ImageStore } from "../images/image-store.ts";
 import type { LayerStore } from "../images/layer-store.ts";
 import { DEFAULT_PATH, resolveCommand } from "../images/resolve-command.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
+import { readPins, writePins } from "../mcp/pins.ts";
+import { requireMcpServers } from "../mcp/servers.ts";
 import { RUNNER_NODE_PATH, RUNNER_SDK } from "../sandbox/driver.ts";
 import { newId } from "../store/ids.ts";
 import type { AgentsTable, Database, SnapshotsTable } from "../store/schema.ts";
 import { isoTime, parseAgentDefinition, parseLayerDigests, parseRunSpec } from "../store/stored.ts";
 import type { LayerBlobs } from "./layer-blobs.ts";
 import { type Snapshot, Snapshots, toSnapshot } from "./snapshots.ts";
+
+/** Pins the MCP tools `entries` allow for a tenant, keeping those pinned in `keep` as they were. */
+export type McpPinner = (tenantId: string, entries: readonly McpPolicyEntry[], keep: McpPins) => Promise<McpPins>;
 
 /** An agent row with its current snapshot. */
 export interface AgentRecord {
@@ -56,7 +63,11 @@ function definitionOf(spec: string): AgentVersionDefinition {
     env: def.env,
     files: def.files,
     limits: def.limits,
-    policy: { connections: def.policy?.connections ?? [], agents: def.policy?.agents ?? [] },
+    policy: {
+      connections: def.policy?.connections ?? [],
+      agents: def.policy?.agents ?? [],
+      ...(def.policy?.mcp?.length ? { mcp: def.policy.mcp } : {}),
+    },
     budget: def.budget ?? {},
     retry: RetryPolicy.parse(def.retry ?? {}),
     max_concurrent_runs: def.max_concurrent_runs ?? null,
@@ -120,6 +131,8 @@ export function frozenSpec({ row, snapshot }: AgentRecord): AgentSpec {
 /** A definition checked against this host, with the environment it runs in. */
 interface Built {
   def: AgentDefinition;
+  /** The MCP tools its policy allows, pinned (null: its policy names no MCP server). */
+  pins: McpPins | null;
   base: string;
   layers: string[];
   envBytes: number;
@@ -214,6 +227,7 @@ export class Agents {
   readonly #layers: LayerStore;
   readonly #runners: RunnerRegistry;
   readonly #layerBlobs: LayerBlobs | null;
+  readonly #pinMcp: McpPinner | null;
   readonly snapshots: Snapshots;
 
   readonly #maxLimits: Limits;
@@ -228,7 +242,10 @@ export class Agents {
     maxLimits: Limits,
     /** Layers in a blob store shared with other nodes; null when this node is alone. */
     layerBlobs: LayerBlobs | null = null,
+    /** Pins the MCP tools a policy allows (see mcp/service.ts); without it a policy may name no MCP server. */
+    pinMcp: McpPinner | null = null,
   ) {
+    this.#pinMcp = pinMcp;
     this.#maxLimits = maxLimits;
     this.#layerBlobs = layerBlobs;
     this.#db = db;
@@ -287,11 +304,17 @@ export class Agents {
     const snapshot = await this.#db.transaction().execute(async (trx) => {
       // Again inside the transaction: a connection deleted meanwhile is not named.
       await requireConnections(trx, tenantId, built.def.policy?.connections ?? []);
+      await requireMcpServers(
+        trx,
+        tenantId,
+        (built.def.policy?.mcp ?? []).map((e) => e.server),
+      );
       await trx.insertInto("agents").values(row).execute();
       await trx
         .insertInto("agent_versions")
         .values({ agent_id: row.id, version: 1, tenant_id: tenantId, spec: row.spec, created_at: row.created_at })
         .execute();
+      if (built.pins) await writePins(trx, { agentId: row.id, version: 1, tenantId }, built.pins);
       return this.snapshots.append(trx, {
         tenantId,
         agentId: row.id,
@@ -339,7 +362,12 @@ export class Agents {
     const def = parseAgentDefinition(row.spec);
     const filesLayer = def.files_layer ?? (await this.#createdFilesLayer(row.id, def));
     const before = { ...def, ...(filesLayer ? { files_layer: filesLayer } : {}) };
-    const built = await this.#build(tenantId, body, { def: before, snapshot });
+    const built = await this.#build(
+      tenantId,
+      body,
+      { def: before, snapshot },
+      await readPins(this.#db, row.id, row.version),
+    );
     const envChanged = built.base !== snapshot.base || !isDeepStrictEqual(built.layers, layersOf(snapshot));
     if (!envChanged && isDeepStrictEqual(built.def, before)) return current;
 
@@ -349,6 +377,11 @@ export class Agents {
     const now = Date.now();
     const next = await this.#db.transaction().execute(async (trx) => {
       await requireConnections(trx, tenantId, built.def.policy?.connections ?? []);
+      await requireMcpServers(
+        trx,
+        tenantId,
+        (built.def.policy?.mcp ?? []).map((e) => e.server),
+      );
       const res = await trx
         .updateTable("agents")
         .set({ spec, version })
@@ -363,6 +396,7 @@ export class Agents {
         .insertInto("agent_versions")
         .values({ agent_id: row.id, version, tenant_id: tenantId, spec, created_at: now })
         .execute();
+      if (built.pins) await writePins(trx, { agentId: row.id, version, tenantId }, built.pins);
       if (!runner) return { row: { ...row, spec, version }, snapshot };
       const snap = await this.snapshots.append(trx, {
         tenantId,
@@ -532,12 +566,19 @@ export class Agents {
    * command in the environment) and makes its environment: for a new agent the image and a layer
    * of its files; for an update the current environment with a new image or files layer if given.
    */
-  async #build(tenantId: string, body: AgentCreate, previous: Previous | null): Promise<Built> {
+  async #build(tenantId: string, body: AgentCreate, previous: Previous | null, pinned: McpPins = {}): Promise<Built> {
     const policy = {
       connections: body.policy?.connections ?? [],
       ...(body.policy?.agents?.length ? { agents: body.policy.agents } : {}),
+      ...(body.policy?.mcp?.length ? { mcp: body.policy.mcp } : {}),
     };
     await requireConnections(this.#db, tenantId, policy.connections);
+    const mcp = policy.mcp ?? [];
+    await requireMcpServers(
+      this.#db,
+      tenantId,
+      mcp.map((e) => e.server),
+    );
     // Approvals its agent calls and its spending ask for must name approvers that exist.
     await requireApprovers(this.#db, tenantId, [
       ...(body.policy?.agents ?? []).flatMap((entry, i) =>
@@ -546,7 +587,15 @@ export class Agents {
           : [{ path: ["policy", "agents", i, "approval"], approvers: entry.approval.approvers }],
       ),
       ...(body.budget?.approval ? [{ path: ["budget", "approval"], approvers: body.budget.approval.approvers }] : []),
+      ...mcp.flatMap((entry, i) =>
+        entry.approval ? [{ path: ["policy", "mcp", i, "approval"], approvers: entry.approval.approvers }] : [],
+      ),
     ]);
+    if (mcp.length > 0 && !this.#pinMcp) {
+      throw new AppError("unknown_mcp_server", "This host has no MCP gateway: a policy may name no MCP server.");
+    }
+    // The tools pinned before stay pinned as they were: only re-pinning takes a changed definition.
+    const pins = mcp.length > 0 && this.#pinMcp ? await this.#pinMcp(tenantId, mcp, pinned) : null;
     const limits = Limits.parse(body.limits ?? {});
     const over = (Object.keys(limits) as (keyof Limits)[])
       .filter((k) => limits[k] > this.#maxLimits[k])
@@ -632,7 +681,7 @@ export class Agents {
         : {}),
     };
     await this.publishEnvironment({ image: base, layers });
-    return { def, base, layers, envBytes };
+    return { def, pins, base, layers, envBytes };
   }
 
   /** `command_not_found` unless the command's argv[0] is an executable of these layers (top first). */

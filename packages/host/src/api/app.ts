@@ -50,6 +50,7 @@ import type { Providers } from "../gateway/providers.ts";
 import { type Identity, toTenant } from "../identity/identity.ts";
 import type { UiSessions } from "../identity/ui-sessions.ts";
 import type { RunnerRegistry } from "../images/runner-registry.ts";
+import type { McpService } from "../mcp/service.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Nodes } from "../nodes/nodes.ts";
 import type { Notifications } from "../notifications/subscriptions.ts";
@@ -76,6 +77,7 @@ import {
   tenantOf,
   validationHook,
 } from "./http.ts";
+import { registerMcpRoutes } from "./mcp.ts";
 import { registerMetricsRoutes } from "./metrics.ts";
 import { registerNodeRoutes } from "./nodes.ts";
 import { registerNotificationRoutes } from "./notifications.ts";
@@ -101,6 +103,7 @@ export interface ApiDeps {
   runners: RunnerRegistry;
   sessions: EnvSessions;
   connections: Connections;
+  mcp: McpService;
   secrets: Secrets;
   oauthApps: OAuthApps;
   accounts: Accounts;
@@ -446,6 +449,7 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     findRun,
   });
   registerConnectionRoutes(route, deps.connections);
+  registerMcpRoutes(route, deps.mcp);
   registerOAuthAppRoutes(route, deps.oauthApps);
   registerAccountRoutes(route, deps.accounts);
   registerOAuthPages(app, deps.accounts);

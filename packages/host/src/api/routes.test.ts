@@ -69,7 +69,7 @@ forEachStore((store) =>
       account: "",
       approval: "",
     };
-    const names = { connection: "conn-a", secret: "sec-a", provider: "prov-a", oauthApp: "app-a" };
+    const names = { connection: "conn-a", secret: "sec-a", provider: "prov-a", oauthApp: "app-a", mcpServer: "mcp-a" };
     const requests: string[] = [];
 
     /** Calls the app as the HTTP server would; no answer may be a 500. */
@@ -128,6 +128,7 @@ forEachStore((store) =>
           "notifications:delivery_id": a.delivery,
           "approvals:id": a.approval,
           "connections:name": names.connection,
+          "mcp-servers:name": names.mcpServer,
           "secrets:name": names.secret,
           "oauth-apps:name": names.oauthApp,
           "accounts:id": a.account,
@@ -169,6 +170,7 @@ forEachStore((store) =>
         "post /v1/schedules": { agent: a.agent, cron: "0 9 * * *" },
         "put /v1/secrets/{name}": { value: "v" },
         "put /v1/connections/{name}": connection,
+        "put /v1/mcp-servers/{name}": mcpServer,
         "put /v1/oauth-apps/{name}": oauthApp,
         "post /v1/connect-sessions": { end_user: "user-a", app: names.oauthApp },
         "put /v1/providers/{name}": provider,
@@ -186,6 +188,7 @@ forEachStore((store) =>
       auth: { type: "none" },
       policy: { allow: [{ methods: ["GET"], path: "/**" }] },
     };
+    const mcpServer = { url: "https://mcp.example.com/mcp", auth: { type: "none" } };
     const oauthApp = {
       authorize_url: "https://auth.example.com/authorize",
       token_url: "https://auth.example.com/token",
@@ -266,6 +269,7 @@ forEachStore((store) =>
       a.webhook = (await created(call("post", `/v1/agents/${a.agent}/webhooks`, { key: keys.a }))).id;
       await created(send("put", `/v1/secrets/${names.secret}`, { value: "s3cret" }, keys.a));
       await created(send("put", `/v1/connections/${names.connection}`, connection, keys.a));
+      await created(send("put", `/v1/mcp-servers/${names.mcpServer}`, mcpServer, keys.a));
       await created(send("put", `/v1/oauth-apps/${names.oauthApp}`, oauthApp, keys.a));
       const app = await h.db
         .selectFrom("oauth_apps")
@@ -435,6 +439,7 @@ forEachStore((store) =>
       // A name is the caller's own: tenant B putting a connection or secret by A's name makes B's.
       const ownNamespace = new Set([
         "put /v1/connections/{name}",
+        "put /v1/mcp-servers/{name}",
         "put /v1/secrets/{name}",
         "put /v1/oauth-apps/{name}",
       ]);

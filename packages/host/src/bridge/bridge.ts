@@ -511,7 +511,7 @@ export class Bridge {
   async #forward(call: BridgeCall, stale?: string): Promise<Omit<JournalEntry, "attempt"> | null> {
     const { req, res, sandbox, connection, out, record, keep } = call;
     const body = out.body;
-    const secret = await this.#credential(sandbox, connection, stale);
+    const secret = await credentialFor(this.#deps, sandbox, connection, stale);
     const base = new URL(connection.baseUrl);
     const headers = { ...out.headers };
     const { needles, query: upstreamQuery } = withCredential(headers, connection.auth, secret, out.query);
@@ -594,37 +594,6 @@ export class Bridge {
     });
   }
 
-  /**
-   * What the call attaches: the connection's secret, or for `oauth` auth the access token of the
-   * run's own end user (fixed when the run was triggered; nothing the sandbox sends chooses it).
-   */
-  async #credential(sandbox: LiveSandbox, connection: BridgeConnection, stale?: string): Promise<string | null> {
-    const auth = connection.auth;
-    if (auth.type === "oauth") {
-      if (!sandbox.endUser || !this.#deps.accounts) {
-        throw new Refusal(
-          "account_missing",
-          `The run has no end user, so the connection '${connection.name}' has no account at the OAuth app '${auth.app}' to attach; trigger the run with an end_user.`,
-        );
-      }
-      try {
-        const grant = await this.#deps.accounts.accessToken(sandbox.tenantId, sandbox.endUser, auth.app, stale);
-        if (grant.refreshed) sandbox.record({ type: "account.refreshed", data: grant.refreshed });
-        return grant.token;
-      } catch (err) {
-        const refreshed = (err as { refreshed?: AccessGrant["refreshed"] }).refreshed;
-        if (refreshed) sandbox.record({ type: "account.refreshed", data: refreshed });
-        throw err;
-      }
-    }
-    if (connection.secret === null) return null;
-    const secret = await this.#deps.secrets.reveal(sandbox.tenantId, connection.secret);
-    if (secret === null) {
-      throw new Refusal("upstream_error", `The secret of connection '${connection.name}' is missing; set it again.`);
-    }
-    return secret;
-  }
-
   /** The address to call for `host`, checked and pinned (see pin.ts); a refusal naming why not. */
   async #pin(host: string, internal: boolean): Promise<string> {
     try {
@@ -639,6 +608,51 @@ export class Bridge {
       );
     }
   }
+}
+
+/** What holds a credential: a bridge connection or an MCP server. */
+export interface CredentialHolder {
+  name: string;
+  auth: ConnectionAuth;
+  secret: string | null;
+}
+
+/**
+ * What a call attaches: the holder's secret, or for `oauth` auth the access token of the run's
+ * own end user (fixed when the run was triggered; nothing the sandbox sends chooses it). `stale`:
+ * the token the upstream just refused, to be refreshed. `what` names the holder in refusals.
+ */
+export async function credentialFor(
+  deps: Pick<BridgeDeps, "secrets" | "accounts">,
+  sandbox: Pick<LiveSandbox, "tenantId" | "endUser" | "record">,
+  holder: CredentialHolder,
+  stale?: string,
+  what = "connection",
+): Promise<string | null> {
+  const auth = holder.auth;
+  if (auth.type === "oauth") {
+    if (!sandbox.endUser || !deps.accounts) {
+      throw new Refusal(
+        "account_missing",
+        `The run has no end user, so the ${what} '${holder.name}' has no account at the OAuth app '${auth.app}' to attach; trigger the run with an end_user.`,
+      );
+    }
+    try {
+      const grant = await deps.accounts.accessToken(sandbox.tenantId, sandbox.endUser, auth.app, stale);
+      if (grant.refreshed) sandbox.record({ type: "account.refreshed", data: grant.refreshed });
+      return grant.token;
+    } catch (err) {
+      const refreshed = (err as { refreshed?: AccessGrant["refreshed"] }).refreshed;
+      if (refreshed) sandbox.record({ type: "account.refreshed", data: refreshed });
+      throw err;
+    }
+  }
+  if (holder.secret === null) return null;
+  const secret = await deps.secrets.reveal(sandbox.tenantId, holder.secret);
+  if (secret === null) {
+    throw new Refusal("upstream_error", `The secret of ${what} '${holder.name}' is missing; set it again.`);
+  }
+  return secret;
 }
 
 /** A query naming another method, which some frameworks honour over the request's own. */
@@ -731,7 +745,7 @@ function credentialPlaceholder(
 }
 
 /** Attaches the credential to `headers` (in place) or the query; returns the query and the forms of it to redact. */
-function withCredential(
+export function withCredential(
   headers: Record<string, string | string[]>,
   auth: ConnectionAuth,
   secret: string | null,

@@ -60,3 +60,48 @@ export function recordBridgeSpan(tracing: Tracing, parent: SpanParent, call: Bri
     ...(error ? { error } : {}),
   });
 }
+
+/** What a finished MCP request through a run's endpoint tells its span. */
+export interface McpCallSpan {
+  record: RunEventData<"mcp.call">;
+  runId: string;
+  startMs: number;
+  endMs: number;
+  /** The server's URL, once the server was found. */
+  url: string | null;
+}
+
+/** Records the span of one MCP request (`tools/call {tool}`, after the OpenTelemetry MCP conventions) under `parent`. */
+export function recordMcpSpan(tracing: Tracing, parent: SpanParent, call: McpCallSpan): void {
+  const { record } = call;
+  const base = call.url ? new URL(call.url) : null;
+  const denied = record.code !== undefined && !MCP_SERVER_FAILURES.has(record.code);
+  tracing.record(parent, {
+    name: `${record.method} ${record.tool}`,
+    kind: "client",
+    startMs: call.startMs,
+    endMs: call.endMs,
+    attributes: {
+      "mcp.method.name": record.method,
+      "gen_ai.tool.name": record.method === "tools/call" ? record.tool : undefined,
+      "server.address": base?.hostname,
+      "paddock.run.id": call.runId,
+      "paddock.mcp.server": record.server,
+      "paddock.mcp.bytes": record.bytes,
+      "paddock.mcp.denied": denied,
+      "paddock.mcp.denial": denied ? record.code : undefined,
+      "paddock.mcp.replayed": record.replayed,
+    },
+    ...(record.code ? { error: record.code } : record.status === "tool_error" ? { error: "tool_error" } : {}),
+  });
+}
+
+/** Codes of MCP requests that reached the server or tried to. */
+const MCP_SERVER_FAILURES: ReadonlySet<ErrorCode> = new Set([
+  "mcp_server_unavailable",
+  "mcp_server_timeout",
+  "mcp_server_error",
+  "mcp_result_too_large",
+  "mcp_unsupported_request",
+  "internal",
+]);

@@ -11,6 +11,7 @@
  * lived, so with several hosts sharing a store a change reaches every host within its lifetime.
  */
 import {
+  type AgentPolicy,
   AppError,
   type Connection,
   type ConnectionAuth,
@@ -21,7 +22,7 @@ import {
 import type { Kysely, Transaction } from "kysely";
 import { isIpLiteralHost } from "../egress/address-policy.ts";
 import { requireApprovers } from "../identity/identity.ts";
-import { newId } from "../store/ids.ts";
+import { findNamed, listNamed, NamedCache, type NamedRow, type NamedTable, putNamed } from "../store/named.ts";
 import type { ConnectionsTable, Database } from "../store/schema.ts";
 import { parseAgentDefinition } from "../store/stored.ts";
 import { type CompiledPolicy, compilePolicy, upstreamAddressRefusal } from "./policy.ts";
@@ -57,11 +58,6 @@ export interface ConnectionsOptions {
 
 type Db = Kysely<Database> | Transaction<Database>;
 
-interface CacheEntry {
-  value: BridgeConnection | null;
-  expires: number;
-}
-
 /** The upstream URL of a call: the base URL, the checked path and the query (if any). */
 export function upstreamUrl(connection: Pick<BridgeConnection, "baseUrl">, target: { path: string; query: string }) {
   return `${connection.baseUrl}${target.path}${target.query === "" ? "" : `?${target.query}`}`;
@@ -94,15 +90,12 @@ export async function requireConnections(db: Db, tenantId: string, names: readon
 
 export class Connections {
   readonly #db: Kysely<Database>;
-  readonly #cache = new Map<string, CacheEntry>();
-  readonly #ttlMs: number;
-  readonly #cacheMax: number;
+  readonly #cache: NamedCache<BridgeConnection>;
   readonly #now: () => number;
 
   constructor(db: Kysely<Database>, options: ConnectionsOptions = {}) {
     this.#db = db;
-    this.#ttlMs = options.cacheTtlMs ?? 5000;
-    this.#cacheMax = Math.max(1, options.cacheMax ?? 10_000);
+    this.#cache = new NamedCache({ ttlMs: options.cacheTtlMs, max: options.cacheMax, now: options.now });
     this.#now = options.now ?? Date.now;
   }
 
@@ -127,44 +120,19 @@ export class Connections {
         rule.approval ? [{ path: ["policy", "allow", i, "approval"], approvers: rule.approval.approvers }] : [],
       ),
     );
-    const now = this.#now();
-    const result = await this.#db.transaction().execute(async (trx) => {
-      if (spec.secret !== undefined) await requireSecret(trx, tenantId, spec.secret);
-      if (spec.auth.type === "oauth") await requireApp(trx, tenantId, spec.auth.app);
-      const existing = await findRow(trx, tenantId, name);
-      const row: ConnectionsTable = {
-        id: existing?.id ?? newId("con", now),
-        tenant_id: tenantId,
-        name,
-        secret_name: spec.secret ?? null,
-        spec: JSON.stringify(spec),
-        created_at: existing?.created_at ?? now,
-        updated_at: now,
-      };
-      if (existing) {
-        await trx
-          .updateTable("connections")
-          .set({ secret_name: row.secret_name, spec: row.spec, updated_at: row.updated_at })
-          .where("id", "=", existing.id)
-          .execute();
-      } else {
-        await trx.insertInto("connections").values(row).execute();
-      }
-      return { row, created: !existing };
-    });
-    this.#forget(tenantId, name);
+    const result = await putHolder(
+      this.#db,
+      "connections",
+      { tenantId, name, idPrefix: "con", now: this.#now() },
+      spec,
+    );
+    this.#cache.forget(tenantId, name);
     return { connection: toConnection(result.row), created: result.created };
   }
 
   /** The tenant's connections, by name. */
   async list(tenantId: string): Promise<Connection[]> {
-    const rows = await this.#db
-      .selectFrom("connections")
-      .selectAll()
-      .where("tenant_id", "=", tenantId)
-      .orderBy("name")
-      .execute();
-    return rows.map(toConnection);
+    return (await listNamed(this.#db, "connections", tenantId)).map(toConnection);
   }
 
   /** One connection; `not_found` when the tenant has none of that name. */
@@ -176,21 +144,8 @@ export class Connections {
 
   /** Deletes a connection no agent's policy names (`conflict` otherwise); returns what it was. */
   async delete(tenantId: string, name: string): Promise<Connection> {
-    const row = await this.#db.transaction().execute(async (trx) => {
-      const found = await findRow(trx, tenantId, name);
-      if (!found) throw notFound(name);
-      const users = await agentsNaming(trx, tenantId, name);
-      if (users.length > 0) {
-        throw new AppError(
-          "conflict",
-          `The connection '${name}' is in the policy of agent(s) ${users.join(", ")}; it cannot be deleted while they name it.`,
-          { agents: users },
-        );
-      }
-      await trx.deleteFrom("connections").where("id", "=", found.id).execute();
-      return found;
-    });
-    this.#forget(tenantId, name);
+    const row = await deleteUnused(this.#db, "connections", tenantId, name, "connection", (p) => p.connections);
+    this.#cache.forget(tenantId, name);
     return toConnection(row);
   }
 
@@ -198,41 +153,19 @@ export class Connections {
    * The connection compiled for the bridge, or null when the tenant has none of that name.
    * Answers from a short-lived cache that this host's put and delete clear at once.
    */
-  async forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> {
-    const key = cacheKey(tenantId, name);
-    const now = this.#now();
-    const hit = this.#cache.get(key);
-    if (hit && hit.expires > now) return hit.value;
-    const row = await findRow(this.#db, tenantId, name);
-    const value = row ? compileConnection(row) : null;
-    this.#cache.delete(key);
-    if (this.#cache.size >= this.#cacheMax) {
-      const oldest = this.#cache.keys().next();
-      if (!oldest.done) this.#cache.delete(oldest.value);
-    }
-    this.#cache.set(key, { value, expires: now + this.#ttlMs });
-    return value;
-  }
-
-  #forget(tenantId: string, name: string): void {
-    this.#cache.delete(cacheKey(tenantId, name));
+  forBridge(tenantId: string, name: string): Promise<BridgeConnection | null> {
+    return this.#cache.get(tenantId, name, async () => {
+      const row = await findRow(this.#db, tenantId, name);
+      return row ? compileConnection(row) : null;
+    });
   }
 }
-
-const cacheKey = (tenantId: string, name: string) => `${tenantId}\u0000${name}`;
 
 const notFound = (name: string) => new AppError("not_found", `No connection '${name}'.`);
 
-function findRow(db: Db, tenantId: string, name: string): Promise<ConnectionsTable | undefined> {
-  return db
-    .selectFrom("connections")
-    .selectAll()
-    .where("tenant_id", "=", tenantId)
-    .where("name", "=", name)
-    .executeTakeFirst();
-}
+const findRow = (db: Db, tenantId: string, name: string) => findNamed(db, "connections", tenantId, name);
 
-async function requireApp(db: Db, tenantId: string, app: string): Promise<void> {
+export async function requireApp(db: Db, tenantId: string, app: string): Promise<void> {
   const row = await db
     .selectFrom("oauth_apps")
     .select("id")
@@ -242,7 +175,7 @@ async function requireApp(db: Db, tenantId: string, app: string): Promise<void> 
   if (!row) throw new AppError("unknown_oauth_app", `No OAuth app '${app}'; set it first.`, { app });
 }
 
-async function requireSecret(db: Db, tenantId: string, secret: string): Promise<void> {
+export async function requireSecret(db: Db, tenantId: string, secret: string): Promise<void> {
   const row = await db
     .selectFrom("secrets")
     .select("id")
@@ -254,8 +187,64 @@ async function requireSecret(db: Db, tenantId: string, secret: string): Promise<
   }
 }
 
-/** Names of the tenant's live (not archived) agents whose policy names the connection. */
-async function agentsNaming(db: Db, tenantId: string, name: string): Promise<string[]> {
+/**
+ * In one transaction: checks that the secret or OAuth app a connection or MCP server attaches
+ * exists (`unknown_secret`, `unknown_oauth_app`), then creates the row or replaces it.
+ */
+export function putHolder(
+  db: Kysely<Database>,
+  table: NamedTable,
+  row: { tenantId: string; name: string; idPrefix: string; now: number },
+  spec: { secret?: string | undefined; auth: ConnectionAuth },
+): Promise<{ row: NamedRow; created: boolean }> {
+  return db.transaction().execute(async (trx) => {
+    if (spec.secret !== undefined) await requireSecret(trx, row.tenantId, spec.secret);
+    if (spec.auth.type === "oauth") await requireApp(trx, row.tenantId, spec.auth.app);
+    return putNamed(trx, table, { ...row, secret: spec.secret ?? null, spec: JSON.stringify(spec) });
+  });
+}
+
+/**
+ * Deletes the tenant's row `name` of `table` (`what` names its kind in refusals): `not_found` when
+ * there is none, `conflict` while a live agent's policy names it (`names` reads the policy's list).
+ */
+export function deleteUnused(
+  db: Kysely<Database>,
+  table: NamedTable,
+  tenantId: string,
+  name: string,
+  what: string,
+  names: (policy: AgentPolicy) => readonly string[],
+): Promise<NamedRow> {
+  return db.transaction().execute(async (trx) => {
+    const found = await findNamed(trx, table, tenantId, name);
+    if (!found) throw new AppError("not_found", `No ${what} '${name}'.`);
+    const users = await agentsNaming(trx, tenantId, name, names);
+    if (users.length > 0) {
+      throw new AppError(
+        "conflict",
+        `The ${what} '${name}' is in the policy of agent(s) ${users.join(", ")}; it cannot be deleted while they name it.`,
+        { agents: users },
+      );
+    }
+    await trx
+      .deleteFrom(table as "connections")
+      .where("id", "=", found.id)
+      .execute();
+    return found;
+  });
+}
+
+/**
+ * Names of the tenant's live (not archived) agents whose policy names `name` (a connection by
+ * default; `names` reads another list of the policy, such as its MCP servers).
+ */
+export async function agentsNaming(
+  db: Db,
+  tenantId: string,
+  name: string,
+  names: (policy: AgentPolicy) => readonly string[] = (policy) => policy.connections,
+): Promise<string[]> {
   // A cheap prefilter on the JSON text; the parsed policy decides.
   const rows = await db
     .selectFrom("agents")
@@ -265,7 +254,10 @@ async function agentsNaming(db: Db, tenantId: string, name: string): Promise<str
     .where("archived_at", "is", null)
     .execute();
   return rows
-    .filter((r) => (parseAgentDefinition(r.spec).policy?.connections ?? []).includes(name))
+    .filter((r) => {
+      const policy = parseAgentDefinition(r.spec).policy;
+      return policy !== undefined && names(policy).includes(name);
+    })
     .map((r) => r.name)
     .sort();
 }
@@ -284,15 +276,15 @@ export function upstreamLiteralRefusal(url: string, internal: boolean): string |
   return null;
 }
 
-/** Refuses a connection's base URL that upstreamLiteralRefusal refuses. */
-function checkUpstreamLiteral(baseUrl: string, internal: boolean): void {
+/** Refuses a connection's base URL (or an MCP server's URL, under `field`) that upstreamLiteralRefusal refuses. */
+export function checkUpstreamLiteral(baseUrl: string, internal: boolean, field = "base_url"): void {
   const refusal = upstreamLiteralRefusal(baseUrl, internal);
   if (refusal === null) return;
   const message = internal
     ? `the upstream address is ${refusal}, which the bridge never calls`
     : `the upstream address is ${refusal}; set "internal": true for a service on a private network`;
-  throw new AppError("validation_failed", `Invalid request: base_url: ${message}.`, [
-    { path: "base_url", code: "custom", message },
+  throw new AppError("validation_failed", `Invalid request: ${field}: ${message}.`, [
+    { path: field, code: "custom", message },
   ]);
 }
 

@@ -16,6 +16,8 @@ export interface LiveSandbox {
   workerId?: string;
   tenantId: string;
   agentId: string;
+  /** The agent version the run froze (its MCP policy and pins). */
+  agentVersion?: number;
   /** The end user (of the tenant) the run acts for, fixed when it was triggered; null: none. */
   endUser?: string | null;
   /** Records an event on the attempt (bridge.call), through the attempt's own caps and batching. */

@@ -276,6 +276,8 @@ export class Attempt {
         "llm",
         ...(spec.policy?.connections ?? []).map((name) => `bridge:${name}`),
         ...(spec.policy?.agents ?? []).map((entry) => `agent:${agentCallName(entry)}`),
+        // The run's MCP endpoint, when its policy names an MCP server.
+        ...(spec.policy?.mcp?.length ? ["mcp"] : []),
       ],
     };
     const file = join(handle.runtimeDir, "token");
@@ -295,6 +297,7 @@ export class Attempt {
       workerId: this.#in.workerId,
       tenantId,
       agentId,
+      agentVersion: spec.agent_version,
       endUser: this.#in.endUser ?? null,
       record: (event) => this.#queue(event),
       journaled: (spec.retry?.max_attempts ?? 1) > 1,
@@ -354,6 +357,10 @@ export class Attempt {
         PADDOCK_OUTPUTS: OUTPUTS_DIR,
         ...(this.#deps.bridge && handle.address
           ? { PADDOCK_BRIDGE_URL: this.#deps.bridge.url, PADDOCK_TOKEN_FILE: TOKEN_FILE, PADDOCK_SDK: RUNNER_SDK }
+          : {}),
+        // The run's MCP endpoint, when its policy names MCP servers.
+        ...(this.#deps.bridge && handle.address && spec.policy?.mcp?.length
+          ? { PADDOCK_MCP_URL: `${this.#deps.bridge.url}/mcp` }
           : {}),
       },
       heartbeat_ms: this.#deps.heartbeatMs,

@@ -6,13 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { BuiltinAgentEvent, isEvent } from "@paddock/protocol";
-import { build } from "esbuild";
-import { artifactJson } from "../testing/bridge-support.ts";
+import { artifactJson, bundleAgent } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { FLOOD_AGENT, floodResults, type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
@@ -119,23 +115,7 @@ describe("LLM gateway", { skip: e2eSkip(hostSkipReason()) }, () => {
       models: { "claude-test": PRICE.claude, "claude-agent": PRICE.claude },
     });
     await ok("POST", "/v1/credits/grants", { tenant: "default", credits: 1000 });
-    const dir = await mkdtemp(join(tmpdir(), "paddock-sdk-agent-"));
-    try {
-      await writeFile(join(dir, "entry.mjs"), SDK_AGENT);
-      await build({
-        entryPoints: [join(dir, "entry.mjs")],
-        bundle: true,
-        platform: "node",
-        format: "esm",
-        target: "node24",
-        outfile: join(dir, "agent.mjs"),
-        nodePaths: ["../../../../node_modules", "../../node_modules"].map((p) => new URL(p, import.meta.url).pathname),
-        logLevel: "error",
-      });
-      sdkBundle = await readFile(join(dir, "agent.mjs"), "utf8");
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    sdkBundle = await bundleAgent(SDK_AGENT);
   });
   after(async () => {
     await t?.close();

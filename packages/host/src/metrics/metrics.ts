@@ -50,6 +50,7 @@ export class Metrics {
   readonly #sandboxStart: Histogram<"warm">;
   readonly #runDuration: Histogram<"status">;
   readonly #bridge: Histogram<"connection" | "outcome">;
+  readonly #mcp: Histogram<"server" | "outcome">;
   readonly #genaiDuration: Histogram<
     "gen_ai_provider_name" | "gen_ai_request_model" | "gen_ai_operation_name" | "error_type"
   >;
@@ -137,6 +138,13 @@ export class Metrics {
       name: "paddock_bridge_call_duration_seconds",
       help: "Calls through the bridge to connections, by connection and outcome (ok or the refusal's code); _count counts them",
       labelNames: ["connection", "outcome"],
+      buckets: SECONDS,
+      registers,
+    });
+    this.#mcp = new Histogram({
+      name: "paddock_mcp_call_duration_seconds",
+      help: "Requests of runs to MCP servers (tools/call, resources/read, prompts/get), by server and outcome (ok or the error's code); _count counts them",
+      labelNames: ["server", "outcome"],
       buckets: SECONDS,
       registers,
     });
@@ -246,6 +254,11 @@ export class Metrics {
    */
   bridgeCall(connection: string | null, code: string | undefined, ms: number): void {
     this.#bridge.observe({ connection: connection ?? "", outcome: outcome(code) }, ms / 1000);
+  }
+
+  /** A request of a run to an MCP server; `server` null when the run's policy names no such server. */
+  mcpCall(server: string | null, code: string | undefined, ms: number): void {
+    this.#mcp.observe({ server: server ?? "", outcome: outcome(code) }, ms / 1000);
   }
 
   /** A model call through the gateway, as its `llm.call` record says. */

@@ -102,7 +102,7 @@ export class Secrets {
     return toSecret(row);
   }
 
-  /** Deletes a secret no connection uses; `secret_in_use` names the connections that do. */
+  /** Deletes a secret no connection, MCP server or OAuth app uses; `secret_in_use` names those that do. */
   async delete(tenantId: string, name: string): Promise<void> {
     await this.#db.transaction().execute(async (trx) => {
       const users = await trx
@@ -117,6 +117,20 @@ export class Secrets {
           "secret_in_use",
           `The connection(s) ${users.map((u) => `'${u.name}'`).join(", ")} use the secret '${name}'; change or delete them first.`,
           { connections: users.map((u) => u.name) },
+        );
+      }
+      const servers = await trx
+        .selectFrom("mcp_servers")
+        .select("name")
+        .where("tenant_id", "=", tenantId)
+        .where("secret_name", "=", name)
+        .orderBy("name")
+        .execute();
+      if (servers.length > 0) {
+        throw new AppError(
+          "secret_in_use",
+          `The MCP server(s) ${servers.map((u) => `'${u.name}'`).join(", ")} use the secret '${name}'; change or delete them first.`,
+          { mcp_servers: servers.map((u) => u.name) },
         );
       }
       const apps = await trx

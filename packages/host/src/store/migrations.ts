@@ -830,6 +830,34 @@ migrations["0020_run_end_user"] = {
   },
 };
 
+migrations["0021_mcp"] = {
+  // Remote MCP servers of tenants (URL, credential, limits, like connections), and the tool
+  // definitions an agent version's MCP policy was pinned to (JSON, by server and tool).
+  // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+  async up(db: Kysely<any>) {
+    await db.schema
+      .createTable("mcp_servers")
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("name", "text", (c) => c.notNull())
+      .addColumn("secret_name", "text")
+      .addColumn("spec", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("updated_at", "bigint", (c) => c.notNull())
+      .addUniqueConstraint("mcp_servers_tenant_name", ["tenant_id", "name"])
+      .execute();
+    await db.schema
+      .createTable("mcp_pins")
+      .addColumn("agent_id", "text", (c) => c.notNull().references("agents.id"))
+      .addColumn("version", "integer", (c) => c.notNull())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("pins", "text", (c) => c.notNull())
+      .addColumn("updated_at", "bigint", (c) => c.notNull())
+      .addPrimaryKeyConstraint("mcp_pins_pk", ["agent_id", "version"])
+      .execute();
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** The advisory lock that lets one process at a time migrate a PostgreSQL store. */

@@ -255,6 +255,21 @@ export interface ConnectionsTable {
   updated_at: number;
 }
 
+/**
+ * A remote MCP server the host is the client of (see mcp/servers.ts): the same columns as a
+ * connection, its spec the server's definition (URL, auth, headers, limits).
+ */
+export type McpServersTable = ConnectionsTable;
+
+/** The MCP tool definitions an agent version's policy is pinned to (JSON McpPins). */
+export interface McpPinsTable {
+  agent_id: string;
+  version: number;
+  tenant_id: string;
+  pins: string;
+  updated_at: number;
+}
+
 /** A key that signs run tokens. The private half is sealed by the vault. */
 export interface SigningKeysTable {
   kid: string;
@@ -445,6 +460,8 @@ export interface Database {
   env_session_egress: EnvSessionEgressTable;
   secrets: SecretsTable;
   connections: ConnectionsTable;
+  mcp_servers: McpServersTable;
+  mcp_pins: McpPinsTable;
   signing_keys: SigningKeysTable;
   providers: ProvidersTable;
   credit_ledger: CreditLedgerTable;

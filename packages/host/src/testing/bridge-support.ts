@@ -2,11 +2,15 @@
  * What the bridge's end-to-end tests share: a stand-in upstream (a local HTTP server playing an
  * external API such as GitHub) that records every request it gets, and an agent script that
  * makes the calls a test asks for from inside a real sandbox and writes what it got back to
- * /outputs/result.json.
+ * /outputs/result.json; and agent scripts bundled with the official clients they import.
  */
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import zlib from "node:zlib";
+import { build } from "esbuild";
 import type { TestHost } from "./harness.ts";
 
 export interface SeenRequest {
@@ -144,4 +148,28 @@ export async function artifactJson(t: TestHost, runId: string, path: string, key
   if (!found) throw new Error(`run ${runId} has no artifact ${path}: ${JSON.stringify(list.body)}`);
   const res = await t.api("GET", `/v1/runs/${runId}/artifacts/${found.id}/content`, undefined, key);
   return typeof res.body === "string" ? JSON.parse(res.body) : res.body;
+}
+
+/**
+ * `source` (an ES module importing official clients from this checkout's node_modules) bundled
+ * into one file an agent's sandbox runs with the runner's node.
+ */
+export async function bundleAgent(source: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "paddock-agent-bundle-"));
+  try {
+    await writeFile(join(dir, "entry.mjs"), source);
+    await build({
+      entryPoints: [join(dir, "entry.mjs")],
+      bundle: true,
+      platform: "node",
+      format: "esm",
+      target: "node24",
+      outfile: join(dir, "agent.mjs"),
+      nodePaths: ["../../../../node_modules", "../../node_modules"].map((p) => new URL(p, import.meta.url).pathname),
+      logLevel: "error",
+    });
+    return await readFile(join(dir, "agent.mjs"), "utf8");
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }

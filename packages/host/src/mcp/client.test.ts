@@ -1,0 +1,90 @@
+/**
+ * The host's MCP client against the SDK-built stand-in: both transports, one initialize per pooled
+ * connection, the credential attached, and each way a server misbehaves as its registered code.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { AppError } from "@paddock/protocol";
+import { type McpStandIn, startMcpStandIn } from "../testing/mcp-stand-in.ts";
+import { McpClients } from "./client.ts";
+import type { HostMcpServer } from "./servers.ts";
+
+const credential = { headers: { authorization: "Bearer s3cret" }, query: "" };
+
+function serverAt(url: string, extra: Partial<HostMcpServer> = {}): HostMcpServer {
+  return {
+    id: `mcp_${Math.random()}`,
+    tenantId: "t",
+    name: "standin",
+    url,
+    secret: "key",
+    auth: { type: "bearer" },
+    headers: {},
+    internal: true,
+    timeoutMs: 5000,
+    rateLimit: null,
+    updatedAt: 1,
+    ...extra,
+  };
+}
+
+const rejectsWith = (promise: Promise<unknown>, code: string) =>
+  assert.rejects(promise, (err: unknown) => err instanceof AppError && err.code === code);
+
+describe("McpClients", () => {
+  let standIn: McpStandIn;
+  let legacy: McpStandIn;
+  const clients = new McpClients({ maxResultBytes: 64 * 1024 });
+
+  before(async () => {
+    standIn = await startMcpStandIn();
+    legacy = await startMcpStandIn({ legacy: true });
+  });
+  after(async () => {
+    await clients.close();
+    await standIn.close();
+    await legacy.close();
+  });
+
+  for (const kind of ["streamable HTTP", "HTTP+SSE"]) {
+    it(`lists and calls tools over ${kind} with the credential attached`, async () => {
+      const target = kind === "HTTP+SSE" ? legacy : standIn;
+      const server = serverAt(target.url);
+      const tools = await clients.tools(server, credential);
+      assert.ok(
+        tools.some((t) => t.name === "create_issue" && (t.input_schema.required as string[]).includes("title")),
+      );
+      const answer = await clients.callTool(server, credential, "echo", { text: "hi" });
+      const text = (answer.result.content as { text: string }[])[0]?.text ?? "";
+      assert.deepEqual(JSON.parse(text), { tool: "echo", args: { text: "hi" }, credential: "Bearer s3cret" });
+      assert.ok(answer.bytes > 0);
+    });
+  }
+
+  it("refuses a private address for a server that is not internal", async () => {
+    await rejectsWith(clients.tools(serverAt(standIn.url, { internal: false }), credential), "upstream_refused");
+  });
+
+  it("answers each misbehaviour with its code", async () => {
+    const server = serverAt(standIn.url, { timeoutMs: 500 });
+    await rejectsWith(clients.callTool(server, credential, "slow", { ms: 2000 }), "mcp_server_timeout");
+    await rejectsWith(clients.callTool(server, credential, "big", { bytes: 100_000 }), "mcp_result_too_large");
+    await rejectsWith(clients.callTool(server, credential, "ask_model", {}), "mcp_unsupported_request");
+    await rejectsWith(clients.callTool(server, credential, "ask_user", {}), "mcp_unsupported_request");
+    standIn.setMode("malformed");
+    try {
+      await rejectsWith(clients.callTool(server, credential, "echo", {}), "mcp_server_error");
+    } finally {
+      standIn.setMode("normal");
+    }
+    standIn.setMode("down");
+    try {
+      await rejectsWith(clients.callTool(serverAt(standIn.url), credential, "echo", {}), "mcp_server_unavailable");
+    } finally {
+      standIn.setMode("normal");
+    }
+    // Still usable afterwards.
+    const answer = await clients.callTool(server, credential, "echo", { n: 1 });
+    assert.equal(answer.result.isError, undefined);
+  });
+});
