@@ -133,3 +133,14 @@ export async function follow(
   }
   throw new Error(`event stream of ${runId} ended early`);
 }
+
+/** A JSON file the run left in /outputs, read through the artifacts API. */
+export async function artifactJson<T>(b: BenchHost, runId: string, path: string): Promise<T> {
+  const artifacts = await b.api<{ data: { id: string; path: string }[] }>("GET", `/v1/runs/${runId}/artifacts`);
+  const file = artifacts.data.find((a) => a.path === path);
+  if (!file) throw new Error(`the run ${runId} left no ${path}`);
+  const content = await fetch(`${b.host.url}/v1/runs/${runId}/artifacts/${file.id}/content`, {
+    headers: { authorization: `Bearer ${b.host.adminKey}` },
+  });
+  return content.json() as Promise<T>;
+}

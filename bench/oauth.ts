@@ -18,7 +18,7 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { type OidcStandIn, startOidcStandIn } from "../packages/host/src/testing/oidc-stand-in.ts";
-import { type BenchHost, follow, now, startBenchHost, TIMED_BRIDGE_GET } from "./bench-host.ts";
+import { artifactJson, type BenchHost, follow, now, startBenchHost, TIMED_BRIDGE_GET } from "./bench-host.ts";
 import { type Dist, dist } from "./stats.ts";
 
 export interface OAuthBenchOptions {
@@ -105,7 +105,11 @@ export async function oauthBench(opts: OAuthBenchOptions): Promise<OAuthBenchRes
     const run = await b.api("POST", `/v1/agents/${agent.id}/runs`, { end_user: END_USER });
     const ended = await follow(b.host.url, b.host.adminKey as string, run.id, now());
     if (ended.status !== "succeeded") throw new Error(`bench oauth: the run ${ended.status}`);
-    const samples = await latencies(b, run.id);
+    const samples = await artifactJson<Record<"static_secret" | "oauth_fresh" | "refresh", number[]>>(
+      b,
+      run.id,
+      "latency.json",
+    );
     const events = await b.api<{ data: { type: string; data: { ms: number; app: string } }[] }>(
       "GET",
       `/v1/runs/${run.id}/events?types=account.refreshed&limit=1000`,
@@ -147,18 +151,4 @@ async function connectAccount(b: BenchHost, idp: OidcStandIn, app: string): Prom
   const back = await idp.authorize(opened.headers.get("location") ?? "", { login: END_USER });
   const landed = await fetch(back, { redirect: "manual" });
   if (landed.status !== 200) throw new Error(`bench oauth: connecting at ${app} answered ${landed.status}`);
-}
-
-/** The run's latency.json. */
-async function latencies(
-  b: BenchHost,
-  runId: string,
-): Promise<Record<"static_secret" | "oauth_fresh" | "refresh", number[]>> {
-  const artifacts = await b.api<{ data: { id: string; path: string }[] }>("GET", `/v1/runs/${runId}/artifacts`);
-  const file = artifacts.data.find((a) => a.path === "latency.json");
-  if (!file) throw new Error("bench oauth: the run left no latency.json");
-  const content = await fetch(`${b.host.url}/v1/runs/${runId}/artifacts/${file.id}/content`, {
-    headers: { authorization: `Bearer ${b.host.adminKey}` },
-  });
-  return content.json() as Promise<Record<"static_secret" | "oauth_fresh" | "refresh", number[]>>;
 }

@@ -97,6 +97,12 @@ export interface RunningHost {
   runDir: string;
   /** The bridge as sandboxes reach it (the host side of their links). */
   bridgeUrl: string;
+  /**
+   * Lets this host's sandboxes reach `port` on the host side of their links, as they reach the
+   * bridge. Only benchmarks use it, to measure a call straight to a server beside the same call
+   * through the host.
+   */
+  openToSandboxes(port: number): Promise<void>;
   /** The tenants' secrets; `reveal` is for host-side code such as the bridge, never for an API answer. */
   secrets: Secrets;
   /** Cron schedules (tests drive `tick` with their own clock). */
@@ -668,6 +674,7 @@ export async function startHost(input: HostConfigInput): Promise<RunningHost> {
       driver,
       runDir,
       bridgeUrl: services.bridgeUrl ?? "",
+      openToSandboxes: (port) => network.allowPort(port),
       secrets: services.secrets,
       scheduler,
       tracing: services.tracing,

@@ -10,6 +10,7 @@ const SCENARIOS = [
   "cluster",
   "density",
   "gateway",
+  "mcp",
   "notifications",
   "oauth",
   "queue",
@@ -50,6 +51,9 @@ Scenarios:
           chat completions, direct to a local stand-in provider and through the gateway with
           metering, interleaved over the same link), to the first chunk of a stream, and what
           tracing and metrics add to a call (the gateway with them off and on, side by side, N×10 rounds)
+  mcp     what the host adds to an MCP tools/call: N×100 pairs of calls from one run, interleaved,
+          through the run's MCP endpoint (checked, forwarded with the server's secret, recorded) and
+          straight to the same stand-in MCP server over the same link (p50 target +2 ms)
   notifications  how soon a notification leaves after its event: from a run's terminal event to
           its signed delivery's arrival at an endpoint on loopback (N runs one at a time, then N
           at once), beside the target (p50 under 1 s)
@@ -178,6 +182,16 @@ Options:
         imagesDir: join(dataDirOf(values, ctx), "images"),
         runs: Math.max(runs, 1),
         progress: (line) => ctx.err(`bench notifications: ${line}`),
+      });
+      ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
+      return 0;
+    }
+    if (scenario === "mcp") {
+      const { mcpBench } = await import("../../../../bench/mcp.ts");
+      const result = await mcpBench({
+        imagesDir: join(dataDirOf(values, ctx), "images"),
+        pairs: Math.max(runs, 1) * 100,
+        progress: (line) => ctx.err(`bench mcp: ${line}`),
       });
       ctx.out(values.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
       return 0;

@@ -25,6 +25,8 @@ export interface McpStandInOptions {
   accept?: (credential: string | null) => boolean | Promise<boolean>;
   /** Answer POSTs with plain JSON instead of an event stream (then the server cannot send requests mid-call). */
   json?: boolean;
+  /** The address to listen on (default 127.0.0.1). */
+  host?: string;
   /** Serve the older HTTP+SSE transport (GET url opens the stream, POST url?sessionId= sends) instead. */
   legacy?: boolean;
 }
@@ -74,7 +76,7 @@ interface Session {
   tools: Map<string, RegisteredTool>;
 }
 
-/** Starts the stand-in on 127.0.0.1 at a free port. */
+/** Starts the stand-in on `host` (default 127.0.0.1) at a free port. */
 export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<McpStandIn> {
   const credentialHeader = (options.credentialHeader ?? "authorization").toLowerCase();
   const descriptions = new Map<string, string>(Object.entries(MCP_STAND_IN_TOOLS));
@@ -272,10 +274,11 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
       else res.destroy();
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const host = options.host ?? "127.0.0.1";
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
   const { port } = server.address() as AddressInfo;
   return {
-    url: `http://127.0.0.1:${port}/mcp`,
+    url: `http://${host}:${port}/mcp`,
     calls: (tool) => counts.get(tool) ?? 0,
     seen,
     setDescription(tool, text) {
