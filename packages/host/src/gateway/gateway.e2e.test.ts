@@ -12,6 +12,7 @@ import { artifactJson, bundleAgent } from "../testing/bridge-support.ts";
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runAgent, startTestHost, type TestHost, uniqueName } from "../testing/harness.ts";
 import { FLOOD_AGENT, floodResults, type LlmStandIn, startLlmStandIn } from "../testing/llm-stand-in.ts";
+import { startMcpStandIn } from "../testing/mcp-stand-in.ts";
 
 const OPENAI_KEY = `sk-${randomBytes(20).toString("hex")}`;
 const ANTHROPIC_KEY = `sk-ant-${randomBytes(20).toString("hex")}`;
@@ -405,6 +406,66 @@ describe("LLM gateway", { skip: e2eSkip(hostSkipReason()) }, () => {
       );
       const bill = (await t.api("GET", `/v1/runs/${run.id}/credits`)).body;
       assert.equal(bill.calls.filter((c: { status: string }) => c.status === "settled").length, 4);
+    });
+  }
+
+  for (const model of ["gpt-agent", "claude-agent"]) {
+    test(`the built-in agent calls a tool of its run's MCP server and finishes (${model})`, async () => {
+      const server = await startMcpStandIn();
+      try {
+        const secret = `mcp-${randomBytes(16).toString("hex")}`;
+        const name = uniqueName("mcp").replaceAll("-", "");
+        assert.ok((await t.api("PUT", `/v1/secrets/${name}-key`, { value: secret })).status < 300);
+        const put = await t.api("PUT", `/v1/mcp-servers/${name}`, {
+          url: server.url,
+          secret: `${name}-key`,
+          auth: { type: "bearer" },
+          internal: true,
+        });
+        assert.ok(put.status < 300, JSON.stringify(put.body));
+        const tool = `${name}__echo`;
+        stand.script(model, [
+          { tools: [{ id: "m1", name: tool, arguments: { text: "hello from the model" } }] },
+          { tools: [{ id: "m2", name: "finish", arguments: { summary: "The server echoed." } }] },
+        ]);
+        const seenBefore = stand.seen.length;
+        const { run, events } = await runAgent(
+          t,
+          {
+            name: uniqueName("builtin-mcp"),
+            instructions: "Echo a greeting through the MCP server.",
+            model,
+            tools: ["finish"],
+            max_steps: 4,
+            policy: { mcp: [{ server: name, tools: ["echo", "search_*"] }] },
+          },
+          { task: "echo" },
+        );
+        assert.equal(run.status, "succeeded", JSON.stringify(events.slice(-6)));
+        // The model was offered the allowed, pinned tools beside its own, and nothing else.
+        const first = stand.seen[seenBefore]?.body as { tools: Record<string, unknown>[] };
+        const offered = first.tools.map((t) => String(t.name ?? (t.function as { name: string }).name)).sort();
+        assert.deepEqual(offered, ["finish", `${name}__echo`, `${name}__search_issues`, `${name}__search_users`]);
+        const steps = events.filter(isEvent("user")).map((e) => BuiltinAgentEvent.parse(e.data));
+        const results = steps.flatMap((u) => (u.type === "tool.result" ? [u.data] : []));
+        assert.equal(results[0]?.name, tool);
+        assert.equal(results[0]?.ok, true);
+        assert.match(results[0]?.output ?? "", /hello from the model/);
+        // The host attached the server's credential; the sandbox, its events and the model never saw it.
+        assert.deepEqual(
+          server.seen.map((c) => [c.tool, c.credential]),
+          [["echo", `Bearer ${secret}`]],
+        );
+        assert.ok(!JSON.stringify(events).includes(secret));
+        assert.ok(!JSON.stringify(stand.seen.slice(seenBefore)).includes(secret));
+        const mcpCalls = events.filter(isEvent("mcp.call"));
+        assert.equal(mcpCalls.length, 1);
+        assert.equal(mcpCalls[0]?.data.tool, "echo");
+        // The model saw the tool's result in its next request.
+        assert.ok(JSON.stringify(stand.seen.at(-1)?.body).includes("hello from the model"));
+      } finally {
+        await server.close();
+      }
     });
   }
 
