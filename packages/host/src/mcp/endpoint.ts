@@ -560,14 +560,23 @@ export class McpEndpoint implements ChannelRoute {
    * `found` then holds the new credential.
    */
   async #authed<T>(sandbox: LiveSandbox, found: Found, work: (credential: McpCredential) => Promise<T>): Promise<T> {
+    const needles = found.needles;
     try {
-      return await work(found.credential);
+      try {
+        return await work(found.credential);
+      } catch (err) {
+        const refused = err instanceof AppError && (err.details as { status?: unknown } | undefined)?.status === 401;
+        if (!refused || found.server.auth.type !== "oauth") throw err;
+        const stale = found.credential.headers.authorization?.replace(/^Bearer /, "");
+        Object.assign(found, await this.#deps.mcp.credential(sandbox, found.server, stale));
+        return await work(found.credential);
+      }
     } catch (err) {
-      const refused = err instanceof AppError && (err.details as { status?: unknown } | undefined)?.status === 401;
-      if (!refused || found.server.auth.type !== "oauth") throw err;
-      const stale = found.credential.headers.authorization?.replace(/^Bearer /, "");
-      Object.assign(found, await this.#deps.mcp.credential(sandbox, found.server, stale));
-      return work(found.credential);
+      // A server's error message may quote the credential (either one, after a refresh).
+      if (!(err instanceof AppError)) throw err;
+      const all = [...needles, ...found.needles];
+      const message = redactText(err.message, all);
+      throw message === err.message ? err : new AppError(err.code, message, err.details);
     }
   }
 
@@ -641,13 +650,14 @@ export class McpEndpoint implements ChannelRoute {
   }
 }
 
-/** `value` with every string's spellings of the credential replaced. */
+/** `value` with every string's (and every key's) spellings of the credential replaced. */
 function redactDeep(value: unknown, needles: readonly Buffer[]): unknown {
   if (needles.length === 0) return value;
   if (typeof value === "string") return redactText(value, needles);
   if (Array.isArray(value)) return value.map((v) => redactDeep(v, needles));
   if (value !== null && typeof value === "object") {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, redactDeep(v, needles)]));
+    // Keys too: a server may echo the credential as one.
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [redactText(k, needles), redactDeep(v, needles)]));
   }
   return value;
 }

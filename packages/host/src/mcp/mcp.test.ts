@@ -346,6 +346,31 @@ describe("a run's MCP endpoint", () => {
     assert.deepEqual(JSON.parse(text(result)).args, { n: 3 });
   });
 
+  test("a server quoting the credential in an error or as a key hands it neither to the sandbox nor to events", async () => {
+    const client = await connect();
+    standIn.setMode("leaky");
+    let message = "";
+    try {
+      await assert.rejects(client.callTool({ name: "standin__echo", arguments: { n: 4 } }), (err: unknown) => {
+        message = String((err as Error).message);
+        return true;
+      });
+    } finally {
+      standIn.setMode("normal");
+    }
+    assert.match(message, /Refused the credential/);
+    assert.ok(!message.includes(SECRET), message);
+    standIn.setMode("leaky-keys");
+    let result: unknown;
+    try {
+      result = await client.callTool({ name: "standin__echo", arguments: { n: 5 } });
+    } finally {
+      standIn.setMode("normal");
+    }
+    assert.ok(!JSON.stringify(result).includes(SECRET), JSON.stringify(result));
+    assert.ok(!JSON.stringify(events).includes(SECRET), "no event holds the credential");
+  });
+
   test("resources and prompts are listed and read when the policy allows them", async () => {
     const client = await connect();
     const { resources } = await client.listResources();

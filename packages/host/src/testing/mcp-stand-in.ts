@@ -6,7 +6,7 @@
  * description between runs; a slow tool, a tool with a required-argument schema, a tool answering
  * `bytes` bytes, tools that send the client a sampling or elicitation request, a resource and a
  * prompt. Bad behaviour on demand: `setMode("malformed")` answers tools/call with broken JSON-RPC,
- * `setMode("down")` drops every connection; `accept` answers 401 to the credentials it refuses.
+ * `setMode("down")` drops every connection, `leaky` and `leaky-keys` quote the credential back; `accept` answers 401 to the credentials it refuses.
  * Used by tests and by `paddock bench mcp`.
  */
 import { randomUUID } from "node:crypto";
@@ -29,8 +29,12 @@ export interface McpStandInOptions {
   legacy?: boolean;
 }
 
-/** How the stand-in misbehaves: `malformed` answers tools/call with broken JSON-RPC; `down` drops every connection. */
-export type McpStandInMode = "normal" | "malformed" | "down";
+/**
+ * How the stand-in misbehaves: `malformed` answers tools/call with broken JSON-RPC; `down` drops
+ * every connection; `leaky` answers tools/call with a JSON-RPC error whose message quotes the
+ * credential, and `leaky-keys` with a result that holds the credential as an object key.
+ */
+export type McpStandInMode = "normal" | "malformed" | "down" | "leaky" | "leaky-keys";
 
 /** One tool call the stand-in served. */
 export interface SeenMcpCall {
@@ -223,6 +227,16 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
       if (mode === "malformed" && message.method === "tools/call") {
         res.writeHead(200, { "content-type": "application/json" });
         res.end('{"jsonrpc":"2.0","id":');
+        return;
+      }
+      if ((mode === "leaky" || mode === "leaky-keys") && message.method === "tools/call") {
+        const credential = credentialOf(req.headers) ?? "";
+        const answer =
+          mode === "leaky"
+            ? { error: { code: -32603, message: `Refused the credential ${credential}` } }
+            : { result: { content: [{ type: "text", text: "ok" }], structuredContent: { [credential]: true } } };
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ jsonrpc: "2.0", id: message.id, ...answer }));
         return;
       }
     }
