@@ -47,7 +47,10 @@ export interface McpClientsOptions {
   resolve?: (host: string) => Promise<string[]>;
   /** The largest answer passed on (default 4 MiB): past it, `mcp_result_too_large`. */
   maxResultBytes?: number;
-  /** How long a server's tool list is reused for calls (default 10 s); listing always reads it anew. */
+  /**
+   * How long a server's tool list is reused for runs' listings and calls (default 10 s), so a
+   * sandbox cannot make the host list a server's tools at every request; pinning reads it anew.
+   */
   toolsTtlMs?: number;
   /** How long an unused connection stays open (default 5 min). */
   idleMs?: number;
@@ -61,6 +64,8 @@ interface Entry {
   ready: Promise<Client>;
   client: Client | null;
   tools: { list: McpToolDefinition[]; at: number } | null;
+  /** The listing in flight, which concurrent readers of the list share. */
+  listing: Promise<McpToolDefinition[]> | null;
   /** Calls in flight, stopped together when the server misbehaves on the connection. */
   inflight: Set<AbortController>;
   lastUsed: number;
@@ -132,6 +137,17 @@ export class McpClients {
   async tools(server: HostMcpServer, credential: McpCredential, fresh = true): Promise<McpToolDefinition[]> {
     const entry = this.#entry(server, credential);
     if (!fresh && entry.tools && Date.now() - entry.tools.at < this.#toolsTtlMs) return entry.tools.list;
+    if (!fresh && entry.listing) return entry.listing;
+    const listing = this.#list(server, entry);
+    entry.listing = listing;
+    try {
+      return await listing;
+    } finally {
+      if (entry.listing === listing) entry.listing = null;
+    }
+  }
+
+  async #list(server: HostMcpServer, entry: Entry): Promise<McpToolDefinition[]> {
     const list: McpToolDefinition[] = [];
     await this.#use(server, entry, async (client, signal) => {
       let cursor: string | undefined;
@@ -224,7 +240,14 @@ export class McpClients {
       if (oldest.done) break;
       this.#drop(oldest.value);
     }
-    const state: Omit<Entry, "ready"> = { key, client: null, tools: null, inflight: new Set(), lastUsed: Date.now() };
+    const state: Omit<Entry, "ready"> = {
+      key,
+      client: null,
+      tools: null,
+      listing: null,
+      inflight: new Set(),
+      lastUsed: Date.now(),
+    };
     const entry: Entry = Object.assign(state, { ready: this.#connect(server, credential, state) });
     entry.ready.catch(() => this.#drop(entry));
     this.#pool.set(key, entry);

@@ -227,7 +227,8 @@ export class McpEndpoint implements ChannelRoute {
         const started = performance.now();
         try {
           const found = await this.#server(sandbox, name);
-          const live = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(found.server, c));
+          // At most toolsTtlMs old, as for calls: a sandbox listing in a loop does not list at the server each time.
+          const live = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(found.server, c, false));
           return live
             .filter((tool) => allowed.pins[tool.name]?.sha256 === toolHash(tool))
             .map((tool) => ({

@@ -371,6 +371,14 @@ describe("a run's MCP endpoint", () => {
     assert.ok(!JSON.stringify(events).includes(SECRET), "no event holds the credential");
   });
 
+  test("a sandbox listing tools again and again does not make the host list them at the server each time", async () => {
+    const client = await connect();
+    await client.listTools();
+    const before = standIn.lists();
+    await Promise.all(Array.from({ length: 20 }, () => client.listTools()));
+    assert.ok(standIn.lists() - before <= 1, `${standIn.lists() - before} listings at the server`);
+  });
+
   test("resources and prompts are listed and read when the policy allows them", async () => {
     const client = await connect();
     const { resources } = await client.listResources();

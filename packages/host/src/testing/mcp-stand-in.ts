@@ -49,6 +49,8 @@ export interface McpStandIn {
   url: string;
   /** Calls of `tool` served so far. */
   calls(tool: string): number;
+  /** tools/list requests received so far. */
+  lists(): number;
   /** Every tool call served, in order. */
   seen: SeenMcpCall[];
   /** Changes a tool's description (sessions open now are told the list changed). */
@@ -89,6 +91,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
   const streamable = new Map<string, StreamableHTTPServerTransport>();
   const legacy = new Map<string, SSEServerTransport>();
   let mode: McpStandInMode = "normal";
+  let lists = 0;
 
   const credentialOf = (headers: Record<string, string | string[] | undefined> | undefined): string | null => {
     const value = headers?.[credentialHeader];
@@ -224,6 +227,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
         return;
       }
       const message = body as { method?: string; id?: unknown };
+      if (message.method === "tools/list") lists++;
       if (mode === "malformed" && message.method === "tools/call") {
         res.writeHead(200, { "content-type": "application/json" });
         res.end('{"jsonrpc":"2.0","id":');
@@ -291,6 +295,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
   return {
     url: `http://127.0.0.1:${port}/mcp`,
     calls: (tool) => counts.get(tool) ?? 0,
+    lists: () => lists,
     seen,
     setDescription(tool, text) {
       descriptions.set(tool, text);
