@@ -2,8 +2,9 @@
  * A run's MCP endpoint, `$PADDOCK_BRIDGE_URL/mcp`: one streamable HTTP MCP server per run that
  * offers the pinned, allowed tools of every MCP server its agent's policy names, each named
  * `SERVER__TOOL` (MCP_TOOL_SEPARATOR), and forwards calls with the host's credential attached.
- * It answers POSTs of single JSON-RPC messages with plain JSON (no session, no event stream);
- * GET and DELETE are 405.
+ * It answers POSTs of single JSON-RPC messages with plain JSON (no session), except that a call
+ * waiting for a person's approval is answered on an event stream when the client accepts one (see
+ * RpcReply); GET and DELETE are 405.
  *
  * Threat model: the caller is a sandbox running hostile code with one run token. It must not
  * reach a server or tool its policy does not name, a tool whose definition changed since it was
@@ -64,6 +65,8 @@ export interface McpEndpointDeps {
   tracing?: Tracing | null;
   /** Where each request's server, outcome and latency are reported. */
   metrics?: Pick<Metrics, "mcpCall">;
+  /** How often a call waiting for approval on an event stream is kept alive (default 15 s). */
+  keepAliveMs?: number;
   log: (line: string) => void;
 }
 
@@ -71,6 +74,8 @@ export interface McpEndpointDeps {
 const MAX_MESSAGE_BYTES = 1024 * 1024;
 /** How much of arguments and answers an `mcp.call` event shows. */
 const PREVIEW_CHARS = 512;
+/** How long past its approval's own timeout a held call's stream stays open (the expiry sweep's slack). */
+const EXPIRY_SLACK_MS = 10_000;
 
 /** One server of the run's policy, as the endpoint uses it. */
 interface RunServer {
@@ -146,6 +151,7 @@ export class McpEndpoint implements ChannelRoute {
       return;
     }
     let id: string | number | null = null;
+    const reply = new RpcReply(res, String(req.headers.accept ?? "").includes("text/event-stream"));
     try {
       let parsed: unknown;
       try {
@@ -163,20 +169,22 @@ export class McpEndpoint implements ChannelRoute {
         res.writeHead(202).end();
         return;
       }
-      const result = await this.#dispatch(req, res, sandbox, message.data);
-      sendRpc(res, `{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":${result}}`);
+      const result = await this.#dispatch(req, reply, sandbox, message.data);
+      reply.send(`{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":${result}}`);
     } catch (err) {
       const refusal = Refusal.from(err);
       if (refusal.code === "internal") this.#deps.log(`mcp: ${err instanceof Error ? err.stack : String(err)}`);
-      // A call waiting for approval is answered 503 with the approval to wait on, as bridge calls
-      // are: clients that wait (the runner's SDK, the built-in agent) send it again.
+      // A call still waiting for approval is answered 503 with the approval to wait on, as bridge
+      // calls are: clients that wait (the runner's SDK, the built-in agent) send it again.
       const waiting = refusal.code === "approval_pending";
-      if (!res.headersSent) sendRpc(res, rpcError(id, refusal), waiting ? 503 : 200, waiting ? refusal.headers : {});
+      reply.send(rpcError(id, refusal), waiting ? 503 : 200, waiting ? refusal.headers : {});
+    } finally {
+      reply.close();
     }
   }
 
   /** The result of one request, as JSON text. */
-  async #dispatch(req: IncomingMessage, res: ServerResponse, sandbox: LiveSandbox, message: Message): Promise<string> {
+  async #dispatch(req: IncomingMessage, reply: RpcReply, sandbox: LiveSandbox, message: Message): Promise<string> {
     const params = message.params ?? {};
     switch (message.method) {
       case "initialize":
@@ -186,7 +194,7 @@ export class McpEndpoint implements ChannelRoute {
       case "tools/list":
         return JSON.stringify({ tools: await this.#listTools(sandbox) });
       case "tools/call":
-        return this.#callTool(req, res, sandbox, params);
+        return this.#callTool(req, reply, sandbox, params);
       case "resources/list":
         return JSON.stringify(await this.#listResources(sandbox));
       case "resources/read":
@@ -257,7 +265,7 @@ export class McpEndpoint implements ChannelRoute {
 
   async #callTool(
     req: IncomingMessage,
-    res: ServerResponse,
+    reply: RpcReply,
     sandbox: LiveSandbox,
     params: Record<string, unknown>,
   ): Promise<string> {
@@ -335,7 +343,18 @@ export class McpEndpoint implements ChannelRoute {
           throw new Refusal("mcp_tool_not_allowed", "This host cannot hold MCP calls for approval.");
         }
         const { tools: _globs, ...rule } = allowed.entry.approval;
+        // A client that takes an event stream (the official SDK's) waits on one until the decision,
+        // kept alive (with progress notifications when it asked for them); any other is told to ask again.
+        if (reply.streams) {
+          const meta = params._meta as { progressToken?: unknown } | undefined;
+          const token = meta?.progressToken;
+          reply.wait(
+            this.#deps.keepAliveMs ?? 15_000,
+            typeof token === "string" || typeof token === "number" ? token : null,
+          );
+        }
         const outcome = await approvals.hold({
+          ...(reply.streams ? { holdMs: rule.timeout_s * 1000 + EXPIRY_SLACK_MS } : {}),
           sandbox,
           kind: "mcp",
           target: serverName,
@@ -354,7 +373,7 @@ export class McpEndpoint implements ChannelRoute {
           held: { server: serverName, tool, url: server.url },
           body,
           takeStep: () => takeStep(sandbox, req, kind),
-          res,
+          res: reply.res,
           asked: approvalAsked(req),
         });
         if ("replay" in outcome) {
@@ -684,7 +703,60 @@ function rpcError(id: string | number | null, refusal: Refusal): string {
   return JSON.stringify({ jsonrpc: "2.0", id, error });
 }
 
-function sendRpc(res: ServerResponse, body: string, status = 200, headers: Record<string, string> = {}): void {
-  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), ...headers });
-  res.end(body);
+/**
+ * The answer to one request: a JSON body, or once `wait` was called an event stream that carries
+ * keep-alive comments (and progress notifications for a caller's progress token) until the answer.
+ */
+class RpcReply {
+  readonly res: ServerResponse;
+  /** Whether the caller accepts an event stream. */
+  readonly streams: boolean;
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(res: ServerResponse, streams: boolean) {
+    this.res = res;
+    this.streams = streams;
+  }
+
+  /** Opens the event stream and writes to it every `everyMs` until the answer. */
+  wait(everyMs: number, progressToken: string | number | null): void {
+    if (this.res.headersSent) return;
+    this.res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    this.res.flushHeaders();
+    let progress = 0;
+    this.#timer = setInterval(() => {
+      if (this.res.writableEnded || this.res.destroyed) return;
+      progress++;
+      const note =
+        progressToken === null
+          ? null
+          : JSON.stringify({
+              jsonrpc: "2.0",
+              method: "notifications/progress",
+              params: { progressToken, progress, message: "Waiting for a person's approval." },
+            });
+      this.res.write(note === null ? ": waiting for approval\n\n" : `event: message\ndata: ${note}\n\n`);
+    }, everyMs);
+  }
+
+  send(body: string, status = 200, headers: Record<string, string> = {}): void {
+    const { res } = this;
+    if (res.writableEnded || res.destroyed) return;
+    if (res.headersSent) {
+      this.close();
+      res.end(`event: message\ndata: ${body}\n\n`);
+      return;
+    }
+    res.writeHead(status, {
+      "content-type": "application/json",
+      "content-length": Buffer.byteLength(body),
+      ...headers,
+    });
+    res.end(body);
+  }
+
+  close(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+  }
 }

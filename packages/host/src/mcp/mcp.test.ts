@@ -11,6 +11,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import type { McpError } from "@modelcontextprotocol/sdk/types.js";
 import { AppError, Limits, type McpPolicyEntry } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import { ApprovalLinks, Approvals } from "../bridge/approvals.ts";
 import { Bridge } from "../bridge/bridge.ts";
 import { Connections } from "../bridge/connections.ts";
 import { LiveSandboxes } from "../bridge/live.ts";
@@ -18,13 +19,14 @@ import { TokenBucket } from "../bridge/rate-limit.ts";
 import { type RunTokenClaims, RunTokens } from "../bridge/tokens.ts";
 import { Secrets } from "../secrets/secrets.ts";
 import { parseMasterKey, Vault } from "../secrets/vault.ts";
-import type { NewEvent } from "../store/event-log.ts";
+import { ApprovalStore } from "../store/approvals.ts";
+import { EventLog, type NewEvent } from "../store/event-log.ts";
 import { newId } from "../store/ids.ts";
 import { Journal } from "../store/journal.ts";
 import type { Database } from "../store/schema.ts";
 import { type McpStandIn, startMcpStandIn } from "../testing/mcp-stand-in.ts";
 import { forEachStore, sqliteStore } from "../testing/stores.ts";
-import { seedAgent } from "../testing/test-store.ts";
+import { runRow, seedAgent } from "../testing/test-store.ts";
 import { McpClients } from "./client.ts";
 import { McpEndpoint } from "./endpoint.ts";
 import { readPins, writePins } from "./pins.ts";
@@ -191,6 +193,9 @@ describe("a run's MCP endpoint", () => {
   const events: NewEvent[] = [];
   const clients: Client[] = [];
   let grant: RunTokenClaims;
+  let approvals: Approvals;
+  /** How long the host holds a call waiting for approval before a client that cannot wait is told to ask again. */
+  const HOLD_MS = 200;
 
   /** Lists the "sandbox" for `attempt` and connects the official client with its token. */
   let listed = "";
@@ -235,7 +240,11 @@ describe("a run's MCP endpoint", () => {
       timeout_ms: 1500,
     } as never);
     const policy = [
-      entry(["echo", "search_*", "create_issue", "slow", "big", "ask_model"], { resources: true, prompts: true }),
+      entry(["echo", "search_*", "create_issue", "slow", "big", "ask_model", "merge_pr"], {
+        resources: true,
+        prompts: true,
+        approval: { tools: ["merge_*"], timeout_s: 60, approvers: ["tenant"], max_pending: 10 },
+      }),
     ];
     await agentWith(opened.db, tenant, agent, policy);
     await writePins(opened.db, { agentId: agent, version: 1, tenantId: tenant }, await env.mcp.pin(tenant, policy));
@@ -243,7 +252,26 @@ describe("a run's MCP endpoint", () => {
     await tokens.start();
     const rateLimits = new TokenBucket();
     const journal = new Journal(opened.db);
-    const endpoint = new McpEndpoint({ db: opened.db, mcp: env.mcp, rateLimits, journal, log: () => {} });
+    const events = new EventLog(opened.db);
+    approvals = new Approvals(
+      {
+        db: opened.db,
+        store: new ApprovalStore(opened.db, events),
+        events,
+        links: new ApprovalLinks(env.vault, "http://paddock.test"),
+        log: () => {},
+      },
+      { holdMs: HOLD_MS },
+    );
+    const endpoint = new McpEndpoint({
+      db: opened.db,
+      mcp: env.mcp,
+      rateLimits,
+      journal,
+      approvals,
+      keepAliveMs: 100,
+      log: () => {},
+    });
     bridge = new Bridge({
       live,
       tokens,
@@ -275,6 +303,7 @@ describe("a run's MCP endpoint", () => {
   after(async () => {
     for (const c of clients) await c.close().catch(() => {});
     await bridge?.close();
+    approvals?.close();
     await env?.clients.close();
     await standIn?.close();
     await opened?.close();
@@ -288,6 +317,7 @@ describe("a run's MCP endpoint", () => {
       "standin__big",
       "standin__create_issue",
       "standin__echo",
+      "standin__merge_pr",
       "standin__search_issues",
       "standin__search_users",
       "standin__slow",
@@ -311,10 +341,10 @@ describe("a run's MCP endpoint", () => {
       "mcp_invalid_arguments",
     );
     assert.equal(standIn.calls("create_issue"), before);
-    await rejectsWith(client.callTool({ name: "standin__merge_pr", arguments: {} }), "mcp_tool_not_allowed");
+    await rejectsWith(client.callTool({ name: "standin__ask_user", arguments: {} }), "mcp_tool_not_allowed");
     await rejectsWith(client.callTool({ name: "github__echo", arguments: {} }), "mcp_tool_not_allowed");
     await rejectsWith(client.callTool({ name: "echo", arguments: {} }), "mcp_tool_not_allowed");
-    assert.equal(standIn.calls("merge_pr"), 0);
+    assert.equal(standIn.calls("ask_user"), 0);
     assert.equal(mcpEvents().at(-1)?.code, "mcp_tool_not_allowed");
   });
 
@@ -377,6 +407,59 @@ describe("a run's MCP endpoint", () => {
     const before = standIn.lists();
     await Promise.all(Array.from({ length: 20 }, () => client.listTools()));
     assert.ok(standIn.lists() - before <= 1, `${standIn.lists() - before} listings at the server`);
+  });
+
+  test("the official client's call of an approval-gated tool waits past the host's hold until a person decides", async () => {
+    grant = { ...grant, run: newId("run") };
+    await opened.db
+      .insertInto("runs")
+      .values(runRow(tenant, agent, { id: grant.run, status: "running" }))
+      .execute();
+    const client = await connect();
+    const pendingOf = async (n: number) => {
+      for (;;) {
+        const rows = await opened.db
+          .selectFrom("approvals")
+          .select("id")
+          .where("run_id", "=", grant.run)
+          .where("status", "=", "pending")
+          .execute();
+        if (rows.length >= n) return rows.map((r) => r.id);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    };
+    /** Approves the approval the call waits on once a person took longer than the host's hold. */
+    const approveLate = async () => {
+      const calls = standIn.calls("merge_pr");
+      const [id] = await pendingOf(1);
+      assert.ok(id);
+      await new Promise((resolve) => setTimeout(resolve, HOLD_MS * 4));
+      assert.equal(standIn.calls("merge_pr"), calls, "nothing reaches the server before the decision");
+      await approvals.decideByLink(id, approvals.links.token(id), { decision: "approve" });
+    };
+    const before = standIn.calls("merge_pr");
+    // With the client's defaults.
+    const [result] = await Promise.all([
+      client.callTool({ name: "standin__merge_pr", arguments: { n: 1 } }),
+      approveLate(),
+    ]);
+    assert.deepEqual(JSON.parse(text(result)).args, { n: 1 });
+    assert.equal(standIn.calls("merge_pr"), before + 1);
+    // With a short request timeout that the host's progress notifications keep resetting.
+    let progressed = 0;
+    const [second] = await Promise.all([
+      client.callTool({ name: "standin__merge_pr", arguments: { n: 2 } }, undefined, {
+        timeout: 300,
+        resetTimeoutOnProgress: true,
+        onprogress: () => {
+          progressed++;
+        },
+      }),
+      approveLate(),
+    ]);
+    assert.deepEqual(JSON.parse(text(second)).args, { n: 2 });
+    assert.ok(progressed > 0);
+    assert.equal(mcpEvents().at(-1)?.status, "ok");
   });
 
   test("resources and prompts are listed and read when the policy allows them", async () => {
