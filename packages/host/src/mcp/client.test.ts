@@ -65,6 +65,35 @@ describe("McpClients", () => {
     await rejectsWith(clients.tools(serverAt(standIn.url, { internal: false }), credential), "upstream_refused");
   });
 
+  it("a server's own error is mcp_server_error, whatever its number (-32000 included)", async () => {
+    const server = serverAt(standIn.url);
+    await clients.callTool(server, credential, "echo", {});
+    standIn.setMode("leaky");
+    try {
+      await assert.rejects(clients.callTool(server, credential, "echo", {}), (err: unknown) => {
+        assert.ok(err instanceof AppError);
+        assert.equal(err.code, "mcp_server_error");
+        assert.match(err.message, /answered error -32000: .*Refused the credential/);
+        return true;
+      });
+    } finally {
+      standIn.setMode("normal");
+    }
+  });
+
+  it("a call timing out leaves the other calls on the same connection (other runs') alone", async () => {
+    const quick = serverAt(standIn.url, { timeoutMs: 300 });
+    const patient = { ...quick, timeoutMs: 5000 };
+    await clients.callTool(quick, credential, "echo", {});
+    const [late, other] = await Promise.allSettled([
+      clients.callTool(quick, credential, "slow", { ms: 1500 }),
+      clients.callTool(patient, credential, "slow", { ms: 800 }),
+    ]);
+    assert.equal(late.status, "rejected");
+    assert.equal((late as PromiseRejectedResult).reason.code, "mcp_server_timeout");
+    assert.equal(other.status, "fulfilled", String((other as PromiseRejectedResult).reason));
+  });
+
   it("answers each misbehaviour with its code", async () => {
     const server = serverAt(standIn.url, { timeoutMs: 500 });
     await rejectsWith(clients.callTool(server, credential, "slow", { ms: 2000 }), "mcp_server_timeout");

@@ -19,6 +19,7 @@ import https from "node:https";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { StreamableHTTPClientTransport, StreamableHTTPError } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import type { RequestOptions } from "@modelcontextprotocol/sdk/shared/protocol.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { McpError, ErrorCode as RpcCode, ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 import { AppError, type McpToolDefinition } from "@paddock/protocol";
@@ -66,6 +67,8 @@ interface Entry {
   tools: { list: McpToolDefinition[]; at: number } | null;
   /** The listing in flight, which concurrent readers of the list share. */
   listing: Promise<McpToolDefinition[]> | null;
+  /** Requests that timed out in a row. */
+  timeouts: number;
   /** Calls in flight, stopped together when the server misbehaves on the connection. */
   inflight: Set<AbortController>;
   lastUsed: number;
@@ -86,10 +89,7 @@ export function mcpFailure(err: unknown, server: string): AppError {
     if (err.code === RpcCode.ConnectionClosed) {
       return new AppError("mcp_server_unavailable", `The MCP server '${server}' closed the connection.`);
     }
-    // An error the server answered: passed on with its code in the message.
-    return new AppError("mcp_server_error", `The MCP server '${server}' answered error ${err.code}: ${err.message}`, {
-      server_code: err.code,
-    });
+    return serverError(err, server);
   }
   if (err instanceof StreamableHTTPError) {
     return new AppError("mcp_server_error", `The MCP server '${server}' answered HTTP ${err.code ?? "error"}.`, {
@@ -101,6 +101,18 @@ export function mcpFailure(err: unknown, server: string): AppError {
   }
   return new AppError("mcp_server_unavailable", `The MCP server '${server}' could not be reached.`);
 }
+
+/** An error the server answered: passed on with its code in the message. */
+function serverError(err: McpError, server: string): AppError {
+  return new AppError("mcp_server_error", `The MCP server '${server}' answered error ${err.code}: ${err.message}`, {
+    server_code: err.code,
+  });
+}
+
+/** How much longer than the host's own timeout the SDK's request timeout is (the host's fires first). */
+const SDK_TIMEOUT_SLACK_MS = 1000;
+/** Timeouts in a row after which a connection is taken for broken and opened anew. */
+const MAX_TIMEOUTS = 3;
 
 export class McpClients {
   readonly #pool = new Map<string, Entry>();
@@ -149,10 +161,10 @@ export class McpClients {
 
   async #list(server: HostMcpServer, entry: Entry): Promise<McpToolDefinition[]> {
     const list: McpToolDefinition[] = [];
-    await this.#use(server, entry, async (client, signal) => {
+    await this.#use(server, entry, async (client, options) => {
       let cursor: string | undefined;
       for (let page = 0; page < 100; page++) {
-        const answer = await client.listTools(cursor ? { cursor } : {}, { signal, timeout: server.timeoutMs });
+        const answer = await client.listTools(cursor ? { cursor } : {}, options);
         for (const tool of answer.tools) {
           list.push({
             name: tool.name,
@@ -181,8 +193,8 @@ export class McpClients {
     params: Record<string, unknown>,
   ): Promise<McpAnswer> {
     const entry = this.#entry(server, credential);
-    return this.#use(server, entry, async (client, signal) => {
-      const result = await client.request({ method, params }, AnyResult, { signal, timeout: server.timeoutMs });
+    return this.#use(server, entry, async (client, options) => {
+      const result = await client.request({ method, params }, AnyResult, options);
       const bytes = Buffer.byteLength(JSON.stringify(result));
       if (bytes > this.#maxResultBytes) {
         throw new AppError("mcp_result_too_large", `The MCP server '${server.name}' answered ${bytes} bytes.`);
@@ -201,24 +213,48 @@ export class McpClients {
     this.#agents.https.destroy();
   }
 
-  /** Runs `work` on the entry's client under a signal that a misbehaving server or the timeout aborts. */
+  /**
+   * Runs `work` on the entry's client under a signal that a misbehaving server or the server's
+   * timeout aborts. The timeout is the host's own, so that an error a server answers is never
+   * taken for a local one whatever its number (the SDK numbers its timeouts and closed
+   * connections -32001 and -32000, which servers use too).
+   */
   async #use<T>(
     server: HostMcpServer,
     entry: Entry,
-    work: (client: Client, signal: AbortSignal) => Promise<T>,
+    work: (client: Client, options: RequestOptions) => Promise<T>,
   ): Promise<T> {
     entry.lastUsed = Date.now();
     const stop = new AbortController();
     entry.inflight.add(stop);
+    const timer = setTimeout(
+      () => stop.abort(new AppError("mcp_server_timeout", `The MCP server '${server.name}' did not answer in time.`)),
+      server.timeoutMs,
+    );
+    let client: Client | null = null;
     try {
-      const client = await entry.ready;
-      return await work(client, stop.signal);
+      client = await entry.ready;
+      const answer = await work(client, { signal: stop.signal, timeout: server.timeoutMs + SDK_TIMEOUT_SLACK_MS });
+      entry.timeouts = 0;
+      return answer;
     } catch (err) {
-      const failure = mcpFailure(stop.signal.aborted ? stop.signal.reason : err, server.name);
-      // A connection that broke is not reused: the next request connects anew.
-      if (failure.code !== "mcp_server_error" || !(err instanceof McpError)) this.#drop(entry);
+      // An error answered on an open connection is the server's; on a closed one (transport gone), a lost connection.
+      const answered = err instanceof McpError && client?.transport !== undefined;
+      const failure = stop.signal.aborted
+        ? mcpFailure(stop.signal.reason, server.name)
+        : answered
+          ? serverError(err, server.name)
+          : mcpFailure(err, server.name);
+      // A connection that broke is not reused: the next request connects anew. Anything else
+      // failed one call only, and the other calls on the connection (other runs') go on: a slow
+      // tool is no broken connection, unless calls time out again and again.
+      const timedOut = failure.code === "mcp_server_timeout" && ++entry.timeouts >= MAX_TIMEOUTS;
+      if (timedOut || failure.code === "mcp_server_unavailable" || failure.code === "upstream_refused") {
+        this.#drop(entry);
+      }
       throw failure;
     } finally {
+      clearTimeout(timer);
       entry.inflight.delete(stop);
     }
   }
@@ -245,6 +281,7 @@ export class McpClients {
       client: null,
       tools: null,
       listing: null,
+      timeouts: 0,
       inflight: new Set(),
       lastUsed: Date.now(),
     };

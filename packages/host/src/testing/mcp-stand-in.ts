@@ -237,7 +237,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
         const credential = credentialOf(req.headers) ?? "";
         const answer =
           mode === "leaky"
-            ? { error: { code: -32603, message: `Refused the credential ${credential}` } }
+            ? { error: { code: -32000, message: `Refused the credential ${credential}` } }
             : { result: { content: [{ type: "text", text: "ok" }], structuredContent: { [credential]: true } } };
         res.writeHead(200, { "content-type": "application/json" });
         res.end(JSON.stringify({ jsonrpc: "2.0", id: message.id, ...answer }));
