@@ -94,6 +94,35 @@ describe("McpClients", () => {
     assert.equal(other.status, "fulfilled", String((other as PromiseRejectedResult).reason));
   });
 
+  it("an answer that trickles on and never ends is timed out and its connection closed", async () => {
+    const server = serverAt(standIn.url, { timeoutMs: 300 });
+    await clients.callTool(server, credential, "echo", {});
+    standIn.setMode("drip");
+    try {
+      await rejectsWith(clients.callTool(server, credential, "echo", {}), "mcp_server_timeout");
+    } finally {
+      standIn.setMode("normal");
+    }
+    const until = Date.now() + 3000;
+    while (standIn.dripping() > 0 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(standIn.dripping(), 0, "the host hung up on the endless answer");
+  });
+
+  for (const tool of ["big", "ask_model"]) {
+    it(`a server misbehaving in one call (${tool}) stops that call only, not the others on the connection`, async () => {
+      const server = serverAt(standIn.url);
+      await clients.callTool(server, credential, "echo", {});
+      const [bad, other] = await Promise.allSettled([
+        new Promise((resolve) => setTimeout(resolve, 100)).then(() =>
+          clients.callTool(server, credential, tool, { bytes: 100_000 }),
+        ),
+        clients.callTool(server, credential, "slow", { ms: 600 }),
+      ]);
+      assert.equal(bad.status, "rejected");
+      assert.equal(other.status, "fulfilled", String((other as PromiseRejectedResult).reason));
+    });
+  }
+
   it("answers each misbehaviour with its code", async () => {
     const server = serverAt(standIn.url, { timeoutMs: 500 });
     await rejectsWith(clients.callTool(server, credential, "slow", { ms: 2000 }), "mcp_server_timeout");

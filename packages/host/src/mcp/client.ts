@@ -7,12 +7,14 @@
  * Threat model: the servers are outside parties that may misbehave: never answer, answer slowly,
  * answer malformed JSON-RPC or huge results, or ask the client things (sampling, elicitation).
  * Every request has the server's timeout; every answer is capped; a server-initiated request is
- * refused and stops the calls in flight on that connection (`mcp_unsupported_request`); nothing
+ * refused and stops the call it came with (`mcp_unsupported_request`), never other runs' calls on
+ * the same connection; a call's answer that trickles on past the timeout is hung up on; nothing
  * from a server is trusted beyond its parsed shape. Connections go only to addresses checked
  * after resolution and pinned (no DNS rebinding), private and loopback ones only for internal
  * servers, and follow no redirects. The credential is attached here and never leaves the host
  * except to its server.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import { createHash } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
@@ -69,7 +71,7 @@ interface Entry {
   listing: Promise<McpToolDefinition[]> | null;
   /** Requests that timed out in a row. */
   timeouts: number;
-  /** Calls in flight, stopped together when the server misbehaves on the connection. */
+  /** Calls in flight: the one the server misbehaves in is stopped, all of them when it misbehaves outside any. */
   inflight: Set<AbortController>;
   lastUsed: number;
 }
@@ -233,8 +235,10 @@ export class McpClients {
     );
     let client: Client | null = null;
     try {
-      client = await entry.ready;
-      const answer = await work(client, { signal: stop.signal, timeout: server.timeoutMs + SDK_TIMEOUT_SLACK_MS });
+      const ready = await entry.ready;
+      client = ready;
+      const options = { signal: stop.signal, timeout: server.timeoutMs + SDK_TIMEOUT_SLACK_MS };
+      const answer = await currentCall.run(stop, () => work(ready, options));
       entry.timeouts = 0;
       return answer;
     } catch (err) {
@@ -323,10 +327,9 @@ export class McpClients {
    */
   #fetch(server: HostMcpServer, credential: McpCredential, entry: Omit<Entry, "ready">) {
     const max = this.#maxResultBytes;
-    const fail = (err: AppError) => {
-      for (const call of entry.inflight) call.abort(err);
-    };
     return async (input: string | URL | Request, init: RequestInit = {}): Promise<Response> => {
+      // The call this request is made for (none for the connection's own requests).
+      const fail = stopper(entry);
       const url = new URL(input instanceof Request ? input.url : String(input));
       const address = await this.#pin(url.hostname, server);
       const method = init.method ?? "GET";
@@ -350,6 +353,17 @@ export class McpClients {
           ...(secure ? { servername: url.hostname } : {}),
         });
         req.on("error", (err) => reject(init.signal?.aborted ? init.signal.reason : err));
+        // A request's answer (JSON or a stream) ends within the server's timeout, or is hung up on:
+        // one that trickles on forever would hold a socket long after its call timed out.
+        if (method !== "GET") {
+          const deadline = setTimeout(() => {
+            req.destroy(
+              new AppError("mcp_server_timeout", `The MCP server '${server.name}' did not finish its answer in time.`),
+            );
+          }, server.timeoutMs + SDK_TIMEOUT_SLACK_MS);
+          deadline.unref();
+          req.once("close", () => clearTimeout(deadline));
+        }
         req.on("response", (res) => {
           const answer = new Headers();
           for (const [name, value] of Object.entries(res.headers)) {
@@ -459,14 +473,33 @@ export class McpClients {
 function newClient(entry: Pick<Entry, "inflight">): Client {
   const client = new Client({ name: "paddock-host", version: "1.0.0" }, { capabilities: {} });
   client.fallbackRequestHandler = async (request) => {
-    const err = new AppError(
-      "mcp_unsupported_request",
-      `The MCP server sent a '${request.method.slice(0, 64)}' request, which the host does not answer; the call was stopped.`,
+    stopper(entry)(
+      new AppError(
+        "mcp_unsupported_request",
+        `The MCP server sent a '${request.method.slice(0, 64)}' request, which the host does not answer; the call was stopped.`,
+      ),
     );
-    for (const call of entry.inflight) call.abort(err);
     throw new McpError(RpcCode.MethodNotFound, "The client does not support this request.");
   };
   return client;
+}
+
+/**
+ * The call being made in the current async context (the SDK sends a call's request, and reads
+ * the stream answering it, within the call's own context).
+ */
+const currentCall = new AsyncLocalStorage<AbortController>();
+
+/**
+ * What stops the call of the current context when the server misbehaves in it; outside any call
+ * (a request the server sent on the connection's own stream), every call on the connection.
+ */
+function stopper(entry: Pick<Entry, "inflight">): (err: AppError) => void {
+  const call = currentCall.getStore();
+  return (err) => {
+    if (call && entry.inflight.has(call)) call.abort(err);
+    else for (const each of entry.inflight) each.abort(err);
+  };
 }
 
 const lower = (headers: Record<string, string>) =>

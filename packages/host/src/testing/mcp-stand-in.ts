@@ -32,9 +32,10 @@ export interface McpStandInOptions {
 /**
  * How the stand-in misbehaves: `malformed` answers tools/call with broken JSON-RPC; `down` drops
  * every connection; `leaky` answers tools/call with a JSON-RPC error whose message quotes the
- * credential, and `leaky-keys` with a result that holds the credential as an object key.
+ * credential, and `leaky-keys` with a result that holds the credential as an object key; `drip`
+ * answers tools/call with an event stream that sends a comment every 50 ms and never the answer.
  */
-export type McpStandInMode = "normal" | "malformed" | "down" | "leaky" | "leaky-keys";
+export type McpStandInMode = "normal" | "malformed" | "down" | "leaky" | "leaky-keys" | "drip";
 
 /** One tool call the stand-in served. */
 export interface SeenMcpCall {
@@ -51,6 +52,8 @@ export interface McpStandIn {
   calls(tool: string): number;
   /** tools/list requests received so far. */
   lists(): number;
+  /** Answers of `drip` mode still open. */
+  dripping(): number;
   /** Every tool call served, in order. */
   seen: SeenMcpCall[];
   /** Changes a tool's description (sessions open now are told the list changed). */
@@ -92,6 +95,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
   const legacy = new Map<string, SSEServerTransport>();
   let mode: McpStandInMode = "normal";
   let lists = 0;
+  let dripping = 0;
 
   const credentialOf = (headers: Record<string, string | string[] | undefined> | undefined): string | null => {
     const value = headers?.[credentialHeader];
@@ -233,6 +237,16 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
         res.end('{"jsonrpc":"2.0","id":');
         return;
       }
+      if (mode === "drip" && message.method === "tools/call") {
+        res.writeHead(200, { "content-type": "text/event-stream" });
+        dripping++;
+        const timer = setInterval(() => res.write(": still here\n\n"), 50);
+        res.on("close", () => {
+          clearInterval(timer);
+          dripping--;
+        });
+        return;
+      }
       if ((mode === "leaky" || mode === "leaky-keys") && message.method === "tools/call") {
         const credential = credentialOf(req.headers) ?? "";
         const answer =
@@ -296,6 +310,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
     url: `http://127.0.0.1:${port}/mcp`,
     calls: (tool) => counts.get(tool) ?? 0,
     lists: () => lists,
+    dripping: () => dripping,
     seen,
     setDescription(tool, text) {
       descriptions.set(tool, text);
