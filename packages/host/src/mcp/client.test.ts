@@ -123,6 +123,25 @@ describe("McpClients", () => {
     });
   }
 
+  it("a notification stream whose event never ends is hung up on at the answer cap", async () => {
+    const flooding = await startMcpStandIn();
+    try {
+      flooding.setMode("flood");
+      const server = serverAt(flooding.url);
+      await clients.callTool(server, credential, "echo", {});
+      const until = Date.now() + 3000;
+      while (!(flooding.floods().opened > 0 && flooding.floods().open === 0) && Date.now() < until) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      assert.ok(flooding.floods().opened > 0, "the client opened the notification stream");
+      assert.equal(flooding.floods().open, 0, "the host hung up on the endless event");
+      // Calls go on (their answers come on their own requests).
+      await clients.callTool(server, credential, "echo", { n: 2 });
+    } finally {
+      await flooding.close();
+    }
+  });
+
   it("answers each misbehaviour with its code", async () => {
     const server = serverAt(standIn.url, { timeoutMs: 500 });
     await rejectsWith(clients.callTool(server, credential, "slow", { ms: 2000 }), "mcp_server_timeout");

@@ -393,8 +393,10 @@ export class McpClients {
             });
             return;
           }
-          // A stream: a POST's answer counted against the cap (a GET's is the long-lived notification stream).
+          // A stream: a POST's answer counted against the cap; a GET's (the long-lived stream of
+          // notifications, and of every answer with the older transport) each event on it.
           let size = 0;
+          const event: EventState = { bytes: 0, lineEmpty: true, afterCr: false };
           let open = true;
           const body = new ReadableStream<Uint8Array>({
             start(controller) {
@@ -407,7 +409,7 @@ export class McpClients {
               res.on("data", (chunk: Buffer) => {
                 if (!open) return;
                 size += chunk.length;
-                if (method === "POST" && size > max) {
+                if (method === "POST" ? size > max : openEventBytes(event, chunk) > max) {
                   const err = tooLarge();
                   fail(err);
                   res.destroy();
@@ -500,6 +502,33 @@ function stopper(entry: Pick<Entry, "inflight">): (err: AppError) => void {
     if (call && entry.inflight.has(call)) call.abort(err);
     else for (const each of entry.inflight) each.abort(err);
   };
+}
+
+/** Where an event stream stands: bytes of the event not ended yet, and at what in its line. */
+interface EventState {
+  bytes: number;
+  lineEmpty: boolean;
+  afterCr: boolean;
+}
+
+/** The bytes of the event still open after `chunk` (an event ends at an empty line: CRLF, LF or CR). */
+function openEventBytes(state: EventState, chunk: Buffer): number {
+  for (const byte of chunk) {
+    if (byte === 0x0a && state.afterCr) {
+      state.afterCr = false;
+      continue;
+    }
+    if (byte === 0x0a || byte === 0x0d) {
+      if (state.lineEmpty) state.bytes = 0;
+      state.lineEmpty = true;
+      state.afterCr = byte === 0x0d;
+      continue;
+    }
+    state.bytes++;
+    state.lineEmpty = false;
+    state.afterCr = false;
+  }
+  return state.bytes;
 }
 
 const lower = (headers: Record<string, string>) =>

@@ -33,9 +33,10 @@ export interface McpStandInOptions {
  * How the stand-in misbehaves: `malformed` answers tools/call with broken JSON-RPC; `down` drops
  * every connection; `leaky` answers tools/call with a JSON-RPC error whose message quotes the
  * credential, and `leaky-keys` with a result that holds the credential as an object key; `drip`
- * answers tools/call with an event stream that sends a comment every 50 ms and never the answer.
+ * answers tools/call with an event stream that sends a comment every 50 ms and never the answer;
+ * `flood` answers the GET of the notification stream with one event that never ends.
  */
-export type McpStandInMode = "normal" | "malformed" | "down" | "leaky" | "leaky-keys" | "drip";
+export type McpStandInMode = "normal" | "malformed" | "down" | "leaky" | "leaky-keys" | "drip" | "flood";
 
 /** One tool call the stand-in served. */
 export interface SeenMcpCall {
@@ -54,6 +55,8 @@ export interface McpStandIn {
   lists(): number;
   /** Answers of `drip` mode still open. */
   dripping(): number;
+  /** Notification streams of `flood` mode opened, and how many of them are still open. */
+  floods(): { opened: number; open: number };
   /** Every tool call served, in order. */
   seen: SeenMcpCall[];
   /** Changes a tool's description (sessions open now are told the list changed). */
@@ -96,6 +99,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
   let mode: McpStandInMode = "normal";
   let lists = 0;
   let dripping = 0;
+  const floods = { opened: 0, open: 0 };
 
   const credentialOf = (headers: Record<string, string | string[] | undefined> | undefined): string | null => {
     const value = headers?.[credentialHeader];
@@ -220,6 +224,19 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
       return;
     }
     if (options.legacy) return handleLegacy(req, res, url);
+    if (mode === "flood" && req.method === "GET") {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      floods.opened++;
+      floods.open++;
+      res.write("data: ");
+      const line = "x".repeat(16 * 1024);
+      const timer = setInterval(() => res.write(line), 5);
+      res.on("close", () => {
+        clearInterval(timer);
+        floods.open--;
+      });
+      return;
+    }
     let body: unknown;
     if (req.method === "POST") {
       const chunks: Buffer[] = [];
@@ -311,6 +328,7 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
     calls: (tool) => counts.get(tool) ?? 0,
     lists: () => lists,
     dripping: () => dripping,
+    floods: () => ({ ...floods }),
     seen,
     setDescription(tool, text) {
       descriptions.set(tool, text);
