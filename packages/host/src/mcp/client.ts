@@ -50,10 +50,7 @@ export interface McpClientsOptions {
   resolve?: (host: string) => Promise<string[]>;
   /** The largest answer passed on (default 4 MiB): past it, `mcp_result_too_large`. */
   maxResultBytes?: number;
-  /**
-   * How long a server's tool list is reused for runs' listings and calls (default 10 s), so a
-   * sandbox cannot make the host list a server's tools at every request; pinning reads it anew.
-   */
+  /** How long a server's tool list is reused for calls (default 10 s); listing reads it anew. */
   toolsTtlMs?: number;
   /** How long an unused connection stays open (default 5 min). */
   idleMs?: number;
@@ -151,7 +148,8 @@ export class McpClients {
   async tools(server: HostMcpServer, credential: McpCredential, fresh = true): Promise<McpToolDefinition[]> {
     const entry = this.#entry(server, credential);
     if (!fresh && entry.tools && Date.now() - entry.tools.at < this.#toolsTtlMs) return entry.tools.list;
-    if (!fresh && entry.listing) return entry.listing;
+    // A listing under way is fresh enough: concurrent readers share it.
+    if (entry.listing) return entry.listing;
     const listing = this.#list(server, entry);
     entry.listing = listing;
     try {

@@ -235,8 +235,9 @@ export class McpEndpoint implements ChannelRoute {
         const started = performance.now();
         try {
           const found = await this.#server(sandbox, name);
-          // At most toolsTtlMs old, as for calls: a sandbox listing in a loop does not list at the server each time.
-          const live = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(found.server, c, false));
+          // Read anew, as a request of the server's rate limit; past it, the list calls use (at most toolsTtlMs old).
+          const fresh = this.#tryTake(found.server);
+          const live = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(found.server, c, fresh));
           return live
             .filter((tool) => allowed.pins[tool.name]?.sha256 === toolHash(tool))
             .map((tool) => ({
@@ -560,6 +561,12 @@ export class McpEndpoint implements ChannelRoute {
     const text = JSON.stringify(redactDeep(answer.result, needles));
     record.status = answer.result.isError === true ? "tool_error" : "ok";
     return text;
+  }
+
+  /** Whether the server's rate limit had room for one more request (taken). */
+  #tryTake(server: HostMcpServer): boolean {
+    const limit = server.rateLimit;
+    return !limit || this.#deps.rateLimits.take(`mcp:${server.id}`, limit).ok;
   }
 
   /** Takes a request from the server's rate limit (`rate_limited` when it has no room). */
