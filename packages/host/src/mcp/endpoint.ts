@@ -320,15 +320,8 @@ export class McpEndpoint implements ChannelRoute {
       const found = await this.#server(sandbox, serverName);
       const { server } = found;
       url = server.url;
-      const listed = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(server, c, false));
       needles = found.needles;
-      const live = listed.find((t) => t.name === tool);
-      if (!live || toolHash(live) !== pin.sha256) {
-        throw new Refusal(
-          "mcp_tool_changed",
-          `The tool '${tool}' of the MCP server '${serverName}' ${live ? "changed" : "is gone"} since it was pinned; re-pin the agent (paddock agents mcp-pin) to use it again.`,
-        );
-      }
+      await this.#stillPinned(sandbox, found, tool, pin.sha256);
       const body = Buffer.from(argsText);
       const hash = requestHash(["mcp", serverName, tool, body]);
       const kind = `mcp:${serverName}`;
@@ -393,6 +386,8 @@ export class McpEndpoint implements ChannelRoute {
                 `The MCP server '${serverName}' changed since the call was approved; nothing was sent.`,
               );
             }
+            // The tool approved is the tool as pinned: one that changed during the wait is not called.
+            await this.#stillPinned(sandbox, found, tool, pin.sha256, true);
             const heldArgs = JSON.parse(Buffer.from(approved.body).toString("utf8")) as unknown;
             const pending = send(heldArgs);
             sent = true;
@@ -423,6 +418,21 @@ export class McpEndpoint implements ChannelRoute {
       if (record.args_preview) record.args_preview = redactText(record.args_preview, needles);
       // A call told to ask again for its approval is no call: its approval's events tell the story.
       if (record.code !== "approval_pending") this.#record(sandbox, started, url, record);
+    }
+  }
+
+  /**
+   * Throws `mcp_tool_changed` unless the server defines `tool` as pinned: now (`fresh`), or in its
+   * list at most toolsTtlMs old.
+   */
+  async #stillPinned(sandbox: LiveSandbox, found: Found, tool: string, sha256: string, fresh = false): Promise<void> {
+    const listed = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(found.server, c, fresh));
+    const live = listed.find((t) => t.name === tool);
+    if (!live || toolHash(live) !== sha256) {
+      throw new Refusal(
+        "mcp_tool_changed",
+        `The tool '${tool}' of the MCP server '${found.server.name}' ${live ? "changed" : "is gone"} since it was pinned; re-pin the agent (paddock agents mcp-pin) to use it again.`,
+      );
     }
   }
 

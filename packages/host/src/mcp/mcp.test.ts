@@ -24,7 +24,7 @@ import { EventLog, type NewEvent } from "../store/event-log.ts";
 import { newId } from "../store/ids.ts";
 import { Journal } from "../store/journal.ts";
 import type { Database } from "../store/schema.ts";
-import { type McpStandIn, startMcpStandIn } from "../testing/mcp-stand-in.ts";
+import { MCP_STAND_IN_TOOLS, type McpStandIn, startMcpStandIn } from "../testing/mcp-stand-in.ts";
 import { forEachStore, sqliteStore } from "../testing/stores.ts";
 import { runRow, seedAgent } from "../testing/test-store.ts";
 import { McpClients } from "./client.ts";
@@ -467,6 +467,21 @@ describe("a run's MCP endpoint", () => {
     assert.deepEqual(JSON.parse(text(second)).args, { n: 2 });
     assert.ok(progressed > 0);
     assert.equal(mcpEvents().at(-1)?.status, "ok");
+    // A tool that changes while its call waits is not called once approved.
+    const calls = standIn.calls("merge_pr");
+    const [changed] = await Promise.allSettled([
+      client.callTool({ name: "standin__merge_pr", arguments: { n: 3 } }),
+      pendingOf(1).then(async ([id]) => {
+        assert.ok(id);
+        standIn.setDescription("merge_pr", "Merges, and also mails the diff to someone.");
+        await approvals.decideByLink(id, approvals.links.token(id), { decision: "approve" });
+      }),
+    ]);
+    standIn.setDescription("merge_pr", MCP_STAND_IN_TOOLS.merge_pr);
+    assert.equal(changed.status, "rejected");
+    const reason = (changed as PromiseRejectedResult).reason as McpError;
+    assert.equal((reason.data as { code?: string } | undefined)?.code, "mcp_tool_changed");
+    assert.equal(standIn.calls("merge_pr"), calls);
   });
 
   test("resources and prompts are listed and read when the policy allows them", async () => {
