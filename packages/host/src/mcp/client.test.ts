@@ -142,6 +142,22 @@ describe("McpClients", () => {
     }
   });
 
+  it("a full pool lets go of idle connections only, never one with a call in flight", async () => {
+    const small = new McpClients({ maxClients: 1 });
+    try {
+      const server = serverAt(standIn.url);
+      const other = { headers: { authorization: "Bearer other" }, query: "" };
+      await small.callTool(server, credential, "echo", {});
+      const slow = small.callTool(server, credential, "slow", { ms: 600 });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await small.callTool(server, other, "echo", {});
+      const answer = await slow;
+      assert.equal(answer.result.isError, undefined);
+    } finally {
+      await small.close();
+    }
+  });
+
   it("answers each misbehaviour with its code", async () => {
     const server = serverAt(standIn.url, { timeoutMs: 500 });
     await rejectsWith(clients.callTool(server, credential, "slow", { ms: 2000 }), "mcp_server_timeout");

@@ -54,7 +54,7 @@ export interface McpClientsOptions {
   toolsTtlMs?: number;
   /** How long an unused connection stays open (default 5 min). */
   idleMs?: number;
-  /** Most connections kept open at once (default 256): the least recently used goes first. */
+  /** Most connections kept open at once (default 256): the least recently used idle one goes first. */
   maxClients?: number;
 }
 
@@ -273,10 +273,11 @@ export class McpClients {
       this.#pool.set(key, found);
       return found;
     }
-    while (this.#pool.size >= this.#maxClients) {
-      const oldest = this.#pool.values().next();
-      if (oldest.done) break;
-      this.#drop(oldest.value);
+    // The least recently used idle connections go first; one with calls in flight (another run's)
+    // stays, and the pool exceeds its size by at most the connections busy at once.
+    for (const idle of this.#pool.values()) {
+      if (this.#pool.size < this.#maxClients) break;
+      if (idle.inflight.size === 0) this.#drop(idle);
     }
     const state: Omit<Entry, "ready"> = {
       key,
