@@ -240,11 +240,17 @@ export class McpEndpoint implements ChannelRoute {
           const live = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(found.server, c, fresh));
           return live
             .filter((tool) => allowed.pins[tool.name]?.sha256 === toolHash(tool))
-            .map((tool) => ({
-              name: `${name}${MCP_TOOL_SEPARATOR}${tool.name}`,
-              ...(tool.description === null ? {} : { description: tool.description }),
-              inputSchema: tool.input_schema,
-            }));
+            .map((tool) =>
+              // A definition may quote the credential too.
+              redactDeep(
+                {
+                  name: `${name}${MCP_TOOL_SEPARATOR}${tool.name}`,
+                  ...(tool.description === null ? {} : { description: tool.description }),
+                  inputSchema: tool.input_schema,
+                },
+                found.needles,
+              ),
+            );
         } catch (err) {
           // A server that cannot be listed now offers nothing; the others do.
           const refusal = Refusal.from(err);

@@ -401,6 +401,22 @@ describe("a run's MCP endpoint", () => {
     assert.ok(!JSON.stringify(events).includes(SECRET), "no event holds the credential");
   });
 
+  test("a tool's definition quoting the credential is listed with it replaced", async () => {
+    standIn.setDescription("echo", `Sends Bearer ${SECRET} along.`);
+    try {
+      await env.mcp.repin(tenant, agent);
+      grant = { ...grant, run: newId("run") };
+      const client = await connect();
+      const { tools } = await client.listTools();
+      const echo = tools.find((t) => t.name === "standin__echo");
+      assert.match(echo?.description ?? "", /Sends Bearer \[REDACTED\] along/);
+      assert.ok(!JSON.stringify(tools).includes(SECRET));
+    } finally {
+      standIn.setDescription("echo", MCP_STAND_IN_TOOLS.echo);
+      await env.mcp.repin(tenant, agent);
+    }
+  });
+
   test("a sandbox listing tools again and again lists them at the server within its rate limit only", async () => {
     const client = await connect();
     const spec = { url: standIn.url, auth: { type: "bearer" }, secret: "mcp-key", internal: true, timeout_ms: 1500 };
