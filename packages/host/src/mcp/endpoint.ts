@@ -72,6 +72,8 @@ export interface McpEndpointDeps {
 
 /** The largest JSON-RPC message a sandbox may send. */
 const MAX_MESSAGE_BYTES = 1024 * 1024;
+/** How deeply a sandbox's message may nest arrays and objects (past it, work on it would overflow the stack). */
+const MAX_MESSAGE_DEPTH = 64;
 /** How much of arguments and answers an `mcp.call` event shows. */
 const PREVIEW_CHARS = 512;
 /** How long past its approval's own timeout a held call's stream stays open (the expiry sweep's slack). */
@@ -158,6 +160,12 @@ export class McpEndpoint implements ChannelRoute {
         parsed = JSON.parse((await readCapped(req, MAX_MESSAGE_BYTES)).toString("utf8"));
       } catch (err) {
         throw err instanceof Refusal ? err : new Refusal("invalid_json");
+      }
+      if (nestedPast(parsed, MAX_MESSAGE_DEPTH)) {
+        throw new Refusal(
+          "validation_failed",
+          `The message nests arrays and objects more than ${MAX_MESSAGE_DEPTH} deep.`,
+        );
       }
       const message = Message.safeParse(parsed);
       if (!message.success) {
@@ -691,6 +699,18 @@ export class McpEndpoint implements ChannelRoute {
       });
     }
   }
+}
+
+/** Whether `value` nests arrays and objects more than `max` deep (walked without recursion). */
+function nestedPast(value: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[value, 0]];
+  for (let next = stack.pop(); next; next = stack.pop()) {
+    const [item, depth] = next;
+    if (item === null || typeof item !== "object") continue;
+    if (depth >= max) return true;
+    for (const child of Object.values(item)) stack.push([child, depth + 1]);
+  }
+  return false;
 }
 
 /** `value` with every string's (and every key's) spellings of the credential replaced. */

@@ -564,5 +564,13 @@ describe("a run's MCP endpoint", () => {
     const body = (await unknown.json()) as { error: { code: number; data: { code: string } } };
     assert.equal(body.error.code, -32601);
     assert.equal(body.error.data.code, "mcp_method_not_found");
+    // Nested past any tool's need: refused as such, not an internal error.
+    const deep = await fetch(`${base}/mcp`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${good}`, "content-type": "application/json" },
+      body: `{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"standin__echo","arguments":{"text":${"[".repeat(100_000)}${"]".repeat(100_000)}}}}`,
+    });
+    const refused = (await deep.json()) as { error: { code: number; data: { code: string } } };
+    assert.equal(refused.error.data.code, "validation_failed");
   });
 });
