@@ -158,6 +158,17 @@ describe("McpClients", () => {
     }
   });
 
+  it("a tool list paged on and on is capped like any answer", async () => {
+    const server = serverAt(standIn.url);
+    await clients.tools(server, credential);
+    standIn.setMode("endless-list");
+    try {
+      await rejectsWith(clients.tools(server, credential), "mcp_result_too_large");
+    } finally {
+      standIn.setMode("normal");
+    }
+  });
+
   it("answers each misbehaviour with its code", async () => {
     const server = serverAt(standIn.url, { timeoutMs: 500 });
     await rejectsWith(clients.callTool(server, credential, "slow", { ms: 2000 }), "mcp_server_timeout");

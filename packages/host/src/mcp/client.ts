@@ -163,8 +163,17 @@ export class McpClients {
     const list: McpToolDefinition[] = [];
     await this.#use(server, entry, async (client, options) => {
       let cursor: string | undefined;
+      // The whole list, however many pages, is capped as one answer is.
+      let bytes = 0;
       for (let page = 0; page < 100; page++) {
         const answer = await client.listTools(cursor ? { cursor } : {}, options);
+        bytes += Buffer.byteLength(JSON.stringify(answer.tools));
+        if (bytes > this.#maxResultBytes) {
+          throw new AppError(
+            "mcp_result_too_large",
+            `The MCP server '${server.name}' lists more than ${this.#maxResultBytes} bytes of tools.`,
+          );
+        }
         for (const tool of answer.tools) {
           list.push({
             name: tool.name,

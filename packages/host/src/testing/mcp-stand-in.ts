@@ -34,9 +34,18 @@ export interface McpStandInOptions {
  * every connection; `leaky` answers tools/call with a JSON-RPC error whose message quotes the
  * credential, and `leaky-keys` with a result that holds the credential as an object key; `drip`
  * answers tools/call with an event stream that sends a comment every 50 ms and never the answer;
- * `flood` answers the GET of the notification stream with one event that never ends.
+ * `flood` answers the GET of the notification stream with one event that never ends;
+ * `endless-list` answers tools/list with pages of 50 tools that always name a next page.
  */
-export type McpStandInMode = "normal" | "malformed" | "down" | "leaky" | "leaky-keys" | "drip" | "flood";
+export type McpStandInMode =
+  | "normal"
+  | "malformed"
+  | "down"
+  | "leaky"
+  | "leaky-keys"
+  | "drip"
+  | "flood"
+  | "endless-list";
 
 /** One tool call the stand-in served. */
 export interface SeenMcpCall {
@@ -252,6 +261,16 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
       if (mode === "malformed" && message.method === "tools/call") {
         res.writeHead(200, { "content-type": "application/json" });
         res.end('{"jsonrpc":"2.0","id":');
+        return;
+      }
+      if (mode === "endless-list" && message.method === "tools/list") {
+        const tools = Array.from({ length: 50 }, (_, i) => ({
+          name: `tool_${randomUUID()}_${i}`,
+          description: "x".repeat(200),
+          inputSchema: { type: "object" },
+        }));
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ jsonrpc: "2.0", id: message.id, result: { tools, nextCursor: randomUUID() } }));
         return;
       }
       if (mode === "drip" && message.method === "tools/call") {
