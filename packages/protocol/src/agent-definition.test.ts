@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { AgentCreate, AgentReplace, AgentUpdate } from "./api.ts";
+import { AgentPolicy, McpServerName } from "./bridge.ts";
 
 test("an update takes any of AgentCreate's fields and fills in no default", () => {
   assert.deepEqual(AgentUpdate.parse({}), {});
@@ -49,4 +50,13 @@ test("a replacement is a create's body whose name may be left out", () => {
   assert.equal(AgentReplace.safeParse({ name: "a", command: ["x"] }).success, true);
   assert.equal(AgentReplace.safeParse({}).success, false);
   assert.equal(AgentReplace.safeParse({ command: ["x"], model: "m" }).success, false);
+});
+
+test("an MCP server's name cannot hold '__' nor end in '_': its tools' names SERVER__TOOL must split one way", () => {
+  assert.equal(McpServerName.safeParse("github").success, true);
+  assert.equal(McpServerName.safeParse("git_hub").success, true);
+  // "gh_" + "__" + "x" reads as the server "gh" and the tool "_x".
+  assert.equal(McpServerName.safeParse("gh_").success, false);
+  assert.equal(McpServerName.safeParse("g__h").success, false);
+  assert.equal(AgentPolicy.safeParse({ mcp: [{ server: "gh_", tools: ["x"] }] }).success, false);
 });

@@ -333,9 +333,13 @@ export const agentCallName = (entry: AgentCallEntry): string => (typeof entry ==
 
 /**
  * An MCP server's name: a connection name without "__", which separates the server from the tool
- * in the names a run's MCP endpoint offers (`SERVER__TOOL`).
+ * in the names a run's MCP endpoint offers (`SERVER__TOOL`), and not ending in "_" (`gh_` would
+ * offer `gh___x`, which reads as the tool `_x` of `gh`).
  */
-export const McpServerName = ConnectionName.refine((n) => !n.includes("__"), "no '__' (it separates server and tool)");
+export const McpServerName = ConnectionName.refine(
+  (n) => !n.includes("__") && !n.endsWith("_"),
+  "no '__' and no '_' at the end (they would blur where the server's name ends in SERVER__TOOL)",
+);
 export type McpServerName = z.infer<typeof McpServerName>;
 
 /** A tool's name, or a glob of names where `*` stands for any run of characters (`search_*`). */

@@ -20,7 +20,7 @@ const SET_OPTIONS = {
 function checkName(name: string, command: string): string {
   if (!McpServerName.safeParse(name).success) {
     throw new UsageError(
-      `'${name}' is not an MCP server name (lower-case letters, digits, '-' and '_', no '__')`,
+      `'${name}' is not an MCP server name (lower-case letters, digits, '-' and '_', no '__', not ending in '_')`,
       command,
     );
   }

@@ -139,6 +139,8 @@ export interface HoldRequest {
   asked?: string | undefined;
   /** Whether the caller claims the right to send itself (inside its own transaction); default: claimed here. */
   claims?: boolean;
+  /** How long the request is held open before approval_pending; default the host's holdMs. */
+  holdMs?: number;
 }
 
 /** How a held call goes on: sent now by the caller (approved), or answered with what it got when it was sent. */
@@ -215,7 +217,7 @@ export class Approvals {
       agentId: sandbox.agentId,
     };
     const watch = this.#watch(sandbox);
-    const deadline = Date.now() + this.#holdMs;
+    const deadline = Date.now() + (h.holdMs ?? this.#holdMs);
     const gone = new AbortController();
     h.res.once("close", () => gone.abort());
     const signal = gone.signal;

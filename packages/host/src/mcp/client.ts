@@ -7,18 +7,21 @@
  * Threat model: the servers are outside parties that may misbehave: never answer, answer slowly,
  * answer malformed JSON-RPC or huge results, or ask the client things (sampling, elicitation).
  * Every request has the server's timeout; every answer is capped; a server-initiated request is
- * refused and stops the calls in flight on that connection (`mcp_unsupported_request`); nothing
+ * refused and stops the call it came with (`mcp_unsupported_request`), never other runs' calls on
+ * the same connection; a call's answer that trickles on past the timeout is hung up on; nothing
  * from a server is trusted beyond its parsed shape. Connections go only to addresses checked
  * after resolution and pinned (no DNS rebinding), private and loopback ones only for internal
  * servers, and follow no redirects. The credential is attached here and never leaves the host
  * except to its server.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import { createHash } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { StreamableHTTPClientTransport, StreamableHTTPError } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import type { RequestOptions } from "@modelcontextprotocol/sdk/shared/protocol.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { McpError, ErrorCode as RpcCode, ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 import { AppError, type McpToolDefinition } from "@paddock/protocol";
@@ -47,11 +50,11 @@ export interface McpClientsOptions {
   resolve?: (host: string) => Promise<string[]>;
   /** The largest answer passed on (default 4 MiB): past it, `mcp_result_too_large`. */
   maxResultBytes?: number;
-  /** How long a server's tool list is reused for calls (default 10 s); listing always reads it anew. */
+  /** How long a server's tool list is reused for calls (default 10 s); listing reads it anew. */
   toolsTtlMs?: number;
   /** How long an unused connection stays open (default 5 min). */
   idleMs?: number;
-  /** Most connections kept open at once (default 256): the least recently used goes first. */
+  /** Most connections kept open at once (default 256): the least recently used idle one goes first. */
   maxClients?: number;
 }
 
@@ -61,7 +64,11 @@ interface Entry {
   ready: Promise<Client>;
   client: Client | null;
   tools: { list: McpToolDefinition[]; at: number } | null;
-  /** Calls in flight, stopped together when the server misbehaves on the connection. */
+  /** The listing in flight, which concurrent readers of the list share. */
+  listing: Promise<McpToolDefinition[]> | null;
+  /** Requests that timed out in a row. */
+  timeouts: number;
+  /** Calls in flight: the one the server misbehaves in is stopped, all of them when it misbehaves outside any. */
   inflight: Set<AbortController>;
   lastUsed: number;
 }
@@ -81,10 +88,7 @@ export function mcpFailure(err: unknown, server: string): AppError {
     if (err.code === RpcCode.ConnectionClosed) {
       return new AppError("mcp_server_unavailable", `The MCP server '${server}' closed the connection.`);
     }
-    // An error the server answered: passed on with its code in the message.
-    return new AppError("mcp_server_error", `The MCP server '${server}' answered error ${err.code}: ${err.message}`, {
-      server_code: err.code,
-    });
+    return serverError(err, server);
   }
   if (err instanceof StreamableHTTPError) {
     return new AppError("mcp_server_error", `The MCP server '${server}' answered HTTP ${err.code ?? "error"}.`, {
@@ -96,6 +100,18 @@ export function mcpFailure(err: unknown, server: string): AppError {
   }
   return new AppError("mcp_server_unavailable", `The MCP server '${server}' could not be reached.`);
 }
+
+/** An error the server answered: passed on with its code in the message. */
+function serverError(err: McpError, server: string): AppError {
+  return new AppError("mcp_server_error", `The MCP server '${server}' answered error ${err.code}: ${err.message}`, {
+    server_code: err.code,
+  });
+}
+
+/** How much longer than the host's own timeout the SDK's request timeout is (the host's fires first). */
+const SDK_TIMEOUT_SLACK_MS = 1000;
+/** Timeouts in a row after which a connection is taken for broken and opened anew. */
+const MAX_TIMEOUTS = 3;
 
 export class McpClients {
   readonly #pool = new Map<string, Entry>();
@@ -132,11 +148,32 @@ export class McpClients {
   async tools(server: HostMcpServer, credential: McpCredential, fresh = true): Promise<McpToolDefinition[]> {
     const entry = this.#entry(server, credential);
     if (!fresh && entry.tools && Date.now() - entry.tools.at < this.#toolsTtlMs) return entry.tools.list;
+    // A listing under way is fresh enough: concurrent readers share it.
+    if (entry.listing) return entry.listing;
+    const listing = this.#list(server, entry);
+    entry.listing = listing;
+    try {
+      return await listing;
+    } finally {
+      if (entry.listing === listing) entry.listing = null;
+    }
+  }
+
+  async #list(server: HostMcpServer, entry: Entry): Promise<McpToolDefinition[]> {
     const list: McpToolDefinition[] = [];
-    await this.#use(server, entry, async (client, signal) => {
+    await this.#use(server, entry, async (client, options) => {
       let cursor: string | undefined;
+      // The whole list, however many pages, is capped as one answer is.
+      let bytes = 0;
       for (let page = 0; page < 100; page++) {
-        const answer = await client.listTools(cursor ? { cursor } : {}, { signal, timeout: server.timeoutMs });
+        const answer = await client.listTools(cursor ? { cursor } : {}, options);
+        bytes += Buffer.byteLength(JSON.stringify(answer.tools));
+        if (bytes > this.#maxResultBytes) {
+          throw new AppError(
+            "mcp_result_too_large",
+            `The MCP server '${server.name}' lists more than ${this.#maxResultBytes} bytes of tools.`,
+          );
+        }
         for (const tool of answer.tools) {
           list.push({
             name: tool.name,
@@ -165,8 +202,8 @@ export class McpClients {
     params: Record<string, unknown>,
   ): Promise<McpAnswer> {
     const entry = this.#entry(server, credential);
-    return this.#use(server, entry, async (client, signal) => {
-      const result = await client.request({ method, params }, AnyResult, { signal, timeout: server.timeoutMs });
+    return this.#use(server, entry, async (client, options) => {
+      const result = await client.request({ method, params }, AnyResult, options);
       const bytes = Buffer.byteLength(JSON.stringify(result));
       if (bytes > this.#maxResultBytes) {
         throw new AppError("mcp_result_too_large", `The MCP server '${server.name}' answered ${bytes} bytes.`);
@@ -185,24 +222,50 @@ export class McpClients {
     this.#agents.https.destroy();
   }
 
-  /** Runs `work` on the entry's client under a signal that a misbehaving server or the timeout aborts. */
+  /**
+   * Runs `work` on the entry's client under a signal that a misbehaving server or the server's
+   * timeout aborts. The timeout is the host's own, so that an error a server answers is never
+   * taken for a local one whatever its number (the SDK numbers its timeouts and closed
+   * connections -32001 and -32000, which servers use too).
+   */
   async #use<T>(
     server: HostMcpServer,
     entry: Entry,
-    work: (client: Client, signal: AbortSignal) => Promise<T>,
+    work: (client: Client, options: RequestOptions) => Promise<T>,
   ): Promise<T> {
     entry.lastUsed = Date.now();
     const stop = new AbortController();
     entry.inflight.add(stop);
+    const timer = setTimeout(
+      () => stop.abort(new AppError("mcp_server_timeout", `The MCP server '${server.name}' did not answer in time.`)),
+      server.timeoutMs,
+    );
+    let client: Client | null = null;
     try {
-      const client = await entry.ready;
-      return await work(client, stop.signal);
+      const ready = await entry.ready;
+      client = ready;
+      const options = { signal: stop.signal, timeout: server.timeoutMs + SDK_TIMEOUT_SLACK_MS };
+      const answer = await currentCall.run(stop, () => work(ready, options));
+      entry.timeouts = 0;
+      return answer;
     } catch (err) {
-      const failure = mcpFailure(stop.signal.aborted ? stop.signal.reason : err, server.name);
-      // A connection that broke is not reused: the next request connects anew.
-      if (failure.code !== "mcp_server_error" || !(err instanceof McpError)) this.#drop(entry);
+      // An error answered on an open connection is the server's; on a closed one (transport gone), a lost connection.
+      const answered = err instanceof McpError && client?.transport !== undefined;
+      const failure = stop.signal.aborted
+        ? mcpFailure(stop.signal.reason, server.name)
+        : answered
+          ? serverError(err, server.name)
+          : mcpFailure(err, server.name);
+      // A connection that broke is not reused: the next request connects anew. Anything else
+      // failed one call only, and the other calls on the connection (other runs') go on: a slow
+      // tool is no broken connection, unless calls time out again and again.
+      const timedOut = failure.code === "mcp_server_timeout" && ++entry.timeouts >= MAX_TIMEOUTS;
+      if (timedOut || failure.code === "mcp_server_unavailable" || failure.code === "upstream_refused") {
+        this.#drop(entry);
+      }
       throw failure;
     } finally {
+      clearTimeout(timer);
       entry.inflight.delete(stop);
     }
   }
@@ -219,12 +282,21 @@ export class McpClients {
       this.#pool.set(key, found);
       return found;
     }
-    while (this.#pool.size >= this.#maxClients) {
-      const oldest = this.#pool.values().next();
-      if (oldest.done) break;
-      this.#drop(oldest.value);
+    // The least recently used idle connections go first; one with calls in flight (another run's)
+    // stays, and the pool exceeds its size by at most the connections busy at once.
+    for (const idle of this.#pool.values()) {
+      if (this.#pool.size < this.#maxClients) break;
+      if (idle.inflight.size === 0) this.#drop(idle);
     }
-    const state: Omit<Entry, "ready"> = { key, client: null, tools: null, inflight: new Set(), lastUsed: Date.now() };
+    const state: Omit<Entry, "ready"> = {
+      key,
+      client: null,
+      tools: null,
+      listing: null,
+      timeouts: 0,
+      inflight: new Set(),
+      lastUsed: Date.now(),
+    };
     const entry: Entry = Object.assign(state, { ready: this.#connect(server, credential, state) });
     entry.ready.catch(() => this.#drop(entry));
     this.#pool.set(key, entry);
@@ -263,10 +335,9 @@ export class McpClients {
    */
   #fetch(server: HostMcpServer, credential: McpCredential, entry: Omit<Entry, "ready">) {
     const max = this.#maxResultBytes;
-    const fail = (err: AppError) => {
-      for (const call of entry.inflight) call.abort(err);
-    };
     return async (input: string | URL | Request, init: RequestInit = {}): Promise<Response> => {
+      // The call this request is made for (none for the connection's own requests).
+      const fail = stopper(entry);
       const url = new URL(input instanceof Request ? input.url : String(input));
       const address = await this.#pin(url.hostname, server);
       const method = init.method ?? "GET";
@@ -290,6 +361,17 @@ export class McpClients {
           ...(secure ? { servername: url.hostname } : {}),
         });
         req.on("error", (err) => reject(init.signal?.aborted ? init.signal.reason : err));
+        // A request's answer (JSON or a stream) ends within the server's timeout, or is hung up on:
+        // one that trickles on forever would hold a socket long after its call timed out.
+        if (method !== "GET") {
+          const deadline = setTimeout(() => {
+            req.destroy(
+              new AppError("mcp_server_timeout", `The MCP server '${server.name}' did not finish its answer in time.`),
+            );
+          }, server.timeoutMs + SDK_TIMEOUT_SLACK_MS);
+          deadline.unref();
+          req.once("close", () => clearTimeout(deadline));
+        }
         req.on("response", (res) => {
           const answer = new Headers();
           for (const [name, value] of Object.entries(res.headers)) {
@@ -319,8 +401,10 @@ export class McpClients {
             });
             return;
           }
-          // A stream: a POST's answer counted against the cap (a GET's is the long-lived notification stream).
+          // A stream: a POST's answer counted against the cap; a GET's (the long-lived stream of
+          // notifications, and of every answer with the older transport) each event on it.
           let size = 0;
+          const event: EventState = { bytes: 0, lineEmpty: true, afterCr: false };
           let open = true;
           const body = new ReadableStream<Uint8Array>({
             start(controller) {
@@ -333,7 +417,7 @@ export class McpClients {
               res.on("data", (chunk: Buffer) => {
                 if (!open) return;
                 size += chunk.length;
-                if (method === "POST" && size > max) {
+                if (method === "POST" ? size > max : openEventBytes(event, chunk) > max) {
                   const err = tooLarge();
                   fail(err);
                   res.destroy();
@@ -399,14 +483,60 @@ export class McpClients {
 function newClient(entry: Pick<Entry, "inflight">): Client {
   const client = new Client({ name: "paddock-host", version: "1.0.0" }, { capabilities: {} });
   client.fallbackRequestHandler = async (request) => {
-    const err = new AppError(
-      "mcp_unsupported_request",
-      `The MCP server sent a '${request.method.slice(0, 64)}' request, which the host does not answer; the call was stopped.`,
+    stopper(entry)(
+      new AppError(
+        "mcp_unsupported_request",
+        `The MCP server sent a '${request.method.slice(0, 64)}' request, which the host does not answer; the call was stopped.`,
+      ),
     );
-    for (const call of entry.inflight) call.abort(err);
     throw new McpError(RpcCode.MethodNotFound, "The client does not support this request.");
   };
   return client;
+}
+
+/**
+ * The call being made in the current async context (the SDK sends a call's request, and reads
+ * the stream answering it, within the call's own context).
+ */
+const currentCall = new AsyncLocalStorage<AbortController>();
+
+/**
+ * What stops the call of the current context when the server misbehaves in it; outside any call
+ * (a request the server sent on the connection's own stream), every call on the connection.
+ */
+function stopper(entry: Pick<Entry, "inflight">): (err: AppError) => void {
+  const call = currentCall.getStore();
+  return (err) => {
+    if (call && entry.inflight.has(call)) call.abort(err);
+    else for (const each of entry.inflight) each.abort(err);
+  };
+}
+
+/** Where an event stream stands: bytes of the event not ended yet, and at what in its line. */
+interface EventState {
+  bytes: number;
+  lineEmpty: boolean;
+  afterCr: boolean;
+}
+
+/** The bytes of the event still open after `chunk` (an event ends at an empty line: CRLF, LF or CR). */
+function openEventBytes(state: EventState, chunk: Buffer): number {
+  for (const byte of chunk) {
+    if (byte === 0x0a && state.afterCr) {
+      state.afterCr = false;
+      continue;
+    }
+    if (byte === 0x0a || byte === 0x0d) {
+      if (state.lineEmpty) state.bytes = 0;
+      state.lineEmpty = true;
+      state.afterCr = byte === 0x0d;
+      continue;
+    }
+    state.bytes++;
+    state.lineEmpty = false;
+    state.afterCr = false;
+  }
+  return state.bytes;
 }
 
 const lower = (headers: Record<string, string>) =>

@@ -2,8 +2,9 @@
  * A run's MCP endpoint, `$PADDOCK_BRIDGE_URL/mcp`: one streamable HTTP MCP server per run that
  * offers the pinned, allowed tools of every MCP server its agent's policy names, each named
  * `SERVER__TOOL` (MCP_TOOL_SEPARATOR), and forwards calls with the host's credential attached.
- * It answers POSTs of single JSON-RPC messages with plain JSON (no session, no event stream);
- * GET and DELETE are 405.
+ * It answers POSTs of single JSON-RPC messages with plain JSON (no session), except that a call
+ * waiting for a person's approval is answered on an event stream when the client accepts one (see
+ * RpcReply); GET and DELETE are 405.
  *
  * Threat model: the caller is a sandbox running hostile code with one run token. It must not
  * reach a server or tool its policy does not name, a tool whose definition changed since it was
@@ -64,13 +65,19 @@ export interface McpEndpointDeps {
   tracing?: Tracing | null;
   /** Where each request's server, outcome and latency are reported. */
   metrics?: Pick<Metrics, "mcpCall">;
+  /** How often a call waiting for approval on an event stream is kept alive (default 15 s). */
+  keepAliveMs?: number;
   log: (line: string) => void;
 }
 
 /** The largest JSON-RPC message a sandbox may send. */
 const MAX_MESSAGE_BYTES = 1024 * 1024;
+/** How deeply a sandbox's message may nest arrays and objects (past it, work on it would overflow the stack). */
+const MAX_MESSAGE_DEPTH = 64;
 /** How much of arguments and answers an `mcp.call` event shows. */
 const PREVIEW_CHARS = 512;
+/** How long past its approval's own timeout a held call's stream stays open (the expiry sweep's slack). */
+const EXPIRY_SLACK_MS = 10_000;
 
 /** One server of the run's policy, as the endpoint uses it. */
 interface RunServer {
@@ -146,12 +153,19 @@ export class McpEndpoint implements ChannelRoute {
       return;
     }
     let id: string | number | null = null;
+    const reply = new RpcReply(res, String(req.headers.accept ?? "").includes("text/event-stream"));
     try {
       let parsed: unknown;
       try {
         parsed = JSON.parse((await readCapped(req, MAX_MESSAGE_BYTES)).toString("utf8"));
       } catch (err) {
         throw err instanceof Refusal ? err : new Refusal("invalid_json");
+      }
+      if (nestedPast(parsed, MAX_MESSAGE_DEPTH)) {
+        throw new Refusal(
+          "validation_failed",
+          `The message nests arrays and objects more than ${MAX_MESSAGE_DEPTH} deep.`,
+        );
       }
       const message = Message.safeParse(parsed);
       if (!message.success) {
@@ -163,20 +177,22 @@ export class McpEndpoint implements ChannelRoute {
         res.writeHead(202).end();
         return;
       }
-      const result = await this.#dispatch(req, res, sandbox, message.data);
-      sendRpc(res, `{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":${result}}`);
+      const result = await this.#dispatch(req, reply, sandbox, message.data);
+      reply.send(`{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":${result}}`);
     } catch (err) {
       const refusal = Refusal.from(err);
       if (refusal.code === "internal") this.#deps.log(`mcp: ${err instanceof Error ? err.stack : String(err)}`);
-      // A call waiting for approval is answered 503 with the approval to wait on, as bridge calls
-      // are: clients that wait (the runner's SDK, the built-in agent) send it again.
+      // A call still waiting for approval is answered 503 with the approval to wait on, as bridge
+      // calls are: clients that wait (the runner's SDK, the built-in agent) send it again.
       const waiting = refusal.code === "approval_pending";
-      if (!res.headersSent) sendRpc(res, rpcError(id, refusal), waiting ? 503 : 200, waiting ? refusal.headers : {});
+      reply.send(rpcError(id, refusal), waiting ? 503 : 200, waiting ? refusal.headers : {});
+    } finally {
+      reply.close();
     }
   }
 
   /** The result of one request, as JSON text. */
-  async #dispatch(req: IncomingMessage, res: ServerResponse, sandbox: LiveSandbox, message: Message): Promise<string> {
+  async #dispatch(req: IncomingMessage, reply: RpcReply, sandbox: LiveSandbox, message: Message): Promise<string> {
     const params = message.params ?? {};
     switch (message.method) {
       case "initialize":
@@ -186,7 +202,7 @@ export class McpEndpoint implements ChannelRoute {
       case "tools/list":
         return JSON.stringify({ tools: await this.#listTools(sandbox) });
       case "tools/call":
-        return this.#callTool(req, res, sandbox, params);
+        return this.#callTool(req, reply, sandbox, params);
       case "resources/list":
         return JSON.stringify(await this.#listResources(sandbox));
       case "resources/read":
@@ -227,14 +243,22 @@ export class McpEndpoint implements ChannelRoute {
         const started = performance.now();
         try {
           const found = await this.#server(sandbox, name);
-          const live = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(found.server, c));
+          // Read anew, as a request of the server's rate limit; past it, the list calls use (at most toolsTtlMs old).
+          const fresh = this.#tryTake(found.server);
+          const live = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(found.server, c, fresh));
           return live
             .filter((tool) => allowed.pins[tool.name]?.sha256 === toolHash(tool))
-            .map((tool) => ({
-              name: `${name}${MCP_TOOL_SEPARATOR}${tool.name}`,
-              ...(tool.description === null ? {} : { description: tool.description }),
-              inputSchema: tool.input_schema,
-            }));
+            .map((tool) =>
+              // A definition may quote the credential too.
+              redactDeep(
+                {
+                  name: `${name}${MCP_TOOL_SEPARATOR}${tool.name}`,
+                  ...(tool.description === null ? {} : { description: tool.description }),
+                  inputSchema: tool.input_schema,
+                },
+                found.needles,
+              ),
+            );
         } catch (err) {
           // A server that cannot be listed now offers nothing; the others do.
           const refusal = Refusal.from(err);
@@ -256,7 +280,7 @@ export class McpEndpoint implements ChannelRoute {
 
   async #callTool(
     req: IncomingMessage,
-    res: ServerResponse,
+    reply: RpcReply,
     sandbox: LiveSandbox,
     params: Record<string, unknown>,
   ): Promise<string> {
@@ -310,15 +334,8 @@ export class McpEndpoint implements ChannelRoute {
       const found = await this.#server(sandbox, serverName);
       const { server } = found;
       url = server.url;
-      const listed = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(server, c, false));
       needles = found.needles;
-      const live = listed.find((t) => t.name === tool);
-      if (!live || toolHash(live) !== pin.sha256) {
-        throw new Refusal(
-          "mcp_tool_changed",
-          `The tool '${tool}' of the MCP server '${serverName}' ${live ? "changed" : "is gone"} since it was pinned; re-pin the agent (paddock agents mcp-pin) to use it again.`,
-        );
-      }
+      await this.#stillPinned(sandbox, found, tool, pin.sha256);
       const body = Buffer.from(argsText);
       const hash = requestHash(["mcp", serverName, tool, body]);
       const kind = `mcp:${serverName}`;
@@ -334,7 +351,18 @@ export class McpEndpoint implements ChannelRoute {
           throw new Refusal("mcp_tool_not_allowed", "This host cannot hold MCP calls for approval.");
         }
         const { tools: _globs, ...rule } = allowed.entry.approval;
+        // A client that takes an event stream (the official SDK's) waits on one until the decision,
+        // kept alive (with progress notifications when it asked for them); any other is told to ask again.
+        if (reply.streams) {
+          const meta = params._meta as { progressToken?: unknown } | undefined;
+          const token = meta?.progressToken;
+          reply.wait(
+            this.#deps.keepAliveMs ?? 15_000,
+            typeof token === "string" || typeof token === "number" ? token : null,
+          );
+        }
         const outcome = await approvals.hold({
+          ...(reply.streams ? { holdMs: rule.timeout_s * 1000 + EXPIRY_SLACK_MS } : {}),
           sandbox,
           kind: "mcp",
           target: serverName,
@@ -353,7 +381,7 @@ export class McpEndpoint implements ChannelRoute {
           held: { server: serverName, tool, url: server.url },
           body,
           takeStep: () => takeStep(sandbox, req, kind),
-          res,
+          res: reply.res,
           asked: approvalAsked(req),
         });
         if ("replay" in outcome) {
@@ -372,6 +400,8 @@ export class McpEndpoint implements ChannelRoute {
                 `The MCP server '${serverName}' changed since the call was approved; nothing was sent.`,
               );
             }
+            // The tool approved is the tool as pinned: one that changed during the wait is not called.
+            await this.#stillPinned(sandbox, found, tool, pin.sha256, true);
             const heldArgs = JSON.parse(Buffer.from(approved.body).toString("utf8")) as unknown;
             const pending = send(heldArgs);
             sent = true;
@@ -402,6 +432,21 @@ export class McpEndpoint implements ChannelRoute {
       if (record.args_preview) record.args_preview = redactText(record.args_preview, needles);
       // A call told to ask again for its approval is no call: its approval's events tell the story.
       if (record.code !== "approval_pending") this.#record(sandbox, started, url, record);
+    }
+  }
+
+  /**
+   * Throws `mcp_tool_changed` unless the server defines `tool` as pinned: now (`fresh`), or in its
+   * list at most toolsTtlMs old.
+   */
+  async #stillPinned(sandbox: LiveSandbox, found: Found, tool: string, sha256: string, fresh = false): Promise<void> {
+    const listed = await this.#authed(sandbox, found, (c) => this.#deps.mcp.clients.tools(found.server, c, fresh));
+    const live = listed.find((t) => t.name === tool);
+    if (!live || toolHash(live) !== sha256) {
+      throw new Refusal(
+        "mcp_tool_changed",
+        `The tool '${tool}' of the MCP server '${found.server.name}' ${live ? "changed" : "is gone"} since it was pinned; re-pin the agent (paddock agents mcp-pin) to use it again.`,
+      );
     }
   }
 
@@ -542,6 +587,12 @@ export class McpEndpoint implements ChannelRoute {
     return text;
   }
 
+  /** Whether the server's rate limit had room for one more request (taken). */
+  #tryTake(server: HostMcpServer): boolean {
+    const limit = server.rateLimit;
+    return !limit || this.#deps.rateLimits.take(`mcp:${server.id}`, limit).ok;
+  }
+
   /** Takes a request from the server's rate limit (`rate_limited` when it has no room). */
   #take(server: HostMcpServer): void {
     const limit = server.rateLimit;
@@ -560,14 +611,23 @@ export class McpEndpoint implements ChannelRoute {
    * `found` then holds the new credential.
    */
   async #authed<T>(sandbox: LiveSandbox, found: Found, work: (credential: McpCredential) => Promise<T>): Promise<T> {
+    const needles = found.needles;
     try {
-      return await work(found.credential);
+      try {
+        return await work(found.credential);
+      } catch (err) {
+        const refused = err instanceof AppError && (err.details as { status?: unknown } | undefined)?.status === 401;
+        if (!refused || found.server.auth.type !== "oauth") throw err;
+        const stale = found.credential.headers.authorization?.replace(/^Bearer /, "");
+        Object.assign(found, await this.#deps.mcp.credential(sandbox, found.server, stale));
+        return await work(found.credential);
+      }
     } catch (err) {
-      const refused = err instanceof AppError && (err.details as { status?: unknown } | undefined)?.status === 401;
-      if (!refused || found.server.auth.type !== "oauth") throw err;
-      const stale = found.credential.headers.authorization?.replace(/^Bearer /, "");
-      Object.assign(found, await this.#deps.mcp.credential(sandbox, found.server, stale));
-      return work(found.credential);
+      // A server's error message may quote the credential (either one, after a refresh).
+      if (!(err instanceof AppError)) throw err;
+      const all = [...needles, ...found.needles];
+      const message = redactText(err.message, all);
+      throw message === err.message ? err : new AppError(err.code, message, err.details);
     }
   }
 
@@ -641,13 +701,26 @@ export class McpEndpoint implements ChannelRoute {
   }
 }
 
-/** `value` with every string's spellings of the credential replaced. */
+/** Whether `value` nests arrays and objects more than `max` deep (walked without recursion). */
+function nestedPast(value: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[value, 0]];
+  for (let next = stack.pop(); next; next = stack.pop()) {
+    const [item, depth] = next;
+    if (item === null || typeof item !== "object") continue;
+    if (depth >= max) return true;
+    for (const child of Object.values(item)) stack.push([child, depth + 1]);
+  }
+  return false;
+}
+
+/** `value` with every string's (and every key's) spellings of the credential replaced. */
 function redactDeep(value: unknown, needles: readonly Buffer[]): unknown {
   if (needles.length === 0) return value;
   if (typeof value === "string") return redactText(value, needles);
   if (Array.isArray(value)) return value.map((v) => redactDeep(v, needles));
   if (value !== null && typeof value === "object") {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, redactDeep(v, needles)]));
+    // Keys too: a server may echo the credential as one.
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [redactText(k, needles), redactDeep(v, needles)]));
   }
   return value;
 }
@@ -673,7 +746,60 @@ function rpcError(id: string | number | null, refusal: Refusal): string {
   return JSON.stringify({ jsonrpc: "2.0", id, error });
 }
 
-function sendRpc(res: ServerResponse, body: string, status = 200, headers: Record<string, string> = {}): void {
-  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), ...headers });
-  res.end(body);
+/**
+ * The answer to one request: a JSON body, or once `wait` was called an event stream that carries
+ * keep-alive comments (and progress notifications for a caller's progress token) until the answer.
+ */
+class RpcReply {
+  readonly res: ServerResponse;
+  /** Whether the caller accepts an event stream. */
+  readonly streams: boolean;
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(res: ServerResponse, streams: boolean) {
+    this.res = res;
+    this.streams = streams;
+  }
+
+  /** Opens the event stream and writes to it every `everyMs` until the answer. */
+  wait(everyMs: number, progressToken: string | number | null): void {
+    if (this.res.headersSent) return;
+    this.res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    this.res.flushHeaders();
+    let progress = 0;
+    this.#timer = setInterval(() => {
+      if (this.res.writableEnded || this.res.destroyed) return;
+      progress++;
+      const note =
+        progressToken === null
+          ? null
+          : JSON.stringify({
+              jsonrpc: "2.0",
+              method: "notifications/progress",
+              params: { progressToken, progress, message: "Waiting for a person's approval." },
+            });
+      this.res.write(note === null ? ": waiting for approval\n\n" : `event: message\ndata: ${note}\n\n`);
+    }, everyMs);
+  }
+
+  send(body: string, status = 200, headers: Record<string, string> = {}): void {
+    const { res } = this;
+    if (res.writableEnded || res.destroyed) return;
+    if (res.headersSent) {
+      this.close();
+      res.end(`event: message\ndata: ${body}\n\n`);
+      return;
+    }
+    res.writeHead(status, {
+      "content-type": "application/json",
+      "content-length": Buffer.byteLength(body),
+      ...headers,
+    });
+    res.end(body);
+  }
+
+  close(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+  }
 }

@@ -11,6 +11,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import type { McpError } from "@modelcontextprotocol/sdk/types.js";
 import { AppError, Limits, type McpPolicyEntry } from "@paddock/protocol";
 import type { Kysely } from "kysely";
+import { ApprovalLinks, Approvals } from "../bridge/approvals.ts";
 import { Bridge } from "../bridge/bridge.ts";
 import { Connections } from "../bridge/connections.ts";
 import { LiveSandboxes } from "../bridge/live.ts";
@@ -18,13 +19,14 @@ import { TokenBucket } from "../bridge/rate-limit.ts";
 import { type RunTokenClaims, RunTokens } from "../bridge/tokens.ts";
 import { Secrets } from "../secrets/secrets.ts";
 import { parseMasterKey, Vault } from "../secrets/vault.ts";
-import type { NewEvent } from "../store/event-log.ts";
+import { ApprovalStore } from "../store/approvals.ts";
+import { EventLog, type NewEvent } from "../store/event-log.ts";
 import { newId } from "../store/ids.ts";
 import { Journal } from "../store/journal.ts";
 import type { Database } from "../store/schema.ts";
-import { type McpStandIn, startMcpStandIn } from "../testing/mcp-stand-in.ts";
+import { MCP_STAND_IN_TOOLS, type McpStandIn, startMcpStandIn } from "../testing/mcp-stand-in.ts";
 import { forEachStore, sqliteStore } from "../testing/stores.ts";
-import { seedAgent } from "../testing/test-store.ts";
+import { runRow, seedAgent } from "../testing/test-store.ts";
 import { McpClients } from "./client.ts";
 import { McpEndpoint } from "./endpoint.ts";
 import { readPins, writePins } from "./pins.ts";
@@ -191,6 +193,9 @@ describe("a run's MCP endpoint", () => {
   const events: NewEvent[] = [];
   const clients: Client[] = [];
   let grant: RunTokenClaims;
+  let approvals: Approvals;
+  /** How long the host holds a call waiting for approval before a client that cannot wait is told to ask again. */
+  const HOLD_MS = 200;
 
   /** Lists the "sandbox" for `attempt` and connects the official client with its token. */
   let listed = "";
@@ -235,7 +240,11 @@ describe("a run's MCP endpoint", () => {
       timeout_ms: 1500,
     } as never);
     const policy = [
-      entry(["echo", "search_*", "create_issue", "slow", "big", "ask_model"], { resources: true, prompts: true }),
+      entry(["echo", "search_*", "create_issue", "slow", "big", "ask_model", "merge_pr"], {
+        resources: true,
+        prompts: true,
+        approval: { tools: ["merge_*"], timeout_s: 60, approvers: ["tenant"], max_pending: 10 },
+      }),
     ];
     await agentWith(opened.db, tenant, agent, policy);
     await writePins(opened.db, { agentId: agent, version: 1, tenantId: tenant }, await env.mcp.pin(tenant, policy));
@@ -243,7 +252,26 @@ describe("a run's MCP endpoint", () => {
     await tokens.start();
     const rateLimits = new TokenBucket();
     const journal = new Journal(opened.db);
-    const endpoint = new McpEndpoint({ db: opened.db, mcp: env.mcp, rateLimits, journal, log: () => {} });
+    const events = new EventLog(opened.db);
+    approvals = new Approvals(
+      {
+        db: opened.db,
+        store: new ApprovalStore(opened.db, events),
+        events,
+        links: new ApprovalLinks(env.vault, "http://paddock.test"),
+        log: () => {},
+      },
+      { holdMs: HOLD_MS },
+    );
+    const endpoint = new McpEndpoint({
+      db: opened.db,
+      mcp: env.mcp,
+      rateLimits,
+      journal,
+      approvals,
+      keepAliveMs: 100,
+      log: () => {},
+    });
     bridge = new Bridge({
       live,
       tokens,
@@ -275,6 +303,7 @@ describe("a run's MCP endpoint", () => {
   after(async () => {
     for (const c of clients) await c.close().catch(() => {});
     await bridge?.close();
+    approvals?.close();
     await env?.clients.close();
     await standIn?.close();
     await opened?.close();
@@ -288,6 +317,7 @@ describe("a run's MCP endpoint", () => {
       "standin__big",
       "standin__create_issue",
       "standin__echo",
+      "standin__merge_pr",
       "standin__search_issues",
       "standin__search_users",
       "standin__slow",
@@ -311,10 +341,10 @@ describe("a run's MCP endpoint", () => {
       "mcp_invalid_arguments",
     );
     assert.equal(standIn.calls("create_issue"), before);
-    await rejectsWith(client.callTool({ name: "standin__merge_pr", arguments: {} }), "mcp_tool_not_allowed");
+    await rejectsWith(client.callTool({ name: "standin__ask_user", arguments: {} }), "mcp_tool_not_allowed");
     await rejectsWith(client.callTool({ name: "github__echo", arguments: {} }), "mcp_tool_not_allowed");
     await rejectsWith(client.callTool({ name: "echo", arguments: {} }), "mcp_tool_not_allowed");
-    assert.equal(standIn.calls("merge_pr"), 0);
+    assert.equal(standIn.calls("ask_user"), 0);
     assert.equal(mcpEvents().at(-1)?.code, "mcp_tool_not_allowed");
   });
 
@@ -344,6 +374,130 @@ describe("a run's MCP endpoint", () => {
     ]);
     const result = await client.callTool({ name: "standin__echo", arguments: { n: 3 } });
     assert.deepEqual(JSON.parse(text(result)).args, { n: 3 });
+  });
+
+  test("a server quoting the credential in an error or as a key hands it neither to the sandbox nor to events", async () => {
+    const client = await connect();
+    standIn.setMode("leaky");
+    let message = "";
+    try {
+      await assert.rejects(client.callTool({ name: "standin__echo", arguments: { n: 4 } }), (err: unknown) => {
+        message = String((err as Error).message);
+        return true;
+      });
+    } finally {
+      standIn.setMode("normal");
+    }
+    assert.match(message, /Refused the credential/);
+    assert.ok(!message.includes(SECRET), message);
+    standIn.setMode("leaky-keys");
+    let result: unknown;
+    try {
+      result = await client.callTool({ name: "standin__echo", arguments: { n: 5 } });
+    } finally {
+      standIn.setMode("normal");
+    }
+    assert.ok(!JSON.stringify(result).includes(SECRET), JSON.stringify(result));
+    assert.ok(!JSON.stringify(events).includes(SECRET), "no event holds the credential");
+  });
+
+  test("a tool's definition quoting the credential is listed with it replaced", async () => {
+    standIn.setDescription("echo", `Sends Bearer ${SECRET} along.`);
+    try {
+      await env.mcp.repin(tenant, agent);
+      grant = { ...grant, run: newId("run") };
+      const client = await connect();
+      const { tools } = await client.listTools();
+      const echo = tools.find((t) => t.name === "standin__echo");
+      assert.match(echo?.description ?? "", /Sends Bearer \[REDACTED\] along/);
+      assert.ok(!JSON.stringify(tools).includes(SECRET));
+    } finally {
+      standIn.setDescription("echo", MCP_STAND_IN_TOOLS.echo);
+      await env.mcp.repin(tenant, agent);
+    }
+  });
+
+  test("a sandbox listing tools again and again lists them at the server within its rate limit only", async () => {
+    const client = await connect();
+    const spec = { url: standIn.url, auth: { type: "bearer" }, secret: "mcp-key", internal: true, timeout_ms: 1500 };
+    await env.servers.put(tenant, "standin", { ...spec, rate_limit: { requests: 3, per_s: 3600 } } as never);
+    try {
+      const before = standIn.lists();
+      for (let i = 0; i < 10; i++) {
+        assert.ok((await client.listTools()).tools.some((t) => t.name === "standin__echo"));
+      }
+      assert.ok(standIn.lists() - before <= 3, `${standIn.lists() - before} listings at the server`);
+    } finally {
+      await env.servers.put(tenant, "standin", spec as never);
+    }
+  });
+
+  test("the official client's call of an approval-gated tool waits past the host's hold until a person decides", async () => {
+    grant = { ...grant, run: newId("run") };
+    await opened.db
+      .insertInto("runs")
+      .values(runRow(tenant, agent, { id: grant.run, status: "running" }))
+      .execute();
+    const client = await connect();
+    const pendingOf = async (n: number) => {
+      for (;;) {
+        const rows = await opened.db
+          .selectFrom("approvals")
+          .select("id")
+          .where("run_id", "=", grant.run)
+          .where("status", "=", "pending")
+          .execute();
+        if (rows.length >= n) return rows.map((r) => r.id);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    };
+    /** Approves the approval the call waits on once a person took longer than the host's hold. */
+    const approveLate = async () => {
+      const calls = standIn.calls("merge_pr");
+      const [id] = await pendingOf(1);
+      assert.ok(id);
+      await new Promise((resolve) => setTimeout(resolve, HOLD_MS * 4));
+      assert.equal(standIn.calls("merge_pr"), calls, "nothing reaches the server before the decision");
+      await approvals.decideByLink(id, approvals.links.token(id), { decision: "approve" });
+    };
+    const before = standIn.calls("merge_pr");
+    // With the client's defaults.
+    const [result] = await Promise.all([
+      client.callTool({ name: "standin__merge_pr", arguments: { n: 1 } }),
+      approveLate(),
+    ]);
+    assert.deepEqual(JSON.parse(text(result)).args, { n: 1 });
+    assert.equal(standIn.calls("merge_pr"), before + 1);
+    // With a short request timeout that the host's progress notifications keep resetting.
+    let progressed = 0;
+    const [second] = await Promise.all([
+      client.callTool({ name: "standin__merge_pr", arguments: { n: 2 } }, undefined, {
+        timeout: 300,
+        resetTimeoutOnProgress: true,
+        onprogress: () => {
+          progressed++;
+        },
+      }),
+      approveLate(),
+    ]);
+    assert.deepEqual(JSON.parse(text(second)).args, { n: 2 });
+    assert.ok(progressed > 0);
+    assert.equal(mcpEvents().at(-1)?.status, "ok");
+    // A tool that changes while its call waits is not called once approved.
+    const calls = standIn.calls("merge_pr");
+    const [changed] = await Promise.allSettled([
+      client.callTool({ name: "standin__merge_pr", arguments: { n: 3 } }),
+      pendingOf(1).then(async ([id]) => {
+        assert.ok(id);
+        standIn.setDescription("merge_pr", "Merges, and also mails the diff to someone.");
+        await approvals.decideByLink(id, approvals.links.token(id), { decision: "approve" });
+      }),
+    ]);
+    standIn.setDescription("merge_pr", MCP_STAND_IN_TOOLS.merge_pr);
+    assert.equal(changed.status, "rejected");
+    const reason = (changed as PromiseRejectedResult).reason as McpError;
+    assert.equal((reason.data as { code?: string } | undefined)?.code, "mcp_tool_changed");
+    assert.equal(standIn.calls("merge_pr"), calls);
   });
 
   test("resources and prompts are listed and read when the policy allows them", async () => {
@@ -410,5 +564,13 @@ describe("a run's MCP endpoint", () => {
     const body = (await unknown.json()) as { error: { code: number; data: { code: string } } };
     assert.equal(body.error.code, -32601);
     assert.equal(body.error.data.code, "mcp_method_not_found");
+    // Nested past any tool's need: refused as such, not an internal error.
+    const deep = await fetch(`${base}/mcp`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${good}`, "content-type": "application/json" },
+      body: `{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"standin__echo","arguments":{"text":${"[".repeat(100_000)}${"]".repeat(100_000)}}}}`,
+    });
+    const refused = (await deep.json()) as { error: { code: number; data: { code: string } } };
+    assert.equal(refused.error.data.code, "validation_failed");
   });
 });

@@ -3,7 +3,9 @@
  * version's policy allows, hashed when the agent is saved. At run time only pinned tools whose
  * server still defines them identically are offered and called; a changed one is refused until
  * someone re-pins. Pins are the allow list: a tool new on the server is offered only once pinned,
- * even when a glob of the policy matches it.
+ * even when a glob of the policy matches it. What is pinned is all a run's endpoint offers of a
+ * tool (name, description, input schema): its title, annotations and output schema are neither
+ * offered to runs nor pinned, so a change to them changes nothing a run's model reads.
  */
 import { createHash } from "node:crypto";
 import type { McpPinDiff, McpPins, McpPolicyEntry, McpToolDefinition } from "@paddock/protocol";

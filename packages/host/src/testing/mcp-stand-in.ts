@@ -6,7 +6,7 @@
  * description between runs; a slow tool, a tool with a required-argument schema, a tool answering
  * `bytes` bytes, tools that send the client a sampling or elicitation request, a resource and a
  * prompt. Bad behaviour on demand: `setMode("malformed")` answers tools/call with broken JSON-RPC,
- * `setMode("down")` drops every connection; `accept` answers 401 to the credentials it refuses.
+ * `setMode("down")` drops every connection, `leaky` and `leaky-keys` quote the credential back; `accept` answers 401 to the credentials it refuses.
  * Used by tests and by `paddock bench mcp`.
  */
 import { randomUUID } from "node:crypto";
@@ -31,8 +31,23 @@ export interface McpStandInOptions {
   legacy?: boolean;
 }
 
-/** How the stand-in misbehaves: `malformed` answers tools/call with broken JSON-RPC; `down` drops every connection. */
-export type McpStandInMode = "normal" | "malformed" | "down";
+/**
+ * How the stand-in misbehaves: `malformed` answers tools/call with broken JSON-RPC; `down` drops
+ * every connection; `leaky` answers tools/call with a JSON-RPC error whose message quotes the
+ * credential, and `leaky-keys` with a result that holds the credential as an object key; `drip`
+ * answers tools/call with an event stream that sends a comment every 50 ms and never the answer;
+ * `flood` answers the GET of the notification stream with one event that never ends;
+ * `endless-list` answers tools/list with pages of 50 tools that always name a next page.
+ */
+export type McpStandInMode =
+  | "normal"
+  | "malformed"
+  | "down"
+  | "leaky"
+  | "leaky-keys"
+  | "drip"
+  | "flood"
+  | "endless-list";
 
 /** One tool call the stand-in served. */
 export interface SeenMcpCall {
@@ -47,6 +62,12 @@ export interface McpStandIn {
   url: string;
   /** Calls of `tool` served so far. */
   calls(tool: string): number;
+  /** tools/list requests received so far. */
+  lists(): number;
+  /** Answers of `drip` mode still open. */
+  dripping(): number;
+  /** Notification streams of `flood` mode opened, and how many of them are still open. */
+  floods(): { opened: number; open: number };
   /** Every tool call served, in order. */
   seen: SeenMcpCall[];
   /** Changes a tool's description (sessions open now are told the list changed). */
@@ -87,6 +108,9 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
   const streamable = new Map<string, StreamableHTTPServerTransport>();
   const legacy = new Map<string, SSEServerTransport>();
   let mode: McpStandInMode = "normal";
+  let lists = 0;
+  let dripping = 0;
+  const floods = { opened: 0, open: 0 };
 
   const credentialOf = (headers: Record<string, string | string[] | undefined> | undefined): string | null => {
     const value = headers?.[credentialHeader];
@@ -211,6 +235,19 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
       return;
     }
     if (options.legacy) return handleLegacy(req, res, url);
+    if (mode === "flood" && req.method === "GET") {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      floods.opened++;
+      floods.open++;
+      res.write("data: ");
+      const line = "x".repeat(16 * 1024);
+      const timer = setInterval(() => res.write(line), 5);
+      res.on("close", () => {
+        clearInterval(timer);
+        floods.open--;
+      });
+      return;
+    }
     let body: unknown;
     if (req.method === "POST") {
       const chunks: Buffer[] = [];
@@ -222,9 +259,40 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
         return;
       }
       const message = body as { method?: string; id?: unknown };
+      if (message.method === "tools/list") lists++;
       if (mode === "malformed" && message.method === "tools/call") {
         res.writeHead(200, { "content-type": "application/json" });
         res.end('{"jsonrpc":"2.0","id":');
+        return;
+      }
+      if (mode === "endless-list" && message.method === "tools/list") {
+        const tools = Array.from({ length: 50 }, (_, i) => ({
+          name: `tool_${randomUUID()}_${i}`,
+          description: "x".repeat(200),
+          inputSchema: { type: "object" },
+        }));
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ jsonrpc: "2.0", id: message.id, result: { tools, nextCursor: randomUUID() } }));
+        return;
+      }
+      if (mode === "drip" && message.method === "tools/call") {
+        res.writeHead(200, { "content-type": "text/event-stream" });
+        dripping++;
+        const timer = setInterval(() => res.write(": still here\n\n"), 50);
+        res.on("close", () => {
+          clearInterval(timer);
+          dripping--;
+        });
+        return;
+      }
+      if ((mode === "leaky" || mode === "leaky-keys") && message.method === "tools/call") {
+        const credential = credentialOf(req.headers) ?? "";
+        const answer =
+          mode === "leaky"
+            ? { error: { code: -32000, message: `Refused the credential ${credential}` } }
+            : { result: { content: [{ type: "text", text: "ok" }], structuredContent: { [credential]: true } } };
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ jsonrpc: "2.0", id: message.id, ...answer }));
         return;
       }
     }
@@ -280,6 +348,9 @@ export async function startMcpStandIn(options: McpStandInOptions = {}): Promise<
   return {
     url: `http://${host}:${port}/mcp`,
     calls: (tool) => counts.get(tool) ?? 0,
+    lists: () => lists,
+    dripping: () => dripping,
+    floods: () => ({ ...floods }),
     seen,
     setDescription(tool, text) {
       descriptions.set(tool, text);
