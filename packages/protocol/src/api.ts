@@ -4,6 +4,7 @@ import { BuiltinDefinition } from "./agent-definition.ts";
 import { AgentPolicy } from "./bridge.ts";
 import { AgentBudget } from "./gateway.ts";
 import { Limits } from "./limits.ts";
+import { McpPins } from "./mcp.ts";
 import { EndUser } from "./oauth.ts";
 import { RetryPolicy } from "./triggers.ts";
 
@@ -193,6 +194,8 @@ export const Agent = z
     /** When the agent was deleted: it starts no new runs; it and its runs stay readable. */
     archived_at: z.string().nullable(),
     created_at: z.string(),
+    /** `GET /v1/agents/{id}` only: the MCP tools its current version is pinned to (server → tool → pin). */
+    mcp_pins: McpPins.optional(),
   })
   .meta({ id: "Agent" });
 export type Agent = z.infer<typeof Agent>;

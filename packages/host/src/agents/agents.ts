@@ -453,6 +453,11 @@ export class Agents {
     return { row, snapshot: await this.#snapshotOf(row) };
   }
 
+  /** The MCP tools the agent's current version is pinned to ({} when its policy names no MCP server). */
+  pins({ row }: AgentRecord): Promise<McpPins> {
+    return readPins(this.#db, row.id, row.version);
+  }
+
   /**
    * An agent by id, else by name (the live agent of that name, else the one archived last);
    * not_found otherwise.

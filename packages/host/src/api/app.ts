@@ -324,12 +324,15 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
     {
       method: "get",
       path: "/v1/agents/{id}",
-      summary: "Get an agent",
+      summary: "Get an agent, with the MCP tools its current version is pinned to (mcp_pins)",
       auth: "tenant",
       request: { params: AgentId },
       responses: { 200: json(Agent, "The agent") },
     },
-    async (c) => c.json(toAgent(await deps.agents.get(tenantOf(c), c.req.valid("param").id)), 200),
+    async (c) => {
+      const agent = await deps.agents.get(tenantOf(c), c.req.valid("param").id);
+      return c.json({ ...toAgent(agent), mcp_pins: await deps.agents.pins(agent) }, 200);
+    },
   );
   // Agent versions and deletion: the agents service does the work.
   route(

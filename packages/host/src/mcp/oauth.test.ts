@@ -70,6 +70,10 @@ describe("an MCP server with the end user's OAuth account", () => {
       policy: { mcp: [{ server: "tools", tools: ["echo"] }] },
     });
     assert.equal(created.status, 201, JSON.stringify(created.body));
+    // The agent's answer carries the pins of its current version.
+    const got = await call("GET", `/v1/agents/${created.body.id}`);
+    assert.deepEqual(Object.keys(got.body.mcp_pins.tools), ["echo"]);
+    assert.match(got.body.mcp_pins.tools.echo.sha256, /^[0-9a-f]{64}$/);
     const { bridge, live, tokens } = h.services;
     const base = `http://127.0.0.1:${await bridge.listen("127.0.0.1")}`;
     const grant = {
