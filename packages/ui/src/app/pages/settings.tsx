@@ -1,12 +1,14 @@
 /**
- * Secrets, connections, model providers and models: names and metadata only, never a value. A
+ * Secrets, connections, MCP servers (and their tools, asked live), model providers and models:
+ * names and metadata only, never a value. A
  * secret's value can be set here: typed into a password field and sent once, never shown again.
  */
-import type { Connection, Model, Provider, Secret } from "@paddock/protocol";
+import type { Connection, McpServer, McpToolList, Model, Provider, Secret } from "@paddock/protocol";
 import { useState } from "preact/hooks";
 import { type BridgeCallRow, BridgeCallsTable } from "../components/calls.tsx";
+import { McpToolsTable } from "../components/mcp.tsx";
 import { ActionButton, Empty, ErrorNote, Section, useLoad } from "../components/ui.tsx";
-import { credits, dateTime } from "../lib/format.ts";
+import { credits, dateTime, duration } from "../lib/format.ts";
 import { api, caps, session } from "../state.ts";
 
 export function SettingsPage() {
@@ -17,6 +19,7 @@ export function SettingsPage() {
       </header>
       <Secrets />
       <Connections />
+      {caps.value.has("get", "/v1/mcp-servers") ? <McpServers /> : null}
       {caps.value.has("get", "/v1/bridge-calls") ? <RecentBridgeCalls /> : null}
       {session.value?.role === "admin" ? <Providers /> : null}
       <Models />
@@ -141,6 +144,73 @@ function Connections() {
         </table>
       )}
     </Section>
+  );
+}
+
+function McpServers() {
+  const servers = useLoad(() => api.get<{ data: McpServer[] }>("/v1/mcp-servers"), []);
+  const [open, setOpen] = useState<string | null>(null);
+  const list = servers.data?.data ?? [];
+  return (
+    <Section title="MCP servers">
+      <ErrorNote error={servers.error} />
+      {list.length === 0 ? (
+        <Empty>
+          No MCP servers: <code>paddock mcp-servers set</code>.
+        </Empty>
+      ) : (
+        <table>
+          <thead>
+            <tr>
+              <th>Name</th>
+              <th>URL</th>
+              <th>Secret</th>
+              <th>Auth</th>
+              <th>Internal</th>
+              <th class="num">Timeout</th>
+              <th>Created</th>
+              <th />
+            </tr>
+          </thead>
+          <tbody>
+            {list.map((s) => (
+              <tr key={s.name} data-mcp-server={s.name}>
+                <td class="mono">{s.name}</td>
+                <td class="mono">{s.url}</td>
+                <td class="mono">{s.secret ?? "—"}</td>
+                <td>{s.auth.type === "oauth" ? `oauth (${s.auth.app})` : s.auth.type}</td>
+                <td>{s.internal ? "yes" : "no"}</td>
+                <td class="num">{duration(s.timeout_ms)}</td>
+                <td>{dateTime(s.created_at)}</td>
+                <td>
+                  <button type="button" onClick={() => setOpen(open === s.name ? null : s.name)}>
+                    {open === s.name ? "Hide tools" : "Tools"}
+                  </button>
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      {open ? <McpServerTools key={open} name={open} /> : null}
+    </Section>
+  );
+}
+
+/** A server's tools as the host sees them now: asked when opened, again on demand. */
+function McpServerTools({ name }: { name: string }) {
+  const tools = useLoad(() => api.get<McpToolList>(`/v1/mcp-servers/${encodeURIComponent(name)}/tools`), [name]);
+  return (
+    <div class="mcp-server-tools" data-tools-of={name}>
+      <h3>
+        Tools of <span class="mono">{name}</span>, now{" "}
+        <button type="button" onClick={() => void tools.reload()} disabled={tools.loading}>
+          {tools.loading ? "Asking…" : "Ask again"}
+        </button>
+      </h3>
+      <ErrorNote error={tools.error} />
+      {tools.data && !tools.loading ? <McpToolsTable tools={tools.data.tools} /> : null}
+    </div>
   );
 }
 
