@@ -67,6 +67,7 @@ const LEGEND: [string, string][] = [
   ["retry", "retry wait"],
   ["llm", "model call"],
   ["bridge", "bridge call"],
+  ["mcp", "MCP call"],
   ["child", "child run"],
   ["tool", "tool call"],
   ["event", "event"],

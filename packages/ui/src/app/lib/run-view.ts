@@ -1,6 +1,6 @@
 /**
  * Everything the run page shows that its events tell, folded from them as they arrive: the run's
- * status, its log, its timeline, its model and bridge calls, its child runs and its result (the
+ * status, its log, its timeline, its model, bridge and MCP calls, its child runs and its result (the
  * data of its last `result` event).
  */
 import type { RunEventData, RunEventRead, RunStatus } from "@paddock/protocol";
@@ -9,6 +9,7 @@ import { Timeline } from "./timeline.ts";
 
 export type LlmCallEvent = RunEventData<"llm.call"> & { seq: number; time: string; attempt: number };
 export type BridgeCallEvent = RunEventData<"bridge.call"> & { seq: number; time: string; attempt: number };
+export type McpCallEvent = RunEventData<"mcp.call"> & { seq: number; time: string; attempt: number };
 
 /** Calls kept per table; a run that makes more shows the latest. */
 export const MAX_CALLS = 5000;
@@ -20,6 +21,7 @@ export class RunView {
   readonly timeline = new Timeline();
   readonly llmCalls: LlmCallEvent[] = [];
   readonly bridgeCalls: BridgeCallEvent[] = [];
+  readonly mcpCalls: McpCallEvent[] = [];
   /** The status the events say, and how it ended. */
   status: RunStatus | null = null;
   reason: string | null = null;
@@ -64,15 +66,13 @@ export class RunView {
           });
           break;
         case "llm.call":
-          push(this.llmCalls, { ...(d as RunEventData<"llm.call">), seq: e.seq, time: e.time, attempt: e.attempt });
+          push(this.llmCalls, placed<"llm.call">(e, d));
           break;
         case "bridge.call":
-          push(this.bridgeCalls, {
-            ...(d as RunEventData<"bridge.call">),
-            seq: e.seq,
-            time: e.time,
-            attempt: e.attempt,
-          });
+          push(this.bridgeCalls, placed<"bridge.call">(e, d));
+          break;
+        case "mcp.call":
+          push(this.mcpCalls, placed<"mcp.call">(e, d));
           break;
         case "artifact.created":
           this.artifactEvents++;
@@ -89,6 +89,14 @@ export class RunView {
     // Log lines are not drawn on the timeline: leave them out of its work.
     this.timeline.apply(fresh.filter((e) => e.type !== "log"));
   }
+}
+
+/** A call event's data with where it is in the run. */
+function placed<K extends "llm.call" | "bridge.call" | "mcp.call">(
+  e: RunEventRead,
+  d: Record<string, unknown>,
+): RunEventData<K> & { seq: number; time: string; attempt: number } {
+  return { ...(d as RunEventData<K>), seq: e.seq, time: e.time, attempt: e.attempt };
 }
 
 function push<T>(list: T[], item: T): void {

@@ -92,6 +92,27 @@ describe("the run timeline", () => {
     assert.deepEqual([event.label, event.start, event.seq], ["progress", event.end, 3]);
   });
 
+  it("draws an MCP call by its latency, failed unless ok, with its previews as its detail", () => {
+    seq = 0;
+    const t = new Timeline();
+    const call = { server: "gh", method: "tools/call", tool: "search", bytes: 9, latency_ms: 30 };
+    t.apply([
+      ev(0, "run.queued", { status: "queued", trigger: "api" }),
+      ev(500, "mcp.call", { ...call, status: "ok", args_preview: '{"q":"<b>"}', result_preview: "found" }),
+      ev(600, "mcp.call", { ...call, status: "error", code: "mcp_tool_changed" }),
+    ]);
+    const rows = t.rows(T0 + 1000);
+    assert.deepEqual(
+      rows.map((r) => r.label),
+      ["run", "mcp calls"],
+    );
+    const [ok, refused] = rows[1]?.bars ?? [];
+    assert.deepEqual([ok?.start, ok?.end, ok?.failed, ok?.label], [T0 + 470, T0 + 500, false, "gh search"]);
+    assert.equal(ok?.detail, 'tools/call ok, 30 ms\nargs: {"q":"<b>"}\nanswer: found');
+    assert.equal(refused?.failed, true);
+    assert.equal(refused?.detail, "tools/call error mcp_tool_changed, 30 ms");
+  });
+
   it("ignores an event it has already seen", () => {
     seq = 0;
     const t = new Timeline();

@@ -1,6 +1,6 @@
 /**
  * A run's timeline (waterfall) from its events, built as they arrive: the run's phases (queued,
- * starting, running) per attempt, retries' waits, model and bridge calls (each ends when its event
+ * starting, running) per attempt, retries' waits, model, bridge and MCP calls (each ends when its event
  * is written and lasted its latency), child runs, the built-in agent's tool calls, and other user
  * events as instants. Bars of one kind share rows where they do not overlap, so a run of ten
  * thousand sequential calls still draws a few rows.
@@ -15,6 +15,7 @@ export type BarKind =
   | "retry"
   | "llm"
   | "bridge"
+  | "mcp"
   | "child"
   | "tool"
   | "event"
@@ -46,7 +47,7 @@ export interface Row {
   bars: Bar[];
 }
 
-const GROUP_ORDER = ["run", "retries", "model calls", "bridge calls", "child runs", "tools", "events"];
+const GROUP_ORDER = ["run", "retries", "model calls", "bridge calls", "mcp calls", "child runs", "tools", "events"];
 /** Rows a packed group may use; more overlapping bars share its last row. */
 const MAX_ROWS_PER_GROUP = 6;
 const TERMINAL = new Set(["run.succeeded", "run.failed", "run.timed_out", "run.canceled"]);
@@ -193,6 +194,26 @@ export class Timeline {
           failed: d.code !== undefined || status >= 400,
           seq: e.seq,
           detail: `${status}${d.code ? ` ${d.code}` : ""}, ${Math.round(ms)} ms`,
+        });
+        return;
+      }
+      case "mcp.call": {
+        const latency = num(d.latency_ms) ?? 0;
+        const status = str(d.status) ?? "";
+        const previews = [
+          str(d.args_preview) === undefined ? "" : `\nargs: ${d.args_preview}`,
+          str(d.result_preview) === undefined ? "" : `\nanswer: ${d.result_preview}`,
+        ].join("");
+        this.#add({
+          key: `mcp-${e.seq}`,
+          group: "mcp calls",
+          kind: "mcp",
+          label: `${str(d.server) ?? ""} ${str(d.tool) ?? ""}`,
+          start: t - latency,
+          end: t,
+          failed: status !== "ok",
+          seq: e.seq,
+          detail: `${str(d.method) ?? ""} ${status}${d.code ? ` ${d.code}` : ""}, ${Math.round(latency)} ms${previews}`,
         });
         return;
       }

@@ -1,7 +1,7 @@
 /**
  * One run: its header (kept current while it goes), its actions (cancel, replay with the same or an
  * edited input, open parent and children), and, folded live from its event stream, its timeline,
- * log, input and result, artifacts, model calls and bridge calls.
+ * log, input and result, artifacts, model calls, bridge calls and MCP calls.
  */
 import type { Agent, Artifact, Run, RunCredits } from "@paddock/protocol";
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
@@ -9,6 +9,7 @@ import { Artifacts } from "../components/artifacts.tsx";
 import { BridgeCallsTable, ModelCallsTable } from "../components/calls.tsx";
 import { JsonTree } from "../components/json-tree.tsx";
 import { LogPane } from "../components/log-pane.tsx";
+import { McpCallsTable } from "../components/mcp.tsx";
 import { Waterfall } from "../components/timeline.tsx";
 import { ActionButton, Empty, ErrorNote, Facts, Link, Section, Status } from "../components/ui.tsx";
 import { ApiError } from "../lib/api.ts";
@@ -19,7 +20,7 @@ import { RunView } from "../lib/run-view.ts";
 import { cancelable } from "../lib/runs-live.ts";
 import { api, caps, navigate, now, session } from "../state.ts";
 
-const TABS = ["timeline", "log", "io", "artifacts", "model calls", "bridge calls"] as const;
+const TABS = ["timeline", "log", "io", "artifacts", "model calls", "bridge calls", "MCP calls"] as const;
 type Tab = (typeof TABS)[number];
 
 export function RunPage({ id }: { id: string }) {
@@ -215,6 +216,7 @@ export function RunPage({ id }: { id: string }) {
             {t === "artifacts" ? ` (${artifacts.length})` : ""}
             {t === "model calls" ? ` (${view.llmCalls.length})` : ""}
             {t === "bridge calls" ? ` (${view.bridgeCalls.length})` : ""}
+            {t === "MCP calls" ? ` (${view.mcpCalls.length})` : ""}
           </button>
         ))}
       </div>
@@ -242,6 +244,8 @@ export function RunPage({ id }: { id: string }) {
         {tab === "artifacts" && <Artifacts artifacts={artifacts} />}
         {tab === "model calls" && <ModelCalls view={view} bill={bill} />}
         {tab === "bridge calls" && <BridgeCalls view={view} />}
+        {tab === "MCP calls" &&
+          (view.mcpCalls.length === 0 ? <Empty>No MCP calls.</Empty> : <McpCallsTable calls={view.mcpCalls} />)}
       </div>
     </div>
   );
