@@ -1,11 +1,13 @@
 /**
  * One agent: a form to run it now, its definition (what it runs, policy, budget, limits, retry),
+ * the MCP tools its policy names as pinned, with a re-pin that shows what changed,
  * its definition versions and what changed between them, its environment versions with rollback,
  * its schedules (next fire time, pause and resume, recent runs), its webhooks and recent runs.
  */
-import type { Agent, AgentVersion, Run, Schedule, Snapshot, Webhook } from "@paddock/protocol";
+import type { Agent, AgentVersion, McpPinDiff, Run, Schedule, Snapshot, Webhook } from "@paddock/protocol";
 import { useMemo, useState } from "preact/hooks";
 import { JsonTree } from "../components/json-tree.tsx";
+import { McpPinChanges } from "../components/mcp.tsx";
 import { ActionButton, Empty, ErrorNote, Facts, Link, Section, Status, useLoad } from "../components/ui.tsx";
 import { diffLines } from "../lib/diff.ts";
 import { ago, bytes, dateTime, duration, span } from "../lib/format.ts";
@@ -37,6 +39,7 @@ export function AgentPage({ id }: { id: string }) {
       </header>
       {a.archived_at ? null : <RunNow agent={a} />}
       <Definition agent={a} />
+      {(a.policy.mcp ?? []).length > 0 ? <McpTools agent={a} onChanged={agent.reload} /> : null}
       {caps.value.has("get", "/v1/agents/{id}/versions") ? <Versions agent={a} /> : null}
       <Environments agent={a} onChanged={agent.reload} />
       <Schedules agent={a} />
@@ -152,6 +155,84 @@ function Definition({ agent: a }: { agent: Agent }) {
           )}
         </div>
       </div>
+    </Section>
+  );
+}
+
+/** The MCP servers its policy names, the tools pinned of each, and a re-pin from their definitions now. */
+function McpTools({ agent: a, onChanged }: { agent: Agent; onChanged: () => Promise<unknown> }) {
+  const [diff, setDiff] = useState<McpPinDiff | null>(null);
+  const pins = a.mcp_pins ?? {};
+  const canRepin = !a.archived_at && caps.value.has("post", "/v1/agents/{id}/mcp-pin");
+  return (
+    <Section
+      title="MCP tools"
+      id="mcp-tools"
+      actions={
+        canRepin ? (
+          <ActionButton
+            label="Re-pin"
+            busyLabel="Re-pinning…"
+            class="danger"
+            confirm="Pin these tools anew from their servers' definitions now? Runs are then offered the tools as they are now."
+            onAction={async () => {
+              setDiff(await api.send<McpPinDiff>("POST", `/v1/agents/${a.id}/mcp-pin`, {}));
+              await onChanged();
+            }}
+          />
+        ) : null
+      }
+    >
+      {diff ? (
+        <div class="mcp-repinned" data-repinned={diff.version}>
+          <h3>What the re-pin changed</h3>
+          <McpPinChanges diff={diff} />
+        </div>
+      ) : null}
+      <table class="mcp-pins">
+        <thead>
+          <tr>
+            <th>Server</th>
+            <th>Policy</th>
+            <th>Pinned tool</th>
+            <th>Description (as pinned)</th>
+            <th>Hash</th>
+          </tr>
+        </thead>
+        <tbody>
+          {(a.policy.mcp ?? []).flatMap((entry) => {
+            const pinned = Object.values(pins[entry.server] ?? {});
+            const policy = [
+              `tools ${entry.tools.join(", ") || "none"}`,
+              entry.approval ? `; approval for ${entry.approval.tools.join(", ")}` : "",
+              entry.resources ? "; resources" : "",
+              entry.prompts ? "; prompts" : "",
+            ].join("");
+            if (pinned.length === 0) {
+              return [
+                <tr key={entry.server} data-mcp-entry={entry.server}>
+                  <td class="mono">{entry.server}</td>
+                  <td class="mono">{policy}</td>
+                  <td colSpan={3} class="muted">
+                    No tool pinned.
+                  </td>
+                </tr>,
+              ];
+            }
+            return pinned.map((p, i) => (
+              <tr key={`${entry.server}-${p.name}`} data-mcp-entry={entry.server} data-pin={p.name}>
+                <td class="mono">{i === 0 ? entry.server : ""}</td>
+                <td class="mono">{i === 0 ? policy : ""}</td>
+                <td class="mono">{p.name}</td>
+                <td class="wrap capped">{p.description ?? "—"}</td>
+                <td class="mono" title={p.sha256}>
+                  {p.sha256.slice(0, 12)}
+                </td>
+              </tr>
+            ));
+          })}
+        </tbody>
+      </table>
     </Section>
   );
 }
