@@ -3,6 +3,7 @@
  * playwright-core, never a downloaded browser. A page is watched for what must never happen on
  * it: a script error, a dialog (an agent's SVG or text that ran script), or a console error.
  */
+import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
@@ -50,6 +51,13 @@ export async function watchedPage(browser: Browser): Promise<{ context: BrowserC
     if (msg.type() === "error" && !msg.text().startsWith("Failed to load resource")) seen.console.push(msg.text());
   });
   return { context, page, seen };
+}
+
+/** Fails if the page did what it must not (ran script, opened a dialog, logged an error). */
+export function assertClean(seen: Watched, what: string): void {
+  assert.deepEqual(seen.errors, [], `${what}: page errors`);
+  assert.deepEqual(seen.dialogs, [], `${what}: dialogs`);
+  assert.deepEqual(seen.console, [], `${what}: console errors`);
 }
 
 /** Signs in on the dashboard's form with `key`; resolves once the form is gone (or shows an error). */

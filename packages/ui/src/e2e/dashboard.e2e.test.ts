@@ -24,7 +24,7 @@ import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../../
 import { type LlmStandIn, startLlmStandIn } from "../../../host/src/testing/llm-stand-in.ts";
 import { startOidcStandIn } from "../../../host/src/testing/oidc-stand-in.ts";
 import { waitFor } from "../../../host/src/testing/wait.ts";
-import { browserSkipReason, launchBrowser, screenshot, signIn, type Watched, watchedPage } from "./browser.ts";
+import { assertClean, browserSkipReason, launchBrowser, screenshot, signIn, watchedPage } from "./browser.ts";
 
 /** An agent that reports progress, writes hostile and ordinary artifacts, and gives a result. */
 const REPORT_SCRIPT = [
@@ -50,11 +50,6 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
   /** Follows a run page to its status, through the page's own attribute. */
   const statusIs = (page: Page, status: string, timeout = 120_000) =>
     page.waitForSelector(`[data-page=run][data-status=${status}]`, { timeout });
-  const clean = (seen: Watched, what: string) => {
-    assert.deepEqual(seen.errors, [], `${what}: page errors`);
-    assert.deepEqual(seen.dialogs, [], `${what}: dialogs`);
-    assert.deepEqual(seen.console, [], `${what}: console errors`);
-  };
 
   before(async () => {
     stand = await startLlmStandIn();
@@ -109,7 +104,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     await page.waitForSelector("#api-key");
     await page.goto(`${base}/ui/runs`);
     await page.waitForSelector("#api-key");
-    clean(seen, "sign-in");
+    assertClean(seen, "sign-in");
     await context.close();
   });
 
@@ -197,7 +192,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     // The only script on the page is the app's own.
     assert.equal(await page.locator("script").count(), 1);
     await screenshot(page, "artifacts");
-    clean(seen, "run page with hostile artifacts");
+    assertClean(seen, "run page with hostile artifacts");
     await context.close();
   });
 
@@ -244,7 +239,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
       );
       const decided = (await t.api("GET", `/v1/approvals/${pending.id}`)).body;
       assert.deepEqual([decided.status, decided.note, decided.decided_by.via], ["approved", "looks fine", "api"]);
-      clean(seen, "approvals");
+      assertClean(seen, "approvals");
       await screenshot(page, "approvals");
       await context.close();
     } finally {
@@ -284,7 +279,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
       assert.equal(await row.locator("td").first().textContent(), endUser, "the end user's id shown as text");
       assert.match((await row.textContent()) ?? "", /idp.*active.*openid offline_access/);
       assert.equal(idp.counts.codes, 1);
-      clean(seen, "accounts");
+      assertClean(seen, "accounts");
       await screenshot(page, "accounts");
       await row.locator("button:has-text('Revoke')").click();
       await row.locator("button:has-text('Yes')").click();
@@ -306,7 +301,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     await page.click(".page-head button:has-text('Yes')");
     await statusIs(page, "canceled");
     assert.equal((await waitForRun(t, started.body.id)).status, "canceled");
-    clean(seen, "cancel");
+    assertClean(seen, "cancel");
     await context.close();
   });
 
@@ -326,7 +321,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     await page.reload();
     await page.waitForSelector(`tr[data-run="${ids[0]}"][data-status=canceled]`);
     assert.equal(new URL(page.url()).search, `?agent=${agents.sleeper}`);
-    clean(seen, "bulk cancel");
+    assertClean(seen, "bulk cancel");
     await context.close();
   });
 
@@ -348,7 +343,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     const replayed = await waitForRun(t, replayId);
     assert.deepEqual(replayed.input, { city: "Bergen" });
     assert.equal(replayed.agent_version, first.body.agent_version);
-    clean(seen, "replay");
+    assertClean(seen, "replay");
     await context.close();
   });
 
@@ -370,7 +365,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     await page.goto(`${base}/ui/runs/${admins[0]}`);
     await page.waitForSelector(".error");
     assert.match((await page.textContent(".error")) ?? "", /not_found/);
-    clean(seen, "tenant view");
+    assertClean(seen, "tenant view");
     await context.close();
   });
 
@@ -416,7 +411,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     assert.ok((await page.locator(".log-row").count()) <= 60);
     await page.fill("input[aria-label='Filter log lines']", "line 4242 ");
     await page.waitForSelector(".log-box[data-total='1']");
-    clean(seen, "long log");
+    assertClean(seen, "long log");
     await context.close();
   });
 
@@ -448,7 +443,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
     assert.match((await page.textContent("[data-page=run]")) ?? "", /Billed: [\d.]+ credits over 2 call/);
     await page.click(".tabs button:has-text('timeline')");
     await screenshot(page, "run-model-calls");
-    clean(seen, "model calls");
+    assertClean(seen, "model calls");
     await context.close();
   });
 
@@ -467,7 +462,7 @@ describe("the dashboard in a browser", { skip: e2eSkip(hostSkipReason() || brows
       await page.waitForLoadState("networkidle");
       await screenshot(page, name);
     }
-    clean(seen, "other pages");
+    assertClean(seen, "other pages");
     await context.close();
   });
 });
