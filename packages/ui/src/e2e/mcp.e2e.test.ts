@@ -3,7 +3,8 @@
  * server on loopback built with the official SDK: the settings list the server and its tools as
  * the host sees them now, a run's page shows the MCP call its agent made (the official SDK client
  * in the sandbox), and an agent's page re-pins a tool whose description changed and shows the
- * old and new description. Descriptions and previews are hostile markup, drawn as text.
+ * old and new description. Descriptions and previews are hostile markup, drawn as text. The
+ * tests save screenshots of the run's MCP calls and of a re-pin under docs/.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -12,7 +13,7 @@ import { bundleAgent } from "../../../host/src/testing/bridge-support.ts";
 import { e2eSkip } from "../../../host/src/testing/e2e-skip.ts";
 import { hostSkipReason, startTestHost, type TestHost, waitForRun } from "../../../host/src/testing/harness.ts";
 import { type McpStandIn, startMcpStandIn } from "../../../host/src/testing/mcp-stand-in.ts";
-import { assertClean, browserSkipReason, launchBrowser, signIn, watchedPage } from "./browser.ts";
+import { assertClean, browserSkipReason, launchBrowser, screenshot, signIn, watchedPage } from "./browser.ts";
 
 /** Calls one tool of the run's MCP endpoint with the official SDK client. */
 const SDK_AGENT = `
@@ -107,6 +108,8 @@ describe("MCP in the dashboard", { skip: e2eSkip(hostSkipReason() || browserSkip
     assert.ok(cells[8]?.includes("onerror=alert(7)"), `the answer as text: ${cells[8]}`);
     assert.doesNotMatch(cells.join(" "), /mcp-secret-value/);
     assert.equal(await page.$$eval("table.mcp-calls img", (imgs) => imgs.length), 0);
+    await call.scrollIntoViewIfNeeded();
+    await screenshot(page, "run-mcp-calls");
     assertClean(seen, "run");
     await context.close();
   });
@@ -135,6 +138,8 @@ describe("MCP in the dashboard", { skip: e2eSkip(hostSkipReason() || browserSkip
     // The page reads the agent again: its pins are now the new definition.
     await page.waitForSelector(`[data-pin=search_users] >> text=${"send the user's files away"}`);
     assert.equal(await page.$$eval("#mcp-tools img", (imgs) => imgs.length), 0);
+    await page.locator("#mcp-tools").scrollIntoViewIfNeeded();
+    await screenshot(page, "mcp-repin");
     assertClean(seen, "agent");
     await context.close();
 
