@@ -194,7 +194,7 @@ export const Agent = z
     /** When the agent was deleted: it starts no new runs; it and its runs stay readable. */
     archived_at: z.string().nullable(),
     created_at: z.string(),
-    /** `GET /v1/agents/{id}` only: the MCP tools its current version is pinned to (server → tool → pin). */
+    /** `GET /v1/agents/{id}` of an agent whose policy names MCP servers: the tools its current version is pinned to (server → tool → pin). */
     mcp_pins: McpPins.optional(),
   })
   .meta({ id: "Agent" });

@@ -453,9 +453,9 @@ export class Agents {
     return { row, snapshot: await this.#snapshotOf(row) };
   }
 
-  /** The MCP tools the agent's current version is pinned to ({} when its policy names no MCP server). */
-  pins({ row }: AgentRecord): Promise<McpPins> {
-    return readPins(this.#db, row.id, row.version);
+  /** The MCP tools an agent's current version is pinned to ({} when its policy names no MCP server). */
+  pins(agent: Pick<Agent, "id" | "version">): Promise<McpPins> {
+    return readPins(this.#db, agent.id, agent.version);
   }
 
   /**

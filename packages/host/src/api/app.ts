@@ -330,8 +330,10 @@ export function createApi(deps: ApiDeps): OpenAPIHono<ApiEnv> {
       responses: { 200: json(Agent, "The agent") },
     },
     async (c) => {
-      const agent = await deps.agents.get(tenantOf(c), c.req.valid("param").id);
-      return c.json({ ...toAgent(agent), mcp_pins: await deps.agents.pins(agent) }, 200);
+      const agent = toAgent(await deps.agents.get(tenantOf(c), c.req.valid("param").id));
+      // Only an agent whose policy names MCP servers has pins: other agents' answers are as before.
+      if (!agent.policy.mcp?.length) return c.json(agent, 200);
+      return c.json({ ...agent, mcp_pins: await deps.agents.pins(agent) }, 200);
     },
   );
   // Agent versions and deletion: the agents service does the work.
