@@ -171,6 +171,11 @@ export const ERROR_CODES = {
     status: 403,
     message: "The agent's policy does not offer this MCP tool (another server's, or not named in policy.mcp).",
   },
+  mcp_pins_changed: {
+    status: 409,
+    message:
+      "The MCP servers' tool definitions are no longer those that were reviewed; nothing was pinned. Review the new differences and pin again.",
+  },
   mcp_tool_changed: {
     status: 409,
     message: "The MCP tool's definition changed since it was pinned; it is refused until the agent is re-pinned.",

@@ -98,7 +98,25 @@ export type McpPins = z.infer<typeof McpPins>;
 
 const PinRef = z.object({ server: z.string(), tool: z.string() });
 
-/** What re-pinning changed. */
+/**
+ * `POST /v1/agents/{id}/mcp-pin`: `dry_run` shows what pinning now would change and takes
+ * nothing; `pins_sha256` (from a dry run's answer) pins only if the servers' definitions are still
+ * those that were reviewed. Neither: pins the definitions as they are now.
+ */
+export const McpPinRequest = z
+  .object({
+    dry_run: z.boolean().default(false),
+    pins_sha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/, "a sha256 in hex, from a dry run's answer")
+      .optional(),
+  })
+  .strict()
+  .refine((r) => !(r.dry_run && r.pins_sha256), "give dry_run or pins_sha256, not both")
+  .meta({ id: "McpPinRequest" });
+export type McpPinRequest = z.infer<typeof McpPinRequest>;
+
+/** What re-pinning changed (or, in a dry run, would change). */
 export const McpPinDiff = z
   .object({
     agent_id: z.string(),
@@ -113,6 +131,10 @@ export const McpPinDiff = z
       }),
     ),
     pins: McpPins,
+    /** sha256 of the pins: what `POST …/mcp-pin {pins_sha256}` pins only if it still holds. */
+    pins_sha256: z.string(),
+    /** False for a dry run: the pins shown are not taken. */
+    applied: z.boolean(),
   })
   .meta({ id: "McpPinDiff" });
 export type McpPinDiff = z.infer<typeof McpPinDiff>;

@@ -334,27 +334,34 @@ ${CONNECTION_HELP}`,
 
 const mcpPin: Command = {
   name: "mcp-pin",
-  summary: "pin an agent's MCP tools anew and show what changed",
-  usage: `Usage: paddock agents mcp-pin AGENT [--json]
+  summary: "show what re-pinning an agent's MCP tools would change, and pin the reviewed definitions",
+  usage: `Usage: paddock agents mcp-pin AGENT [--confirm SHA256 | --yes] [--json]
 
 AGENT is the agent's id or name. Reads the current definitions of the MCP tools its policy allows
-and pins them: a tool whose description or input schema changed is offered to runs again, a tool
-new on the server is offered once its name matches the policy. Prints what changed.
+and shows what pinning them would change (tools added and removed, and old against new
+description), pinning nothing. Pinning is what makes a changed tool callable again, so read the
+new descriptions: they are what the model will be told. Then pin exactly what was shown with the
+--confirm value printed: if a server changed its definitions again meanwhile, nothing is pinned.
 
 Options:
-  --json            print the differences and the new pins as JSON
+  --confirm SHA256  pin, only if the definitions are still those shown with this value
+  --yes             pin the definitions as they are now, unseen (for scripts)
+  --json            print the differences and the pins as JSON
 
 ${CONNECTION_HELP}`,
   async run(argv, ctx) {
     const { values, positionals } = parseCommand(argv, {
       command: "agents mcp-pin",
-      options: { json: { type: "boolean" } },
+      options: { json: { type: "boolean" }, confirm: { type: "string" }, yes: { type: "boolean" } },
       positionals: { min: 1, max: 1 },
     });
+    if (values.confirm !== undefined && values.yes)
+      throw new UsageError("give --confirm or --yes, not both", "agents mcp-pin");
     const client = await connect(values, ctx);
     const agent = await client.resolveAgent(positionals[0] ?? "");
     const path = `/agents/${agent.id}/mcp-pin`;
-    const diff = await parseBody(await client.request("POST", path), McpPinDiff, `POST ${path}`);
+    const body = values.confirm !== undefined ? { pins_sha256: values.confirm } : values.yes ? {} : { dry_run: true };
+    const diff = await parseBody(await client.request("POST", path, { body }), McpPinDiff, `POST ${path}`);
     if (values.json) {
       ctx.out(JSON.stringify(diff, null, 2));
       return 0;
@@ -370,7 +377,9 @@ ${CONNECTION_HELP}`,
     ];
     ctx.out(lines.length === 0 ? `${agent.name}: no MCP tool changed` : formatRows(lines));
     const count = Object.values(diff.pins).reduce((n, tools) => n + Object.keys(tools).length, 0);
-    ctx.out(`pinned ${count} tool(s) of agent ${agent.name} version ${diff.version}`);
+    if (diff.applied) ctx.out(`pinned ${count} tool(s) of agent ${agent.name} version ${diff.version}`);
+    else if (lines.length > 0)
+      ctx.out(`nothing pinned yet; to pin these: paddock agents mcp-pin ${agent.name} --confirm ${diff.pins_sha256}`);
     return 0;
   },
 };

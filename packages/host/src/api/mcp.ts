@@ -6,6 +6,7 @@ import {
   AppError,
   ErrorResponse,
   McpPinDiff,
+  McpPinRequest,
   McpServer,
   McpServerName,
   McpServerPut,
@@ -108,14 +109,22 @@ export function registerMcpRoutes(route: DefineRoute, mcp: McpService): void {
     {
       method: "post",
       path: "/v1/agents/{id}/mcp-pin",
-      summary: "Pin the agent's MCP tools anew from their servers' current definitions; answers what changed",
+      summary:
+        "Pin the agent's MCP tools anew from their servers' current definitions; answers what changed. dry_run only shows it; pins_sha256 (a dry run's) pins only the reviewed definitions",
       auth: "tenant",
-      request: { params: z.object({ id: pathParam(Id, "agent") }) },
+      request: { params: z.object({ id: pathParam(Id, "agent") }), body: jsonBody(McpPinRequest) },
       responses: {
-        200: json(McpPinDiff, "Re-pinned; what changed"),
+        200: json(McpPinDiff, "Re-pinned (or, in a dry run, what pinning would change)"),
+        409: json(ErrorResponse, "The definitions are no longer the reviewed ones (pins_sha256); nothing changed"),
         502: json(ErrorResponse, "A server could not be reached; nothing changed"),
       },
     },
-    async (c) => c.json(await mcp.repin(tenantOf(c), c.req.valid("param").id), 200),
+    async (c) => {
+      const body = c.req.valid("json");
+      return c.json(
+        await mcp.repin(tenantOf(c), c.req.valid("param").id, { dryRun: body.dry_run, expect: body.pins_sha256 }),
+        200,
+      );
+    },
   );
 }

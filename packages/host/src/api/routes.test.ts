@@ -165,6 +165,7 @@ forEachStore((store) =>
         "post /v1/agents/{id}/env/session": {},
         "post /v1/agents/{id}/env/session/exec": { argv: ["true"] },
         "post /v1/agents/{id}/env/freeze": {},
+        "post /v1/agents/{id}/mcp-pin": { dry_run: true },
         "post /v1/runs/{id}/cancel": {},
         "post /v1/runs/{id}/replay": {},
         "post /v1/schedules": { agent: a.agent, cron: "0 9 * * *" },

@@ -35,6 +35,17 @@ export function toolHash(tool: McpToolDefinition): string {
     .digest("hex");
 }
 
+/** sha256 (hex) of a set of pins: every server's tools and their definitions' hashes. */
+export function pinsDigest(pins: McpPins): string {
+  const hashes = Object.fromEntries(
+    Object.entries(pins).map(([server, tools]) => [
+      server,
+      Object.fromEntries(Object.entries(tools).map(([name, pin]) => [name, pin.sha256])),
+    ]),
+  );
+  return createHash("sha256").update(canonical(hashes)).digest("hex");
+}
+
 /** A glob of tool names (`*`: any run of characters) as a test. */
 export function globMatcher(globs: readonly string[]): (name: string) => boolean {
   if (globs.length === 0) return () => false;

@@ -12,7 +12,7 @@ import type { LiveSandbox } from "../bridge/live.ts";
 import type { Database } from "../store/schema.ts";
 import { parseAgentDefinition } from "../store/stored.ts";
 import type { McpClients, McpCredential } from "./client.ts";
-import { diffPins, pinTools, readPins, writePins } from "./pins.ts";
+import { diffPins, pinsDigest, pinTools, readPins, writePins } from "./pins.ts";
 import type { HostMcpServer, McpServers } from "./servers.ts";
 
 export interface McpServiceDeps extends Pick<BridgeDeps, "secrets" | "accounts"> {
@@ -92,8 +92,16 @@ export class McpService {
     return pins;
   }
 
-  /** Pins the current version of the agent anew and tells what changed. */
-  async repin(tenantId: string, agentId: string): Promise<McpPinDiff> {
+  /**
+   * Pins the current version of the agent anew and tells what changed. A dry run only tells; with
+   * `expect` (a dry run's pins_sha256) nothing is pinned unless the definitions read now are the
+   * ones reviewed: a server cannot slip another description in between the look and the pin.
+   */
+  async repin(
+    tenantId: string,
+    agentId: string,
+    options: { dryRun?: boolean; expect?: string } = {},
+  ): Promise<McpPinDiff> {
     const { db } = this.#deps;
     const row = await db
       .selectFrom("agents")
@@ -105,8 +113,23 @@ export class McpService {
     const entries = parseAgentDefinition(row.spec).policy?.mcp ?? [];
     const before = await readPins(db, row.id, row.version);
     const after = await this.pin(tenantId, entries);
-    await writePins(db, { agentId: row.id, version: row.version, tenantId }, after);
-    return { agent_id: row.id, version: row.version, ...diffPins(before, after), pins: after };
+    const digest = pinsDigest(after);
+    if (options.expect !== undefined && options.expect !== digest) {
+      throw new AppError(
+        "mcp_pins_changed",
+        "The MCP servers' tool definitions changed since the differences you reviewed; nothing was pinned. Review them again (a dry run) and pin those.",
+        { agent_id: row.id, pins_sha256: digest },
+      );
+    }
+    if (!options.dryRun) await writePins(db, { agentId: row.id, version: row.version, tenantId }, after);
+    return {
+      agent_id: row.id,
+      version: row.version,
+      ...diffPins(before, after),
+      pins: after,
+      pins_sha256: digest,
+      applied: !options.dryRun,
+    };
   }
 
   /** Whose account an `oauth` server attaches outside a run: `endUser`'s, else the app's most recent active one. */

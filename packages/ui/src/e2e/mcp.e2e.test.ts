@@ -114,7 +114,7 @@ describe("MCP in the dashboard", { skip: e2eSkip(hostSkipReason() || browserSkip
     await context.close();
   });
 
-  it("re-pins a tool whose description changed, after asking, and shows the old and new description", async () => {
+  it("re-pins a tool whose description changed after showing the old and new description, and asking", async () => {
     const { context, page, seen } = await watchedPage(browser);
     await signIn(page, t.host.url, t.adminKey, `/ui/agents/${agentId}`);
     const pinned = await page.waitForSelector("[data-pin=search_users]");
@@ -124,7 +124,19 @@ describe("MCP in the dashboard", { skip: e2eSkip(hostSkipReason() || browserSkip
     standIn.setDescription("search_users", changed);
 
     await page.click("#mcp-tools button:has-text('Re-pin')");
-    // A first click asks; nothing is re-pinned until the answer.
+    // First the differences are shown, and nothing is pinned.
+    const review = await page.waitForSelector("[data-review] [data-change=changed]");
+    assert.deepEqual(await review.$$eval("td", (tds) => tds.map((td) => td.textContent ?? "")), [
+      "changed",
+      "standin",
+      "search_users",
+      `Searches users. ${HOSTILE}`,
+      changed,
+    ]);
+    assert.equal(await page.$("[data-repinned]"), null);
+    assert.match((await (await page.$("[data-pin=search_users]"))?.textContent()) ?? "", /alert\(7\)/);
+    // Pinning them asks once more; nothing is pinned until the answer.
+    await page.click("[data-review] button:has-text('Pin these definitions')");
     await page.waitForSelector("#mcp-tools .confirm");
     assert.equal(await page.$("[data-repinned]"), null);
     await page.click("#mcp-tools .confirm button:has-text('Yes')");

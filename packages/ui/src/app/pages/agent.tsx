@@ -159,11 +159,19 @@ function Definition({ agent: a }: { agent: Agent }) {
   );
 }
 
-/** The MCP servers its policy names, the tools pinned of each, and a re-pin from their definitions now. */
+/**
+ * The MCP servers its policy names and the tools pinned of each. Re-pinning is two steps: the
+ * differences from the servers' definitions now are shown first (a dry run, nothing taken), and
+ * only those reviewed definitions are pinned (bound by their digest: a server that changes them
+ * again in between gets nothing pinned).
+ */
 function McpTools({ agent: a, onChanged }: { agent: Agent; onChanged: () => Promise<unknown> }) {
+  const [review, setReview] = useState<McpPinDiff | null>(null);
   const [diff, setDiff] = useState<McpPinDiff | null>(null);
   const pins = a.mcp_pins ?? {};
   const canRepin = !a.archived_at && caps.value.has("post", "/v1/agents/{id}/mcp-pin");
+  const path = `/v1/agents/${a.id}/mcp-pin`;
+  const changes = review ? review.added.length + review.removed.length + review.changed.length : 0;
   return (
     <Section
       title="MCP tools"
@@ -171,18 +179,40 @@ function McpTools({ agent: a, onChanged }: { agent: Agent; onChanged: () => Prom
       actions={
         canRepin ? (
           <ActionButton
-            label="Re-pin"
-            busyLabel="Re-pinning…"
-            class="danger"
-            confirm="Pin these tools anew from their servers' definitions now? Runs are then offered the tools as they are now."
+            label="Re-pin…"
+            busyLabel="Reading the servers…"
             onAction={async () => {
-              setDiff(await api.send<McpPinDiff>("POST", `/v1/agents/${a.id}/mcp-pin`, {}));
-              await onChanged();
+              setDiff(null);
+              setReview(await api.send<McpPinDiff>("POST", path, { dry_run: true }));
             }}
           />
         ) : null
       }
     >
+      {review ? (
+        <div class="mcp-review" data-review={review.pins_sha256}>
+          <h3>What pinning now would change</h3>
+          <McpPinChanges diff={review} />
+          <div class="actions">
+            {changes > 0 ? (
+              <ActionButton
+                label="Pin these definitions"
+                busyLabel="Pinning…"
+                class="danger"
+                confirm="Runs will be offered these tools as described above. Pin them?"
+                onAction={async () => {
+                  setDiff(await api.send<McpPinDiff>("POST", path, { pins_sha256: review.pins_sha256 }));
+                  setReview(null);
+                  await onChanged();
+                }}
+              />
+            ) : null}
+            <button type="button" onClick={() => setReview(null)}>
+              {changes > 0 ? "Cancel" : "Close"}
+            </button>
+          </div>
+        </div>
+      ) : null}
       {diff ? (
         <div class="mcp-repinned" data-repinned={diff.version}>
           <h3>What the re-pin changed</h3>
