@@ -36,6 +36,9 @@ describe("SourceLimits", () => {
     assert.deepEqual(limits.take("s", "requests"), { report: null });
     clock.ms = 1000;
     assert.deepEqual(limits.take("s", "requests"), { report: { held: "requests", limit: 3, refused: 502 } });
+    // Each kind is reported on its own.
+    for (let i = 0; i < 2; i++) limits.take("s", "connections");
+    assert.deepEqual(limits.take("s", "connections"), { report: { held: "connections", limit: 2, refused: 1 } });
   });
 
   it("forgets a source once it holds nothing and nothing is left to report", () => {

@@ -7,8 +7,8 @@
  * to a slow upstream, an approval hold or a long model stream. Counting happens before the token is
  * looked at, so requests without a valid token count too; past either cap the bridge refuses at
  * once (429 `bridge_busy`, or the connection closed at accept). Refusals are reported at most once
- * per source per `reportEveryMs`, with the number refused since the last report: a report per
- * refusal would itself be a flood.
+ * per source and kind per `reportEveryMs`, with the number refused since the last report: a report
+ * per refusal would itself be a flood.
  */
 
 /** The caps a host applies unless configured otherwise (see config.ts `bridgeLimits`). */
@@ -37,14 +37,18 @@ export interface RefusalReport {
   refused: number;
 }
 
-interface Source {
-  requests: number;
-  connections: number;
+/** What a source holds of one kind, and its refusals of that kind. */
+interface Count {
+  held: number;
   /** Refusals not yet reported. */
   refused: number;
-  /** When refusals of this source were last reported; -Infinity: never. */
+  /** When refusals were last reported; -Infinity: never. */
   reportedAt: number;
 }
+
+type Source = Record<Held, Count>;
+
+const count = (): Count => ({ held: 0, refused: 0, reportedAt: Number.NEGATIVE_INFINITY });
 
 export class SourceLimits {
   readonly #sources = new Map<string, Source>();
@@ -73,42 +77,38 @@ export class SourceLimits {
   take(source: string, held: Held): null | { report: RefusalReport | null } {
     let entry = this.#sources.get(source);
     if (!entry) {
-      entry = { requests: 0, connections: 0, refused: 0, reportedAt: Number.NEGATIVE_INFINITY };
+      entry = { requests: count(), connections: count() };
       this.#sources.set(source, entry);
     }
-    if (entry[held] < this.#caps[held]) {
-      entry[held]++;
+    const c = entry[held];
+    if (c.held < this.#caps[held]) {
+      c.held++;
       return null;
     }
-    entry.refused++;
+    c.refused++;
     const now = this.#now();
-    if (now - entry.reportedAt < this.#reportEveryMs) return { report: null };
-    const report = { held, limit: this.#caps[held], refused: entry.refused };
-    entry.refused = 0;
-    entry.reportedAt = now;
+    if (now - c.reportedAt < this.#reportEveryMs) return { report: null };
+    const report = { held, limit: this.#caps[held], refused: c.refused };
+    c.refused = 0;
+    c.reportedAt = now;
     return { report };
   }
 
   /** Gives back a slot `take` gave. */
   release(source: string, held: Held): void {
     const entry = this.#sources.get(source);
-    if (!entry || entry[held] === 0) return;
-    entry[held]--;
+    if (!entry || entry[held].held === 0) return;
+    entry[held].held--;
     // A source holding nothing, with nothing unreported and no report recent, is the same as none.
-    if (
-      entry.requests === 0 &&
-      entry.connections === 0 &&
-      entry.refused === 0 &&
-      this.#now() - entry.reportedAt >= this.#reportEveryMs
-    ) {
-      this.#sources.delete(source);
-    }
+    const now = this.#now();
+    const idle = (c: Count) => c.held === 0 && c.refused === 0 && now - c.reportedAt >= this.#reportEveryMs;
+    if (idle(entry.requests) && idle(entry.connections)) this.#sources.delete(source);
   }
 
   /** What `source` holds now. */
   holding(source: string): Record<Held, number> {
     const entry = this.#sources.get(source);
-    return { requests: entry?.requests ?? 0, connections: entry?.connections ?? 0 };
+    return { requests: entry?.requests.held ?? 0, connections: entry?.connections.held ?? 0 };
   }
 
   /** Sources kept track of now. */
