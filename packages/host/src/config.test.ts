@@ -31,6 +31,11 @@ describe("host configuration", () => {
     assert.equal(config.blobs, undefined);
     assert.equal(config.blobGraceMs, 3_600_000);
     assert.equal(config.startingCredits, 10);
+    assert.deepEqual(config.bridgeLimits, { requestsPerSandbox: 64, connectionsPerSandbox: 128 });
+    assert.deepEqual(
+      resolveHostConfig({ dataDir: "/d", port: 0, bridgeLimits: { requestsPerSandbox: 8 } }).bridgeLimits,
+      { requestsPerSandbox: 8, connectionsPerSandbox: 128 },
+    );
   });
 
   it("takes the node's settings, with the sandbox range from either key", () => {

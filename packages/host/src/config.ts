@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { Limits } from "@paddock/protocol";
 import { z } from "zod";
 import { parseBlobsUrl } from "./blobs/open-store.ts";
+import { SOURCE_LIMIT_DEFAULTS } from "./bridge/source-limits.ts";
 import type { EgressProxyTestOverrides } from "./egress/egress-proxy.ts";
 import type { Log } from "./logs/log.ts";
 import { NODE_ID } from "./nodes/nodes.ts";
@@ -89,6 +90,18 @@ export const HostConfig = z
      * approval_pending and asks again (below the clients' own header timeouts).
      */
     approvalHoldMs: z.number().int().min(10).max(280_000).default(50_000),
+    /**
+     * What one sandbox may hold open at the bridge at once, over every route on it (bridge
+     * calls, the LLM gateway, MCP, agent calls): requests in flight (past it: 429 `bridge_busy`)
+     * and TCP connections (past it: closed at accept).
+     */
+    bridgeLimits: z
+      .object({
+        requestsPerSandbox: z.number().int().min(1).default(SOURCE_LIMIT_DEFAULTS.requestsPerSandbox),
+        connectionsPerSandbox: z.number().int().min(1).default(SOURCE_LIMIT_DEFAULTS.connectionsPerSandbox),
+      })
+      .strict()
+      .prefault({}),
     /** How long a run's claim holds without renewal; renewed with the node's heartbeat at a third of it. */
     leaseMs: z.number().int().min(1000).default(30_000),
     /** The IPv4 range this node's sandboxes take addresses from (`serve --sandbox-cidr`); also sandboxNetwork.range. */

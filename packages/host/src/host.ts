@@ -393,6 +393,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     metrics,
     tracing,
     approvals,
+    limits: config.bridgeLimits,
   });
   env.undo.push(() => bridge.close());
   let bridgeUrl: string | null = null;

@@ -146,6 +146,10 @@ export const ERROR_CODES = {
     message: "The path is not allowed: no '.' or '..' segments, encoded slashes, backslashes or double encoding.",
   },
   rate_limited: { status: 429, message: "The connection's rate limit is reached; retry after the time given." },
+  bridge_busy: {
+    status: 429,
+    message: "This sandbox has as many requests in flight at the bridge as it may; retry once some have finished.",
+  },
   upstream_refused: {
     status: 502,
     message: "The connection's upstream resolves to an address the host does not call (private, loopback, link-local).",

@@ -29,7 +29,7 @@
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import {
   APPROVAL_HEADER,
   type ApprovalRule,
@@ -62,6 +62,7 @@ import { allowedMethod, checkBridgePath, matchRule } from "./policy.ts";
 import type { TokenBucket } from "./rate-limit.ts";
 import { redactionNeedles, redactText } from "./redact.ts";
 import { relay } from "./relay.ts";
+import { type Held, type RefusalReport, SOURCE_LIMIT_DEFAULTS, SourceLimits } from "./source-limits.ts";
 import type { RunTokenClaims } from "./tokens.ts";
 
 /** The token an `oauth` connection attaches, and the refresh taken on the call's path (for the run's record). */
@@ -94,6 +95,8 @@ export interface BridgeDeps {
   tracing?: Tracing | null;
   /** Holds calls that a rule says a person must approve (without it, such calls are refused). */
   approvals?: Approvals;
+  /** Requests in flight and TCP connections one sandbox may hold at once; default SOURCE_LIMIT_DEFAULTS. */
+  limits?: { requestsPerSandbox: number; connectionsPerSandbox: number };
 }
 
 /** Request headers never forwarded: credentials, cookies, hop-by-hop and forwarding headers. */
@@ -150,6 +153,8 @@ const DROP_RESPONSE = new Set([
 ]);
 const CONNECTION_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const MAX_TOKEN_BYTES = 4096;
+/** How long a request's body may take to arrive: the longest timeout a connection may have. */
+const REQUEST_TIMEOUT_MS = 300_000;
 
 /** One call through a connection, once it passed every check. */
 interface BridgeCall {
@@ -196,18 +201,55 @@ export class Bridge {
     https: new https.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64 }),
   };
   readonly #pinner: AddressPinner;
+  readonly #limits: SourceLimits;
 
   constructor(deps: BridgeDeps) {
     this.#deps = deps;
     this.#pinner = new AddressPinner(deps.resolve);
-    this.#server = http.createServer({ keepAlive: true, requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => {
-      this.#handle(req, res).catch((err: unknown) => {
-        this.#deps.log(`bridge: ${err instanceof Error ? err.message : String(err)}`);
-        if (!res.headersSent) sendRefusal(res, new Refusal("internal"));
-        else res.destroy();
-      });
-    });
+    this.#limits = new SourceLimits(deps.limits ?? SOURCE_LIMIT_DEFAULTS);
+    // A request's headers must arrive within 30 s and its whole body within 5 minutes (the longest
+    // a connection's upstream may take); answers are not timed here, so approval holds and model
+    // streams last as long as they need.
+    this.#server = http.createServer(
+      { keepAlive: true, requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: 30_000 },
+      (req, res) => {
+        const source = req.socket.remoteAddress ?? "";
+        const refused = this.#limits.take(source, "requests");
+        if (refused) {
+          this.#refuseBusy(source, refused.report);
+          sendRefusal(res, new Refusal("bridge_busy", undefined, { "retry-after": "1" }));
+          return;
+        }
+        res.once("close", () => this.#limits.release(source, "requests"));
+        this.#handle(req, res).catch((err: unknown) => {
+          this.#deps.log(`bridge: ${err instanceof Error ? err.message : String(err)}`);
+          if (!res.headersSent) sendRefusal(res, new Refusal("internal"));
+          else res.destroy();
+        });
+      },
+    );
     this.#server.keepAliveTimeout = 65_000;
+    // Connections past a source's cap are closed as they are accepted, before a byte is read.
+    this.#server.on("connection", (socket: Socket) => {
+      const source = socket.remoteAddress ?? "";
+      const refused = this.#limits.take(source, "connections");
+      if (refused) {
+        this.#refuseBusy(source, refused.report);
+        socket.destroy();
+        return;
+      }
+      socket.once("close", () => this.#limits.release(source, "connections"));
+    });
+  }
+
+  /** Logs a source's refusals when a report is due (at most one line a minute per source). */
+  #refuseBusy(source: string, report: RefusalReport | null): void {
+    if (!report) return;
+    const run = this.#deps.live.byAddress(source)?.runId;
+    const what: Record<Held, string> = { requests: "requests in flight", connections: "connections open" };
+    this.#deps.log(
+      `bridge: ${source}${run ? ` (run ${run})` : ""} has ${report.limit} ${what[report.held]}, the most one sandbox may; refused ${report.refused} since the last report`,
+    );
   }
 
   /** Listens on `address` (the host side of the sandbox links); resolves with the port. */
