@@ -9,7 +9,11 @@
  * the session in one conditional update, so a replayed, forged or late callback finds nothing and
  * stores nothing. The PKCE verifier is sealed in the session and never leaves the host, so a code
  * stolen from one session's redirect cannot be exchanged by another session (the provider checks
- * the verifier against the code's challenge). Tokens are sealed by the vault with the account's
+ * the verifier against the code's challenge). The flow is bound to the browser that opened the
+ * connect URL: that browser gets a cookie whose value is hashed with the state, so an
+ * authorization URL handed to someone else (an attacker's session finished in a victim's browser,
+ * connecting the victim's account to the attacker's end user) finds no session at the callback.
+ * When the provider names its issuer in the redirect (RFC 9207), it must be the app's. Tokens are sealed by the vault with the account's
  * id as associated data and never returned by any API; errors name the provider's OAuth error
  * code, never its answer's body. End users are the tenant's own strings: every lookup is by
  * tenant, so another tenant's "alice" is another end user.
@@ -90,6 +94,20 @@ interface Opened extends Pick<OAuthAccountsTable, "access_expires_at" | "updated
   at: number;
 }
 
+/** The cookie binding a flow to the browser that started it: its name follows from the state. */
+export interface BrowserBinding {
+  name: string;
+  value: string;
+  /** Sent over https only (the callback is on an https URL). */
+  secure: boolean;
+}
+
+/** The name of the cookie that binds the flow of `state` to its browser. */
+export const bindingCookie = (state: string) => `paddock_connect_${sha256(state).slice(0, 16)}`;
+
+/** What the state is stored as: its hash with the browser's cookie, so one without the other finds nothing. */
+const stateHash = (state: string, browser: string) => sha256(`${state}\0${browser}`);
+
 /** Where the callback sends the user's browser: back to the product, or a page of its own. */
 export type CallbackOutcome = { redirect: string } | { page: { status: number; title: string; message: string } };
 
@@ -151,9 +169,10 @@ export class Accounts {
 
   /**
    * The provider's authorization URL for the session a connect URL's token names, with a fresh
-   * `state` bound to it; `oauth_state_invalid` when the token is unknown, used or expired.
+   * `state` bound to it and to the browser (the cookie to set there); `oauth_state_invalid` when
+   * the token is unknown, used or expired.
    */
-  async authorizeUrl(token: string): Promise<string> {
+  async authorizeUrl(token: string): Promise<{ url: string; binding: BrowserBinding }> {
     const now = this.#now();
     const session = await this.#deps.db
       .selectFrom("connect_sessions")
@@ -168,9 +187,10 @@ export class Accounts {
     }
     const app = await this.#deps.apps.byId(session.app_id);
     const state = random();
+    const browser = random();
     await this.#deps.db
       .updateTable("connect_sessions")
-      .set({ state_hash: sha256(state) })
+      .set({ state_hash: stateHash(state, browser) })
       .where("id", "=", session.id)
       .where("used_at", "is", null)
       .execute();
@@ -187,24 +207,30 @@ export class Accounts {
       url.searchParams.set("code_challenge", createHash("sha256").update(verifier).digest("base64url"));
       url.searchParams.set("code_challenge_method", "S256");
     }
-    return url.toString();
+    const secure = new URL(session.redirect_uri).protocol === "https:";
+    return { url: url.toString(), binding: { name: bindingCookie(state), value: browser, secure } };
   }
 
   /**
-   * The provider's redirect back: takes the session its `state` names (once), exchanges the code
-   * and seals the tokens. A state that names no pending session is an error page; anything else
-   * goes back to the product's `redirect_after` (with `error=` when it failed), or a page.
+   * The provider's redirect back: takes the session its `state` and the browser's cookie
+   * (`cookie(name)`) name (once), exchanges the code and seals the tokens. A state that names no
+   * pending session of this browser is an error page; anything else goes back to the product's
+   * `redirect_after` (with `error=` when it failed), or a page.
    */
-  async callback(query: Record<string, string | undefined>): Promise<CallbackOutcome> {
+  async callback(
+    query: Record<string, string | undefined>,
+    cookie: (name: string) => string | undefined,
+  ): Promise<CallbackOutcome> {
     const now = this.#now();
     const state = query.state ?? "";
+    const browser = state === "" ? undefined : cookie(bindingCookie(state));
     const session =
-      state === "" || state.length > 512
+      state === "" || state.length > 512 || browser === undefined || browser.length > 512
         ? undefined
         : await this.#deps.db
             .updateTable("connect_sessions")
             .set({ used_at: now })
-            .where("state_hash", "=", sha256(state))
+            .where("state_hash", "=", stateHash(state, browser))
             .where("used_at", "is", null)
             .where("expires_at", ">", now)
             .returningAll()
@@ -212,7 +238,7 @@ export class Accounts {
     if (!session) {
       const err = new AppError(
         "oauth_state_invalid",
-        "This authorization does not belong to a pending connect session (unknown, used or expired); start again.",
+        "This authorization does not belong to a pending connect session started in this browser (unknown, used or expired); start again from the connect link.",
       );
       return { page: { status: 400, title: "Not connected", message: err.message } };
     }
@@ -233,6 +259,10 @@ export class Accounts {
       return back({ error: code }, `The provider answered '${code}'; nothing was stored.`);
     }
     const app = await this.#deps.apps.byId(session.app_id);
+    // RFC 9207: a redirect naming another issuer is an authorization server mix-up; its code is not sent.
+    if (query.iss !== undefined && app.issuer !== null && trimSlash(query.iss) !== trimSlash(app.issuer)) {
+      return back({ error: "invalid_issuer" }, "The authorization came back from another issuer; nothing was stored.");
+    }
     const verifier = this.#deps.vault.open(session.sealed_verifier, connectSessionAad(session.id)).toString();
     let tokens: z.infer<typeof TokenAnswer>;
     try {
@@ -577,6 +607,8 @@ export class Accounts {
     return this.#deps.http.postForm(url, app.internal, form, { user: app.client_id, password: secret });
   }
 }
+
+const trimSlash = (url: string) => url.replace(/\/+$/, "");
 
 /** An OAuth error code as a provider sent it, kept to its defined alphabet (RFC 6749 5.2). */
 function oauthErrorCode(value: unknown): string {

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { openVault } from "../secrets/master-key.ts";
 import { apiCall, type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
-import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
+import { browserCookies, type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
 import { forEachStore } from "../testing/stores.ts";
 import { Accounts, type AccountsDeps } from "./accounts.ts";
 import { OAuthApps } from "./apps.ts";
@@ -26,6 +26,8 @@ forEachStore((store) =>
 
     const request = (path: string, init: RequestInit = {}) => h.services.app.request(path, init);
     const call = (method: string, path: string, key: string, body?: unknown) => apiCall(h, method, path, key, body);
+    /** The cookies of the browser that opened each flow, by the flow's state. */
+    const browsers = new Map<string, string>();
     /** A connect session's URL, opened: the provider's authorization URL it redirects to. */
     const open = async (endUser: string, extra: Record<string, unknown> = {}) => {
       const made = await call("POST", "/v1/connect-sessions", h.adminKey, { end_user: endUser, app: "idp", ...extra });
@@ -35,11 +37,17 @@ forEachStore((store) =>
       assert.equal(res.status, 302);
       const authorize = new URL(res.headers.get("location") ?? "");
       assert.equal(authorize.searchParams.get("code_challenge_method"), "S256");
+      browsers.set(authorize.searchParams.get("state") ?? "", browserCookies(res));
       return { session: made.body, authorize: authorize.toString(), link: made.body.url.slice(ORIGIN.length) };
     };
-    /** Sends the browser back to the host's callback; the answer's status and where it leads. */
-    const back = async (callbackUrl: string) => {
-      const res = await request(callbackUrl.slice(ORIGIN.length));
+    /**
+     * Sends the browser back to the host's callback (the one that opened the flow, unless `cookie`
+     * names another); the answer's status and where it leads.
+     */
+    const back = async (callbackUrl: string, cookie?: string) => {
+      const state = new URL(callbackUrl).searchParams.get("state") ?? "";
+      const jar = cookie ?? browsers.get(state) ?? "";
+      const res = await request(callbackUrl.slice(ORIGIN.length), { headers: jar ? { cookie: jar } : {} });
       return { status: res.status, location: res.headers.get("location"), text: await res.text() };
     };
     /** Another node's Accounts (its own in-process queue and opened tokens) over the same store. */
@@ -136,6 +144,39 @@ forEachStore((store) =>
         .execute();
       assert.equal((await back(lateCallback)).status, 400);
       assert.deepEqual(await accounts(h.adminKey, "dave"), []);
+    });
+
+    it("binds the flow to the browser that opened the connect link: another browser's callback stores nothing", async () => {
+      // Mallory opens her own connect link and hands the provider's authorization URL to Hana,
+      // whose browser authorizes it: Hana's account must not become Mallory's end user's.
+      const { authorize } = await open("mallory-csrf", { redirect_after: PRODUCT });
+      const callbackUrl = await idp.authorize(authorize, { login: "hana" });
+      const codes = idp.counts.codes;
+      const elsewhere = await back(callbackUrl, "");
+      assert.equal(elsewhere.status, 400, "no cookie of the browser that started it");
+      assert.match(elsewhere.text, /started in this browser/);
+      const state = new URL(callbackUrl).searchParams.get("state") ?? "";
+      const [name] = (browsers.get(state) ?? "").split("=");
+      assert.equal((await back(callbackUrl, `${name}=guessed`)).status, 400, "a cookie of the right name, wrong value");
+      assert.deepEqual(await accounts(h.adminKey, "mallory-csrf"), []);
+      assert.equal(idp.counts.codes, codes, "the code was never exchanged");
+      // The browser that opened the link finishes it.
+      const done = await back(callbackUrl);
+      assert.equal(done.status, 302, done.text);
+      assert.equal(new URL(done.location ?? "").searchParams.get("status"), "connected");
+    });
+
+    it("refuses an authorization that comes back naming another issuer (RFC 9207)", async () => {
+      const { authorize } = await open("ivan", { redirect_after: PRODUCT });
+      const callbackUrl = new URL(await idp.authorize(authorize, { login: "ivan" }));
+      assert.equal(callbackUrl.searchParams.get("iss"), idp.issuer, "the stand-in names its issuer");
+      const codes = idp.counts.codes;
+      callbackUrl.searchParams.set("iss", "https://attacker.example");
+      const mixed = await back(callbackUrl.toString());
+      assert.equal(mixed.status, 302);
+      assert.equal(new URL(mixed.location ?? "").searchParams.get("error"), "invalid_issuer");
+      assert.equal(idp.counts.codes, codes, "the code was not sent to the token endpoint");
+      assert.deepEqual(await accounts(h.adminKey, "ivan"), []);
     });
 
     it("refuses a code of another session (its PKCE verifier does not match) and the provider's refusal", async () => {
