@@ -55,6 +55,17 @@ const TokenAnswer = z.object({
   scope: z.string().max(4096).optional(),
 });
 
+/** The longest lifetime of an access token believed, in seconds (a year): a larger `expires_in` is cut to it. */
+const MAX_EXPIRES_IN_S = 365 * 24 * 3600;
+
+/**
+ * When a token given `expires_in` seconds at `now` expires, as the store's whole milliseconds: a
+ * provider's fractional or absurd lifetime is neither a float in a bigint column nor a date past
+ * what a Date can show.
+ */
+const expiresAt = (now: number, expiresIn: number | undefined) =>
+  expiresIn === undefined ? null : Math.round(now + Math.min(expiresIn, MAX_EXPIRES_IN_S) * 1000);
+
 /** An access token is refreshed when it expires within this long. */
 export const REFRESH_MARGIN_MS = 60_000;
 
@@ -322,7 +333,7 @@ export class Accounts {
         scopes: JSON.stringify(scopes),
         sealed_tokens: sealed.sealed,
         master_key_id: sealed.masterKeyId,
-        access_expires_at: tokens.expires_in === undefined ? null : now + tokens.expires_in * 1000,
+        access_expires_at: expiresAt(now, tokens.expires_in),
         refreshed_at: null,
         created_at: existing?.created_at ?? now,
         updated_at: now,
@@ -542,7 +553,7 @@ export class Accounts {
         .set({
           sealed_tokens: sealed.sealed,
           master_key_id: sealed.masterKeyId,
-          access_expires_at: answer.expires_in === undefined ? null : now + answer.expires_in * 1000,
+          access_expires_at: expiresAt(now, answer.expires_in),
           refreshed_at: now,
           updated_at: now,
         })

@@ -179,6 +179,21 @@ forEachStore((store) =>
       assert.deepEqual(await accounts(h.adminKey, "ivan"), []);
     });
 
+    it("keeps a provider's fractional or absurd expires_in as a date it can show", async () => {
+      const app = await h.db.selectFrom("oauth_apps").selectAll().where("name", "=", "idp").executeTakeFirstOrThrow();
+      const store = (endUser: string, expiresIn: number) =>
+        h.services.accounts.store(app.tenant_id, app.id, endUser, { access_token: "t", expires_in: expiresIn }, []);
+      const fraction = await store("fraction", 3599.5);
+      assert.ok(Date.parse(fraction.expires_at ?? "") > Date.now() + 3_500_000);
+      const forever = await store("forever", 1e300);
+      assert.ok(Date.parse(forever.expires_at ?? "") > Date.now() + 300 * 24 * 3600_000);
+      const listed = await call("GET", "/v1/accounts", h.adminKey);
+      assert.equal(listed.status, 200, JSON.stringify(listed.body));
+      for (const account of [fraction, forever]) {
+        assert.equal((await call("DELETE", `/v1/accounts/${account.id}`, h.adminKey)).status, 200);
+      }
+    });
+
     it("refuses a code of another session (its PKCE verifier does not match) and the provider's refusal", async () => {
       const mallory = await open("mallory", { redirect_after: PRODUCT });
       const victim = await open("erin", { redirect_after: PRODUCT });
