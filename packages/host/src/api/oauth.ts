@@ -6,6 +6,7 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import {
   Account,
+  AccountDeleted,
   AccountsQuery,
   AppError,
   ConnectSession,
@@ -128,7 +129,9 @@ export function registerAccountRoutes(route: DefineRoute, accounts: Accounts): v
       summary: "Delete an end user's account, revoking its tokens at the provider when it has a revocation endpoint",
       auth: "tenant",
       request: { params: AccountId },
-      responses: { 200: json(Account, "Deleted; the account as it was") },
+      responses: {
+        200: json(AccountDeleted, "Deleted; the account as it was, and whether the provider revoked its tokens"),
+      },
     },
     async (c) => c.json(await accounts.revoke(tenantOf(c), c.req.valid("param").id), 200),
   );

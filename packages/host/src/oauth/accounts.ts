@@ -19,7 +19,13 @@
  * tenant, so another tenant's "alice" is another end user.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { type Account, AppError, type ConnectSession, type ConnectSessionCreate } from "@paddock/protocol";
+import {
+  type Account,
+  type AccountDeleted,
+  AppError,
+  type ConnectSession,
+  type ConnectSessionCreate,
+} from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { z } from "zod";
 import type { AccessGrant } from "../bridge/bridge.ts";
@@ -368,9 +374,10 @@ export class Accounts {
 
   /**
    * Deletes the account and revokes its tokens at the provider when the app has a revocation
-   * endpoint (a provider that cannot be reached does not keep the account here).
+   * endpoint (a provider that cannot be reached or refuses does not keep the account here; the
+   * answer says so: `provider_revocation: "failed"`).
    */
-  async revoke(tenantId: string, id: string): Promise<Account> {
+  async revoke(tenantId: string, id: string): Promise<AccountDeleted> {
     const row = await this.#deps.db
       .selectFrom("oauth_accounts")
       .selectAll()
@@ -381,15 +388,24 @@ export class Accounts {
     const app = await this.#deps.apps.byId(row.app_id);
     await this.#deps.db.deleteFrom("oauth_accounts").where("id", "=", row.id).execute();
     this.#forget(row.id);
+    let revocation: AccountDeleted["provider_revocation"] = "none";
     if (app.revoke_url !== null) {
+      const { revoke_url } = app;
       const tokens = this.open(row);
       const hints: [string, string][] = [["access_token", tokens.access_token]];
       if (tokens.refresh_token !== null) hints.unshift(["refresh_token", tokens.refresh_token]);
-      for (const [hint, token] of hints) {
-        await this.#post(app, app.revoke_url, { token, token_type_hint: hint }).catch(() => undefined);
-      }
+      // RFC 7009 2.2: 200 whether or not the token was still good; anything else, or no answer, failed.
+      const answers = await Promise.all(
+        hints.map(([hint, token]) =>
+          this.#post(app, revoke_url, { token, token_type_hint: hint }).then(
+            (answer) => answer.status === 200,
+            () => false,
+          ),
+        ),
+      );
+      revocation = answers.every(Boolean) ? "revoked" : "failed";
     }
-    return toAccount(row, app.name);
+    return { ...toAccount(row, app.name), provider_revocation: revocation };
   }
 
   /**

@@ -329,10 +329,28 @@ forEachStore((store) =>
       const gone = await call("DELETE", `/v1/accounts/${alice.id}`, h.adminKey);
       assert.equal(gone.status, 200);
       assert.equal(gone.body.id, alice.id);
+      assert.equal(gone.body.provider_revocation, "revoked");
       assert.ok(idp.counts.revoked > before, "revoked at the provider");
       assert.equal(await idp.userOf(tokens.access_token), null);
       assert.deepEqual(await accounts(h.adminKey, "alice"), []);
       assert.equal((await call("DELETE", `/v1/accounts/${alice.id}`, h.adminKey)).status, 404);
+    });
+
+    it("deletes an account here when the provider's revocation endpoint is down, and says so", async () => {
+      const { authorize } = await open("kim");
+      await back(await idp.authorize(authorize, { login: "kim" }));
+      const kim = (await accounts(h.adminKey, "kim"))[0];
+      // The same app, its revocation endpoint on a port nothing listens on.
+      const down = { ...idp.appBody("idp-secret"), revoke_url: "http://127.0.0.1:9/revoke" };
+      assert.equal((await call("PUT", "/v1/oauth-apps/idp", h.adminKey, down)).status, 200);
+      try {
+        const gone = await call("DELETE", `/v1/accounts/${kim.id}`, h.adminKey);
+        assert.equal(gone.status, 200, JSON.stringify(gone.body));
+        assert.equal(gone.body.provider_revocation, "failed");
+        assert.deepEqual(await accounts(h.adminKey, "kim"), [], "deleted here all the same");
+      } finally {
+        await call("PUT", "/v1/oauth-apps/idp", h.adminKey, idp.appBody("idp-secret"));
+      }
     });
   }),
 );
