@@ -97,6 +97,11 @@ export interface AccountsDeps {
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
   notices?: AccountNotices;
   /**
+   * The URL people reach this host at (`serve --public-url`): connect URLs and the callback the
+   * provider redirects to are on it, whatever address the product called the API at.
+   */
+  publicUrl?: string | undefined;
+  /**
    * How long an opened access token is reused in this process before its account is read again
    * (0: every call reads it). A token near expiry, or refused by the upstream, is read again at once.
    */
@@ -145,11 +150,13 @@ export class Accounts {
   }
 
   /**
-   * A connect session for `end_user` at `app`: the URL on this host (`origin`) to send the user to.
-   * `unknown_oauth_app` when the tenant has no such app.
+   * A connect session for `end_user` at `app`: the URL on this host to send the user to (on its
+   * public URL, else the `origin` the API was called at). `unknown_oauth_app` when the tenant has
+   * no such app.
    */
-  async createSession(tenantId: string, body: ConnectSessionCreate, origin: string): Promise<ConnectSession> {
+  async createSession(tenantId: string, body: ConnectSessionCreate, called: string): Promise<ConnectSession> {
     const app = await this.#deps.apps.resolve(tenantId, body.app);
+    const origin = this.#deps.publicUrl === undefined ? called : trimSlash(this.#deps.publicUrl);
     const now = this.#now();
     const id = newId("cxs", now);
     const token = random();

@@ -51,7 +51,7 @@ forEachStore((store) =>
       return { status: res.status, location: res.headers.get("location"), text: await res.text() };
     };
     /** Another node's Accounts (its own in-process queue and opened tokens) over the same store. */
-    const anotherNode = async (options: Pick<AccountsDeps, "cacheMs" | "now"> = {}) => {
+    const anotherNode = async (options: Pick<AccountsDeps, "cacheMs" | "now" | "publicUrl"> = {}) => {
       const { vault } = await openVault({ dataDir: h.dataDir });
       const http = new ProviderHttp();
       return new Accounts({
@@ -177,6 +177,19 @@ forEachStore((store) =>
       assert.equal(new URL(mixed.location ?? "").searchParams.get("error"), "invalid_issuer");
       assert.equal(idp.counts.codes, codes, "the code was not sent to the token endpoint");
       assert.deepEqual(await accounts(h.adminKey, "ivan"), []);
+    });
+
+    it("puts connect URLs and the callback on the host's public URL when it has one", async () => {
+      const node = await anotherNode({ publicUrl: "https://paddock.example/" });
+      const app = await h.db.selectFrom("oauth_apps").selectAll().where("name", "=", "idp").executeTakeFirstOrThrow();
+      const made = await node.createSession(app.tenant_id, { end_user: "lee", app: "idp" }, "http://10.0.0.7:8080");
+      assert.ok(made.url.startsWith("https://paddock.example/oauth/connect/"), made.url);
+      const row = await h.db
+        .selectFrom("connect_sessions")
+        .select("redirect_uri")
+        .where("id", "=", made.id)
+        .executeTakeFirstOrThrow();
+      assert.equal(row.redirect_uri, "https://paddock.example/oauth/callback");
     });
 
     it("keeps a provider's fractional or absurd expires_in as a date it can show", async () => {
