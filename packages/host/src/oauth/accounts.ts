@@ -75,6 +75,13 @@ const expiresAt = (now: number, expiresIn: number | undefined) =>
 /** An access token is refreshed when it expires within this long. */
 export const REFRESH_MARGIN_MS = 60_000;
 
+/**
+ * A token refreshed this recently is not refreshed again because an upstream refused it: a
+ * sandbox calling an endpoint that always answers 401 would otherwise have the host refresh at
+ * the provider on every call.
+ */
+export const UNAUTHORIZED_REFRESH_INTERVAL_MS = 30_000;
+
 const needsReauth = (app: string) =>
   new AppError(
     "account_needs_reauth",
@@ -436,7 +443,15 @@ export class Accounts {
     const row = await this.#deps.db
       .selectFrom("oauth_accounts as a")
       .innerJoin("oauth_apps as p", "p.id", "a.app_id")
-      .select(["a.id", "a.app_id", "a.status", "a.sealed_tokens", "a.access_expires_at", "a.updated_at"])
+      .select([
+        "a.id",
+        "a.app_id",
+        "a.status",
+        "a.sealed_tokens",
+        "a.access_expires_at",
+        "a.refreshed_at",
+        "a.updated_at",
+      ])
       .where("a.tenant_id", "=", tenantId)
       .where("p.tenant_id", "=", tenantId)
       .where("p.name", "=", appName)
@@ -488,11 +503,19 @@ export class Accounts {
   }
 
   /**
-   * A token that is not the one the upstream refused and does not expire within the margin:
-   * REFRESH_MARGIN_MS, or half its lifetime for a token issued for less than twice that.
+   * A token that is not the one the upstream refused (unless refreshed within
+   * UNAUTHORIZED_REFRESH_INTERVAL_MS) and does not expire within the margin: REFRESH_MARGIN_MS, or
+   * half its lifetime for a token issued for less than twice that.
    */
-  #usable(row: Pick<OAuthAccountsTable, "access_expires_at" | "updated_at">, token: string, stale?: string): boolean {
-    if (stale !== undefined && token === stale) return false;
+  #usable(
+    row: Pick<OAuthAccountsTable, "access_expires_at" | "updated_at"> & { refreshed_at?: number | null },
+    token: string,
+    stale?: string,
+  ): boolean {
+    if (stale !== undefined && token === stale) {
+      const refreshed = row.refreshed_at ?? null;
+      if (refreshed === null || this.#now() - Number(refreshed) >= UNAUTHORIZED_REFRESH_INTERVAL_MS) return false;
+    }
     if (row.access_expires_at === null) return true;
     const expires = Number(row.access_expires_at);
     const margin = Math.min(REFRESH_MARGIN_MS, (expires - Number(row.updated_at)) / 2);

@@ -10,7 +10,7 @@ import { openVault } from "../secrets/master-key.ts";
 import { apiCall, type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
 import { browserCookies, type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
 import { forEachStore } from "../testing/stores.ts";
-import { Accounts, type AccountsDeps } from "./accounts.ts";
+import { Accounts, type AccountsDeps, UNAUTHORIZED_REFRESH_INTERVAL_MS } from "./accounts.ts";
 import { OAuthApps } from "./apps.ts";
 import { ProviderHttp } from "./provider-http.ts";
 
@@ -310,6 +310,34 @@ forEachStore((store) =>
       });
       assert.equal((await accounts(h.adminKey, "frank"))[0].status, "needs_reauth");
       await assert.rejects(other.accessToken(row.tenant_id, "frank", "idp"), { code: "account_needs_reauth" });
+    });
+
+    it("refreshes a token an upstream refused, but not again within the interval however often it is refused", async () => {
+      const { authorize } = await open("olga");
+      await back(await idp.authorize(authorize, { login: "olga" }));
+      const row = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("end_user", "=", "olga")
+        .executeTakeFirstOrThrow();
+      let clock = Date.now();
+      const node = await anotherNode({ now: () => clock });
+      const first = await node.accessToken(row.tenant_id, "olga", "idp");
+      const { refreshed } = idp.counts;
+      const second = await node.accessToken(row.tenant_id, "olga", "idp", first.token);
+      assert.notEqual(second.token, first.token);
+      assert.equal(idp.counts.refreshed, refreshed + 1, "a refused token is refreshed");
+      // An upstream that refuses every token: no refresh per call.
+      for (let i = 0; i < 5; i++) {
+        const again = await node.accessToken(row.tenant_id, "olga", "idp", second.token);
+        assert.equal(again.token, second.token);
+        assert.equal(again.refreshed, null);
+      }
+      assert.equal(idp.counts.refreshed, refreshed + 1, "no refresh within the interval");
+      clock += UNAUTHORIZED_REFRESH_INTERVAL_MS;
+      const later = await node.accessToken(row.tenant_id, "olga", "idp", second.token);
+      assert.notEqual(later.token, second.token);
+      assert.equal(idp.counts.refreshed, refreshed + 2);
     });
 
     it("reuses an opened token within cacheMs; a delete through another node is seen once it has passed", async () => {
