@@ -143,17 +143,26 @@ export type CallbackOutcome = { redirect: string } | { page: { status: number; t
 const sha256 = (text: string) => createHash("sha256").update(text).digest("base64url");
 const random = () => randomBytes(32).toString("base64url");
 
+/**
+ * The refresh under way (or last queued) per account, shared by every Accounts over one store in
+ * this process: on SQLite, where no row lock spans the provider's answer, this queue is the lock.
+ */
+const refreshQueues = new WeakMap<Kysely<Database>, Map<string, Promise<unknown>>>();
+
 export class Accounts {
   readonly #deps: AccountsDeps;
   readonly #now: () => number;
-  /** The refresh under way (or last queued) per account in this process. */
-  readonly #refreshing = new Map<string, Promise<unknown>>();
+  /** The refresh under way (or last queued) per account (see refreshQueues). */
+  readonly #refreshing: Map<string, Promise<unknown>>;
   /** Opened access tokens by tenant, app and end user (see AccountsDeps.cacheMs). */
   readonly #opened = new Map<string, Opened>();
 
   constructor(deps: AccountsDeps) {
     this.#deps = deps;
     this.#now = deps.now ?? Date.now;
+    const queue = refreshQueues.get(deps.db) ?? new Map<string, Promise<unknown>>();
+    refreshQueues.set(deps.db, queue);
+    this.#refreshing = queue;
   }
 
   /**
@@ -525,7 +534,7 @@ export class Accounts {
   /**
    * One refresh at a time per account: in this process, callers of the same account wait in line;
    * across hosts, the account's row is locked (SELECT … FOR UPDATE on PostgreSQL; SQLite has one
-   * writer). Whoever gets the lock re-reads the row: when another refreshed meanwhile, its token
+   * host, and the queue is shared by every Accounts over its store). Whoever gets the lock re-reads the row: when another refreshed meanwhile, its token
    * is used as is. Null when the provider refused (invalid_grant): the account is needs_reauth.
    */
   async #refreshOnce(
@@ -554,9 +563,16 @@ export class Accounts {
     const app = await this.#deps.apps.byId(appId);
     const secret = await this.#clientSecret(app);
     let noticed = false;
-    const outcome = await db.transaction().execute(async (trx) => {
+    // PostgreSQL: the row lock spans the provider's answer, so other nodes wait for it. SQLite has
+    // one host, whose refreshes of an account queue in #refreshOnce, and one connection: a
+    // transaction held over the provider's answer would stall every query of the host, so there
+    // only the writes are one, and they change the row only if nothing (a reconnect) changed it since.
+    const locked = dialectOf(db) === "postgres";
+    const inLock = <T>(fn: (q: Db) => Promise<T>) => (locked ? db.transaction().execute(fn) : fn(db));
+    const writing = <T>(q: Db, fn: (t: Db) => Promise<T>) => (locked ? fn(q) : db.transaction().execute(fn));
+    const outcome = await inLock(async (trx) => {
       let query = trx.selectFrom("oauth_accounts").selectAll().where("id", "=", accountId);
-      if (dialectOf(db) === "postgres") query = query.forUpdate();
+      if (locked) query = query.forUpdate();
       const row = await query.executeTakeFirst();
       if (!row || row.status === "needs_reauth") return null;
       const tokens = this.open(row);
@@ -564,16 +580,19 @@ export class Accounts {
         return { token: tokens.access_token, by: "other" as const };
       }
       const now = this.#now();
-      const refused = async () => {
-        await trx
-          .updateTable("oauth_accounts")
-          .set({ status: "needs_reauth", updated_at: now })
-          .where("id", "=", row.id)
-          .execute();
-        const account = { account: row.id, end_user: row.end_user, app: app.name };
-        noticed = (await this.#deps.notices?.needsReauth(trx, row.tenant_id, account)) ?? false;
-        return null;
-      };
+      const refused = () =>
+        writing(trx, async (w) => {
+          const marked = await w
+            .updateTable("oauth_accounts")
+            .set({ status: "needs_reauth", updated_at: now })
+            .where("id", "=", row.id)
+            .where("updated_at", "=", row.updated_at)
+            .executeTakeFirst();
+          if (Number(marked.numUpdatedRows) === 0) return null;
+          const account = { account: row.id, end_user: row.end_user, app: app.name };
+          noticed = (await this.#deps.notices?.needsReauth(w, row.tenant_id, account)) ?? false;
+          return null;
+        });
       if (tokens.refresh_token === null) return refused();
       let answer: z.infer<typeof TokenAnswer>;
       try {
@@ -604,6 +623,7 @@ export class Accounts {
           updated_at: now,
         })
         .where("id", "=", row.id)
+        .where("updated_at", "=", row.updated_at)
         .execute();
       return { token: answer.access_token, by: "us" as const };
     });

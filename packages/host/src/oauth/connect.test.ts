@@ -5,6 +5,9 @@
  * bad end users, and another tenant's end users. No answer carries a token.
  */
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { openVault } from "../secrets/master-key.ts";
 import { apiCall, type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
@@ -338,6 +341,63 @@ forEachStore((store) =>
       const later = await node.accessToken(row.tenant_id, "olga", "idp", second.token);
       assert.notEqual(later.token, second.token);
       assert.equal(idp.counts.refreshed, refreshed + 2);
+    });
+
+    it("does not hold the store while a provider takes its time to answer a refresh", async () => {
+      // A token endpoint that answers only when told to, after saying it has the request.
+      let arrived = () => {};
+      const asked = new Promise<void>((resolve) => {
+        arrived = resolve;
+      });
+      let release = () => {};
+      const released = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const slow = http.createServer((req, res) => {
+        arrived();
+        req.resume();
+        void released.then(() =>
+          res
+            .writeHead(200, { "content-type": "application/json" })
+            .end(JSON.stringify({ access_token: "fresh", token_type: "Bearer", expires_in: 3600 })),
+        );
+      });
+      slow.listen(0, "127.0.0.1");
+      await once(slow, "listening");
+      const base = `http://127.0.0.1:${(slow.address() as AddressInfo).port}`;
+      try {
+        const put = await call("PUT", "/v1/oauth-apps/slow", h.adminKey, {
+          authorize_url: `${base}/authorize`,
+          token_url: `${base}/token`,
+          client_id: "slow",
+          internal: true,
+        });
+        assert.equal(put.status, 201, JSON.stringify(put.body));
+        const app = await h.db
+          .selectFrom("oauth_apps")
+          .selectAll()
+          .where("name", "=", "slow")
+          .executeTakeFirstOrThrow();
+        const tokens = { access_token: "old", refresh_token: "r1", expires_in: 0 };
+        await h.services.accounts.store(app.tenant_id, app.id, "pat", tokens, []);
+        const refreshing = h.services.accounts.accessToken(app.tenant_id, "pat", "slow");
+        await asked;
+        let timer: NodeJS.Timeout | undefined;
+        const read = h.db.selectFrom("tenants").select("id").execute();
+        const stalled = new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error("the store waited for the provider")), 3000);
+        });
+        await Promise.race([read, stalled]).finally(() => clearTimeout(timer));
+        release();
+        assert.equal((await refreshing).token, "fresh");
+        const [account] = await accounts(h.adminKey, "pat");
+        assert.equal((await call("DELETE", `/v1/accounts/${account.id}`, h.adminKey)).status, 200);
+        assert.equal((await call("DELETE", "/v1/oauth-apps/slow", h.adminKey)).status, 200);
+      } finally {
+        release();
+        slow.closeAllConnections();
+        slow.close();
+      }
     });
 
     it("reuses an opened token within cacheMs; a delete through another node is seen once it has passed", async () => {
