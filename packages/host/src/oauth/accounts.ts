@@ -13,6 +13,8 @@
  * connect URL: that browser gets a cookie whose value is hashed with the state, so an
  * authorization URL handed to someone else (an attacker's session finished in a victim's browser,
  * connecting the victim's account to the attacker's end user) finds no session at the callback.
+ * The connect URL itself stays a bearer capability: whoever opens it connects to its end user, so
+ * the product hands it only to that user, within its own signed-in session.
  * When the provider names its issuer in the redirect (RFC 9207), it must be the app's. Tokens are sealed by the vault with the account's
  * id as associated data and never returned by any API; errors name the provider's OAuth error
  * code, never its answer's body. End users are the tenant's own strings: every lookup is by
