@@ -83,6 +83,7 @@ export const HostConfig = z
     /**
      * The URL people reach this host at (`serve --public-url`), for the links notifications carry
      * (an approval's one-time link, a run's page); default the internal URL, else its own URL.
+     * End users' connect links and the OAuth callback are on it too (default: where the API was called).
      */
     publicUrl: z.url().optional(),
     /**

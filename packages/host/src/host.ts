@@ -312,6 +312,7 @@ export async function buildServices(config: HostConfig, env: ServiceEnv): Promis
     http: providerHttp,
     secrets,
     notices: outbox,
+    publicUrl: config.publicUrl,
     cacheMs: config.accountTokenCacheMs,
   });
   const mcpClients = new McpClients({ resolve: env.testOnly?.resolve });

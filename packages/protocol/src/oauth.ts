@@ -138,5 +138,16 @@ export const Account = z
   .meta({ id: "Account" });
 export type Account = z.infer<typeof Account>;
 
+/**
+ * An account as `DELETE /v1/accounts/{id}` answers it: deleted here whatever the provider said,
+ * and what its revocation endpoint did with the tokens (`revoked`: it took them; `failed`: it could
+ * not be reached or refused, so they may still be good there until they expire; `none`: the app has
+ * no revocation endpoint).
+ */
+export const AccountDeleted = Account.extend({
+  provider_revocation: z.enum(["revoked", "failed", "none"]),
+}).meta({ id: "AccountDeleted" });
+export type AccountDeleted = z.infer<typeof AccountDeleted>;
+
 /** The query of `GET /v1/accounts`. */
 export const AccountsQuery = z.object({ end_user: EndUser.optional(), app: OAuthAppName.optional() });

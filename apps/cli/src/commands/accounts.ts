@@ -1,5 +1,5 @@
 /** `paddock accounts list|revoke`: end users' connected OAuth accounts (never their tokens). */
-import { Account, ConnectSession, Page } from "@paddock/protocol";
+import { Account, AccountDeleted, ConnectSession, Page } from "@paddock/protocol";
 import { CONNECTION_HELP, parseCommand, parseEndUser, UsageError } from "../args.ts";
 import { type Command, type CommandGroup, connect } from "../context.ts";
 import { formatTable } from "../format.ts";
@@ -107,8 +107,14 @@ ${CONNECTION_HELP}`,
       positionals: { min: 1, max: 1 },
     });
     const id = positionals[0] ?? "";
-    await (await connect(values, ctx)).request("DELETE", `/accounts/${encodeURIComponent(id)}`);
+    const res = await (await connect(values, ctx)).request("DELETE", `/accounts/${encodeURIComponent(id)}`);
+    const deleted = await parseBody(res, AccountDeleted, `DELETE /accounts/${id}`);
     ctx.out(`revoked account ${id}`);
+    if (deleted.provider_revocation === "failed") {
+      ctx.err(
+        `the provider's revocation endpoint failed: the account is deleted here, but its tokens may stay good at ${deleted.app} until they expire`,
+      );
+    }
     return 0;
   },
 };

@@ -44,8 +44,9 @@ Options:
   --internal-url URL
                     the API URL other nodes reach this one at (default its own URL)
   --public-url URL  the URL people reach this host at, for the links notifications carry (an
-                    approval's one-time link, a run's page); default --internal-url, else its
-                    own URL
+                    approval's one-time link, a run's page; default --internal-url, else its
+                    own URL) and for end users' connect links and the OAuth callback (default
+                    the address the API was called at)
   --lease-ms MS     how long this node's claim on a run holds without renewal (default
                     30000, at least 1000); it renews every third of it, and another node
                     retries the runs of a node silent for longer

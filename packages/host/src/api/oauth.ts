@@ -6,6 +6,7 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import {
   Account,
+  AccountDeleted,
   AccountsQuery,
   AppError,
   ConnectSession,
@@ -17,8 +18,9 @@ import {
   Page,
 } from "@paddock/protocol";
 import type { Context } from "hono";
+import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import { z } from "zod";
-import type { Accounts, CallbackOutcome } from "../oauth/accounts.ts";
+import { type Accounts, bindingCookie, type CallbackOutcome, CONNECT_SESSION_TTL_MS } from "../oauth/accounts.ts";
 import type { OAuthApps } from "../oauth/apps.ts";
 import { type ApiEnv, type DefineRoute, Id, json, jsonBody, pathParam, tenantOf } from "./http.ts";
 
@@ -127,7 +129,9 @@ export function registerAccountRoutes(route: DefineRoute, accounts: Accounts): v
       summary: "Delete an end user's account, revoking its tokens at the provider when it has a revocation endpoint",
       auth: "tenant",
       request: { params: AccountId },
-      responses: { 200: json(Account, "Deleted; the account as it was") },
+      responses: {
+        200: json(AccountDeleted, "Deleted; the account as it was, and whether the provider revoked its tokens"),
+      },
     },
     async (c) => c.json(await accounts.revoke(tenantOf(c), c.req.valid("param").id), 200),
   );
@@ -137,14 +141,31 @@ export function registerAccountRoutes(route: DefineRoute, accounts: Accounts): v
 export function registerOAuthPages(app: OpenAPIHono<ApiEnv>, accounts: Accounts): void {
   app.get("/oauth/connect/:token", async (c) => {
     try {
-      return c.redirect(await accounts.authorizeUrl(c.req.param("token").slice(0, 256)), 302);
+      const { url, binding } = await accounts.authorizeUrl(c.req.param("token").slice(0, 256));
+      // Lax: sent on the provider's top-level redirect back, not on other sites' subrequests.
+      setCookie(c, binding.name, binding.value, {
+        path: CALLBACK,
+        httpOnly: true,
+        sameSite: "Lax",
+        secure: binding.secure,
+        maxAge: CONNECT_SESSION_TTL_MS / 1000,
+      });
+      c.header("cache-control", "no-store");
+      return c.redirect(url, 302);
     } catch (err) {
       if (!(err instanceof AppError)) throw err;
       return page(c, { page: { status: 400, title: "Not connected", message: err.message } });
     }
   });
-  app.get("/oauth/callback", async (c) => page(c, await accounts.callback(c.req.query())));
+  app.get(CALLBACK, async (c) => {
+    const outcome = await accounts.callback(c.req.query(), (name) => getCookie(c, name));
+    const state = c.req.query("state");
+    if (state) deleteCookie(c, bindingCookie(state), { path: CALLBACK });
+    return page(c, outcome);
+  });
 }
+
+const CALLBACK = "/oauth/callback";
 
 function page(c: Context<ApiEnv>, outcome: CallbackOutcome): Response {
   c.header("cache-control", "no-store");

@@ -11,7 +11,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { newId } from "../store/ids.ts";
 import { type McpStandIn, startMcpStandIn } from "../testing/mcp-stand-in.ts";
 import { apiCall, type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
-import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
+import { browserCookies, type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
 
 const ORIGIN = "http://localhost";
 
@@ -29,7 +29,9 @@ describe("an MCP server with the end user's OAuth account", () => {
     assert.equal(made.status, 201, JSON.stringify(made.body));
     const opened = await h.services.app.request(made.body.url.slice(ORIGIN.length));
     const back = await idp.authorize(opened.headers.get("location") ?? "", { login: endUser });
-    const done = await h.services.app.request(back.slice(ORIGIN.length));
+    const done = await h.services.app.request(back.slice(ORIGIN.length), {
+      headers: { cookie: browserCookies(opened) },
+    });
     assert.equal(done.status, 200, await done.text());
   }
 

@@ -14,7 +14,7 @@ import { artifactJson, PROBE_AGENT, type ProbeResult, type StandIn, startStandIn
 import { e2eSkip } from "../testing/e2e-skip.ts";
 import { hostSkipReason, runEvents, startTestHost, type TestHost, uniqueName, waitForRun } from "../testing/harness.ts";
 import { type NotificationReceiver, signedWith, startNotificationReceiver } from "../testing/notification-receiver.ts";
-import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
+import { browserCookies, type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
 import { waitFor } from "../testing/wait.ts";
 
 const NODE = "/opt/paddock/runner/node";
@@ -42,7 +42,8 @@ describe("end users' accounts in runs", { skip: e2eSkip(hostSkipReason()) }, () 
     const opened = await fetch(made.body.url, { redirect: "manual" });
     assert.equal(opened.status, 302);
     const back = await idp.authorize(opened.headers.get("location") ?? "", { login: user });
-    assert.equal((await fetch(back, { redirect: "manual" })).status, 200);
+    const cookie = browserCookies(opened);
+    assert.equal((await fetch(back, { redirect: "manual", headers: { cookie } })).status, 200);
   };
 
   /** Sets up app `idp` and connection `mail` (auth `oauth:idp`) for the admin's tenant. */

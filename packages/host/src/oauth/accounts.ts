@@ -9,13 +9,25 @@
  * the session in one conditional update, so a replayed, forged or late callback finds nothing and
  * stores nothing. The PKCE verifier is sealed in the session and never leaves the host, so a code
  * stolen from one session's redirect cannot be exchanged by another session (the provider checks
- * the verifier against the code's challenge). Tokens are sealed by the vault with the account's
+ * the verifier against the code's challenge). The flow is bound to the browser that opened the
+ * connect URL: that browser gets a cookie whose value is hashed with the state, so an
+ * authorization URL handed to someone else (an attacker's session finished in a victim's browser,
+ * connecting the victim's account to the attacker's end user) finds no session at the callback.
+ * The connect URL itself stays a bearer capability: whoever opens it connects to its end user, so
+ * the product hands it only to that user, within its own signed-in session.
+ * When the provider names its issuer in the redirect (RFC 9207), it must be the app's. Tokens are sealed by the vault with the account's
  * id as associated data and never returned by any API; errors name the provider's OAuth error
  * code, never its answer's body. End users are the tenant's own strings: every lookup is by
  * tenant, so another tenant's "alice" is another end user.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { type Account, AppError, type ConnectSession, type ConnectSessionCreate } from "@paddock/protocol";
+import {
+  type Account,
+  type AccountDeleted,
+  AppError,
+  type ConnectSession,
+  type ConnectSessionCreate,
+} from "@paddock/protocol";
 import type { Kysely } from "kysely";
 import { z } from "zod";
 import type { AccessGrant } from "../bridge/bridge.ts";
@@ -51,8 +63,26 @@ const TokenAnswer = z.object({
   scope: z.string().max(4096).optional(),
 });
 
+/** The longest lifetime of an access token believed, in seconds (a year): a larger `expires_in` is cut to it. */
+const MAX_EXPIRES_IN_S = 365 * 24 * 3600;
+
+/**
+ * When a token given `expires_in` seconds at `now` expires, as the store's whole milliseconds: a
+ * provider's fractional or absurd lifetime is neither a float in a bigint column nor a date past
+ * what a Date can show.
+ */
+const expiresAt = (now: number, expiresIn: number | undefined) =>
+  expiresIn === undefined ? null : Math.round(now + Math.min(expiresIn, MAX_EXPIRES_IN_S) * 1000);
+
 /** An access token is refreshed when it expires within this long. */
 export const REFRESH_MARGIN_MS = 60_000;
+
+/**
+ * A token refreshed this recently is not refreshed again because an upstream refused it: a
+ * sandbox calling an endpoint that always answers 401 would otherwise have the host refresh at
+ * the provider on every call.
+ */
+export const UNAUTHORIZED_REFRESH_INTERVAL_MS = 30_000;
 
 const needsReauth = (app: string) =>
   new AppError(
@@ -76,6 +106,11 @@ export interface AccountsDeps {
   secrets: { reveal(tenantId: string, name: string): Promise<string | null> };
   notices?: AccountNotices;
   /**
+   * The URL people reach this host at (`serve --public-url`): connect URLs and the callback the
+   * provider redirects to are on it, whatever address the product called the API at.
+   */
+  publicUrl?: string | undefined;
+  /**
    * How long an opened access token is reused in this process before its account is read again
    * (0: every call reads it). A token near expiry, or refused by the upstream, is read again at once.
    */
@@ -90,31 +125,56 @@ interface Opened extends Pick<OAuthAccountsTable, "access_expires_at" | "updated
   at: number;
 }
 
+/** The cookie binding a flow to the browser that started it: its name follows from the state. */
+export interface BrowserBinding {
+  name: string;
+  value: string;
+  /** Sent over https only (the callback is on an https URL). */
+  secure: boolean;
+}
+
+/** The name of the cookie that binds the flow of `state` to its browser. */
+export const bindingCookie = (state: string) => `paddock_connect_${sha256(state).slice(0, 16)}`;
+
+/** What the state is stored as: its hash with the browser's cookie, so one without the other finds nothing. */
+const stateHash = (state: string, browser: string) => sha256(`${state}\0${browser}`);
+
 /** Where the callback sends the user's browser: back to the product, or a page of its own. */
 export type CallbackOutcome = { redirect: string } | { page: { status: number; title: string; message: string } };
 
 const sha256 = (text: string) => createHash("sha256").update(text).digest("base64url");
 const random = () => randomBytes(32).toString("base64url");
 
+/**
+ * The refresh under way (or last queued) per account, shared by every Accounts over one store in
+ * this process: on SQLite, where no row lock spans the provider's answer, this queue is the lock.
+ */
+const refreshQueues = new WeakMap<Kysely<Database>, Map<string, Promise<unknown>>>();
+
 export class Accounts {
   readonly #deps: AccountsDeps;
   readonly #now: () => number;
-  /** The refresh under way (or last queued) per account in this process. */
-  readonly #refreshing = new Map<string, Promise<unknown>>();
+  /** The refresh under way (or last queued) per account (see refreshQueues). */
+  readonly #refreshing: Map<string, Promise<unknown>>;
   /** Opened access tokens by tenant, app and end user (see AccountsDeps.cacheMs). */
   readonly #opened = new Map<string, Opened>();
 
   constructor(deps: AccountsDeps) {
     this.#deps = deps;
     this.#now = deps.now ?? Date.now;
+    const queue = refreshQueues.get(deps.db) ?? new Map<string, Promise<unknown>>();
+    refreshQueues.set(deps.db, queue);
+    this.#refreshing = queue;
   }
 
   /**
-   * A connect session for `end_user` at `app`: the URL on this host (`origin`) to send the user to.
-   * `unknown_oauth_app` when the tenant has no such app.
+   * A connect session for `end_user` at `app`: the URL on this host to send the user to (on its
+   * public URL, else the `origin` the API was called at). `unknown_oauth_app` when the tenant has
+   * no such app.
    */
-  async createSession(tenantId: string, body: ConnectSessionCreate, origin: string): Promise<ConnectSession> {
+  async createSession(tenantId: string, body: ConnectSessionCreate, called: string): Promise<ConnectSession> {
     const app = await this.#deps.apps.resolve(tenantId, body.app);
+    const origin = this.#deps.publicUrl === undefined ? called : trimSlash(this.#deps.publicUrl);
     const now = this.#now();
     const id = newId("cxs", now);
     const token = random();
@@ -151,9 +211,10 @@ export class Accounts {
 
   /**
    * The provider's authorization URL for the session a connect URL's token names, with a fresh
-   * `state` bound to it; `oauth_state_invalid` when the token is unknown, used or expired.
+   * `state` bound to it and to the browser (the cookie to set there); `oauth_state_invalid` when
+   * the token is unknown, used or expired.
    */
-  async authorizeUrl(token: string): Promise<string> {
+  async authorizeUrl(token: string): Promise<{ url: string; binding: BrowserBinding }> {
     const now = this.#now();
     const session = await this.#deps.db
       .selectFrom("connect_sessions")
@@ -168,9 +229,10 @@ export class Accounts {
     }
     const app = await this.#deps.apps.byId(session.app_id);
     const state = random();
+    const browser = random();
     await this.#deps.db
       .updateTable("connect_sessions")
-      .set({ state_hash: sha256(state) })
+      .set({ state_hash: stateHash(state, browser) })
       .where("id", "=", session.id)
       .where("used_at", "is", null)
       .execute();
@@ -187,24 +249,30 @@ export class Accounts {
       url.searchParams.set("code_challenge", createHash("sha256").update(verifier).digest("base64url"));
       url.searchParams.set("code_challenge_method", "S256");
     }
-    return url.toString();
+    const secure = new URL(session.redirect_uri).protocol === "https:";
+    return { url: url.toString(), binding: { name: bindingCookie(state), value: browser, secure } };
   }
 
   /**
-   * The provider's redirect back: takes the session its `state` names (once), exchanges the code
-   * and seals the tokens. A state that names no pending session is an error page; anything else
-   * goes back to the product's `redirect_after` (with `error=` when it failed), or a page.
+   * The provider's redirect back: takes the session its `state` and the browser's cookie
+   * (`cookie(name)`) name (once), exchanges the code and seals the tokens. A state that names no
+   * pending session of this browser is an error page; anything else goes back to the product's
+   * `redirect_after` (with `error=` when it failed), or a page.
    */
-  async callback(query: Record<string, string | undefined>): Promise<CallbackOutcome> {
+  async callback(
+    query: Record<string, string | undefined>,
+    cookie: (name: string) => string | undefined,
+  ): Promise<CallbackOutcome> {
     const now = this.#now();
     const state = query.state ?? "";
+    const browser = state === "" ? undefined : cookie(bindingCookie(state));
     const session =
-      state === "" || state.length > 512
+      state === "" || state.length > 512 || browser === undefined || browser.length > 512
         ? undefined
         : await this.#deps.db
             .updateTable("connect_sessions")
             .set({ used_at: now })
-            .where("state_hash", "=", sha256(state))
+            .where("state_hash", "=", stateHash(state, browser))
             .where("used_at", "is", null)
             .where("expires_at", ">", now)
             .returningAll()
@@ -212,7 +280,7 @@ export class Accounts {
     if (!session) {
       const err = new AppError(
         "oauth_state_invalid",
-        "This authorization does not belong to a pending connect session (unknown, used or expired); start again.",
+        "This authorization does not belong to a pending connect session started in this browser (unknown, used or expired); start again from the connect link.",
       );
       return { page: { status: 400, title: "Not connected", message: err.message } };
     }
@@ -233,6 +301,10 @@ export class Accounts {
       return back({ error: code }, `The provider answered '${code}'; nothing was stored.`);
     }
     const app = await this.#deps.apps.byId(session.app_id);
+    // RFC 9207: a redirect naming another issuer is an authorization server mix-up; its code is not sent.
+    if (query.iss !== undefined && app.issuer !== null && trimSlash(query.iss) !== trimSlash(app.issuer)) {
+      return back({ error: "invalid_issuer" }, "The authorization came back from another issuer; nothing was stored.");
+    }
     const verifier = this.#deps.vault.open(session.sealed_verifier, connectSessionAad(session.id)).toString();
     let tokens: z.infer<typeof TokenAnswer>;
     try {
@@ -292,7 +364,7 @@ export class Accounts {
         scopes: JSON.stringify(scopes),
         sealed_tokens: sealed.sealed,
         master_key_id: sealed.masterKeyId,
-        access_expires_at: tokens.expires_in === undefined ? null : now + tokens.expires_in * 1000,
+        access_expires_at: expiresAt(now, tokens.expires_in),
         refreshed_at: null,
         created_at: existing?.created_at ?? now,
         updated_at: now,
@@ -327,9 +399,10 @@ export class Accounts {
 
   /**
    * Deletes the account and revokes its tokens at the provider when the app has a revocation
-   * endpoint (a provider that cannot be reached does not keep the account here).
+   * endpoint (a provider that cannot be reached or refuses does not keep the account here; the
+   * answer says so: `provider_revocation: "failed"`).
    */
-  async revoke(tenantId: string, id: string): Promise<Account> {
+  async revoke(tenantId: string, id: string): Promise<AccountDeleted> {
     const row = await this.#deps.db
       .selectFrom("oauth_accounts")
       .selectAll()
@@ -340,15 +413,24 @@ export class Accounts {
     const app = await this.#deps.apps.byId(row.app_id);
     await this.#deps.db.deleteFrom("oauth_accounts").where("id", "=", row.id).execute();
     this.#forget(row.id);
+    let revocation: AccountDeleted["provider_revocation"] = "none";
     if (app.revoke_url !== null) {
+      const { revoke_url } = app;
       const tokens = this.open(row);
       const hints: [string, string][] = [["access_token", tokens.access_token]];
       if (tokens.refresh_token !== null) hints.unshift(["refresh_token", tokens.refresh_token]);
-      for (const [hint, token] of hints) {
-        await this.#post(app, app.revoke_url, { token, token_type_hint: hint }).catch(() => undefined);
-      }
+      // RFC 7009 2.2: 200 whether or not the token was still good; anything else, or no answer, failed.
+      const answers = await Promise.all(
+        hints.map(([hint, token]) =>
+          this.#post(app, revoke_url, { token, token_type_hint: hint }).then(
+            (answer) => answer.status === 200,
+            () => false,
+          ),
+        ),
+      );
+      revocation = answers.every(Boolean) ? "revoked" : "failed";
     }
-    return toAccount(row, app.name);
+    return { ...toAccount(row, app.name), provider_revocation: revocation };
   }
 
   /**
@@ -372,7 +454,15 @@ export class Accounts {
     const row = await this.#deps.db
       .selectFrom("oauth_accounts as a")
       .innerJoin("oauth_apps as p", "p.id", "a.app_id")
-      .select(["a.id", "a.app_id", "a.status", "a.sealed_tokens", "a.access_expires_at", "a.updated_at"])
+      .select([
+        "a.id",
+        "a.app_id",
+        "a.status",
+        "a.sealed_tokens",
+        "a.access_expires_at",
+        "a.refreshed_at",
+        "a.updated_at",
+      ])
       .where("a.tenant_id", "=", tenantId)
       .where("p.tenant_id", "=", tenantId)
       .where("p.name", "=", appName)
@@ -424,11 +514,19 @@ export class Accounts {
   }
 
   /**
-   * A token that is not the one the upstream refused and does not expire within the margin:
-   * REFRESH_MARGIN_MS, or half its lifetime for a token issued for less than twice that.
+   * A token that is not the one the upstream refused (unless refreshed within
+   * UNAUTHORIZED_REFRESH_INTERVAL_MS) and does not expire within the margin: REFRESH_MARGIN_MS, or
+   * half its lifetime for a token issued for less than twice that.
    */
-  #usable(row: Pick<OAuthAccountsTable, "access_expires_at" | "updated_at">, token: string, stale?: string): boolean {
-    if (stale !== undefined && token === stale) return false;
+  #usable(
+    row: Pick<OAuthAccountsTable, "access_expires_at" | "updated_at"> & { refreshed_at?: number | null },
+    token: string,
+    stale?: string,
+  ): boolean {
+    if (stale !== undefined && token === stale) {
+      const refreshed = row.refreshed_at ?? null;
+      if (refreshed === null || this.#now() - Number(refreshed) >= UNAUTHORIZED_REFRESH_INTERVAL_MS) return false;
+    }
     if (row.access_expires_at === null) return true;
     const expires = Number(row.access_expires_at);
     const margin = Math.min(REFRESH_MARGIN_MS, (expires - Number(row.updated_at)) / 2);
@@ -438,7 +536,7 @@ export class Accounts {
   /**
    * One refresh at a time per account: in this process, callers of the same account wait in line;
    * across hosts, the account's row is locked (SELECT … FOR UPDATE on PostgreSQL; SQLite has one
-   * writer). Whoever gets the lock re-reads the row: when another refreshed meanwhile, its token
+   * host, and the queue is shared by every Accounts over its store). Whoever gets the lock re-reads the row: when another refreshed meanwhile, its token
    * is used as is. Null when the provider refused (invalid_grant): the account is needs_reauth.
    */
   async #refreshOnce(
@@ -467,9 +565,16 @@ export class Accounts {
     const app = await this.#deps.apps.byId(appId);
     const secret = await this.#clientSecret(app);
     let noticed = false;
-    const outcome = await db.transaction().execute(async (trx) => {
+    // PostgreSQL: the row lock spans the provider's answer, so other nodes wait for it. SQLite has
+    // one host, whose refreshes of an account queue in #refreshOnce, and one connection: a
+    // transaction held over the provider's answer would stall every query of the host, so there
+    // only the writes are one, and they change the row only if nothing (a reconnect) changed it since.
+    const locked = dialectOf(db) === "postgres";
+    const inLock = <T>(fn: (q: Db) => Promise<T>) => (locked ? db.transaction().execute(fn) : fn(db));
+    const writing = <T>(q: Db, fn: (t: Db) => Promise<T>) => (locked ? fn(q) : db.transaction().execute(fn));
+    const outcome = await inLock(async (trx) => {
       let query = trx.selectFrom("oauth_accounts").selectAll().where("id", "=", accountId);
-      if (dialectOf(db) === "postgres") query = query.forUpdate();
+      if (locked) query = query.forUpdate();
       const row = await query.executeTakeFirst();
       if (!row || row.status === "needs_reauth") return null;
       const tokens = this.open(row);
@@ -477,16 +582,19 @@ export class Accounts {
         return { token: tokens.access_token, by: "other" as const };
       }
       const now = this.#now();
-      const refused = async () => {
-        await trx
-          .updateTable("oauth_accounts")
-          .set({ status: "needs_reauth", updated_at: now })
-          .where("id", "=", row.id)
-          .execute();
-        const account = { account: row.id, end_user: row.end_user, app: app.name };
-        noticed = (await this.#deps.notices?.needsReauth(trx, row.tenant_id, account)) ?? false;
-        return null;
-      };
+      const refused = () =>
+        writing(trx, async (w) => {
+          const marked = await w
+            .updateTable("oauth_accounts")
+            .set({ status: "needs_reauth", updated_at: now })
+            .where("id", "=", row.id)
+            .where("updated_at", "=", row.updated_at)
+            .executeTakeFirst();
+          if (Number(marked.numUpdatedRows) === 0) return null;
+          const account = { account: row.id, end_user: row.end_user, app: app.name };
+          noticed = (await this.#deps.notices?.needsReauth(w, row.tenant_id, account)) ?? false;
+          return null;
+        });
       if (tokens.refresh_token === null) return refused();
       let answer: z.infer<typeof TokenAnswer>;
       try {
@@ -512,11 +620,12 @@ export class Accounts {
         .set({
           sealed_tokens: sealed.sealed,
           master_key_id: sealed.masterKeyId,
-          access_expires_at: answer.expires_in === undefined ? null : now + answer.expires_in * 1000,
+          access_expires_at: expiresAt(now, answer.expires_in),
           refreshed_at: now,
           updated_at: now,
         })
         .where("id", "=", row.id)
+        .where("updated_at", "=", row.updated_at)
         .execute();
       return { token: answer.access_token, by: "us" as const };
     });
@@ -577,6 +686,8 @@ export class Accounts {
     return this.#deps.http.postForm(url, app.internal, form, { user: app.client_id, password: secret });
   }
 }
+
+const trimSlash = (url: string) => url.replace(/\/+$/, "");
 
 /** An OAuth error code as a provider sent it, kept to its defined alphabet (RFC 6749 5.2). */
 function oauthErrorCode(value: unknown): string {

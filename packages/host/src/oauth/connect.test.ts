@@ -5,12 +5,15 @@
  * bad end users, and another tenant's end users. No answer carries a token.
  */
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { openVault } from "../secrets/master-key.ts";
 import { apiCall, type NoRootHost, startNoRootHost } from "../testing/no-root-host.ts";
-import { type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
+import { browserCookies, type OidcStandIn, startOidcStandIn } from "../testing/oidc-stand-in.ts";
 import { forEachStore } from "../testing/stores.ts";
-import { Accounts, type AccountsDeps } from "./accounts.ts";
+import { Accounts, type AccountsDeps, UNAUTHORIZED_REFRESH_INTERVAL_MS } from "./accounts.ts";
 import { OAuthApps } from "./apps.ts";
 import { ProviderHttp } from "./provider-http.ts";
 
@@ -26,6 +29,8 @@ forEachStore((store) =>
 
     const request = (path: string, init: RequestInit = {}) => h.services.app.request(path, init);
     const call = (method: string, path: string, key: string, body?: unknown) => apiCall(h, method, path, key, body);
+    /** The cookies of the browser that opened each flow, by the flow's state. */
+    const browsers = new Map<string, string>();
     /** A connect session's URL, opened: the provider's authorization URL it redirects to. */
     const open = async (endUser: string, extra: Record<string, unknown> = {}) => {
       const made = await call("POST", "/v1/connect-sessions", h.adminKey, { end_user: endUser, app: "idp", ...extra });
@@ -35,15 +40,21 @@ forEachStore((store) =>
       assert.equal(res.status, 302);
       const authorize = new URL(res.headers.get("location") ?? "");
       assert.equal(authorize.searchParams.get("code_challenge_method"), "S256");
+      browsers.set(authorize.searchParams.get("state") ?? "", browserCookies(res));
       return { session: made.body, authorize: authorize.toString(), link: made.body.url.slice(ORIGIN.length) };
     };
-    /** Sends the browser back to the host's callback; the answer's status and where it leads. */
-    const back = async (callbackUrl: string) => {
-      const res = await request(callbackUrl.slice(ORIGIN.length));
+    /**
+     * Sends the browser back to the host's callback (the one that opened the flow, unless `cookie`
+     * names another); the answer's status and where it leads.
+     */
+    const back = async (callbackUrl: string, cookie?: string) => {
+      const state = new URL(callbackUrl).searchParams.get("state") ?? "";
+      const jar = cookie ?? browsers.get(state) ?? "";
+      const res = await request(callbackUrl.slice(ORIGIN.length), { headers: jar ? { cookie: jar } : {} });
       return { status: res.status, location: res.headers.get("location"), text: await res.text() };
     };
     /** Another node's Accounts (its own in-process queue and opened tokens) over the same store. */
-    const anotherNode = async (options: Pick<AccountsDeps, "cacheMs" | "now"> = {}) => {
+    const anotherNode = async (options: Pick<AccountsDeps, "cacheMs" | "now" | "publicUrl"> = {}) => {
       const { vault } = await openVault({ dataDir: h.dataDir });
       const http = new ProviderHttp();
       return new Accounts({
@@ -136,6 +147,67 @@ forEachStore((store) =>
         .execute();
       assert.equal((await back(lateCallback)).status, 400);
       assert.deepEqual(await accounts(h.adminKey, "dave"), []);
+    });
+
+    it("binds the flow to the browser that opened the connect link: another browser's callback stores nothing", async () => {
+      // Mallory opens her own connect link and hands the provider's authorization URL to Hana,
+      // whose browser authorizes it: Hana's account must not become Mallory's end user's.
+      const { authorize } = await open("mallory-csrf", { redirect_after: PRODUCT });
+      const callbackUrl = await idp.authorize(authorize, { login: "hana" });
+      const codes = idp.counts.codes;
+      const elsewhere = await back(callbackUrl, "");
+      assert.equal(elsewhere.status, 400, "no cookie of the browser that started it");
+      assert.match(elsewhere.text, /started in this browser/);
+      const state = new URL(callbackUrl).searchParams.get("state") ?? "";
+      const [name] = (browsers.get(state) ?? "").split("=");
+      assert.equal((await back(callbackUrl, `${name}=guessed`)).status, 400, "a cookie of the right name, wrong value");
+      assert.deepEqual(await accounts(h.adminKey, "mallory-csrf"), []);
+      assert.equal(idp.counts.codes, codes, "the code was never exchanged");
+      // The browser that opened the link finishes it.
+      const done = await back(callbackUrl);
+      assert.equal(done.status, 302, done.text);
+      assert.equal(new URL(done.location ?? "").searchParams.get("status"), "connected");
+    });
+
+    it("refuses an authorization that comes back naming another issuer (RFC 9207)", async () => {
+      const { authorize } = await open("ivan", { redirect_after: PRODUCT });
+      const callbackUrl = new URL(await idp.authorize(authorize, { login: "ivan" }));
+      assert.equal(callbackUrl.searchParams.get("iss"), idp.issuer, "the stand-in names its issuer");
+      const codes = idp.counts.codes;
+      callbackUrl.searchParams.set("iss", "https://attacker.example");
+      const mixed = await back(callbackUrl.toString());
+      assert.equal(mixed.status, 302);
+      assert.equal(new URL(mixed.location ?? "").searchParams.get("error"), "invalid_issuer");
+      assert.equal(idp.counts.codes, codes, "the code was not sent to the token endpoint");
+      assert.deepEqual(await accounts(h.adminKey, "ivan"), []);
+    });
+
+    it("puts connect URLs and the callback on the host's public URL when it has one", async () => {
+      const node = await anotherNode({ publicUrl: "https://paddock.example/" });
+      const app = await h.db.selectFrom("oauth_apps").selectAll().where("name", "=", "idp").executeTakeFirstOrThrow();
+      const made = await node.createSession(app.tenant_id, { end_user: "lee", app: "idp" }, "http://10.0.0.7:8080");
+      assert.ok(made.url.startsWith("https://paddock.example/oauth/connect/"), made.url);
+      const row = await h.db
+        .selectFrom("connect_sessions")
+        .select("redirect_uri")
+        .where("id", "=", made.id)
+        .executeTakeFirstOrThrow();
+      assert.equal(row.redirect_uri, "https://paddock.example/oauth/callback");
+    });
+
+    it("keeps a provider's fractional or absurd expires_in as a date it can show", async () => {
+      const app = await h.db.selectFrom("oauth_apps").selectAll().where("name", "=", "idp").executeTakeFirstOrThrow();
+      const store = (endUser: string, expiresIn: number) =>
+        h.services.accounts.store(app.tenant_id, app.id, endUser, { access_token: "t", expires_in: expiresIn }, []);
+      const fraction = await store("fraction", 3599.5);
+      assert.ok(Date.parse(fraction.expires_at ?? "") > Date.now() + 3_500_000);
+      const forever = await store("forever", 1e300);
+      assert.ok(Date.parse(forever.expires_at ?? "") > Date.now() + 300 * 24 * 3600_000);
+      const listed = await call("GET", "/v1/accounts", h.adminKey);
+      assert.equal(listed.status, 200, JSON.stringify(listed.body));
+      for (const account of [fraction, forever]) {
+        assert.equal((await call("DELETE", `/v1/accounts/${account.id}`, h.adminKey)).status, 200);
+      }
     });
 
     it("refuses a code of another session (its PKCE verifier does not match) and the provider's refusal", async () => {
@@ -243,6 +315,91 @@ forEachStore((store) =>
       await assert.rejects(other.accessToken(row.tenant_id, "frank", "idp"), { code: "account_needs_reauth" });
     });
 
+    it("refreshes a token an upstream refused, but not again within the interval however often it is refused", async () => {
+      const { authorize } = await open("olga");
+      await back(await idp.authorize(authorize, { login: "olga" }));
+      const row = await h.db
+        .selectFrom("oauth_accounts")
+        .selectAll()
+        .where("end_user", "=", "olga")
+        .executeTakeFirstOrThrow();
+      let clock = Date.now();
+      const node = await anotherNode({ now: () => clock });
+      const first = await node.accessToken(row.tenant_id, "olga", "idp");
+      const { refreshed } = idp.counts;
+      const second = await node.accessToken(row.tenant_id, "olga", "idp", first.token);
+      assert.notEqual(second.token, first.token);
+      assert.equal(idp.counts.refreshed, refreshed + 1, "a refused token is refreshed");
+      // An upstream that refuses every token: no refresh per call.
+      for (let i = 0; i < 5; i++) {
+        const again = await node.accessToken(row.tenant_id, "olga", "idp", second.token);
+        assert.equal(again.token, second.token);
+        assert.equal(again.refreshed, null);
+      }
+      assert.equal(idp.counts.refreshed, refreshed + 1, "no refresh within the interval");
+      clock += UNAUTHORIZED_REFRESH_INTERVAL_MS;
+      const later = await node.accessToken(row.tenant_id, "olga", "idp", second.token);
+      assert.notEqual(later.token, second.token);
+      assert.equal(idp.counts.refreshed, refreshed + 2);
+    });
+
+    it("does not hold the store while a provider takes its time to answer a refresh", async () => {
+      // A token endpoint that answers only when told to, after saying it has the request.
+      let arrived = () => {};
+      const asked = new Promise<void>((resolve) => {
+        arrived = resolve;
+      });
+      let release = () => {};
+      const released = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const slow = http.createServer((req, res) => {
+        arrived();
+        req.resume();
+        void released.then(() =>
+          res
+            .writeHead(200, { "content-type": "application/json" })
+            .end(JSON.stringify({ access_token: "fresh", token_type: "Bearer", expires_in: 3600 })),
+        );
+      });
+      slow.listen(0, "127.0.0.1");
+      await once(slow, "listening");
+      const base = `http://127.0.0.1:${(slow.address() as AddressInfo).port}`;
+      try {
+        const put = await call("PUT", "/v1/oauth-apps/slow", h.adminKey, {
+          authorize_url: `${base}/authorize`,
+          token_url: `${base}/token`,
+          client_id: "slow",
+          internal: true,
+        });
+        assert.equal(put.status, 201, JSON.stringify(put.body));
+        const app = await h.db
+          .selectFrom("oauth_apps")
+          .selectAll()
+          .where("name", "=", "slow")
+          .executeTakeFirstOrThrow();
+        const tokens = { access_token: "old", refresh_token: "r1", expires_in: 0 };
+        await h.services.accounts.store(app.tenant_id, app.id, "pat", tokens, []);
+        const refreshing = h.services.accounts.accessToken(app.tenant_id, "pat", "slow");
+        await asked;
+        let timer: NodeJS.Timeout | undefined;
+        const read = h.db.selectFrom("tenants").select("id").execute();
+        const stalled = new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error("the store waited for the provider")), 3000);
+        });
+        await Promise.race([read, stalled]).finally(() => clearTimeout(timer));
+        release();
+        assert.equal((await refreshing).token, "fresh");
+        const [account] = await accounts(h.adminKey, "pat");
+        assert.equal((await call("DELETE", `/v1/accounts/${account.id}`, h.adminKey)).status, 200);
+        assert.equal((await call("DELETE", "/v1/oauth-apps/slow", h.adminKey)).status, 200);
+      } finally {
+        release();
+        slow.closeAllConnections();
+        slow.close();
+      }
+    });
+
     it("reuses an opened token within cacheMs; a delete through another node is seen once it has passed", async () => {
       const { authorize } = await open("gina");
       await back(await idp.authorize(authorize, { login: "gina" }));
@@ -273,10 +430,28 @@ forEachStore((store) =>
       const gone = await call("DELETE", `/v1/accounts/${alice.id}`, h.adminKey);
       assert.equal(gone.status, 200);
       assert.equal(gone.body.id, alice.id);
+      assert.equal(gone.body.provider_revocation, "revoked");
       assert.ok(idp.counts.revoked > before, "revoked at the provider");
       assert.equal(await idp.userOf(tokens.access_token), null);
       assert.deepEqual(await accounts(h.adminKey, "alice"), []);
       assert.equal((await call("DELETE", `/v1/accounts/${alice.id}`, h.adminKey)).status, 404);
+    });
+
+    it("deletes an account here when the provider's revocation endpoint is down, and says so", async () => {
+      const { authorize } = await open("kim");
+      await back(await idp.authorize(authorize, { login: "kim" }));
+      const kim = (await accounts(h.adminKey, "kim"))[0];
+      // The same app, its revocation endpoint on a port nothing listens on.
+      const down = { ...idp.appBody("idp-secret"), revoke_url: "http://127.0.0.1:9/revoke" };
+      assert.equal((await call("PUT", "/v1/oauth-apps/idp", h.adminKey, down)).status, 200);
+      try {
+        const gone = await call("DELETE", `/v1/accounts/${kim.id}`, h.adminKey);
+        assert.equal(gone.status, 200, JSON.stringify(gone.body));
+        assert.equal(gone.body.provider_revocation, "failed");
+        assert.deepEqual(await accounts(h.adminKey, "kim"), [], "deleted here all the same");
+      } finally {
+        await call("PUT", "/v1/oauth-apps/idp", h.adminKey, idp.appBody("idp-secret"));
+      }
     });
   }),
 );

@@ -13,6 +13,7 @@ import https from "node:https";
 import { AddressPinner, PinRefusal, pinnedLookup } from "../bridge/pin.ts";
 
 const MAX_ANSWER_BYTES = 256 * 1024;
+/** The whole call, from connecting to the answer's last byte (not just the socket's silences). */
 const TIMEOUT_MS = 15_000;
 
 /** A provider's answer: its status and its body parsed as JSON (null when it is not JSON). */
@@ -26,9 +27,12 @@ export class ProviderUnreachable extends Error {}
 
 export class ProviderHttp {
   readonly #pinner: AddressPinner;
+  readonly #timeoutMs: number;
 
-  constructor(resolve?: (host: string) => Promise<string[]>) {
+  /** `resolve`: name resolution (tests give their own); `timeoutMs`: how long a whole call may take. */
+  constructor(resolve?: (host: string) => Promise<string[]>, options: { timeoutMs?: number } = {}) {
     this.#pinner = new AddressPinner(resolve);
+    this.#timeoutMs = options.timeoutMs ?? TIMEOUT_MS;
   }
 
   /** GET `url` for JSON. */
@@ -77,10 +81,14 @@ export class ProviderHttp {
         path: `${target.pathname}${target.search}`,
         headers: { accept: "application/json", ...headers, ...(body ? { "content-length": String(body.length) } : {}) },
         lookup: pinnedLookup(address),
-        timeout: TIMEOUT_MS,
         ...(secure ? { servername: target.hostname } : {}),
       });
-      req.on("timeout", () => req.destroy(new ProviderUnreachable(`${target.host} did not answer in time`)));
+      // A deadline for the whole answer: one that trickles in never lets a socket timeout fire.
+      const deadline = setTimeout(
+        () => req.destroy(new ProviderUnreachable(`${target.host} did not answer in time`)),
+        this.#timeoutMs,
+      );
+      req.on("close", () => clearTimeout(deadline));
       req.on("error", (err) =>
         reject(
           err instanceof ProviderUnreachable ? err : new ProviderUnreachable(`${target.host} could not be reached`),

@@ -199,3 +199,14 @@ function form(res: http.ServerResponse, title: string, inner: string): void {
 }
 
 const htmlText = (text: string) => text.replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
+
+/**
+ * The cookies a host's answer sets, as a browser would send them back (`name=value; …`): the
+ * connect URL binds the flow to the browser that opened it.
+ */
+export function browserCookies(res: Response): string {
+  return res.headers
+    .getSetCookie()
+    .map((line) => line.split(";")[0])
+    .join("; ");
+}
