@@ -17,7 +17,7 @@
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { type OidcStandIn, startOidcStandIn } from "../packages/host/src/testing/oidc-stand-in.ts";
+import { browserCookies, type OidcStandIn, startOidcStandIn } from "../packages/host/src/testing/oidc-stand-in.ts";
 import { artifactJson, type BenchHost, follow, now, startBenchHost, TIMED_BRIDGE_GET } from "./bench-host.ts";
 import { type Dist, dist } from "./stats.ts";
 
@@ -149,6 +149,7 @@ async function connectAccount(b: BenchHost, idp: OidcStandIn, app: string): Prom
   const session = await b.api<{ url: string }>("POST", "/v1/connect-sessions", { end_user: END_USER, app });
   const opened = await fetch(session.url, { redirect: "manual" });
   const back = await idp.authorize(opened.headers.get("location") ?? "", { login: END_USER });
-  const landed = await fetch(back, { redirect: "manual" });
+  // The flow is bound to the browser that opened the link: its cookie goes back with the callback.
+  const landed = await fetch(back, { redirect: "manual", headers: { cookie: browserCookies(opened) } });
   if (landed.status !== 200) throw new Error(`bench oauth: connecting at ${app} answered ${landed.status}`);
 }
