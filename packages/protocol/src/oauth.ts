@@ -85,6 +85,12 @@ export const OAuthApp = z
     pkce: z.boolean(),
     extra_params: z.record(z.string(), z.string()),
     internal: z.boolean(),
+    /**
+     * The provider names its issuer in every authorization response (its discovery document says
+     * so, RFC 9207): a callback without `iss` is refused, as one naming another issuer is.
+     * Absent in apps stored before it was read: false.
+     */
+    iss_required: z.boolean().default(false),
     created_at: z.string(),
     updated_at: z.string(),
   })

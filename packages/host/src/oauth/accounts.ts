@@ -301,9 +301,16 @@ export class Accounts {
       return back({ error: code }, `The provider answered '${code}'; nothing was stored.`);
     }
     const app = await this.#deps.apps.byId(session.app_id);
-    // RFC 9207: a redirect naming another issuer is an authorization server mix-up; its code is not sent.
+    // RFC 9207: a redirect naming another issuer is an authorization server mix-up; its code is not
+    // sent. From a provider that always names its issuer, a redirect naming none is refused too.
     if (query.iss !== undefined && app.issuer !== null && trimSlash(query.iss) !== trimSlash(app.issuer)) {
       return back({ error: "invalid_issuer" }, "The authorization came back from another issuer; nothing was stored.");
+    }
+    if (query.iss === undefined && app.iss_required) {
+      return back(
+        { error: "invalid_issuer" },
+        "The authorization came back without the issuer this provider always names; nothing was stored.",
+      );
     }
     const verifier = this.#deps.vault.open(session.sealed_verifier, connectSessionAad(session.id)).toString();
     let tokens: z.infer<typeof TokenAnswer>;

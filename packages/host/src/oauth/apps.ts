@@ -33,6 +33,7 @@ const Discovery = z.object({
   authorization_endpoint: z.string(),
   token_endpoint: z.string(),
   revocation_endpoint: z.string().optional(),
+  authorization_response_iss_parameter_supported: z.boolean().optional(),
 });
 
 export class OAuthApps {
@@ -184,6 +185,7 @@ export class OAuthApps {
       pkce: spec.pkce,
       extra_params: spec.extra_params ?? {},
       internal: spec.internal,
+      iss_required: discovered?.authorization_response_iss_parameter_supported === true,
     };
     checkEndpoint("authorize_url", app.authorize_url, app.internal);
     checkEndpoint("token_url", app.token_url, app.internal);

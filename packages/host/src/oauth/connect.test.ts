@@ -180,6 +180,17 @@ forEachStore((store) =>
       assert.equal(new URL(mixed.location ?? "").searchParams.get("error"), "invalid_issuer");
       assert.equal(idp.counts.codes, codes, "the code was not sent to the token endpoint");
       assert.deepEqual(await accounts(h.adminKey, "ivan"), []);
+
+      // The stand-in's discovery says it always names its issuer: an answer naming none is refused too.
+      const app = await call("GET", "/v1/oauth-apps/idp", h.adminKey);
+      assert.equal(app.body.iss_required, true, JSON.stringify(app.body));
+      const second = await open("ivan", { redirect_after: PRODUCT });
+      const unnamed = new URL(await idp.authorize(second.authorize, { login: "ivan" }));
+      unnamed.searchParams.delete("iss");
+      const stripped = await back(unnamed.toString());
+      assert.equal(new URL(stripped.location ?? "").searchParams.get("error"), "invalid_issuer");
+      assert.equal(idp.counts.codes, codes, "the code was not sent to the token endpoint");
+      assert.deepEqual(await accounts(h.adminKey, "ivan"), []);
     });
 
     it("puts connect URLs and the callback on the host's public URL when it has one", async () => {
