@@ -109,6 +109,24 @@ const Message = z.object({
 });
 type Message = z.infer<typeof Message>;
 
+/**
+ * The parts of a request's params the endpoint reads, each checked; a part of another type reads
+ * as absent. Nothing else a sandbox puts in params is used or forwarded.
+ */
+const Params = z.object({
+  name: z.string().catch(""),
+  uri: z.string().catch(""),
+  protocolVersion: z.string().catch(""),
+  /** A tool's arguments, checked against its pinned input schema before anything is sent. */
+  arguments: z.unknown().optional(),
+  _meta: z
+    .object({ progressToken: z.union([z.string(), z.number()]).nullable().catch(null) })
+    .partial()
+    .optional()
+    .catch(undefined),
+});
+type Params = z.infer<typeof Params>;
+
 /** JSON-RPC error numbers of the endpoint's codes; every other code is a server error (-32000). */
 const RPC_NUMBERS: Partial<Record<ErrorCode, number>> = {
   invalid_json: -32700,
@@ -193,7 +211,7 @@ export class McpEndpoint implements ChannelRoute {
 
   /** The result of one request, as JSON text. */
   async #dispatch(req: IncomingMessage, reply: RpcReply, sandbox: LiveSandbox, message: Message): Promise<string> {
-    const params = message.params ?? {};
+    const params = Params.parse(message.params ?? {});
     switch (message.method) {
       case "initialize":
         return JSON.stringify(await this.#initialize(sandbox, params));
@@ -219,10 +237,10 @@ export class McpEndpoint implements ChannelRoute {
     }
   }
 
-  async #initialize(sandbox: LiveSandbox, params: Record<string, unknown>) {
+  async #initialize(sandbox: LiveSandbox, params: Params) {
     const run = await this.#run(sandbox);
     const entries = [...run.servers.values()].map((s) => s.entry);
-    const asked = typeof params.protocolVersion === "string" ? params.protocolVersion : "";
+    const asked = params.protocolVersion;
     return {
       protocolVersion: SUPPORTED_PROTOCOL_VERSIONS.includes(asked) ? asked : LATEST_PROTOCOL_VERSION,
       capabilities: {
@@ -278,14 +296,9 @@ export class McpEndpoint implements ChannelRoute {
     return lists.flat();
   }
 
-  async #callTool(
-    req: IncomingMessage,
-    reply: RpcReply,
-    sandbox: LiveSandbox,
-    params: Record<string, unknown>,
-  ): Promise<string> {
+  async #callTool(req: IncomingMessage, reply: RpcReply, sandbox: LiveSandbox, params: Params): Promise<string> {
     const started = performance.now();
-    const name = typeof params.name === "string" ? params.name : "";
+    const { name } = params;
     const args = params.arguments ?? {};
     const cut = name.indexOf(MCP_TOOL_SEPARATOR);
     const serverName = cut < 0 ? "" : name.slice(0, cut);
@@ -354,12 +367,7 @@ export class McpEndpoint implements ChannelRoute {
         // A client that takes an event stream (the official SDK's) waits on one until the decision,
         // kept alive (with progress notifications when it asked for them); any other is told to ask again.
         if (reply.streams) {
-          const meta = params._meta as { progressToken?: unknown } | undefined;
-          const token = meta?.progressToken;
-          reply.wait(
-            this.#deps.keepAliveMs ?? 15_000,
-            typeof token === "string" || typeof token === "number" ? token : null,
-          );
+          reply.wait(this.#deps.keepAliveMs ?? 15_000, params._meta?.progressToken ?? null);
         }
         const outcome = await approvals.hold({
           ...(reply.streams ? { holdMs: rule.timeout_s * 1000 + EXPIRY_SLACK_MS } : {}),
@@ -498,9 +506,9 @@ export class McpEndpoint implements ChannelRoute {
     return { resources };
   }
 
-  async #readResource(sandbox: LiveSandbox, params: Record<string, unknown>): Promise<string> {
+  async #readResource(sandbox: LiveSandbox, params: Params): Promise<string> {
     const run = await this.#run(sandbox);
-    const uri = typeof params.uri === "string" ? params.uri : "";
+    const { uri } = params;
     const withResources = [...run.servers].filter(([, s]) => s.entry.resources).map(([n]) => n);
     const server = run.resources.get(uri) ?? (withResources.length === 1 ? withResources[0] : undefined);
     if (!server) {
@@ -525,9 +533,9 @@ export class McpEndpoint implements ChannelRoute {
     return { prompts };
   }
 
-  async #getPrompt(sandbox: LiveSandbox, params: Record<string, unknown>): Promise<string> {
+  async #getPrompt(sandbox: LiveSandbox, params: Params): Promise<string> {
     const run = await this.#run(sandbox);
-    const name = typeof params.name === "string" ? params.name : "";
+    const { name } = params;
     const cut = name.indexOf(MCP_TOOL_SEPARATOR);
     const server = cut < 0 ? "" : name.slice(0, cut);
     if (!run.servers.get(server)?.entry.prompts) {
@@ -537,7 +545,13 @@ export class McpEndpoint implements ChannelRoute {
       );
     }
     const prompt = name.slice(cut + MCP_TOOL_SEPARATOR.length);
-    const answer = await this.#read(sandbox, server, "prompts/get", { ...params, name: prompt }, prompt);
+    const answer = await this.#read(
+      sandbox,
+      server,
+      "prompts/get",
+      { name: prompt, ...(params.arguments === undefined ? {} : { arguments: params.arguments }) },
+      prompt,
+    );
     return JSON.stringify(answer);
   }
 
