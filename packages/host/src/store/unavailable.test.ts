@@ -23,6 +23,11 @@ describe("isDatabaseUnavailable", () => {
     assert.equal(isDatabaseUnavailable(new Error("connect ECONNREFUSED 10.0.0.1:443")), false);
     assert.equal(isDatabaseUnavailable("database_unavailable"), false);
   });
+
+  it("is true for a connection reset under a statement (the server's goodbye can arrive as one)", () => {
+    const reset = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" });
+    assert.equal(isDatabaseUnavailable(reset), true);
+  });
 });
 
 forEachStore((store) =>

@@ -13,11 +13,14 @@ export function isDatabaseUnavailable(err: unknown): boolean {
   if (err instanceof AppError) return err.code === "database_unavailable";
   // SQLSTATE class 08 (connection exception), 57P01-57P03 (shutting down, crashed, starting up).
   if (err instanceof pg.DatabaseError) return /^(08|57P0[123])/.test(err.code ?? "");
-  return (
-    err instanceof Error &&
-    /^Connection terminated unexpectedly$|connection error and is not queryable$/.test(err.message)
-  );
+  if (!(err instanceof Error)) return false;
+  // The socket itself failing (the server's goodbye can arrive as a reset mid-statement).
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code !== undefined && SOCKET_ERRORS.has(code)) return true;
+  return /^Connection terminated unexpectedly$|connection error and is not queryable$/.test(err.message);
 }
+
+const SOCKET_ERRORS = new Set(["ECONNRESET", "EPIPE"]);
 
 /**
  * The failures of a task that retries on a timer, as log lines: the database being out of reach
